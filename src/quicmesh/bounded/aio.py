@@ -1,0 +1,139 @@
+"""An asyncio-side bounded queue with the same overflow policies and statistics.
+
+Used between the node's runtime and user code (subscription queues, client send queues). It is
+not imported by the sans-IO core. ``put_nowait`` never blocks: a full queue applies its overflow
+policy at once, so a consumer that stops reading can never stall the producer (the node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from ._base import ContainerRegistry, Overflow, _Bounded
+
+__all__ = ["BoundedQueue", "QueueClosed"]
+
+T = TypeVar("T")
+
+
+class QueueClosed(Exception):
+    """``get`` on a closed and drained :class:`BoundedQueue`."""
+
+
+class BoundedQueue(_Bounded, Generic[T]):
+    """A single-loop asyncio queue with a capacity and an overflow policy.
+
+    ``put_nowait`` returns ``False`` when the item was refused (``DROP_NEWEST``), raises
+    :class:`~quicmesh.errors.ContainerFull` (``REJECT``), or evicts the oldest item
+    (``EVICT_OLDEST``, the default: slow consumers lose old data, never stall producers).
+    After :meth:`close_queue`, getters drain what is left and then get :class:`QueueClosed`.
+    """
+
+    _kind = "queue"
+
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        overflow: Overflow = Overflow.EVICT_OLDEST,
+        *,
+        capacity_bytes: int | None = None,
+        sizeof: Callable[[T], int] | None = None,
+        registry: ContainerRegistry | None = None,
+    ) -> None:
+        super().__init__(
+            name, capacity, overflow, capacity_bytes=capacity_bytes, sizeof=sizeof, registry=registry
+        )
+        self._items: deque[T] = deque()  # bounded: capacity enforced in put_nowait()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._close_reason: BaseException | None = None
+
+    def _size(self) -> int:
+        return len(self._items)
+
+    def _clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put_nowait(self, item: T) -> bool:
+        """Enqueue without waiting, applying the overflow policy when full."""
+        if self._closed:
+            return False
+        size = self._sizeof(item)
+        if self._capacity_bytes is not None and size > self._capacity_bytes:
+            return self._refuse()
+        count_after = len(self._items) + 1
+        bytes_after = self._bytes + size
+        if not self._fits(count_after, bytes_after):
+            if self._overflow is not Overflow.EVICT_OLDEST:
+                return self._refuse()
+            while self._items and not self._fits(count_after, bytes_after):
+                victim = self._items.popleft()
+                vsize = self._sizeof(victim)
+                self._bytes -= vsize
+                bytes_after -= vsize
+                count_after -= 1
+                self._evictions += 1
+        self._items.append(item)
+        self._bytes += size
+        self._note_size(len(self._items))
+        self._wake()
+        return True
+
+    def get_nowait(self) -> T:
+        """Dequeue without waiting; ``asyncio.QueueEmpty`` when empty and open."""
+        if self._items:
+            item = self._items.popleft()
+            self._bytes -= self._sizeof(item)
+            return item
+        if self._closed:
+            raise self._closed_error()
+        raise asyncio.QueueEmpty
+
+    async def get(self) -> T:
+        """Wait for an item. Raises :class:`QueueClosed` once closed and drained."""
+        while not self._items:
+            if self._closed:
+                raise self._closed_error()
+            if self._waiter is not None and not self._waiter.done():
+                raise RuntimeError(f"{self._name}: only one task may wait on a BoundedQueue")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        self._bytes -= self._sizeof(item)
+        return item
+
+    def close_queue(self, reason: BaseException | None = None) -> None:
+        """Refuse further puts and wake the getter; remaining items can still be read."""
+        self._closed = True
+        self._close_reason = reason
+        self._wake()
+
+    def close(self) -> None:
+        """Close the queue, drop its items and leave the registry."""
+        self.close_queue()
+        super().close()
+
+    def _closed_error(self) -> BaseException:
+        err = QueueClosed(self._name)
+        if self._close_reason is not None:
+            err.__cause__ = self._close_reason
+        return err
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)

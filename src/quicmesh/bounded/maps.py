@@ -1,0 +1,410 @@
+"""LRU map, TTL map and TTL set: the keyed bounded containers.
+
+``LruMap`` orders entries by use; a full map evicts the least recently used one.
+``TtlMap`` gives each entry a deadline; ``expire(now)`` removes every entry whose deadline has
+passed, and a full map evicts the entry closest to its deadline. Re-inserting a key refreshes its
+deadline (the Erlang mesh we learn from did not, and dropped live services).
+
+All operations are O(1) amortised except ``TtlMap.expire`` and eviction, which are
+O(log n) per removed entry (a heap with lazy deletion, compacted when stale entries outnumber
+live ones).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, ItemsView, Iterator, KeysView, ValuesView
+from typing import Any, Generic, TypeVar, overload
+
+from ._base import ContainerRegistry, Overflow, _Bounded
+
+__all__ = ["LruMap", "TtlMap", "TtlSet"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+D = TypeVar("D")
+
+_MISSING: Any = object()
+
+
+class LruMap(_Bounded, Generic[K, V]):
+    """A mapping capped in entries (and optionally bytes) that evicts least recently used.
+
+    ``get`` and ``set`` mark an entry as used; ``peek`` does not. ``on_evict(key, value)`` is
+    called for every entry removed by eviction (not by ``pop``), so that an evicted connection
+    can be closed, for example.
+    """
+
+    _kind = "lru_map"
+
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        overflow: Overflow = Overflow.EVICT_OLDEST,
+        *,
+        capacity_bytes: int | None = None,
+        sizeof: Callable[[V], int] | None = None,
+        on_evict: Callable[[K, V], None] | None = None,
+        registry: ContainerRegistry | None = None,
+    ) -> None:
+        super().__init__(
+            name, capacity, overflow, capacity_bytes=capacity_bytes, sizeof=sizeof, registry=registry
+        )
+        self._data: OrderedDict[K, V] = OrderedDict()  # bounded: capacity enforced in set()
+        self._on_evict = on_evict
+
+    def _size(self) -> int:
+        return len(self._data)
+
+    def _clear(self) -> None:
+        self._data.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(list(self._data))
+
+    def __getitem__(self, key: K) -> V:
+        value = self._data[key]
+        self._data.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.set(key, value)
+
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+    def get(self, key: K, default: Any = None) -> Any:
+        """The value for ``key`` (marking it used), or ``default``."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def peek(self, key: K, default: D | None = None) -> V | D | None:
+        """The value for ``key`` without marking it used."""
+        return self._data.get(key, default)
+
+    def set(self, key: K, value: V) -> bool:
+        """Insert or replace. Returns ``False`` when refused by ``DROP_NEWEST``.
+
+        Raises :class:`~quicmesh.errors.ContainerFull` when refused by ``REJECT``.
+        A value that alone exceeds ``capacity_bytes`` is always refused.
+        """
+        size = self._sizeof(value)
+        old = self._data.get(key, _MISSING)
+        old_size = self._sizeof(old) if old is not _MISSING else 0
+        count_after = len(self._data) + (0 if old is not _MISSING else 1)
+        bytes_after = self._bytes - old_size + size
+        if self._capacity_bytes is not None and size > self._capacity_bytes:
+            return self._refuse()
+        if not self._fits(count_after, bytes_after):
+            if self._overflow is not Overflow.EVICT_OLDEST:
+                return self._refuse()
+            while self._data and not self._fits(count_after, bytes_after):
+                victim = next(iter(self._data))
+                if victim == key:
+                    self._data.move_to_end(victim)
+                    victim = next(iter(self._data))
+                    if victim == key:
+                        break
+                vvalue = self._data.pop(victim)
+                vsize = self._sizeof(vvalue)
+                self._bytes -= vsize
+                bytes_after -= vsize
+                count_after -= 1
+                self._evictions += 1
+                if self._on_evict is not None:
+                    self._on_evict(victim, vvalue)
+        if old is not _MISSING:
+            self._bytes -= old_size
+        self._data[key] = value
+        self._data.move_to_end(key)
+        self._bytes += size
+        self._note_size(len(self._data))
+        return True
+
+    def pop(self, key: K, default: D | None = None) -> V | D | None:
+        """Remove ``key`` and return its value (no eviction callback), or ``default``."""
+        value = self._data.pop(key, _MISSING)
+        if value is _MISSING:
+            return default
+        self._bytes -= self._sizeof(value)
+        return value  # type: ignore[no-any-return]
+
+    def popitem_oldest(self) -> tuple[K, V]:
+        """Remove and return the least recently used entry (no eviction callback)."""
+        key, value = self._data.popitem(last=False)
+        self._bytes -= self._sizeof(value)
+        return key, value
+
+    def clear(self) -> None:
+        """Remove every entry (no eviction callbacks)."""
+        self._clear()
+
+    def keys(self) -> KeysView[K]:
+        return self._data.keys()
+
+    def values(self) -> ValuesView[V]:
+        return self._data.values()
+
+    def items(self) -> ItemsView[K, V]:
+        return self._data.items()
+
+
+class TtlMap(_Bounded, Generic[K, V]):
+    """A mapping whose entries expire ``ttl`` seconds after they were last set.
+
+    Expiry happens only inside :meth:`expire`; between two calls an entry past its deadline is
+    still visible. Each ``set`` may give its own ``ttl``. ``next_deadline()`` tells the owner
+    when to call ``expire`` next, so a state machine can arm one timer for it.
+    """
+
+    _kind = "ttl_map"
+
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        ttl: float,
+        overflow: Overflow = Overflow.EVICT_OLDEST,
+        *,
+        capacity_bytes: int | None = None,
+        sizeof: Callable[[V], int] | None = None,
+        on_evict: Callable[[K, V], None] | None = None,
+        registry: ContainerRegistry | None = None,
+    ) -> None:
+        if not ttl > 0:
+            raise ValueError(f"{name}: ttl must be positive, got {ttl!r}")
+        super().__init__(
+            name, capacity, overflow, capacity_bytes=capacity_bytes, sizeof=sizeof, registry=registry
+        )
+        self.ttl = float(ttl)
+        # key -> (value, deadline, serial); serial identifies the live heap entry.
+        self._data: dict[K, tuple[V, float, int]] = {}  # bounded: capacity enforced in set()
+        self._heap: list[tuple[float, int, K]] = []  # bounded: compacted to <= 2 * size + 64
+        self._serial = itertools.count()
+        self._on_evict = on_evict
+
+    def _size(self) -> int:
+        return len(self._data)
+
+    def _clear(self) -> None:
+        self._data.clear()
+        self._heap.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(list(self._data))
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key][0]
+
+    def get(self, key: K, default: D | None = None) -> V | D | None:
+        """The value for ``key`` or ``default`` (does not refresh the deadline)."""
+        entry = self._data.get(key)
+        return default if entry is None else entry[0]
+
+    def deadline(self, key: K) -> float | None:
+        """When ``key`` expires, or ``None`` when absent."""
+        entry = self._data.get(key)
+        return None if entry is None else entry[1]
+
+    def set(self, key: K, value: V, now: float, ttl: float | None = None) -> bool:
+        """Insert or replace ``key``, expiring at ``now + ttl`` (default: the map's ttl).
+
+        Returns ``False`` when refused by ``DROP_NEWEST``; raises
+        :class:`~quicmesh.errors.ContainerFull` when refused by ``REJECT``.
+        """
+        life = self.ttl if ttl is None else float(ttl)
+        size = self._sizeof(value)
+        old = self._data.get(key)
+        old_size = self._sizeof(old[0]) if old is not None else 0
+        count_after = len(self._data) + (0 if old is not None else 1)
+        bytes_after = self._bytes - old_size + size
+        if self._capacity_bytes is not None and size > self._capacity_bytes:
+            return self._refuse()
+        if not self._fits(count_after, bytes_after):
+            if self._overflow is not Overflow.EVICT_OLDEST:
+                return self._refuse()
+            while not self._fits(count_after, bytes_after):
+                victim = self._pop_soonest(exclude=key)
+                if victim is None:
+                    break
+                vsize = self._sizeof(victim[1])
+                bytes_after -= vsize
+                count_after -= 1
+                self._evictions += 1
+                if self._on_evict is not None:
+                    self._on_evict(victim[0], victim[1])
+        if old is not None:
+            self._bytes -= old_size
+        serial = next(self._serial)
+        deadline = now + life
+        self._data[key] = (value, deadline, serial)
+        self._bytes += size
+        heapq.heappush(self._heap, (deadline, serial, key))
+        self._note_size(len(self._data))
+        self._maybe_compact()
+        return True
+
+    def touch(self, key: K, now: float, ttl: float | None = None) -> bool:
+        """Refresh ``key``'s deadline; ``False`` when absent."""
+        entry = self._data.get(key)
+        if entry is None:
+            return False
+        return self.set(key, entry[0], now, ttl)
+
+    def pop(self, key: K, default: D | None = None) -> V | D | None:
+        """Remove ``key`` and return its value, or ``default``. Not counted as an expiration."""
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return default
+        self._bytes -= self._sizeof(entry[0])
+        self._maybe_compact()
+        return entry[0]
+
+    def clear(self) -> None:
+        """Remove every entry."""
+        self._clear()
+
+    def expire(self, now: float) -> list[tuple[K, V]]:
+        """Remove and return every entry whose deadline is at or before ``now``."""
+        out: list[tuple[K, V]] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _deadline, serial, key = heapq.heappop(heap)
+            entry = self._data.get(key)
+            if entry is None or entry[2] != serial:
+                continue
+            del self._data[key]
+            self._bytes -= self._sizeof(entry[0])
+            self._expirations += 1
+            out.append((key, entry[0]))
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a live entry, or ``None`` when empty."""
+        heap = self._heap
+        while heap:
+            deadline, serial, key = heap[0]
+            entry = self._data.get(key)
+            if entry is not None and entry[2] == serial:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def keys(self) -> list[K]:
+        return list(self._data)
+
+    def values(self) -> list[V]:
+        return [v for v, _, _ in self._data.values()]
+
+    def items(self) -> list[tuple[K, V]]:
+        return [(k, e[0]) for k, e in self._data.items()]
+
+    def _pop_soonest(self, exclude: K) -> tuple[K, V] | None:
+        heap = self._heap
+        skipped: list[tuple[float, int, K]] = []
+        result: tuple[K, V] | None = None
+        while heap:
+            item = heapq.heappop(heap)
+            entry = self._data.get(item[2])
+            if entry is None or entry[2] != item[1]:
+                continue
+            if item[2] == exclude:
+                skipped.append(item)
+                continue
+            del self._data[item[2]]
+            self._bytes -= self._sizeof(entry[0])
+            result = (item[2], entry[0])
+            break
+        for item in skipped:
+            heapq.heappush(heap, item)
+        return result
+
+    def _maybe_compact(self) -> None:
+        if len(self._heap) > 2 * len(self._data) + 64:
+            self._heap = [(e[1], e[2], k) for k, e in self._data.items()]
+            heapq.heapify(self._heap)
+
+
+class TtlSet(Generic[K]):
+    """A set whose members expire ``ttl`` seconds after they were last added.
+
+    A thin face over :class:`TtlMap`; typical use is a seen-message-id cache.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        ttl: float,
+        overflow: Overflow = Overflow.EVICT_OLDEST,
+        *,
+        registry: ContainerRegistry | None = None,
+    ) -> None:
+        self._map: TtlMap[K, None] = TtlMap(name, capacity, ttl, overflow, registry=registry)
+
+    @property
+    def name(self) -> str:
+        return self._map.name
+
+    @property
+    def capacity(self) -> int:
+        return self._map.capacity
+
+    @property
+    def ttl(self) -> float:
+        return self._map.ttl
+
+    def add(self, key: K, now: float) -> bool:
+        """Add ``key`` (refreshing it when present). ``True`` when it was not present before."""
+        fresh = key not in self._map
+        accepted = self._map.set(key, None, now)
+        return fresh and accepted
+
+    def discard(self, key: K) -> None:
+        self._map.pop(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._map)
+
+    def expire(self, now: float) -> list[K]:
+        """Remove and return the members whose deadline passed."""
+        return [k for k, _ in self._map.expire(now)]
+
+    def next_deadline(self) -> float | None:
+        return self._map.next_deadline()
+
+    def clear(self) -> None:
+        self._map.clear()
+
+    def stats(self) -> Any:
+        """Frozen :class:`ContainerStats` (kind ``ttl_map``)."""
+        return self._map.stats()
+
+    def close(self) -> None:
+        self._map.close()

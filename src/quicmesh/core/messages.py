@@ -1,0 +1,138 @@
+"""The messages nodes exchange, grouped by protocol. ``ALL_MESSAGES`` is what a node's codec
+speaks; protocol modules that define more messages add their list here.
+
+Field names are short on purpose: they travel in every frame.
+"""
+
+from __future__ import annotations
+
+from .wire import Message
+
+__all__ = [
+    "ALL_MESSAGES",
+    "HANDSHAKE_MESSAGES",
+    "Challenge",
+    "Hello",
+    "Interest",
+    "Ping",
+    "Pong",
+    "Proof",
+    "Publish",
+    "Refuse",
+    "Reply",
+    "ReplyError",
+    "Request",
+    "Services",
+    "Welcome",
+]
+
+# -- connection handshake (after TLS): see runtime/quic.py for the scheme --------------------------
+
+
+class Hello(Message, tag="hello"):
+    """Dialer -> listener, first frame: who I am, whom I expect, which realm."""
+
+    version: int
+    realm: str
+    node_id: bytes
+    expected: bytes | None = None
+
+
+class Challenge(Message, tag="chal"):
+    """Listener -> dialer: a fresh nonce for the dialer to sign."""
+
+    nonce: bytes
+
+
+class Proof(Message, tag="proof"):
+    """Dialer -> listener: Ed25519 signature over the auth transcript."""
+
+    signature: bytes
+
+
+class Welcome(Message, tag="welcome"):
+    """Listener -> dialer: authenticated and admitted."""
+
+    node_id: bytes
+
+
+class Refuse(Message, tag="refuse"):
+    """Either side: the connection is refused or closed; ``code`` is machine-readable."""
+
+    code: str
+    reason: str
+
+
+class Ping(Message, tag="ping"):
+    seq: int
+
+
+class Pong(Message, tag="pong"):
+    seq: int
+
+
+HANDSHAKE_MESSAGES: tuple[type[Message], ...] = (Hello, Challenge, Proof, Welcome, Refuse)
+
+# -- direct pub/sub ----------------------------------------------------------------------------------
+
+
+class Interest(Message, tag="int"):
+    """The sender's full set of subscribed topic patterns (replaces the previous set)."""
+
+    patterns: list[str]
+
+
+class Publish(Message, tag="pub"):
+    """A topic message. ``seq`` is the publisher's per-node sequence number."""
+
+    topic: str
+    payload: bytes
+    publisher: bytes
+    seq: int
+    ts: int = 0
+
+
+# -- direct RPC --------------------------------------------------------------------------------------
+
+
+class Services(Message, tag="svc"):
+    """The sender's full set of advertised procedure names (replaces the previous set)."""
+
+    names: list[str]
+
+
+class Request(Message, tag="req"):
+    """Call ``name`` with ``payload``; the callee abandons it after ``timeout_ms``."""
+
+    id: int
+    name: str
+    payload: bytes
+    timeout_ms: int
+
+
+class Reply(Message, tag="rep"):
+    id: int
+    payload: bytes
+
+
+class ReplyError(Message, tag="err"):
+    """The call failed on the callee. ``code``: "overloaded", "no_handler", "timeout", or the
+    handler's own code."""
+
+    id: int
+    code: str
+    message: str
+    retryable: bool = False
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    *HANDSHAKE_MESSAGES,
+    Ping,
+    Pong,
+    Interest,
+    Publish,
+    Services,
+    Request,
+    Reply,
+    ReplyError,
+)
