@@ -195,7 +195,7 @@ def make_certificate(keypair: KeyPair, *, valid_days: int = 3650) -> x509.Certif
     expect (:func:`node_id_from_certificate`).
     """
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(keypair.node_id))])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)

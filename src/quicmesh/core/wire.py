@@ -42,7 +42,7 @@ HEADER = struct.Struct(">I")
 """The frame header: the body length as an unsigned 32-bit big-endian integer."""
 
 
-class Message(msgspec.Struct, tag_field="t", frozen=True, forbid_unknown_fields=False):
+class Message(msgspec.Struct, tag_field="t"):
     """Base class of every wire message. Subclasses set ``tag=...`` in their class statement."""
 
     KIND: ClassVar[str] = "message"
