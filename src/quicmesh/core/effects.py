@@ -1,0 +1,55 @@
+"""Effects: what a core state machine asks its driver (the runtime or the simulator) to do.
+
+State machines never perform I/O. Their event handlers (``handle_message(peer, msg, now)``,
+``handle_timer(now)``, ...) return a list of effects; the driver carries them out in order.
+Timers are not effects: each machine exposes ``next_deadline() -> float | None`` and the driver
+arms one timer for the earliest deadline of all machines (the shape of aioquic's
+``get_timer()``/``handle_timer()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..identity import NodeId
+from .wire import Message
+
+__all__ = ["Deliver", "Dial", "Disconnect", "Effect", "Send"]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``message`` to ``peer`` over its connection; dial first when not connected."""
+
+    peer: NodeId
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Open a connection to ``peer`` at one of ``addresses`` (tried in order)."""
+
+    peer: NodeId
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close the connection to ``peer``; ``reason`` is a short machine-readable code."""
+
+    peer: NodeId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Hand a topic message to the local subscriptions that match ``topic``."""
+
+    topic: str
+    payload: bytes
+    publisher: NodeId
+    seq: int
+    hops: int = 0
+
+
+Effect = Send | Dial | Disconnect | Deliver

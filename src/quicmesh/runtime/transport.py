@@ -1,0 +1,138 @@
+"""The transport contract: authenticated, realm-checked connections that carry typed messages.
+
+Two implementations: :class:`quicmesh.runtime.quic.QuicTransport` (real QUIC over UDP, through
+qh3) and :class:`quicmesh.runtime.memory.MemoryTransport` (in-process, for tests). The node sees
+only this interface, so the QUIC library can be swapped.
+
+Guarantees every implementation gives:
+
+* a :class:`Connection` exists only after both ends proved their node id and realm;
+* at most one connection per peer pair (a simultaneous dial from both sides ends with one;
+  the other is closed with reason ``duplicate``);
+* messages on one connection arrive in the order sent; small messages are coalesced into few
+  writes (one flush per event-loop iteration);
+* every connection's unsent bytes are capped (``send_buffer_bytes``): ``send`` returns ``False``
+  and counts a drop instead of buffering more;
+* incoming connections beyond ``max_connections`` or ``max_incoming_handshakes`` are refused
+  with a reason the dialer surfaces as :class:`~quicmesh.errors.AdmissionRefused`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..core.wire import Message
+from ..identity import NodeId
+
+__all__ = ["Connection", "Transport", "TransportEvents", "TransportStats"]
+
+
+class Connection(abc.ABC):
+    """One authenticated connection to a peer."""
+
+    peer_id: NodeId
+    """The node id the peer proved."""
+    remote_address: str
+    """``HOST:PORT`` of the peer as seen by us."""
+    outbound: bool
+    """``True`` when we dialed."""
+
+    @abc.abstractmethod
+    def send(self, message: Message) -> bool:
+        """Queue ``message``; ``False`` when dropped because the send buffer is full or the
+        connection is closed. Never blocks."""
+
+    def send_many(self, messages: Sequence[Message]) -> bool:
+        """Queue several messages; ``False`` when any was dropped."""
+        ok = True
+        for m in messages:
+            ok = self.send(m) and ok
+        return ok
+
+    @property
+    @abc.abstractmethod
+    def pending_bytes(self) -> int:
+        """Bytes queued but not yet handed to the network."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """``True`` once the connection is closing or closed."""
+
+    @property
+    def rtt(self) -> float | None:
+        """Smoothed round-trip time in seconds, when known."""
+        return None
+
+    @abc.abstractmethod
+    async def close(self, code: str = "normal", reason: str = "") -> None:
+        """Close the connection, telling the peer ``code``/``reason``; idempotent."""
+
+    @abc.abstractmethod
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed."""
+
+
+class TransportEvents(Protocol):
+    """Callbacks the transport's owner (the node) implements. They must not block."""
+
+    def on_connection(self, conn: Connection) -> None:
+        """A connection (either direction) finished authentication and admission."""
+
+    def on_message(self, conn: Connection, message: Message) -> None:
+        """A message arrived on ``conn`` (handshake messages and pings are not passed on)."""
+
+    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        """``conn`` closed; ``error`` is ``None`` for an orderly local close."""
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters for metrics and /health."""
+
+    connections: int = 0
+    handshakes_in_progress: int = 0
+    accepted_total: int = 0
+    dialed_total: int = 0
+    refused_total: dict[str, int] = field(default_factory=dict)  # bounded: one key per refusal reason
+    evicted_total: int = 0
+    dropped_frames_total: int = 0
+    auth_failures_total: int = 0
+
+
+class Transport(abc.ABC):
+    """Listens, dials, and reports connections and messages to :class:`TransportEvents`."""
+
+    @abc.abstractmethod
+    async def start(self, events: TransportEvents) -> str:
+        """Start listening; return the bound ``HOST:PORT``."""
+
+    @abc.abstractmethod
+    async def dial(self, address: str, expected: NodeId | None = None) -> Connection:
+        """Connect to ``address``; when ``expected`` is given the peer must prove that id.
+
+        Returns the existing connection when one to that peer is open. Raises
+        :class:`~quicmesh.errors.PeerIdMismatch`, :class:`~quicmesh.errors.RealmMismatch`,
+        :class:`~quicmesh.errors.AdmissionRefused`, :class:`~quicmesh.errors.HandshakeTimeout`,
+        :class:`~quicmesh.errors.AuthenticationFailed` or another
+        :class:`~quicmesh.errors.TransportError`.
+        """
+
+    @abc.abstractmethod
+    def get(self, peer: NodeId) -> Connection | None:
+        """The open connection to ``peer``, if any."""
+
+    @abc.abstractmethod
+    def connections(self) -> list[Connection]:
+        """Every open connection."""
+
+    @abc.abstractmethod
+    def stats(self) -> TransportStats:
+        """A snapshot of the counters."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Close every connection and stop listening; idempotent."""
