@@ -1,0 +1,619 @@
+"""The asyncio node: drives the sans-IO core machines over a transport.
+
+Theory of operation
+-------------------
+The node owns one transport and the core state machines (pub/sub, RPC). Every input (a
+connection coming up or going down, a message, a user call, the timer) is handed to the machine
+concerned together with ``now`` (the loop's monotonic clock); the machine returns effects, which
+:meth:`Node._run` carries out at once: ``Send`` queues a frame on the peer's connection (the
+transport coalesces the frames of one loop iteration into one write), ``Deliver`` puts the message
+into every matching subscription's bounded queue, ``CallResolved`` completes the awaiting caller's
+future, ``Invoke`` starts a handler task. After every input the node re-arms a single
+``loop.call_at`` timer for the earliest ``next_deadline()`` of all machines: nothing polls.
+
+Nothing user code does can stall the node: subscription queues never block the producer (a slow
+reader loses its oldest messages, counted), a subscription whose handle is garbage-collected is
+released by a finalizer, a cancelled caller removes its pending entry at once, and handler
+concurrency is capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import random
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..bounded import ContainerRegistry, LruMap, Overflow
+from ..bounded.aio import BoundedQueue, QueueClosed
+from ..config import NodeConfig
+from ..core.effects import Deliver, Dial, Disconnect, Send
+from ..core.messages import ALL_MESSAGES, Interest, Publish, Reply, ReplyError, Request, Services
+from ..core.pubsub import PubSub, match, validate_pattern
+from ..core.rpc import CallResolved, Invoke, Rpc
+from ..core.wire import Codec
+from ..core.wire import Message as WireMessage
+from ..errors import (
+    CallTimeout,
+    ConnectionLost,
+    LimitExceeded,
+    NodeClosed,
+    NoProvider,
+    Overloaded,
+    QuicmeshError,
+    RemoteError,
+    SubscriptionClosed,
+    TransportError,
+)
+from ..identity import KeyPair, NodeId
+from .memory import MemoryNetwork, MemoryTransport
+from .transport import Connection, Transport
+
+__all__ = ["Handler", "Message", "Node", "Subscription"]
+
+log = logging.getLogger("quicmesh.node")
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+"""A procedure: ``async def handler(payload: bytes) -> bytes``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A topic message delivered to a subscription."""
+
+    topic: str
+    payload: bytes
+    sender: NodeId
+    seq: int
+
+
+class Subscription:
+    """An async iterator of :class:`Message` for one topic pattern.
+
+    Close it with ``await sub.close()`` or use it as an async context manager. A subscription
+    whose handle is garbage-collected without ``close()`` is released all the same. Its queue is
+    bounded (``pubsub.subscriber_queue_size``); when the reader falls behind, the oldest messages
+    are dropped and counted in :attr:`dropped`.
+    """
+
+    def __init__(self, node: Node, sub_id: int, pattern: str, queue: BoundedQueue[Message]) -> None:
+        self._node = node
+        self._id = sub_id
+        self.pattern = pattern
+        self._queue = queue
+        self._closed = False
+        self._finalizer = weakref.finalize(self, node._release_from_gc, sub_id)
+
+    @property
+    def topic(self) -> str:
+        """The pattern this subscription matches (alias of :attr:`pattern`)."""
+        return self.pattern
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the reader fell behind."""
+        return self._queue.stats().evictions + self._queue.stats().rejections
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting to be read."""
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def get(self) -> Message:
+        """The next message. Raises :class:`SubscriptionClosed` once closed and drained."""
+        try:
+            return await self._queue.get()
+        except QueueClosed:
+            raise SubscriptionClosed(self.pattern) from None
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._queue.get()
+        except QueueClosed:
+            raise StopAsyncIteration from None
+
+    async def close(self) -> None:
+        """Stop receiving and release this subscription's state; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer.detach()
+        self._node._release(self._id)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.pattern!r} pending={self.pending} closed={self._closed}>"
+
+
+@dataclass(slots=True)
+class _SubState:
+    pattern: str
+    queue: BoundedQueue[Message]
+
+
+class Node:
+    """A quicmesh node. Start it with :meth:`Node.start`; stop it with :meth:`stop` (or use
+    ``async with await Node.start(...) as node``)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        keypair: KeyPair,
+        *,
+        network: MemoryNetwork | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.keypair = keypair
+        self.id: NodeId = keypair.node_id
+        self.registry = ContainerRegistry(f"node-{self.id.short()}")
+        self.codec = Codec(ALL_MESSAGES, max_frame_size=config.transport.max_frame_size)
+        self._rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.transport: Transport
+        if network is not None:
+            self.transport = MemoryTransport(
+                keypair, config.realm, config.transport, self.codec, network=network,
+                listen=config.listen, registry=self.registry,
+            )
+        else:
+            from .quic import QuicTransport
+
+            self.transport = QuicTransport(
+                keypair, config.realm, config.transport, self.codec, listen=config.listen, registry=self.registry
+            )
+        cap = config.transport.max_connections
+        self.pubsub = PubSub(self.id, config.pubsub, peer_capacity=cap, registry=self.registry)
+        self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=self._rng, registry=self.registry)
+        self._subs: LruMap[int, _SubState] = LruMap(
+            "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
+        )
+        self._by_pattern: dict[str, dict[int, _SubState]] = {}  # bounded: one key per subscribed pattern
+        self._handlers: dict[str, Handler] = {}  # bounded: one per advertised name, capped by rpc.max_services
+        self._running: dict[tuple[NodeId, int], asyncio.Task[None]] = {}  # bounded: rpc.max_concurrent_handlers
+        self._background: set[asyncio.Task[Any]] = set()  # bounded: one task per bootstrap address
+        self._sub_ids = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._stopped = False
+        self.address = ""
+        self.dropped_sends = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        config: NodeConfig | None = None,
+        *,
+        keypair: KeyPair | None = None,
+        network: MemoryNetwork | None = None,
+        rng: random.Random | None = None,
+    ) -> Node:
+        """Create a node, start listening and begin joining the bootstrap peers.
+
+        ``keypair`` defaults to the key file of ``config.key_path`` or ``config.data_dir``
+        (created when missing) or a fresh in-memory key. ``network`` selects the in-memory
+        transport (tests); the default is QUIC.
+        """
+        config = config or NodeConfig()
+        if keypair is None:
+            keypair = _load_keypair(config)
+        node = cls(config, keypair, network=network, rng=rng)
+        await node._start()
+        return node
+
+    async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.address = await self.transport.start(self)
+        self._started = True
+        for addr in self.config.bootstrap:
+            self._spawn(self._keep_connected(addr))
+        log.info("node %s listening on %s (realm %s)", self.id.short(), self.address, self.config.realm)
+
+    async def stop(self) -> None:
+        """Leave the mesh: fail pending calls, end subscriptions, close every connection."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._background) + list(self._running.values()):
+            task.cancel()
+        for task in list(self._background) + list(self._running.values()):
+            with contextlib.suppress(BaseException):
+                await task
+        for token in [c.token for c in list(self.rpc._pending.values())]:
+            if isinstance(token, asyncio.Future) and not token.done():
+                token.set_exception(NodeClosed("node stopped"))
+        self.rpc._pending.clear()
+        for state in list(self._subs.values()):
+            state.queue.close_queue(NodeClosed("node stopped"))
+        await self.transport.stop()
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def _check_open(self) -> None:
+        if self._stopped or not self._started:
+            raise NodeClosed("node is not running")
+
+    # -- connections -----------------------------------------------------------------------------
+
+    async def connect(self, address: str, expected: NodeId | None = None) -> NodeId:
+        """Connect directly to the node at ``address``; returns its proven node id."""
+        self._check_open()
+        conn = await self.transport.dial(address, expected)
+        return conn.peer_id
+
+    def peers(self) -> list[NodeId]:
+        """Node ids of the directly connected peers."""
+        return [c.peer_id for c in self.transport.connections()]
+
+    async def _keep_connected(self, address: str) -> None:
+        """Dial a bootstrap address, and again whenever that connection drops (capped backoff)."""
+        delay = 0.1
+        while not self._stopped:
+            try:
+                conn = await self.transport.dial(address)
+            except TransportError as exc:
+                log.debug("dial %s failed: %s", address, exc)
+                await asyncio.sleep(delay * (0.5 + self._rng.random()))
+                delay = min(delay * 2, self.config.membership.join_backoff_max)
+                continue
+            delay = 0.1
+            await conn.wait_closed()
+
+    # TransportEvents -----------------------------------------------------------------------------
+
+    def on_connection(self, conn: Connection) -> None:
+        peer = conn.peer_id
+        self._run(self.pubsub.peer_connected(peer))
+        self._run(self.rpc.peer_connected(peer))
+
+    def on_message(self, conn: Connection, message: WireMessage) -> None:
+        peer = conn.peer_id
+        if isinstance(message, Interest | Publish):
+            self._run(self.pubsub.handle_message(peer, message))
+        elif isinstance(message, Request | Reply | ReplyError | Services):
+            self._run(self.rpc.handle_message(peer, message))
+        self._rearm()
+
+    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        peer = conn.peer_id
+        if self.transport.get(peer) is not None:
+            return  # a newer connection to the same peer replaced this one
+        self.pubsub.peer_disconnected(peer)
+        self._run(self.rpc.peer_disconnected(peer))
+        for key in [k for k in self._running if k[0] == peer]:
+            self._running[key].cancel()
+        self._rearm()
+
+    # -- effects and the timer -------------------------------------------------------------------
+
+    def _run(self, effects: Iterable[object]) -> None:
+        for eff in effects:
+            if isinstance(eff, Send):
+                conn = self.transport.get(eff.peer)
+                if conn is None or not conn.send(eff.message):
+                    self.dropped_sends += 1
+            elif isinstance(eff, Deliver):
+                self._deliver(eff)
+            elif isinstance(eff, CallResolved):
+                fut = eff.token
+                if isinstance(fut, asyncio.Future) and not fut.done():
+                    if eff.error is not None:
+                        fut.set_exception(eff.error)
+                    else:
+                        fut.set_result(eff.result)
+            elif isinstance(eff, Invoke):
+                self._invoke(eff)
+            elif isinstance(eff, Disconnect):
+                conn = self.transport.get(eff.peer)
+                if conn is not None:
+                    self._spawn(conn.close(eff.reason))
+            elif isinstance(eff, Dial):
+                self._spawn(self._dial_any(eff))
+
+    async def _dial_any(self, eff: Dial) -> None:
+        for addr in eff.addresses:
+            with contextlib.suppress(TransportError):
+                await self.transport.dial(addr, eff.peer)
+                return
+
+    def _rearm(self) -> None:
+        if self._stopped or self._loop is None:
+            return
+        deadline = self.rpc.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        assert self._loop is not None
+        self._run(self.rpc.handle_timer(self._loop.time()))
+        self._rearm()
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- pub/sub ---------------------------------------------------------------------------------
+
+    async def subscribe(self, pattern: str, *, queue_size: int | None = None) -> Subscription:
+        """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest); returns an async iterator.
+
+        Raises :class:`~quicmesh.errors.LimitExceeded` past ``pubsub.max_subscriptions``.
+        """
+        self._check_open()
+        validate_pattern(pattern)
+        cfg = self.config.pubsub
+        if len(self._subs) >= cfg.max_subscriptions:
+            raise LimitExceeded("pubsub.max_subscriptions", cfg.max_subscriptions)
+        overflow = Overflow.EVICT_OLDEST if cfg.subscriber_overflow == "drop_oldest" else Overflow.DROP_NEWEST
+        queue: BoundedQueue[Message] = BoundedQueue(
+            "node.subscription_queue", queue_size or cfg.subscriber_queue_size, overflow, registry=self.registry
+        )
+        sub_id = next(self._sub_ids)
+        effects = self.pubsub.subscribe(pattern)
+        state = _SubState(pattern, queue)
+        self._subs.set(sub_id, state)
+        self._by_pattern.setdefault(pattern, {})[sub_id] = state
+        self._run(effects)
+        return Subscription(self, sub_id, pattern, queue)
+
+    def _release(self, sub_id: int) -> None:
+        state = self._subs.pop(sub_id)
+        if state is None:
+            return
+        state.queue.close()
+        group = self._by_pattern.get(state.pattern)
+        if group is not None:
+            group.pop(sub_id, None)
+            if not group:
+                del self._by_pattern[state.pattern]
+        if not self._stopped:
+            self._run(self.pubsub.unsubscribe(state.pattern))
+
+    def _release_from_gc(self, sub_id: int) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._release, sub_id)
+
+    def _deliver(self, eff: Deliver) -> None:
+        msg: Message | None = None
+        for pattern, group in self._by_pattern.items():
+            if pattern == eff.topic or match(pattern, eff.topic):
+                if msg is None:
+                    msg = Message(eff.topic, eff.payload, eff.publisher, eff.seq)
+                for state in group.values():
+                    state.queue.put_nowait(msg)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Send ``payload`` to every subscriber of ``topic`` (none is fine).
+
+        Raises :class:`~quicmesh.errors.MessageTooLarge` over ``pubsub.max_message_size``.
+        """
+        self._check_open()
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError("payload must be bytes")
+        self._run(self.pubsub.publish(topic, bytes(payload), self._now()))
+
+    # -- RPC -------------------------------------------------------------------------------------
+
+    async def advertise(self, name: str, handler: Handler) -> None:
+        """Offer procedure ``name``; ``handler(payload) -> bytes`` runs for each call.
+
+        A handler raising :class:`~quicmesh.errors.RemoteError` passes its code and message to
+        the caller; any other exception reaches the caller as ``RemoteError("handler_error", ...)``
+        without the traceback.
+        """
+        self._check_open()
+        if not callable(handler):
+            raise TypeError("handler must be an async callable")
+        effects = self.rpc.advertise(name)
+        self._handlers[name] = handler
+        self._run(effects)
+
+    async def unadvertise(self, name: str) -> None:
+        """Withdraw procedure ``name``."""
+        self._handlers.pop(name, None)
+        self._run(self.rpc.unadvertise(name))
+
+    async def call(self, name: str, payload: bytes, *, timeout: float | None = None) -> bytes:
+        """Call procedure ``name`` on a provider and return its reply.
+
+        Tries up to ``rpc.max_attempts`` providers (on ``Overloaded``, a lost connection, or a
+        ``RemoteError`` marked retryable) within one overall ``timeout``. Raises
+        :class:`~quicmesh.errors.NoProvider`, :class:`~quicmesh.errors.CallTimeout`,
+        :class:`~quicmesh.errors.RemoteError` or :class:`~quicmesh.errors.Overloaded`.
+        """
+        self._check_open()
+        total = self.config.rpc.default_timeout if timeout is None else timeout
+        deadline = self._now() + total
+        tried: set[NodeId] = set()
+        last: QuicmeshError | None = None
+        for _attempt in range(self.config.rpc.max_attempts):
+            remaining = deadline - self._now()
+            if remaining <= 0:
+                break
+            peer = self.rpc.choose(name, frozenset(tried))
+            if peer is None:
+                break
+            tried.add(peer)
+            try:
+                return await self._call_once(peer, name, bytes(payload), remaining)
+            except (Overloaded, ConnectionLost) as exc:
+                last = exc
+            except RemoteError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+        if last is not None:
+            if self._now() >= deadline:
+                raise CallTimeout(f"{name}: no reply within {total:.3f}s (last error: {last})") from last
+            raise last
+        if self._now() >= deadline:
+            raise CallTimeout(f"{name}: no reply within {total:.3f}s")
+        raise NoProvider(f"no connected peer provides {name!r}")
+
+    async def _call_once(self, peer: NodeId, name: str, payload: bytes, timeout: float) -> bytes:
+        assert self._loop is not None
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        call_id, effects = self.rpc.start_call(peer, name, payload, timeout, self._now(), fut)
+        self._run(effects)
+        self._rearm()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self.rpc.cancel(call_id)
+            self._rearm()
+            raise
+
+    def _invoke(self, eff: Invoke) -> None:
+        handler = self._handlers.get(eff.name)
+        key = (eff.peer, eff.call_id)
+        if handler is None or key in self._running:
+            refusal = RemoteError("no_handler", eff.name, retryable=True)
+            self._run(self.rpc.handler_done(eff.peer, eff.call_id, None, refusal))
+            return
+        task = asyncio.ensure_future(self._run_handler(handler, eff))
+        self._running[key] = task
+        task.add_done_callback(functools.partial(self._handler_finished, key))
+
+    def _handler_finished(self, key: tuple[NodeId, int], _task: asyncio.Task[None]) -> None:
+        self._running.pop(key, None)
+
+    async def _run_handler(self, handler: Handler, eff: Invoke) -> None:
+        result: bytes | None = None
+        error: RemoteError | None = None
+        try:
+            async with asyncio.timeout(eff.timeout):
+                out = await handler(eff.payload)
+            if not isinstance(out, bytes | bytearray | memoryview):
+                error = RemoteError("bad_result", f"handler returned {type(out).__name__}, not bytes")
+            else:
+                result = bytes(out)
+        except RemoteError as exc:
+            error = exc
+        except TimeoutError:
+            error = RemoteError("timeout", f"handler exceeded {eff.timeout:.3f}s")
+        except asyncio.CancelledError:
+            self.rpc.handler_done(eff.peer, eff.call_id, None, None)
+            raise
+        except Exception as exc:
+            error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
+        self._run(self.rpc.handler_done(eff.peer, eff.call_id, result, error))
+
+    # -- observability ---------------------------------------------------------------------------
+
+    @property
+    def pending_calls(self) -> int:
+        return self.rpc.pending
+
+    def gauges(self) -> dict[str, float]:
+        """Numbers for metrics: connections, subscriptions, topics, pending calls, ..."""
+        ts = self.transport.stats()
+        out: dict[str, float] = {
+            "connections": float(ts.connections),
+            "handshakes_in_progress": float(ts.handshakes_in_progress),
+            "subscriptions": float(len(self._subs)),
+            "topics": float(len(self.pubsub.patterns)),
+            "pending_calls": float(self.rpc.pending),
+            "running_handlers": float(self.rpc.running),
+            "dropped_sends_total": float(self.dropped_sends),
+        }
+        for reason, n in ts.refused_total.items():
+            out[f"handshakes_refused_total:{reason}"] = float(n)
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """Subsystem-grouped state for ``/health``."""
+        ts = self.transport.stats()
+        return {
+            "node_id": str(self.id),
+            "realm": self.config.realm,
+            "address": self.address,
+            "connections": {
+                "open": ts.connections,
+                "capacity": self.config.transport.max_connections,
+                "handshakes_in_progress": ts.handshakes_in_progress,
+                "refused_total": dict(ts.refused_total),
+                "evicted_total": ts.evicted_total,
+                "dropped_frames_total": ts.dropped_frames_total,
+            },
+            "streams": {"active": ts.connections},
+            "pubsub": {
+                "subscriptions": len(self._subs),
+                "patterns": len(self.pubsub.patterns),
+                "published_total": self.pubsub.stats.published,
+                "delivered_total": self.pubsub.stats.delivered,
+            },
+            "rpc": {
+                "pending": self.rpc.pending,
+                "running_handlers": self.rpc.running,
+                "services": len(self._handlers),
+            },
+        }
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the node serves traffic, and why not."""
+        if self._stopped:
+            return False, "stopped"
+        if not self._started:
+            return False, "starting"
+        if self.config.bootstrap and not self.transport.connections():
+            return False, "not connected to any bootstrap peer yet"
+        return True, "ok"
+
+
+def _load_keypair(config: NodeConfig) -> KeyPair:
+    if config.key_path:
+        return KeyPair.load_or_generate(config.key_path)
+    if config.data_dir:
+        return KeyPair.load_or_generate(Path(config.data_dir) / "node.key")
+    return KeyPair.generate()

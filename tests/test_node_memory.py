@@ -1,0 +1,311 @@
+"""The Node API over the in-memory transport: pub/sub, RPC, and the bounds on both paths."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+
+import pytest
+
+import quicmesh
+from quicmesh.config import NodeConfig, PubSubConfig, RpcConfig
+from quicmesh.errors import (
+    CallTimeout,
+    ConnectionLost,
+    MessageTooLarge,
+    NoProvider,
+    Overloaded,
+    PeerIdMismatch,
+    RealmMismatch,
+    RemoteError,
+)
+from quicmesh.identity import KeyPair
+from quicmesh.runtime.memory import MemoryNetwork
+from quicmesh.runtime.node import Node
+
+
+async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``cond()`` is true, yielding to the loop; fail after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0)
+
+
+@pytest.fixture
+def net() -> MemoryNetwork:
+    return MemoryNetwork()
+
+
+@pytest.fixture
+async def pair(net: MemoryNetwork) -> AsyncIterator[tuple[Node, Node]]:
+    a = await Node.start(NodeConfig(realm="t"), network=net)
+    b = await Node.start(NodeConfig(realm="t", bootstrap=(a.address,)), network=net)
+    await wait_for(lambda: a.peers() and b.peers())
+    yield a, b
+    await b.stop()
+    await a.stop()
+
+
+def container_sizes(node: Node) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in node.registry.snapshot():
+        out[s.name] = out.get(s.name, 0) + s.size
+    return out
+
+
+async def test_publish_reaches_direct_subscriber_in_order(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    sub = await a.subscribe("sensors.temp")
+    await wait_for(lambda: b.pubsub.interested_peers("sensors.temp"))
+    for i in range(1000):
+        await b.publish("sensors.temp", str(i).encode())
+    got = [await sub.get() for _ in range(1000)]
+    assert [m.payload for m in got] == [str(i).encode() for i in range(1000)]
+    assert all(m.sender == b.id and m.topic == "sensors.temp" for m in got)
+    assert [m.seq for m in got] == sorted(m.seq for m in got)
+    await sub.close()
+
+
+async def test_wildcards_and_local_delivery(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    one = await a.subscribe("sensors.*")
+    rest = await a.subscribe("sensors.>")
+    local = await b.subscribe("sensors.temp")
+    await wait_for(lambda: len(b.pubsub.peer_interest(a.id)) == 2)
+    await b.publish("sensors.temp", b"1")
+    await b.publish("sensors.temp.room1", b"2")
+    await b.publish("other", b"3")  # nobody subscribes: not an error
+    assert (await one.get()).payload == b"1"
+    assert [(await rest.get()).payload for _ in range(2)] == [b"1", b"2"]
+    assert (await local.get()).payload == b"1"
+    await asyncio.sleep(0)
+    assert one.pending == 0 and rest.pending == 0
+
+
+async def test_message_too_large_is_typed(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    with pytest.raises(MessageTooLarge):
+        await a.publish("t", b"x" * (a.config.pubsub.max_message_size + 1))
+
+
+async def test_slow_subscriber_never_stalls_others(net: MemoryNetwork) -> None:
+    cfg = NodeConfig(realm="t", pubsub=PubSubConfig(subscriber_queue_size=16))
+    a = await Node.start(cfg, network=net)
+    b = await Node.start(cfg.replace(bootstrap=(a.address,)), network=net)
+    await wait_for(lambda: a.peers())
+    stuck = await a.subscribe("x")  # never read
+    fast = await a.subscribe("x")
+    await wait_for(lambda: b.pubsub.interested_peers("x"))
+    got: list[bytes] = []
+
+    async def reader() -> None:
+        async for m in fast:
+            got.append(m.payload)
+            if len(got) == 200:
+                return
+
+    task = asyncio.create_task(reader())
+    for i in range(200):
+        await b.publish("x", b"%d" % i)
+        await asyncio.sleep(0)
+    await asyncio.wait_for(task, 5)
+    assert got == [b"%d" % i for i in range(200)]
+    assert stuck.pending == 16
+    assert stuck.dropped == 200 - 16
+    await b.stop()
+    await a.stop()
+
+
+async def test_subscribe_close_cycles_return_to_baseline(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    baseline = container_sizes(a)
+    for i in range(10_000):
+        sub = await a.subscribe(f"topic.{i % 50}")
+        await sub.close()
+    await asyncio.sleep(0)
+    assert container_sizes(a) == baseline
+    assert a.pubsub.patterns == frozenset()
+    await wait_for(lambda: b.pubsub.peer_interest(a.id) == frozenset())
+
+
+async def test_garbage_collected_subscription_is_released(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    sub = await a.subscribe("gc.topic")
+    await wait_for(lambda: b.pubsub.interested_peers("gc.topic"))
+    del sub
+    gc.collect()
+    await wait_for(lambda: len(a._subs) == 0)
+    await wait_for(lambda: not b.pubsub.interested_peers("gc.topic"))
+    await b.publish("gc.topic", b"nobody")  # must not fail
+
+
+async def test_call_round_trip_and_errors(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+
+    async def add(payload: bytes) -> bytes:
+        x, y = payload.split(b"+")
+        return str(int(x) + int(y)).encode()
+
+    async def boom(payload: bytes) -> bytes:
+        raise KeyError("secret internals")
+
+    async def typed(payload: bytes) -> bytes:
+        raise RemoteError("bad_input", "try again later")
+
+    await a.advertise("math.add", add)
+    await a.advertise("boom", boom)
+    await a.advertise("typed", typed)
+    await wait_for(lambda: len(b.rpc.providers("typed")) == 1)
+    assert await b.call("math.add", b"2+3") == b"5"
+    with pytest.raises(RemoteError) as exc:
+        await b.call("boom", b"")
+    assert exc.value.code == "handler_error" and "Traceback" not in exc.value.message
+    with pytest.raises(RemoteError) as exc2:
+        await b.call("typed", b"")
+    assert (exc2.value.code, exc2.value.message) == ("bad_input", "try again later")
+    with pytest.raises(NoProvider):
+        await b.call("nobody.offers.this", b"")
+    assert b.pending_calls == 0
+
+
+async def test_timeout_and_cancellation_leave_no_pending_entry(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    release = asyncio.Event()
+
+    async def slow(payload: bytes) -> bytes:
+        await release.wait()
+        return b"late"
+
+    await a.advertise("slow", slow)
+    await wait_for(lambda: b.rpc.providers("slow"))
+    with pytest.raises(CallTimeout):
+        await b.call("slow", b"", timeout=0.05)
+    assert b.pending_calls == 0
+    tasks = [asyncio.create_task(b.call("slow", b"", timeout=30)) for _ in range(1000)]
+    await wait_for(lambda: b.pending_calls == 1000 or a.rpc.running == a.config.rpc.max_concurrent_handlers)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert b.pending_calls == 0
+    assert b.rpc._pending.next_deadline() is None
+    release.set()
+
+
+async def test_pending_call_cap_raises_overloaded(net: MemoryNetwork) -> None:
+    a = await Node.start(NodeConfig(realm="t"), network=net)
+    cfg = NodeConfig(realm="t", bootstrap=(a.address,), rpc=RpcConfig(max_pending_calls=10))
+    b = await Node.start(cfg, network=net)
+    never = asyncio.Event()
+
+    async def hang(payload: bytes) -> bytes:
+        await never.wait()
+        return b""
+
+    await a.advertise("hang", hang)
+    await wait_for(lambda: b.rpc.providers("hang"))
+    tasks = [asyncio.create_task(b.call("hang", b"", timeout=30)) for _ in range(10)]
+    await wait_for(lambda: b.pending_calls == 10)
+    with pytest.raises(Overloaded):
+        await b.call("hang", b"")
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert b.pending_calls == 0
+    await b.stop()
+    await a.stop()
+
+
+async def test_callee_handler_cap_answers_overloaded(net: MemoryNetwork) -> None:
+    a = await Node.start(NodeConfig(realm="t", rpc=RpcConfig(max_concurrent_handlers=4)), network=net)
+    b = await Node.start(NodeConfig(realm="t", bootstrap=(a.address,)), network=net)
+    gate = asyncio.Event()
+
+    async def gated(payload: bytes) -> bytes:
+        await gate.wait()
+        return b"ok"
+
+    await a.advertise("gated", gated)
+    await wait_for(lambda: b.rpc.providers("gated"))
+    tasks = [asyncio.create_task(b.call("gated", b"", timeout=10)) for _ in range(4)]
+    await wait_for(lambda: a.rpc.running == 4)
+    with pytest.raises(Overloaded):
+        await b.call("gated", b"", timeout=10)
+    gate.set()
+    assert await asyncio.gather(*tasks) == [b"ok"] * 4
+    await b.stop()
+    await a.stop()
+
+
+async def test_callee_crash_fails_every_caller_and_empties_table(net: MemoryNetwork) -> None:
+    a = await Node.start(NodeConfig(realm="t"), network=net)
+    b = await Node.start(NodeConfig(realm="t", bootstrap=(a.address,)), network=net)
+    never = asyncio.Event()
+
+    async def hang(payload: bytes) -> bytes:
+        await never.wait()
+        return b""
+
+    await a.advertise("hang", hang)
+    await wait_for(lambda: b.rpc.providers("hang"))
+    tasks = [asyncio.create_task(b.call("hang", b"", timeout=5)) for _ in range(100)]
+    await wait_for(lambda: b.pending_calls == 100)
+    assert isinstance(a.transport, quicmesh.runtime.memory.MemoryTransport)
+    await a.transport.crash()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert all(isinstance(r, ConnectionLost) for r in results)
+    assert b.pending_calls == 0
+    await b.stop()
+    await a.stop()
+
+
+async def test_failover_to_second_provider_on_overload(net: MemoryNetwork) -> None:
+    p1 = await Node.start(NodeConfig(realm="t", rpc=RpcConfig(max_concurrent_handlers=1)), network=net)
+    p2 = await Node.start(NodeConfig(realm="t"), network=net)
+    caller = await Node.start(NodeConfig(realm="t", bootstrap=(p1.address, p2.address)), network=net)
+    gate = asyncio.Event()
+
+    async def h1(payload: bytes) -> bytes:
+        await gate.wait()
+        return b"p1"
+
+    async def h2(payload: bytes) -> bytes:
+        return b"p2"
+
+    await p1.advertise("svc", h1)
+    await p2.advertise("svc", h2)
+    await wait_for(lambda: len(caller.rpc.providers("svc")) == 2)
+    blocker = asyncio.create_task(p2.connect(p1.address))
+    await blocker
+    await wait_for(lambda: p2.rpc.providers("svc"))
+    occupy = asyncio.create_task(p2.call("svc", b"", timeout=10))  # p2 -> p1 holds p1's only slot
+    await wait_for(lambda: p1.rpc.running == 1)
+    results = {await caller.call("svc", b"") for _ in range(20)}
+    assert results == {b"p2"}
+    gate.set()
+    assert await occupy == b"p1"
+    for n in (caller, p2, p1):
+        await n.stop()
+
+
+async def test_realm_and_identity_checks(net: MemoryNetwork) -> None:
+    a = await Node.start(NodeConfig(realm="a"), network=net)
+    b = await Node.start(NodeConfig(realm="b"), network=net)
+    with pytest.raises(RealmMismatch):
+        await b.connect(a.address)
+    assert a.peers() == [] and b.peers() == []
+    c = await Node.start(NodeConfig(realm="a"), network=net)
+    with pytest.raises(PeerIdMismatch):
+        await c.connect(a.address, expected=KeyPair.generate().node_id)
+    assert await c.connect(a.address, expected=a.id) == a.id
+    for n in (a, b, c):
+        await n.stop()
+
+
+async def test_stop_ends_subscriptions_and_calls(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    sub = await a.subscribe("x")
+    reader = asyncio.create_task(anext(sub, None))
+    await asyncio.sleep(0)
+    await a.stop()
+    assert await asyncio.wait_for(reader, 2) is None
