@@ -202,6 +202,7 @@ class Node:
         self._stopped = False
         self.address = ""
         self.dropped_sends = 0
+        self._changed = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -243,6 +244,7 @@ class Node:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._notify()
         for task in list(self._background) + list(self._running.values()):
             task.cancel()
         for task in list(self._background) + list(self._running.values()):
@@ -300,13 +302,20 @@ class Node:
         peer = conn.peer_id
         self._run(self.pubsub.peer_connected(peer))
         self._run(self.rpc.peer_connected(peer))
+        self._notify()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
         peer = conn.peer_id
-        if isinstance(message, Interest | Publish):
+        if isinstance(message, Publish):
             self._run(self.pubsub.handle_message(peer, message))
-        elif isinstance(message, Request | Reply | ReplyError | Services):
+        elif isinstance(message, Request | Reply | ReplyError):
             self._run(self.rpc.handle_message(peer, message))
+        elif isinstance(message, Interest):
+            self._run(self.pubsub.handle_message(peer, message))
+            self._notify()
+        elif isinstance(message, Services):
+            self._run(self.rpc.handle_message(peer, message))
+            self._notify()
         self._rearm()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
@@ -317,7 +326,29 @@ class Node:
         self._run(self.rpc.peer_disconnected(peer))
         for key in [k for k in self._running if k[0] == peer]:
             self._running[key].cancel()
+        self._notify()
         self._rearm()
+
+    def _notify(self) -> None:
+        """Wake every :meth:`wait_until` waiter: the peer set or a peer's interests changed."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
+        """Return once ``predicate()`` holds; it is re-checked whenever a peer connects,
+        disconnects, or announces its subscriptions or services. Raises ``TimeoutError``."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._check_open()
+                await self._changed.wait()
+
+    async def wait_for_provider(self, name: str, timeout: float | None = None) -> None:
+        """Return once a connected peer advertises procedure ``name``."""
+        await self.wait_until(lambda: bool(self.rpc.providers(name)), timeout)
+
+    async def wait_for_subscriber(self, topic: str, timeout: float | None = None) -> None:
+        """Return once a connected peer subscribes to a pattern matching ``topic``."""
+        await self.wait_until(lambda: bool(self.pubsub.interested_peers(topic)), timeout)
 
     # -- effects and the timer -------------------------------------------------------------------
 
