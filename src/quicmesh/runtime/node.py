@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..bounded import ContainerRegistry, LruMap, Overflow
+from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue, QueueClosed
 from ..config import NodeConfig
 from ..core.effects import Deliver, Dial, Disconnect, Send
@@ -61,6 +61,11 @@ from .transport import Connection, Transport
 __all__ = ["Handler", "Message", "Node", "Subscription"]
 
 log = logging.getLogger("quicmesh.node")
+
+_INBOX_CHUNK = 256
+"""Inbound messages processed per event-loop iteration before readers get a turn."""
+_INBOX_CAPACITY = 65_536
+"""Inbound messages waiting for processing; beyond it new ones are dropped and counted."""
 
 Handler = Callable[[bytes], Awaitable[bytes]]
 """A procedure: ``async def handler(payload: bytes) -> bytes``."""
@@ -203,6 +208,11 @@ class Node:
         self.address = ""
         self.dropped_sends = 0
         self._changed = asyncio.Event()
+        self._inbox: BoundedDeque[tuple[Connection, WireMessage]] = BoundedDeque(
+            "node.inbox", _INBOX_CAPACITY, Overflow.DROP_NEWEST, registry=self.registry
+        )
+        self._inbox_scheduled = False
+        self.inbox_dropped = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -305,6 +315,28 @@ class Node:
         self._notify()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
+        # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
+        # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
+        # subscription queue before its reader task gets to run.
+        if not self._inbox.append((conn, message)):
+            self.inbox_dropped += 1
+            return
+        if not self._inbox_scheduled and self._loop is not None:
+            self._inbox_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        inbox = self._inbox
+        for _ in range(min(len(inbox), _INBOX_CHUNK)):
+            conn, message = inbox.popleft()
+            if not conn.closed:
+                self._process(conn, message)
+        if inbox and not self._stopped and self._loop is not None:
+            self._inbox_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
+
+    def _process(self, conn: Connection, message: WireMessage) -> None:
         peer = conn.peer_id
         if isinstance(message, Publish):
             self._run(self.pubsub.handle_message(peer, message))
@@ -597,6 +629,7 @@ class Node:
             "pending_calls": float(self.rpc.pending),
             "running_handlers": float(self.rpc.running),
             "dropped_sends_total": float(self.dropped_sends),
+            "inbox_dropped_total": float(self.inbox_dropped),
         }
         for reason, n in ts.refused_total.items():
             out[f"handshakes_refused_total:{reason}"] = float(n)

@@ -1,0 +1,135 @@
+"""Real node processes over QUIC on loopback: the two-node acceptance checks of issue #3."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+
+import psutil
+import pytest
+
+from quicmesh.config import NodeConfig
+from quicmesh.demo import NodeProcess, run_demo
+from quicmesh.errors import CallTimeout, ConnectionLost, PeerIdMismatch, RealmMismatch
+from quicmesh.identity import KeyPair
+from quicmesh.runtime.node import Node
+
+pytestmark = pytest.mark.processes
+
+
+def test_demo_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_demo(timeout=60) == 0
+    out = capsys.readouterr().out
+    assert "C called demo.upper('hello mesh') -> 'HELLO MESH'" in out
+    assert "demo OK" in out
+
+
+async def test_ten_thousand_messages_between_processes_none_lost() -> None:
+    p1 = await NodeProcess.spawn("P1", realm="load")
+    p2 = await NodeProcess.spawn("P2", realm="load", bootstrap=[p1.address])
+    node = await Node.start(NodeConfig(realm="load", bootstrap=(p1.address, p2.address)))
+    try:
+        await node.wait_until(lambda: len(node.peers()) == 2, timeout=20)
+        # script -> P1
+        await p1.request("subscribe", "subscribed", pattern="load.a", id=1, quiet=True)
+        await node.wait_for_subscriber("load.a", timeout=10)
+        for i in range(10_000):
+            await node.publish("load.a", b"m%d" % i)
+            if i % 500 == 499:
+                await asyncio.sleep(0)
+        async with asyncio.timeout(30):
+            while True:
+                counts = (await p1.request("counts", "counts"))["counts"]
+                if counts.get("1", 0) >= 10_000:
+                    break
+                await asyncio.sleep(0.1)
+        assert counts["1"] == 10_000
+        # P2 -> script, checking order and completeness
+        sub = await node.subscribe("load.b")
+        got: list[bytes] = []
+
+        async def read() -> None:
+            while len(got) < 10_000:
+                got.append((await sub.get()).payload)
+
+        reader = asyncio.create_task(read())
+        await p2.request("wait_subscriber", "ready", topic="load.b")
+        await p2.request("publish", "published", topic="load.b", payload="x", count=10_000, timeout=30)
+        await asyncio.wait_for(reader, 30)
+        assert got == [b"x#%d" % i for i in range(10_000)]
+        assert sub.dropped == 0
+    finally:
+        await node.stop()
+        assert await p2.stop() == 0
+        assert await p1.stop() == 0
+
+
+async def test_realm_isolation_and_expected_id_over_quic() -> None:
+    a = await Node.start(NodeConfig(realm="a"))
+    b = await Node.start(NodeConfig(realm="b"))
+    c = await Node.start(NodeConfig(realm="a"))
+    try:
+        with pytest.raises(RealmMismatch):
+            await b.connect(a.address)
+        assert a.peers() == []
+        assert a.transport.stats().connections == 0
+        with pytest.raises(PeerIdMismatch):
+            await c.connect(a.address, expected=KeyPair.generate().node_id)
+        assert await c.connect(a.address, expected=a.id) == a.id
+    finally:
+        for n in (a, b, c):
+            await n.stop()
+
+
+async def test_calls_to_a_killed_callee_all_end_within_timeout() -> None:
+    callee = await NodeProcess.spawn("callee", realm="kill", extra=["--advertise", "slow=sleep"])
+    caller = await Node.start(NodeConfig(realm="kill", bootstrap=(callee.address,)))
+    try:
+        await caller.wait_for_provider("slow", timeout=20)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        calls = [asyncio.create_task(caller.call("slow", b"60", timeout=3.0)) for _ in range(100)]
+        async with asyncio.timeout(5):
+            while caller.pending_calls < 100:
+                await asyncio.sleep(0.01)
+        callee.kill()
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        elapsed = loop.time() - started
+        assert all(isinstance(r, CallTimeout | ConnectionLost) for r in results), results[:3]
+        assert elapsed < 3.0 + 1.0
+        assert caller.pending_calls == 0
+    finally:
+        await caller.stop()
+        await callee.stop()
+
+
+async def test_subscribe_close_cycles_keep_rss_and_containers_flat() -> None:
+    peer = await Node.start(NodeConfig(realm="cyc"))
+    node = await Node.start(NodeConfig(realm="cyc", bootstrap=(peer.address,)))
+    proc = psutil.Process(os.getpid())
+    try:
+        await node.wait_until(lambda: bool(node.peers()), timeout=10)
+
+        async def cycles(n: int) -> None:
+            for i in range(n):
+                sub = await node.subscribe(f"cyc.{i % 100}")
+                await sub.close()
+                if i % 100 == 99:
+                    await asyncio.sleep(0)
+
+        await cycles(2_000)  # warm-up: allocator pools, interned strings
+        await node.wait_until(lambda: bool(node.rpc._peer_services.peek(peer.id) is not None), timeout=5)
+        baseline = {s.name: s.size for s in node.registry.snapshot()}
+        gc.collect()
+        rss0 = proc.memory_info().rss
+        await cycles(10_000)
+        gc.collect()
+        rss1 = proc.memory_info().rss
+        await peer.wait_until(lambda: peer.pubsub.peer_interest(node.id) == frozenset(), timeout=5)
+        assert {s.name: s.size for s in node.registry.snapshot()} == baseline
+        per_cycle = (rss1 - rss0) / 10_000
+        assert per_cycle < 50, f"RSS grew {rss1 - rss0} bytes over 10,000 cycles"
+    finally:
+        await node.stop()
+        await peer.stop()
