@@ -55,7 +55,7 @@ async def test_ten_thousand_messages_between_processes_none_lost() -> None:
 
         reader = asyncio.create_task(read())
         await p2.request("wait_subscriber", "ready", topic="load.b")
-        await p2.request("publish", "published", topic="load.b", payload="x", count=10_000, timeout=30)
+        await p2.request("publish", "published", topic="load.b", payload="x", count=10_000, wait=30)
         await asyncio.wait_for(reader, 30)
         assert got == [b"x#%d" % i for i in range(10_000)]
         assert sub.dropped == 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -137,10 +136,8 @@ async def _node(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    http = None
+    http = node.http_address
     try:
-        if config.http:
-            http = await _start_http(node, config)
         for spec in args.advertise:
             name, _, kind = spec.partition("=")
             await node.advertise(name, builtin_handler(kind or "echo"))
@@ -159,33 +156,12 @@ async def _node(args: argparse.Namespace) -> int:
                 t.cancel()
             await control.close()
         else:
-            print(f"quicmesh node {node.id} listening on {node.address} (realm {config.realm})", flush=True)
+            extra = f", metrics on http://{http}/metrics" if http else ""
+            print(f"quicmesh node {node.id} listening on {node.address} (realm {config.realm}){extra}", flush=True)
             await stop.wait()
     finally:
-        if http is not None:
-            with contextlib.suppress(Exception):
-                await _stop_http(node)
         await node.stop()
     return 0
-
-
-async def _start_http(node: Any, config: NodeConfig) -> str | None:
-    """Start the /metrics and /health endpoint when the observability package provides one."""
-    try:
-        from .observability.http import HttpEndpoint
-    except ImportError:  # pragma: no cover - observability is part of the package
-        return None
-    host, _, port = (config.http or "").rpartition(":")
-    endpoint = HttpEndpoint(node, host, int(port))
-    node._http = endpoint
-    bound: str = await endpoint.start()
-    return bound
-
-
-async def _stop_http(node: Any) -> None:
-    endpoint = getattr(node, "_http", None)
-    if endpoint is not None:
-        await endpoint.stop()
 
 
 async def _short_lived(args: argparse.Namespace) -> int:

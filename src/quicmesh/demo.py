@@ -100,10 +100,11 @@ class NodeProcess:
                 if ev.get("event") == "error" and event != "error":
                     raise RuntimeError(f"{self.name}: {ev.get('type')}: {ev.get('message')}")
 
-    async def request(self, cmd: str, event: str, *, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        """Send a command and wait for its answering event."""
+    async def request(self, cmd: str, event: str, *, wait: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """Send a command (``fields`` become its JSON fields) and wait up to ``wait`` seconds for
+        its answering event."""
         await self.send(cmd, **fields)
-        return await self.expect(event, timeout=timeout)
+        return await self.expect(event, timeout=wait)
 
     async def wait_peers(self, count: int, *, timeout: float = 20.0) -> list[str]:
         """Wait until the node has at least ``count`` direct peers."""

@@ -1,0 +1,110 @@
+"""Observability of a node: Prometheus metrics, /health, the leak sentinel, ``quicmesh status``.
+
+A node plugs in by implementing :class:`NodeView` and running one :class:`Observability`::
+
+    obs = Observability(node, config.observability, http=config.http,
+                        traffic_counter=lambda: messages_in_total + messages_out_total)
+    address = await obs.start()     # "HOST:PORT" of the HTTP endpoint, or None when http is None
+    ...
+    await obs.stop()
+
+``traffic_counter`` (optional) is any cumulative count of the node's work; the sentinel uses its
+rate to tell a leak from memory that follows load.
+
+Everything is also usable piecemeal: :class:`NodeMetrics` (a private prometheus registry),
+:class:`LeakSentinel` and :class:`SentinelTask`, :class:`HttpEndpoint`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import ObservabilityConfig
+from .http import HttpEndpoint, health_document, is_loopback
+from .metrics import (
+    ALL_METRICS,
+    CONTENT_TYPE,
+    ContainerAggregator,
+    ContainerGroup,
+    MetricSpec,
+    NodeCollector,
+    NodeGauges,
+    NodeMetrics,
+    NodeView,
+    gauges_of,
+    metric_names,
+    open_fds,
+    process_rss,
+    render,
+)
+from .sentinel import HISTORY_NAME, LeakSentinel, Reason, SentinelTask, Verdict, least_squares_slope
+
+__all__ = [
+    "ALL_METRICS",
+    "CONTENT_TYPE",
+    "HISTORY_NAME",
+    "ContainerAggregator",
+    "ContainerGroup",
+    "HttpEndpoint",
+    "LeakSentinel",
+    "MetricSpec",
+    "NodeCollector",
+    "NodeGauges",
+    "NodeMetrics",
+    "NodeView",
+    "Observability",
+    "Reason",
+    "SentinelTask",
+    "Verdict",
+    "gauges_of",
+    "health_document",
+    "is_loopback",
+    "least_squares_slope",
+    "metric_names",
+    "open_fds",
+    "process_rss",
+    "render",
+]
+
+
+class Observability:
+    """A node's sentinel, its sampling task and (when ``http`` is given) its HTTP endpoint.
+
+    ``http`` is ``"HOST:PORT"`` (``NodeConfig.http``) or ``None`` for no endpoint.
+    ``traffic_counter`` returns a cumulative count of the node's work (see :class:`SentinelTask`).
+    ``sample_rss`` defaults to this process's RSS.
+    """
+
+    def __init__(
+        self,
+        node: NodeView,
+        config: ObservabilityConfig | None = None,
+        *,
+        http: str | None = None,
+        traffic_counter: Callable[[], float] | None = None,
+        sample_rss: Callable[[], int] = process_rss,
+    ) -> None:
+        cfg = config or ObservabilityConfig()
+        self.sentinel = LeakSentinel(cfg, node.registry, sample_rss)
+        self.task = SentinelTask(self.sentinel, traffic_counter=traffic_counter)
+        self.endpoint: HttpEndpoint | None = None
+        if http is not None:
+            host, _, port = http.rpartition(":")
+            self.endpoint = HttpEndpoint(node, host, int(port), self.sentinel, config=cfg)
+
+    async def start(self) -> str | None:
+        """Start sampling and serving; returns the HTTP endpoint's bound ``HOST:PORT`` or ``None``."""
+        self.task.start()
+        if self.endpoint is None:
+            return None
+        try:
+            return await self.endpoint.start()
+        except BaseException:
+            await self.task.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop the endpoint and the sampling task; idempotent."""
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+        await self.task.stop()

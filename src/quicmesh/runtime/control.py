@@ -20,6 +20,13 @@ Commands:
 ``wait_provider`` / ``wait_subscriber``  ``{"name": S}`` / ``{"topic": T}``: a ``ready``
                 event once a connected peer provides it / subscribes to it
 ``counts``      per-subscription message counts (``counts`` event)
+``await_count`` ``{"id": N, "count": C, "timeout": F}``: a ``count_reached`` event once
+                subscription N received C messages, with the wall-clock times of its first
+                and last message (benchmarks)
+``echo``        ``{"pattern": P, "to": T}``: republish every message matching P to topic T
+``pingpong``    ``{"topic": T, "reply": R, "count": N, "rate": F}``: publish N pings to T at F
+                per second, wait for each echo on R; a ``pingpong_done`` event with the
+                round-trip percentiles
 ``health``      the node's health snapshot (``health`` event)
 ``stop``        stop the node and exit 0
 ==============  ===========================================================================
@@ -91,6 +98,11 @@ class ControlChannel:
         self._subs: LruMap[int, Subscription] = LruMap("control.subscriptions", 1000, Overflow.REJECT,
                                                        registry=node.registry)
         self._counts: LruMap[int, int] = LruMap("control.counts", 1000, Overflow.REJECT, registry=node.registry)
+        self._times: LruMap[int, tuple[float, float]] = LruMap("control.times", 1000, Overflow.REJECT,
+                                                               registry=node.registry)
+        self._count_waiters: LruMap[int, tuple[int, asyncio.Event]] = LruMap(
+            "control.count_waiters", 1000, Overflow.REJECT, registry=node.registry
+        )
         self._tasks: set[asyncio.Task[Any]] = set()  # bounded: one reader per subscription plus running commands
         self.stopping = asyncio.Event()
 
@@ -179,6 +191,27 @@ class ControlChannel:
             self.emit("connected", peer=str(peer))
         elif name in ("wait_provider", "wait_subscriber"):
             await self._wait_ready(name, cmd)
+        elif name == "await_count":
+            sid = int(cmd["id"])
+            want = int(cmd["count"])
+            event = asyncio.Event()
+            self._count_waiters.set(sid, (want, event))
+            if (self._counts.peek(sid) or 0) >= want:
+                event.set()
+            try:
+                await asyncio.wait_for(event.wait(), float(cmd.get("timeout", 30)))
+            except TimeoutError:
+                pass
+            finally:
+                self._count_waiters.pop(sid)
+            first, last = self._times.peek(sid) or (0.0, 0.0)
+            self.emit("count_reached", id=sid, count=self._counts.peek(sid) or 0, t_first=first, t_last=last)
+        elif name == "echo":
+            sub = await node.subscribe(cmd["pattern"])
+            self._spawn(self._echo(sub, cmd["to"]))
+            self.emit("echoing", pattern=cmd["pattern"], to=cmd["to"])
+        elif name == "pingpong":
+            await self._pingpong(cmd)
         elif name == "counts":
             self.emit("counts", counts={str(k): v for k, v in self._counts.items()})
         elif name == "health":
@@ -202,9 +235,49 @@ class ControlChannel:
     async def _pump(self, sid: int, sub: Subscription, quiet: bool) -> None:
         msg: Message
         async for msg in sub:
-            self._counts.set(sid, (self._counts.peek(sid) or 0) + 1)
+            count = (self._counts.peek(sid) or 0) + 1
+            self._counts.set(sid, count)
+            now = time.time()
+            first = self._times.peek(sid)
+            self._times.set(sid, (first[0] if first else now, now))
+            waiter = self._count_waiters.peek(sid)
+            if waiter is not None and count >= waiter[0]:
+                waiter[1].set()
             if not quiet:
                 self.emit("message", id=sid, topic=msg.topic, sender=str(msg.sender), seq=msg.seq, **_text(msg.payload))
+
+    async def _echo(self, sub: Subscription, to: str) -> None:
+        async for msg in sub:
+            await self.node.publish(to, msg.payload)
+
+    async def _pingpong(self, cmd: dict[str, Any]) -> None:
+        count = int(cmd.get("count", 100))
+        rate = float(cmd.get("rate", 100))
+        sub = await self.node.subscribe(cmd["reply"])
+        rtts: list[float] = []
+        lost = 0
+        try:
+            for i in range(count):
+                t0 = time.perf_counter()
+                await self.node.publish(cmd["topic"], b"%d" % i)
+                try:
+                    async with asyncio.timeout(2.0):
+                        while True:
+                            m = await sub.get()
+                            if m.payload == b"%d" % i:
+                                break
+                    rtts.append(time.perf_counter() - t0)
+                except TimeoutError:
+                    lost += 1
+                await asyncio.sleep(max(0.0, 1.0 / rate - (time.perf_counter() - t0)))
+        finally:
+            await sub.close()
+        rtts.sort()
+
+        def pct(p: float) -> float | None:
+            return round(rtts[min(len(rtts) - 1, int(p * len(rtts)))] * 1e6, 1) if rtts else None
+
+        self.emit("pingpong_done", count=count, lost=lost, p50_us=pct(0.5), p99_us=pct(0.99))
 
     async def _publish(self, cmd: dict[str, Any]) -> None:
         count = int(cmd.get("count", 1))
@@ -213,6 +286,7 @@ class ControlChannel:
         topic = cmd["topic"]
         loop = asyncio.get_running_loop()
         start = loop.time()
+        wall_start = time.time()
         for i in range(count):
             payload = base if count == 1 else base + b"#%d" % i
             await self.node.publish(topic, payload)
@@ -223,7 +297,8 @@ class ControlChannel:
                     await asyncio.sleep(delay)
             elif i % 256 == 255:
                 await asyncio.sleep(0)
-        self.emit("published", topic=topic, count=count, seconds=round(loop.time() - start, 4))
+        self.emit("published", topic=topic, count=count, seconds=round(loop.time() - start, 4), t_start=wall_start,
+                  dropped_sends=self.node.dropped_sends)
 
     async def _calls(self, cmd: dict[str, Any]) -> None:
         count = int(cmd.get("count", 1))

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue, QueueClosed
@@ -57,6 +57,9 @@ from ..errors import (
 from ..identity import KeyPair, NodeId
 from .memory import MemoryNetwork, MemoryTransport
 from .transport import Connection, Transport
+
+if TYPE_CHECKING:
+    from ..observability import Observability
 
 __all__ = ["Handler", "Message", "Node", "Subscription"]
 
@@ -213,6 +216,9 @@ class Node:
         )
         self._inbox_scheduled = False
         self.inbox_dropped = 0
+        self.observability: Observability | None = None
+        self.http_address: str | None = None
+        """``HOST:PORT`` of the /metrics and /health endpoint, when ``config.http`` is set."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -239,9 +245,19 @@ class Node:
         return node
 
     async def _start(self) -> None:
+        from ..observability import Observability
+
         self._loop = asyncio.get_running_loop()
         self.address = await self.transport.start(self)
         self._started = True
+        self.observability = Observability(
+            self, self.config.observability, http=self.config.http, traffic_counter=self._traffic
+        )
+        try:
+            self.http_address = await self.observability.start()
+        except BaseException:
+            await self.transport.stop()
+            raise
         for addr in self.config.bootstrap:
             self._spawn(self._keep_connected(addr))
         log.info("node %s listening on %s (realm %s)", self.id.short(), self.address, self.config.realm)
@@ -255,6 +271,8 @@ class Node:
             self._timer.cancel()
             self._timer = None
         self._notify()
+        if self.observability is not None:
+            await self.observability.stop()
         for task in list(self._background) + list(self._running.values()):
             task.cancel()
         for task in list(self._background) + list(self._running.values()):
@@ -613,6 +631,20 @@ class Node:
         self._run(self.rpc.handler_done(eff.peer, eff.call_id, result, error))
 
     # -- observability ---------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """The node id's text form (for metrics and /health)."""
+        return str(self.id)
+
+    @property
+    def realm(self) -> str:
+        return self.config.realm
+
+    def _traffic(self) -> float:
+        """Cumulative work done, for the leak sentinel's "traffic is steady" test."""
+        p, r = self.pubsub.stats, self.rpc.stats
+        return float(p.published + p.received + r.calls_started + r.requests_received)
 
     @property
     def pending_calls(self) -> int:
