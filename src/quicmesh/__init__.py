@@ -1,16 +1,75 @@
-"""quicmesh: a peer-to-peer mesh for Python services over QUIC, with every structure bounded."""
+"""quicmesh: a peer-to-peer mesh for Python services over QUIC, with every structure bounded.
+
+Start a node, subscribe, publish, advertise and call::
+
+    node = await quicmesh.Node.start(quicmesh.NodeConfig(realm="demo", bootstrap=["127.0.0.1:7001"]))
+    sub = await node.subscribe("sensors.>")
+    await node.publish("sensors.temp", b"23.5")
+    await node.advertise("math.add", handler)
+    reply = await node.call("math.add", b"2+3", timeout=5.0)
+    await node.stop()
+
+Every error raised on purpose derives from :class:`QuicmeshError`.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import errors
+from .config import (
+    AddressBookConfig,
+    GatewayConfig,
+    GossipConfig,
+    MembershipConfig,
+    NodeConfig,
+    ObservabilityConfig,
+    PubSubConfig,
+    RegistryConfig,
+    RpcConfig,
+    StoreConfig,
+    TransportConfig,
+    load_config,
+)
 from .errors import *  # noqa: F403
 from .identity import KeyPair, NodeId
+
+if TYPE_CHECKING:
+    from .runtime.node import Handler, Message, Node, Subscription
+
+_RUNTIME = frozenset({"Handler", "Message", "Node", "Subscription"})
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio runtime loads on first use, so that importing the sans-IO core
+    # (``quicmesh.core``) never imports asyncio through this package.
+    if name in _RUNTIME:
+        from .runtime import node
+
+        return getattr(node, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddressBookConfig",
+    "GatewayConfig",
+    "GossipConfig",
+    "Handler",
     "KeyPair",
+    "MembershipConfig",
+    "Message",
+    "Node",
+    "NodeConfig",
     "NodeId",
+    "ObservabilityConfig",
+    "PubSubConfig",
+    "RegistryConfig",
+    "RpcConfig",
+    "StoreConfig",
+    "Subscription",
+    "TransportConfig",
     "__version__",
+    "load_config",
     *errors.__all__,
 ]

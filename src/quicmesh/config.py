@@ -8,12 +8,14 @@ environment variables with :func:`load_config`; the environment overrides the fi
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
@@ -48,16 +50,22 @@ class TransportConfig:
     """Handshakes in progress at once (count). A half-open connection otherwise lives until its
     idle timeout (aioquic has no cap); 256 absorbs a reconnect storm of a few hundred peers."""
     handshake_timeout: float = 10.0
-    """Seconds for TLS plus the quicmesh hello/proof exchange before the attempt is dropped."""
+    """Seconds for TLS plus the quicmesh hello/proof exchange before the attempt is dropped. A
+    loopback handshake takes ~6-8 ms here (qh3/aioquic); 10 s leaves room for lossy WAN paths and
+    their QUIC retransmissions (initial PTO ~1 s, doubling) while bounding half-open state."""
     idle_timeout: float = 30.0
     """Seconds without any packet before QUIC closes the connection (quinn's default)."""
     keepalive_interval: float = 5.0
-    """Seconds between pings on an idle connection; well under ``idle_timeout``."""
+    """Seconds between pings on an idle connection. Must be shorter than ``idle_timeout``
+    (checked); 1/6 of it, so five pings can be lost before the connection times out."""
     max_frame_size: int = 1 * MiB
-    """Largest frame accepted (bytes), checked from the length prefix before buffering."""
+    """Largest frame accepted (bytes), checked from the length prefix before buffering. 1 MiB as
+    NATS' max payload; the Erlang mesh had no cap, so a prefix could ask for 4 GiB. 16 to 2**32-1."""
     send_buffer_bytes: int = 8 * MiB
     """Unsent bytes queued per connection (bytes). QUIC stream writers never pause, so the node
-    keeps its own window; past it, best-effort frames are dropped and counted."""
+    keeps its own window; past it, best-effort frames are dropped and counted. 8 max frames: a
+    burst of large messages fits; 1,000 connections at the cap would be 8 GiB in the worst case,
+    which is why the gateway's per-client budget is separate and the sentinel watches RSS."""
     alpn: str = "quicmesh/1"
     """TLS ALPN protocol id; a peer speaking another protocol fails the handshake."""
 
@@ -67,7 +75,8 @@ class PubSubConfig:
     """Subscriptions and topic messages."""
 
     subscriber_queue_size: int = 1024
-    """Messages buffered per subscription (count) before the overflow policy applies."""
+    """Messages buffered per subscription (count) before the overflow policy applies. 1,024 as
+    memberlist's handoff queue: ~1 s of a busy topic, so a briefly slow reader loses nothing."""
     subscriber_overflow: str = "drop_oldest"
     """``drop_oldest`` (a slow reader loses old messages, never stalls the node) or
     ``drop_newest``."""
@@ -75,9 +84,11 @@ class PubSubConfig:
     """Largest payload (bytes) accepted by ``publish`` and on receive; 1 MiB as NATS, less the
     frame header room."""
     max_subscriptions: int = 10_000
-    """Local subscriptions open at once (count)."""
+    """Local subscriptions open at once (count); each holds a queue of up to
+    ``subscriber_queue_size`` messages. NATS, likewise, limits subscriptions with an error."""
     max_peer_patterns: int = 1_000
-    """Topic patterns remembered per peer (count); more are ignored and counted."""
+    """Topic patterns remembered per peer (count); more are ignored and counted. An ``Interest``
+    frame replaces the whole set, so this also caps what one frame can make us store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +96,20 @@ class RpcConfig:
     """Remote procedure calls."""
 
     max_pending_calls: int = 10_000
-    """Outgoing calls awaiting a reply (count); ``Overloaded`` beyond."""
+    """Outgoing calls awaiting a reply (count); ``Overloaded`` beyond. At ~40,000 req/s (qh3,
+    64 in flight, measured here) a steady state holds a few hundred; 10,000 absorbs bursts and
+    still bounds the table."""
     max_concurrent_handlers: int = 256
-    """Incoming calls running at once (count); the caller gets ``Overloaded`` beyond."""
+    """Incoming calls running at once (count); the caller gets ``Overloaded`` beyond. 256 as
+    ``max_incoming_handshakes``: enough to keep 64-in-flight callers from several peers busy."""
     default_timeout: float = 5.0
-    """Seconds a call waits by default, over all attempts."""
+    """Seconds a call waits by default, over all attempts (a p50 round trip is ~0.2 ms here, so
+    5 s only expires on a dead or overloaded callee)."""
     max_attempts: int = 3
     """Providers tried per call before giving up (count)."""
     max_services: int = 1_000
-    """Procedures this node may advertise (count)."""
+    """Procedures this node may advertise (count); the advertisement frame stays well under
+    ``max_frame_size`` at 1,000 names."""
     provider_policy: str = "random"
     """``random``, ``round_robin`` or ``lowest_rtt``."""
 
@@ -103,9 +119,11 @@ class AddressBookConfig:
     """Known peers and their addresses."""
 
     ttl: float = 3600.0
-    """Seconds a peer is kept without being seen (1 h)."""
+    """Seconds a peer is kept without being seen (1 h). The Rust mesh's address book never
+    forgot a peer; an hour outlives restarts and short partitions, not decommissioned hosts."""
     capacity: int = 10_000
-    """Peers remembered (count); stale, unconnected peers are evicted first."""
+    """Peers remembered (count); stale, unconnected peers are evicted first. 10,000 as the
+    gateway's client limit: a few MiB of addresses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +149,10 @@ class MembershipConfig:
     neighbor_request_timeout: float = 0.5
     """Seconds to wait for a NEIGHBOR reply (iroh-gossip: 500 ms)."""
     join_timeout: float = 5.0
-    """Seconds to wait for a join to be answered before retrying."""
+    """Seconds to wait for a join to be answered before retrying (the Rust mesh's joins had no
+    timeout; 10x the neighbour request timeout, since a join travels ``active_random_walk`` hops)."""
     join_backoff_max: float = 60.0
-    """Cap (seconds) of the exponential backoff between join retries."""
+    """Cap (seconds) of the exponential backoff between join retries: one shuffle interval."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,19 +170,27 @@ class GossipConfig:
     seen_ttl: float = 90.0
     """Seconds a received message id is remembered (iroh-gossip: 90 s)."""
     seen_capacity: int = 100_000
-    """Message ids remembered (count)."""
+    """Message ids remembered (count). With ``seen_ttl`` 90 s this holds ~1,100 messages/s
+    before ids are evicted before their TTL."""
     payload_cache_ttl: float = 30.0
     """Seconds a payload is kept to answer GRAFTs (iroh-gossip: 30 s)."""
     payload_cache_capacity: int = 4_096
-    """Payloads kept for GRAFTs (count)."""
+    """Payloads kept for GRAFTs (count); 4,096 as Serf's broadcast queue depth."""
     payload_cache_bytes: int = 64 * MiB
-    """Payload bytes kept for GRAFTs."""
+    """Payload bytes kept for GRAFTs: 64 max-size messages, as NATS' 64 MiB slow-consumer cap."""
     dial_queue_capacity: int = 256
-    """Messages waiting per peer for a dial (count); oldest dropped and counted."""
+    """Messages waiting per peer for a dial (count); oldest dropped and counted (iroh-gossip's
+    queue was unbounded and a failed dial only logged)."""
     reorder_window: int = 64
     """Messages held per publisher to restore publish order (count)."""
     max_topics: int = 10_000
-    """Topics joined at once (count)."""
+    """Topics joined at once (count); each holds its own views and caches."""
+    max_publishers: int = 10_000
+    """(swarm, publisher) ordering states kept (count); the least recently used is forgotten and
+    that publisher's next message starts a fresh order."""
+    reorder_gap_timeout: float = 3.0
+    """Seconds a missing sequence number of one publisher is waited for before it is skipped
+    (counted); well above Plumtree's graft repair (80 ms + 40 ms per retry) under heavy loss."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +200,12 @@ class RegistryConfig:
     lease_ttl: float = 300.0
     """Seconds an advertisement lives without refresh (the Erlang mesh's 300 s)."""
     sweep_interval: float = 10.0
-    """Seconds between sweeps of expired advertisements."""
+    """Seconds between sweeps of expired advertisements. The Erlang mesh swept every 60 s, so an
+    expired service stayed visible up to a minute; 10 s bounds that staleness."""
     max_entries: int = 10_000
-    """Advertisements kept in total (count)."""
+    """Advertisements kept in total (count), matching ``gateway.max_clients``."""
     max_per_provider: int = 100
-    """Advertisements kept per provider (count)."""
+    """Advertisements kept per provider (count), so one provider cannot fill the registry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +213,8 @@ class GatewayConfig:
     """Light clients."""
 
     max_clients: int = 10_000
-    """Clients connected at once (count), enforced before any per-client state exists."""
+    """Clients connected at once (count), enforced before any per-client state exists. 10,000 as
+    the Erlang mesh's limit (which nothing there called)."""
     max_client_subscriptions: int = 1_000
     """Subscriptions per client (count)."""
     max_client_advertisements: int = 100
@@ -193,7 +222,8 @@ class GatewayConfig:
     max_client_pending_calls: int = 1_000
     """Calls in flight per client (count)."""
     max_pending_bytes: int = 8 * MiB
-    """Unsent bytes per client before it is closed as a slow consumer."""
+    """Unsent bytes per client before it is closed as a slow consumer. NATS allows 64 MiB per
+    connection; with 10,000 clients we take 8 MiB so the sum stays within what a host can hold."""
     write_stall_timeout: float = 10.0
     """Seconds a client's writes may stall before it is closed (NATS: 10 s)."""
 
@@ -203,13 +233,48 @@ class StoreConfig:
     """Replicated log stores."""
 
     max_operations: int = 1_000_000
-    """Operations stored (count)."""
+    """Operations stored (count), across all logs."""
     max_bytes: int = 256 * MiB
-    """Payload bytes stored."""
+    """Bytes stored: each operation's canonical header plus its payload (the Rust mesh's
+    MemoryStore had no cap)."""
     max_logs: int = 10_000
-    """Logs stored (count)."""
+    """Logs stored (count); an application that opens a log per restart cannot grow it forever."""
     max_operation_size: int = 256 * KiB
-    """Largest operation payload (bytes)."""
+    """Largest operation payload (bytes); a quarter of ``transport.max_frame_size`` so a sync
+    batch carries several."""
+    max_log_length: int = 0
+    """Default retention: operations kept per log (count); 0 keeps every one. Per log name it
+    can be set with ``Store.set_retention``. A log always keeps its latest operation."""
+    sync_batch_ops: int = 64
+    """Operations per sync batch message (count)."""
+    sync_batch_bytes: int = 768 * KiB
+    """Operation and payload bytes per sync batch message; below the 1 MiB frame with room for
+    one maximal operation's overhead."""
+    sync_timeout: float = 30.0
+    """Seconds a sync session waits for each batch before it fails and is retried."""
+    max_sync_sessions: int = 8
+    """Sync sessions this node runs at once (count); more wait their turn."""
+    sync_retry_min: float = 1.0
+    """Floor (seconds) between two sync attempts with the same peer for the same log."""
+    sync_retry_max: float = 300.0
+    """Cap (seconds) of the exponential backoff after failed sync sessions; never given up."""
+    resync_interval: float = 300.0
+    """Seconds between anti-entropy syncs with each interested, connected peer."""
+    max_sync_pairs: int = 4_096
+    """(peer, log) pairs whose sync schedule is remembered (count); least recently used evicted."""
+    max_interests: int = 1_000
+    """Log names this node syncs at once (count)."""
+    gossip_buffer_ops: int = 4_096
+    """Live operations held while sync sessions run, over all sessions (count)."""
+    gossip_buffer_bytes: int = 32 * MiB
+    """Live operation bytes held while sync sessions run, over all sessions."""
+    gossip_buffer_ttl: float = 60.0
+    """Seconds a held live operation waits for its session to end before it is dropped."""
+    max_invalid_ops: int = 3
+    """Invalid operations accepted from a peer (within ``invalid_ops_window``) before the peer is
+    disconnected."""
+    invalid_ops_window: float = 600.0
+    """Seconds a peer's invalid-operation count is remembered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,15 +282,33 @@ class ObservabilityConfig:
     """Metrics, health and the leak sentinel."""
 
     sentinel_interval: float = 5.0
-    """Seconds between sentinel samples."""
+    """Seconds between sentinel samples (RSS, open fds, container stats)."""
     sentinel_window: int = 120
     """Samples kept (count): 10 minutes at the default interval."""
     rss_slope_limit: float = 64 * KiB
     """Bytes per minute of steady RSS growth over the window that marks the node degraded."""
     near_capacity: float = 0.95
-    """Fill ratio at which a container counts as near capacity."""
+    """Fill ratio (0 to 1] at which a container counts as near capacity."""
     near_capacity_for: float = 300.0
     """Seconds a container may stay near capacity (or keep evicting) before degraded."""
+    sentinel_min_samples: int = 24
+    """Samples (count) needed before RSS growth is judged: 2 minutes at the default interval, so
+    a fresh node's allocator warm-up is not called a leak. At least 8 are always required."""
+    sentinel_traffic_tolerance: float = 0.25
+    """Relative rise of traffic over the window (0.25 = +25 %) beyond which rising RSS is
+    explained by rising load rather than called a leak."""
+    sentinel_ignore: tuple[str, ...] = ()
+    """Container names expected to stay full (ring buffers); never reported as near capacity or
+    evicting. The sentinel's own history is always ignored."""
+    http_max_connections: int = 16
+    """HTTP connections served at once on the /metrics and /health endpoint (count); more get
+    503 and are closed."""
+    http_max_request_bytes: int = 8 * KiB
+    """Largest HTTP request head (request line plus headers, bytes); larger gets 431."""
+    http_read_timeout: float = 5.0
+    """Seconds a client has to send its request head before the connection is dropped."""
+    http_allow_remote: bool = False
+    """Allow the HTTP endpoint to bind a non-loopback address (it has no authentication)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +342,14 @@ class NodeConfig:
         if isinstance(self.bootstrap, str):
             object.__setattr__(self, "bootstrap", (self.bootstrap,))
         elif not isinstance(self.bootstrap, tuple):
-            object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
+            try:
+                object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
+            except TypeError:
+                raise ConfigError("bootstrap", f"expected a list of HOST:PORT, got {self.bootstrap!r}") from None
+        for name in _SECTIONS:
+            value = getattr(self, name)
+            if isinstance(value, Mapping):  # NodeConfig(transport={"max_connections": 50})
+                object.__setattr__(self, name, _section(name, value))
         validate(self)
 
     def replace(self, **changes: Any) -> NodeConfig:
@@ -270,8 +360,15 @@ class NodeConfig:
 _SECTIONS = {f.name: f for f in dataclasses.fields(NodeConfig) if dataclasses.is_dataclass(f.default_factory)}
 
 
+_ZERO_MEANS_UNLIMITED = frozenset({"store.max_log_length"})
+
+
 def validate(cfg: NodeConfig) -> None:
-    """Check ranges and relations; raises :class:`ConfigError` naming the bad key."""
+    """Check types, ranges and relations; raises :class:`ConfigError` naming the bad key.
+
+    Every number in a section must be positive (keys in ``_ZERO_MEANS_UNLIMITED`` may be 0).
+    """
+    _check_types(cfg)
     if not cfg.realm or len(cfg.realm) > 64:
         raise ConfigError("realm", "must be 1 to 64 characters")
     _check_hostport("listen", cfg.listen)
@@ -286,6 +383,8 @@ def validate(cfg: NodeConfig) -> None:
             if isinstance(value, bool):
                 continue
             if isinstance(value, int | float) and value <= 0:
+                if value == 0 and f"{name}.{f.name}" in _ZERO_MEANS_UNLIMITED:
+                    continue
                 raise ConfigError(f"{name}.{f.name}", f"must be positive, got {value!r}")
     if cfg.pubsub.subscriber_overflow not in ("drop_oldest", "drop_newest"):
         raise ConfigError("pubsub.subscriber_overflow", "must be 'drop_oldest' or 'drop_newest'")
@@ -295,6 +394,28 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("pubsub.max_message_size", "must be at least 256 bytes below transport.max_frame_size")
     if cfg.transport.keepalive_interval >= cfg.transport.idle_timeout:
         raise ConfigError("transport.keepalive_interval", "must be shorter than transport.idle_timeout")
+    if not 16 <= cfg.transport.max_frame_size <= 0xFFFFFFFF:
+        raise ConfigError("transport.max_frame_size", "must be 16 to 4294967295 (a 32-bit length prefix)")
+    if cfg.observability.near_capacity > 1:
+        raise ConfigError("observability.near_capacity", "is a fill ratio: at most 1.0")
+    if cfg.membership.passive_random_walk > cfg.membership.active_random_walk:
+        raise ConfigError("membership.passive_random_walk", "must not exceed membership.active_random_walk")
+
+
+def _check_types(cfg: NodeConfig) -> None:
+    """Every field holds a value of its declared type (configs built in code skip coercion)."""
+    hints = _hints(NodeConfig)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in _SECTIONS:
+            cls = _SECTIONS[f.name].default_factory
+            if not isinstance(value, cls):  # type: ignore[arg-type]
+                raise ConfigError(f.name, f"expected a {getattr(cls, '__name__', cls)}, got {value!r}")
+            shints = _hints(type(value))
+            for sf in dataclasses.fields(value):
+                _check_type(f"{f.name}.{sf.name}", shints[sf.name], getattr(value, sf.name))
+        else:
+            _check_type(f.name, hints[f.name], value)
 
 
 def _check_hostport(key: str, value: str) -> None:
@@ -303,60 +424,189 @@ def _check_hostport(key: str, value: str) -> None:
         raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
 
 
+# -- types: one place that knows the field types a config may use ----------------------------------
+#
+# Supported field types: bool, int, float, str, ``X | None`` of those, and ``tuple[str, ...]``
+# (any ``tuple[X, ...]`` of a supported X). A field of another type is a programming error and
+# raises TypeError when it is first coerced or checked.
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _type_name(typ: Any) -> str:
+    """``int``, ``str or none``, ``list of str``: how a type is named in error messages."""
+    origin, args = get_origin(typ), get_args(typ)
+    if origin in (Union, types.UnionType):
+        return " or ".join("none" if a is type(None) else _type_name(a) for a in args)
+    if origin is tuple:
+        return f"list of {_type_name(args[0])}"
+    return getattr(typ, "__name__", str(typ))
+
+
 def _coerce(key: str, typ: Any, value: Any) -> Any:
-    """Convert a TOML or environment value to the field's type, or raise ConfigError."""
-    text = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    try:
-        if typ is bool or text == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                return value.lower() in ("1", "true", "yes", "on")
-            raise ValueError
-        if typ is int or text == "int":
-            if isinstance(value, bool):
-                raise ValueError
+    """Convert a TOML or environment value to the field's type, or raise :class:`ConfigError`.
+
+    Environment values are strings: ``"true"``/``"false"`` (also 1/0, yes/no, on/off) for bool,
+    decimal text for numbers, comma-separated items for lists, and an empty string for ``None``.
+    An int field refuses a float with a fraction (``2.5``) instead of truncating it; numbers
+    must be finite.
+    """
+    origin, args = get_origin(typ), get_args(typ)
+    if origin in (Union, types.UnionType):
+        if value is None or (type(None) in args and isinstance(value, str) and not value.strip()):
+            if type(None) in args:
+                return None
+        for alt in args:
+            if alt is type(None):
+                continue
+            try:
+                return _coerce(key, alt, value)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"expected {_type_name(typ)}, got {value!r}")
+    if origin is tuple:
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"{key}: unsupported config type {typ!r}")
+        if isinstance(value, str):
+            items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            raise ConfigError(key, f"expected {_type_name(typ)}, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(items))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             return int(value)
-        if typ is float or text == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if "tuple" in str(typ):
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-                return tuple(value)
-            raise ValueError
-        if "None" in str(typ) and (value is None or value == ""):
-            return None
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 10)
+            except ValueError:
+                pass
+    elif typ is float:
+        number: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is not None and math.isfinite(number):
+            return number
+    elif typ is str:
         if isinstance(value, str):
             return value
-        raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"expected {typ}, got {value!r}") from None
+    else:
+        raise TypeError(f"{key}: unsupported config type {typ!r}")
+    raise ConfigError(key, f"expected {_type_name(typ)}, got {value!r}")
+
+
+def _check_type(key: str, typ: Any, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` already has the field's type (no conversion).
+
+    Used on configs built in code (``NodeConfig(realm=5)``); an int is accepted for a float.
+    """
+    origin, args = get_origin(typ), get_args(typ)
+    if origin in (Union, types.UnionType):
+        for alt in args:
+            try:
+                _check_type(key, alt, value)
+                return
+            except ConfigError:
+                continue
+    elif origin is tuple:
+        if isinstance(value, tuple):
+            for i, v in enumerate(value):
+                _check_type(f"{key}[{i}]", args[0], v)
+            return
+    elif typ is type(None):
+        if value is None:
+            return
+    elif typ is bool:
+        if isinstance(value, bool):
+            return
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return
+    elif typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return
+    elif isinstance(origin, type):  # another generic (dict[str, int]...): check the container only
+        if isinstance(value, origin):
+            return
+    elif isinstance(typ, type):
+        if isinstance(value, typ):
+            return
+    else:  # Literal, Any, ...: not checked here; validate() checks such fields by value
+        return
+    raise ConfigError(key, f"expected {_type_name(typ)}, got {value!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = get_type_hints(cls)
+    return hints
+
+
+_HINTS: dict[type, dict[str, Any]] = {}  # bounded: one entry per config dataclass (12)
+
+
+def _section(name: str, value: Any) -> Any:
+    """Build section ``name`` from a mapping of raw values (TOML, environment, overrides)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(name, "must be a table")
+    cls = _SECTIONS[name].default_factory
+    assert isinstance(cls, type)
+    shints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for k, v in value.items():
+        if k not in shints:
+            raise ConfigError(f"{name}.{k}", "unknown setting")
+        kwargs[k] = _coerce(f"{name}.{k}", shints[k], v)
+    return cls(**kwargs)
 
 
 def _build(data: Mapping[str, Any]) -> NodeConfig:
-    hints = get_type_hints(NodeConfig)
+    hints = _hints(NodeConfig)
     top: dict[str, Any] = {}
     for key, value in data.items():
         if key in _SECTIONS:
-            if not isinstance(value, Mapping):
-                raise ConfigError(key, "must be a table")
-            cls = _SECTIONS[key].default_factory
-            assert isinstance(cls, type)
-            shints = get_type_hints(cls)
-            kwargs: dict[str, Any] = {}
-            for k, v in value.items():
-                if k not in shints:
-                    raise ConfigError(f"{key}.{k}", "unknown setting")
-                kwargs[k] = _coerce(f"{key}.{k}", shints[k], v)
-            top[key] = cls(**kwargs)
+            top[key] = _section(key, value)
         elif key in hints:
             top[key] = _coerce(key, hints[key], value)
         else:
             raise ConfigError(key, "unknown setting")
     return NodeConfig(**top)
+
+
+def _put(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data[section][key]`` for ``"section.key"`` (or ``data[key]``), merging sections."""
+    section, dot, key = dotted.partition(".")
+    if not dot:
+        if isinstance(value, Mapping) and isinstance(data.get(dotted), dict):
+            data[dotted].update(value)
+        else:
+            data[dotted] = dict(value) if isinstance(value, Mapping) else value
+        return
+    if "." in key:
+        raise ConfigError(dotted, "unknown setting")
+    table = data.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(section, "must be a table")
+    table[key] = value
+
+
+_NOT_CONFIG_ENV = frozenset({"QUICMESH_SOAK", "QUICMESH_SIM_LARGE", "QUICMESH_HYPOTHESIS_DERANDOMIZE"})
+"""``QUICMESH_*`` variables that steer tests and tools, not a node's configuration."""
 
 
 def load_config(
@@ -369,7 +619,10 @@ def load_config(
     ``overrides`` (e.g. from command-line flags; ``None`` values are ignored).
 
     Environment names: ``QUICMESH_REALM`` for top-level keys, ``QUICMESH_TRANSPORT__MAX_CONNECTIONS``
-    (section, two underscores, field) for nested ones; lists are comma-separated.
+    (section, two underscores, field) for nested ones; lists are comma-separated. Override keys
+    are top-level names, dotted names (``"transport.max_connections"``) or a section name with a
+    mapping, merged into that section. An unknown key or a bad value raises
+    :class:`~quicmesh.errors.ConfigError` naming the dotted key (and the variable it came from).
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -381,19 +634,23 @@ def load_config(
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
     environ = os.environ if env is None else env
+    sources: dict[str, str] = {}  # dotted key -> environment variable it came from
     for name, value in environ.items():
-        if not name.startswith("QUICMESH_") or name in ("QUICMESH_SOAK", "QUICMESH_SIM_LARGE"):
+        if not name.startswith("QUICMESH_") or name in _NOT_CONFIG_ENV:
             continue
         rest = name[len("QUICMESH_") :].lower()
-        if "__" in rest:
-            section, _, key = rest.partition("__")
-            data.setdefault(section, {})
-            if not isinstance(data[section], dict):
-                raise ConfigError(section, "must be a table")
-            data[section][key] = value
-        else:
-            data[rest] = value
+        section, sep, key = rest.partition("__")
+        dotted = f"{section}.{key}" if sep else rest
+        _put(data, dotted, value)
+        sources[dotted] = name
     for key, value in (overrides or {}).items():
         if value is not None:
-            data[key] = value
-    return _build(data)
+            _put(data, key, value)
+            sources.pop(key, None)
+    try:
+        return _build(data)
+    except ConfigError as exc:
+        var = sources.get(exc.key.split("[", 1)[0])
+        if var is None:
+            raise
+        raise ConfigError(exc.key, f"{exc.message} (from {var})") from None

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -43,6 +43,7 @@ __all__ = [
 _NODE_ID_LEN = 32
 _TEXT_LEN = 52  # ceil(32 * 8 / 5)
 _B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_MAX_KEY_FILE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -57,7 +58,11 @@ class NodeId:
 
     @classmethod
     def parse(cls, text: str) -> NodeId:
-        """Parse the base32 text form. Raises :class:`InvalidNodeId` on any malformed input."""
+        """Parse the base32 text form. Raises :class:`InvalidNodeId` on any malformed input.
+
+        Upper case is folded and surrounding whitespace (a trailing newline from a file) is
+        ignored; anything else that is not the canonical 52-character form is refused.
+        """
         if not isinstance(text, str):
             raise InvalidNodeId(f"a node id is text, got {type(text).__name__}")
         t = text.strip().lower()
@@ -75,9 +80,11 @@ class NodeId:
 
     @classmethod
     def from_public_key(cls, key: Ed25519PublicKey) -> NodeId:
+        """The node id of an Ed25519 public key."""
         return cls(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
     def public_key(self) -> Ed25519PublicKey:
+        """The Ed25519 public key this node id encodes."""
         return Ed25519PublicKey.from_public_bytes(self.raw)
 
     def verify(self, signature: bytes, data: bytes) -> None:
@@ -118,16 +125,18 @@ class KeyPair:
     @classmethod
     def from_seed(cls, seed: bytes) -> KeyPair:
         """A key from a 32-byte seed (deterministic; for tests and the simulator)."""
-        if len(seed) != 32:
+        if not isinstance(seed, bytes) or len(seed) != 32:
             raise IdentityError("an Ed25519 seed is 32 bytes")
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
     @property
     def node_id(self) -> NodeId:
+        """The node id (public key) of this key pair."""
         return self._node_id
 
     @property
     def private_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 private key (for TLS; never log or send it)."""
         return self._private
 
     def sign(self, data: bytes) -> bytes:
@@ -135,6 +144,7 @@ class KeyPair:
         return self._private.sign(data)
 
     def private_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (what :meth:`save` writes)."""
         return self._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -157,20 +167,30 @@ class KeyPair:
     def load(cls, path: str | os.PathLike[str]) -> KeyPair:
         """Read a key file written by :meth:`save`.
 
-        Raises :class:`InsecureKeyFile` when group or others may read it, and
-        :class:`IdentityError` when it is not an Ed25519 private key.
+        Raises :class:`InsecureKeyFile` when group or others have any access to it,
+        :class:`IdentityError` when it is not an unencrypted Ed25519 private key, and
+        ``OSError`` (e.g. ``FileNotFoundError``) when it cannot be opened.
         """
         p = Path(path)
-        mode = p.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InsecureKeyFile(
-                f"key file {p} has mode {stat.S_IMODE(mode):04o}; it must not be accessible by "
-                f"group or others (chmod 600 {p})"
-            )
+        # Check the mode of the file actually opened (not of the path, which could be swapped
+        # between a stat() and an open()), and read at most 64 KiB: a key file is ~120 bytes.
+        fd = os.open(p, os.O_RDONLY)
         try:
-            key = serialization.load_pem_private_key(p.read_bytes(), password=None)
-        except (ValueError, TypeError) as exc:
-            raise IdentityError(f"{p} is not a PEM private key: {exc}") from exc
+            mode = os.fstat(fd).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise InsecureKeyFile(
+                    f"key file {p} has mode {stat.S_IMODE(mode):04o}; it must not be accessible by "
+                    f"group or others (chmod 600 {p})"
+                )
+            if not stat.S_ISREG(mode):
+                raise IdentityError(f"key file {p} is not a regular file")
+            data = os.read(fd, _MAX_KEY_FILE)
+        finally:
+            os.close(fd)
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise IdentityError(f"{p} is not an unencrypted PEM private key: {exc}") from exc
         if not isinstance(key, Ed25519PrivateKey):
             raise IdentityError(f"{p} holds a {type(key).__name__}, not an Ed25519 key")
         return cls(key)
@@ -209,18 +229,23 @@ def make_certificate(keypair: KeyPair, *, valid_days: int = 3650) -> x509.Certif
     return builder.sign(keypair.private_key, algorithm=None)
 
 
-def node_id_from_certificate(cert: x509.Certificate | bytes) -> NodeId:
+def node_id_from_certificate(cert: x509.Certificate | bytes | bytearray | memoryview) -> NodeId:
     """The node id a certificate (object or DER bytes) is bound to.
 
     Raises :class:`~quicmesh.errors.AuthenticationFailed` when the certificate cannot be parsed
     or its key is not Ed25519.
     """
-    if isinstance(cert, bytes):
+    if isinstance(cert, bytes | bytearray | memoryview):
         try:
-            cert = x509.load_der_x509_certificate(cert)
+            cert = x509.load_der_x509_certificate(bytes(cert))
         except ValueError as exc:
             raise AuthenticationFailed(f"unreadable peer certificate: {exc}") from exc
-    key = cert.public_key()
+    if not isinstance(cert, x509.Certificate):
+        raise AuthenticationFailed(f"expected a certificate or DER bytes, got {type(cert).__name__}")
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise AuthenticationFailed(f"peer certificate has an unusable key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise AuthenticationFailed(
             f"peer certificate is bound to a {type(key).__name__}, not an Ed25519 node key"

@@ -64,6 +64,7 @@ class BoundedQueue(_Bounded, Generic[T]):
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close_queue` (or :meth:`close`) was called."""
         return self._closed
 
     def put_nowait(self, item: T) -> bool:

@@ -95,4 +95,5 @@ class BoundedDeque(_Bounded, Generic[T]):
         return items
 
     def clear(self) -> None:
+        """Remove every item (no eviction callbacks)."""
         self._clear()

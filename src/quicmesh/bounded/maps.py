@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, ItemsView, Iterator, KeysView, ValuesView
 from typing import Any, Generic, TypeVar, overload
 
-from ._base import ContainerRegistry, Overflow, _Bounded
+from ._base import ContainerRegistry, ContainerStats, Overflow, _Bounded
 
 __all__ = ["LruMap", "TtlMap", "TtlSet"]
 
@@ -153,12 +153,15 @@ class LruMap(_Bounded, Generic[K, V]):
         self._clear()
 
     def keys(self) -> KeysView[K]:
+        """A live view of the keys, least recently used first (does not mark them used)."""
         return self._data.keys()
 
     def values(self) -> ValuesView[V]:
+        """A live view of the values, least recently used first."""
         return self._data.values()
 
     def items(self) -> ItemsView[K, V]:
+        """A live view of the ``(key, value)`` pairs, least recently used first."""
         return self._data.items()
 
 
@@ -233,6 +236,8 @@ class TtlMap(_Bounded, Generic[K, V]):
         :class:`~quicmesh.errors.ContainerFull` when refused by ``REJECT``.
         """
         life = self.ttl if ttl is None else float(ttl)
+        if not life > 0:
+            raise ValueError(f"{self._name}: ttl must be positive, got {ttl!r}")
         size = self._sizeof(value)
         old = self._data.get(key)
         old_size = self._sizeof(old[0]) if old is not None else 0
@@ -311,12 +316,15 @@ class TtlMap(_Bounded, Generic[K, V]):
         return None
 
     def keys(self) -> list[K]:
+        """A copy of the keys, in insertion order."""
         return list(self._data)
 
     def values(self) -> list[V]:
+        """A copy of the values, in insertion order."""
         return [v for v, _, _ in self._data.values()]
 
     def items(self) -> list[tuple[K, V]]:
+        """A copy of the ``(key, value)`` pairs, in insertion order."""
         return [(k, e[0]) for k, e in self._data.items()]
 
     def _pop_soonest(self, exclude: K) -> tuple[K, V] | None:
@@ -341,7 +349,7 @@ class TtlMap(_Bounded, Generic[K, V]):
 
     def _maybe_compact(self) -> None:
         if len(self._heap) > 2 * len(self._data) + 64:
-            self._heap = [(e[1], e[2], k) for k, e in self._data.items()]
+            self._heap = [(e[1], e[2], k) for k, e in self._data.items()]  # bounded: one per live entry
             heapq.heapify(self._heap)
 
 
@@ -364,14 +372,17 @@ class TtlSet(Generic[K]):
 
     @property
     def name(self) -> str:
+        """The set's name, as shown in metrics."""
         return self._map.name
 
     @property
     def capacity(self) -> int:
+        """The maximum number of members."""
         return self._map.capacity
 
     @property
     def ttl(self) -> float:
+        """Seconds a member lives after it was last added."""
         return self._map.ttl
 
     def add(self, key: K, now: float) -> bool:
@@ -381,6 +392,7 @@ class TtlSet(Generic[K]):
         return fresh and accepted
 
     def discard(self, key: K) -> None:
+        """Remove ``key`` when present (not counted as an expiration)."""
         self._map.pop(key)
 
     def __contains__(self, key: object) -> bool:
@@ -397,14 +409,17 @@ class TtlSet(Generic[K]):
         return [k for k, _ in self._map.expire(now)]
 
     def next_deadline(self) -> float | None:
+        """The earliest deadline of a member, or ``None`` when empty."""
         return self._map.next_deadline()
 
     def clear(self) -> None:
+        """Remove every member."""
         self._map.clear()
 
-    def stats(self) -> Any:
+    def stats(self) -> ContainerStats:
         """Frozen :class:`ContainerStats` (kind ``ttl_map``)."""
         return self._map.stats()
 
     def close(self) -> None:
+        """Drop every member and leave the registry."""
         self._map.close()

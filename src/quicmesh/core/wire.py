@@ -95,7 +95,7 @@ class Codec:
             msg = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
             text = str(exc)
-            if "Invalid value" in text and "$.t" in text:
+            if text.startswith("Invalid value") and text.endswith("- at `$.t`"):
                 raise UnknownMessageType(text) from None
             raise MalformedFrame(text) from None
         except msgspec.DecodeError as exc:
