@@ -1,0 +1,50 @@
+"""Wire messages of replicated-log sync (tags prefixed ``l.``). Add :data:`LOG_MESSAGES` to the
+node's codec.
+
+Operations travel as their canonical bytes (:func:`quicmesh.core.oplog.encode_operation`) next
+to their payload, and are decoded and validated by the receiver: a message shape check by the
+codec is not trusted as validation.
+"""
+
+from __future__ import annotations
+
+from .wire import Message
+
+__all__ = ["LOG_MESSAGES", "LiveOp", "SyncBatch", "SyncRequest"]
+
+
+class SyncRequest(Message, tag="l.req"):
+    """Puller -> server: "here is what I have of log ``log``; send me one batch of the rest".
+
+    ``heads`` lists ``(author, latest seq)`` for every author of the log the puller holds.
+    The server keeps no state between requests: the puller sends fresh heads each time.
+    """
+
+    sid: int
+    log: str
+    heads: list[tuple[bytes, int]]
+
+
+class SyncBatch(Message, tag="l.ops"):
+    """Server -> puller: up to ``sync_batch_ops`` operations / ``sync_batch_bytes`` bytes.
+
+    ``ops`` holds ``(operation bytes, payload)`` in seq order per author. ``more``: the server
+    has further operations the puller lacks (the puller asks again). ``refused``: the server does
+    not sync this log.
+    """
+
+    sid: int
+    log: str
+    ops: list[tuple[bytes, bytes]]
+    more: bool
+    refused: bool = False
+
+
+class LiveOp(Message, tag="l.op"):
+    """A newly stored operation pushed to the peers interested in its log."""
+
+    op: bytes
+    payload: bytes
+
+
+LOG_MESSAGES: tuple[type[Message], ...] = (SyncRequest, SyncBatch, LiveOp)

@@ -1,0 +1,267 @@
+"""An in-memory log store with caps on operations, bytes and logs.
+
+Theory of operation
+-------------------
+Logs are kept as ``(author, name) -> _Log``; each ``_Log`` holds a contiguous run of seqs
+``lo..hi`` (a verified chain: every write is validated against the head, and a prune operation
+or an allowed gap moves ``lo`` forward, dropping everything before). An index by log name
+answers ``heads(name)`` without scanning every log, and the set of *prunable foreign* logs is
+kept apart so that making room when full only looks at logs the policy may trim.
+
+Every write first computes what it would free (prune flag, gap, retention) and what the caps
+would then need; it mutates nothing until it knows the write can succeed, so a refused write
+leaves the store exactly as it was. The capacity policy is described in
+:mod:`quicmesh.store.base`.
+"""
+
+from __future__ import annotations
+
+from ..bounded import ContainerRegistry, ContainerStats
+from ..config import StoreConfig
+from ..core.oplog import LogHead, Operation, operation_id, validate
+from ..errors import BacklinkMismatch, LimitExceeded, SeqGap
+from ..identity import NodeId
+from .base import IngestResult, LogKey, StoreCounts, StoredOp
+from .policy import StoreStats, victim_order
+
+__all__ = ["MemoryStore"]
+
+
+class _Log:
+    __slots__ = ("hi", "lo", "local", "nbytes", "ops", "pruned")
+
+    def __init__(self, lo: int, local: bool) -> None:
+        self.ops: dict[int, StoredOp] = {}  # bounded: store-wide max_operations, enforced in _write()
+        self.lo = lo
+        self.hi = lo - 1
+        self.local = local
+        self.pruned = False
+        self.nbytes = 0
+
+
+class MemoryStore(StoreStats):
+    """Replicated logs in memory. Not thread-safe: use it from one thread (the event loop)."""
+
+    def __init__(
+        self, config: StoreConfig | None = None, *, registry: ContainerRegistry | None = None, name: str = "store"
+    ) -> None:
+        self.config = config or StoreConfig()
+        self._logs: dict[tuple[bytes, str], _Log] = {}  # bounded: max_logs, enforced in _write()
+        self._by_name: dict[str, set[bytes]] = {}  # bounded: one entry per stored log name (<= max_logs)
+        self._prunable: dict[tuple[bytes, str], None] = {}  # bounded: subset of _logs
+        self._retention: dict[str, int] = {}  # bounded: one entry per log name the application configured
+        self._nops = 0
+        self._nbytes = 0
+        StoreStats.__init__(self, name, self.config, registry)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get(self, author: NodeId, log: str, seq: int) -> StoredOp | None:
+        lg = self._logs.get((author.raw, log))
+        return None if lg is None else lg.ops.get(seq)
+
+    def head(self, author: NodeId, log: str) -> LogHead | None:
+        lg = self._logs.get((author.raw, log))
+        if lg is None:
+            return None
+        return LogHead(lg.hi, lg.ops[lg.hi].id)
+
+    def low(self, author: NodeId, log: str) -> int | None:
+        lg = self._logs.get((author.raw, log))
+        return None if lg is None else lg.lo
+
+    def heads(self, log: str | None = None) -> dict[LogKey, int]:
+        if log is None:
+            return {(NodeId(a), n): lg.hi for (a, n), lg in self._logs.items()}
+        return {(NodeId(a), log): self._logs[(a, log)].hi for a in self._by_name.get(log, ())}
+
+    def iter_range(self, author: NodeId, log: str, from_seq: int, limit: int) -> list[StoredOp]:
+        lg = self._logs.get((author.raw, log))
+        if lg is None or limit <= 0:
+            return []
+        start = max(from_seq, lg.lo)
+        return [lg.ops[s] for s in range(start, min(lg.hi, start + limit - 1) + 1)]
+
+    def is_local(self, author: NodeId, log: str) -> bool:
+        lg = self._logs.get((author.raw, log))
+        return lg is not None and lg.local
+
+    def counts(self) -> StoreCounts:
+        return StoreCounts(self._nops, len(self._logs), self._nbytes)
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def append_local(self, op: Operation, payload: bytes) -> StoredOp:
+        key = (op.header.author, op.header.log)
+        lg = self._logs.get(key)
+        oid = operation_id(op)
+        if lg is not None and op.seq <= lg.hi:
+            existing = lg.ops.get(op.seq)
+            if existing is not None and existing.id == oid:
+                return existing  # an idempotent retry
+            raise SeqGap(f"seq {op.seq} is not after the log's latest {lg.hi}")
+        validate(op, payload, None if lg is None else LogHead(lg.hi, lg.ops[lg.hi].id), self.config.max_operation_size)
+        stored = StoredOp(op, payload, oid)
+        if not self._write(key, lg, stored, local=True):  # pragma: no cover - _write raises for local
+            raise LimitExceeded("store", 0)
+        return stored
+
+    def ingest(self, op: Operation, payload: bytes, *, allow_gap: bool = False) -> IngestResult:
+        key = (op.header.author, op.header.log)
+        lg = self._logs.get(key)
+        oid = operation_id(op)
+        max_size = self.config.max_operation_size
+        if lg is not None and op.seq <= lg.hi:
+            validate(op, payload, None, max_size, allow_gap=True)
+            if op.seq < lg.lo or lg.ops[op.seq].id == oid:
+                return IngestResult.DUPLICATE
+            raise BacklinkMismatch(f"a different operation is stored at seq {op.seq} (fork)")
+        head = None if lg is None else LogHead(lg.hi, lg.ops[lg.hi].id)
+        validate(op, payload, head, max_size, allow_gap=allow_gap and not (lg is not None and lg.local))
+        if self._write(key, lg, StoredOp(op, payload, oid), local=False):
+            return IngestResult.STORED
+        return IngestResult.REFUSED
+
+    def drop_log(self, author: NodeId, log: str) -> int:
+        key = (author.raw, log)
+        lg = self._logs.pop(key, None)
+        if lg is None:
+            return 0
+        n = len(lg.ops)
+        self._nops -= n
+        self._nbytes -= lg.nbytes
+        self._prunable.pop(key, None)
+        names = self._by_name.get(log)
+        if names is not None:
+            names.discard(author.raw)
+            if not names:
+                del self._by_name[log]
+        return n
+
+    def prune(self, author: NodeId, log: str, before_seq: int) -> int:
+        lg = self._logs.get((author.raw, log))
+        if lg is None:
+            return 0
+        return self._trim(lg, min(before_seq, lg.hi))
+
+    def set_retention(self, log: str, max_length: int) -> None:
+        if max_length < 0:
+            raise ValueError("max_length must be >= 0")
+        if max_length == 0:
+            self._retention.pop(log, None)
+        else:
+            self._retention[log] = max_length
+        for a in list(self._by_name.get(log, ())):
+            lg = self._logs[(a, log)]
+            self._mark_prunable((a, log), lg)
+            if max_length:
+                self._trim(lg, lg.hi - max_length + 1)
+
+    def close(self) -> None:
+        self._logs.clear()
+        self._by_name.clear()
+        self._prunable.clear()
+        self._nops = self._nbytes = 0
+        self._unregister()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _retain(self, log: str) -> int:
+        return self._retention.get(log, self.config.max_log_length)
+
+    def _mark_prunable(self, key: tuple[bytes, str], lg: _Log) -> None:
+        if not lg.local and (lg.pruned or self._retain(key[1]) > 0):
+            self._prunable[key] = None
+        else:
+            self._prunable.pop(key, None)
+
+    def _trim(self, lg: _Log, new_lo: int) -> int:
+        n = 0
+        while lg.lo < new_lo:
+            s = lg.ops.pop(lg.lo)
+            lg.lo += 1
+            size = s.size
+            lg.nbytes -= size
+            self._nbytes -= size
+            self._nops -= 1
+            n += 1
+        return n
+
+    def _write(self, key: tuple[bytes, str], lg: _Log | None, s: StoredOp, *, local: bool) -> bool:
+        """Store ``s`` (already validated) applying prune, gap, retention and the caps."""
+        cfg = self.config
+        seq = s.op.seq
+        size = s.size
+        new_lo = seq if (lg is None or s.op.prune or seq != lg.hi + 1) else lg.lo
+        keep = self._retain(key[1])
+        if keep > 0:
+            new_lo = max(new_lo, seq - keep + 1)
+        freed_n = freed_b = 0
+        if lg is not None:
+            for q in range(lg.lo, min(new_lo, lg.hi + 1)):
+                freed_n += 1
+                freed_b += lg.ops[q].size
+        ops_after = self._nops + 1 - freed_n
+        bytes_after = self._nbytes + size - freed_b
+        if lg is None and len(self._logs) + 1 > cfg.max_logs:
+            return self._refuse(local, "store.max_logs", cfg.max_logs)
+        over_n = ops_after - cfg.max_operations
+        over_b = bytes_after - cfg.max_bytes
+        if over_n > 0 or over_b > 0:
+            victims = self._plan_victims(key, over_n, over_b)
+            if victims is None:
+                limit, cap = (
+                    ("store.max_operations", cfg.max_operations) if over_n > 0 else ("store.max_bytes", cfg.max_bytes)
+                )
+                return self._refuse(local, limit, cap)
+            for vkey, count in victims:
+                vlg = self._logs[vkey]
+                self._evictions += self._trim(vlg, vlg.lo + count)
+        # commit
+        if lg is None:
+            lg = _Log(seq, local)
+            self._logs[key] = lg
+            self._by_name.setdefault(key[1], set()).add(key[0])
+        elif local:
+            lg.local = True
+        self._trim(lg, min(new_lo, lg.hi + 1))
+        if lg.lo > seq or not lg.ops:
+            lg.lo = seq
+        lg.ops[seq] = s
+        lg.hi = seq
+        lg.nbytes += size
+        if s.op.prune:
+            lg.pruned = True
+        self._nops += 1
+        self._nbytes += size
+        self._mark_prunable(key, lg)
+        self._note(self._nops)
+        return True
+
+    def _plan_victims(
+        self, exclude: tuple[bytes, str], over_n: int, over_b: int
+    ) -> list[tuple[tuple[bytes, str], int]] | None:
+        """Which oldest operations of prunable foreign logs to drop to free ``over_n`` operations
+        and ``over_b`` bytes; ``None`` when even all of them would not suffice."""
+        cursors: list[tuple[tuple[bytes, str], _Log, int]] = [
+            (k, self._logs[k], self._logs[k].lo) for k in self._prunable if k != exclude
+        ]
+        plan: dict[tuple[bytes, str], int] = {}
+        for idx in victim_order(
+            [(lg.ops[c].op.timestamp if c < lg.hi else None) for _, lg, c in cursors],
+            lambda i, c: cursors[i][1].ops[c].op.timestamp if c < cursors[i][1].hi else None,
+            [c for _, _, c in cursors],
+        ):
+            if over_n <= 0 and over_b <= 0:
+                break
+            k, lg, _ = cursors[idx[0]]
+            over_n -= 1
+            over_b -= lg.ops[idx[1]].size
+            plan[k] = plan.get(k, 0) + 1
+        if over_n > 0 or over_b > 0:
+            return None
+        return list(plan.items())
+
+    def stats(self) -> ContainerStats:
+        """Operations held against ``max_operations`` (and bytes against ``max_bytes``)."""
+        return self._stats(self._nops, self._nbytes)
