@@ -49,6 +49,8 @@ def strategy_for(t: msgspec.inspect.Type) -> st.SearchStrategy[Any]:
         return st.lists(strategy_for(t.item_type), max_size=t.max_length if t.max_length is not None else 8)
     if isinstance(t, mi.VarTupleType):
         return st.lists(strategy_for(t.item_type), max_size=8).map(tuple)
+    if isinstance(t, mi.TupleType):
+        return st.tuples(*(strategy_for(i) for i in t.item_types))
     if isinstance(t, mi.DictType):
         return st.dictionaries(strategy_for(t.key_type), strategy_for(t.value_type), max_size=8)
     if isinstance(t, mi.UnionType):
@@ -77,6 +79,8 @@ def random_value(t: msgspec.inspect.Type, rng: random.Random) -> Any:
     if isinstance(t, mi.ListType | mi.VarTupleType):
         items = [random_value(t.item_type, rng) for _ in range(rng.randrange(4))]
         return items if isinstance(t, mi.ListType) else tuple(items)
+    if isinstance(t, mi.TupleType):
+        return tuple(random_value(i, rng) for i in t.item_types)
     if isinstance(t, mi.DictType):
         return {random_value(t.key_type, rng): random_value(t.value_type, rng) for _ in range(rng.randrange(4))}
     if isinstance(t, mi.UnionType):

@@ -6,6 +6,7 @@ Field names are short on purpose: they travel in every frame.
 
 from __future__ import annotations
 
+from .log_messages import LOG_MESSAGES
 from .wire import Message
 
 __all__ = [
@@ -135,4 +136,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Request,
     Reply,
     ReplyError,
+    *LOG_MESSAGES,
 )

@@ -37,6 +37,7 @@ from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue, QueueClosed
 from ..config import NodeConfig
 from ..core.effects import Deliver, Dial, Disconnect, Send
+from ..core.log_messages import LOG_MESSAGES
 from ..core.messages import ALL_MESSAGES, Interest, Publish, Reply, ReplyError, Request, Services
 from ..core.pubsub import PubSub, match, validate_pattern
 from ..core.rpc import CallResolved, Invoke, Rpc
@@ -55,6 +56,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .logs import LogService
 from .memory import MemoryNetwork, MemoryTransport
 from .transport import Connection, Transport
 
@@ -67,6 +69,15 @@ log = logging.getLogger("quicmesh.node")
 
 _INBOX_CHUNK = 256
 """Inbound messages processed per event-loop iteration before readers get a turn."""
+_LOG_TYPES = tuple(LOG_MESSAGES)
+
+
+def _earliest(*deadlines: float | None) -> float | None:
+    """The earliest of the given deadlines (``None`` entries ignored)."""
+    present = [d for d in deadlines if d is not None]
+    return min(present) if present else None
+
+
 _INBOX_CAPACITY = 65_536
 """Inbound messages waiting for processing; beyond it new ones are dropped and counted."""
 
@@ -195,6 +206,7 @@ class Node:
         cap = config.transport.max_connections
         self.pubsub = PubSub(self.id, config.pubsub, peer_capacity=cap, registry=self.registry)
         self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=self._rng, registry=self.registry)
+        self.logs = LogService(keypair, config, registry=self.registry, rng=self._rng, run=self._run)
         self._subs: LruMap[int, _SubState] = LruMap(
             "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
         )
@@ -249,6 +261,7 @@ class Node:
 
         self._loop = asyncio.get_running_loop()
         self.address = await self.transport.start(self)
+        await self.logs.start()
         self._started = True
         self.observability = Observability(
             self, self.config.observability, http=self.config.http, traffic_counter=self._traffic
@@ -285,6 +298,7 @@ class Node:
         for state in list(self._subs.values()):
             state.queue.close_queue(NodeClosed("node stopped"))
         await self.transport.stop()
+        await self.logs.stop()
 
     async def __aenter__(self) -> Node:
         return self
@@ -330,7 +344,9 @@ class Node:
         peer = conn.peer_id
         self._run(self.pubsub.peer_connected(peer))
         self._run(self.rpc.peer_connected(peer))
+        self.logs.peer_connected(peer, self._now())
         self._notify()
+        self._rearm()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
         # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
@@ -366,6 +382,8 @@ class Node:
         elif isinstance(message, Services):
             self._run(self.rpc.handle_message(peer, message))
             self._notify()
+        elif isinstance(message, _LOG_TYPES):
+            self.logs.handle_message(peer, message, self._now())
         self._rearm()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
@@ -374,6 +392,7 @@ class Node:
             return  # a newer connection to the same peer replaced this one
         self.pubsub.peer_disconnected(peer)
         self._run(self.rpc.peer_disconnected(peer))
+        self.logs.peer_disconnected(peer, self._now())
         for key in [k for k in self._running if k[0] == peer]:
             self._running[key].cancel()
         self._notify()
@@ -435,7 +454,7 @@ class Node:
     def _rearm(self) -> None:
         if self._stopped or self._loop is None:
             return
-        deadline = self.rpc.next_deadline()
+        deadline = _earliest(self.rpc.next_deadline(), self.logs.next_deadline())
         if deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -449,7 +468,9 @@ class Node:
         self._timer = None
         self._timer_at = None
         assert self._loop is not None
-        self._run(self.rpc.handle_timer(self._loop.time()))
+        now = self._loop.time()
+        self._run(self.rpc.handle_timer(now))
+        self.logs.handle_timer(now)
         self._rearm()
 
     def _now(self) -> float:
@@ -694,6 +715,7 @@ class Node:
                 "running_handlers": self.rpc.running,
                 "services": len(self._handlers),
             },
+            **self.logs.health(),
         }
 
     def ready(self) -> tuple[bool, str]:
