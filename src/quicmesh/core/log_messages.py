@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .wire import Message
 
-__all__ = ["LOG_MESSAGES", "LiveOp", "SyncBatch", "SyncRequest"]
+__all__ = ["LOG_MESSAGES", "LiveOp", "LogInterest", "SyncBatch", "SyncRequest"]
 
 
 class SyncRequest(Message, tag="l.req"):
@@ -47,4 +47,16 @@ class LiveOp(Message, tag="l.op"):
     payload: bytes
 
 
-LOG_MESSAGES: tuple[type[Message], ...] = (SyncRequest, SyncBatch, LiveOp)
+class LogInterest(Message, tag="l.int"):
+    """The log names the sender replicates: ``reset`` replaces the whole set the receiver holds
+    for the sender (sent when a connection comes up), otherwise ``added`` and ``removed`` are
+    applied to it. The receiver keeps at most ``store.max_interests`` names per peer and ignores
+    names that are not valid log names.
+    """
+
+    added: list[str]
+    removed: list[str]
+    reset: bool = False
+
+
+LOG_MESSAGES: tuple[type[Message], ...] = (SyncRequest, SyncBatch, LiveOp, LogInterest)

@@ -28,6 +28,23 @@ Commands:
                 per second, wait for each echo on R; a ``pingpong_done`` event with the
                 round-trip percentiles
 ``health``      the node's health snapshot (``health`` event)
+``memory``      ``{"gc": bool, "trace": "start"|"stop", "frames": N, "baseline": bool,
+                "top": N}``: a ``memory`` event with the process RSS, open fds, asyncio tasks,
+                live objects, container sizes, glibc heap figures (``malloc``) and, while
+                tracemalloc traces, the traced bytes and the ``top`` allocation sites that
+                grew most since the ``baseline`` snapshot (soak runs); ``gc`` (default
+                true) collects garbage first, ``trim`` returns free heap pages first
+``log_open``    ``{"log": L}``: open a handle on log L (the node replicates L from then on)
+``append``      ``{"log": L, "payload": S, "count": N, "rate": R}``: append N entries to this
+                node's log L (payload suffixed with ``#i`` when N > 1) at most R per second;
+                an ``appended`` event with the first and last seq once all are durable
+``log_heads``   ``{"log": L}``: ``log_heads`` event, latest seq per author id stored here
+``log_read``    ``{"log": L, "author": ID, "from": S, "limit": N}``: ``log_entries`` event
+``kv_open``     ``{"map": M}``: open the replicated map M (``kv_opened``)
+``kv_set`` / ``kv_delete``  ``{"map": M, "key": K, "payload": S}`` / ``{"map": M, "key": K}``
+``kv_get``      ``{"map": M, "key": K, "until": S, "timeout": F}``: ``kv_value`` event; with
+                ``until``, once the value equals S (or at the timeout, with the value then)
+``kv_items``    ``{"map": M}``: ``kv_items`` event
 ``stop``        stop the node and exit 0
 ==============  ===========================================================================
 """
@@ -36,14 +53,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..bounded import LruMap, Overflow
 from ..errors import QuicmeshError, RemoteError
+from ..identity import NodeId
+from .logs import Log, ReplicatedMap
 from .node import Message, Node, Subscription
 
 __all__ = ["ControlChannel", "builtin_handler"]
@@ -76,6 +97,68 @@ def builtin_handler(kind: str) -> Callable[[bytes], Awaitable[bytes]]:
     return table[kind]
 
 
+_TRACE_FILTERS = (
+    tracemalloc.Filter(False, tracemalloc.__file__),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+    tracemalloc.Filter(False, "<unknown>"),
+)
+"""Allocation sites left out of ``memory`` snapshots: tracemalloc itself and the import machinery."""
+
+
+def _trace_stat(stat: tracemalloc.Statistic | tracemalloc.StatisticDiff) -> dict[str, Any]:
+    frame = stat.traceback[0]
+    out: dict[str, Any] = {"where": f"{frame.filename}:{frame.lineno}", "size": stat.size, "count": stat.count}
+    if isinstance(stat, tracemalloc.StatisticDiff):
+        out["size_diff"] = stat.size_diff
+        out["count_diff"] = stat.count_diff
+    return out
+
+
+_LOG_COMMANDS = frozenset(
+    {"log_open", "append", "log_heads", "log_read", "kv_open", "kv_set", "kv_delete", "kv_get", "kv_items"}
+)
+
+
+_MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def _mallinfo() -> dict[str, int] | None:
+    """glibc's ``mallinfo2()``: ``uordblks`` bytes in use and ``fordblks`` bytes free in the main heap,
+    ``hblkhd`` bytes in mmap'ed blocks (``None`` off glibc or before 2.33). Native allocations (the
+    QUIC library, OpenSSL) show here and not in tracemalloc."""
+    import ctypes
+
+    class _Info(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in _MALLINFO2_FIELDS]
+
+    try:
+        libc = _libc()
+        fn = libc.mallinfo2
+    except (AttributeError, OSError):
+        return None
+    fn.restype = _Info
+    info = fn()
+    return {f: int(getattr(info, f)) for f in _MALLINFO2_FIELDS}
+
+
+def _malloc_trim() -> None:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``), when available."""
+    try:
+        _libc().malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
 def _payload(cmd: dict[str, Any]) -> bytes:
     if "payload_b64" in cmd:
         return base64.b64decode(cmd["payload_b64"])
@@ -104,6 +187,9 @@ class ControlChannel:
             "control.count_waiters", 1000, Overflow.REJECT, registry=node.registry
         )
         self._tasks: set[asyncio.Task[Any]] = set()  # bounded: one reader per subscription plus running commands
+        self._trace_baseline: tracemalloc.Snapshot | None = None
+        self._logs: LruMap[str, Log] = LruMap("control.logs", 1000, Overflow.REJECT, registry=node.registry)
+        self._maps: LruMap[str, ReplicatedMap] = LruMap("control.maps", 1000, Overflow.REJECT, registry=node.registry)
         self.stopping = asyncio.Event()
 
     @staticmethod
@@ -216,10 +302,148 @@ class ControlChannel:
             self.emit("counts", counts={str(k): v for k, v in self._counts.items()})
         elif name == "health":
             self.emit("health", health=node.health(), peers=[str(p) for p in node.peers()])
+        elif name == "memory":
+            self._memory(cmd)
+        elif name in _LOG_COMMANDS:
+            await self._log_command(name, cmd)
         elif name == "stop":
             self.stopping.set()
         else:
             self.emit("error", cmd=name, type="BadCommand", message=f"unknown command {name!r}")
+
+    def _log(self, name: str) -> Log:
+        handle = self._logs.peek(name)
+        if handle is None:
+            handle = self.node.log(name)
+            self._logs.set(name, handle)
+        return handle
+
+    async def _map(self, name: str) -> ReplicatedMap:
+        handle = self._maps.peek(name)
+        if handle is None:
+            handle = await self.node.kv(name)
+            self._maps.set(name, handle)
+        return handle
+
+    async def _log_command(self, name: str, cmd: dict[str, Any]) -> None:
+        """The replicated-log commands (see the module table)."""
+        if name == "log_open":
+            self._log(cmd["log"])
+            self.emit("log_opened", log=cmd["log"])
+        elif name == "append":
+            log = self._log(cmd["log"])
+            count = int(cmd.get("count", 1))
+            rate = float(cmd.get("rate", 0) or 0)
+            base = _payload(cmd)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            first = last = -1
+            for i in range(count):
+                entry = await log.append(base if count == 1 else base + b"#%d" % i)
+                first = entry.seq if first < 0 else first
+                last = entry.seq
+                if rate > 0:
+                    delay = start + (i + 1) / rate - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            self.emit("appended", log=log.name, count=count, first_seq=first, last_seq=last,
+                      seconds=round(loop.time() - start, 4))
+        elif name == "log_heads":
+            lg = cmd["log"]
+            heads = self.node.logs.heads(lg)
+            self.emit("log_heads", log=lg, heads={str(a): s for a, s in heads.items()})
+        elif name == "log_read":
+            log = self._log(cmd["log"])
+            author = NodeId.parse(cmd["author"]) if cmd.get("author") else None
+            entries = await log.read(author, int(cmd.get("from", 0)), int(cmd.get("limit", 256)))
+            self.emit("log_entries", log=log.name, entries=[{"seq": e.seq, **_text(e.payload)} for e in entries])
+        elif name == "kv_open":
+            await self._map(cmd["map"])
+            self.emit("kv_opened", map=cmd["map"])
+        elif name == "kv_set":
+            await (await self._map(cmd["map"])).set(cmd["key"], _payload(cmd))
+            self.emit("kv_set", map=cmd["map"], key=cmd["key"])
+        elif name == "kv_delete":
+            await (await self._map(cmd["map"])).delete(cmd["key"])
+            self.emit("kv_deleted", map=cmd["map"], key=cmd["key"])
+        elif name == "kv_get":
+            kv = await self._map(cmd["map"])
+            value = await kv.get(cmd["key"])
+            if "until" in cmd:
+                want = str(cmd["until"]).encode()
+                watch = kv.watch()
+                try:
+                    async with asyncio.timeout(float(cmd.get("timeout", 10))):
+                        while (value := await kv.get(cmd["key"])) != want:
+                            await watch.get()
+                except TimeoutError:
+                    pass
+                finally:
+                    await watch.close()
+            self.emit("kv_value", map=cmd["map"], key=cmd["key"], found=value is not None,
+                      **(_text(value) if value is not None else {}))
+        elif name == "kv_items":
+            kv = await self._map(cmd["map"])
+            self.emit("kv_items", map=cmd["map"], items={k: _text(v).get("payload", "") for k, v in kv.items()})
+
+    def _memory(self, cmd: dict[str, Any]) -> None:
+        """The ``memory`` command: process and heap figures for soak runs (see the module table)."""
+        from ..observability.metrics import open_fds, process_rss
+
+        trace = cmd.get("trace")
+        if trace == "start" and not tracemalloc.is_tracing():
+            tracemalloc.start(max(1, int(cmd.get("frames", 1))))
+        elif trace == "stop" and tracemalloc.is_tracing():
+            tracemalloc.stop()
+            self._trace_baseline = None
+        elif trace not in (None, "start", "stop"):
+            raise ValueError(f"trace must be 'start' or 'stop', not {trace!r}")
+        if cmd.get("gc", True):
+            gc.collect()
+        rss_untrimmed: int | None = None
+        if cmd.get("trim"):
+            rss_untrimmed = process_rss()
+            _malloc_trim()
+        tracing = tracemalloc.is_tracing()
+        top: list[dict[str, Any]] = []
+        traced = peak = overhead = 0
+        if tracing:
+            traced, peak = tracemalloc.get_traced_memory()
+            overhead = tracemalloc.get_tracemalloc_memory()
+            want_top = max(0, int(cmd.get("top", 0)))
+            if cmd.get("baseline") or want_top:
+                snap = tracemalloc.take_snapshot().filter_traces(_TRACE_FILTERS)
+                if want_top:
+                    stats: list[tracemalloc.StatisticDiff] | list[tracemalloc.Statistic]
+                    if self._trace_baseline is not None:
+                        stats = snap.compare_to(self._trace_baseline, "lineno")
+                    else:
+                        stats = snap.statistics("lineno")
+                    top = [_trace_stat(s) for s in stats[:want_top]]
+                if cmd.get("baseline"):
+                    self._trace_baseline = snap
+        containers: dict[str, int] = {}
+        for c in self.node.registry.snapshot():
+            containers[c.name] = containers.get(c.name, 0) + c.size
+        ts = self.node.transport.stats()
+        self.emit(
+            "memory",
+            rss_bytes=process_rss(),
+            open_fds=open_fds(),
+            asyncio_tasks=len(asyncio.all_tasks()),
+            gc_objects=len(gc.get_objects()),
+            connections=ts.connections,
+            handshakes_in_progress=ts.handshakes_in_progress,
+            containers=containers,
+            tracing=tracing,
+            traced_bytes=traced,
+            traced_peak_bytes=peak,
+            tracemalloc_bytes=overhead,
+            has_baseline=self._trace_baseline is not None,
+            top_growth=top,
+            malloc=_mallinfo(),
+            rss_before_trim_bytes=rss_untrimmed,
+        )
 
     async def _wait_ready(self, name: str, cmd: dict[str, Any]) -> None:
         """Wait until a connected peer provides ``name`` / subscribes to ``topic``."""

@@ -56,7 +56,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
-from .logs import LogService
+from .logs import Log, LogService, LogWatch, ReplicatedMap
 from .memory import MemoryNetwork, MemoryTransport
 from .transport import Connection, Transport
 
@@ -206,7 +206,9 @@ class Node:
         cap = config.transport.max_connections
         self.pubsub = PubSub(self.id, config.pubsub, peer_capacity=cap, registry=self.registry)
         self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=self._rng, registry=self.registry)
-        self.logs = LogService(keypair, config, registry=self.registry, rng=self._rng, run=self._run)
+        self.logs = LogService(
+            keypair, config, registry=self.registry, rng=self._rng, run=self._run, rearm=self._rearm
+        )
         self._subs: LruMap[int, _SubState] = LruMap(
             "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
         )
@@ -650,6 +652,30 @@ class Node:
         except Exception as exc:
             error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
         self._run(self.rpc.handler_done(eff.peer, eff.call_id, result, error))
+
+    # -- replicated logs -------------------------------------------------------------------------
+
+    def log(self, name: str) -> Log:
+        """This node's log ``name``: ``await node.log(name).append(payload)``.
+
+        While the handle (or any watcher or map of the name) is open, the name is replicated with
+        the connected peers interested in it. Raises :class:`~quicmesh.errors.LimitExceeded` past
+        ``store.max_interests`` names.
+        """
+        self._check_open()
+        return self.logs.open_log(name)
+
+    def watch_log(self, name: str, *, queue_size: int | None = None, replay: bool = False) -> LogWatch:
+        """An async iterator of every author's operations of log ``name`` stored here from now
+        on (with ``replay``: first those already stored), each author's in order (bounded queue,
+        drop-oldest; close it to release it)."""
+        self._check_open()
+        return self.logs.watch(name, queue_size=queue_size, replay=replay)
+
+    async def kv(self, name: str) -> ReplicatedMap:
+        """The last-writer-wins map ``name``, replicated over every node's log of that name."""
+        self._check_open()
+        return await self.logs.kv(name)
 
     # -- observability ---------------------------------------------------------------------------
 
