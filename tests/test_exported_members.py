@@ -11,6 +11,11 @@ EXPECTED_API = {
     "GossipConfig",
     "Handler",
     "KeyPair",
+    "KvChange",
+    "KvWatch",
+    "Log",
+    "LogEntry",
+    "LogWatch",
     "MembershipConfig",
     "Message",
     "Node",
@@ -19,6 +24,7 @@ EXPECTED_API = {
     "ObservabilityConfig",
     "PubSubConfig",
     "RegistryConfig",
+    "ReplicatedMap",
     "RpcConfig",
     "StoreConfig",
     "Subscription",
@@ -84,5 +90,5 @@ def test_every_error_derives_from_quicmesh_error() -> None:
 
 
 def test_public_classes_report_the_package_as_their_home() -> None:
-    for name in ("Node", "NodeConfig", "NodeId", "KeyPair", "Subscription", "Message"):
+    for name in ("Node", "NodeConfig", "NodeId", "KeyPair", "Subscription", "Message", "Log", "ReplicatedMap"):
         assert getattr(quicmesh, name).__module__.startswith("quicmesh."), name

@@ -35,18 +35,31 @@ from .errors import *  # noqa: F403
 from .identity import KeyPair, NodeId
 
 if TYPE_CHECKING:
+    from .runtime.logs import KvChange, KvWatch, Log, LogEntry, LogWatch, ReplicatedMap
     from .runtime.node import Handler, Message, Node, Subscription
 
-_RUNTIME = frozenset({"Handler", "Message", "Node", "Subscription"})
+_RUNTIME = {
+    "Handler": "node",
+    "Message": "node",
+    "Node": "node",
+    "Subscription": "node",
+    "KvChange": "logs",
+    "KvWatch": "logs",
+    "Log": "logs",
+    "LogEntry": "logs",
+    "LogWatch": "logs",
+    "ReplicatedMap": "logs",
+}
 
 
 def __getattr__(name: str) -> Any:
     # The asyncio runtime loads on first use, so that importing the sans-IO core
     # (``quicmesh.core``) never imports asyncio through this package.
-    if name in _RUNTIME:
-        from .runtime import node
+    module = _RUNTIME.get(name)
+    if module is not None:
+        import importlib
 
-        return getattr(node, name)
+        return getattr(importlib.import_module(f".runtime.{module}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"
@@ -57,6 +70,11 @@ __all__ = [
     "GossipConfig",
     "Handler",
     "KeyPair",
+    "KvChange",
+    "KvWatch",
+    "Log",
+    "LogEntry",
+    "LogWatch",
     "MembershipConfig",
     "Message",
     "Node",
@@ -65,6 +83,7 @@ __all__ = [
     "ObservabilityConfig",
     "PubSubConfig",
     "RegistryConfig",
+    "ReplicatedMap",
     "RpcConfig",
     "StoreConfig",
     "Subscription",
