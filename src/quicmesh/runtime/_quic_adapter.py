@@ -1,0 +1,344 @@
+"""The only module that touches qh3: configurations, the per-connection protocol, the endpoint.
+
+Theory of operation
+-------------------
+One UDP socket per transport carries every connection, inbound and outbound: :class:`Endpoint`
+is qh3's ``QuicServer`` (which routes datagrams to connections by destination connection id) with
+outbound connections registered in the same routing table, so a dialer's packets leave from the
+address it listens on. Each QUIC connection is driven by a :class:`Proto` (qh3's
+``QuicConnectionProtocol``): datagrams and qh3's own ``call_at`` timer feed the sans-IO core, and
+events go to a :class:`Sink` (the quicmesh connection) instead of asyncio stream readers.
+
+Hardening against qh3 2.1.0 (measured): every entry point into qh3 (datagram, timer, transmit) is
+wrapped, so an exception raised by the core -- e.g. a failed handshake -- closes that one
+connection instead of escaping into the event loop; a connection whose core cannot even close is
+abandoned (routing entries, timer and state dropped at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import serialization
+from qh3._hazmat import Certificate as _X509Certificate
+from qh3.asyncio.protocol import QuicConnectionProtocol
+from qh3.asyncio.server import QuicServer
+from qh3.quic import events as qevents
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection
+from qh3.quic.packet import QuicErrorCode
+from qh3.tls import SignatureAlgorithm, load_pem_private_key
+
+from ..config import TransportConfig
+from ..identity import KeyPair, make_certificate
+
+__all__ = [
+    "ConnectionTerminated",
+    "Endpoint",
+    "HandshakeCompleted",
+    "Proto",
+    "QhConnection",
+    "QuicEvent",
+    "Sink",
+    "StreamDataReceived",
+    "client_configuration",
+    "new_client_connection",
+    "server_configuration",
+]
+
+log = logging.getLogger("quicmesh.quic")
+
+
+class _DropPeerCloseWarnings(logging.Filter):
+    """qh3 2.1.0 logs a WARNING for every close received from a peer ("Native peer close"):
+    an ordinary event for a mesh (the transport reports it through ``on_connection_lost``), and
+    one log line per churned connection for a daemon. Only that message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Native peer close"))
+
+
+_qh3_log = logging.getLogger("quic")
+if not any(isinstance(f, _DropPeerCloseWarnings) for f in _qh3_log.filters):
+    _qh3_log.addFilter(_DropPeerCloseWarnings())
+
+QuicEvent = qevents.QuicEvent
+QhConnection = QuicConnection
+ConnectionTerminated = qevents.ConnectionTerminated
+HandshakeCompleted = qevents.HandshakeCompleted
+StreamDataReceived = qevents.StreamDataReceived
+CONNECTION_REFUSED = int(QuicErrorCode.CONNECTION_REFUSED)
+INTERNAL_ERROR = int(QuicErrorCode.INTERNAL_ERROR)
+
+# qh3 2.1.0 leaves EdDSA out of its default client list; without it a handshake with an Ed25519
+# listener fails. RSA/ECDSA stay in so that a listener with another key completes TLS and is then
+# refused by our own check with a clear AuthenticationFailed instead of a TLS alert.
+_CLIENT_SIGALGS = [
+    SignatureAlgorithm.ED25519,
+    SignatureAlgorithm.ECDSA_SECP256R1_SHA256,
+    SignatureAlgorithm.RSA_PSS_RSAE_SHA256,
+    SignatureAlgorithm.ECDSA_SECP384R1_SHA384,
+    SignatureAlgorithm.RSA_PSS_RSAE_SHA384,
+    SignatureAlgorithm.RSA_PSS_RSAE_SHA512,
+]
+
+
+def server_configuration(keypair: KeyPair, config: TransportConfig) -> QuicConfiguration:
+    """Listener side: the node's self-signed Ed25519 certificate, ALPN, idle timeout."""
+    cert = make_certificate(keypair)
+    qc = QuicConfiguration(is_client=False, alpn_protocols=[config.alpn], idle_timeout=config.idle_timeout)
+    qc.certificate = _X509Certificate(cert.public_bytes(serialization.Encoding.DER))
+    qc.private_key = load_pem_private_key(keypair.private_pem())
+    return qc
+
+
+def client_configuration(config: TransportConfig) -> QuicConfiguration:
+    """Dialer side: no CA check (the certificate's key *is* the identity, checked by quicmesh)."""
+    qc = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[config.alpn],
+        idle_timeout=config.idle_timeout,
+        verify_mode=ssl.CERT_NONE,
+    )
+    qc.signature_algorithms = list(_CLIENT_SIGALGS)
+    return qc
+
+
+class Sink(Protocol):
+    """What a :class:`Proto` reports to (the quicmesh connection)."""
+
+    def quic_event(self, event: qevents.QuicEvent) -> None: ...
+
+    def quic_failed(self, exc: BaseException) -> None: ...
+
+
+def _ignore_cid(cid: bytes) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
+class Proto(QuicConnectionProtocol):
+    """qh3 protocol for one connection, with every call into qh3 guarded."""
+
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
+        super().__init__(quic, stream_handler=None)
+        self.sink: Sink | None = None
+        self.refuse_reason: str | None = None
+        """When set before the first datagram: close with CONNECTION_REFUSED right after it and
+        drop the connection at once."""
+        self.on_terminated: Callable[[Proto], None] | None = None
+        self._failing = False
+        self._gone = False
+        self._local_close = False
+        self.cids: set[bytes] = set()  # bounded: the ids routed to this connection (<= active_connection_id_limit + 2)
+
+    @property
+    def quic(self) -> QuicConnection:
+        """The sans-IO qh3 connection."""
+        return self._quic
+
+    @property
+    def terminated(self) -> bool:
+        """``True`` once qh3 reported termination or the connection was abandoned."""
+        return self._gone
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self._gone:
+            return
+        try:
+            super().datagram_received(data, addr)
+            if self.refuse_reason is not None:
+                reason, self.refuse_reason = self.refuse_reason, None
+                self._local_close = True
+                self._quic.close(error_code=CONNECTION_REFUSED, reason_phrase=reason)
+                self.transmit()
+                # Keep nothing for a refused attempt (not even qh3's draining state): if the
+                # close is lost, the dialer's retransmitted Initial is simply refused again.
+                self.abandon()
+                return
+            # qh3 reports a close by the peer (or a TLS failure) only after its draining period
+            # (3 PTO, ~1 s before an RTT sample). A draining endpoint sends nothing, so end the
+            # connection now: the owner learns at once and no state waits out the period.
+            ce = getattr(self._quic, "_close_event", None)
+            if ce is not None and not self._local_close and not self._gone:
+                self.abandon(ce)
+        except Exception as exc:
+            self._fail(exc)
+
+    def datagrams_received(self, data: list[bytes], addr: Any) -> None:
+        for d in data:
+            self.datagram_received(d, addr)
+
+    def _handle_timer(self) -> None:
+        if self._gone:
+            return
+        try:
+            super()._handle_timer()
+        except Exception as exc:
+            self._fail(exc)
+
+    def transmit(self) -> None:
+        if self._gone or self._transport is None or self._transport.is_closing():
+            self._cancel_timers()
+            return
+        try:
+            super().transmit()
+        except Exception as exc:
+            self._fail(exc)
+
+    def quic_event_received(self, event: qevents.QuicEvent) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink.quic_event(event)
+        if isinstance(event, ConnectionTerminated):
+            self._terminated()
+
+    def close_with(self, error_code: int, reason: str) -> None:
+        """Close with an application error code and reason phrase, then transmit."""
+        if self._gone:
+            return
+        self._local_close = True
+        try:
+            self._quic.close(error_code=error_code, frame_type=None, reason_phrase=reason[:200])
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self.transmit()
+
+    def abandon(self, event: qevents.ConnectionTerminated | None = None) -> None:
+        """Drop the connection without waiting for qh3's draining period."""
+        if self._gone:
+            return
+        if event is None:
+            event = ConnectionTerminated(error_code=INTERNAL_ERROR, frame_type=None, reason_phrase="abandoned")
+        sink = self.sink
+        if sink is not None:
+            try:
+                sink.quic_event(event)
+            except Exception:  # pragma: no cover - the sink guards itself
+                log.exception("sink failed while abandoning")
+        self._connection_terminated_handler()
+        # events still queued in qh3's current loop must not re-register routes
+        self._connection_id_issued_handler = _ignore_cid
+        self._connection_id_retired_handler = _ignore_cid
+        self._connection_terminated_handler = _nothing
+        self._closed.set()
+        waiter = self._connected_waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        self._connected_waiter = None
+        self._terminated()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _terminated(self) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        self._cancel_timers()
+        self.sink = None
+        cb, self.on_terminated = self.on_terminated, None
+        if cb is not None:
+            cb(self)
+
+    def _cancel_timers(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+        if self._transmit_task is not None:
+            self._transmit_task.cancel()
+            self._transmit_task = None
+
+    def _fail(self, exc: BaseException) -> None:
+        log.warning("qh3 raised %s: %s; closing the connection", type(exc).__name__, exc)
+        if self._failing:
+            self.abandon()
+            return
+        self._failing = True
+        self._local_close = True
+        sink = self.sink
+        if sink is not None:
+            sink.quic_failed(exc)
+        try:
+            self._quic.close(error_code=INTERNAL_ERROR, reason_phrase="internal error")
+            super().transmit()
+        except Exception:
+            self.abandon()
+            return
+        finally:
+            self._failing = False
+
+
+class Endpoint(QuicServer):
+    """qh3's server datagram protocol, also routing packets of outbound connections."""
+
+    def __init__(self, *, configuration: QuicConfiguration, create_protocol: Callable[..., Proto]) -> None:
+        self._factory = create_protocol
+        super().__init__(configuration=configuration, create_protocol=self._create)
+
+    def _create(self, quic: QuicConnection, stream_handler: Any = None) -> Proto:
+        proto = self._factory(quic)
+        # qh3 routes the new connection under both ids; remember them for O(1) removal
+        proto.cids.update((quic.original_destination_connection_id, quic.host_cid))
+        return proto
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        try:
+            super().datagram_received(data, addr)
+        except Exception as exc:  # routing never raises out of the loop
+            log.warning("dropping a datagram from %s: %s: %s", addr, type(exc).__name__, exc)
+
+    @property
+    def routes(self) -> int:
+        """Connection ids in the routing table (qh3's own per-connection state)."""
+        return len(self._protocols)
+
+    @property
+    def transport(self) -> asyncio.DatagramTransport | None:
+        """The UDP transport."""
+        return self._transport
+
+    def add_outbound(self, proto: Proto) -> None:
+        """Route the packets of an outbound connection (as qh3's ``connect`` does per socket)."""
+        assert self._transport is not None
+        proto.connection_made(self._transport)
+        proto._connection_id_issued_handler = partial(self._connection_id_issued, protocol=proto)
+        proto._connection_id_retired_handler = partial(self._connection_id_retired, protocol=proto)
+        proto._connection_terminated_handler = partial(self._connection_terminated, protocol=proto)
+        self._protocols[proto.quic.host_cid] = proto
+        proto.cids.add(proto.quic.host_cid)
+
+    def _connection_id_issued(self, cid: bytes, protocol: QuicConnectionProtocol) -> None:
+        self._protocols[cid] = protocol
+        if isinstance(protocol, Proto):
+            protocol.cids.add(cid)
+
+    def _connection_id_retired(self, cid: bytes, protocol: QuicConnectionProtocol) -> None:
+        if self._protocols.get(cid) is protocol:
+            del self._protocols[cid]
+        if isinstance(protocol, Proto):
+            protocol.cids.discard(cid)
+
+    def _connection_terminated(self, protocol: QuicConnectionProtocol) -> None:
+        # qh3 scans the whole routing table here (O(connections) per close); ours is O(1)
+        if isinstance(protocol, Proto):
+            for cid in protocol.cids:
+                if self._protocols.get(cid) is protocol:
+                    del self._protocols[cid]
+            protocol.cids.clear()
+        else:  # pragma: no cover - every protocol we create is a Proto
+            super()._connection_terminated(protocol)
+
+
+def new_client_connection(configuration: QuicConfiguration) -> QuicConnection:
+    """A fresh client-side qh3 connection."""
+    return QuicConnection(configuration=configuration)

@@ -1,0 +1,562 @@
+"""QuicTransport over loopback: authentication, duplicates, ordering, keepalive, bad input, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from quicmesh.bounded import ContainerRegistry
+from quicmesh.config import TransportConfig
+from quicmesh.core.messages import ALL_MESSAGES, Publish
+from quicmesh.core.wire import Codec, Message
+from quicmesh.errors import (
+    AdmissionRefused,
+    AuthenticationFailed,
+    DecodeError,
+    HandshakeTimeout,
+    PeerIdMismatch,
+    RealmMismatch,
+)
+from quicmesh.identity import KeyPair
+from quicmesh.runtime.quic import QuicConnection, QuicTransport
+from quicmesh.runtime.transport import Connection
+
+pytestmark = pytest.mark.timeout(60)
+
+CODEC = Codec(ALL_MESSAGES)
+CFG = TransportConfig(handshake_timeout=5.0, idle_timeout=10.0, keepalive_interval=4.0)
+
+
+class Recorder:
+    """TransportEvents that records everything and lets tests await conditions."""
+
+    def __init__(self) -> None:
+        self.connected: list[Connection] = []
+        self.lost: list[tuple[Connection, Exception | None]] = []
+        self.messages: list[Message] = []
+        self._cond: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    def _check(self) -> None:
+        for pred, fut in list(self._cond):
+            if not fut.done() and pred():
+                fut.set_result(None)
+                self._cond.remove((pred, fut))
+
+    async def until(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
+        if pred():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._cond.append((pred, fut))
+        await asyncio.wait_for(fut, timeout)
+
+    def on_connection(self, conn: Connection) -> None:
+        self.connected.append(conn)
+        self._check()
+
+    def on_message(self, conn: Connection, message: Message) -> None:
+        self.messages.append(message)
+        self._check()
+
+    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        self.lost.append((conn, error))
+        self._check()
+
+
+class Node:
+    def __init__(self, t: QuicTransport, ev: Recorder, addr: str) -> None:
+        self.t, self.ev, self.addr = t, ev, addr
+
+
+@pytest.fixture
+async def make(registry: ContainerRegistry) -> AsyncIterator[Callable[..., object]]:
+    made: list[QuicTransport] = []
+
+    async def _make(
+        realm: str = "r1",
+        cfg: TransportConfig = CFG,
+        cls: type[QuicTransport] = QuicTransport,
+        kp: KeyPair | None = None,
+    ) -> Node:
+        t = cls(kp or KeyPair.generate(), realm, cfg, CODEC, registry=registry)
+        ev = Recorder()
+        addr = await t.start(ev)
+        made.append(t)
+        return Node(t, ev, addr)
+
+    yield _make
+    for t in made:
+        await t.stop()
+
+
+async def test_connect_and_exchange_10k_in_order(make: Callable[..., object]) -> None:
+    a = await make()  # type: ignore[misc]
+    b = await make()  # type: ignore[misc]
+    conn = await a.t.dial(b.addr, expected=b.t.node_id)
+    assert conn.peer_id == b.t.node_id and conn.outbound
+    await b.ev.until(lambda: len(b.ev.connected) == 1)
+    assert b.ev.connected[0].peer_id == a.t.node_id and not b.ev.connected[0].outbound
+    n = 10_000
+    pub = a.t.node_id.raw
+    sent = 0
+    while sent < n:  # bounded: each round queues up to 500 and waits for the flush to drain
+        for _ in range(min(500, n - sent)):
+            assert conn.send(Publish(topic="t", payload=b"x" * 32, publisher=pub, seq=sent))
+            sent += 1
+        await b.ev.until(lambda s=sent: len(b.ev.messages) >= s - 2000)  # type: ignore[misc]
+    await b.ev.until(lambda: len(b.ev.messages) == n, timeout=30)
+    seqs = [m.seq for m in b.ev.messages if isinstance(m, Publish)]
+    assert seqs == list(range(n))
+    assert a.t.stats().dropped_frames_total == 0
+    # the other direction works too and the receiver's connection is the same pair
+    back = b.t.get(a.t.node_id)
+    assert back is not None and back.send(Publish(topic="u", payload=b"", publisher=pub, seq=1))
+    await a.ev.until(lambda: len(a.ev.messages) == 1)
+    assert a.t.stats().connections == 1 and b.t.stats().connections == 1
+    assert a.t.stats().dialed_total == 1 and b.t.stats().accepted_total == 1
+
+
+async def test_dial_returns_existing_connection(make: Callable[..., object]) -> None:
+    a = await make()  # type: ignore[misc]
+    b = await make()  # type: ignore[misc]
+    c1 = await a.t.dial(b.addr, expected=b.t.node_id)
+    c2 = await a.t.dial(b.addr, expected=b.t.node_id)
+    assert c1 is c2
+    assert len(a.t.connections()) == 1
+
+
+async def test_simultaneous_dial_ends_with_one_connection(make: Callable[..., object]) -> None:
+    for _ in range(5):  # several rounds: the interleaving varies
+        a = await make()  # type: ignore[misc]
+        b = await make()  # type: ignore[misc]
+        ca, cb = await asyncio.gather(a.t.dial(b.addr, expected=b.t.node_id), a_dial(b, a))
+        # both sides return the surviving connection: the one dialed by the smaller node id
+        smaller_dialed_by_a = a.t.node_id < b.t.node_id
+        assert ca.outbound is smaller_dialed_by_a
+        assert cb.outbound is (not smaller_dialed_by_a)
+        assert not ca.closed and not cb.closed
+        assert a.t.get(b.t.node_id) is ca and b.t.get(a.t.node_id) is cb
+        assert len(a.t.connections()) == 1 and len(b.t.connections()) == 1
+        # the survivor carries traffic both ways
+        assert ca.send(Publish(topic="t", payload=b"1", publisher=b"", seq=1))
+        assert cb.send(Publish(topic="t", payload=b"2", publisher=b"", seq=2))
+        await b.ev.until(lambda b=b: len(b.ev.messages) == 1)  # type: ignore[misc]
+        await a.ev.until(lambda a=a: len(a.ev.messages) == 1)  # type: ignore[misc]
+        # the loser never reached the node on either side: the listener that would win holds
+        # the peer's attempt until its own dial is done, then refuses it as a duplicate
+        assert a.ev.lost == [] and b.ev.lost == []
+        assert len(a.ev.connected) == 1 and len(b.ev.connected) == 1
+        assert (a.t.stats().refused_total | b.t.stats().refused_total) == {"duplicate": 1}
+        for node in (a, b):
+            st = node.t.quic_state()
+            assert st["parked"] == 0 and st["handshakes"] == 0 and st["waiters"] == 0
+        await a.t.stop()
+        await b.t.stop()
+
+
+async def a_dial(b: Node, a: Node) -> Connection:
+    return await b.t.dial(a.addr, expected=a.t.node_id)
+
+
+async def test_wrong_expected_id_raises_peer_id_mismatch(make: Callable[..., object]) -> None:
+    a = await make()  # type: ignore[misc]
+    b = await make()  # type: ignore[misc]
+    other = KeyPair.generate().node_id
+    with pytest.raises(PeerIdMismatch) as info:
+        await a.t.dial(b.addr, expected=other)
+    assert info.value.actual == str(b.t.node_id)
+    await b.t.wait_idle(5)
+    assert b.t.quic_state()["connections"] == 0 and b.ev.connected == []
+
+
+async def test_realm_mismatch_refused_and_listener_keeps_nothing(make: Callable[..., object]) -> None:
+    a = await make(realm="red")  # type: ignore[misc]
+    b = await make(realm="blue")  # type: ignore[misc]
+    with pytest.raises(RealmMismatch):
+        await a.t.dial(b.addr, expected=b.t.node_id)
+    assert b.t.stats().refused_total.get("realm") == 1
+    assert b.ev.connected == []
+    await b.t.wait_idle(5)
+    st = b.t.quic_state()
+    assert st["connections"] == 0 and st["handshakes"] == 0 and st["incoming_handshakes"] == 0
+    assert st["quic_connections"] == 0 and st["routes"] == 0
+
+
+class ForgingTransport(QuicTransport):
+    """Signs its proof with another key than its certificate-less claim."""
+
+    def _proof_signature(self, transcript: bytes) -> bytes:
+        return KeyPair.generate().sign(transcript)
+
+
+async def test_forged_proof_refused(make: Callable[..., object]) -> None:
+    a = await make(cls=ForgingTransport)  # type: ignore[misc]
+    b = await make()  # type: ignore[misc]
+    with pytest.raises(AuthenticationFailed):
+        await a.t.dial(b.addr, expected=b.t.node_id)
+    assert b.t.stats().auth_failures_total == 1
+    assert b.ev.connected == []
+    await b.t.wait_idle(5)
+    assert b.t.quic_state()["quic_connections"] == 0
+
+
+class RecordingTransport(QuicTransport):
+    """Captures its proofs, and can replay the first captured one instead of signing."""
+
+    replay: bytes | None = None
+    captured: list[bytes]
+
+    def _proof_signature(self, transcript: bytes) -> bytes:
+        if self.replay is not None:
+            return self.replay
+        sig = super()._proof_signature(transcript)
+        self.captured.append(sig)
+        return sig
+
+
+async def test_replayed_proof_refused(make: Callable[..., object]) -> None:
+    kp = KeyPair.generate()
+    a = await make(cls=RecordingTransport, kp=kp)  # type: ignore[misc]
+    a.t.captured = []
+    b = await make()  # type: ignore[misc]
+    conn = await a.t.dial(b.addr, expected=b.t.node_id)
+    assert len(a.t.captured) == 1
+    await conn.close()
+    await b.ev.until(lambda: len(b.ev.lost) == 1)
+    # same identity, new connection: the listener issues a new nonce, the old proof fails
+    a.t.replay = a.t.captured[0]
+    with pytest.raises(AuthenticationFailed):
+        await a.t.dial(b.addr, expected=b.t.node_id)
+    assert b.t.stats().auth_failures_total == 1
+    assert len(b.ev.connected) == 1  # only the honest first connection was ever admitted
+    await b.t.wait_idle(5)
+    assert b.t.quic_state()["quic_connections"] == 0
+
+
+async def test_admission_max_connections_refused_explicitly(make: Callable[..., object]) -> None:
+    b = await make(cfg=dataclasses.replace(CFG, max_connections=2))  # type: ignore[misc]
+    clients = [await make() for _ in range(3)]  # type: ignore[misc]
+    for c in clients[:2]:
+        await c.t.dial(b.addr, expected=b.t.node_id)
+    with pytest.raises(AdmissionRefused) as info:
+        await clients[2].t.dial(b.addr, expected=b.t.node_id)
+    assert info.value.reason == "max_connections"
+    assert b.t.stats().connections == 2
+    assert b.t.stats().refused_total.get("max_connections") == 1
+    # a slot frees: the next dial gets in
+    await clients[0].t.stop()
+    await b.ev.until(lambda: len(b.ev.lost) == 1)
+    conn = await clients[2].t.dial(b.addr, expected=b.t.node_id)
+    assert not conn.closed
+
+
+async def test_silent_listener_handshake_timeout(make: Callable[..., object]) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a UDP port that never answers
+    sock.bind(("127.0.0.1", 0))
+    try:
+        a = await make(cfg=dataclasses.replace(CFG, handshake_timeout=0.5))  # type: ignore[misc]
+        with pytest.raises(HandshakeTimeout):
+            await a.t.dial(f"127.0.0.1:{sock.getsockname()[1]}")
+        await a.t.wait_idle(5)
+        assert a.t.quic_state() == dict.fromkeys(a.t.quic_state(), 0)
+    finally:
+        sock.close()
+
+
+class StallingConnection(QuicConnection):
+    """A dialer that completes TLS and Hello, then never answers the challenge."""
+
+    challenged: asyncio.Event
+
+    def _dialer_challenge(self, m: Message) -> None:
+        type(self).challenged.set()
+
+
+class SilentDialer(QuicTransport):
+    connection_class = StallingConnection
+
+
+async def test_listener_times_out_silent_dialer(make: Callable[..., object]) -> None:
+    StallingConnection.challenged = asyncio.Event()
+    b = await make(cfg=dataclasses.replace(CFG, handshake_timeout=0.5))  # type: ignore[misc]
+    a = await make(cls=SilentDialer)  # type: ignore[misc]
+    task = asyncio.ensure_future(a.t.dial(b.addr, expected=b.t.node_id))
+    await asyncio.wait_for(StallingConnection.challenged.wait(), 5)
+    assert b.t.stats().handshakes_in_progress == 1
+    # the listener's timer ends it; the dialer learns it from the close
+    with pytest.raises(HandshakeTimeout):
+        await task
+    assert b.t.stats().refused_total.get("handshake_timeout") == 1
+    await b.t.wait_idle(5)
+    st = b.t.quic_state()
+    assert st["incoming_handshakes"] == 0 and st["quic_connections"] == 0 and b.ev.connected == []
+
+
+async def test_keepalive_measures_rtt(make: Callable[..., object]) -> None:
+    cfg = dataclasses.replace(CFG, keepalive_interval=0.1)
+    a = await make(cfg=cfg)  # type: ignore[misc]
+    b = await make(cfg=cfg)  # type: ignore[misc]
+    conn = await a.t.dial(b.addr, expected=b.t.node_id)
+    assert isinstance(conn, QuicConnection)
+    rtt = await conn.ping()
+    assert 0 < rtt < 1.0
+    before = conn.pongs_received
+    # keepalive pings run on their own timer while idle: wait for two more pongs
+    done = asyncio.get_running_loop().create_future()
+
+    def check() -> None:
+        if conn.pongs_received >= before + 2:
+            done.set_result(None)
+        else:
+            asyncio.get_running_loop().call_later(0.05, check)
+
+    check()
+    await asyncio.wait_for(done, 5)
+    assert conn.rtt is not None and 0 < conn.rtt < 1.0
+
+
+async def test_garbage_closes_only_that_connection(make: Callable[..., object]) -> None:
+    b = await make()  # type: ignore[misc]
+    bad = await make()  # type: ignore[misc]
+    good = await make()  # type: ignore[misc]
+    cbad = await bad.t.dial(b.addr, expected=b.t.node_id)
+    cgood = await good.t.dial(b.addr, expected=b.t.node_id)
+    await b.ev.until(lambda: len(b.ev.connected) == 2)
+    assert isinstance(cbad, QuicConnection)
+    cbad._send_raw(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")  # a frame that is not msgpack of any message
+    await b.ev.until(lambda: len(b.ev.lost) == 1)
+    lost_conn, err = b.ev.lost[0]
+    assert lost_conn.peer_id == bad.t.node_id
+    assert isinstance(err, DecodeError)
+    assert isinstance(lost_conn, QuicConnection) and lost_conn.close_code == "protocol"
+    await bad.ev.until(lambda: len(bad.ev.lost) == 1)
+    # the good connection is untouched
+    assert cgood.send(Publish(topic="t", payload=b"ok", publisher=b"", seq=7))
+    await b.ev.until(lambda: len(b.ev.messages) == 1)
+    assert b.t.stats().connections == 1 and b.t.stats().refused_total.get("protocol") == 1
+
+
+async def test_frame_too_large_announcement_closes(make: Callable[..., object]) -> None:
+    b = await make()  # type: ignore[misc]
+    a = await make()  # type: ignore[misc]
+    c = await a.t.dial(b.addr, expected=b.t.node_id)
+    assert isinstance(c, QuicConnection)
+    c._send_raw(b"\xff\xff\xff\xff")  # announces a 4 GiB frame
+    await b.ev.until(lambda: len(b.ev.lost) == 1)
+    assert isinstance(b.ev.lost[0][1], DecodeError)
+
+
+async def test_send_buffer_cap_drops_and_counts(make: Callable[..., object]) -> None:
+    cfg = dataclasses.replace(CFG, send_buffer_bytes=64 * 1024)
+    a = await make(cfg=cfg)  # type: ignore[misc]
+    b = await make()  # type: ignore[misc]
+    c = await a.t.dial(b.addr, expected=b.t.node_id)
+    payload = b"z" * 1000
+    results = [c.send(Publish(topic="t", payload=payload, publisher=b"", seq=i)) for i in range(200)]
+    assert results[0] and not results[-1]
+    accepted = sum(results)
+    assert 50 <= accepted <= 70  # ~64 KiB of ~1 KiB frames
+    assert c.pending_bytes <= 64 * 1024
+    assert a.t.stats().dropped_frames_total == 200 - accepted
+    await b.ev.until(lambda: len(b.ev.messages) == accepted)
+
+
+async def test_lost_fires_once_on_peer_close_and_state_released(make: Callable[..., object]) -> None:
+    a = await make()  # type: ignore[misc]
+    b = await make()  # type: ignore[misc]
+    c = await a.t.dial(b.addr, expected=b.t.node_id)
+    await b.ev.until(lambda: len(b.ev.connected) == 1)
+    await c.close("normal", "bye")
+    await b.ev.until(lambda: len(b.ev.lost) == 1)
+    assert a.ev.lost == [(c, None)]  # local orderly close: error None, exactly once
+    assert not c.send(Publish(topic="t", payload=b"", publisher=b"", seq=0))
+    await c.close()  # idempotent
+    await a.t.wait_idle(5)
+    await b.t.wait_idle(5)
+    assert len(a.ev.lost) == 1 and len(b.ev.lost) == 1
+    for t in (a.t, b.t):
+        assert t.quic_state() == dict.fromkeys(t.quic_state(), 0)
+
+
+async def test_idle_timeout_closes_silent_peer(make: Callable[..., object]) -> None:
+    cfg = dataclasses.replace(CFG, idle_timeout=0.6, keepalive_interval=0.3)
+    a = await make(cfg=cfg)  # type: ignore[misc]
+    b = await make(cfg=cfg)  # type: ignore[misc]
+    await a.t.dial(b.addr, expected=b.t.node_id)
+    await b.ev.until(lambda: len(b.ev.connected) == 1)
+    ep = a.t._endpoint
+    assert ep is not None and ep.transport is not None
+    ep.transport.pause_reading()  # a goes silent for b (and deaf)
+    await b.ev.until(lambda: len(b.ev.lost) == 1, timeout=10)
+    assert b.t.quic_state()["connections"] == 0
+    ep.transport.resume_reading()
+
+
+async def test_outbound_pool_evicts_and_closes_lru(make: Callable[..., object]) -> None:
+    a = await make(cfg=dataclasses.replace(CFG, max_connections=2))  # type: ignore[misc]
+    peers = [await make() for _ in range(3)]  # type: ignore[misc]
+    conns = [await a.t.dial(p.addr, expected=p.t.node_id) for p in peers[:2]]
+    conns[1].send(Publish(topic="t", payload=b"", publisher=b"", seq=0))  # conns[0] is now LRU
+    await peers[1].ev.until(lambda: len(peers[1].ev.messages) == 1)
+    c3 = await a.t.dial(peers[2].addr, expected=peers[2].t.node_id)
+    assert conns[0].closed and isinstance(conns[0], QuicConnection) and conns[0].close_code == "evicted"
+    assert not conns[1].closed and not c3.closed
+    assert a.t.stats().evicted_total == 1 and a.t.stats().connections == 2
+    await peers[0].ev.until(lambda: len(peers[0].ev.lost) == 1)  # the evicted one is really closed
+
+
+async def test_stop_closes_everything_and_leaves_no_tasks(make: Callable[..., object]) -> None:
+    before = {t for t in asyncio.all_tasks() if not t.done()}
+    a = await make()  # type: ignore[misc]
+    peers = [await make() for _ in range(3)]  # type: ignore[misc]
+    for p in peers:
+        await p.t.dial(a.addr, expected=a.t.node_id)
+    await a.ev.until(lambda: len(a.ev.connected) == 3)
+    await a.t.stop()
+    assert len(a.ev.lost) == 3 and all(err is None for _, err in a.ev.lost)
+    for p in peers:
+        await p.ev.until(lambda p=p: len(p.ev.lost) == 1)  # type: ignore[misc]
+        await p.t.stop()
+    assert a.t.quic_state() == dict.fromkeys(a.t.quic_state(), 0)
+    await a.t.stop()  # idempotent
+    gc.collect()
+    after = {t for t in asyncio.all_tasks() if not t.done()}
+    assert after <= before
+
+
+async def test_failed_tls_handshakes_leave_nothing_and_raise_nothing(make: Callable[..., object]) -> None:
+    import ssl
+
+    from qh3.asyncio import connect
+    from qh3.quic.configuration import QuicConfiguration
+    from qh3.tls import SignatureAlgorithm
+
+    loop_errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+    b = await make()  # type: ignore[misc]
+    port = int(b.addr.rsplit(":", 1)[1])
+    no_ed25519 = QuicConfiguration(is_client=True, alpn_protocols=[CFG.alpn], verify_mode=ssl.CERT_NONE)
+    wrong_alpn = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE)
+    wrong_alpn.signature_algorithms = [SignatureAlgorithm.ED25519]
+    for cfg in (no_ed25519, wrong_alpn):  # qh3's default client list lacks Ed25519: TLS fails
+        with pytest.raises(ConnectionError):
+            async with connect("127.0.0.1", port, configuration=cfg):
+                pass
+    await b.t.wait_idle(5)
+    assert b.t.quic_state() == dict.fromkeys(b.t.quic_state(), 0)
+    assert b.t.stats().refused_total.get("tls") == 2
+    assert b.ev.connected == [] and loop_errors == []
+
+
+async def test_listener_without_ed25519_certificate_fails_authentication(make: Callable[..., object]) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from qh3.asyncio import serve
+    from qh3.quic.configuration import QuicConfiguration
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-a-node")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    scfg = QuicConfiguration(is_client=False, alpn_protocols=[CFG.alpn])
+    _load_cert(scfg, cert, key)
+    server = await serve("127.0.0.1", 0, configuration=scfg)
+    try:
+        port = server._transport.get_extra_info("sockname")[1]
+        a = await make()  # type: ignore[misc]
+        with pytest.raises(AuthenticationFailed, match="not an Ed25519"):
+            await a.t.dial(f"127.0.0.1:{port}")
+        await a.t.wait_idle(5)
+        assert a.t.quic_state() == dict.fromkeys(a.t.quic_state(), 0)
+    finally:
+        server.close()
+
+
+def _load_cert(scfg: object, cert: object, key: object) -> None:
+    """Write an ECDSA certificate and key to files and load them (qh3 loads from PEM files)."""
+    import tempfile
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives import serialization
+
+    with tempfile.TemporaryDirectory() as d:
+        cpath, kpath = Path(d, "c.pem"), Path(d, "k.pem")
+        cpath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))  # type: ignore[attr-defined]
+        kpath.write_bytes(
+            key.private_bytes(  # type: ignore[attr-defined]
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        scfg.load_cert_chain(str(cpath), str(kpath))  # type: ignore[attr-defined]
+
+
+async def test_handshake_frame_after_welcome_is_a_protocol_error(make: Callable[..., object]) -> None:
+    from quicmesh.core.messages import Hello
+
+    b = await make()  # type: ignore[misc]
+    a = await make()  # type: ignore[misc]
+    c = await a.t.dial(b.addr, expected=b.t.node_id)
+    assert isinstance(c, QuicConnection)
+    c._send_raw(CODEC.frame(Hello(version=1, realm="r1", node_id=KeyPair.generate().node_id.raw)))
+    await b.ev.until(lambda: len(b.ev.lost) == 1)
+    assert isinstance(b.ev.lost[0][1], DecodeError) and b.ev.messages == []
+    await a.ev.until(lambda: len(a.ev.lost) == 1)
+
+
+async def test_concurrent_dials_share_one_connection(make: Callable[..., object]) -> None:
+    a = await make()  # type: ignore[misc]
+    b = await make()  # type: ignore[misc]
+    conns = await asyncio.gather(*(a.t.dial(b.addr, expected=b.t.node_id) for _ in range(5)))
+    assert all(c is conns[0] for c in conns)
+    await b.ev.until(lambda: len(b.ev.connected) == 1)
+    assert a.t.stats().dialed_total == 1 and b.t.stats().accepted_total == 1
+
+
+async def test_cancelled_dial_leaves_no_state(make: Callable[..., object]) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never answers
+    sock.bind(("127.0.0.1", 0))
+    try:
+        a = await make()  # type: ignore[misc]
+        task = asyncio.ensure_future(a.t.dial(f"127.0.0.1:{sock.getsockname()[1]}"))
+        while a.t.quic_state()["handshakes"] == 0:  # bounded by the test timeout; yields only
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await a.t.wait_idle(5)
+        assert a.t.quic_state() == dict.fromkeys(a.t.quic_state(), 0)
+    finally:
+        sock.close()
+
+
+async def test_oversized_message_raises_typed_error(make: Callable[..., object]) -> None:
+    from quicmesh.errors import FrameTooLarge
+
+    cfg = dataclasses.replace(CFG, max_frame_size=4096)
+    a = await make(cfg=cfg)  # type: ignore[misc]
+    b = await make(cfg=cfg)  # type: ignore[misc]
+    c = await a.t.dial(b.addr, expected=b.t.node_id)
+    with pytest.raises(FrameTooLarge):
+        c.send(Publish(topic="t", payload=b"x" * 5000, publisher=b"", seq=0))
+    assert c.send(Publish(topic="t", payload=b"x" * 3000, publisher=b"", seq=1))
+    await b.ev.until(lambda: len(b.ev.messages) == 1)
