@@ -560,3 +560,24 @@ async def test_oversized_message_raises_typed_error(make: Callable[..., object])
         c.send(Publish(topic="t", payload=b"x" * 5000, publisher=b"", seq=0))
     assert c.send(Publish(topic="t", payload=b"x" * 3000, publisher=b"", seq=1))
     await b.ev.until(lambda: len(b.ev.messages) == 1)
+
+
+async def test_restarted_peer_replaces_its_stale_connection_at_once(make: Callable[..., object]) -> None:
+    """A peer that restarts (same key, new process) must not be refused as a duplicate of the
+    connection its previous incarnation left behind, whichever side dialed that one."""
+    k1, k2 = KeyPair.generate(), KeyPair.generate()
+    low_kp, high_kp = sorted((k1, k2), key=lambda k: k.node_id)
+    low = await make(kp=low_kp)  # type: ignore[misc]
+    high = await make(kp=high_kp)  # type: ignore[misc]
+    await low.t.dial(high.addr, expected=high.t.node_id)  # dialed by the smaller id: wins ties
+    await high.ev.until(lambda: len(high.ev.connected) == 1)
+    ep = high.t._endpoint
+    assert ep is not None and ep.transport is not None
+    ep.transport.close()  # the process vanishes: no CONNECTION_CLOSE reaches `low`
+    reborn = await make(kp=high_kp)  # type: ignore[misc]
+    conn = await asyncio.wait_for(reborn.t.dial(low.addr, expected=low.t.node_id), 3.0)
+    assert conn.peer_id == low.t.node_id
+    await low.ev.until(lambda: len(low.ev.connected) == 2, timeout=3)
+    current = low.t.get(high_kp.node_id)
+    assert current is not None and current.remote_address == reborn.addr
+    await low.ev.until(lambda: len(low.ev.lost) == 1, timeout=3)  # the stale one was released

@@ -37,6 +37,8 @@ class Hello(Message, tag="hello"):
     realm: str
     node_id: bytes
     expected: bytes | None = None
+    instance: bytes = b""
+    """Random per process start: a peer that shows a new instance has restarted."""
 
 
 class Challenge(Message, tag="chal"):
@@ -55,6 +57,7 @@ class Welcome(Message, tag="welcome"):
     """Listener -> dialer: authenticated and admitted."""
 
     node_id: bytes
+    instance: bytes = b""
 
 
 class Refuse(Message, tag="refuse"):

@@ -37,8 +37,10 @@ Outbound dials beyond ``max_connections`` evict the least recently used connecti
 pool, which is closed with code ``evicted``.
 
 Duplicates: at most one connection per peer pair. When a second one authenticates, the one
-dialed by the smaller node id survives (two connections dialed by the same side: the newer one,
-e.g. a restarted peer); the loser is closed with code ``duplicate`` and ``dial()`` on both sides
+dialed by the smaller node id survives (two connections dialed by the same side: the newer one),
+unless the peer shows another *instance* (8 random bytes per transport start, in ``Hello`` and
+``Welcome``): then it restarted, the old connection is stale, and the new one wins at once.
+The loser is closed with code ``duplicate`` and ``dial()`` on both sides
 returns the survivor. In a simultaneous dial the smaller node, as listener, holds the larger
 node's verified attempt until its own dial is done, then refuses it (``duplicate``), so the loser
 never reaches either node (without it, the larger node's ``dial()`` could return a connection
@@ -181,6 +183,7 @@ class QuicConnection(Connection):
         self.remote_address = remote_address
         self._peer: NodeId | None = None
         self._expected: NodeId | None = None
+        self._peer_instance = b""
         self._state = _St.TLS
         self._sid: int | None = None
         self._decoder: FrameDecoder = transport._codec.decoder()
@@ -312,7 +315,8 @@ class QuicConnection(Connection):
         self._peer = peer
         quic = self._proto.quic
         self._sid = quic.get_next_available_stream_id()
-        hello = Hello(version=PROTOCOL_VERSION, realm=self._t._realm, node_id=self._t.node_id.raw, expected=peer.raw)
+        hello = Hello(version=PROTOCOL_VERSION, realm=self._t._realm, node_id=self._t.node_id.raw, expected=peer.raw,
+                      instance=self._t._instance)
         self._state = _St.AWAIT_CHALLENGE
         self._sent_at = self._loop.time()
         self._write_now(self._t._codec.frame(hello))
@@ -360,6 +364,7 @@ class QuicConnection(Connection):
             if self._peer is None or m.node_id != self._peer.raw:
                 self._finish("auth", AuthenticationFailed("Welcome names another node"), send=True)
                 return
+            self._peer_instance = m.instance
             self._t._dialer_welcomed(self)
         else:
             self._refuse("protocol", f"unexpected {type(m).__name__} during handshake ({st.value})")
@@ -384,6 +389,7 @@ class QuicConnection(Connection):
             self._refuse("peer_id", "a node cannot connect to itself")
             return
         self._peer = peer
+        self._peer_instance = m.instance
         self._nonce = os.urandom(_NONCE_LEN)
         self._state = _St.AWAIT_PROOF
         self._sent_at = self._loop.time()
@@ -602,6 +608,7 @@ class QuicTransport(Transport):
             codec = Codec(codec.types, max_frame_size=config.max_frame_size)
         self._keypair = keypair
         self._realm = realm
+        self._instance = os.urandom(8)
         self._cfg = config
         self._codec = codec
         self._listen = listen
@@ -858,6 +865,10 @@ class QuicTransport(Transport):
         return self.node_id if c.outbound else c._peer
 
     def _survivor(self, existing: QuicConnection, new: QuicConnection) -> QuicConnection:
+        if existing._peer_instance != new._peer_instance and new._peer_instance:
+            # The peer restarted (a new process proved the same id): the old connection is
+            # stale even though it has not timed out yet, so the new one wins.
+            return new
         a, b = self._dialer_id(existing), self._dialer_id(new)
         if a != b:
             return existing if a < b else new
@@ -885,7 +896,7 @@ class QuicTransport(Transport):
         if len(self._pool) >= self._cfg.max_connections:
             conn._refuse("max_connections", f"{self._cfg.max_connections} connections held")
             return
-        conn._write_now(self._codec.frame(Welcome(node_id=self.node_id.raw)))
+        conn._write_now(self._codec.frame(Welcome(node_id=self.node_id.raw, instance=self._instance)))
         if conn.closed:
             return
         self._publish(conn)
