@@ -37,7 +37,9 @@ async def pubsub_throughput(a: NodeProcess, b: NodeProcess, size: int, n: int, s
     await a.request("unsubscribe", "unsubscribed", id=sid)
     received = done["count"]
     elapsed = max(done["t_last"] - published["t_start"], 1e-9)
-    return {"msgs_per_s": received / elapsed, "lost": n - received, "publish_s": published["seconds"]}
+    return {"msgs_per_s": received / elapsed, "lost": n - received, "publish_s": published["seconds"],
+            "publisher_dropped": published.get("dropped_sends"), "subscriber_dropped": done.get("sub_dropped"),
+            "inbox_dropped": done.get("inbox_dropped")}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -66,6 +66,10 @@ class TransportConfig:
     keeps its own window; past it, best-effort frames are dropped and counted. 8 max frames: a
     burst of large messages fits; 1,000 connections at the cap would be 8 GiB in the worst case,
     which is why the gateway's per-client budget is separate and the sentinel watches RSS."""
+    send_stall_timeout: float = 5.0
+    """Seconds ``publish`` waits for a congested connection (unsent bytes over half of
+    ``send_buffer_bytes``) to drain before moving on; frames beyond the buffer are then dropped
+    for that peer and counted. Backpressure for fast publishers, bounded for dead peers."""
     alpn: str = "quicmesh/1"
     """TLS ALPN protocol id; a peer speaking another protocol fails the handshake."""
 
@@ -206,6 +210,27 @@ class RegistryConfig:
     """Advertisements kept in total (count), matching ``gateway.max_clients``."""
     max_per_provider: int = 100
     """Advertisements kept per provider (count), so one provider cannot fill the registry."""
+    max_lease: float = 3600.0
+    """Longest lease (seconds) a received advertisement may ask for; longer ones are clamped, so
+    a provider that dies with a huge ttl still vanishes within an hour."""
+    max_metadata_bytes: int = 1024
+    """Metadata of one advertisement (bytes); larger ones are refused on advertise and dropped
+    (counted) on receipt. Keeps one advert, and so one lookup answer entry, small."""
+    suspect_ttl: float = 30.0
+    """Seconds a provider stays out of this node's choices after a connection loss, a failed
+    dial or an unanswered attempt (local only; its lease is untouched). Three sweeps."""
+    lookup_timeout: float = 2.0
+    """Seconds a lookup (query to neighbours for a name with no local entry) waits for answers;
+    the dial timeout of the simulator and a few WAN round trips."""
+    lookup_fanout: int = 3
+    """Neighbours asked per lookup (count), as the mesh's discovery fanout."""
+    max_lookups: int = 1024
+    """Names being looked up at once (count); identical lookups share one entry."""
+    max_lookup_waiters: int = 10_000
+    """Callers waiting on lookups at once (count), as ``rpc.max_pending_calls``."""
+    max_answer_entries: int = 16
+    """Advertisements sent (and accepted) in one lookup answer (count): with 1 KiB of metadata an
+    answer stays under ~20 KiB."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,6 +116,9 @@ class Sink(Protocol):
 
     def quic_failed(self, exc: BaseException) -> None: ...
 
+    def transmitted(self) -> None:
+        """Packets were just handed to the socket: the send backlog may have shrunk."""
+
 
 def _ignore_cid(cid: bytes) -> None:
     pass
@@ -193,6 +196,10 @@ class Proto(QuicConnectionProtocol):
             super().transmit()
         except Exception as exc:
             self._fail(exc)
+            return
+        sink = self.sink
+        if sink is not None:
+            sink.transmitted()
 
     def quic_event_received(self, event: qevents.QuicEvent) -> None:
         sink = self.sink

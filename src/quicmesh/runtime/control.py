@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import gc
 import json
 import sys
@@ -124,7 +125,9 @@ _MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                      "keepcost")
 
 
+@functools.cache
 def _libc() -> Any:
+    """The C library through ctypes (``None`` when not found); loaded once."""
     import ctypes
     import ctypes.util
 
@@ -132,21 +135,29 @@ def _libc() -> Any:
     return ctypes.CDLL(name) if name else None
 
 
-def _mallinfo() -> dict[str, int] | None:
-    """glibc's ``mallinfo2()``: ``uordblks`` bytes in use and ``fordblks`` bytes free in the main heap,
-    ``hblkhd`` bytes in mmap'ed blocks (``None`` off glibc or before 2.33). Native allocations (the
-    QUIC library, OpenSSL) show here and not in tracemalloc."""
+@functools.cache
+def _mallinfo2() -> Any:
+    """glibc's ``mallinfo2`` with its result type set, or ``None`` (not glibc, or before 2.33)."""
     import ctypes
 
     class _Info(ctypes.Structure):
         _fields_ = [(f, ctypes.c_size_t) for f in _MALLINFO2_FIELDS]
 
     try:
-        libc = _libc()
-        fn = libc.mallinfo2
+        fn = _libc().mallinfo2
     except (AttributeError, OSError):
         return None
     fn.restype = _Info
+    return fn
+
+
+def _mallinfo() -> dict[str, int] | None:
+    """glibc's ``mallinfo2()``: ``uordblks`` bytes in use and ``fordblks`` bytes free in the main heap,
+    ``hblkhd`` bytes in mmap'ed blocks (``None`` off glibc). Native allocations (the QUIC library,
+    OpenSSL) show here and not in tracemalloc; Python's small objects live in mmap'ed arenas."""
+    fn = _mallinfo2()
+    if fn is None:
+        return None
     info = fn()
     return {f: int(getattr(info, f)) for f in _MALLINFO2_FIELDS}
 
@@ -291,7 +302,9 @@ class ControlChannel:
             finally:
                 self._count_waiters.pop(sid)
             first, last = self._times.peek(sid) or (0.0, 0.0)
-            self.emit("count_reached", id=sid, count=self._counts.peek(sid) or 0, t_first=first, t_last=last)
+            sub = self._subs.peek(sid)
+            self.emit("count_reached", id=sid, count=self._counts.peek(sid) or 0, t_first=first, t_last=last,
+                      sub_dropped=sub.dropped if sub is not None else None, inbox_dropped=node.inbox_dropped)
         elif name == "echo":
             sub = await node.subscribe(cmd["pattern"])
             self._spawn(self._echo(sub, cmd["to"]))

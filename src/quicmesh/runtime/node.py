@@ -56,6 +56,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .gateway import Gateway
 from .logs import Log, LogService, LogWatch, ReplicatedMap
 from .memory import MemoryNetwork, MemoryTransport
 from .transport import Connection, Transport
@@ -231,6 +232,8 @@ class Node:
         self._inbox_scheduled = False
         self.inbox_dropped = 0
         self.observability: Observability | None = None
+        self.gateway = Gateway(self, config.gateway)
+        """Serves light clients (:class:`quicmesh.Client`) connecting to this node."""
         self.http_address: str | None = None
         """``HOST:PORT`` of the /metrics and /health endpoint, when ``config.http`` is set."""
 
@@ -288,6 +291,7 @@ class Node:
         self._notify()
         if self.observability is not None:
             await self.observability.stop()
+        await self.gateway.stop()
         for task in list(self._background) + list(self._running.values()):
             task.cancel()
         for task in list(self._background) + list(self._running.values()):
@@ -343,6 +347,9 @@ class Node:
     # TransportEvents -----------------------------------------------------------------------------
 
     def on_connection(self, conn: Connection) -> None:
+        if getattr(conn, "role", "node") == "client":
+            self.gateway.on_connection(conn)
+            return
         peer = conn.peer_id
         self._run(self.pubsub.peer_connected(peer))
         self._run(self.rpc.peer_connected(peer))
@@ -351,6 +358,9 @@ class Node:
         self._rearm()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
+        if getattr(conn, "role", "node") == "client":
+            self.gateway.on_message(conn, message)
+            return
         # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
         # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
         # subscription queue before its reader task gets to run.
@@ -389,6 +399,9 @@ class Node:
         self._rearm()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        if getattr(conn, "role", "node") == "client":
+            self.gateway.on_connection_lost(conn, error)
+            return
         peer = conn.peer_id
         if self.transport.get(peer) is not None:
             return  # a newer connection to the same peer replaced this one
@@ -545,7 +558,20 @@ class Node:
         self._check_open()
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError("payload must be bytes")
-        self._run(self.pubsub.publish(topic, bytes(payload), self._now()))
+        effects = self.pubsub.publish(topic, bytes(payload), self._now())
+        self._run(effects)
+        await self._backpressure(effects)
+
+    async def _backpressure(self, effects: Iterable[object]) -> None:
+        """Wait (bounded by ``transport.send_stall_timeout``) while a connection we just sent to
+        holds more than half its send buffer, so fast publishers slow down instead of losing."""
+        high = self.config.transport.send_buffer_bytes // 2
+        for eff in effects:
+            if isinstance(eff, Send):
+                conn = self.transport.get(eff.peer)
+                if conn is not None and conn.pending_bytes > high:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(conn.drain(), self.config.transport.send_stall_timeout)
 
     # -- RPC -------------------------------------------------------------------------------------
 
@@ -742,6 +768,7 @@ class Node:
                 "services": len(self._handlers),
             },
             **self.logs.health(),
+            "gateway": self.gateway.health(),
         }
 
     def ready(self) -> tuple[bool, str]:

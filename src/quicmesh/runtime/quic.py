@@ -76,7 +76,7 @@ import os
 import socket
 from typing import Any
 
-from ..bounded import ContainerRegistry, LruMap
+from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..config import TransportConfig
 from ..core.messages import Challenge, Hello, Ping, Pong, Proof, Refuse, Welcome
 from ..core.wire import Codec, FrameDecoder, Message
@@ -119,10 +119,13 @@ CLOSE_CODES: dict[str, int] = {
     "max_connections": 10,
     "max_incoming_handshakes": 11,
     "error": 12,
+    "max_clients": 13,
+    "slow_consumer": 14,
+    "client_only": 15,
 }
 """Close code -> QUIC application error code (the reason phrase carries the code text too)."""
 
-ADMISSION_REASONS = ("max_connections", "max_incoming_handshakes")
+ADMISSION_REASONS = ("max_connections", "max_incoming_handshakes", "max_clients")
 _NONCE_LEN = 32
 _REFUSED_MEMORY = 4096
 _CONTROL_TYPES: frozenset[type[Message]] = frozenset({Ping, Pong, Refuse, Hello, Challenge, Proof, Welcome})
@@ -184,6 +187,7 @@ class QuicConnection(Connection):
         self._peer: NodeId | None = None
         self._expected: NodeId | None = None
         self._peer_instance = b""
+        self._drained: asyncio.Future[None] | None = None
         self._state = _St.TLS
         self._sid: int | None = None
         self._decoder: FrameDecoder = transport._codec.decoder()
@@ -205,6 +209,8 @@ class QuicConnection(Connection):
         self._rtt: float | None = None
         self._published = False
         self._refusal: tuple[str, str] | None = None
+        self.role = "node"
+        """The peer's role: ``"node"`` (a mesh peer) or ``"client"`` (a light client, from ``Hello``)."""
         self.close_code: str | None = None
         """The close code (``normal``, ``duplicate``, ``evicted``, ``protocol``...) once closed."""
         self.pongs_received = 0
@@ -316,7 +322,7 @@ class QuicConnection(Connection):
         quic = self._proto.quic
         self._sid = quic.get_next_available_stream_id()
         hello = Hello(version=PROTOCOL_VERSION, realm=self._t._realm, node_id=self._t.node_id.raw, expected=peer.raw,
-                      instance=self._t._instance)
+                      instance=self._t._instance, role=self._t._role)
         self._state = _St.AWAIT_CHALLENGE
         self._sent_at = self._loop.time()
         self._write_now(self._t._codec.frame(hello))
@@ -387,6 +393,16 @@ class QuicConnection(Connection):
             return
         if peer == t.node_id:
             self._refuse("peer_id", "a node cannot connect to itself")
+            return
+        if m.role == "client":
+            # Client admission at the Hello, before any per-client state exists (checked again
+            # after the proof, since slots may fill while this handshake runs).
+            if len(t._clients) >= t.max_clients:
+                self._refuse("max_clients", f"{t.max_clients} clients held")
+                return
+            self.role = "client"
+        elif m.role != "node":
+            self._refuse("protocol", f"unknown role {m.role[:32]!r}")
             return
         self._peer = peer
         self._peer_instance = m.instance
@@ -488,6 +504,23 @@ class QuicConnection(Connection):
 
     # -- send path -----------------------------------------------------------------------
 
+    async def drain(self) -> None:
+        low = self._t._cfg.send_buffer_bytes // 4
+        while self._state is not _St.CLOSED and self.pending_bytes > low:
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+
+    def transmitted(self) -> None:
+        """Called by the adapter after each transmit: wake drain() waiters below low water."""
+        waiter = self._drained
+        if waiter is not None and (
+            self._state is _St.CLOSED or self.pending_bytes <= self._t._cfg.send_buffer_bytes // 4
+        ):
+            self._drained = None
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _quic_backlog(self) -> int:
         if self._sid is None or self._proto.terminated:
             return 0
@@ -518,7 +551,7 @@ class QuicConnection(Connection):
         self._queue.clear()
         self._queued = 0
         self._write_now(data)
-        if self._peer is not None:
+        if self._peer is not None and self.role == "node":
             self._t._pool.get(self._peer)  # mark used for the LRU pool
         self._backlog = self._quic_backlog()
 
@@ -573,6 +606,7 @@ class QuicConnection(Connection):
         self._ping_waiter = None
         if w is not None and not w.done():
             w.set_exception(ConnectionLost(f"connection closed: {code}"))
+        self.transmitted()  # wake drain() waiters: nothing more will be sent
         if send:
             text = f"{code}: {reason}" if reason else code
             self._proto.close_with(CLOSE_CODES.get(code, CLOSE_CODES["error"]), text)
@@ -603,12 +637,22 @@ class QuicTransport(Transport):
         *,
         listen: str = "127.0.0.1:0",
         registry: ContainerRegistry | None = None,
+        role: str = "node",
     ) -> None:
+        if role not in ("node", "client"):
+            raise ValueError(f"role must be 'node' or 'client', got {role!r}")
         if codec.max_frame_size > config.max_frame_size:
             codec = Codec(codec.types, max_frame_size=config.max_frame_size)
         self._keypair = keypair
         self._realm = realm
         self._instance = os.urandom(8)
+        self._role = role
+        self.max_clients = 0
+        """Light clients held at once; 0 (the default) refuses every client (``max_clients``).
+        Set by :meth:`enable_clients`."""
+        self._clients: LruMap[NodeId, QuicConnection] = LruMap(
+            "transport.clients", 1, Overflow.REJECT, registry=registry
+        )
         self._cfg = config
         self._codec = codec
         self._listen = listen
@@ -716,8 +760,30 @@ class QuicTransport(Transport):
         return c if c is not None and not c.closed else None
 
     def connections(self) -> list[Connection]:
-        """Every open connection."""
+        """Every open connection to a mesh peer (light clients are listed by :meth:`clients`)."""
         return [c for c in self._pool.values() if not c.closed]
+
+    def enable_clients(self, max_clients: int) -> None:
+        """Accept up to ``max_clients`` light clients (``Hello.role == "client"``) besides the
+        ``max_connections`` mesh peers. A client over the limit is refused at its ``Hello``
+        (:class:`~quicmesh.errors.AdmissionRefused` ``("max_clients")`` on its side). Clients are
+        keyed by node id: a client that reconnects replaces its previous connection."""
+        if max_clients < 0:
+            raise ValueError("max_clients must be >= 0")
+        if len(self._clients):
+            raise RuntimeError("enable_clients() must be called before clients connect")
+        self._clients.close()
+        self._clients = LruMap("transport.clients", max(1, max_clients), Overflow.REJECT, registry=self._registry)
+        self.max_clients = max_clients
+
+    def clients(self) -> list[QuicConnection]:
+        """Every open light-client connection."""
+        return [c for c in self._clients.values() if not c.closed]
+
+    def get_client(self, client: NodeId) -> QuicConnection | None:
+        """The open connection of light client ``client``, if any."""
+        c = self._clients.peek(client)
+        return c if c is not None and not c.closed else None
 
     def stats(self) -> TransportStats:
         """A snapshot of the counters (``handshakes_in_progress`` counts incoming handshakes)."""
@@ -737,6 +803,7 @@ class QuicTransport(Transport):
         """Sizes of every per-connection structure, ours and qh3's (for tests and /health)."""
         return {
             "connections": len(self._pool),
+            "clients": len(self._clients),
             "handshakes": len(self._handshaking),
             "incoming_handshakes": self._incoming_hs,
             "dials": len(self._dials),
@@ -756,7 +823,7 @@ class QuicTransport(Transport):
             return
         self._stopping = True
         self._parked.clear()
-        for c in [*self._pool.values(), *self._handshaking]:
+        for c in [*self._pool.values(), *self._clients.values(), *self._handshaking]:
             c._finish("shutdown", None if c._published else TransportError("transport stopped"), send=True)
         for waiters in self._waiters.values():
             for w in waiters:
@@ -770,7 +837,9 @@ class QuicTransport(Transport):
         ep, self._endpoint = self._endpoint, None
         if ep is not None and ep.transport is not None:
             ep.transport.close()
+            await asyncio.sleep(0)  # asyncio closes the socket one loop turn later: free the port now
         self._pool.close()
+        self._clients.close()
         self._refused_cids.close()
 
     # -- hooks (overridable in tests) ----------------------------------------------------
@@ -798,6 +867,8 @@ class QuicTransport(Transport):
         reason: str | None = None
         if self._stopping:
             reason = "shutdown"
+        elif self._role == "client":
+            reason = "client_only"  # a light client dials; it accepts no connection
         elif len(self._pool) >= self._cfg.max_connections:
             reason = "max_connections"
         elif self._incoming_hs >= self._cfg.max_incoming_handshakes:
@@ -880,6 +951,17 @@ class QuicTransport(Transport):
         if self._stopping:
             conn._refuse("shutdown", "node stopping")
             return
+        if conn.role == "client":
+            old = self._clients.peek(peer)
+            if old is not None and not old.closed:
+                old._finish("duplicate", None, reason="superseded", send=True)  # the client reconnected
+            if len(self._clients) >= self.max_clients:
+                conn._refuse("max_clients", f"{self.max_clients} clients held")
+                return
+            conn._write_now(self._codec.frame(Welcome(node_id=self.node_id.raw, instance=self._instance)))
+            if not conn.closed:
+                self._publish(conn)
+            return
         existing = self._pool.peek(peer)
         if existing is not None and not existing.closed:
             if self._survivor(existing, conn) is existing:
@@ -935,6 +1017,14 @@ class QuicTransport(Transport):
             conn.remote_address = f"{addr[0]}:{addr[1]}"
         conn._open()
         conn._published = True
+        if conn.role == "client":
+            self._clients.set(peer, conn)  # room checked by the caller
+            if self._events is not None:
+                try:
+                    self._events.on_connection(conn)
+                except Exception:
+                    log.exception("on_connection raised")
+            return
         self._pool.set(peer, conn)  # an outbound dial into a full pool evicts (and closes) the LRU one
         waiters = self._waiters.pop(peer, None)
         for w in waiters or ():
@@ -974,6 +1064,8 @@ class QuicTransport(Transport):
                     self._resume_parked(target)
         if peer is not None and self._pool.peek(peer) is conn:
             self._pool.pop(peer)
+        if peer is not None and self._clients.peek(peer) is conn:
+            self._clients.pop(peer)
         if conn._published and self._events is not None:
             try:
                 self._events.on_connection_lost(conn, error)

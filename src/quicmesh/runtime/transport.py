@@ -67,6 +67,12 @@ class Connection(abc.ABC):
         """Smoothed round-trip time in seconds, when known."""
         return None
 
+    async def drain(self) -> None:
+        """Wait until the unsent bytes fall to the low-water mark (a quarter of the send
+        buffer) or the connection closes. Publishers await this for backpressure instead of
+        having frames dropped. The default returns at once (transports that never queue)."""
+        return
+
     @abc.abstractmethod
     async def close(self, code: str = "normal", reason: str = "") -> None:
         """Close the connection, telling the peer ``code``/``reason``; idempotent."""
