@@ -6,6 +6,7 @@ Field names are short on purpose: they travel in every frame.
 
 from __future__ import annotations
 
+from .gateway_messages import GATEWAY_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .wire import Message
 
@@ -39,6 +40,8 @@ class Hello(Message, tag="hello"):
     expected: bytes | None = None
     instance: bytes = b""
     """Random per process start: a peer that shows a new instance has restarted."""
+    role: str = "node"
+    """``"node"`` (a mesh peer) or ``"client"`` (a light client served by the gateway)."""
 
 
 class Challenge(Message, tag="chal"):
@@ -140,4 +143,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Reply,
     ReplyError,
     *LOG_MESSAGES,
+    *GATEWAY_MESSAGES,
 )

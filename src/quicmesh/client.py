@@ -1,0 +1,594 @@
+"""The light client: publish, subscribe, call and advertise through one gateway node.
+
+A :class:`Client` does not join the mesh. It holds one QUIC connection (``Hello.role ==
+"client"``) to a gateway node, which subscribes, publishes, calls and advertises on its behalf
+(see :mod:`quicmesh.runtime.gateway`)::
+
+    async with await quicmesh.Client.connect("10.0.0.5:7400", realm="demo") as client:
+        await client.publish("sensors.t1", b"21.5")
+        async with await client.subscribe("sensors.>") as sub:
+            async for msg in sub:
+                ...
+        reply = await client.call("echo", b"hi")
+
+The client authenticates with its own Ed25519 key (a fresh one when none is given) and checks the
+gateway's node id when ``gateway_id`` is given (otherwise the id seen at the first connection is
+pinned for reconnects). The transport's keepalive pings keep the connection alive; when it is
+lost the client reconnects with capped, jittered exponential backoff and restores its
+subscriptions and advertisements. Calls in flight when the connection drops fail with
+:class:`~quicmesh.errors.ConnectionLost`; publishing while disconnected raises it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .bounded import ContainerRegistry, Overflow
+from .bounded.aio import BoundedQueue, QueueClosed
+from .config import TransportConfig
+from .core.gateway_messages import (
+    GAdvertise,
+    GCall,
+    GError,
+    GInvoke,
+    GInvokeError,
+    GInvokeResult,
+    GMessage,
+    GOk,
+    GPublish,
+    GReply,
+    GSubscribe,
+    GUnadvertise,
+    GUnsubscribe,
+)
+from .core.messages import ALL_MESSAGES
+from .core.pubsub import validate_pattern, validate_topic
+from .core.wire import Codec
+from .core.wire import Message as WireMessage
+from .errors import (
+    CallTimeout,
+    ConnectionLost,
+    LimitExceeded,
+    MessageTooLarge,
+    NodeClosed,
+    NoProvider,
+    Overloaded,
+    QuicmeshError,
+    RemoteError,
+    SubscriptionClosed,
+    TransportError,
+)
+from .identity import KeyPair, NodeId
+from .runtime.node import Message
+from .runtime.transport import Connection
+
+__all__ = ["Client", "ClientSubscription", "Handler"]
+
+log = logging.getLogger("quicmesh.client")
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+"""A procedure: ``async def handler(payload: bytes) -> bytes``."""
+
+_DEFAULT_TRANSPORT = TransportConfig(keepalive_interval=5.0, idle_timeout=30.0)
+
+
+@dataclass(slots=True)
+class _Sub:
+    pattern: str
+    queue: BoundedQueue[Message]
+
+
+class ClientSubscription:
+    """An async iterator of :class:`~quicmesh.Message` for one pattern, received via the gateway.
+
+    Close it with ``await sub.close()`` or use it as an async context manager. Its queue is
+    bounded; a reader that falls behind loses the oldest messages (counted in :attr:`dropped`).
+    It survives reconnects: the client subscribes again on the new connection.
+    """
+
+    def __init__(self, client: Client, sid: int, pattern: str, queue: BoundedQueue[Message]) -> None:
+        self._client = client
+        self._sid = sid
+        self.pattern = pattern
+        self._queue = queue
+        self._closed = False
+        self._finalizer = weakref.finalize(self, client._release_sub, sid)
+
+    @property
+    def topic(self) -> str:
+        """The pattern this subscription matches."""
+        return self.pattern
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the reader fell behind."""
+        st = self._queue.stats()
+        return st.evictions + st.rejections
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting to be read."""
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (or the client closed)."""
+        return self._closed or self._queue.closed
+
+    async def get(self) -> Message:
+        """The next message. Raises :class:`~quicmesh.errors.SubscriptionClosed` once closed."""
+        try:
+            return await self._queue.get()
+        except QueueClosed:
+            raise SubscriptionClosed(self.pattern) from None
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._queue.get()
+        except QueueClosed:
+            raise StopAsyncIteration from None
+
+    async def close(self) -> None:
+        """Unsubscribe and release the queue; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer.detach()
+        self._client._release_sub(self._sid)
+
+    async def __aenter__(self) -> ClientSubscription:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<ClientSubscription {self.pattern!r} pending={self.pending} closed={self.closed}>"
+
+
+class Client:
+    """A light client of a gateway node. Create it with :meth:`Client.connect`."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        realm: str = "default",
+        key: KeyPair | str | Path | None = None,
+        gateway_id: NodeId | str | None = None,
+        transport: TransportConfig | None = None,
+        call_timeout: float = 10.0,
+        queue_size: int = 1024,
+        reconnect: bool = True,
+        reconnect_max_delay: float = 5.0,
+        max_message_size: int = 1024 * 1024 - 4096,
+    ) -> None:
+        if isinstance(key, str | Path):
+            key = KeyPair.load_or_generate(key)
+        self.keypair = key or KeyPair.generate()
+        self.id: NodeId = self.keypair.node_id
+        self.address = address
+        self.realm = realm
+        self._expected: NodeId | None = NodeId.parse(gateway_id) if isinstance(gateway_id, str) else gateway_id
+        self._cfg = transport or _DEFAULT_TRANSPORT
+        self.call_timeout = call_timeout
+        self._queue_size = queue_size
+        self._reconnect = reconnect
+        self._reconnect_max = reconnect_max_delay
+        self._max_message = max_message_size
+        self.registry = ContainerRegistry(f"client-{self.id.short()}")
+        from .runtime.quic import QuicTransport
+
+        host = address.rpartition(":")[0].strip("[]")
+        loopback = host.startswith("127.") or host == "localhost"
+        listen = "[::]:0" if ":" in host else ("127.0.0.1:0" if loopback else "0.0.0.0:0")
+        self._transport = QuicTransport(
+            self.keypair, realm, self._cfg, Codec(ALL_MESSAGES, max_frame_size=self._cfg.max_frame_size),
+            listen=listen, registry=self.registry, role="client",
+        )
+        self._conn: Connection | None = None
+        self._ids = itertools.count(1)
+        self._sub_ids = itertools.count(1)
+        # request id -> future: subscribe/advertise acks and calls in flight, each ends by a timeout
+        self._requests: dict[int, asyncio.Future[Any]] = {}  # bounded: requests in flight, each with a timeout
+        self._subs: dict[int, _Sub] = {}  # bounded: the gateway caps subscriptions per client
+        self._handlers: dict[str, Handler] = {}  # bounded: the gateway caps advertisements per client
+        self._invocations: set[asyncio.Task[None]] = set()  # bounded: gateway caps invocations per client
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closed = False
+        self._rng = random.Random()
+        self.reconnects = 0
+        """Successful reconnections since :meth:`connect`."""
+        self.errors_total = 0
+        """Asynchronous errors reported by the gateway (a failed publish, a failed restore)."""
+        self.last_error: QuicmeshError | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        *,
+        realm: str = "default",
+        key: KeyPair | str | Path | None = None,
+        gateway_id: NodeId | str | None = None,
+        **options: Any,
+    ) -> Client:
+        """Connect to the gateway node at ``HOST:PORT`` and return the client.
+
+        ``key``: a :class:`~quicmesh.identity.KeyPair` or a key file (created when missing);
+        ``None`` generates one. ``gateway_id``: the gateway's node id, checked during the
+        handshake. ``options``: ``transport`` (:class:`~quicmesh.config.TransportConfig`),
+        ``call_timeout``, ``queue_size``, ``reconnect``, ``reconnect_max_delay``.
+
+        Raises :class:`~quicmesh.errors.AdmissionRefused` (``max_clients``...),
+        :class:`~quicmesh.errors.PeerIdMismatch`, :class:`~quicmesh.errors.RealmMismatch`,
+        :class:`~quicmesh.errors.HandshakeTimeout` or another
+        :class:`~quicmesh.errors.TransportError`.
+        """
+        client = cls(address, realm=realm, key=key, gateway_id=gateway_id, **options)
+        await client._transport.start(client)
+        try:
+            await client._dial()
+        except BaseException:
+            await client._transport.stop()
+            raise
+        return client
+
+    async def _dial(self) -> None:
+        conn = await self._transport.dial(self.address, self._expected)
+        self._expected = conn.peer_id  # pin the gateway's id for reconnects
+        self._conn = conn
+        self._connected.set()
+
+    @property
+    def gateway_id(self) -> NodeId | None:
+        """The gateway's node id (known after the first connection)."""
+        return self._expected
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to the gateway is up now."""
+        return self._conn is not None and not self._conn.closed
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Return once connected (after a reconnect, once subscriptions were re-sent)."""
+        async with asyncio.timeout(timeout):
+            while not self.connected:
+                if self._closed:
+                    raise NodeClosed("client is closed")
+                await self._connected.wait()
+
+    async def close(self) -> None:
+        """Close the connection and every subscription; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._reconnect_task = self._reconnect_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._fail_requests(NodeClosed("client closed"))
+        for t in list(self._invocations):
+            t.cancel()
+        for sub in list(self._subs.values()):
+            sub.queue.close_queue(NodeClosed("client closed"))
+        self._subs.clear()
+        self._handlers.clear()
+        self._connected.set()
+        await self._transport.stop()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- TransportEvents -------------------------------------------------------------------------
+
+    def on_connection(self, conn: Connection) -> None:
+        """Transport callback (the client dials; it accepts nothing)."""
+
+    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        """Transport callback: fail what was in flight and start reconnecting."""
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self._connected.clear()
+        self._fail_requests(ConnectionLost(f"connection to the gateway lost: {error or 'closed'}"))
+        for t in list(self._invocations):
+            t.cancel()
+        if self._closed or not self._reconnect:
+            return
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.ensure_future(self._reconnect_loop())
+
+    def on_message(self, conn: Connection, message: WireMessage) -> None:
+        """Transport callback: a message from the gateway."""
+        if isinstance(message, GMessage):
+            sub = self._subs.get(message.sid)
+            if sub is not None:
+                try:
+                    sender = NodeId(message.publisher)
+                except QuicmeshError:
+                    return
+                sub.queue.put_nowait(Message(message.topic, message.payload, sender, message.seq))
+        elif isinstance(message, GReply | GOk):
+            fut = self._requests.pop(message.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(message.payload if isinstance(message, GReply) else None)
+        elif isinstance(message, GError):
+            err = _exception(message)
+            fut = self._requests.pop(message.id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+            else:
+                self.errors_total += 1
+                self.last_error = err
+                log.warning("gateway reported: %s", err)
+        elif isinstance(message, GInvoke):
+            task = asyncio.ensure_future(self._run_handler(conn, message))
+            self._invocations.add(task)
+            task.add_done_callback(self._invocations.discard)
+
+    # -- reconnect -------------------------------------------------------------------------------
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.05
+        while not self._closed:
+            await asyncio.sleep(delay * (0.5 + self._rng.random()))
+            try:
+                await self._dial()
+            except TransportError as exc:
+                log.debug("reconnect to %s failed: %s", self.address, exc)
+                delay = min(delay * 2, self._reconnect_max)
+                continue
+            self.reconnects += 1
+            self._restore()
+            return
+
+    def _restore(self) -> None:
+        """Send the subscriptions and advertisements again on a new connection."""
+        for sid, sub in self._subs.items():
+            self._send_nowait(GSubscribe(self._track(), sid, sub.pattern))
+        for name in self._handlers:
+            self._send_nowait(GAdvertise(self._track(), name))
+
+    def _track(self) -> int:
+        """A request id whose answer is only checked for errors (reported in ``last_error``)."""
+        req = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(self._async_result)
+        self._requests[req] = fut
+        asyncio.get_running_loop().call_later(self.call_timeout, self._expire, req)
+        return req
+
+    def _async_result(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            exc = fut.exception()
+            if isinstance(exc, QuicmeshError) and not isinstance(exc, ConnectionLost | NodeClosed):
+                self.errors_total += 1
+                self.last_error = exc
+
+    def _expire(self, req: int) -> None:
+        fut = self._requests.pop(req, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _send_nowait(self, message: WireMessage) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            raise ConnectionLost("not connected to the gateway (reconnecting)" if not self._closed else "client closed")
+        if not conn.send(message):
+            raise Overloaded("the client's send buffer is full")
+
+    async def _request(self, message: WireMessage, req: int, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._requests[req] = fut
+        try:
+            self._send_nowait(message)
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._requests.pop(req, None)
+
+    def _fail_requests(self, exc: QuicmeshError) -> None:
+        requests = list(self._requests.values())
+        self._requests.clear()
+        for fut in requests:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NodeClosed("client is closed")
+
+    # -- pub/sub ---------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Send ``payload`` to every subscriber of ``topic`` in the mesh, through the gateway.
+
+        Raises :class:`~quicmesh.errors.ConnectionLost` while disconnected,
+        :class:`~quicmesh.errors.MessageTooLarge`, :class:`~quicmesh.errors.ConfigError` for a bad
+        topic. Errors found by the gateway later land in :attr:`last_error`.
+        """
+        self._check_open()
+        validate_topic(topic)
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError("payload must be bytes")
+        if len(payload) > self._max_message:
+            raise MessageTooLarge(len(payload), self._max_message)
+        self._send_nowait(GPublish(0, topic, bytes(payload)))
+
+    async def subscribe(self, pattern: str, *, queue_size: int | None = None) -> ClientSubscription:
+        """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest); returns an async iterator.
+
+        Raises :class:`~quicmesh.errors.LimitExceeded` past the gateway's
+        ``max_client_subscriptions``, :class:`~quicmesh.errors.ConnectionLost` while disconnected.
+        """
+        self._check_open()
+        validate_pattern(pattern)
+        sid = next(self._sub_ids)
+        queue: BoundedQueue[Message] = BoundedQueue(
+            "client.subscription_queue", queue_size or self._queue_size, Overflow.EVICT_OLDEST, registry=self.registry
+        )
+        self._subs[sid] = _Sub(pattern, queue)
+        try:
+            await self._request(GSubscribe(req := next(self._ids), sid, pattern), req, self.call_timeout)
+        except BaseException:
+            self._subs.pop(sid, None)
+            queue.close()
+            raise
+        return ClientSubscription(self, sid, pattern, queue)
+
+    def _release_sub(self, sid: int) -> None:
+        sub = self._subs.pop(sid, None)
+        if sub is None:
+            return
+        sub.queue.close()
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.send(GUnsubscribe(sid))
+
+    # -- RPC -------------------------------------------------------------------------------------
+
+    async def call(self, name: str, payload: bytes, *, timeout: float | None = None) -> bytes:
+        """Call procedure ``name`` somewhere in the mesh and return its reply.
+
+        Raises :class:`~quicmesh.errors.NoProvider`, :class:`~quicmesh.errors.CallTimeout`,
+        :class:`~quicmesh.errors.RemoteError`, :class:`~quicmesh.errors.Overloaded`,
+        :class:`~quicmesh.errors.LimitExceeded` (the gateway's ``max_client_pending_calls``) or
+        :class:`~quicmesh.errors.ConnectionLost`.
+        """
+        self._check_open()
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError("payload must be bytes")
+        total = self.call_timeout if timeout is None else timeout
+        req = next(self._ids)
+        msg = GCall(req, name, bytes(payload), max(1, int(total * 1000)))
+        try:
+            result: bytes = await self._request(msg, req, total + 1.0)  # the gateway answers a timeout itself
+        except TimeoutError:
+            raise CallTimeout(f"{name}: no reply within {total:.3f}s") from None
+        return result
+
+    async def advertise(self, name: str, handler: Handler) -> None:
+        """Offer procedure ``name`` to the mesh (the gateway advertises it on this client's behalf).
+
+        Raises :class:`~quicmesh.errors.LimitExceeded` past the gateway's
+        ``max_client_advertisements``.
+        """
+        self._check_open()
+        if not callable(handler):
+            raise TypeError("handler must be an async callable")
+        had = self._handlers.get(name)
+        self._handlers[name] = handler
+        try:
+            await self._request(GAdvertise(req := next(self._ids), name), req, self.call_timeout)
+        except BaseException:
+            if had is None:
+                self._handlers.pop(name, None)
+            else:
+                self._handlers[name] = had
+            raise
+
+    async def unadvertise(self, name: str) -> None:
+        """Withdraw procedure ``name``."""
+        if self._handlers.pop(name, None) is None:
+            return
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.send(GUnadvertise(name))
+
+    async def _run_handler(self, conn: Connection, m: GInvoke) -> None:
+        handler = self._handlers.get(m.name)
+        reply: WireMessage
+        if handler is None:
+            reply = GInvokeError(m.id, "no_handler", m.name, retryable=True)
+        else:
+            try:
+                async with asyncio.timeout(m.timeout_ms / 1000.0):
+                    out = await handler(m.payload)
+                if isinstance(out, bytes | bytearray | memoryview):
+                    reply = GInvokeResult(m.id, bytes(out))
+                else:
+                    reply = GInvokeError(m.id, "bad_result", f"handler returned {type(out).__name__}, not bytes")
+            except RemoteError as exc:
+                reply = GInvokeError(m.id, exc.code, exc.message[:1000], exc.retryable)
+            except TimeoutError:
+                reply = GInvokeError(m.id, "timeout", f"handler exceeded {m.timeout_ms} ms")
+            except Exception as exc:
+                reply = GInvokeError(m.id, "handler_error", f"{type(exc).__name__}: {exc}"[:1000])
+        if not conn.closed:
+            conn.send(reply)
+
+    # -- observability ---------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The client's own state: connection, subscriptions, requests in flight."""
+        conn = self._conn
+        return {
+            "node_id": str(self.id),
+            "gateway": self.address,
+            "gateway_id": str(self._expected) if self._expected else None,
+            "connected": self.connected,
+            "rtt": conn.rtt if conn is not None else None,
+            "subscriptions": len(self._subs),
+            "advertisements": len(self._handlers),
+            "requests": len(self._requests),
+            "invocations": len(self._invocations),
+            "reconnects": self.reconnects,
+            "errors_total": self.errors_total,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id.short()} -> {self.address} connected={self.connected}>"
+
+
+def _exception(m: GError) -> QuicmeshError:
+    """The typed exception a ``GError`` stands for."""
+    if m.remote:
+        return RemoteError(m.code, m.message, retryable=m.retryable)
+    code = m.code
+    if code == "limit":
+        return LimitExceeded(m.limit, m.capacity, m.message)
+    if code == "no_provider":
+        return NoProvider(m.message)
+    if code == "timeout":
+        return CallTimeout(m.message)
+    if code == "overloaded":
+        return Overloaded(m.message)
+    if code == "connection_lost":
+        return ConnectionLost(m.message)
+    if code == "closed":
+        return NodeClosed(m.message)
+    if code == "too_large":
+        return RemoteError("too_large", m.message)
+    if code == "invalid":
+        from .errors import ConfigError
+
+        return ConfigError("request", m.message)
+    return RemoteError(code, m.message, retryable=m.retryable)

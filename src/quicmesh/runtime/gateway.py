@@ -1,0 +1,523 @@
+"""The gateway: a node serving light clients (:class:`quicmesh.Client`) that do not join the mesh.
+
+Theory of operation
+-------------------
+A light client dials a node with ``Hello.role == "client"``. The transport admits it like a mesh
+peer (mutual Ed25519 proof, realm check) and, **at the Hello, before any per-client state
+exists**, refuses it with ``max_clients`` when ``gateway.max_clients`` clients are held (checked
+again after the proof, when the slot is taken); the client raises
+:class:`~quicmesh.errors.AdmissionRefused` ``("max_clients")``. Client connections are kept apart
+from the mesh peers (``QuicTransport.clients()``): they never count against ``max_connections``,
+are never evicted by the peer pool and never receive mesh traffic.
+
+The node hands a client connection's events to this :class:`Gateway`, which keeps one
+``_Session`` per client **keyed by the client's node id** (a reconnecting client's new connection
+supersedes the old one, whose session is released first). A session holds, each capped and
+answered with a typed error (``GError(code="limit")``, :class:`~quicmesh.errors.LimitExceeded`
+on the client) when full:
+
+* subscriptions (``max_client_subscriptions``): one node :class:`~quicmesh.runtime.node.Subscription`
+  per client subscription and one task forwarding its messages as ``GMessage``;
+* advertisements (``max_client_advertisements``): the gateway advertises a name on the node once
+  for all the clients offering it and forwards each invocation to one of them (round robin) as
+  ``GInvoke``; the node withdraws the name when its last client does;
+* calls in flight (``max_client_pending_calls``): one task per call running ``node.call`` (or,
+  when another client of this gateway provides the name, invoking that client directly);
+* invocations in flight (same cap): a future per ``GInvoke`` awaiting the client's result.
+
+Everything goes through the node's public API (``subscribe``, ``publish``, ``call``,
+``advertise``, ``unadvertise``), so the node's own limits also apply.
+
+Release: when a client's connection ends for any reason (closed by the client, superseded,
+idle timeout after missed keepalive pings, slow consumer, node stopping) its session is removed
+at once and every structure released in the same callback: subscription tasks cancelled (each
+closes its node subscription, so the node stops subscribing to a pattern no one else wants),
+advertisements withdrawn, call tasks cancelled (the node's pending call entries go with them),
+invocation futures failed with a retryable ``RemoteError("client_gone")`` so the mesh caller
+tries another provider.
+
+Slow consumers (NATS' rule): before every frame to a client the gateway reads the connection's
+unsent bytes (``Connection.pending_bytes``, ours plus QUIC's); past ``max_pending_bytes`` the
+client is closed with code ``slow_consumer`` and counted. A sweep every
+``min(1 s, write_stall_timeout / 4)`` (armed only while clients are connected) closes a client
+whose unsent bytes stayed above zero without ever decreasing for ``write_stall_timeout``. Each
+client has its own tasks and buffers, so one stalled client costs the others nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..bounded import LruMap, Overflow
+from ..config import GatewayConfig
+from ..core.gateway_messages import (
+    GAdvertise,
+    GCall,
+    GError,
+    GInvoke,
+    GInvokeError,
+    GInvokeResult,
+    GMessage,
+    GOk,
+    GPublish,
+    GReply,
+    GSubscribe,
+    GUnadvertise,
+    GUnsubscribe,
+)
+from ..core.wire import Message as WireMessage
+from ..errors import (
+    CallTimeout,
+    ConfigError,
+    ConnectionLost,
+    LimitExceeded,
+    MessageTooLarge,
+    NodeClosed,
+    NoProvider,
+    Overloaded,
+    QuicmeshError,
+    RemoteError,
+)
+from ..identity import NodeId
+from .transport import Connection
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Gateway", "GatewayStats"]
+
+log = logging.getLogger("quicmesh.gateway")
+
+_FRAME_OVERHEAD = 64
+"""Bytes added to a payload when estimating a ``GMessage`` frame (header, tag, field names)."""
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Counters of the gateway (totals since start)."""
+
+    accepted_total: int = 0
+    disconnected_total: int = 0
+    superseded_total: int = 0
+    slow_consumer_total: int = 0
+    limit_refusals_total: int = 0
+    messages_forwarded_total: int = 0
+    calls_total: int = 0
+    invocations_total: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Session:
+    client: NodeId
+    conn: Connection
+    # The three maps below are capped by GatewayConfig (checked before every insert).
+    subs: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # bounded: max_client_subscriptions
+    advs: set[str] = field(default_factory=set)  # bounded: max_client_advertisements
+    calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # bounded: max_client_pending_calls
+    invocations: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)  # bounded: max_client_pending_calls
+    inv_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    stall_since: float | None = None
+    stall_mark: int = 0
+    open: bool = True
+
+
+class Gateway:
+    """Serves light clients on behalf of ``node`` (see the module docstring).
+
+    The node creates it, passes it the events of client-role connections, calls :meth:`stop`
+    when stopping and shows :meth:`health` under ``"gateway"`` in ``/health``.
+    """
+
+    def __init__(self, node: Node, config: GatewayConfig) -> None:
+        self._node = node
+        self._cfg = config
+        self.stats = GatewayStats()
+        enable = getattr(node.transport, "enable_clients", None)
+        self.enabled = enable is not None and config.max_clients > 0
+        """Whether the transport accepts clients (QUIC only; the in-memory transport has none)."""
+        if enable is not None:
+            enable(config.max_clients)
+        self._sessions: LruMap[NodeId, _Session] = LruMap(
+            "gateway.sessions", max(1, config.max_clients), Overflow.REJECT, registry=node.registry
+        )
+        # name -> clients offering it, in round-robin order
+        self._providers: dict[str, list[NodeId]] = {}  # bounded: names of held clients' advertisements
+        self._rr = itertools.count()
+        self._tasks: set[asyncio.Task[Any]] = set()  # bounded: publish/advertise steps, each done in one loop turn
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._stopped = False
+
+    # -- connection events (called by the node) --------------------------------------------------
+
+    def on_connection(self, conn: Connection) -> None:
+        """A client connection was admitted by the transport."""
+        client = conn.peer_id
+        if self._stopped:
+            self._spawn(conn.close("shutdown", "node stopping"))
+            return
+        old = self._sessions.peek(client)
+        if old is not None:
+            self.stats.superseded_total += 1
+            self._release(old, "superseded")
+        self._sessions.set(client, _Session(client, conn))  # the transport holds <= max_clients clients
+        self.stats.accepted_total += 1
+        self._arm_sweep()
+
+    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        """A client connection ended: release everything the client held, at once."""
+        s = self._sessions.peek(conn.peer_id)
+        if s is not None and s.conn is conn:
+            if getattr(conn, "close_code", None) == "duplicate":
+                self.stats.superseded_total += 1  # the same client connected again
+            else:
+                self.stats.disconnected_total += 1
+            self._release(s, "disconnected")
+
+    def on_message(self, conn: Connection, message: WireMessage) -> None:
+        """A message from a client."""
+        s = self._sessions.peek(conn.peer_id)
+        if s is None or s.conn is not conn or not s.open:
+            return
+        if isinstance(message, GPublish):
+            self._spawn(self._publish(s, message))
+        elif isinstance(message, GSubscribe):
+            self._subscribe(s, message)
+        elif isinstance(message, GUnsubscribe):
+            task = s.subs.pop(message.sid, None)
+            if task is not None:
+                task.cancel()
+        elif isinstance(message, GCall):
+            self._call(s, message)
+        elif isinstance(message, GInvokeResult | GInvokeError):
+            fut = s.invocations.pop(message.id, None)
+            if fut is not None and not fut.done():
+                if isinstance(message, GInvokeResult):
+                    fut.set_result(message.payload)
+                else:
+                    fut.set_exception(RemoteError(message.code, message.message, retryable=message.retryable))
+        elif isinstance(message, GAdvertise):
+            self._advertise(s, message)
+        elif isinstance(message, GUnadvertise):
+            if message.name in s.advs:
+                s.advs.discard(message.name)
+                self._withdraw(s.client, message.name)
+
+    # -- per-request handling --------------------------------------------------------------------
+
+    def _refuse_limit(self, s: _Session, req_id: int, limit: str, capacity: int) -> None:
+        self.stats.limit_refusals_total += 1
+        self._send(s, GError(req_id, "limit", f"{limit} reached ({capacity})", limit=limit, capacity=capacity))
+
+    def _subscribe(self, s: _Session, m: GSubscribe) -> None:
+        cap = self._cfg.max_client_subscriptions
+        if m.sid in s.subs:
+            self._send(s, GError(m.id, "invalid", f"subscription id {m.sid} in use"))
+            return
+        if len(s.subs) >= cap:
+            self._refuse_limit(s, m.id, "gateway.max_client_subscriptions", cap)
+            return
+        task = asyncio.ensure_future(self._forward(s, m))
+        s.subs[m.sid] = task
+        task.add_done_callback(functools.partial(_forget, s.subs, m.sid))
+
+    async def _forward(self, s: _Session, m: GSubscribe) -> None:
+        """Hold one node subscription for the client and forward its messages."""
+        try:
+            sub = await self._node.subscribe(m.pattern)
+        except QuicmeshError as exc:
+            self._send(s, _error(m.id, exc))
+            return
+        try:
+            self._send(s, GOk(m.id))
+            sid = m.sid
+            async for msg in sub:
+                if not s.open:
+                    return
+                frame = GMessage(sid, msg.topic, msg.payload, msg.sender.raw, msg.seq)
+                if not self._send(s, frame, len(msg.payload) + len(msg.topic) + _FRAME_OVERHEAD):
+                    return
+                self.stats.messages_forwarded_total += 1
+        finally:
+            await sub.close()
+
+    async def _publish(self, s: _Session, m: GPublish) -> None:
+        try:
+            await self._node.publish(m.topic, m.payload)
+        except (QuicmeshError, ValueError, TypeError) as exc:
+            self._send(s, _error(m.id, exc))
+
+    def _call(self, s: _Session, m: GCall) -> None:
+        cap = self._cfg.max_client_pending_calls
+        if m.id in s.calls:
+            self._send(s, GError(m.id, "invalid", f"call id {m.id} in use"))
+            return
+        if len(s.calls) >= cap:
+            self._refuse_limit(s, m.id, "gateway.max_client_pending_calls", cap)
+            return
+        self.stats.calls_total += 1
+        task = asyncio.ensure_future(self._run_call(s, m))
+        s.calls[m.id] = task
+        task.add_done_callback(functools.partial(_forget, s.calls, m.id))
+
+    async def _run_call(self, s: _Session, m: GCall) -> None:
+        timeout = max(0.001, m.timeout_ms / 1000.0)
+        try:
+            if self._providers.get(m.name):
+                # another client of this gateway provides it: the node does not call itself
+                async with asyncio.timeout(timeout):
+                    reply = await self._invoke(m.name, m.payload)
+            else:
+                reply = await self._node.call(m.name, m.payload, timeout=timeout)
+        except TimeoutError:
+            self._send(s, GError(m.id, "timeout", f"{m.name}: no reply within {timeout:.3f}s"))
+            return
+        except (QuicmeshError, ValueError, TypeError) as exc:
+            self._send(s, _error(m.id, exc))
+            return
+        self._send(s, GReply(m.id, reply))
+
+    def _advertise(self, s: _Session, m: GAdvertise) -> None:
+        cap = self._cfg.max_client_advertisements
+        if m.name in s.advs:
+            self._send(s, GOk(m.id))
+            return
+        if len(s.advs) >= cap:
+            self._refuse_limit(s, m.id, "gateway.max_client_advertisements", cap)
+            return
+        s.advs.add(m.name)
+        providers = self._providers.get(m.name)
+        if providers is not None:
+            providers.append(s.client)
+            self._send(s, GOk(m.id))
+            return
+        self._providers[m.name] = [s.client]
+        self._spawn(self._advertise_on_node(s, m))
+
+    async def _advertise_on_node(self, s: _Session, m: GAdvertise) -> None:
+        name = m.name
+
+        async def handler(payload: bytes) -> bytes:
+            return await self._invoke(name, payload)
+
+        try:
+            await self._node.advertise(name, handler)
+        except QuicmeshError as exc:
+            s.advs.discard(name)
+            self._withdraw(s.client, name, unadvertise=False)
+            self._send(s, _error(m.id, exc))
+            return
+        if name not in self._providers:  # every client withdrew while we advertised
+            await self._node.unadvertise(name)
+        self._send(s, GOk(m.id))
+
+    def _withdraw(self, client: NodeId, name: str, *, unadvertise: bool = True) -> None:
+        providers = self._providers.get(name)
+        if providers is None:
+            return
+        with contextlib.suppress(ValueError):
+            providers.remove(client)
+        if not providers:
+            del self._providers[name]
+            if unadvertise and not self._stopped:
+                self._spawn(self._unadvertise_on_node(name))
+
+    async def _unadvertise_on_node(self, name: str) -> None:
+        if name not in self._providers:  # nobody re-advertised it meanwhile
+            await self._node.unadvertise(name)
+
+    async def _invoke(self, name: str, payload: bytes) -> bytes:
+        """The node's handler for a client-provided procedure: forward to one client."""
+        s = self._pick(name)
+        if s is None:
+            raise RemoteError("no_handler", f"no client provides {name!r} here", retryable=True)
+        loop = asyncio.get_running_loop()
+        inv_id = next(s.inv_ids)
+        fut: asyncio.Future[bytes] = loop.create_future()
+        s.invocations[inv_id] = fut
+        self.stats.invocations_total += 1
+        try:
+            timeout_ms = int(self._node.config.rpc.default_timeout * 1000)
+            if not self._send(s, GInvoke(inv_id, name, payload, timeout_ms), len(payload) + _FRAME_OVERHEAD):
+                raise RemoteError("client_gone", "the providing client is gone", retryable=True)
+            return await fut
+        finally:
+            s.invocations.pop(inv_id, None)
+
+    def _pick(self, name: str) -> _Session | None:
+        providers = self._providers.get(name)
+        if not providers:
+            return None
+        n = len(providers)
+        start = next(self._rr)
+        cap = self._cfg.max_client_pending_calls
+        for i in range(n):
+            s = self._sessions.peek(providers[(start + i) % n])
+            if s is not None and s.open and len(s.invocations) < cap:
+                return s
+        return None
+
+    # -- sending and slow consumers --------------------------------------------------------------
+
+    def _send(self, s: _Session, message: WireMessage, size: int = _FRAME_OVERHEAD) -> bool:
+        """Queue ``message`` for the client; close it as a slow consumer past its byte budget."""
+        if not s.open:
+            return False
+        conn = s.conn
+        if conn.pending_bytes + size > self._cfg.max_pending_bytes:
+            self._slow_consumer(s, f"more than {self._cfg.max_pending_bytes} bytes unsent")
+            return False
+        if not conn.send(message):
+            self._slow_consumer(s, "send buffer full")
+            return False
+        return True
+
+    def _slow_consumer(self, s: _Session, why: str) -> None:
+        if not s.open:
+            return
+        self.stats.slow_consumer_total += 1
+        log.info("closing slow consumer %s: %s", s.client.short(), why)
+        self._release(s, "slow_consumer")
+        self._spawn(s.conn.close("slow_consumer", why))
+
+    def _arm_sweep(self) -> None:
+        if self._sweep_handle is not None or self._stopped or not len(self._sessions):
+            return
+        interval = min(1.0, self._cfg.write_stall_timeout / 4)
+        self._sweep_handle = asyncio.get_running_loop().call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close clients whose unsent bytes have not decreased for ``write_stall_timeout``."""
+        self._sweep_handle = None
+        now = asyncio.get_running_loop().time()
+        for s in list(self._sessions.values()):
+            pending = s.conn.pending_bytes
+            if pending == 0:
+                s.stall_since = None
+            elif s.stall_since is None or pending < s.stall_mark:
+                s.stall_since, s.stall_mark = now, pending
+            elif now - s.stall_since >= self._cfg.write_stall_timeout:
+                self._slow_consumer(s, f"writes stalled for {self._cfg.write_stall_timeout} s")
+        self._arm_sweep()
+
+    # -- release ---------------------------------------------------------------------------------
+
+    def _release(self, s: _Session, why: str) -> None:
+        """Drop session ``s`` and everything it holds (see the module docstring)."""
+        if not s.open:
+            return
+        s.open = False
+        if self._sessions.peek(s.client) is s:
+            self._sessions.pop(s.client)
+        for task in list(s.subs.values()):
+            task.cancel()
+        s.subs.clear()
+        for task in list(s.calls.values()):
+            task.cancel()
+        s.calls.clear()
+        for fut in list(s.invocations.values()):
+            if not fut.done():
+                fut.set_exception(RemoteError("client_gone", f"providing client left ({why})", retryable=True))
+        s.invocations.clear()
+        for name in list(s.advs):
+            self._withdraw(s.client, name)
+        s.advs.clear()
+        if not len(self._sessions) and self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    async def stop(self) -> None:
+        """Release every session (the transport then closes the connections); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for s in list(self._sessions.values()):
+            self._release(s, "node stopping")
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._sessions.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- observability ---------------------------------------------------------------------------
+
+    @property
+    def clients(self) -> int:
+        """Clients connected now."""
+        return len(self._sessions)
+
+    def client_ids(self) -> list[NodeId]:
+        """Node ids of the connected clients."""
+        return list(self._sessions.keys())
+
+    def health(self) -> dict[str, Any]:
+        """Per-client structures (all back to zero once the clients left) and counters."""
+        sessions = list(self._sessions.values())
+        st = self.stats
+        refused = self._node.transport.stats().refused_total.get("max_clients", 0)
+        return {
+            "enabled": self.enabled,
+            "clients": len(sessions),
+            "capacity": self._cfg.max_clients,
+            "subscriptions": sum(len(s.subs) for s in sessions),
+            "advertisements": sum(len(s.advs) for s in sessions),
+            "provided_names": len(self._providers),
+            "pending_calls": sum(len(s.calls) for s in sessions),
+            "invocations": sum(len(s.invocations) for s in sessions),
+            "pending_bytes": sum(s.conn.pending_bytes for s in sessions),
+            "tasks": len(self._tasks),
+            "accepted_total": st.accepted_total,
+            "refused_total": refused,
+            "disconnected_total": st.disconnected_total,
+            "superseded_total": st.superseded_total,
+            "slow_consumer_total": st.slow_consumer_total,
+            "limit_refusals_total": st.limit_refusals_total,
+            "messages_forwarded_total": st.messages_forwarded_total,
+            "calls_total": st.calls_total,
+            "invocations_total": st.invocations_total,
+        }
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], key: int, task: asyncio.Task[None]) -> None:
+    """Done callback: drop ``task`` from its session map (unless a newer task took the key)."""
+    if tasks.get(key) is task:
+        del tasks[key]
+
+
+def _error(req_id: int, exc: BaseException) -> GError:
+    """The ``GError`` a client turns back into the same typed exception."""
+    text = str(exc)[:1000]
+    if isinstance(exc, LimitExceeded):
+        return GError(req_id, "limit", text, limit=exc.limit, capacity=exc.capacity)
+    if isinstance(exc, RemoteError):
+        return GError(req_id, exc.code, exc.message[:1000], retryable=exc.retryable, remote=True)
+    if isinstance(exc, NoProvider):
+        return GError(req_id, "no_provider", text)
+    if isinstance(exc, CallTimeout):
+        return GError(req_id, "timeout", text)
+    if isinstance(exc, Overloaded):
+        return GError(req_id, "overloaded", text, retryable=True)
+    if isinstance(exc, ConnectionLost):
+        return GError(req_id, "connection_lost", text, retryable=True)
+    if isinstance(exc, NodeClosed):
+        return GError(req_id, "closed", text)
+    if isinstance(exc, MessageTooLarge):
+        return GError(req_id, "too_large", text)
+    if isinstance(exc, ConfigError | ValueError | TypeError):
+        return GError(req_id, "invalid", text)
+    return GError(req_id, "error", f"{type(exc).__name__}: {text}")
