@@ -581,3 +581,20 @@ async def test_restarted_peer_replaces_its_stale_connection_at_once(make: Callab
     current = low.t.get(high_kp.node_id)
     assert current is not None and current.remote_address == reborn.addr
     await low.ev.until(lambda: len(low.ev.lost) == 1, timeout=3)  # the stale one was released
+
+
+async def test_waiting_for_close_does_not_close_an_open_connection(make: Callable[..., object]) -> None:
+    """wait_closed() on an open connection waits for as long as it stays open (it used to give
+    up after handshake_timeout and abandon the connection)."""
+    cfg = dataclasses.replace(CFG, handshake_timeout=0.2)
+    a = await make(cfg=cfg)  # type: ignore[misc]
+    b = await make(cfg=cfg)  # type: ignore[misc]
+    conn = await a.t.dial(b.addr, expected=b.t.node_id)
+    waiter = asyncio.create_task(conn.wait_closed())
+    done, _ = await asyncio.wait({waiter}, timeout=1.0)  # five handshake timeouts
+    assert not done and not conn.closed and a.t.get(b.t.node_id) is conn
+    assert conn.send(Publish(topic="t", payload=b"still open", publisher=a.t.node_id.raw, seq=1))
+    await b.ev.until(lambda: len(b.ev.messages) == 1)
+    await conn.close("done")
+    await asyncio.wait_for(waiter, 2.0)
+    assert conn.closed

@@ -188,6 +188,7 @@ class QuicConnection(Connection):
         self._expected: NodeId | None = None
         self._peer_instance = b""
         self._drained: asyncio.Future[None] | None = None
+        self._closed_evt = asyncio.Event()
         self._state = _St.TLS
         self._sid: int | None = None
         self._decoder: FrameDecoder = transport._codec.decoder()
@@ -266,7 +267,12 @@ class QuicConnection(Connection):
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
-        """Return once the QUIC connection terminated (bounded by ``handshake_timeout``)."""
+        """Return once the connection has closed (for any reason) and QUIC has terminated it.
+
+        An open connection is waited on for as long as it stays open. Once it is closing, QUIC's
+        own close is awaited for at most ``handshake_timeout``, after which it is abandoned.
+        """
+        await self._closed_evt.wait()
         proto = self._proto
         if proto.terminated:
             return
@@ -594,6 +600,7 @@ class QuicConnection(Connection):
             return
         was = self._state
         self._state = _St.CLOSED
+        self._closed_evt.set()
         self.close_code = code
         for h in (self._hs_timer, self._ka_timer, self._flush_handle):
             if h is not None:
