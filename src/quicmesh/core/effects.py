@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..identity import NodeId
 from .wire import Message
 
-__all__ = ["Deliver", "Dial", "Disconnect", "Effect", "Send"]
+__all__ = ["Deliver", "Dial", "DialAddress", "Disconnect", "Effect", "Send"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,16 @@ class Dial:
     """Open a connection to ``peer`` at one of ``addresses`` (tried in order)."""
 
     peer: NodeId
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DialAddress:
+    """Open a connection to whoever listens at ``addresses`` (a bootstrap peer whose id is not
+    known yet). The driver reports success with ``peer_connected(peer_id_learned, addresses,
+    outbound=True, now)`` -- ``addresses`` must include the address dialled -- and failure with
+    the state machine's ``address_dial_failed(addresses, now)``."""
+
     addresses: tuple[str, ...]
 
 
@@ -52,4 +62,4 @@ class Deliver:
     hops: int = 0
 
 
-Effect = Send | Dial | Disconnect | Deliver
+Effect = Send | Dial | DialAddress | Disconnect | Deliver

@@ -1,0 +1,64 @@
+"""A deterministic simulator of many mesh nodes, shipped as public helpers.
+
+* :class:`Simulator` -- event heap over a fake clock, seeded network, nodes driven through the
+  same :class:`~quicmesh.core.mesh.Mesh` API and effects as the asyncio runtime.
+* :class:`NetworkParams`, :class:`Latency`, :class:`Reachability` -- latency distributions, loss,
+  duplication, partitions and one-way cuts.
+* :mod:`quicmesh.testing.scenarios` -- scenario dataclasses (seeded) and runners returning
+  :class:`Report`\\ s; ``python -m quicmesh.testing.scenarios [--large]`` prints them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .network import Latency, NetworkParams, Reachability
+from .sim import Delivery, SimNode, Simulator, node_identity
+
+if TYPE_CHECKING:
+    from .scenarios import (
+        BroadcastScenario,
+        FloodScenario,
+        IdentityChurnScenario,
+        PartitionScenario,
+        Report,
+        UnsubscribeScenario,
+        container_peaks,
+        default_scenarios,
+        overlay_connected,
+        run,
+    )
+
+_SCENARIO_NAMES = frozenset({
+    "BroadcastScenario", "FloodScenario", "IdentityChurnScenario", "PartitionScenario", "Report",
+    "UnsubscribeScenario", "container_peaks", "default_scenarios", "overlay_connected", "run",
+})
+
+
+def __getattr__(name: str) -> Any:
+    # loaded lazily so that ``python -m quicmesh.testing.scenarios`` runs the module only once
+    if name in _SCENARIO_NAMES:
+        from . import scenarios
+
+        return getattr(scenarios, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = [
+    "BroadcastScenario",
+    "Delivery",
+    "FloodScenario",
+    "IdentityChurnScenario",
+    "Latency",
+    "NetworkParams",
+    "PartitionScenario",
+    "Reachability",
+    "Report",
+    "SimNode",
+    "Simulator",
+    "UnsubscribeScenario",
+    "container_peaks",
+    "default_scenarios",
+    "node_identity",
+    "overlay_connected",
+    "run",
+]

@@ -1,0 +1,134 @@
+"""The address book: the peers a node knows and how to reach them.
+
+Theory of operation
+-------------------
+One entry per peer: the peer's *current* address set (a new set replaces the old one; sets that
+differ only in order or duplicates are the same set, stored sorted and de-duplicated), when it was
+last seen, and whether we hold a connection to it. Entries are learned from bootstrap, overlay
+messages (JOIN, FORWARDJOIN, SHUFFLE, NEIGHBOR, swarm discovery) and the API (``add``).
+
+All entries live in one :class:`~quicmesh.bounded.TtlMap` (capacity ``AddressBookConfig.capacity``,
+default 10,000). An unconnected entry expires ``ttl`` seconds (default 1 h) after it was last seen.
+A connected entry is stored with a deadline far in the future, so it never expires while the
+connection lives, and when the map is full the victim is always the entry closest to its deadline:
+the stalest *unconnected* peer. When the connection ends the entry is re-armed with the normal TTL
+from that moment. Expiry happens only in :meth:`AddressBook.expire`, called from the owner's timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..bounded import ContainerRegistry, TtlMap
+from ..config import AddressBookConfig
+from ..identity import NodeId
+
+__all__ = ["AddressBook", "PeerEntry", "normalize_addresses"]
+
+_CONNECTED_TTL = 1e12
+"""Deadline offset for connected peers: they never expire and are evicted last."""
+
+MAX_ADDRESSES = 8
+"""Addresses kept per peer; a peer announcing more is truncated (after sorting)."""
+
+MAX_ADDRESS_LEN = 255
+"""Longest address string accepted; longer ones are ignored."""
+
+
+def normalize_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    """The canonical form of an address set: de-duplicated, sorted, capped in count and length."""
+    clean = sorted({a for a in addresses if isinstance(a, str) and 0 < len(a) <= MAX_ADDRESS_LEN})
+    return tuple(clean[:MAX_ADDRESSES])
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    """What the book knows about one peer."""
+
+    addresses: tuple[str, ...]
+    last_seen: float
+    connected: bool
+
+
+class AddressBook:
+    """Bounded peer -> addresses map with TTL and stale-first eviction (see module docstring)."""
+
+    def __init__(self, me: NodeId, config: AddressBookConfig, registry: ContainerRegistry) -> None:
+        self.me = me
+        self.config = config
+        self._entries: TtlMap[NodeId, PeerEntry] = TtlMap(
+            "addressbook.peers", config.capacity, config.ttl, registry=registry
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._entries
+
+    def get(self, peer: NodeId) -> PeerEntry | None:
+        """The entry for ``peer`` or ``None``."""
+        return self._entries.get(peer)
+
+    def addresses(self, peer: NodeId) -> tuple[str, ...]:
+        """The current address set of ``peer`` (empty when unknown)."""
+        entry = self._entries.get(peer)
+        return () if entry is None else entry.addresses
+
+    def add(self, peer: NodeId, addresses: Iterable[str], now: float) -> None:
+        """Learn or refresh ``peer``. A non-empty address set replaces the stored one; an empty
+        one keeps the stored addresses and only refreshes last-seen. Our own id is ignored."""
+        if peer == self.me:
+            return
+        addrs = normalize_addresses(addresses)
+        old = self._entries.get(peer)
+        if old is None:
+            if not addrs:
+                return
+            self._entries.set(peer, PeerEntry(addrs, now, False), now)
+            return
+        entry = PeerEntry(addrs or old.addresses, now, old.connected)
+        self._entries.set(peer, entry, now, _CONNECTED_TTL if old.connected else None)
+
+    def set_connected(self, peer: NodeId, addresses: Iterable[str], now: float) -> None:
+        """Mark ``peer`` connected (never expires, evicted last); updates addresses if given."""
+        if peer == self.me:
+            return
+        addrs = normalize_addresses(addresses)
+        old = self._entries.get(peer)
+        keep = addrs or (old.addresses if old is not None else ())
+        self._entries.set(peer, PeerEntry(keep, now, True), now, _CONNECTED_TTL)
+
+    def set_disconnected(self, peer: NodeId, now: float) -> None:
+        """The connection to ``peer`` ended: the entry expires ``ttl`` from now."""
+        old = self._entries.get(peer)
+        if old is None:
+            return
+        if not old.addresses:
+            self._entries.pop(peer)
+            return
+        self._entries.set(peer, PeerEntry(old.addresses, now, False), now)
+
+    def remove(self, peer: NodeId) -> bool:
+        """Forget ``peer``; ``True`` when it was known."""
+        return self._entries.pop(peer) is not None
+
+    def expire(self, now: float) -> list[NodeId]:
+        """Drop entries not seen for ``ttl``; returns the forgotten peers."""
+        return [k for k, _ in self._entries.expire(now)]
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` has work next (connected entries excluded)."""
+        d = self._entries.next_deadline()
+        return d if d is not None and d < _CONNECTED_TTL / 2 else None
+
+    def peers(self) -> list[NodeId]:
+        """Every known peer (a copy)."""
+        return self._entries.keys()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /health."""
+        s = self._entries.stats()
+        return {"size": s.size, "capacity": s.capacity, "peak": s.peak, "evictions": s.evictions,
+                "expirations": s.expirations}

@@ -1,0 +1,406 @@
+"""Plumtree epidemic broadcast trees (Leitão, Pereira, Rodrigues, 2007), one instance per swarm.
+
+Theory of operation
+-------------------
+Each swarm member splits its swarm neighbours (the swarm's HyParView active view) into *eager*
+peers, to which it pushes full payloads, and *lazy* peers, to which it only announces message ids
+(IHAVE). New neighbours start eager, so the first broadcast floods; every duplicate payload
+received makes its sender lazy (PRUNE), which trims the flood into a spanning tree.
+
+* **Receive.** A payload whose id is new is remembered (seen cache, 90 s), cached for GRAFTs
+  (payload cache, 30 s, capped in count and bytes), handed up, pushed to the eager peers and
+  announced to the lazy peers. The id is computed here as a hash of (publisher, epoch, seq, topic,
+  payload) and never taken from the wire. A payload whose id was seen makes its sender lazy.
+* **Repair.** An IHAVE for an unseen id records the announcer and, the first time, arms a timer
+  (80 ms). When it fires and the payload is still missing, the node sends GRAFT(id) to one
+  announcer (making it eager) and re-arms (40 ms) for the next one, rotating through announcers
+  until the payload arrives or the entry expires with the payload cache TTL.
+* **Re-announcement.** On lossy links an eager payload and every IHAVE for it can all be lost.
+  Each received id is therefore announced once more, ``REANNOUNCE_DELAY`` seconds later, to every
+  neighbour (eager and lazy) except the one it came from; a neighbour that has it ignores the
+  IHAVE. This costs ids, never payloads, so it does not change the payload redundancy. Due
+  re-announcements are processed at most every ``REANNOUNCE_DELAY / 2`` so they batch well.
+* **Catch-up on new links.** When a swarm neighbour appears, it is sent an IHAVE of the (at most
+  ``CATCHUP_IDS``) most recent payloads we still cache for the swarm. A node whose neighbours all
+  crashed (their loss is only noticed at the transport's idle timeout) keeps publishing into the
+  void; once it has new neighbours they graft what they missed and the tree spreads it. The
+  price: a node that just joined a swarm may receive up to the payload cache's recent messages
+  (at most ``payload_cache_ttl``, 30 s, old) published before it subscribed.
+* **Tree optimisation.** When a payload arrives with ``hops`` more than ``optimization_threshold``
+  above the hop count an earlier IHAVE announced, the node grafts the announcer (without id) and
+  prunes the sender.
+* **Batching.** IHAVEs are queued and flushed every ``ihave_batch_interval`` (5 ms), one message
+  per peer.
+
+The seen cache and payload cache are node-wide (:class:`GossipCaches`, keyed by id, tagged with
+the swarm) so their caps hold whatever the number of swarms; :meth:`GossipCaches.purge` removes a
+swarm's entries when the node leaves it. Everything else lives in this object and is closed by
+:meth:`Plumtree.close`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from random import Random
+
+from ..bounded import BoundedDeque, ContainerRegistry, LruMap, TtlMap
+from ..config import GossipConfig
+from ..identity import NodeId
+from .membership import HvSend
+from .mesh_messages import MGossip, MGraft, MIHave, MPrune
+from .wire import Message
+
+__all__ = ["REANNOUNCE_DELAY", "Arrived", "GossipCaches", "Plumtree", "message_id"]
+
+REANNOUNCE_DELAY = 1.0
+"""Seconds after receipt at which an id is announced once more to every neighbour."""
+
+CATCHUP_IDS = 256
+"""Most recent cached ids announced to a new swarm neighbour."""
+
+MAX_ANNOUNCERS = 8
+"""Announcers remembered per missing id."""
+
+MAX_IHAVE_IDS = 512
+"""Ids per IHAVE message; a received IHAVE is truncated to this many."""
+
+MAX_NEIGHBOURS = 64
+"""Cap of the eager and lazy sets (they only hold swarm active-view peers)."""
+
+ID_LEN = 16
+
+
+def message_id(publisher: bytes, epoch: int, seq: int, topic: str, payload: bytes) -> bytes:
+    """The 16-byte id of a topic message: BLAKE2b over its publisher, epoch, seq, topic, content."""
+    h = hashlib.blake2b(digest_size=ID_LEN)
+    h.update(publisher)
+    h.update(epoch.to_bytes(8, "big", signed=False))
+    h.update(seq.to_bytes(8, "big", signed=False))
+    t = topic.encode()
+    h.update(len(t).to_bytes(4, "big"))
+    h.update(t)
+    h.update(payload)
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Arrived:
+    """A new (never seen) topic message, handed to the ordering layer."""
+
+    swarm: str
+    topic: str
+    publisher: NodeId
+    epoch: int
+    seq: int
+    payload: bytes
+    hops: int
+
+
+def _gossip_size(m: MGossip) -> int:
+    return len(m.payload) + len(m.topic) + 96
+
+
+class GossipCaches:
+    """Node-wide seen-id cache and payload cache, shared by every swarm's Plumtree."""
+
+    def __init__(self, config: GossipConfig, registry: ContainerRegistry) -> None:
+        self.seen: TtlMap[bytes, str] = TtlMap("gossip.seen_ids", config.seen_capacity, config.seen_ttl,
+                                               registry=registry)
+        self.payloads: TtlMap[bytes, MGossip] = TtlMap(
+            "gossip.payload_cache",
+            config.payload_cache_capacity,
+            config.payload_cache_ttl,
+            capacity_bytes=config.payload_cache_bytes,
+            sizeof=_gossip_size,
+            registry=registry,
+        )
+
+    def purge(self, swarm: str) -> int:
+        """Remove every entry of ``swarm``; returns how many were removed."""
+        n = 0
+        for key, s in self.seen.items():
+            if s == swarm:
+                self.seen.pop(key)
+                n += 1
+        for key, m in self.payloads.items():
+            if m.s == swarm:
+                self.payloads.pop(key)
+                n += 1
+        return n
+
+    def count(self, swarm: str) -> int:
+        """Entries held for ``swarm`` (for tests and /health)."""
+        return sum(1 for s in self.seen.values() if s == swarm) + sum(
+            1 for m in self.payloads.values() if m.s == swarm
+        )
+
+    def expire(self, now: float) -> None:
+        self.seen.expire(now)
+        self.payloads.expire(now)
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.seen.next_deadline(), self.payloads.next_deadline()) if d is not None]
+        return min(ds) if ds else None
+
+
+class Plumtree:
+    """Broadcast state of one swarm. See the module docstring."""
+
+    def __init__(
+        self,
+        me: NodeId,
+        swarm: str,
+        config: GossipConfig,
+        caches: GossipCaches,
+        rng: Random,
+        registry: ContainerRegistry,
+        *,
+        max_message_size: int,
+    ) -> None:
+        self.me = me
+        self.swarm = swarm
+        self.config = config
+        self.caches = caches
+        self.rng = rng
+        self.max_message_size = max_message_size
+        self.eager: LruMap[NodeId, None] = LruMap("plumtree.eager", MAX_NEIGHBOURS, registry=registry)
+        self.lazy: LruMap[NodeId, None] = LruMap("plumtree.lazy", MAX_NEIGHBOURS, registry=registry)
+        cap = config.payload_cache_capacity
+        self.missing: TtlMap[bytes, tuple[tuple[NodeId, int], ...]] = TtlMap(
+            "plumtree.missing", cap, config.payload_cache_ttl, registry=registry
+        )
+        self.graft_timers: TtlMap[bytes, None] = TtlMap(
+            "plumtree.graft_timers", cap, config.graft_timeout_1, registry=registry
+        )
+        self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque(
+            "plumtree.ihave_queue", 4 * cap, registry=registry
+        )
+        self.ihave_deadline: float | None = None
+        self.next_reannounce = 0.0
+        self.reannounce: BoundedDeque[tuple[float, bytes, NodeId | None]] = BoundedDeque(
+            "plumtree.reannounce", cap, registry=registry
+        )
+        self.counters = {  # bounded: fixed keys
+            "received": 0, "duplicates": 0, "grafts_sent": 0, "prunes_sent": 0, "too_large": 0,
+            "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0,
+        }
+
+    # -- neighbours ------------------------------------------------------------------------------
+
+    def neighbor_up(self, peer: NodeId, now: float) -> None:
+        """A swarm neighbour appeared: start it eager, and announce our recent messages to it
+        (catch-up: see the module docstring)."""
+        self.lazy.pop(peer)
+        self.eager.set(peer, None)
+        recent = [(mid, m.hops) for mid, m in self.caches.payloads.items() if m.s == self.swarm]
+        for mid, hops in recent[-CATCHUP_IDS:]:
+            self._queue_ihave(peer, mid, hops, now)
+
+    def neighbor_down(self, peer: NodeId) -> None:
+        """A swarm neighbour left: forget it."""
+        self.eager.pop(peer)
+        self.lazy.pop(peer)
+
+    def _is_neighbour(self, peer: NodeId) -> bool:
+        return peer in self.eager or peer in self.lazy
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def broadcast(self, msg: MGossip, now: float) -> tuple[list[HvSend], Arrived]:
+        """Publish a locally created message (hops 0)."""
+        mid = message_id(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payload)
+        self.caches.seen.set(mid, self.swarm, now)
+        self.caches.payloads.set(mid, msg, now)
+        out = self._push(mid, msg, None, now)
+        return out, self._arrived(msg)
+
+    def handle(self, sender: NodeId, msg: Message, now: float) -> tuple[list[HvSend], Arrived | None]:
+        """Process a Plumtree message from ``sender``."""
+        if isinstance(msg, MGossip):
+            return self._on_gossip(sender, msg, now)
+        if isinstance(msg, MIHave):
+            self._on_ihave(sender, msg, now)
+            return [], None
+        if isinstance(msg, MGraft):
+            return self._on_graft(sender, msg, now), None
+        if isinstance(msg, MPrune):
+            if self._is_neighbour(sender):
+                self.eager.pop(sender)
+                self.lazy.set(sender, None)
+            return [], None
+        return [], None
+
+    def _on_gossip(self, sender: NodeId, msg: MGossip, now: float) -> tuple[list[HvSend], Arrived | None]:
+        if len(msg.payload) > self.max_message_size:
+            self.counters["too_large"] += 1
+            return [], None
+        mid = message_id(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payload)
+        out: list[HvSend] = []
+        if mid in self.caches.seen:
+            self.counters["duplicates"] += 1
+            if sender in self.eager:
+                self.eager.pop(sender)
+                self.lazy.set(sender, None)
+                self.counters["prunes_sent"] += 1
+                out.append(HvSend(sender, MPrune(self.swarm)))
+            return out, None
+        self.counters["received"] += 1
+        self.caches.seen.set(mid, self.swarm, now)
+        announcers = self.missing.pop(mid) or ()
+        self.graft_timers.pop(mid)
+        if self._is_neighbour(sender) and sender not in self.eager:
+            self.lazy.pop(sender)
+            self.eager.set(sender, None)
+        # tree optimisation: an announcer was much closer to the source than the eager sender
+        for peer, hops in announcers:
+            if peer != sender and self._is_neighbour(peer) and hops + self.config.optimization_threshold < msg.hops:
+                self.counters["optimisations"] += 1
+                self.lazy.pop(peer)
+                self.eager.set(peer, None)
+                out.append(HvSend(peer, MGraft(self.swarm, None)))
+                if sender in self.eager:
+                    self.eager.pop(sender)
+                    self.lazy.set(sender, None)
+                    out.append(HvSend(sender, MPrune(self.swarm)))
+                break
+        fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payload, msg.hops + 1)
+        self.caches.payloads.set(mid, msg, now)
+        out += self._push(mid, fwd, sender, now)
+        return out, self._arrived(msg)
+
+    def _on_ihave(self, sender: NodeId, msg: MIHave, now: float) -> None:
+        if not self._is_neighbour(sender):
+            return
+        n = min(len(msg.ids), len(msg.hops), MAX_IHAVE_IDS)
+        for i in range(n):
+            mid = msg.ids[i]
+            if len(mid) != ID_LEN or mid in self.caches.seen:
+                continue
+            hops = msg.hops[i]
+            entry = self.missing.get(mid) or ()
+            if all(p != sender for p, _ in entry) and len(entry) < MAX_ANNOUNCERS:
+                deadline = self.missing.deadline(mid)
+                ttl = self.config.payload_cache_ttl if deadline is None else max(deadline - now, 0.001)
+                self.missing.set(mid, (*entry, (sender, hops)), now, ttl)
+            if mid not in self.graft_timers:
+                self.graft_timers.set(mid, None, now, self.config.graft_timeout_1)
+
+    def _on_graft(self, sender: NodeId, msg: MGraft, now: float) -> list[HvSend]:
+        if not self._is_neighbour(sender):
+            return []
+        self.lazy.pop(sender)
+        self.eager.set(sender, None)
+        if msg.id is None:
+            return []
+        cached = self.caches.payloads.get(msg.id)
+        if cached is None or cached.s != self.swarm:
+            return []
+        self.counters["payloads_sent"] += 1
+        fwd = MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payload,
+                      cached.hops + 1)
+        return [HvSend(sender, fwd)]
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> list[HvSend]:
+        """Send due GRAFTs, flush IHAVE batches, re-announce, expire."""
+        out: list[HvSend] = []
+        for mid, _ in self.graft_timers.expire(now):
+            if mid in self.caches.seen:
+                self.missing.pop(mid)
+                continue
+            entry = self.missing.get(mid)
+            if not entry:
+                continue
+            live = [e for e in entry if self._is_neighbour(e[0])]
+            if not live:
+                self.missing.pop(mid)
+                continue
+            peer, hops = live[0]
+            rest = (*live[1:], (peer, hops))
+            deadline = self.missing.deadline(mid)
+            self.missing.set(mid, rest, now, max((deadline or now) - now, 0.001))
+            self.lazy.pop(peer)
+            self.eager.set(peer, None)
+            self.counters["grafts_sent"] += 1
+            out.append(HvSend(peer, MGraft(self.swarm, mid)))
+            self.graft_timers.set(mid, None, now, self.config.graft_timeout_2)
+        if self.reannounce and now >= self.next_reannounce and self.reannounce.peekleft()[0] <= now:
+            self.next_reannounce = now + REANNOUNCE_DELAY / 2
+            while self.reannounce and self.reannounce.peekleft()[0] <= now:
+                _, mid, origin = self.reannounce.popleft()
+                cached = self.caches.payloads.get(mid)
+                if cached is None:
+                    continue
+                for p in (*self.eager.keys(), *self.lazy.keys()):
+                    if p != origin:
+                        self._queue_ihave(p, mid, cached.hops, now)
+        if self.ihave_deadline is not None and now >= self.ihave_deadline:
+            out += self._flush_ihaves()
+        self.missing.expire(now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`handle_timer` has work."""
+        best = self.graft_timers.next_deadline()
+        if self.ihave_deadline is not None and (best is None or self.ihave_deadline < best):
+            best = self.ihave_deadline
+        d = self.missing.next_deadline()
+        if d is not None and (best is None or d < best):
+            best = d
+        if self.reannounce:
+            d = max(self.reannounce.peekleft()[0], self.next_reannounce)
+            if best is None or d < best:
+                best = d
+        return best
+
+    def close(self) -> None:
+        """Release every per-swarm container."""
+        for c in (self.eager, self.lazy, self.missing, self.graft_timers, self.ihave_queue, self.reannounce):
+            c.close()
+        self.ihave_deadline = None
+
+    def state_size(self) -> int:
+        """Entries held (for tests and /health)."""
+        return (len(self.eager) + len(self.lazy) + len(self.missing) + len(self.graft_timers)
+                + len(self.ihave_queue) + len(self.reannounce))
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _arrived(self, msg: MGossip) -> Arrived:
+        return Arrived(self.swarm, msg.topic, NodeId(msg.publisher), msg.epoch, msg.seq, msg.payload, msg.hops)
+
+    def _push(self, mid: bytes, msg: MGossip, sender: NodeId | None, now: float) -> list[HvSend]:
+        out: list[HvSend] = []
+        for p in self.eager.keys():
+            if p != sender:
+                out.append(HvSend(p, msg))
+        self.counters["payloads_sent"] += len(out)
+        for p in self.lazy.keys():
+            if p != sender:
+                self._queue_ihave(p, mid, msg.hops, now)
+        self.reannounce.append((now + REANNOUNCE_DELAY, mid, sender))
+        return out
+
+    def _queue_ihave(self, peer: NodeId, mid: bytes, hops: int, now: float) -> None:
+        self.ihave_queue.append((peer, mid, hops))
+        if self.ihave_deadline is None:
+            self.ihave_deadline = now + self.config.ihave_batch_interval
+
+    def _flush_ihaves(self) -> list[HvSend]:
+        self.ihave_deadline = None
+        batches: dict[NodeId, tuple[list[bytes], list[int]]] = {}
+        for peer, mid, hops in self.ihave_queue.drain():
+            if not self._is_neighbour(peer):
+                continue
+            ids, hl = batches.setdefault(peer, ([], []))
+            ids.append(mid)
+            hl.append(hops)
+        out: list[HvSend] = []
+        for peer, (ids, hl) in batches.items():
+            for i in range(0, len(ids), MAX_IHAVE_IDS):
+                self.counters["ihaves_sent"] += 1
+                out.append(HvSend(peer, MIHave(self.swarm, ids[i:i + MAX_IHAVE_IDS], hl[i:i + MAX_IHAVE_IDS])))
+        return out
+

@@ -1,0 +1,216 @@
+"""Topic names, subscription patterns, swarm keys and per-publisher ordering.
+
+Theory of operation
+-------------------
+**Names.** A topic is a dot-separated list of non-empty segments (``sensors.kitchen.temp``), at
+most ``MAX_TOPIC_LEN`` characters, no whitespace, and none of its segments is ``*`` or ``>``.
+A *pattern* is a topic whose segments may be ``*`` (exactly one segment) or, as the last segment,
+``>`` (one or more remaining segments), as in NATS. ``sensors.*`` matches ``sensors.temp`` but not
+``sensors.a.b``; ``sensors.>`` matches both, but not ``sensors``.
+
+**Swarms.** Payloads of a topic travel only inside its *swarm*, the set of nodes subscribed to a
+pattern that can match it. The swarm key is the topic's **first segment**: ``sensors.kitchen.temp``
+travels in swarm ``sensors``. A pattern joins the swarm of its first segment, which must therefore
+be literal (``*.temp`` and ``>`` are refused with :class:`ValueError`). So a subscriber of
+``sensors.temp`` also carries (relays, without delivering) ``sensors.hum``; choose first segments
+as the unit of interest. Matching is done on the subscriber side: a node delivers a message only
+when one of its own patterns matches the full topic.
+
+**Ordering.** Each publisher numbers its messages per swarm (``seq`` from 0) within an ``epoch``
+(a random 64-bit value drawn each time it joins the swarm, so a restarted publisher is recognised).
+:class:`Ordering` keeps, per (swarm, publisher), the next expected ``seq`` and a reorder buffer of
+at most ``window`` messages. In-order messages are released at once. A message after a gap is
+buffered; the gap is given up (counted in ``gaps``, and the missing seqs counted in ``skipped``)
+when ``gap_timeout`` has passed since the gap was first seen or when the buffer is full, and the
+buffered messages are then released in order. A message older than the next expected seq (it came
+after its gap was given up) is dropped and counted as ``late``: order is never violated. The first
+message seen from a publisher with ``seq > 0`` (we joined mid-stream) starts a gap, so a message
+overtaken on the way is not lost. Publisher states live in an :class:`~quicmesh.bounded.LruMap`
+(capacity ``max_publishers``); an evicted publisher starts over as new.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..bounded import ContainerRegistry, LruMap, TtlMap
+from ..identity import NodeId
+from .plumtree import Arrived
+
+__all__ = [
+    "MAX_TOPIC_LEN",
+    "Ordering",
+    "Pattern",
+    "check_topic",
+    "parse_pattern",
+    "swarm_of",
+]
+
+MAX_TOPIC_LEN = 256
+"""Longest topic or pattern (characters)."""
+
+
+def _segments(text: str, what: str) -> list[str]:
+    if not isinstance(text, str) or not text or len(text) > MAX_TOPIC_LEN:
+        raise ValueError(f"a {what} is 1 to {MAX_TOPIC_LEN} characters: {text!r:.80}")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"a {what} has no whitespace: {text!r:.80}")
+    segs = text.split(".")
+    if any(not s for s in segs):
+        raise ValueError(f"a {what} has no empty segment: {text!r:.80}")
+    return segs
+
+
+def check_topic(topic: str) -> str:
+    """Validate a concrete topic (no wildcards); returns it. Raises ``ValueError``."""
+    segs = _segments(topic, "topic")
+    if any(s in ("*", ">") for s in segs):
+        raise ValueError(f"a published topic has no wildcard: {topic!r:.80}")
+    return topic
+
+
+def swarm_of(topic: str) -> str:
+    """The swarm key of a topic or pattern: its first segment."""
+    return topic.split(".", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A parsed subscription pattern."""
+
+    text: str
+    segments: tuple[str, ...] = field(repr=False)
+
+    @property
+    def swarm(self) -> str:
+        """The swarm this pattern joins (its literal first segment)."""
+        return self.segments[0]
+
+    def matches(self, topic: str) -> bool:
+        """Whether the concrete ``topic`` matches this pattern."""
+        t = topic.split(".")
+        p = self.segments
+        for i, seg in enumerate(p):
+            if seg == ">":
+                return len(t) > i
+            if i >= len(t):
+                return False
+            if seg != "*" and seg != t[i]:
+                return False
+        return len(t) == len(p)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse a subscription pattern. Raises ``ValueError`` (see the module docstring)."""
+    segs = _segments(text, "pattern")
+    if segs[0] in ("*", ">"):
+        raise ValueError(f"a pattern's first segment (its swarm) must be literal: {text!r:.80}")
+    for i, s in enumerate(segs):
+        if s == ">" and i != len(segs) - 1:
+            raise ValueError(f"'>' may only be the last segment: {text!r:.80}")
+        if s not in ("*", ">") and ("*" in s or ">" in s):
+            raise ValueError(f"wildcards are whole segments: {text!r:.80}")
+    return Pattern(text, tuple(segs))
+
+
+class _PubState:
+    __slots__ = ("buf", "epoch", "next")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.next: int | None = None
+        self.buf: dict[int, Arrived] = {}  # bounded: at most Ordering.window entries
+
+
+class Ordering:
+    """Per-(swarm, publisher) reorder buffers; see the module docstring."""
+
+    def __init__(self, window: int, gap_timeout: float, max_publishers: int, registry: ContainerRegistry) -> None:
+        self.window = window
+        self.gap_timeout = gap_timeout
+        self.states: LruMap[tuple[str, NodeId], _PubState] = LruMap(
+            "topics.publishers", max_publishers, registry=registry
+        )
+        self.gap_timers: TtlMap[tuple[str, NodeId], None] = TtlMap(
+            "topics.gap_timers", max_publishers, gap_timeout, registry=registry
+        )
+        self.counters = {"gaps": 0, "skipped": 0, "late": 0, "reordered": 0}  # bounded: fixed keys
+
+    def offer(self, a: Arrived, now: float) -> list[Arrived]:
+        """Take one new message; return the messages now deliverable, in order."""
+        key = (a.swarm, a.publisher)
+        st = self.states.get(key)
+        if st is None or st.epoch != a.epoch:
+            st = _PubState(a.epoch)
+            self.states.set(key, st)
+            self.gap_timers.pop(key)
+            if a.seq == 0:
+                st.next = 0
+        if st.next is not None and a.seq < st.next:
+            self.counters["late"] += 1
+            return []
+        if st.next is not None and a.seq == st.next:
+            out = [a]
+            st.next += 1
+            out += self._release(st)
+            if not st.buf:
+                self.gap_timers.pop(key)
+            return out
+        # a gap (or a first message from mid-stream): buffer
+        if a.seq in st.buf:
+            return []
+        st.buf[a.seq] = a
+        self.counters["reordered"] += 1
+        if key not in self.gap_timers:
+            self.gap_timers.set(key, None, now)
+        if len(st.buf) >= self.window:
+            out = self._skip(st)
+            self.gap_timers.pop(key)
+            if st.buf:  # a further gap remains behind the released run: wait for it afresh
+                self.gap_timers.set(key, None, now)
+            return out
+        return []
+
+    def _release(self, st: _PubState) -> list[Arrived]:
+        out: list[Arrived] = []
+        assert st.next is not None
+        while st.next in st.buf:
+            out.append(st.buf.pop(st.next))
+            st.next += 1
+        return out
+
+    def _skip(self, st: _PubState) -> list[Arrived]:
+        if not st.buf:
+            return []
+        low = min(st.buf)
+        if st.next is not None:
+            self.counters["gaps"] += 1
+            self.counters["skipped"] += low - st.next
+        st.next = low
+        return self._release(st)
+
+    def handle_timer(self, now: float) -> list[Arrived]:
+        """Give up gaps whose timeout passed; return what becomes deliverable."""
+        out: list[Arrived] = []
+        for key, _ in self.gap_timers.expire(now):
+            st = self.states.peek(key)
+            if st is None:
+                continue
+            out += self._skip(st)
+            if st.buf:  # a further gap remains: wait for it too
+                self.gap_timers.set(key, None, now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.gap_timers.next_deadline()
+
+    def purge(self, swarm: str) -> None:
+        """Forget every publisher of ``swarm``."""
+        for key in list(self.states.keys()):
+            if key[0] == swarm:
+                self.states.pop(key)
+                self.gap_timers.pop(key)
+
+    def count(self, swarm: str) -> int:
+        """Publisher states held for ``swarm``."""
+        return sum(1 for k in self.states.keys() if k[0] == swarm)

@@ -1,0 +1,230 @@
+"""HyParView: join, forward join, views bounds, promotion, timeouts, shuffle; the mesh's join
+retries and per-peer cleanup."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from random import Random
+
+from quicmesh.bounded import ContainerRegistry
+from quicmesh.config import AddressBookConfig, MembershipConfig, NodeConfig
+from quicmesh.core.addressbook import AddressBook
+from quicmesh.core.effects import Dial, DialAddress, Send
+from quicmesh.core.membership import HvOut, HvSend, HyParView, NeighborDown, NeighborUp
+from quicmesh.core.mesh import Mesh
+from quicmesh.core.mesh_messages import MLeave, MNeighbor, MShuffle, MShuffleReply, PeerInfo
+from quicmesh.identity import KeyPair, NodeId
+
+
+def nid(i: int) -> NodeId:
+    return KeyPair.from_seed((i + 1000).to_bytes(32, "big")).node_id
+
+
+class Net:
+    """Instant, lossless delivery between HyParView instances (FIFO)."""
+
+    def __init__(self, n: int, registry: ContainerRegistry, cfg: MembershipConfig | None = None) -> None:
+        self.cfg = cfg or MembershipConfig()
+        self.hv: dict[NodeId, HyParView] = {}
+        for i in range(n):
+            me = nid(i)
+            book = AddressBook(me, AddressBookConfig(), registry)
+            self.hv[me] = HyParView(me, (f"a:{i}",), "", self.cfg, book, Random(i), registry)
+        self.queue: deque[tuple[NodeId, HvSend]] = deque()
+        self.ups: list[tuple[NodeId, NodeId]] = []
+
+    def feed(self, src: NodeId, outs: list[HvOut]) -> None:
+        for o in outs:
+            if isinstance(o, HvSend):
+                self.queue.append((src, o))
+            elif isinstance(o, NeighborUp):
+                self.ups.append((src, o.peer))
+
+    def run(self, now: float = 0.0) -> int:
+        n = 0
+        while self.queue:
+            src, o = self.queue.popleft()
+            dst = self.hv.get(o.peer)
+            if dst is None:
+                continue
+            n += 1
+            self.feed(o.peer, dst.handle(src, o.message, now))
+        return n
+
+
+def test_join_builds_bounded_symmetric_views(registry: ContainerRegistry) -> None:
+    net = Net(40, registry)
+    ids = list(net.hv)
+    for i, me in enumerate(ids[1:], 1):
+        net.hv[me].book.add(ids[0], ("a:0",), 0.0)
+        net.feed(me, net.hv[me].join_via(ids[0], float(i)))
+        net.run(float(i))
+    for me, hv in net.hv.items():
+        assert 1 <= len(hv.active) <= 5
+        assert len(hv.passive) <= 30
+        assert me not in hv.active and me not in hv.passive
+        assert not (set(hv.active_peers()) & set(hv.passive_peers()))
+    asym = sum(1 for me, hv in net.hv.items() for p in hv.active_peers() if me not in net.hv[p].active)
+    assert asym == 0
+    # forward joins gave late joiners more than the contact
+    assert sum(len(hv.active) for hv in net.hv.values()) / 40 > 3
+
+
+def test_failure_promotes_from_passive_with_priority(registry: ContainerRegistry) -> None:
+    net = Net(3, registry)
+    a, b, c = list(net.hv)
+    hv = net.hv[a]
+    hv.book.add(b, ("a:1",), 0.0)
+    hv.book.add(c, ("a:2",), 0.0)
+    net.feed(a, hv.join_via(b, 0.0))
+    net.run()
+    assert hv.is_active(b)
+    hv.add_candidate(c)
+    out = hv.peer_failed(b, 1.0, lost=True)
+    assert NeighborDown(b) in out
+    sends = [o for o in out if isinstance(o, HvSend)]
+    assert len(sends) == 1 and sends[0].peer == c
+    assert isinstance(sends[0].message, MNeighbor) and sends[0].message.high is True
+    assert b not in hv.active and b not in hv.passive and b in hv.lost
+
+
+def test_neighbor_request_timeout_drops_candidate_and_tries_next(registry: ContainerRegistry) -> None:
+    net = Net(1, registry)
+    (a,) = list(net.hv)
+    hv = net.hv[a]
+    for i in (1, 2, 3, 4, 5, 6):
+        hv.book.add(nid(i), (f"a:{i}",), 0.0)
+        hv.add_candidate(nid(i))
+    out = hv.handle_timer(hv.next_repair)
+    asked = {o.peer for o in out if isinstance(o, HvSend)}
+    assert len(asked) == 5 and len(hv.pending) == 5
+    t = hv.next_repair - 2.0 + 0.5 + 1e-9  # the request was sent at next_repair - 2
+    out = hv.handle_timer(t)
+    assert not (asked & set(hv.passive_peers()))  # unanswered candidates left the passive view
+    again = {o.peer for o in out if isinstance(o, HvSend)}
+    assert again == {nid(i) for i in range(1, 7)} - asked
+
+
+def test_full_active_view_refuses_low_priority_but_accepts_high(registry: ContainerRegistry) -> None:
+    net = Net(1, registry)
+    (a,) = list(net.hv)
+    hv = net.hv[a]
+    for i in range(1, 6):
+        hv.handle(nid(i), MNeighbor("", True, [f"a:{i}"]), 0.0)
+    assert len(hv.active) == 5
+    out = hv.handle(nid(9), MNeighbor("", False, ["a:9"]), 0.0)
+    assert nid(9) not in hv.active and nid(9) in hv.passive
+    out = hv.handle(nid(10), MNeighbor("", True, ["a:10"]), 0.0)
+    assert nid(10) in hv.active and len(hv.active) == 5
+    evicted = [o for o in out if isinstance(o, HvSend) and isinstance(o.message, MLeave)]
+    assert len(evicted) == 1 and evicted[0].message.alive is True  # type: ignore[attr-defined]
+    assert evicted[0].peer in hv.passive
+
+
+def test_shuffle_walk_and_reply(registry: ContainerRegistry) -> None:
+    net = Net(1, registry)
+    (a,) = list(net.hv)
+    hv = net.hv[a]
+    for i in range(1, 6):
+        hv.handle(nid(i), MNeighbor("", True, [f"a:{i}"]), 0.0)
+    for i in range(10, 20):
+        hv.book.add(nid(i), (f"a:{i}",), 0.0)
+        hv.add_candidate(nid(i))
+    out = hv.handle_timer(hv.next_shuffle)
+    shuf = [o for o in out if isinstance(o, HvSend) and isinstance(o.message, MShuffle)]
+    assert len(shuf) == 1
+    msg = shuf[0].message
+    assert isinstance(msg, MShuffle) and msg.ttl == 6 and len(msg.peers) == 3 + 4
+    # at the end of a walk: reply with as many passive peers, merge the received ones
+    incoming = [PeerInfo(nid(i).raw, [f"n:{i}"]) for i in range(30, 34)]
+    out = hv.handle(nid(1), MShuffle("", nid(40).raw, ["o:40"], 0, incoming), 1.0)
+    reply = [o for o in out if isinstance(o.message, MShuffleReply)]  # type: ignore[union-attr]
+    assert len(reply) == 1 and reply[0].peer == nid(40)  # type: ignore[union-attr]
+    assert len(reply[0].message.peers) == 4  # type: ignore[union-attr]
+    assert {nid(i) for i in range(30, 34)} <= set(hv.passive_peers())
+    assert len(hv.passive) <= 30
+
+
+def test_leave_and_close_release_everything(registry: ContainerRegistry) -> None:
+    net = Net(1, registry)
+    (a,) = list(net.hv)
+    hv = net.hv[a]
+    for i in range(1, 4):
+        hv.handle(nid(i), MNeighbor("", True, [f"a:{i}"]), 0.0)
+    out = hv.leave()
+    leaves = [o for o in out if isinstance(o, HvSend)]
+    assert len(leaves) == 3 and all(isinstance(o.message, MLeave) and not o.message.alive for o in leaves)
+    assert not any(c.name.startswith("membership.") for c in registry)
+
+
+# -- the mesh: join retries, dial queues, per-peer cleanup -------------------------------------------
+
+
+def mesh(registry: ContainerRegistry, i: int = 0, cfg: NodeConfig | None = None) -> Mesh:
+    return Mesh(nid(i), (f"m:{i}",), cfg or NodeConfig(), Random(i), registry)
+
+
+def test_join_retries_back_off_capped_and_never_stop(registry: ContainerRegistry) -> None:
+    m = mesh(registry)
+    boot = nid(99)
+    effs = m.join([(boot, ("b:99",))], 0.0)
+    assert any(isinstance(e, Dial) and e.peer == boot for e in effs)
+    times = [0.0]
+    now = 0.0
+    for _ in range(40):
+        effs = m.dial_failed(boot, now)
+        d = m.next_deadline()
+        assert d is not None and d > now
+        while True:
+            now = m.next_deadline() or now + 1
+            effs = m.handle_timer(now)
+            if any(isinstance(e, Dial) and e.peer == boot for e in effs):
+                break
+        times.append(now)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    cfg = NodeConfig().membership
+    assert min(gaps) >= cfg.join_timeout / 2
+    assert max(gaps) <= cfg.join_backoff_max * 1.25 + 5
+    assert gaps[-1] > gaps[0]
+    assert m.counters["join_attempts"] == 41
+
+
+def test_bootstrap_by_address_joins_on_connect(registry: ContainerRegistry) -> None:
+    m = mesh(registry)
+    effs = m.join([(None, ("b:1",))], 0.0)
+    assert effs == [DialAddress(("b:1",))]
+    effs = m.peer_connected(nid(5), ("b:1",), True, 0.1)
+    assert any(isinstance(e, Send) and e.peer == nid(5) for e in effs)
+
+
+def test_dial_queue_is_capped_and_released_on_failure(registry: ContainerRegistry) -> None:
+    cfg = NodeConfig().replace(gossip=NodeConfig().gossip.__class__(dial_queue_capacity=4))
+    m = mesh(registry, cfg=cfg)
+    m.subscribe("news.>", 0.0)
+    peer = nid(7)
+    m.peer_connected(peer, ("p:7",), False, 0.0)
+    m.handle_message(peer, MNeighbor("news", True, ["p:7"]), 0.0)
+    m.peer_disconnected(peer, 0.1)  # still in the swarm view until it fails: sends queue for a dial
+    m.swarms.peek("news").hv.handle(peer, MNeighbor("news", True, ["p:7"]), 0.2)  # type: ignore[union-attr]
+    m.swarms.peek("news").pt.neighbor_up(peer, 0.2)  # type: ignore[union-attr]
+    for i in range(20):
+        m.publish("news.a", b"%d" % i, 1.0)
+    q = m.dial_queues.peek(peer)
+    assert q is not None and len(q) == 4
+    assert m.counters["dial_queue_dropped"] >= 16
+    m.dial_failed(peer, 2.0)
+    assert peer not in m.dial_queues and peer not in m.dialing
+    assert not m.swarms.peek("news").hv.knows(peer)  # type: ignore[union-attr]
+    assert peer not in m.realm.passive
+
+
+def test_remove_peer_forgets_and_disconnects(registry: ContainerRegistry) -> None:
+    m = mesh(registry)
+    peer = nid(3)
+    m.add_peer(peer, ("p:3",), 0.0)
+    assert peer in m.book and peer in m.realm.passive
+    m.peer_connected(peer, ("p:3",), True, 0.0)
+    effs = m.remove_peer(peer, 1.0)
+    assert any(getattr(e, "reason", "") == "removed" for e in effs)
+    assert peer not in m.book and peer not in m.realm.passive and peer not in m.conns

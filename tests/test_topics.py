@@ -1,0 +1,126 @@
+"""Topic patterns, swarm keys and per-publisher ordering."""
+
+from __future__ import annotations
+
+import pytest
+
+from quicmesh.bounded import ContainerRegistry
+from quicmesh.core.plumtree import Arrived
+from quicmesh.core.topics import Ordering, check_topic, parse_pattern, swarm_of
+from quicmesh.identity import KeyPair, NodeId
+
+P = KeyPair.from_seed(b"\x01" * 32).node_id
+Q = KeyPair.from_seed(b"\x02" * 32).node_id
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "expected"),
+    [
+        ("sensors.temp", "sensors.temp", True),
+        ("sensors.temp", "sensors.hum", False),
+        ("sensors.*", "sensors.temp", True),
+        ("sensors.*", "sensors.a.b", False),
+        ("sensors.*", "sensors", False),
+        ("sensors.>", "sensors.a", True),
+        ("sensors.>", "sensors.a.b.c", True),
+        ("sensors.>", "sensors", False),
+        ("sensors.*.temp", "sensors.kitchen.temp", True),
+        ("sensors.*.temp", "sensors.kitchen.hum", False),
+        ("sensors", "sensors", True),
+        ("sensors", "sensors.a", False),
+    ],
+)
+def test_matching(pattern: str, topic: str, expected: bool) -> None:
+    assert parse_pattern(pattern).matches(topic) is expected
+
+
+@pytest.mark.parametrize("bad", ["", ">", "*.temp", "a..b", "a.>.b", "a.b*", "a b", "x" * 300])
+def test_bad_patterns_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_pattern(bad)
+
+
+def test_topics_have_no_wildcards_and_swarm_is_first_segment() -> None:
+    with pytest.raises(ValueError):
+        check_topic("a.*")
+    assert check_topic("a.b") == "a.b"
+    assert swarm_of("sensors.kitchen.temp") == "sensors"
+    assert parse_pattern("sensors.>").swarm == "sensors"
+
+
+def arr(pub: NodeId, seq: int, epoch: int = 1, swarm: str = "s") -> Arrived:
+    return Arrived(swarm, "s.t", pub, epoch, seq, b"%d" % seq, 1)
+
+
+def seqs(items: list[Arrived]) -> list[int]:
+    return [a.seq for a in items]
+
+
+def test_in_order_passes_through_and_reordered_is_restored(registry: ContainerRegistry) -> None:
+    o = Ordering(8, 3.0, 100, registry)
+    assert seqs(o.offer(arr(P, 0), 0.0)) == [0]
+    assert seqs(o.offer(arr(P, 2), 0.1)) == []
+    assert seqs(o.offer(arr(P, 3), 0.2)) == []
+    assert seqs(o.offer(arr(P, 1), 0.3)) == [1, 2, 3]
+    assert o.next_deadline() is None
+    assert seqs(o.offer(arr(Q, 0), 0.4)) == [0]  # publishers are independent
+
+
+def test_gap_is_given_up_after_timeout_and_late_message_dropped(registry: ContainerRegistry) -> None:
+    o = Ordering(8, 3.0, 100, registry)
+    o.offer(arr(P, 0), 0.0)
+    assert o.offer(arr(P, 2), 1.0) == []
+    assert o.next_deadline() == 4.0
+    assert seqs(o.handle_timer(4.0)) == [2]
+    assert o.counters["gaps"] == 1 and o.counters["skipped"] == 1
+    assert o.offer(arr(P, 1), 5.0) == []  # late: order is never violated
+    assert o.counters["late"] == 1
+    assert seqs(o.offer(arr(P, 3), 5.0)) == [3]
+
+
+def test_full_window_skips_the_gap(registry: ContainerRegistry) -> None:
+    o = Ordering(4, 3.0, 100, registry)
+    o.offer(arr(P, 0), 0.0)
+    out: list[Arrived] = []
+    for s in (2, 3, 4, 5):
+        out += o.offer(arr(P, s), 0.0)
+    assert seqs(out) == [2, 3, 4, 5]
+    assert o.counters["skipped"] == 1
+
+
+def test_mid_stream_start_waits_then_delivers_in_order(registry: ContainerRegistry) -> None:
+    o = Ordering(8, 2.0, 100, registry)
+    assert o.offer(arr(P, 11), 0.0) == []
+    assert o.offer(arr(P, 10), 0.1) == []
+    assert seqs(o.handle_timer(2.0)) == [10, 11]
+    assert seqs(o.offer(arr(P, 12), 2.1)) == [12]
+
+
+def test_new_epoch_restarts_the_publisher(registry: ContainerRegistry) -> None:
+    o = Ordering(8, 2.0, 100, registry)
+    for s in range(5):
+        o.offer(arr(P, s), 0.0)
+    assert seqs(o.offer(arr(P, 0, epoch=2), 1.0)) == [0]
+
+
+def test_states_are_bounded_and_purged(registry: ContainerRegistry) -> None:
+    o = Ordering(8, 2.0, 10, registry)
+    for i in range(100):
+        pub = KeyPair.from_seed(i.to_bytes(32, "big")).node_id
+        o.offer(arr(pub, 5, swarm="a" if i % 2 else "b"), 0.0)
+    assert len(o.states) == 10 and o.states.stats().peak == 10
+    assert len(o.gap_timers) <= 10
+    o.purge("a")
+    assert o.count("a") == 0 and o.count("b") > 0
+
+
+def test_full_window_with_a_second_gap_keeps_waiting_for_it(registry: ContainerRegistry) -> None:
+    o = Ordering(4, 3.0, 100, registry)
+    o.offer(arr(P, 0), 0.0)
+    out: list[Arrived] = []
+    for s in (2, 5, 6, 7):
+        out += o.offer(arr(P, s), 1.0)
+    assert seqs(out) == [2]  # gap at 1 skipped (window full); 3-4 still awaited
+    assert o.next_deadline() == 4.0
+    assert seqs(o.offer(arr(P, 3), 2.0)) == [3]
+    assert seqs(o.handle_timer(4.0)) == [5, 6, 7]
