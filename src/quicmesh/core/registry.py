@@ -1,0 +1,570 @@
+"""The service registry: signed, leased advertisements of procedure names, realm-wide.
+
+Theory of operation
+-------------------
+**Advertising.** ``advertise(name, now, ttl=..., metadata=...)`` signs an :class:`RAdvert` (the
+provider's node id and addresses, the name, bounded metadata, issued-at, the lease ``ttl`` and a
+version) and returns a :class:`Broadcast` effect: the driver publishes its payload on the mesh
+topic :data:`REGISTRY_TOPIC` (``$svc``, a realm-wide swarm every node subscribes to). Every node,
+this one included, hands each mesh ``Deliver`` on that topic to :meth:`Registry.handle_advert`.
+The advertisement is also applied locally at once, so the provider need not wait for its echo.
+
+**Leases.** An advert is valid until ``issued + ttl`` on the *wall clock* (both signed). The
+machine's ``now`` is the driver's monotonic clock; the driver gives ``wall_offset`` (wall clock
+minus ``now``, e.g. ``time.time() - loop.time()``, updated if the wall clock steps). A receiver
+keeps an entry until ``now + min(issued + ttl - wall_now, ttl, max_lease)``, so an advert that
+arrives late (repaired by the broadcast tree, relayed in a lookup answer, replayed) lives no
+longer than its provider meant, and one already past its expiry is dropped (counted). Clock skew
+only shifts leases: a receiver whose clock is ahead by d sees leases d shorter (refreshes every
+``ttl / 3`` absorb up to ``2 ttl / 3``), one behind never more than ``ttl``.
+The provider re-signs every own name each ``ttl / 3`` (a timer of this machine:
+:meth:`next_deadline` / :meth:`handle_timer`), with a higher version, and a *newer* advert
+replaces the entry *and its deadline* -- the Erlang mesh refreshed the value but not the
+timestamp and dropped live services. Two refreshes may be lost before a live service lapses.
+``unadvertise`` and :meth:`close` (node shutdown) sign a withdrawal (``w=True``) that removes the
+entry everywhere at once.
+
+**Versions.** Each provider numbers everything it signs with one increasing counter, seeded by
+the driver (``version_base``, e.g. wall-clock microseconds) so that it keeps increasing across
+restarts. Per (provider, name) the highest version seen is remembered (in the entry, and in a
+TTL map that outlives the entry by ``max_lease + sweep_interval``): an advert or withdrawal whose
+version is not higher is stale and dropped (counted) *before* its signature is checked, so a
+replayed old advert never overwrites a newer one and costs no signature check. A newer advert
+whose signature does not verify is dropped and counted. (The version memory holds
+``2 * max_entries`` keys; past that, the soonest to expire is forgotten, and a replay of that
+key is then stopped only by its signed expiry.)
+
+**Sweeps and caps.** Entries expire only in sweeps, every ``sweep_interval`` seconds (armed while
+anything is held), so a provider that stops refreshing vanishes within ``lease + sweep_interval``;
+:meth:`providers` never returns an entry past its deadline even between sweeps. The table holds
+at most ``max_entries`` entries and ``max_per_provider`` per provider; a new entry beyond either
+is refused and counted (a refresh of an existing entry always fits).
+
+**Lookups.** A node with no entry for a name (it joined after the last refresh) asks up to
+``lookup_fanout`` neighbours with :class:`RQuery`; they answer (:class:`RAnswer`) with at most
+``max_answer_entries`` signed adverts and the lease left on each, which is accepted through the
+same checks (and can only shorten the lease). Pending lookups live in a TTL map keyed by the
+*name*: identical concurrent lookups coalesce into one query. Their *waiters* live in a separate
+TTL map keyed by ``(name, waiter id)``, so concurrent lookups never overwrite each other's
+waiter. A lookup ends with one :class:`LookupDone` listing all its waiters: when an advert for
+the name is accepted (from an answer or from the mesh), when every asked neighbour answered, or
+after ``lookup_timeout``. ``cancel_lookup`` removes one waiter; the last one removes the lookup.
+
+**Suspects.** The driver (through the caller planner) reports providers it could not reach:
+:meth:`suspect` takes them out of this node's choices at once for ``suspect_ttl`` seconds,
+without touching their lease; :meth:`unsuspect` (a connection came up) puts them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from random import Random
+from typing import Any
+
+from ..bounded import ContainerRegistry, LruMap, Overflow, TtlMap
+from ..config import RegistryConfig
+from ..errors import DecodeError, LimitExceeded, SignatureMismatch
+from ..identity import KeyPair, NodeId
+from .effects import Send
+from .registry_messages import (
+    REGISTRY_MESSAGES,
+    REGISTRY_PATTERN,
+    REGISTRY_TOPIC,
+    RAdvert,
+    RAnswer,
+    RQuery,
+    advert_signing_bytes,
+)
+from .wire import Codec, Message
+
+__all__ = [
+    "MAX_ADDRESSES",
+    "MAX_NAME",
+    "REGISTRY_PATTERN",
+    "REGISTRY_TOPIC",
+    "Broadcast",
+    "Entry",
+    "LookupDone",
+    "Registry",
+    "RegistryOutcome",
+]
+
+MAX_NAME = 256
+"""Longest procedure name (characters)."""
+MAX_ADDRESSES = 8
+"""Addresses kept per advertisement."""
+_MAX_ADDRESS_LEN = 256
+_MIN_TTL = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Publish ``payload`` realm-wide on the mesh topic ``topic`` (``mesh.publish``)."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LookupDone:
+    """The lookup of ``name`` ended; ``waiters`` are the ids given to :meth:`Registry.lookup`.
+
+    ``found``: whether usable providers of ``name`` are known now. The driver hands it to the
+    caller planner (``Caller.lookup_done``)."""
+
+    name: str
+    waiters: tuple[int, ...]
+    found: bool
+
+
+RegistryOutcome = Send | Broadcast | LookupDone
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One provider's live advertisement of one name, as held by this node."""
+
+    provider: NodeId
+    name: str
+    addresses: tuple[str, ...]
+    metadata: bytes
+    version: int
+    advert: RAdvert
+
+
+@dataclass(slots=True)
+class _Own:
+    ttl: float
+    metadata: bytes
+
+
+@dataclass(slots=True)
+class _Lookup:
+    rid: int
+    asked: tuple[NodeId, ...]
+    answered: tuple[NodeId, ...]
+
+
+class Registry:
+    """One node's service registry (see the module docstring for the theory of operation)."""
+
+    def __init__(
+        self,
+        keypair: KeyPair,
+        addresses: Sequence[str],
+        config: RegistryConfig,
+        *,
+        realm: str,
+        rng: Random,
+        version_base: int = 0,
+        wall_offset: float = 0.0,
+        registry: ContainerRegistry | None = None,
+    ) -> None:
+        self._key = keypair
+        self.wall_offset = float(wall_offset)
+        """Wall-clock seconds minus the driver's ``now``; the driver may update it."""
+        self.me = keypair.node_id
+        self.addresses = tuple(str(a) for a in addresses)[:MAX_ADDRESSES]
+        self.config = config
+        self.realm = realm
+        self._rng = rng
+        self._version = int(version_base)
+        self._codec = Codec(REGISTRY_MESSAGES)
+        cap = config.max_entries
+        self._entries: TtlMap[tuple[NodeId, str], Entry] = TtlMap(
+            "registry.entries", cap, config.lease_ttl, Overflow.DROP_NEWEST, registry=registry
+        )
+        self._by_name: LruMap[str, dict[NodeId, None]] = LruMap(
+            "registry.names", cap, Overflow.DROP_NEWEST, registry=registry
+        )
+        self._per_provider: LruMap[NodeId, int] = LruMap(
+            "registry.providers", cap, Overflow.DROP_NEWEST, registry=registry
+        )
+        self._versions: TtlMap[tuple[NodeId, str], int] = TtlMap(
+            "registry.versions", 2 * cap, config.max_lease + config.sweep_interval, registry=registry
+        )
+        self._own: LruMap[str, _Own] = LruMap(
+            "registry.own", config.max_per_provider, Overflow.REJECT, registry=registry
+        )
+        self._refresh: TtlMap[str, None] = TtlMap(
+            "registry.refresh_timers", config.max_per_provider, config.lease_ttl / 3, registry=registry
+        )
+        self._suspects: TtlMap[NodeId, None] = TtlMap(
+            "registry.suspects", cap, config.suspect_ttl, registry=registry
+        )
+        self._lookups: TtlMap[str, _Lookup] = TtlMap(
+            "registry.lookups", config.max_lookups, config.lookup_timeout, Overflow.DROP_NEWEST, registry=registry
+        )
+        self._waiters: TtlMap[tuple[str, int], None] = TtlMap(
+            "registry.lookup_waiters", config.max_lookup_waiters, config.lookup_timeout + config.sweep_interval,
+            Overflow.DROP_NEWEST, registry=registry,
+        )
+        self._next_rid = 0
+        self._next_sweep: float | None = None
+        self.counters = {  # bounded: fixed keys
+            "adverts_sent": 0, "withdrawals_sent": 0, "accepted": 0, "refreshed": 0, "withdrawn": 0,
+            "stale": 0, "duplicate": 0, "invalid_signature": 0, "malformed": 0, "rejected_full": 0,
+            "rejected_per_provider": 0, "expired": 0, "expired_on_arrival": 0, "suspected": 0, "lookups": 0,
+            "lookups_coalesced": 0,
+            "lookups_refused": 0, "lookups_timed_out": 0, "queries_answered": 0, "stray_answers": 0,
+        }
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def pending_lookups(self) -> int:
+        """Lookups awaiting answers."""
+        return len(self._lookups)
+
+    @property
+    def lookup_waiters(self) -> int:
+        """Waiters registered on pending lookups."""
+        return len(self._waiters)
+
+    @property
+    def own_names(self) -> list[str]:
+        """Names this node advertises."""
+        return sorted(self._own.keys())
+
+    def entry(self, provider: NodeId, name: str) -> Entry | None:
+        """The entry held for (``provider``, ``name``), expired or not (until the next sweep)."""
+        return self._entries.get((provider, name))
+
+    def deadline(self, provider: NodeId, name: str) -> float | None:
+        """When the entry for (``provider``, ``name``) lapses, or ``None``."""
+        return self._entries.deadline((provider, name))
+
+    def providers(self, name: str, now: float) -> list[Entry]:
+        """Live, unsuspected entries of ``name`` (this node's own included), by provider id."""
+        return [e for e in self._live(name, now) if not self.is_suspect(e.provider, now)]
+
+    def has_entries(self, name: str, now: float) -> bool:
+        """Whether any live entry of ``name`` is held, suspected providers included."""
+        return bool(self._live(name, now))
+
+    def is_suspect(self, provider: NodeId, now: float | None = None) -> bool:
+        """Whether ``provider`` is out of this node's choices (at ``now``; default: until swept)."""
+        d = self._suspects.deadline(provider)
+        return d is not None and (now is None or d > now)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for /health and metrics."""
+        return {
+            "entries": len(self._entries), "names": len(self._by_name), "own": len(self._own),
+            "suspects": len(self._suspects), "lookups": len(self._lookups), "lookup_waiters": len(self._waiters),
+            **self.counters,
+        }
+
+    def _live(self, name: str, now: float) -> list[Entry]:
+        provs = self._by_name.peek(name)
+        if not provs:
+            return []
+        out: list[Entry] = []
+        for p in sorted(provs, key=lambda n: n.raw):
+            key = (p, name)
+            d = self._entries.deadline(key)
+            e = self._entries.get(key)
+            if e is not None and d is not None and d > now:
+                out.append(e)
+        return out
+
+    # -- own advertisements ----------------------------------------------------------------------
+
+    def advertise(
+        self, name: str, now: float, *, ttl: float | None = None, metadata: bytes | None = None
+    ) -> list[RegistryOutcome]:
+        """Advertise ``name`` realm-wide for a lease of ``ttl`` seconds (default ``lease_ttl``),
+        refreshed every ``ttl / 3`` until :meth:`unadvertise` or :meth:`close`. Advertising a name
+        again replaces its metadata and ttl. Raises ``ValueError`` for a bad name, ttl or
+        metadata and :class:`LimitExceeded` past ``max_per_provider`` names."""
+        _check_name(name)
+        life = self.config.lease_ttl if ttl is None else float(ttl)
+        if not _MIN_TTL <= life <= self.config.max_lease:
+            raise ValueError(f"ttl must be within [{_MIN_TTL}, {self.config.max_lease}] s, got {ttl!r}")
+        meta = bytes(metadata or b"")
+        if len(meta) > self.config.max_metadata_bytes:
+            raise ValueError(f"metadata of {len(meta)} bytes exceeds {self.config.max_metadata_bytes}")
+        if name not in self._own and len(self._own) >= self._own.capacity:
+            raise LimitExceeded("registry.max_per_provider", self._own.capacity)
+        self._own.set(name, _Own(life, meta))
+        return self._sign_and_send(name, now, withdraw=False)
+
+    def unadvertise(self, name: str, now: float) -> list[RegistryOutcome]:
+        """Withdraw ``name`` at once (a signed withdrawal, realm-wide). Unknown names: no effect."""
+        if self._own.pop(name) is None:
+            return []
+        self._refresh.pop(name)
+        return self._sign_and_send(name, now, withdraw=True)
+
+    def close(self, now: float) -> list[RegistryOutcome]:
+        """Node shutdown: withdraw every own name. Publish the effects before closing connections."""
+        out: list[RegistryOutcome] = []
+        for name in list(self._own.keys()):
+            out += self.unadvertise(name, now)
+        return out
+
+    def _sign_and_send(self, name: str, now: float, *, withdraw: bool) -> list[RegistryOutcome]:
+        own = self._own.peek(name)
+        ttl = own.ttl if own is not None else self.config.lease_ttl
+        self._version += 1
+        ad = RAdvert(
+            p=self.me.raw, a=list(self.addresses), n=name, m=own.metadata if own is not None else b"",
+            v=self._version, i=int((now + self.wall_offset) * 1000), l=max(1, int(ttl * 1000)), w=withdraw,
+            g=b"",
+        )
+        ad.g = self._key.sign(advert_signing_bytes(self.realm, ad))
+        if withdraw:
+            self.counters["withdrawals_sent"] += 1
+        else:
+            self.counters["adverts_sent"] += 1
+            self._refresh.set(name, None, now, ttl=ttl / 3)
+        out: list[RegistryOutcome] = list(self._accept(ad, now, None))
+        out.insert(0, Broadcast(REGISTRY_TOPIC, self._codec.encode(ad)))
+        return out
+
+    # -- received advertisements -----------------------------------------------------------------
+
+    def handle_advert(self, payload: bytes, now: float) -> list[RegistryOutcome]:
+        """An advert delivered by the mesh on :data:`REGISTRY_TOPIC` (encoded :class:`RAdvert`)."""
+        try:
+            msg = self._codec.decode(payload)
+        except DecodeError:
+            self.counters["malformed"] += 1
+            return []
+        if not isinstance(msg, RAdvert):
+            self.counters["malformed"] += 1
+            return []
+        return self._accept(msg, now, None)
+
+    def _accept(self, ad: RAdvert, now: float, lease_cap: float | None) -> list[RegistryOutcome]:
+        provider = _valid_advert(ad, self.config.max_metadata_bytes)
+        if provider is None:
+            self.counters["malformed"] += 1
+            return []
+        key = (provider, ad.n)
+        current = self._entries.get(key)
+        known = self._versions.get(key)
+        if current is not None and (known is None or current.version > known):
+            known = current.version
+        if known is not None and ad.v <= known:
+            self.counters["duplicate" if ad.v == known else "stale"] += 1
+            return []
+        try:
+            provider.verify(ad.g, advert_signing_bytes(self.realm, ad))
+        except SignatureMismatch:
+            self.counters["invalid_signature"] += 1
+            return []
+        self._versions.set(key, ad.v, now)
+        self._arm_sweep(now)
+        if ad.w:
+            if current is not None:
+                self._remove(key)
+            self.counters["withdrawn"] += 1
+            return []
+        lease = min((ad.i + ad.l) / 1000.0 - (now + self.wall_offset), ad.l / 1000.0, self.config.max_lease)
+        if lease_cap is not None:
+            lease = min(lease, lease_cap)
+        if lease <= 0:
+            self.counters["expired_on_arrival"] += 1
+            return []
+        if current is None:
+            count = self._per_provider.peek(provider) or 0
+            if count >= self.config.max_per_provider:
+                self.counters["rejected_per_provider"] += 1
+                return []
+            if len(self._entries) >= self.config.max_entries:
+                self.counters["rejected_full"] += 1
+                return []
+        addrs = tuple(ad.a[:MAX_ADDRESSES])
+        self._entries.set(key, Entry(provider, ad.n, addrs, bytes(ad.m), ad.v, ad), now, ttl=lease)
+        if current is None:
+            provs = self._by_name.get(ad.n)
+            if provs is None:
+                provs = {}  # bounded: providers of one name, at most max_entries in all
+                self._by_name.set(ad.n, provs)
+            provs[provider] = None
+            self._per_provider.set(provider, (self._per_provider.peek(provider) or 0) + 1)
+            self.counters["accepted"] += 1
+        else:
+            self.counters["refreshed"] += 1
+        if ad.n in self._lookups and self.providers(ad.n, now):
+            return [self._complete(ad.n, now)]
+        return []
+
+    def _remove(self, key: tuple[NodeId, str]) -> None:
+        if self._entries.pop(key) is None:
+            return
+        self._unindex(key)
+
+    def _unindex(self, key: tuple[NodeId, str]) -> None:
+        provider, name = key
+        provs = self._by_name.peek(name)
+        if provs is not None:
+            provs.pop(provider, None)
+            if not provs:
+                self._by_name.pop(name)
+        count = (self._per_provider.peek(provider) or 0) - 1
+        if count > 0:
+            self._per_provider.set(provider, count)
+        else:
+            self._per_provider.pop(provider)
+
+    def forget(self, provider: NodeId, name: str) -> None:
+        """Drop the entry locally (the provider said it has no such handler). Its version stays
+        remembered, so only a newer advert brings it back."""
+        self._remove((provider, name))
+
+    # -- suspects --------------------------------------------------------------------------------
+
+    def suspect(self, provider: NodeId, now: float) -> None:
+        """Take ``provider`` out of this node's choices for ``suspect_ttl`` seconds."""
+        if provider == self.me:
+            return
+        self._suspects.set(provider, None, now)
+        self.counters["suspected"] += 1
+        self._arm_sweep(now)
+
+    def unsuspect(self, provider: NodeId) -> None:
+        """``provider`` is reachable again (a connection to it came up)."""
+        self._suspects.pop(provider)
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def lookup(self, name: str, waiter: int, now: float, peers: Sequence[NodeId]) -> list[RegistryOutcome]:
+        """Find providers of ``name`` for ``waiter`` (an id of the caller's choosing, unique among
+        its pending lookups): at once when known, else by asking up to ``lookup_fanout`` of
+        ``peers``. Always ends with exactly one :class:`LookupDone` naming ``waiter`` (possibly in
+        the returned list), unless :meth:`cancel_lookup` removes it first."""
+        if self.providers(name, now):
+            return [LookupDone(name, (waiter,), True)]
+        wkey = (name, waiter)
+        if wkey in self._waiters:
+            return []
+        if not self._waiters.set(wkey, None, now):
+            self.counters["lookups_refused"] += 1
+            return [LookupDone(name, (waiter,), False)]
+        if name in self._lookups:
+            self.counters["lookups_coalesced"] += 1
+            return []
+        cands = sorted({p for p in peers if p != self.me}, key=lambda p: p.raw)
+        asked = tuple(self._rng.sample(cands, min(self.config.lookup_fanout, len(cands))))
+        self._next_rid += 1
+        if not asked or not self._lookups.set(name, _Lookup(self._next_rid, asked, ()), now):
+            self._waiters.pop(wkey)
+            self.counters["lookups_refused"] += 1
+            return [LookupDone(name, (waiter,), False)]
+        self.counters["lookups"] += 1
+        return [Send(p, RQuery(self._next_rid, name)) for p in asked]
+
+    def cancel_lookup(self, name: str, waiter: int) -> None:
+        """``waiter`` no longer waits (its call ended); the last waiter drops the lookup."""
+        if (name, waiter) not in self._waiters:
+            return
+        self._waiters.pop((name, waiter))
+        if not any(n == name for n, _ in self._waiters.keys()):
+            self._lookups.pop(name)
+
+    def _complete(self, name: str, now: float) -> LookupDone:
+        self._lookups.pop(name)
+        waiters = tuple(w for n, w in self._waiters.keys() if n == name)
+        for w in waiters:
+            self._waiters.pop((name, w))
+        return LookupDone(name, waiters, bool(self.providers(name, now)))
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def handle_message(self, peer: NodeId, msg: Message, now: float) -> list[RegistryOutcome]:
+        """An :class:`RQuery`, :class:`RAnswer` or :class:`RAdvert` received directly from ``peer``."""
+        if isinstance(msg, RQuery):
+            if not isinstance(msg.n, str) or not 0 < len(msg.n) <= MAX_NAME:
+                self.counters["malformed"] += 1
+                return []
+            live = self._live(msg.n, now)
+            if len(live) > self.config.max_answer_entries:
+                live = self._rng.sample(live, self.config.max_answer_entries)
+            rem = [max(1, int(((self._entries.deadline((e.provider, e.name)) or now) - now) * 1000)) for e in live]
+            self.counters["queries_answered"] += 1
+            return [Send(peer, RAnswer(msg.id, msg.n, [e.advert for e in live], rem))]
+        if isinstance(msg, RAnswer):
+            lk = self._lookups.get(msg.n) if isinstance(msg.n, str) else None
+            if lk is None or lk.rid != msg.id or peer not in lk.asked:
+                self.counters["stray_answers"] += 1
+                return []
+            out: list[RegistryOutcome] = []
+            limit = self.config.max_answer_entries
+            for ad, left in zip(msg.ads[:limit], msg.rem[:limit], strict=False):
+                if isinstance(left, int) and left > 0 and ad.n == msg.n:
+                    out += self._accept(ad, now, left / 1000.0)
+            if msg.n in self._lookups and peer not in lk.answered:
+                lk.answered += (peer,)
+                if len(lk.answered) >= len(lk.asked):
+                    out.append(self._complete(msg.n, now))
+            return out
+        if isinstance(msg, RAdvert):
+            return self._accept(msg, now, None)
+        return []
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _arm_sweep(self, now: float) -> None:
+        if self._next_sweep is None:
+            self._next_sweep = now + self.config.sweep_interval
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`handle_timer` must run, or ``None``."""
+        ds = [d for d in (self._next_sweep, self._refresh.next_deadline(), self._lookups.next_deadline(),
+                          self._waiters.next_deadline()) if d is not None]
+        return min(ds) if ds else None
+
+    def handle_timer(self, now: float) -> list[RegistryOutcome]:
+        """Refresh own adverts that are due, end timed-out lookups, and sweep when due."""
+        out: list[RegistryOutcome] = []
+        for name, _ in self._refresh.expire(now):
+            if name in self._own:
+                out += self._sign_and_send(name, now, withdraw=False)
+        for name, _lk in self._lookups.expire(now):
+            self.counters["lookups_timed_out"] += 1
+            out.append(self._complete(name, now))
+        for (name, w), _ in self._waiters.expire(now):  # orphans (should not happen): end them
+            out.append(LookupDone(name, (w,), bool(self.providers(name, now))))
+        if self._next_sweep is not None and now >= self._next_sweep:
+            self.sweep(now)
+        return out
+
+    def sweep(self, now: float) -> int:
+        """Drop every expired entry, version memory and suspicion; returns entries dropped."""
+        dropped = self._entries.expire(now)
+        for key, _ in dropped:
+            self._unindex(key)
+        self.counters["expired"] += len(dropped)
+        self._versions.expire(now)
+        self._suspects.expire(now)
+        held = len(self._entries) + len(self._versions) + len(self._suspects)
+        self._next_sweep = now + self.config.sweep_interval if held else None
+        return len(dropped)
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise ValueError(f"a procedure name is 1 to {MAX_NAME} characters, got {name!r:.80}")
+
+
+def _valid_advert(ad: RAdvert, max_meta: int) -> NodeId | None:
+    """The provider id when ``ad`` is well-formed and within limits, else ``None``."""
+    if not (isinstance(ad.p, bytes) and len(ad.p) == 32 and isinstance(ad.g, bytes) and len(ad.g) == 64):
+        return None
+    if not isinstance(ad.n, str) or not 0 < len(ad.n) <= MAX_NAME:
+        return None
+    if not isinstance(ad.m, bytes) or len(ad.m) > max_meta:
+        return None
+    if not isinstance(ad.a, list) or len(ad.a) > MAX_ADDRESSES:
+        return None
+    if any(not isinstance(a, str) or len(a) > _MAX_ADDRESS_LEN for a in ad.a):
+        return None
+    if not isinstance(ad.v, int) or ad.v < 0 or not isinstance(ad.l, int) or ad.l <= 0:
+        return None
+    return NodeId(ad.p)
