@@ -151,7 +151,9 @@ def test_attempt_timeouts_suspect_and_the_last_attempt_ends_at_the_deadline() ->
     assert w.caller.next_deadline() == pytest.approx(13.0)
     [res] = resolved(w.caller.handle_timer(13.0))
     assert isinstance(res.error, CallTimeout)
-    assert len({p1, p2, p3}) == 3 and all(w.registry.is_suspect(p) for p in (p1, p2, p3))
+    assert len({p1, p2, p3}) == 3 and w.registry.is_suspect(p1) and w.registry.is_suspect(p2)
+    # the last attempt ended with the call's own deadline: that alone does not make p3 suspect
+    assert not w.registry.is_suspect(p3)
     assert_clean(w)
 
 
@@ -336,7 +338,7 @@ def test_fuzzed_event_orders_resolve_every_call_once_and_leave_nothing_pending()
     for step in range(3000):
         fire_until(now + rng.expovariate(50.0))
         r = rng.random()
-        if step < 2500 and r < 0.25:
+        if step < 2500 and r < 0.2:
             tok = f"c{step}"
             name = "svc" if rng.random() < 0.95 else "nobody"
             t = rng.uniform(0.2, 2.0)
@@ -344,7 +346,7 @@ def test_fuzzed_event_orders_resolve_every_call_once_and_leave_nothing_pending()
             cid, outs = w.caller.call(name, b"x", t, now, tok)
             ids[tok] = cid
             take(outs)
-        elif r < 0.5 and inflight:
+        elif r < 0.5 and inflight:  # replies are the likeliest event after new calls
             p, req = inflight.pop(rng.randrange(len(inflight)))
             kind = rng.random()
             if kind < 0.6:

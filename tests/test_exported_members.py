@@ -48,6 +48,7 @@ EXPECTED_ERRORS = {
     "InsecureKeyFile",
     "InvalidNodeId",
     "InvalidOperation",
+    "InvalidTopic",
     "LimitExceeded",
     "MalformedFrame",
     "MessageTooLarge",

@@ -124,3 +124,21 @@ def test_full_window_with_a_second_gap_keeps_waiting_for_it(registry: ContainerR
     assert o.next_deadline() == 4.0
     assert seqs(o.offer(arr(P, 3), 2.0)) == [3]
     assert seqs(o.handle_timer(4.0)) == [5, 6, 7]
+
+
+def test_ordering_budget_is_shared_across_publishers(registry: ContainerRegistry) -> None:
+    """The total held for reordering is capped whatever the number of publishers: when the shared
+    budget is full, the publisher that needs more gives up its gap (counted) instead of growing."""
+    o = Ordering(100, 3.0, 100, registry, max_buffered=10)
+    pubs = [KeyPair.generate().node_id for _ in range(5)]
+    for p in pubs:
+        o.offer(Arrived("s", "s.t", p, 1, 0, b"first", 0), 0.0)  # seq 0 delivered, next expected 1
+        assert o.offer(Arrived("s", "s.t", p, 1, 2, b"gap", 0), 0.0) == []  # seq 1 missing: held
+    assert o.buffered == 5
+    out = []
+    for seq in range(3, 10):
+        out += o.offer(Arrived("s", "s.t", pubs[0], 1, seq, b"x", 0), 0.0)
+    assert o.buffered <= 10
+    assert o.counters["gaps"] >= 1 and [a.seq for a in out] == sorted(a.seq for a in out)
+    o.purge("s")
+    assert o.buffered == 0

@@ -24,6 +24,7 @@ __all__ = [
     "InsecureKeyFile",
     "InvalidNodeId",
     "InvalidOperation",
+    "InvalidTopic",
     "LimitExceeded",
     "MalformedFrame",
     "MessageTooLarge",
@@ -121,6 +122,11 @@ class MalformedFrame(DecodeError):
 
 class UnknownMessageType(DecodeError):
     """A well-formed frame carrying a message tag this version does not know."""
+
+
+class InvalidTopic(QuicmeshError, ValueError):
+    """A topic or subscription pattern that is not well formed (empty or blank segments,
+    a wildcard in a topic, ``>`` not last, or a pattern whose first segment is a wildcard)."""
 
 
 class MessageTooLarge(QuicmeshError, ValueError):

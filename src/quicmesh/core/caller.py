@@ -393,7 +393,10 @@ class Caller:
             return self._finish(call, None, error)
         if isinstance(error, RemoteError) and error.code == "no_handler" and peer is not None:
             self.registry.forget(peer, call.name)
-        suspect = isinstance(error, ConnectionLost | CallTimeout)
+        # A lost connection makes the provider suspect. So does an attempt that timed out before
+        # the call's own deadline (its share of a planned failover), but not a call that simply
+        # ran out of time on a slow handler: that says nothing about the provider being gone.
+        suspect = isinstance(error, ConnectionLost) or (isinstance(error, CallTimeout) and now < call.deadline)
         return self._attempt_failed(call, error, now, suspect=suspect)
 
     def _attempt_failed(self, call: _Call, error: Exception, now: float, *, suspect: bool) -> list[CallerOutcome]:

@@ -53,7 +53,8 @@ class GMessage(Message, tag="g.msg"):
 
 
 class GPublish(Message, tag="g.pub"):
-    """Client -> gateway: publish (no answer unless it fails: then :class:`GError` with ``id``)."""
+    """Client -> gateway: publish. Failures are answered with :class:`GError`; success with
+    :class:`GOk` only when ``id`` is not 0 (the client asked for a confirmation)."""
 
     id: int
     topic: str
@@ -99,7 +100,8 @@ class GError(Message, tag="g.err"):
     """Gateway -> client: request ``id`` failed.
 
     ``code``: ``limit`` (with ``limit`` naming the cap and ``capacity`` its value),
-    ``no_provider``, ``timeout``, ``overloaded``, ``connection_lost``, ``invalid``, ``closed``,
+    ``no_provider``, ``timeout``, ``overloaded``, ``connection_lost``, ``invalid``, ``invalid_topic``,
+    ``too_large``, ``closed``,
     or a remote handler's own code (``remote`` is then true).
     """
 

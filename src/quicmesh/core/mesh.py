@@ -18,7 +18,8 @@ does not report ``peer_disconnected`` for connections the mesh closed itself (re
 is harmless).
 
 **Realm overlay and join.** ``join(bootstrap)`` remembers up to ``MAX_BOOTSTRAP`` contacts. While
-the realm active view is empty, the mesh sends JOIN to one contact (round robin), dialling by id
+the realm active view is empty, the mesh sends JOIN to one contact (round robin; the first
+attempt goes to every contact, so overlays started apart merge), dialling by id
 or, for a contact whose id is unknown, with :class:`~quicmesh.core.effects.DialAddress`. The next
 attempt comes after ``join_timeout * 2**attempt`` seconds, capped at ``join_backoff_max``, jittered
 by +-25 %, never sooner than ``join_timeout / 2``; it never gives up. Failure detection comes from
@@ -146,7 +147,8 @@ class Mesh:
         )
         self.caches = GossipCaches(config.gossip, registry)
         self.ordering = Ordering(
-            config.gossip.reorder_window, config.gossip.reorder_gap_timeout, config.gossip.max_publishers, registry
+            config.gossip.reorder_window, config.gossip.reorder_gap_timeout, config.gossip.max_publishers, registry,
+            max_buffered=config.gossip.reorder_buffer_total,
         )
         maxc = config.transport.max_connections
         self.conns: LruMap[NodeId, bool] = LruMap("mesh.connections", maxc, Overflow.DROP_NEWEST, registry=registry)
@@ -187,7 +189,12 @@ class Mesh:
         self.bootstrap = tuple(entries)
         self.join_attempt = 0
         self.next_join = now
-        return self._maybe_join(now)
+        # The first attempt goes to every contact, so overlays started apart merge; retries
+        # (while the active view stays empty) go to one contact at a time, round robin.
+        out: list[Effect] = []
+        for pid, addrs in entries[1:]:
+            out += self._contact(pid, addrs, now)
+        return self._maybe_join(now) + out
 
     def _maybe_join(self, now: float) -> list[Effect]:
         if len(self.realm.active) > 0:
@@ -207,6 +214,10 @@ class Mesh:
         self.join_attempt += 1
         self.counters["join_attempts"] += 1
         self.next_join = now + delay
+        return self._contact(pid, addrs, now)
+
+    def _contact(self, pid: NodeId | None, addrs: tuple[str, ...], now: float) -> list[Effect]:
+        """Send a JOIN to a bootstrap contact, dialling it by address when its id is unknown."""
         if pid is not None:
             return self._route("", self.realm.join_via(pid, now), now)
         if addrs in self.addr_dials:
@@ -230,7 +241,7 @@ class Mesh:
         if q is not None:
             out += [Send(peer, m) for m in q.drain()]
             q.close()
-        if outbound and len(self.realm.active) == 0:
+        if outbound:  # a bootstrap contact dialled by address answered: join through it
             matched = [k for k in self.addr_dials.keys() if set(k) & set(norm)]
             for k in matched:
                 self.addr_dials.pop(k)
@@ -350,6 +361,26 @@ class Mesh:
             out.append(Deliver(topic, arrived.payload, self.me, arrived.seq, 0))
             self.counters["delivered"] += 1
         return out
+
+    def set_addresses(self, addresses: tuple[str, ...]) -> None:
+        """This node's own listen addresses (known once the transport is bound)."""
+        self.addresses = normalize_addresses(addresses)
+        self.realm.addresses = self.addresses
+        for sw in self.swarms.values():
+            sw.hv.addresses = self.addresses
+
+    def join_topic(self, topic: str, now: float) -> list[Effect]:
+        """Join ``topic``'s swarm as a publisher (as ``publish`` does) without publishing yet;
+        the membership is left after ``PUBLISH_LINGER`` seconds without publishing."""
+        check_topic(topic)
+        sw, out = self._ensure_swarm(swarm_of(topic), now)
+        sw.last_publish = max(sw.last_publish, now)
+        return out
+
+    def swarm_neighbours(self, topic: str) -> int:
+        """Active neighbours of this node in ``topic``'s swarm (0 when not a member)."""
+        sw = self.swarms.peek(swarm_of(topic))
+        return 0 if sw is None else len(sw.hv.active)
 
     # -- messages --------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from .gateway_messages import GATEWAY_MESSAGES
 from .log_messages import LOG_MESSAGES
+from .mesh_messages import MESH_MESSAGES
+from .registry_messages import REGISTRY_MESSAGES
 from .wire import Message
 
 __all__ = [
@@ -144,4 +146,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ReplyError,
     *LOG_MESSAGES,
     *GATEWAY_MESSAGES,
+    *MESH_MESSAGES,
+    *REGISTRY_MESSAGES,
 )

@@ -183,7 +183,7 @@ class Plumtree:
         )
         self.counters = {  # bounded: fixed keys
             "received": 0, "duplicates": 0, "grafts_sent": 0, "prunes_sent": 0, "too_large": 0,
-            "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0,
+            "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0, "grafts_abandoned": 0,
         }
 
     # -- neighbours ------------------------------------------------------------------------------
@@ -311,16 +311,20 @@ class Plumtree:
                 self.missing.pop(mid)
                 continue
             entry = self.missing.get(mid)
-            if not entry:
+            if entry is None:
                 continue
             live = [e for e in entry if self._is_neighbour(e[0])]
             if not live:
+                # every announcer was asked once and none delivered (it may have evicted the
+                # payload): give up instead of re-grafting until the entry's TTL
                 self.missing.pop(mid)
+                self.counters["grafts_abandoned"] += 1
                 continue
-            peer, hops = live[0]
-            rest = (*live[1:], (peer, hops))
+            peer = live[0][0]
             deadline = self.missing.deadline(mid)
-            self.missing.set(mid, rest, now, max((deadline or now) - now, 0.001))
+            # each announcer is grafted at most once per id (it is re-added only if it
+            # announces the id again)
+            self.missing.set(mid, tuple(live[1:]), now, max((deadline or now) - now, 0.001))
             self.lazy.pop(peer)
             self.eager.set(peer, None)
             self.counters["grafts_sent"] += 1

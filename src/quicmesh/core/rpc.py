@@ -165,6 +165,12 @@ class Rpc:
         """Connected peers that advertise ``name``."""
         return [p for p, names in self._peer_services.items() if name in names]
 
+    def peer_in_use(self, peer: NodeId) -> bool:
+        """Whether ``peer`` offers procedures to us or has calls of ours pending."""
+        if self._peer_services.peek(peer):
+            return True
+        return any(c.peer == peer for c in self._pending.values())
+
     def choose(self, name: str, exclude: frozenset[NodeId] = frozenset()) -> NodeId | None:
         """Pick a provider of ``name`` by the configured policy, skipping ``exclude``."""
         candidates = sorted((p for p in self.providers(name) if p not in exclude), key=lambda p: p.raw)

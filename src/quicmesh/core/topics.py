@@ -19,9 +19,12 @@ when one of its own patterns matches the full topic.
 **Ordering.** Each publisher numbers its messages per swarm (``seq`` from 0) within an ``epoch``
 (a random 64-bit value drawn each time it joins the swarm, so a restarted publisher is recognised).
 :class:`Ordering` keeps, per (swarm, publisher), the next expected ``seq`` and a reorder buffer of
-at most ``window`` messages. In-order messages are released at once. A message after a gap is
+at most ``window`` messages; all buffers together hold at most ``max_buffered`` messages (the
+memory bound; a burst arriving over two paths while the tree repairs needs a deep window for one
+publisher, never for all of them at once). In-order messages are released at once. A message after a gap is
 buffered; the gap is given up (counted in ``gaps``, and the missing seqs counted in ``skipped``)
-when ``gap_timeout`` has passed since the gap was first seen or when the buffer is full, and the
+when ``gap_timeout`` has passed since the gap was first seen or when the buffer (or the shared
+budget) is full, and the
 buffered messages are then released in order. A message older than the next expected seq (it came
 after its gap was given up) is dropped and counted as ``late``: order is never violated. The first
 message seen from a publisher with ``seq > 0`` (we joined mid-stream) starts a gap, so a message
@@ -125,16 +128,30 @@ class _PubState:
 class Ordering:
     """Per-(swarm, publisher) reorder buffers; see the module docstring."""
 
-    def __init__(self, window: int, gap_timeout: float, max_publishers: int, registry: ContainerRegistry) -> None:
+    def __init__(
+        self,
+        window: int,
+        gap_timeout: float,
+        max_publishers: int,
+        registry: ContainerRegistry,
+        *,
+        max_buffered: int | None = None,
+    ) -> None:
         self.window = window
         self.gap_timeout = gap_timeout
+        self.max_buffered = max_buffered if max_buffered is not None else window * 16
+        """Messages held for reordering over all publishers together: the real memory bound."""
+        self.buffered = 0
         self.states: LruMap[tuple[str, NodeId], _PubState] = LruMap(
-            "topics.publishers", max_publishers, registry=registry
+            "topics.publishers", max_publishers, registry=registry, on_evict=self._evicted
         )
         self.gap_timers: TtlMap[tuple[str, NodeId], None] = TtlMap(
             "topics.gap_timers", max_publishers, gap_timeout, registry=registry
         )
         self.counters = {"gaps": 0, "skipped": 0, "late": 0, "reordered": 0}  # bounded: fixed keys
+
+    def _evicted(self, _key: tuple[str, NodeId], st: _PubState) -> None:
+        self.buffered -= len(st.buf)
 
     def offer(self, a: Arrived, now: float) -> list[Arrived]:
         """Take one new message; return the messages now deliverable, in order."""
@@ -160,10 +177,11 @@ class Ordering:
         if a.seq in st.buf:
             return []
         st.buf[a.seq] = a
+        self.buffered += 1
         self.counters["reordered"] += 1
         if key not in self.gap_timers:
             self.gap_timers.set(key, None, now)
-        if len(st.buf) >= self.window:
+        if len(st.buf) >= self.window or self.buffered >= self.max_buffered:
             out = self._skip(st)
             self.gap_timers.pop(key)
             if st.buf:  # a further gap remains behind the released run: wait for it afresh
@@ -177,6 +195,7 @@ class Ordering:
         while st.next in st.buf:
             out.append(st.buf.pop(st.next))
             st.next += 1
+        self.buffered -= len(out)
         return out
 
     def _skip(self, st: _PubState) -> list[Arrived]:
@@ -208,7 +227,9 @@ class Ordering:
         """Forget every publisher of ``swarm``."""
         for key in list(self.states.keys()):
             if key[0] == swarm:
-                self.states.pop(key)
+                st = self.states.pop(key)
+                if st is not None:
+                    self.buffered -= len(st.buf)
                 self.gap_timers.pop(key)
 
     def count(self, swarm: str) -> int:

@@ -659,6 +659,11 @@ class LogService:
 
     # -- interest --------------------------------------------------------------------------------
 
+    def shares_with(self, peer: NodeId) -> bool:
+        """Whether ``peer`` syncs a log name with us (its connection must stay open)."""
+        names = self._peer_logs.peek(peer) or frozenset()
+        return any(n in self._refs for n in names)
+
     def _sharing(self, name: str) -> list[NodeId]:
         return [p for p, names in self._peer_logs.items() if name in names]
 

@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import random
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -36,21 +37,22 @@ from typing import TYPE_CHECKING, Any
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue, QueueClosed
 from ..config import NodeConfig
-from ..core.effects import Deliver, Dial, Disconnect, Send
+from ..core.caller import Caller
+from ..core.effects import Deliver, Dial, DialAddress, Disconnect, Send
 from ..core.log_messages import LOG_MESSAGES
-from ..core.messages import ALL_MESSAGES, Interest, Publish, Reply, ReplyError, Request, Services
-from ..core.pubsub import PubSub, match, validate_pattern
+from ..core.mesh import Mesh
+from ..core.mesh_messages import MESH_MESSAGES, MGossip, MIHave
+from ..core.messages import ALL_MESSAGES, Reply, ReplyError, Request, Services
+from ..core.registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
+from ..core.registry_messages import REGISTRY_MESSAGES
 from ..core.rpc import CallResolved, Invoke, Rpc
+from ..core.topics import Pattern, check_topic, parse_pattern
 from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
 from ..errors import (
-    CallTimeout,
-    ConnectionLost,
+    InvalidTopic,
     LimitExceeded,
     NodeClosed,
-    NoProvider,
-    Overloaded,
-    QuicmeshError,
     RemoteError,
     SubscriptionClosed,
     TransportError,
@@ -71,6 +73,8 @@ log = logging.getLogger("quicmesh.node")
 _INBOX_CHUNK = 256
 """Inbound messages processed per event-loop iteration before readers get a turn."""
 _LOG_TYPES = tuple(LOG_MESSAGES)
+_MESH_TYPES = tuple(MESH_MESSAGES)
+_REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
 
 
 def _earliest(*deadlines: float | None) -> float | None:
@@ -205,18 +209,28 @@ class Node:
                 keypair, config.realm, config.transport, self.codec, listen=config.listen, registry=self.registry
             )
         cap = config.transport.max_connections
-        self.pubsub = PubSub(self.id, config.pubsub, peer_capacity=cap, registry=self.registry)
+        self.mesh = Mesh(self.id, (), config, self._rng, self.registry)
+        """The overlay: address book, realm membership, topic swarms and their broadcast."""
         self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=self._rng, registry=self.registry)
+        self.services = Registry(
+            keypair, (), config.registry, realm=config.realm, rng=self._rng,
+            version_base=time.time_ns() // 1000, registry=self.registry,
+        )
+        """The realm's service advertisements (signed leases), as seen by this node."""
+        self.caller = Caller(
+            self.id, config.rpc, config.registry, self.rpc, self.services,
+            neighbours=self.mesh.realm.active_peers, peer_capacity=cap, rng=self._rng, containers=self.registry,
+        )
         self.logs = LogService(
             keypair, config, registry=self.registry, rng=self._rng, run=self._run, rearm=self._rearm
         )
         self._subs: LruMap[int, _SubState] = LruMap(
             "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
         )
-        self._by_pattern: dict[str, dict[int, _SubState]] = {}  # bounded: one key per subscribed pattern
+        self._by_pattern: dict[str, tuple[Pattern, dict[int, _SubState]]] = {}  # bounded: one per local pattern
         self._handlers: dict[str, Handler] = {}  # bounded: one per advertised name, capped by rpc.max_services
         self._running: dict[tuple[NodeId, int], asyncio.Task[None]] = {}  # bounded: rpc.max_concurrent_handlers
-        self._background: set[asyncio.Task[Any]] = set()  # bounded: one task per bootstrap address
+        self._background: set[asyncio.Task[Any]] = set()  # bounded: dials in flight, capped by the mesh
         self._sub_ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -266,6 +280,9 @@ class Node:
 
         self._loop = asyncio.get_running_loop()
         self.address = await self.transport.start(self)
+        self.mesh.set_addresses((self.address,))
+        self.services.addresses = (self.address,)
+        self.services.wall_offset = time.time() - self._loop.time()
         await self.logs.start()
         self._started = True
         self.observability = Observability(
@@ -276,14 +293,20 @@ class Node:
         except BaseException:
             await self.transport.stop()
             raise
-        for addr in self.config.bootstrap:
-            self._spawn(self._keep_connected(addr))
+        now = self._now()
+        self._run(self.mesh.join([(None, (addr,)) for addr in self.config.bootstrap], now))
+        self._run(self.mesh.subscribe(REGISTRY_PATTERN, now))  # every node follows the realm's services
+        self._rearm()
         log.info("node %s listening on %s (realm %s)", self.id.short(), self.address, self.config.realm)
 
     async def stop(self) -> None:
         """Leave the mesh: fail pending calls, end subscriptions, close every connection."""
         if self._stopped:
             return
+        if self._started:
+            # withdraw our advertisements while the connections are still up
+            self._run(self.services.close(self._now()))
+            await asyncio.sleep(0)  # let the queued withdrawals reach the network
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
@@ -297,10 +320,9 @@ class Node:
         for task in list(self._background) + list(self._running.values()):
             with contextlib.suppress(BaseException):
                 await task
-        for token in [c.token for c in list(self.rpc._pending.values())]:
+        for token in [c.token for c in list(self.caller._calls.values())]:
             if isinstance(token, asyncio.Future) and not token.done():
                 token.set_exception(NodeClosed("node stopped"))
-        self.rpc._pending.clear()
         for state in list(self._subs.values()):
             state.queue.close_queue(NodeClosed("node stopped"))
         await self.transport.stop()
@@ -321,28 +343,27 @@ class Node:
     # -- connections -----------------------------------------------------------------------------
 
     async def connect(self, address: str, expected: NodeId | None = None) -> NodeId:
-        """Connect directly to the node at ``address``; returns its proven node id."""
+        """Connect directly to the node at ``address``; returns its proven node id. The peer
+        joins this node's realm overlay if it has room (a mesh normally needs only bootstrap)."""
         self._check_open()
         conn = await self.transport.dial(address, expected)
+        self._run(self.mesh.peer_connected(conn.peer_id, (address,), True, self._now()))
+        self._rearm()
         return conn.peer_id
+
+    def add_peer(self, node_id: NodeId, addresses: Iterable[str]) -> None:
+        """Tell the address book where ``node_id`` can be reached (replacing what it knew)."""
+        self.mesh.add_peer(node_id, tuple(addresses), self._now())
+
+    def remove_peer(self, node_id: NodeId) -> None:
+        """Forget ``node_id``: address book entry, views, and the connection if only the mesh
+        used it."""
+        self._run(self.mesh.remove_peer(node_id, self._now()))
+        self._rearm()
 
     def peers(self) -> list[NodeId]:
         """Node ids of the directly connected peers."""
         return [c.peer_id for c in self.transport.connections()]
-
-    async def _keep_connected(self, address: str) -> None:
-        """Dial a bootstrap address, and again whenever that connection drops (capped backoff)."""
-        delay = 0.1
-        while not self._stopped:
-            try:
-                conn = await self.transport.dial(address)
-            except TransportError as exc:
-                log.debug("dial %s failed: %s", address, exc)
-                await asyncio.sleep(delay * (0.5 + self._rng.random()))
-                delay = min(delay * 2, self.config.membership.join_backoff_max)
-                continue
-            delay = 0.1
-            await conn.wait_closed()
 
     # TransportEvents -----------------------------------------------------------------------------
 
@@ -351,9 +372,11 @@ class Node:
             self.gateway.on_connection(conn)
             return
         peer = conn.peer_id
-        self._run(self.pubsub.peer_connected(peer))
-        self._run(self.rpc.peer_connected(peer))
-        self.logs.peer_connected(peer, self._now())
+        now = self._now()
+        addresses = (conn.remote_address,) if conn.outbound else ()
+        self._run(self.mesh.peer_connected(peer, addresses, conn.outbound, now))
+        self._run(self.caller.peer_connected(peer, now))
+        self.logs.peer_connected(peer, now)
         self._notify()
         self._rearm()
 
@@ -384,16 +407,17 @@ class Node:
 
     def _process(self, conn: Connection, message: WireMessage) -> None:
         peer = conn.peer_id
-        if isinstance(message, Publish):
-            self._run(self.pubsub.handle_message(peer, message))
+        if isinstance(message, _MESH_TYPES):
+            self._run(self.mesh.handle_message(peer, message, self._now()))
+            if not isinstance(message, MGossip | MIHave):
+                self._notify()  # membership changed: wake wait_until() waiters
         elif isinstance(message, Request | Reply | ReplyError):
-            self._run(self.rpc.handle_message(peer, message))
-        elif isinstance(message, Interest):
-            self._run(self.pubsub.handle_message(peer, message))
-            self._notify()
+            self._run(self.caller.handle_message(peer, message, self._now()))
         elif isinstance(message, Services):
-            self._run(self.rpc.handle_message(peer, message))
+            self._run(self.caller.handle_message(peer, message, self._now()))
             self._notify()
+        elif isinstance(message, _REGISTRY_TYPES):
+            self._run(self.services.handle_message(peer, message, self._now()))
         elif isinstance(message, _LOG_TYPES):
             self.logs.handle_message(peer, message, self._now())
         self._rearm()
@@ -405,9 +429,10 @@ class Node:
         peer = conn.peer_id
         if self.transport.get(peer) is not None:
             return  # a newer connection to the same peer replaced this one
-        self.pubsub.peer_disconnected(peer)
-        self._run(self.rpc.peer_disconnected(peer))
-        self.logs.peer_disconnected(peer, self._now())
+        now = self._now()
+        self._run(self.mesh.peer_disconnected(peer, now))
+        self._run(self.caller.peer_disconnected(peer, now))
+        self.logs.peer_disconnected(peer, now)
         for key in [k for k in self._running if k[0] == peer]:
             self._running[key].cancel()
         self._notify()
@@ -427,12 +452,18 @@ class Node:
                 await self._changed.wait()
 
     async def wait_for_provider(self, name: str, timeout: float | None = None) -> None:
-        """Return once a connected peer advertises procedure ``name``."""
-        await self.wait_until(lambda: bool(self.rpc.providers(name)), timeout)
+        """Return once this node's registry lists a live provider of procedure ``name``."""
+        await self.wait_until(lambda: bool(self.services.providers(name, self._now())), timeout)
 
     async def wait_for_subscriber(self, topic: str, timeout: float | None = None) -> None:
-        """Return once a connected peer subscribes to a pattern matching ``topic``."""
-        await self.wait_until(lambda: bool(self.pubsub.interested_peers(topic)), timeout)
+        """Return once this node is linked into ``topic``'s swarm (the nodes that subscribe to,
+        or relay, that topic), joining it as a publisher if needed: a publish made then reaches
+        the swarm's subscribers. Raises ``TimeoutError``."""
+        self._check_open()
+        self._check_topic(topic)
+        self._run(self.mesh.join_topic(topic, self._now()))
+        self._rearm()
+        await self.wait_until(lambda: self.mesh.swarm_neighbours(topic) > 0, timeout)
 
     # -- effects and the timer -------------------------------------------------------------------
 
@@ -443,7 +474,15 @@ class Node:
                 if conn is None or not conn.send(eff.message):
                     self.dropped_sends += 1
             elif isinstance(eff, Deliver):
-                self._deliver(eff)
+                if eff.topic == REGISTRY_TOPIC:
+                    self._run(self.services.handle_advert(eff.payload, self._now()))
+                    self._notify()
+                else:
+                    self._deliver(eff)
+            elif isinstance(eff, Broadcast):
+                self._run(self.mesh.publish(eff.topic, eff.payload, self._now()))
+            elif isinstance(eff, LookupDone):
+                self._run(self.caller.lookup_done(eff, self._now()))
             elif isinstance(eff, CallResolved):
                 fut = eff.token
                 if isinstance(fut, asyncio.Future) and not fut.done():
@@ -455,21 +494,53 @@ class Node:
                 self._invoke(eff)
             elif isinstance(eff, Disconnect):
                 conn = self.transport.get(eff.peer)
-                if conn is not None:
+                if conn is not None and not (eff.reason == "idle" and self._in_use(eff.peer)):
                     self._spawn(conn.close(eff.reason))
             elif isinstance(eff, Dial):
-                self._spawn(self._dial_any(eff))
+                self._spawn(self._dial(eff.peer, eff.addresses))
+            elif isinstance(eff, DialAddress):
+                self._spawn(self._dial(None, eff.addresses))
 
-    async def _dial_any(self, eff: Dial) -> None:
-        for addr in eff.addresses:
-            with contextlib.suppress(TransportError):
-                await self.transport.dial(addr, eff.peer)
-                return
+    def _in_use(self, peer: NodeId) -> bool:
+        """Whether something besides the mesh needs the connection to ``peer``: calls pending on
+        it, handlers running for it, procedures or logs it shares with us."""
+        if any(k[0] == peer for k in self._running):
+            return True
+        if self.caller.uses(peer) or self.rpc.peer_in_use(peer):
+            return True
+        return self.logs.shares_with(peer)
+
+    async def _dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
+        """Carry out a mesh Dial/DialAddress; report success or failure back to the mesh."""
+        for addr in addresses:
+            try:
+                conn = await self.transport.dial(addr, peer)
+            except TransportError as exc:
+                log.debug("dial %s failed: %s", addr, exc)
+                continue
+            if not self._stopped:
+                now = self._now()
+                self._run(self.mesh.peer_connected(conn.peer_id, addresses, True, now))
+                self._run(self.caller.peer_connected(conn.peer_id, now))
+                self._rearm()
+            return
+        if self._stopped:
+            return
+        now = self._now()
+        if peer is not None:
+            self._run(self.mesh.dial_failed(peer, now))
+            self._run(self.caller.dial_failed(peer, now))
+        else:
+            self._run(self.mesh.address_dial_failed(addresses, now))
+        self._rearm()
 
     def _rearm(self) -> None:
         if self._stopped or self._loop is None:
             return
-        deadline = _earliest(self.rpc.next_deadline(), self.logs.next_deadline())
+        deadline = _earliest(
+            self.caller.next_deadline(), self.services.next_deadline(), self.logs.next_deadline(),
+            self.mesh.next_deadline(),
+        )
         if deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -484,7 +555,9 @@ class Node:
         self._timer_at = None
         assert self._loop is not None
         now = self._loop.time()
-        self._run(self.rpc.handle_timer(now))
+        self._run(self.mesh.handle_timer(now))
+        self._run(self.services.handle_timer(now))
+        self._run(self.caller.handle_timer(now))
         self.logs.handle_timer(now)
         self._rearm()
 
@@ -505,7 +578,12 @@ class Node:
         Raises :class:`~quicmesh.errors.LimitExceeded` past ``pubsub.max_subscriptions``.
         """
         self._check_open()
-        validate_pattern(pattern)
+        if isinstance(pattern, str) and pattern.startswith("$"):
+            raise InvalidTopic(f"topics starting with '$' are reserved for quicmesh: {pattern!r:.80}")
+        try:
+            parsed = parse_pattern(pattern)
+        except ValueError as exc:
+            raise InvalidTopic(str(exc)) from None
         cfg = self.config.pubsub
         if len(self._subs) >= cfg.max_subscriptions:
             raise LimitExceeded("pubsub.max_subscriptions", cfg.max_subscriptions)
@@ -514,11 +592,16 @@ class Node:
             "node.subscription_queue", queue_size or cfg.subscriber_queue_size, overflow, registry=self.registry
         )
         sub_id = next(self._sub_ids)
-        effects = self.pubsub.subscribe(pattern)
+        try:
+            effects = self.mesh.subscribe(pattern, self._now())
+        except BaseException:
+            queue.close()
+            raise
         state = _SubState(pattern, queue)
         self._subs.set(sub_id, state)
-        self._by_pattern.setdefault(pattern, {})[sub_id] = state
+        self._by_pattern.setdefault(pattern, (parsed, {}))[1][sub_id] = state
         self._run(effects)
+        self._rearm()
         return Subscription(self, sub_id, pattern, queue)
 
     def _release(self, sub_id: int) -> None:
@@ -526,13 +609,14 @@ class Node:
         if state is None:
             return
         state.queue.close()
-        group = self._by_pattern.get(state.pattern)
-        if group is not None:
-            group.pop(sub_id, None)
-            if not group:
+        entry = self._by_pattern.get(state.pattern)
+        if entry is not None:
+            entry[1].pop(sub_id, None)
+            if not entry[1]:
                 del self._by_pattern[state.pattern]
         if not self._stopped:
-            self._run(self.pubsub.unsubscribe(state.pattern))
+            self._run(self.mesh.unsubscribe(state.pattern, self._now()))
+            self._rearm()
 
     def _release_from_gc(self, sub_id: int) -> None:
         loop = self._loop
@@ -543,12 +627,22 @@ class Node:
 
     def _deliver(self, eff: Deliver) -> None:
         msg: Message | None = None
-        for pattern, group in self._by_pattern.items():
-            if pattern == eff.topic or match(pattern, eff.topic):
+        for parsed, group in self._by_pattern.values():
+            if parsed.matches(eff.topic):
                 if msg is None:
                     msg = Message(eff.topic, eff.payload, eff.publisher, eff.seq)
                 for state in group.values():
                     state.queue.put_nowait(msg)
+
+    def subscribed_patterns(self) -> frozenset[str]:
+        """The patterns this node's open subscriptions use (pub/sub runs through ``self.mesh``)."""
+        return frozenset(self._by_pattern)
+
+    def topic_state(self, topic: str) -> int:
+        """Entries this node holds for ``topic``'s swarm (0 once it left the swarm)."""
+        from ..core.topics import swarm_of
+
+        return self.mesh.topic_state(swarm_of(topic))
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Send ``payload`` to every subscriber of ``topic`` (none is fine).
@@ -558,9 +652,20 @@ class Node:
         self._check_open()
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError("payload must be bytes")
-        effects = self.pubsub.publish(topic, bytes(payload), self._now())
+        self._check_topic(topic)
+        effects = self.mesh.publish(topic, bytes(payload), self._now())
         self._run(effects)
+        self._rearm()
         await self._backpressure(effects)
+
+    @staticmethod
+    def _check_topic(topic: str) -> None:
+        if isinstance(topic, str) and topic.startswith("$"):
+            raise InvalidTopic(f"topics starting with '$' are reserved for quicmesh: {topic!r:.80}")
+        try:
+            check_topic(topic)
+        except ValueError as exc:
+            raise InvalidTopic(str(exc)) from None
 
     async def _backpressure(self, effects: Iterable[object]) -> None:
         """Wait (bounded by ``transport.send_stall_timeout``) while a connection we just sent to
@@ -575,72 +680,61 @@ class Node:
 
     # -- RPC -------------------------------------------------------------------------------------
 
-    async def advertise(self, name: str, handler: Handler) -> None:
-        """Offer procedure ``name``; ``handler(payload) -> bytes`` runs for each call.
+    async def advertise(
+        self, name: str, handler: Handler, *, ttl: float | None = None, metadata: bytes | None = None
+    ) -> None:
+        """Offer procedure ``name`` realm-wide; ``handler(payload) -> bytes`` runs for each call.
 
-        A handler raising :class:`~quicmesh.errors.RemoteError` passes its code and message to
-        the caller; any other exception reaches the caller as ``RemoteError("handler_error", ...)``
-        without the traceback.
+        A signed advertisement (this node's id and addresses, ``metadata``, a lease of ``ttl``
+        seconds, default ``registry.lease_ttl``) reaches every node through the mesh and is
+        refreshed every ``ttl / 3`` until :meth:`unadvertise` or :meth:`stop`. A handler raising
+        :class:`~quicmesh.errors.RemoteError` passes its code and message to the caller; any
+        other exception reaches the caller as ``RemoteError("handler_error", ...)`` without the
+        traceback.
         """
         self._check_open()
         if not callable(handler):
             raise TypeError("handler must be an async callable")
-        effects = self.rpc.advertise(name)
+        effects: list[object] = list(self.rpc.advertise(name))
+        try:
+            effects += self.services.advertise(name, self._now(), ttl=ttl, metadata=metadata)
+        except BaseException:
+            self.rpc.unadvertise(name)
+            raise
         self._handlers[name] = handler
         self._run(effects)
+        self._rearm()
 
     async def unadvertise(self, name: str) -> None:
-        """Withdraw procedure ``name``."""
+        """Withdraw procedure ``name`` at once (a signed withdrawal reaches every node)."""
         self._handlers.pop(name, None)
         self._run(self.rpc.unadvertise(name))
+        if self._started and not self._stopped:
+            self._run(self.services.unadvertise(name, self._now()))
+            self._rearm()
 
     async def call(self, name: str, payload: bytes, *, timeout: float | None = None) -> bytes:
-        """Call procedure ``name`` on a provider and return its reply.
+        """Call procedure ``name`` on a provider anywhere in the realm and return its reply.
 
-        Tries up to ``rpc.max_attempts`` providers (on ``Overloaded``, a lost connection, or a
-        ``RemoteError`` marked retryable) within one overall ``timeout``. Raises
+        Providers come from the registry (asking neighbours when it has none yet); one is picked
+        by ``rpc.provider_policy`` and dialled directly. On a lost connection, ``Overloaded``, an
+        attempt's timeout or a ``RemoteError`` marked retryable, the next provider is tried, up to
+        ``rpc.max_attempts``, all within one overall ``timeout``. Raises
         :class:`~quicmesh.errors.NoProvider`, :class:`~quicmesh.errors.CallTimeout`,
-        :class:`~quicmesh.errors.RemoteError` or :class:`~quicmesh.errors.Overloaded`.
+        :class:`~quicmesh.errors.RemoteError` or :class:`~quicmesh.errors.Overloaded`. Cancelling
+        the awaiting task frees every entry of the call at once.
         """
         self._check_open()
         total = self.config.rpc.default_timeout if timeout is None else timeout
-        deadline = self._now() + total
-        tried: set[NodeId] = set()
-        last: QuicmeshError | None = None
-        for _attempt in range(self.config.rpc.max_attempts):
-            remaining = deadline - self._now()
-            if remaining <= 0:
-                break
-            peer = self.rpc.choose(name, frozenset(tried))
-            if peer is None:
-                break
-            tried.add(peer)
-            try:
-                return await self._call_once(peer, name, bytes(payload), remaining)
-            except (Overloaded, ConnectionLost) as exc:
-                last = exc
-            except RemoteError as exc:
-                if not exc.retryable:
-                    raise
-                last = exc
-        if last is not None:
-            if self._now() >= deadline:
-                raise CallTimeout(f"{name}: no reply within {total:.3f}s (last error: {last})") from last
-            raise last
-        if self._now() >= deadline:
-            raise CallTimeout(f"{name}: no reply within {total:.3f}s")
-        raise NoProvider(f"no connected peer provides {name!r}")
-
-    async def _call_once(self, peer: NodeId, name: str, payload: bytes, timeout: float) -> bytes:
         assert self._loop is not None
         fut: asyncio.Future[bytes] = self._loop.create_future()
-        call_id, effects = self.rpc.start_call(peer, name, payload, timeout, self._now(), fut)
-        self._run(effects)
+        call_id, outs = self.caller.call(name, bytes(payload), total, self._now(), fut)
+        self._run(outs)
         self._rearm()
         try:
             return await fut
         except asyncio.CancelledError:
-            self.rpc.cancel(call_id)
+            self.caller.cancel(call_id)
             self._rearm()
             raise
 
@@ -716,12 +810,13 @@ class Node:
 
     def _traffic(self) -> float:
         """Cumulative work done, for the leak sentinel's "traffic is steady" test."""
-        p, r = self.pubsub.stats, self.rpc.stats
-        return float(p.published + p.received + r.calls_started + r.requests_received)
+        m, r = self.mesh.counters, self.rpc.stats
+        return float(m.get("published", 0) + m.get("delivered", 0) + r.calls_started + r.requests_received)
 
     @property
     def pending_calls(self) -> int:
-        return self.rpc.pending
+        """Calls of this node not ended yet (0 once every call returned or was cancelled)."""
+        return self.caller.pending
 
     def gauges(self) -> dict[str, float]:
         """Numbers for metrics: connections, subscriptions, topics, pending calls, ..."""
@@ -730,8 +825,12 @@ class Node:
             "connections": float(ts.connections),
             "handshakes_in_progress": float(ts.handshakes_in_progress),
             "subscriptions": float(len(self._subs)),
-            "topics": float(len(self.pubsub.patterns)),
-            "pending_calls": float(self.rpc.pending),
+            "topics": float(len(self.mesh.swarms)),
+            "peers:active": float(len(self.mesh.realm.active)),
+            "peers:passive": float(len(self.mesh.realm.passive)),
+            "peers:known": float(len(self.mesh.book)),
+            "pending_calls": float(self.caller.pending),
+            "registry_entries": float(self.services.stats().get("entries", 0)),
             "running_handlers": float(self.rpc.running),
             "dropped_sends_total": float(self.dropped_sends),
             "inbox_dropped_total": float(self.inbox_dropped),
@@ -758,27 +857,51 @@ class Node:
             "streams": {"active": ts.connections},
             "pubsub": {
                 "subscriptions": len(self._subs),
-                "patterns": len(self.pubsub.patterns),
-                "published_total": self.pubsub.stats.published,
-                "delivered_total": self.pubsub.stats.delivered,
+                "patterns": len(self._by_pattern),
+                "published_total": self.mesh.counters.get("published", 0),
+                "delivered_total": self.mesh.counters.get("delivered", 0),
             },
+            "address_book": {"peers": len(self.mesh.book), "capacity": self.config.address_book.capacity},
+            "membership": {
+                "active": len(self.mesh.realm.active),
+                "passive": len(self.mesh.realm.passive),
+                "active_capacity": self.config.membership.active_view,
+                "passive_capacity": self.config.membership.passive_view,
+            },
+            "gossip": self._gossip_health(),
             "rpc": {
-                "pending": self.rpc.pending,
+                "pending": self.caller.pending,
+                "pending_entries": self.caller.pending_entries(),
                 "running_handlers": self.rpc.running,
                 "services": len(self._handlers),
             },
+            "registry": self.services.stats(),
             **self.logs.health(),
             "gateway": self.gateway.health(),
         }
 
+    def _gossip_health(self) -> dict[str, Any]:
+        st = self.mesh.stats()
+        return {
+            "topics": len(st["swarms"]),
+            "swarms": st["swarms"],
+            "seen_ids": st["seen_ids"],
+            "payload_cache": st["payload_cache"],
+            "payload_cache_bytes": st["payload_cache_bytes"],
+            "pending": st["dial_queues"],
+            "dialing": st["dialing"],
+            "ordering": st["ordering"],
+        }
+
     def ready(self) -> tuple[bool, str]:
-        """Whether the node serves traffic, and why not."""
+        """Whether the node serves traffic, and why not: started, not stopping, and joined the
+        realm overlay when it has bootstrap peers."""
         if self._stopped:
             return False, "stopped"
         if not self._started:
             return False, "starting"
-        if self.config.bootstrap and not self.transport.connections():
-            return False, "not connected to any bootstrap peer yet"
+        if self.config.bootstrap and not len(self.mesh.realm.active):
+            return False, "not joined to the realm overlay yet"
         return True, "ok"
 
 
