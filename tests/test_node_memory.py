@@ -118,7 +118,7 @@ async def test_slow_subscriber_never_stalls_others(net: MemoryNetwork) -> None:
 
 
 async def test_subscribe_close_cycles_return_to_baseline(pair: tuple[Node, Node]) -> None:
-    a, b = pair
+    a, _ = pair
     baseline = container_sizes(a)
     for i in range(10_000):
         sub = await a.subscribe(f"topic.{i % 50}")
