@@ -5,6 +5,7 @@
 ``quicmesh call --node HOST:PORT NAME DATA``  call a procedure through a short-lived node
 ``quicmesh pub --node HOST:PORT TOPIC DATA``  publish through a short-lived node
 ``quicmesh sub --node HOST:PORT TOPIC``       print a topic's messages through a short-lived node
+``quicmesh call|pub|sub --connect HOST:PORT``  the same as a light client of a gateway node
 ``quicmesh status --http HOST:PORT``          show a running node's health as tables
 ``quicmesh demo``                             three local node processes exchange messages and a call
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from . import __version__
 from .config import NodeConfig, load_config
-from .errors import QuicmeshError
+from .errors import QuicmeshError, TransportError
 from .identity import KeyPair
 
 __all__ = ["main"]
@@ -55,11 +56,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="advertise a built-in demo procedure (KIND: echo, upper, add, sleep)")
     n.add_argument("--control", action="store_true",
                    help="read JSON commands on stdin, write JSON events on stdout (scripts and tests)")
+    n.add_argument("--max-clients", type=int, metavar="N",
+                   help="light clients served at once (gateway.max_clients; default 10000)")
 
     for name, helptext in (("call", "call a procedure"), ("pub", "publish a message"), ("sub", "print messages")):
-        c = sub.add_parser(name, help=f"{helptext} through a short-lived node")
-        c.add_argument("--node", required=True, metavar="HOST:PORT", help="a running node to connect to")
+        c = sub.add_parser(name, help=f"{helptext} through a short-lived node or as a light client")
+        target = c.add_mutually_exclusive_group(required=True)
+        target.add_argument("--node", metavar="HOST:PORT", help="join the mesh through this node (short-lived node)")
+        target.add_argument("--connect", metavar="HOST:PORT", help="act as a light client of this gateway node")
         c.add_argument("--realm", default="default")
+        c.add_argument("--key", help="client key file (--connect; created when missing, default: a fresh key)")
+        c.add_argument("--gateway-id", help="the gateway's node id, checked during the handshake (--connect)")
         c.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
         if name == "call":
             c.add_argument("name")
@@ -90,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "node":
             return asyncio.run(_node(args))
         if args.command in ("call", "pub", "sub"):
-            return asyncio.run(_short_lived(args))
+            return asyncio.run(_as_client(args) if args.connect else _short_lived(args))
         if args.command == "status":
             from .observability.status import main as status_main
 
@@ -129,6 +136,7 @@ async def _node(args: argparse.Namespace) -> int:
         "key_path": args.key,
         "data_dir": args.data_dir,
         "http": args.http,
+        "gateway.max_clients": args.max_clients,
     }
     config = load_config(args.config, overrides=overrides)
     node = await Node.start(config)
@@ -162,6 +170,36 @@ async def _node(args: argparse.Namespace) -> int:
     finally:
         await node.stop()
     return 0
+
+
+async def _as_client(args: argparse.Namespace) -> int:
+    """``call``/``pub``/``sub`` as a light client of the gateway at ``--connect``."""
+    from .runtime.client import Client
+
+    try:
+        async with asyncio.timeout(args.timeout):
+            client = await Client.connect(args.connect, realm=args.realm, key=args.key, gateway_id=args.gateway_id,
+                                          call_timeout=args.timeout)
+    except TimeoutError:
+        raise TransportError(f"no connection to {args.connect} within {args.timeout:g}s") from None
+    async with client:
+        if args.command == "call":
+            reply = await client.call(args.name, args.payload.encode(), timeout=args.timeout)
+            sys.stdout.write(reply.decode(errors="replace") + "\n")
+            return 0
+        if args.command == "pub":
+            await client.publish(args.topic, args.payload.encode(), confirm=True)
+            return 0
+        async with await client.subscribe(args.topic) as sub:
+            print(f"subscribed to {args.topic} via {args.connect}", file=sys.stderr, flush=True)
+            seen = 0
+            async for msg in sub:
+                sys.stdout.write(f"{msg.topic} {msg.payload.decode(errors='replace')}\n")
+                sys.stdout.flush()
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+        return 0
 
 
 async def _short_lived(args: argparse.Namespace) -> int:

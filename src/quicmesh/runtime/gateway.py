@@ -47,6 +47,7 @@ client has its own tasks and buffers, so one stalled client costs the others not
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -76,6 +77,7 @@ from ..errors import (
     CallTimeout,
     ConfigError,
     ConnectionLost,
+    InvalidTopic,
     LimitExceeded,
     MessageTooLarge,
     NodeClosed,
@@ -106,6 +108,10 @@ class GatewayStats:
     disconnected_total: int = 0
     superseded_total: int = 0
     slow_consumer_total: int = 0
+    slow_consumer_pending_total: int = 0
+    """Of which: closed for holding more than ``max_pending_bytes`` unsent."""
+    slow_consumer_stalled_total: int = 0
+    """Of which: closed for writes stalled ``write_stall_timeout``."""
     limit_refusals_total: int = 0
     messages_forwarded_total: int = 0
     calls_total: int = 0
@@ -121,6 +127,8 @@ class _Session:
     advs: set[str] = field(default_factory=set)  # bounded: max_client_advertisements
     calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # bounded: max_client_pending_calls
     invocations: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)  # bounded: max_client_pending_calls
+    publishes: collections.deque[GPublish] = field(default_factory=collections.deque)  # bounded: pending calls cap
+    publisher: asyncio.Task[None] | None = None
     inv_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     stall_since: float | None = None
     stall_mark: int = 0
@@ -149,7 +157,7 @@ class Gateway:
         # name -> clients offering it, in round-robin order
         self._providers: dict[str, list[NodeId]] = {}  # bounded: names of held clients' advertisements
         self._rr = itertools.count()
-        self._tasks: set[asyncio.Task[Any]] = set()  # bounded: publish/advertise steps, each done in one loop turn
+        self._tasks: set[asyncio.Task[Any]] = set()  # bounded: (un)advertise steps and closes, each brief
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._stopped = False
 
@@ -165,7 +173,11 @@ class Gateway:
         if old is not None:
             self.stats.superseded_total += 1
             self._release(old, "superseded")
-        self._sessions.set(client, _Session(client, conn))  # the transport holds <= max_clients clients
+        try:
+            self._sessions.set(client, _Session(client, conn))  # the transport holds <= max_clients clients
+        except LimitExceeded:  # defensive: a released session whose connection is still closing
+            self._spawn(conn.close("max_clients", f"{self._cfg.max_clients} clients held"))
+            return
         self.stats.accepted_total += 1
         self._arm_sweep()
 
@@ -185,7 +197,7 @@ class Gateway:
         if s is None or s.conn is not conn or not s.open:
             return
         if isinstance(message, GPublish):
-            self._spawn(self._publish(s, message))
+            self._enqueue_publish(s, message)
         elif isinstance(message, GSubscribe):
             self._subscribe(s, message)
         elif isinstance(message, GUnsubscribe):
@@ -246,11 +258,30 @@ class Gateway:
         finally:
             await sub.close()
 
-    async def _publish(self, s: _Session, m: GPublish) -> None:
+    def _enqueue_publish(self, s: _Session, m: GPublish) -> None:
+        """Publishes run in order, one at a time per client (``node.publish`` may wait for a
+        congested peer's drain); past ``max_client_pending_calls`` waiting, they are refused."""
+        if len(s.publishes) >= self._cfg.max_client_pending_calls:
+            self.stats.limit_refusals_total += 1
+            self._send(s, GError(m.id, "overloaded", "too many publishes waiting at the gateway", retryable=True))
+            return
+        s.publishes.append(m)
+        if s.publisher is None:
+            s.publisher = asyncio.ensure_future(self._publish_loop(s))
+
+    async def _publish_loop(self, s: _Session) -> None:
         try:
-            await self._node.publish(m.topic, m.payload)
-        except (QuicmeshError, ValueError, TypeError) as exc:
-            self._send(s, _error(m.id, exc))
+            while s.publishes and s.open:
+                m = s.publishes.popleft()
+                try:
+                    await self._node.publish(m.topic, m.payload)
+                except (QuicmeshError, ValueError, TypeError) as exc:
+                    self._send(s, _error(m.id, exc))
+                    continue
+                if m.id:
+                    self._send(s, GOk(m.id))
+        finally:
+            s.publisher = None
 
     def _call(self, s: _Session, m: GCall) -> None:
         cap = self._cfg.max_client_pending_calls
@@ -335,6 +366,8 @@ class Gateway:
         """The node's handler for a client-provided procedure: forward to one client."""
         s = self._pick(name)
         if s is None:
+            if self._providers.get(name):
+                raise RemoteError("overloaded", f"every client providing {name!r} is at its call limit", retryable=True)
             raise RemoteError("no_handler", f"no client provides {name!r} here", retryable=True)
         loop = asyncio.get_running_loop()
         inv_id = next(s.inv_ids)
@@ -370,9 +403,11 @@ class Gateway:
             return False
         conn = s.conn
         if conn.pending_bytes + size > self._cfg.max_pending_bytes:
+            self.stats.slow_consumer_pending_total += 1
             self._slow_consumer(s, f"more than {self._cfg.max_pending_bytes} bytes unsent")
             return False
         if not conn.send(message):
+            self.stats.slow_consumer_pending_total += 1
             self._slow_consumer(s, "send buffer full")
             return False
         return True
@@ -402,6 +437,7 @@ class Gateway:
             elif s.stall_since is None or pending < s.stall_mark:
                 s.stall_since, s.stall_mark = now, pending
             elif now - s.stall_since >= self._cfg.write_stall_timeout:
+                self.stats.slow_consumer_stalled_total += 1
                 self._slow_consumer(s, f"writes stalled for {self._cfg.write_stall_timeout} s")
         self._arm_sweep()
 
@@ -420,6 +456,9 @@ class Gateway:
         for task in list(s.calls.values()):
             task.cancel()
         s.calls.clear()
+        s.publishes.clear()
+        if s.publisher is not None:
+            s.publisher.cancel()
         for fut in list(s.invocations.values()):
             if not fut.done():
                 fut.set_exception(RemoteError("client_gone", f"providing client left ({why})", retryable=True))
@@ -465,6 +504,16 @@ class Gateway:
         """Node ids of the connected clients."""
         return list(self._sessions.keys())
 
+    def gauges(self) -> dict[str, float]:
+        """Numbers for ``node.gauges()``: ``clients`` (exported as ``quicmesh_clients``) and the
+        other numeric entries of :meth:`health` as ``gateway_<name>`` (``..._total`` ones are
+        counters)."""
+        out = {"clients": float(len(self._sessions))}
+        for k, v in self.health().items():
+            if k != "clients" and isinstance(v, int) and not isinstance(v, bool):
+                out[f"gateway_{k}"] = float(v)
+        return out
+
     def health(self) -> dict[str, Any]:
         """Per-client structures (all back to zero once the clients left) and counters."""
         sessions = list(self._sessions.values())
@@ -478,6 +527,7 @@ class Gateway:
             "advertisements": sum(len(s.advs) for s in sessions),
             "provided_names": len(self._providers),
             "pending_calls": sum(len(s.calls) for s in sessions),
+            "pending_publishes": sum(len(s.publishes) for s in sessions),
             "invocations": sum(len(s.invocations) for s in sessions),
             "pending_bytes": sum(s.conn.pending_bytes for s in sessions),
             "tasks": len(self._tasks),
@@ -486,6 +536,8 @@ class Gateway:
             "disconnected_total": st.disconnected_total,
             "superseded_total": st.superseded_total,
             "slow_consumer_total": st.slow_consumer_total,
+            "slow_consumer_pending_total": st.slow_consumer_pending_total,
+            "slow_consumer_stalled_total": st.slow_consumer_stalled_total,
             "limit_refusals_total": st.limit_refusals_total,
             "messages_forwarded_total": st.messages_forwarded_total,
             "calls_total": st.calls_total,
@@ -516,6 +568,8 @@ def _error(req_id: int, exc: BaseException) -> GError:
         return GError(req_id, "connection_lost", text, retryable=True)
     if isinstance(exc, NodeClosed):
         return GError(req_id, "closed", text)
+    if isinstance(exc, InvalidTopic):
+        return GError(req_id, "invalid_topic", text)
     if isinstance(exc, MessageTooLarge):
         return GError(req_id, "too_large", text)
     if isinstance(exc, ConfigError | ValueError | TypeError):

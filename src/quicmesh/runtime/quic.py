@@ -36,6 +36,16 @@ ends slow or silent handshakes on both sides (:class:`~quicmesh.errors.Handshake
 Outbound dials beyond ``max_connections`` evict the least recently used connection from the LRU
 pool, which is closed with code ``evicted``.
 
+Light clients (``Hello.role == "client"``, see :mod:`.gateway`): held in their own table
+(``clients()``), never in the peer pool, so they neither count against ``max_connections`` nor
+get evicted by it. Admission happens at the ``Hello``, before any per-client state exists:
+when ``max_clients`` (set by :meth:`QuicTransport.enable_clients`; 0, the default, serves no
+client) are held the listener replies ``Refuse("max_clients")`` and closes, and the client
+raises :class:`~quicmesh.errors.AdmissionRefused` ``("max_clients")``; the limit is checked again
+after the proof. A client that authenticates again under the same id supersedes its previous
+connection (closed with code ``duplicate``). A transport created with ``role="client"`` dials
+only: it refuses every incoming attempt (``client_only``).
+
 Duplicates: at most one connection per peer pair. When a second one authenticates, the one
 dialed by the smaller node id survives (two connections dialed by the same side: the newer one),
 unless the peer shows another *instance* (8 random bytes per transport start, in ``Hello`` and
@@ -718,7 +728,7 @@ class QuicTransport(Transport):
                     sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
             sock.bind((host, port))
             _, endpoint = await self._loop.create_datagram_endpoint(
-                lambda: qa.Endpoint(configuration=server_cfg, create_protocol=self._incoming), sock=sock
+                lambda: qa.Endpoint(configuration=server_cfg, create_protocol=self._incoming, sock=sock), sock=sock
             )
         except BaseException:
             sock.close()

@@ -33,10 +33,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .bounded import ContainerRegistry, Overflow
-from .bounded.aio import BoundedQueue, QueueClosed
-from .config import TransportConfig
-from .core.gateway_messages import (
+from ..bounded import ContainerRegistry, Overflow
+from ..bounded.aio import BoundedQueue, QueueClosed
+from ..config import TransportConfig
+from ..core.gateway_messages import (
     GAdvertise,
     GCall,
     GError,
@@ -51,13 +51,14 @@ from .core.gateway_messages import (
     GUnadvertise,
     GUnsubscribe,
 )
-from .core.messages import ALL_MESSAGES
-from .core.pubsub import validate_pattern, validate_topic
-from .core.wire import Codec
-from .core.wire import Message as WireMessage
-from .errors import (
+from ..core.messages import ALL_MESSAGES
+from ..core.topics import check_topic, parse_pattern
+from ..core.wire import Codec
+from ..core.wire import Message as WireMessage
+from ..errors import (
     CallTimeout,
     ConnectionLost,
+    InvalidTopic,
     LimitExceeded,
     MessageTooLarge,
     NodeClosed,
@@ -68,9 +69,9 @@ from .errors import (
     SubscriptionClosed,
     TransportError,
 )
-from .identity import KeyPair, NodeId
-from .runtime.node import Message
-from .runtime.transport import Connection
+from ..identity import KeyPair, NodeId
+from .node import Message
+from .transport import Connection
 
 __all__ = ["Client", "ClientSubscription", "Handler"]
 
@@ -102,7 +103,7 @@ class ClientSubscription:
         self.pattern = pattern
         self._queue = queue
         self._closed = False
-        self._finalizer = weakref.finalize(self, client._release_sub, sid)
+        self._finalizer = weakref.finalize(self, client._release_from_gc, sid)
 
     @property
     def topic(self) -> str:
@@ -176,6 +177,7 @@ class Client:
         queue_size: int = 1024,
         reconnect: bool = True,
         reconnect_max_delay: float = 5.0,
+        reconnect_min_delay: float = 0.05,
         max_message_size: int = 1024 * 1024 - 4096,
     ) -> None:
         if isinstance(key, str | Path):
@@ -190,9 +192,10 @@ class Client:
         self._queue_size = queue_size
         self._reconnect = reconnect
         self._reconnect_max = reconnect_max_delay
+        self._reconnect_min = reconnect_min_delay
         self._max_message = max_message_size
         self.registry = ContainerRegistry(f"client-{self.id.short()}")
-        from .runtime.quic import QuicTransport
+        from .quic import QuicTransport
 
         host = address.rpartition(":")[0].strip("[]")
         loopback = host.startswith("127.") or host == "localhost"
@@ -202,6 +205,7 @@ class Client:
             listen=listen, registry=self.registry, role="client",
         )
         self._conn: Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
         self._sub_ids = itertools.count(1)
         # request id -> future: subscribe/advertise acks and calls in flight, each ends by a timeout
@@ -236,7 +240,9 @@ class Client:
         ``key``: a :class:`~quicmesh.identity.KeyPair` or a key file (created when missing);
         ``None`` generates one. ``gateway_id``: the gateway's node id, checked during the
         handshake. ``options``: ``transport`` (:class:`~quicmesh.config.TransportConfig`),
-        ``call_timeout``, ``queue_size``, ``reconnect``, ``reconnect_max_delay``.
+        ``call_timeout``, ``queue_size``, ``reconnect``, ``reconnect_min_delay`` and
+        ``reconnect_max_delay`` (the backoff between redials doubles from the first to the second,
+        with jitter 0.5-1.5x).
 
         Raises :class:`~quicmesh.errors.AdmissionRefused` (``max_clients``...),
         :class:`~quicmesh.errors.PeerIdMismatch`, :class:`~quicmesh.errors.RealmMismatch`,
@@ -244,6 +250,7 @@ class Client:
         :class:`~quicmesh.errors.TransportError`.
         """
         client = cls(address, realm=realm, key=key, gateway_id=gateway_id, **options)
+        client._loop = asyncio.get_running_loop()
         await client._transport.start(client)
         try:
             await client._dial()
@@ -354,12 +361,12 @@ class Client:
     # -- reconnect -------------------------------------------------------------------------------
 
     async def _reconnect_loop(self) -> None:
-        delay = 0.05
+        delay = self._reconnect_min
         while not self._closed:
             await asyncio.sleep(delay * (0.5 + self._rng.random()))
             try:
                 await self._dial()
-            except TransportError as exc:
+            except (TransportError, OSError) as exc:  # refused, unreachable, not resolvable: retry
                 log.debug("reconnect to %s failed: %s", self.address, exc)
                 delay = min(delay * 2, self._reconnect_max)
                 continue
@@ -428,29 +435,44 @@ class Client:
 
     # -- pub/sub ---------------------------------------------------------------------------------
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    async def publish(self, topic: str, payload: bytes, *, confirm: bool = False) -> None:
         """Send ``payload`` to every subscriber of ``topic`` in the mesh, through the gateway.
 
         Raises :class:`~quicmesh.errors.ConnectionLost` while disconnected,
-        :class:`~quicmesh.errors.MessageTooLarge`, :class:`~quicmesh.errors.ConfigError` for a bad
-        topic. Errors found by the gateway later land in :attr:`last_error`.
+        :class:`~quicmesh.errors.MessageTooLarge`, :class:`~quicmesh.errors.InvalidTopic` for a bad
+        topic. With ``confirm`` it waits until the gateway published (raising what the gateway's
+        node raised); without, errors found by the gateway land in :attr:`last_error`.
         """
         self._check_open()
-        validate_topic(topic)
+        try:
+            check_topic(topic)
+        except ValueError as exc:
+            raise InvalidTopic(str(exc)) from None
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError("payload must be bytes")
         if len(payload) > self._max_message:
             raise MessageTooLarge(len(payload), self._max_message)
-        self._send_nowait(GPublish(0, topic, bytes(payload)))
+        conn = self._conn
+        if conn is not None and conn.pending_bytes > self._cfg.send_buffer_bytes // 2:
+            with contextlib.suppress(TimeoutError):  # backpressure: let the connection drain
+                await asyncio.wait_for(conn.drain(), self.call_timeout)
+        if confirm:
+            await self._request(GPublish(req := next(self._ids), topic, bytes(payload)), req, self.call_timeout)
+        else:
+            self._send_nowait(GPublish(0, topic, bytes(payload)))
 
     async def subscribe(self, pattern: str, *, queue_size: int | None = None) -> ClientSubscription:
         """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest); returns an async iterator.
 
         Raises :class:`~quicmesh.errors.LimitExceeded` past the gateway's
-        ``max_client_subscriptions``, :class:`~quicmesh.errors.ConnectionLost` while disconnected.
+        ``max_client_subscriptions``, :class:`~quicmesh.errors.InvalidTopic` for a bad pattern,
+        :class:`~quicmesh.errors.ConnectionLost` while disconnected.
         """
         self._check_open()
-        validate_pattern(pattern)
+        try:
+            parse_pattern(pattern)
+        except ValueError as exc:
+            raise InvalidTopic(str(exc)) from None
         sid = next(self._sub_ids)
         queue: BoundedQueue[Message] = BoundedQueue(
             "client.subscription_queue", queue_size or self._queue_size, Overflow.EVICT_OLDEST, registry=self.registry
@@ -463,6 +485,15 @@ class Client:
             queue.close()
             raise
         return ClientSubscription(self, sid, pattern, queue)
+
+    def _release_from_gc(self, sid: int) -> None:
+        """A subscription handle was garbage-collected: release it from the loop, not from
+        inside the collector (which may run in the middle of any other code)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._release_sub, sid)
 
     def _release_sub(self, sid: int) -> None:
         sub = self._subs.pop(sid, None)
@@ -587,8 +618,10 @@ def _exception(m: GError) -> QuicmeshError:
         return NodeClosed(m.message)
     if code == "too_large":
         return RemoteError("too_large", m.message)
+    if code == "invalid_topic":
+        return InvalidTopic(m.message)
     if code == "invalid":
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         return ConfigError("request", m.message)
     return RemoteError(code, m.message, retryable=m.retryable)
