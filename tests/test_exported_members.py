@@ -7,6 +7,8 @@ import quicmesh.errors
 
 EXPECTED_API = {
     "AddressBookConfig",
+    "Client",
+    "ClientSubscription",
     "GatewayConfig",
     "GossipConfig",
     "Handler",

@@ -268,25 +268,28 @@ async def test_failover_to_second_provider_on_overload(net: MemoryNetwork) -> No
     caller = await Node.start(NodeConfig(realm="t", bootstrap=(p1.address, p2.address)), network=net)
     gate = asyncio.Event()
 
-    async def h1(payload: bytes) -> bytes:
+    async def block(payload: bytes) -> bytes:
         await gate.wait()
+        return b"unblocked"
+
+    async def h1(payload: bytes) -> bytes:
         return b"p1"
 
     async def h2(payload: bytes) -> bytes:
         return b"p2"
 
+    await p1.advertise("block", block)
     await p1.advertise("svc", h1)
     await p2.advertise("svc", h2)
     await wait_for(lambda: len(caller.services.providers("svc", caller._now())) == 2)
-    blocker = asyncio.create_task(p2.connect(p1.address))
-    await blocker
-    await wait_for(lambda: p2.services.providers("svc", p2._now()))
-    occupy = asyncio.create_task(p2.call("svc", b"", timeout=10))  # p2 -> p1 holds p1's only slot
+    await wait_for(lambda: bool(caller.services.providers("block", caller._now())))
+    occupy = asyncio.create_task(caller.call("block", b"", timeout=10))  # p1's only handler slot
     await wait_for(lambda: p1.rpc.running == 1)
     results = {await caller.call("svc", b"") for _ in range(20)}
-    assert results == {b"p2"}
+    assert results == {b"p2"}  # p1 answers Overloaded every time: each call fails over to p2
     gate.set()
-    assert await occupy == b"p1"
+    assert await occupy == b"unblocked"
+    assert await caller.call("svc", b"") in (b"p1", b"p2")
     for n in (caller, p2, p1):
         await n.stop()
 
@@ -312,3 +315,21 @@ async def test_stop_ends_subscriptions_and_calls(pair: tuple[Node, Node]) -> Non
     await asyncio.sleep(0)
     await a.stop()
     assert await asyncio.wait_for(reader, 2) is None
+
+
+async def test_a_node_calls_its_own_procedure_locally(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+
+    async def echo(payload: bytes) -> bytes:
+        return payload[::-1]
+
+    async def broken(payload: bytes) -> bytes:
+        raise ValueError("no")
+
+    await a.advertise("local.echo", echo)
+    await a.advertise("local.broken", broken)
+    assert await a.call("local.echo", b"abc") == b"cba"
+    with pytest.raises(RemoteError) as exc:
+        await a.call("local.broken", b"")
+    assert exc.value.code == "handler_error"
+    assert a.pending_calls == 0

@@ -35,10 +35,13 @@ from .errors import *  # noqa: F403
 from .identity import KeyPair, NodeId
 
 if TYPE_CHECKING:
+    from .runtime.client import Client, ClientSubscription
     from .runtime.logs import KvChange, KvWatch, Log, LogEntry, LogWatch, ReplicatedMap
     from .runtime.node import Handler, Message, Node, Subscription
 
 _RUNTIME = {
+    "Client": "client",
+    "ClientSubscription": "client",
     "Handler": "node",
     "Message": "node",
     "Node": "node",
@@ -66,6 +69,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddressBookConfig",
+    "Client",
+    "ClientSubscription",
     "GatewayConfig",
     "GossipConfig",
     "Handler",

@@ -50,6 +50,7 @@ from ..core.topics import Pattern, check_topic, parse_pattern
 from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
 from ..errors import (
+    CallTimeout,
     InvalidTopic,
     LimitExceeded,
     NodeClosed,
@@ -726,6 +727,9 @@ class Node:
         """
         self._check_open()
         total = self.config.rpc.default_timeout if timeout is None else timeout
+        local = self._handlers.get(name)
+        if local is not None:  # this node provides it: no network, same error contract
+            return await self._call_local(name, local, bytes(payload), total)
         assert self._loop is not None
         fut: asyncio.Future[bytes] = self._loop.create_future()
         call_id, outs = self.caller.call(name, bytes(payload), total, self._now(), fut)
@@ -737,6 +741,20 @@ class Node:
             self.caller.cancel(call_id)
             self._rearm()
             raise
+
+    async def _call_local(self, name: str, handler: Handler, payload: bytes, timeout: float) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                out = await handler(payload)
+        except TimeoutError:
+            raise CallTimeout(f"{name}: no reply within {timeout:.3f}s") from None
+        except RemoteError:
+            raise
+        except Exception as exc:
+            raise RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000]) from None
+        if not isinstance(out, bytes | bytearray | memoryview):
+            raise RemoteError("bad_result", f"handler returned {type(out).__name__}, not bytes")
+        return bytes(out)
 
     def _invoke(self, eff: Invoke) -> None:
         handler = self._handlers.get(eff.name)
@@ -837,6 +855,7 @@ class Node:
         }
         for reason, n in ts.refused_total.items():
             out[f"handshakes_refused_total:{reason}"] = float(n)
+        out.update(self.gateway.gauges())
         return out
 
     def health(self) -> dict[str, Any]:
