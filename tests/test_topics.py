@@ -62,7 +62,8 @@ def test_in_order_passes_through_and_reordered_is_restored(registry: ContainerRe
     assert seqs(o.offer(arr(P, 2), 0.1)) == []
     assert seqs(o.offer(arr(P, 3), 0.2)) == []
     assert seqs(o.offer(arr(P, 1), 0.3)) == [1, 2, 3]
-    assert o.next_deadline() is None
+    assert o.gap_timers.next_deadline() is None  # no gap left to wait for
+    assert o.next_deadline() == pytest.approx(0.3 + 600.0)  # only the idle expiry of P's state
     assert seqs(o.offer(arr(Q, 0), 0.4)) == [0]  # publishers are independent
 
 

@@ -142,7 +142,7 @@ class HyParView:
         self.pending: TtlMap[NodeId, bool] = TtlMap(
             f"{prefix}.pending", cap, config.neighbor_request_timeout, registry=registry
         )
-        self.lost: TtlMap[NodeId, None] = TtlMap(f"{prefix}.lost", 2 * config.active_view, LOST_TTL,
+        self.lost: TtlMap[NodeId, None] = TtlMap(f"{prefix}.lost", 2 * config.active_view, config.lost_ttl,
                                                   registry=registry)
         self.next_shuffle = now + config.shuffle_interval * (0.5 + rng.random())
         self.next_reconnect = now + RECONNECT_INTERVAL

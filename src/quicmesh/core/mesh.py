@@ -66,6 +66,7 @@ from .mesh_messages import (
     MESH_MESSAGES,
     MFind,
     MFound,
+    MGone,
     MGossip,
     MGraft,
     MIHave,
@@ -148,7 +149,7 @@ class Mesh:
         self.caches = GossipCaches(config.gossip, registry)
         self.ordering = Ordering(
             config.gossip.reorder_window, config.gossip.reorder_gap_timeout, config.gossip.max_publishers, registry,
-            max_buffered=config.gossip.reorder_buffer_total,
+            max_buffered=config.gossip.reorder_buffer_total, idle_ttl=config.gossip.publisher_idle_ttl,
         )
         maxc = config.transport.max_connections
         self.conns: LruMap[NodeId, bool] = LruMap("mesh.connections", maxc, Overflow.DROP_NEWEST, registry=registry)
@@ -250,18 +251,19 @@ class Mesh:
         self._check_linger(peer, now)
         return out
 
-    def peer_disconnected(self, peer: NodeId, now: float) -> list[Effect]:
-        """The connection to ``peer`` ended (closed by the peer or lost)."""
+    def peer_disconnected(self, peer: NodeId, now: float, *, graceful: bool = False) -> list[Effect]:
+        """The connection to ``peer`` ended: lost, or closed in an orderly way (``graceful``: the
+        peer shut down or left; it is not re-dialled as a lost neighbour)."""
         self.conns.pop(peer)
         self.linger.pop(peer)
         self.book.set_disconnected(peer, now)
         out: list[Effect] = []
         if self.realm.knows(peer):
-            out += self._route("", self.realm.peer_failed(peer, now, lost=True), now)
+            out += self._route("", self.realm.peer_failed(peer, now, lost=not graceful), now)
         for key in list(self.swarms.keys()):
             sw = self.swarms.peek(key)
             if sw is not None and sw.hv.knows(peer):
-                out += self._route(key, sw.hv.peer_failed(peer, now, lost=True), now)
+                out += self._route(key, sw.hv.peer_failed(peer, now, lost=not graceful), now)
         out += self._maybe_join(now)
         return out
 
@@ -402,13 +404,13 @@ class Mesh:
         sw = self.swarms.peek(s)
         if sw is None:
             self.counters["unknown_swarm"] += 1
-            if isinstance(msg, (MJoin, MNeighbor, MGossip, MIHave, MGraft)):
+            if isinstance(msg, (MJoin, MNeighbor, MGossip, MIHave, MGraft)):  # not MGone: never answer it
                 return self._send(peer, MLeave(s, False), now)
             return []
         if isinstance(msg, MGossip) and len(msg.payload) > self.max_message_size:
             self.counters["too_large_received"] += 1
             return []
-        if isinstance(msg, (MGossip, MIHave, MGraft, MPrune)):
+        if isinstance(msg, (MGossip, MIHave, MGraft, MPrune, MGone)):
             sends, arrived = sw.pt.handle(peer, msg, now)
             out = self._route(s, list(sends), now)
             if arrived is not None:

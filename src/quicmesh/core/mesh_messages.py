@@ -16,6 +16,7 @@ __all__ = [
     "MFind",
     "MForwardJoin",
     "MFound",
+    "MGone",
     "MGossip",
     "MGraft",
     "MIHave",
@@ -145,6 +146,13 @@ class MGraft(Message, tag="m.graft"):
     id: bytes | None = None
 
 
+class MGone(Message, tag="m.gone"):
+    """Answer to a GRAFT for a message the sender no longer caches: ask someone else."""
+
+    s: str
+    id: bytes
+
+
 class MPrune(Message, tag="m.prune"):
     """Make the link lazy (the receiver sent us a duplicate)."""
 
@@ -153,6 +161,7 @@ class MPrune(Message, tag="m.prune"):
 
 MESH_MESSAGES: tuple[type[Message], ...] = (
     MJoin,
+    MGone,
     MForwardJoin,
     MNeighbor,
     MNeighborReply,

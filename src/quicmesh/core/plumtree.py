@@ -48,7 +48,7 @@ from ..bounded import BoundedDeque, ContainerRegistry, LruMap, TtlMap
 from ..config import GossipConfig
 from ..identity import NodeId
 from .membership import HvSend
-from .mesh_messages import MGossip, MGraft, MIHave, MPrune
+from .mesh_messages import MGone, MGossip, MGraft, MIHave, MPrune
 from .wire import Message
 
 __all__ = ["REANNOUNCE_DELAY", "Arrived", "GossipCaches", "Plumtree", "message_id"]
@@ -63,6 +63,13 @@ MAX_ANNOUNCERS = 8
 """Announcers remembered per missing id."""
 
 MAX_IHAVE_IDS = 512
+MAX_GRAFT_INTERVAL = 1.0
+"""Seconds between two GRAFTs for the same message, at most (the retry interval doubles)."""
+MAX_GRAFTS_PER_ID = 16
+"""GRAFTs sent for one missing message before giving up (retries back off from 40 ms to 1 s:
+about 11 s in all). Enough to repair heavy loss (20 % loss on both GRAFT and reply: 0.36^16 ≈ 10^-7 per
+message), yet bounded: a payload its announcers no longer cache costs 16 GRAFTs, not a storm
+until the entry's TTL."""
 """Ids per IHAVE message; a received IHAVE is truncated to this many."""
 
 MAX_NEIGHBOURS = 64
@@ -166,12 +173,18 @@ class Plumtree:
         self.max_message_size = max_message_size
         self.eager: LruMap[NodeId, None] = LruMap("plumtree.eager", MAX_NEIGHBOURS, registry=registry)
         self.lazy: LruMap[NodeId, None] = LruMap("plumtree.lazy", MAX_NEIGHBOURS, registry=registry)
+        self.since: LruMap[NodeId, float] = LruMap("plumtree.neighbour_since", MAX_NEIGHBOURS, registry=registry)
+        """When each neighbour joined: re-announcements go only to neighbours that were linked when
+        the message arrived (a newcomer gets the bounded catch-up instead, not the whole backlog)."""
         cap = config.payload_cache_capacity
         self.missing: TtlMap[bytes, tuple[tuple[NodeId, int], ...]] = TtlMap(
             "plumtree.missing", cap, config.payload_cache_ttl, registry=registry
         )
         self.graft_timers: TtlMap[bytes, None] = TtlMap(
             "plumtree.graft_timers", cap, config.graft_timeout_1, registry=registry
+        )
+        self.graft_tries: TtlMap[bytes, int] = TtlMap(
+            "plumtree.graft_tries", cap, config.payload_cache_ttl, registry=registry
         )
         self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque(
             "plumtree.ihave_queue", 4 * cap, registry=registry
@@ -193,6 +206,7 @@ class Plumtree:
         (catch-up: see the module docstring)."""
         self.lazy.pop(peer)
         self.eager.set(peer, None)
+        self.since.set(peer, now)
         recent = [(mid, m.hops) for mid, m in self.caches.payloads.items() if m.s == self.swarm]
         for mid, hops in recent[-CATCHUP_IDS:]:
             self._queue_ihave(peer, mid, hops, now)
@@ -201,6 +215,7 @@ class Plumtree:
         """A swarm neighbour left: forget it."""
         self.eager.pop(peer)
         self.lazy.pop(peer)
+        self.since.pop(peer)
 
     def _is_neighbour(self, peer: NodeId) -> bool:
         return peer in self.eager or peer in self.lazy
@@ -224,6 +239,9 @@ class Plumtree:
             return [], None
         if isinstance(msg, MGraft):
             return self._on_graft(sender, msg, now), None
+        if isinstance(msg, MGone):
+            self._on_gone(sender, msg, now)
+            return [], None
         if isinstance(msg, MPrune):
             if self._is_neighbour(sender):
                 self.eager.pop(sender)
@@ -249,6 +267,7 @@ class Plumtree:
         self.caches.seen.set(mid, self.swarm, now)
         announcers = self.missing.pop(mid) or ()
         self.graft_timers.pop(mid)
+        self.graft_tries.pop(mid)
         if self._is_neighbour(sender) and sender not in self.eager:
             self.lazy.pop(sender)
             self.eager.set(sender, None)
@@ -295,11 +314,26 @@ class Plumtree:
             return []
         cached = self.caches.payloads.get(msg.id)
         if cached is None or cached.s != self.swarm:
-            return []
+            return [HvSend(sender, MGone(self.swarm, msg.id))]
         self.counters["payloads_sent"] += 1
         fwd = MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payload,
                       cached.hops + 1)
         return [HvSend(sender, fwd)]
+
+    def _on_gone(self, sender: NodeId, msg: MGone, now: float) -> None:
+        """``sender`` no longer has the payload: stop asking it; give up when nobody is left."""
+        entry = self.missing.get(msg.id)
+        if entry is None:
+            return
+        rest = tuple(e for e in entry if e[0] != sender)
+        if rest:
+            deadline = self.missing.deadline(msg.id) or now
+            self.missing.set(msg.id, rest, now, max(deadline - now, 0.001))
+            return
+        self.missing.pop(msg.id)
+        self.graft_timers.pop(msg.id)
+        self.graft_tries.pop(msg.id)
+        self.counters["grafts_abandoned"] += 1
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -309,40 +343,48 @@ class Plumtree:
         for mid, _ in self.graft_timers.expire(now):
             if mid in self.caches.seen:
                 self.missing.pop(mid)
+                self.graft_tries.pop(mid)
                 continue
             entry = self.missing.get(mid)
             if entry is None:
                 continue
             live = [e for e in entry if self._is_neighbour(e[0])]
-            if not live:
-                # every announcer was asked once and none delivered (it may have evicted the
+            tries = (self.graft_tries.get(mid) or 0) + 1
+            if not live or tries > MAX_GRAFTS_PER_ID:
+                # nobody left to ask, or asked often enough (an announcer may have evicted the
                 # payload): give up instead of re-grafting until the entry's TTL
                 self.missing.pop(mid)
+                self.graft_tries.pop(mid)
                 self.counters["grafts_abandoned"] += 1
                 continue
-            peer = live[0][0]
+            peer, hops = live[0]
             deadline = self.missing.deadline(mid)
-            # each announcer is grafted at most once per id (it is re-added only if it
-            # announces the id again)
-            self.missing.set(mid, tuple(live[1:]), now, max((deadline or now) - now, 0.001))
+            ttl = max((deadline or now) - now, 0.001)
+            self.missing.set(mid, (*live[1:], (peer, hops)), now, ttl)  # rotate through the announcers
+            self.graft_tries.set(mid, tries, now, ttl)
             self.lazy.pop(peer)
             self.eager.set(peer, None)
             self.counters["grafts_sent"] += 1
             out.append(HvSend(peer, MGraft(self.swarm, mid)))
-            self.graft_timers.set(mid, None, now, self.config.graft_timeout_2)
+            # back off: 40 ms, 80 ms, ... up to 1 s, so that replies slowed by load are not
+            # answered with ever more GRAFTs (congestion collapse)
+            backoff = min(self.config.graft_timeout_2 * 2.0 ** (tries - 1), MAX_GRAFT_INTERVAL)
+            self.graft_timers.set(mid, None, now, backoff)
         if self.reannounce and now >= self.next_reannounce and self.reannounce.peekleft()[0] <= now:
             self.next_reannounce = now + REANNOUNCE_DELAY / 2
             while self.reannounce and self.reannounce.peekleft()[0] <= now:
-                _, mid, origin = self.reannounce.popleft()
+                due, mid, origin = self.reannounce.popleft()
                 cached = self.caches.payloads.get(mid)
                 if cached is None:
                     continue
+                arrived_at = due - REANNOUNCE_DELAY
                 for p in (*self.eager.keys(), *self.lazy.keys()):
-                    if p != origin:
+                    if p != origin and (self.since.peek(p) or 0.0) <= arrived_at:
                         self._queue_ihave(p, mid, cached.hops, now)
         if self.ihave_deadline is not None and now >= self.ihave_deadline:
             out += self._flush_ihaves()
         self.missing.expire(now)
+        self.graft_tries.expire(now)
         return out
 
     def next_deadline(self) -> float | None:
@@ -350,9 +392,9 @@ class Plumtree:
         best = self.graft_timers.next_deadline()
         if self.ihave_deadline is not None and (best is None or self.ihave_deadline < best):
             best = self.ihave_deadline
-        d = self.missing.next_deadline()
-        if d is not None and (best is None or d < best):
-            best = d
+        for d in (self.missing.next_deadline(), self.graft_tries.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
         if self.reannounce:
             d = max(self.reannounce.peekleft()[0], self.next_reannounce)
             if best is None or d < best:
@@ -361,14 +403,15 @@ class Plumtree:
 
     def close(self) -> None:
         """Release every per-swarm container."""
-        for c in (self.eager, self.lazy, self.missing, self.graft_timers, self.ihave_queue, self.reannounce):
+        for c in (self.eager, self.lazy, self.since, self.missing, self.graft_timers, self.graft_tries,
+                  self.ihave_queue, self.reannounce):
             c.close()
         self.ihave_deadline = None
 
     def state_size(self) -> int:
         """Entries held (for tests and /health)."""
         return (len(self.eager) + len(self.lazy) + len(self.missing) + len(self.graft_timers)
-                + len(self.ihave_queue) + len(self.reannounce))
+                + len(self.graft_tries) + len(self.ihave_queue) + len(self.reannounce))
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ budget) is full, and the
 buffered messages are then released in order. A message older than the next expected seq (it came
 after its gap was given up) is dropped and counted as ``late``: order is never violated. The first
 message seen from a publisher with ``seq > 0`` (we joined mid-stream) starts a gap, so a message
-overtaken on the way is not lost. Publisher states live in an :class:`~quicmesh.bounded.LruMap`
+overtaken on the way is not lost. Publisher states live in a :class:`~quicmesh.bounded.TtlMap`
 (capacity ``max_publishers``); an evicted publisher starts over as new.
 """
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..bounded import ContainerRegistry, LruMap, TtlMap
+from ..bounded import ContainerRegistry, TtlMap
 from ..identity import NodeId
 from .plumtree import Arrived
 
@@ -136,15 +136,18 @@ class Ordering:
         registry: ContainerRegistry,
         *,
         max_buffered: int | None = None,
+        idle_ttl: float = 600.0,
     ) -> None:
         self.window = window
         self.gap_timeout = gap_timeout
         self.max_buffered = max_buffered if max_buffered is not None else window * 16
         """Messages held for reordering over all publishers together: the real memory bound."""
         self.buffered = 0
-        self.states: LruMap[tuple[str, NodeId], _PubState] = LruMap(
-            "topics.publishers", max_publishers, registry=registry, on_evict=self._evicted
+        self.states: TtlMap[tuple[str, NodeId], _PubState] = TtlMap(
+            "topics.publishers", max_publishers, idle_ttl, registry=registry, on_evict=self._evicted
         )
+        """Per-(swarm, publisher) state, dropped ``idle_ttl`` after its last message (or, when
+        full, the one closest to that)."""
         self.gap_timers: TtlMap[tuple[str, NodeId], None] = TtlMap(
             "topics.gap_timers", max_publishers, gap_timeout, registry=registry
         )
@@ -158,11 +161,14 @@ class Ordering:
         key = (a.swarm, a.publisher)
         st = self.states.get(key)
         if st is None or st.epoch != a.epoch:
+            if st is not None:
+                self.buffered -= len(st.buf)
             st = _PubState(a.epoch)
-            self.states.set(key, st)
+            self.states.set(key, st, now)
             self.gap_timers.pop(key)
             if a.seq == 0:
                 st.next = 0
+        self.states.touch(key, now)
         if st.next is not None and a.seq < st.next:
             self.counters["late"] += 1
             return []
@@ -211,17 +217,21 @@ class Ordering:
     def handle_timer(self, now: float) -> list[Arrived]:
         """Give up gaps whose timeout passed; return what becomes deliverable."""
         out: list[Arrived] = []
+        for key, st in self.states.expire(now):
+            self.buffered -= len(st.buf)
+            self.gap_timers.pop(key)
         for key, _ in self.gap_timers.expire(now):
-            st = self.states.peek(key)
-            if st is None:
+            state = self.states.get(key)
+            if state is None:
                 continue
-            out += self._skip(st)
-            if st.buf:  # a further gap remains: wait for it too
+            out += self._skip(state)
+            if state.buf:  # a further gap remains: wait for it too
                 self.gap_timers.set(key, None, now)
         return out
 
     def next_deadline(self) -> float | None:
-        return self.gap_timers.next_deadline()
+        ds = [d for d in (self.gap_timers.next_deadline(), self.states.next_deadline()) if d is not None]
+        return min(ds) if ds else None
 
     def purge(self, swarm: str) -> None:
         """Forget every publisher of ``swarm``."""

@@ -141,7 +141,7 @@ def _mallinfo2() -> Any:
     import ctypes
 
     class _Info(ctypes.Structure):
-        _fields_ = [(f, ctypes.c_size_t) for f in _MALLINFO2_FIELDS]
+        _fields_ = [(f, ctypes.c_size_t) for f in _MALLINFO2_FIELDS]  # bounded: the 10 mallinfo2 fields
 
     try:
         fn = _libc().mallinfo2
@@ -302,9 +302,9 @@ class ControlChannel:
             finally:
                 self._count_waiters.pop(sid)
             first, last = self._times.peek(sid) or (0.0, 0.0)
-            sub = self._subs.peek(sid)
+            watched = self._subs.peek(sid)
             self.emit("count_reached", id=sid, count=self._counts.peek(sid) or 0, t_first=first, t_last=last,
-                      sub_dropped=sub.dropped if sub is not None else None, inbox_dropped=node.inbox_dropped)
+                      sub_dropped=watched.dropped if watched is not None else None, inbox_dropped=node.inbox_dropped)
         elif name == "echo":
             sub = await node.subscribe(cmd["pattern"])
             self._spawn(self._echo(sub, cmd["to"]))

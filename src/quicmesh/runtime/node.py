@@ -75,6 +75,7 @@ _INBOX_CHUNK = 256
 """Inbound messages processed per event-loop iteration before readers get a turn."""
 _LOG_TYPES = tuple(LOG_MESSAGES)
 _MESH_TYPES = tuple(MESH_MESSAGES)
+_GRACEFUL_CODES = frozenset({"shutdown", "normal", "idle", "duplicate"})
 _REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
 
 
@@ -241,11 +242,19 @@ class Node:
         self.address = ""
         self.dropped_sends = 0
         self._changed = asyncio.Event()
+        self._lookups = 0
         self._inbox: BoundedDeque[tuple[Connection, WireMessage]] = BoundedDeque(
             "node.inbox", _INBOX_CAPACITY, Overflow.DROP_NEWEST, registry=self.registry
         )
         self._inbox_scheduled = False
         self.inbox_dropped = 0
+        self._outbox: BoundedDeque[Deliver] = BoundedDeque(
+            "node.delivery_queue", config.gossip.reorder_buffer_total + _INBOX_CHUNK, Overflow.DROP_NEWEST,
+            registry=self.registry,
+        )
+        """Deliveries waiting for their turn (sized to absorb a full reorder-buffer release)."""
+        self._outbox_scheduled = False
+        self.outbox_dropped = 0
         self.observability: Observability | None = None
         self.gateway = Gateway(self, config.gateway)
         """Serves light clients (:class:`quicmesh.Client`) connecting to this node."""
@@ -406,6 +415,18 @@ class Node:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
 
+    def _drain_outbox(self) -> None:
+        # Deliveries go to subscription queues _INBOX_CHUNK at a time per loop iteration: the
+        # ordering layer may release thousands at once when a gap fills, and readers must get a
+        # turn before their bounded queues overflow.
+        self._outbox_scheduled = False
+        outbox = self._outbox
+        for _ in range(min(len(outbox), _INBOX_CHUNK)):
+            self._deliver(outbox.popleft())
+        if outbox and not self._stopped and self._loop is not None:
+            self._outbox_scheduled = True
+            self._loop.call_soon(self._drain_outbox)
+
     def _process(self, conn: Connection, message: WireMessage) -> None:
         peer = conn.peer_id
         if isinstance(message, _MESH_TYPES):
@@ -419,6 +440,7 @@ class Node:
             self._notify()
         elif isinstance(message, _REGISTRY_TYPES):
             self._run(self.services.handle_message(peer, message, self._now()))
+            self._notify()  # a lookup answer may list new providers
         elif isinstance(message, _LOG_TYPES):
             self.logs.handle_message(peer, message, self._now())
         self._rearm()
@@ -431,7 +453,10 @@ class Node:
         if self.transport.get(peer) is not None:
             return  # a newer connection to the same peer replaced this one
         now = self._now()
-        self._run(self.mesh.peer_disconnected(peer, now))
+        # an orderly close (the peer stopped, or one side found the link idle or duplicate) is a
+        # departure, not a failure: the mesh does not keep re-dialling it as a lost neighbour
+        graceful = error is None or getattr(conn, "close_code", None) in _GRACEFUL_CODES
+        self._run(self.mesh.peer_disconnected(peer, now, graceful=graceful))
         self._run(self.caller.peer_disconnected(peer, now))
         self.logs.peer_disconnected(peer, now)
         for key in [k for k in self._running if k[0] == peer]:
@@ -453,8 +478,17 @@ class Node:
                 await self._changed.wait()
 
     async def wait_for_provider(self, name: str, timeout: float | None = None) -> None:
-        """Return once this node's registry lists a live provider of procedure ``name``."""
-        await self.wait_until(lambda: bool(self.services.providers(name, self._now())), timeout)
+        """Return once this node's registry lists a live provider of procedure ``name``, asking
+        the realm neighbours (a registry lookup, repeated every second) until one is known."""
+        self._check_open()
+        async with asyncio.timeout(timeout):
+            while not self.services.providers(name, self._now()):
+                self._check_open()
+                self._lookups += 1
+                self._run(self.services.lookup(name, -self._lookups, self._now(), self.mesh.realm.active_peers()))
+                self._rearm()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 1.0)
 
     async def wait_for_subscriber(self, topic: str, timeout: float | None = None) -> None:
         """Return once this node is linked into ``topic``'s swarm (the nodes that subscribe to,
@@ -478,8 +512,11 @@ class Node:
                 if eff.topic == REGISTRY_TOPIC:
                     self._run(self.services.handle_advert(eff.payload, self._now()))
                     self._notify()
-                else:
-                    self._deliver(eff)
+                elif not self._outbox.append(eff):
+                    self.outbox_dropped += 1
+                elif not self._outbox_scheduled and self._loop is not None:
+                    self._outbox_scheduled = True
+                    self._loop.call_soon(self._drain_outbox)
             elif isinstance(eff, Broadcast):
                 self._run(self.mesh.publish(eff.topic, eff.payload, self._now()))
             elif isinstance(eff, LookupDone):
@@ -852,6 +889,7 @@ class Node:
             "running_handlers": float(self.rpc.running),
             "dropped_sends_total": float(self.dropped_sends),
             "inbox_dropped_total": float(self.inbox_dropped),
+            "delivery_dropped_total": float(self.outbox_dropped),
         }
         for reason, n in ts.refused_total.items():
             out[f"handshakes_refused_total:{reason}"] = float(n)

@@ -183,8 +183,8 @@ class ServiceMesh(Mesh):
             return out
         return out + self._drive(self.caller.peer_connected(peer, now), now)
 
-    def peer_disconnected(self, peer: NodeId, now: float) -> list[Effect]:
-        out = self._post(super().peer_disconnected(peer, now), now)
+    def peer_disconnected(self, peer: NodeId, now: float, *, graceful: bool = False) -> list[Effect]:
+        out = self._post(super().peer_disconnected(peer, now, graceful=graceful), now)
         self._rpc_used.pop(peer)
         return out + self._drive(self.caller.peer_disconnected(peer, now), now)
 
