@@ -76,6 +76,8 @@ _INBOX_CHUNK = 256
 _LOG_TYPES = tuple(LOG_MESSAGES)
 _MESH_TYPES = tuple(MESH_MESSAGES)
 _GRACEFUL_CODES = frozenset({"shutdown", "normal", "idle", "duplicate"})
+_RECONCILE_INTERVAL = 5.0
+"""Seconds between two reconciliations of per-peer RPC state with the live connections."""
 _REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
 
 
@@ -243,6 +245,7 @@ class Node:
         self.dropped_sends = 0
         self._changed = asyncio.Event()
         self._lookups = 0
+        self._next_reconcile = 0.0
         self._inbox: BoundedDeque[tuple[Connection, WireMessage]] = BoundedDeque(
             "node.inbox", _INBOX_CAPACITY, Overflow.DROP_NEWEST, registry=self.registry
         )
@@ -464,6 +467,16 @@ class Node:
         self._notify()
         self._rearm()
 
+    def _reconcile(self, now: float) -> None:
+        """Every few seconds: per-peer RPC state for a peer with no live connection is released
+        (a safety net: connection-lost events are the normal path)."""
+        self._next_reconcile = now + _RECONCILE_INTERVAL
+        live = {c.peer_id for c in self.transport.connections()}
+        for peer in [p for p in self.caller._connected.keys() if p not in live]:
+            self._run(self.caller.peer_disconnected(peer, now))
+        for peer in [p for p in self.rpc._connected.keys() if p not in live]:
+            self._run(self.rpc.peer_disconnected(peer))
+
     def _notify(self) -> None:
         """Wake every :meth:`wait_until` waiter: the peer set or a peer's interests changed."""
         self._changed.set()
@@ -577,7 +590,7 @@ class Node:
             return
         deadline = _earliest(
             self.caller.next_deadline(), self.services.next_deadline(), self.logs.next_deadline(),
-            self.mesh.next_deadline(),
+            self.mesh.next_deadline(), self._next_reconcile,
         )
         if deadline == self._timer_at:
             return
@@ -593,6 +606,8 @@ class Node:
         self._timer_at = None
         assert self._loop is not None
         now = self._loop.time()
+        if now >= self._next_reconcile:
+            self._reconcile(now)
         self._run(self.mesh.handle_timer(now))
         self._run(self.services.handle_timer(now))
         self._run(self.caller.handle_timer(now))
@@ -768,6 +783,12 @@ class Node:
         if local is not None:  # this node provides it: no network, same error contract
             return await self._call_local(name, local, bytes(payload), total)
         assert self._loop is not None
+        started = self._now()
+        if self.config.bootstrap and not self.mesh.realm.active and not self.services.providers(name, started):
+            # not joined yet: there is nobody to ask for providers; wait (within the deadline)
+            with contextlib.suppress(TimeoutError):
+                await self.wait_until(lambda: bool(self.mesh.realm.active), total)
+            total = max(total - (self._now() - started), 1e-3)
         fut: asyncio.Future[bytes] = self._loop.create_future()
         call_id, outs = self.caller.call(name, bytes(payload), total, self._now(), fut)
         self._run(outs)
