@@ -150,7 +150,7 @@ async def test_client_advertises_on_behalf(stack: dict[str, Any]) -> None:
     await until(lambda: gw.gateway.health()["clients"] == 1)
     assert {await peer.call("work", b"z") for _ in range(4)} == {b"c2:z"}
     await c2.unadvertise("work")
-    await until(lambda: not peer.rpc.providers("work"))
+    await until(lambda: not peer.services.providers("work", peer._now()))
     with pytest.raises(NoProvider):
         await peer.call("work", b"z")
 

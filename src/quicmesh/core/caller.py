@@ -64,7 +64,7 @@ from ..identity import NodeId
 from .effects import Dial
 from .messages import Reply, ReplyError
 from .registry import MAX_NAME, Entry, LookupDone, Registry, RegistryOutcome
-from .rpc import CallResolved, Rpc, RpcOutcome
+from .rpc import CallResolved, HandlerTimedOut, Rpc, RpcOutcome
 from .wire import Message
 
 __all__ = ["Caller", "CallerOutcome", "CallerStats"]
@@ -396,7 +396,9 @@ class Caller:
         # A lost connection makes the provider suspect. So does an attempt that timed out before
         # the call's own deadline (its share of a planned failover), but not a call that simply
         # ran out of time on a slow handler: that says nothing about the provider being gone.
-        suspect = isinstance(error, ConnectionLost) or (isinstance(error, CallTimeout) and now < call.deadline)
+        suspect = isinstance(error, ConnectionLost) or (
+            isinstance(error, CallTimeout) and not isinstance(error, HandlerTimedOut) and now < call.deadline
+        )
         return self._attempt_failed(call, error, now, suspect=suspect)
 
     def _attempt_failed(self, call: _Call, error: Exception, now: float, *, suspect: bool) -> list[CallerOutcome]:
@@ -417,9 +419,11 @@ class Caller:
         if now >= call.deadline:
             return self._timeout(call)
         last = call.last_error
-        if isinstance(last, Overloaded | RemoteError):
+        if isinstance(last, RemoteError) and last.code == "no_handler":
+            pass  # the provider no longer offers it: with nobody else left, that is NoProvider
+        elif isinstance(last, Overloaded | RemoteError):
             return last
-        if isinstance(last, CallTimeout) and call.attempts >= self.config.max_attempts:
+        if isinstance(last, CallTimeout):
             return last
         err = NoProvider(
             f"no reachable provider of {call.name!r}" + (f" (tried {call.attempts}: {last})" if call.attempts else "")

@@ -34,7 +34,11 @@ from .effects import Effect, Send
 from .messages import Reply, ReplyError, Request, Services
 from .wire import Message
 
-__all__ = ["CallResolved", "Invoke", "PendingCall", "Rpc", "RpcOutcome", "RpcStats"]
+__all__ = ["CallResolved", "HandlerTimedOut", "Invoke", "PendingCall", "Rpc", "RpcOutcome", "RpcStats"]
+
+
+class HandlerTimedOut(CallTimeout):
+    """The callee answered that its handler ran past the call's deadline: the provider is alive."""
 
 _MAX_NAME = 256
 
@@ -251,7 +255,7 @@ class Rpc:
             if msg.code == "overloaded":
                 err = Overloaded(f"{call.name} on {peer.short()}: {msg.message}")
             elif msg.code == "timeout":
-                err = CallTimeout(f"{call.name} on {peer.short()}: {msg.message}")
+                err = HandlerTimedOut(f"{call.name} on {peer.short()}: {msg.message}")
             else:
                 err = RemoteError(msg.code, msg.message, retryable=msg.retryable)
             return [CallResolved(call.token, None, err)]

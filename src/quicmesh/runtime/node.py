@@ -54,6 +54,7 @@ from ..errors import (
     InvalidTopic,
     LimitExceeded,
     NodeClosed,
+    NoProvider,
     RemoteError,
     SubscriptionClosed,
     TransportError,
@@ -492,16 +493,26 @@ class Node:
 
     async def wait_for_provider(self, name: str, timeout: float | None = None) -> None:
         """Return once this node's registry lists a live provider of procedure ``name``, asking
-        the realm neighbours (a registry lookup, repeated every second) until one is known."""
+        the realm neighbours (a registry lookup, repeated every second) until one is known.
+        Raises ``TimeoutError`` after ``timeout`` seconds."""
         self._check_open()
-        async with asyncio.timeout(timeout):
-            while not self.services.providers(name, self._now()):
-                self._check_open()
-                self._lookups += 1
-                self._run(self.services.lookup(name, -self._lookups, self._now(), self.mesh.realm.active_peers()))
-                self._rearm()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), 1.0)
+        assert self._loop is not None
+        end = None if timeout is None else self._loop.time() + timeout
+        # An explicit deadline loop: on Python 3.11, asyncio.wait_for inside asyncio.timeout can
+        # swallow the outer cancellation when both expire together.
+        while not self.services.providers(name, self._now()):
+            self._check_open()
+            now = self._loop.time()
+            if end is not None and now >= end:
+                raise TimeoutError(f"no provider of {name!r} known after {timeout:.3f}s")
+            self._lookups += 1
+            self._run(self.services.lookup(name, -self._lookups, self._now(), self.mesh.realm.active_peers()))
+            self._rearm()
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({changed}, timeout=1.0 if end is None else min(1.0, max(end - now, 0.0)))
+            finally:
+                changed.cancel()
 
     async def wait_for_subscriber(self, topic: str, timeout: float | None = None) -> None:
         """Return once this node is linked into ``topic``'s swarm (the nodes that subscribe to,
@@ -782,15 +793,29 @@ class Node:
         local = self._handlers.get(name)
         if local is not None:  # this node provides it: no network, same error contract
             return await self._call_local(name, local, bytes(payload), total)
-        assert self._loop is not None
-        started = self._now()
-        if self.config.bootstrap and not self.mesh.realm.active and not self.services.providers(name, started):
+        deadline = self._now() + total
+        if self.config.bootstrap and not self.mesh.realm.active and not self.services.providers(name, self._now()):
             # not joined yet: there is nobody to ask for providers; wait (within the deadline)
             with contextlib.suppress(TimeoutError):
                 await self.wait_until(lambda: bool(self.mesh.realm.active), total)
-            total = max(total - (self._now() - started), 1e-3)
+        try:
+            return await self._call_planned(name, bytes(payload), max(deadline - self._now(), 1e-3))
+        except NoProvider as first:
+            # The neighbours asked may have known nothing yet (a node that just joined has
+            # just-joined neighbours): give the realm a little time to tell us, then try once more.
+            budget = min(deadline - self._now(), self.config.registry.lookup_timeout)
+            if budget <= 0:
+                raise
+            try:
+                await self.wait_for_provider(name, budget)
+            except TimeoutError:
+                raise first from first.__cause__  # keeps its cause (what the last attempt met)
+            return await self._call_planned(name, bytes(payload), max(deadline - self._now(), 1e-3))
+
+    async def _call_planned(self, name: str, payload: bytes, timeout: float) -> bytes:
+        assert self._loop is not None
         fut: asyncio.Future[bytes] = self._loop.create_future()
-        call_id, outs = self.caller.call(name, bytes(payload), total, self._now(), fut)
+        call_id, outs = self.caller.call(name, payload, timeout, self._now(), fut)
         self._run(outs)
         self._rearm()
         try:
