@@ -80,6 +80,7 @@ async def test_append_and_watch_locally(net: MemoryNetwork) -> None:
         h = a.health()
         assert h["store"]["operations"] == 5 and h["store"]["logs"] == 1 and h["store"]["bytes"] > 0
         assert h["store"]["kind"] == "memory"
+        assert h["memory_store"] == h["store"]  # the name operators look for
         await watch.close()
         await log.close()
     finally:

@@ -1006,6 +1006,7 @@ class LogService:
                 "max_logs": cfg.max_logs,
                 "max_bytes": cfg.max_bytes,
             }
+            out[f"{out['store']['kind']}_store"] = out["store"]  # memory_store / sqlite_store, as operators name it
         sync = self.sync
         out["logs"] = {
             "names": len(self._refs),
