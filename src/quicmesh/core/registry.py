@@ -517,7 +517,7 @@ class Registry:
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` must run, or ``None``."""
         ds = [d for d in (self._next_sweep, self._refresh.next_deadline(), self._lookups.next_deadline(),
-                          self._waiters.next_deadline()) if d is not None]
+                          self._waiters.next_deadline(), self._suspects.next_deadline()) if d is not None]
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> list[RegistryOutcome]:
@@ -531,6 +531,7 @@ class Registry:
             out.append(self._complete(name, now))
         for (name, w), _ in self._waiters.expire(now):  # orphans (should not happen): end them
             out.append(LookupDone(name, (w,), bool(self.providers(name, now))))
+        self._suspects.expire(now)  # a suspect mark ends after suspect_ttl, sweep or not
         if self._next_sweep is not None and now >= self._next_sweep:
             self.sweep(now)
         return out
