@@ -26,15 +26,14 @@ import contextlib
 import itertools
 import logging
 import random
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ..bounded import ContainerRegistry, Overflow
-from ..bounded.aio import BoundedQueue, QueueClosed
+from ..bounded.aio import BoundedQueue
 from ..config import TransportConfig
 from ..core.gateway_messages import (
     GAdvertise,
@@ -66,10 +65,10 @@ from ..errors import (
     Overloaded,
     QuicmeshError,
     RemoteError,
-    SubscriptionClosed,
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .handles import QueueHandle
 from .node import Message
 from .transport import Connection
 
@@ -89,7 +88,7 @@ class _Sub:
     queue: BoundedQueue[Message]
 
 
-class ClientSubscription:
+class ClientSubscription(QueueHandle[Message]):
     """An async iterator of :class:`~quicmesh.Message` for one pattern, received via the gateway.
 
     Close it with ``await sub.close()`` or use it as an async context manager. Its queue is
@@ -98,65 +97,26 @@ class ClientSubscription:
     """
 
     def __init__(self, client: Client, sid: int, pattern: str, queue: BoundedQueue[Message]) -> None:
+        super().__init__(queue, client._release_from_gc, sid)
         self._client = client
         self._sid = sid
         self.pattern = pattern
-        self._queue = queue
-        self._closed = False
-        self._finalizer = weakref.finalize(self, client._release_from_gc, sid)
 
     @property
     def topic(self) -> str:
-        """The pattern this subscription matches."""
+        """The pattern this subscription matches (alias of :attr:`pattern`)."""
         return self.pattern
-
-    @property
-    def dropped(self) -> int:
-        """Messages dropped because the reader fell behind."""
-        st = self._queue.stats()
-        return st.evictions + st.rejections
-
-    @property
-    def pending(self) -> int:
-        """Messages waiting to be read."""
-        return len(self._queue)
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called (or the client closed)."""
         return self._closed or self._queue.closed
 
-    async def get(self) -> Message:
-        """The next message. Raises :class:`~quicmesh.errors.SubscriptionClosed` once closed."""
-        try:
-            return await self._queue.get()
-        except QueueClosed:
-            raise SubscriptionClosed(self.pattern) from None
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self
-
-    async def __anext__(self) -> Message:
-        try:
-            return await self._queue.get()
-        except QueueClosed:
-            raise StopAsyncIteration from None
-
-    async def close(self) -> None:
-        """Unsubscribe and release the queue; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._finalizer.detach()
+    def _release(self) -> None:
         self._client._release_sub(self._sid)
 
-    async def __aenter__(self) -> ClientSubscription:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+    def _describe(self) -> str:
+        return self.pattern
 
     def __repr__(self) -> str:
         return f"<ClientSubscription {self.pattern!r} pending={self.pending} closed={self.closed}>"

@@ -47,16 +47,16 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
-from ..bounded.aio import BoundedQueue, QueueClosed
+from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.effects import Send
 from ..core.kvmap import KvMap, decode_entry, encode_delete, encode_set
@@ -64,9 +64,10 @@ from ..core.log_messages import LogInterest, SyncBatch, SyncRequest
 from ..core.logsync import LogSync, OperationStored
 from ..core.oplog import MAX_LOG_NAME, LogHead, Operation, create_operation, decode_operation, operation_id
 from ..core.wire import Message
-from ..errors import InvalidOperation, LimitExceeded, NodeClosed, OperationTooLarge, SubscriptionClosed
+from ..errors import InvalidOperation, LimitExceeded, NodeClosed, OperationTooLarge
 from ..identity import KeyPair, NodeId
 from ..store import IngestResult, LogKey, MemoryStore, Store, StoreCounts, StoredOp
+from .handles import QueueHandle
 
 __all__ = ["KvChange", "Log", "LogEntry", "LogService", "LogWatch", "ReplicatedMap"]
 
@@ -119,73 +120,21 @@ class KvChange:
     """The winning write's timestamp (microseconds)."""
 
 
-class _Watch(Generic[T]):
+class _Watch(QueueHandle[T]):
     """Shared implementation of :class:`LogWatch` and the map watcher: an async iterator over a
     bounded queue that releases its registration on ``close()`` or garbage collection."""
 
     def __init__(self, service: LogService, hid: int, name: str, queue: BoundedQueue[T]) -> None:
+        super().__init__(queue, service._close_from_gc, hid)
         self._service = service
         self._hid = hid
         self.name = name
-        self._queue = queue
-        self._closed = False
-        self._finalizer = weakref.finalize(self, service._close_from_gc, hid)
 
-    @property
-    def dropped(self) -> int:
-        """Items dropped because the reader fell behind (the oldest go first)."""
-        s = self._queue.stats()
-        return s.evictions + s.rejections
-
-    @property
-    def pending(self) -> int:
-        """Items waiting to be read."""
-        return len(self._queue)
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
-
-    async def get(self) -> T:
-        """The next item. Raises :class:`~quicmesh.errors.SubscriptionClosed` once closed (by
-        :meth:`close` or because the node stopped) and drained."""
-        try:
-            return await self._next()
-        except QueueClosed:
-            raise SubscriptionClosed(f"watcher of {self.name!r} is closed") from None
-
-    async def _next(self) -> T:
-        return await self._queue.get()
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        try:
-            return await self._next()
-        except QueueClosed:
-            raise StopAsyncIteration from None
-
-    async def close(self) -> None:
-        """Stop watching and release the watcher's state; idempotent."""
-        self.close_nowait()
-
-    def close_nowait(self) -> None:
-        """:meth:`close` for synchronous code."""
-        if self._closed:
-            return
-        self._closed = True
-        self._finalizer.detach()
+    def _release(self) -> None:
         self._service._close_handle(self._hid)
 
-    async def __aenter__(self) -> _Watch[T]:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+    def _describe(self) -> str:
+        return f"watcher of {self.name!r} is closed"
 
 
 class LogWatch(_Watch[LogEntry]):

@@ -27,15 +27,14 @@ import logging
 import os
 import random
 import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
-from ..bounded.aio import BoundedQueue, QueueClosed
+from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.caller import Caller
 from ..core.effects import Deliver, Dial, DialAddress, Disconnect, Send
@@ -56,11 +55,11 @@ from ..errors import (
     NodeClosed,
     NoProvider,
     RemoteError,
-    SubscriptionClosed,
     TransportError,
 )
 from ..identity import KeyPair, NodeId
 from .gateway import Gateway
+from .handles import QueueHandle
 from .logs import Log, LogService, LogWatch, ReplicatedMap
 from .memory import MemoryNetwork, MemoryTransport
 from .transport import Connection, Transport
@@ -105,7 +104,7 @@ class Message:
     seq: int
 
 
-class Subscription:
+class Subscription(QueueHandle[Message]):
     """An async iterator of :class:`Message` for one topic pattern.
 
     Close it with ``await sub.close()`` or use it as an async context manager. A subscription
@@ -115,63 +114,21 @@ class Subscription:
     """
 
     def __init__(self, node: Node, sub_id: int, pattern: str, queue: BoundedQueue[Message]) -> None:
+        super().__init__(queue, node._release_from_gc, sub_id)
         self._node = node
         self._id = sub_id
         self.pattern = pattern
-        self._queue = queue
-        self._closed = False
-        self._finalizer = weakref.finalize(self, node._release_from_gc, sub_id)
 
     @property
     def topic(self) -> str:
         """The pattern this subscription matches (alias of :attr:`pattern`)."""
         return self.pattern
 
-    @property
-    def dropped(self) -> int:
-        """Messages dropped because the reader fell behind."""
-        return self._queue.stats().evictions + self._queue.stats().rejections
-
-    @property
-    def pending(self) -> int:
-        """Messages waiting to be read."""
-        return len(self._queue)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def get(self) -> Message:
-        """The next message. Raises :class:`SubscriptionClosed` once closed and drained."""
-        try:
-            return await self._queue.get()
-        except QueueClosed:
-            raise SubscriptionClosed(self.pattern) from None
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self
-
-    async def __anext__(self) -> Message:
-        try:
-            return await self._queue.get()
-        except QueueClosed:
-            raise StopAsyncIteration from None
-
-    async def close(self) -> None:
-        """Stop receiving and release this subscription's state; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._finalizer.detach()
+    def _release(self) -> None:
         self._node._release(self._id)
 
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+    def _describe(self) -> str:
+        return self.pattern
 
     def __repr__(self) -> str:
         return f"<Subscription {self.pattern!r} pending={self.pending} closed={self._closed}>"
