@@ -27,7 +27,7 @@ from quicmesh.demo import NodeProcess
 
 
 async def pubsub_throughput(a: NodeProcess, b: NodeProcess, size: int, n: int, sid: int) -> dict[str, float]:
-    topic = f"bench.s{size}.{sid}"
+    topic = f"bench{sid}.s{size}"  # a fresh swarm per run: no LEAVE of the previous run in flight
     await a.request("subscribe", "subscribed", pattern=topic, id=sid, quiet=True)
     await b.request("wait_subscriber", "ready", topic=topic)
     payload = "x" * max(0, size - 8)  # the publisher appends "#<i>"

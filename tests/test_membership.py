@@ -210,6 +210,7 @@ def test_dial_queue_is_capped_and_released_on_failure(registry: ContainerRegistr
     m.swarms.peek("news").pt.neighbor_up(peer, 0.2)  # type: ignore[union-attr]
     for i in range(20):
         m.publish("news.a", b"%d" % i, 1.0)
+        m.flush(1.0)  # one batch per event-loop iteration
     q = m.dial_queues.peek(peer)
     assert q is not None and len(q) == 4
     assert m.counters["dial_queue_dropped"] >= 16

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from random import Random
+from typing import Any
 
 import pytest
 
 from quicmesh.bounded import ContainerRegistry
-from quicmesh.config import GossipConfig, NodeConfig, PubSubConfig
+from quicmesh.config import MAX_BATCH_MESSAGES, GossipConfig, NodeConfig, PubSubConfig
 from quicmesh.core.effects import Deliver, Send
 from quicmesh.core.membership import HvSend
 from quicmesh.core.mesh import Mesh
@@ -34,7 +35,7 @@ def tree(registry: ContainerRegistry, cfg: GossipConfig | None = None) -> Plumtr
 
 
 def gossip(seq: int, hops: int = 1, payload: bytes = b"x") -> MGossip:
-    return MGossip("s", "s.t", PUB.raw, 7, seq, payload, hops)
+    return MGossip("s", "s.t", PUB.raw, 7, seq, [payload], hops)
 
 
 def test_new_message_is_pushed_to_eager_and_delivered_once(registry: ContainerRegistry) -> None:
@@ -50,10 +51,13 @@ def test_new_message_is_pushed_to_eager_and_delivered_once(registry: ContainerRe
 
 
 def test_id_is_computed_from_content_not_trusted() -> None:
-    a = message_id(PUB.raw, 7, 0, "s.t", b"x")
-    assert a == message_id(PUB.raw, 7, 0, "s.t", b"x")
-    assert a != message_id(PUB.raw, 7, 0, "s.t", b"y")
-    assert a != message_id(PUB.raw, 8, 0, "s.t", b"x")
+    a = message_id(PUB.raw, 7, 0, "s.t", [b"x"])
+    assert a == message_id(PUB.raw, 7, 0, "s.t", [b"x"])
+    assert a != message_id(PUB.raw, 7, 0, "s.t", [b"y"])
+    assert a != message_id(PUB.raw, 8, 0, "s.t", [b"x"])
+    # a batch's id covers every payload and where each ends
+    assert message_id(PUB.raw, 7, 0, "s.t", [b"ab", b"c"]) != message_id(PUB.raw, 7, 0, "s.t", [b"a", b"bc"])
+    assert message_id(PUB.raw, 7, 0, "s.t", [b"x", b"y"]) != a
     assert len(a) == 16
 
 
@@ -71,7 +75,7 @@ def test_lazy_peers_get_batched_ihaves(registry: ContainerRegistry) -> None:
 
 def test_missing_message_is_grafted_after_timeouts_rotating_announcers(registry: ContainerRegistry) -> None:
     pt = tree(registry)
-    mid = message_id(PUB.raw, 7, 5, "s.t", b"x")
+    mid = message_id(PUB.raw, 7, 5, "s.t", [b"x"])
     pt.handle(A, MIHave("s", [mid], [2]), 0.0)
     pt.handle(B, MIHave("s", [mid], [3]), 0.01)
     assert pt.handle_timer(0.079) == []
@@ -88,7 +92,7 @@ def test_graft_is_answered_from_the_payload_cache(registry: ContainerRegistry) -
     pt = tree(registry)
     pt.handle(C, MPrune("s"), 0.0)
     pt.handle(A, gossip(3), 0.0)
-    mid = message_id(PUB.raw, 7, 3, "s.t", b"x")
+    mid = message_id(PUB.raw, 7, 3, "s.t", [b"x"])
     out, _ = pt.handle(C, MGraft("s", mid), 0.1)
     assert len(out) == 1 and out[0].peer == C and isinstance(out[0].message, MGossip)
     assert C in pt.eager
@@ -113,7 +117,7 @@ def test_caches_are_bounded_and_purged(registry: ContainerRegistry) -> None:
 
 def test_neighbor_down_forgets_the_peer(registry: ContainerRegistry) -> None:
     pt = tree(registry)
-    mid = message_id(PUB.raw, 7, 1, "s.t", b"x")
+    mid = message_id(PUB.raw, 7, 1, "s.t", [b"x"])
     pt.handle(A, MIHave("s", [mid], [1]), 0.0)
     pt.neighbor_down(A)
     assert A not in pt.eager and A not in pt.lazy
@@ -146,10 +150,73 @@ def test_publish_delivers_locally_and_pushes_to_swarm(registry: ContainerRegistr
     m.peer_connected(A, ("a:1",), False, 0.0)
     m.handle_message(A, MNeighbor("s", True, ["a:1"]), 0.0)
     effs = m.publish("s.t", b"hi", 1.0)
-    assert Deliver("s.t", b"hi", ME, 0, 0) in effs
-    assert any(isinstance(e, Send) and isinstance(e.message, MGossip) and e.peer == A for e in effs)
-    effs = m.publish("s.a.b", b"no", 1.0)  # does not match s.*: pushed, not delivered locally
+    assert Deliver("s.t", b"hi", ME, 0, 0) in effs  # delivered locally at once
+    assert not any(isinstance(e, Send) for e in effs)  # ...and batched until the flush
+    assert m.has_batches and (m.next_deadline() or 9.0) <= 1.0  # due now: a timer-only driver flushes too
+    effs = m.flush(1.0)
+    assert [(e.peer, e.message.payloads) for e in effs if isinstance(e, Send) and isinstance(e.message, MGossip)] \
+        == [(A, [b"hi"])]
+    assert not m.has_batches and m.flush(1.0) == []
+    effs = m.publish("s.a.b", b"no", 1.0) + m.handle_timer(1.0)  # does not match s.*: pushed, not delivered
     assert not any(isinstance(e, Deliver) for e in effs)
+    assert any(isinstance(e, Send) and isinstance(e.message, MGossip) for e in effs)
+
+
+def gossip_sends(effs: list[Any]) -> list[MGossip]:
+    return [e.message for e in effs if isinstance(e, Send) and isinstance(e.message, MGossip)]
+
+
+def test_publishes_in_one_iteration_travel_as_batches(registry: ContainerRegistry) -> None:
+    cfg = NodeConfig(gossip=GossipConfig(batch_max_messages=3, batch_max_bytes=100))
+    m = Mesh(ME, ("me:1",), cfg, Random(3), registry)
+    m.peer_connected(A, ("a:1",), False, 0.0)
+    m.subscribe("s.>", 0.0)
+    m.handle_message(A, MNeighbor("s", True, ["a:1"]), 0.0)
+    effs: list[Any] = []
+    for i in range(5):  # 3 fill a batch, which leaves at once; 2 wait for the flush
+        effs += m.publish("s.t", b"%d" % i, 1.0)
+    effs += m.publish("s.u", b"other", 1.0)  # another topic closes the open batch
+    effs += m.publish("s.u", b"L" * 96, 1.0)  # over batch_max_bytes with what is open: alone
+    effs += m.flush(1.0)
+    batches = gossip_sends(effs)
+    assert [(g.topic, g.seq, g.payloads) for g in batches] == [
+        ("s.t", 0, [b"0", b"1", b"2"]), ("s.t", 3, [b"3", b"4"]), ("s.u", 5, [b"other"]), ("s.u", 6, [b"L" * 96])]
+    # local deliveries came at publish time, one per message, in seq order
+    assert [(d.seq, d.payload) for d in effs if isinstance(d, Deliver)][:2] == [(0, b"0"), (1, b"1")]
+    assert m.counters["published"] == 7 and len(m.caches.payloads) == 4  # one cache entry per batch
+
+
+def test_received_batch_is_delivered_message_by_message_in_order(registry: ContainerRegistry) -> None:
+    m = mesh(registry)
+    m.subscribe("s.t", 0.0)
+    m.peer_connected(A, ("a:1",), False, 0.0)
+    m.handle_message(A, MNeighbor("s", True, ["a:1"]), 0.0)
+
+    def batch(seq: int, *payloads: bytes) -> MGossip:
+        return MGossip("s", "s.t", PUB.raw, 7, seq, list(payloads), 1)
+
+    first = m.handle_message(A, batch(0, b"a", b"b"), 0.1)
+    assert [(d.seq, d.payload) for d in first if isinstance(d, Deliver)] == [(0, b"a"), (1, b"b")]
+    assert [d for d in m.handle_message(A, batch(5, b"f"), 0.2) if isinstance(d, Deliver)] == []  # 2..4 missing
+    late = m.handle_message(A, batch(2, b"c", b"d", b"e"), 0.3)
+    assert [(d.seq, d.payload) for d in late if isinstance(d, Deliver)] == [(2, b"c"), (3, b"d"), (4, b"e"), (5, b"f")]
+    assert m.ordering.buffered == 0 and m.counters["delivered"] == 6
+    # empty or oversized batches are malformed: dropped and counted, nothing cached
+    seen = len(m.caches.seen)
+    assert m.handle_message(A, batch(9), 0.4) == []
+    assert m.handle_message(A, batch(9, *([b"z"] * (MAX_BATCH_MESSAGES + 1))), 0.4) == []
+    assert m.counters["malformed"] == 2 and len(m.caches.seen) == seen
+
+
+def test_leaving_a_swarm_sends_its_open_batch_first(registry: ContainerRegistry) -> None:
+    m = mesh(registry)
+    m.subscribe("s.t", 0.0)
+    m.peer_connected(A, ("a:1",), False, 0.0)
+    m.handle_message(A, MNeighbor("s", True, ["a:1"]), 0.0)
+    m.publish("s.t", b"last words", 1.0)
+    effs = m.unsubscribe("s.t", 1.0)
+    kinds = [type(e.message).__name__ for e in effs if isinstance(e, Send)]
+    assert kinds[0] == "MGossip" and "MLeave" in kinds and not m.has_batches
 
 
 def test_gossip_for_unjoined_swarm_is_refused(registry: ContainerRegistry) -> None:

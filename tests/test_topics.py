@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.core.plumtree import Arrived
@@ -48,8 +50,27 @@ def test_topics_have_no_wildcards_and_swarm_is_first_segment() -> None:
     assert parse_pattern("sensors.>").swarm == "sensors"
 
 
+def _slow_check(topic: str) -> bool:
+    """The reference rules, segment by segment (what the fast path must agree with)."""
+    if not topic or len(topic) > 256 or any(c.isspace() for c in topic):
+        return False
+    return all(seg and seg not in ("*", ">") for seg in topic.split("."))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab.*> \t\u00a0\u2028\x1cé")), max_size=12)
+       | st.text(max_size=300))
+def test_topic_fast_path_agrees_with_the_segment_rules(topic: str) -> None:
+    try:
+        check_topic(topic)
+        ok = True
+    except ValueError:
+        ok = False
+    assert ok is _slow_check(topic), topic
+
+
 def arr(pub: NodeId, seq: int, epoch: int = 1, swarm: str = "s") -> Arrived:
-    return Arrived(swarm, "s.t", pub, epoch, seq, b"%d" % seq, 1)
+    return Arrived(swarm, "s.t", pub, epoch, seq, [b"%d" % seq], 1)
 
 
 def seqs(items: list[Arrived]) -> list[int]:
@@ -133,12 +154,12 @@ def test_ordering_budget_is_shared_across_publishers(registry: ContainerRegistry
     o = Ordering(100, 3.0, 100, registry, max_buffered=10)
     pubs = [KeyPair.generate().node_id for _ in range(5)]
     for p in pubs:
-        o.offer(Arrived("s", "s.t", p, 1, 0, b"first", 0), 0.0)  # seq 0 delivered, next expected 1
-        assert o.offer(Arrived("s", "s.t", p, 1, 2, b"gap", 0), 0.0) == []  # seq 1 missing: held
+        o.offer(Arrived("s", "s.t", p, 1, 0, [b"first"], 0), 0.0)  # seq 0 delivered, next expected 1
+        assert o.offer(Arrived("s", "s.t", p, 1, 2, [b"gap"], 0), 0.0) == []  # seq 1 missing: held
     assert o.buffered == 5
     out = []
     for seq in range(3, 10):
-        out += o.offer(Arrived("s", "s.t", pubs[0], 1, seq, b"x", 0), 0.0)
+        out += o.offer(Arrived("s", "s.t", pubs[0], 1, seq, [b"x"], 0), 0.0)
     assert o.buffered <= 10
     assert o.counters["gaps"] >= 1 and [a.seq for a in out] == sorted(a.seq for a in out)
     o.purge("s")

@@ -43,6 +43,16 @@ as a publisher only; that membership is left after ``PUBLISH_LINGER`` seconds wi
 twice. The last unsubscribe of a swarm's last pattern leaves the swarm (LEAVE to its neighbours)
 and releases its HyParView, Plumtree, ordering states, cache entries and queued messages.
 
+**Publishing and batches.** ``publish`` numbers the message (per swarm ``seq``), delivers it to
+local matching patterns at once, and appends it to the swarm's open *batch*; nothing is sent yet.
+:meth:`Mesh.flush` (and :meth:`handle_timer`, since :meth:`next_deadline` reports an open batch
+as due at once) sends every open batch as one :class:`MGossip`. A batch closes early when the next
+publish goes to another topic of the swarm, or it reaches ``gossip.batch_max_messages`` messages
+or ``gossip.batch_max_bytes`` bytes. The runtime flushes at the end of each event-loop iteration,
+so a lone publish leaves at once while a burst travels ``batch_max_messages`` to a frame, and the
+simulator flushes after every publish. Receivers accept batches of at most
+:data:`~quicmesh.config.MAX_BATCH_MESSAGES` messages, each within ``max_message_size``.
+
 **Delivery.** New messages go through :class:`~quicmesh.core.topics.Ordering` and are emitted as
 one :class:`~quicmesh.core.effects.Deliver` each when a local pattern matches the topic; local
 publishes are delivered at once. Payloads over ``PubSubConfig.max_message_size`` raise
@@ -56,7 +66,7 @@ from random import Random
 from typing import Any
 
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow, TtlMap
-from ..config import NodeConfig
+from ..config import MAX_BATCH_MESSAGES, NodeConfig
 from ..errors import LimitExceeded, MessageTooLarge
 from ..identity import NodeId
 from .addressbook import AddressBook, normalize_addresses
@@ -107,9 +117,11 @@ _INF = float("inf")
 
 
 class _Swarm:
-    """One joined swarm: its overlay, its broadcast tree, its local patterns, its publisher seq."""
+    """One joined swarm: its overlay, its broadcast tree, its local patterns, its publisher seq
+    and its open batch of local publishes."""
 
-    __slots__ = ("epoch", "find_interval", "hv", "last_publish", "next_find", "next_seq", "patterns", "pt")
+    __slots__ = ("batch", "batch_bytes", "batch_seq", "batch_topic", "epoch", "find_interval", "hv",
+                 "last_publish", "next_find", "next_seq", "patterns", "pt")
 
     def __init__(self, hv: HyParView, pt: Plumtree, epoch: int, now: float) -> None:
         self.hv = hv
@@ -120,6 +132,10 @@ class _Swarm:
         self.next_find = now
         self.find_interval = 1.0
         self.last_publish = -1e18
+        self.batch: list[bytes] = []  # bounded: flushed at gossip.batch_max_messages / _bytes
+        self.batch_topic = ""
+        self.batch_seq = 0
+        self.batch_bytes = 0
 
 
 class Mesh:
@@ -164,6 +180,10 @@ class Mesh:
         self.hints: TtlMap[str, tuple[tuple[NodeId, float], ...]] = TtlMap(
             "mesh.swarm_hints", HINT_SWARMS, HINT_TTL, registry=registry
         )
+        self.batched: dict[str, float] = {}  # bounded: a subset of swarms (gossip.max_topics)
+        """Swarms with an open batch -> when its first message was published."""
+        self.batch_max = config.gossip.batch_max_messages
+        self.batch_max_bytes = config.gossip.batch_max_bytes
         self.bootstrap: tuple[tuple[NodeId | None, tuple[str, ...]], ...] = ()
         self.join_attempt = 0
         self.next_join: float | None = None
@@ -345,7 +365,9 @@ class Mesh:
         return self._leave_swarm(key, now)
 
     def publish(self, topic: str, payload: bytes, now: float) -> list[Effect]:
-        """Broadcast ``payload`` on ``topic``; local matching subscriptions get a Deliver too.
+        """Publish ``payload`` on ``topic``: local matching subscriptions get a Deliver at once;
+        the message joins the swarm's open batch, sent by :meth:`flush` (or earlier when the batch
+        closes; see "Publishing and batches").
 
         Raises :class:`MessageTooLarge` over ``pubsub.max_message_size`` and ``ValueError`` for a
         bad topic."""
@@ -354,15 +376,51 @@ class Mesh:
             raise MessageTooLarge(len(payload), self.max_message_size)
         sw, out = self._ensure_swarm(swarm_of(topic), now)
         sw.last_publish = now
-        msg = MGossip(sw.hv.swarm, topic, self.me.raw, sw.epoch, sw.next_seq, bytes(payload), 0)
+        if sw.batch and (sw.batch_topic != topic or len(sw.batch) >= self.batch_max
+                         or sw.batch_bytes + len(payload) > self.batch_max_bytes):
+            out += self._flush_swarm(sw, now)
+        if not sw.batch:
+            sw.batch_topic = topic
+            sw.batch_seq = sw.next_seq
+            self.batched.setdefault(sw.hv.swarm, now)
+        payload = bytes(payload)
+        sw.batch.append(payload)
+        sw.batch_bytes += len(payload)
+        seq = sw.next_seq
         sw.next_seq += 1
         self.counters["published"] += 1
-        sends, arrived = sw.pt.broadcast(msg, now)
-        out += self._route(sw.hv.swarm, list(sends), now)
-        if any(p.matches(topic) for p in sw.patterns.values()):
-            out.append(Deliver(topic, arrived.payload, self.me, arrived.seq, 0))
+        if sw.patterns and any(p.matches(topic) for p in sw.patterns.values()):
+            out.append(Deliver(topic, payload, self.me, seq, 0))
             self.counters["delivered"] += 1
         return out
+
+    @property
+    def has_batches(self) -> bool:
+        """Whether some local publishes wait in an open batch (see :meth:`flush`)."""
+        return bool(self.batched)
+
+    def flush(self, now: float) -> list[Effect]:
+        """Send every open batch of local publishes (see "Publishing and batches")."""
+        out: list[Effect] = []
+        if not self.batched:
+            return out
+        keys = list(self.batched)
+        self.batched.clear()
+        for key in keys:
+            sw = self.swarms.peek(key)
+            if sw is not None:
+                out += self._flush_swarm(sw, now)
+        return out
+
+    def _flush_swarm(self, sw: _Swarm, now: float) -> list[Effect]:
+        if not sw.batch:
+            return []
+        msg = MGossip(sw.hv.swarm, sw.batch_topic, self.me.raw, sw.epoch, sw.batch_seq, sw.batch, 0)
+        sw.batch = []
+        sw.batch_bytes = 0
+        self.batched.pop(sw.hv.swarm, None)
+        sends, _ = sw.pt.broadcast(msg, now)
+        return self._route(sw.hv.swarm, list(sends), now)
 
     def set_addresses(self, addresses: tuple[str, ...]) -> None:
         """This node's own listen addresses (known once the transport is bound)."""
@@ -407,9 +465,13 @@ class Mesh:
             if isinstance(msg, (MJoin, MNeighbor, MGossip, MIHave, MGraft)):  # not MGone: never answer it
                 return self._send(peer, MLeave(s, False), now)
             return []
-        if isinstance(msg, MGossip) and len(msg.payload) > self.max_message_size:
-            self.counters["too_large_received"] += 1
-            return []
+        if isinstance(msg, MGossip):
+            if not msg.payloads or len(msg.payloads) > MAX_BATCH_MESSAGES:
+                self.counters["malformed"] += 1
+                return []
+            if max(map(len, msg.payloads)) > self.max_message_size:
+                self.counters["too_large_received"] += 1
+                return []
         if isinstance(msg, (MGossip, MIHave, MGraft, MPrune, MGone)):
             sends, arrived = sw.pt.handle(peer, msg, now)
             out = self._route(s, list(sends), now)
@@ -468,8 +530,9 @@ class Mesh:
     # -- timers ----------------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> list[Effect]:
-        """Run every due timer: overlays, broadcast repair, ordering gaps, expiry, joins, walks."""
-        out: list[Effect] = []
+        """Run every due timer: open batches, overlays, broadcast repair, ordering gaps, expiry,
+        joins, walks."""
+        out: list[Effect] = self.flush(now)
         for peer, _ in self.dialing.expire(now):
             out += self.dial_failed(peer, now)
         self.addr_dials.expire(now)
@@ -510,6 +573,9 @@ class Mesh:
             self.book.next_deadline(), self.hints.next_deadline(),
         ):
             if d is not None and d < best:
+                best = d
+        for d in self.batched.values():
+            if d < best:
                 best = d
         if self.bootstrap and self.next_join is not None and len(self.realm.active) == 0 and self.next_join < best:
             best = self.next_join
@@ -588,10 +654,12 @@ class Mesh:
         return sw, self._discover(sw, now)
 
     def _leave_swarm(self, key: str, now: float) -> list[Effect]:
-        sw = self.swarms.pop(key)
+        sw = self.swarms.peek(key)
         if sw is None:
             return []
-        out = self._route(key, sw.hv.leave(), now)
+        out = self._flush_swarm(sw, now)  # what was published before leaving still goes out
+        self.swarms.pop(key)
+        out += self._route(key, sw.hv.leave(), now)
         sw.pt.close()
         self.caches.purge(key)
         self.ordering.purge(key)
@@ -626,8 +694,9 @@ class Mesh:
         out: list[Effect] = []
         for a in items:
             if any(p.matches(a.topic) for p in sw.patterns.values()):
-                self.counters["delivered"] += 1
-                out.append(Deliver(a.topic, a.payload, a.publisher, a.seq, a.hops))
+                self.counters["delivered"] += len(a.payloads)
+                topic, publisher, seq, hops = a.topic, a.publisher, a.seq, a.hops
+                out += [Deliver(topic, payload, publisher, seq + i, hops) for i, payload in enumerate(a.payloads)]
         return out
 
     def _route(self, swarm: str, outs: Sequence[HvOut], now: float) -> list[Effect]:

@@ -119,15 +119,17 @@ class MFound(Message, tag="m.found"):
 
 
 class MGossip(Message, tag="m.gossip"):
-    """A topic message. Its id is computed by each receiver from (publisher, epoch, seq, topic,
-    payload), never trusted from the wire."""
+    """A batch of topic messages of one publisher and topic: ``payloads[i]`` has sequence number
+    ``seq + i`` (a lone publish is a batch of one). Its id is computed by each receiver from
+    (publisher, epoch, seq, topic, payloads), never trusted from the wire; a batch is broadcast,
+    cached, repaired and ordered as one unit."""
 
     s: str
     topic: str
     publisher: bytes
     epoch: int
     seq: int
-    payload: bytes
+    payloads: list[bytes]
     hops: int
 
 

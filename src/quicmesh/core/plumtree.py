@@ -7,10 +7,13 @@ peers, to which it pushes full payloads, and *lazy* peers, to which it only anno
 (IHAVE). New neighbours start eager, so the first broadcast floods; every duplicate payload
 received makes its sender lazy (PRUNE), which trims the flood into a spanning tree.
 
+A *payload* here is one :class:`MGossip`: a batch of one publisher's consecutive messages to one
+topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everything below.
+
 * **Receive.** A payload whose id is new is remembered (seen cache, 90 s), cached for GRAFTs
   (payload cache, 30 s, capped in count and bytes), handed up, pushed to the eager peers and
   announced to the lazy peers. The id is computed here as a hash of (publisher, epoch, seq, topic,
-  payload) and never taken from the wire. A payload whose id was seen makes its sender lazy.
+  payloads) and never taken from the wire. A payload whose id was seen makes its sender lazy.
 * **Repair.** An IHAVE for an unseen id records the announcer and, the first time, arms a timer
   (80 ms). When it fires and the payload is still missing, the node sends GRAFT(id) to one
   announcer (making it eager) and re-arms (40 ms) for the next one, rotating through announcers
@@ -78,34 +81,35 @@ MAX_NEIGHBOURS = 64
 ID_LEN = 16
 
 
-def message_id(publisher: bytes, epoch: int, seq: int, topic: str, payload: bytes) -> bytes:
-    """The 16-byte id of a topic message: BLAKE2b over its publisher, epoch, seq, topic, content."""
+def message_id(publisher: bytes, epoch: int, seq: int, topic: str, payloads: list[bytes]) -> bytes:
+    """The 16-byte id of a gossip batch: BLAKE2b over its publisher, epoch, first seq, topic and
+    each payload (length-prefixed, so payload boundaries are part of the id)."""
     h = hashlib.blake2b(digest_size=ID_LEN)
-    h.update(publisher)
-    h.update(epoch.to_bytes(8, "big", signed=False))
-    h.update(seq.to_bytes(8, "big", signed=False))
     t = topic.encode()
-    h.update(len(t).to_bytes(4, "big"))
-    h.update(t)
-    h.update(payload)
+    h.update(b"".join((publisher, epoch.to_bytes(8, "big", signed=False), seq.to_bytes(8, "big", signed=False),
+                       len(t).to_bytes(4, "big"), t, len(payloads).to_bytes(4, "big"))))
+    for p in payloads:
+        h.update(len(p).to_bytes(4, "big"))
+        h.update(p)
     return h.digest()
 
 
 @dataclass(frozen=True, slots=True)
 class Arrived:
-    """A new (never seen) topic message, handed to the ordering layer."""
+    """A new (never seen) batch of topic messages, handed to the ordering layer: ``payloads[i]``
+    has sequence number ``seq + i``."""
 
     swarm: str
     topic: str
     publisher: NodeId
     epoch: int
     seq: int
-    payload: bytes
+    payloads: list[bytes]
     hops: int
 
 
 def _gossip_size(m: MGossip) -> int:
-    return len(m.payload) + len(m.topic) + 96
+    return sum(map(len, m.payloads)) + 8 * len(m.payloads) + len(m.topic) + 96
 
 
 class GossipCaches:
@@ -224,7 +228,7 @@ class Plumtree:
 
     def broadcast(self, msg: MGossip, now: float) -> tuple[list[HvSend], Arrived]:
         """Publish a locally created message (hops 0)."""
-        mid = message_id(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payload)
+        mid = message_id(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payloads)
         self.caches.seen.set(mid, self.swarm, now)
         self.caches.payloads.set(mid, msg, now)
         out = self._push(mid, msg, None, now)
@@ -250,10 +254,10 @@ class Plumtree:
         return [], None
 
     def _on_gossip(self, sender: NodeId, msg: MGossip, now: float) -> tuple[list[HvSend], Arrived | None]:
-        if len(msg.payload) > self.max_message_size:
+        if not msg.payloads or max(map(len, msg.payloads)) > self.max_message_size:
             self.counters["too_large"] += 1
             return [], None
-        mid = message_id(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payload)
+        mid = message_id(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payloads)
         out: list[HvSend] = []
         if mid in self.caches.seen:
             self.counters["duplicates"] += 1
@@ -283,7 +287,7 @@ class Plumtree:
                     self.lazy.set(sender, None)
                     out.append(HvSend(sender, MPrune(self.swarm)))
                 break
-        fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payload, msg.hops + 1)
+        fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, msg.hops + 1)
         self.caches.payloads.set(mid, msg, now)
         out += self._push(mid, fwd, sender, now)
         return out, self._arrived(msg)
@@ -316,7 +320,7 @@ class Plumtree:
         if cached is None or cached.s != self.swarm:
             return [HvSend(sender, MGone(self.swarm, msg.id))]
         self.counters["payloads_sent"] += 1
-        fwd = MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payload,
+        fwd = MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payloads,
                       cached.hops + 1)
         return [HvSend(sender, fwd)]
 
@@ -416,7 +420,7 @@ class Plumtree:
     # -- internals -------------------------------------------------------------------------------
 
     def _arrived(self, msg: MGossip) -> Arrived:
-        return Arrived(self.swarm, msg.topic, NodeId(msg.publisher), msg.epoch, msg.seq, msg.payload, msg.hops)
+        return Arrived(self.swarm, msg.topic, NodeId(msg.publisher), msg.epoch, msg.seq, msg.payloads, msg.hops)
 
     def _push(self, mid: bytes, msg: MGossip, sender: NodeId | None, now: float) -> list[HvSend]:
         out: list[HvSend] = []

@@ -16,24 +16,27 @@ be literal (``*.temp`` and ``>`` are refused with :class:`ValueError`). So a sub
 as the unit of interest. Matching is done on the subscriber side: a node delivers a message only
 when one of its own patterns matches the full topic.
 
-**Ordering.** Each publisher numbers its messages per swarm (``seq`` from 0) within an ``epoch``
-(a random 64-bit value drawn each time it joins the swarm, so a restarted publisher is recognised).
-:class:`Ordering` keeps, per (swarm, publisher), the next expected ``seq`` and a reorder buffer of
-at most ``window`` messages; all buffers together hold at most ``max_buffered`` messages (the
-memory bound; a burst arriving over two paths while the tree repairs needs a deep window for one
-publisher, never for all of them at once). In-order messages are released at once. A message after a gap is
-buffered; the gap is given up (counted in ``gaps``, and the missing seqs counted in ``skipped``)
-when ``gap_timeout`` has passed since the gap was first seen or when the buffer (or the shared
-budget) is full, and the
-buffered messages are then released in order. A message older than the next expected seq (it came
-after its gap was given up) is dropped and counted as ``late``: order is never violated. The first
-message seen from a publisher with ``seq > 0`` (we joined mid-stream) starts a gap, so a message
-overtaken on the way is not lost. Publisher states live in a :class:`~quicmesh.bounded.TtlMap`
-(capacity ``max_publishers``); an evicted publisher starts over as new.
+**Ordering.** Each publisher numbers its messages per swarm (``seq`` from 0) within an ``epoch`` (a
+random 64-bit value drawn each time it joins the swarm, so a restarted publisher is recognised).
+Messages arrive in batches (:class:`~quicmesh.core.plumtree.Arrived`: ``seq`` is the first
+message's number, a batch of n covers ``seq .. seq + n - 1``); a batch is ordered as one unit and
+every count below is in messages, not batches. :class:`Ordering` keeps, per (swarm, publisher), the
+next expected ``seq`` and a reorder buffer of at most ``window`` messages; all buffers together
+hold at most ``max_buffered`` messages (the memory bound; a burst arriving over two paths while the
+tree repairs needs a deep window for one publisher, never for all of them at once). In-order
+messages are released at once. A message after a gap is buffered; the gap is given up (counted in
+``gaps``, and the missing seqs counted in ``skipped``) when ``gap_timeout`` has passed since the
+gap was first seen or when the buffer (or the shared budget) is full, and the buffered messages are
+then released in order. A message older than the next expected seq (it came after its gap was given
+up) is dropped and counted as ``late``: order is never violated. The first message seen from a
+publisher with ``seq > 0`` (we joined mid-stream) starts a gap, so a message overtaken on the way
+is not lost. Publisher states live in a :class:`~quicmesh.bounded.TtlMap` (capacity
+``max_publishers``); an evicted publisher starts over as new.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..bounded import ContainerRegistry, TtlMap
@@ -64,8 +67,16 @@ def _segments(text: str, what: str) -> list[str]:
     return segs
 
 
+_SEGMENT = r"(?![*>](?:\.|\Z))[^.\s]+"
+_VALID_TOPIC = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
+"""A valid topic in one C-level match (the regex whitespace class is ``str.isspace``'s); every
+publish checks its topic, so the common case must be cheap. The slow path explains the error."""
+
+
 def check_topic(topic: str) -> str:
     """Validate a concrete topic (no wildcards); returns it. Raises ``ValueError``."""
+    if isinstance(topic, str) and len(topic) <= MAX_TOPIC_LEN and _VALID_TOPIC.fullmatch(topic):
+        return topic
     segs = _segments(topic, "topic")
     if any(s in ("*", ">") for s in segs):
         raise ValueError(f"a published topic has no wildcard: {topic!r:.80}")
@@ -117,12 +128,14 @@ def parse_pattern(text: str) -> Pattern:
 
 
 class _PubState:
-    __slots__ = ("buf", "epoch", "next")
+    __slots__ = ("buf", "epoch", "held", "next")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self.next: int | None = None
-        self.buf: dict[int, Arrived] = {}  # bounded: at most Ordering.window entries
+        self.buf: dict[int, Arrived] = {}  # bounded: at most Ordering.window messages (held)
+        self.held = 0
+        """Messages in ``buf`` (batches count their messages)."""
 
 
 class Ordering:
@@ -154,15 +167,15 @@ class Ordering:
         self.counters = {"gaps": 0, "skipped": 0, "late": 0, "reordered": 0}  # bounded: fixed keys
 
     def _evicted(self, _key: tuple[str, NodeId], st: _PubState) -> None:
-        self.buffered -= len(st.buf)
+        self.buffered -= st.held
 
     def offer(self, a: Arrived, now: float) -> list[Arrived]:
-        """Take one new message; return the messages now deliverable, in order."""
+        """Take one new batch; return the batches now deliverable, in order."""
         key = (a.swarm, a.publisher)
         st = self.states.get(key)
         if st is None or st.epoch != a.epoch:
             if st is not None:
-                self.buffered -= len(st.buf)
+                self.buffered -= st.held
             st = _PubState(a.epoch)
             self.states.set(key, st, now)
             self.gap_timers.pop(key)
@@ -170,24 +183,27 @@ class Ordering:
                 st.next = 0
         self.states.touch(key, now)
         if st.next is not None and a.seq < st.next:
-            self.counters["late"] += 1
+            self.counters["late"] += len(a.payloads)
             return []
         if st.next is not None and a.seq == st.next:
             out = [a]
-            st.next += 1
-            out += self._release(st)
+            st.next += len(a.payloads)
+            if st.buf:
+                out += self._release(st)
             if not st.buf:
                 self.gap_timers.pop(key)
             return out
         # a gap (or a first message from mid-stream): buffer
         if a.seq in st.buf:
             return []
+        n = len(a.payloads)
         st.buf[a.seq] = a
-        self.buffered += 1
-        self.counters["reordered"] += 1
+        st.held += n
+        self.buffered += n
+        self.counters["reordered"] += n
         if key not in self.gap_timers:
             self.gap_timers.set(key, None, now)
-        if len(st.buf) >= self.window or self.buffered >= self.max_buffered:
+        if st.held >= self.window or self.buffered >= self.max_buffered:
             out = self._skip(st)
             self.gap_timers.pop(key)
             if st.buf:  # a further gap remains behind the released run: wait for it afresh
@@ -198,10 +214,14 @@ class Ordering:
     def _release(self, st: _PubState) -> list[Arrived]:
         out: list[Arrived] = []
         assert st.next is not None
+        released = 0
         while st.next in st.buf:
-            out.append(st.buf.pop(st.next))
-            st.next += 1
-        self.buffered -= len(out)
+            a = st.buf.pop(st.next)
+            out.append(a)
+            st.next += len(a.payloads)
+            released += len(a.payloads)
+        st.held -= released
+        self.buffered -= released
         return out
 
     def _skip(self, st: _PubState) -> list[Arrived]:
@@ -218,7 +238,7 @@ class Ordering:
         """Give up gaps whose timeout passed; return what becomes deliverable."""
         out: list[Arrived] = []
         for key, st in self.states.expire(now):
-            self.buffered -= len(st.buf)
+            self.buffered -= st.held
             self.gap_timers.pop(key)
         for key, _ in self.gap_timers.expire(now):
             state = self.states.get(key)
@@ -239,7 +259,7 @@ class Ordering:
             if key[0] == swarm:
                 st = self.states.pop(key)
                 if st is not None:
-                    self.buffered -= len(st.buf)
+                    self.buffered -= st.held
                 self.gap_timers.pop(key)
 
     def count(self, swarm: str) -> int:

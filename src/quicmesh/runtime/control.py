@@ -183,6 +183,17 @@ def _text(data: bytes) -> dict[str, str]:
         return {"payload_b64": base64.b64encode(data).decode()}
 
 
+class _Tally:
+    """Messages one control subscription received, and when the first and the last came."""
+
+    __slots__ = ("count", "first", "last")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+
+
 class ControlChannel:
     """Reads commands from a stream, runs them against ``node``, writes events to ``out``."""
 
@@ -191,9 +202,8 @@ class ControlChannel:
         self._out = out or self._stdout
         self._subs: LruMap[int, Subscription] = LruMap("control.subscriptions", 1000, Overflow.REJECT,
                                                        registry=node.registry)
-        self._counts: LruMap[int, int] = LruMap("control.counts", 1000, Overflow.REJECT, registry=node.registry)
-        self._times: LruMap[int, tuple[float, float]] = LruMap("control.times", 1000, Overflow.REJECT,
-                                                               registry=node.registry)
+        self._tallies: LruMap[int, _Tally] = LruMap("control.tallies", 1000, Overflow.REJECT,
+                                                   registry=node.registry)
         self._count_waiters: LruMap[int, tuple[int, asyncio.Event]] = LruMap(
             "control.count_waiters", 1000, Overflow.REJECT, registry=node.registry
         )
@@ -260,7 +270,7 @@ class ControlChannel:
             sid = int(cmd.get("id", len(self._subs) + 1))
             sub = await node.subscribe(cmd["pattern"])
             self._subs.set(sid, sub)
-            self._counts.set(sid, 0)
+            self._tallies.set(sid, _Tally())
             self._spawn(self._pump(sid, sub, bool(cmd.get("quiet", False))))
             self.emit("subscribed", id=sid, pattern=cmd["pattern"])
         elif name == "unsubscribe":
@@ -293,7 +303,8 @@ class ControlChannel:
             want = int(cmd["count"])
             event = asyncio.Event()
             self._count_waiters.set(sid, (want, event))
-            if (self._counts.peek(sid) or 0) >= want:
+            tally = self._tallies.peek(sid) or _Tally()
+            if tally.count >= want:
                 event.set()
             try:
                 await asyncio.wait_for(event.wait(), float(cmd.get("timeout", 30)))
@@ -301,9 +312,8 @@ class ControlChannel:
                 pass
             finally:
                 self._count_waiters.pop(sid)
-            first, last = self._times.peek(sid) or (0.0, 0.0)
             watched = self._subs.peek(sid)
-            self.emit("count_reached", id=sid, count=self._counts.peek(sid) or 0, t_first=first, t_last=last,
+            self.emit("count_reached", id=sid, count=tally.count, t_first=tally.first, t_last=tally.last,
                       sub_dropped=watched.dropped if watched is not None else None, inbox_dropped=node.inbox_dropped)
         elif name == "echo":
             sub = await node.subscribe(cmd["pattern"])
@@ -312,7 +322,7 @@ class ControlChannel:
         elif name == "pingpong":
             await self._pingpong(cmd)
         elif name == "counts":
-            self.emit("counts", counts={str(k): v for k, v in self._counts.items()})
+            self.emit("counts", counts={str(k): v.count for k, v in self._tallies.items()})
         elif name == "health":
             self.emit("health", health=node.health(), peers=[str(p) for p in node.peers()])
         elif name == "memory":
@@ -471,14 +481,17 @@ class ControlChannel:
 
     async def _pump(self, sid: int, sub: Subscription, quiet: bool) -> None:
         msg: Message
+        tally = self._tallies.peek(sid)
+        if tally is None:
+            tally = _Tally()
+            self._tallies.set(sid, tally)
         async for msg in sub:
-            count = (self._counts.peek(sid) or 0) + 1
-            self._counts.set(sid, count)
-            now = time.time()
-            first = self._times.peek(sid)
-            self._times.set(sid, (first[0] if first else now, now))
+            tally.count += 1
+            tally.last = time.time()
+            if not tally.first:
+                tally.first = tally.last
             waiter = self._count_waiters.peek(sid)
-            if waiter is not None and count >= waiter[0]:
+            if waiter is not None and tally.count >= waiter[0]:
                 waiter[1].set()
             if not quiet:
                 self.emit("message", id=sid, topic=msg.topic, sender=str(msg.sender), seq=msg.seq, **_text(msg.payload))

@@ -143,7 +143,7 @@ class ServiceMesh(Mesh):
             if isinstance(o, Broadcast):
                 if self.first_advert is None:
                     self.first_advert = o.payload
-                effects += self.publish(o.topic, o.payload, now)
+                effects += self.publish(o.topic, o.payload, now) + self.flush(now)
             elif isinstance(o, LookupDone):
                 effects += self._drive(self.caller.lookup_done(o, now), now)
             elif isinstance(o, CallResolved):

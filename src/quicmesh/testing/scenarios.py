@@ -463,7 +463,7 @@ def run_flood(sc: FloodScenario) -> Report:
     pubs = [fid() for _ in range(f * cfg.gossip.max_publishers)]
     for i in range(n_msgs):
         pub = pubs[i % len(pubs)]
-        msg = MGossip("news", "news.flood", pub.raw, 1, rng.randrange(1000), b"p" * 200, 1)
+        msg = MGossip("news", "news.flood", pub.raw, 1, rng.randrange(1000), [b"p" * 200], 1)
         victim_apply(victim, m.handle_message(attacker.id, msg, now + i * 1e-4))
     counts["gossip_sent"] = n_msgs
     now = sim.now + n_msgs * 1e-4

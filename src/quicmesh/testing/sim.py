@@ -145,8 +145,8 @@ class Simulator:
         self._apply(node, node.mesh.unsubscribe(pattern, self.now))
 
     def publish(self, node: SimNode, topic: str, payload: bytes) -> None:
-        """``node`` publishes ``payload`` on ``topic`` now."""
-        self._apply(node, node.mesh.publish(topic, payload, self.now))
+        """``node`` publishes ``payload`` on ``topic`` now (sent at once: a batch of one)."""
+        self._apply(node, node.mesh.publish(topic, payload, self.now) + node.mesh.flush(self.now))
 
     def crash(self, node: SimNode) -> None:
         """Kill ``node`` without a word: its peers notice after ``idle_timeout``."""
@@ -318,7 +318,7 @@ class Simulator:
         for _ in range(copies):
             t = self.now + delay + self.net.latency.link(base, self.rng)
             if self.net.bytes_per_second and isinstance(msg, MGossip):
-                t += len(msg.payload) / self.net.bytes_per_second
+                t += sum(map(len, msg.payloads)) / self.net.bytes_per_second
             t = max(t, self.link_last.get(key, 0.0) + 1e-6)
             self.link_last[key] = t
             src = node.index
