@@ -39,7 +39,10 @@ from typing import Any
 LIBS = ("qh3", "aioquic")
 ALPN = "raw-bench"
 BATCH = 64
-WINDOW_BYTES = 2 * 1024 * 1024
+WINDOW_BYTES = 8 * 1024 * 1024
+"""Unacknowledged bytes the client keeps in flight: quicmesh's default send buffer
+(``transport.send_buffer_bytes``), so both sides of the comparison may have as much in flight (with
+2 MiB, qh3 reached 266k msg/s at 64 B instead of 433k)."""
 TIME_LIMIT = 110.0  # the whole run stays under two minutes
 
 

@@ -153,6 +153,8 @@ class _Bounded:
         self._capacity = capacity
         self._capacity_bytes = capacity_bytes
         self._sizeof: Callable[[Any], int] = sizeof or _no_size
+        self._unsized = sizeof is None
+        """No byte accounting (then no byte cap either): the hot paths skip ``sizeof``."""
         self._overflow = overflow
         self._bytes = 0
         self._peak = 0

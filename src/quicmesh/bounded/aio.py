@@ -71,6 +71,13 @@ class BoundedQueue(_Bounded, Generic[T]):
         """Enqueue without waiting, applying the overflow policy when full."""
         if self._closed:
             return False
+        items = self._items
+        if self._unsized and len(items) < self._capacity:  # the common case, kept cheap
+            items.append(item)
+            if len(items) > self._peak:
+                self._peak = len(items)
+            self._wake()
+            return True
         size = self._sizeof(item)
         if self._capacity_bytes is not None and size > self._capacity_bytes:
             return self._refuse()
@@ -115,7 +122,8 @@ class BoundedQueue(_Bounded, Generic[T]):
             finally:
                 self._waiter = None
         item = self._items.popleft()
-        self._bytes -= self._sizeof(item)
+        if not self._unsized:
+            self._bytes -= self._sizeof(item)
         return item
 
     def close_queue(self, reason: BaseException | None = None) -> None:

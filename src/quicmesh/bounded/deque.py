@@ -56,6 +56,12 @@ class BoundedDeque(_Bounded, Generic[T]):
 
     def append(self, item: T) -> bool:
         """Add to the right end. ``False`` when refused by ``DROP_NEWEST``."""
+        items = self._items
+        if self._unsized and len(items) < self._capacity:  # the common case, kept cheap
+            items.append(item)
+            if len(items) > self._peak:
+                self._peak = len(items)
+            return True
         size = self._sizeof(item)
         if self._capacity_bytes is not None and size > self._capacity_bytes:
             return self._refuse()
@@ -81,7 +87,8 @@ class BoundedDeque(_Bounded, Generic[T]):
     def popleft(self) -> T:
         """Remove and return the oldest item; ``IndexError`` when empty."""
         item = self._items.popleft()
-        self._bytes -= self._sizeof(item)
+        if not self._unsized:
+            self._bytes -= self._sizeof(item)
         return item
 
     def peekleft(self) -> T:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from ..identity import NodeId
 from .wire import Message
 
@@ -51,9 +53,9 @@ class Disconnect:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """Hand a topic message to the local subscriptions that match ``topic``."""
+class Deliver(msgspec.Struct, frozen=True, gc=False):
+    """Hand a topic message to the local subscriptions that match ``topic``. (A frozen
+    ``msgspec.Struct``, not a dataclass: one is made per delivered message, ten times cheaper.)"""
 
     topic: str
     payload: bytes

@@ -88,9 +88,7 @@ def message_id(publisher: bytes, epoch: int, seq: int, topic: str, payloads: lis
     t = topic.encode()
     h.update(b"".join((publisher, epoch.to_bytes(8, "big", signed=False), seq.to_bytes(8, "big", signed=False),
                        len(t).to_bytes(4, "big"), t, len(payloads).to_bytes(4, "big"))))
-    for p in payloads:
-        h.update(len(p).to_bytes(4, "big"))
-        h.update(p)
+    h.update(b"".join([part for p in payloads for part in (len(p).to_bytes(4, "big"), p)]))
     return h.digest()
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
@@ -52,6 +54,7 @@ from ..errors import (
     CallTimeout,
     InvalidTopic,
     LimitExceeded,
+    MessageTooLarge,
     NodeClosed,
     NoProvider,
     RemoteError,
@@ -89,14 +92,15 @@ def _earliest(*deadlines: float | None) -> float | None:
 
 _INBOX_CAPACITY = 65_536
 """Inbound messages waiting for processing; beyond it new ones are dropped and counted."""
+_ROUTE_CACHE = 1024
+"""Topics whose matching subscription queues are remembered (the cache is cleared when full)."""
 
 Handler = Callable[[bytes], Awaitable[bytes]]
 """A procedure: ``async def handler(payload: bytes) -> bytes``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A topic message delivered to a subscription."""
+class Message(msgspec.Struct, frozen=True, gc=False):
+    """A topic message delivered to a subscription (immutable; compares by value)."""
 
     topic: str
     payload: bytes
@@ -190,6 +194,9 @@ class Node:
             "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
         )
         self._by_pattern: dict[str, tuple[Pattern, dict[int, _SubState]]] = {}  # bounded: one per local pattern
+        self._routes: dict[str, list[BoundedQueue[Message]]] = {}  # bounded: cleared at _ROUTE_CACHE topics
+        """Topic -> the subscription queues its messages go to; cleared whenever a subscription
+        opens or closes (matching every pattern per message was a tenth of the receive path)."""
         self._handlers: dict[str, Handler] = {}  # bounded: one per advertised name, capped by rpc.max_services
         self._running: dict[tuple[NodeId, int], asyncio.Task[None]] = {}  # bounded: rpc.max_concurrent_handlers
         self._background: set[asyncio.Task[Any]] = set()  # bounded: dials in flight, capped by the mesh
@@ -639,6 +646,7 @@ class Node:
         state = _SubState(pattern, queue)
         self._subs.set(sub_id, state)
         self._by_pattern.setdefault(pattern, (parsed, {}))[1][sub_id] = state
+        self._routes.clear()
         self._run(effects)
         self._rearm()
         return Subscription(self, sub_id, pattern, queue)
@@ -648,6 +656,7 @@ class Node:
         if state is None:
             return
         state.queue.close()
+        self._routes.clear()
         entry = self._by_pattern.get(state.pattern)
         if entry is not None:
             entry[1].pop(sub_id, None)
@@ -665,13 +674,17 @@ class Node:
             loop.call_soon_threadsafe(self._release, sub_id)
 
     def _deliver(self, eff: Deliver) -> None:
-        msg: Message | None = None
-        for parsed, group in self._by_pattern.values():
-            if parsed.matches(eff.topic):
-                if msg is None:
-                    msg = Message(eff.topic, eff.payload, eff.publisher, eff.seq)
-                for state in group.values():
-                    state.queue.put_nowait(msg)
+        queues = self._routes.get(eff.topic)
+        if queues is None:
+            queues = [state.queue for parsed, group in self._by_pattern.values() if parsed.matches(eff.topic)
+                      for state in group.values()]
+            if len(self._routes) >= _ROUTE_CACHE:
+                self._routes.clear()
+            self._routes[eff.topic] = queues
+        if queues:
+            msg = Message(eff.topic, eff.payload, eff.publisher, eff.seq)
+            for queue in queues:
+                queue.put_nowait(msg)
 
     def subscribed_patterns(self) -> frozenset[str]:
         """The patterns this node's open subscriptions use (pub/sub runs through ``self.mesh``)."""
@@ -691,8 +704,14 @@ class Node:
         self._check_open()
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError("payload must be bytes")
-        self._check_topic(topic)
-        effects = self.mesh.publish(topic, bytes(payload), self._now())
+        if isinstance(topic, str) and topic.startswith("$"):
+            raise InvalidTopic(f"topics starting with '$' are reserved for quicmesh: {topic!r:.80}")
+        try:
+            effects = self.mesh.publish(topic, bytes(payload), self._now())
+        except MessageTooLarge:
+            raise
+        except ValueError as exc:  # the topic (the mesh checks it once)
+            raise InvalidTopic(str(exc)) from None
         self._run(effects)
         self._rearm()  # also flushes the open batch at the end of this loop iteration
         self._note_congestion(effects)
