@@ -264,3 +264,20 @@ async def test_the_runtime_node_plugs_in() -> None:
         await a.stop()
     with pytest.raises(OSError):
         await get(address, "/live")
+
+
+async def test_a_node_process_reports_its_http_address() -> None:
+    from quicmesh.demo import NodeProcess
+
+    node = await NodeProcess.spawn("obs", realm="obs", extra=["--http", "127.0.0.1:0"])
+    try:
+        assert node.http is not None and node.http.startswith("127.0.0.1:")
+        doc = json.loads((await get(node.http, "/health"))[2])
+        assert doc["node_id"] == node.node_id
+    finally:
+        await node.stop()
+    plain = await NodeProcess.spawn("plain", realm="obs")
+    try:
+        assert plain.http is None  # off by default
+    finally:
+        await plain.stop()

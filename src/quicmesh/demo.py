@@ -27,6 +27,8 @@ class NodeProcess:
         self.proc = proc
         self.address = ""
         self.node_id = ""
+        self.http: str | None = None
+        """The node's ``/metrics`` and ``/health`` address (``--http``), when it serves them."""
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=100_000)
         self.dropped_events = 0
         self._reader = asyncio.ensure_future(self._read())
@@ -59,6 +61,7 @@ class NodeProcess:
         ev = await node.expect("listening", timeout=timeout)
         node.address = ev["address"]
         node.node_id = ev["node_id"]
+        node.http = ev.get("http")
         return node
 
     async def _read(self) -> None:
