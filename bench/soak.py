@@ -10,7 +10,8 @@ Theory of operation
 ``soak.echo`` (echo) and ``soak.sleep`` (sleep); hub 0 publishes ``soak.news`` at a steady rate
 during the first half of the churn, every hub subscribes to ``soak.up.>``, and the hubs after the
 first bootstrap to hub 0. Before the baseline is taken the hubs must settle (every container
-unchanged over four polls). The first
+unchanged over four polls); the baseline of each container is then the largest size seen over one
+more TTL (the hubs' own lease refreshes move a few by an entry or two). The first
 ``--traced`` hubs run tracemalloc (started through the control ``memory`` command); the others are
 left untraced, because tracemalloc's own tables are part of RSS: their RSS is what the verdict
 judges, the traced hubs give the exact Python-heap slope and the allocation sites that grew.
@@ -538,6 +539,18 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
             steady = steady + 1 if now_state == baseline else 0
             baseline = now_state
         report["baseline_settled"] = steady >= 4
+        # The hubs' own background traffic (lease refreshes every ttl/3, their gossip and
+        # re-announcements) moves a few containers by one or two entries even when nothing else
+        # happens, so one instant is not the pre-churn state: the baseline is the largest size seen
+        # over one more TTL of quiet. A structure that keeps entries after churn still exceeds it.
+        window_end = time.monotonic() + ttl_max
+        while time.monotonic() < window_end:
+            await asyncio.sleep(0.5)
+            for i, h in enumerate(hubs):
+                seen = _health_state(json.loads(await _http_get(h.http, "/health")))
+                for name, size in seen.items():
+                    baseline[i][name] = max(baseline[i].get(name, 0), size)
+        report["baseline_window_s"] = ttl_max
         base_conns = {i: (await h.proc.request("health", "health"))["health"]["connections"]["open"]
                       for i, h in enumerate(hubs)}
         for hub in hubs:

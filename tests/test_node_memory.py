@@ -67,6 +67,50 @@ async def test_publish_reaches_direct_subscriber_in_order(pair: tuple[Node, Node
     await sub.close()
 
 
+async def test_a_burst_travels_in_batches_and_a_lone_publish_leaves_at_once(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    sub = await a.subscribe("burst.>")
+    await b.wait_for_subscriber("burst.x", timeout=5)
+
+    def batches_sent() -> int:
+        return int(b.mesh.stats()["swarms"]["burst"]["payloads_sent"])
+
+    # 1,000 publishes without yielding to the loop: batches of gossip.batch_max_messages (64)
+    for i in range(1000):
+        await b.publish("burst.x", b"%d" % i)
+    got = [await sub.get() for _ in range(1000)]
+    assert [m.payload for m in got] == [b"%d" % i for i in range(1000)]
+    assert [m.seq for m in got] == list(range(got[0].seq, got[0].seq + 1000))  # one per message
+    assert batches_sent() == 16  # ceil(1000 / 64)
+    # a lone publish is flushed at the end of its loop iteration, not held for company
+    before = batches_sent()
+    await b.publish("burst.y", b"alone")
+    assert (await asyncio.wait_for(sub.get(), 1.0)).payload == b"alone"
+    assert batches_sent() == before + 1
+    # another topic of the same swarm closes the open batch: order across topics is kept
+    await b.publish("burst.x", b"1")
+    await b.publish("burst.y", b"2")
+    await b.publish("burst.x", b"3")
+    assert [(m.topic, m.payload) for m in [await sub.get() for _ in range(3)]] == \
+        [("burst.x", b"1"), ("burst.y", b"2"), ("burst.x", b"3")]
+    assert batches_sent() == before + 4
+    await sub.close()
+
+
+async def test_stop_sends_what_was_published_in_its_loop_iteration(net: MemoryNetwork) -> None:
+    a = await Node.start(NodeConfig(realm="t"), network=net)
+    b = await Node.start(NodeConfig(realm="t", bootstrap=(a.address,)), network=net)
+    try:
+        sub = await a.subscribe("last.words")
+        await b.wait_for_subscriber("last.words", timeout=5)
+        await b.publish("last.words", b"bye")
+        await b.stop()  # no yield between the publish and the stop
+        assert (await asyncio.wait_for(sub.get(), 2.0)).payload == b"bye"
+    finally:
+        await b.stop()
+        await a.stop()
+
+
 async def test_wildcards_and_local_delivery(pair: tuple[Node, Node]) -> None:
     a, b = pair
     one = await a.subscribe("sensors.*")
