@@ -8,8 +8,12 @@ concerned together with ``now`` (the loop's monotonic clock); the machine return
 :meth:`Node._run` carries out at once: ``Send`` queues a frame on the peer's connection (the
 transport coalesces the frames of one loop iteration into one write), ``Deliver`` puts the message
 into every matching subscription's bounded queue, ``CallResolved`` completes the awaiting caller's
-future, ``Invoke`` starts a handler task. After every input the node re-arms a single
-``loop.call_at`` timer for the earliest ``next_deadline()`` of all machines: nothing polls.
+future, ``Invoke`` starts a handler task. At the end of every loop iteration that had input the
+node re-arms a single ``loop.call_at`` timer for the earliest ``next_deadline()`` of all machines
+(nothing polls) and flushes the mesh's open gossip batches, so the messages published in one
+iteration leave together, one batch per topic. ``publish`` returns once the message is batched;
+when a connection it sent to holds more than half its send buffer, the next ``publish`` waits for
+it to drain (at most ``transport.send_stall_timeout``).
 
 Nothing user code does can stall the node: subscription queues never block the producer (a slow
 reader loses its oldest messages, counted), a subscription whose handle is garbage-collected is
