@@ -703,7 +703,12 @@ class Node:
     async def publish(self, topic: str, payload: bytes) -> None:
         """Send ``payload`` to every subscriber of ``topic`` (none is fine).
 
-        Raises :class:`~quicmesh.errors.MessageTooLarge` over ``pubsub.max_message_size``.
+        Local subscriptions get it at once; the network copy leaves at the end of the current
+        event-loop iteration, in one gossip batch with the other messages published to ``topic``
+        in that iteration (``gossip.batch_max_messages``), in publish order. Waits while a
+        connection is congested (see the module docstring). Raises
+        :class:`~quicmesh.errors.MessageTooLarge` over ``pubsub.max_message_size`` and
+        :class:`~quicmesh.errors.InvalidTopic` for a bad or reserved topic.
         """
         self._check_open()
         if not isinstance(payload, bytes | bytearray | memoryview):
