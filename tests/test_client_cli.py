@@ -86,3 +86,25 @@ async def test_typed_errors_exit_non_zero(gateway: NodeProcess) -> None:
         assert len(lines) == 1 and lines[0].startswith(f"error: {error}: "), (args, err)
     code, _, err = await cli("call", "--node", addr, "--connect", addr, "x", "y")
     assert code == 2 and "not allowed with argument" in err  # one target only
+
+
+async def test_short_lived_node_subscribes_publishes_and_calls_through_node() -> None:
+    """``--node``: the CLI joins the realm as a short-lived node through that node, so it finds the
+    topic's swarm and the provider over the overlay (a bare connection found neither)."""
+    node = await NodeProcess.spawn("node", realm="cli", extra=["--advertise", "up=upper"])
+    try:
+        sub = asyncio.ensure_future(cli("sub", "--node", node.address, "--realm", "cli", "t.x", "--count", "1"))
+        await node.request("wait_subscriber", "ready", topic="t.x", timeout=20, wait=25)
+        await node.request("publish", "published", topic="t.x", payload="hello", count=1)
+        code, out, err = await sub
+        assert (code, out) == (0, "t.x hello\n"), err
+        await node.send("subscribe", pattern="t.y", id=1, quiet=True)
+        await node.expect("subscribed")
+        code, _, err = await cli("pub", "--node", node.address, "--realm", "cli", "t.y", "hi")
+        assert code == 0, err
+        ev = await node.request("await_count", "count_reached", id=1, count=1, timeout=10, wait=15)
+        assert ev["count"] == 1
+        code, out, err = await cli("call", "--node", node.address, "--realm", "cli", "up", "abc")
+        assert (code, out) == (0, "ABC\n"), err
+    finally:
+        await node.stop()

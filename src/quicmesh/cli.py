@@ -19,7 +19,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,22 +192,28 @@ async def _as_client(args: argparse.Namespace) -> int:
             return 0
         async with await client.subscribe(args.topic) as sub:
             print(f"subscribed to {args.topic} via {args.connect}", file=sys.stderr, flush=True)
-            seen = 0
-            async for msg in sub:
-                sys.stdout.write(f"{msg.topic} {msg.payload.decode(errors='replace')}\n")
-                sys.stdout.flush()
-                seen += 1
-                if args.count and seen >= args.count:
-                    break
+            await _print_messages(sub, args.count)
         return 0
+
+
+async def _print_messages(sub: AsyncIterator[Any], count: int | None) -> None:
+    """Print ``topic payload`` lines as messages arrive; stop after ``count`` (if set)."""
+    seen = 0
+    async for msg in sub:
+        sys.stdout.write(f"{msg.topic} {msg.payload.decode(errors='replace')}\n")
+        sys.stdout.flush()
+        seen += 1
+        if count and seen >= count:
+            break
 
 
 async def _short_lived(args: argparse.Namespace) -> int:
     from .runtime.node import Node
 
-    async with await Node.start(NodeConfig(realm=args.realm)) as node:
-        async with asyncio.timeout(args.timeout):
-            await node.connect(args.node)
+    # Join the realm overlay through the node (a bare connection would not be a neighbour: topic
+    # swarms and provider lookups are found over the overlay).
+    async with await Node.start(NodeConfig(realm=args.realm, bootstrap=(args.node,))) as node:
+        await node.wait_until(lambda: node.ready()[0], args.timeout)
         if args.command == "call":
             await node.wait_for_provider(args.name, args.timeout)
             reply = await node.call(args.name, args.payload.encode(), timeout=args.timeout)
@@ -217,14 +223,8 @@ async def _short_lived(args: argparse.Namespace) -> int:
             await node.wait_for_subscriber(args.topic, args.timeout)
             await node.publish(args.topic, args.payload.encode())
             return 0
-        sub = await node.subscribe(args.topic)
-        seen = 0
-        async for msg in sub:
-            sys.stdout.write(f"{msg.topic} {msg.payload.decode(errors='replace')}\n")
-            sys.stdout.flush()
-            seen += 1
-            if args.count and seen >= args.count:
-                break
+        async with await node.subscribe(args.topic) as sub:
+            await _print_messages(sub, args.count)
         return 0
 
 

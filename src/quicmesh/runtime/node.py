@@ -628,8 +628,7 @@ class Node:
         Raises :class:`~quicmesh.errors.LimitExceeded` past ``pubsub.max_subscriptions``.
         """
         self._check_open()
-        if isinstance(pattern, str) and pattern.startswith("$"):
-            raise InvalidTopic(f"topics starting with '$' are reserved for quicmesh: {pattern!r:.80}")
+        self._check_reserved(pattern)
         try:
             parsed = parse_pattern(pattern)
         except ValueError as exc:
@@ -713,8 +712,7 @@ class Node:
         self._check_open()
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError("payload must be bytes")
-        if isinstance(topic, str) and topic.startswith("$"):
-            raise InvalidTopic(f"topics starting with '$' are reserved for quicmesh: {topic!r:.80}")
+        self._check_reserved(topic)
         try:
             effects = self.mesh.publish(topic, bytes(payload), self._now())
         except MessageTooLarge:
@@ -728,9 +726,13 @@ class Node:
             await self._backpressure()
 
     @staticmethod
-    def _check_topic(topic: str) -> None:
-        if isinstance(topic, str) and topic.startswith("$"):
-            raise InvalidTopic(f"topics starting with '$' are reserved for quicmesh: {topic!r:.80}")
+    def _check_reserved(name: str) -> None:
+        if isinstance(name, str) and name.startswith("$"):
+            raise InvalidTopic(f"topics starting with '$' are reserved for quicmesh: {name!r:.80}")
+
+    @classmethod
+    def _check_topic(cls, topic: str) -> None:
+        cls._check_reserved(topic)
         try:
             check_topic(topic)
         except ValueError as exc:
