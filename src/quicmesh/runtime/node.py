@@ -96,6 +96,8 @@ def _earliest(*deadlines: float | None) -> float | None:
 
 _INBOX_CAPACITY = 65_536
 """Inbound messages waiting for processing; beyond it new ones are dropped and counted."""
+_STOP_DRAIN = 1.0
+"""Seconds ``stop()`` waits for the connections to transmit what was sent before it."""
 _ROUTE_CACHE = 1024
 """Topics whose matching subscription queues are remembered (the cache is cleared when full)."""
 
@@ -292,6 +294,12 @@ class Node:
             self._run(self.services.close(self._now()))
             self._run(self.mesh.flush(self._now()))  # open batches, withdrawals included
             await asyncio.sleep(0)  # let the queued withdrawals reach the network
+            # a QUIC close discards stream data not yet transmitted: let what was published or
+            # withdrawn last leave first (bounded, so a dead peer cannot hold the stop)
+            conns = self.transport.connections()
+            if conns:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*(c.drain(until=0) for c in conns)), _STOP_DRAIN)
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()

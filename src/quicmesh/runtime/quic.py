@@ -520,8 +520,8 @@ class QuicConnection(Connection):
 
     # -- send path -----------------------------------------------------------------------
 
-    async def drain(self) -> None:
-        low = self._t._cfg.send_buffer_bytes // 4
+    async def drain(self, until: int | None = None) -> None:
+        low = self._t._cfg.send_buffer_bytes // 4 if until is None else until
         while self._state is not _St.CLOSED and self.pending_bytes > low:
             if self._drained is None:
                 self._drained = self._loop.create_future()

@@ -67,10 +67,11 @@ class Connection(abc.ABC):
         """Smoothed round-trip time in seconds, when known."""
         return None
 
-    async def drain(self) -> None:
-        """Wait until the unsent bytes fall to the low-water mark (a quarter of the send
-        buffer) or the connection closes. Publishers await this for backpressure instead of
-        having frames dropped. The default returns at once (transports that never queue)."""
+    async def drain(self, until: int | None = None) -> None:
+        """Wait until the unsent bytes fall to ``until`` (default: the low-water mark, a quarter
+        of the send buffer) or the connection closes. Publishers await this for backpressure
+        instead of having frames dropped; a stopping node awaits ``until=0`` so that what it sent
+        last leaves before the close. The default returns at once (transports that never queue)."""
         return
 
     @abc.abstractmethod
