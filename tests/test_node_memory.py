@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -75,13 +76,14 @@ async def test_a_burst_travels_in_batches_and_a_lone_publish_leaves_at_once(pair
     def batches_sent() -> int:
         return int(b.mesh.stats()["swarms"]["burst"]["payloads_sent"])
 
-    # 1,000 publishes without yielding to the loop: batches of gossip.batch_max_messages (64)
+    # 1,000 publishes without yielding to the loop: batches of gossip.batch_max_messages
+    per_batch = b.config.gossip.batch_max_messages
     for i in range(1000):
         await b.publish("burst.x", b"%d" % i)
     got = [await sub.get() for _ in range(1000)]
     assert [m.payload for m in got] == [b"%d" % i for i in range(1000)]
     assert [m.seq for m in got] == list(range(got[0].seq, got[0].seq + 1000))  # one per message
-    assert batches_sent() == 16  # ceil(1000 / 64)
+    assert batches_sent() == -(-1000 // per_batch)  # ceil(1000 / per_batch)
     # a lone publish is flushed at the end of its loop iteration, not held for company
     before = batches_sent()
     await b.publish("burst.y", b"alone")
@@ -106,6 +108,33 @@ async def test_stop_sends_what_was_published_in_its_loop_iteration(net: MemoryNe
         await b.publish("last.words", b"bye")
         await b.stop()  # no yield between the publish and the stop
         assert (await asyncio.wait_for(sub.get(), 2.0)).payload == b"bye"
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_message_received_just_before_its_connection_closed_is_delivered(net: MemoryNetwork) -> None:
+    """A peer publishes and stops at once: its last frames and the close can reach the receiver
+    in one loop iteration. The frames are processed first, the loss after them."""
+    a = await Node.start(NodeConfig(realm="t"), network=net)
+    b = await Node.start(NodeConfig(realm="t", bootstrap=(a.address,)), network=net)
+    try:
+        sub = await a.subscribe("last.words")
+        await b.wait_for_subscriber("last.words", timeout=5)
+        held: list[tuple[str, Any, Any]] = []
+        on_message, on_lost = a.on_message, a.on_connection_lost
+        a.on_message = lambda conn, msg: held.append(("message", conn, msg))  # type: ignore[method-assign]
+        a.on_connection_lost = lambda conn, err: held.append(("lost", conn, err))  # type: ignore[method-assign]
+        await b.publish("last.words", b"bye")
+        await b.stop()
+        await wait_for(lambda: any(kind == "lost" for kind, _, _ in held))
+        a.on_message, a.on_connection_lost = on_message, on_lost  # type: ignore[method-assign]
+        assert [kind for kind, _, _ in held][-1] == "lost" and len(held) >= 2
+        for kind, conn, arg in held:  # everything in one loop iteration, the close last
+            (on_message if kind == "message" else on_lost)(conn, arg)
+        assert (await asyncio.wait_for(sub.get(), 2.0)).payload == b"bye"
+        await wait_for(lambda: not a.peers())  # and the loss was handled after it
+        assert not a._lost_later
     finally:
         await b.stop()
         await a.stop()

@@ -9,7 +9,7 @@ import pytest
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import MAX_BATCH_MESSAGES, GossipConfig, NodeConfig, PubSubConfig
-from quicmesh.core.effects import Deliver, Send
+from quicmesh.core.effects import Deliver, DeliverBatch, Effect, Send
 from quicmesh.core.membership import HvSend
 from quicmesh.core.mesh import Mesh
 from quicmesh.core.mesh_messages import MGossip, MGraft, MIHave, MNeighbor, MPrune
@@ -158,7 +158,7 @@ def test_publish_delivers_locally_and_pushes_to_swarm(registry: ContainerRegistr
         == [(A, [b"hi"])]
     assert not m.has_batches and m.flush(1.0) == []
     effs = m.publish("s.a.b", b"no", 1.0) + m.handle_timer(1.0)  # does not match s.*: pushed, not delivered
-    assert not any(isinstance(e, Deliver) for e in effs)
+    assert delivered(effs) == []
     assert any(isinstance(e, Send) and isinstance(e.message, MGossip) for e in effs)
 
 
@@ -182,8 +182,14 @@ def test_publishes_in_one_iteration_travel_as_batches(registry: ContainerRegistr
     assert [(g.topic, g.seq, g.payloads) for g in batches] == [
         ("s.t", 0, [b"0", b"1", b"2"]), ("s.t", 3, [b"3", b"4"]), ("s.u", 5, [b"other"]), ("s.u", 6, [b"L" * 96])]
     # local deliveries came at publish time, one per message, in seq order
-    assert [(d.seq, d.payload) for d in effs if isinstance(d, Deliver)][:2] == [(0, b"0"), (1, b"1")]
+    assert [(d.seq, d.payload) for d in delivered(effs)][:2] == [(0, b"0"), (1, b"1")]
     assert m.counters["published"] == 7 and len(m.caches.payloads) == 4  # one cache entry per batch
+
+
+def delivered(effects: list[Effect]) -> list[Deliver]:
+    """The deliveries among ``effects``, a batch counting as each of its messages."""
+    return [d for e in effects if isinstance(e, Deliver | DeliverBatch)
+            for d in (e.each() if isinstance(e, DeliverBatch) else [e])]
 
 
 def test_received_batch_is_delivered_message_by_message_in_order(registry: ContainerRegistry) -> None:
@@ -196,10 +202,13 @@ def test_received_batch_is_delivered_message_by_message_in_order(registry: Conta
         return MGossip("s", "s.t", PUB.raw, 7, seq, list(payloads), 1)
 
     first = m.handle_message(A, batch(0, b"a", b"b"), 0.1)
-    assert [(d.seq, d.payload) for d in first if isinstance(d, Deliver)] == [(0, b"a"), (1, b"b")]
-    assert [d for d in m.handle_message(A, batch(5, b"f"), 0.2) if isinstance(d, Deliver)] == []  # 2..4 missing
+    # a batch is handed over as one effect: one routing and one queue operation for all of it
+    assert [type(e) for e in first if isinstance(e, Deliver | DeliverBatch)] == [DeliverBatch]
+    assert [(d.seq, d.payload) for d in delivered(first)] == [(0, b"a"), (1, b"b")]
+    assert delivered(m.handle_message(A, batch(5, b"f"), 0.2)) == []  # 2..4 missing
     late = m.handle_message(A, batch(2, b"c", b"d", b"e"), 0.3)
-    assert [(d.seq, d.payload) for d in late if isinstance(d, Deliver)] == [(2, b"c"), (3, b"d"), (4, b"e"), (5, b"f")]
+    assert [(d.seq, d.payload) for d in delivered(late)] == [(2, b"c"), (3, b"d"), (4, b"e"), (5, b"f")]
+    assert [e.size for e in late if isinstance(e, DeliverBatch)] == [3 + 3 * 64]
     assert m.ordering.buffered == 0 and m.counters["delivered"] == 6
     # empty or oversized batches are malformed: dropped and counted, nothing cached
     seen = len(m.caches.seen)
@@ -247,7 +256,7 @@ def test_publish_only_membership_is_left_after_linger(registry: ContainerRegistr
 
     m = mesh(registry)
     effs = m.publish("s.t", b"x", 0.0)
-    assert not any(isinstance(e, Deliver) for e in effs)  # no local subscription
+    assert delivered(effs) == []  # no local subscription
     assert m.swarms.peek("s") is not None
     now = 0.0
     while now <= PUBLISH_LINGER + 1:

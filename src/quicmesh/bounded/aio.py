@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from ._base import ContainerRegistry, Overflow, _Bounded
@@ -99,11 +99,27 @@ class BoundedQueue(_Bounded, Generic[T]):
         self._wake()
         return True
 
+    def put_many(self, items: Sequence[T]) -> int:
+        """Enqueue ``items`` in order without waiting, exactly as ``put_nowait`` of each would
+        (overflow policy and statistics included), waking the reader once; returns how many
+        were accepted."""
+        if self._closed:
+            return 0
+        queue = self._items
+        if self._unsized and len(queue) + len(items) <= self._capacity:  # the common case
+            queue.extend(items)
+            if len(queue) > self._peak:
+                self._peak = len(queue)
+            self._wake()
+            return len(items)
+        return sum(1 for item in items if self.put_nowait(item))
+
     def get_nowait(self) -> T:
         """Dequeue without waiting; ``asyncio.QueueEmpty`` when empty and open."""
         if self._items:
             item = self._items.popleft()
-            self._bytes -= self._sizeof(item)
+            if not self._unsized:
+                self._bytes -= self._sizeof(item)
             return item
         if self._closed:
             raise self._closed_error()

@@ -16,7 +16,7 @@ import msgspec
 from ..identity import NodeId
 from .wire import Message
 
-__all__ = ["Deliver", "Dial", "DialAddress", "Disconnect", "Effect", "Send"]
+__all__ = ["Deliver", "DeliverBatch", "Dial", "DialAddress", "Disconnect", "Effect", "Send"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,4 +64,28 @@ class Deliver(msgspec.Struct, frozen=True, gc=False):
     hops: int = 0
 
 
-Effect = Send | Dial | DialAddress | Disconnect | Deliver
+class DeliverBatch(msgspec.Struct, frozen=True, gc=False):
+    """Hand a batch of topic messages of one publisher to the local subscriptions that match
+    ``topic``: ``payloads[i]`` has sequence number ``seq + i``. One effect for a whole gossip
+    batch, so a driver routes and queues the batch once instead of once per message; it means
+    exactly what ``len(payloads)`` :class:`Deliver` effects in that order would (see
+    :meth:`each`). ``size`` is the payload bytes plus a per-message overhead, for drivers that
+    bound what they hold in bytes."""
+
+    topic: str
+    payloads: list[bytes]
+    publisher: NodeId
+    seq: int
+    hops: int = 0
+    size: int = 0
+
+    def each(self) -> list[Deliver]:
+        """The same deliveries as one :class:`Deliver` per message."""
+        topic, publisher, seq, hops = self.topic, self.publisher, self.seq, self.hops
+        return [Deliver(topic, payload, publisher, seq + i, hops) for i, payload in enumerate(self.payloads)]
+
+
+DELIVERY_OVERHEAD = 64
+"""Bytes counted per message on top of its payload in :attr:`DeliverBatch.size`."""
+
+Effect = Send | Dial | DialAddress | Disconnect | Deliver | DeliverBatch

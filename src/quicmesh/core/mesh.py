@@ -54,9 +54,15 @@ simulator flushes after every publish. Receivers accept batches of at most
 :data:`~quicmesh.config.MAX_BATCH_MESSAGES` messages, each within ``max_message_size``.
 
 **Delivery.** New messages go through :class:`~quicmesh.core.topics.Ordering` and are emitted as
-one :class:`~quicmesh.core.effects.Deliver` each when a local pattern matches the topic; local
-publishes are delivered at once. Payloads over ``PubSubConfig.max_message_size`` raise
+one :class:`~quicmesh.core.effects.DeliverBatch` per batch (a :class:`~quicmesh.core.effects.Deliver`
+for a batch of one) when a local pattern matches the topic; local publishes are delivered at
+once. Payloads over ``PubSubConfig.max_message_size`` raise
 :class:`~quicmesh.errors.MessageTooLarge` on publish and are dropped (counted) on receive.
+
+**The short path.** While a swarm with no local subscription has an open batch, a publish to the
+batch's topic only appends to it (:meth:`Mesh.append_to_batch`: no clock, no topic check, no
+effects); everything else takes the general path. The published counter and the swarm's
+``last_publish`` are updated when the batch is flushed.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from ..config import MAX_BATCH_MESSAGES, NodeConfig
 from ..errors import LimitExceeded, MessageTooLarge
 from ..identity import NodeId
 from .addressbook import AddressBook, normalize_addresses
-from .effects import Deliver, Dial, DialAddress, Disconnect, Effect, Send
+from .effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Effect, Send
 from .membership import HvOut, HvSend, HyParView, NeighborDown, NeighborUp, peer_id
 from .mesh_messages import (
     MESH_MESSAGES,
@@ -183,7 +189,11 @@ class Mesh:
         self.batched: dict[str, float] = {}  # bounded: a subset of swarms (gossip.max_topics)
         """Swarms with an open batch -> when its first message was published."""
         self.batch_max = config.gossip.batch_max_messages
+        self._hot: _Swarm | None = None
+        """The swarm whose open batch the last publish joined, while it has no local pattern: the
+        next publish to the same topic takes a short path (see :meth:`publish`)."""
         self.batch_max_bytes = config.gossip.batch_max_bytes
+        self._hot_bytes = min(self.batch_max_bytes, self.max_message_size)
         self.bootstrap: tuple[tuple[NodeId | None, tuple[str, ...]], ...] = ()
         self.join_attempt = 0
         self.next_join: float | None = None
@@ -343,6 +353,8 @@ class Mesh:
         sw, out = self._ensure_swarm(p.swarm, now)
         self.patterns.set(pattern, (p, 1))
         sw.patterns[pattern] = p
+        if self._hot is sw:
+            self._hot = None  # publishes to it are now delivered locally too: not the short path
         return out
 
     def unsubscribe(self, pattern: str, now: float) -> list[Effect]:
@@ -371,6 +383,8 @@ class Mesh:
 
         Raises :class:`MessageTooLarge` over ``pubsub.max_message_size`` and ``ValueError`` for a
         bad topic."""
+        if self.append_to_batch(topic, payload):
+            return []
         check_topic(topic)
         if len(payload) > self.max_message_size:
             raise MessageTooLarge(len(payload), self.max_message_size)
@@ -384,15 +398,32 @@ class Mesh:
             sw.batch_seq = sw.next_seq
             self.batched.setdefault(sw.hv.swarm, now)
         payload = bytes(payload)
+        self._hot = None if sw.patterns or topic[:1] == "$" else sw  # reserved topics: never short
         sw.batch.append(payload)
         sw.batch_bytes += len(payload)
         seq = sw.next_seq
         sw.next_seq += 1
-        self.counters["published"] += 1
         if sw.patterns and any(p.matches(topic) for p in sw.patterns.values()):
             out.append(Deliver(topic, payload, self.me, seq, 0))
             self.counters["delivered"] += 1
         return out
+
+    def append_to_batch(self, topic: str, payload: bytes) -> bool:
+        """The short path of :meth:`publish`, for the common case of a burst: add ``payload`` to
+        the open batch if that batch is for ``topic``, in a swarm with no local subscription, and
+        has room; ``False`` (nothing done) otherwise. No clock is needed: the topic was checked
+        when the batch opened, ``_hot_bytes`` bounds each message's size too, and the swarm's
+        ``last_publish`` and the published counter are brought up to date at the flush."""
+        sw = self._hot
+        if sw is not None and topic == sw.batch_topic:
+            batch = sw.batch
+            size = sw.batch_bytes + len(payload)
+            if len(batch) < self.batch_max and size <= self._hot_bytes:
+                batch.append(payload)
+                sw.batch_bytes = size
+                sw.next_seq += 1
+                return True
+        return False
 
     @property
     def has_batches(self) -> bool:
@@ -416,11 +447,14 @@ class Mesh:
         if not sw.batch:
             return []
         msg = MGossip(sw.hv.swarm, sw.batch_topic, self.me.raw, sw.epoch, sw.batch_seq, sw.batch, 0)
+        self.counters["published"] += len(sw.batch)
+        sw.last_publish = max(sw.last_publish, now)
+        if self._hot is sw:
+            self._hot = None
         sw.batch = []
         sw.batch_bytes = 0
         self.batched.pop(sw.hv.swarm, None)
-        sends, _ = sw.pt.broadcast(msg, now)
-        return self._route(sw.hv.swarm, list(sends), now)
+        return self._route(sw.hv.swarm, list(sw.pt.broadcast(msg, now)), now)
 
     def set_addresses(self, addresses: tuple[str, ...]) -> None:
         """This node's own listen addresses (known once the transport is bound)."""
@@ -659,6 +693,8 @@ class Mesh:
             return []
         out = self._flush_swarm(sw, now)  # what was published before leaving still goes out
         self.swarms.pop(key)
+        if self._hot is sw:
+            self._hot = None
         out += self._route(key, sw.hv.leave(), now)
         sw.pt.close()
         self.caches.purge(key)
@@ -695,8 +731,12 @@ class Mesh:
         for a in items:
             if any(p.matches(a.topic) for p in sw.patterns.values()):
                 self.counters["delivered"] += len(a.payloads)
-                topic, publisher, seq, hops = a.topic, a.publisher, a.seq, a.hops
-                out += [Deliver(topic, payload, publisher, seq + i, hops) for i, payload in enumerate(a.payloads)]
+                payloads = a.payloads
+                if len(payloads) == 1:
+                    out.append(Deliver(a.topic, payloads[0], a.publisher, a.seq, a.hops))
+                else:
+                    size = sum(map(len, payloads)) + DELIVERY_OVERHEAD * len(payloads)
+                    out.append(DeliverBatch(a.topic, payloads, a.publisher, a.seq, a.hops, size))
         return out
 
     def _route(self, swarm: str, outs: Sequence[HvOut], now: float) -> list[Effect]:

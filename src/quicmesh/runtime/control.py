@@ -186,12 +186,17 @@ def _text(data: bytes) -> dict[str, str]:
 class _Tally:
     """Messages one control subscription received, and when the first and the last came."""
 
-    __slots__ = ("count", "first", "last")
+    __slots__ = ("count", "first", "last", "want")
 
     def __init__(self) -> None:
         self.count = 0
         self.first = 0.0
         self.last = 0.0
+        self.want = _NEVER
+        """The count an ``await_count`` waits for (the reader looks for the waiter only then)."""
+
+
+_NEVER = 1 << 62
 
 
 class ControlChannel:
@@ -303,7 +308,8 @@ class ControlChannel:
             want = int(cmd["count"])
             event = asyncio.Event()
             self._count_waiters.set(sid, (want, event))
-            tally = self._tallies.peek(sid) or _Tally()
+            tally = self._tally(sid)
+            tally.want = want
             if tally.count >= want:
                 event.set()
             try:
@@ -312,6 +318,7 @@ class ControlChannel:
                 pass
             finally:
                 self._count_waiters.pop(sid)
+                tally.want = _NEVER
             watched = self._subs.peek(sid)
             self.emit("count_reached", id=sid, count=tally.count, t_first=tally.first, t_last=tally.last,
                       sub_dropped=watched.dropped if watched is not None else None, inbox_dropped=node.inbox_dropped)
@@ -479,20 +486,25 @@ class ControlChannel:
             await self.node.wait_for_subscriber(what, timeout)
         self.emit("ready", what=what)
 
-    async def _pump(self, sid: int, sub: Subscription, quiet: bool) -> None:
-        msg: Message
+    def _tally(self, sid: int) -> _Tally:
         tally = self._tallies.peek(sid)
         if tally is None:
             tally = _Tally()
             self._tallies.set(sid, tally)
+        return tally
+
+    async def _pump(self, sid: int, sub: Subscription, quiet: bool) -> None:
+        msg: Message
+        tally = self._tally(sid)
         async for msg in sub:
             tally.count += 1
             tally.last = time.time()
             if not tally.first:
                 tally.first = tally.last
-            waiter = self._count_waiters.peek(sid)
-            if waiter is not None and tally.count >= waiter[0]:
-                waiter[1].set()
+            if tally.count >= tally.want:
+                waiter = self._count_waiters.peek(sid)
+                if waiter is not None and tally.count >= waiter[0]:
+                    waiter[1].set()
             if not quiet:
                 self.emit("message", id=sid, topic=msg.topic, sender=str(msg.sender), seq=msg.seq, **_text(msg.payload))
 

@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
-from ..bounded.aio import BoundedQueue
+from ..bounded.aio import BoundedQueue, QueueClosed
 from ..config import NodeConfig
 from ..core.caller import Caller
-from ..core.effects import Deliver, Dial, DialAddress, Disconnect, Send
+from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from ..core.log_messages import LOG_MESSAGES
 from ..core.mesh import Mesh
 from ..core.mesh_messages import MESH_MESSAGES, MGossip, MIHave
@@ -86,6 +86,11 @@ _GRACEFUL_CODES = frozenset({"shutdown", "normal", "idle", "duplicate"})
 _RECONCILE_INTERVAL = 5.0
 """Seconds between two reconciliations of per-peer RPC state with the live connections."""
 _REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
+
+
+def _delivery_size(eff: Deliver | DeliverBatch) -> int:
+    """Bytes a waiting delivery holds, for the delivery queue's byte bound."""
+    return eff.size if isinstance(eff, DeliverBatch) else len(eff.payload) + DELIVERY_OVERHEAD
 
 
 def _earliest(*deadlines: float | None) -> float | None:
@@ -139,6 +144,16 @@ class Subscription(QueueHandle[Message]):
 
     def _describe(self) -> str:
         return self.pattern
+
+    async def __anext__(self) -> Message:
+        # a message already waiting is returned without the generic path's awaits (a reader
+        # keeping up with a busy topic spends most of its time here)
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return await super().__anext__()
+        except QueueClosed:
+            raise StopAsyncIteration from None
 
     def __repr__(self) -> str:
         return f"<Subscription {self.pattern!r} pending={self.pending} closed={self._closed}>"
@@ -210,6 +225,8 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None]
+        """A completed future: what ``publish`` returns when there is nothing to wait for."""
         self._started = False
         self._stopped = False
         self.address = ""
@@ -221,14 +238,22 @@ class Node:
             "node.inbox", _INBOX_CAPACITY, Overflow.DROP_NEWEST, registry=self.registry
         )
         self._inbox_scheduled = False
+        self._inbox_in = 0
+        """Messages ever appended to the inbox (positions for :attr:`_lost_later`)."""
+        self._inbox_out = 0
+        """Messages ever taken from the inbox."""
+        self._lost_later: dict[Connection, tuple[int, Exception | None]] = {}  # bounded: one per closed connection
+        """Closed connections whose messages still wait in the inbox -> (the inbox position of
+        their last message, the error): the loss is handled after those messages, in order."""
         self._rearm_scheduled = False
         self._congested: dict[NodeId, Connection] = {}  # bounded: one per open connection
         self.inbox_dropped = 0
-        self._outbox: BoundedDeque[Deliver] = BoundedDeque(
+        self._outbox: BoundedDeque[Deliver | DeliverBatch] = BoundedDeque(
             "node.delivery_queue", config.gossip.reorder_buffer_total + _INBOX_CHUNK, Overflow.DROP_NEWEST,
-            registry=self.registry,
+            capacity_bytes=config.gossip.payload_cache_bytes, sizeof=_delivery_size, registry=self.registry,
         )
-        """Deliveries waiting for their turn (sized to absorb a full reorder-buffer release)."""
+        """Deliveries (single messages and whole gossip batches) waiting for their turn: sized to
+        absorb a full reorder-buffer release, and bounded in bytes like the payload cache."""
         self._outbox_scheduled = False
         self.outbox_dropped = 0
         self.observability: Observability | None = None
@@ -265,6 +290,8 @@ class Node:
         from ..observability import Observability
 
         self._loop = asyncio.get_running_loop()
+        self._done = self._loop.create_future()
+        self._done.set_result(None)
         self.address = await self.transport.start(self)
         self.mesh.set_addresses((self.address,))
         self.services.addresses = (self.address,)
@@ -301,6 +328,7 @@ class Node:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.gather(*(c.drain(until=0) for c in conns)), _STOP_DRAIN)
         self._stopped = True
+        self._lost_later.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -383,6 +411,7 @@ class Node:
         if not self._inbox.append((conn, message)):
             self.inbox_dropped += 1
             return
+        self._inbox_in += 1
         if not self._inbox_scheduled and self._loop is not None:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
@@ -390,10 +419,21 @@ class Node:
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
         inbox = self._inbox
-        for _ in range(min(len(inbox), _INBOX_CHUNK)):
+        n = min(len(inbox), _INBOX_CHUNK)
+        for _ in range(n):
             conn, message = inbox.popleft()
-            if not conn.closed:
-                self._process(conn, message)
+            # a message received before its connection closed is processed (the peer sent it
+            # and we received it: a publish right before a peer stops is delivered); the loss
+            # itself is handled once the connection's messages are through (_lost_later)
+            self._process(conn, message)
+        self._inbox_out += n
+        while self._lost_later:
+            conn = next(iter(self._lost_later))
+            mark, error = self._lost_later[conn]
+            if mark > self._inbox_out:
+                break
+            del self._lost_later[conn]
+            self._connection_lost(conn, error)
         if inbox and not self._stopped and self._loop is not None:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
@@ -404,8 +444,15 @@ class Node:
         # turn before their bounded queues overflow.
         self._outbox_scheduled = False
         outbox = self._outbox
-        for _ in range(min(len(outbox), _INBOX_CHUNK)):
-            self._deliver(outbox.popleft())
+        budget = _INBOX_CHUNK  # messages, a batch counting each of its messages
+        while outbox and budget > 0:
+            eff = outbox.popleft()
+            if isinstance(eff, DeliverBatch):
+                self._deliver_batch(eff)
+                budget -= len(eff.payloads)
+            else:
+                self._deliver(eff)
+                budget -= 1
         if outbox and not self._stopped and self._loop is not None:
             self._outbox_scheduled = True
             self._loop.call_soon(self._drain_outbox)
@@ -432,6 +479,13 @@ class Node:
         if getattr(conn, "role", "node") == "client":
             self.gateway.on_connection_lost(conn, error)
             return
+        if self._inbox and not self._stopped:
+            # messages it delivered may still wait in the inbox: they go first
+            self._lost_later[conn] = (self._inbox_in, error)
+            return
+        self._connection_lost(conn, error)
+
+    def _connection_lost(self, conn: Connection, error: Exception | None) -> None:
         peer = conn.peer_id
         if self.transport.get(peer) is not None:
             return  # a newer connection to the same peer replaced this one
@@ -511,9 +565,10 @@ class Node:
                 conn = self.transport.get(eff.peer)
                 if conn is None or not conn.send(eff.message):
                     self.dropped_sends += 1
-            elif isinstance(eff, Deliver):
+            elif isinstance(eff, Deliver | DeliverBatch):
                 if eff.topic == REGISTRY_TOPIC:
-                    self._run(self.services.handle_advert(eff.payload, self._now()))
+                    for payload in eff.payloads if isinstance(eff, DeliverBatch) else (eff.payload,):
+                        self._run(self.services.handle_advert(payload, self._now()))
                     self._notify()
                 elif not self._outbox.append(eff):
                     self.outbox_dropped += 1
@@ -687,15 +742,31 @@ class Node:
     def _deliver(self, eff: Deliver) -> None:
         queues = self._routes.get(eff.topic)
         if queues is None:
-            queues = [state.queue for parsed, group in self._by_pattern.values() if parsed.matches(eff.topic)
-                      for state in group.values()]
-            if len(self._routes) >= _ROUTE_CACHE:
-                self._routes.clear()
-            self._routes[eff.topic] = queues
+            queues = self._route_topic(eff.topic)
         if queues:
             msg = Message(eff.topic, eff.payload, eff.publisher, eff.seq)
             for queue in queues:
                 queue.put_nowait(msg)
+
+    def _deliver_batch(self, eff: DeliverBatch) -> None:
+        queues = self._routes.get(eff.topic)
+        if queues is None:
+            queues = self._route_topic(eff.topic)
+        if queues:
+            topic, publisher, seq = eff.topic, eff.publisher, eff.seq
+            msgs = [Message(topic, payload, publisher, seq + i) for i, payload in enumerate(eff.payloads)]
+            for queue in queues:
+                queue.put_many(msgs)
+
+    def _route_topic(self, topic: str) -> list[BoundedQueue[Message]]:
+        """The queues of the subscriptions matching ``topic`` (cached until a subscription opens
+        or closes)."""
+        queues = [state.queue for parsed, group in self._by_pattern.values() if parsed.matches(topic)
+                  for state in group.values()]
+        if len(self._routes) >= _ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[topic] = queues
+        return queues
 
     def subscribed_patterns(self) -> frozenset[str]:
         """The patterns this node's open subscriptions use (pub/sub runs through ``self.mesh``)."""
@@ -707,31 +778,48 @@ class Node:
 
         return self.mesh.topic_state(swarm_of(topic))
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """Send ``payload`` to every subscriber of ``topic`` (none is fine).
+    def publish(self, topic: str, payload: bytes) -> Awaitable[None]:
+        """Send ``payload`` to every subscriber of ``topic`` (none is fine): ``await
+        node.publish(topic, payload)``.
 
-        Local subscriptions get it at once; the network copy leaves at the end of the current
-        event-loop iteration, in one gossip batch with the other messages published to ``topic``
-        in that iteration (``gossip.batch_max_messages``), in publish order. Waits while a
-        connection is congested (see the module docstring). Raises
+        The message is taken when ``publish`` is called. Local subscriptions get it at once; the
+        network copy leaves at the end of the current event-loop iteration, in one gossip batch
+        with the other messages published to ``topic`` in that iteration
+        (``gossip.batch_max_messages``), in publish order. The returned awaitable completes at
+        once, or, while a connection is congested, once it drained (see the module docstring):
+        that is how a fast publisher is slowed down. Raises
         :class:`~quicmesh.errors.MessageTooLarge` over ``pubsub.max_message_size`` and
-        :class:`~quicmesh.errors.InvalidTopic` for a bad or reserved topic.
+        :class:`~quicmesh.errors.InvalidTopic` for a bad or reserved topic (at the call).
         """
-        self._check_open()
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError("payload must be bytes")
+        # This runs once per message of a burst, so it is kept short: no coroutine is made
+        # unless there is something to wait for, and a message for the open batch of the same
+        # topic needs no clock and no topic check (both were done when the batch opened).
+        if self._stopped or not self._started:
+            raise NodeClosed("node is not running")
+        if type(payload) is not bytes:
+            if not isinstance(payload, bytearray | memoryview):
+                raise TypeError("payload must be bytes")
+            payload = bytes(payload)
+        if not self.mesh.append_to_batch(topic, payload):
+            self._publish(topic, payload)
+        if not self._rearm_scheduled:
+            self._rearm()  # also flushes the open batch at the end of this loop iteration
+        if self._congested:
+            return self._backpressure()
+        return self._done
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        """The general path of :meth:`publish`."""
         self._check_reserved(topic)
         try:
-            effects = self.mesh.publish(topic, bytes(payload), self._now())
+            effects = self.mesh.publish(topic, payload, self._now())
         except MessageTooLarge:
             raise
         except ValueError as exc:  # the topic (the mesh checks it once)
             raise InvalidTopic(str(exc)) from None
-        self._run(effects)
-        self._rearm()  # also flushes the open batch at the end of this loop iteration
-        self._note_congestion(effects)
-        if self._congested:
-            await self._backpressure()
+        if effects:
+            self._run(effects)
+            self._note_congestion(effects)
 
     @staticmethod
     def _check_reserved(name: str) -> None:

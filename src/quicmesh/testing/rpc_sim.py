@@ -39,7 +39,7 @@ from random import Random
 from ..bounded import ContainerRegistry, TtlMap
 from ..config import NodeConfig, RegistryConfig, RpcConfig
 from ..core.caller import Caller, CallerOutcome
-from ..core.effects import Deliver, Disconnect, Effect, Send
+from ..core.effects import Deliver, DeliverBatch, Disconnect, Effect, Send
 from ..core.mesh import Mesh
 from ..core.messages import Reply, ReplyError, Request, Services
 from ..core.registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
@@ -159,7 +159,7 @@ class ServiceMesh(Mesh):
 
     def _post(self, effects: list[Effect], now: float) -> list[Effect]:
         out: list[Effect] = []
-        for e in effects:
+        for e in [d for x in effects for d in (x.each() if isinstance(x, DeliverBatch) else (x,))]:
             if isinstance(e, Deliver) and e.topic == REGISTRY_TOPIC:
                 out += self._drive(list(self.services.handle_advert(e.payload, now)), now)
             elif isinstance(e, Disconnect) and e.reason == "idle":

@@ -13,7 +13,7 @@ runtime executes:
   sides (the dialer ``outbound=True``); when the target is dead or unreachable either way,
   ``dial_failed`` (``address_dial_failed``) after ``dial_timeout``.
 * ``Disconnect(peer)``: the connection ends; the peer sees ``peer_disconnected`` after a latency.
-* ``Deliver``: recorded for the scenario metrics.
+* ``Deliver`` (and each message of a ``DeliverBatch``): recorded for the scenario metrics.
 
 Connections that a partition cuts, or whose far end crashed, are reported lost to the surviving
 side(s) after ``idle_timeout`` (QUIC's idle timeout). Each node's timer is armed at
@@ -33,7 +33,7 @@ from random import Random
 
 from ..bounded import ContainerRegistry
 from ..config import NodeConfig
-from ..core.effects import Deliver, Dial, DialAddress, Disconnect, Effect, Send
+from ..core.effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Effect, Send
 from ..core.mesh import Mesh
 from ..core.mesh_messages import MGossip, MGraft, MIHave, MPrune
 from ..core.wire import Message
@@ -243,6 +243,8 @@ class Simulator:
         for eff in effects:
             if isinstance(eff, Send):
                 self._send(node, eff.peer, eff.message)
+            elif isinstance(eff, DeliverBatch):
+                self._apply(node, list(eff.each()))
             elif isinstance(eff, Deliver):
                 if self.record_deliveries:
                     node.deliveries.append(Delivery(self.now, eff.topic, eff.publisher, eff.seq, eff.hops,
