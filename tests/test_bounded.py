@@ -429,6 +429,26 @@ async def test_queue_put_nowait_never_blocks_and_drop_oldest_counts(registry: Co
     assert (s.evictions, s.peak, s.size, s.kind) == (997, 3, 0, "queue")
 
 
+@pytest.mark.parametrize("ov", [Overflow.EVICT_OLDEST, Overflow.DROP_NEWEST])
+async def test_queue_put_many_is_put_nowait_of_each(ov: Overflow, registry: ContainerRegistry) -> None:
+    many: BoundedQueue[int] = BoundedQueue("t.many", 5, ov, registry=registry)
+    one: BoundedQueue[int] = BoundedQueue("t.one", 5, ov, registry=registry)
+    getter = asyncio.create_task(many.get())
+    await _until_waiting(many)
+    assert many.put_many([0, 1, 2]) == 3 and [one.put_nowait(i) for i in (0, 1, 2)] == [True] * 3
+    assert await getter == 0 and one.get_nowait() == 0  # the waiting reader was woken
+    for chunk in ([3], [4, 5, 6, 7], [], [8, 9, 10, 11, 12, 13]):
+        accepted = many.put_many(chunk)
+        assert accepted == sum(1 for i in chunk if one.put_nowait(i))
+    rest = [many.get_nowait() for _ in range(len(many))]
+    assert rest == [one.get_nowait() for _ in range(len(one))]
+    assert rest == ([9, 10, 11, 12, 13] if ov is Overflow.EVICT_OLDEST else [1, 2, 3, 4, 5])
+    a, b = many.stats(), one.stats()
+    assert (a.evictions, a.rejections, a.peak) == (b.evictions, b.rejections, b.peak)
+    many.close_queue()
+    assert many.put_many([1, 2]) == 0
+
+
 async def test_queue_byte_capacity(registry: ContainerRegistry) -> None:
     q: BoundedQueue[bytes] = BoundedQueue("t.q", 100, capacity_bytes=10, sizeof=len, registry=registry)
     q.put_nowait(b"aaaa")

@@ -14,7 +14,9 @@ from quicmesh.config import NodeConfig, PubSubConfig, RpcConfig
 from quicmesh.errors import (
     CallTimeout,
     ConnectionLost,
+    InvalidTopic,
     MessageTooLarge,
+    NodeClosed,
     NoProvider,
     Overloaded,
     PeerIdMismatch,
@@ -138,6 +140,41 @@ async def test_message_received_just_before_its_connection_closed_is_delivered(n
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_publish_short_path_keeps_every_rule(pair: tuple[Node, Node]) -> None:
+    """A publish to the topic of the open batch skips the clock and the topic check; what the
+    general path enforces still holds around it."""
+    a, b = pair
+    sub = await a.subscribe("hot.>")
+    await b.wait_for_subscriber("hot.x", timeout=5)
+    await b.publish("hot.x", b"0")
+    assert b.mesh._hot is not None  # a batch is open: the next publishes take the short path
+    pending = b.publish("hot.x", bytearray(b"1"))  # bytearray is copied to bytes
+    assert pending.done()  # nothing to wait for: the message was taken at the call
+    await pending
+    # a local subscription opened while the batch is open gets the next message
+    local = await b.subscribe("hot.x")
+    await b.publish("hot.x", b"2")
+    assert (await asyncio.wait_for(local.get(), 1.0)).payload == b"2"
+    # bad input is refused whatever batch is open
+    with pytest.raises(InvalidTopic):
+        b.publish("$registry.x", b"no")
+    with pytest.raises(InvalidTopic):
+        b.publish("hot..x", b"no")
+    with pytest.raises(MessageTooLarge):
+        b.publish("hot.x", b"x" * (b.config.pubsub.max_message_size + 1))
+    with pytest.raises(TypeError):
+        b.publish("hot.x", "text")  # type: ignore[arg-type]
+    got = [await asyncio.wait_for(sub.get(), 2.0) for _ in range(3)]
+    assert [m.payload for m in got] == [b"0", b"1", b"2"]
+    assert [m.seq for m in got] == [got[0].seq, got[0].seq + 1, got[0].seq + 2]
+    assert b.mesh.counters["published"] == 3
+    await local.close()
+    await sub.close()
+    await b.stop()
+    with pytest.raises(NodeClosed):
+        b.publish("hot.x", b"late")
 
 
 async def test_wildcards_and_local_delivery(pair: tuple[Node, Node]) -> None:
