@@ -37,7 +37,7 @@ from .metrics import (
     process_rss,
     render,
 )
-from .sentinel import HISTORY_NAME, LeakSentinel, Reason, SentinelTask, Verdict, least_squares_slope
+from .sentinel import HISTORY_NAME, LeakSentinel, Reason, SentinelTask, TrimTask, Verdict, least_squares_slope
 
 __all__ = [
     "ALL_METRICS",
@@ -55,6 +55,7 @@ __all__ = [
     "Observability",
     "Reason",
     "SentinelTask",
+    "TrimTask",
     "Verdict",
     "gauges_of",
     "health_document",
@@ -87,6 +88,8 @@ class Observability:
         cfg = config or ObservabilityConfig()
         self.sentinel = LeakSentinel(cfg, node.registry, sample_rss)
         self.task = SentinelTask(self.sentinel, traffic_counter=traffic_counter)
+        self.trimmer = TrimTask(cfg.malloc_trim_interval) if cfg.malloc_trim_interval > 0 else None
+        """Returns the C heap's free pages every ``malloc_trim_interval`` seconds (``None``: off)."""
         self.endpoint: HttpEndpoint | None = None
         if http is not None:
             host, _, port = http.rpartition(":")
@@ -95,12 +98,16 @@ class Observability:
     async def start(self) -> str | None:
         """Start sampling and serving; returns the HTTP endpoint's bound ``HOST:PORT`` or ``None``."""
         self.task.start()
+        if self.trimmer is not None:
+            self.trimmer.start()
         if self.endpoint is None:
             return None
         try:
             return await self.endpoint.start()
         except BaseException:
             await self.task.stop()
+            if self.trimmer is not None:
+                await self.trimmer.stop()
             raise
 
     async def stop(self) -> None:
@@ -108,3 +115,5 @@ class Observability:
         if self.endpoint is not None:
             await self.endpoint.stop()
         await self.task.stop()
+        if self.trimmer is not None:
+            await self.trimmer.stop()

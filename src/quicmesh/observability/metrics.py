@@ -27,6 +27,7 @@ The :class:`NodeView` protocol is the seam the node implements.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -322,6 +323,31 @@ def metric_names() -> frozenset[str]:
 
 
 # -- process sampling --------------------------------------------------------------------------------
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library through ctypes (``None`` when not found); loaded once."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def malloc_trim() -> bool:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``, which also
+    releases whole free pages inside the heap, not only at its top). ``False`` where the C
+    library has no such call (musl, macOS, Windows)."""
+    libc = _libc()
+    fn = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if fn is None:
+        return False
+    fn(0)
+    return True
 
 
 def process_rss() -> int:

@@ -44,7 +44,10 @@ from ..bounded import BoundedDeque, ContainerRegistry
 from ..config import ObservabilityConfig
 from .metrics import ContainerAggregator, process_rss
 
-__all__ = ["HISTORY_NAME", "LeakSentinel", "Reason", "SentinelTask", "Verdict", "least_squares_slope", "process_rss"]
+__all__ = [
+    "HISTORY_NAME", "LeakSentinel", "Reason", "SentinelTask", "TrimTask", "Verdict", "least_squares_slope",
+    "process_rss",
+]
 
 log = logging.getLogger(__name__)
 
@@ -391,3 +394,72 @@ class SentinelTask:
                 self.errors += 1
                 log.exception("quicmesh leak sentinel: sample failed")
             await asyncio.sleep(self._interval)
+
+
+class TrimTask:
+    """Calls ``trim`` (default :func:`~quicmesh.observability.metrics.malloc_trim`) every
+    ``interval`` seconds on the running event loop, counting the calls and the RSS they gave
+    back (``sample_rss`` before minus after, when positive). A failing call is logged once and
+    the task stops (the C library has no such call)."""
+
+    def __init__(
+        self,
+        interval: float,
+        *,
+        trim: Callable[[], bool] | None = None,
+        sample_rss: Callable[[], int] | None = None,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        from .metrics import malloc_trim, process_rss
+
+        self._interval = interval
+        self._trim = trim or malloc_trim
+        self._rss = sample_rss or process_rss
+        self._task: asyncio.Task[None] | None = None
+        self.trims = 0
+        """Calls made."""
+        self.released_bytes = 0
+        """RSS given back by the calls, summed (bytes)."""
+
+    @property
+    def running(self) -> bool:
+        """``True`` while the task runs."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start trimming (first after one interval). Call from the running loop."""
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="quicmesh-trim")
+
+    async def stop(self) -> None:
+        """Stop; idempotent."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+
+    def trim_now(self) -> int | None:
+        """Trim once; returns the RSS given back (bytes), ``None`` when trimming is unsupported."""
+        before = self._rss()
+        if not self._trim():
+            return None
+        released = max(0, before - self._rss())
+        self.trims += 1
+        self.released_bytes += released
+        return released
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                if self.trim_now() is None:
+                    return  # no malloc_trim in this C library
+            except Exception:  # memory housekeeping never takes the node down
+                log.exception("malloc_trim failed; trimming stops")
+                return

@@ -164,10 +164,9 @@ def _mallinfo() -> dict[str, int] | None:
 
 def _malloc_trim() -> None:
     """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``), when available."""
-    try:
-        _libc().malloc_trim(0)
-    except (AttributeError, OSError):
-        pass
+    from ..observability.metrics import malloc_trim
+
+    malloc_trim()
 
 
 def _payload(cmd: dict[str, Any]) -> bytes:

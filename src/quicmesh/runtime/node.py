@@ -1050,6 +1050,10 @@ class Node:
         }
         for reason, n in ts.refused_total.items():
             out[f"handshakes_refused_total:{reason}"] = float(n)
+        trimmer = self.observability.trimmer if self.observability is not None else None
+        if trimmer is not None:
+            out["malloc_trims_total"] = float(trimmer.trims)
+            out["malloc_trim_released_bytes_total"] = float(trimmer.released_bytes)
         out.update(self.gateway.gauges())
         return out
 
