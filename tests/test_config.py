@@ -125,10 +125,15 @@ def test_replace_validates() -> None:
         ({"transport": TransportConfig(max_frame_size=1 << 32)}, "transport.max_frame_size"),
         ({"transport": GossipConfig()}, "transport"),
         ({"observability": ObservabilityConfig(near_capacity=1.5)}, "observability.near_capacity"),
+        ({"observability": ObservabilityConfig(malloc_trim_interval=-1.0)}, "observability.malloc_trim_interval"),
     ],
 )
 def test_bad_values_in_code_name_the_key(kwargs: dict[str, Any], key: str) -> None:
     assert _error(lambda: NodeConfig(**kwargs)).key == key
+
+
+def test_zero_turns_trimming_off() -> None:
+    assert NodeConfig(observability=ObservabilityConfig(malloc_trim_interval=0)).observability.malloc_trim_interval == 0
 
 
 def test_an_int_is_accepted_for_a_float_field() -> None:

@@ -142,3 +142,33 @@ async def test_subscribe_close_cycles_keep_rss_and_containers_flat() -> None:
     finally:
         await node.stop()
         await peer.stop()
+
+
+async def test_node_daemon_keeps_python_objects_in_the_c_heap_and_trims_it() -> None:
+    """``quicmesh node`` re-executes itself (same pid) with ``PYTHONMALLOC=malloc`` unless the
+    variable is set, and its trimmer runs and is exported; an explicit choice is kept."""
+    import re
+    import urllib.request
+
+    a = await NodeProcess.spawn("A", realm="alloc", extra=["--http", "127.0.0.1:0"],
+                                env={"QUICMESH_OBSERVABILITY__MALLOC_TRIM_INTERVAL": "0.1"})
+    b: NodeProcess | None = None
+    try:
+        want = os.environ.get("PYTHONMALLOC", "malloc")  # a caller's own choice is kept
+        assert psutil.Process(a.proc.pid).environ().get("PYTHONMALLOC") == want
+        loop = asyncio.get_running_loop()
+
+        def trims() -> float:
+            with urllib.request.urlopen(f"http://{a.http}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            m = re.search(r'^quicmesh_node_events_total\{name="malloc_trims_total"\} (\S+)$', text, re.M)
+            return float(m.group(1)) if m else 0.0
+
+        async with asyncio.timeout(20):
+            while await loop.run_in_executor(None, trims) < 3:
+                await asyncio.sleep(0.1)
+        b = await NodeProcess.spawn("B", realm="alloc", env={"PYTHONMALLOC": "pymalloc"})
+        assert psutil.Process(b.proc.pid).environ().get("PYTHONMALLOC") == "pymalloc"
+    finally:
+        codes = [await n.stop() for n in (b, a) if n is not None]
+    assert codes == [0] * len(codes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import pytest
 
 from quicmesh.bounded import BoundedDeque, ContainerRegistry, LruMap
 from quicmesh.config import ObservabilityConfig
-from quicmesh.observability import HISTORY_NAME, LeakSentinel, SentinelTask, least_squares_slope
+from quicmesh.observability import HISTORY_NAME, LeakSentinel, SentinelTask, TrimTask, least_squares_slope
 
 MiB = 1024 * 1024
 INTERVAL = 5.0
@@ -286,3 +287,45 @@ async def test_sentinel_task_samples_with_traffic_rate_and_survives_errors() -> 
     await task.stop()
     assert not task.running
     await task.stop()  # idempotent
+
+
+async def test_trim_task_trims_on_its_interval_and_counts_what_it_gave_back() -> None:
+    rss = [100_000]
+    calls: list[float] = []
+
+    def trim() -> bool:
+        calls.append(time.monotonic())
+        rss[0] -= 4096  # the allocator gave a page back
+        return True
+
+    task = TrimTask(0.02, trim=trim, sample_rss=lambda: rss[0])
+    task.start()
+    try:
+        async with asyncio.timeout(5):
+            while task.trims < 3:
+                await asyncio.sleep(0.01)
+    finally:
+        await task.stop()
+    assert not task.running
+    assert task.released_bytes == 4096 * task.trims
+    assert all(b - a >= 0.015 for a, b in itertools.pairwise(calls))  # not a busy loop
+    with pytest.raises(ValueError):
+        TrimTask(0)
+
+
+async def test_trim_task_stops_where_the_c_library_cannot_trim() -> None:
+    task = TrimTask(0.01, trim=lambda: False, sample_rss=lambda: 1)
+    assert task.trim_now() is None
+    task.start()
+    async with asyncio.timeout(5):
+        while task.running:
+            await asyncio.sleep(0.01)
+    assert task.trims == 0
+
+
+def test_malloc_trim_on_this_machine() -> None:
+    import platform
+
+    from quicmesh.observability.metrics import malloc_trim
+
+    assert malloc_trim() is (platform.libc_ver()[0] == "glibc")  # others (musl, macOS) report False
