@@ -30,7 +30,9 @@ die and connections that only the idle timeout ends.
 
 Measurement. Between rounds every session is closed: the harness waits (bounded) until each hub
 is back to its pre-churn connection count, then asks each hub for a ``memory`` checkpoint
-(``gc.collect()`` first, then RSS, fds, tasks, live objects, traced bytes). A background sampler
+(``gc.collect()`` and ``malloc_trim(0)`` first, as the node's own trim every
+``observability.malloc_trim_interval`` would; the RSS before the trim is recorded and its slope
+reported too; then RSS, fds, tasks, live objects, traced bytes). A background sampler
 also scrapes ``/metrics`` every ``--sample-seconds`` for the time plots (RSS, fds, tasks, every
 container's size). After warm-up (the first ``--warmup`` fraction of the churn time; the tracemalloc
 baseline snapshot is taken there) the RSS slope of each untraced hub is the least-squares slope
@@ -610,7 +612,9 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
             quiet = await _wait_quiet(hubs, base_conns, timeout=ttl_max + 2)
             take_baseline = not baseline_taken and time.monotonic() >= warm_end
             for hub in hubs:
-                cp = await _memory(hub, baseline=take_baseline and hub.traced)
+                # RSS right after a malloc_trim, as the node's own periodic trim leaves it: the
+                # 30 s trim sawtooth is free memory on its way back (the untrimmed RSS is kept too)
+                cp = await _memory(hub, baseline=take_baseline and hub.traced, trim=True)
                 cp.update(t=time.monotonic() - t0, cycles=hub.cycles, quiet=quiet,
                           phase="churn" if time.monotonic() < warm_end else "measured")
                 hub.checkpoints.append(cp)
@@ -685,6 +689,7 @@ def _hub_figures(hub: _Hub) -> dict[str, Any]:
     measured = [c for c in hub.checkpoints if c["phase"] == "measured" and c["quiet"]]
     xs = [float(c["cycles"]) for c in measured]
     rss = [float(c["rss_bytes"]) for c in measured]
+    untrimmed = [float(c["rss_before_trim_bytes"]) for c in measured if c.get("rss_before_trim_bytes") is not None]
     traced = [float(c["traced_bytes"]) for c in measured]
     objs = [float(c["gc_objects"]) for c in measured]
     heap = {k: [float((c.get("malloc") or {}).get(k, 0)) for c in measured] for k in ("uordblks", "fordblks", "hblkhd")}
@@ -697,6 +702,7 @@ def _hub_figures(hub: _Hub) -> dict[str, Any]:
         "skipped_checkpoints": sum(1 for c in hub.checkpoints if c["phase"] == "measured" and not c["quiet"]),
         "measured_cycles": (xs[-1] - xs[0]) if xs else 0,
         "rss_slope_bytes_per_cycle": ls_slope(xs, rss),
+        "rss_untrimmed_slope_bytes_per_cycle": ls_slope(xs, untrimmed) if len(untrimmed) == len(xs) else None,
         "rss_theil_sen_bytes_per_cycle": theil_sen(xs, rss),
         "rss_window_slopes_bytes_per_cycle": window_slopes(xs, rss),
         "traced_slope_bytes_per_cycle": ls_slope(xs, traced) if hub.traced else None,
@@ -866,6 +872,9 @@ def _print(report: dict[str, Any], say: Any) -> None:
         if h["rss_window_slopes_bytes_per_cycle"]:
             say("    RSS slope by quarter of the measured part: "
                 + ", ".join(f"{w:+.1f}" for w in h["rss_window_slopes_bytes_per_cycle"]) + " B/cycle")
+        if h.get("rss_untrimmed_slope_bytes_per_cycle") is not None:
+            untrimmed = h["rss_untrimmed_slope_bytes_per_cycle"]
+            say(f"    RSS slope before each checkpoint's malloc_trim: {untrimmed:+.1f} B/cycle")
         for t in h["top_growth"][:5]:
             say(f"    top growth {t.get('size_diff', 0):+9d} B {t.get('count_diff', 0):+6d} blocks  {t['where']}")
     for r in report["recovery"]:
