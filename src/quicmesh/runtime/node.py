@@ -7,13 +7,16 @@ connection coming up or going down, a message, a user call, the timer) is handed
 concerned together with ``now`` (the loop's monotonic clock); the machine returns effects, which
 :meth:`Node._run` carries out at once: ``Send`` queues a frame on the peer's connection (the
 transport coalesces the frames of one loop iteration into one write), ``Deliver`` puts the message
-into every matching subscription's bounded queue, ``CallResolved`` completes the awaiting caller's
-future, ``Invoke`` starts a handler task. At the end of every loop iteration that had input the
+(``DeliverBatch``: a received gossip batch, with one ``put_many``) into every matching
+subscription's bounded queue, ``CallResolved`` completes the awaiting caller's future, ``Invoke``
+starts a handler task. Messages are processed in arrival order, a lost connection's loss after
+the messages it delivered before closing. At the end of every loop iteration that had input the
 node re-arms a single ``loop.call_at`` timer for the earliest ``next_deadline()`` of all machines
 (nothing polls) and flushes the mesh's open gossip batches, so the messages published in one
-iteration leave together, one batch per topic. ``publish`` returns once the message is batched;
-when a connection it sent to holds more than half its send buffer, the next ``publish`` waits for
-it to drain (at most ``transport.send_stall_timeout``).
+iteration leave together, one batch per topic. ``publish`` takes the message at the call and
+returns an already-completed future; when a connection it sent to holds more than half its send
+buffer, the next ``publish`` returns a wait for it to drain (at most
+``transport.send_stall_timeout``).
 
 Nothing user code does can stall the node: subscription queues never block the producer (a slow
 reader loses its oldest messages, counted), a subscription whose handle is garbage-collected is
