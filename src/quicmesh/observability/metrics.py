@@ -55,7 +55,9 @@ __all__ = [
     "NodeGauges",
     "NodeMetrics",
     "NodeView",
+    "c_library",
     "gauges_of",
+    "malloc_trim",
     "metric_names",
     "open_fds",
     "process_rss",
@@ -326,7 +328,7 @@ def metric_names() -> frozenset[str]:
 
 
 @functools.cache
-def _libc() -> Any:
+def c_library() -> Any:
     """The C library through ctypes (``None`` when not found); loaded once."""
     import ctypes
     import ctypes.util
@@ -342,7 +344,7 @@ def malloc_trim() -> bool:
     """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``, which also
     releases whole free pages inside the heap, not only at its top). ``False`` where the C
     library has no such call (musl, macOS, Windows)."""
-    libc = _libc()
+    libc = c_library()
     fn = getattr(libc, "malloc_trim", None) if libc is not None else None
     if fn is None:
         return False

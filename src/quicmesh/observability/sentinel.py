@@ -316,14 +316,50 @@ class LeakSentinel:
         return rise <= self._config.sentinel_traffic_tolerance * mean
 
 
-class SentinelTask:
+class _LoopTask:
+    """One background task on the running event loop: ``start`` (idempotent), ``stop`` (cancels
+    and waits; idempotent), ``running``. Subclasses define ``_run`` and ``_name``."""
+
+    _name = "quicmesh-task"
+    _task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """``True`` while the task runs."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the task. Call from the running loop."""
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        """Stop the task; idempotent."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class SentinelTask(_LoopTask):
     """Samples a :class:`LeakSentinel` every ``interval`` seconds (default: the sentinel's
     ``sentinel_interval``) on the running event loop.
 
     ``traffic_counter`` returns a cumulative count of the node's work (messages in and out,
     calls...); the task turns it into a rate per second for :meth:`LeakSentinel.sample`.
-    A failing sample is logged and the task keeps going. Status changes are logged.
+    A failing sample is logged and the task keeps going. Status changes are logged. It samples at
+    once, then every interval.
     """
+
+    _name = "quicmesh-sentinel"
 
     def __init__(
         self,
@@ -341,33 +377,9 @@ class SentinelTask:
         self._interval = interval
         self._traffic_counter = traffic_counter
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
         self._status = "ok"
         self.errors = 0
         """Samples that raised (logged)."""
-
-    @property
-    def running(self) -> bool:
-        """``True`` while the sampling task runs."""
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        """Start sampling (now, then every interval). Call from the running loop."""
-        if self.running:
-            return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="quicmesh-sentinel")
-
-    async def stop(self) -> None:
-        """Stop sampling; idempotent."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise
 
     async def _run(self) -> None:
         prev: tuple[float, float] | None = None
@@ -396,11 +408,13 @@ class SentinelTask:
             await asyncio.sleep(self._interval)
 
 
-class TrimTask:
+class TrimTask(_LoopTask):
     """Calls ``trim`` (default :func:`~quicmesh.observability.metrics.malloc_trim`) every
     ``interval`` seconds on the running event loop, counting the calls and the RSS they gave
-    back (``sample_rss`` before minus after, when positive). A failing call is logged once and
-    the task stops (the C library has no such call)."""
+    back (``sample_rss`` before minus after, when positive). A call that raises is logged and
+    the task stops (the C library has no such call). The first trim comes after one interval."""
+
+    _name = "quicmesh-trim"
 
     def __init__(
         self,
@@ -416,33 +430,10 @@ class TrimTask:
         self._interval = interval
         self._trim = trim or malloc_trim
         self._rss = sample_rss or process_rss
-        self._task: asyncio.Task[None] | None = None
         self.trims = 0
         """Calls made."""
         self.released_bytes = 0
         """RSS given back by the calls, summed (bytes)."""
-
-    @property
-    def running(self) -> bool:
-        """``True`` while the task runs."""
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        """Start trimming (first after one interval). Call from the running loop."""
-        if not self.running:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="quicmesh-trim")
-
-    async def stop(self) -> None:
-        """Stop; idempotent."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise
 
     def trim_now(self) -> int | None:
         """Trim once; returns the RSS given back (bytes), ``None`` when trimming is unsupported."""

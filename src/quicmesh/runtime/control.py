@@ -126,16 +126,6 @@ _MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
 
 
 @functools.cache
-def _libc() -> Any:
-    """The C library through ctypes (``None`` when not found); loaded once."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
-
-
-@functools.cache
 def _mallinfo2() -> Any:
     """glibc's ``mallinfo2`` with its result type set, or ``None`` (not glibc, or before 2.33)."""
     import ctypes
@@ -143,9 +133,10 @@ def _mallinfo2() -> Any:
     class _Info(ctypes.Structure):
         _fields_ = [(f, ctypes.c_size_t) for f in _MALLINFO2_FIELDS]  # bounded: the 10 mallinfo2 fields
 
-    try:
-        fn = _libc().mallinfo2
-    except (AttributeError, OSError):
+    from ..observability.metrics import c_library
+
+    fn = getattr(c_library(), "mallinfo2", None)
+    if fn is None:
         return None
     fn.restype = _Info
     return fn
@@ -161,12 +152,6 @@ def _mallinfo() -> dict[str, int] | None:
     info = fn()
     return {f: int(getattr(info, f)) for f in _MALLINFO2_FIELDS}
 
-
-def _malloc_trim() -> None:
-    """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``), when available."""
-    from ..observability.metrics import malloc_trim
-
-    malloc_trim()
 
 
 def _payload(cmd: dict[str, Any]) -> bytes:
@@ -185,17 +170,14 @@ def _text(data: bytes) -> dict[str, str]:
 class _Tally:
     """Messages one control subscription received, and when the first and the last came."""
 
-    __slots__ = ("count", "first", "last", "want")
+    __slots__ = ("count", "first", "last", "waiter")
 
     def __init__(self) -> None:
         self.count = 0
         self.first = 0.0
         self.last = 0.0
-        self.want = _NEVER
-        """The count an ``await_count`` waits for (the reader looks for the waiter only then)."""
-
-
-_NEVER = 1 << 62
+        self.waiter: tuple[int, asyncio.Event] | None = None
+        """An ``await_count`` in progress: the count it waits for and the event to set then."""
 
 
 class ControlChannel:
@@ -208,9 +190,6 @@ class ControlChannel:
                                                        registry=node.registry)
         self._tallies: LruMap[int, _Tally] = LruMap("control.tallies", 1000, Overflow.REJECT,
                                                    registry=node.registry)
-        self._count_waiters: LruMap[int, tuple[int, asyncio.Event]] = LruMap(
-            "control.count_waiters", 1000, Overflow.REJECT, registry=node.registry
-        )
         self._tasks: set[asyncio.Task[Any]] = set()  # bounded: one reader per subscription plus running commands
         self._trace_baseline: tracemalloc.Snapshot | None = None
         self._logs: LruMap[str, Log] = LruMap("control.logs", 1000, Overflow.REJECT, registry=node.registry)
@@ -306,9 +285,8 @@ class ControlChannel:
             sid = int(cmd["id"])
             want = int(cmd["count"])
             event = asyncio.Event()
-            self._count_waiters.set(sid, (want, event))
             tally = self._tally(sid)
-            tally.want = want
+            tally.waiter = (want, event)
             if tally.count >= want:
                 event.set()
             try:
@@ -316,8 +294,7 @@ class ControlChannel:
             except TimeoutError:
                 pass
             finally:
-                self._count_waiters.pop(sid)
-                tally.want = _NEVER
+                tally.waiter = None
             watched = self._subs.peek(sid)
             self.emit("count_reached", id=sid, count=tally.count, t_first=tally.first, t_last=tally.last,
                       sub_dropped=watched.dropped if watched is not None else None, inbox_dropped=node.inbox_dropped)
@@ -417,7 +394,7 @@ class ControlChannel:
 
     def _memory(self, cmd: dict[str, Any]) -> None:
         """The ``memory`` command: process and heap figures for soak runs (see the module table)."""
-        from ..observability.metrics import open_fds, process_rss
+        from ..observability.metrics import malloc_trim, open_fds, process_rss
 
         trace = cmd.get("trace")
         if trace == "start" and not tracemalloc.is_tracing():
@@ -432,7 +409,7 @@ class ControlChannel:
         rss_untrimmed: int | None = None
         if cmd.get("trim"):
             rss_untrimmed = process_rss()
-            _malloc_trim()
+            malloc_trim()
         tracing = tracemalloc.is_tracing()
         top: list[dict[str, Any]] = []
         traced = peak = overhead = 0
@@ -500,10 +477,9 @@ class ControlChannel:
             tally.last = time.time()
             if not tally.first:
                 tally.first = tally.last
-            if tally.count >= tally.want:
-                waiter = self._count_waiters.peek(sid)
-                if waiter is not None and tally.count >= waiter[0]:
-                    waiter[1].set()
+            waiter = tally.waiter
+            if waiter is not None and tally.count >= waiter[0]:
+                waiter[1].set()
             if not quiet:
                 self.emit("message", id=sid, topic=msg.topic, sender=str(msg.sender), seq=msg.seq, **_text(msg.payload))
 
