@@ -180,6 +180,14 @@ class Caller:
             c.peer == peer and c.state in ("dial", "inflight") for c in self._calls.values()
         )
 
+    def tokens(self) -> list[object]:
+        """The tokens of every call not ended yet (a stopping driver fails their waiters)."""
+        return [c.token for c in self._calls.values()]
+
+    def connected_peers(self) -> list[NodeId]:
+        """The peers this planner believes connected."""
+        return list(self._connected.keys())
+
     def rtt(self, provider: NodeId) -> float | None:
         """The smoothed round trip measured to ``provider`` (seconds), if any."""
         return self._rtt.peek(provider)

@@ -13,8 +13,12 @@ awaiting task was cancelled (no effect: nobody is waiting). The table is capped 
 
 *Callee side.* A ``Request`` for a procedure this node advertises becomes an :class:`Invoke`
 effect, unless ``max_concurrent_handlers`` handlers already run, in which case the caller gets
-``ReplyError(code="overloaded", retryable=True)`` at once. The runtime runs the handler and
-reports back through ``handler_done``, which frees the slot and emits the reply.
+``ReplyError(code="overloaded", retryable=True)`` at once. Each running handler is one entry
+of ``rpc.running_handlers`` keyed by (peer, call id): a repeated request id from a peer whose
+handler still runs is dropped (counted), and the entry is what keeps the peer's connection open.
+The runtime runs the handler and reports back through ``handler_done``, which frees the slot
+and emits the reply (``handler_cancelled``: the handler was cancelled, no reply). A lost peer's
+entries are dropped with it.
 
 *Directory.* Each node tells its connected peers the full set of names it advertises
 (:class:`~quicmesh.core.messages.Services`, replacing the previous set). ``providers(name)``
@@ -88,6 +92,7 @@ class RpcStats:
     requests_refused_overloaded: int = 0
     requests_no_handler: int = 0
     stray_replies: int = 0
+    duplicate_requests: int = 0
 
 
 class Rpc:
@@ -116,9 +121,10 @@ class Rpc:
         self._connected: LruMap[NodeId, bool] = LruMap(
             "rpc.connected_peers", peer_capacity, Overflow.EVICT_OLDEST, registry=registry
         )
-        self._running = 0
+        self._running: LruMap[tuple[NodeId, int], bool] = LruMap(
+            "rpc.running_handlers", config.max_concurrent_handlers, Overflow.REJECT, registry=registry
+        )
         self._next_id = 0
-        self._rr = 0
         self.stats = RpcStats()
 
     # -- introspection ---------------------------------------------------------------------------
@@ -131,7 +137,7 @@ class Rpc:
     @property
     def running(self) -> int:
         """Incoming calls whose handler is running."""
-        return self._running
+        return len(self._running)
 
     @property
     def services(self) -> list[str]:
@@ -170,20 +176,17 @@ class Rpc:
         return [p for p, names in self._peer_services.items() if name in names]
 
     def peer_in_use(self, peer: NodeId) -> bool:
-        """Whether ``peer`` offers procedures to us or has calls of ours pending."""
+        """Whether ``peer`` offers procedures to us, has calls of ours pending, or a handler of
+        ours runs for it."""
         if self._peer_services.peek(peer):
             return True
-        return any(c.peer == peer for c in self._pending.values())
+        if any(c.peer == peer for c in self._pending.values()):
+            return True
+        return any(k[0] == peer for k in self._running.keys())
 
-    def choose(self, name: str, exclude: frozenset[NodeId] = frozenset()) -> NodeId | None:
-        """Pick a provider of ``name`` by the configured policy, skipping ``exclude``."""
-        candidates = sorted((p for p in self.providers(name) if p not in exclude), key=lambda p: p.raw)
-        if not candidates:
-            return None
-        if self.config.provider_policy == "round_robin":
-            self._rr += 1
-            return candidates[self._rr % len(candidates)]
-        return self._rng.choice(candidates)
+    def connected_peers(self) -> list[NodeId]:
+        """The peers this machine holds per-peer state for."""
+        return list(self._connected.keys())
 
     # -- peers -----------------------------------------------------------------------------------
 
@@ -195,6 +198,8 @@ class Rpc:
         """Forget ``peer``; every call pending on it fails with ``ConnectionLost`` at once."""
         self._connected.pop(peer)
         self._peer_services.pop(peer)
+        for key in [k for k in self._running.keys() if k[0] == peer]:
+            self._running.pop(key)  # its handler is cancelled by the driver; no reply can go
         lost = [c for c in self._pending.values() if c.peer == peer]
         out: list[CallResolved] = []
         for call in lost:
@@ -264,10 +269,14 @@ class Rpc:
             if msg.name not in self._services:
                 self.stats.requests_no_handler += 1
                 return [Send(peer, ReplyError(msg.id, "no_handler", f"no procedure {msg.name!r:.80}", True))]
-            if self._running >= self.config.max_concurrent_handlers:
+            key = (peer, msg.id)
+            if key in self._running:
+                self.stats.duplicate_requests += 1
+                return []
+            if len(self._running) >= self.config.max_concurrent_handlers:
                 self.stats.requests_refused_overloaded += 1
                 return [Send(peer, ReplyError(msg.id, "overloaded", "max_concurrent_handlers reached", True))]
-            self._running += 1
+            self._running.set(key, True)
             return [Invoke(peer, msg.id, msg.name, msg.payload, max(msg.timeout_ms, 1) / 1000.0)]
         if isinstance(msg, Services):
             if peer in self._connected:
@@ -279,10 +288,14 @@ class Rpc:
     def handler_done(
         self, peer: NodeId, call_id: int, result: bytes | None, error: RemoteError | None
     ) -> list[Effect]:
-        """A handler started by :class:`Invoke` finished; free its slot and reply."""
-        self._running = max(0, self._running - 1)
-        if peer not in self._connected:
+        """A handler started by :class:`Invoke` finished; free its slot and reply (once: a second
+        report of the same call sends nothing)."""
+        if self._running.pop((peer, call_id)) is None or peer not in self._connected:
             return []
         if error is not None:
             return [Send(peer, ReplyError(call_id, error.code, error.message, error.retryable))]
         return [Send(peer, Reply(call_id, result or b""))]
+
+    def handler_cancelled(self, peer: NodeId, call_id: int) -> None:
+        """A handler started by :class:`Invoke` was cancelled: free its slot, send nothing."""
+        self._running.pop((peer, call_id))

@@ -2,21 +2,24 @@
 
 Theory of operation
 -------------------
-The node owns one transport and the core state machines (pub/sub, RPC). Every input (a
-connection coming up or going down, a message, a user call, the timer) is handed to the machine
-concerned together with ``now`` (the loop's monotonic clock); the machine returns effects, which
+The node is a thin driver of one :class:`~quicmesh.core.node.NodeCore` (every protocol state
+machine, composed and routed there) over one transport. Every input (a connection coming up or
+going down, a message, a user call, the timer) is handed to the core together with ``now`` (the
+loop's monotonic clock); the core returns outputs (:mod:`quicmesh.core.events`), which
 :meth:`Node._run` carries out at once: ``Send`` queues a frame on the peer's connection (the
 transport coalesces the frames of one loop iteration into one write), ``Deliver`` puts the message
 (``DeliverBatch``: a received gossip batch, with one ``put_many``) into every matching
 subscription's bounded queue, ``CallResolved`` completes the awaiting caller's future, ``Invoke``
-starts a handler task. Messages are processed in arrival order, a lost connection's loss after
-the messages it delivered before closing. At the end of every loop iteration that had input the
-node re-arms a single ``loop.call_at`` timer for the earliest ``next_deadline()`` of all machines
-(nothing polls) and flushes the mesh's open gossip batches, so the messages published in one
-iteration leave together, one batch per topic. ``publish`` takes the message at the call and
-returns an already-completed future; when a connection it sent to holds more than half its send
-buffer, the next ``publish`` returns a wait for it to drain (at most
-``transport.send_stall_timeout``).
+starts a handler task, ``Dial``/``Disconnect`` open and close connections, ``StateChanged`` wakes
+:meth:`Node.wait_until` waiters. Which machine a message goes to, and which connections stay open
+because something uses them, is decided in the core, not here. Messages are processed in arrival
+order, a lost connection's loss after the messages it delivered before closing. At the end of
+every loop iteration that had input the node re-arms a single ``loop.call_at`` timer for the
+earliest ``next_deadline()`` of all machines (nothing polls) and flushes the mesh's open gossip
+batches, so the messages published in one iteration leave together, one batch per topic.
+``publish`` takes the message at the call and returns an already-completed future; when a
+connection it sent to holds more than half its send buffer, the next ``publish`` returns a wait
+for it to drain (at most ``transport.send_stall_timeout``).
 
 Nothing user code does can stall the node: subscription queues never block the producer (a slow
 reader loses its oldest messages, counted), a subscription whose handle is garbage-collected is
@@ -45,15 +48,11 @@ import msgspec
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue, QueueClosed
 from ..config import NodeConfig
-from ..core.caller import Caller
 from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
-from ..core.log_messages import LOG_MESSAGES
-from ..core.mesh import Mesh
-from ..core.mesh_messages import MESH_MESSAGES, MGossip, MIHave
-from ..core.messages import ALL_MESSAGES, Reply, ReplyError, Request, Services
-from ..core.registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
-from ..core.registry_messages import REGISTRY_MESSAGES
-from ..core.rpc import CallResolved, Invoke, Rpc
+from ..core.events import StateChanged
+from ..core.messages import ALL_MESSAGES
+from ..core.node import NodeCore
+from ..core.rpc import CallResolved, Invoke
 from ..core.topics import Pattern, check_topic, parse_pattern
 from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
@@ -83,23 +82,14 @@ log = logging.getLogger("quicmesh.node")
 
 _INBOX_CHUNK = 256
 """Inbound messages processed per event-loop iteration before readers get a turn."""
-_LOG_TYPES = tuple(LOG_MESSAGES)
-_MESH_TYPES = tuple(MESH_MESSAGES)
 _GRACEFUL_CODES = frozenset({"shutdown", "normal", "idle", "duplicate"})
 _RECONCILE_INTERVAL = 5.0
 """Seconds between two reconciliations of per-peer RPC state with the live connections."""
-_REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
 
 
 def _delivery_size(eff: Deliver | DeliverBatch) -> int:
     """Bytes a waiting delivery holds, for the delivery queue's byte bound."""
     return eff.size if isinstance(eff, DeliverBatch) else len(eff.payload) + DELIVERY_OVERHEAD
-
-
-def _earliest(*deadlines: float | None) -> float | None:
-    """The earliest of the given deadlines (``None`` entries ignored)."""
-    present = [d for d in deadlines if d is not None]
-    return min(present) if present else None
 
 
 _INBOX_CAPACITY = 65_536
@@ -198,22 +188,20 @@ class Node:
             self.transport = QuicTransport(
                 keypair, config.realm, config.transport, self.codec, listen=config.listen, registry=self.registry
             )
-        cap = config.transport.max_connections
-        self.mesh = Mesh(self.id, (), config, self._rng, self.registry)
-        """The overlay: address book, realm membership, topic swarms and their broadcast."""
-        self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=self._rng, registry=self.registry)
-        self.services = Registry(
-            keypair, (), config.registry, realm=config.realm, rng=self._rng,
-            version_base=time.time_ns() // 1000, registry=self.registry,
-        )
-        """The realm's service advertisements (signed leases), as seen by this node."""
-        self.caller = Caller(
-            self.id, config.rpc, config.registry, self.rpc, self.services,
-            neighbours=self.mesh.realm.active_peers, peer_capacity=cap, rng=self._rng, containers=self.registry,
-        )
         self.logs = LogService(
             keypair, config, registry=self.registry, rng=self._rng, run=self._run, rearm=self._rearm
         )
+        self.core = NodeCore(
+            keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000,
+            logs=_LogMachine(self.logs),
+        )
+        """Every protocol state machine of this node, composed (see :mod:`quicmesh.core.node`)."""
+        self.mesh = self.core.mesh
+        """The overlay: address book, realm membership, topic swarms and their broadcast."""
+        self.services = self.core.services
+        """The realm's service advertisements (signed leases), as seen by this node."""
+        self.rpc = self.core.rpc
+        self.caller = self.core.caller
         self._subs: LruMap[int, _SubState] = LruMap(
             "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
         )
@@ -235,7 +223,6 @@ class Node:
         self.address = ""
         self.dropped_sends = 0
         self._changed = asyncio.Event()
-        self._lookups = 0
         self._next_reconcile = 0.0
         self._inbox: BoundedDeque[tuple[Connection, WireMessage]] = BoundedDeque(
             "node.inbox", _INBOX_CAPACITY, Overflow.DROP_NEWEST, registry=self.registry
@@ -296,8 +283,7 @@ class Node:
         self._done = self._loop.create_future()
         self._done.set_result(None)
         self.address = await self.transport.start(self)
-        self.mesh.set_addresses((self.address,))
-        self.services.addresses = (self.address,)
+        self.core.set_addresses((self.address,))
         self.services.wall_offset = time.time() - self._loop.time()
         await self.logs.start()
         self._started = True
@@ -310,8 +296,7 @@ class Node:
             await self.transport.stop()
             raise
         now = self._now()
-        self._run(self.mesh.join([(None, (addr,)) for addr in self.config.bootstrap], now))
-        self._run(self.mesh.subscribe(REGISTRY_PATTERN, now))  # every node follows the realm's services
+        self._run(self.core.join([(None, (addr,)) for addr in self.config.bootstrap], now))
         self._rearm()
         log.info("node %s listening on %s (realm %s)", self.id.short(), self.address, self.config.realm)
 
@@ -321,8 +306,7 @@ class Node:
             return
         if self._started:
             # withdraw our advertisements while the connections are still up
-            self._run(self.services.close(self._now()))
-            self._run(self.mesh.flush(self._now()))  # open batches, withdrawals included
+            self._run(self.core.shutdown(self._now()))  # open batches, withdrawals included
             await asyncio.sleep(0)  # let the queued withdrawals reach the network
             # a QUIC close discards stream data not yet transmitted: let what was published or
             # withdrawn last leave first (bounded, so a dead peer cannot hold the stop)
@@ -344,7 +328,7 @@ class Node:
         for task in list(self._background) + list(self._running.values()):
             with contextlib.suppress(BaseException):
                 await task
-        for token in [c.token for c in list(self.caller._calls.values())]:
+        for token in self.caller.tokens():
             if isinstance(token, asyncio.Future) and not token.done():
                 token.set_exception(NodeClosed("node stopped"))
         for state in list(self._subs.values()):
@@ -371,18 +355,18 @@ class Node:
         joins this node's realm overlay if it has room (a mesh normally needs only bootstrap)."""
         self._check_open()
         conn = await self.transport.dial(address, expected)
-        self._run(self.mesh.peer_connected(conn.peer_id, (address,), True, self._now()))
+        self._run(self.core.peer_connected(conn.peer_id, (address,), True, self._now()))
         self._rearm()
         return conn.peer_id
 
     def add_peer(self, node_id: NodeId, addresses: Iterable[str]) -> None:
         """Tell the address book where ``node_id`` can be reached (replacing what it knew)."""
-        self.mesh.add_peer(node_id, tuple(addresses), self._now())
+        self.core.add_peer(node_id, tuple(addresses), self._now())
 
     def remove_peer(self, node_id: NodeId) -> None:
         """Forget ``node_id``: address book entry, views, and the connection if only the mesh
         used it."""
-        self._run(self.mesh.remove_peer(node_id, self._now()))
+        self._run(self.core.remove_peer(node_id, self._now()))
         self._rearm()
 
     def peers(self) -> list[NodeId]:
@@ -395,13 +379,8 @@ class Node:
         if getattr(conn, "role", "node") == "client":
             self.gateway.on_connection(conn)
             return
-        peer = conn.peer_id
-        now = self._now()
         addresses = (conn.remote_address,) if conn.outbound else ()
-        self._run(self.mesh.peer_connected(peer, addresses, conn.outbound, now))
-        self._run(self.caller.peer_connected(peer, now))
-        self.logs.peer_connected(peer, now)
-        self._notify()
+        self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now()))
         self._rearm()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
@@ -461,21 +440,7 @@ class Node:
             self._loop.call_soon(self._drain_outbox)
 
     def _process(self, conn: Connection, message: WireMessage) -> None:
-        peer = conn.peer_id
-        if isinstance(message, _MESH_TYPES):
-            self._run(self.mesh.handle_message(peer, message, self._now()))
-            if not isinstance(message, MGossip | MIHave):
-                self._notify()  # membership changed: wake wait_until() waiters
-        elif isinstance(message, Request | Reply | ReplyError):
-            self._run(self.caller.handle_message(peer, message, self._now()))
-        elif isinstance(message, Services):
-            self._run(self.caller.handle_message(peer, message, self._now()))
-            self._notify()
-        elif isinstance(message, _REGISTRY_TYPES):
-            self._run(self.services.handle_message(peer, message, self._now()))
-            self._notify()  # a lookup answer may list new providers
-        elif isinstance(message, _LOG_TYPES):
-            self.logs.handle_message(peer, message, self._now())
+        self._run(self.core.message(conn.peer_id, message, self._now()))
         self._rearm()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
@@ -496,23 +461,16 @@ class Node:
         # an orderly close (the peer stopped, or one side found the link idle or duplicate) is a
         # departure, not a failure: the mesh does not keep re-dialling it as a lost neighbour
         graceful = error is None or getattr(conn, "close_code", None) in _GRACEFUL_CODES
-        self._run(self.mesh.peer_disconnected(peer, now, graceful=graceful))
-        self._run(self.caller.peer_disconnected(peer, now))
-        self.logs.peer_disconnected(peer, now)
         for key in [k for k in self._running if k[0] == peer]:
             self._running[key].cancel()
-        self._notify()
+        self._run(self.core.peer_disconnected(peer, now, graceful=graceful))
         self._rearm()
 
     def _reconcile(self, now: float) -> None:
         """Every few seconds: per-peer RPC state for a peer with no live connection is released
         (a safety net: connection-lost events are the normal path)."""
         self._next_reconcile = now + _RECONCILE_INTERVAL
-        live = {c.peer_id for c in self.transport.connections()}
-        for peer in [p for p in self.caller._connected.keys() if p not in live]:
-            self._run(self.caller.peer_disconnected(peer, now))
-        for peer in [p for p in self.rpc._connected.keys() if p not in live]:
-            self._run(self.rpc.peer_disconnected(peer))
+        self._run(self.core.reconcile(frozenset(c.peer_id for c in self.transport.connections()), now))
 
     def _notify(self) -> None:
         """Wake every :meth:`wait_until` waiter: the peer set or a peer's interests changed."""
@@ -541,8 +499,7 @@ class Node:
             now = self._loop.time()
             if end is not None and now >= end:
                 raise TimeoutError(f"no provider of {name!r} known after {timeout:.3f}s")
-            self._lookups += 1
-            self._run(self.services.lookup(name, -self._lookups, self._now(), self.mesh.realm.active_peers()))
+            self._run(self.core.lookup(name, self._now()))
             self._rearm()
             changed = asyncio.ensure_future(self._changed.wait())
             try:
@@ -556,7 +513,7 @@ class Node:
         the swarm's subscribers. Raises ``TimeoutError``."""
         self._check_open()
         self._check_topic(topic)
-        self._run(self.mesh.join_topic(topic, self._now()))
+        self._run(self.core.join_topic(topic, self._now()))
         self._rearm()
         await self.wait_until(lambda: self.mesh.swarm_neighbours(topic) > 0, timeout)
 
@@ -569,19 +526,13 @@ class Node:
                 if conn is None or not conn.send(eff.message):
                     self.dropped_sends += 1
             elif isinstance(eff, Deliver | DeliverBatch):
-                if eff.topic == REGISTRY_TOPIC:
-                    for payload in eff.payloads if isinstance(eff, DeliverBatch) else (eff.payload,):
-                        self._run(self.services.handle_advert(payload, self._now()))
-                    self._notify()
-                elif not self._outbox.append(eff):
+                if not self._outbox.append(eff):
                     self.outbox_dropped += 1
                 elif not self._outbox_scheduled and self._loop is not None:
                     self._outbox_scheduled = True
                     self._loop.call_soon(self._drain_outbox)
-            elif isinstance(eff, Broadcast):
-                self._run(self.mesh.publish(eff.topic, eff.payload, self._now()))
-            elif isinstance(eff, LookupDone):
-                self._run(self.caller.lookup_done(eff, self._now()))
+            elif isinstance(eff, StateChanged):
+                self._notify()
             elif isinstance(eff, CallResolved):
                 fut = eff.token
                 if isinstance(fut, asyncio.Future) and not fut.done():
@@ -593,21 +544,12 @@ class Node:
                 self._invoke(eff)
             elif isinstance(eff, Disconnect):
                 conn = self.transport.get(eff.peer)
-                if conn is not None and not (eff.reason == "idle" and self._in_use(eff.peer)):
+                if conn is not None:
                     self._spawn(conn.close(eff.reason))
             elif isinstance(eff, Dial):
                 self._spawn(self._dial(eff.peer, eff.addresses))
             elif isinstance(eff, DialAddress):
                 self._spawn(self._dial(None, eff.addresses))
-
-    def _in_use(self, peer: NodeId) -> bool:
-        """Whether something besides the mesh needs the connection to ``peer``: calls pending on
-        it, handlers running for it, procedures or logs it shares with us."""
-        if any(k[0] == peer for k in self._running):
-            return True
-        if self.caller.uses(peer) or self.rpc.peer_in_use(peer):
-            return True
-        return self.logs.shares_with(peer)
 
     async def _dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
         """Carry out a mesh Dial/DialAddress; report success or failure back to the mesh."""
@@ -618,19 +560,12 @@ class Node:
                 log.debug("dial %s failed: %s", addr, exc)
                 continue
             if not self._stopped:
-                now = self._now()
-                self._run(self.mesh.peer_connected(conn.peer_id, addresses, True, now))
-                self._run(self.caller.peer_connected(conn.peer_id, now))
+                self._run(self.core.peer_connected(conn.peer_id, addresses, True, self._now()))
                 self._rearm()
             return
         if self._stopped:
             return
-        now = self._now()
-        if peer is not None:
-            self._run(self.mesh.dial_failed(peer, now))
-            self._run(self.caller.dial_failed(peer, now))
-        else:
-            self._run(self.mesh.address_dial_failed(addresses, now))
+        self._run(self.core.dial_failed(peer, addresses, self._now()))
         self._rearm()
 
     def _rearm(self) -> None:
@@ -646,15 +581,15 @@ class Node:
         self._rearm_scheduled = False
         if self._stopped or self._loop is None:
             return
-        if self.mesh.has_batches:
+        core = self.core
+        if core.has_batches:
             # the end of a loop iteration: what was published in it leaves as one batch per topic
-            effects = self.mesh.flush(self._now())
+            effects = core.flush(self._now())
             self._run(effects)
             self._note_congestion(effects)
-        deadline = _earliest(
-            self.caller.next_deadline(), self.services.next_deadline(), self.logs.next_deadline(),
-            self.mesh.next_deadline(), self._next_reconcile,
-        )
+        deadline = core.next_deadline()
+        if deadline is None or self._next_reconcile < deadline:
+            deadline = self._next_reconcile
         if deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -671,10 +606,7 @@ class Node:
         now = self._loop.time()
         if now >= self._next_reconcile:
             self._reconcile(now)
-        self._run(self.mesh.handle_timer(now))
-        self._run(self.services.handle_timer(now))
-        self._run(self.caller.handle_timer(now))
-        self.logs.handle_timer(now)
+        self._run(self.core.timer(now))
         self._rearm()
 
     def _now(self) -> float:
@@ -708,7 +640,7 @@ class Node:
         )
         sub_id = next(self._sub_ids)
         try:
-            effects = self.mesh.subscribe(pattern, self._now())
+            effects = self.core.subscribe(pattern, self._now())
         except BaseException:
             queue.close()
             raise
@@ -732,7 +664,7 @@ class Node:
             if not entry[1]:
                 del self._by_pattern[state.pattern]
         if not self._stopped:
-            self._run(self.mesh.unsubscribe(state.pattern, self._now()))
+            self._run(self.core.unsubscribe(state.pattern, self._now()))
             self._rearm()
 
     def _release_from_gc(self, sub_id: int) -> None:
@@ -803,7 +735,7 @@ class Node:
             if not isinstance(payload, bytearray | memoryview):
                 raise TypeError("payload must be bytes")
             payload = bytes(payload)
-        if not self.mesh.append_to_batch(topic, payload):
+        if not self.core.append_to_batch(topic, payload):
             self._publish(topic, payload)
         if not self._rearm_scheduled:
             self._rearm()  # also flushes the open batch at the end of this loop iteration
@@ -815,7 +747,7 @@ class Node:
         """The general path of :meth:`publish`."""
         self._check_reserved(topic)
         try:
-            effects = self.mesh.publish(topic, payload, self._now())
+            effects = self.core.publish(topic, payload, self._now())
         except MessageTooLarge:
             raise
         except ValueError as exc:  # the topic (the mesh checks it once)
@@ -873,12 +805,7 @@ class Node:
         self._check_open()
         if not callable(handler):
             raise TypeError("handler must be an async callable")
-        effects: list[object] = list(self.rpc.advertise(name))
-        try:
-            effects += self.services.advertise(name, self._now(), ttl=ttl, metadata=metadata)
-        except BaseException:
-            self.rpc.unadvertise(name)
-            raise
+        effects = self.core.advertise(name, self._now(), ttl=ttl, metadata=metadata)
         self._handlers[name] = handler
         self._run(effects)
         self._rearm()
@@ -886,10 +813,11 @@ class Node:
     async def unadvertise(self, name: str) -> None:
         """Withdraw procedure ``name`` at once (a signed withdrawal reaches every node)."""
         self._handlers.pop(name, None)
-        self._run(self.rpc.unadvertise(name))
         if self._started and not self._stopped:
-            self._run(self.services.unadvertise(name, self._now()))
+            self._run(self.core.unadvertise(name, self._now()))
             self._rearm()
+        else:
+            self.rpc.unadvertise(name)
 
     async def call(self, name: str, payload: bytes, *, timeout: float | None = None) -> bytes:
         """Call procedure ``name`` on a provider anywhere in the realm and return its reply.
@@ -929,13 +857,13 @@ class Node:
     async def _call_planned(self, name: str, payload: bytes, timeout: float) -> bytes:
         assert self._loop is not None
         fut: asyncio.Future[bytes] = self._loop.create_future()
-        call_id, outs = self.caller.call(name, payload, timeout, self._now(), fut)
+        call_id, outs = self.core.call(name, payload, timeout, self._now(), fut)
         self._run(outs)
         self._rearm()
         try:
             return await fut
         except asyncio.CancelledError:
-            self.caller.cancel(call_id)
+            self.core.cancel_call(call_id)
             self._rearm()
             raise
 
@@ -956,9 +884,9 @@ class Node:
     def _invoke(self, eff: Invoke) -> None:
         handler = self._handlers.get(eff.name)
         key = (eff.peer, eff.call_id)
-        if handler is None or key in self._running:
+        if handler is None:  # withdrawn while the request was on its way
             refusal = RemoteError("no_handler", eff.name, retryable=True)
-            self._run(self.rpc.handler_done(eff.peer, eff.call_id, None, refusal))
+            self._run(self.core.handler_done(eff.peer, eff.call_id, None, refusal, self._now()))
             return
         task = asyncio.ensure_future(self._run_handler(handler, eff))
         self._running[key] = task
@@ -982,11 +910,11 @@ class Node:
         except TimeoutError:
             error = RemoteError("timeout", f"handler exceeded {eff.timeout:.3f}s")
         except asyncio.CancelledError:
-            self.rpc.handler_done(eff.peer, eff.call_id, None, None)
+            self.core.handler_done(eff.peer, eff.call_id, None, None, self._now())
             raise
         except Exception as exc:
             error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
-        self._run(self.rpc.handler_done(eff.peer, eff.call_id, result, error))
+        self._run(self.core.handler_done(eff.peer, eff.call_id, result, error, self._now()))
 
     # -- replicated logs -------------------------------------------------------------------------
 
@@ -1132,3 +1060,33 @@ def _load_keypair(config: NodeConfig) -> KeyPair:
     if config.data_dir:
         return KeyPair.load_or_generate(Path(config.data_dir) / "node.key")
     return KeyPair.generate()
+
+
+class _LogMachine:
+    """The node's :class:`LogService` as the core's log machine: the service carries out its
+    own effects (it was given the node's ``run``), so nothing is returned here."""
+
+    def __init__(self, service: LogService) -> None:
+        self._service = service
+
+    def peer_connected(self, peer: NodeId, now: float) -> list[object]:
+        self._service.peer_connected(peer, now)
+        return []
+
+    def peer_disconnected(self, peer: NodeId, now: float) -> list[object]:
+        self._service.peer_disconnected(peer, now)
+        return []
+
+    def handle_message(self, peer: NodeId, msg: WireMessage, now: float) -> list[object]:
+        self._service.handle_message(peer, msg, now)
+        return []
+
+    def handle_timer(self, now: float) -> list[object]:
+        self._service.handle_timer(now)
+        return []
+
+    def next_deadline(self) -> float | None:
+        return self._service.next_deadline()
+
+    def shares_with(self, peer: NodeId) -> bool:
+        return self._service.shares_with(peer)

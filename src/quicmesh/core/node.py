@@ -1,0 +1,430 @@
+"""One node's protocol core: every state machine composed once, driven alike by the asyncio
+runtime and by the simulator.
+
+Theory of operation
+-------------------
+A :class:`NodeCore` owns the node's sans-IO machines: the :class:`~quicmesh.core.mesh.Mesh`
+(address book, realm membership, topic swarms and their broadcast), the service
+:class:`~quicmesh.core.registry.Registry` (signed leases), the :class:`~quicmesh.core.rpc.Rpc`
+(calls on one connection) and the :class:`~quicmesh.core.caller.Caller` (provider choice and
+failover), and, when the node replicates logs, a log machine. Time (``now``) and a seeded RNG are
+arguments; nothing here does I/O.
+
+**In.** :meth:`handle` takes one typed event of :mod:`quicmesh.core.events` and returns the
+outputs, in order. The same entry points exist as methods (``message``, ``publish``, ...) for
+the driver's hot paths, which skip building an event object; ``handle`` only dispatches to
+them, so both ways run the same code.
+
+**Routing**, all of it here and nowhere else:
+
+* a message goes by type: mesh messages to the mesh; ``Request``/``Reply``/``ReplyError``/
+  ``Services`` to the caller (which hands them to its ``Rpc``); ``r.*`` messages to the
+  registry; log messages to the log machine;
+* connection events go to the mesh, then (unless the mesh refused the connection) to the caller
+  and the log machine;
+* outputs of one machine that are inputs of another are consumed here and never reach the
+  driver: a ``Deliver`` on the registry topic becomes ``Registry.handle_advert``; a registry
+  ``Broadcast`` becomes ``Mesh.publish`` (into the open batch, sent at the next :meth:`flush`);
+  ``LookupDone`` goes to ``Caller.lookup_done``;
+* **pinning**: the mesh closes connections no overlay needs after ``LINGER`` seconds with
+  ``Disconnect(peer, "idle")``. The core knows what else uses a connection (a call pending on
+  it, a handler running for it, a peer that serves us procedures, a log shared with it); such a
+  connection is kept: the ``Disconnect`` is dropped and the mesh told the connection is still
+  there, so it lingers again and is closed once nothing uses it. An idle close that goes out is
+  also reported to the caller and the log machine (the driver reports no loss for connections
+  the core closed itself).
+
+**Out.** Every output is an instruction for the driver (:mod:`quicmesh.core.events` lists them);
+:class:`~quicmesh.core.events.StateChanged` says that the peer set, a swarm or the known
+providers changed, for drivers that wake waiters.
+
+**Time.** :meth:`next_deadline` is the earliest deadline of every machine; the driver arms one
+timer for it and calls :meth:`timer` (``TimerFired``) when it fires. Publishes of one driver turn
+collect in per-topic batches; the driver calls :meth:`flush` at the end of its turn (the runtime
+once per event-loop iteration, the simulator after every event), so a batch is never held
+longer than one turn.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from random import Random
+from typing import Any, Protocol
+
+from ..bounded import ContainerRegistry
+from ..config import NodeConfig
+from ..identity import KeyPair, NodeId
+from .caller import Caller
+from .effects import Deliver, DeliverBatch, Disconnect
+from .events import (
+    STATE_CHANGED,
+    AddPeer,
+    Advertise,
+    CancelCall,
+    DialFailed,
+    Event,
+    Flush,
+    HandlerDone,
+    Join,
+    JoinTopic,
+    Lookup,
+    MessageReceived,
+    PeerConnected,
+    PeerDisconnected,
+    Publish,
+    Reconcile,
+    RemovePeer,
+    Shutdown,
+    StartCall,
+    Subscribe,
+    TimerFired,
+    Unadvertise,
+    Unsubscribe,
+)
+from .log_messages import LOG_MESSAGES
+from .mesh import Mesh
+from .mesh_messages import MESH_MESSAGES, MGossip, MIHave
+from .messages import Reply, ReplyError, Request, Services
+from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
+from .registry_messages import REGISTRY_MESSAGES
+from .wire import Message
+
+__all__ = ["LogMachine", "NodeCore"]
+
+_MESH_TYPES = tuple(MESH_MESSAGES)
+_QUIET_MESH_TYPES = (MGossip, MIHave)
+"""Mesh messages that do not change membership (no :class:`StateChanged` for them)."""
+_CALLER_TYPES = (Request, Reply, ReplyError)
+_REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
+_LOG_TYPES = tuple(LOG_MESSAGES)
+
+
+class LogMachine(Protocol):
+    """What the core needs of a log replication machine (``LogSync``): the connection events,
+    its messages, its timer, and whether it shares a log with a peer (a pin)."""
+
+    def peer_connected(self, peer: NodeId, now: float) -> Iterable[object]: ...
+
+    def peer_disconnected(self, peer: NodeId, now: float) -> Iterable[object]: ...
+
+    def handle_message(self, peer: NodeId, msg: Message, now: float) -> Iterable[object]: ...
+
+    def handle_timer(self, now: float) -> Iterable[object]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def shares_with(self, peer: NodeId) -> bool: ...
+
+
+class NodeCore:
+    """The composed sans-IO core of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        keypair: KeyPair,
+        config: NodeConfig,
+        rng: Random,
+        registry: ContainerRegistry,
+        *,
+        addresses: tuple[str, ...] = (),
+        version_base: int = 0,
+        wall_offset: float = 0.0,
+        logs: LogMachine | None = None,
+    ) -> None:
+        self.id = keypair.node_id
+        self.config = config
+        cap = config.transport.max_connections
+        self.mesh = Mesh(self.id, addresses, config, rng, registry)
+        """The overlay: address book, realm membership, topic swarms and their broadcast."""
+        self.services = Registry(
+            keypair, addresses, config.registry, realm=config.realm, rng=rng,
+            version_base=version_base, wall_offset=wall_offset, registry=registry,
+        )
+        """The realm's service advertisements (signed leases), as seen by this node."""
+        from .rpc import Rpc
+
+        self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=rng, registry=registry)
+        """Calls on one connection: pending outgoing calls, running handlers, peers' services."""
+        self.caller = Caller(
+            self.id, config.rpc, config.registry, self.rpc, self.services,
+            neighbours=self.mesh.realm.active_peers, peer_capacity=cap, rng=rng, containers=registry,
+        )
+        """Provider choice, dials, attempts and failover within one deadline."""
+        self.logs = logs
+        self._lookup_ids = itertools.count(1)
+        self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {  # bounded: fixed event types
+            MessageReceived: lambda e, now: self.message(e.peer, e.message, now),
+            PeerConnected: lambda e, now: self.peer_connected(e.peer, e.addresses, e.outbound, now),
+            PeerDisconnected: lambda e, now: self.peer_disconnected(e.peer, now, graceful=e.graceful),
+            DialFailed: lambda e, now: self.dial_failed(e.peer, e.addresses, now),
+            TimerFired: lambda e, now: self.timer(now),
+            Reconcile: lambda e, now: self.reconcile(e.live, now),
+            Join: lambda e, now: self.join(e.bootstrap, now),
+            Subscribe: lambda e, now: self.subscribe(e.pattern, now),
+            Unsubscribe: lambda e, now: self.unsubscribe(e.pattern, now),
+            JoinTopic: lambda e, now: self.join_topic(e.topic, now),
+            Publish: lambda e, now: self.publish(e.topic, e.payload, now),
+            Flush: lambda e, now: self.flush(now),
+            Advertise: lambda e, now: self.advertise(e.name, now, ttl=e.ttl, metadata=e.metadata),
+            Unadvertise: lambda e, now: self.unadvertise(e.name, now),
+            StartCall: lambda e, now: self.call(e.name, e.payload, e.timeout, now, e.token)[1],
+            CancelCall: lambda e, now: self.cancel_call(e.call_id),
+            HandlerDone: lambda e, now: self.handler_done(e.peer, e.call_id, e.result, e.error, now),
+            Lookup: lambda e, now: self.lookup(e.name, now),
+            AddPeer: lambda e, now: self.add_peer(e.peer, e.addresses, now),
+            RemovePeer: lambda e, now: self.remove_peer(e.peer, now),
+            Shutdown: lambda e, now: self.shutdown(now),
+        }
+
+    # -- the one entry point ---------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[object]:
+        """Process one input event at time ``now``; returns the outputs for the driver."""
+        try:
+            fn = self._dispatch[type(event)]
+        except KeyError:
+            raise TypeError(f"not a NodeCore event: {type(event).__name__}") from None
+        return fn(event, now)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time any machine needs :meth:`timer` (``None``: no deadline)."""
+        best: float | None = None
+        for d in (
+            self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
+            self.logs.next_deadline() if self.logs is not None else None,
+        ):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    # -- network events --------------------------------------------------------------------------
+
+    def message(self, peer: NodeId, msg: Message, now: float) -> list[object]:
+        """``msg`` arrived from ``peer``: route it to the machine it is for."""
+        if isinstance(msg, _MESH_TYPES):
+            out = self._route(self.mesh.handle_message(peer, msg, now), now)
+            if not isinstance(msg, _QUIET_MESH_TYPES):
+                out.append(STATE_CHANGED)
+            return out
+        if isinstance(msg, _CALLER_TYPES):
+            return self._route(self.caller.handle_message(peer, msg, now), now)
+        if isinstance(msg, Services):
+            out = self._route(self.caller.handle_message(peer, msg, now), now)
+            out.append(STATE_CHANGED)
+            return out
+        if isinstance(msg, _REGISTRY_TYPES):
+            out = self._route(self.services.handle_message(peer, msg, now), now)
+            out.append(STATE_CHANGED)  # a lookup answer may list new providers
+            return out
+        if isinstance(msg, _LOG_TYPES) and self.logs is not None:
+            return list(self.logs.handle_message(peer, msg, now))
+        return []
+
+    def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
+        """An authenticated connection to ``peer`` is up (idempotent)."""
+        out = self._route(self.mesh.peer_connected(peer, addresses, outbound, now), now)
+        if any(isinstance(e, Disconnect) and e.peer == peer for e in out):
+            return out  # the mesh refused it (ourselves, or over max_connections)
+        out += self._route(self.caller.peer_connected(peer, now), now)
+        if self.logs is not None:
+            out += self.logs.peer_connected(peer, now)
+        out.append(STATE_CHANGED)
+        return out
+
+    def peer_disconnected(self, peer: NodeId, now: float, *, graceful: bool = False) -> list[object]:
+        """The connection to ``peer`` ended (``graceful``: an orderly close, not a failure)."""
+        out = self._route(self.mesh.peer_disconnected(peer, now, graceful=graceful), now)
+        out += self._lost(peer, now)
+        out.append(STATE_CHANGED)
+        return out
+
+    def dial_failed(self, peer: NodeId | None, addresses: tuple[str, ...], now: float) -> list[object]:
+        """A ``Dial`` to ``peer`` (or a ``DialAddress``, ``peer`` None) failed."""
+        if peer is None:
+            return self._route(self.mesh.address_dial_failed(addresses, now), now)
+        out = self._route(self.mesh.dial_failed(peer, now), now)
+        out += self._route(self.caller.dial_failed(peer, now), now)
+        return out
+
+    def timer(self, now: float) -> list[object]:
+        """Run every machine's due timers."""
+        out = self._route(self.mesh.handle_timer(now), now)
+        out += self._route(self.services.handle_timer(now), now)
+        out += self._route(self.caller.handle_timer(now), now)
+        if self.logs is not None:
+            out += self.logs.handle_timer(now)
+        return out
+
+    def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
+        """Release per-peer RPC state of peers without a live connection (a safety net: the
+        connection-lost events are the normal path)."""
+        out: list[object] = []
+        for peer in self.caller.connected_peers():
+            if peer not in live:
+                out += self._route(self.caller.peer_disconnected(peer, now), now)
+        for peer in self.rpc.connected_peers():
+            if peer not in live:
+                out += self._route(list(self.rpc.peer_disconnected(peer)), now)
+        return out
+
+    # -- application commands --------------------------------------------------------------------
+
+    def join(self, bootstrap: Iterable[tuple[NodeId | None, tuple[str, ...]]], now: float) -> list[object]:
+        """Join the realm through ``bootstrap`` and follow the realm's service adverts."""
+        out = self._route(self.mesh.join(list(bootstrap), now), now)
+        out += self._route(self.mesh.subscribe(REGISTRY_PATTERN, now), now)
+        return out
+
+    def subscribe(self, pattern: str, now: float) -> list[object]:
+        """Take a reference to ``pattern``'s swarm (raises ``ValueError`` for a bad pattern)."""
+        return self._route(self.mesh.subscribe(pattern, now), now)
+
+    def unsubscribe(self, pattern: str, now: float) -> list[object]:
+        """Drop a reference to ``pattern``'s swarm."""
+        return self._route(self.mesh.unsubscribe(pattern, now), now)
+
+    def join_topic(self, topic: str, now: float) -> list[object]:
+        """Link into ``topic``'s swarm as a publisher."""
+        return self._route(self.mesh.join_topic(topic, now), now)
+
+    def publish(self, topic: str, payload: bytes, now: float) -> list[object]:
+        """Publish ``payload`` on ``topic`` (raises ``ValueError`` for a bad topic and
+        ``MessageTooLarge``)."""
+        return self._route(self.mesh.publish(topic, payload, now), now)
+
+    def append_to_batch(self, topic: str, payload: bytes) -> bool:
+        """The publish fast path: add ``payload`` to ``topic``'s open batch when one is open
+        (checked when it opened); ``False``: call :meth:`publish`."""
+        return self.mesh.append_to_batch(topic, payload)
+
+    @property
+    def has_batches(self) -> bool:
+        """Whether a gossip batch waits for :meth:`flush`."""
+        return self.mesh.has_batches
+
+    def flush(self, now: float) -> list[object]:
+        """Send the open gossip batches."""
+        return self._route(self.mesh.flush(now), now)
+
+    def advertise(self, name: str, now: float, *, ttl: float | None = None,
+                  metadata: bytes | None = None) -> list[object]:
+        """Serve ``name`` and advertise it realm-wide (raises ``ValueError``/``LimitExceeded``)."""
+        out: list[object] = list(self.rpc.advertise(name))
+        try:
+            out += self.services.advertise(name, now, ttl=ttl, metadata=metadata)
+        except BaseException:
+            self.rpc.unadvertise(name)
+            raise
+        return self._route(out, now)
+
+    def unadvertise(self, name: str, now: float) -> list[object]:
+        """Stop serving ``name`` and withdraw its advert."""
+        out: list[object] = list(self.rpc.unadvertise(name))
+        out += self.services.unadvertise(name, now)
+        return self._route(out, now)
+
+    def call(self, name: str, payload: bytes, timeout: float, now: float, token: object) -> tuple[int, list[object]]:
+        """Start a call; returns its id (for :meth:`cancel_call`) and the outputs. Raises
+        ``Overloaded`` past ``rpc.max_pending_calls``."""
+        call_id, outs = self.caller.call(name, payload, timeout, now, token)
+        return call_id, self._route(outs, now)
+
+    def cancel_call(self, call_id: int) -> list[object]:
+        """Free everything call ``call_id`` holds (its caller went away)."""
+        self.caller.cancel(call_id)
+        return []
+
+    def handler_done(self, peer: NodeId, call_id: int, result: bytes | None, error: Any, now: float) -> list[object]:
+        """A handler ended (``result`` and ``error`` both ``None``: cancelled, no reply)."""
+        if result is None and error is None:
+            self.rpc.handler_cancelled(peer, call_id)
+            return []
+        return self._route(list(self.rpc.handler_done(peer, call_id, result, error)), now)
+
+    def lookup(self, name: str, now: float) -> list[object]:
+        """Ask the realm neighbours for providers of ``name`` (answers arrive as messages)."""
+        waiter = -next(self._lookup_ids)  # negative: not a call of the caller planner
+        return self._route(self.services.lookup(name, waiter, now, self.mesh.realm.active_peers()), now)
+
+    def add_peer(self, peer: NodeId, addresses: tuple[str, ...], now: float) -> list[object]:
+        """Tell the address book where ``peer`` can be reached."""
+        self.mesh.add_peer(peer, addresses, now)
+        return []
+
+    def remove_peer(self, peer: NodeId, now: float) -> list[object]:
+        """Forget ``peer`` (and close its connection if only the mesh used it)."""
+        return self._route(self.mesh.remove_peer(peer, now), now)
+
+    def shutdown(self, now: float) -> list[object]:
+        """Withdraw every own advert and send what is open (before closing connections)."""
+        for name in self.rpc.services:
+            self.rpc.unadvertise(name)
+        out = self._route(list(self.services.close(now)), now)
+        out += self.flush(now)
+        return out
+
+    def set_addresses(self, addresses: tuple[str, ...]) -> None:
+        """The addresses this node listens at (known once the driver bound its socket)."""
+        self.mesh.set_addresses(addresses)
+        self.services.addresses = addresses
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def in_use(self, peer: NodeId) -> bool:
+        """Whether something besides the overlays needs the connection to ``peer``."""
+        if self.caller.uses(peer) or self.rpc.peer_in_use(peer):
+            return True
+        return self.logs is not None and self.logs.shares_with(peer)
+
+    @property
+    def pending_calls(self) -> int:
+        """Calls of this node not ended yet."""
+        return self.caller.pending
+
+    def pending_entries(self) -> dict[str, int]:
+        """Per-call state left in this node (all 0 when no call is open)."""
+        return {**self.caller.pending_entries(), "handlers_running": self.rpc.running}
+
+    # -- routing between machines ----------------------------------------------------------------
+
+    def _lost(self, peer: NodeId, now: float) -> list[object]:
+        out = self._route(self.caller.peer_disconnected(peer, now), now)
+        if self.logs is not None:
+            out += self.logs.peer_disconnected(peer, now)
+        return out
+
+    def _route(self, effects: Iterable[object], now: float) -> list[object]:
+        """Consume the outputs that are another machine's inputs; return the rest, in order."""
+        out: list[object] = []
+        for eff in effects:
+            cls = type(eff)
+            if cls is DeliverBatch or cls is Deliver:
+                assert isinstance(eff, Deliver | DeliverBatch)
+                if eff.topic == REGISTRY_TOPIC:
+                    payloads = eff.payloads if isinstance(eff, DeliverBatch) else (eff.payload,)
+                    for payload in payloads:
+                        out += self._route(self.services.handle_advert(payload, now), now)
+                    out.append(STATE_CHANGED)
+                else:
+                    out.append(eff)
+            elif cls is Broadcast:
+                assert isinstance(eff, Broadcast)
+                out += self._route(self.mesh.publish(eff.topic, eff.payload, now), now)
+            elif cls is LookupDone:
+                assert isinstance(eff, LookupDone)
+                out += self._route(self.caller.lookup_done(eff, now), now)
+            elif cls is Disconnect:
+                assert isinstance(eff, Disconnect)
+                if eff.reason == "idle":
+                    if self.in_use(eff.peer):
+                        # keep it: the mesh lingers again and closes it once nothing uses it
+                        out += self._route(self.mesh.peer_connected(eff.peer, (), False, now), now)
+                        continue
+                    out.append(eff)
+                    out += self._lost(eff.peer, now)
+                else:
+                    out.append(eff)
+            else:
+                out.append(eff)
+        return out
