@@ -27,12 +27,12 @@ them, so both ways run the same code.
   ``Broadcast`` becomes ``Mesh.publish`` (into the open batch, sent at the next :meth:`flush`);
   ``LookupDone`` goes to ``Caller.lookup_done``;
 * **pinning**: the mesh closes connections no overlay needs after ``LINGER`` seconds with
-  ``Disconnect(peer, "idle")``. The core knows what else uses a connection (a call pending on
-  it, a handler running for it, a peer that serves us procedures, a log shared with it); such a
-  connection is kept: the ``Disconnect`` is dropped and the mesh told the connection is still
-  there, so it lingers again and is closed once nothing uses it. An idle close that goes out is
-  also reported to the caller and the log machine (the driver reports no loss for connections
-  the core closed itself).
+  ``Disconnect(peer, "idle")``. The core knows what else uses a connection (a call pending on it,
+  a handler running for it, a peer that serves us procedures, RPC traffic with it in the last
+  :data:`RPC_PIN` seconds, a log shared with it); such a connection is kept: the ``Disconnect`` is
+  dropped and the mesh told the connection is still there, so it lingers again and is closed once
+  nothing uses it. An idle close that goes out is also reported to the caller and the log machine
+  (the driver reports no loss for connections the core closed itself).
 
 **Out.** Every output is an instruction for the driver (:mod:`quicmesh.core.events` lists them);
 :class:`~quicmesh.core.events.StateChanged` says that the peer set, a swarm or the known
@@ -90,7 +90,12 @@ from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, R
 from .registry_messages import REGISTRY_MESSAGES
 from .wire import Message
 
-__all__ = ["LogMachine", "NodeCore"]
+__all__ = ["RPC_PIN", "LogMachine", "NodeCore"]
+
+RPC_PIN = 30.0
+"""Seconds a connection stays open after its last RPC message (a caller that calls every few
+seconds keeps its connection instead of paying a handshake per call, and a callee never closes
+a connection a request may be travelling on)."""
 
 _MESH_TYPES = tuple(MESH_MESSAGES)
 _QUIET_MESH_TYPES = (MGossip, MIHave)
@@ -153,6 +158,8 @@ class NodeCore:
         """Provider choice, dials, attempts and failover within one deadline."""
         self.logs = logs
         self._lookup_ids = itertools.count(1)
+        self._rpc_seen: dict[NodeId, float] = {}  # bounded: one per connected peer, dropped with it
+        """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`)."""
         self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {  # bounded: fixed event types
             MessageReceived: lambda e, now: self.message(e.peer, e.message, now),
             PeerConnected: lambda e, now: self.peer_connected(e.peer, e.addresses, e.outbound, now),
@@ -208,8 +215,10 @@ class NodeCore:
                 out.append(STATE_CHANGED)
             return out
         if isinstance(msg, _CALLER_TYPES):
+            self._rpc_seen[peer] = now
             return self._route(self.caller.handle_message(peer, msg, now), now)
         if isinstance(msg, Services):
+            self._rpc_seen[peer] = now
             out = self._route(self.caller.handle_message(peer, msg, now), now)
             out.append(STATE_CHANGED)
             return out
@@ -266,15 +275,24 @@ class NodeCore:
         for peer in self.rpc.connected_peers():
             if peer not in live:
                 out += self._route(list(self.rpc.peer_disconnected(peer)), now)
+        for peer in [p for p in self._rpc_seen if p not in live]:
+            del self._rpc_seen[peer]
         return out
 
     # -- application commands --------------------------------------------------------------------
 
-    def join(self, bootstrap: Iterable[tuple[NodeId | None, tuple[str, ...]]], now: float) -> list[object]:
-        """Join the realm through ``bootstrap`` and follow the realm's service adverts."""
+    def join(self, bootstrap: Iterable[tuple[NodeId | None, tuple[str, ...]]], now: float, *,
+             follow_services: bool = True) -> list[object]:
+        """Join the realm through ``bootstrap`` and (``follow_services``, what a node does) follow
+        the realm's service adverts."""
         out = self._route(self.mesh.join(list(bootstrap), now), now)
-        out += self._route(self.mesh.subscribe(REGISTRY_PATTERN, now), now)
+        if follow_services:
+            out += self.follow_services(now)
         return out
+
+    def follow_services(self, now: float) -> list[object]:
+        """Subscribe to the realm's service adverts (the registry topic)."""
+        return self._route(self.mesh.subscribe(REGISTRY_PATTERN, now), now)
 
     def subscribe(self, pattern: str, now: float) -> list[object]:
         """Take a reference to ``pattern``'s swarm (raises ``ValueError`` for a bad pattern)."""
@@ -371,8 +389,10 @@ class NodeCore:
 
     # -- queries ---------------------------------------------------------------------------------
 
-    def in_use(self, peer: NodeId) -> bool:
+    def in_use(self, peer: NodeId, now: float) -> bool:
         """Whether something besides the overlays needs the connection to ``peer``."""
+        if now - self._rpc_seen.get(peer, -RPC_PIN) < RPC_PIN:
+            return True
         if self.caller.uses(peer) or self.rpc.peer_in_use(peer):
             return True
         return self.logs is not None and self.logs.shares_with(peer)
@@ -389,6 +409,7 @@ class NodeCore:
     # -- routing between machines ----------------------------------------------------------------
 
     def _lost(self, peer: NodeId, now: float) -> list[object]:
+        self._rpc_seen.pop(peer, None)
         out = self._route(self.caller.peer_disconnected(peer, now), now)
         if self.logs is not None:
             out += self.logs.peer_disconnected(peer, now)
@@ -417,7 +438,7 @@ class NodeCore:
             elif cls is Disconnect:
                 assert isinstance(eff, Disconnect)
                 if eff.reason == "idle":
-                    if self.in_use(eff.peer):
+                    if self.in_use(eff.peer, now):
                         # keep it: the mesh lingers again and closes it once nothing uses it
                         out += self._route(self.mesh.peer_connected(eff.peer, (), False, now), now)
                         continue

@@ -2,27 +2,12 @@
 
 Theory of operation
 -------------------
-:class:`ServiceMesh` is the per-node glue the asyncio Node will also need: one
-:class:`~quicmesh.core.mesh.Mesh` (it *is* one, so the unmodified
-:class:`~quicmesh.testing.sim.Simulator` drives it) composed with a
-:class:`~quicmesh.core.registry.Registry`, an :class:`~quicmesh.core.rpc.Rpc` and a
-:class:`~quicmesh.core.caller.Caller`. It routes events and effects exactly as a driver must:
-
-* every node subscribes to :data:`~quicmesh.core.registry.REGISTRY_PATTERN`; a ``Deliver`` on
-  :data:`~quicmesh.core.registry.REGISTRY_TOPIC` goes to ``Registry.handle_advert``;
-  a :class:`~quicmesh.core.registry.Broadcast` becomes ``Mesh.publish``;
-* ``r.*`` messages go to ``Registry.handle_message``; ``Request``/``Reply``/``ReplyError``/
-  ``Services`` to ``Caller.handle_message``; everything else to the mesh;
-* ``peer_connected``/``peer_disconnected``/``dial_failed`` go to the mesh *and* the caller;
-* :class:`~quicmesh.core.registry.LookupDone` goes to ``Caller.lookup_done``; ``Invoke`` runs the
-  scenario's handler (an echo after ``handler_delay``); ``CallResolved`` is recorded;
-* one timer: the earliest of the mesh's, the registry's and the caller's deadlines.
-
-One adaptation stands in for a missing mesh hook: the mesh closes connections no overlay needs
-after ``LINGER`` (``Disconnect(peer, "idle")``), and it does not know RPC connections. A
-connection with RPC traffic in the last ``RPC_PIN`` seconds (or a call or handler on it) is kept:
-the ``Disconnect`` is dropped and the connection reported to the mesh again. An unpinned idle
-close is reported to the caller (the mesh does not report connections it closed itself).
+Every simulated node is a :class:`~quicmesh.core.node.NodeCore`, the core real nodes run: the
+mesh, the service registry, the RPC machine and the call planner composed and routed in one
+place (registry adverts over the mesh, lookups, pinning of connections in use, one timer). The
+:class:`RpcSimulator` adds only what a scenario measures: a :class:`CallRecord` per call
+(start, end, outcome), and the adverts seen on the wire (a scenario replays a captured stale
+one, as an attacker on the path could).
 
 The scenarios (:class:`FailoverScenario`, :class:`LeaseScenario`) return
 :class:`~quicmesh.testing.scenarios.Report` s whose figures the tests assert.
@@ -30,187 +15,30 @@ The scenarios (:class:`FailoverScenario`, :class:`LeaseScenario`) return
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from random import Random
 
-from ..bounded import ContainerRegistry, TtlMap
 from ..config import NodeConfig, RegistryConfig, RpcConfig
-from ..core.caller import Caller, CallerOutcome
-from ..core.effects import Deliver, DeliverBatch, Disconnect, Effect, Send
-from ..core.mesh import Mesh
-from ..core.messages import Reply, ReplyError, Request, Services
-from ..core.registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
+from ..core.mesh_messages import MGossip
+from ..core.registry import REGISTRY_TOPIC
 from ..core.registry_messages import REGISTRY_MESSAGES
-from ..core.rpc import CallResolved, Invoke, Rpc
+from ..core.rpc import CallResolved
 from ..core.wire import Message
-from ..errors import Overloaded, RemoteError
-from ..identity import KeyPair, NodeId
+from ..identity import NodeId
 from .network import Latency, NetworkParams
 from .scenarios import Report, build_overlay, container_peaks
 from .sim import SimNode, Simulator
 
 __all__ = [
-    "RPC_PIN",
     "CallRecord",
     "FailoverScenario",
     "LeaseScenario",
     "RpcSimulator",
-    "ServiceMesh",
     "run_failover",
     "run_lease",
 ]
-
-RPC_PIN = 30.0
-"""Seconds a connection stays pinned open after its last RPC message."""
-
-_RPC_TYPES = (Request, Reply, ReplyError, Services)
-
-
-class ServiceMesh(Mesh):
-    """A mesh node with a service registry, an RPC machine and a call planner (see the module
-    docstring). ``on_invoke(invoke)`` runs a handler; ``on_result(token, result, error)`` gets
-    every call outcome."""
-
-    def __init__(
-        self,
-        keypair: KeyPair,
-        addresses: tuple[str, ...],
-        config: NodeConfig,
-        rng: Random,
-        registry: ContainerRegistry,
-        *,
-        version_base: int,
-        wall_offset: float = 0.0,
-        on_invoke: Callable[[Invoke], None],
-        on_result: Callable[[object, bytes | None, BaseException | None], None],
-    ) -> None:
-        super().__init__(keypair.node_id, addresses, config, rng, registry)
-        cap = config.transport.max_connections
-        self.services = Registry(keypair, addresses, config.registry, realm=config.realm, rng=rng,
-                                 version_base=version_base, wall_offset=wall_offset, registry=registry)
-        self.rpc = Rpc(self.me, config.rpc, peer_capacity=cap, rng=rng, registry=registry)
-        self.caller = Caller(self.me, config.rpc, config.registry, self.rpc, self.services,
-                             neighbours=self.realm.active_peers, peer_capacity=cap, rng=rng, containers=registry)
-        self._rpc_used: TtlMap[NodeId, None] = TtlMap("sim.rpc_pins", cap, RPC_PIN, registry=registry)
-        self._on_invoke = on_invoke
-        self._on_result = on_result
-        self.first_advert: bytes | None = None
-
-    # -- API used by the scenarios ---------------------------------------------------------------
-
-    def start(self, now: float) -> list[Effect]:
-        """Subscribe to the registry topic (after ``join``)."""
-        return self._post(self.subscribe(REGISTRY_PATTERN, now), now)
-
-    def advertise(self, name: str, now: float, *, ttl: float | None = None) -> list[Effect]:
-        """Serve ``name`` (RPC side) and advertise it realm-wide."""
-        self.rpc.advertise(name)
-        return self._drive(list(self.services.advertise(name, now, ttl=ttl)), now)
-
-    def shutdown(self, now: float) -> list[Effect]:
-        """Withdraw every own advertisement (publish before closing connections)."""
-        for name in self.rpc.services:
-            self.rpc.unadvertise(name)
-        return self._drive(list(self.services.close(now)), now)
-
-    def call(self, name: str, payload: bytes, timeout: float, now: float, token: object) -> list[Effect]:
-        """Start a call; its outcome reaches ``on_result``. ``Overloaded`` is reported there too."""
-        try:
-            _cid, outs = self.caller.call(name, payload, timeout, now, token)
-        except Overloaded as exc:
-            self._on_result(token, None, exc)
-            return []
-        return self._drive(outs, now)
-
-    def handler_done(self, peer: NodeId, call_id: int, result: bytes | None, error: RemoteError | None,
-                     now: float) -> list[Effect]:
-        """A handler started by ``Invoke`` finished."""
-        self._rpc_used.set(peer, None, now)
-        return self._drive(list(self.rpc.handler_done(peer, call_id, result, error)), now)
-
-    def pending_entries(self) -> dict[str, int]:
-        """Per-call state left in this node (all 0 when no call is open)."""
-        return {**self.caller.pending_entries(), "handlers_running": self.rpc.running}
-
-    # -- driver glue -----------------------------------------------------------------------------
-
-    def _drive(self, outs: list[CallerOutcome], now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        for o in outs:
-            if isinstance(o, Broadcast):
-                if self.first_advert is None:
-                    self.first_advert = o.payload
-                effects += self.publish(o.topic, o.payload, now) + self.flush(now)
-            elif isinstance(o, LookupDone):
-                effects += self._drive(self.caller.lookup_done(o, now), now)
-            elif isinstance(o, CallResolved):
-                self._on_result(o.token, o.result, o.error)
-            elif isinstance(o, Invoke):
-                self._rpc_used.set(o.peer, None, now)
-                self._on_invoke(o)
-            else:
-                if isinstance(o, Send) and isinstance(o.message, _RPC_TYPES):
-                    self._rpc_used.set(o.peer, None, now)
-                effects.append(o)
-        return self._post(effects, now)
-
-    def _post(self, effects: list[Effect], now: float) -> list[Effect]:
-        out: list[Effect] = []
-        for e in [d for x in effects for d in (x.each() if isinstance(x, DeliverBatch) else (x,))]:
-            if isinstance(e, Deliver) and e.topic == REGISTRY_TOPIC:
-                out += self._drive(list(self.services.handle_advert(e.payload, now)), now)
-            elif isinstance(e, Disconnect) and e.reason == "idle":
-                if self._pinned(e.peer):
-                    super().peer_connected(e.peer, (), False, now)  # keep it: the mesh re-lingers
-                else:
-                    out.append(e)
-                    out += self._drive(self.caller.peer_disconnected(e.peer, now), now)
-            else:
-                out.append(e)
-        return out
-
-    def _pinned(self, peer: NodeId) -> bool:
-        return peer in self._rpc_used or self.caller.uses(peer)
-
-    # -- Mesh overrides --------------------------------------------------------------------------
-
-    def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[Effect]:
-        out = self._post(super().peer_connected(peer, addresses, outbound, now), now)
-        if any(isinstance(e, Disconnect) and e.peer == peer for e in out):
-            return out
-        return out + self._drive(self.caller.peer_connected(peer, now), now)
-
-    def peer_disconnected(self, peer: NodeId, now: float, *, graceful: bool = False) -> list[Effect]:
-        out = self._post(super().peer_disconnected(peer, now, graceful=graceful), now)
-        self._rpc_used.pop(peer)
-        return out + self._drive(self.caller.peer_disconnected(peer, now), now)
-
-    def dial_failed(self, peer: NodeId, now: float) -> list[Effect]:
-        out = self._post(super().dial_failed(peer, now), now)
-        return out + self._drive(self.caller.dial_failed(peer, now), now)
-
-    def handle_message(self, peer: NodeId, msg: Message, now: float) -> list[Effect]:
-        if isinstance(msg, REGISTRY_MESSAGES):
-            return self._drive(list(self.services.handle_message(peer, msg, now)), now)
-        if isinstance(msg, _RPC_TYPES):
-            self._rpc_used.set(peer, None, now)
-            return self._drive(self.caller.handle_message(peer, msg, now), now)
-        return self._post(super().handle_message(peer, msg, now), now)
-
-    def handle_timer(self, now: float) -> list[Effect]:
-        self._rpc_used.expire(now)
-        out = self._post(super().handle_timer(now), now)
-        out += self._drive(list(self.services.handle_timer(now)), now)
-        out += self._drive(self.caller.handle_timer(now), now)
-        return out
-
-    def next_deadline(self) -> float | None:
-        ds = [d for d in (super().next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
-                          self._rpc_used.next_deadline()) if d is not None]
-        return min(ds) if ds else None
 
 
 @dataclass(slots=True)
@@ -226,68 +54,38 @@ class CallRecord:
 
 
 class RpcSimulator(Simulator):
-    """A :class:`Simulator` whose nodes are :class:`ServiceMesh` es (echo handlers)."""
+    """A :class:`Simulator` that records every call's outcome and the first advert each provider
+    put on the wire (its handlers echo after ``handler_delay``)."""
 
     def __init__(self, seed: int, config: NodeConfig | None = None, network: NetworkParams | None = None, *,
                  handler_delay: float = 0.001, clock_skew: float = 0.0) -> None:
-        self.handler_delay = handler_delay
-        self.clock_skew = clock_skew
         self.calls: dict[object, CallRecord] = {}  # bounded: the scenario's call count
-        super().__init__(seed, config, network, record_deliveries=False)
-
-    def _new_mesh(self, ident: NodeId, address: str, index: int, incarnation: int,
-                  registry: ContainerRegistry) -> Mesh:
-        kp = KeyPair.from_seed(hashlib.sha256(f"quicmesh-sim/{self.seed}/{index}".encode()).digest())
-        if kp.node_id != ident:
-            raise ValueError("RpcSimulator nodes use their index as identity")
-        rng = Random(f"{self.seed}/{index}/{incarnation}")
-        base = int(self.now * 1e6) + 1  # versions keep increasing across restarts (a wall clock)
-        skew = Random(f"skew/{self.seed}/{index}").uniform(-self.clock_skew, self.clock_skew)
-        return ServiceMesh(kp, (address,), self.config, rng, registry, version_base=base, wall_offset=skew,
-                           on_invoke=partial(self._invoke, index, incarnation),
-                           on_result=self._result)
-
-    @staticmethod
-    def svc(node: SimNode) -> ServiceMesh:
-        """``node``'s :class:`ServiceMesh`."""
-        assert isinstance(node.mesh, ServiceMesh)
-        return node.mesh
-
-    def start_services(self, node: SimNode) -> None:
-        self._apply(node, self.svc(node).start(self.now))
-
-    def advertise(self, node: SimNode, name: str, ttl: float | None = None) -> None:
-        self._apply(node, self.svc(node).advertise(name, self.now, ttl=ttl))
-
-    def shutdown(self, node: SimNode) -> None:
-        self._apply(node, self.svc(node).shutdown(self.now))
+        self.first_advert: dict[NodeId, bytes] = {}  # bounded: one per provider
+        super().__init__(seed, config, network, record_deliveries=False, handler_delay=handler_delay,
+                         clock_skew=clock_skew)
 
     def call(self, node: SimNode, name: str, payload: bytes, timeout: float, token: object) -> None:
-        if not node.alive:
-            return
-        self.calls[token] = CallRecord(self.now, timeout, node.index)
-        self._apply(node, self.svc(node).call(name, payload, timeout, self.now, token))
+        if node.alive:
+            self.calls[token] = CallRecord(self.now, timeout, node.index)
+        super().call(node, name, payload, timeout, token)
 
-    def inject(self, node: SimNode, effects: list[Effect]) -> None:
+    def inject(self, node: SimNode, effects: Sequence[object]) -> None:
         """Execute ``effects`` on behalf of ``node`` (used to replay a stale advert)."""
         self._apply(node, effects)
 
-    def _invoke(self, index: int, incarnation: int, eff: Invoke) -> None:
-        def done() -> None:
-            node = self.nodes[index]
-            if not node.alive or node.incarnation != incarnation:
-                return
-            self._apply(node, self.svc(node).handler_done(eff.peer, eff.call_id, eff.payload, None, self.now))
-
-        self.at(self.now + self.handler_delay, done)
-
-    def _result(self, token: object, result: bytes | None, error: BaseException | None) -> None:
-        rec = self.calls.get(token)
+    def on_resolved(self, node: SimNode, outcome: CallResolved) -> None:
+        rec = self.calls.get(outcome.token)
         if rec is None or rec.end is not None:
-            raise AssertionError(f"call {token!r} resolved twice or unknown")
+            raise AssertionError(f"call {outcome.token!r} resolved twice or unknown")
         rec.end = self.now
-        rec.ok = error is None
-        rec.error = None if error is None else type(error).__name__
+        rec.ok = outcome.error is None
+        rec.error = None if outcome.error is None else type(outcome.error).__name__
+
+    def _send(self, node: SimNode, peer: NodeId, msg: Message) -> None:
+        if isinstance(msg, MGossip) and msg.topic == REGISTRY_TOPIC and node.id not in self.first_advert:
+            if msg.publisher == node.id.raw and msg.payloads:
+                self.first_advert[node.id] = msg.payloads[0]
+        super()._send(node, peer, msg)
 
 
 def _poll(sim: Simulator, every: float, until: float, fn: Callable[[], None]) -> None:
@@ -349,7 +147,7 @@ def run_failover(sc: FailoverScenario) -> Report:
     for p in providers:
         sim.advertise(p, "echo")
     sim.run_for(3.0)
-    known_before = sum(1 for n in nodes if len(sim.svc(n).services.providers("echo", sim.now)) == sc.providers)
+    known_before = sum(1 for n in nodes if len(n.core.services.providers("echo", sim.now)) == sc.providers)
     callers = [n for n in nodes if n.id not in prov_ids]
     t0 = sim.now
     window = sc.calls / sc.rate
@@ -373,13 +171,13 @@ def run_failover(sc: FailoverScenario) -> Report:
         sim.at(t0 + window * (k + 1) / (sc.late_joiners + 1), add_late)
     # a stale advert replayed after its provider refreshed (by another node, through the mesh)
     stale_source = providers[0]
-    stale_payload = sim.svc(stale_source).first_advert
+    stale_payload = sim.first_advert.get(stale_source.id)
     assert stale_payload is not None
     replay_at = t0 + 0.75 * sc.lease_ttl  # after two refreshes (every ttl / 3), before it expired
 
     def replay() -> None:
         relay = callers[0]
-        sim.inject(relay, sim.svc(relay).publish(REGISTRY_TOPIC, stale_payload, sim.now))
+        sim.inject(relay, relay.core.publish(REGISTRY_TOPIC, stale_payload, sim.now))
 
     sim.at(replay_at, replay)
 
@@ -403,10 +201,10 @@ def run_failover(sc: FailoverScenario) -> Report:
         for p in crashed:
             if p.index in vanished or sim.now < crash_at[p.index]:
                 continue
-            if all(sim.svc(n).services.entry(p.id, "echo") is None for n in live_nodes):
+            if all(n.core.services.entry(p.id, "echo") is None for n in live_nodes):
                 vanished[p.index] = sim.now - crash_at[p.index]
         for n in live_nodes:
-            reg = sim.svc(n).services
+            reg = n.core.services
             for p in providers:
                 if not p.alive:
                     continue
@@ -421,7 +219,7 @@ def run_failover(sc: FailoverScenario) -> Report:
     _poll(sim, 0.5, end, check)
     sim.run_until(end)
     pending_main = _pending(sim)
-    main_stats = [sim.svc(n).caller.stats for n in sim.nodes if n.alive]
+    main_stats = [n.core.caller.stats for n in sim.nodes if n.alive]
     main_counts = {k: sum(getattr(st, k) for st in main_stats) for k in ("attempts", "failovers", "dials", "lookups")}
 
     # tail: every remaining provider crashes; calls must fail with a typed error within their
@@ -448,7 +246,7 @@ def run_failover(sc: FailoverScenario) -> Report:
     for r in recs:
         if not r.ok:
             errors[r.error or "none"] = errors.get(r.error or "none", 0) + 1
-    regs = [sim.svc(n).services for n in sim.nodes if n.alive]
+    regs = [n.core.services for n in sim.nodes if n.alive]
     stale_seen = sum(r.counters["stale"] for r in regs)
     stale_won = sum(1 for r in regs if (e := r.entry(stale_source.id, "echo")) is not None
                     and e.advert.v <= _version(stale_payload))
@@ -488,7 +286,7 @@ def _pending(sim: RpcSimulator) -> dict[str, int]:
     pending: dict[str, int] = {}
     for n in sim.nodes:
         if n.alive:
-            for k, v in sim.svc(n).pending_entries().items():
+            for k, v in n.core.pending_entries().items():
                 pending[k] = pending.get(k, 0) + v
     return pending
 
@@ -548,17 +346,17 @@ def run_lease(sc: LeaseScenario) -> Report:
         nonlocal stay_missing, stay_checks
         for label, p in (("silent", silent), ("leaver", leaver)):
             if label not in gone and sim.now >= stop_at and all(
-                sim.svc(n).services.entry(p.id, "svc") is None for n in others
+                n.core.services.entry(p.id, "svc") is None for n in others
             ):
                 gone[label] = sim.now - stop_at
         for n in others:
             stay_checks += 1
-            if not sim.svc(n).services.providers("svc", sim.now) or sim.svc(n).services.entry(stay.id, "svc") is None:
+            if not n.core.services.providers("svc", sim.now) or n.core.services.entry(stay.id, "svc") is None:
                 stay_missing += 1
 
     _poll(sim, 0.25, t0 + sc.duration, check)
     sim.run_until(t0 + sc.duration)
-    regs = [sim.svc(n).services for n in others]
+    regs = [n.core.services for n in others]
     report = Report(sc.name, sc.seed)
     report.figures = {
         "nodes": sc.nodes,

@@ -450,13 +450,13 @@ def run_flood(sc: FloodScenario) -> Report:
 
     # make the attacker a swarm neighbour so its gossip is accepted
     victim_apply = sim._apply
-    victim_apply(victim, m.handle_message(attacker.id, _join("news", attacker), now))
+    victim_apply(victim, victim.core.message(attacker.id, _join("news", attacker), now))
     counts: dict[str, int] = {}
     # 1. peers: shuffles announcing 10x the address book capacity
     n_peers = f * cfg.address_book.capacity
     for i in range(0, n_peers, 16):
         peers = [PeerInfo(fid().raw, [f"flood:{i + j}"]) for j in range(16)]
-        victim_apply(victim, m.handle_message(attacker.id, MShuffle("", attacker.id.raw, ["sim:1"], 0, peers), now))
+        victim_apply(victim, victim.core.message(attacker.id, MShuffle("", attacker.id.raw, ["sim:1"], 0, peers), now))
     counts["peers_announced"] = n_peers
     # 2. gossip: 10x the seen cache, from 10x max_publishers publishers, with gaps in seq
     n_msgs = f * cfg.gossip.seen_capacity
@@ -464,14 +464,14 @@ def run_flood(sc: FloodScenario) -> Report:
     for i in range(n_msgs):
         pub = pubs[i % len(pubs)]
         msg = MGossip("news", "news.flood", pub.raw, 1, rng.randrange(1000), [b"p" * 200], 1)
-        victim_apply(victim, m.handle_message(attacker.id, msg, now + i * 1e-4))
+        victim_apply(victim, victim.core.message(attacker.id, msg, now + i * 1e-4))
     counts["gossip_sent"] = n_msgs
     now = sim.now + n_msgs * 1e-4
     # 3. IHAVE for 10x the missing-table capacity of unknown ids
     n_ids = f * cfg.gossip.payload_cache_capacity
     for _ in range(0, n_ids, 100):
         ids = [rng.getrandbits(128).to_bytes(16, "big") for _ in range(100)]
-        victim_apply(victim, m.handle_message(attacker.id, MIHave("news", ids, [1] * 100), now))
+        victim_apply(victim, victim.core.message(attacker.id, MIHave("news", ids, [1] * 100), now))
     counts["ihave_ids"] = n_ids
     # 4. forward joins of 10x MAX-connection unreachable peers into the realm and the swarm
     n_joins = f * cfg.transport.max_connections
@@ -479,7 +479,7 @@ def run_flood(sc: FloodScenario) -> Report:
         p = fid()
         for s in ("", "news"):
             fj = MForwardJoin(s, p.raw, [f"unreachable:{i}"], 0)
-            victim_apply(victim, m.handle_message(attacker.id, fj, now))
+            victim_apply(victim, victim.core.message(attacker.id, fj, now))
     counts["forward_joins"] = 2 * n_joins
     # 5. publishes queued towards dialling swarm neighbours: 10x the dial queue
     for i in range(f * cfg.gossip.dial_queue_capacity):
@@ -643,7 +643,7 @@ def run_identity_churn(sc: IdentityChurnScenario) -> Report:
 
 def _graceful(sim: Simulator, n: SimNode) -> None:
     if n.alive:
-        sim._apply(n, n.mesh.unsubscribe("news.>", sim.now))
+        sim.unsubscribe(n, "news.>")
         sim.leave(n)
         sim.retire(n)
 

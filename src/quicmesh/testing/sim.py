@@ -1,23 +1,32 @@
-"""A deterministic discrete-event simulator of many :class:`~quicmesh.core.mesh.Mesh` nodes.
+"""A deterministic discrete-event simulator of many nodes, each one
+:class:`~quicmesh.core.node.NodeCore`: the very core real nodes run.
 
 Theory of operation
 -------------------
-One event heap over a fake clock. Each node owns a ``Mesh``, a seeded ``Random`` and its own
-:class:`~quicmesh.bounded.ContainerRegistry`. The simulator executes exactly the effects the
-runtime executes:
+One event heap over a fake clock. Each node owns a ``NodeCore`` (mesh, service registry, RPC,
+call planner), a seeded ``Random`` and its own :class:`~quicmesh.bounded.ContainerRegistry`. The
+simulator executes exactly the outputs the runtime executes, and like the runtime it flushes
+the core's open gossip batches at the end of every turn (here: every event a node handled):
 
 * ``Send(peer, msg)``: when the pair holds a connection, the message object is delivered to the
-  peer's ``handle_message`` after a sampled latency, unless lost or the path is cut; per
+  peer's core (``message``) after a sampled latency, unless lost or the path is cut; per
   connection, messages arrive in the order sent.
 * ``Dial(peer, addrs)`` / ``DialAddress(addrs)``: after a round trip, ``peer_connected`` on both
   sides (the dialer ``outbound=True``); when the target is dead or unreachable either way,
   ``dial_failed`` (``address_dial_failed``) after ``dial_timeout``.
 * ``Disconnect(peer)``: the connection ends; the peer sees ``peer_disconnected`` after a latency.
 * ``Deliver`` (and each message of a ``DeliverBatch``): recorded for the scenario metrics.
+* ``Invoke``: the handler (an echo) answers after ``handler_delay`` (``HandlerDone``);
+  ``CallResolved``: handed to :meth:`Simulator.on_resolved` (scenarios record it).
+
+Nodes follow the realm's service adverts (the registry topic) when the simulator is made with
+``services=True`` (``join`` then does what a real node's start does), or from
+:meth:`Simulator.start_services` on; broadcast scenarios leave it off to keep their traffic to
+the topic under test.
 
 Connections that a partition cuts, or whose far end crashed, are reported lost to the surviving
 side(s) after ``idle_timeout`` (QUIC's idle timeout). Each node's timer is armed at
-``mesh.next_deadline()`` after every event it handled. Everything random is drawn from seeded
+``core.next_deadline()`` after every event it handled. Everything random is drawn from seeded
 ``Random`` instances in a deterministic order, so a run is bit-for-bit reproducible from its seed.
 """
 
@@ -26,29 +35,35 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from random import Random
 
 from ..bounded import ContainerRegistry
 from ..config import NodeConfig
-from ..core.effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Effect, Send
+from ..core.effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from ..core.mesh import Mesh
 from ..core.mesh_messages import MGossip, MGraft, MIHave, MPrune
+from ..core.node import NodeCore
+from ..core.rpc import CallResolved, Invoke
 from ..core.wire import Message
 from ..identity import KeyPair, NodeId
 from .network import NetworkParams, Reachability
 
-__all__ = ["Delivery", "SimNode", "Simulator", "node_identity"]
+__all__ = ["Delivery", "SimNode", "Simulator", "node_identity", "node_keypair"]
 
 _GOSSIP_KINDS = (MGossip, MIHave, MGraft, MPrune)
 
 
+def node_keypair(seed: int, index: int) -> KeyPair:
+    """A deterministic key pair for (``seed``, ``index``)."""
+    return KeyPair.from_seed(hashlib.sha256(f"quicmesh-sim/{seed}/{index}".encode()).digest())
+
+
 def node_identity(seed: int, index: int) -> NodeId:
     """A deterministic node id for (``seed``, ``index``)."""
-    raw = hashlib.sha256(f"quicmesh-sim/{seed}/{index}".encode()).digest()
-    return KeyPair.from_seed(raw).node_id
+    return node_keypair(seed, index).node_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +85,19 @@ class SimNode:
     index: int
     id: NodeId
     address: str
-    mesh: Mesh
+    core: NodeCore
     registry: ContainerRegistry
     alive: bool = True
     incarnation: int = 0
     timer_at: float | None = None
     deliveries: list[Delivery] = field(default_factory=list)  # bounded: the scenario's message count
     on_deliver: Callable[[SimNode, Deliver], None] | None = None
+    identity_index: int = 0
+
+    @property
+    def mesh(self) -> Mesh:
+        """The node's overlay (``core.mesh``)."""
+        return self.core.mesh
 
 
 class Simulator:
@@ -89,8 +110,17 @@ class Simulator:
         network: NetworkParams | None = None,
         *,
         record_deliveries: bool = True,
+        services: bool = False,
+        handler_delay: float = 0.001,
+        clock_skew: float = 0.0,
     ) -> None:
         self.seed = seed
+        self.services = services
+        """Whether ``join`` also follows the realm's service adverts (as real nodes do)."""
+        self.handler_delay = handler_delay
+        """Seconds an invoked (echo) handler takes."""
+        self.clock_skew = clock_skew
+        """Each node's wall clock is off by up to this many seconds (seeded, per node)."""
         self.config = config or NodeConfig()
         self.net = network or NetworkParams()
         self.rng = Random(seed)
@@ -106,7 +136,8 @@ class Simulator:
         self._conn_ids = itertools.count(1)
         self.reach = Reachability()
         self.record_deliveries = record_deliveries
-        self._tomb = Mesh(node_identity(seed, -1), ("sim:retired",), self.config, Random(0), ContainerRegistry("tomb"))
+        self._tomb = NodeCore(node_keypair(seed, -1), self.config, Random(0), ContainerRegistry("tomb"),
+                              addresses=("sim:retired",))
         self.counters = {  # bounded: fixed keys
             "sent": 0, "lost": 0, "cut": 0, "duplicated": 0, "payload_sent": 0, "dials": 0, "dials_failed": 0,
             "events": 0,
@@ -117,36 +148,83 @@ class Simulator:
     def add_node(self, identity_index: int | None = None) -> SimNode:
         """Create a node (not joined yet). ``identity_index`` picks its deterministic id."""
         index = len(self.nodes)
-        ident = node_identity(self.seed, index if identity_index is None else identity_index)
+        ident_index = index if identity_index is None else identity_index
         address = f"sim:{index}"
         registry = ContainerRegistry(address)
-        node = SimNode(index, ident, address, self._new_mesh(ident, address, index, 0, registry), registry)
+        core = self._new_core(ident_index, address, index, 0, registry)
+        node = SimNode(index, core.id, address, core, registry, identity_index=ident_index)
         self.nodes.append(node)
-        self.by_id[ident] = node
+        self.by_id[node.id] = node
         self.by_addr[address] = node
         return node
 
-    def _new_mesh(self, ident: NodeId, address: str, index: int, incarnation: int,
-                  registry: ContainerRegistry) -> Mesh:
+    def _new_core(self, ident_index: int, address: str, index: int, incarnation: int,
+                  registry: ContainerRegistry) -> NodeCore:
         rng = Random(f"{self.seed}/{index}/{incarnation}")
-        return Mesh(ident, (address,), self.config, rng, registry)
+        base = int(self.now * 1e6) + 1  # advert versions keep increasing across restarts (a wall clock)
+        skew = 0.0
+        if self.clock_skew:
+            skew = Random(f"skew/{self.seed}/{index}").uniform(-self.clock_skew, self.clock_skew)
+        return NodeCore(node_keypair(self.seed, ident_index), self.config, rng, registry, addresses=(address,),
+                        version_base=base, wall_offset=skew)
 
     def join(self, node: SimNode, contacts: list[SimNode], *, by_address: bool = False) -> None:
         """Start ``node``'s join through ``contacts`` (by id, or by address only)."""
         boot = [(None if by_address else c.id, (c.address,)) for c in contacts]
-        self._apply(node, node.mesh.join(boot, self.now))
+        self._apply(node, node.core.join(boot, self.now, follow_services=self.services))
 
     def subscribe(self, node: SimNode, pattern: str) -> None:
         """``node`` subscribes to ``pattern`` now."""
-        self._apply(node, node.mesh.subscribe(pattern, self.now))
+        self._apply(node, node.core.subscribe(pattern, self.now))
 
     def unsubscribe(self, node: SimNode, pattern: str) -> None:
         """``node`` drops one reference to ``pattern`` now."""
-        self._apply(node, node.mesh.unsubscribe(pattern, self.now))
+        self._apply(node, node.core.unsubscribe(pattern, self.now))
 
     def publish(self, node: SimNode, topic: str, payload: bytes) -> None:
-        """``node`` publishes ``payload`` on ``topic`` now (sent at once: a batch of one)."""
-        self._apply(node, node.mesh.publish(topic, payload, self.now) + node.mesh.flush(self.now))
+        """``node`` publishes ``payload`` on ``topic`` now (sent at the end of this turn)."""
+        self._apply(node, node.core.publish(topic, payload, self.now))
+
+    # -- services and calls (the same core calls a real node makes) ------------------------------
+
+    def start_services(self, node: SimNode) -> None:
+        """``node`` follows the realm's service adverts from now on."""
+        self._apply(node, node.core.follow_services(self.now))
+
+    def advertise(self, node: SimNode, name: str, ttl: float | None = None) -> None:
+        """``node`` serves ``name`` (an echo handler) and advertises it."""
+        self._apply(node, node.core.advertise(name, self.now, ttl=ttl))
+
+    def unadvertise(self, node: SimNode, name: str) -> None:
+        """``node`` withdraws ``name``."""
+        self._apply(node, node.core.unadvertise(name, self.now))
+
+    def shutdown(self, node: SimNode) -> None:
+        """``node`` withdraws its adverts and sends what is open (a stopping node's first step)."""
+        self._apply(node, node.core.shutdown(self.now))
+
+    def call(self, node: SimNode, name: str, payload: bytes, timeout: float, token: object) -> None:
+        """``node`` calls ``name``; the outcome reaches :meth:`on_resolved` with ``token``."""
+        if not node.alive:
+            return
+        try:
+            _cid, outs = node.core.call(name, payload, timeout, self.now, token)
+        except Exception as exc:  # Overloaded: the call ends at once
+            self.on_resolved(node, CallResolved(token, None, exc))  # type: ignore[arg-type]
+            return
+        self._apply(node, outs)
+
+    def on_resolved(self, node: SimNode, outcome: CallResolved) -> None:
+        """A call of ``node`` ended (scenarios override this to record it)."""
+
+    def _invoke(self, node: SimNode, eff: Invoke) -> None:
+        inc = node.incarnation
+
+        def done() -> None:
+            if node.alive and node.incarnation == inc:
+                self._apply(node, node.core.handler_done(eff.peer, eff.call_id, eff.payload, None, self.now))
+
+        self.at(self.now + self.handler_delay, done)
 
     def crash(self, node: SimNode) -> None:
         """Kill ``node`` without a word: its peers notice after ``idle_timeout``."""
@@ -163,7 +241,7 @@ class Simulator:
         """Bring a crashed node back with the same id and fresh state, and join again."""
         node.incarnation += 1
         node.registry = ContainerRegistry(node.address)
-        node.mesh = self._new_mesh(node.id, node.address, node.index, node.incarnation, node.registry)
+        node.core = self._new_core(node.identity_index, node.address, node.index, node.incarnation, node.registry)
         node.alive = True
         node.timer_at = None
         self.join(node, contacts)
@@ -171,8 +249,8 @@ class Simulator:
     def retire(self, node: SimNode) -> None:
         """Crash ``node`` for good and drop its state (long churn runs keep memory flat)."""
         self.crash(node)
-        node.mesh = self._tomb
-        node.registry = self._tomb.registry
+        node.core = self._tomb
+        node.registry = self._tomb.mesh.registry
         node.deliveries = []
 
     def leave(self, node: SimNode) -> None:
@@ -237,14 +315,23 @@ class Simulator:
 
     # -- effects ---------------------------------------------------------------------------------
 
-    def _apply(self, node: SimNode, effects: list[Effect]) -> None:
+    def _apply(self, node: SimNode, effects: Sequence[object]) -> None:
+        """Carry out ``node``'s outputs, then (the end of its turn) flush its open batches."""
         if not node.alive:
             return
+        self._execute(node, effects)
+        while node.alive and node.core.has_batches:
+            self._execute(node, node.core.flush(self.now))
+        self._arm(node)
+
+    def _execute(self, node: SimNode, effects: Iterable[object]) -> None:
         for eff in effects:
+            if not node.alive:
+                return
             if isinstance(eff, Send):
                 self._send(node, eff.peer, eff.message)
             elif isinstance(eff, DeliverBatch):
-                self._apply(node, list(eff.each()))
+                self._execute(node, list(eff.each()))
             elif isinstance(eff, Deliver):
                 if self.record_deliveries:
                     node.deliveries.append(Delivery(self.now, eff.topic, eff.publisher, eff.seq, eff.hops,
@@ -264,12 +351,15 @@ class Simulator:
                 cid = self.conns.pop(pair, None)
                 if cid is not None:
                     self._lose_later(other.index, node.index, cid, self.net.latency.sample(self.rng))
-        self._arm(node)
+            elif isinstance(eff, Invoke):
+                self._invoke(node, eff)
+            elif isinstance(eff, CallResolved):
+                self.on_resolved(node, eff)
 
     def _arm(self, node: SimNode) -> None:
         if not node.alive:
             return
-        d = node.mesh.next_deadline()
+        d = node.core.next_deadline()
         if d is None:
             return
         d = max(d, self.now)
@@ -283,7 +373,7 @@ class Simulator:
         if not node.alive or node.incarnation != inc or node.timer_at != d:
             return
         node.timer_at = None
-        self._apply(node, node.mesh.handle_timer(self.now))
+        self._apply(node, node.core.timer(self.now))
 
     def _send(self, node: SimNode, peer: NodeId, msg: Message) -> None:
         other = self.by_id.get(peer)
@@ -337,7 +427,7 @@ class Simulator:
     def _receive(self, node: SimNode, src: int, cid: int, msg: Message) -> None:
         if not node.alive or self.conns.get(frozenset((node.index, src))) != cid:
             return
-        self._apply(node, node.mesh.handle_message(self.nodes[src].id, msg, self.now))
+        self._apply(node, node.core.message(self.nodes[src].id, msg, self.now))
 
     def _dial(self, node: SimNode, target: SimNode | None, addrs: tuple[str, ...], *, by_address: bool) -> None:
         self.counters["dials"] += 1
@@ -363,10 +453,7 @@ class Simulator:
     def _dial_failed(self, node: SimNode, inc: int, peer: NodeId | None, addrs: tuple[str, ...]) -> None:
         if not node.alive or node.incarnation != inc:
             return
-        if peer is None:
-            self._apply(node, node.mesh.address_dial_failed(addrs, self.now))
-        else:
-            self._apply(node, node.mesh.dial_failed(peer, self.now))
+        self._apply(node, node.core.dial_failed(peer, addrs, self.now))
 
     def _dial_done(self, node: SimNode, inc: int, target: SimNode, tinc: int, addrs: tuple[str, ...],
                    by_address: bool) -> None:
@@ -382,9 +469,9 @@ class Simulator:
             self.conns[pair] = next(self._conn_ids)
             self.link_last.pop((node.index, target.index), None)
             self.link_last.pop((target.index, node.index), None)
-            self._apply(target, target.mesh.peer_connected(node.id, (node.address,), False, self.now))
+            self._apply(target, target.core.peer_connected(node.id, (node.address,), False, self.now))
         if node.alive and pair in self.conns:
-            self._apply(node, node.mesh.peer_connected(target.id, (target.address,), True, self.now))
+            self._apply(node, node.core.peer_connected(target.id, (target.address,), True, self.now))
 
     def _lose_later(self, who: int, peer: int, cid: int, delay: float) -> None:
         node = self.nodes[who]
@@ -395,6 +482,6 @@ class Simulator:
             if not node.alive or node.incarnation != inc or self.conns.get(pair) not in (None, cid):
                 return  # the node restarted, or a new connection replaced this one
             self.conns.pop(pair, None)
-            self._apply(node, node.mesh.peer_disconnected(self.nodes[peer].id, self.now))
+            self._apply(node, node.core.peer_disconnected(self.nodes[peer].id, self.now))
 
         self.at(self.now + delay, fire)
