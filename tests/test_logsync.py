@@ -25,11 +25,11 @@ CFG = StoreConfig(sync_timeout=5.0, sync_retry_min=1.0, sync_retry_max=60.0, res
 CODEC = Codec(LOG_MESSAGES)
 
 
-
 def head_seq(store: Store, author: NodeId, log: str) -> int | None:
     """The sequence number of ``log``'s head in ``store`` (``None`` when it holds none)."""
     head = store.head(author, log)
     return None if head is None else head.seq
+
 
 class Net:
     """Zero-latency in-memory exchange with a fake clock; filters can drop or rewrite messages."""
