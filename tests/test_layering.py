@@ -15,6 +15,11 @@ a seeded ``random.Random``).
 A second check imports every core module in a fresh interpreter and asserts that asyncio, qh3
 and aioquic are not loaded, which also catches an indirect import through another quicmesh
 package (``quicmesh.bounded`` keeps its asyncio queue behind a lazy attribute for this reason).
+
+The second half of the file checks the import graph of the whole package (see the comment above
+``LAYERS``): no import cycle between files or between packages, every dependency pointing down
+the layers (CLI -> runtime -> core -> bounded), and no file over 600 lines. Their failure messages
+list the offending cycles (with the import line of every step), edges and files.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import linecache
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
@@ -49,7 +50,7 @@ def describe(check: Callable[..., object]) -> str:
     if code is None:
         return repr(check)
     line = linecache.getline(code.co_filename, code.co_firstlineno).strip()
-    where = f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}"
+    where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
     return f"{line} ({where})" if line else f"{getattr(check, '__qualname__', check)!r} ({where})"
 
 
