@@ -24,6 +24,8 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
+__all__ = ["WaitTimeout", "describe", "eventually"]
+
 T = TypeVar("T")
 
 _NOTHING = object()
