@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src
+	$(BIN)/mypy
 
 unit: $(STAMP)
 	$(BIN)/pytest

@@ -23,6 +23,7 @@ from quicmesh.bounded import (
     TtlSet,
 )
 from quicmesh.errors import ContainerFull, LimitExceeded
+from quicmesh.testing.wait import eventually
 
 # A factory builds a container of capacity 3 and returns (container, insert(key, now) -> bool).
 Insert = Callable[[Any, float], bool]
@@ -401,11 +402,7 @@ def test_default_registry_is_the_process_one() -> None:
 
 async def _until_waiting(q: BoundedQueue[Any]) -> None:
     """Yield to the loop until a getter is parked on ``q`` (a condition, not a timed sleep)."""
-    for _ in range(100):
-        if q._waiter is not None:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("no getter started waiting")
+    await eventually(lambda: q._waiter is not None, interval=0, what="a getter parks on the queue")
 
 
 async def test_queue_get_waits_for_a_put(registry: ContainerRegistry) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,8 @@ from quicmesh.errors import (
 from quicmesh.identity import KeyPair
 from quicmesh.runtime.client import Client
 from quicmesh.runtime.node import Node
+from quicmesh.runtime.quic import QuicTransport
+from quicmesh.testing.wait import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,16 +33,6 @@ FAST = TransportConfig(handshake_timeout=5.0, idle_timeout=3.0, keepalive_interv
 
 def gw_config(**gateway: Any) -> NodeConfig:
     return NodeConfig(realm="gw", transport=FAST, gateway=GatewayConfig(**gateway))
-
-
-async def until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.01) -> None:
-    """Wait for ``pred`` (bounded)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
 
 
 @pytest.fixture
@@ -82,7 +74,7 @@ async def test_client_pubsub_both_ways(stack: dict[str, Any]) -> None:
     got = await asyncio.wait_for(psub.get(), 5)
     assert (got.topic, got.payload, got.sender) == ("cmd.x", b"go", gw.id)
     await sub.close()
-    await until(lambda: gw.gateway.health()["subscriptions"] == 0 and gw.health()["pubsub"]["patterns"] == 0)
+    await eventually(lambda: gw.gateway.health()["subscriptions"] == 0 and gw.health()["pubsub"]["patterns"] == 0)
     assert gw.topic_state("sensors.t1") == 0  # the gateway left the swarm it joined for the client
 
 
@@ -114,7 +106,7 @@ async def test_client_calls_and_errors(stack: dict[str, Any]) -> None:
         await c.call("slow", b"", timeout=0.3)
     # per-client cap on calls in flight (4): the fifth is refused with a typed error
     calls = [asyncio.ensure_future(c.call("slow", b"", timeout=20)) for _ in range(4)]
-    await until(lambda: gw.gateway.health()["pending_calls"] == 4)
+    await eventually(lambda: gw.gateway.health()["pending_calls"] == 4)
     with pytest.raises(LimitExceeded) as li:
         await c.call("echo", b"x")
     assert li.value.limit == "gateway.max_client_pending_calls" and li.value.capacity == 4
@@ -147,10 +139,10 @@ async def test_client_advertises_on_behalf(stack: dict[str, Any]) -> None:
     assert li.value.limit == "gateway.max_client_advertisements"
     # c1 leaves: only c2 serves; c2 unadvertises: the gateway withdraws the name from the mesh
     await c1.close()
-    await until(lambda: gw.gateway.health()["clients"] == 1)
+    await eventually(lambda: gw.gateway.health()["clients"] == 1)
     assert {await peer.call("work", b"z") for _ in range(4)} == {b"c2:z"}
     await c2.unadvertise("work")
-    await until(lambda: not peer.services.providers("work", peer._now()))
+    await eventually(lambda: not peer.services.providers("work", peer._now()))
     with pytest.raises(NoProvider):
         await peer.call("work", b"z")
 
@@ -172,8 +164,8 @@ async def test_subscription_cap_and_cleanup_on_disconnect(stack: dict[str, Any])
     assert (h0["subscriptions"], h0["advertisements"], h0["provided_names"]) == (3, 1, 1)
     assert gw.health()["pubsub"]["patterns"] == 3 and all(gw.topic_state(f"t{i}.x") > 0 for i in range(3))
     await c.close()
-    await until(lambda: gw.gateway.clients == 0)
-    await until(lambda: gw.health()["pubsub"]["patterns"] == 0 and gw.health()["pubsub"]["subscriptions"] == 0)
+    await eventually(lambda: gw.gateway.clients == 0)
+    await eventually(lambda: gw.health()["pubsub"]["patterns"] == 0 and gw.health()["pubsub"]["subscriptions"] == 0)
     assert all(gw.topic_state(f"t{i}.x") == 0 for i in range(3))  # swarms joined only for the client: left
     h1 = gw.gateway.health()
     assert {k: h1[k] for k in ("subscriptions", "advertisements", "provided_names", "pending_calls", "invocations")} \
@@ -193,7 +185,7 @@ async def test_admission_refuses_at_the_hello(stack: dict[str, Any]) -> None:
         assert gw.gateway.health()["refused_total"] == 1 and gw.gateway.clients == 2
         assert gw.transport.stats().connections == 0  # clients are not mesh connections
         await a.close()
-        await until(lambda: gw.gateway.clients == 1)
+        await eventually(lambda: gw.gateway.clients == 1)
         c = await Client.connect(gw.address, realm="gw", transport=FAST)
         assert gw.gateway.clients == 2
         await b.close()
@@ -216,7 +208,7 @@ async def test_same_key_replaces_the_session(stack: dict[str, Any]) -> None:
     c1: Client = await stack["client"](key=key, reconnect=False)
     sub = await c1.subscribe("a")
     c2: Client = await stack["client"](key=key)
-    await until(lambda: not c1.connected)
+    await eventually(lambda: not c1.connected)
     assert gw.gateway.clients == 1
     h = gw.gateway.health()
     assert h["superseded_total"] == 1 and h["subscriptions"] == 0 and not sub.closed
@@ -241,11 +233,13 @@ async def test_client_survives_gateway_restart() -> None:
         await gw.publish("news", b"before")
         assert (await asyncio.wait_for(sub.get(), 5)).payload == b"before"
         await gw.stop()
-        await until(lambda: not c.connected, 10)
+        await eventually(lambda: not c.connected, timeout=10)
         gw = await Node.start(NodeConfig(realm="gw", transport=FAST, listen=f"127.0.0.1:{port}"), keypair=key)
         await c.wait_connected(15)
         assert c.reconnects == 1
-        await until(lambda: gw.gateway.health()["subscriptions"] == 1 and gw.gateway.health()["provided_names"] == 1)
+        await eventually(
+            lambda: gw.gateway.health()["subscriptions"] == 1 and gw.gateway.health()["provided_names"] == 1
+        )
         await gw.publish("news", b"after")
         assert (await asyncio.wait_for(sub.get(), 5)).payload == b"after"
         peer = await Node.start(NodeConfig(realm="gw", transport=FAST, bootstrap=(gw.address,)))
@@ -269,8 +263,8 @@ async def test_dead_client_is_released_after_missed_pings(stack: dict[str, Any])
     ep = c._transport._endpoint
     assert ep is not None and ep.transport is not None
     ep.transport.abort()  # the process "died": no close frame, no more pings
-    await until(lambda: gw.gateway.clients == 0, timeout=FAST.idle_timeout + 5)
-    await until(lambda: gw.health()["pubsub"]["patterns"] == 0 and gw.topic_state("x") == 0)
+    await eventually(lambda: gw.gateway.clients == 0, timeout=FAST.idle_timeout + 5)
+    await eventually(lambda: gw.health()["pubsub"]["patterns"] == 0 and gw.topic_state("x") == 0)
 
 
 async def test_stalled_writes_close_a_slow_consumer() -> None:
@@ -286,7 +280,8 @@ async def test_stalled_writes_close_a_slow_consumer() -> None:
         await peer.wait_for_subscriber("bulk", 10)
         ep = stuck._transport._endpoint
         assert ep is not None and ep.transport is not None
-        ep.transport.pause_reading()  # type: ignore[attr-defined]
+        assert isinstance(ep.transport, asyncio.ReadTransport)  # asyncio's datagram transport reads like one
+        ep.transport.pause_reading()
         got = 0
 
         async def drain() -> None:
@@ -297,14 +292,14 @@ async def test_stalled_writes_close_a_slow_consumer() -> None:
         reader = asyncio.ensure_future(drain())
         for _ in range(3000):  # 3 MiB: more than QUIC keeps in flight, far less than the budget
             await peer.publish("bulk", b"x" * 1024)
-        await until(lambda: gw.gateway.stats.slow_consumer_total == 1, 10)
+        await eventually(lambda: gw.gateway.stats.slow_consumer_total == 1, timeout=10)
         h = gw.gateway.health()
         assert h["slow_consumer_stalled_total"] == 1 and h["slow_consumer_pending_total"] == 0
         assert h["clients"] == 1
-        await until(lambda: got == 3000, 20)  # the reading client got everything
+        await eventually(lambda: got == 3000, timeout=20)  # the reading client got everything
         reader.cancel()
-        ep.transport.resume_reading()  # type: ignore[attr-defined]
-        await until(lambda: not stuck.connected, 10)  # reading again, it learns it was closed
+        ep.transport.resume_reading()
+        await eventually(lambda: not stuck.connected, timeout=10)  # reading again, it learns it was closed
         del stuck_sub
     finally:
         await ok.close()
@@ -330,14 +325,12 @@ async def test_client_survives_a_killed_gateway_process(tmp_path: Any) -> None:
         assert (await asyncio.wait_for(sub.get(), 10)).payload == b"one"
         gw.kill()
         await gw.stop()
-        await until(lambda: not c.connected, FAST.idle_timeout + 5)
+        await eventually(lambda: not c.connected, timeout=FAST.idle_timeout + 5)
         gw = await NodeProcess.spawn("gw", realm="gw", extra=["--key", key, "--listen", f"127.0.0.1:{port}"])
         await c.wait_connected(20)
         assert c.reconnects == 1 and str(c.gateway_id) == gw.node_id
-        deadline = asyncio.get_running_loop().time() + 10
-        while (await gw.request("health", "health"))["health"]["gateway"]["subscriptions"] != 1:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        await eventually(lambda: gw.request("health", "health"), timeout=10, interval=0.05,
+                         until=lambda ev: ev["health"]["gateway"]["subscriptions"] == 1)
         await gw.send("publish", topic="alerts.b", payload="two", count=1)
         assert (await asyncio.wait_for(sub.get(), 10)).payload == b"two"
     finally:
@@ -352,17 +345,18 @@ async def test_reconnect_backs_off_while_refused_then_gets_in() -> None:
     c2: Client | None = None
     try:
         sub = await c1.subscribe("q")
-        conn = gw.transport.get_client(c1.id)  # type: ignore[attr-defined]
+        assert isinstance(gw.transport, QuicTransport)
+        conn = gw.transport.get_client(c1.id)
         assert conn is not None
         await conn.close("normal", "test: drop the client")
         c2 = await Client.connect(gw.address, realm="gw", transport=FAST)  # takes the only slot
         assert not c1.connected
         refused = gw.gateway.health()["refused_total"]
-        await until(lambda: gw.gateway.health()["refused_total"] >= refused + 2)  # c1 keeps trying
+        await eventually(lambda: gw.gateway.health()["refused_total"] >= refused + 2)  # c1 keeps trying
         assert not c1.connected and c1.reconnects == 0
         await c2.close()
         await c1.wait_connected(10)
-        await until(lambda: gw.gateway.health()["subscriptions"] == 1)
+        await eventually(lambda: gw.gateway.health()["subscriptions"] == 1)
         await gw.publish("q", b"back")
         assert (await asyncio.wait_for(sub.get(), 5)).payload == b"back"
     finally:
@@ -377,5 +371,5 @@ async def test_dropped_subscription_handle_is_released(stack: dict[str, Any]) ->
     c: Client = await stack["client"]()
     await c.subscribe("gc.x")  # the handle is dropped at once
     gc.collect()
-    await until(lambda: c.health()["subscriptions"] == 0 and gw.gateway.health()["subscriptions"] == 0)
-    await until(lambda: gw.topic_state("gc.x") == 0)
+    await eventually(lambda: c.health()["subscriptions"] == 0 and gw.gateway.health()["subscriptions"] == 0)
+    await eventually(lambda: gw.topic_state("gc.x") == 0)

@@ -29,6 +29,8 @@ from quicmesh.demo import NodeProcess
 from quicmesh.errors import AdmissionRefused, QuicmeshError
 from quicmesh.runtime.client import Client
 from quicmesh.runtime.node import Node
+from quicmesh.runtime.quic import QuicTransport
+from quicmesh.testing.wait import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,16 +39,6 @@ FAST = TransportConfig(handshake_timeout=10.0, idle_timeout=2.0, keepalive_inter
 WAVE = 100
 """Client attempts in flight at once: below ``max_incoming_handshakes`` (256), so every refusal
 comes from ``max_clients``."""
-
-
-async def until(pred: Callable[[], bool], timeout: float = 20.0, step: float = 0.02,
-                what: Callable[[], str] | None = None) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time" + (f": {what()}" if what else ""))
-        await asyncio.sleep(step)
 
 
 async def attempt_clients(address: str, n: int, realm: str) -> tuple[list[Client], list[BaseException]]:
@@ -60,7 +52,10 @@ async def attempt_clients(address: str, n: int, realm: str) -> tuple[list[Client
             return_exceptions=True,
         )
         for r in results:
-            (held if isinstance(r, Client) else errors).append(r)  # type: ignore[arg-type]
+            if isinstance(r, Client):
+                held.append(r)
+            else:
+                errors.append(r)
     return held, errors
 
 
@@ -101,9 +96,8 @@ async def test_1500_attempts_against_1000_clients_twice_and_rss_returns() -> Non
             assert h["clients"] == 1000 and h["refused_total"] == 500 * (round_no + 1)
             peaks.append(await gw_rss(gw))
             await close_all(held)
-            deadline = time.monotonic() + 20
-            while (h := (await gw_health(gw))["gateway"])["clients"] and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            h = (await eventually(lambda: gw_health(gw), until=lambda doc: not doc["gateway"]["clients"],
+                                  timeout=20, interval=0.05))["gateway"]
             assert {k: h[k] for k in PER_CLIENT} == dict.fromkeys(PER_CLIENT, 0)
             full = await gw_health(gw)
             assert full["pubsub"]["subscriptions"] == 0 and full["connections"]["open"] == 0
@@ -160,21 +154,25 @@ async def test_10_subscribed_clients_disconnect(mesh: tuple[Node, Node]) -> None
     await peer.wait_for_subscriber("room3.chat", 10)
     await peer.publish("room3.chat", b"hi")
     assert (await asyncio.wait_for(subs[6].get(), 5)).payload == b"hi"
-    assert gw.transport.quic_state()["clients"] == 10  # type: ignore[attr-defined]
+    transport = gw.transport
+    assert isinstance(transport, QuicTransport)
+    assert transport.quic_state()["clients"] == 10
     await asyncio.gather(*(c.close() for c in clients))
-    await until(lambda: gw.gateway.clients == 0)
-    await until(lambda: gw.health()["pubsub"]["subscriptions"] == 0 and gw.health()["pubsub"]["patterns"] == 0)
-    await until(lambda: gw.health()["gossip"]["topics"] == base_swarms)  # every swarm joined for the clients: left
+    await eventually(lambda: gw.gateway.clients == 0, timeout=20)
+    await eventually(lambda: gw.health()["pubsub"]["subscriptions"] == 0 and gw.health()["pubsub"]["patterns"] == 0,
+                     timeout=20)
+    # every swarm joined for the clients: left
+    await eventually(lambda: gw.health()["gossip"]["topics"] == base_swarms, timeout=20)
     assert all(gw.topic_state(f"room{i}.chat") == 0 for i in range(10)) and gw.topic_state("lobby.x") == 0
     h = gw.health()["gateway"]
     assert {k: h[k] for k in PER_CLIENT} == dict.fromkeys(PER_CLIENT, 0)
     assert h["tasks"] == 0
-    qs = gw.transport.quic_state()  # type: ignore[attr-defined]
+    qs = transport.quic_state()
     assert qs["clients"] == 0 and qs["connections"] == 1
     sizes = {c.name: c.size for c in gw.registry.snapshot()}
     assert sizes["gateway.sessions"] == 0 and sizes["transport.clients"] == 0 and sizes["node.subscriptions"] == 0
     assert "node.subscription_queue" not in sizes  # every forwarded subscription's queue was released
-    await until(lambda: gw.transport.quic_state()["quic_connections"] == 1)  # type: ignore[attr-defined]
+    await eventually(lambda: transport.quic_state()["quic_connections"] == 1, timeout=20)
     assert all(sub.closed for sub in subs)
 
 
@@ -210,15 +208,15 @@ async def test_100_clients_killed_with_calls_in_flight(mesh: tuple[Node, Node]) 
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert line.strip() == b"calling"
-        await until(lambda: gw.gateway.health()["pending_calls"] == 100 and gw.rpc.pending == 100, 30)
+        await eventually(lambda: gw.gateway.health()["pending_calls"] == 100 and gw.rpc.pending == 100, timeout=30)
         assert gw.gateway.clients == 100
         proc.send_signal(signal.SIGKILL)  # no close frame: the gateway must notice missed pings
         killed_at = time.monotonic()
         await proc.wait()
-        await until(lambda: gw.gateway.clients == 0, 15)
+        await eventually(lambda: gw.gateway.clients == 0, timeout=15)
         detected = time.monotonic() - killed_at
         # released in the same callback as the session: nothing waits for the calls' 60 s timeout
-        await until(lambda: gw.gateway.health()["pending_calls"] == 0 and gw.rpc.pending == 0, 1.0)
+        await eventually(lambda: gw.gateway.health()["pending_calls"] == 0 and gw.rpc.pending == 0, timeout=1.0)
         h = gw.health()
         assert h["rpc"]["pending"] == 0 and h["gateway"]["invocations"] == 0
         print(f"100 killed clients released {detected:.2f}s after SIGKILL (idle timeout {FAST.idle_timeout}s)")
@@ -275,7 +273,8 @@ async def test_slow_consumer_is_closed_and_others_keep_latency(mesh: tuple[Node,
 
     try:
         _, sent = await burst(2.0)
-        await until(lambda: all(len(x) >= sent for x in lat), 10, what=lambda: f"{sent} sent, got {lens(lat)}")
+        await eventually(lambda: all(len(x) >= sent for x in lat), timeout=10,
+                         detail=lambda: f"{sent} sent, got {lens(lat)}")
         before = [_p99(x) for x in lat]
         p50_before = statistics.median(v for x in lat for v in x)
         for x in lat:
@@ -283,7 +282,8 @@ async def test_slow_consumer_is_closed_and_others_keep_latency(mesh: tuple[Node,
         # the slow client stops reading its socket: no ACKs, so its bytes pile up at the gateway
         ep = slow._transport._endpoint
         assert ep is not None and ep.transport is not None
-        ep.transport.pause_reading()  # type: ignore[attr-defined]
+        assert isinstance(ep.transport, asyncio.ReadTransport)  # asyncio's datagram transport reads like one
+        ep.transport.pause_reading()
         paused_at = time.monotonic()
         took, sent = await burst(15.0, lambda: gw.gateway.stats.slow_consumer_total == 1)
         closed_after = time.monotonic() - paused_at - 1.0
@@ -291,7 +291,8 @@ async def test_slow_consumer_is_closed_and_others_keep_latency(mesh: tuple[Node,
         assert h["slow_consumer_total"] == 1 and h["clients"] == 5 and h["subscriptions"] == 5
         assert took < 14.0  # closed well before the burst's bound
         # nobody else lost anything
-        await until(lambda: all(len(x) >= sent for x in lat), 10, what=lambda: f"{sent} sent, got {lens(lat)}")
+        await eventually(lambda: all(len(x) >= sent for x in lat), timeout=10,
+                         detail=lambda: f"{sent} sent, got {lens(lat)}")
         during = [_p99(x) for x in lat]
         p50_during = statistics.median(v for x in lat for v in x)
         print(f"slow consumer closed ~{closed_after:.1f}s after it stopped reading "

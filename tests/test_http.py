@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ from quicmesh.config import ObservabilityConfig
 from quicmesh.errors import ConfigError
 from quicmesh.observability import HttpEndpoint, LeakSentinel, NodeGauges, Observability, is_loopback
 from quicmesh.runtime.transport import TransportStats
+from quicmesh.testing.wait import eventually
 
 
 @dataclass
@@ -74,14 +74,6 @@ async def request(address: str, raw: bytes) -> tuple[int, dict[str, str], bytes]
 
 async def get(address: str, path: str) -> tuple[int, dict[str, str], bytes]:
     return await request(address, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 async def test_routes() -> None:
@@ -183,7 +175,7 @@ async def test_connection_cap_head_size_and_read_timeout() -> None:
     try:
         # two idle connections take both slots; a third is answered 503 at once
         idle = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
-        await wait_for(lambda: endpoint.active_connections == 2)
+        await eventually(lambda: endpoint.active_connections == 2)
         status, _, body = await get(address, "/live")
         assert status == 503 and b"too many" in body
         assert endpoint.refused_total == 1
@@ -192,7 +184,7 @@ async def test_connection_cap_head_size_and_read_timeout() -> None:
             data = await asyncio.wait_for(reader.read(), timeout=5)
             assert data.startswith(b"HTTP/1.1 408 ")
             writer.close()
-        await wait_for(lambda: endpoint.active_connections == 0)
+        await eventually(lambda: endpoint.active_connections == 0)
         assert (await get(address, "/live"))[0] == 200
         # a request head over the cap gets 431
         big = b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 4096 + b"\r\n\r\n"
@@ -209,7 +201,7 @@ async def test_stop_closes_open_connections_and_frees_the_port() -> None:
     address = await endpoint.start()
     host, _, port = address.rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    await wait_for(lambda: endpoint.active_connections == 1)
+    await eventually(lambda: endpoint.active_connections == 1)
     await endpoint.stop()
     assert await asyncio.wait_for(reader.read(), timeout=5) == b""
     writer.close()
@@ -227,7 +219,7 @@ async def test_observability_bundle_samples_and_serves() -> None:
     address = await obs.start()
     assert address is not None
     try:
-        await wait_for(lambda: obs.sentinel.samples >= 2)
+        await eventually(lambda: obs.sentinel.samples >= 2)
         doc = json.loads((await get(address, "/health"))[2])
         assert doc["sentinel"]["samples"] >= 2
         assert doc["containers"]["observability.sentinel_history"]["size"] >= 2

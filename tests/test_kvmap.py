@@ -20,6 +20,13 @@ from quicmesh.store import MemoryStore, append
 AUTHORS = [KeyPair.from_seed(bytes([i + 40]) * 32) for i in range(3)]
 
 
+def entry_of(payload: bytes) -> tuple[str, bytes | None]:
+    """``decode_entry`` of a payload the test wrote: always a map entry."""
+    entry = decode_entry(payload)
+    assert entry is not None
+    return entry
+
+
 def test_later_timestamp_wins_then_author_then_seq() -> None:
     a, b = sorted(AUTHORS[:2], key=lambda k: k.node_id.raw)
     m = KvMap("kv")
@@ -108,10 +115,10 @@ def test_any_order_converges(writes: list[tuple[int, str, bytes | None, int]], s
     # the winner of each key is the write with the greatest (timestamp, author, seq)
     for key in {k for _, k, _, _ in writes}:
         best = max(
-            ((op, p) for op, p in ops if decode_entry(p)[0] == key),  # type: ignore[index]
+            ((op, p) for op, p in ops if entry_of(p)[0] == key),
             key=lambda t: (t[0].header.timestamp, t[0].header.author, t[0].header.seq),
         )
-        assert reference.get(key) == decode_entry(best[1])[1]  # type: ignore[index]
+        assert reference.get(key) == entry_of(best[1])[1]
 
 
 def test_replicas_converge_through_log_sync(registry: ContainerRegistry) -> None:

@@ -18,11 +18,13 @@ import socket
 import statistics
 
 import psutil
+import pytest
 
 from quicmesh.config import NodeConfig, TransportConfig
 from quicmesh.identity import KeyPair
 from quicmesh.runtime import _quic_adapter as qa
 from quicmesh.runtime.node import Node
+from quicmesh.testing.wait import eventually
 
 
 def _rss() -> int:
@@ -37,7 +39,7 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-async def test_endpoint_reads_a_burst_of_datagrams_per_loop_turn() -> None:
+async def test_endpoint_reads_a_burst_of_datagrams_per_loop_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -47,19 +49,15 @@ async def test_endpoint_reads_a_burst_of_datagrams_per_loop_turn() -> None:
         lambda: qa.Endpoint(configuration=cfg, create_protocol=lambda q: qa.Proto(q), sock=sock), sock=sock
     )
     assert isinstance(endpoint, qa.Endpoint)
-    endpoint._route = lambda data, addr: routed.append(len(data))  # type: ignore[method-assign]
+    monkeypatch.setattr(endpoint, "_route", lambda data, addr: routed.append(len(data)))
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for i in range(48):
             sender.sendto(bytes([i]) * 100, sock.getsockname())
-        async with asyncio.timeout(5):
-            while not routed:
-                await asyncio.sleep(0)
+        await eventually(lambda: routed, timeout=5, interval=0)
         # one readiness callback: a burst, not the single datagram asyncio reads per turn
         assert len(routed) >= 16, routed
-        async with asyncio.timeout(5):
-            while len(routed) < 48:
-                await asyncio.sleep(0)
+        await eventually(lambda: len(routed) >= 48, timeout=5, interval=0)
     finally:
         sender.close()
         transport.close()

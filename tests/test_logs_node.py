@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,13 +20,7 @@ from quicmesh.runtime.logs import REQ_BURST, REQ_RATE, KvChange, LogEntry
 from quicmesh.runtime.memory import MemoryNetwork
 from quicmesh.runtime.node import Node
 from quicmesh.store import append as store_append
-
-
-async def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    """Wait until ``cond()`` is true, polling; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.002)
+from quicmesh.testing.wait import eventually
 
 
 async def take(it: AsyncIterator[LogEntry], n: int, timeout: float = 10.0) -> list[LogEntry]:
@@ -38,11 +33,10 @@ def net() -> MemoryNetwork:
     return MemoryNetwork()
 
 
-async def start(net: MemoryNetwork, *peers: Node, **cfg: object) -> Node:
-    config = NodeConfig(realm="logs", bootstrap=tuple(p.address for p in peers), **cfg)  # type: ignore[arg-type]
+async def start(net: MemoryNetwork, *peers: Node, **cfg: Any) -> Node:
+    config = NodeConfig(realm="logs", bootstrap=tuple(p.address for p in peers), **cfg)
     node = await Node.start(config, network=net)
-    for p in peers:
-        await wait_for(lambda p=p: p.id in node.peers() and node.id in p.peers())  # type: ignore[misc]
+    await eventually(lambda: all(p.id in node.peers() and node.id in p.peers() for p in peers))
     return node
 
 
@@ -93,8 +87,8 @@ async def test_two_nodes_converge(net: MemoryNetwork) -> None:
     try:
         la, lb = a.log("inv"), b.log("inv")
         wa, wb = a.watch_log("inv"), b.watch_log("inv")
-        await wait_for(lambda: "inv" in (b.logs._peer_logs.peek(a.id) or ()))
-        await wait_for(lambda: "inv" in (a.logs._peer_logs.peek(b.id) or ()))
+        await eventually(lambda: "inv" in (b.logs._peer_logs.peek(a.id) or ()))
+        await eventually(lambda: "inv" in (a.logs._peer_logs.peek(b.id) or ()))
         for i in range(50):
             await la.append(b"a%d" % i)
             await lb.append(b"b%d" % i)
@@ -120,11 +114,11 @@ async def test_three_nodes_in_a_line_converge_and_ops_arrive_before_interest(net
             await lb.append(b"early%d" % i)
         la, lc = a.log("line"), c.log("line")
         wc = c.watch_log("line")
-        await wait_for(lambda: la.heads().get(b.id) == 99)
-        await wait_for(lambda: "line" in (a.logs._peer_logs.peek(c.id) or ()))
+        await eventually(lambda: la.heads().get(b.id) == 99)
+        await eventually(lambda: "line" in (a.logs._peer_logs.peek(c.id) or ()))
         for i in range(20):
             await lb.append(b"live%d" % i)  # pushed live b -> a -> c
-        await wait_for(lambda: lc.heads() == la.heads() == lb.heads() == {b.id: 119})
+        await eventually(lambda: lc.heads() == la.heads() == lb.heads() == {b.id: 119})
         got = await take(wc, 120)
         assert per_author_in_order(got)
         assert [e.seq for e in got] == list(range(120))
@@ -139,16 +133,16 @@ async def test_kv_converges_with_deterministic_tie_break(net: MemoryNetwork) -> 
     c = await start(net, a)
     try:
         maps = [await n.kv("config") for n in (a, b, c)]
-        await wait_for(lambda: a.logs._sharing("config") and len(a.logs._sharing("config")) == 2)
-        await wait_for(lambda: b.logs._sharing("config") and c.logs._sharing("config"))
+        await eventually(lambda: a.logs._sharing("config") and len(a.logs._sharing("config")) == 2)
+        await eventually(lambda: b.logs._sharing("config") and c.logs._sharing("config"))
         watch = maps[2].watch()
         await maps[0].set("colour", b"red")
         await maps[1].set("size", b"L")
-        await wait_for(lambda: all(m.items() == [("colour", b"red"), ("size", b"L")] for m in maps))
+        await eventually(lambda: all(m.items() == [("colour", b"red"), ("size", b"L")] for m in maps))
         change = await asyncio.wait_for(watch.get(), 5)
         assert isinstance(change, KvChange) and change.key in ("colour", "size")
         await maps[2].delete("colour")
-        await wait_for(lambda: all(m.items() == [("size", b"L")] for m in maps))
+        await eventually(lambda: all(m.items() == [("size", b"L")] for m in maps))
         assert await maps[0].get("colour") is None and await maps[0].get("colour", b"?") == b"?"
         # same timestamp on two nodes: the greater author id wins, on every replica
         for n in (a, b, c):
@@ -156,14 +150,14 @@ async def test_kv_converges_with_deterministic_tie_break(net: MemoryNetwork) -> 
         # concurrent writes (neither has seen the other): same timestamp
         await asyncio.gather(maps[0].set("tie", b"from-a"), maps[1].set("tie", b"from-b"))
         winner = b"from-a" if a.id.raw > b.id.raw else b"from-b"
-        await wait_for(lambda: all(m.snapshot() == maps[0].snapshot() for m in maps) and "tie" in maps[2])
+        await eventually(lambda: all(m.snapshot() == maps[0].snapshot() for m in maps) and "tie" in maps[2])
         assert [await m.get("tie") for m in maps] == [winner] * 3
         stamp = maps[2].snapshot()["tie"][0]
         assert stamp[0] == 4_000_000_000_000_000 and stamp[1] == max(a.id.raw, b.id.raw)
         # a later write by the loser (same clock) wins: it is stamped after the write it saw
         loser = maps[1] if winner == b"from-a" else maps[0]
         await loser.set("tie", b"again")
-        await wait_for(lambda: all(m.snapshot() == maps[0].snapshot() for m in maps))
+        await eventually(lambda: all(m.snapshot() == maps[0].snapshot() for m in maps))
         assert [await m.get("tie") for m in maps] == [b"again"] * 3
         for m in maps:
             await m.close()
@@ -180,23 +174,23 @@ async def test_disconnected_node_catches_up(net: MemoryNetwork) -> None:
         await b.connect(a.address)
         la, lb = a.log("cat"), b.log("cat")
         kva, kvb = await a.kv("cfg"), await b.kv("cfg")
-        await wait_for(lambda: a.logs._sharing("cat") == [b.id] and a.logs._sharing("cfg") == [b.id])
+        await eventually(lambda: a.logs._sharing("cat") == [b.id] and a.logs._sharing("cfg") == [b.id])
         await la.append(b"before")
-        await wait_for(lambda: lb.heads() == {a.id: 0})
+        await eventually(lambda: lb.heads() == {a.id: 0})
         conn = a.transport.get(b.id)
         assert conn is not None
         await conn.close()
-        await wait_for(lambda: not a.peers() and not b.peers())
+        await eventually(lambda: not a.peers() and not b.peers())
         for i in range(300):  # several sync batches
             await la.append(b"while-down-%d" % i)
         await kva.set("mode", b"maintenance")
         assert lb.heads() == {a.id: 0}
         wb = b.watch_log("cat")
         await b.connect(a.address)
-        await wait_for(lambda: lb.heads() == la.heads() == {a.id: 300})
+        await eventually(lambda: lb.heads() == la.heads() == {a.id: 300})
         got = await take(wb, 300)
         assert [e.seq for e in got] == list(range(1, 301))
-        await wait_for(lambda: kvb.items() == [("mode", b"maintenance")])
+        await eventually(lambda: kvb.items() == [("mode", b"maintenance")])
         assert b.logs.sync is not None and b.logs.sync.invalid_ops == 0
     finally:
         await b.stop()
@@ -219,7 +213,7 @@ async def test_memory_store_under_flood_of_foreign_logs_keeps_caps_and_own_appen
                 store_append(b.logs.store, kp, "flood", b"f" * 200, 1_000_000 + i)
         lb = b.log("flood")
         assert a.logs.sync is not None
-        await wait_for(lambda: a.logs.sync is not None and a.logs.sync.ops_refused > 0 and not a.logs.sync.running())
+        await eventually(lambda: a.logs.sync is not None and a.logs.sync.ops_refused > 0 and not a.logs.sync.running())
         counts = a.logs.store.counts() if a.logs.store else None
         assert counts is not None
         assert counts.operations <= caps.max_operations
@@ -228,7 +222,8 @@ async def test_memory_store_under_flood_of_foreign_logs_keeps_caps_and_own_appen
         assert [e.payload for e in await la.read(limit=100)] == [b"mine-%d" % i for i in range(20)]
         entry = await la.append(b"still-writable")
         assert entry.seq == 20
-        assert a.health()["store"]["operations"] == a.logs.store.counts().operations  # type: ignore[union-attr]
+        assert a.logs.store is not None
+        assert a.health()["store"]["operations"] == a.logs.store.counts().operations
         await lb.close()
     finally:
         await b.stop()
@@ -240,7 +235,7 @@ async def test_handles_and_watchers_are_released_on_close_and_gc(net: MemoryNetw
     b = await start(net, a)
     try:
         keep = b.log("x")  # b stays interested throughout
-        await wait_for(lambda: "x" in (a.logs._peer_logs.peek(b.id) or ()))
+        await eventually(lambda: "x" in (a.logs._peer_logs.peek(b.id) or ()))
 
         def log_sizes() -> dict[str, int]:
             return {k: v for k, v in sizes(a).items() if k.startswith(("logs.", "logsync.")) and k != "logs.req_tokens"}
@@ -251,13 +246,13 @@ async def test_handles_and_watchers_are_released_on_close_and_gc(net: MemoryNetw
             w = a.watch_log("x")
             kv = await a.kv("x")
             kw = kv.watch()
-            await wait_for(lambda: "x" in (b.logs._peer_logs.peek(a.id) or ()))
+            await eventually(lambda: "x" in (b.logs._peer_logs.peek(a.id) or ()))
             await log.append(b"v")
             await w.close()
             await kw.close()
             await kv.close()
             await log.close()
-            await wait_for(lambda: "x" not in (b.logs._peer_logs.peek(a.id) or ()))
+            await eventually(lambda: "x" not in (b.logs._peer_logs.peek(a.id) or ()))
             assert a.logs._refs == {} and len(a.logs._handles) == 0 and a.logs._maps == {}
             assert a.logs._log_watchers == {}
             # the same, released by the garbage collector instead of close()
@@ -267,8 +262,8 @@ async def test_handles_and_watchers_are_released_on_close_and_gc(net: MemoryNetw
             kv2.watch()
             del kv2
             gc.collect()
-            await wait_for(lambda: len(a.logs._handles) == 0 and not a.logs._refs and not a.logs._maps)
-            await wait_for(lambda: "x" not in (b.logs._peer_logs.peek(a.id) or ()))
+            await eventually(lambda: len(a.logs._handles) == 0 and not a.logs._refs and not a.logs._maps)
+            await eventually(lambda: "x" not in (b.logs._peer_logs.peek(a.id) or ()))
         assert a.logs.sync is not None and a.logs.sync.interests() == {}
         # the store keeps the operations, b's token bucket is per connection; nothing else grew
         assert log_sizes() == baseline
@@ -325,10 +320,10 @@ async def test_sqlite_log_continues_after_restart(net: MemoryNetwork, tmp_path: 
         b = await start(net, a)
         try:
             lb = b.log("journal")
-            await wait_for(lambda: lb.heads() == {a.id: 3})
+            await eventually(lambda: lb.heads() == {a.id: 3})
             for i in range(150):
                 await lb.append(b"from-b-%d" % i)
-            await wait_for(lambda: log.heads() == {a.id: 3, b.id: 149})
+            await eventually(lambda: log.heads() == {a.id: 3, b.id: 149})
         finally:
             await b.stop()
     finally:
@@ -346,7 +341,7 @@ async def test_sqlite_node_pulls_batches_in_worker_thread(net: MemoryNetwork, tm
             wa = a.watch_log("bulk")
             la = a.log("bulk")
             await a.connect(b.address)
-            await wait_for(lambda: la.heads() == {b.id: 299})
+            await eventually(lambda: la.heads() == {b.id: 299})
             got = await take(wa, 300)
             assert [e.seq for e in got] == list(range(300))
             assert a.logs.sync is not None and a.logs.sync.ops_stored == 300
@@ -370,7 +365,7 @@ async def test_sync_requests_are_rate_limited_per_peer(net: MemoryNetwork) -> No
             conn.send(SyncRequest(sid=i, log="r", heads=[]))
             if i % 100 == 99:
                 await asyncio.sleep(0)
-        await wait_for(lambda: a.logs.requests_limited + a.logs.requests_served == 1000)
+        await eventually(lambda: a.logs.requests_limited + a.logs.requests_served == 1000, interval=0.002)
         elapsed = loop.time() - t0
         assert a.logs.requests_served <= REQ_BURST + REQ_RATE * elapsed + 1
         assert a.logs.requests_limited > 0
@@ -432,10 +427,10 @@ async def test_watch_with_replay_yields_stored_then_live_without_duplicates(net:
         for i in range(300):
             await la.append(b"a%d" % i)
         await a.connect(b.address)
-        await wait_for(lambda: "r" in (b.logs._peer_logs.peek(a.id) or ()))
+        await eventually(lambda: "r" in (b.logs._peer_logs.peek(a.id) or ()))
         for i in range(10):
             await lb.append(b"b%d" % i)
-        await wait_for(lambda: la.heads() == {a.id: 299, b.id: 9})
+        await eventually(lambda: la.heads() == {a.id: 299, b.id: 9})
         w = a.watch_log("r", replay=True)
         await la.append(b"live-a")
         await lb.append(b"live-b")
@@ -456,9 +451,9 @@ async def test_replaced_connection_relearns_interest_and_resyncs_at_once(net: Me
     b = await start(net, a)
     try:
         la, lb = a.log("j"), b.log("j")
-        await wait_for(lambda: a.logs._sharing("j") == [b.id] and b.logs._sharing("j") == [a.id])
+        await eventually(lambda: a.logs._sharing("j") == [b.id] and b.logs._sharing("j") == [a.id])
         await la.append(b"x")
-        await wait_for(lambda: lb.heads() == {a.id: 0} and not a.logs.sync.running())  # type: ignore[union-attr]
+        await eventually(lambda: lb.heads() == {a.id: 0} and a.logs.sync is not None and not a.logs.sync.running())
         assert a.logs.sync is not None
         started = a.logs.sync.sessions_started
         # what a QUIC transport reports when a restarted peer's new connection replaces the old one
@@ -466,10 +461,10 @@ async def test_replaced_connection_relearns_interest_and_resyncs_at_once(net: Me
         assert ca is not None and cb is not None
         a.on_connection(ca)
         b.on_connection(cb)
-        await wait_for(lambda: a.logs.sync is not None and a.logs.sync.sessions_started > started)
-        await wait_for(lambda: a.logs._sharing("j") == [b.id] and b.logs._sharing("j") == [a.id])
+        await eventually(lambda: a.logs.sync is not None and a.logs.sync.sessions_started > started)
+        await eventually(lambda: a.logs._sharing("j") == [b.id] and b.logs._sharing("j") == [a.id])
         await lb.append(b"y")
-        await wait_for(lambda: la.heads() == lb.heads() == {a.id: 0, b.id: 0})
+        await eventually(lambda: la.heads() == lb.heads() == {a.id: 0, b.id: 0})
     finally:
         await b.stop()
         await a.stop()

@@ -6,7 +6,6 @@ killed and restarted; afterwards nothing is lost and every head matches)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from quicmesh.demo import NodeProcess
+from quicmesh.testing.wait import eventually
 
 pytestmark = pytest.mark.processes
 
@@ -29,16 +29,12 @@ async def heads(node: NodeProcess, log: str) -> dict[str, int]:
 
 async def wait_heads(nodes: Sequence[NodeProcess], log: str, want: dict[str, int], timeout: float = 30.0) -> None:
     """Poll every node's heads of ``log`` until they all equal ``want``."""
-    got: list[dict[str, int]] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                got = [await heads(n, log) for n in nodes]
-                if all(g == want for g in got):
-                    return
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"heads of {log!r} never converged to {want}: {got}") from None
+
+    async def every_head() -> list[dict[str, int]]:
+        return [await heads(n, log) for n in nodes]
+
+    await eventually(every_head, until=lambda got: all(g == want for g in got), timeout=timeout, interval=0.1,
+                     what=f"heads of {log!r} converge to {want}")
 
 
 async def kv_value(node: NodeProcess, m: str, key: str, until: str, timeout: float = 20.0) -> dict[str, Any]:
@@ -126,15 +122,14 @@ async def test_five_nodes_writer_and_a_killed_node_lose_nothing(tmp_path: Path) 
             await n.wait_peers(4)
             await n.request("log_open", "log_opened", log="values")
         await writer.send("append", log="values", payload="value", count=1000, rate=400)
-        async with asyncio.timeout(20):
-            while (await heads(victim, "values")).get(writer.node_id, -1) < 200:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: heads(victim, "values"), until=lambda hs: hs.get(writer.node_id, -1) >= 200,
+                         timeout=20, interval=0.05)
         victim.kill()
         await victim.stop()
         h = (await heads(writer, "values"))[writer.node_id]
-        async with asyncio.timeout(20):  # stay down while at least 200 more values are written
-            while (await heads(writer, "values"))[writer.node_id] < h + 200:
-                await asyncio.sleep(0.05)
+        # stay down while at least 200 more values are written
+        await eventually(lambda: heads(writer, "values"), until=lambda hs: hs[writer.node_id] >= h + 200,
+                         timeout=20, interval=0.05)
         victim = nodes[3] = await spawn("N3", "five", tmp_path, [n.address for n in nodes if n is not victim])
         await victim.request("log_open", "log_opened", log="values")
         done = await writer.expect("appended", timeout=30)

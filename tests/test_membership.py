@@ -117,9 +117,9 @@ def test_full_active_view_refuses_low_priority_but_accepts_high(registry: Contai
     assert nid(9) not in hv.active and nid(9) in hv.passive
     out = hv.handle(nid(10), MNeighbor("", True, ["a:10"]), 0.0)
     assert nid(10) in hv.active and len(hv.active) == 5
-    evicted = [o for o in out if isinstance(o, HvSend) and isinstance(o.message, MLeave)]
-    assert len(evicted) == 1 and evicted[0].message.alive is True  # type: ignore[attr-defined]
-    assert evicted[0].peer in hv.passive
+    evicted = [(o.peer, o.message) for o in out if isinstance(o, HvSend) and isinstance(o.message, MLeave)]
+    assert len(evicted) == 1 and evicted[0][1].alive is True
+    assert evicted[0][0] in hv.passive
 
 
 def test_shuffle_walk_and_reply(registry: ContainerRegistry) -> None:
@@ -139,9 +139,9 @@ def test_shuffle_walk_and_reply(registry: ContainerRegistry) -> None:
     # at the end of a walk: reply with as many passive peers, merge the received ones
     incoming = [PeerInfo(nid(i).raw, [f"n:{i}"]) for i in range(30, 34)]
     out = hv.handle(nid(1), MShuffle("", nid(40).raw, ["o:40"], 0, incoming), 1.0)
-    reply = [o for o in out if isinstance(o.message, MShuffleReply)]  # type: ignore[union-attr]
-    assert len(reply) == 1 and reply[0].peer == nid(40)  # type: ignore[union-attr]
-    assert len(reply[0].message.peers) == 4  # type: ignore[union-attr]
+    reply = [(o.peer, o.message) for o in out if isinstance(o, HvSend) and isinstance(o.message, MShuffleReply)]
+    assert len(reply) == 1 and reply[0][0] == nid(40)
+    assert len(reply[0][1].peers) == 4
     assert {nid(i) for i in range(30, 34)} <= set(hv.passive_peers())
     assert len(hv.passive) <= 30
 
@@ -206,8 +206,10 @@ def test_dial_queue_is_capped_and_released_on_failure(registry: ContainerRegistr
     m.peer_connected(peer, ("p:7",), False, 0.0)
     m.handle_message(peer, MNeighbor("news", True, ["p:7"]), 0.0)
     m.peer_disconnected(peer, 0.1)  # still in the swarm view until it fails: sends queue for a dial
-    m.swarms.peek("news").hv.handle(peer, MNeighbor("news", True, ["p:7"]), 0.2)  # type: ignore[union-attr]
-    m.swarms.peek("news").pt.neighbor_up(peer, 0.2)  # type: ignore[union-attr]
+    swarm = m.swarms.peek("news")
+    assert swarm is not None
+    swarm.hv.handle(peer, MNeighbor("news", True, ["p:7"]), 0.2)
+    swarm.pt.neighbor_up(peer, 0.2)
     for i in range(20):
         m.publish("news.a", b"%d" % i, 1.0)
         m.flush(1.0)  # one batch per event-loop iteration
@@ -216,7 +218,8 @@ def test_dial_queue_is_capped_and_released_on_failure(registry: ContainerRegistr
     assert m.counters["dial_queue_dropped"] >= 16
     m.dial_failed(peer, 2.0)
     assert peer not in m.dial_queues and peer not in m.dialing
-    assert not m.swarms.peek("news").hv.knows(peer)  # type: ignore[union-attr]
+    swarm = m.swarms.peek("news")
+    assert swarm is not None and not swarm.hv.knows(peer)
     assert peer not in m.realm.passive
 
 

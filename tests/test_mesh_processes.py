@@ -16,6 +16,7 @@ from quicmesh.config import NodeConfig, TransportConfig
 from quicmesh.demo import NodeProcess
 from quicmesh.errors import NoProvider
 from quicmesh.runtime.node import Node
+from quicmesh.testing.wait import eventually
 
 pytestmark = pytest.mark.processes
 
@@ -45,16 +46,20 @@ async def counts(p: NodeProcess) -> dict[str, int]:
     return dict((await p.request("counts", "counts"))["counts"])
 
 
+async def all_counts(subs: list[NodeProcess], sid: str) -> list[int]:
+    return [(await counts(s)).get(sid, 0) for s in subs]
+
+
 async def warm_until_all_receive(pub: NodeProcess, subs: list[NodeProcess], sid: int, timeout: float) -> None:
     """Publish warm-up messages until every subscriber got at least one more than before."""
     before = {s.name: (await counts(s)).get(str(sid), 0) for s in subs}
-    async with asyncio.timeout(timeout):
-        while True:
-            await pub.request("publish", "published", topic="chain.warm", payload="w", count=1)
-            got = {s.name: (await counts(s)).get(str(sid), 0) for s in subs}
-            if all(got[n] > before[n] for n in got):
-                return
-            await asyncio.sleep(0.2)
+
+    async def publish_and_count() -> dict[str, int]:
+        await pub.request("publish", "published", topic="chain.warm", payload="w", count=1)
+        return {s.name: (await counts(s)).get(str(sid), 0) for s in subs}
+
+    await eventually(publish_and_count, until=lambda got: all(got[n] > before[n] for n in got), timeout=timeout,
+                     interval=0.2, what=f"every subscriber gets a warm-up message (before: {before})")
 
 
 async def test_eight_processes_deliver_across_hops_and_survive_two_middle_nodes_dying() -> None:
@@ -66,9 +71,8 @@ async def test_eight_processes_deliver_across_hops_and_survive_two_middle_nodes_
         await pub.request("wait_subscriber", "ready", topic="chain.data", timeout=20, wait=25)
         await warm_until_all_receive(pub, subs, 1, timeout=45)
         await pub.request("publish", "published", topic="chain.data", payload="d", count=100, rate=100, wait=30)
-        async with asyncio.timeout(20):
-            while not all(n >= 100 for n in [(await counts(s)).get("2", 0) for s in subs]):
-                await asyncio.sleep(0.2)
+        await eventually(lambda: all_counts(subs, "2"), until=lambda ns: all(n >= 100 for n in ns), timeout=20,
+                         interval=0.2)
         assert [(await counts(s))["2"] for s in subs] == [100] * 7  # every message once, none lost
 
         for dead in (nodes[3], nodes[4]):  # two nodes in the middle of the bootstrap chain
@@ -77,9 +81,8 @@ async def test_eight_processes_deliver_across_hops_and_survive_two_middle_nodes_
         live = [s for s in subs if s.proc.returncode is None]
         await warm_until_all_receive(pub, live, 1, timeout=60)  # the overlay repaired
         await pub.request("publish", "published", topic="chain.data", payload="e", count=100, rate=100, wait=30)
-        async with asyncio.timeout(20):
-            while not all(n >= 200 for n in [(await counts(s)).get("2", 0) for s in live]):
-                await asyncio.sleep(0.2)
+        await eventually(lambda: all_counts(live, "2"), until=lambda ns: all(n >= 200 for n in ns), timeout=20,
+                         interval=0.2)
         assert [(await counts(s))["2"] for s in live] == [200] * len(live)
 
 
@@ -113,9 +116,7 @@ async def test_cancelling_a_thousand_callers_leaves_no_pending_entry() -> None:
         try:
             await node.wait_for_provider("svc.slow", timeout=30)
             tasks = [asyncio.create_task(node.call("svc.slow", b"30", timeout=60)) for _ in range(1000)]
-            async with asyncio.timeout(20):
-                while node.rpc.pending < 1000:
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: node.rpc.pending >= 1000, timeout=20, interval=0.05)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from containers import static_sizes
 
 import quicmesh
 from quicmesh.config import NodeConfig, PubSubConfig, RpcConfig
@@ -26,13 +27,7 @@ from quicmesh.errors import (
 from quicmesh.identity import KeyPair
 from quicmesh.runtime.memory import MemoryNetwork
 from quicmesh.runtime.node import Node
-
-
-async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    """Wait until ``cond()`` is true, yielding to the loop; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0)
+from quicmesh.testing.wait import eventually
 
 
 @pytest.fixture
@@ -44,17 +39,10 @@ def net() -> MemoryNetwork:
 async def pair(net: MemoryNetwork) -> AsyncIterator[tuple[Node, Node]]:
     a = await Node.start(NodeConfig(realm="t"), network=net)
     b = await Node.start(NodeConfig(realm="t", bootstrap=(a.address,)), network=net)
-    await wait_for(lambda: a.peers() and b.peers())
+    await eventually(lambda: a.peers() and b.peers(), interval=0)
     yield a, b
     await b.stop()
     await a.stop()
-
-
-def container_sizes(node: Node) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in node.registry.snapshot():
-        out[s.name] = out.get(s.name, 0) + s.size
-    return out
 
 
 async def test_publish_reaches_direct_subscriber_in_order(pair: tuple[Node, Node]) -> None:
@@ -115,7 +103,9 @@ async def test_stop_sends_what_was_published_in_its_loop_iteration(net: MemoryNe
         await a.stop()
 
 
-async def test_message_received_just_before_its_connection_closed_is_delivered(net: MemoryNetwork) -> None:
+async def test_message_received_just_before_its_connection_closed_is_delivered(
+    net: MemoryNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A peer publishes and stops at once: its last frames and the close can reach the receiver
     in one loop iteration. The frames are processed first, the loss after them."""
     a = await Node.start(NodeConfig(realm="t"), network=net)
@@ -125,17 +115,17 @@ async def test_message_received_just_before_its_connection_closed_is_delivered(n
         await b.wait_for_subscriber("last.words", timeout=5)
         held: list[tuple[str, Any, Any]] = []
         on_message, on_lost = a.on_message, a.on_connection_lost
-        a.on_message = lambda conn, msg: held.append(("message", conn, msg))  # type: ignore[method-assign]
-        a.on_connection_lost = lambda conn, err: held.append(("lost", conn, err))  # type: ignore[method-assign]
+        monkeypatch.setattr(a, "on_message", lambda conn, msg: held.append(("message", conn, msg)))
+        monkeypatch.setattr(a, "on_connection_lost", lambda conn, err: held.append(("lost", conn, err)))
         await b.publish("last.words", b"bye")
         await b.stop()
-        await wait_for(lambda: any(kind == "lost" for kind, _, _ in held))
-        a.on_message, a.on_connection_lost = on_message, on_lost  # type: ignore[method-assign]
+        await eventually(lambda: any(kind == "lost" for kind, _, _ in held), interval=0)
+        monkeypatch.undo()  # the node's own handlers again
         assert [kind for kind, _, _ in held][-1] == "lost" and len(held) >= 2
         for kind, conn, arg in held:  # everything in one loop iteration, the close last
             (on_message if kind == "message" else on_lost)(conn, arg)
         assert (await asyncio.wait_for(sub.get(), 2.0)).payload == b"bye"
-        await wait_for(lambda: not a.peers())  # and the loss was handled after it
+        await eventually(lambda: not a.peers(), interval=0)  # and the loss was handled after it
         assert not a._lost_later
     finally:
         await b.stop()
@@ -150,8 +140,9 @@ async def test_publish_short_path_keeps_every_rule(pair: tuple[Node, Node]) -> N
     await b.wait_for_subscriber("hot.x", timeout=5)
     await b.publish("hot.x", b"0")
     assert b.mesh._hot is not None  # a batch is open: the next publishes take the short path
-    pending = b.publish("hot.x", bytearray(b"1"))  # bytearray is copied to bytes
-    assert pending.done()  # nothing to wait for: the message was taken at the call
+    # publish is typed for bytes; it also takes a bytearray (copied): passed on purpose here
+    pending = b.publish("hot.x", bytearray(b"1"))  # type: ignore[arg-type]
+    assert isinstance(pending, asyncio.Future) and pending.done()  # the message was taken at the call
     await pending
     # a local subscription opened while the batch is open gets the next message
     local = await b.subscribe("hot.x")
@@ -203,7 +194,7 @@ async def test_slow_subscriber_never_stalls_others(net: MemoryNetwork) -> None:
     cfg = NodeConfig(realm="t", pubsub=PubSubConfig(subscriber_queue_size=16))
     a = await Node.start(cfg, network=net)
     b = await Node.start(cfg.replace(bootstrap=(a.address,)), network=net)
-    await wait_for(lambda: a.peers())
+    await eventually(lambda: a.peers(), interval=0)
     stuck = await a.subscribe("x")  # never read
     fast = await a.subscribe("x")
     await b.wait_for_subscriber("x", timeout=5)
@@ -229,12 +220,12 @@ async def test_slow_subscriber_never_stalls_others(net: MemoryNetwork) -> None:
 
 async def test_subscribe_close_cycles_return_to_baseline(pair: tuple[Node, Node]) -> None:
     a, _ = pair
-    baseline = container_sizes(a)
+    baseline = static_sizes(a.registry)
     for i in range(10_000):
         sub = await a.subscribe(f"topic.{i % 50}")
         await sub.close()
     await asyncio.sleep(0)
-    assert container_sizes(a) == baseline
+    assert static_sizes(a.registry) == baseline
     assert a.subscribed_patterns() == frozenset()
     assert a.topic_state("topic") == 0  # the last unsubscribe left the swarm and freed its state
 
@@ -246,8 +237,8 @@ async def test_garbage_collected_subscription_is_released(pair: tuple[Node, Node
     assert a.topic_state("gc.topic") > 0
     del sub
     gc.collect()
-    await wait_for(lambda: len(a._subs) == 0)
-    await wait_for(lambda: a.topic_state("gc.topic") == 0)
+    await eventually(lambda: len(a._subs) == 0, interval=0)
+    await eventually(lambda: a.topic_state("gc.topic") == 0, interval=0)
     await b.publish("gc.topic", b"nobody")  # must not fail
 
 
@@ -267,7 +258,7 @@ async def test_call_round_trip_and_errors(pair: tuple[Node, Node]) -> None:
     await a.advertise("math.add", add)
     await a.advertise("boom", boom)
     await a.advertise("typed", typed)
-    await wait_for(lambda: len(b.services.providers("typed", b._now())) == 1)
+    await eventually(lambda: len(b.services.providers("typed", b._now())) == 1, interval=0)
     assert await b.call("math.add", b"2+3") == b"5"
     with pytest.raises(RemoteError) as exc:
         await b.call("boom", b"")
@@ -289,12 +280,13 @@ async def test_timeout_and_cancellation_leave_no_pending_entry(pair: tuple[Node,
         return b"late"
 
     await a.advertise("slow", slow)
-    await wait_for(lambda: b.services.providers("slow", b._now()))
+    await eventually(lambda: b.services.providers("slow", b._now()), interval=0)
     with pytest.raises(CallTimeout):
         await b.call("slow", b"", timeout=0.05)
     assert b.pending_calls == 0
     tasks = [asyncio.create_task(b.call("slow", b"", timeout=30)) for _ in range(1000)]
-    await wait_for(lambda: b.pending_calls == 1000 or a.rpc.running == a.config.rpc.max_concurrent_handlers)
+    await eventually(lambda: b.pending_calls == 1000 or a.rpc.running == a.config.rpc.max_concurrent_handlers,
+                     interval=0)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -315,9 +307,9 @@ async def test_pending_call_cap_raises_overloaded(net: MemoryNetwork) -> None:
         return b""
 
     await a.advertise("hang", hang)
-    await wait_for(lambda: b.services.providers("hang", b._now()))
+    await eventually(lambda: b.services.providers("hang", b._now()), interval=0)
     tasks = [asyncio.create_task(b.call("hang", b"", timeout=30)) for _ in range(10)]
-    await wait_for(lambda: b.pending_calls == 10)
+    await eventually(lambda: b.pending_calls == 10, interval=0)
     with pytest.raises(Overloaded):
         await b.call("hang", b"")
     for t in tasks:
@@ -338,9 +330,9 @@ async def test_callee_handler_cap_answers_overloaded(net: MemoryNetwork) -> None
         return b"ok"
 
     await a.advertise("gated", gated)
-    await wait_for(lambda: b.services.providers("gated", b._now()))
+    await eventually(lambda: b.services.providers("gated", b._now()), interval=0)
     tasks = [asyncio.create_task(b.call("gated", b"", timeout=10)) for _ in range(4)]
-    await wait_for(lambda: a.rpc.running == 4)
+    await eventually(lambda: a.rpc.running == 4, interval=0)
     with pytest.raises(Overloaded):
         await b.call("gated", b"", timeout=10)
     gate.set()
@@ -359,9 +351,9 @@ async def test_callee_crash_fails_every_caller_and_empties_table(net: MemoryNetw
         return b""
 
     await a.advertise("hang", hang)
-    await wait_for(lambda: b.services.providers("hang", b._now()))
+    await eventually(lambda: b.services.providers("hang", b._now()), interval=0)
     tasks = [asyncio.create_task(b.call("hang", b"", timeout=5)) for _ in range(100)]
-    await wait_for(lambda: b.pending_calls == 100)
+    await eventually(lambda: b.pending_calls == 100, interval=0)
     assert isinstance(a.transport, quicmesh.runtime.memory.MemoryTransport)
     await a.transport.crash()
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
@@ -391,10 +383,10 @@ async def test_failover_to_second_provider_on_overload(net: MemoryNetwork) -> No
     await p1.advertise("block", block)
     await p1.advertise("svc", h1)
     await p2.advertise("svc", h2)
-    await wait_for(lambda: len(caller.services.providers("svc", caller._now())) == 2)
-    await wait_for(lambda: bool(caller.services.providers("block", caller._now())))
+    await eventually(lambda: len(caller.services.providers("svc", caller._now())) == 2, interval=0)
+    await eventually(lambda: bool(caller.services.providers("block", caller._now())), interval=0)
     occupy = asyncio.create_task(caller.call("block", b"", timeout=10))  # p1's only handler slot
-    await wait_for(lambda: p1.rpc.running == 1)
+    await eventually(lambda: p1.rpc.running == 1, interval=0)
     results = {await caller.call("svc", b"") for _ in range(20)}
     assert results == {b"p2"}  # p1 answers Overloaded every time: each call fails over to p2
     gate.set()

@@ -68,9 +68,9 @@ def test_lazy_peers_get_batched_ihaves(registry: ContainerRegistry) -> None:
     pt.handle(A, gossip(1), 0.002)
     assert pt.next_deadline() == pytest.approx(0.005)
     out = pt.handle_timer(0.005)
-    ihaves = [o for o in out if isinstance(o.message, MIHave)]
-    assert len(ihaves) == 1 and ihaves[0].peer == C
-    assert len(ihaves[0].message.ids) == 2  # type: ignore[union-attr]
+    ihaves = [(o.peer, o.message) for o in out if isinstance(o.message, MIHave)]
+    assert len(ihaves) == 1 and ihaves[0][0] == C
+    assert len(ihaves[0][1].ids) == 2
 
 
 def test_missing_message_is_grafted_after_timeouts_rotating_announcers(registry: ContainerRegistry) -> None:

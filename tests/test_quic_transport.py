@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
@@ -24,6 +25,12 @@ from quicmesh.errors import (
 from quicmesh.identity import KeyPair
 from quicmesh.runtime.quic import QuicConnection, QuicTransport
 from quicmesh.runtime.transport import Connection
+from quicmesh.testing.wait import eventually
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from qh3.quic.configuration import QuicConfiguration
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,38 +39,24 @@ CFG = TransportConfig(handshake_timeout=5.0, idle_timeout=10.0, keepalive_interv
 
 
 class Recorder:
-    """TransportEvents that records everything and lets tests await conditions."""
+    """TransportEvents that records everything; ``until`` waits for a condition on it."""
 
     def __init__(self) -> None:
         self.connected: list[Connection] = []
         self.lost: list[tuple[Connection, Exception | None]] = []
         self.messages: list[Message] = []
-        self._cond: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
-
-    def _check(self) -> None:
-        for pred, fut in list(self._cond):
-            if not fut.done() and pred():
-                fut.set_result(None)
-                self._cond.remove((pred, fut))
 
     async def until(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
-        if pred():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._cond.append((pred, fut))
-        await asyncio.wait_for(fut, timeout)
+        await eventually(pred, timeout=timeout, interval=0.002)
 
     def on_connection(self, conn: Connection) -> None:
         self.connected.append(conn)
-        self._check()
 
     def on_message(self, conn: Connection, message: Message) -> None:
         self.messages.append(message)
-        self._check()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
         self.lost.append((conn, error))
-        self._check()
 
 
 class Node:
@@ -71,8 +64,20 @@ class Node:
         self.t, self.ev, self.addr = t, ev, addr
 
 
+class Make(Protocol):
+    """The ``make`` fixture: starts a transport with its recorder and returns both."""
+
+    async def __call__(
+        self,
+        realm: str = ...,
+        cfg: TransportConfig = ...,
+        cls: type[QuicTransport] = ...,
+        kp: KeyPair | None = ...,
+    ) -> Node: ...
+
+
 @pytest.fixture
-async def make(registry: ContainerRegistry) -> AsyncIterator[Callable[..., object]]:
+async def make(registry: ContainerRegistry) -> AsyncIterator[Make]:
     made: list[QuicTransport] = []
 
     async def _make(
@@ -92,9 +97,9 @@ async def make(registry: ContainerRegistry) -> AsyncIterator[Callable[..., objec
         await t.stop()
 
 
-async def test_connect_and_exchange_10k_in_order(make: Callable[..., object]) -> None:
-    a = await make()  # type: ignore[misc]
-    b = await make()  # type: ignore[misc]
+async def test_connect_and_exchange_10k_in_order(make: Make) -> None:
+    a = await make()
+    b = await make()
     conn = await a.t.dial(b.addr, expected=b.t.node_id)
     assert conn.peer_id == b.t.node_id and conn.outbound
     await b.ev.until(lambda: len(b.ev.connected) == 1)
@@ -106,7 +111,11 @@ async def test_connect_and_exchange_10k_in_order(make: Callable[..., object]) ->
         for _ in range(min(500, n - sent)):
             assert conn.send(Publish(topic="t", payload=b"x" * 32, publisher=pub, seq=sent))
             sent += 1
-        await b.ev.until(lambda s=sent: len(b.ev.messages) >= s - 2000)  # type: ignore[misc]
+
+        def drained(s: int = sent) -> bool:  # binds this round's count
+            return len(b.ev.messages) >= s - 2000
+
+        await b.ev.until(drained)
     await b.ev.until(lambda: len(b.ev.messages) == n, timeout=30)
     seqs = [m.seq for m in b.ev.messages if isinstance(m, Publish)]
     assert seqs == list(range(n))
@@ -119,19 +128,19 @@ async def test_connect_and_exchange_10k_in_order(make: Callable[..., object]) ->
     assert a.t.stats().dialed_total == 1 and b.t.stats().accepted_total == 1
 
 
-async def test_dial_returns_existing_connection(make: Callable[..., object]) -> None:
-    a = await make()  # type: ignore[misc]
-    b = await make()  # type: ignore[misc]
+async def test_dial_returns_existing_connection(make: Make) -> None:
+    a = await make()
+    b = await make()
     c1 = await a.t.dial(b.addr, expected=b.t.node_id)
     c2 = await a.t.dial(b.addr, expected=b.t.node_id)
     assert c1 is c2
     assert len(a.t.connections()) == 1
 
 
-async def test_simultaneous_dial_ends_with_one_connection(make: Callable[..., object]) -> None:
+async def test_simultaneous_dial_ends_with_one_connection(make: Make) -> None:
     for _ in range(5):  # several rounds: the interleaving varies
-        a = await make()  # type: ignore[misc]
-        b = await make()  # type: ignore[misc]
+        a = await make()
+        b = await make()
         ca, cb = await asyncio.gather(a.t.dial(b.addr, expected=b.t.node_id), a_dial(b, a))
         # both sides return the surviving connection: the one dialed by the smaller node id
         smaller_dialed_by_a = a.t.node_id < b.t.node_id
@@ -143,8 +152,11 @@ async def test_simultaneous_dial_ends_with_one_connection(make: Callable[..., ob
         # the survivor carries traffic both ways
         assert ca.send(Publish(topic="t", payload=b"1", publisher=b"", seq=1))
         assert cb.send(Publish(topic="t", payload=b"2", publisher=b"", seq=2))
-        await b.ev.until(lambda b=b: len(b.ev.messages) == 1)  # type: ignore[misc]
-        await a.ev.until(lambda a=a: len(a.ev.messages) == 1)  # type: ignore[misc]
+
+        def both_received(a: Node = a, b: Node = b) -> bool:  # binds this round's pair
+            return len(b.ev.messages) == 1 and len(a.ev.messages) == 1
+
+        await eventually(both_received)
         # the loser never reached the node on either side: the listener that would win holds
         # the peer's attempt until its own dial is done, then refuses it as a duplicate
         assert a.ev.lost == [] and b.ev.lost == []
@@ -161,9 +173,9 @@ async def a_dial(b: Node, a: Node) -> Connection:
     return await b.t.dial(a.addr, expected=a.t.node_id)
 
 
-async def test_wrong_expected_id_raises_peer_id_mismatch(make: Callable[..., object]) -> None:
-    a = await make()  # type: ignore[misc]
-    b = await make()  # type: ignore[misc]
+async def test_wrong_expected_id_raises_peer_id_mismatch(make: Make) -> None:
+    a = await make()
+    b = await make()
     other = KeyPair.generate().node_id
     with pytest.raises(PeerIdMismatch) as info:
         await a.t.dial(b.addr, expected=other)
@@ -172,9 +184,9 @@ async def test_wrong_expected_id_raises_peer_id_mismatch(make: Callable[..., obj
     assert b.t.quic_state()["connections"] == 0 and b.ev.connected == []
 
 
-async def test_realm_mismatch_refused_and_listener_keeps_nothing(make: Callable[..., object]) -> None:
-    a = await make(realm="red")  # type: ignore[misc]
-    b = await make(realm="blue")  # type: ignore[misc]
+async def test_realm_mismatch_refused_and_listener_keeps_nothing(make: Make) -> None:
+    a = await make(realm="red")
+    b = await make(realm="blue")
     with pytest.raises(RealmMismatch):
         await a.t.dial(b.addr, expected=b.t.node_id)
     assert b.t.stats().refused_total.get("realm") == 1
@@ -192,9 +204,9 @@ class ForgingTransport(QuicTransport):
         return KeyPair.generate().sign(transcript)
 
 
-async def test_forged_proof_refused(make: Callable[..., object]) -> None:
-    a = await make(cls=ForgingTransport)  # type: ignore[misc]
-    b = await make()  # type: ignore[misc]
+async def test_forged_proof_refused(make: Make) -> None:
+    a = await make(cls=ForgingTransport)
+    b = await make()
     with pytest.raises(AuthenticationFailed):
         await a.t.dial(b.addr, expected=b.t.node_id)
     assert b.t.stats().auth_failures_total == 1
@@ -217,11 +229,12 @@ class RecordingTransport(QuicTransport):
         return sig
 
 
-async def test_replayed_proof_refused(make: Callable[..., object]) -> None:
+async def test_replayed_proof_refused(make: Make) -> None:
     kp = KeyPair.generate()
-    a = await make(cls=RecordingTransport, kp=kp)  # type: ignore[misc]
+    a = await make(cls=RecordingTransport, kp=kp)
+    assert isinstance(a.t, RecordingTransport)
     a.t.captured = []
-    b = await make()  # type: ignore[misc]
+    b = await make()
     conn = await a.t.dial(b.addr, expected=b.t.node_id)
     assert len(a.t.captured) == 1
     await conn.close()
@@ -236,9 +249,9 @@ async def test_replayed_proof_refused(make: Callable[..., object]) -> None:
     assert b.t.quic_state()["quic_connections"] == 0
 
 
-async def test_admission_max_connections_refused_explicitly(make: Callable[..., object]) -> None:
-    b = await make(cfg=dataclasses.replace(CFG, max_connections=2))  # type: ignore[misc]
-    clients = [await make() for _ in range(3)]  # type: ignore[misc]
+async def test_admission_max_connections_refused_explicitly(make: Make) -> None:
+    b = await make(cfg=dataclasses.replace(CFG, max_connections=2))
+    clients = [await make() for _ in range(3)]
     for c in clients[:2]:
         await c.t.dial(b.addr, expected=b.t.node_id)
     with pytest.raises(AdmissionRefused) as info:
@@ -253,13 +266,13 @@ async def test_admission_max_connections_refused_explicitly(make: Callable[..., 
     assert not conn.closed
 
 
-async def test_silent_listener_handshake_timeout(make: Callable[..., object]) -> None:
+async def test_silent_listener_handshake_timeout(make: Make) -> None:
     import socket
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a UDP port that never answers
     sock.bind(("127.0.0.1", 0))
     try:
-        a = await make(cfg=dataclasses.replace(CFG, handshake_timeout=0.5))  # type: ignore[misc]
+        a = await make(cfg=dataclasses.replace(CFG, handshake_timeout=0.5))
         with pytest.raises(HandshakeTimeout):
             await a.t.dial(f"127.0.0.1:{sock.getsockname()[1]}")
         await a.t.wait_idle(5)
@@ -281,10 +294,10 @@ class SilentDialer(QuicTransport):
     connection_class = StallingConnection
 
 
-async def test_listener_times_out_silent_dialer(make: Callable[..., object]) -> None:
+async def test_listener_times_out_silent_dialer(make: Make) -> None:
     StallingConnection.challenged = asyncio.Event()
-    b = await make(cfg=dataclasses.replace(CFG, handshake_timeout=0.5))  # type: ignore[misc]
-    a = await make(cls=SilentDialer)  # type: ignore[misc]
+    b = await make(cfg=dataclasses.replace(CFG, handshake_timeout=0.5))
+    a = await make(cls=SilentDialer)
     task = asyncio.ensure_future(a.t.dial(b.addr, expected=b.t.node_id))
     await asyncio.wait_for(StallingConnection.challenged.wait(), 5)
     assert b.t.stats().handshakes_in_progress == 1
@@ -297,10 +310,10 @@ async def test_listener_times_out_silent_dialer(make: Callable[..., object]) -> 
     assert st["incoming_handshakes"] == 0 and st["quic_connections"] == 0 and b.ev.connected == []
 
 
-async def test_keepalive_measures_rtt(make: Callable[..., object]) -> None:
+async def test_keepalive_measures_rtt(make: Make) -> None:
     cfg = dataclasses.replace(CFG, keepalive_interval=0.1)
-    a = await make(cfg=cfg)  # type: ignore[misc]
-    b = await make(cfg=cfg)  # type: ignore[misc]
+    a = await make(cfg=cfg)
+    b = await make(cfg=cfg)
     conn = await a.t.dial(b.addr, expected=b.t.node_id)
     assert isinstance(conn, QuicConnection)
     rtt = await conn.ping()
@@ -320,10 +333,10 @@ async def test_keepalive_measures_rtt(make: Callable[..., object]) -> None:
     assert conn.rtt is not None and 0 < conn.rtt < 1.0
 
 
-async def test_garbage_closes_only_that_connection(make: Callable[..., object]) -> None:
-    b = await make()  # type: ignore[misc]
-    bad = await make()  # type: ignore[misc]
-    good = await make()  # type: ignore[misc]
+async def test_garbage_closes_only_that_connection(make: Make) -> None:
+    b = await make()
+    bad = await make()
+    good = await make()
     cbad = await bad.t.dial(b.addr, expected=b.t.node_id)
     cgood = await good.t.dial(b.addr, expected=b.t.node_id)
     await b.ev.until(lambda: len(b.ev.connected) == 2)
@@ -341,9 +354,9 @@ async def test_garbage_closes_only_that_connection(make: Callable[..., object]) 
     assert b.t.stats().connections == 1 and b.t.stats().refused_total.get("protocol") == 1
 
 
-async def test_frame_too_large_announcement_closes(make: Callable[..., object]) -> None:
-    b = await make()  # type: ignore[misc]
-    a = await make()  # type: ignore[misc]
+async def test_frame_too_large_announcement_closes(make: Make) -> None:
+    b = await make()
+    a = await make()
     c = await a.t.dial(b.addr, expected=b.t.node_id)
     assert isinstance(c, QuicConnection)
     c._send_raw(b"\xff\xff\xff\xff")  # announces a 4 GiB frame
@@ -351,10 +364,10 @@ async def test_frame_too_large_announcement_closes(make: Callable[..., object]) 
     assert isinstance(b.ev.lost[0][1], DecodeError)
 
 
-async def test_send_buffer_cap_drops_and_counts(make: Callable[..., object]) -> None:
+async def test_send_buffer_cap_drops_and_counts(make: Make) -> None:
     cfg = dataclasses.replace(CFG, send_buffer_bytes=64 * 1024)
-    a = await make(cfg=cfg)  # type: ignore[misc]
-    b = await make()  # type: ignore[misc]
+    a = await make(cfg=cfg)
+    b = await make()
     c = await a.t.dial(b.addr, expected=b.t.node_id)
     payload = b"z" * 1000
     results = [c.send(Publish(topic="t", payload=payload, publisher=b"", seq=i)) for i in range(200)]
@@ -366,9 +379,9 @@ async def test_send_buffer_cap_drops_and_counts(make: Callable[..., object]) -> 
     await b.ev.until(lambda: len(b.ev.messages) == accepted)
 
 
-async def test_lost_fires_once_on_peer_close_and_state_released(make: Callable[..., object]) -> None:
-    a = await make()  # type: ignore[misc]
-    b = await make()  # type: ignore[misc]
+async def test_lost_fires_once_on_peer_close_and_state_released(make: Make) -> None:
+    a = await make()
+    b = await make()
     c = await a.t.dial(b.addr, expected=b.t.node_id)
     await b.ev.until(lambda: len(b.ev.connected) == 1)
     await c.close("normal", "bye")
@@ -383,23 +396,24 @@ async def test_lost_fires_once_on_peer_close_and_state_released(make: Callable[.
         assert t.quic_state() == dict.fromkeys(t.quic_state(), 0)
 
 
-async def test_idle_timeout_closes_silent_peer(make: Callable[..., object]) -> None:
+async def test_idle_timeout_closes_silent_peer(make: Make) -> None:
     cfg = dataclasses.replace(CFG, idle_timeout=0.6, keepalive_interval=0.3)
-    a = await make(cfg=cfg)  # type: ignore[misc]
-    b = await make(cfg=cfg)  # type: ignore[misc]
+    a = await make(cfg=cfg)
+    b = await make(cfg=cfg)
     await a.t.dial(b.addr, expected=b.t.node_id)
     await b.ev.until(lambda: len(b.ev.connected) == 1)
     ep = a.t._endpoint
     assert ep is not None and ep.transport is not None
+    assert isinstance(ep.transport, asyncio.ReadTransport)  # asyncio's datagram transport reads like one
     ep.transport.pause_reading()  # a goes silent for b (and deaf)
     await b.ev.until(lambda: len(b.ev.lost) == 1, timeout=10)
     assert b.t.quic_state()["connections"] == 0
     ep.transport.resume_reading()
 
 
-async def test_outbound_pool_evicts_and_closes_lru(make: Callable[..., object]) -> None:
-    a = await make(cfg=dataclasses.replace(CFG, max_connections=2))  # type: ignore[misc]
-    peers = [await make() for _ in range(3)]  # type: ignore[misc]
+async def test_outbound_pool_evicts_and_closes_lru(make: Make) -> None:
+    a = await make(cfg=dataclasses.replace(CFG, max_connections=2))
+    peers = [await make() for _ in range(3)]
     conns = [await a.t.dial(p.addr, expected=p.t.node_id) for p in peers[:2]]
     conns[1].send(Publish(topic="t", payload=b"", publisher=b"", seq=0))  # conns[0] is now LRU
     await peers[1].ev.until(lambda: len(peers[1].ev.messages) == 1)
@@ -410,17 +424,17 @@ async def test_outbound_pool_evicts_and_closes_lru(make: Callable[..., object]) 
     await peers[0].ev.until(lambda: len(peers[0].ev.lost) == 1)  # the evicted one is really closed
 
 
-async def test_stop_closes_everything_and_leaves_no_tasks(make: Callable[..., object]) -> None:
+async def test_stop_closes_everything_and_leaves_no_tasks(make: Make) -> None:
     before = {t for t in asyncio.all_tasks() if not t.done()}
-    a = await make()  # type: ignore[misc]
-    peers = [await make() for _ in range(3)]  # type: ignore[misc]
+    a = await make()
+    peers = [await make() for _ in range(3)]
     for p in peers:
         await p.t.dial(a.addr, expected=a.t.node_id)
     await a.ev.until(lambda: len(a.ev.connected) == 3)
     await a.t.stop()
     assert len(a.ev.lost) == 3 and all(err is None for _, err in a.ev.lost)
+    await eventually(lambda: all(len(p.ev.lost) == 1 for p in peers))
     for p in peers:
-        await p.ev.until(lambda p=p: len(p.ev.lost) == 1)  # type: ignore[misc]
         await p.t.stop()
     assert a.t.quic_state() == dict.fromkeys(a.t.quic_state(), 0)
     await a.t.stop()  # idempotent
@@ -429,16 +443,16 @@ async def test_stop_closes_everything_and_leaves_no_tasks(make: Callable[..., ob
     assert after <= before
 
 
-async def test_failed_tls_handshakes_leave_nothing_and_raise_nothing(make: Callable[..., object]) -> None:
+async def test_failed_tls_handshakes_leave_nothing_and_raise_nothing(make: Make) -> None:
     import ssl
 
-    from qh3.asyncio import connect
+    from qh3.asyncio.client import connect
     from qh3.quic.configuration import QuicConfiguration
     from qh3.tls import SignatureAlgorithm
 
     loop_errors: list[dict[str, object]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
-    b = await make()  # type: ignore[misc]
+    b = await make()
     port = int(b.addr.rsplit(":", 1)[1])
     no_ed25519 = QuicConfiguration(is_client=True, alpn_protocols=[CFG.alpn], verify_mode=ssl.CERT_NONE)
     wrong_alpn = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE)
@@ -453,14 +467,14 @@ async def test_failed_tls_handshakes_leave_nothing_and_raise_nothing(make: Calla
     assert b.ev.connected == [] and loop_errors == []
 
 
-async def test_listener_without_ed25519_certificate_fails_authentication(make: Callable[..., object]) -> None:
+async def test_listener_without_ed25519_certificate_fails_authentication(make: Make) -> None:
     import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    from qh3.asyncio import serve
+    from qh3.asyncio.server import serve
     from qh3.quic.configuration import QuicConfiguration
 
     key = ec.generate_private_key(ec.SECP256R1())
@@ -480,8 +494,9 @@ async def test_listener_without_ed25519_certificate_fails_authentication(make: C
     _load_cert(scfg, cert, key)
     server = await serve("127.0.0.1", 0, configuration=scfg)
     try:
+        assert server._transport is not None
         port = server._transport.get_extra_info("sockname")[1]
-        a = await make()  # type: ignore[misc]
+        a = await make()
         with pytest.raises(AuthenticationFailed, match="not an Ed25519"):
             await a.t.dial(f"127.0.0.1:{port}")
         await a.t.wait_idle(5)
@@ -490,7 +505,7 @@ async def test_listener_without_ed25519_certificate_fails_authentication(make: C
         server.close()
 
 
-def _load_cert(scfg: object, cert: object, key: object) -> None:
+def _load_cert(scfg: QuicConfiguration, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
     """Write an ECDSA certificate and key to files and load them (qh3 loads from PEM files)."""
     import tempfile
     from pathlib import Path
@@ -499,20 +514,20 @@ def _load_cert(scfg: object, cert: object, key: object) -> None:
 
     with tempfile.TemporaryDirectory() as d:
         cpath, kpath = Path(d, "c.pem"), Path(d, "k.pem")
-        cpath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))  # type: ignore[attr-defined]
+        cpath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         kpath.write_bytes(
-            key.private_bytes(  # type: ignore[attr-defined]
+            key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
         )
-        scfg.load_cert_chain(str(cpath), str(kpath))  # type: ignore[attr-defined]
+        scfg.load_cert_chain(str(cpath), str(kpath))
 
 
-async def test_handshake_frame_after_welcome_is_a_protocol_error(make: Callable[..., object]) -> None:
+async def test_handshake_frame_after_welcome_is_a_protocol_error(make: Make) -> None:
     from quicmesh.core.messages import Hello
 
-    b = await make()  # type: ignore[misc]
-    a = await make()  # type: ignore[misc]
+    b = await make()
+    a = await make()
     c = await a.t.dial(b.addr, expected=b.t.node_id)
     assert isinstance(c, QuicConnection)
     c._send_raw(CODEC.frame(Hello(version=1, realm="r1", node_id=KeyPair.generate().node_id.raw)))
@@ -521,25 +536,24 @@ async def test_handshake_frame_after_welcome_is_a_protocol_error(make: Callable[
     await a.ev.until(lambda: len(a.ev.lost) == 1)
 
 
-async def test_concurrent_dials_share_one_connection(make: Callable[..., object]) -> None:
-    a = await make()  # type: ignore[misc]
-    b = await make()  # type: ignore[misc]
+async def test_concurrent_dials_share_one_connection(make: Make) -> None:
+    a = await make()
+    b = await make()
     conns = await asyncio.gather(*(a.t.dial(b.addr, expected=b.t.node_id) for _ in range(5)))
     assert all(c is conns[0] for c in conns)
     await b.ev.until(lambda: len(b.ev.connected) == 1)
     assert a.t.stats().dialed_total == 1 and b.t.stats().accepted_total == 1
 
 
-async def test_cancelled_dial_leaves_no_state(make: Callable[..., object]) -> None:
+async def test_cancelled_dial_leaves_no_state(make: Make) -> None:
     import socket
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never answers
     sock.bind(("127.0.0.1", 0))
     try:
-        a = await make()  # type: ignore[misc]
+        a = await make()
         task = asyncio.ensure_future(a.t.dial(f"127.0.0.1:{sock.getsockname()[1]}"))
-        while a.t.quic_state()["handshakes"] == 0:  # bounded by the test timeout; yields only
-            await asyncio.sleep(0)
+        await eventually(lambda: a.t.quic_state()["handshakes"] > 0, interval=0)  # yields only
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -549,12 +563,12 @@ async def test_cancelled_dial_leaves_no_state(make: Callable[..., object]) -> No
         sock.close()
 
 
-async def test_oversized_message_raises_typed_error(make: Callable[..., object]) -> None:
+async def test_oversized_message_raises_typed_error(make: Make) -> None:
     from quicmesh.errors import FrameTooLarge
 
     cfg = dataclasses.replace(CFG, max_frame_size=4096)
-    a = await make(cfg=cfg)  # type: ignore[misc]
-    b = await make(cfg=cfg)  # type: ignore[misc]
+    a = await make(cfg=cfg)
+    b = await make(cfg=cfg)
     c = await a.t.dial(b.addr, expected=b.t.node_id)
     with pytest.raises(FrameTooLarge):
         c.send(Publish(topic="t", payload=b"x" * 5000, publisher=b"", seq=0))
@@ -562,19 +576,19 @@ async def test_oversized_message_raises_typed_error(make: Callable[..., object])
     await b.ev.until(lambda: len(b.ev.messages) == 1)
 
 
-async def test_restarted_peer_replaces_its_stale_connection_at_once(make: Callable[..., object]) -> None:
+async def test_restarted_peer_replaces_its_stale_connection_at_once(make: Make) -> None:
     """A peer that restarts (same key, new process) must not be refused as a duplicate of the
     connection its previous incarnation left behind, whichever side dialed that one."""
     k1, k2 = KeyPair.generate(), KeyPair.generate()
     low_kp, high_kp = sorted((k1, k2), key=lambda k: k.node_id)
-    low = await make(kp=low_kp)  # type: ignore[misc]
-    high = await make(kp=high_kp)  # type: ignore[misc]
+    low = await make(kp=low_kp)
+    high = await make(kp=high_kp)
     await low.t.dial(high.addr, expected=high.t.node_id)  # dialed by the smaller id: wins ties
     await high.ev.until(lambda: len(high.ev.connected) == 1)
     ep = high.t._endpoint
     assert ep is not None and ep.transport is not None
     ep.transport.close()  # the process vanishes: no CONNECTION_CLOSE reaches `low`
-    reborn = await make(kp=high_kp)  # type: ignore[misc]
+    reborn = await make(kp=high_kp)
     conn = await asyncio.wait_for(reborn.t.dial(low.addr, expected=low.t.node_id), 3.0)
     assert conn.peer_id == low.t.node_id
     await low.ev.until(lambda: len(low.ev.connected) == 2, timeout=3)
@@ -583,12 +597,12 @@ async def test_restarted_peer_replaces_its_stale_connection_at_once(make: Callab
     await low.ev.until(lambda: len(low.ev.lost) == 1, timeout=3)  # the stale one was released
 
 
-async def test_waiting_for_close_does_not_close_an_open_connection(make: Callable[..., object]) -> None:
+async def test_waiting_for_close_does_not_close_an_open_connection(make: Make) -> None:
     """wait_closed() on an open connection waits for as long as it stays open (it used to give
     up after handshake_timeout and abandon the connection)."""
     cfg = dataclasses.replace(CFG, handshake_timeout=0.2)
-    a = await make(cfg=cfg)  # type: ignore[misc]
-    b = await make(cfg=cfg)  # type: ignore[misc]
+    a = await make(cfg=cfg)
+    b = await make(cfg=cfg)
     conn = await a.t.dial(b.addr, expected=b.t.node_id)
     waiter = asyncio.create_task(conn.wait_closed())
     done, _ = await asyncio.wait({waiter}, timeout=1.0)  # five handshake timeouts

@@ -261,7 +261,9 @@ def test_lookups_coalesce_and_keep_every_waiter() -> None:
     assert asker.pending_lookups == 0 and asker.lookup_waiters == 0
     # late answers from the other neighbours are strays
     p2, q2 = qs[1]
-    assert asker.handle_message(p2, by_id[p2].handle_message(asker.me, q2, 20.0)[0].message, 20.1) == []  # type: ignore[union-attr]
+    late = by_id[p2].handle_message(asker.me, q2, 20.0)[0]
+    assert isinstance(late, Send)
+    assert asker.handle_message(p2, late.message, 20.1) == []
     assert asker.counters["stray_answers"] == 1
     # known now: a new lookup ends at once
     assert asker.lookup("svc", 104, 21.0, peers) == [LookupDone("svc", (104,), True)]
@@ -312,7 +314,9 @@ def test_answers_are_bounded_in_size() -> None:
     # an asker accepts no more than its own limit from one answer
     asker = make(20, RegistryConfig(max_answer_entries=2))
     asker.lookup("svc", 1, 1.0, [holder.me])
-    big = RAnswer(1, "svc", [p.entry(p.me, "svc").advert for p in provs], [1000] * 10)  # type: ignore[union-attr]
+    ads = [e.advert for p in provs if (e := p.entry(p.me, "svc")) is not None]
+    assert len(ads) == len(provs)
+    big = RAnswer(1, "svc", ads, [1000] * 10)
     asker.handle_message(holder.me, big, 1.1)
     assert len(asker) == 2
 

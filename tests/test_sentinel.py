@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 import time
@@ -13,6 +12,7 @@ import pytest
 from quicmesh.bounded import BoundedDeque, ContainerRegistry, LruMap
 from quicmesh.config import ObservabilityConfig
 from quicmesh.observability import HISTORY_NAME, LeakSentinel, SentinelTask, TrimTask, least_squares_slope
+from quicmesh.testing.wait import eventually
 
 MiB = 1024 * 1024
 INTERVAL = 5.0
@@ -238,15 +238,7 @@ def test_time_going_backwards_is_refused() -> None:
         sentinel.sample(9.0)
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
-
-
-async def test_sentinel_task_samples_with_traffic_rate_and_survives_errors() -> None:
+async def test_sentinel_task_samples_with_traffic_rate_and_survives_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     reg = ContainerRegistry()
     rss = FakeRss()
     fail = {"on": False}
@@ -265,7 +257,7 @@ async def test_sentinel_task_samples_with_traffic_rate_and_survives_errors() -> 
         seen.append(traffic)
         orig(now, traffic)
 
-    sentinel.sample = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(sentinel, "sample", spy)
     clock = {"t": 0.0}
 
     def tick() -> float:
@@ -276,14 +268,14 @@ async def test_sentinel_task_samples_with_traffic_rate_and_survives_errors() -> 
     task = SentinelTask(sentinel, 0.001, traffic_counter=lambda: counter["n"], clock=tick)
     task.start()
     assert task.running
-    await wait_for(lambda: sentinel.samples >= 3)
+    await eventually(lambda: sentinel.samples >= 3)
     assert seen[0] is None  # no rate from a single reading
     assert all(v == pytest.approx(50.0) for v in seen[1:3])
     fail["on"] = True
-    await wait_for(lambda: task.errors >= 2)
+    await eventually(lambda: task.errors >= 2)
     fail["on"] = False
     n = sentinel.samples
-    await wait_for(lambda: sentinel.samples > n)
+    await eventually(lambda: sentinel.samples > n)
     await task.stop()
     assert not task.running
     await task.stop()  # idempotent
@@ -301,9 +293,7 @@ async def test_trim_task_trims_on_its_interval_and_counts_what_it_gave_back() ->
     task = TrimTask(0.02, trim=trim, sample_rss=lambda: rss[0])
     task.start()
     try:
-        async with asyncio.timeout(5):
-            while task.trims < 3:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: task.trims >= 3, timeout=5)
     finally:
         await task.stop()
     assert not task.running
@@ -317,9 +307,7 @@ async def test_trim_task_stops_where_the_c_library_cannot_trim() -> None:
     task = TrimTask(0.01, trim=lambda: False, sample_rss=lambda: 1)
     assert task.trim_now() is None
     task.start()
-    async with asyncio.timeout(5):
-        while task.running:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: not task.running, timeout=5)
     assert task.trims == 0
 
 

@@ -88,8 +88,8 @@ class StoreModel(RuleBasedStateMachine):
         res = self.store.ingest(op, payload, allow_gap=skip > 0)
         assert res in (IngestResult.STORED, IngestResult.REFUSED)
         if res is IngestResult.STORED:
-            assert self.store.head(author, log) is not None
-            assert self.store.head(author, log).seq == idx  # type: ignore[union-attr]
+            head = self.store.head(author, log)
+            assert head is not None and head.seq == idx
         # a replay is a duplicate
         if res is IngestResult.STORED:
             assert self.store.ingest(op, payload) is IngestResult.DUPLICATE
@@ -184,6 +184,7 @@ def test_the_model_reaches_eviction_and_refusal() -> None:
                     model.prune_local("mine", 3)
                 model.caps_hold_and_counts_are_exact()
                 model.acknowledged_local_appends_are_kept()
+            assert isinstance(model.store, MemoryStore | SqliteStore)  # the Store protocol has no stats()
             stats = model.store.stats()
             assert stats.evictions > 5 and stats.rejections > 5, stats
         finally:

@@ -90,7 +90,14 @@ def random_value(t: msgspec.inspect.Type, rng: random.Random) -> Any:
     raise NotImplementedError(f"no random value for {t!r}: extend random_value()")
 
 
-MESSAGE_INFO = {cls: msgspec.inspect.type_info(cls) for cls in ALL_MESSAGES}
+def struct_info(cls: type[Message]) -> msgspec.inspect.StructType:
+    """msgspec's description of a message class (always a struct)."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return info
+
+
+MESSAGE_INFO = {cls: struct_info(cls) for cls in ALL_MESSAGES}
 messages = st.one_of([strategy_for(info) for info in MESSAGE_INFO.values()])
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .network import Latency, NetworkParams, Reachability
 from .sim import Delivery, SimNode, Simulator, node_identity
+from .wait import WaitTimeout, eventually
 
 if TYPE_CHECKING:
     from .scenarios import (
@@ -56,8 +57,10 @@ __all__ = [
     "SimNode",
     "Simulator",
     "UnsubscribeScenario",
+    "WaitTimeout",
     "container_peaks",
     "default_scenarios",
+    "eventually",
     "node_identity",
     "overlay_connected",
     "run",
