@@ -1,0 +1,524 @@
+"""The node's driver: runs one :class:`~quicmesh.core.node.NodeCore` over a transport and an
+asyncio loop.
+
+Theory of operation
+-------------------
+:class:`NodeDriver` is where a message enters and where an output is executed; which machine
+handles what is decided in the core. Every input (a connection coming up or going down, a
+message, a user call, the timer) is handed to the core together with ``now`` (the loop's
+monotonic clock); the core returns outputs (:mod:`quicmesh.core.events`), which :meth:`_run`
+carries out at once: ``Send`` queues a frame on the peer's connection (the transport coalesces
+the frames of one loop iteration into one write), ``Deliver`` puts the message (``DeliverBatch``:
+a received gossip batch, with one ``put_many``) into every matching subscription's bounded
+queue, ``CallResolved`` completes the awaiting caller's future, ``Invoke`` starts a handler task,
+``Dial``/``Disconnect`` open and close connections, ``StateChanged`` wakes
+:meth:`~quicmesh.runtime.node.Node.wait_until` waiters.
+
+Inbound messages wait in a bounded inbox and are processed in arrival order,
+``_INBOX_CHUNK`` per loop iteration (readers get a turn between chunks); a lost connection's
+loss is handled after the messages it delivered before closing. Deliveries to subscriptions
+go through a bounded delivery queue the same way. At the end of every loop iteration that had
+input the driver flushes the core's open gossip batches (what was published in one iteration
+leaves together, one batch per topic) and re-arms a single ``loop.call_at`` timer for
+``NodeCore.next_deadline()`` (nothing polls). Every few seconds the live connections are
+reconciled with the core's per-peer state (a safety net).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
+from ..bounded.aio import BoundedQueue
+from ..config import NodeConfig
+from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
+from ..core.events import StateChanged
+from ..core.messages import ALL_MESSAGES
+from ..core.node import NodeCore
+from ..core.rpc import CallResolved, Invoke
+from ..core.topics import Pattern
+from ..core.wire import Codec
+from ..core.wire import Message as WireMessage
+from ..errors import (
+    NodeClosed,
+    RemoteError,
+    TransportError,
+)
+from ..identity import KeyPair, NodeId
+from .logs import LogService
+from .memory import MemoryNetwork, MemoryTransport
+from .transport import Connection, Transport
+
+if TYPE_CHECKING:
+    from ..observability import Observability
+
+__all__ = ["Handler", "Message", "NodeDriver"]
+
+log = logging.getLogger("quicmesh.node")
+
+_INBOX_CHUNK = 256
+"""Inbound messages processed per event-loop iteration before readers get a turn."""
+_GRACEFUL_CODES = frozenset({"shutdown", "normal", "idle", "duplicate"})
+_RECONCILE_INTERVAL = 5.0
+"""Seconds between two reconciliations of per-peer RPC state with the live connections."""
+
+
+def _delivery_size(eff: Deliver | DeliverBatch) -> int:
+    """Bytes a waiting delivery holds, for the delivery queue's byte bound."""
+    return eff.size if isinstance(eff, DeliverBatch) else len(eff.payload) + DELIVERY_OVERHEAD
+
+
+_INBOX_CAPACITY = 65_536
+"""Inbound messages waiting for processing; beyond it new ones are dropped and counted."""
+_STOP_DRAIN = 1.0
+"""Seconds ``stop()`` waits for the connections to transmit what was sent before it."""
+_ROUTE_CACHE = 1024
+"""Topics whose matching subscription queues are remembered (the cache is cleared when full)."""
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+"""A procedure: ``async def handler(payload: bytes) -> bytes``."""
+
+
+class Message(msgspec.Struct, frozen=True, gc=False):
+    """A topic message delivered to a subscription (immutable; compares by value)."""
+
+    topic: str
+    payload: bytes
+    sender: NodeId
+    seq: int
+
+
+@dataclass(slots=True)
+class _SubState:
+    pattern: str
+    queue: BoundedQueue[Message]
+
+
+class ClientService(Protocol):
+    """What the driver hands light-client connections to (the gateway)."""
+
+    def on_connection(self, conn: Connection) -> None: ...
+
+    def on_message(self, conn: Connection, message: WireMessage) -> None: ...
+
+    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None: ...
+
+    def gauges(self) -> dict[str, float]: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class NodeDriver:
+    """The transport and timer side of a :class:`~quicmesh.runtime.node.Node` (see the module
+    docstring); the user-facing API lives in :class:`~quicmesh.runtime.node.Node`."""
+
+    gateway: ClientService
+    """Serves light clients (set by :class:`~quicmesh.runtime.node.Node`)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        keypair: KeyPair,
+        *,
+        network: MemoryNetwork | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.keypair = keypair
+        self.id: NodeId = keypair.node_id
+        self.registry = ContainerRegistry(f"node-{self.id.short()}")
+        self.codec = Codec(ALL_MESSAGES, max_frame_size=config.transport.max_frame_size)
+        self._rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.transport: Transport
+        if network is not None:
+            self.transport = MemoryTransport(
+                keypair, config.realm, config.transport, self.codec, network=network,
+                listen=config.listen, registry=self.registry,
+            )
+        else:
+            from .quic import QuicTransport
+
+            self.transport = QuicTransport(
+                keypair, config.realm, config.transport, self.codec, listen=config.listen, registry=self.registry
+            )
+        self.logs = LogService(
+            keypair, config, registry=self.registry, rng=self._rng, run=self._run, rearm=self._rearm
+        )
+        self.core = NodeCore(
+            keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000,
+            logs=_LogMachine(self.logs),
+        )
+        """Every protocol state machine of this node, composed (see :mod:`quicmesh.core.node`)."""
+        self.mesh = self.core.mesh
+        """The overlay: address book, realm membership, topic swarms and their broadcast."""
+        self.services = self.core.services
+        """The realm's service advertisements (signed leases), as seen by this node."""
+        self.rpc = self.core.rpc
+        self.caller = self.core.caller
+        self._subs: LruMap[int, _SubState] = LruMap(
+            "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
+        )
+        self._by_pattern: dict[str, tuple[Pattern, dict[int, _SubState]]] = {}  # bounded: one per local pattern
+        self._routes: dict[str, list[BoundedQueue[Message]]] = {}  # bounded: cleared at _ROUTE_CACHE topics
+        """Topic -> the subscription queues its messages go to; cleared whenever a subscription
+        opens or closes (matching every pattern per message was a tenth of the receive path)."""
+        self._handlers: dict[str, Handler] = {}  # bounded: one per advertised name, capped by rpc.max_services
+        self._running: dict[tuple[NodeId, int], asyncio.Task[None]] = {}  # bounded: rpc.max_concurrent_handlers
+        self._background: set[asyncio.Task[Any]] = set()  # bounded: dials in flight, capped by the mesh
+        self._sub_ids = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None]
+        """A completed future: what ``publish`` returns when there is nothing to wait for."""
+        self._started = False
+        self._stopped = False
+        self.address = ""
+        self.dropped_sends = 0
+        self._changed = asyncio.Event()
+        self._next_reconcile = 0.0
+        self._inbox: BoundedDeque[tuple[Connection, WireMessage]] = BoundedDeque(
+            "node.inbox", _INBOX_CAPACITY, Overflow.DROP_NEWEST, registry=self.registry
+        )
+        self._inbox_scheduled = False
+        self._inbox_in = 0
+        """Messages ever appended to the inbox (positions for :attr:`_lost_later`)."""
+        self._inbox_out = 0
+        """Messages ever taken from the inbox."""
+        self._lost_later: dict[Connection, tuple[int, Exception | None]] = {}  # bounded: one per closed connection
+        """Closed connections whose messages still wait in the inbox -> (the inbox position of
+        their last message, the error): the loss is handled after those messages, in order."""
+        self._rearm_scheduled = False
+        self._congested: dict[NodeId, Connection] = {}  # bounded: one per open connection
+        self.inbox_dropped = 0
+        self._outbox: BoundedDeque[Deliver | DeliverBatch] = BoundedDeque(
+            "node.delivery_queue", config.gossip.reorder_buffer_total + _INBOX_CHUNK, Overflow.DROP_NEWEST,
+            capacity_bytes=config.gossip.payload_cache_bytes, sizeof=_delivery_size, registry=self.registry,
+        )
+        """Deliveries (single messages and whole gossip batches) waiting for their turn: sized to
+        absorb a full reorder-buffer release, and bounded in bytes like the payload cache."""
+        self._outbox_scheduled = False
+        self.outbox_dropped = 0
+        self.observability: Observability | None = None
+        self.http_address: str | None = None
+        """``HOST:PORT`` of the /metrics and /health endpoint, when ``config.http`` is set."""
+
+    def _check_open(self) -> None:
+        if self._stopped or not self._started:
+            raise NodeClosed("node is not running")
+
+    def on_connection(self, conn: Connection) -> None:
+        if getattr(conn, "role", "node") == "client":
+            self.gateway.on_connection(conn)
+            return
+        addresses = (conn.remote_address,) if conn.outbound else ()
+        self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now()))
+        self._rearm()
+
+    def on_message(self, conn: Connection, message: WireMessage) -> None:
+        if getattr(conn, "role", "node") == "client":
+            self.gateway.on_message(conn, message)
+            return
+        # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
+        # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
+        # subscription queue before its reader task gets to run.
+        if not self._inbox.append((conn, message)):
+            self.inbox_dropped += 1
+            return
+        self._inbox_in += 1
+        if not self._inbox_scheduled and self._loop is not None:
+            self._inbox_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        inbox = self._inbox
+        n = min(len(inbox), _INBOX_CHUNK)
+        for _ in range(n):
+            conn, message = inbox.popleft()
+            # a message received before its connection closed is processed (the peer sent it
+            # and we received it: a publish right before a peer stops is delivered); the loss
+            # itself is handled once the connection's messages are through (_lost_later)
+            self._process(conn, message)
+        self._inbox_out += n
+        while self._lost_later:
+            conn = next(iter(self._lost_later))
+            mark, error = self._lost_later[conn]
+            if mark > self._inbox_out:
+                break
+            del self._lost_later[conn]
+            self._connection_lost(conn, error)
+        if inbox and not self._stopped and self._loop is not None:
+            self._inbox_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
+
+    def _drain_outbox(self) -> None:
+        # Deliveries go to subscription queues _INBOX_CHUNK at a time per loop iteration: the
+        # ordering layer may release thousands at once when a gap fills, and readers must get a
+        # turn before their bounded queues overflow.
+        self._outbox_scheduled = False
+        outbox = self._outbox
+        budget = _INBOX_CHUNK  # messages, a batch counting each of its messages
+        while outbox and budget > 0:
+            eff = outbox.popleft()
+            if isinstance(eff, DeliverBatch):
+                self._deliver_batch(eff)
+                budget -= len(eff.payloads)
+            else:
+                self._deliver(eff)
+                budget -= 1
+        if outbox and not self._stopped and self._loop is not None:
+            self._outbox_scheduled = True
+            self._loop.call_soon(self._drain_outbox)
+
+    def _process(self, conn: Connection, message: WireMessage) -> None:
+        self._run(self.core.message(conn.peer_id, message, self._now()))
+        self._rearm()
+
+    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        if getattr(conn, "role", "node") == "client":
+            self.gateway.on_connection_lost(conn, error)
+            return
+        if self._inbox and not self._stopped:
+            # messages it delivered may still wait in the inbox: they go first
+            self._lost_later[conn] = (self._inbox_in, error)
+            return
+        self._connection_lost(conn, error)
+
+    def _connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        peer = conn.peer_id
+        if self.transport.get(peer) is not None:
+            return  # a newer connection to the same peer replaced this one
+        now = self._now()
+        # an orderly close (the peer stopped, or one side found the link idle or duplicate) is a
+        # departure, not a failure: the mesh does not keep re-dialling it as a lost neighbour
+        graceful = error is None or getattr(conn, "close_code", None) in _GRACEFUL_CODES
+        for key in [k for k in self._running if k[0] == peer]:
+            self._running[key].cancel()
+        self._run(self.core.peer_disconnected(peer, now, graceful=graceful))
+        self._rearm()
+
+    def _reconcile(self, now: float) -> None:
+        """Every few seconds: per-peer RPC state for a peer with no live connection is released
+        (a safety net: connection-lost events are the normal path)."""
+        self._next_reconcile = now + _RECONCILE_INTERVAL
+        self._run(self.core.reconcile(frozenset(c.peer_id for c in self.transport.connections()), now))
+
+    def _notify(self) -> None:
+        """Wake every :meth:`wait_until` waiter: the peer set or a peer's interests changed."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _run(self, effects: Iterable[object]) -> None:
+        for eff in effects:
+            if isinstance(eff, Send):
+                conn = self.transport.get(eff.peer)
+                if conn is None or not conn.send(eff.message):
+                    self.dropped_sends += 1
+            elif isinstance(eff, Deliver | DeliverBatch):
+                if not self._outbox.append(eff):
+                    self.outbox_dropped += 1
+                elif not self._outbox_scheduled and self._loop is not None:
+                    self._outbox_scheduled = True
+                    self._loop.call_soon(self._drain_outbox)
+            elif isinstance(eff, StateChanged):
+                self._notify()
+            elif isinstance(eff, CallResolved):
+                fut = eff.token
+                if isinstance(fut, asyncio.Future) and not fut.done():
+                    if eff.error is not None:
+                        fut.set_exception(eff.error)
+                    else:
+                        fut.set_result(eff.result)
+            elif isinstance(eff, Invoke):
+                self._invoke(eff)
+            elif isinstance(eff, Disconnect):
+                conn = self.transport.get(eff.peer)
+                if conn is not None:
+                    self._spawn(conn.close(eff.reason))
+            elif isinstance(eff, Dial):
+                self._spawn(self._dial(eff.peer, eff.addresses))
+            elif isinstance(eff, DialAddress):
+                self._spawn(self._dial(None, eff.addresses))
+
+    async def _dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
+        """Carry out a mesh Dial/DialAddress; report success or failure back to the mesh."""
+        for addr in addresses:
+            try:
+                conn = await self.transport.dial(addr, peer)
+            except TransportError as exc:
+                log.debug("dial %s failed: %s", addr, exc)
+                continue
+            if not self._stopped:
+                self._run(self.core.peer_connected(conn.peer_id, addresses, True, self._now()))
+                self._rearm()
+            return
+        if self._stopped:
+            return
+        self._run(self.core.dial_failed(peer, addresses, self._now()))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Re-arm the one timer at the earliest deadline of every state machine, once per event
+        loop iteration however many events the iteration handled (computing the earliest
+        deadline walks every subsystem: per message it was a fifth of the receive path)."""
+        if self._rearm_scheduled or self._stopped or self._loop is None:
+            return
+        self._rearm_scheduled = True
+        self._loop.call_soon(self._rearm_now)
+
+    def _rearm_now(self) -> None:
+        self._rearm_scheduled = False
+        if self._stopped or self._loop is None:
+            return
+        core = self.core
+        if core.has_batches:
+            # the end of a loop iteration: what was published in it leaves as one batch per topic
+            effects = core.flush(self._now())
+            self._run(effects)
+            self._note_congestion(effects)
+        deadline = core.next_deadline()
+        if deadline is None or self._next_reconcile < deadline:
+            deadline = self._next_reconcile
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        assert self._loop is not None
+        now = self._loop.time()
+        if now >= self._next_reconcile:
+            self._reconcile(now)
+        self._run(self.core.timer(now))
+        self._rearm()
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _deliver(self, eff: Deliver) -> None:
+        queues = self._routes.get(eff.topic)
+        if queues is None:
+            queues = self._route_topic(eff.topic)
+        if queues:
+            msg = Message(eff.topic, eff.payload, eff.publisher, eff.seq)
+            for queue in queues:
+                queue.put_nowait(msg)
+
+    def _deliver_batch(self, eff: DeliverBatch) -> None:
+        queues = self._routes.get(eff.topic)
+        if queues is None:
+            queues = self._route_topic(eff.topic)
+        if queues:
+            topic, publisher, seq = eff.topic, eff.publisher, eff.seq
+            msgs = [Message(topic, payload, publisher, seq + i) for i, payload in enumerate(eff.payloads)]
+            for queue in queues:
+                queue.put_many(msgs)
+
+    def _route_topic(self, topic: str) -> list[BoundedQueue[Message]]:
+        """The queues of the subscriptions matching ``topic`` (cached until a subscription opens
+        or closes)."""
+        queues = [state.queue for parsed, group in self._by_pattern.values() if parsed.matches(topic)
+                  for state in group.values()]
+        if len(self._routes) >= _ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[topic] = queues
+        return queues
+
+    def _note_congestion(self, effects: Iterable[object]) -> None:
+        """Remember the connections that ``effects`` sent to and that now hold more than half
+        their send buffer: the next ``publish`` waits for them (:meth:`_backpressure`)."""
+        high = self.config.transport.send_buffer_bytes // 2
+        for eff in effects:
+            if isinstance(eff, Send):
+                conn = self.transport.get(eff.peer)
+                if conn is not None and conn.pending_bytes > high:
+                    self._congested[eff.peer] = conn
+
+    def _invoke(self, eff: Invoke) -> None:
+        handler = self._handlers.get(eff.name)
+        key = (eff.peer, eff.call_id)
+        if handler is None:  # withdrawn while the request was on its way
+            refusal = RemoteError("no_handler", eff.name, retryable=True)
+            self._run(self.core.handler_done(eff.peer, eff.call_id, None, refusal, self._now()))
+            return
+        task = asyncio.ensure_future(self._run_handler(handler, eff))
+        self._running[key] = task
+        task.add_done_callback(functools.partial(self._handler_finished, key))
+
+    def _handler_finished(self, key: tuple[NodeId, int], _task: asyncio.Task[None]) -> None:
+        self._running.pop(key, None)
+
+    async def _run_handler(self, handler: Handler, eff: Invoke) -> None:
+        result: bytes | None = None
+        error: RemoteError | None = None
+        try:
+            async with asyncio.timeout(eff.timeout):
+                out = await handler(eff.payload)
+            if not isinstance(out, bytes | bytearray | memoryview):
+                error = RemoteError("bad_result", f"handler returned {type(out).__name__}, not bytes")
+            else:
+                result = bytes(out)
+        except RemoteError as exc:
+            error = exc
+        except TimeoutError:
+            error = RemoteError("timeout", f"handler exceeded {eff.timeout:.3f}s")
+        except asyncio.CancelledError:
+            self.core.handler_done(eff.peer, eff.call_id, None, None, self._now())
+            raise
+        except Exception as exc:
+            error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
+        self._run(self.core.handler_done(eff.peer, eff.call_id, result, error, self._now()))
+
+
+class _LogMachine:
+    """The node's :class:`LogService` as the core's log machine: the service carries out its
+    own effects (it was given the node's ``run``), so nothing is returned here."""
+
+    def __init__(self, service: LogService) -> None:
+        self._service = service
+
+    def peer_connected(self, peer: NodeId, now: float) -> list[object]:
+        self._service.peer_connected(peer, now)
+        return []
+
+    def peer_disconnected(self, peer: NodeId, now: float) -> list[object]:
+        self._service.peer_disconnected(peer, now)
+        return []
+
+    def handle_message(self, peer: NodeId, msg: WireMessage, now: float) -> list[object]:
+        self._service.handle_message(peer, msg, now)
+        return []
+
+    def handle_timer(self, now: float) -> list[object]:
+        self._service.handle_timer(now)
+        return []
+
+    def next_deadline(self) -> float | None:
+        return self._service.next_deadline()
+
+    def shares_with(self, peer: NodeId) -> bool:
+        return self._service.shares_with(peer)

@@ -1,0 +1,127 @@
+"""What a node reports about itself: gauges for ``/metrics``, ``/health`` and readiness."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
+
+from .driver import NodeDriver
+
+__all__ = ["NodeStatus"]
+
+
+class NodeStatus(NodeDriver):
+    """Numbers and state of a node for observability (a part of :class:`~quicmesh.runtime.node.Node`)."""
+
+    @property
+    def node_id(self) -> str:
+        """The node id's text form (for metrics and /health)."""
+        return str(self.id)
+
+    @property
+    def realm(self) -> str:
+        return self.config.realm
+
+    def _traffic(self) -> float:
+        """Cumulative work done, for the leak sentinel's "traffic is steady" test."""
+        m, r = self.mesh.counters, self.rpc.stats
+        return float(m.get("published", 0) + m.get("delivered", 0) + r.calls_started + r.requests_received)
+
+    @property
+    def pending_calls(self) -> int:
+        """Calls of this node not ended yet (0 once every call returned or was cancelled)."""
+        return self.caller.pending
+
+    def gauges(self) -> dict[str, float]:
+        """Numbers for metrics: connections, subscriptions, topics, pending calls, ..."""
+        ts = self.transport.stats()
+        out: dict[str, float] = {
+            "connections": float(ts.connections),
+            "handshakes_in_progress": float(ts.handshakes_in_progress),
+            "subscriptions": float(len(self._subs)),
+            "topics": float(len(self.mesh.swarms)),
+            "peers:active": float(len(self.mesh.realm.active)),
+            "peers:passive": float(len(self.mesh.realm.passive)),
+            "peers:known": float(len(self.mesh.book)),
+            "pending_calls": float(self.caller.pending),
+            "registry_entries": float(self.services.stats().get("entries", 0)),
+            "running_handlers": float(self.rpc.running),
+            "dropped_sends_total": float(self.dropped_sends),
+            "inbox_dropped_total": float(self.inbox_dropped),
+            "delivery_dropped_total": float(self.outbox_dropped),
+        }
+        for reason, n in ts.refused_total.items():
+            out[f"handshakes_refused_total:{reason}"] = float(n)
+        trimmer = self.observability.trimmer if self.observability is not None else None
+        if trimmer is not None:
+            out["malloc_trims_total"] = float(trimmer.trims)
+            out["malloc_trim_released_bytes_total"] = float(trimmer.released_bytes)
+        out.update(self.gateway.gauges())
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """Subsystem-grouped state for ``/health``."""
+        ts = self.transport.stats()
+        return {
+            "node_id": str(self.id),
+            "realm": self.config.realm,
+            "address": self.address,
+            "connections": {
+                "open": ts.connections,
+                "capacity": self.config.transport.max_connections,
+                "handshakes_in_progress": ts.handshakes_in_progress,
+                "refused_total": dict(ts.refused_total),
+                "evicted_total": ts.evicted_total,
+                "dropped_frames_total": ts.dropped_frames_total,
+            },
+            "streams": {"active": ts.connections},
+            "pubsub": {
+                "subscriptions": len(self._subs),
+                "patterns": len(self._by_pattern),
+                "published_total": self.mesh.counters.get("published", 0),
+                "delivered_total": self.mesh.counters.get("delivered", 0),
+            },
+            "address_book": {"peers": len(self.mesh.book), "capacity": self.config.address_book.capacity},
+            "membership": {
+                "active": len(self.mesh.realm.active),
+                "passive": len(self.mesh.realm.passive),
+                "active_capacity": self.config.membership.active_view,
+                "passive_capacity": self.config.membership.passive_view,
+            },
+            "gossip": self._gossip_health(),
+            "rpc": {
+                "pending": self.caller.pending,
+                "pending_entries": self.caller.pending_entries(),
+                "running_handlers": self.rpc.running,
+                "services": len(self._handlers),
+            },
+            "registry": self.services.stats(),
+            **self.logs.health(),
+            "gateway": self.gateway.health(),
+        }
+
+    def _gossip_health(self) -> dict[str, Any]:
+        st = self.mesh.stats()
+        return {
+            "topics": len(st["swarms"]),
+            "swarms": st["swarms"],
+            "seen_ids": st["seen_ids"],
+            "payload_cache": st["payload_cache"],
+            "payload_cache_bytes": st["payload_cache_bytes"],
+            "pending": st["dial_queues"],
+            "dialing": st["dialing"],
+            "ordering": st["ordering"],
+        }
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the node serves traffic, and why not: started, not stopping, and joined the
+        realm overlay when it has bootstrap peers."""
+        if self._stopped:
+            return False, "stopped"
+        if not self._started:
+            return False, "starting"
+        if self.config.bootstrap and not len(self.mesh.realm.active):
+            return False, "not joined to the realm overlay yet"
+        return True, "ok"
