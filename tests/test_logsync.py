@@ -15,14 +15,49 @@ from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import StoreConfig
 from quicmesh.core.effects import Disconnect, Send
 from quicmesh.core.log_messages import LOG_MESSAGES, LiveOp, SyncBatch, SyncRequest
-from quicmesh.core.logsync import GossipBuffer, LogEffect, LogSync, OperationStored
+from quicmesh.core.log_effects import Appended, LogOutput, OperationStored, StoreRead, StoreWrite
+from quicmesh.core.logsync import GossipBuffer, LogSync
 from quicmesh.core.oplog import create_operation, decode_operation, encode_operation
 from quicmesh.core.wire import Codec, Message
+from quicmesh.errors import LimitExceeded
 from quicmesh.identity import KeyPair, NodeId
-from quicmesh.store import MemoryStore, Store, append
+from quicmesh.store import MemoryStore, Store, StoredOp, append
 
 CFG = StoreConfig(sync_timeout=5.0, sync_retry_min=1.0, sync_retry_max=60.0, resync_interval=600.0)
 CODEC = Codec(LOG_MESSAGES)
+
+
+def execute(sync: LogSync, store: Store, outputs: list[LogOutput], now: float) -> list[LogOutput]:
+    """Run the store requests among ``outputs`` against ``store``, FIFO, as a driver does (each
+    after the outputs before it), and return the other outputs in order."""
+    out: list[LogOutput] = []
+    reqs: deque[StoreRead | StoreWrite] = deque()
+    todo = outputs
+    while True:
+        for o in todo:
+            if isinstance(o, StoreRead | StoreWrite):
+                reqs.append(o)
+            else:
+                out.append(o)
+        if not reqs:
+            return out
+        req = reqs.popleft()
+        try:
+            result: object = req.query.run(store)
+        except Exception as exc:
+            result = exc
+        todo = sync.store_done(req.req_id, result, now)
+
+
+def sync_append(
+    sync: LogSync, store: Store, log: str, payload: bytes, *, now: float, now_us: int
+) -> tuple[StoredOp, list[LogOutput]]:
+    """``sync.append`` run to completion: the stored operation and the other outputs."""
+    req_id, outs = sync.append(log, payload, now=now, now_us=now_us)
+    done = execute(sync, store, outs, now)
+    result = [o for o in done if isinstance(o, Appended) and o.req_id == req_id]
+    assert len(result) == 1 and result[0].stored is not None, result
+    return result[0].stored, [o for o in done if not isinstance(o, Appended)]
 
 
 class Net:
@@ -34,10 +69,8 @@ class Net:
         self.keys = [KeyPair.from_seed(bytes([i + 1]) * 32) for i in range(n)]
         self.ids = [k.node_id for k in self.keys]
         self.stores: list[Store] = stores or [MemoryStore(cfg, registry=registry) for _ in range(n)]
-        self.syncs = {
-            k.node_id: LogSync(k, s, cfg, Random(i), registry)
-            for i, (k, s) in enumerate(zip(self.keys, self.stores, strict=True))
-        }
+        self.syncs = {k.node_id: LogSync(k, cfg, Random(i), registry) for i, k in enumerate(self.keys)}
+        self.store_of = dict(zip(self.ids, self.stores, strict=True))
         self.now = 0.0
         self.queue: deque[tuple[NodeId, NodeId, Message]] = deque()
         self.stored: dict[NodeId, list[OperationStored]] = {i: [] for i in self.ids}
@@ -46,8 +79,11 @@ class Net:
         self.drop: Callable[[NodeId, NodeId, Message], bool] = lambda s, d, m: False
         self.rewrite: Callable[[NodeId, NodeId, Message], Message] = lambda s, d, m: m
 
-    def apply(self, src: NodeId, effects: list[LogEffect]) -> None:
-        for e in effects:
+    def append(self, src: NodeId, log: str, payload: bytes, now_us: int) -> tuple[StoredOp, list[LogOutput]]:
+        return sync_append(self.syncs[src], self.store_of[src], log, payload, now=self.now, now_us=now_us)
+
+    def apply(self, src: NodeId, effects: list[LogOutput]) -> None:
+        for e in execute(self.syncs[src], self.store_of[src], effects, self.now):
             if isinstance(e, Send):
                 body = CODEC.encode(e.message)
                 assert len(body) <= CODEC.max_frame_size
@@ -236,7 +272,7 @@ def test_invalid_ops_are_counted_not_stored_and_sender_disconnected(registry: Co
     forged = create_operation(net.keys[0], "l", b"evil", None, 0)
     bad = LiveOp(op=encode_operation(forged)[:-1] + b"\x00", payload=b"evil")
     before = net.syncs[a].invalid_ops
-    assert net.syncs[a].handle_message(b, bad, net.now) == []
+    assert execute(net.syncs[a], net.stores[0], net.syncs[a].handle_message(b, bad, net.now), net.now) == []
     assert net.syncs[a].invalid_ops == before + 1
 
 
@@ -245,7 +281,7 @@ def test_live_push_and_local_watchers(registry: ContainerRegistry) -> None:
     a, b, c = net.ids
     net.connect_all()
     net.run_until(lambda: not any(s.running() for s in net.syncs.values()))
-    _stored, effects = net.syncs[a].append("l", b"hello", now=net.now, now_us=123)
+    _stored, effects = net.append(a, "l", b"hello", 123)
     assert isinstance(effects[0], OperationStored) and effects[0].source is None
     assert {e.peer for e in effects if isinstance(e, Send)} == {b, c}
     net.apply(a, effects)
@@ -265,7 +301,7 @@ def test_live_op_after_a_gap_triggers_a_sync(registry: ContainerRegistry) -> Non
     net.run_until(lambda: not any(s.running() for s in net.syncs.values()))
     for i in range(5):
         append(net.stores[0], net.keys[0], "l", b"%d" % i, i)  # not pushed
-    _stored, effects = net.syncs[a].append("l", b"5", now=net.now, now_us=5)
+    _stored, effects = net.append(a, "l", b"5", 5)
     net.apply(a, effects)
     net.pump()
     assert net.stores[1].head(a, "l") is None  # seq 5 does not follow: not stored yet
@@ -286,7 +322,7 @@ def test_gossip_buffer_holds_during_session_and_replays(registry: ContainerRegis
     assert (a, "l") in net.syncs[b].running()
     sync_b = net.syncs[b]
     for i in range(4):
-        _, eff = net.syncs[a].append("l", b"live%d" % i, now=net.now, now_us=10 + i)
+        _, eff = net.append(a, "l", b"live%d" % i, 10 + i)
         net.apply(a, eff)
     net.pump()
     assert len(sync_b.buffer) == 3 and sync_b.buffer.stats().rejections == 1
@@ -335,7 +371,7 @@ def test_gossip_buffer_ttl_expiry_marks_pair_for_resync(registry: ContainerRegis
     net.drop = lambda s, d, m: isinstance(m, SyncBatch) and d == b
     net.connect_all()
     net.pump()
-    _, eff = net.syncs[a].append("l", b"x", now=net.now, now_us=1)
+    _, eff = net.append(a, "l", b"x", 1)
     net.apply(a, eff)
     net.pump()
     assert len(net.syncs[b].buffer) == 1
@@ -353,7 +389,7 @@ def test_disconnect_cleans_up_and_interest_is_capped(registry: ContainerRegistry
     net.connect_all()
     net.pump()
     sync_b = net.syncs[b]
-    _, eff = net.syncs[a].append("l", b"x", now=net.now, now_us=1)
+    _, eff = net.append(a, "l", b"x", 1)
     net.apply(a, eff)
     net.pump()
     assert sync_b.running() and len(sync_b.buffer) == 1
@@ -391,7 +427,11 @@ def test_peer_churn_leaves_nothing_behind(registry: ContainerRegistry) -> None:
     cfg = dataclasses.replace(CFG, max_sync_sessions=4, max_sync_pairs=64, gossip_buffer_ops=50)
     me = KeyPair.from_seed(b"M" * 32)
     store = MemoryStore(cfg, registry=registry)
-    sync = LogSync(me, store, cfg, Random(9), registry)
+    sync = LogSync(me, cfg, Random(9), registry)
+
+    def run(outputs: list[LogOutput]) -> list[LogOutput]:
+        return execute(sync, store, outputs, now)
+
     writer = KeyPair.from_seed(b"W" * 32)
     ops = []
     prev = None
@@ -404,23 +444,24 @@ def test_peer_churn_leaves_nothing_behind(registry: ContainerRegistry) -> None:
     live: list[NodeId] = []
     for i, peer in enumerate(peers):
         now += 0.5
-        effects = sync.peer_connected(peer, now)
+        effects = run(sync.peer_connected(peer, now))
         assert all(isinstance(e, Send) and isinstance(e.message, SyncRequest) for e in effects)
         live.append(peer)
         op = ops[i % 20]
-        sync.on_live_operation(peer, op, b"w%d" % op.seq, now)
-        sync.handle_timer(now)
+        run(sync.on_live_operation(peer, op, b"w%d" % op.seq, now))
+        run(sync.handle_timer(now))
         assert len(sync.running()) <= 4
         assert len(sync.buffer) <= 50
         for c in registry.snapshot():
             assert c.size <= c.capacity, c
         if len(live) > 100:
-            sync.peer_disconnected(live.pop(0), now)
+            run(sync.peer_disconnected(live.pop(0), now))
     for peer in live:
-        sync.peer_disconnected(peer, now)
+        run(sync.peer_disconnected(peer, now))
     assert sync.running() == [] and len(sync.buffer) == 0 and sync.buffer.keys() == []
     sizes = {c.name: c.size for c in registry.snapshot() if c.name.startswith("logsync.")}
     assert sizes["logsync.pairs"] == 0 and sizes["logsync.sessions"] == 0 and sizes["logsync.gossip_buffer"] == 0
+    assert sizes["logsync.store_requests"] == 0 and sync.in_flight() == 0
     assert sync.next_deadline() is None
     # the live ops that were valid and in order were stored, none twice
     assert store.head(writer.node_id, "l") is not None
@@ -441,7 +482,7 @@ def test_sqlite_and_memory_replicas_converge(registry: ContainerRegistry, tmp_pa
     net.run_until(lambda: not net.queue and not any(s.running() for s in net.syncs.values()))
     assert same_logs(stores[0], stores[1])
     assert stores[0].low(b, "l") == 40 and stores[0].counts().operations == 150 + 30
-    _, eff = net.syncs[b].append("l", b"live", now=net.now, now_us=999)
+    _, eff = net.append(b, "l", b"live", 999)
     net.apply(b, eff)
     net.settle()
     assert stores[0].get(b, "l", 70) is not None
