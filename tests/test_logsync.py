@@ -14,8 +14,8 @@ import pytest
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import StoreConfig
 from quicmesh.core.effects import Disconnect, Send
-from quicmesh.core.log_messages import LOG_MESSAGES, LiveOp, SyncBatch, SyncRequest
 from quicmesh.core.log_effects import Appended, LogOutput, OperationStored, StoreRead, StoreWrite
+from quicmesh.core.log_messages import LOG_MESSAGES, LiveOp, SyncBatch, SyncRequest
 from quicmesh.core.logsync import GossipBuffer, LogSync
 from quicmesh.core.oplog import create_operation, decode_operation, encode_operation
 from quicmesh.core.wire import Codec, Message
@@ -398,8 +398,6 @@ def test_disconnect_cleans_up_and_interest_is_capped(registry: ContainerRegistry
     assert net.stores[1].counts().operations == 1  # the held op was valid: replayed, not lost
     assert sync_b.next_deadline() is None or sync_b.next_deadline() >= net.now  # type: ignore[operator]
     sync_b.interest("m", [a])
-    from quicmesh.errors import LimitExceeded
-
     with pytest.raises(LimitExceeded):
         sync_b.interest("n", [a])
     sync_b.uninterest("m")
@@ -487,3 +485,56 @@ def test_sqlite_and_memory_replicas_converge(registry: ContainerRegistry, tmp_pa
     net.settle()
     assert stores[0].get(b, "l", 70) is not None
     stores[0].close()
+
+
+def test_store_requests_in_flight_are_capped(registry: ContainerRegistry) -> None:
+    """At ``max_requests`` in flight: a served request is dropped, a live operation is dropped
+    (its pair made due), a local append raises; all counted, visible in the registry."""
+    cfg = dataclasses.replace(CFG, max_sync_sessions=1)
+    me = KeyPair.from_seed(b"C" * 32)
+    store = MemoryStore(cfg, registry=registry)
+    sync = LogSync(me, cfg, Random(3), registry, max_requests=2)
+    writer = KeyPair.from_seed(b"W" * 32)
+    peer = writer.node_id
+    sync.interest("l", [peer], 0.0)
+    sync.interest("m", [peer], 0.0)
+    session = sync.peer_connected(peer, 0.0)  # one session (l): its heads read is in flight
+    assert len(session) == 1 and isinstance(session[0], StoreRead) and sync.in_flight() == 1
+    serve = sync.handle_message(peer, SyncRequest(sid=7, log="l", heads=[]), 0.0)
+    assert len(serve) == 1 and isinstance(serve[0], StoreRead) and sync.in_flight() == 2
+    # full
+    assert sync.handle_message(peer, SyncRequest(sid=8, log="l", heads=[]), 0.0) == []
+    with pytest.raises(LimitExceeded):
+        sync.append("l", b"x", now=0.0, now_us=1)
+    live = create_operation(writer, "m", b"live", None, 1)
+    assert sync.on_live_operation(peer, live, b"live", 0.0) == []  # not ingested: pulled later
+    assert sync.requests_dropped == 3 and store.counts().operations == 0
+    (stats,) = [c for c in registry.snapshot() if c.name == "logsync.store_requests"]
+    assert stats.size == 2 and stats.capacity == 2 and stats.rejections == 3
+    # the requests in flight complete normally, and then there is room again
+    sent = execute(sync, store, session + serve, 0.0)
+    assert [type(o.message) for o in sent if isinstance(o, Send)] == [SyncRequest, SyncBatch]
+    assert sync.in_flight() == 0
+    req_id, outs = sync.append("l", b"x", now=0.0, now_us=1)
+    assert any(isinstance(o, Appended) and o.req_id == req_id for o in execute(sync, store, outs, 0.0))
+
+
+def test_session_timing_out_while_its_ingest_is_in_flight(registry: ContainerRegistry) -> None:
+    """The late result of a batch's ingest is still delivered, but the ended session asks nothing."""
+    net = Net(2, registry)
+    a, b = net.ids
+    for i in range(3):
+        append(net.stores[0], net.keys[0], "l", b"%d" % i, i)
+    sync_a, sync_b = net.syncs[a], net.syncs[b]
+    sync_a.interest("l", [b], 0.0)
+    sync_b.interest("l", [a], 0.0)
+    (request,) = execute(sync_b, net.stores[1], sync_b.peer_connected(a, 0.0), 0.0)
+    assert isinstance(request, Send) and isinstance(request.message, SyncRequest)
+    (batch,) = execute(sync_a, net.stores[0], sync_a.handle_message(b, request.message, 0.0), 0.0)
+    assert isinstance(batch, Send) and isinstance(batch.message, SyncBatch) and len(batch.message.ops) == 3
+    (ingest,) = sync_b.handle_message(a, batch.message, 1.0)
+    assert isinstance(ingest, StoreWrite) and sync_b.running() == [(a, "l")]
+    assert sync_b.handle_timer(100.0) == [] and sync_b.running() == [] and sync_b.sessions_failed == 1
+    done = sync_b.store_done(ingest.req_id, ingest.query.run(net.stores[1]), 100.0)
+    assert [type(o) for o in done] == [OperationStored] * 3
+    assert sync_b.in_flight() == 0 and sync_b.store_done(ingest.req_id, None, 100.0) == []
