@@ -16,8 +16,7 @@ and owns what needs I/O and asyncio around it:
   (LogSync's :class:`~quicmesh.core.log_effects.StoreRead` / ``StoreWrite`` requests, appends,
   handle reads, map loads) is a job in one bounded FIFO queue run in order on one thread with
   SQLite (never on the event loop), inline with the memory store; results come back on the loop
-  (``LogSync.store_done``) in the same order. Only :meth:`Log.heads` (a synchronous API) reads
-  the store directly.
+  (``LogSync.store_done``) in the same order. :meth:`Log.heads` reads a mirror of the heads.
 * **Appends**: serialised; each is a job (signed and stored, fsynced with SQLite), then published
   (local delivery, live pushes) on the loop, and only then does ``append`` return: durable before
   the future resolves, and published in append order.
@@ -35,11 +34,10 @@ and owns what needs I/O and asyncio around it:
   peer with a token bucket; requests beyond it are dropped and counted (the puller retries after
   its timeout). Interest sets per peer are capped at ``store.max_interests`` names.
 
-Bounds: handles and watchers at once (``pubsub.max_subscriptions``), names (``store.max_interests``),
-per-peer state (one entry per connection), store requests of LogSync in flight
-(``STORE_REQUESTS``, see LogSync) and jobs queued for the worker (``STORE_REQUESTS`` +
-``HANDLE_JOBS``; a handle's read beyond it raises :class:`~quicmesh.errors.ContainerFull`), each
-watcher's queue (``pubsub.subscriber_queue_size`` by default), each map's keys (``KV_MAX_KEYS``).
+Bounds: handles and watchers (``pubsub.max_subscriptions``), names (``store.max_interests``),
+per-peer state (one entry per connection), LogSync's store requests (``STORE_REQUESTS``), the
+worker queue (``STORE_REQUESTS + HANDLE_JOBS``; a read past it raises ``ContainerFull``), heads
+(``store.max_logs``), watcher queues (``pubsub.subscriber_queue_size``), map keys (``KV_MAX_KEYS``).
 """
 
 from __future__ import annotations
@@ -82,15 +80,14 @@ from .log_handles import (
     _KvState,
 )
 from .log_peers import PeerLogs, valid_name
-from .store_worker import StoreWorker
+from .store_worker import HeadsMirror, StoreWorker
 
 __all__ = ["KvChange", "KvWatch", "Log", "LogEntry", "LogService", "LogWatch", "ReplicatedMap"]
 
 log = logging.getLogger("quicmesh.logs")
 
 
-STORE_REQUESTS = 1024
-"""LogSync's store requests in flight (``LogSync(max_requests=...)``)."""
+STORE_REQUESTS = 1024  # LogSync's store requests in flight (LogSync(max_requests=...))
 HANDLE_JOBS = 256
 """Room in the worker queue for the handles' own jobs (reads, map loads, appends)."""
 
@@ -132,6 +129,7 @@ class LogService:
         self._log_watchers: dict[str, dict[int, BoundedQueue[LogEntry]]] = {}  # bounded: subset of _handles
         self._maps: dict[str, _KvState] = {}  # bounded: one per name with an open map (<= max_interests)
         self._worker = StoreWorker(STORE_REQUESTS + HANDLE_JOBS, registry=registry)
+        self._heads = HeadsMirror(config.store.max_logs, registry=registry)
         self._append_lock: asyncio.Lock | None = None
         self._appends: dict[int, asyncio.Future[StoredOp]] = {}  # bounded: one append at a time (_append_lock)
         self._tasks: set[asyncio.Task[Any]] = set()  # bounded: appends in flight, serialised by _append_lock
@@ -180,6 +178,7 @@ class LogService:
             max_peers=self.config.transport.max_connections,
         )
         self._worker.start(store, self._executor)
+        self._heads.load(await self._worker.read(lambda s: s.heads()))
         now = self._loop.time()
         for peer in list(self._early.keys()):
             self.peer_connected(peer, now)
@@ -200,6 +199,7 @@ class LogService:
                 h.queue.close_queue(NodeClosed("node stopped"))
         if self.sync is not None:
             self.sync.close()
+        self._heads.close()
         if self.store is not None:
             if self._executor is not None and self._loop is not None:
                 await self._loop.run_in_executor(self._executor, self.store.close)
@@ -532,8 +532,7 @@ class LogService:
     def heads(self, name: str) -> dict[NodeId, int]:
         """Latest stored seq per author of log ``name``."""
         self._check()
-        assert self.store is not None
-        return {author: seq for (author, _), seq in self.store.heads(name).items()}
+        return self._heads.heads(name)
 
     async def read(self, name: str, author: NodeId, from_seq: int, limit: int) -> list[LogEntry]:
         """Stored entries of one author's log (see :meth:`Log.read`)."""
@@ -546,6 +545,7 @@ class LogService:
 
     def _deliver(self, op: Operation, payload: bytes) -> None:
         name = op.header.log
+        self._heads.advance(name, op.author, op.seq)
         group = self._log_watchers.get(name)
         if group:
             entry = LogEntry.of(op, payload)

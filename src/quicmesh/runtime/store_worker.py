@@ -22,11 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from ..bounded import BoundedDeque, ContainerRegistry, Overflow
-from ..core.store_api import Store
+from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
+from ..core.store_api import LogKey, Store
 from ..errors import NodeClosed
+from ..identity import NodeId
 
-__all__ = ["JOBS_PER_HOP", "StoreWorker"]
+__all__ = ["JOBS_PER_HOP", "HeadsMirror", "StoreWorker"]
 
 log = logging.getLogger("quicmesh.logs")
 
@@ -139,3 +140,40 @@ class StoreWorker:
                     log.exception("handling a store result failed")
             if self._executor is None:
                 await asyncio.sleep(0)  # inline: let the loop breathe between hand-overs
+
+
+class HeadsMirror:
+    """The latest stored seq of every ``(author, log)``, kept on the loop so that synchronous
+    readers (:meth:`Log.heads <quicmesh.runtime.log_handles.Log.heads>`) never touch the store.
+
+    Loaded once from the store (:meth:`load`), then advanced by every newly stored operation
+    (:meth:`stored`). Heads only grow: the store never removes a log's latest operation (only
+    ``drop_log`` would, which the service does not use). One entry per stored log, so at most
+    ``store.max_logs`` over all names (a registered LRU map of names; the oldest name would be
+    evicted past the cap).
+    """
+
+    def __init__(self, max_logs: int, *, registry: ContainerRegistry) -> None:
+        self._names: LruMap[str, dict[NodeId, int]] = LruMap("logs.heads", max_logs, registry=registry)
+
+    def load(self, heads: dict[LogKey, int]) -> None:
+        """Take the store's heads (all logs)."""
+        for (author, name), seq in heads.items():
+            self.advance(name, author, seq)
+
+    def advance(self, name: str, author: NodeId, seq: int) -> None:
+        """``author``'s log ``name`` now holds ``seq``."""
+        group = self._names.peek(name)
+        if group is None:
+            group = {}  # bounded: authors of this name; one per stored log (<= store.max_logs overall)
+            self._names.set(name, group)
+        if seq > group.get(author, -1):
+            group[author] = seq
+
+    def heads(self, name: str) -> dict[NodeId, int]:
+        """Latest seq per author of the logs named ``name``."""
+        return dict(self._names.peek(name) or {})
+
+    def close(self) -> None:
+        """Leave the registry."""
+        self._names.close()
