@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -338,7 +340,21 @@ async def test_sqlite_log_continues_after_restart(net: MemoryNetwork, tmp_path: 
         await a.stop()
 
 
-async def test_sqlite_node_pulls_batches_in_worker_thread(net: MemoryNetwork, tmp_path: Path) -> None:
+async def test_sqlite_node_pulls_batches_in_worker_thread(
+    net: MemoryNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quicmesh.store.sqlite import SqliteStore
+
+    on_loop: list[str] = []  # SQLite calls made on the event loop's thread: must stay empty
+    for method in ("ingest", "append_local", "iter_range", "heads", "head", "low", "get", "close"):
+        original = getattr(SqliteStore, method)
+
+        def spy(self: SqliteStore, *args: object, _f: Any = original, _m: str = method, **kw: object) -> object:
+            if threading.current_thread() is threading.main_thread():
+                on_loop.append(_m)
+            return _f(self, *args, **kw)
+
+        monkeypatch.setattr(SqliteStore, method, spy)
     b = await start(net)
     try:
         lb = b.log("bulk")
@@ -354,8 +370,20 @@ async def test_sqlite_node_pulls_batches_in_worker_thread(net: MemoryNetwork, tm
             assert [e.seq for e in got] == list(range(300))
             assert a.logs.sync is not None and a.logs.sync.ops_stored == 300
             assert a.logs.batches_in_thread >= 300 // a.config.store.sync_batch_ops  # ingested off the loop
+            # appends, serving b's pulls, live pushes, replays and map loads all run on the worker
+            for i in range(5):
+                await la.append(b"a%d" % i)
+            await wait_for(lambda: lb.heads() == {b.id: 299, a.id: 4})
+            replay = a.watch_log("bulk", replay=True)
+            assert len(await take(replay, 305)) == 305
+            await lb.append(b"live")
+            await wait_for(lambda: la.heads() == {b.id: 300, a.id: 4})
+            kv = await a.kv("bulk")
+            assert len(kv) == 0  # not map entries, but read through
+            assert a.logs.health()["logs"]["store_requests_in_flight"] == 0
         finally:
             await a.stop()
+        assert on_loop == []
     finally:
         await b.stop()
 

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
+from ..bounded import BoundedDeque, ContainerRegistry, Overflow
+from ..bounded._base import _Bounded
 from ..core.store_api import LogKey, Store
 from ..errors import NodeClosed
 from ..identity import NodeId
@@ -142,19 +143,32 @@ class StoreWorker:
                 await asyncio.sleep(0)  # inline: let the loop breathe between hand-overs
 
 
-class HeadsMirror:
+class HeadsMirror(_Bounded):
     """The latest stored seq of every ``(author, log)``, kept on the loop so that synchronous
     readers (:meth:`Log.heads <quicmesh.runtime.log_handles.Log.heads>`) never touch the store.
 
     Loaded once from the store (:meth:`load`), then advanced by every newly stored operation
-    (:meth:`stored`). Heads only grow: the store never removes a log's latest operation (only
-    ``drop_log`` would, which the service does not use). One entry per stored log, so at most
-    ``store.max_logs`` over all names (a registered LRU map of names; the oldest name would be
-    evicted past the cap).
+    (:meth:`advance`). Heads only grow: the store never removes a log's latest operation (only
+    ``drop_log`` would, which the service does not use). A bounded container (``logs.heads``,
+    kind ``heads``): one entry per stored log, capacity ``store.max_logs`` like the store, so it
+    never fills; were it full, a new log would be refused (counted) and missing from the mirror.
     """
 
+    _kind = "heads"
+
     def __init__(self, max_logs: int, *, registry: ContainerRegistry) -> None:
-        self._names: LruMap[str, dict[NodeId, int]] = LruMap("logs.heads", max_logs, registry=registry)
+        super().__init__(
+            "logs.heads", max_logs, Overflow.DROP_NEWEST, capacity_bytes=None, sizeof=None, registry=registry
+        )
+        self._names: dict[str, dict[NodeId, int]] = {}  # bounded: entries counted and capped in advance()
+        self._count = 0
+
+    def _size(self) -> int:
+        return self._count
+
+    def _clear(self) -> None:
+        self._names.clear()
+        self._count = 0
 
     def load(self, heads: dict[LogKey, int]) -> None:
         """Take the store's heads (all logs)."""
@@ -163,17 +177,18 @@ class HeadsMirror:
 
     def advance(self, name: str, author: NodeId, seq: int) -> None:
         """``author``'s log ``name`` now holds ``seq``."""
-        group = self._names.peek(name)
-        if group is None:
-            group = {}  # bounded: authors of this name; one per stored log (<= store.max_logs overall)
-            self._names.set(name, group)
-        if seq > group.get(author, -1):
-            group[author] = seq
+        group = self._names.get(name)
+        if group is not None and author in group:
+            if seq > group[author]:
+                group[author] = seq
+            return
+        if not self._fits(self._count + 1, 0):
+            self._refuse()
+            return
+        self._names.setdefault(name, {})[author] = seq
+        self._count += 1
+        self._note_size(self._count)
 
     def heads(self, name: str) -> dict[NodeId, int]:
         """Latest seq per author of the logs named ``name``."""
-        return dict(self._names.peek(name) or {})
-
-    def close(self) -> None:
-        """Leave the registry."""
-        self._names.close()
+        return dict(self._names.get(name) or {})
