@@ -49,6 +49,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from operator import methodcaller
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -220,7 +221,7 @@ class LogService:
         if self._closed or self.sync is None:
             raise NodeClosed("log service is not running")
 
-    # -- the store worker ------------------------------------------------------------------------
+    # -- executing LogSync's outputs -------------------------------------------------------------
 
     def _apply(self, outputs: Iterable[object]) -> None:
         """Carry out LogSync outputs: store requests to the worker, stored operations to the local
@@ -487,10 +488,9 @@ class LogService:
         name = state.map.log
         heads = await self._worker.read(lambda s: s.heads(name))
         for (author, lg), hi in heads.items():
-            seq = await self._worker.read(lambda s, a=author, n=lg: s.low(a, n)) or 0  # type: ignore[misc]
+            seq: int = await self._worker.read(methodcaller("low", author, lg)) or 0
             while seq <= hi:
-                start = seq
-                batch = await self._worker.read(lambda s, a=author, n=lg, f=start: s.iter_range(a, n, f, 256))  # type: ignore[misc]
+                batch: list[StoredOp] = await self._worker.read(methodcaller("iter_range", author, lg, seq, 256))
                 if not batch:
                     break
                 for s in batch:
