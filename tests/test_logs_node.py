@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig, StoreConfig
 from quicmesh.core.log_messages import SyncRequest
 from quicmesh.errors import LimitExceeded, NodeClosed, OperationTooLarge, SubscriptionClosed
@@ -503,4 +504,47 @@ async def test_replaced_connection_relearns_interest_and_resyncs_at_once(net: Me
         await wait_for(lambda: la.heads() == lb.heads() == {a.id: 0, b.id: 0})
     finally:
         await b.stop()
+        await a.stop()
+
+
+async def test_store_worker_is_fifo_bounded_and_drains_on_close(registry: ContainerRegistry) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quicmesh.errors import ContainerFull
+    from quicmesh.runtime.store_worker import StoreWorker
+    from quicmesh.store import MemoryStore
+
+    store = MemoryStore(StoreConfig(), registry=registry)
+    for executor in (None, ThreadPoolExecutor(max_workers=1)):
+        worker = StoreWorker(4, registry=registry)
+        worker.start(store, executor)
+        order: list[object] = []
+        first = worker.read(lambda s: "first")
+        worker.submit(lambda s: 1, order.append)
+        worker.submit(lambda s: 1 / 0, order.append)  # an exception is the job's result
+        worker.submit(lambda s: s.counts().operations, order.append)
+        with pytest.raises(ContainerFull):  # the queue holds 4
+            worker.submit(lambda s: 4, order.append)
+        (stats,) = [c for c in registry.snapshot() if c.name == "logs.store_jobs" and c.rejections]
+        assert stats.capacity == 4 and stats.rejections == 1
+        assert await first == "first"
+        await worker.close()  # runs what is queued, then ends
+        assert order[0] == 1 and isinstance(order[1], ZeroDivisionError) and order[2] == 0 and len(order) == 3
+        with pytest.raises(NodeClosed):
+            worker.submit(lambda s: 5, order.append)
+        if executor is not None:
+            executor.shutdown()
+
+
+async def test_concurrent_appends_keep_their_order(net: MemoryNetwork) -> None:
+    a = await start(net)
+    try:
+        log = a.log("order")
+        w = a.watch_log("order")
+        entries = await asyncio.gather(*(log.append(b"%d" % i) for i in range(50)))
+        assert [e.seq for e in entries] == list(range(50))
+        assert [e.payload for e in entries] == [b"%d" % i for i in range(50)]
+        assert [e.seq for e in await take(w, 50)] == list(range(50))
+        assert log.heads() == {a.id: 49}
+    finally:
         await a.stop()

@@ -190,10 +190,12 @@ class Log:
 
     async def append(self, payload: bytes) -> LogEntry:
         """Append ``payload`` to this node's log; returns once it is stored (fsynced with
-        SQLite), after which it is pushed to the interested peers and local watchers.
+        SQLite) and handed to the interested peers and local watchers. Appends are stored and
+        published in call order.
 
         Raises :class:`~quicmesh.errors.OperationTooLarge` above ``store.max_operation_size``,
-        :class:`~quicmesh.errors.LimitExceeded` when the store's caps leave no room.
+        :class:`~quicmesh.errors.LimitExceeded` when the store's caps leave no room (or when
+        log sync has its maximum of store requests in flight).
         """
         if self._closed:
             raise NodeClosed(f"log handle {self.name!r} is closed")
