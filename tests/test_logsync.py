@@ -316,7 +316,14 @@ def test_gossip_buffer_holds_during_session_and_replays(registry: ContainerRegis
         append(net.stores[0], net.keys[0], "l", b"%d" % i, i)
     # hold a's batches back so that b's session stays open
     held: list[tuple[NodeId, NodeId, Message]] = []
-    net.drop = lambda s, d, m: (held.append((s, d, m)) or True) if isinstance(m, SyncBatch) and d == b else False
+
+    def hold_batches(s: NodeId, d: NodeId, m: Message) -> bool:
+        if isinstance(m, SyncBatch) and d == b:
+            held.append((s, d, m))
+            return True
+        return False
+
+    net.drop = hold_batches
     net.connect_all()
     net.pump()
     assert (a, "l") in net.syncs[b].running()
