@@ -16,9 +16,9 @@ import pytest
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig, StoreConfig
 from quicmesh.core.log_messages import SyncRequest
+from quicmesh.core.log_peers import REQ_BURST, REQ_RATE
 from quicmesh.errors import LimitExceeded, NodeClosed, OperationTooLarge, SubscriptionClosed
 from quicmesh.identity import KeyPair, NodeId
-from quicmesh.runtime.log_peers import REQ_BURST, REQ_RATE
 from quicmesh.runtime.logs import KvChange, LogEntry
 from quicmesh.runtime.memory import MemoryNetwork
 from quicmesh.runtime.node import Node

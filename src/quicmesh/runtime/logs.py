@@ -61,6 +61,7 @@ from ..core.effects import Send
 from ..core.kvmap import KvMap, decode_entry
 from ..core.log_effects import Appended, IngestOps, OperationStored, StoreRead, StoreWrite
 from ..core.log_messages import LogInterest, SyncRequest
+from ..core.log_peers import PeerLogs, valid_name
 from ..core.logsync import LogSync
 from ..core.oplog import MAX_LOG_NAME, Operation
 from ..core.store_api import Store, StoredOp
@@ -80,7 +81,6 @@ from .log_handles import (
     _Handle,
     _KvState,
 )
-from .log_peers import PeerLogs, valid_name
 from .store_worker import HeadsMirror, StoreWorker
 
 __all__ = ["KvChange", "KvWatch", "Log", "LogEntry", "LogService", "LogWatch", "ReplicatedMap"]

@@ -1,13 +1,14 @@
-"""Per-peer state of the log service: the log names each connected peer declared interest in
-(:class:`~quicmesh.core.log_messages.LogInterest`) and the token bucket that rate-limits its
-``l.req`` messages. One entry per connection in each map (bounded LRU maps, registered)."""
+"""Per-peer state of log replication (sans-IO): the log names each connected peer declared
+interest in (:class:`~quicmesh.core.log_messages.LogInterest`) and the token bucket that
+rate-limits its ``l.req`` messages. One entry per connection in each map (bounded LRU maps,
+registered). Time enters only as ``now``."""
 
 from __future__ import annotations
 
 from ..bounded import ContainerRegistry, LruMap
-from ..core.log_messages import LogInterest
-from ..core.oplog import MAX_LOG_NAME
 from ..identity import NodeId
+from .log_messages import LogInterest
+from .oplog import MAX_LOG_NAME
 
 __all__ = ["REQ_BURST", "REQ_RATE", "PeerLogs", "valid_name"]
 
