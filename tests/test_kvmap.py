@@ -134,7 +134,7 @@ def test_replicas_converge_through_log_sync(registry: ContainerRegistry) -> None
         me = net.ids[i]
         key = rng.choice("xyz")
         payload = encode_delete(key) if rng.random() < 0.2 else encode_set(key, b"%d" % step)
-        _, eff = net.syncs[me].append("kv", payload, now=net.now, now_us=1000 + step // 3)
+        _, eff = net.append(me, "kv", payload, 1000 + step // 3)
         net.apply(me, eff)
         if rng.random() < 0.5:
             net.pump()
@@ -158,7 +158,10 @@ def test_load_reads_in_batches(registry: ContainerRegistry) -> None:
     m = KvMap("kv")
     assert m.load(store, batch=3) == 10
     assert m.items() == [("k0", b"8"), ("k1", b"9"), ("k2", b"6"), ("k3", b"7")]
-    sync = LogSync(AUTHORS[1], MemoryStore(StoreConfig(), registry=registry), StoreConfig(), Random(1), registry)
-    stored, effects = sync.append("kv", encode_set("z", b"1"), now=0.0, now_us=5)
+    from test_logsync import sync_append
+
+    sync = LogSync(AUTHORS[1], StoreConfig(), Random(1), registry)
+    own = MemoryStore(StoreConfig(), registry=registry)
+    stored, effects = sync_append(sync, own, "kv", encode_set("z", b"1"), now=0.0, now_us=5)
     assert m.apply(stored.op, stored.payload) and m.get("z") == b"1"
     assert any(isinstance(e, OperationStored) for e in effects)

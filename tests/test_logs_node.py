@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig, StoreConfig
 from quicmesh.core.log_messages import SyncRequest
+from quicmesh.core.log_peers import REQ_BURST, REQ_RATE
 from quicmesh.errors import LimitExceeded, NodeClosed, OperationTooLarge, SubscriptionClosed
 from quicmesh.identity import KeyPair, NodeId
-from quicmesh.runtime.logs import REQ_BURST, REQ_RATE, KvChange, LogEntry
+from quicmesh.runtime.logs import KvChange, LogEntry
 from quicmesh.runtime.memory import MemoryNetwork
 from quicmesh.runtime.node import Node
 from quicmesh.store import append as store_append
@@ -238,7 +241,9 @@ async def test_handles_and_watchers_are_released_on_close_and_gc(net: MemoryNetw
         await eventually(lambda: "x" in (a.logs._peer_logs.peek(b.id) or ()))
 
         def log_sizes() -> dict[str, int]:
-            return {k: v for k, v in sizes(a).items() if k.startswith(("logs.", "logsync.")) and k != "logs.req_tokens"}
+            # the heads mirror follows the store (one entry per stored log), which keeps the operations
+            skip = ("logs.req_tokens", "logs.heads")
+            return {k: v for k, v in sizes(a).items() if k.startswith(("logs.", "logsync.")) and k not in skip}
 
         baseline = log_sizes()
         for _ in range(3):
@@ -330,7 +335,21 @@ async def test_sqlite_log_continues_after_restart(net: MemoryNetwork, tmp_path: 
         await a.stop()
 
 
-async def test_sqlite_node_pulls_batches_in_worker_thread(net: MemoryNetwork, tmp_path: Path) -> None:
+async def test_sqlite_node_pulls_batches_in_worker_thread(
+    net: MemoryNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quicmesh.store.sqlite import SqliteStore
+
+    on_loop: list[str] = []  # SQLite calls made on the event loop's thread: must stay empty
+    for method in ("ingest", "append_local", "iter_range", "heads", "head", "low", "get", "close"):
+        original = getattr(SqliteStore, method)
+
+        def spy(self: SqliteStore, *args: object, _f: Any = original, _m: str = method, **kw: object) -> object:
+            if threading.current_thread() is threading.main_thread():
+                on_loop.append(_m)
+            return _f(self, *args, **kw)
+
+        monkeypatch.setattr(SqliteStore, method, spy)
     b = await start(net)
     try:
         lb = b.log("bulk")
@@ -346,8 +365,20 @@ async def test_sqlite_node_pulls_batches_in_worker_thread(net: MemoryNetwork, tm
             assert [e.seq for e in got] == list(range(300))
             assert a.logs.sync is not None and a.logs.sync.ops_stored == 300
             assert a.logs.batches_in_thread >= 300 // a.config.store.sync_batch_ops  # ingested off the loop
+            # appends, serving b's pulls, live pushes, replays and map loads all run on the worker
+            for i in range(5):
+                await la.append(b"a%d" % i)
+            await eventually(lambda: lb.heads() == {b.id: 299, a.id: 4})
+            replay = a.watch_log("bulk", replay=True)
+            assert len(await take(replay, 305)) == 305
+            await lb.append(b"live")
+            await eventually(lambda: la.heads() == {b.id: 300, a.id: 4})
+            kv = await a.kv("bulk")
+            assert len(kv) == 0  # not map entries, but read through
+            assert a.logs.health()["logs"]["store_requests_in_flight"] == 0
         finally:
             await a.stop()
+        assert on_loop == []
     finally:
         await b.stop()
 
@@ -467,4 +498,47 @@ async def test_replaced_connection_relearns_interest_and_resyncs_at_once(net: Me
         await eventually(lambda: la.heads() == lb.heads() == {a.id: 0, b.id: 0})
     finally:
         await b.stop()
+        await a.stop()
+
+
+async def test_store_worker_is_fifo_bounded_and_drains_on_close(registry: ContainerRegistry) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quicmesh.errors import ContainerFull
+    from quicmesh.runtime.store_worker import StoreWorker
+    from quicmesh.store import MemoryStore
+
+    store = MemoryStore(StoreConfig(), registry=registry)
+    for executor in (None, ThreadPoolExecutor(max_workers=1)):
+        worker = StoreWorker(4, registry=registry)
+        worker.start(store, executor)
+        order: list[object] = []
+        first = worker.read(lambda s: "first")
+        worker.submit(lambda s: 1, order.append)
+        worker.submit(lambda s: 1 / 0, order.append)  # an exception is the job's result
+        worker.submit(lambda s: s.counts().operations, order.append)
+        with pytest.raises(ContainerFull):  # the queue holds 4
+            worker.submit(lambda s: 4, order.append)
+        (stats,) = [c for c in registry.snapshot() if c.name == "logs.store_jobs" and c.rejections]
+        assert stats.capacity == 4 and stats.rejections == 1
+        assert await first == "first"
+        await worker.close()  # runs what is queued, then ends
+        assert order[0] == 1 and isinstance(order[1], ZeroDivisionError) and order[2] == 0 and len(order) == 3
+        with pytest.raises(NodeClosed):
+            worker.submit(lambda s: 5, order.append)
+        if executor is not None:
+            executor.shutdown()
+
+
+async def test_concurrent_appends_keep_their_order(net: MemoryNetwork) -> None:
+    a = await start(net)
+    try:
+        log = a.log("order")
+        w = a.watch_log("order")
+        entries = await asyncio.gather(*(log.append(b"%d" % i) for i in range(50)))
+        assert [e.seq for e in entries] == list(range(50))
+        assert [e.payload for e in entries] == [b"%d" % i for i in range(50)]
+        assert [e.seq for e in await take(w, 50)] == list(range(50))
+        assert log.heads() == {a.id: 49}
+    finally:
         await a.stop()

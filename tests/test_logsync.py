@@ -14,12 +14,14 @@ import pytest
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import StoreConfig
 from quicmesh.core.effects import Disconnect, Send
+from quicmesh.core.log_effects import Appended, LogOutput, OperationStored, StoreRead, StoreWrite
 from quicmesh.core.log_messages import LOG_MESSAGES, LiveOp, SyncBatch, SyncRequest
-from quicmesh.core.logsync import GossipBuffer, LogEffect, LogSync, OperationStored
+from quicmesh.core.logsync import GossipBuffer, LogSync
 from quicmesh.core.oplog import create_operation, decode_operation, encode_operation
 from quicmesh.core.wire import Codec, Message
+from quicmesh.errors import LimitExceeded
 from quicmesh.identity import KeyPair, NodeId
-from quicmesh.store import MemoryStore, Store, append
+from quicmesh.store import MemoryStore, Store, StoredOp, append
 
 CFG = StoreConfig(sync_timeout=5.0, sync_retry_min=1.0, sync_retry_max=60.0, resync_interval=600.0)
 CODEC = Codec(LOG_MESSAGES)
@@ -31,6 +33,39 @@ def head_seq(store: Store, author: NodeId, log: str) -> int | None:
     return None if head is None else head.seq
 
 
+def execute(sync: LogSync, store: Store, outputs: list[LogOutput], now: float) -> list[LogOutput]:
+    """Run the store requests among ``outputs`` against ``store``, FIFO, as a driver does (each
+    after the outputs before it), and return the other outputs in order."""
+    out: list[LogOutput] = []
+    reqs: deque[StoreRead | StoreWrite] = deque()
+    todo = outputs
+    while True:
+        for o in todo:
+            if isinstance(o, StoreRead | StoreWrite):
+                reqs.append(o)
+            else:
+                out.append(o)
+        if not reqs:
+            return out
+        req = reqs.popleft()
+        try:
+            result: object = req.query.run(store)
+        except Exception as exc:
+            result = exc
+        todo = sync.store_done(req.req_id, result, now)
+
+
+def sync_append(
+    sync: LogSync, store: Store, log: str, payload: bytes, *, now: float, now_us: int
+) -> tuple[StoredOp, list[LogOutput]]:
+    """``sync.append`` run to completion: the stored operation and the other outputs."""
+    req_id, outs = sync.append(log, payload, now=now, now_us=now_us)
+    done = execute(sync, store, outs, now)
+    result = [o for o in done if isinstance(o, Appended) and o.req_id == req_id]
+    assert len(result) == 1 and result[0].stored is not None, result
+    return result[0].stored, [o for o in done if not isinstance(o, Appended)]
+
+
 class Net:
     """Zero-latency in-memory exchange with a fake clock; filters can drop or rewrite messages."""
 
@@ -40,10 +75,8 @@ class Net:
         self.keys = [KeyPair.from_seed(bytes([i + 1]) * 32) for i in range(n)]
         self.ids = [k.node_id for k in self.keys]
         self.stores: list[Store] = stores or [MemoryStore(cfg, registry=registry) for _ in range(n)]
-        self.syncs = {
-            k.node_id: LogSync(k, s, cfg, Random(i), registry)
-            for i, (k, s) in enumerate(zip(self.keys, self.stores, strict=True))
-        }
+        self.syncs = {k.node_id: LogSync(k, cfg, Random(i), registry) for i, k in enumerate(self.keys)}
+        self.store_of = dict(zip(self.ids, self.stores, strict=True))
         self.now = 0.0
         self.queue: deque[tuple[NodeId, NodeId, Message]] = deque()
         self.stored: dict[NodeId, list[OperationStored]] = {i: [] for i in self.ids}
@@ -52,8 +85,11 @@ class Net:
         self.drop: Callable[[NodeId, NodeId, Message], bool] = lambda s, d, m: False
         self.rewrite: Callable[[NodeId, NodeId, Message], Message] = lambda s, d, m: m
 
-    def apply(self, src: NodeId, effects: list[LogEffect]) -> None:
-        for e in effects:
+    def append(self, src: NodeId, log: str, payload: bytes, now_us: int) -> tuple[StoredOp, list[LogOutput]]:
+        return sync_append(self.syncs[src], self.store_of[src], log, payload, now=self.now, now_us=now_us)
+
+    def apply(self, src: NodeId, effects: list[LogOutput]) -> None:
+        for e in execute(self.syncs[src], self.store_of[src], effects, self.now):
             if isinstance(e, Send):
                 body = CODEC.encode(e.message)
                 assert len(body) <= CODEC.max_frame_size
@@ -242,7 +278,7 @@ def test_invalid_ops_are_counted_not_stored_and_sender_disconnected(registry: Co
     forged = create_operation(net.keys[0], "l", b"evil", None, 0)
     bad = LiveOp(op=encode_operation(forged)[:-1] + b"\x00", payload=b"evil")
     before = net.syncs[a].invalid_ops
-    assert net.syncs[a].handle_message(b, bad, net.now) == []
+    assert execute(net.syncs[a], net.stores[0], net.syncs[a].handle_message(b, bad, net.now), net.now) == []
     assert net.syncs[a].invalid_ops == before + 1
 
 
@@ -251,7 +287,7 @@ def test_live_push_and_local_watchers(registry: ContainerRegistry) -> None:
     a, b, c = net.ids
     net.connect_all()
     net.run_until(lambda: not any(s.running() for s in net.syncs.values()))
-    _stored, effects = net.syncs[a].append("l", b"hello", now=net.now, now_us=123)
+    _stored, effects = net.append(a, "l", b"hello", 123)
     assert isinstance(effects[0], OperationStored) and effects[0].source is None
     assert {e.peer for e in effects if isinstance(e, Send)} == {b, c}
     net.apply(a, effects)
@@ -271,7 +307,7 @@ def test_live_op_after_a_gap_triggers_a_sync(registry: ContainerRegistry) -> Non
     net.run_until(lambda: not any(s.running() for s in net.syncs.values()))
     for i in range(5):
         append(net.stores[0], net.keys[0], "l", b"%d" % i, i)  # not pushed
-    _stored, effects = net.syncs[a].append("l", b"5", now=net.now, now_us=5)
+    _stored, effects = net.append(a, "l", b"5", 5)
     net.apply(a, effects)
     net.pump()
     assert net.stores[1].head(a, "l") is None  # seq 5 does not follow: not stored yet
@@ -299,7 +335,7 @@ def test_gossip_buffer_holds_during_session_and_replays(registry: ContainerRegis
     assert (a, "l") in net.syncs[b].running()
     sync_b = net.syncs[b]
     for i in range(4):
-        _, eff = net.syncs[a].append("l", b"live%d" % i, now=net.now, now_us=10 + i)
+        _, eff = net.append(a, "l", b"live%d" % i, 10 + i)
         net.apply(a, eff)
     net.pump()
     assert len(sync_b.buffer) == 3 and sync_b.buffer.stats().rejections == 1
@@ -348,7 +384,7 @@ def test_gossip_buffer_ttl_expiry_marks_pair_for_resync(registry: ContainerRegis
     net.drop = lambda s, d, m: isinstance(m, SyncBatch) and d == b
     net.connect_all()
     net.pump()
-    _, eff = net.syncs[a].append("l", b"x", now=net.now, now_us=1)
+    _, eff = net.append(a, "l", b"x", 1)
     net.apply(a, eff)
     net.pump()
     assert len(net.syncs[b].buffer) == 1
@@ -366,7 +402,7 @@ def test_disconnect_cleans_up_and_interest_is_capped(registry: ContainerRegistry
     net.connect_all()
     net.pump()
     sync_b = net.syncs[b]
-    _, eff = net.syncs[a].append("l", b"x", now=net.now, now_us=1)
+    _, eff = net.append(a, "l", b"x", 1)
     net.apply(a, eff)
     net.pump()
     assert sync_b.running() and len(sync_b.buffer) == 1
@@ -376,8 +412,6 @@ def test_disconnect_cleans_up_and_interest_is_capped(registry: ContainerRegistry
     deadline = sync_b.next_deadline()
     assert deadline is None or deadline >= net.now
     sync_b.interest("m", [a])
-    from quicmesh.errors import LimitExceeded
-
     with pytest.raises(LimitExceeded):
         sync_b.interest("n", [a])
     sync_b.uninterest("m")
@@ -405,7 +439,11 @@ def test_peer_churn_leaves_nothing_behind(registry: ContainerRegistry) -> None:
     cfg = dataclasses.replace(CFG, max_sync_sessions=4, max_sync_pairs=64, gossip_buffer_ops=50)
     me = KeyPair.from_seed(b"M" * 32)
     store = MemoryStore(cfg, registry=registry)
-    sync = LogSync(me, store, cfg, Random(9), registry)
+    sync = LogSync(me, cfg, Random(9), registry)
+
+    def run(outputs: list[LogOutput]) -> list[LogOutput]:
+        return execute(sync, store, outputs, now)
+
     writer = KeyPair.from_seed(b"W" * 32)
     ops = []
     prev = None
@@ -418,23 +456,24 @@ def test_peer_churn_leaves_nothing_behind(registry: ContainerRegistry) -> None:
     live: list[NodeId] = []
     for i, peer in enumerate(peers):
         now += 0.5
-        effects = sync.peer_connected(peer, now)
+        effects = run(sync.peer_connected(peer, now))
         assert all(isinstance(e, Send) and isinstance(e.message, SyncRequest) for e in effects)
         live.append(peer)
         op = ops[i % 20]
-        sync.on_live_operation(peer, op, b"w%d" % op.seq, now)
-        sync.handle_timer(now)
+        run(sync.on_live_operation(peer, op, b"w%d" % op.seq, now))
+        run(sync.handle_timer(now))
         assert len(sync.running()) <= 4
         assert len(sync.buffer) <= 50
         for c in registry.snapshot():
             assert c.size <= c.capacity, c
         if len(live) > 100:
-            sync.peer_disconnected(live.pop(0), now)
+            run(sync.peer_disconnected(live.pop(0), now))
     for peer in live:
-        sync.peer_disconnected(peer, now)
+        run(sync.peer_disconnected(peer, now))
     assert sync.running() == [] and len(sync.buffer) == 0 and sync.buffer.keys() == []
     sizes = {c.name: c.size for c in registry.snapshot() if c.name.startswith("logsync.")}
     assert sizes["logsync.pairs"] == 0 and sizes["logsync.sessions"] == 0 and sizes["logsync.gossip_buffer"] == 0
+    assert sizes["logsync.store_requests"] == 0 and sync.in_flight() == 0
     assert sync.next_deadline() is None
     # the live ops that were valid and in order were stored, none twice
     assert store.head(writer.node_id, "l") is not None
@@ -455,8 +494,61 @@ def test_sqlite_and_memory_replicas_converge(registry: ContainerRegistry, tmp_pa
     net.run_until(lambda: not net.queue and not any(s.running() for s in net.syncs.values()))
     assert same_logs(stores[0], stores[1])
     assert stores[0].low(b, "l") == 40 and stores[0].counts().operations == 150 + 30
-    _, eff = net.syncs[b].append("l", b"live", now=net.now, now_us=999)
+    _, eff = net.append(b, "l", b"live", 999)
     net.apply(b, eff)
     net.settle()
     assert stores[0].get(b, "l", 70) is not None
     stores[0].close()
+
+
+def test_store_requests_in_flight_are_capped(registry: ContainerRegistry) -> None:
+    """At ``max_requests`` in flight: a served request is dropped, a live operation is dropped
+    (its pair made due), a local append raises; all counted, visible in the registry."""
+    cfg = dataclasses.replace(CFG, max_sync_sessions=1)
+    me = KeyPair.from_seed(b"C" * 32)
+    store = MemoryStore(cfg, registry=registry)
+    sync = LogSync(me, cfg, Random(3), registry, max_requests=2)
+    writer = KeyPair.from_seed(b"W" * 32)
+    peer = writer.node_id
+    sync.interest("l", [peer], 0.0)
+    sync.interest("m", [peer], 0.0)
+    session = sync.peer_connected(peer, 0.0)  # one session (l): its heads read is in flight
+    assert len(session) == 1 and isinstance(session[0], StoreRead) and sync.in_flight() == 1
+    serve = sync.handle_message(peer, SyncRequest(sid=7, log="l", heads=[]), 0.0)
+    assert len(serve) == 1 and isinstance(serve[0], StoreRead) and sync.in_flight() == 2
+    # full
+    assert sync.handle_message(peer, SyncRequest(sid=8, log="l", heads=[]), 0.0) == []
+    with pytest.raises(LimitExceeded):
+        sync.append("l", b"x", now=0.0, now_us=1)
+    live = create_operation(writer, "m", b"live", None, 1)
+    assert sync.on_live_operation(peer, live, b"live", 0.0) == []  # not ingested: pulled later
+    assert sync.requests_dropped == 3 and store.counts().operations == 0
+    (stats,) = [c for c in registry.snapshot() if c.name == "logsync.store_requests"]
+    assert stats.size == 2 and stats.capacity == 2 and stats.rejections == 3
+    # the requests in flight complete normally, and then there is room again
+    sent = execute(sync, store, session + serve, 0.0)
+    assert [type(o.message) for o in sent if isinstance(o, Send)] == [SyncRequest, SyncBatch]
+    assert sync.in_flight() == 0
+    req_id, outs = sync.append("l", b"x", now=0.0, now_us=1)
+    assert any(isinstance(o, Appended) and o.req_id == req_id for o in execute(sync, store, outs, 0.0))
+
+
+def test_session_timing_out_while_its_ingest_is_in_flight(registry: ContainerRegistry) -> None:
+    """The late result of a batch's ingest is still delivered, but the ended session asks nothing."""
+    net = Net(2, registry)
+    a, b = net.ids
+    for i in range(3):
+        append(net.stores[0], net.keys[0], "l", b"%d" % i, i)
+    sync_a, sync_b = net.syncs[a], net.syncs[b]
+    sync_a.interest("l", [b], 0.0)
+    sync_b.interest("l", [a], 0.0)
+    (request,) = execute(sync_b, net.stores[1], sync_b.peer_connected(a, 0.0), 0.0)
+    assert isinstance(request, Send) and isinstance(request.message, SyncRequest)
+    (batch,) = execute(sync_a, net.stores[0], sync_a.handle_message(b, request.message, 0.0), 0.0)
+    assert isinstance(batch, Send) and isinstance(batch.message, SyncBatch) and len(batch.message.ops) == 3
+    (ingest,) = sync_b.handle_message(a, batch.message, 1.0)
+    assert isinstance(ingest, StoreWrite) and sync_b.running() == [(a, "l")]
+    assert sync_b.handle_timer(100.0) == [] and sync_b.running() == [] and sync_b.sessions_failed == 1
+    done = sync_b.store_done(ingest.req_id, ingest.query.run(net.stores[1]), 100.0)
+    assert [type(o) for o in done] == [OperationStored] * 3
+    assert sync_b.in_flight() == 0 and sync_b.store_done(ingest.req_id, None, 100.0) == []

@@ -16,7 +16,7 @@ from quicmesh.config import StoreConfig
 from quicmesh.core.oplog import Operation, create_operation, validate
 from quicmesh.errors import LimitExceeded
 from quicmesh.identity import KeyPair
-from quicmesh.store import IngestResult, MemoryStore, Store, append
+from quicmesh.store import IngestResult, MemoryStore, append
 from quicmesh.store.sqlite import SqliteStore
 
 ME = KeyPair.from_seed(b"m" * 32)
@@ -48,7 +48,7 @@ class StoreModel(RuleBasedStateMachine):
         self.registry = ContainerRegistry("stateful")
         self.tmp = tempfile.mkdtemp(prefix="qm-store-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
         if self.kind == "memory":
-            self.store: Store = MemoryStore(CFG, registry=self.registry)
+            self.store: MemoryStore | SqliteStore = MemoryStore(CFG, registry=self.registry)
         else:
             self.store = SqliteStore(Path(self.tmp) / "s.db", CFG, registry=self.registry)
         self.store.set_retention("cache", 100)  # foreign "cache" logs are prunable

@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ..errors import LimitExceeded
-from ..store.base import Store
 from .oplog import Operation
+from .store_api import Store
 
 __all__ = ["KvMap", "Stamp", "decode_entry", "encode_delete", "encode_set"]
 

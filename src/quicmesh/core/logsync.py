@@ -22,183 +22,78 @@ log it is interested in starts its own pull session towards us, so both sides co
   syncing that log with are held in the :class:`GossipBuffer` and replayed, in arrival order,
   when the session ends (success, failure or disconnect). Others are ingested at once; one that
   does not follow our head (``SeqGap``) makes the pair due (after the floor), since we are behind.
-* Every operation is decoded and validated by the store before it is stored or forwarded. An
+* Every operation is decoded here and validated by the store before it is stored or forwarded. An
   invalid operation (bad encoding, signature, payload, size, version, fork) counts against its
   sender; at ``max_invalid_ops`` within ``invalid_ops_window`` the sender is disconnected.
 * A newly stored operation yields :class:`OperationStored` (for local watchers) and, when it was
   appended here or pushed live to us, a :class:`LiveOp` to the other connected peers interested
   in its log. Operations obtained by pull sync are not pushed on; peers pull them from us.
 
+Store access (sans-IO): LogSync never calls a store; it outputs
+:class:`~quicmesh.core.log_effects.StoreRead` / :class:`~quicmesh.core.log_effects.StoreWrite`
+and continues in :meth:`LogSync.store_done` (the flows: :mod:`quicmesh.core.log_effects`).
+Requests in flight are capped (``max_requests``: the map ``logsync.store_requests``, overflow
+``REJECT``, rejections in metrics; each drop also counts in ``requests_dropped``). When full: a
+served request is dropped (the puller times out and retries); a session's read or a batch's
+ingest is not issued (the session fails at its timeout, retried with backoff); a live operation
+is dropped and its pair made due (pull sync fetches it); :meth:`LogSync.append` raises
+:class:`~quicmesh.errors.LimitExceeded` (nothing written).
+
 All state is bounded: interests (``max_interests``), pairs (LRU, ``max_sync_pairs``), sessions
-(``max_sync_sessions``), the gossip buffer (count, bytes, TTL) and the violation counters (TTL).
+(``max_sync_sessions``), store requests in flight (``max_requests``), connected peers
+(``max_peers``, LRU), the gossip buffer (count, bytes, TTL) and the violation counters (TTL).
 Time enters only as ``now`` (seconds, the driver's monotonic clock); ``now_us`` for operation
 timestamps is the wall clock in microseconds, given by the caller of :meth:`LogSync.append`.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from random import Random
 
-from ..bounded import REGISTRY, ContainerRegistry, ContainerStats, LruMap, Overflow, TtlMap
+from ..bounded import REGISTRY, ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import StoreConfig
-from ..errors import InvalidOperation, LimitExceeded, SeqGap
+from ..errors import ContainerFull, InvalidOperation, LimitExceeded, SeqGap
 from ..identity import KeyPair, NodeId
-from ..store.base import IngestResult, Store, StoredOp, append
 from .effects import Disconnect, Send
+from .gossip_buffer import GossipBuffer
+from .log_effects import (
+    Appended,
+    AppendLocal,
+    BatchRead,
+    IngestOps,
+    LogOutput,
+    OperationStored,
+    ReadBatch,
+    ReadHeads,
+    StoreRead,
+    StoreRequest,
+    StoreWrite,
+)
 from .log_messages import LiveOp, SyncBatch, SyncRequest
 from .oplog import Operation, decode_operation, encode_operation, validate
+from .store_api import IngestResult, LogKey, StoredOp
 from .wire import Message
 
-__all__ = ["GossipBuffer", "LogEffect", "LogSync", "OperationStored"]
+__all__ = ["MAX_STORE_REQUESTS", "GossipBuffer", "LogEffect", "LogOutput", "LogSync", "OperationStored"]
 
+LogEffect = LogOutput  # the former name
 
-@dataclass(frozen=True, slots=True)
-class OperationStored:
-    """An operation was newly stored: hand it to the local watchers of ``op.log``.
+MAX_STORE_REQUESTS = 1024
+"""Default cap of store requests in flight (``LogSync(max_requests=...)``)."""
 
-    ``source`` is the peer it came from, ``None`` when appended on this node.
-    """
-
-    op: Operation
-    payload: bytes
-    source: NodeId | None
-
-
-LogEffect = Send | Disconnect | OperationStored
-"""What :class:`LogSync` asks its driver to do."""
+MAX_PEERS = 4096
+"""Default cap of connected peers tracked (``LogSync(max_peers=...)``)."""
 
 _Key = tuple[NodeId, str]
 
-
-class _Held:
-    __slots__ = ("deadline", "op", "payload", "size")
-
-    def __init__(self, op: Operation, payload: bytes, deadline: float) -> None:
-        self.op = op
-        self.payload = payload
-        self.deadline = deadline
-        self.size = len(payload) + 200 + len(op.header.log)
-
-
-class GossipBuffer:
-    """Live operations held per ``(peer, log)`` while a sync session with that peer runs.
-
-    Capped in operations and bytes over all keys; when full, the new operation is dropped and
-    counted (``hold`` returns ``False``; the caller re-syncs that pair so it is not lost). Each
-    held operation expires ``ttl`` seconds after it arrived (inside :meth:`expire`). A key whose
-    queue becomes empty is removed at once. Reports :class:`ContainerStats` like the bounded
-    containers and registers itself in ``registry``.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        capacity: int,
-        capacity_bytes: int,
-        ttl: float,
-        *,
-        registry: ContainerRegistry | None = None,
-    ) -> None:
-        if capacity < 1 or capacity_bytes < 1 or not ttl > 0:
-            raise ValueError(f"{name}: capacity, capacity_bytes and ttl must be positive")
-        self._name = name
-        self.capacity = capacity
-        self.capacity_bytes = capacity_bytes
-        self.ttl = float(ttl)
-        # One key per running sync session (<= max_sync_sessions), removed as soon as empty;
-        # entries are capped in count and bytes over all keys in hold().
-        self._queues: dict[_Key, deque[_Held]] = {}  # bounded: keys <= sessions; entries capped in hold()
-        self._count = 0
-        self._bytes = 0
-        self._peak = 0
-        self._rejections = 0
-        self._expirations = 0
-        self._registry = registry if registry is not None else REGISTRY
-        self._registry.register(self)
-
-    @property
-    def name(self) -> str:
-        """The name shown in metrics."""
-        return self._name
-
-    def __len__(self) -> int:
-        return self._count
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held (payload plus a header estimate)."""
-        return self._bytes
-
-    def keys(self) -> list[_Key]:
-        """The ``(peer, log)`` keys holding at least one operation."""
-        return list(self._queues)
-
-    def hold(self, peer: NodeId, log: str, op: Operation, payload: bytes, now: float) -> bool:
-        """Hold ``op``; ``False`` when the buffer is full (the operation is dropped, counted)."""
-        item = _Held(op, payload, now + self.ttl)
-        if self._count + 1 > self.capacity or self._bytes + item.size > self.capacity_bytes:
-            self._rejections += 1
-            return False
-        self._queues.setdefault((peer, log), deque()).append(item)
-        self._count += 1
-        self._bytes += item.size
-        self._peak = max(self._peak, self._count)
-        return True
-
-    def release(self, peer: NodeId, log: str) -> list[tuple[Operation, bytes]]:
-        """Remove and return what is held for ``(peer, log)``, in arrival order."""
-        q = self._queues.pop((peer, log), None)
-        if q is None:
-            return []
-        self._count -= len(q)
-        self._bytes -= sum(h.size for h in q)
-        return [(h.op, h.payload) for h in q]
-
-    def expire(self, now: float) -> list[_Key]:
-        """Drop held operations past their deadline; return the keys that lost any."""
-        hit: list[_Key] = []
-        for key in list(self._queues):
-            q = self._queues[key]
-            lost = False
-            while q and q[0].deadline <= now:
-                h = q.popleft()
-                self._count -= 1
-                self._bytes -= h.size
-                self._expirations += 1
-                lost = True
-            if not q:
-                del self._queues[key]
-            if lost:
-                hit.append(key)
-        return hit
-
-    def next_deadline(self) -> float | None:
-        """The earliest expiry of a held operation, or ``None``."""
-        return min((q[0].deadline for q in self._queues.values()), default=None)
-
-    def stats(self) -> ContainerStats:
-        """A frozen snapshot of the counters."""
-        return ContainerStats(
-            name=self._name,
-            kind="gossip_buffer",
-            size=self._count,
-            capacity=self.capacity,
-            peak=self._peak,
-            evictions=0,
-            expirations=self._expirations,
-            rejections=self._rejections,
-            bytes=self._bytes,
-            capacity_bytes=self.capacity_bytes,
-        )
-
-    def close(self) -> None:
-        """Drop everything and leave the registry."""
-        self._queues.clear()
-        self._count = self._bytes = 0
-        self._registry.unregister(self)
+# kinds of store requests in flight
+_HEADS = 0  # our heads, for the next SyncRequest of a session
+_SERVE = 1  # a batch to answer a peer's SyncRequest
+_BATCH = 2  # ingest of a received SyncBatch
+_LIVE = 3  # ingest of live operations (pushed, or replayed from the gossip buffer)
+_APPEND = 4  # a local append
 
 
 class _Pair:
@@ -219,39 +114,57 @@ class _Session:
         self.deadline = deadline
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A store request in flight: what to do with its result."""
+
+    kind: int
+    peer: NodeId | None
+    log: str
+    sid: int = 0
+    ops: tuple[tuple[Operation, bytes], ...] = ()
+    more: bool = False
+    bad: bool = False  # the batch had an invalid operation after ``ops``
+
+
 class LogSync:
     """Replicates the logs this node is interested in; see the module docstring.
 
     Driver contract: deliver every :data:`~quicmesh.core.log_messages.LOG_MESSAGES` message with
     :meth:`handle_message`; report connections with :meth:`peer_connected` and
     :meth:`peer_disconnected`; call :meth:`handle_timer` at :meth:`next_deadline` (re-read it
-    after every call); carry out the returned effects in order.
+    after every call); carry out the returned outputs in order, running store requests in FIFO
+    order and reporting each result with :meth:`store_done`.
     """
 
     def __init__(
         self,
         me: KeyPair,
-        store: Store,
         config: StoreConfig | None = None,
         rng: Random | None = None,
         registry: ContainerRegistry | None = None,
+        *,
+        max_requests: int = MAX_STORE_REQUESTS,
+        max_peers: int = MAX_PEERS,
     ) -> None:
         self.me = me
-        self.store = store
         self.config = cfg = config or StoreConfig()
         self.rng = rng or Random(0)
         reg = registry if registry is not None else REGISTRY
         self._interest: dict[str, frozenset[NodeId]] = {}  # bounded: max_interests, enforced in interest()
-        self._connected: set[NodeId] = set()  # bounded: one per open connection (transport.max_connections)
+        self._connected: LruMap[NodeId, None] = LruMap("logsync.connected", max_peers, registry=reg)
         self._pairs: LruMap[_Key, _Pair] = LruMap("logsync.pairs", cfg.max_sync_pairs, registry=reg)
         self._sessions: LruMap[_Key, _Session] = LruMap(
             "logsync.sessions", cfg.max_sync_sessions, Overflow.REJECT, registry=reg
         )
+        pending: LruMap[int, _Pending] = LruMap("logsync.store_requests", max_requests, Overflow.REJECT, registry=reg)
+        self._pending = pending
         self._violations: TtlMap[NodeId, int] = TtlMap("logsync.violations", 1024, cfg.invalid_ops_window, registry=reg)
         self.buffer = GossipBuffer(
             "logsync.gossip_buffer", cfg.gossip_buffer_ops, cfg.gossip_buffer_bytes, cfg.gossip_buffer_ttl, registry=reg
         )
         self._sid = self.rng.randrange(1 << 30)
+        self._req = 0
         self._now = 0.0
         # counters (for metrics and tests)
         self.invalid_ops = 0
@@ -260,10 +173,12 @@ class LogSync:
         self.sessions_completed = 0
         self.ops_stored = 0
         self.ops_refused = 0
+        self.requests_dropped = 0  # store requests not issued: max_requests in flight
+        self.store_errors = 0  # store requests that failed (not counting invalid operations)
 
     # -- application API -------------------------------------------------------------------------
 
-    def interest(self, log: str, peers: Iterable[NodeId], now: float | None = None) -> list[LogEffect]:
+    def interest(self, log: str, peers: Iterable[NodeId], now: float | None = None) -> list[LogOutput]:
         """Replicate ``log`` with ``peers`` (replaces the previous peer set for ``log``).
 
         Connected peers of the set become due at once. Raises
@@ -275,7 +190,7 @@ class LogSync:
         old = self._interest.get(log, frozenset())
         new = frozenset(peers) - {self.me.node_id}
         self._interest[log] = new
-        out: list[LogEffect] = []
+        out: list[LogOutput] = []
         for peer in old - new:
             out += self._end_pair(peer, log, now)
         for peer in new:
@@ -284,10 +199,10 @@ class LogSync:
         out += self._start_due(now)
         return out
 
-    def uninterest(self, log: str, now: float | None = None) -> list[LogEffect]:
+    def uninterest(self, log: str, now: float | None = None) -> list[LogOutput]:
         """Stop replicating ``log``; its sessions end and held operations are replayed."""
         now = self._tick(now)
-        out: list[LogEffect] = []
+        out: list[LogOutput] = []
         for peer in self._interest.pop(log, frozenset()):
             out += self._end_pair(peer, log, now)
         for key in [k for k in self._pairs.keys() if k[1] == log]:
@@ -299,41 +214,38 @@ class LogSync:
         return dict(self._interest)
 
     def append(
-        self, log: str, payload: bytes, *, now: float, now_us: int, prune: bool = False
-    ) -> tuple[StoredOp, list[LogEffect]]:
-        """Append to this node's log ``log`` (durably, for a persistent store) and push it.
+        self, log: str, payload: bytes, *, now: float, now_us: int, min_us: int = 0, prune: bool = False
+    ) -> tuple[int, list[LogOutput]]:
+        """Append to this node's log ``log``: returns the request id and the outputs (one
+        :class:`~quicmesh.core.log_effects.StoreWrite`). When it is done, :meth:`store_done`
+        outputs :class:`~quicmesh.core.log_effects.Appended` with that id, after the local
+        delivery and live pushes of the new operation.
 
-        Raises :class:`~quicmesh.errors.LimitExceeded` when the store has no room and
-        :class:`~quicmesh.errors.OperationTooLarge` for an oversized payload. A runtime that
-        appends from a worker thread calls ``store.append`` there and then :meth:`publish`.
+        Raises :class:`~quicmesh.errors.LimitExceeded` when ``max_requests`` are in flight.
         """
-        stored = append(self.store, self.me, log, payload, now_us, prune=prune)
-        return stored, self.publish(stored, now)
-
-    def publish(self, stored: StoredOp, now: float) -> list[LogEffect]:
-        """Effects for an operation just appended locally: local delivery and live pushes."""
-        self._tick(now)
-        self.ops_stored += 1
-        out: list[LogEffect] = [OperationStored(stored.op, stored.payload, None)]
-        out += self._push(stored.op, stored.payload, exclude=None)
-        return out
+        now = self._tick(now)
+        query = AppendLocal(self.me, log, payload, now_us, min_us, prune)
+        req = self._submit(_Pending(_APPEND, None, log), query, now)
+        if req is None:
+            raise LimitExceeded("logsync.store_requests", self._pending.capacity)
+        return req.req_id, [req]
 
     # -- driver API ------------------------------------------------------------------------------
 
-    def peer_connected(self, peer: NodeId, now: float) -> list[LogEffect]:
+    def peer_connected(self, peer: NodeId, now: float) -> list[LogOutput]:
         """``peer`` is connected: its pairs become due."""
         now = self._tick(now)
-        self._connected.add(peer)
+        self._connected.set(peer, None)
         for log, peers in self._interest.items():
             if peer in peers:
                 self._ensure_pair(peer, log, now)
         return self._start_due(now)
 
-    def peer_disconnected(self, peer: NodeId, now: float) -> list[LogEffect]:
+    def peer_disconnected(self, peer: NodeId, now: float) -> list[LogOutput]:
         """``peer`` is gone: end its sessions (replaying held operations), forget its pairs."""
         now = self._tick(now)
-        self._connected.discard(peer)
-        out: list[LogEffect] = []
+        self._connected.pop(peer)
+        out: list[LogOutput] = []
         for key in [k for k in self._pairs.keys() if k[0] == peer]:
             out += self._end_pair(peer, key[1], now)
         for key in [k for k in self._sessions.keys() if k[0] == peer]:
@@ -341,7 +253,7 @@ class LogSync:
         out += self._start_due(now)
         return out
 
-    def handle_message(self, peer: NodeId, msg: Message, now: float) -> list[LogEffect]:
+    def handle_message(self, peer: NodeId, msg: Message, now: float) -> list[LogOutput]:
         """Process one message of :data:`LOG_MESSAGES` from ``peer``."""
         now = self._tick(now)
         if isinstance(msg, SyncRequest):
@@ -356,7 +268,7 @@ class LogSync:
             return self.on_live_operation(peer, op, msg.payload, now)
         return []
 
-    def on_live_operation(self, peer: NodeId, op: Operation, payload: bytes, now: float) -> list[LogEffect]:
+    def on_live_operation(self, peer: NodeId, op: Operation, payload: bytes, now: float) -> list[LogOutput]:
         """A live operation pushed by ``peer``: held while a session with ``peer`` on its log
         runs, otherwise validated and stored at once."""
         now = self._tick(now)
@@ -374,12 +286,41 @@ class LogSync:
                 if pair is not None:
                     pair.dirty = True
             return []
-        return self._ingest_live(peer, op, payload, now)
+        return self._ingest_live(peer, log, ((op, payload),), now)
 
-    def handle_timer(self, now: float) -> list[LogEffect]:
+    def store_done(self, req_id: int, result: object, now: float) -> list[LogOutput]:
+        """The store request ``req_id`` finished with ``result`` (the query's return value, or
+        the exception it raised). Unknown ids (e.g. after :meth:`close`) are ignored."""
+        now = self._tick(now)
+        p = self._pending.pop(req_id)
+        if p is None:
+            return []
+        failed = isinstance(result, BaseException)
+        if failed and not (p.kind == _APPEND and isinstance(result, InvalidOperation | LimitExceeded)):
+            self.store_errors += 1
+        if p.kind == _APPEND:
+            if isinstance(result, StoredOp):
+                self.ops_stored += 1
+                out: list[LogOutput] = [OperationStored(result.op, result.payload, None)]
+                return [*out, *self._push(result.op, result.payload, exclude=None), Appended(req_id, result)]
+            err = result if isinstance(result, BaseException) else TypeError(f"append result {result!r}")
+            return [Appended(req_id, None, err)]
+        assert p.peer is not None
+        if p.kind == _HEADS:
+            return self._on_heads(p, None if failed else result, now)
+        if p.kind == _SERVE:
+            if failed or not isinstance(result, BatchRead):
+                return []  # the puller times out and retries
+            return [Send(p.peer, SyncBatch(sid=p.sid, log=p.log, ops=result.ops, more=result.more))]
+        results = result if isinstance(result, list) else []
+        if p.kind == _BATCH:
+            return self._on_ingested(p, results, failed, now)
+        return self._on_live_ingested(p, results, now)
+
+    def handle_timer(self, now: float) -> list[LogOutput]:
         """Expire held operations and violation counts, time out sessions, start due ones."""
         now = self._tick(now)
-        out: list[LogEffect] = []
+        out: list[LogOutput] = []
         for key in self.buffer.expire(now):
             pair = self._pairs.peek(key)
             if pair is not None:
@@ -404,10 +345,16 @@ class LogSync:
         """The ``(peer, log)`` pull sessions running now."""
         return list(self._sessions.keys())
 
+    def in_flight(self) -> int:
+        """Store requests output and not yet reported with :meth:`store_done`."""
+        return len(self._pending)
+
     def close(self) -> None:
-        """Leave the registry (containers are dropped)."""
+        """Leave the registry (containers are dropped; later results are ignored)."""
+        self._connected.close()
         self._pairs.close()
         self._sessions.close()
+        self._pending.close()
         self._violations.close()
         self.buffer.close()
 
@@ -418,6 +365,20 @@ class LogSync:
             self._now = max(self._now, now)
             return now
         return self._now
+
+    def _submit(
+        self, pending: _Pending, query: ReadHeads | ReadBatch | IngestOps | AppendLocal, now: float
+    ) -> StoreRequest | None:
+        """Register a store request; ``None`` (counted) when ``max_requests`` are in flight."""
+        self._req = (self._req + 1) & 0x7FFFFFFFFFFF
+        try:
+            self._pending.set(self._req, pending)
+        except ContainerFull:
+            self.requests_dropped += 1
+            return None
+        if isinstance(query, ReadHeads | ReadBatch):
+            return StoreRead(self._req, query)
+        return StoreWrite(self._req, query)
 
     def _ensure_pair(self, peer: NodeId, log: str, now: float) -> _Pair:
         pair = self._pairs.get((peer, log))
@@ -430,7 +391,7 @@ class LogSync:
         floor = now if pair.last_start is None else pair.last_start + self.config.sync_retry_min
         pair.next_at = min(pair.next_at, max(now, floor))
 
-    def _start_due(self, now: float) -> list[LogEffect]:
+    def _start_due(self, now: float) -> list[LogOutput]:
         free = self.config.max_sync_sessions - len(self._sessions)
         if free <= 0:
             return []
@@ -438,7 +399,7 @@ class LogSync:
             ((p.next_at, k) for k, p in self._pairs.items() if p.next_at <= now and k not in self._sessions),
             key=lambda t: t[0],
         )
-        out: list[LogEffect] = []
+        out: list[LogOutput] = []
         for _, key in due[:free]:
             if key[0] not in self._connected:
                 continue
@@ -450,18 +411,31 @@ class LogSync:
             self._sid = (self._sid + 1) & 0x7FFFFFFF
             self._sessions.set(key, _Session(self._sid, now + self.config.sync_timeout))
             self.sessions_started += 1
-            out.append(Send(key[0], self._request(self._sid, key[1])))
+            out += self._ask(key, self._sid, now)
         return out
 
-    def _request(self, sid: int, log: str) -> SyncRequest:
-        heads = [(a.raw, seq) for (a, _), seq in self.store.heads(log).items()]
-        return SyncRequest(sid=sid, log=log, heads=heads)
+    def _ask(self, key: _Key, sid: int, now: float) -> list[LogOutput]:
+        """Read our heads for the next request of the session (sent in :meth:`_on_heads`); when
+        no request can be issued the session fails at its timeout."""
+        req = self._submit(_Pending(_HEADS, key[0], key[1], sid), ReadHeads(key[1]), now)
+        return [] if req is None else [req]
 
-    def _serve(self, peer: NodeId, msg: SyncRequest, now: float) -> list[LogEffect]:
+    def _on_heads(self, p: _Pending, heads: object, now: float) -> list[LogOutput]:
+        assert p.peer is not None
+        key = (p.peer, p.log)
+        session = self._sessions.peek(key)
+        if session is None or session.sid != p.sid:
+            return []  # the session ended meanwhile
+        if not isinstance(heads, dict):
+            return self._finish(key, now, ok=False)  # the store failed
+        mine: dict[LogKey, int] = heads
+        return [Send(p.peer, SyncRequest(sid=p.sid, log=p.log, heads=[(a.raw, seq) for (a, _), seq in mine.items()]))]
+
+    def _serve(self, peer: NodeId, msg: SyncRequest, now: float) -> list[LogOutput]:
         log = msg.log
         if log not in self._interest:
             return [Send(peer, SyncBatch(sid=msg.sid, log=log, ops=[], more=False, refused=True))]
-        out: list[LogEffect] = []
+        out: list[LogOutput] = []
         if peer in self._connected and (peer, log) not in self._sessions:
             pair = self._pairs.peek((peer, log))
             if pair is None or pair.last_start is None:
@@ -470,71 +444,75 @@ class LogSync:
         for raw, seq in msg.heads[: self.config.max_logs]:
             theirs[raw] = seq
         cfg = self.config
-        ops: list[tuple[bytes, bytes]] = []
-        nbytes = 0
-        more = False
-        mine = sorted(self.store.heads(log).items(), key=lambda kv: kv[0][0].raw)
-        for (author, _), hi in mine:
-            start = theirs.get(author.raw, -1) + 1
-            while start <= hi:
-                if len(ops) >= cfg.sync_batch_ops:
-                    more = True
-                    break
-                batch = self.store.iter_range(author, log, start, min(16, cfg.sync_batch_ops - len(ops)))
-                if not batch:
-                    break
-                for s in batch:
-                    data = encode_operation(s.op)
-                    size = len(data) + len(s.payload)
-                    if ops and nbytes + size > cfg.sync_batch_bytes:
-                        more = True
-                        break
-                    ops.append((data, s.payload))
-                    nbytes += size
-                    start = s.op.seq + 1
-                if more:
-                    break
-            if more:
-                break
-        out.append(Send(peer, SyncBatch(sid=msg.sid, log=log, ops=ops, more=more)))
+        query = ReadBatch(log, theirs, cfg.sync_batch_ops, cfg.sync_batch_bytes)
+        req = self._submit(_Pending(_SERVE, peer, log, msg.sid), query, now)
+        if req is not None:  # else dropped: the puller times out and retries
+            out.append(req)
         out += self._start_due(now)
         return out
 
-    def _on_batch(self, peer: NodeId, msg: SyncBatch, now: float) -> list[LogEffect]:
+    def _on_batch(self, peer: NodeId, msg: SyncBatch, now: float) -> list[LogOutput]:
         key = (peer, msg.log)
         session = self._sessions.peek(key)
         if session is None or session.sid != msg.sid:
             return []  # late or unsolicited: ignored
         if msg.refused:
             return self._finish(key, now, ok=True)
-        out: list[LogEffect] = []
-        progress = False
+        ops: list[tuple[Operation, bytes]] = []
+        bad = False
         for data, payload in msg.ops:
             try:
                 op = decode_operation(data)
                 if op.header.log != msg.log:
                     raise InvalidOperation("operation of another log in a sync batch")
-                res = self.store.ingest(op, payload, allow_gap=True)
             except InvalidOperation:
-                out += self._violation(peer)
-                out += self._finish(key, now, ok=False)
-                return out
+                bad = True
+                break
+            ops.append((op, payload))
+        if not ops:
+            if bad:
+                return [*self._violation(peer), *self._finish(key, now, ok=False)]
+            return self._finish(key, now, ok=True)
+        # with ``bad``, what precedes the invalid operation is still stored, then the session fails
+        pending = _Pending(_BATCH, peer, msg.log, msg.sid, tuple(ops), msg.more, bad)
+        req = self._submit(pending, IngestOps(pending.ops, allow_gap=True), now)
+        if req is None:
+            return []  # the session fails at its timeout
+        session.deadline = now + self.config.sync_timeout
+        return [req]
+
+    def _on_ingested(self, p: _Pending, results: list[object], failed: bool, now: float) -> list[LogOutput]:
+        """A received batch was ingested: deliver what was stored, then ask again or end."""
+        assert p.peer is not None
+        key = (p.peer, p.log)
+        out: list[LogOutput] = []
+        progress = False
+        invalid = p.bad
+        for (op, payload), res in zip(p.ops, results, strict=False):
+            if isinstance(res, InvalidOperation):
+                invalid = True
+                break
             if res is IngestResult.STORED:
                 progress = True
                 self.ops_stored += 1
-                out.append(OperationStored(op, payload, peer))
+                out.append(OperationStored(op, payload, p.peer))
             elif res is IngestResult.DUPLICATE:
                 progress = True
             else:
                 self.ops_refused += 1
-        if msg.more and progress:
+        if invalid:
+            out += self._violation(p.peer)
+        session = self._sessions.peek(key)
+        if session is None or session.sid != p.sid:
+            return out  # the session ended meanwhile: nothing more to ask
+        if invalid or failed:
+            return out + self._finish(key, now, ok=False)
+        if p.more and progress:
             session.deadline = now + self.config.sync_timeout
-            out.append(Send(peer, self._request(session.sid, msg.log)))
-            return out
-        out += self._finish(key, now, ok=True)
-        return out
+            return out + self._ask(key, p.sid, now)
+        return out + self._finish(key, now, ok=True)
 
-    def _finish(self, key: _Key, now: float, *, ok: bool) -> list[LogEffect]:
+    def _finish(self, key: _Key, now: float, *, ok: bool) -> list[LogOutput]:
         """End the session of ``key``, reschedule its pair, replay held live operations."""
         if self._sessions.pop(key) is None:
             return []
@@ -556,42 +534,60 @@ class LogSync:
             pair.next_at = max(now + delay, start + cfg.sync_retry_min)
             if ok and pair.dirty:
                 pair.next_at = max(now, start + cfg.sync_retry_min)
-        out: list[LogEffect] = []
-        for op, payload in self.buffer.release(key[0], key[1]):
-            out += self._ingest_live(key[0], op, payload, now)
+        out = self._replay(key[0], key[1], now)
         out += self._start_due(now)
         return out
 
-    def _end_pair(self, peer: NodeId, log: str, now: float) -> list[LogEffect]:
+    def _end_pair(self, peer: NodeId, log: str, now: float) -> list[LogOutput]:
         self._pairs.pop((peer, log))
         out = self._finish((peer, log), now, ok=False) if (peer, log) in self._sessions else []
-        out += [e for op, p in self.buffer.release(peer, log) for e in self._ingest_live(peer, op, p, now)]
+        return out + self._replay(peer, log, now)
+
+    def _replay(self, peer: NodeId, log: str, now: float) -> list[LogOutput]:
+        """Ingest what the gossip buffer held for ``(peer, log)``, in arrival order."""
+        held = self.buffer.release(peer, log)
+        return self._ingest_live(peer, log, tuple(held), now) if held else []
+
+    def _ingest_live(
+        self, peer: NodeId, log: str, ops: tuple[tuple[Operation, bytes], ...], now: float
+    ) -> list[LogOutput]:
+        req = self._submit(_Pending(_LIVE, peer, log, ops=ops), IngestOps(ops, allow_gap=False), now)
+        if req is None:  # dropped: pull sync fetches them
+            self._resync(peer, log, now)
+            return []
+        return [req]
+
+    def _on_live_ingested(self, p: _Pending, results: list[object], now: float) -> list[LogOutput]:
+        assert p.peer is not None
+        out: list[LogOutput] = []
+        gap = len(results) < len(p.ops)  # the store failed: fetch them by pull sync
+        for (op, payload), res in zip(p.ops, results, strict=False):
+            if isinstance(res, SeqGap):
+                gap = True  # we are behind
+            elif isinstance(res, InvalidOperation):
+                out += self._violation(p.peer)
+            elif res is IngestResult.STORED:
+                self.ops_stored += 1
+                out.append(OperationStored(op, payload, p.peer))
+                out += self._push(op, payload, exclude=p.peer)
+            elif res is IngestResult.REFUSED:
+                self.ops_refused += 1
+        if gap:
+            self._resync(p.peer, p.log, now)
         return out
 
-    def _ingest_live(self, peer: NodeId, op: Operation, payload: bytes, now: float) -> list[LogEffect]:
-        try:
-            res = self.store.ingest(op, payload)
-        except SeqGap:
-            if peer in self._connected and op.header.log in self._interest:
-                self._make_due(self._ensure_pair(peer, op.header.log, now), now)
-            return []
-        except InvalidOperation:
-            return self._violation(peer)
-        if res is IngestResult.STORED:
-            self.ops_stored += 1
-            return [OperationStored(op, payload, peer), *self._push(op, payload, exclude=peer)]
-        if res is IngestResult.REFUSED:
-            self.ops_refused += 1
-        return []
+    def _resync(self, peer: NodeId, log: str, now: float) -> None:
+        if peer in self._connected and log in self._interest:
+            self._make_due(self._ensure_pair(peer, log, now), now)
 
-    def _push(self, op: Operation, payload: bytes, exclude: NodeId | None) -> list[LogEffect]:
+    def _push(self, op: Operation, payload: bytes, exclude: NodeId | None) -> list[LogOutput]:
         peers = self._interest.get(op.header.log)
         if not peers:
             return []
         msg = LiveOp(op=encode_operation(op), payload=payload)
         return [Send(p, msg) for p in sorted(peers, key=lambda n: n.raw) if p != exclude and p in self._connected]
 
-    def _violation(self, peer: NodeId) -> list[LogEffect]:
+    def _violation(self, peer: NodeId) -> list[LogOutput]:
         self.invalid_ops += 1
         count = (self._violations.get(peer) or 0) + 1
         self._violations.set(peer, count, self._now)

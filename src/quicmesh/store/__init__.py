@@ -1,8 +1,9 @@
 """Stores for replicated signed logs: :class:`MemoryStore` and :class:`SqliteStore`, both
-implementing :class:`Store` with the same caps and capacity policy (see :mod:`.base`).
+implementing :class:`Store` (the contract, defined on the core side in
+:mod:`quicmesh.core.store_api` and re-exported here) with the same caps and capacity policy (see
+:mod:`.base`).
 
-``SqliteStore`` is loaded lazily, so that the sans-IO core (which imports :mod:`.base` for the
-protocol) never imports ``sqlite3``.
+``SqliteStore`` is loaded lazily, so that importing the package does not import ``sqlite3``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ leaves the store exactly as it was. The capacity policy is described in
 
 from __future__ import annotations
 
-from ..bounded import ContainerRegistry, ContainerStats
+from ..bounded import ContainerRegistry
 from ..config import StoreConfig
 from ..core.oplog import LogHead, Operation, operation_id, validate
 from ..errors import BacklinkMismatch, LimitExceeded, SeqGap
@@ -204,7 +204,7 @@ class MemoryStore(StoreStats):
         ops_after = self._nops + 1 - freed_n
         bytes_after = self._nbytes + size - freed_b
         if lg is None and len(self._logs) + 1 > cfg.max_logs:
-            return self._refuse(local, "store.max_logs", cfg.max_logs)
+            return self._refuse_write(local, "store.max_logs", cfg.max_logs)
         over_n = ops_after - cfg.max_operations
         over_b = bytes_after - cfg.max_bytes
         if over_n > 0 or over_b > 0:
@@ -213,7 +213,7 @@ class MemoryStore(StoreStats):
                 limit, cap = (
                     ("store.max_operations", cfg.max_operations) if over_n > 0 else ("store.max_bytes", cfg.max_bytes)
                 )
-                return self._refuse(local, limit, cap)
+                return self._refuse_write(local, limit, cap)
             for vkey, count in victims:
                 vlg = self._logs[vkey]
                 self._evictions += self._trim(vlg, vlg.lo + count)
@@ -235,7 +235,7 @@ class MemoryStore(StoreStats):
         self._nops += 1
         self._nbytes += size
         self._mark_prunable(key, lg)
-        self._note(self._nops)
+        self._note_size(self._nops)
         return True
 
     def _plan_victims(
@@ -261,7 +261,3 @@ class MemoryStore(StoreStats):
         if over_n > 0 or over_b > 0:
             return None
         return list(plan.items())
-
-    def stats(self) -> ContainerStats:
-        """Operations held against ``max_operations`` (and bytes against ``max_bytes``)."""
-        return self._stats(self._nops, self._nbytes)

@@ -1,60 +1,56 @@
-"""Helpers shared by the stores: statistics/registration and the eviction order."""
+"""Helpers shared by the stores: their bounded-container statistics and the eviction order."""
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Callable, Iterator
 
-from ..bounded import REGISTRY, ContainerRegistry, ContainerStats
+from ..bounded import ContainerRegistry, ContainerStats, Overflow
+from ..bounded._base import _Bounded
 from ..config import StoreConfig
+from ..core.store_api import StoreCounts
 from ..errors import LimitExceeded
 
 __all__ = ["StoreStats", "victim_order"]
 
 
-class StoreStats:
-    """Counters every store reports as a :class:`~quicmesh.bounded.StatsSource` (``kind`` "store"):
-    size = operations, bytes = bytes held, evictions = operations dropped to make room,
-    rejections = writes refused by a cap."""
+def _unsized(_: object) -> int:
+    return 0
+
+
+class StoreStats(_Bounded):
+    """The bounded-container base of every store (``kind`` "store", registered like any bounded
+    container): size = operations (capacity ``max_operations``), bytes = bytes held (capacity
+    ``max_bytes``), evictions = operations dropped to make room, rejections = writes refused by
+    a cap. A store keeps its own counts (:meth:`counts`); this class only reports them."""
+
+    _kind = "store"
 
     def __init__(self, name: str, config: StoreConfig, registry: ContainerRegistry | None) -> None:
-        self._name = name
-        self._cap_ops = config.max_operations
-        self._cap_bytes = config.max_bytes
-        self._peak = 0
-        self._evictions = 0
-        self._rejections = 0
-        self._registry = registry if registry is not None else REGISTRY
-        self._registry.register(self)
-
-    @property
-    def name(self) -> str:
-        """The name shown in metrics."""
-        return self._name
-
-    def stats(self) -> ContainerStats:
-        """A frozen snapshot of the counters (implemented by each store)."""
-        raise NotImplementedError
-
-    def _stats(self, ops: int, nbytes: int) -> ContainerStats:
-        return ContainerStats(
-            name=self._name,
-            kind="store",
-            size=ops,
-            capacity=self._cap_ops,
-            peak=self._peak,
-            evictions=self._evictions,
-            expirations=0,
-            rejections=self._rejections,
-            bytes=nbytes,
-            capacity_bytes=self._cap_bytes,
+        super().__init__(
+            name,
+            config.max_operations,
+            Overflow.REJECT,
+            capacity_bytes=config.max_bytes,
+            sizeof=_unsized,
+            registry=registry,
         )
 
-    def _note(self, ops: int) -> None:
-        if ops > self._peak:
-            self._peak = ops
+    def counts(self) -> StoreCounts:
+        """Operations, logs and bytes held (implemented by each store)."""
+        raise NotImplementedError
 
-    def _refuse(self, raise_: bool, limit: str, capacity: int) -> bool:
+    def _size(self) -> int:
+        return self.counts().operations
+
+    def stats(self) -> ContainerStats:
+        """A frozen snapshot of the counters."""
+        return dataclasses.replace(super().stats(), bytes=self.counts().bytes)
+
+    def _refuse_write(self, raise_: bool, limit: str, capacity: int) -> bool:
+        """Count a write refused by a cap; raise :class:`~quicmesh.errors.LimitExceeded` for a
+        local append (``raise_``), else return ``False``."""
         self._rejections += 1
         if raise_:
             raise LimitExceeded(limit, capacity)

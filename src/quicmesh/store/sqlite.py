@@ -15,8 +15,8 @@ be fetched again from peers after a power loss). Each write is one ``BEGIN IMMED
 transaction that computes what it frees and whether the caps allow it before changing anything,
 and rolls back when refused.
 
-Every public method takes one lock and touches one log or one bounded batch, so the runtime may
-call the store from its event loop or from one worker thread.
+Every public method takes one lock and touches one log or one bounded batch; the runtime calls
+the store from one worker thread only (:mod:`quicmesh.runtime.store_worker`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sqlite3
 import threading
 from typing import Any
 
-from ..bounded import ContainerRegistry, ContainerStats
+from ..bounded import ContainerRegistry
 from ..config import StoreConfig
 from ..core.oplog import LogHead, Operation, decode_operation, encode_operation, operation_id, validate
 from ..errors import BacklinkMismatch, SeqGap
@@ -98,7 +98,7 @@ class SqliteStore(StoreStats):
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(nops),0), COALESCE(SUM(nbytes),0) FROM logs").fetchone()
         self._nlogs, self._nops, self._nbytes = int(row[0]), int(row[1]), int(row[2])
         StoreStats.__init__(self, name, self.config, registry)
-        self._note(self._nops)
+        self._note_size(self._nops)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -151,9 +151,6 @@ class SqliteStore(StoreStats):
     def counts(self) -> StoreCounts:
         return StoreCounts(self._nops, self._nlogs, self._nbytes)
 
-    def stats(self) -> ContainerStats:
-        """Operations held against ``max_operations`` (and bytes against ``max_bytes``)."""
-        return self._stats(self._nops, self._nbytes)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -310,7 +307,7 @@ class SqliteStore(StoreStats):
         if keep > 0:
             new_lo = max(new_lo, seq - keep + 1)
         if row is None and self._nlogs + 1 > cfg.max_logs:
-            return self._refuse(local, "store.max_logs", cfg.max_logs)
+            return self._refuse_write(local, "store.max_logs", cfg.max_logs)
         self._set_sync("FULL" if local else "NORMAL")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -338,7 +335,7 @@ class SqliteStore(StoreStats):
                         if over_n > 0
                         else ("store.max_bytes", cfg.max_bytes)
                     )
-                    return self._refuse(local, limit, cap)
+                    return self._refuse_write(local, limit, cap)
                 while over_n > 0 or over_b > 0:
                     v = db.execute(
                         "SELECT o.author, o.name, o.seq, o.size FROM logs l JOIN ops o"
@@ -381,5 +378,5 @@ class SqliteStore(StoreStats):
         self._nbytes += size - trimmed_b - evicted_b
         self._nlogs += int(new_log)
         self._evictions += evicted_n
-        self._note(self._nops)
+        self._note_size(self._nops)
         return True
