@@ -62,6 +62,10 @@ def test_every_event_type_has_a_handler_and_anything_else_is_refused() -> None:
         events.AddPeer: events.AddPeer(other, ("mem:2",)),
         events.RemovePeer: events.RemovePeer(other),
         events.Shutdown: events.Shutdown(),
+        events.AcquireLog: events.AcquireLog("l"),
+        events.AppendLog: events.AppendLog("l", b"x", 1_000_000),
+        events.StoreDone: events.StoreDone(99, None),
+        events.ReleaseLog: events.ReleaseLog("l"),
     }
     assert set(samples) == set(typing.get_args(events.Event))  # every input type is exercised
     for event in samples.values():

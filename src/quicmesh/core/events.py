@@ -23,7 +23,10 @@ output                        the driver ...
                               change
 ============================  ====================================================================
 
-Log sync adds its own outputs (store requests and stored operations), passed through unchanged.
+Log replication adds its outputs (:mod:`quicmesh.core.log_effects`): ``StoreRead`` and
+``StoreWrite`` (the driver runs the query against its store and reports ``StoreDone``),
+``OperationStored`` (hand it to the local watchers of its log) and ``Appended`` (complete the
+appender).
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from .rpc import CallResolved, Invoke
 from .wire import Message
 
 __all__ = [
+    "AcquireLog",
     "AddPeer",
     "Advertise",
+    "AppendLog",
     "CallResolved",
     "CancelCall",
     "Deliver",
@@ -59,11 +64,13 @@ __all__ = [
     "PeerDisconnected",
     "Publish",
     "Reconcile",
+    "ReleaseLog",
     "RemovePeer",
     "Send",
     "Shutdown",
     "StartCall",
     "StateChanged",
+    "StoreDone",
     "Subscribe",
     "TimerFired",
     "Unadvertise",
@@ -235,6 +242,40 @@ class RemovePeer:
 
 
 @dataclass(frozen=True, slots=True)
+class AcquireLog:
+    """The application opened a handle on log ``name`` (the first one starts replicating it)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLog:
+    """The application closed a handle on log ``name`` (the last one stops replicating it)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendLog:
+    """Append ``payload`` to this node's log ``name``, timestamped ``now_us`` (at least
+    ``min_us``); the outcome is an ``Appended`` output."""
+
+    name: str
+    payload: bytes
+    now_us: int
+    min_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDone:
+    """The store answered request ``req_id`` of a ``StoreRead``/``StoreWrite`` output
+    (``result`` may be an exception)."""
+
+    req_id: int
+    result: object
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """The node is stopping: withdraw its adverts and send what is open."""
 
@@ -242,7 +283,7 @@ class Shutdown:
 Event = (
     PeerConnected | PeerDisconnected | DialFailed | MessageReceived | TimerFired | Reconcile | Join | Subscribe
     | Unsubscribe | JoinTopic | Publish | Flush | Advertise | Unadvertise | StartCall | CancelCall | HandlerDone
-    | Lookup | AddPeer | RemovePeer | Shutdown
+    | Lookup | AddPeer | RemovePeer | Shutdown | AcquireLog | ReleaseLog | AppendLog | StoreDone
 )
 """Everything :meth:`NodeCore.handle` accepts."""
 

@@ -7,7 +7,8 @@ A :class:`NodeCore` owns the node's sans-IO machines: the :class:`~quicmesh.core
 (address book, realm membership, topic swarms and their broadcast), the service
 :class:`~quicmesh.core.registry.Registry` (signed leases), the :class:`~quicmesh.core.rpc.Rpc`
 (calls on one connection) and the :class:`~quicmesh.core.caller.Caller` (provider choice and
-failover), and, when the node replicates logs, a log machine. Time (``now``) and a seeded RNG are
+failover) and the :class:`~quicmesh.core.replication.LogReplication` (log interest and sync,
+store access as outputs). Time (``now``) and a seeded RNG are
 arguments; nothing here does I/O.
 
 **In.** :meth:`handle` takes one typed event of :mod:`quicmesh.core.events` and returns the
@@ -50,7 +51,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from random import Random
-from typing import Any, Protocol
+from typing import Any
 
 from ..bounded import ContainerRegistry
 from ..config import NodeConfig
@@ -59,8 +60,10 @@ from .caller import Caller
 from .effects import Deliver, DeliverBatch, Disconnect
 from .events import (
     STATE_CHANGED,
+    AcquireLog,
     AddPeer,
     Advertise,
+    AppendLog,
     CancelCall,
     DialFailed,
     Event,
@@ -74,9 +77,11 @@ from .events import (
     PeerDisconnected,
     Publish,
     Reconcile,
+    ReleaseLog,
     RemovePeer,
     Shutdown,
     StartCall,
+    StoreDone,
     Subscribe,
     TimerFired,
     Unadvertise,
@@ -88,9 +93,10 @@ from .mesh_messages import MESH_MESSAGES, MGossip, MIHave
 from .messages import Reply, ReplyError, Request, Services
 from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
 from .registry_messages import REGISTRY_MESSAGES
+from .replication import LogReplication
 from .wire import Message
 
-__all__ = ["RPC_PIN", "LogMachine", "NodeCore"]
+__all__ = ["RPC_PIN", "NodeCore"]
 
 RPC_PIN = 30.0
 """Seconds a connection stays open after its last RPC message (a caller that calls every few
@@ -103,23 +109,6 @@ _QUIET_MESH_TYPES = (MGossip, MIHave)
 _CALLER_TYPES = (Request, Reply, ReplyError)
 _REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
 _LOG_TYPES = tuple(LOG_MESSAGES)
-
-
-class LogMachine(Protocol):
-    """What the core needs of a log replication machine (``LogSync``): the connection events,
-    its messages, its timer, and whether it shares a log with a peer (a pin)."""
-
-    def peer_connected(self, peer: NodeId, now: float) -> Iterable[object]: ...
-
-    def peer_disconnected(self, peer: NodeId, now: float) -> Iterable[object]: ...
-
-    def handle_message(self, peer: NodeId, msg: Message, now: float) -> Iterable[object]: ...
-
-    def handle_timer(self, now: float) -> Iterable[object]: ...
-
-    def next_deadline(self) -> float | None: ...
-
-    def shares_with(self, peer: NodeId) -> bool: ...
 
 
 class NodeCore:
@@ -135,7 +124,6 @@ class NodeCore:
         addresses: tuple[str, ...] = (),
         version_base: int = 0,
         wall_offset: float = 0.0,
-        logs: LogMachine | None = None,
     ) -> None:
         self.id = keypair.node_id
         self.config = config
@@ -156,7 +144,8 @@ class NodeCore:
             neighbours=self.mesh.realm.active_peers, peer_capacity=cap, rng=rng, containers=registry,
         )
         """Provider choice, dials, attempts and failover within one deadline."""
-        self.logs = logs
+        self.logs = LogReplication(keypair, config, Random(rng.random()), registry)
+        """Replicated logs: interest exchange and sync; store access as outputs."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: dict[NodeId, float] = {}  # bounded: one per connected peer, dropped with it
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`)."""
@@ -179,6 +168,10 @@ class NodeCore:
             CancelCall: lambda e, now: self.cancel_call(e.call_id),
             HandlerDone: lambda e, now: self.handler_done(e.peer, e.call_id, e.result, e.error, now),
             Lookup: lambda e, now: self.lookup(e.name, now),
+            AcquireLog: lambda e, now: self.acquire_log(e.name, now),
+            ReleaseLog: lambda e, now: self.release_log(e.name, now),
+            AppendLog: lambda e, now: self.append_log(e.name, e.payload, now, now_us=e.now_us, min_us=e.min_us)[1],
+            StoreDone: lambda e, now: self.store_done(e.req_id, e.result, now),
             AddPeer: lambda e, now: self.add_peer(e.peer, e.addresses, now),
             RemovePeer: lambda e, now: self.remove_peer(e.peer, now),
             Shutdown: lambda e, now: self.shutdown(now),
@@ -199,7 +192,7 @@ class NodeCore:
         best: float | None = None
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
-            self.logs.next_deadline() if self.logs is not None else None,
+            self.logs.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -226,8 +219,8 @@ class NodeCore:
             out = self._route(self.services.handle_message(peer, msg, now), now)
             out.append(STATE_CHANGED)  # a lookup answer may list new providers
             return out
-        if isinstance(msg, _LOG_TYPES) and self.logs is not None:
-            return list(self.logs.handle_message(peer, msg, now))
+        if isinstance(msg, _LOG_TYPES):
+            return self.logs.handle_message(peer, msg, now)
         return []
 
     def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
@@ -236,8 +229,7 @@ class NodeCore:
         if any(isinstance(e, Disconnect) and e.peer == peer for e in out):
             return out  # the mesh refused it (ourselves, or over max_connections)
         out += self._route(self.caller.peer_connected(peer, now), now)
-        if self.logs is not None:
-            out += self.logs.peer_connected(peer, now)
+        out += self.logs.peer_connected(peer, now)
         out.append(STATE_CHANGED)
         return out
 
@@ -261,8 +253,7 @@ class NodeCore:
         out = self._route(self.mesh.handle_timer(now), now)
         out += self._route(self.services.handle_timer(now), now)
         out += self._route(self.caller.handle_timer(now), now)
-        if self.logs is not None:
-            out += self.logs.handle_timer(now)
+        out += self.logs.handle_timer(now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
@@ -360,6 +351,24 @@ class NodeCore:
             return []
         return self._route(list(self.rpc.handler_done(peer, call_id, result, error)), now)
 
+    def acquire_log(self, name: str, now: float) -> list[object]:
+        """Take a reference to log ``name`` (the first starts replicating it)."""
+        return self.logs.acquire(name, now)
+
+    def release_log(self, name: str, now: float) -> list[object]:
+        """Drop a reference to log ``name`` (the last stops replicating it)."""
+        return self.logs.release(name, now)
+
+    def append_log(self, name: str, payload: bytes, now: float, *, now_us: int,
+                   min_us: int = 0) -> tuple[int, list[object]]:
+        """Append to this node's log ``name``; the result is an ``Appended`` with the returned
+        request id, after the store answered (:meth:`store_done`)."""
+        return self.logs.append(name, payload, now=now, now_us=now_us, min_us=min_us)
+
+    def store_done(self, req_id: int, result: object, now: float) -> list[object]:
+        """The store answered request ``req_id`` (``result`` may be an exception)."""
+        return self.logs.store_done(req_id, result, now)
+
     def lookup(self, name: str, now: float) -> list[object]:
         """Ask the realm neighbours for providers of ``name`` (answers arrive as messages)."""
         waiter = -next(self._lookup_ids)  # negative: not a call of the caller planner
@@ -395,7 +404,7 @@ class NodeCore:
             return True
         if self.caller.uses(peer) or self.rpc.peer_in_use(peer):
             return True
-        return self.logs is not None and self.logs.shares_with(peer)
+        return self.logs.shares_with(peer)
 
     @property
     def pending_calls(self) -> int:
@@ -411,8 +420,7 @@ class NodeCore:
     def _lost(self, peer: NodeId, now: float) -> list[object]:
         self._rpc_seen.pop(peer, None)
         out = self._route(self.caller.peer_disconnected(peer, now), now)
-        if self.logs is not None:
-            out += self.logs.peer_disconnected(peer, now)
+        out += self.logs.peer_disconnected(peer, now)
         return out
 
     def _route(self, effects: Iterable[object], now: float) -> list[object]:

@@ -44,6 +44,7 @@ from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from ..core.events import StateChanged
+from ..core.log_effects import Appended, OperationStored, StoreRead, StoreWrite
 from ..core.messages import ALL_MESSAGES
 from ..core.node import NodeCore
 from ..core.rpc import CallResolved, Invoke
@@ -69,6 +70,8 @@ log = logging.getLogger("quicmesh.node")
 
 _INBOX_CHUNK = 256
 """Inbound messages processed per event-loop iteration before readers get a turn."""
+_LOG_OUTPUTS = (StoreRead, StoreWrite, OperationStored, Appended)
+"""Outputs of the core's log replication, carried out by :class:`LogService`."""
 _GRACEFUL_CODES = frozenset({"shutdown", "normal", "idle", "duplicate"})
 _RECONCILE_INTERVAL = 5.0
 """Seconds between two reconciliations of per-peer RPC state with the live connections."""
@@ -152,14 +155,12 @@ class NodeDriver:
             self.transport = QuicTransport(
                 keypair, config.realm, config.transport, self.codec, listen=config.listen, registry=self.registry
             )
-        self.logs = LogService(
-            keypair, config, registry=self.registry, rng=self._rng, run=self._run, rearm=self._rearm
-        )
-        self.core = NodeCore(
-            keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000,
-            logs=_LogMachine(self.logs),
-        )
+        self.core = NodeCore(keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000)
         """Every protocol state machine of this node, composed (see :mod:`quicmesh.core.node`)."""
+        self.logs = LogService(
+            keypair, config, self.core.logs, registry=self.registry, run=self._run, rearm=self._rearm
+        )
+        """Executes the core's store requests; log handles, watchers and maps."""
         self.mesh = self.core.mesh
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
         self.services = self.core.services
@@ -351,6 +352,8 @@ class NodeDriver:
                 self._spawn(self._dial(eff.peer, eff.addresses))
             elif isinstance(eff, DialAddress):
                 self._spawn(self._dial(None, eff.addresses))
+            elif isinstance(eff, _LOG_OUTPUTS):
+                self.logs.execute(eff)
 
     async def _dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
         """Carry out a mesh Dial/DialAddress; report success or failure back to the mesh."""
@@ -492,33 +495,3 @@ class NodeDriver:
         except Exception as exc:
             error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
         self._run(self.core.handler_done(eff.peer, eff.call_id, result, error, self._now()))
-
-
-class _LogMachine:
-    """The node's :class:`LogService` as the core's log machine: the service carries out its
-    own effects (it was given the node's ``run``), so nothing is returned here."""
-
-    def __init__(self, service: LogService) -> None:
-        self._service = service
-
-    def peer_connected(self, peer: NodeId, now: float) -> list[object]:
-        self._service.peer_connected(peer, now)
-        return []
-
-    def peer_disconnected(self, peer: NodeId, now: float) -> list[object]:
-        self._service.peer_disconnected(peer, now)
-        return []
-
-    def handle_message(self, peer: NodeId, msg: WireMessage, now: float) -> list[object]:
-        self._service.handle_message(peer, msg, now)
-        return []
-
-    def handle_timer(self, now: float) -> list[object]:
-        self._service.handle_timer(now)
-        return []
-
-    def next_deadline(self) -> float | None:
-        return self._service.next_deadline()
-
-    def shares_with(self, peer: NodeId) -> bool:
-        return self._service.shares_with(peer)

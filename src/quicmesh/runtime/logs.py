@@ -2,11 +2,11 @@
 
 Theory of operation
 -------------------
-:class:`LogService` is driven by :class:`~quicmesh.runtime.node.Node` like the other core
-machines: the node hands it peer events and ``l.*`` messages with ``now``, includes its
-``next_deadline()`` in the node's single timer, and calls ``handle_timer(now)``. The sans-IO
-:class:`~quicmesh.core.logsync.LogSync` does the replication; this class executes its outputs
-and owns what needs I/O and asyncio around it:
+:class:`LogService` is the runtime half of log replication. The sans-IO half,
+:class:`~quicmesh.core.replication.LogReplication` (interest exchange, rate limits, the sync
+machine), is part of the node's :class:`~quicmesh.core.node.NodeCore`, which routes ``l.*``
+messages, peer events and the timer to it. The node's driver hands this class the log outputs
+of the core (:meth:`LogService.execute`), and this class owns what needs I/O and asyncio:
 
 * **Store**: :class:`~quicmesh.store.SqliteStore` at ``<data_dir>/store.sqlite3`` when
   ``config.data_dir`` is set, else a :class:`~quicmesh.store.MemoryStore` with the
@@ -21,18 +21,12 @@ and owns what needs I/O and asyncio around it:
   (local delivery, live pushes) on the loop, and only then does ``append`` return: durable before
   the future resolves, and published in append order.
 * **Interest**: a log name is replicated while this node holds a :class:`Log` handle, a watcher
-  or a :class:`ReplicatedMap` on it (reference counted; closing or garbage-collecting the last
-  one withdraws the interest). Interest is exchanged with directly connected peers with
-  :class:`~quicmesh.core.log_messages.LogInterest`: the whole set when a connection comes up,
-  changes afterwards. A name is synced with the connected peers that are interested in it too
-  (``LogSync.interest(name, peers)``).
+  or a :class:`ReplicatedMap` on it: each handle takes a reference in the core
+  (``LogReplication.acquire``); closing or garbage-collecting the last one releases it.
 * **Delivery**: every newly stored operation (appended here, pushed live or pulled) is put into
   the bounded queue of each watcher of its log (drop-oldest, counted) and folded into the
   name's last-writer-wins map when one is open. Operations reach the store in seq order per
   author, so watchers see each author's operations in order.
-* **Abuse**: ``l.req`` (which makes us read up to one batch from the store) is rate-limited per
-  peer with a token bucket; requests beyond it are dropped and counted (the puller retries after
-  its timeout). Interest sets per peer are capped at ``store.max_interests`` names.
 
 Bounds: handles and watchers (``pubsub.max_subscriptions``), names (``store.max_interests``),
 per-peer state (one entry per connection), LogSync's store requests (``STORE_REQUESTS``), the
@@ -51,21 +45,17 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from operator import methodcaller
 from pathlib import Path
-from random import Random
 from typing import Any
 
 from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
-from ..core.effects import Send
 from ..core.kvmap import KvMap, decode_entry
 from ..core.log_effects import Appended, IngestOps, OperationStored, StoreRead, StoreWrite
-from ..core.log_messages import LogInterest, SyncRequest
-from ..core.log_peers import PeerLogs, valid_name
 from ..core.logsync import LogSync
-from ..core.oplog import MAX_LOG_NAME, Operation
+from ..core.oplog import Operation
+from ..core.replication import LogReplication
 from ..core.store_api import Store, StoredOp
-from ..core.wire import Message
 from ..errors import ContainerFull, InvalidOperation, LimitExceeded, NodeClosed, OperationTooLarge
 from ..identity import KeyPair, NodeId
 from ..store import MemoryStore
@@ -100,30 +90,26 @@ class LogService:
         self,
         keypair: KeyPair,
         config: NodeConfig,
+        replication: LogReplication,
         *,
         registry: ContainerRegistry,
-        rng: Random,
         run: Callable[[Iterable[object]], None],
         rearm: Callable[[], None] | None = None,
     ) -> None:
         self.keypair = keypair
         self.config = config
         self.registry = registry
-        self._rng = rng
+        self.replication = replication
+        """The core's log machine (interest, sync); this service executes its store requests."""
         self._run = run
         self._rearm_cb = rearm
         self.store: Store | None = None
-        self.sync: LogSync | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.clock_us: Callable[[], int] = lambda: time.time_ns() // 1000
         """Wall clock for operation timestamps (microseconds); replaceable in tests."""
-        cap_peers = config.transport.max_connections
-        self._early: LruMap[NodeId, None] = LruMap("logs.early_peers", cap_peers, registry=registry)
-        self._peers = PeerLogs(cap_peers, config.store.max_interests, registry=registry)
-        self._peer_logs = self._peers.interests
-        self._refs: dict[str, int] = {}  # bounded: <= store.max_interests names, checked in _acquire()
+        self._peer_logs = replication.peers.interests
         self._handles: LruMap[int, _Handle] = LruMap(
             "logs.handles", config.pubsub.max_subscriptions, Overflow.REJECT, registry=registry
         )
@@ -136,8 +122,6 @@ class LogService:
         self._tasks: set[asyncio.Task[Any]] = set()  # bounded: appends in flight, serialised by _append_lock
         self._ids = itertools.count(1)
         # counters
-        self.requests_limited = 0
-        self.requests_served = 0
         self.batches_dropped = 0
         self.batches_in_thread = 0
         self.appended = 0
@@ -147,6 +131,21 @@ class LogService:
     def node_id(self) -> NodeId:
         """This node's id."""
         return self.keypair.node_id
+
+    @property
+    def sync(self) -> LogSync | None:
+        """The core's sync machine, once the store is open (``None`` before)."""
+        return self.replication.sync if self.store is not None and not self._closed else None
+
+    @property
+    def requests_limited(self) -> int:
+        """``l.req`` requests dropped by the per-peer rate limit."""
+        return self.replication.requests_limited
+
+    @property
+    def requests_served(self) -> int:
+        """``l.req`` requests served."""
+        return self.replication.requests_served
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -169,22 +168,9 @@ class LogService:
             store = await self._loop.run_in_executor(self._executor, open_store)
         else:
             store = MemoryStore(cfg, registry=self.registry)
-        self.store = store
-        self.sync = LogSync(
-            self.keypair,
-            cfg,
-            Random(self._rng.random()),
-            self.registry,
-            max_requests=STORE_REQUESTS,
-            max_peers=self.config.transport.max_connections,
-        )
         self._worker.start(store, self._executor)
         self._heads.load(await self._worker.read(lambda s: s.heads()))
-        now = self._loop.time()
-        for peer in list(self._early.keys()):
-            self.peer_connected(peer, now)
-        self._early.clear()
-        self._rearm()
+        self.store = store
 
     async def stop(self) -> None:
         """Finish the appends in flight, then close watchers, the worker and the store."""
@@ -198,8 +184,7 @@ class LogService:
         for h in list(self._handles.values()):
             if h.queue is not None:
                 h.queue.close_queue(NodeClosed("node stopped"))
-        if self.sync is not None:
-            self.sync.close()
+        self.replication.close()
         self._heads.close()
         if self.store is not None:
             if self._executor is not None and self._loop is not None:
@@ -218,44 +203,46 @@ class LogService:
         return self._loop.time()
 
     def _check(self) -> None:
-        if self._closed or self.sync is None:
+        if self._closed or self.store is None:
             raise NodeClosed("log service is not running")
 
-    # -- executing LogSync's outputs -------------------------------------------------------------
+    # -- executing the core's log outputs --------------------------------------------------------
 
-    def _apply(self, outputs: Iterable[object]) -> None:
-        """Carry out LogSync outputs: store requests to the worker, stored operations to the local
-        watchers, append results to their callers, the rest (sends, disconnects) to the node."""
-        rest: list[object] = []
-        for e in outputs:
-            if isinstance(e, OperationStored):
-                self._deliver(e.op, e.payload)
-            elif isinstance(e, StoreRead | StoreWrite):
-                self._request(e)
-            elif isinstance(e, Appended):
-                fut = self._appends.pop(e.req_id, None)
-                if fut is not None and not fut.done():
-                    if e.stored is not None:
-                        fut.set_result(e.stored)
-                    else:
-                        fut.set_exception(e.error or NodeClosed("append failed"))
+    def execute(self, e: object) -> None:
+        """Carry out one log output of the core: a store request goes to the worker, a stored
+        operation to the local watchers and maps, an append result to its caller."""
+        if isinstance(e, OperationStored):
+            self._deliver(e.op, e.payload)
+        elif isinstance(e, StoreRead | StoreWrite):
+            if self.store is None or self._closed:
+                self._refuse(e)
             else:
-                rest.append(e)
-        if rest and not self._closed:
-            self._run(rest)
+                self._request(e)
+        elif isinstance(e, Appended):
+            fut = self._appends.pop(e.req_id, None)
+            if fut is not None and not fut.done():
+                if e.stored is not None:
+                    fut.set_result(e.stored)
+                else:
+                    fut.set_exception(e.error or NodeClosed("append failed"))
+
+    def _refuse(self, req: StoreRead | StoreWrite) -> None:
+        """A store request while no store is open: it fails (the sync machine retries later)."""
+        self._run(self.replication.store_done(req.req_id, NodeClosed("no store open"), self._now()))
 
     def _request(self, req: StoreRead | StoreWrite) -> None:
         req_id = req.req_id
 
         def done(result: object) -> None:
-            if self.sync is None:
-                return
             if isinstance(result, Exception) and not isinstance(result, InvalidOperation | LimitExceeded):
                 log.error("store request %r failed: %r", type(req.query).__name__, result)
-            outputs = self.sync.store_done(req_id, result, self._now())
+            outputs = self.replication.store_done(req_id, result, self._now())
             if self._closed:  # only answer the appends still waiting
-                outputs = [o for o in outputs if isinstance(o, Appended)]
-            self._apply(outputs)
+                for o in outputs:
+                    if isinstance(o, Appended):
+                        self.execute(o)
+                return
+            self._run(outputs)
             self._rearm()
 
         if isinstance(req.query, IngestOps) and req.query.allow_gap and self._executor is not None:
@@ -267,105 +254,27 @@ class LogService:
             assert self._loop is not None
             self._loop.call_soon(done, exc)
 
-    # -- driver API ------------------------------------------------------------------------------
-
-    def peer_connected(self, peer: NodeId, now: float) -> None:
-        """A connection to ``peer`` is up."""
-        if self.sync is None:
-            if not self._closed:
-                self._early.set(peer, None)
-            return
-        if peer in self._peers:
-            # a new connection replaced the old one (the peer restarted): start afresh, so that
-            # its interests are learnt again and every shared log is synced at once
-            self.peer_disconnected(peer, now)
-        self._peers.connect(peer)
-        if self._refs:
-            self._run([Send(peer, LogInterest(added=sorted(self._refs), removed=[], reset=True))])
-        self._apply(self.sync.peer_connected(peer, now))
-
-    def peer_disconnected(self, peer: NodeId, now: float) -> None:
-        """The connection to ``peer`` is gone."""
-        self._early.pop(peer)
-        if self.sync is None or self._closed:
-            return
-        had = self._peers.disconnect(peer)
-        self._apply(self.sync.peer_disconnected(peer, now))
-        for name in had:
-            if name in self._refs:
-                self._apply(self.sync.interest(name, self._sharing(name), now))
-
-    def handle_message(self, peer: NodeId, message: Message, now: float) -> None:
-        """An ``l.*`` message from ``peer``."""
-        sync = self.sync
-        if sync is None or self._closed:
-            return
-        if isinstance(message, LogInterest):
-            self._on_interest(peer, message, now)
-            return
-        if isinstance(message, SyncRequest):
-            if not self._peers.take_token(peer, now):
-                self.requests_limited += 1
-                return
-            self.requests_served += 1
-        self._apply(sync.handle_message(peer, message, now))
-
-    def handle_timer(self, now: float) -> None:
-        """Run what is due at ``now``."""
-        if self.sync is not None and not self._closed:
-            self._apply(self.sync.handle_timer(now))
-
-    def next_deadline(self) -> float | None:
-        """When :meth:`handle_timer` must run next."""
-        if self.sync is None or self._closed:
-            return None
-        return self.sync.next_deadline()
-
     # -- interest --------------------------------------------------------------------------------
 
-    def shares_with(self, peer: NodeId) -> bool:
-        """Whether ``peer`` syncs a log name with us (its connection must stay open)."""
-        return any(n in self._refs for n in self._peers.names(peer))
+    @property
+    def _refs(self) -> dict[str, int]:
+        """Log name -> handles held on it (the core's reference counts)."""
+        return self.replication.refs
 
     def _sharing(self, name: str) -> list[NodeId]:
-        return self._peers.sharing(name)
-
-    def _on_interest(self, peer: NodeId, msg: LogInterest, now: float) -> None:
-        assert self.sync is not None
-        for name in self._peers.update(peer, msg) & self._refs.keys():
-            self._apply(self.sync.interest(name, self._sharing(name), now))
+        """The connected peers interested in ``name``."""
+        return self.replication.peers.sharing(name)
 
     def _acquire(self, name: str) -> None:
         """One more handle on ``name``; the first starts replicating it."""
-        if not valid_name(name):
-            raise InvalidOperation(f"a log name is 1 to {MAX_LOG_NAME} UTF-8 bytes")
-        assert self.sync is not None
-        n = self._refs.get(name, 0)
-        if n == 0:
-            cap = self.config.store.max_interests
-            if len(self._refs) >= cap:
-                raise LimitExceeded("store.max_interests", cap)
-            effects = self.sync.interest(name, self._sharing(name), self._now())
-            self._refs[name] = 1
-            msg = LogInterest(added=[name], removed=[])
-            self._run([Send(p, msg) for p in self._peers.peers()])
-            self._apply(effects)
-            self._rearm()
-        else:
-            self._refs[name] = n + 1
+        self._run(self.replication.acquire(name, self._now()))
+        self._rearm()
 
     def _release(self, name: str) -> None:
         """One handle fewer on ``name``; the last stops replicating it."""
-        n = self._refs.get(name, 0)
-        if n > 1:
-            self._refs[name] = n - 1
+        if self._closed:
             return
-        self._refs.pop(name, None)
-        if self._closed or self.sync is None:
-            return
-        self._apply(self.sync.uninterest(name, self._now()))
-        msg = LogInterest(added=[], removed=[name])
-        self._run([Send(p, msg) for p in self._peers.peers()])
+        self._run(self.replication.release(name, self._now()))
         self._rearm()
 
     def _new_handle(self, handle: _Handle) -> int:
@@ -516,12 +425,14 @@ class LogService:
     async def _append(self, name: str, payload: bytes, after: int) -> LogEntry:
         assert self._append_lock is not None and self._loop is not None
         async with self._append_lock:
-            if self._closed or self.sync is None:
+            if self._closed or self.store is None:
                 raise NodeClosed("log service is not running")
-            req_id, outputs = self.sync.append(name, payload, now=self._now(), now_us=self.clock_us(), min_us=after)
+            req_id, outputs = self.replication.append(
+                name, payload, now=self._now(), now_us=self.clock_us(), min_us=after
+            )
             fut: asyncio.Future[StoredOp] = self._loop.create_future()
             self._appends[req_id] = fut
-            self._apply(outputs)
+            self._run(outputs)
             try:
                 stored = await fut
             finally:
@@ -580,7 +491,7 @@ class LogService:
             out[f"{out['store']['kind']}_store"] = out["store"]  # memory_store / sqlite_store, as operators name it
         sync = self.sync
         out["logs"] = {
-            "names": len(self._refs),
+            "names": len(self.replication.refs),
             "handles": len(self._handles),
             "maps": len(self._maps),
             "sessions": len(sync.running()) if sync is not None else 0,
@@ -590,7 +501,7 @@ class LogService:
             "invalid_ops_total": sync.invalid_ops if sync is not None else 0,
             "appended_total": self.appended,
             "requests_limited_total": self.requests_limited,
-            "interest_names_ignored_total": self._peers.names_ignored,
+            "interest_names_ignored_total": self.replication.peers.names_ignored,
             "batches_dropped_total": self.batches_dropped,
             "batches_in_thread_total": self.batches_in_thread,
             "store_jobs_total": self._worker.jobs_run,

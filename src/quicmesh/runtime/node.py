@@ -152,10 +152,14 @@ class Node(NodeStatus):
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
         self._done.set_result(None)
-        self.address = await self.transport.start(self)
+        await self.logs.start()  # the store is open before any peer can ask for a log
+        try:
+            self.address = await self.transport.start(self)
+        except BaseException:
+            await self.logs.stop()
+            raise
         self.core.set_addresses((self.address,))
         self.services.wall_offset = time.time() - self._loop.time()
-        await self.logs.start()
         self._started = True
         self.observability = Observability(
             self, self.config.observability, http=self.config.http, traffic_counter=self._traffic
