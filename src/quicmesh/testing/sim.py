@@ -18,6 +18,10 @@ the core's open gossip batches at the end of every turn (here: every event a nod
 * ``Deliver`` (and each message of a ``DeliverBatch``): recorded for the scenario metrics.
 * ``Invoke``: the handler (an echo) answers after ``handler_delay`` (``HandlerDone``);
   ``CallResolved``: handed to :meth:`Simulator.on_resolved` (scenarios record it).
+* ``StoreRead``/``StoreWrite``: the query runs against the node's
+  :class:`~quicmesh.store.MemoryStore` after ``store_delay`` (``StoreDone``); the store is the
+  node's disk: it survives :meth:`Simulator.restart`. ``OperationStored`` and ``Appended`` are
+  handed to :meth:`Simulator.on_log_output`.
 
 Nodes follow the realm's service adverts (the registry topic) when the simulator is made with
 ``services=True`` (``join`` then does what a real node's start does), or from
@@ -43,12 +47,14 @@ from random import Random
 from ..bounded import ContainerRegistry
 from ..config import NodeConfig
 from ..core.effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
+from ..core.log_effects import Appended, OperationStored, StoreRead, StoreWrite
 from ..core.mesh import Mesh
 from ..core.mesh_messages import MGossip, MGraft, MIHave, MPrune
 from ..core.node import NodeCore
 from ..core.rpc import CallResolved, Invoke
 from ..core.wire import Message
 from ..identity import KeyPair, NodeId
+from ..store import MemoryStore
 from .network import NetworkParams, Reachability
 
 __all__ = ["Delivery", "SimNode", "Simulator", "node_identity", "node_keypair"]
@@ -93,6 +99,8 @@ class SimNode:
     deliveries: list[Delivery] = field(default_factory=list)  # bounded: the scenario's message count
     on_deliver: Callable[[SimNode, Deliver], None] | None = None
     identity_index: int = 0
+    store: MemoryStore | None = None
+    """The node's log store (its disk: kept across restarts), made at its first store request."""
 
     @property
     def mesh(self) -> Mesh:
@@ -113,6 +121,7 @@ class Simulator:
         services: bool = False,
         handler_delay: float = 0.001,
         clock_skew: float = 0.0,
+        store_delay: float = 0.0005,
     ) -> None:
         self.seed = seed
         self.services = services
@@ -121,6 +130,8 @@ class Simulator:
         """Seconds an invoked (echo) handler takes."""
         self.clock_skew = clock_skew
         """Each node's wall clock is off by up to this many seconds (seeded, per node)."""
+        self.store_delay = store_delay
+        """Seconds a store request takes (the runtime runs them on a worker thread)."""
         self.config = config or NodeConfig()
         self.net = network or NetworkParams()
         self.rng = Random(seed)
@@ -216,6 +227,47 @@ class Simulator:
 
     def on_resolved(self, node: SimNode, outcome: CallResolved) -> None:
         """A call of ``node`` ended (scenarios override this to record it)."""
+
+    # -- replicated logs -------------------------------------------------------------------------
+
+    def acquire_log(self, node: SimNode, name: str) -> None:
+        """``node`` opens a handle on log ``name`` (replicates it from now on)."""
+        self._apply(node, node.core.acquire_log(name, self.now))
+
+    def release_log(self, node: SimNode, name: str) -> None:
+        """``node`` closes its handle on log ``name``."""
+        self._apply(node, node.core.release_log(name, self.now))
+
+    def append(self, node: SimNode, name: str, payload: bytes) -> int | None:
+        """``node`` appends to its log ``name``; the outcome (``Appended`` with the returned
+        request id) reaches :meth:`on_log_output`. ``None``: refused at once (limit)."""
+        if not node.alive:
+            return None
+        try:
+            req_id, outs = node.core.append_log(name, payload, self.now, now_us=int(self.now * 1e6) + 1)
+        except Exception:
+            return None
+        self._apply(node, outs)
+        return req_id
+
+    def on_log_output(self, node: SimNode, output: OperationStored | Appended) -> None:
+        """``node`` stored an operation or finished an append (scenarios override this)."""
+
+    def _store(self, node: SimNode, req: StoreRead | StoreWrite) -> None:
+        if node.store is None:
+            node.store = MemoryStore(self.config.store, registry=ContainerRegistry(f"{node.address}/store"))
+        inc = node.incarnation
+
+        def done() -> None:
+            if not node.alive or node.incarnation != inc or node.store is None:
+                return
+            try:
+                result: object = req.query.run(node.store)
+            except Exception as exc:
+                result = exc
+            self._apply(node, node.core.store_done(req.req_id, result, self.now))
+
+        self.at(self.now + self.store_delay, done)
 
     def _invoke(self, node: SimNode, eff: Invoke) -> None:
         inc = node.incarnation
@@ -355,6 +407,10 @@ class Simulator:
                 self._invoke(node, eff)
             elif isinstance(eff, CallResolved):
                 self.on_resolved(node, eff)
+            elif isinstance(eff, StoreRead | StoreWrite):
+                self._store(node, eff)
+            elif isinstance(eff, OperationStored | Appended):
+                self.on_log_output(node, eff)
 
     def _arm(self, node: SimNode) -> None:
         if not node.alive:
