@@ -24,7 +24,7 @@ from ..config import NodeConfig
 from ..core.log_effects import Appended, OperationStored
 from ..identity import NodeId
 from .network import Latency, NetworkParams
-from .scenarios import Report, build_overlay, container_peaks
+from .report import Report, build_overlay, container_peaks
 from .sim import SimNode, Simulator
 
 __all__ = ["LogScenario", "LogSimulator", "run_logs"]

@@ -28,7 +28,7 @@ from ..core.rpc import CallResolved
 from ..core.wire import Message
 from ..identity import NodeId
 from .network import Latency, NetworkParams
-from .scenarios import Report, build_overlay, container_peaks
+from .report import Report, build_overlay, container_peaks
 from .sim import SimNode, Simulator
 
 __all__ = [
