@@ -11,7 +11,7 @@ import pytest
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import TransportConfig
-from quicmesh.core.messages import ALL_MESSAGES, Publish
+from quicmesh.core.messages import ALL_MESSAGES, Challenge, Publish
 from quicmesh.core.wire import Codec, Message
 from quicmesh.errors import (
     AdmissionRefused,
@@ -273,8 +273,11 @@ class StallingConnection(QuicConnection):
 
     challenged: asyncio.Event
 
-    def _dialer_challenge(self, m: Message) -> None:
-        type(self).challenged.set()
+    def _on_handshake_message(self, m: Message) -> None:
+        if isinstance(m, Challenge):  # never answered
+            type(self).challenged.set()
+            return
+        super()._on_handshake_message(m)
 
 
 class SilentDialer(QuicTransport):
