@@ -172,7 +172,7 @@ async def test_10_subscribed_clients_disconnect(mesh: tuple[Node, Node]) -> None
     qs = gw.transport.quic_state()  # type: ignore[attr-defined]
     assert qs["clients"] == 0 and qs["connections"] == 1
     sizes = {c.name: c.size for c in gw.registry.snapshot()}
-    assert sizes["gateway.sessions"] == 0 and sizes["transport.clients"] == 0 and sizes["node.subscriptions"] == 0
+    assert sizes["gateway.provided_names"] == 0 and sizes["transport.clients"] == 0 and sizes["node.subscriptions"] == 0
     assert "node.subscription_queue" not in sizes  # every forwarded subscription's queue was released
     await until(lambda: gw.transport.quic_state()["quic_connections"] == 1)  # type: ignore[attr-defined]
     assert all(sub.closed for sub in subs)
