@@ -158,6 +158,8 @@ class Gateway:
             Overflow.REJECT, registry=node.registry,
         )
         self._rr = itertools.count()
+        self._held = 0
+        """Open sessions (the clients in the transport's client table that have one)."""
         self._tasks: set[asyncio.Task[Any]] = set()  # bounded: (un)advertise steps and closes, each brief
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._stopped = False
@@ -172,6 +174,7 @@ class Gateway:
             return
         # the transport admitted it (max_clients) and already closed a superseded connection
         conn.attachment = _Session(client, conn)
+        self._held += 1
         self.stats.accepted_total += 1
         self._arm_sweep()
 
@@ -416,7 +419,7 @@ class Gateway:
         self._spawn(s.conn.close("slow_consumer", why))
 
     def _arm_sweep(self) -> None:
-        if self._sweep_handle is not None or self._stopped or not self._open_sessions():
+        if self._sweep_handle is not None or self._stopped or not self._held:
             return
         interval = min(1.0, self._cfg.write_stall_timeout / 4)
         self._sweep_handle = asyncio.get_running_loop().call_later(interval, self._sweep)
@@ -443,6 +446,7 @@ class Gateway:
         if not s.open:
             return
         s.open = False
+        self._held -= 1
         if s.conn.attachment is s:
             s.conn.attachment = None
         for task in list(s.subs.values()):
@@ -461,7 +465,7 @@ class Gateway:
         for name in list(s.advs):
             self._withdraw(s.client, name)
         s.advs.clear()
-        if self._sweep_handle is not None and not self._open_sessions():
+        if self._sweep_handle is not None and not self._held:
             self._sweep_handle.cancel()
             self._sweep_handle = None
 
@@ -502,7 +506,7 @@ class Gateway:
     @property
     def clients(self) -> int:
         """Clients connected now."""
-        return len(self._open_sessions())
+        return self._held
 
     def client_ids(self) -> list[NodeId]:
         """Node ids of the connected clients."""
