@@ -160,7 +160,11 @@ class Gateway:
         self._rr = itertools.count()
         self._held = 0
         """Open sessions (the clients in the transport's client table that have one)."""
-        self._tasks: set[asyncio.Task[Any]] = set()  # bounded: (un)advertise steps and closes, each brief
+        # (un)advertise steps and closes, each brief: at most one per advertisement and one per client
+        self._tasks: LruMap[asyncio.Task[Any], None] = LruMap(
+            "gateway.tasks", max(1, config.max_clients * (config.max_client_advertisements + 2)),
+            Overflow.REJECT, registry=node.registry,
+        )
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._stopped = False
 
@@ -479,18 +483,23 @@ class Gateway:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-        tasks = list(self._tasks)
+        tasks = list(self._tasks.keys())
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
         self._providers.close()
+        self._tasks.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        try:
+            self._tasks.set(task, None)
+        except LimitExceeded:  # cannot happen within the configured caps; the task still runs
+            log.warning("gateway.tasks full: a background step runs untracked")
+            return
+        task.add_done_callback(self._tasks.pop)
 
     # -- observability ---------------------------------------------------------------------------
 

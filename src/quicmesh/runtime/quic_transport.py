@@ -60,6 +60,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from ..bounded import ContainerRegistry, LruMap, Overflow
@@ -119,6 +120,8 @@ class QuicTransport(Transport):
             keypair.node_id, config, on_evict=self._evicted, registry=registry
         )
         """Every connection and attempt, and the admission rules."""
+        self.touch: Callable[[NodeId], object] = self.table.peers.get
+        """Mark a peer's connection used in the LRU pool (called once per flush: no wrapper)."""
         self.counters: TransportStats = self.table.stats
         """The live counters (connections update them; :meth:`stats` returns a snapshot)."""
         self._dials: LruMap[tuple[str, NodeId | None], asyncio.Future[QuicConnection]] = LruMap(
@@ -127,7 +130,12 @@ class QuicTransport(Transport):
         self._waiters: LruMap[NodeId, list[asyncio.Future[QuicConnection]]] = LruMap(
             "transport.dial_waiters", self.table.max_dials, Overflow.REJECT, registry=registry
         )  # each list holds the dials to one peer that lost the tie-break (<= dials in flight)
-        self._protos: set[qa.Proto] = set()  # bounded: held + handshaking + closing ones (draining lasts 3 PTO)
+        # qh3 connections: held, handshaking and closing ones (a close drains for up to 3 PTO)
+        t = self.table
+        self._protos: LruMap[qa.Proto, None] = LruMap(
+            "transport.quic_connections", 2 * (t.max_connections + t.max_incoming_handshakes) + t.max_dials,
+            Overflow.REJECT, registry=registry,
+        )
         self._refused_cids: LruMap[bytes, str] = LruMap(
             "transport.refused_attempts", _REFUSED_MEMORY, registry=registry
         )  # a refused attempt's later datagrams are refused again without being counted again
@@ -144,10 +152,6 @@ class QuicTransport(Transport):
     def nonce(self, n: int) -> bytes:
         """``n`` fresh random bytes for a challenge."""
         return os.urandom(n)
-
-    def touch(self, peer: NodeId) -> object:
-        """Mark ``peer``'s connection used in the LRU pool."""
-        return self.table.peers.get(peer)
 
     def count_refusal(self, reason: str) -> None:
         """Count an attempt ended before admission."""
@@ -357,13 +361,14 @@ class QuicTransport(Transport):
         self._waiters.clear()
         with contextlib.suppress(TimeoutError):
             await self.wait_idle(min(2.0, self.config.handshake_timeout))
-        for p in list(self._protos):
+        for p in list(self._protos.keys()):
             p.abandon()
         ep, self._endpoint = self._endpoint, None
         if ep is not None and ep.transport is not None:
             ep.transport.close()
             await asyncio.sleep(0)  # asyncio closes the socket one loop turn later: free the port now
         t.close()
+        self._protos.close()
         self._dials.close()
         self._waiters.close()
         self._refused_cids.close()
@@ -376,23 +381,29 @@ class QuicTransport(Transport):
 
     # -- internals: creation -------------------------------------------------------------
 
-    def _track(self, proto: qa.Proto) -> None:
-        self._protos.add(proto)
+    def _track(self, proto: qa.Proto) -> bool:
+        """Count ``proto`` in; ``False`` when ``transport.quic_connections`` is full."""
+        try:
+            self._protos.set(proto, None)
+        except ContainerFull:
+            return False
         self._idle.clear()
         proto.on_terminated = self._untrack
+        return True
 
     def _untrack(self, proto: qa.Proto) -> None:
-        self._protos.discard(proto)
+        self._protos.pop(proto)
         if not self._protos:
             self._idle.set()
 
     def _incoming(self, quic: qa.QhConnection, stream_handler: Any = None) -> qa.Proto:
         """Factory qh3 calls at the first packet of a new connection: admission happens here."""
         proto = qa.Proto(quic)
-        self._track(proto)
         reason = "client_only" if self._role == "client" else self.table.refusal_at_first_packet()
         if self.table.closing:
             reason = "shutdown"
+        if not self._track(proto) and reason is None:
+            reason = "max_incoming_handshakes"  # too many connections still closing: dropped at once
         if reason is not None:
             dcid = quic.original_destination_connection_id
             if self._refused_cids.peek(dcid) is None:  # not a later datagram of a refused attempt
@@ -416,7 +427,8 @@ class QuicTransport(Transport):
         if ep is None or self.table.closing:
             raise TransportError("transport is not running")
         proto = qa.Proto(qa.new_client_connection(self._client_cfg))
-        self._track(proto)
+        if not self._track(proto):
+            raise TransportError(f"{self._protos.capacity} QUIC connections held or closing")
         conn = self.connection_class(self, proto, outbound=True, remote_address=f"{addr[0]}:{addr[1]}",
                                      expected=expected)
         self.table.begin_dial(conn)  # room guaranteed: one per entry of _dials
