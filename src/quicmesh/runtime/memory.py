@@ -136,6 +136,15 @@ class MemoryConnection(Connection):
     async def wait_closed(self) -> None:
         await self._done.wait()
 
+    def mark_closed(self, code: str) -> bool:
+        """Record the close (``code``) once; ``False`` when it was closed already."""
+        if self._closed:
+            return False
+        self._closed = True
+        self.close_code = code
+        self._done.set()
+        return True
+
 
 class MemoryTransport(Transport):
     """In-process :class:`Transport`; peers must share a :class:`MemoryNetwork`."""
@@ -263,10 +272,8 @@ class MemoryTransport(Transport):
         self._stopped = True
         self.table.closing = True
         for conn in [*self.table.peers.values(), *self.table.clients.values()]:
-            conn._closed = True
-            conn.close_code = "lost"
-            conn._done.set()
-            if conn.other is not None and not conn.other._closed:
+            conn.mark_closed("lost")
+            if conn.other is not None and not conn.other.closed:
                 conn.other.owner.lose(conn.other, ConnectionLost("peer crashed"), "lost")
         self.table.peers.clear()
         self.table.clients.clear()
@@ -282,21 +289,16 @@ class MemoryTransport(Transport):
 
     def lose(self, conn: MemoryConnection, error: Exception | None, code: str) -> None:
         """``conn`` closed (``code``): forget it, tell the owner."""
-        if conn._closed:
+        if not conn.mark_closed(code):
             return
-        conn._closed = True
-        conn.close_code = code
-        conn._done.set()
         self.table.release(conn, conn.peer_id)
         if self._events is not None:
             self._events.on_connection_lost(conn, error)
 
     def _evicted(self, peer: NodeId, conn: MemoryConnection) -> None:
         self.table.stats.evicted_total += 1
-        conn._closed = True
-        conn.close_code = "evicted"
-        conn._done.set()
-        if conn.other is not None and not conn.other._closed:
+        conn.mark_closed("evicted")
+        if conn.other is not None and not conn.other.closed:
             conn.other.owner.lose(conn.other, ConnectionLost("evicted by peer"), "evicted")
         if self._events is not None:
             self._events.on_connection_lost(conn, ConnectionLost("evicted"))
