@@ -167,6 +167,8 @@ class AdmissionTable(Generic[C]):
 
     def decide(self, conn: C, stage: str, peer: NodeId, role: str) -> Decision[C]:
         """The listener's decision on an inbound attempt at the ``Hello`` or after the proof."""
+        if stage == "proof" and self.closing:
+            return Decision("refuse", "shutdown", "node stopping")
         if role == "client":
             old = self.get_client(peer)
             superseded = old if stage == "proof" and old is not None and old is not conn else None
@@ -176,8 +178,6 @@ class AdmissionTable(Generic[C]):
             return Decision("admit", supersede=superseded)
         if stage == "hello":
             return Decision("admit")  # mesh peers were limited at the first packet
-        if self.closing:
-            return Decision("refuse", "shutdown", "node stopping")
         existing = self.get(peer)
         if existing is not None and existing is not conn:
             if self._survivor(existing, conn, peer) == "existing":
