@@ -505,12 +505,7 @@ class Gateway:
 
     def _open_sessions(self) -> list[_Session]:
         """The sessions of the clients held now (the transport's client table)."""
-        out = []
-        for conn in self._transport.clients():
-            s = _session(conn)
-            if s is not None:
-                out.append(s)
-        return out
+        return [s for conn in self._transport.clients() if (s := _session(conn)) is not None]
 
     @property
     def clients(self) -> int:
