@@ -170,7 +170,7 @@ async def test_10_subscribed_clients_disconnect(mesh: tuple[Node, Node]) -> None
     qs = transport.quic_state()
     assert qs["clients"] == 0 and qs["connections"] == 1
     sizes = {c.name: c.size for c in gw.registry.snapshot()}
-    assert sizes["gateway.sessions"] == 0 and sizes["transport.clients"] == 0 and sizes["node.subscriptions"] == 0
+    assert sizes["gateway.provided_names"] == 0 and sizes["transport.clients"] == 0 and sizes["node.subscriptions"] == 0
     assert "node.subscription_queue" not in sizes  # every forwarded subscription's queue was released
     await eventually(lambda: transport.quic_state()["quic_connections"] == 1, timeout=20)
     assert all(sub.closed for sub in subs)

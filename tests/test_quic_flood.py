@@ -21,7 +21,7 @@ import pytest
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import TransportConfig
-from quicmesh.core.messages import ALL_MESSAGES
+from quicmesh.core.messages import ALL_MESSAGES, Challenge
 from quicmesh.core.wire import Codec, Message
 from quicmesh.errors import AdmissionRefused, HandshakeTimeout
 from quicmesh.identity import KeyPair
@@ -178,8 +178,11 @@ class StallingConnection(QuicConnection):
 
     challenged: asyncio.Queue[None]
 
-    def _dialer_challenge(self, m: Message) -> None:
-        type(self).challenged.put_nowait(None)
+    def _on_handshake_message(self, m: Message) -> None:
+        if isinstance(m, Challenge):  # never answered
+            type(self).challenged.put_nowait(None)
+            return
+        super()._on_handshake_message(m)
 
 
 class Stalling(QuicTransport):

@@ -12,7 +12,7 @@ import pytest
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import TransportConfig
-from quicmesh.core.messages import ALL_MESSAGES, Publish
+from quicmesh.core.messages import ALL_MESSAGES, Challenge, Publish
 from quicmesh.core.wire import Codec, Message
 from quicmesh.errors import (
     AdmissionRefused,
@@ -286,8 +286,11 @@ class StallingConnection(QuicConnection):
 
     challenged: asyncio.Event
 
-    def _dialer_challenge(self, m: Message) -> None:
-        type(self).challenged.set()
+    def _on_handshake_message(self, m: Message) -> None:
+        if isinstance(m, Challenge):  # never answered
+            type(self).challenged.set()
+            return
+        super()._on_handshake_message(m)
 
 
 class SilentDialer(QuicTransport):
@@ -612,3 +615,28 @@ async def test_waiting_for_close_does_not_close_an_open_connection(make: Make) -
     await conn.close("done")
     await asyncio.wait_for(waiter, 2.0)
     assert conn.closed
+
+
+async def test_connection_interface_and_registered_tables(
+    make: Callable[..., object], registry: ContainerRegistry
+) -> None:
+    """Role, close code and remote address come from the ``Connection`` interface (no getattr);
+    every per-connection table is a registered container, back to zero once closed."""
+    a = await make()  # type: ignore[misc]
+    b = await make()  # type: ignore[misc]
+    conn = await a.t.dial(b.addr, expected=b.t.node_id)
+    await b.ev.until(lambda: len(b.ev.connected) == 1)
+    theirs: Connection = b.ev.connected[0]
+    assert (conn.role, theirs.role) == ("node", "node") and conn.close_code is None
+    assert theirs.remote_address.startswith("127.0.0.1:") and conn.remote_address == b.addr
+    names = {c.name for c in registry}
+    assert {"transport.connections", "transport.clients", "transport.incoming_handshakes", "transport.dials",
+            "transport.parked", "transport.dial_requests", "transport.dial_waiters",
+            "transport.quic_connections"} <= names
+    await conn.close("normal")
+    await b.ev.until(lambda: len(b.ev.lost) == 1)
+    assert conn.close_code == "normal" and theirs.close_code == "normal"
+    await a.t.wait_idle(5)
+    await b.t.wait_idle(5)
+    for t in (a.t, b.t):
+        assert t.quic_state() == dict.fromkeys(t.quic_state(), 0)

@@ -149,6 +149,11 @@ class Proto(QuicConnectionProtocol):
         """The sans-IO qh3 connection."""
         return self._quic
 
+    def peer_address(self) -> str | None:
+        """``HOST:PORT`` of the peer as qh3 last saw it, when known."""
+        addr: Any = getattr(self._quic, "_remote_addr", None)
+        return f"{addr[0]}:{addr[1]}" if addr else None
+
     @property
     def terminated(self) -> bool:
         """``True`` once qh3 reported termination or the connection was abandoned."""

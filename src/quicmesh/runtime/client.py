@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..bounded import ContainerRegistry, Overflow
+from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import TransportConfig
 from ..core.gateway_messages import (
@@ -75,6 +75,10 @@ from .transport import Connection
 __all__ = ["Client", "ClientSubscription", "Handler"]
 
 log = logging.getLogger("quicmesh.client")
+
+_MAX_INVOCATIONS = 1_000
+"""Invocations running at once (the gateway's default ``max_client_pending_calls``); beyond it
+the client answers ``overloaded`` (retryable)."""
 
 Handler = Callable[[bytes], Awaitable[bytes]]
 """A procedure: ``async def handler(payload: bytes) -> bytes``."""
@@ -172,7 +176,10 @@ class Client:
         self._requests: dict[int, asyncio.Future[Any]] = {}  # bounded: requests in flight, each with a timeout
         self._subs: dict[int, _Sub] = {}  # bounded: the gateway caps subscriptions per client
         self._handlers: dict[str, Handler] = {}  # bounded: the gateway caps advertisements per client
-        self._invocations: set[asyncio.Task[None]] = set()  # bounded: gateway caps invocations per client
+        # invocations the gateway forwarded, running here (the gateway caps them per client too)
+        self._invocations: LruMap[asyncio.Task[None], None] = LruMap(
+            "client.invocations", _MAX_INVOCATIONS, Overflow.REJECT, registry=self.registry
+        )
         self._reconnect_task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closed = False
@@ -254,7 +261,7 @@ class Client:
             with contextlib.suppress(BaseException):
                 await task
         self._fail_requests(NodeClosed("client closed"))
-        for t in list(self._invocations):
+        for t in list(self._invocations.keys()):
             t.cancel()
         for sub in list(self._subs.values()):
             sub.queue.close_queue(NodeClosed("client closed"))
@@ -283,7 +290,7 @@ class Client:
         self._conn = None
         self._connected.clear()
         self._fail_requests(ConnectionLost(f"connection to the gateway lost: {error or 'closed'}"))
-        for t in list(self._invocations):
+        for t in list(self._invocations.keys()):
             t.cancel()
         if self._closed or not self._reconnect:
             return
@@ -314,9 +321,12 @@ class Client:
                 self.last_error = err
                 log.warning("gateway reported: %s", err)
         elif isinstance(message, GInvoke):
+            if len(self._invocations) >= _MAX_INVOCATIONS:
+                conn.send(GInvokeError(message.id, "overloaded", "too many invocations running", True))
+                return
             task = asyncio.ensure_future(self._run_handler(conn, message))
-            self._invocations.add(task)
-            task.add_done_callback(self._invocations.discard)
+            self._invocations.set(task, None)
+            task.add_done_callback(self._invocations.pop)
 
     # -- reconnect -------------------------------------------------------------------------------
 

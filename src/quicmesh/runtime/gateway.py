@@ -6,13 +6,15 @@ A light client dials a node with ``Hello.role == "client"``. The transport admit
 peer (mutual Ed25519 proof, realm check) and, **at the Hello, before any per-client state
 exists**, refuses it with ``max_clients`` when ``gateway.max_clients`` clients are held (checked
 again after the proof, when the slot is taken); the client raises
-:class:`~quicmesh.errors.AdmissionRefused` ``("max_clients")``. Client connections are kept apart
-from the mesh peers (``QuicTransport.clients()``): they never count against ``max_connections``,
-are never evicted by the peer pool and never receive mesh traffic.
+:class:`~quicmesh.errors.AdmissionRefused` ``("max_clients")``. That limit is enforced by the
+transport's admission table alone (:mod:`.admission`), whose client table is the one set of
+clients (``Transport.clients()``): they never count against ``max_connections``, are never
+evicted by the peer pool and never receive mesh traffic.
 
 The node hands a client connection's events to this :class:`Gateway`, which keeps one
-``_Session`` per client **keyed by the client's node id** (a reconnecting client's new connection
-supersedes the old one, whose session is released first). A session holds, each capped and
+``_Session`` per client **on its connection** (``Connection.attachment``; the transport keys
+clients by node id, so a reconnecting client's new connection supersedes the old one, whose
+session is released first when the old connection closes). A session holds, each capped and
 answered with a typed error (``GError(code="limit")``, :class:`~quicmesh.errors.LimitExceeded`
 on the client) when full:
 
@@ -146,18 +148,23 @@ class Gateway:
         self._node = node
         self._cfg = config
         self.stats = GatewayStats()
-        enable = getattr(node.transport, "enable_clients", None)
-        self.enabled = enable is not None and config.max_clients > 0
-        """Whether the transport accepts clients (QUIC only; the in-memory transport has none)."""
-        if enable is not None:
-            enable(config.max_clients)
-        self._sessions: LruMap[NodeId, _Session] = LruMap(
-            "gateway.sessions", max(1, config.max_clients), Overflow.REJECT, registry=node.registry
+        self._transport = node.transport
+        self.enabled = config.max_clients > 0
+        """Whether the transport accepts clients (``gateway.max_clients`` > 0)."""
+        self._transport.enable_clients(config.max_clients)
+        # name -> clients offering it, in round-robin order (each list: the clients held, each once)
+        self._providers: LruMap[str, list[NodeId]] = LruMap(
+            "gateway.provided_names", max(1, config.max_clients * config.max_client_advertisements),
+            Overflow.REJECT, registry=node.registry,
         )
-        # name -> clients offering it, in round-robin order
-        self._providers: dict[str, list[NodeId]] = {}  # bounded: names of held clients' advertisements
         self._rr = itertools.count()
-        self._tasks: set[asyncio.Task[Any]] = set()  # bounded: (un)advertise steps and closes, each brief
+        self._held = 0
+        """Open sessions (the clients in the transport's client table that have one)."""
+        # (un)advertise steps and closes, each brief: at most one per advertisement and one per client
+        self._tasks: LruMap[asyncio.Task[Any], None] = LruMap(
+            "gateway.tasks", max(1, config.max_clients * (config.max_client_advertisements + 2)),
+            Overflow.REJECT, registry=node.registry,
+        )
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._stopped = False
 
@@ -169,23 +176,17 @@ class Gateway:
         if self._stopped:
             self._spawn(conn.close("shutdown", "node stopping"))
             return
-        old = self._sessions.peek(client)
-        if old is not None:
-            self.stats.superseded_total += 1
-            self._release(old, "superseded")
-        try:
-            self._sessions.set(client, _Session(client, conn))  # the transport holds <= max_clients clients
-        except LimitExceeded:  # defensive: a released session whose connection is still closing
-            self._spawn(conn.close("max_clients", f"{self._cfg.max_clients} clients held"))
-            return
+        # the transport admitted it (max_clients) and already closed a superseded connection
+        conn.attachment = _Session(client, conn)
+        self._held += 1
         self.stats.accepted_total += 1
         self._arm_sweep()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
         """A client connection ended: release everything the client held, at once."""
-        s = self._sessions.peek(conn.peer_id)
-        if s is not None and s.conn is conn:
-            if getattr(conn, "close_code", None) == "duplicate":
+        s = _session(conn)
+        if s is not None:
+            if conn.close_code == "duplicate":
                 self.stats.superseded_total += 1  # the same client connected again
             else:
                 self.stats.disconnected_total += 1
@@ -193,8 +194,8 @@ class Gateway:
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
         """A message from a client."""
-        s = self._sessions.peek(conn.peer_id)
-        if s is None or s.conn is not conn or not s.open:
+        s = _session(conn)
+        if s is None:
             return
         if isinstance(message, GPublish):
             self._enqueue_publish(s, message)
@@ -327,7 +328,7 @@ class Gateway:
             providers.append(s.client)
             self._send(s, GOk(m.id))
             return
-        self._providers[m.name] = [s.client]
+        self._providers.set(m.name, [s.client])  # bounded: one entry per client offering the name
         self._spawn(self._advertise_on_node(s, m))
 
     async def _advertise_on_node(self, s: _Session, m: GAdvertise) -> None:
@@ -354,7 +355,7 @@ class Gateway:
         with contextlib.suppress(ValueError):
             providers.remove(client)
         if not providers:
-            del self._providers[name]
+            self._providers.pop(name)
             if unadvertise and not self._stopped:
                 self._spawn(self._unadvertise_on_node(name))
 
@@ -390,8 +391,9 @@ class Gateway:
         start = next(self._rr)
         cap = self._cfg.max_client_pending_calls
         for i in range(n):
-            s = self._sessions.peek(providers[(start + i) % n])
-            if s is not None and s.open and len(s.invocations) < cap:
+            conn = self._transport.get_client(providers[(start + i) % n])
+            s = _session(conn) if conn is not None else None
+            if s is not None and len(s.invocations) < cap:
                 return s
         return None
 
@@ -421,7 +423,7 @@ class Gateway:
         self._spawn(s.conn.close("slow_consumer", why))
 
     def _arm_sweep(self) -> None:
-        if self._sweep_handle is not None or self._stopped or not len(self._sessions):
+        if self._sweep_handle is not None or self._stopped or not self._held:
             return
         interval = min(1.0, self._cfg.write_stall_timeout / 4)
         self._sweep_handle = asyncio.get_running_loop().call_later(interval, self._sweep)
@@ -430,7 +432,7 @@ class Gateway:
         """Close clients whose unsent bytes have not decreased for ``write_stall_timeout``."""
         self._sweep_handle = None
         now = asyncio.get_running_loop().time()
-        for s in list(self._sessions.values()):
+        for s in self._open_sessions():
             pending = s.conn.pending_bytes
             if pending == 0:
                 s.stall_since = None
@@ -448,8 +450,9 @@ class Gateway:
         if not s.open:
             return
         s.open = False
-        if self._sessions.peek(s.client) is s:
-            self._sessions.pop(s.client)
+        self._held -= 1
+        if s.conn.attachment is s:
+            s.conn.attachment = None
         for task in list(s.subs.values()):
             task.cancel()
         s.subs.clear()
@@ -466,7 +469,7 @@ class Gateway:
         for name in list(s.advs):
             self._withdraw(s.client, name)
         s.advs.clear()
-        if not len(self._sessions) and self._sweep_handle is not None:
+        if self._sweep_handle is not None and not self._held:
             self._sweep_handle.cancel()
             self._sweep_handle = None
 
@@ -475,40 +478,49 @@ class Gateway:
         if self._stopped:
             return
         self._stopped = True
-        for s in list(self._sessions.values()):
+        for s in self._open_sessions():
             self._release(s, "node stopping")
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-        tasks = list(self._tasks)
+        tasks = list(self._tasks.keys())
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
-        self._sessions.close()
+        self._providers.close()
+        self._tasks.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        try:
+            self._tasks.set(task, None)
+        except LimitExceeded:  # cannot happen within the configured caps; the task still runs
+            log.warning("gateway.tasks full: a background step runs untracked")
+            return
+        task.add_done_callback(self._tasks.pop)
 
     # -- observability ---------------------------------------------------------------------------
+
+    def _open_sessions(self) -> list[_Session]:
+        """The sessions of the clients held now (the transport's client table)."""
+        return [s for conn in self._transport.clients() if (s := _session(conn)) is not None]
 
     @property
     def clients(self) -> int:
         """Clients connected now."""
-        return len(self._sessions)
+        return self._held
 
     def client_ids(self) -> list[NodeId]:
         """Node ids of the connected clients."""
-        return list(self._sessions.keys())
+        return [s.client for s in self._open_sessions()]
 
     def gauges(self) -> dict[str, float]:
         """Numbers for ``node.gauges()``: ``clients`` (exported as ``quicmesh_clients``) and the
         other numeric entries of :meth:`health` as ``gateway_<name>`` (``..._total`` ones are
         counters)."""
-        out = {"clients": float(len(self._sessions))}
+        out = {"clients": float(self.clients)}
         for k, v in self.health().items():
             if k != "clients" and isinstance(v, int) and not isinstance(v, bool):
                 out[f"gateway_{k}"] = float(v)
@@ -516,7 +528,7 @@ class Gateway:
 
     def health(self) -> dict[str, Any]:
         """Per-client structures (all back to zero once the clients left) and counters."""
-        sessions = list(self._sessions.values())
+        sessions = self._open_sessions()
         st = self.stats
         refused = self._node.transport.stats().refused_total.get("max_clients", 0)
         return {
@@ -543,6 +555,12 @@ class Gateway:
             "calls_total": st.calls_total,
             "invocations_total": st.invocations_total,
         }
+
+
+def _session(conn: Connection) -> _Session | None:
+    """The open session kept on a client's connection, if any."""
+    s = conn.attachment
+    return s if isinstance(s, _Session) and s.open else None
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], key: int, task: asyncio.Task[None]) -> None:

@@ -3,6 +3,13 @@
 Messages still go through the codec (encode, frame, decode), so size limits and decode errors
 behave as on the wire; delivery is scheduled on the event loop, one flush per loop iteration per
 connection, like the QUIC transport's batching.
+
+Admission is the QUIC transport's: the same :class:`~quicmesh.runtime.admission.AdmissionTable`
+decides at the "first packet" (``max_connections``, ``max_incoming_handshakes``), at the "Hello"
+(light clients, ``max_clients``) and after the "proof" (capacity and the duplicate rule), and
+holds the peers and the clients. A dial completes within one call (no handshake round trips), and
+the refusals a dialer sees are the QUIC ones (:func:`~quicmesh.core.handshake.refusal_error`).
+A transport created with ``role="client"`` dials as a light client and accepts nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import os
 
 from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..config import TransportConfig
+from ..core.handshake import refusal_error
 from ..core.wire import Codec, Message
-from ..errors import AdmissionRefused, ConnectionLost, DecodeError, PeerIdMismatch, RealmMismatch, TransportError
+from ..errors import ConnectionLost, DecodeError, PeerIdMismatch, RealmMismatch, TransportError
 from ..identity import KeyPair, NodeId
+from .admission import AdmissionTable
 from .transport import Connection, Transport, TransportEvents, TransportStats
 
 __all__ = ["MemoryConnection", "MemoryNetwork", "MemoryTransport"]
@@ -47,17 +57,28 @@ class MemoryNetwork:
 class MemoryConnection(Connection):
     """One side of an in-memory connection pair."""
 
-    def __init__(self, owner: MemoryTransport, peer_id: NodeId, remote_address: str, outbound: bool) -> None:
+    def __init__(
+        self, owner: MemoryTransport, peer_id: NodeId, remote_address: str, outbound: bool, *,
+        role: str = "node", peer_instance: bytes = b"",
+    ) -> None:
         self.owner = owner
         self.peer_id = peer_id
         self.remote_address = remote_address
         self.outbound = outbound
+        self.role = role
+        self.peer_instance = peer_instance
+        """The peer transport's instance (random per start), for the duplicate rule."""
         self.other: MemoryConnection | None = None
         self._queue: list[bytes] = []  # bounded: capped in bytes by send_buffer_bytes in send()
         self._pending = 0
         self._flush_scheduled = False
         self._closed = False
         self._done = asyncio.Event()
+
+    @property
+    def target(self) -> NodeId | None:
+        """The peer's id (known from the start in memory)."""
+        return self.peer_id
 
     @property
     def pending_bytes(self) -> int:
@@ -76,7 +97,7 @@ class MemoryConnection(Connection):
             return False
         frame = self.owner.codec.frame(message)
         if self._pending + len(frame) > self.owner.config.send_buffer_bytes:
-            self.owner._stats.dropped_frames_total += 1
+            self.owner.table.stats.dropped_frames_total += 1
             return False
         self._queue.append(frame)
         self._pending += len(frame)
@@ -96,23 +117,33 @@ class MemoryConnection(Connection):
             try:
                 messages = decoder.feed(frame)
             except DecodeError as exc:
-                other.owner._lose(other, exc)
-                self.owner._lose(self, ConnectionLost(f"peer closed: protocol error {exc}"))
+                other.owner.table.count_refusal("protocol")
+                other.owner.lose(other, exc, "protocol")
+                self.owner.lose(self, ConnectionLost(f"peer closed: protocol error {exc}"), "protocol")
                 return
             for m in messages:
                 if other._closed:
                     return
-                other.owner._events_on_message(other, m)
+                other.owner.deliver(other, m)
 
     async def close(self, code: str = "normal", reason: str = "") -> None:
         if self._closed:
             return
-        self.owner._lose(self, None)
+        self.owner.lose(self, None, code)
         if self.other is not None and not self.other._closed:
-            self.other.owner._lose(self.other, ConnectionLost(f"closed by peer: {code} {reason}".strip()))
+            self.other.owner.lose(self.other, ConnectionLost(f"closed by peer: {code} {reason}".strip()), code)
 
     async def wait_closed(self) -> None:
         await self._done.wait()
+
+    def mark_closed(self, code: str) -> bool:
+        """Record the close (``code``) once; ``False`` when it was closed already."""
+        if self._closed:
+            return False
+        self._closed = True
+        self.close_code = code
+        self._done.set()
+        return True
 
 
 class MemoryTransport(Transport):
@@ -128,20 +159,25 @@ class MemoryTransport(Transport):
         network: MemoryNetwork,
         listen: str = "mem:0",
         registry: ContainerRegistry | None = None,
+        role: str = "node",
     ) -> None:
+        if role not in ("node", "client"):
+            raise ValueError(f"role must be 'node' or 'client', got {role!r}")
         self.keypair = keypair
         self.realm = realm
         self.config = config
         self.codec = codec
         self.network = network
+        self.role = role
+        self.instance = os.urandom(8)
+        """Random per transport start: a peer that shows a new instance has restarted."""
         self._listen = listen
         self.address = ""
         self._events: TransportEvents | None = None
-        self._conns: LruMap[NodeId, MemoryConnection] = LruMap(
-            "transport.connections", config.max_connections, Overflow.EVICT_OLDEST,
-            on_evict=self._evicted, registry=registry,
+        self.table: AdmissionTable[MemoryConnection] = AdmissionTable(
+            keypair.node_id, config, on_evict=self._evicted, registry=registry
         )
-        self._stats = TransportStats()
+        """Every connection, and the admission rules (shared with the QUIC transport)."""
         self._stopped = False
 
     @property
@@ -163,44 +199,70 @@ class MemoryTransport(Transport):
             raise PeerIdMismatch(str(expected), str(remote.node_id))
         if remote.node_id == self.node_id:
             raise TransportError("refusing to connect to self")
-        existing = self._conns.peek(remote.node_id)
-        if existing is not None and not existing.closed:
+        existing = self.table.get(remote.node_id)
+        if existing is not None:
             return existing
+        theirs_table = remote.table
+        refusal = "client_only" if remote.role == "client" else theirs_table.refusal_at_first_packet()
+        if refusal is not None:
+            theirs_table.count_refusal(refusal)
+            raise refusal_error(refusal, refusal)
         if remote.realm != self.realm:
-            remote._stats.refused_total["realm"] = remote._stats.refused_total.get("realm", 0) + 1
+            theirs_table.count_refusal("realm")
             raise RealmMismatch(f"peer at {address} is in another realm")
-        if len(remote._conns) >= remote.config.max_connections:
-            remote._stats.refused_total["max_connections"] = remote._stats.refused_total.get("max_connections", 0) + 1
-            raise AdmissionRefused("max_connections")
-        mine = MemoryConnection(self, remote.node_id, address, outbound=True)
-        theirs = MemoryConnection(remote, self.node_id, self.address, outbound=False)
+        mine = MemoryConnection(self, remote.node_id, address, outbound=True, peer_instance=remote.instance)
+        theirs = MemoryConnection(remote, self.node_id, self.address, outbound=False, role=self.role,
+                                  peer_instance=self.instance)
         mine.other, theirs.other = theirs, mine
-        self._conns.set(remote.node_id, mine)
-        remote._conns.set(self.node_id, theirs)
-        self._stats.dialed_total += 1
-        remote._stats.accepted_total += 1
+        for stage in ("hello", "proof"):
+            d = theirs_table.decide(theirs, stage, self.node_id, self.role)
+            if d.verdict == "refuse":
+                theirs_table.count_refusal(d.code)
+                if d.survivor is not None and d.survivor.other is not None and not d.survivor.other.closed:
+                    return d.survivor.other
+                raise refusal_error(d.code, f"{d.code}: {d.reason}")
+            if d.supersede is not None:
+                await d.supersede.close("duplicate", "superseded")
+        mine_d = self.table.decide_dialed(mine, remote.node_id)
+        if mine_d.verdict == "refuse" and mine_d.survivor is not None:
+            return mine_d.survivor
+        if mine_d.supersede is not None:
+            await mine_d.supersede.close("duplicate", "superseded")
+        self.table.publish(mine, remote.node_id, "node")
+        theirs_table.publish(theirs, self.node_id, self.role)
+        self.table.stats.dialed_total += 1
+        theirs_table.stats.accepted_total += 1
         assert remote._events is not None
         remote._events.on_connection(theirs)
         self._events.on_connection(mine)
         return mine
 
     def get(self, peer: NodeId) -> Connection | None:
-        conn = self._conns.peek(peer)
-        return conn if conn is not None and not conn.closed else None
+        return self.table.get(peer)
 
     def connections(self) -> list[Connection]:
-        return [c for c in self._conns.values() if not c.closed]
+        return [c for c in self.table.peers.values() if not c.closed]
+
+    def enable_clients(self, max_clients: int) -> None:
+        """Accept up to ``max_clients`` light clients (transports made with ``role="client"``)."""
+        self.table.enable_clients(max_clients)
+
+    def clients(self) -> list[Connection]:
+        return [c for c in self.table.clients.values() if not c.closed]
+
+    def get_client(self, client: NodeId) -> Connection | None:
+        return self.table.get_client(client)
 
     def stats(self) -> TransportStats:
-        s = self._stats
-        s.connections = len(self._conns)
-        return dataclasses.replace(s, refused_total=dict(s.refused_total))
+        s = self.table.stats
+        return dataclasses.replace(s, connections=len(self.table.peers), refused_total=dict(s.refused_total))
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        for conn in list(self._conns.values()):
+        self.table.closing = True
+        for conn in [*self.table.peers.values(), *self.table.clients.values()]:
             await conn.close("shutdown")
         if self.address:
             self.network.unbind(self.address)
@@ -208,36 +270,35 @@ class MemoryTransport(Transport):
     async def crash(self) -> None:
         """Vanish without a goodbye (tests): peers see their connection lost."""
         self._stopped = True
-        for conn in list(self._conns.values()):
-            conn._closed = True
-            conn._done.set()
-            if conn.other is not None and not conn.other._closed:
-                conn.other.owner._lose(conn.other, ConnectionLost("peer crashed"))
-        self._conns.clear()
+        self.table.closing = True
+        for conn in [*self.table.peers.values(), *self.table.clients.values()]:
+            conn.mark_closed("lost")
+            if conn.other is not None and not conn.other.closed:
+                conn.other.owner.lose(conn.other, ConnectionLost("peer crashed"), "lost")
+        self.table.peers.clear()
+        self.table.clients.clear()
         if self.address:
             self.network.unbind(self.address)
 
-    # -- internals -------------------------------------------------------------------------------
+    # -- internals (called by connections) -------------------------------------------------------
 
-    def _evicted(self, peer: NodeId, conn: MemoryConnection) -> None:
-        self._stats.evicted_total += 1
-        conn._closed = True
-        conn._done.set()
-        if conn.other is not None and not conn.other._closed:
-            conn.other.owner._lose(conn.other, ConnectionLost("evicted by peer"))
-        if self._events is not None:
-            self._events.on_connection_lost(conn, ConnectionLost("evicted"))
-
-    def _events_on_message(self, conn: MemoryConnection, message: Message) -> None:
+    def deliver(self, conn: MemoryConnection, message: Message) -> None:
+        """A message arrived on ``conn``."""
         if self._events is not None:
             self._events.on_message(conn, message)
 
-    def _lose(self, conn: MemoryConnection, error: Exception | None) -> None:
-        if conn._closed:
+    def lose(self, conn: MemoryConnection, error: Exception | None, code: str) -> None:
+        """``conn`` closed (``code``): forget it, tell the owner."""
+        if not conn.mark_closed(code):
             return
-        conn._closed = True
-        conn._done.set()
-        if self._conns.peek(conn.peer_id) is conn:
-            self._conns.pop(conn.peer_id)
+        self.table.release(conn, conn.peer_id)
         if self._events is not None:
             self._events.on_connection_lost(conn, error)
+
+    def _evicted(self, peer: NodeId, conn: MemoryConnection) -> None:
+        self.table.stats.evicted_total += 1
+        conn.mark_closed("evicted")
+        if conn.other is not None and not conn.other.closed:
+            conn.other.owner.lose(conn.other, ConnectionLost("evicted by peer"), "evicted")
+        if self._events is not None:
+            self._events.on_connection_lost(conn, ConnectionLost("evicted"))

@@ -1,6 +1,6 @@
 """The transport contract: authenticated, realm-checked connections that carry typed messages.
 
-Two implementations: :class:`quicmesh.runtime.quic.QuicTransport` (real QUIC over UDP, through
+Two implementations: :class:`quicmesh.runtime.quic_transport.QuicTransport` (real QUIC over UDP, through
 qh3) and :class:`quicmesh.runtime.memory.MemoryTransport` (in-process, for tests). The node sees
 only this interface, so the QUIC library can be swapped.
 
@@ -14,7 +14,13 @@ Guarantees every implementation gives:
 * every connection's unsent bytes are capped (``send_buffer_bytes``): ``send`` returns ``False``
   and counts a drop instead of buffering more;
 * incoming connections beyond ``max_connections`` or ``max_incoming_handshakes`` are refused
-  with a reason the dialer surfaces as :class:`~quicmesh.errors.AdmissionRefused`.
+  with a reason the dialer surfaces as :class:`~quicmesh.errors.AdmissionRefused`;
+* light clients (``role == "client"``) are held apart from the mesh peers, up to
+  ``max_clients`` (:meth:`Transport.enable_clients`).
+
+Both implementations share their admission rules and connection tables
+(:class:`~quicmesh.runtime.admission.AdmissionTable`) and the handshake protocol
+(:mod:`quicmesh.core.handshake`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,14 @@ class Connection(abc.ABC):
     """``HOST:PORT`` of the peer as seen by us."""
     outbound: bool
     """``True`` when we dialed."""
+    role: str = "node"
+    """The peer's role: ``"node"`` (a mesh peer) or ``"client"`` (a light client the gateway serves)."""
+    close_code: str | None = None
+    """Why the connection closed (``normal``, ``shutdown``, ``duplicate``, ``evicted``, ``protocol``,
+    ``slow_consumer``...; the peer's code when the peer closed it), ``None`` while open."""
+    attachment: object | None = None
+    """The owner's per-connection state, dropped with the connection (the gateway keeps a
+    client's session here, so the transport's client table is the only set of clients)."""
 
     @abc.abstractmethod
     def send(self, message: Message) -> bool:
@@ -135,6 +149,19 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def connections(self) -> list[Connection]:
         """Every open connection."""
+
+    @abc.abstractmethod
+    def enable_clients(self, max_clients: int) -> None:
+        """Accept up to ``max_clients`` light clients besides the mesh peers (0: none, the
+        default). Must be called before clients connect."""
+
+    @abc.abstractmethod
+    def clients(self) -> list[Connection]:
+        """Every open light-client connection (never listed by :meth:`connections`)."""
+
+    @abc.abstractmethod
+    def get_client(self, client: NodeId) -> Connection | None:
+        """The open connection of light client ``client``, if any."""
 
     @abc.abstractmethod
     def stats(self) -> TransportStats:

@@ -1,0 +1,504 @@
+"""The quicmesh connection handshake as a sans-IO state machine, plus the duplicate-connection rule.
+
+Theory of operation
+-------------------
+After TLS (QUIC's own handshake, driven by the runtime) both ends prove their node id, an Ed25519
+public key, and their realm, on the connection's first stream:
+
+1. TLS 1.3: the listener presents a certificate of its key; the runtime reads the listener's id
+   from it and feeds :class:`TlsDone` ``(peer=...)`` to the dialer's machine, which checks it
+   against the id it expected (:class:`~quicmesh.errors.PeerIdMismatch`) and against its own.
+2. Dialer -> ``Hello(version, realm, node_id, expected, instance, role)``. The listener checks the
+   version, the realm (``Refuse("realm")``: :class:`~quicmesh.errors.RealmMismatch` at the
+   dialer), that ``expected`` is itself and that the peer is not itself, then asks its owner for
+   the admission decision at the Hello (:class:`NeedAdmission` ``stage="hello"``; the owner answers
+   :class:`Admit` or :class:`Decline`: light clients are admitted or refused here, before any
+   per-client state exists) and replies ``Challenge(nonce)`` with fresh bytes from the injected
+   nonce source.
+3. Dialer -> ``Proof(signature)``: Ed25519 over :func:`auth_transcript` (label, nonce, dialer id,
+   listener id, realm). The nonce makes a proof single-use (a replay on a new connection meets a
+   new nonce); the listener id stops a malicious listener from relaying a challenge from a third
+   node; the label separates this signature from any other use of the key.
+4. The listener verifies against the id from ``Hello`` (``Refuse("auth")`` otherwise), then asks
+   for the admission decision again (``stage="proof"``: capacity, the duplicate rule). The owner
+   may answer later (a parked simultaneous dial); meanwhile any frame closes the attempt. On
+   :class:`Admit` the listener sends ``Welcome`` and is :class:`Established`; the dialer is
+   established when the ``Welcome`` naming its peer arrives.
+
+Before it is established, a machine accepts only the one message its phase expects (or a
+``Refuse`` from the peer): anything else is refused with code ``protocol``. The handshake has a
+deadline (``started + timeout``): :class:`TimerFired` at or after it closes with ``timeout``.
+
+The machine does no I/O and reads no clock or randomness: inputs are the events below with the
+current time as an argument, outputs are the dataclasses below, which the runtime executes in
+order (send a frame, close the connection, publish it, record an RTT sample). Signing is injected
+(``sign``), as is the nonce source (``nonce``).
+
+Duplicates: at most one connection per peer pair. :func:`duplicate_survivor` decides between an
+existing connection and a new one: a peer that shows another *instance* (random bytes per process
+start) restarted, so its new connection wins at once; otherwise the connection dialed by the
+smaller node id survives (two dialed by the same side: the newer one). A light client's new
+connection always supersedes its previous one. :func:`should_park` says when a listener holds a
+verified inbound attempt until its own dial to the same peer is done (simultaneous dial, the
+local node being the smaller id), so that the losing connection never reaches either node.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import (
+    AdmissionRefused,
+    AuthenticationFailed,
+    ConnectionLost,
+    HandshakeTimeout,
+    IdentityError,
+    PeerIdMismatch,
+    RealmMismatch,
+    TransportError,
+)
+from ..identity import NodeId
+from .messages import Challenge, Hello, Ping, Pong, Proof, Refuse, Welcome
+from .wire import Message
+
+__all__ = [
+    "ADMISSION_REASONS",
+    "AUTH_LABEL",
+    "CLOSE_CODES",
+    "CONTROL_TYPES",
+    "NONCE_LEN",
+    "PROTOCOL_VERSION",
+    "Admit",
+    "Close",
+    "Decline",
+    "Established",
+    "Event",
+    "Handshake",
+    "Link",
+    "Local",
+    "NeedAdmission",
+    "Output",
+    "Phase",
+    "Received",
+    "RttSample",
+    "Send",
+    "TimerFired",
+    "TlsDone",
+    "auth_transcript",
+    "duplicate_survivor",
+    "refusal_error",
+    "should_park",
+]
+
+PROTOCOL_VERSION = 1
+"""The quicmesh handshake version carried in ``Hello``."""
+
+AUTH_LABEL = b"quicmesh/auth/v1"
+"""Protocol label that starts every signed handshake transcript."""
+
+NONCE_LEN = 32
+"""Bytes in a ``Challenge`` nonce."""
+
+CLOSE_CODES: dict[str, int] = {  # bounded: fixed table of codes
+    "normal": 0,
+    "shutdown": 1,
+    "duplicate": 2,
+    "evicted": 3,
+    "protocol": 4,
+    "realm": 5,
+    "auth": 6,
+    "peer_id": 7,
+    "version": 8,
+    "timeout": 9,
+    "max_connections": 10,
+    "max_incoming_handshakes": 11,
+    "error": 12,
+    "max_clients": 13,
+    "slow_consumer": 14,
+    "client_only": 15,
+}
+"""Close code -> QUIC application error code (the reason phrase carries the code text too)."""
+
+ADMISSION_REASONS = ("max_connections", "max_incoming_handshakes", "max_clients")
+"""Close codes that mean "a limit is reached" (:class:`~quicmesh.errors.AdmissionRefused`)."""
+
+CONTROL_TYPES: frozenset[type[Message]] = frozenset({Ping, Pong, Refuse, Hello, Challenge, Proof, Welcome})
+"""Messages an established connection handles itself (never passed to the application)."""
+
+Role = Literal["node", "client"]
+
+
+def auth_transcript(nonce: bytes, dialer: NodeId, listener: NodeId, realm: str) -> bytes:
+    """The bytes the dialer signs: label, nonce, dialer id, listener id, realm, each prefixed by
+    its length (4 bytes, big-endian)."""
+    parts = (AUTH_LABEL, nonce, dialer.raw, listener.raw, realm.encode("utf-8"))
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def refusal_error(code: str, text: str) -> Exception:
+    """The exception a dialer raises for a refusal or close ``code`` sent by the listener."""
+    if code in ADMISSION_REASONS:
+        return AdmissionRefused(code)
+    if code == "realm":
+        return RealmMismatch(f"listener refused: {text}")
+    if code in ("auth", "peer_id"):
+        return AuthenticationFailed(f"listener refused the identity proof: {text}")
+    if code == "timeout":
+        return HandshakeTimeout(f"listener timed the handshake out: {text}")
+    if code == "version":
+        return TransportError(f"listener speaks another handshake version: {text}")
+    return ConnectionLost(f"connection closed during the handshake: {text}")
+
+
+# -- the duplicate-connection rule -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What the duplicate rule knows about one connection to a peer."""
+
+    dialer: NodeId
+    """The node id of the side that dialed this connection."""
+    instance: bytes
+    """The peer's instance (random per process start) as shown on this connection."""
+
+
+def duplicate_survivor(existing: Link, new: Link, *, role: str = "node") -> Literal["existing", "new"]:
+    """Which of two authenticated connections to the same peer survives (the other is closed
+    with code ``duplicate``). Both sides of the pair reach the same answer."""
+    if role == "client":
+        return "new"  # a light client that connects again supersedes its previous connection
+    if new.instance and existing.instance != new.instance:
+        return "new"  # the peer restarted: the old connection is stale even if not timed out yet
+    if existing.dialer != new.dialer:
+        return "existing" if existing.dialer < new.dialer else "new"
+    return "new"
+
+
+def should_park(local: NodeId, peer: NodeId, *, own_dial_in_flight: bool) -> bool:
+    """A listener that verified ``peer``'s inbound attempt holds it (decides later) when its own
+    dial to ``peer`` is under way and would win the tie-break (``local < peer``): welcoming it now
+    would let the peer's ``dial()`` return a connection closed a moment later."""
+    return own_dial_in_flight and local < peer
+
+
+# -- events (inputs) ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsDone:
+    """TLS finished. For a dialer: ``peer`` is the id in the listener's certificate, or ``None``
+    with ``problem`` when the certificate is missing or not an Ed25519 key."""
+
+    peer: NodeId | None = None
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A decoded frame arrived before the connection was established."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """The owner's answer to :class:`NeedAdmission`: go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decline:
+    """The owner's answer to :class:`NeedAdmission`: refuse with ``code`` (e.g. ``max_clients``,
+    ``duplicate``, ``shutdown``)."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The owner's timer for :meth:`Handshake.next_deadline` fired."""
+
+
+Event = TlsDone | Received | Admit | Decline | TimerFired
+
+# -- outputs -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``message`` on the handshake stream now."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class NeedAdmission:
+    """Listener: decide whether ``peer`` may go on; answer with :class:`Admit` or :class:`Decline`
+    (at once, or later for a parked attempt). ``stage`` is ``"hello"`` (identity claimed, nothing
+    held yet) or ``"proof"`` (identity proved: capacity and the duplicate rule)."""
+
+    stage: Literal["hello", "proof"]
+    peer: NodeId
+    role: str
+    instance: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """Authenticated and admitted: the connection carries application frames from now on."""
+
+    peer: NodeId
+    role: str
+    instance: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End the attempt. ``send``: tell the peer (QUIC close with ``code``); ``error``: what a
+    dialer raises; ``counted``: the ``refused_total`` reason a listener counts (``None``: none)."""
+
+    code: str
+    reason: str
+    error: Exception | None
+    send: bool = True
+    counted: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RttSample:
+    """A round-trip time measured by the handshake exchange (seconds)."""
+
+    seconds: float
+
+
+Output = Send | NeedAdmission | Established | Close | RttSample
+
+
+class Phase(enum.Enum):
+    """Where a handshake stands."""
+
+    TLS = "tls"
+    AWAIT_HELLO = "await_hello"  # listener
+    CHECK_HELLO = "check_hello"  # listener: waiting for the admission answer at the Hello
+    AWAIT_CHALLENGE = "await_challenge"  # dialer
+    AWAIT_PROOF = "await_proof"  # listener
+    ADMITTING = "admitting"  # listener: proof verified, waiting for the admission answer
+    AWAIT_WELCOME = "await_welcome"  # dialer
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """This end: its id, realm, instance (random per process start) and role."""
+
+    node_id: NodeId
+    realm: str
+    instance: bytes
+    role: str = "node"
+
+
+class Handshake:
+    """One connection's handshake, dialer or listener side (see the module docstring).
+
+    ``sign(transcript)`` signs the dialer's proof; ``nonce(n)`` returns ``n`` fresh random bytes
+    for a listener's challenge. ``now`` is the time the attempt started (the deadline is
+    ``now + timeout``).
+    """
+
+    def __init__(
+        self,
+        local: Local,
+        *,
+        dialer: bool,
+        now: float,
+        timeout: float,
+        sign: Callable[[bytes], bytes],
+        nonce: Callable[[int], bytes],
+        expected: NodeId | None = None,
+    ) -> None:
+        self.local = local
+        self.dialer = dialer
+        self.expected = expected
+        self.timeout = timeout
+        self.phase = Phase.TLS
+        self.ended_in: Phase | None = None
+        """The phase the handshake was in when it closed."""
+        self.peer: NodeId | None = None
+        """The peer's id: claimed (listener, after Hello) or from its certificate (dialer)."""
+        self.peer_role = "node"
+        self.peer_instance = b""
+        self._deadline: float | None = now + timeout
+        self._sign = sign
+        self._nonce_source = nonce
+        self._nonce: bytes | None = None
+        self._sent_at = now
+
+    @property
+    def established(self) -> bool:
+        """Whether the handshake completed."""
+        return self.phase is Phase.OPEN
+
+    @property
+    def closed(self) -> bool:
+        """Whether the handshake ended without success (or :meth:`abort` was called)."""
+        return self.phase is Phase.CLOSED
+
+    def next_deadline(self) -> float | None:
+        """When :class:`TimerFired` must be fed, or ``None`` once established or closed."""
+        return self._deadline
+
+    def abort(self) -> None:
+        """The connection ended for another reason: accept no more events."""
+        if self.phase is not Phase.CLOSED:
+            self.ended_in = self.phase
+        self.phase = Phase.CLOSED
+        self._deadline = None
+        self._nonce = None
+
+    def handle(self, event: Event, now: float) -> list[Output]:
+        """Feed one event; return what to do, in order."""
+        ph = self.phase
+        if ph is Phase.CLOSED or ph is Phase.OPEN:
+            return []
+        if isinstance(event, Received):
+            return self._received(event.message, now)
+        if isinstance(event, TimerFired):
+            if self._deadline is None or now < self._deadline:
+                return []
+            counted = None if self.dialer else "handshake_timeout"
+            return self._close("timeout", f"no handshake within {self.timeout} s",
+                               HandshakeTimeout(f"no handshake within {self.timeout} s"), counted=counted)
+        if isinstance(event, TlsDone):
+            if ph is not Phase.TLS:
+                return []
+            return self._dialer_tls(event, now) if self.dialer else self._to(Phase.AWAIT_HELLO)
+        if ph is Phase.CHECK_HELLO:
+            return self._after_hello_check(event, now)
+        if ph is Phase.ADMITTING:
+            return self._after_admission(event)
+        return []
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _to(self, phase: Phase) -> list[Output]:
+        self.phase = phase
+        return []
+
+    def _close(self, code: str, reason: str, error: Exception | None, *, send: bool = True,
+               counted: str | None = None) -> list[Output]:
+        self.abort()
+        return [Close(code, reason, error, send=send, counted=counted)]
+
+    def _refuse(self, code: str, reason: str) -> list[Output]:
+        """Send ``Refuse`` then close; the dialer surfaces it, the listener counts it."""
+        error = refusal_error(code, f"{code}: {reason}") if self.dialer else None
+        out: list[Output] = [Send(Refuse(code=code, reason=reason))]
+        out += self._close(code, reason, error, counted=None if self.dialer else code)
+        return out
+
+    def _dialer_tls(self, ev: TlsDone, now: float) -> list[Output]:
+        peer = ev.peer
+        if peer is None:
+            reason = ev.problem or "listener presented no certificate"
+            return self._close("auth", reason, AuthenticationFailed(reason))
+        if self.expected is not None and peer != self.expected:
+            return self._close("peer_id", "peer id mismatch", PeerIdMismatch(str(self.expected), str(peer)))
+        if peer == self.local.node_id:
+            return self._close("peer_id", "dialed our own node id", TransportError("dialed our own node id"))
+        self.peer = peer
+        self.phase = Phase.AWAIT_CHALLENGE
+        self._sent_at = now
+        loc = self.local
+        return [Send(Hello(version=PROTOCOL_VERSION, realm=loc.realm, node_id=loc.node_id.raw, expected=peer.raw,
+                           instance=loc.instance, role=loc.role))]
+
+    def _received(self, m: Message, now: float) -> list[Output]:
+        ph = self.phase
+        if isinstance(m, Refuse):
+            return self._close(m.code, m.reason, refusal_error(m.code, f"{m.code}: {m.reason}"), send=False)
+        if ph is Phase.AWAIT_HELLO and isinstance(m, Hello):
+            return self._hello(m)
+        if ph is Phase.AWAIT_CHALLENGE and isinstance(m, Challenge):
+            return self._challenge(m, now)
+        if ph is Phase.AWAIT_PROOF and isinstance(m, Proof):
+            return self._proof(m, now)
+        if ph is Phase.AWAIT_WELCOME and isinstance(m, Welcome):
+            return self._welcome(m)
+        return self._refuse("protocol", f"unexpected {type(m).__name__} during handshake ({ph.value})")
+
+    def _hello(self, m: Hello) -> list[Output]:
+        loc = self.local
+        if m.version != PROTOCOL_VERSION:
+            return self._refuse("version", f"handshake version {m.version} not supported")
+        if m.realm != loc.realm:
+            return self._refuse("realm", f"this node is in realm {loc.realm!r}")
+        try:
+            peer = NodeId(m.node_id)
+        except IdentityError:
+            return self._refuse("protocol", "malformed node id")
+        if m.expected is not None and m.expected != loc.node_id.raw:
+            return self._refuse("peer_id", "this node has another id than expected")
+        if peer == loc.node_id:
+            return self._refuse("peer_id", "a node cannot connect to itself")
+        if m.role not in ("node", "client"):
+            return self._refuse("protocol", f"unknown role {m.role[:32]!r}")
+        self.peer = peer
+        self.peer_role = m.role
+        self.peer_instance = m.instance
+        self.phase = Phase.CHECK_HELLO
+        return [NeedAdmission("hello", peer, m.role, m.instance)]
+
+    def _after_hello_check(self, event: Event, now: float) -> list[Output]:
+        if isinstance(event, Decline):
+            return self._refuse(event.code, event.reason)
+        if not isinstance(event, Admit):
+            return []
+        self._nonce = self._nonce_source(NONCE_LEN)
+        self.phase = Phase.AWAIT_PROOF
+        self._sent_at = now
+        return [Send(Challenge(nonce=self._nonce))]
+
+    def _challenge(self, m: Challenge, now: float) -> list[Output]:
+        peer = self.peer
+        if len(m.nonce) != NONCE_LEN or peer is None:
+            return self._refuse("protocol", "bad challenge")
+        transcript = auth_transcript(m.nonce, self.local.node_id, peer, self.local.realm)
+        self.phase = Phase.AWAIT_WELCOME
+        return [RttSample(now - self._sent_at), Send(Proof(signature=self._sign(transcript)))]
+
+    def _proof(self, m: Proof, now: float) -> list[Output]:
+        peer, nonce = self.peer, self._nonce
+        assert peer is not None and nonce is not None
+        self._nonce = None  # single use
+        try:
+            peer.verify(m.signature, auth_transcript(nonce, peer, self.local.node_id, self.local.realm))
+        except IdentityError:
+            return self._refuse("auth", "identity proof does not verify")
+        self.phase = Phase.ADMITTING
+        return [RttSample(now - self._sent_at), NeedAdmission("proof", peer, self.peer_role, self.peer_instance)]
+
+    def _after_admission(self, event: Event) -> list[Output]:
+        if isinstance(event, Decline):
+            return self._refuse(event.code, event.reason)
+        if not isinstance(event, Admit):
+            return []
+        assert self.peer is not None
+        self.phase = Phase.OPEN
+        self._deadline = None
+        loc = self.local
+        return [Send(Welcome(node_id=loc.node_id.raw, instance=loc.instance)),
+                Established(self.peer, self.peer_role, self.peer_instance)]
+
+    def _welcome(self, m: Welcome) -> list[Output]:
+        peer = self.peer
+        if peer is None or m.node_id != peer.raw:
+            return self._close("auth", "Welcome names another node", AuthenticationFailed("Welcome names another node"))
+        self.peer_instance = m.instance
+        self.phase = Phase.OPEN
+        self._deadline = None
+        return [Established(peer, "node", m.instance)]
