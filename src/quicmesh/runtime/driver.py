@@ -220,7 +220,7 @@ class NodeDriver:
             raise NodeClosed("node is not running")
 
     def on_connection(self, conn: Connection) -> None:
-        if getattr(conn, "role", "node") == "client":
+        if conn.role == "client":
             self.gateway.on_connection(conn)
             return
         addresses = (conn.remote_address,) if conn.outbound else ()
@@ -228,7 +228,7 @@ class NodeDriver:
         self._rearm()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
-        if getattr(conn, "role", "node") == "client":
+        if conn.role == "client":
             self.gateway.on_message(conn, message)
             return
         # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
@@ -288,7 +288,7 @@ class NodeDriver:
         self._rearm()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
-        if getattr(conn, "role", "node") == "client":
+        if conn.role == "client":
             self.gateway.on_connection_lost(conn, error)
             return
         if self._inbox and not self._stopped:
@@ -304,7 +304,7 @@ class NodeDriver:
         now = self._now()
         # an orderly close (the peer stopped, or one side found the link idle or duplicate) is a
         # departure, not a failure: the mesh does not keep re-dialling it as a lost neighbour
-        graceful = error is None or getattr(conn, "close_code", None) in _GRACEFUL_CODES
+        graceful = error is None or conn.close_code in _GRACEFUL_CODES
         for key in [k for k in self._running if k[0] == peer]:
             self._running[key].cancel()
         self._run(self.core.peer_disconnected(peer, now, graceful=graceful))
