@@ -54,11 +54,12 @@ import contextlib
 import functools
 import itertools
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ..bounded import LruMap, Overflow
-from ..config import GatewayConfig
+from ..bounded import ContainerRegistry, LruMap, Overflow
+from ..config import GatewayConfig, NodeConfig
 from ..core.gateway_messages import (
     GAdvertise,
     GCall,
@@ -89,10 +90,34 @@ from ..errors import (
     RemoteError,
 )
 from ..identity import NodeId
-from .transport import Connection
+from .driver import Handler, Message
+from .handles import QueueHandle
+from .transport import Connection, Transport
 
-if TYPE_CHECKING:
-    from .node import Node
+
+class GatewayHost(Protocol):
+    """What the gateway needs of its node (:class:`~quicmesh.runtime.node.Node` is one): the
+    public pub/sub and RPC calls, its transport, registry and config."""
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def registry(self) -> ContainerRegistry: ...
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+    async def subscribe(self, pattern: str, *, queue_size: int | None = None) -> QueueHandle[Message]: ...
+
+    def publish(self, topic: str, payload: bytes) -> Awaitable[None]: ...
+
+    async def advertise(self, name: str, handler: Handler, *, ttl: float | None = None,
+                        metadata: bytes | None = None) -> None: ...
+
+    async def unadvertise(self, name: str) -> None: ...
+
+    async def call(self, name: str, payload: bytes, *, timeout: float | None = None) -> bytes: ...
 
 __all__ = ["Gateway", "GatewayStats"]
 
@@ -144,7 +169,7 @@ class Gateway:
     when stopping and shows :meth:`health` under ``"gateway"`` in ``/health``.
     """
 
-    def __init__(self, node: Node, config: GatewayConfig) -> None:
+    def __init__(self, node: GatewayHost, config: GatewayConfig) -> None:
         self._node = node
         self._cfg = config
         self.stats = GatewayStats()
