@@ -21,6 +21,7 @@ bare baseline; the median is shown). The whole script takes about a minute on 2 
 Writes ``bench/results/bounded_ops.json``.
 
 Usage: python bench/bounded_ops.py [--sizes 1000,1000000] [--budget 0.2] [--ops 300000] [--repeat 3]
+       [--only BoundedDeque,BoundedQueue]
 """
 
 from __future__ import annotations
@@ -275,12 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.2, help="seconds per measurement")
     ap.add_argument("--ops", type=int, default=300_000, help="max operations per measurement")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (the median is shown)")
+    ap.add_argument("--only", default="", help="comma-separated containers to run (default: all)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    only = {c for c in args.only.split(",") if c}
     sizes = [int(s) for s in args.sizes.split(",")]
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for cname, make in CONTAINERS.items():
+        if only and cname not in only:
+            continue
         for n in sizes:
             cases = make(n)
             for op, (ours, bare) in cases.items():

@@ -161,4 +161,4 @@ class Batching:
 
     def _batches_due(self) -> float | None:
         """When the earliest open batch was opened (it is due at once), or ``None``."""
-        return min(self.batched.values(), default=None)
+        return min(self.batched.values()) if self.batched else None

@@ -175,8 +175,8 @@ class Connections:
 
     def next_deadline(self) -> float | None:
         """The earliest dial timeout or linger end, or ``None``."""
-        deadlines = [d for d in (self.dialing.next_deadline(), self.linger.next_deadline()) if d is not None]
-        return min(deadlines, default=None)
+        a, b = self.dialing.next_deadline(), self.linger.next_deadline()
+        return a if b is None or (a is not None and a < b) else b
 
     # -- swarms ----------------------------------------------------------------------------------
 

@@ -251,6 +251,8 @@ class Discovery:
 
     def next_deadline(self) -> float | None:
         """The earliest of: an address dial timing out, a hint expiring, the next join attempt."""
-        deadlines = [d for d in (self.addr_dials.next_deadline(), self.hints.next_deadline(), self.join_due())
-                     if d is not None]
-        return min(deadlines, default=None)
+        best = self.join_due()
+        for d in (self.addr_dials.next_deadline(), self.hints.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best

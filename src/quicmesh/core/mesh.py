@@ -59,7 +59,7 @@ from .addressbook import AddressBook, normalize_addresses
 from .batching import Batching
 from .connections import DIAL_TIMEOUT, LINGER, MAX_DIAL_QUEUES, Connections
 from .discovery import FIND_FANOUT, FOUND_PEERS, HINT_PEERS, HINT_SWARMS, HINT_TTL, MAX_BOOTSTRAP, Discovery
-from .effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Disconnect, Effect
+from .effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Disconnect, Effect, Send
 from .membership import HvOut, HvSend, HyParView, NeighborDown, NeighborUp
 from .mesh_messages import (
     MESH_MESSAGES,
@@ -470,6 +470,8 @@ class Mesh(Batching):
     def _send(self, peer: NodeId, msg: Message, now: float) -> list[Effect]:
         if peer == self.me:
             return []
+        if peer in self.conns:  # connected: the hot path, kept inline (Connections.send does the same)
+            return [Send(peer, msg)]
         out = self.links.send(peer, msg, now)
         if out is None:  # no address to dial: failed at once
             return self.dial_failed(peer, now)
