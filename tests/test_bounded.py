@@ -571,7 +571,7 @@ def test_bounded_set_is_a_set_with_a_hard_cap_on_new_members(registry: Container
     st = s.stats()
     assert (st.kind, st.size, st.capacity, st.peak, st.rejections) == ("set", 1, 3, 3, 3)
     with pytest.raises(TypeError):
-        s |= [1]  # type: ignore[arg-type]  # as for set: |= takes a set
+        s |= [1]  # as for set: |= takes a set
 
 
 @pytest.mark.parametrize("cls", [BoundedDict, BoundedSet])

@@ -178,8 +178,8 @@ def test_reorder_buffer_is_a_registered_bounded_structure(registry: ContainerReg
         o.offer(arr(P, s), 0.0)
     assert o.stats().size == o.buffered == 3 and o.stats().peak == 3
     o.offer(arr(P, 5), 0.0)  # the window (4) is full: the gap is given up, 4 messages released early
-    s = o.stats()
-    assert (s.size, s.peak, s.evictions, s.expirations) == (0, 4, 4, 0)
+    st = o.stats()
+    assert (st.size, st.peak, st.evictions, st.expirations) == (0, 4, 4, 0)
     o.offer(arr(P, 7), 1.0)
     assert seqs(o.handle_timer(4.0)) == [7]
     assert o.stats().expirations == 1

@@ -92,7 +92,7 @@ class ContainerRegistry:
         self.name = name
         # id -> weak reference; WeakValueDictionary drops an entry when its container dies, and
         # defers removals that happen while it is being iterated.
-        self._items: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._items: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # bounded: live containers
         self._lock = threading.Lock()
 
     def register(self, container: StatsSource) -> None:
