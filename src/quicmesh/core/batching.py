@@ -74,7 +74,7 @@ class Batching:
     def publish(self, topic: str, payload: bytes, now: float) -> list[Effect]:
         """Publish ``payload`` on ``topic``: local matching subscriptions get a Deliver at once;
         the message joins the swarm's open batch, sent by :meth:`flush` (or earlier when the batch
-        closes; see "Publishing and batches").
+        closes; see :mod:`quicmesh.core.batching`).
 
         Raises :class:`MessageTooLarge` over ``pubsub.max_message_size`` and ``ValueError`` for a
         bad topic."""
@@ -126,7 +126,7 @@ class Batching:
         return bool(self.batched)
 
     def flush(self, now: float) -> list[Effect]:
-        """Send every open batch of local publishes (see "Publishing and batches")."""
+        """Send every open batch of local publishes (see :mod:`quicmesh.core.batching`)."""
         out: list[Effect] = []
         if not self.batched:
             return out
