@@ -158,7 +158,3 @@ class Batching:
         """``sw`` got a local pattern or is being left: publishes to it take the general path."""
         if self._hot is sw:
             self._hot = None
-
-    def _batches_due(self) -> float | None:
-        """When the earliest open batch was opened (it is due at once), or ``None``."""
-        return min(self.batched.values()) if self.batched else None

@@ -173,6 +173,11 @@ class Connections:
                 out.append(Disconnect(peer, "idle"))
         return out
 
+    def timers(self) -> tuple[Callable[[], float | None], ...]:
+        """The ``next_deadline`` of each timer kept here (dial timeouts, linger ends), for an owner
+        that merges many timers without a call per part."""
+        return (self.dialing.next_deadline, self.linger.next_deadline)
+
     def next_deadline(self) -> float | None:
         """The earliest dial timeout or linger end, or ``None``."""
         a, b = self.dialing.next_deadline(), self.linger.next_deadline()

@@ -249,6 +249,11 @@ class Discovery:
         self.addr_dials.expire(now)
         self.hints.expire(now)
 
+    def timers(self) -> tuple[Callable[[], float | None], ...]:
+        """The ``next_deadline`` of the containers kept here (address dials, hints); the join
+        timer is :meth:`join_due`."""
+        return (self.addr_dials.next_deadline, self.hints.next_deadline)
+
     def next_deadline(self) -> float | None:
         """The earliest of: an address dial timing out, a hint expiring, the next join attempt."""
         best = self.join_due()

@@ -47,7 +47,7 @@ Receivers accept batches of at most :data:`~quicmesh.config.MAX_BATCH_MESSAGES` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from random import Random
 from typing import Any
 
@@ -134,6 +134,11 @@ class Mesh(Batching):
         self.discovery = Discovery(me, config, self.book, self.realm, self.swarms, rng, registry, self.counters,
                                    self._send, self._route)
         self._init_batches(config.gossip)
+        self._timers: tuple[Callable[[], float | None], ...] = (
+            *self.links.timers(), *self.discovery.timers(), self.realm.next_deadline, self.ordering.next_deadline,
+            self.caches.next_deadline, self.book.next_deadline,
+        )
+        """The ``next_deadline`` of every node-wide timer (:meth:`next_deadline` runs after each event)."""
         # the parts' containers under the names they had when the mesh was one class
         self.conns = self.links.conns
         self.dialing = self.links.dialing
@@ -344,11 +349,15 @@ class Mesh(Batching):
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` must run, or ``None``."""
         best = _INF
-        for d in (
-            self.links.next_deadline(), self.discovery.next_deadline(), self.realm.next_deadline(),
-            self.ordering.next_deadline(), self.caches.next_deadline(), self.book.next_deadline(),
-            self._batches_due(),
-        ):
+        for timer in self._timers:
+            d = timer()
+            if d is not None and d < best:
+                best = d
+        for d in self.batched.values():  # an open batch is due at once
+            if d < best:
+                best = d
+        if len(self.realm.active) == 0:
+            d = self.discovery.join_due()
             if d is not None and d < best:
                 best = d
         for sw in self.swarms.values():
