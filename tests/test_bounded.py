@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy as copy_module
 import gc
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -548,6 +550,7 @@ def test_bounded_dict_bulk_inserts_are_all_or_nothing(registry: ContainerRegistr
     copy = d.copy()
     merged = d | {"z": 0}
     assert type(copy) is dict and type(merged) is dict and len(merged) == 4  # new containers are plain
+    assert type(pickle.loads(pickle.dumps(d))) is dict and copy_module.copy(d) == d
 
 
 def test_bounded_set_is_a_set_with_a_hard_cap_on_new_members(registry: ContainerRegistry) -> None:
@@ -567,7 +570,7 @@ def test_bounded_set_is_a_set_with_a_hard_cap_on_new_members(registry: Container
     s -= {2}
     s &= {3, 9}
     assert s == {3}
-    assert type(s | {7}) is set and type(s.copy()) is set
+    assert type(s | {7}) is set and type(s.copy()) is set and type(copy_module.copy(s)) is set
     st = s.stats()
     assert (st.kind, st.size, st.capacity, st.peak, st.rejections) == ("set", 1, 3, 3, 3)
     with pytest.raises(TypeError):

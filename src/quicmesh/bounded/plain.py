@@ -14,8 +14,8 @@ They subclass the built-ins, so lookups, ``in``, ``len``, iteration, ``get``, ``
   rejection); replacing the value of a present key always succeeds,
 * ``update`` / ``|=`` / ``setdefault`` / ``symmetric_difference_update`` / ``^=`` are all-or-nothing:
   when the result would exceed ``capacity``, nothing is added,
-* operations that build a new container (``copy()``, ``d | other``, ``s | other``, ``s & other``...)
-  return a plain ``dict`` / ``set``, unbounded and unregistered,
+* operations that build a new container (``copy()``, ``copy.copy``, pickling, ``d | other``,
+  ``s | other``, ``s & other``...) return a plain ``dict`` / ``set``, unbounded and unregistered,
 * ``fromkeys`` is refused (a bounded container needs a name and a capacity).
 
 ``close()`` empties the container and leaves the registry.
@@ -108,6 +108,9 @@ class BoundedDict(dict[K, V], Tracked):
         """Refused: a bounded dict needs a name and a capacity. Use ``d.update(dict.fromkeys(...))``."""
         raise TypeError("BoundedDict.fromkeys is not supported; use d.update(dict.fromkeys(...))")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))  # copies and pickles are plain dicts
+
     def __repr__(self) -> str:
         return f"BoundedDict({self._name!r}, {self._capacity}, {dict.__repr__(self)})"
 
@@ -176,6 +179,9 @@ class BoundedSet(set[T], Tracked):
             return NotImplemented
         self.symmetric_difference_update(other)
         return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (set, (set(self),))  # copies and pickles are plain sets
 
     def __repr__(self) -> str:
         members = ", ".join(map(repr, self))
