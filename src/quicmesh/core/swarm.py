@@ -30,8 +30,3 @@ class Swarm:
         self.batch_topic = ""
         self.batch_seq = 0
         self.batch_bytes = 0
-
-    @property
-    def key(self) -> str:
-        """The swarm's name (its topics' first segment)."""
-        return self.hv.swarm
