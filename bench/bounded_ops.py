@@ -13,7 +13,9 @@ Operations, each on a container already filled to capacity:
 * ``get``      read a present key,
 * ``expire``   TTL containers: ``expire(now)`` with ``now`` advancing so that each call removes
   ~100 entries; ops/s counts removed entries,
-* ``append`` / ``popleft`` for the deque and queue.
+* ``append`` / ``popleft`` for the deque and queue,
+* ``set-new+del`` / ``add-new+discard`` for ``BoundedDict`` / ``BoundedSet`` (filled to one below
+  capacity: a new key is accepted, then removed), and their C-speed ``get`` / ``contains``.
 
 Bounded in time: every measurement stops after ``--budget`` seconds (default 0.2) or ``--ops``
 operations, whichever comes first, and is run ``--repeat`` times (default 3, interleaved with the
@@ -21,6 +23,7 @@ bare baseline; the median is shown). The whole script takes about a minute on 2 
 Writes ``bench/results/bounded_ops.json``.
 
 Usage: python bench/bounded_ops.py [--sizes 1000,1000000] [--budget 0.2] [--ops 300000] [--repeat 3]
+       [--only BoundedDeque,BoundedQueue]
 """
 
 from __future__ import annotations
@@ -37,7 +40,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quicmesh.bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow, TtlMap, TtlSet
+from quicmesh.bounded import (
+    BoundedDeque,
+    BoundedDict,
+    BoundedSet,
+    ContainerRegistry,
+    LruMap,
+    Overflow,
+    TtlMap,
+    TtlSet,
+)
 from quicmesh.bounded.aio import BoundedQueue
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bounded_ops.json"
@@ -260,12 +272,78 @@ def queue_cases(n: int) -> dict[str, tuple[Step, Step]]:
     return {"put_nowait (evict)": (q.put_nowait, bare.append), "get_nowait+put": (get_put, bare_get_put)}
 
 
+def dict_cases(n: int) -> dict[str, tuple[Step, Step]]:
+    d: BoundedDict[int, int] = BoundedDict("bench.dict", n, registry=_registry())
+    bare: dict[int, int] = {}
+    for i in range(n - 1):  # room for one more: a new key is accepted, then deleted
+        d[i] = i
+        bare[i] = i
+    nxt = [n, n]
+
+    def set_new(_: int) -> None:
+        k = nxt[0]
+        d[k] = 0
+        del d[k]
+        nxt[0] += 1
+
+    def bare_set_new(_: int) -> None:
+        k = nxt[1]
+        bare[k] = 0
+        del bare[k]
+        nxt[1] += 1
+
+    def set_old(i: int) -> None:
+        d[(i * 7919) % (n - 1)] = i
+
+    def bare_set_old(i: int) -> None:
+        bare[(i * 7919) % (n - 1)] = i
+
+    def get(i: int) -> None:
+        d.get((i * 7919) % (n - 1))
+
+    def bare_get(i: int) -> None:
+        bare.get((i * 7919) % (n - 1))
+
+    return {"set-new+del": (set_new, bare_set_new), "set-old": (set_old, bare_set_old), "get": (get, bare_get)}
+
+
+def set_cases(n: int) -> dict[str, tuple[Step, Step]]:
+    s: BoundedSet[int] = BoundedSet("bench.set", n, registry=_registry())
+    bare: set[int] = set()
+    for i in range(n - 1):
+        s.add(i)
+        bare.add(i)
+    nxt = [n, n]
+
+    def add_new(_: int) -> None:
+        k = nxt[0]
+        s.add(k)
+        s.discard(k)
+        nxt[0] += 1
+
+    def bare_add_new(_: int) -> None:
+        k = nxt[1]
+        bare.add(k)
+        bare.discard(k)
+        nxt[1] += 1
+
+    def contains(i: int) -> None:
+        _ = (i * 7919) % (n - 1) in s
+
+    def bare_contains(i: int) -> None:
+        _ = (i * 7919) % (n - 1) in bare
+
+    return {"add-new+discard": (add_new, bare_add_new), "contains": (contains, bare_contains)}
+
+
 CONTAINERS: dict[str, Callable[[int], dict[str, tuple[Step, Step]]]] = {
     "LruMap": lru_cases,
     "TtlMap": ttl_cases,
     "TtlSet": ttlset_cases,
     "BoundedDeque": deque_cases,
     "BoundedQueue": queue_cases,
+    "BoundedDict": dict_cases,
+    "BoundedSet": set_cases,
 }
 
 
@@ -275,12 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.2, help="seconds per measurement")
     ap.add_argument("--ops", type=int, default=300_000, help="max operations per measurement")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (the median is shown)")
+    ap.add_argument("--only", default="", help="comma-separated containers to run (default: all)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    only = {c for c in args.only.split(",") if c}
     sizes = [int(s) for s in args.sizes.split(",")]
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for cname, make in CONTAINERS.items():
+        if only and cname not in only:
+            continue
         for n in sizes:
             cases = make(n)
             for op, (ours, bare) in cases.items():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy as copy_module
 import gc
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -12,13 +14,16 @@ import pytest
 from quicmesh.bounded import (
     REGISTRY,
     BoundedDeque,
+    BoundedDict,
     BoundedQueue,
+    BoundedSet,
     ContainerRegistry,
     ContainerStats,
     LruMap,
     Overflow,
     QueueClosed,
     StatsSource,
+    Tracked,
     TtlMap,
     TtlSet,
 )
@@ -500,3 +505,161 @@ async def test_queue_close_leaves_registry(registry: ContainerRegistry) -> None:
     assert registry.find("t.q") == [q]
     q.close()
     assert registry.find("t.q") == [] and len(q) == 0 and q.closed
+
+
+# -- BoundedDict and BoundedSet -------------------------------------------------------------------
+
+
+def test_bounded_dict_is_a_dict_with_a_hard_cap_on_new_keys(registry: ContainerRegistry) -> None:
+    d: BoundedDict[str, int] = BoundedDict("t.dict", 2, registry=registry)
+    assert isinstance(d, dict) and d == {} and d.name == "t.dict" and d.capacity == 2
+    d["a"] = 1
+    d["b"] = 2
+    d["a"] = 3  # replacing a value needs no room
+    with pytest.raises(ContainerFull) as info:
+        d["c"] = 4
+    assert info.value.limit == "t.dict" and info.value.capacity == 2
+    with pytest.raises(ContainerFull):
+        d.setdefault("c", 4)
+    assert d.setdefault("a", 9) == 3
+    assert d == {"a": 3, "b": 2} and "c" not in d and d.get("c") is None
+    assert sorted(d) == ["a", "b"] and list(d.items()) == [("a", 3), ("b", 2)]
+    s = d.stats()
+    assert (s.kind, s.size, s.capacity, s.peak, s.rejections, s.evictions) == ("dict", 2, 2, 2, 2, 0)
+    assert d.pop("a") == 3
+    del d["b"]
+    d["c"] = 5  # room again
+    assert d == {"c": 5} and d.stats().peak == 2
+
+
+def test_bounded_dict_bulk_inserts_are_all_or_nothing(registry: ContainerRegistry) -> None:
+    d: BoundedDict[str, int] = BoundedDict("t.dict", 3, registry=registry)
+    d.update({"a": 1}, b=2)
+    with pytest.raises(ContainerFull):
+        d.update([("c", 3), ("d", 4)])
+    with pytest.raises(ContainerFull):
+        d |= {"c": 3, "d": 4}
+    assert d == {"a": 1, "b": 2} and d.stats().rejections == 2
+    d |= {"a": 10, "c": 3}
+    assert d == {"a": 10, "b": 2, "c": 3} and d.stats().peak == 3
+    with pytest.raises(TypeError):
+        BoundedDict.fromkeys("xy")
+    copy = d.copy()
+    merged = d | {"z": 0}
+    assert type(copy) is dict and type(merged) is dict and len(merged) == 4  # new containers are plain
+    assert type(pickle.loads(pickle.dumps(d))) is dict and copy_module.copy(d) == d
+
+
+def test_bounded_set_is_a_set_with_a_hard_cap_on_new_members(registry: ContainerRegistry) -> None:
+    s: BoundedSet[int] = BoundedSet("t.plain_set", 3, registry=registry)
+    assert isinstance(s, set) and s == set()
+    s.add(1)
+    s.add(1)
+    s.update([2], {3})
+    with pytest.raises(ContainerFull):
+        s.add(4)
+    with pytest.raises(ContainerFull):
+        s |= {4, 5}
+    with pytest.raises(ContainerFull):
+        s ^= {1, 4, 5}  # 3 - 1 + 2 = 4 members
+    s ^= {1, 4}
+    assert s == {2, 3, 4} and isinstance(s, BoundedSet)
+    s -= {2}
+    s &= {3, 9}
+    assert s == {3}
+    assert type(s | {7}) is set and type(s.copy()) is set and type(copy_module.copy(s)) is set
+    st = s.stats()
+    assert (st.kind, st.size, st.capacity, st.peak, st.rejections) == ("set", 1, 3, 3, 3)
+    with pytest.raises(TypeError):
+        s |= [1]  # as for set: |= takes a set
+
+
+@pytest.mark.parametrize("cls", [BoundedDict, BoundedSet])
+def test_bounded_dict_and_set_register_and_close(cls: Any, registry: ContainerRegistry) -> None:
+    c = cls("t.plain", 4, registry=registry)
+    assert c in registry and [x.name for x in registry] == ["t.plain"]
+    assert registry.snapshot()[0].kind == cls.kind
+    with pytest.raises(ValueError):
+        cls("t.plain", 0, registry=registry)
+    with pytest.raises(ValueError):
+        cls("", 4, registry=registry)
+    with pytest.raises(TypeError):
+        cls("t.plain", 4, registry)  # registry is keyword-only
+    with pytest.raises(TypeError):
+        hash(c)
+    (c.__setitem__ if cls is BoundedDict else lambda k, _v: c.add(k))(1, 1)
+    assert "t.plain" in repr(c)
+    c.close()
+    assert len(c) == 0 and len(registry) == 0
+    d = cls("t.plain", 4, registry=registry)
+    del d
+    gc.collect()
+    assert len(registry) == 0
+
+
+def test_bounded_dict_default_registry_is_the_process_one() -> None:
+    d: BoundedDict[int, int] = BoundedDict("t.process_dict", 1)
+    assert d.registry is REGISTRY and d in REGISTRY
+    d.close()
+    assert d not in REGISTRY
+
+
+# -- Tracked: the statistics base for bespoke structures ----------------------------------------------
+
+
+class _Store(Tracked):
+    kind = "store"
+
+    def __init__(self, registry: ContainerRegistry) -> None:
+        super().__init__("t.store", 3, capacity_bytes=10, registry=registry)
+        self.ops: list[bytes] = []
+
+    def _size(self) -> int:
+        return len(self.ops)
+
+    def _clear(self) -> None:
+        self.ops.clear()
+        self._bytes = 0
+
+    def add(self, op: bytes) -> bool:
+        if len(self.ops) >= self.capacity or self._bytes + len(op) > (self.capacity_bytes or 0):
+            self.note_rejection()
+            return False
+        self.ops.append(op)
+        self._bytes += len(op)
+        self.note_size(len(self.ops))
+        return True
+
+    def drop_oldest(self, expired: bool) -> None:
+        self._bytes -= len(self.ops.pop(0))
+        (self.note_expiration if expired else self.note_eviction)()
+
+
+def test_tracked_gives_any_structure_container_stats_and_registration(registry: ContainerRegistry) -> None:
+    st = _Store(registry)
+    assert isinstance(st, StatsSource) and st in registry
+    assert [st.add(b"abcd"), st.add(b"efgh"), st.add(b"ijkl")] == [True, True, False]  # bytes cap
+    st.drop_oldest(expired=True)
+    st.drop_oldest(expired=False)
+    s = st.stats()
+    assert s == ContainerStats("t.store", "store", 0, 3, 2, 1, 1, 1, bytes=0, capacity_bytes=10)
+    assert (st.peak, st.evictions, st.expirations, st.rejections) == (2, 1, 1, 1)
+    with pytest.raises(ContainerFull):
+        st.reject()
+    assert st.rejections == 2
+    st.close()
+    assert st not in registry
+
+
+def test_tracked_validates_and_needs_a_size(registry: ContainerRegistry) -> None:
+    with pytest.raises(ValueError):
+        Tracked("", 1, registry=registry)
+    with pytest.raises(ValueError):
+        Tracked("x", 0, registry=registry)
+    with pytest.raises(ValueError):
+        Tracked("x", 1, capacity_bytes=0, registry=registry)
+    t = Tracked("x", 1, registry=registry)
+    with pytest.raises(NotImplementedError):
+        t.stats()
+    t.close()  # nothing to clear by default
+    assert len(registry) == 0

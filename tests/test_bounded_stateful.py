@@ -16,7 +16,17 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from quicmesh.bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow, TtlMap, TtlSet
+from quicmesh.bounded import (
+    BoundedDeque,
+    BoundedDict,
+    BoundedSet,
+    ContainerRegistry,
+    LruMap,
+    Overflow,
+    TtlMap,
+    TtlSet,
+)
+from quicmesh.bounded.aio import BoundedQueue
 from quicmesh.errors import ContainerFull
 
 SETTINGS = settings(
@@ -392,17 +402,231 @@ class DequeMachine(_Counted):
             assert self.container.nbytes == (self.model_bytes() if self.capacity_bytes is not None else 0)
 
 
+# -- BoundedQueue: the same overflow policy as the deque, through put_nowait and put_many ----------
+
+
+class QueueMachine(_Counted):
+    @initialize(capacity=st.integers(1, 5), capacity_bytes=byte_caps, overflow=policies)
+    def create(self, capacity: int, capacity_bytes: int | None, overflow: Overflow) -> None:
+        self.capacity, self.capacity_bytes, self.overflow = capacity, capacity_bytes, overflow
+        self.model: list[bytes] = []
+        self.container = BoundedQueue(
+            "queue", capacity, overflow, capacity_bytes=capacity_bytes,
+            sizeof=len if capacity_bytes is not None else None, registry=self.registry,
+        )
+
+    def model_size(self) -> int:
+        return len(self.model)
+
+    def model_bytes(self) -> int:
+        return sum(map(len, self.model))
+
+    def _fits(self, count: int, nbytes: int) -> bool:
+        return count <= self.capacity and (self.capacity_bytes is None or nbytes <= self.capacity_bytes)
+
+    def _model_put(self, item: bytes) -> bool | None:
+        """The model of put_nowait: True accepted, False dropped, None raised (REJECT)."""
+        count, nbytes = len(self.model) + 1, self.model_bytes() + len(item)
+        too_big = self.capacity_bytes is not None and len(item) > self.capacity_bytes
+        if too_big or (not self._fits(count, nbytes) and self.overflow is not Overflow.EVICT_OLDEST):
+            self.rejections += 1
+            return None if self.overflow is Overflow.REJECT else False
+        while not self._fits(count, nbytes):
+            victim = self.model.pop(0)
+            count, nbytes = count - 1, nbytes - len(victim)
+            self.evictions += 1
+        self.model.append(item)
+        self.note_peak()
+        return True
+
+    @rule(item=values)
+    def put_nowait(self, item: bytes) -> None:
+        expected = self._model_put(item)
+        if expected is None:
+            with pytest.raises(ContainerFull):
+                self.container.put_nowait(item)
+        else:
+            assert self.container.put_nowait(item) is expected
+
+    @rule(items=st.lists(values, max_size=7))
+    def put_many(self, items: list[bytes]) -> None:
+        accepted = 0
+        for item in items:
+            outcome = self._model_put(item)
+            if outcome is None:
+                with pytest.raises(ContainerFull):
+                    self.container.put_many(items)
+                return
+            accepted += outcome
+        assert self.container.put_many(items) == accepted
+
+    @precondition(lambda self: bool(getattr(self, "model", None)))
+    @rule()
+    def get_nowait(self) -> None:
+        assert self.container.get_nowait() == self.model.pop(0)
+
+    @invariant()
+    def same_items(self) -> None:
+        if hasattr(self, "container"):
+            assert list(self.container._items) == self.model
+            assert self.container.nbytes == (self.model_bytes() if self.capacity_bytes is not None else 0)
+
+
+# -- BoundedDict / BoundedSet: a hard cap on new keys, all-or-nothing bulk inserts -------------------
+
+key_lists = st.lists(keys, max_size=6)
+
+
+class DictMachine(_Counted):
+    @initialize(capacity=st.integers(1, 5))
+    def create(self, capacity: int) -> None:
+        self.capacity, self.capacity_bytes = capacity, None
+        self.model: dict[int, bytes] = {}
+        self.container: BoundedDict[int, bytes] = BoundedDict("dict", capacity, registry=self.registry)
+
+    def model_size(self) -> int:
+        return len(self.model)
+
+    def model_bytes(self) -> int:
+        return 0
+
+    def _adds(self, new: dict[int, bytes], call: Any) -> None:
+        """``call`` adds ``new``'s keys to the container: all of them, or none and ContainerFull."""
+        if len(self.model.keys() | new.keys()) > self.capacity:
+            self.rejections += 1
+            with pytest.raises(ContainerFull):
+                call()
+            return
+        call()
+        self.model.update(new)
+        self.note_peak()
+
+    @rule(key=keys, value=values)
+    def setitem(self, key: int, value: bytes) -> None:
+        self._adds({key: value}, lambda: self.container.__setitem__(key, value))
+
+    @rule(key=keys, value=values)
+    def setdefault(self, key: int, value: bytes) -> None:
+        if key in self.model:
+            assert self.container.setdefault(key, value) == self.model[key]
+            return
+        self._adds({key: value}, lambda: self.container.setdefault(key, value))
+
+    @rule(ks=key_lists, value=values, how=st.sampled_from(["update", "pairs", "ior"]))
+    def update(self, ks: list[int], value: bytes, how: str) -> None:
+        new = dict.fromkeys(ks, value)
+        if how == "update":
+            self._adds(new, lambda: self.container.update(new))
+        elif how == "pairs":
+            self._adds(new, lambda: self.container.update(list(new.items())))
+        else:
+            def ior() -> None:
+                c = self.container
+                c |= new
+                assert c is self.container
+            self._adds(new, ior)
+
+    @rule(key=keys)
+    def pop(self, key: int) -> None:
+        assert self.container.pop(key, None) == self.model.pop(key, None)
+
+    @rule()
+    def clear_when_full(self) -> None:
+        if len(self.model) == self.capacity:
+            self.container.clear()
+            self.model.clear()
+
+    @invariant()
+    def same_items(self) -> None:
+        if hasattr(self, "container"):
+            assert dict(self.container) == self.model
+            assert isinstance(self.container, dict)
+
+
+class SetMachine(_Counted):
+    @initialize(capacity=st.integers(1, 5))
+    def create(self, capacity: int) -> None:
+        self.capacity, self.capacity_bytes = capacity, None
+        self.model: set[int] = set()
+        self.container: BoundedSet[int] = BoundedSet("set", capacity, registry=self.registry)
+
+    def model_size(self) -> int:
+        return len(self.model)
+
+    def model_bytes(self) -> int:
+        return 0
+
+    def _becomes(self, after: set[int], call: Any) -> None:
+        if len(after) > self.capacity:
+            self.rejections += 1
+            with pytest.raises(ContainerFull):
+                call()
+            return
+        call()
+        self.model = after
+        self.note_peak()
+
+    @rule(key=keys)
+    def add(self, key: int) -> None:
+        self._becomes(self.model | {key}, lambda: self.container.add(key))
+
+    @rule(a=key_lists, b=key_lists, how=st.sampled_from(["update", "ior"]))
+    def update(self, a: list[int], b: list[int], how: str) -> None:
+        if how == "update":
+            self._becomes(self.model | set(a) | set(b), lambda: self.container.update(a, b))
+        else:
+            def ior() -> None:
+                c = self.container
+                c |= set(a)
+                assert c is self.container
+            self._becomes(self.model | set(a), ior)
+
+    @rule(a=key_lists, how=st.sampled_from(["method", "ixor"]))
+    def symmetric_difference(self, a: list[int], how: str) -> None:
+        if how == "method":
+            self._becomes(self.model ^ set(a), lambda: self.container.symmetric_difference_update(a))
+        else:
+            def ixor() -> None:
+                c = self.container
+                c ^= set(a)
+                assert c is self.container
+            self._becomes(self.model ^ set(a), ixor)
+
+    @rule(key=keys)
+    def discard(self, key: int) -> None:
+        self.container.discard(key)
+        self.model.discard(key)
+
+    @rule(a=key_lists)
+    def intersection_update(self, a: list[int]) -> None:
+        self.container &= set(a)
+        self.model &= set(a)
+
+    @invariant()
+    def same_members(self) -> None:
+        if hasattr(self, "container"):
+            assert set(self.container) == self.model
+            assert isinstance(self.container, BoundedSet)
+
+
 TestLruMap = LruMachine.TestCase
 TestTtlMap = TtlMachine.TestCase
 TestTtlSet = TtlSetMachine.TestCase
 TestBoundedDeque = DequeMachine.TestCase
+TestBoundedQueue = QueueMachine.TestCase
+TestBoundedDict = DictMachine.TestCase
+TestBoundedSet = SetMachine.TestCase
 TestLruMap.settings = SETTINGS
 TestTtlMap.settings = SETTINGS
 TestTtlSet.settings = SETTINGS
 TestBoundedDeque.settings = SETTINGS
+TestBoundedQueue.settings = SETTINGS
+TestBoundedDict.settings = SETTINGS
+TestBoundedSet.settings = SETTINGS
 
 
 def test_every_machine_runs_at_least_200_examples() -> None:
-    for case in (TestLruMap, TestTtlMap, TestTtlSet, TestBoundedDeque):
+    for case in (TestLruMap, TestTtlMap, TestTtlSet, TestBoundedDeque, TestBoundedQueue, TestBoundedDict,
+                 TestBoundedSet):
         assert case.settings.max_examples >= 200
         assert case.settings.stateful_step_count >= 30

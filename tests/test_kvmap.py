@@ -73,6 +73,14 @@ def test_key_cap() -> None:
         prev = create_operation(AUTHORS[0], "kv", p, prev, i)
         m.apply(prev, p)
     assert len(m) == 2 and m.refused == 1
+    registry = ContainerRegistry("kv")
+    r = KvMap("kv", max_keys=2, registry=registry)
+    for i in range(3):
+        p = encode_set(f"k{i}", b"v")
+        r.apply(create_operation(AUTHORS[0], "kv", p, None, i), p)
+    [entries] = registry.snapshot()  # the keys held show in /metrics, refusals counted
+    got = (entries.name, entries.kind, entries.size, entries.capacity, entries.rejections)
+    assert got == ("kv.entries", "dict", 2, 2, 1)
     m.check_room("k0")
     with pytest.raises(LimitExceeded):
         m.check_room("k9")

@@ -10,10 +10,11 @@ from random import Random
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import AddressBookConfig, MembershipConfig, NodeConfig
 from quicmesh.core.addressbook import AddressBook
-from quicmesh.core.effects import Dial, DialAddress, Send
+from quicmesh.core.connections import DIAL_TIMEOUT, LINGER, Connections
+from quicmesh.core.effects import Dial, DialAddress, Disconnect, Send
 from quicmesh.core.membership import HvOut, HvSend, HyParView, NeighborDown, NeighborUp
 from quicmesh.core.mesh import Mesh
-from quicmesh.core.mesh_messages import MLeave, MNeighbor, MShuffle, MShuffleReply, PeerInfo
+from quicmesh.core.mesh_messages import MFind, MFound, MLeave, MNeighbor, MShuffle, MShuffleReply, PeerInfo
 from quicmesh.identity import KeyPair, NodeId
 
 
@@ -232,3 +233,88 @@ def test_remove_peer_forgets_and_disconnects(registry: ContainerRegistry) -> Non
     effs = m.remove_peer(peer, 1.0)
     assert any(getattr(e, "reason", "") == "removed" for e in effs)
     assert peer not in m.book and peer not in m.realm.passive and peer not in m.conns
+
+
+# -- the mesh's parts on their own: the connection table and discovery --------------------------
+
+
+def _links(registry: ContainerRegistry, needed: set[NodeId], cfg: NodeConfig | None = None) -> Connections:
+    cfg = cfg or NodeConfig()
+    book = AddressBook(nid(0), cfg.address_book, registry)
+    counters = {"dial_queue_dropped": 0, "dials_failed": 0}
+    return Connections(cfg, book, registry, counters, needed.__contains__)
+
+
+def test_connections_queue_dial_and_hand_the_queue_back_on_connect(registry: ContainerRegistry) -> None:
+    links = _links(registry, set())
+    peer, unknown = nid(1), nid(2)
+    links.book.add(peer, ("p:1",), 0.0)
+    msg = MLeave("s", False)
+    assert links.send(peer, msg, 0.0) == [Dial(peer, ("p:1",))]
+    assert links.send(peer, msg, 0.1) == []  # one dial at a time; the message waits
+    assert links.send(unknown, msg, 0.1) is None  # no address: the dial failed at once
+    assert links.queued("s") == 3
+    assert links.connected(peer, ("p:1",), True, 0.2) == [Send(peer, msg), Send(peer, msg)]
+    assert peer not in links.dialing and peer not in links.dial_queues
+    assert links.send(peer, msg, 0.3) == [Send(peer, msg)]
+    links.dial_failed(unknown)
+    assert links.counters == {"dial_queue_dropped": 1, "dials_failed": 1}
+    assert links.queued("s") == 0
+
+
+def test_connections_unanswered_dial_times_out_and_full_table_refuses(registry: ContainerRegistry) -> None:
+    cfg = NodeConfig().replace(transport=NodeConfig().transport.__class__(max_connections=2))
+    links = _links(registry, set(), cfg)
+    links.book.add(nid(1), ("p:1",), 0.0)
+    links.send(nid(1), MLeave("s", False), 0.0)
+    assert links.next_deadline() == DIAL_TIMEOUT
+    assert links.expire_dials(DIAL_TIMEOUT) == [nid(1)]
+    assert links.connected(nid(2), (), False, 0.0) == []
+    assert links.connected(nid(3), (), False, 0.0) == []
+    assert links.connected(nid(4), (), False, 0.0) is None  # transport.max_connections
+    assert links.connected(nid(2), (), False, 0.0) == []  # idempotent for a connected peer
+
+
+def test_connections_close_unneeded_connections_after_linger(registry: ContainerRegistry) -> None:
+    needed: set[NodeId] = set()
+    links = _links(registry, needed)
+    a, b = nid(1), nid(2)
+    for p in (a, b):
+        links.connected(p, (), False, 0.0)
+        links.check_linger(p, 0.0)
+    assert links.next_deadline() == LINGER
+    needed.add(b)  # b became an overlay neighbour meanwhile
+    assert links.expire_idle(LINGER) == [Disconnect(a, "idle")]
+    assert a not in links.conns and b in links.conns
+    links.check_linger(b, 10.0)
+    links.in_use(b)
+    assert b not in links.linger
+
+
+def test_discovery_answers_walks_with_hints_and_remembers_the_origin(registry: ContainerRegistry) -> None:
+    m = mesh(registry)
+    member, origin, relay = nid(1), nid(2), nid(3)
+    m.book.add(member, ("p:1",), 0.0)
+    # a walk from `member` for swarm "news" passes here: we are no member, so we remember it
+    m.handle_message(relay, MFind("news", member.raw, ["p:1"], 0), 0.0)
+    assert [p for p, _ in m.discovery.hints.get("news") or ()] == [member]
+    # a later walk from `origin` gets `member` as a hint, and `origin` is remembered too
+    effs = m.handle_message(relay, MFind("news", origin.raw, ["p:2"], 0), 1.0)
+    found = [e.message for e in effs if isinstance(e, Send) and isinstance(e.message, MFound)]
+    dials = [e for e in effs if isinstance(e, Dial)]
+    assert dials == [Dial(origin, ("p:2",))]  # not connected: the MFound waits for the dial
+    assert not found and m.links.queued("news") == 1
+    # joining the swarm takes the hints as a head start and starts walks
+    m.subscribe("news.>", 2.0)
+    hv = m.swarms.peek("news").hv  # type: ignore[union-attr]
+    assert {member, origin} <= set(hv.passive) and "news" not in m.discovery.hints
+
+
+def test_discovery_address_dial_is_answered_once(registry: ContainerRegistry) -> None:
+    m = mesh(registry)
+    assert m.join([(None, ("b:1", "b:2"))], 0.0) == [DialAddress(("b:1", "b:2"))]
+    assert m.discovery.address_answered(("b:2",)) is True
+    assert m.discovery.address_answered(("b:2",)) is False
+    assert m.join([(None, ("b:3",))], 1.0) == [DialAddress(("b:3",))]
+    m.address_dial_failed(("b:3",), 2.0)
+    assert len(m.discovery.addr_dials) == 0

@@ -164,3 +164,22 @@ def test_ordering_budget_is_shared_across_publishers(registry: ContainerRegistry
     assert o.counters["gaps"] >= 1 and [a.seq for a in out] == sorted(a.seq for a in out)
     o.purge("s")
     assert o.buffered == 0
+
+
+def test_reorder_buffer_is_a_registered_bounded_structure(registry: ContainerRegistry) -> None:
+    """The messages held for reordering show in the registry (and so in /metrics) as
+    ``topics.reorder_buffer``: size, capacity, peak, early releases (evictions) and timed-out gaps
+    (expirations)."""
+    o = Ordering(4, 3.0, 100, registry, max_buffered=50)
+    [stats] = [c.stats() for c in registry.find("topics.reorder_buffer")]
+    assert (stats.kind, stats.size, stats.capacity, stats.peak) == ("reorder_buffer", 0, 50, 0)
+    o.offer(arr(P, 0), 0.0)
+    for s in (2, 3, 4):
+        o.offer(arr(P, s), 0.0)
+    assert o.stats().size == o.buffered == 3 and o.stats().peak == 3
+    o.offer(arr(P, 5), 0.0)  # the window (4) is full: the gap is given up, 4 messages released early
+    st = o.stats()
+    assert (st.size, st.peak, st.evictions, st.expirations) == (0, 4, 4, 0)
+    o.offer(arr(P, 7), 1.0)
+    assert seqs(o.handle_timer(4.0)) == [7]
+    assert o.stats().expirations == 1

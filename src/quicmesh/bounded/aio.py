@@ -8,11 +8,11 @@ policy at once, so a consumer that stops reading can never stall the producer (t
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import TypeVar
 
-from ._base import ContainerRegistry, Overflow, _Bounded
+from ._base import ContainerRegistry, Overflow
+from .deque import Fifo
 
 __all__ = ["BoundedQueue", "QueueClosed"]
 
@@ -23,16 +23,18 @@ class QueueClosed(Exception):
     """``get`` on a closed and drained :class:`BoundedQueue`."""
 
 
-class BoundedQueue(_Bounded, Generic[T]):
+class BoundedQueue(Fifo[T]):
     """A single-loop asyncio queue with a capacity and an overflow policy.
 
     ``put_nowait`` returns ``False`` when the item was refused (``DROP_NEWEST``), raises
     :class:`~quicmesh.errors.ContainerFull` (``REJECT``), or evicts the oldest item
     (``EVICT_OLDEST``, the default: slow consumers lose old data, never stall producers).
     After :meth:`close_queue`, getters drain what is left and then get :class:`QueueClosed`.
+    The overflow policy is :class:`~quicmesh.bounded.deque.Fifo`'s, shared with
+    :class:`~quicmesh.bounded.BoundedDeque`.
     """
 
-    _kind = "queue"
+    kind = "queue"
 
     def __init__(
         self,
@@ -47,20 +49,9 @@ class BoundedQueue(_Bounded, Generic[T]):
         super().__init__(
             name, capacity, overflow, capacity_bytes=capacity_bytes, sizeof=sizeof, registry=registry
         )
-        self._items: deque[T] = deque()  # bounded: capacity enforced in put_nowait()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._close_reason: BaseException | None = None
-
-    def _size(self) -> int:
-        return len(self._items)
-
-    def _clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
 
     @property
     def closed(self) -> bool:
@@ -72,31 +63,15 @@ class BoundedQueue(_Bounded, Generic[T]):
         if self._closed:
             return False
         items = self._items
-        if self._unsized and len(items) < self._capacity:  # the common case, kept cheap
+        if self._unsized and len(items) < self._capacity:  # the common case, kept inline
             items.append(item)
             if len(items) > self._peak:
                 self._peak = len(items)
-            self._wake()
-            return True
-        size = self._sizeof(item)
-        if self._capacity_bytes is not None and size > self._capacity_bytes:
-            return self._refuse()
-        count_after = len(self._items) + 1
-        bytes_after = self._bytes + size
-        if not self._fits(count_after, bytes_after):
-            if self._overflow is not Overflow.EVICT_OLDEST:
-                return self._refuse()
-            while self._items and not self._fits(count_after, bytes_after):
-                victim = self._items.popleft()
-                vsize = self._sizeof(victim)
-                self._bytes -= vsize
-                bytes_after -= vsize
-                count_after -= 1
-                self._evictions += 1
-        self._items.append(item)
-        self._bytes += size
-        self._note_size(len(self._items))
-        self._wake()
+        elif not self._push_full(item):
+            return False
+        waiter = self._waiter  # _wake(), inline
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         return True
 
     def put_many(self, items: Sequence[T]) -> int:

@@ -37,7 +37,7 @@ class LruMap(_Bounded, Generic[K, V]):
     can be closed, for example.
     """
 
-    _kind = "lru_map"
+    kind = "lru_map"
 
     def __init__(
         self,
@@ -173,7 +173,7 @@ class TtlMap(_Bounded, Generic[K, V]):
     when to call ``expire`` next, so a state machine can arm one timer for it.
     """
 
-    _kind = "ttl_map"
+    kind = "ttl_map"
 
     def __init__(
         self,

@@ -40,7 +40,7 @@ class GossipBuffer(_Bounded):
     registers itself in ``registry``.
     """
 
-    _kind = "gossip_buffer"
+    kind = "gossip_buffer"
 
     def __init__(
         self,

@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ..errors import LimitExceeded
+from ..bounded import BoundedDict, ContainerRegistry
+from ..errors import ContainerFull, LimitExceeded
 from .oplog import Operation
 from .store_api import Store
 
@@ -64,14 +65,22 @@ def decode_entry(payload: bytes) -> tuple[str, bytes | None] | None:
 
 
 class KvMap:
-    """The LWW view of the log name ``log``. Apply stored operations with :meth:`apply`."""
+    """The LWW view of the log name ``log``. Apply stored operations with :meth:`apply`.
 
-    def __init__(self, log: str, *, max_keys: int = 100_000) -> None:
+    At most ``max_keys`` keys (tombstones included) are held, in a
+    :class:`~quicmesh.bounded.BoundedDict` named ``kv.entries`` registered in ``registry``
+    (default: the process registry; a node passes its own so that ``/metrics`` shows it).
+    """
+
+    def __init__(self, log: str, *, max_keys: int = 100_000, registry: ContainerRegistry | None = None) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be positive")
         self.log = log
         self.max_keys = max_keys
-        self._entries: dict[str, tuple[Stamp, bytes | None]] = {}  # bounded: max_keys, enforced in apply()
+        self._entries: BoundedDict[str, tuple[Stamp, bytes | None]] = BoundedDict(
+            "kv.entries", max_keys, registry=registry
+        )
+        """Every key ever written (tombstones included), registered as ``kv.entries``."""
         self._live = 0
         self.malformed = 0
         self.refused = 0
@@ -92,10 +101,11 @@ class KvMap:
         stamp = Stamp(h.timestamp, h.author, h.seq)
         old = self._entries.get(key)
         if old is None:
-            if len(self._entries) >= self.max_keys:
+            try:
+                self._entries[key] = (stamp, value)
+            except ContainerFull:  # max_keys (counted as a rejection of kv.entries too)
                 self.refused += 1
                 return False
-            self._entries[key] = (stamp, value)
             self._live += value is not None
             return value is not None
         if stamp <= old[0]:

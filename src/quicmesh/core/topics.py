@@ -39,7 +39,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..bounded import ContainerRegistry, TtlMap
+from ..bounded import ContainerRegistry, Tracked, TtlMap
 from ..identity import NodeId
 from .plumtree import Arrived
 
@@ -138,8 +138,15 @@ class _PubState:
         """Messages in ``buf`` (batches count their messages)."""
 
 
-class Ordering:
-    """Per-(swarm, publisher) reorder buffers; see the module docstring."""
+class Ordering(Tracked):
+    """Per-(swarm, publisher) reorder buffers; see the module docstring.
+
+    Reports the messages held for reordering, all publishers together, as the bounded structure
+    ``topics.reorder_buffer`` (capacity ``max_buffered``): ``evictions`` count the messages
+    released early because a buffer was full, ``expirations`` those released when a gap timed out.
+    """
+
+    kind = "reorder_buffer"
 
     def __init__(
         self,
@@ -155,6 +162,7 @@ class Ordering:
         self.gap_timeout = gap_timeout
         self.max_buffered = max_buffered if max_buffered is not None else window * 16
         """Messages held for reordering over all publishers together: the real memory bound."""
+        super().__init__("topics.reorder_buffer", self.max_buffered, registry=registry)
         self.buffered = 0
         self.states: TtlMap[tuple[str, NodeId], _PubState] = TtlMap(
             "topics.publishers", max_publishers, idle_ttl, registry=registry, on_evict=self._evicted
@@ -200,11 +208,15 @@ class Ordering:
         st.buf[a.seq] = a
         st.held += n
         self.buffered += n
+        if self.buffered > self._peak:
+            self._peak = self.buffered
         self.counters["reordered"] += n
         if key not in self.gap_timers:
             self.gap_timers.set(key, None, now)
         if st.held >= self.window or self.buffered >= self.max_buffered:
+            held = self.buffered
             out = self._skip(st)
+            self._evictions += held - self.buffered
             self.gap_timers.pop(key)
             if st.buf:  # a further gap remains behind the released run: wait for it afresh
                 self.gap_timers.set(key, None, now)
@@ -244,12 +256,18 @@ class Ordering:
             state = self.states.get(key)
             if state is None:
                 continue
+            held = self.buffered
             out += self._skip(state)
+            self._expirations += held - self.buffered
             if state.buf:  # a further gap remains: wait for it too
                 self.gap_timers.set(key, None, now)
         return out
 
+    def _size(self) -> int:
+        return self.buffered
+
     def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must run next (a gap timeout or an idle publisher), or ``None``."""
         ds = [d for d in (self.gap_timers.next_deadline(), self.states.next_deadline()) if d is not None]
         return min(ds) if ds else None
 

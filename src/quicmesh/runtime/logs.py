@@ -351,7 +351,7 @@ class LogService:
         fresh = state is None
         if state is None:
             assert self._loop is not None
-            state = _KvState(KvMap(name, max_keys=KV_MAX_KEYS), self._loop.create_future())
+            state = _KvState(KvMap(name, max_keys=KV_MAX_KEYS, registry=self.registry), self._loop.create_future())
         hid = self._new_handle(_Handle("kv", name, state=state))
         state.refs += 1
         handle = ReplicatedMap(self, hid, state)

@@ -154,7 +154,7 @@ class HeadsMirror(_Bounded):
     never fills; were it full, a new log would be refused (counted) and missing from the mirror.
     """
 
-    _kind = "heads"
+    kind = "heads"
 
     def __init__(self, max_logs: int, *, registry: ContainerRegistry) -> None:
         super().__init__(

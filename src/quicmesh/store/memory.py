@@ -51,7 +51,7 @@ class MemoryStore(StoreStats):
         self._prunable: dict[tuple[bytes, str], None] = {}  # bounded: subset of _logs
         self._retention: dict[str, int] = {}  # bounded: one entry per log name the application configured
         self._nops = 0
-        self._nbytes = 0
+        self._held_bytes = 0
         StoreStats.__init__(self, name, self.config, registry)
 
     # -- reads -----------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class MemoryStore(StoreStats):
         return lg is not None and lg.local
 
     def counts(self) -> StoreCounts:
-        return StoreCounts(self._nops, len(self._logs), self._nbytes)
+        return StoreCounts(self._nops, len(self._logs), self._held_bytes)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ class MemoryStore(StoreStats):
             return 0
         n = len(lg.ops)
         self._nops -= n
-        self._nbytes -= lg.nbytes
+        self._held_bytes -= lg.nbytes
         self._prunable.pop(key, None)
         names = self._by_name.get(log)
         if names is not None:
@@ -161,7 +161,7 @@ class MemoryStore(StoreStats):
         self._logs.clear()
         self._by_name.clear()
         self._prunable.clear()
-        self._nops = self._nbytes = 0
+        self._nops = self._held_bytes = 0
         self._unregister()
 
     # -- internals -------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ class MemoryStore(StoreStats):
             lg.lo += 1
             size = s.size
             lg.nbytes -= size
-            self._nbytes -= size
+            self._held_bytes -= size
             self._nops -= 1
             n += 1
         return n
@@ -202,7 +202,7 @@ class MemoryStore(StoreStats):
                 freed_n += 1
                 freed_b += lg.ops[q].size
         ops_after = self._nops + 1 - freed_n
-        bytes_after = self._nbytes + size - freed_b
+        bytes_after = self._held_bytes + size - freed_b
         if lg is None and len(self._logs) + 1 > cfg.max_logs:
             return self._refuse_write(local, "store.max_logs", cfg.max_logs)
         over_n = ops_after - cfg.max_operations
@@ -216,7 +216,7 @@ class MemoryStore(StoreStats):
                 return self._refuse_write(local, limit, cap)
             for vkey, count in victims:
                 vlg = self._logs[vkey]
-                self._evictions += self._trim(vlg, vlg.lo + count)
+                self.note_eviction(self._trim(vlg, vlg.lo + count))
         # commit
         if lg is None:
             lg = _Log(seq, local)
@@ -233,7 +233,7 @@ class MemoryStore(StoreStats):
         if s.op.prune:
             lg.pruned = True
         self._nops += 1
-        self._nbytes += size
+        self._held_bytes += size
         self._mark_prunable(key, lg)
         self._note_size(self._nops)
         return True

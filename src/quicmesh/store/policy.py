@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from collections.abc import Callable, Iterator
 
-from ..bounded import ContainerRegistry, ContainerStats, Overflow
-from ..bounded._base import _Bounded
+from ..bounded import ContainerRegistry, Tracked
 from ..config import StoreConfig
 from ..core.store_api import StoreCounts
 from ..errors import LimitExceeded
@@ -15,27 +13,16 @@ from ..errors import LimitExceeded
 __all__ = ["StoreStats", "victim_order"]
 
 
-def _unsized(_: object) -> int:
-    return 0
-
-
-class StoreStats(_Bounded):
+class StoreStats(Tracked):
     """The bounded-container base of every store (``kind`` "store", registered like any bounded
     container): size = operations (capacity ``max_operations``), bytes = bytes held (capacity
     ``max_bytes``), evictions = operations dropped to make room, rejections = writes refused by
     a cap. A store keeps its own counts (:meth:`counts`); this class only reports them."""
 
-    _kind = "store"
+    kind = "store"
 
     def __init__(self, name: str, config: StoreConfig, registry: ContainerRegistry | None) -> None:
-        super().__init__(
-            name,
-            config.max_operations,
-            Overflow.REJECT,
-            capacity_bytes=config.max_bytes,
-            sizeof=_unsized,
-            registry=registry,
-        )
+        super().__init__(name, config.max_operations, capacity_bytes=config.max_bytes, registry=registry)
 
     def counts(self) -> StoreCounts:
         """Operations, logs and bytes held (implemented by each store)."""
@@ -44,20 +31,19 @@ class StoreStats(_Bounded):
     def _size(self) -> int:
         return self.counts().operations
 
-    def stats(self) -> ContainerStats:
-        """A frozen snapshot of the counters."""
-        return dataclasses.replace(super().stats(), bytes=self.counts().bytes)
+    def _nbytes(self) -> int | None:
+        return self.counts().bytes
 
     def _refuse_write(self, raise_: bool, limit: str, capacity: int) -> bool:
         """Count a write refused by a cap; raise :class:`~quicmesh.errors.LimitExceeded` for a
         local append (``raise_``), else return ``False``."""
-        self._rejections += 1
+        self.note_rejection()
         if raise_:
             raise LimitExceeded(limit, capacity)
         return False
 
     def _unregister(self) -> None:
-        self._registry.unregister(self)
+        self.registry.unregister(self)
 
 
 def victim_order(

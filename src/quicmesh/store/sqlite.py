@@ -96,7 +96,7 @@ class SqliteStore(StoreStats):
             (self.config.max_log_length,),
         )
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(nops),0), COALESCE(SUM(nbytes),0) FROM logs").fetchone()
-        self._nlogs, self._nops, self._nbytes = int(row[0]), int(row[1]), int(row[2])
+        self._nlogs, self._nops, self._held_bytes = int(row[0]), int(row[1]), int(row[2])
         StoreStats.__init__(self, name, self.config, registry)
         self._note_size(self._nops)
 
@@ -149,7 +149,7 @@ class SqliteStore(StoreStats):
         return r is not None and r.local
 
     def counts(self) -> StoreCounts:
-        return StoreCounts(self._nops, self._nlogs, self._nbytes)
+        return StoreCounts(self._nops, self._nlogs, self._held_bytes)
 
 
     # -- writes ----------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class SqliteStore(StoreStats):
                 self._db.execute("ROLLBACK")
                 raise
             self._nops -= row.nops
-            self._nbytes -= row.nbytes
+            self._held_bytes -= row.nbytes
             self._nlogs -= 1
             return row.nops
 
@@ -226,7 +226,7 @@ class SqliteStore(StoreStats):
                 self._db.execute("ROLLBACK")
                 raise
             self._nops -= n
-            self._nbytes -= b
+            self._held_bytes -= b
             return n
 
     def set_retention(self, log: str, max_length: int) -> None:
@@ -258,7 +258,7 @@ class SqliteStore(StoreStats):
                 self._db.execute("ROLLBACK")
                 raise
             self._nops -= freed_n
-            self._nbytes -= freed_b
+            self._held_bytes -= freed_b
 
     def close(self) -> None:
         with self._lock:
@@ -320,7 +320,7 @@ class SqliteStore(StoreStats):
                 ).fetchone()
                 freed_n, freed_b = int(r[0]), int(r[1])
             over_n = self._nops + 1 - freed_n - cfg.max_operations
-            over_b = self._nbytes + size - freed_b - cfg.max_bytes
+            over_b = self._held_bytes + size - freed_b - cfg.max_bytes
             if over_n > 0 or over_b > 0:
                 r = db.execute(
                     "SELECT COALESCE(SUM(l.nops-1),0), COALESCE(SUM(l.nbytes-h.size),0) FROM logs l"
@@ -375,8 +375,8 @@ class SqliteStore(StoreStats):
                 db.execute("ROLLBACK")
             raise
         self._nops += 1 - trimmed_n - evicted_n
-        self._nbytes += size - trimmed_b - evicted_b
+        self._held_bytes += size - trimmed_b - evicted_b
         self._nlogs += int(new_log)
-        self._evictions += evicted_n
+        self.note_eviction(evicted_n)
         self._note_size(self._nops)
         return True

@@ -1,0 +1,263 @@
+"""Finding peers: joining the realm through bootstrap contacts, and swarm members by walks.
+
+Theory of operation
+-------------------
+:class:`Discovery` is one part of :class:`~quicmesh.core.mesh.Mesh` (which owns one and is the
+only caller). It sends nothing itself: messages go out through the ``send`` and ``route``
+callables the mesh gives it (which dial when needed), and it reads the realm overlay, the
+address book and the joined swarms without changing their membership except through their own
+``join_via`` / ``add_candidate``.
+
+**Realm join.** ``join(bootstrap)`` remembers up to :data:`MAX_BOOTSTRAP` contacts. While the
+realm active view is empty, a JOIN goes to one contact (round robin; the first attempt goes to
+every contact, so overlays started apart merge), by id, or for a contact whose id is unknown by
+:class:`~quicmesh.core.effects.DialAddress` (``addr_dials``, one per address set, forgotten after
+``DIAL_TIMEOUT``; :meth:`address_answered` turns the answering connection into a JOIN). The next
+attempt comes ``join_timeout * 2**attempt`` seconds later, capped at ``join_backoff_max``,
+jittered by +-25 %, never sooner than ``join_timeout / 2``; it never gives up.
+
+**Swarm members.** To find members of a swarm, :meth:`discover` sends walks (``MFind``, ARWL hops)
+over the realm overlay to up to :data:`FIND_FANOUT` realm neighbours. A node on the walk that is a
+member answers the origin with itself and some of its swarm neighbours (``MFound``) and ends the
+walk; a non-member answers with members it remembers (*hints*) and remembers the origin as a
+member, then forwards the walk. Hints are realm-level routing state (``hints``: :data:`HINT_SWARMS`
+swarms x :data:`HINT_PEERS` peers, each expiring after :data:`HINT_TTL`). Found members are joined
+through the swarm's own HyParView. Walks are repeated while the swarm's active view is not full:
+after 1 s, doubling to 30 s while it is empty; every 30 s while partly full; every 120 s when full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from random import Random
+
+from ..bounded import ContainerRegistry, LruMap, TtlMap
+from ..config import NodeConfig
+from ..identity import NodeId
+from .addressbook import AddressBook, normalize_addresses
+from .connections import DIAL_TIMEOUT
+from .effects import DialAddress, Effect
+from .membership import HvOut, HyParView, peer_id
+from .mesh_messages import MFind, MFound, PeerInfo
+from .swarm import Swarm
+from .wire import Message
+
+__all__ = ["FIND_FANOUT", "FOUND_PEERS", "HINT_PEERS", "HINT_SWARMS", "HINT_TTL", "MAX_BOOTSTRAP", "Discovery"]
+
+MAX_BOOTSTRAP = 64
+"""Bootstrap contacts remembered."""
+FIND_FANOUT = 3
+"""Discovery walks started per round."""
+HINT_SWARMS = 1024
+"""Swarms for which member hints are remembered."""
+HINT_PEERS = 8
+"""Member hints remembered per swarm."""
+HINT_TTL = 300.0
+"""Seconds a member hint is kept."""
+FOUND_PEERS = 4
+"""Peers sent in one MFound."""
+
+Contact = tuple[NodeId | None, tuple[str, ...]]
+SendFn = Callable[[NodeId, Message, float], list[Effect]]
+RouteFn = Callable[[str, Sequence[HvOut], float], list[Effect]]
+
+
+class Discovery:
+    """Realm join with backoff, address dials, member hints and swarm discovery walks.
+
+    ``send(peer, message, now)`` and ``route(swarm, overlay_outputs, now)`` are the mesh's ways
+    out; ``counters`` is its counter dict (``join_attempts``).
+    """
+
+    def __init__(
+        self,
+        me: NodeId,
+        config: NodeConfig,
+        book: AddressBook,
+        realm: HyParView,
+        swarms: LruMap[str, Swarm],
+        rng: Random,
+        registry: ContainerRegistry,
+        counters: dict[str, int],
+        send: SendFn,
+        route: RouteFn,
+    ) -> None:
+        self.me = me
+        self.addresses = realm.addresses
+        """This node's own addresses, as sent in walks (the mesh keeps them up to date)."""
+        self.config = config
+        self.book = book
+        self.realm = realm
+        self.swarms = swarms
+        self.rng = rng
+        self.counters = counters
+        self.send = send
+        self.route = route
+        self.addr_dials: TtlMap[tuple[str, ...], None] = TtlMap(
+            "mesh.address_dials", MAX_BOOTSTRAP, DIAL_TIMEOUT, registry=registry
+        )
+        self.hints: TtlMap[str, tuple[tuple[NodeId, float], ...]] = TtlMap(
+            "mesh.swarm_hints", HINT_SWARMS, HINT_TTL, registry=registry
+        )
+        self.bootstrap: tuple[Contact, ...] = ()
+        self.join_attempt = 0
+        self.next_join: float | None = None
+
+    # -- realm join ------------------------------------------------------------------------------
+
+    def join(self, bootstrap: Sequence[Contact], now: float) -> list[Effect]:
+        """Remember ``bootstrap`` contacts and contact them all (see the module docstring)."""
+        entries: list[Contact] = []
+        for pid, addrs in list(bootstrap)[:MAX_BOOTSTRAP]:
+            norm = normalize_addresses(addrs)
+            if pid == self.me or (pid is None and not norm):
+                continue
+            if pid is not None and norm:
+                self.book.add(pid, norm, now)
+            entries.append((pid, norm))
+        self.bootstrap = tuple(entries)
+        self.join_attempt = 0
+        self.next_join = now
+        # The first attempt goes to every contact, so overlays started apart merge; retries
+        # (while the active view stays empty) go to one contact at a time, round robin.
+        out: list[Effect] = []
+        for pid, addrs in entries[1:]:
+            out += self._contact(pid, addrs, now)
+        return self.maybe_join(now) + out
+
+    def maybe_join(self, now: float) -> list[Effect]:
+        """Contact the next bootstrap contact when the realm active view is empty and it is time."""
+        if len(self.realm.active) > 0:
+            self.join_attempt = 0
+            self.next_join = None
+            return []
+        if not self.bootstrap:
+            return []
+        if self.next_join is None:
+            self.next_join = now
+        if now < self.next_join:
+            return []
+        cfg = self.config.membership
+        pid, addrs = self.bootstrap[self.join_attempt % len(self.bootstrap)]
+        delay = min(cfg.join_backoff_max, cfg.join_timeout * 2.0 ** min(self.join_attempt, 30))
+        delay = max(delay * (0.75 + 0.5 * self.rng.random()), cfg.join_timeout / 2)
+        self.join_attempt += 1
+        self.counters["join_attempts"] += 1
+        self.next_join = now + delay
+        return self._contact(pid, addrs, now)
+
+    def _contact(self, pid: NodeId | None, addrs: tuple[str, ...], now: float) -> list[Effect]:
+        """Send a JOIN to a bootstrap contact, dialling it by address when its id is unknown."""
+        if pid is not None:
+            return self.route("", self.realm.join_via(pid, now), now)
+        if addrs in self.addr_dials:
+            return []
+        self.addr_dials.set(addrs, None, now)
+        return [DialAddress(addrs)]
+
+    def address_answered(self, addresses: tuple[str, ...]) -> bool:
+        """An outbound connection to ``addresses`` (normalized) came up: whether it answers one
+        of our address dials (then the caller joins the realm through that peer)."""
+        matched = [k for k in self.addr_dials.keys() if set(k) & set(addresses)]
+        for k in matched:
+            self.addr_dials.pop(k)
+        return bool(matched)
+
+    def address_failed(self, addresses: tuple[str, ...]) -> None:
+        """A :class:`DialAddress` failed; the join timer tries the next contact."""
+        self.addr_dials.pop(normalize_addresses(addresses))
+
+    def join_due(self) -> float | None:
+        """When the next join attempt is due, while the realm active view is empty."""
+        if self.bootstrap and self.next_join is not None and len(self.realm.active) == 0:
+            return self.next_join
+        return None
+
+    # -- swarm members ---------------------------------------------------------------------------
+
+    def discover(self, sw: Swarm, now: float) -> list[Effect]:
+        """Start discovery walks for ``sw`` and schedule the next round."""
+        cfg = self.config.membership
+        n_active = len(sw.hv.active)
+        if n_active == 0:
+            sw.next_find = now + sw.find_interval * (0.75 + 0.5 * self.rng.random())
+            sw.find_interval = min(sw.find_interval * 2, 30.0)
+        else:
+            sw.find_interval = 1.0
+            sw.next_find = now + (120.0 if n_active >= cfg.active_view else 30.0) * (0.75 + 0.5 * self.rng.random())
+        realm = self.realm.active_peers()
+        out: list[Effect] = []
+        for p in self.rng.sample(realm, min(FIND_FANOUT, len(realm))):
+            out += self.send(p, MFind(sw.hv.swarm, self.me.raw, list(self.addresses), cfg.active_random_walk), now)
+        return out
+
+    def take_hints(self, swarm: str, now: float) -> list[NodeId]:
+        """Forget and return the live member hints of ``swarm`` (a head start for joining it)."""
+        return [p for p, exp in self.hints.pop(swarm) or () if exp > now]
+
+    def on_find(self, sender: NodeId, msg: MFind, now: float) -> list[Effect]:
+        """A discovery walk reached this node (see the module docstring)."""
+        origin = peer_id(msg.origin)
+        if origin is None or origin == self.me or not msg.s:
+            return []
+        self.book.add(origin, msg.addrs, now)
+        sw = self.swarms.peek(msg.s)
+        out: list[Effect] = []
+        if sw is not None:
+            peers = [self.me, *self.rng.sample(sw.hv.active_peers(), min(FOUND_PEERS - 1, len(sw.hv.active)))]
+            infos = [PeerInfo(p.raw, list(self.addresses if p == self.me else self.book.addresses(p)))
+                     for p in peers if p != origin]
+            out += self.send(origin, MFound(msg.s, infos), now)
+            return out
+        hints = [(p, exp) for p, exp in (self.hints.get(msg.s) or ()) if exp > now and p != origin]
+        if hints:
+            infos = [PeerInfo(p.raw, list(self.book.addresses(p))) for p, _ in hints[-FOUND_PEERS:]
+                     if self.book.addresses(p)]
+            if infos:
+                out += self.send(origin, MFound(msg.s, infos), now)
+        kept = [(p, e) for p, e in hints if p != origin][-(HINT_PEERS - 1):]
+        self.hints.set(msg.s, (*kept, (origin, now + HINT_TTL)), now)
+        ttl = min(msg.ttl, self.config.membership.active_random_walk)
+        if ttl > 0:
+            cands = [p for p in self.realm.active.keys() if p not in (sender, origin)]
+            if cands:
+                nxt = self.rng.choice(cands)
+                out += self.send(nxt, MFind(msg.s, msg.origin, list(self.book.addresses(origin)), ttl - 1), now)
+        return out
+
+    def on_found(self, msg: MFound, now: float) -> list[Effect]:
+        """Members of a swarm we belong to were found: join through them, or keep them as candidates."""
+        sw = self.swarms.peek(msg.s)
+        if sw is None:
+            return []
+        out: list[Effect] = []
+        for info in msg.peers[:FOUND_PEERS * 2]:
+            p = peer_id(info.id)
+            if p is None or p == self.me:
+                continue
+            self.book.add(p, info.addrs, now)
+            if len(sw.hv.active) + len(sw.hv.pending) < self.config.membership.active_view:
+                out += self.route(msg.s, sw.hv.join_via(p, now), now)
+            else:
+                sw.hv.add_candidate(p)
+        return out
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        """Forget address dials past ``DIAL_TIMEOUT`` and hints past :data:`HINT_TTL`."""
+        self.addr_dials.expire(now)
+        self.hints.expire(now)
+
+    def timers(self) -> tuple[Callable[[], float | None], ...]:
+        """The ``next_deadline`` of the containers kept here (address dials, hints); the join
+        timer is :meth:`join_due`."""
+        return (self.addr_dials.next_deadline, self.hints.next_deadline)
+
+    def next_deadline(self) -> float | None:
+        """The earliest of: an address dial timing out, a hint expiring, the next join attempt."""
+        best = self.join_due()
+        for d in (self.addr_dials.next_deadline(), self.hints.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
