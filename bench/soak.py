@@ -66,7 +66,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quicmesh.demo import NodeProcess
+from quicmesh.testing.process import NodeProcess
 
 __all__ = ["SOAK_ENV", "TTL_KEYS", "SoakOptions", "ls_slope", "main", "run_soak", "theil_sen", "window_slopes"]
 

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 from quicmesh.config import GatewayConfig, NodeConfig, RpcConfig, TransportConfig
-from quicmesh.demo import NodeProcess
 from quicmesh.errors import AdmissionRefused, QuicmeshError
 from quicmesh.runtime.client import Client
 from quicmesh.runtime.node import Node
+from quicmesh.testing.process import NodeProcess
 
 pytestmark = pytest.mark.timeout(180)
 

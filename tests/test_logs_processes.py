@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from quicmesh.demo import NodeProcess
+from quicmesh.testing.process import NodeProcess
 
 pytestmark = pytest.mark.processes
 

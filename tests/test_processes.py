@@ -10,10 +10,11 @@ import psutil
 import pytest
 
 from quicmesh.config import NodeConfig
-from quicmesh.demo import NodeProcess, run_demo
+from quicmesh.demo import run_demo
 from quicmesh.errors import CallTimeout, ConnectionLost, PeerIdMismatch, RealmMismatch
 from quicmesh.identity import KeyPair
 from quicmesh.runtime.node import Node
+from quicmesh.testing.process import NodeProcess
 
 pytestmark = pytest.mark.processes
 
