@@ -91,9 +91,6 @@ class PubSubConfig:
     max_subscriptions: int = 10_000
     """Local subscriptions open at once (count); each holds a queue of up to
     ``subscriber_queue_size`` messages. NATS, likewise, limits subscriptions with an error."""
-    max_peer_patterns: int = 1_000
-    """Topic patterns remembered per peer (count); more are ignored and counted. An ``Interest``
-    frame replaces the whole set, so this also caps what one frame can make us store."""
 
 
 @dataclass(frozen=True, slots=True)
