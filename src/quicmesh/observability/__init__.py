@@ -22,18 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config import ObservabilityConfig
+from .containers import ContainerAggregator, ContainerGroup
 from .http import HttpEndpoint, health_document, is_loopback
-from .metrics import (
-    ALL_METRICS,
-    CONTENT_TYPE,
-    ContainerAggregator,
-    ContainerGroup,
-    MetricSpec,
-    NodeCollector,
-    NodeMetrics,
-    metric_names,
-    render,
-)
+from .metrics import ALL_METRICS, CONTENT_TYPE, MetricSpec, NodeCollector, NodeMetrics, metric_names, render
 from .process import open_fds, process_rss
 from .sentinel import HISTORY_NAME, LeakSentinel, Reason, SentinelTask, TrimTask, Verdict, least_squares_slope
 from .view import NodeGauges, NodeView, TransportCounters, TransportCounts, gauges_of

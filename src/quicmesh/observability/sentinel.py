@@ -42,7 +42,7 @@ from typing import Any
 
 from ..bounded import BoundedDeque, ContainerRegistry
 from ..config import ObservabilityConfig
-from .metrics import ContainerAggregator
+from .containers import ContainerAggregator
 from .process import malloc_trim, process_rss
 
 __all__ = [
