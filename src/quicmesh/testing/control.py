@@ -1,7 +1,9 @@
 """A JSON-lines control channel for ``quicmesh node --control``: scripts, the demo, the
 benchmarks and the real-process tests drive a node process through its stdin and read events
 from its stdout (:class:`~quicmesh.testing.process.NodeProcess` is the other end). The command
-line only wires the flag to :class:`ControlChannel`; every command lives here.
+line (:mod:`quicmesh.cli.node`) only wires the flag to :class:`ControlChannel`; every command
+lives here, with :func:`builtin_handler`, the demo procedures that the channel's ``advertise``
+and ``quicmesh node --advertise NAME=KIND`` offer.
 
 Each input line is one JSON object with a ``"cmd"``; each output line is one JSON object with an
 ``"event"``. Payloads are UTF-8 text in ``"payload"`` (or base64 in ``"payload_b64"``).
