@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quicmesh.demo import NodeProcess
+from quicmesh.testing.process import NodeProcess
 
 
 async def pubsub_throughput(a: NodeProcess, b: NodeProcess, size: int, n: int, sid: int) -> dict[str, float]:

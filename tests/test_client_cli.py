@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from quicmesh.demo import NodeProcess
 from quicmesh.identity import KeyPair
+from quicmesh.testing.process import NodeProcess
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(120)]
 

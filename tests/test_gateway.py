@@ -313,7 +313,7 @@ async def test_client_survives_a_killed_gateway_process(tmp_path: Any) -> None:
     """kill -9 of the gateway process (no close frame): the client notices by missed pings,
     redials with backoff until the restarted gateway (same key, same port) answers, and
     resumes its subscription there."""
-    from quicmesh.demo import NodeProcess
+    from quicmesh.testing.process import NodeProcess
 
     key = str(tmp_path / "gw.key")
     gw = await NodeProcess.spawn("gw", realm="gw", extra=["--key", key])

@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 
 from quicmesh.config import GatewayConfig, NodeConfig, RpcConfig, TransportConfig
-from quicmesh.demo import NodeProcess
 from quicmesh.errors import AdmissionRefused, QuicmeshError
 from quicmesh.runtime.client import Client
 from quicmesh.runtime.node import Node
 from quicmesh.runtime.quic import QuicTransport
+from quicmesh.testing.process import NodeProcess
 from quicmesh.testing.wait import eventually
 
 pytestmark = pytest.mark.timeout(180)

@@ -259,7 +259,7 @@ async def test_the_runtime_node_plugs_in() -> None:
 
 
 async def test_a_node_process_reports_its_http_address() -> None:
-    from quicmesh.demo import NodeProcess
+    from quicmesh.testing.process import NodeProcess
 
     node = await NodeProcess.spawn("obs", realm="obs", extra=["--http", "127.0.0.1:0"])
     try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from quicmesh.demo import NodeProcess
+from quicmesh.testing.process import NodeProcess
 from quicmesh.testing.wait import eventually
 
 pytestmark = pytest.mark.processes

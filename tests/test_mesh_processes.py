@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from quicmesh.config import NodeConfig, TransportConfig
-from quicmesh.demo import NodeProcess
 from quicmesh.errors import NoProvider
 from quicmesh.runtime.node import Node
+from quicmesh.testing.process import NodeProcess
 from quicmesh.testing.wait import eventually
 
 pytestmark = pytest.mark.processes

@@ -11,10 +11,11 @@ import pytest
 from containers import static_sizes
 
 from quicmesh.config import NodeConfig
-from quicmesh.demo import NodeProcess, run_demo
+from quicmesh.demo import run_demo
 from quicmesh.errors import CallTimeout, ConnectionLost, PeerIdMismatch, RealmMismatch
 from quicmesh.identity import KeyPair
 from quicmesh.runtime.node import Node
+from quicmesh.testing.process import NodeProcess
 from quicmesh.testing.wait import eventually
 
 pytestmark = pytest.mark.processes

@@ -12,7 +12,7 @@ import pytest
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import TransportConfig
-from quicmesh.core.messages import ALL_MESSAGES, Challenge, Publish
+from quicmesh.core.messages import ALL_MESSAGES, Challenge, Reply
 from quicmesh.core.wire import Codec, Message
 from quicmesh.errors import (
     AdmissionRefused,
@@ -105,11 +105,10 @@ async def test_connect_and_exchange_10k_in_order(make: Make) -> None:
     await b.ev.until(lambda: len(b.ev.connected) == 1)
     assert b.ev.connected[0].peer_id == a.t.node_id and not b.ev.connected[0].outbound
     n = 10_000
-    pub = a.t.node_id.raw
     sent = 0
     while sent < n:  # bounded: each round queues up to 500 and waits for the flush to drain
         for _ in range(min(500, n - sent)):
-            assert conn.send(Publish(topic="t", payload=b"x" * 32, publisher=pub, seq=sent))
+            assert conn.send(Reply(id=sent, payload=b"x" * 32))
             sent += 1
 
         def drained(s: int = sent) -> bool:  # binds this round's count
@@ -117,12 +116,12 @@ async def test_connect_and_exchange_10k_in_order(make: Make) -> None:
 
         await b.ev.until(drained)
     await b.ev.until(lambda: len(b.ev.messages) == n, timeout=30)
-    seqs = [m.seq for m in b.ev.messages if isinstance(m, Publish)]
+    seqs = [m.id for m in b.ev.messages if isinstance(m, Reply)]
     assert seqs == list(range(n))
     assert a.t.stats().dropped_frames_total == 0
     # the other direction works too and the receiver's connection is the same pair
     back = b.t.get(a.t.node_id)
-    assert back is not None and back.send(Publish(topic="u", payload=b"", publisher=pub, seq=1))
+    assert back is not None and back.send(Reply(id=1, payload=b""))
     await a.ev.until(lambda: len(a.ev.messages) == 1)
     assert a.t.stats().connections == 1 and b.t.stats().connections == 1
     assert a.t.stats().dialed_total == 1 and b.t.stats().accepted_total == 1
@@ -150,8 +149,8 @@ async def test_simultaneous_dial_ends_with_one_connection(make: Make) -> None:
         assert a.t.get(b.t.node_id) is ca and b.t.get(a.t.node_id) is cb
         assert len(a.t.connections()) == 1 and len(b.t.connections()) == 1
         # the survivor carries traffic both ways
-        assert ca.send(Publish(topic="t", payload=b"1", publisher=b"", seq=1))
-        assert cb.send(Publish(topic="t", payload=b"2", publisher=b"", seq=2))
+        assert ca.send(Reply(id=1, payload=b"1"))
+        assert cb.send(Reply(id=2, payload=b"2"))
 
         def both_received(a: Node = a, b: Node = b) -> bool:  # binds this round's pair
             return len(b.ev.messages) == 1 and len(a.ev.messages) == 1
@@ -352,7 +351,7 @@ async def test_garbage_closes_only_that_connection(make: Make) -> None:
     assert isinstance(lost_conn, QuicConnection) and lost_conn.close_code == "protocol"
     await bad.ev.until(lambda: len(bad.ev.lost) == 1)
     # the good connection is untouched
-    assert cgood.send(Publish(topic="t", payload=b"ok", publisher=b"", seq=7))
+    assert cgood.send(Reply(id=7, payload=b"ok"))
     await b.ev.until(lambda: len(b.ev.messages) == 1)
     assert b.t.stats().connections == 1 and b.t.stats().refused_total.get("protocol") == 1
 
@@ -373,7 +372,7 @@ async def test_send_buffer_cap_drops_and_counts(make: Make) -> None:
     b = await make()
     c = await a.t.dial(b.addr, expected=b.t.node_id)
     payload = b"z" * 1000
-    results = [c.send(Publish(topic="t", payload=payload, publisher=b"", seq=i)) for i in range(200)]
+    results = [c.send(Reply(id=i, payload=payload)) for i in range(200)]
     assert results[0] and not results[-1]
     accepted = sum(results)
     assert 50 <= accepted <= 70  # ~64 KiB of ~1 KiB frames
@@ -390,7 +389,7 @@ async def test_lost_fires_once_on_peer_close_and_state_released(make: Make) -> N
     await c.close("normal", "bye")
     await b.ev.until(lambda: len(b.ev.lost) == 1)
     assert a.ev.lost == [(c, None)]  # local orderly close: error None, exactly once
-    assert not c.send(Publish(topic="t", payload=b"", publisher=b"", seq=0))
+    assert not c.send(Reply(id=0, payload=b""))
     await c.close()  # idempotent
     await a.t.wait_idle(5)
     await b.t.wait_idle(5)
@@ -418,7 +417,7 @@ async def test_outbound_pool_evicts_and_closes_lru(make: Make) -> None:
     a = await make(cfg=dataclasses.replace(CFG, max_connections=2))
     peers = [await make() for _ in range(3)]
     conns = [await a.t.dial(p.addr, expected=p.t.node_id) for p in peers[:2]]
-    conns[1].send(Publish(topic="t", payload=b"", publisher=b"", seq=0))  # conns[0] is now LRU
+    conns[1].send(Reply(id=0, payload=b""))  # conns[0] is now LRU
     await peers[1].ev.until(lambda: len(peers[1].ev.messages) == 1)
     c3 = await a.t.dial(peers[2].addr, expected=peers[2].t.node_id)
     assert conns[0].closed and isinstance(conns[0], QuicConnection) and conns[0].close_code == "evicted"
@@ -574,8 +573,8 @@ async def test_oversized_message_raises_typed_error(make: Make) -> None:
     b = await make(cfg=cfg)
     c = await a.t.dial(b.addr, expected=b.t.node_id)
     with pytest.raises(FrameTooLarge):
-        c.send(Publish(topic="t", payload=b"x" * 5000, publisher=b"", seq=0))
-    assert c.send(Publish(topic="t", payload=b"x" * 3000, publisher=b"", seq=1))
+        c.send(Reply(id=0, payload=b"x" * 5000))
+    assert c.send(Reply(id=1, payload=b"x" * 3000))
     await b.ev.until(lambda: len(b.ev.messages) == 1)
 
 
@@ -610,7 +609,7 @@ async def test_waiting_for_close_does_not_close_an_open_connection(make: Make) -
     waiter = asyncio.create_task(conn.wait_closed())
     done, _ = await asyncio.wait({waiter}, timeout=1.0)  # five handshake timeouts
     assert not done and not conn.closed and a.t.get(b.t.node_id) is conn
-    assert conn.send(Publish(topic="t", payload=b"still open", publisher=a.t.node_id.raw, seq=1))
+    assert conn.send(Reply(id=1, payload=b"still open"))
     await b.ev.until(lambda: len(b.ev.messages) == 1)
     await conn.close("done")
     await asyncio.wait_for(waiter, 2.0)

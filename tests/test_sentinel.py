@@ -314,6 +314,6 @@ async def test_trim_task_stops_where_the_c_library_cannot_trim() -> None:
 def test_malloc_trim_on_this_machine() -> None:
     import platform
 
-    from quicmesh.observability.metrics import malloc_trim
+    from quicmesh.observability.process import malloc_trim
 
     assert malloc_trim() is (platform.libc_ver()[0] == "glibc")  # others (musl, macOS) report False

@@ -13,9 +13,9 @@ from typing import Any
 from rich.console import Console
 
 from quicmesh.bounded import BoundedDeque, ContainerRegistry, LruMap
+from quicmesh.cli.status import EXIT_ERROR, main, render_status
 from quicmesh.config import ObservabilityConfig
 from quicmesh.observability import HttpEndpoint, LeakSentinel, NodeGauges
-from quicmesh.observability.status import EXIT_ERROR, main, render_status
 from quicmesh.runtime.transport import TransportStats
 
 

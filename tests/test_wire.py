@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quicmesh.core.messages import ALL_MESSAGES, Ping, Publish, Refuse
+from quicmesh.core.messages import ALL_MESSAGES, Ping, Refuse, Reply
 from quicmesh.core.wire import DEFAULT_MAX_FRAME_SIZE, HEADER, Codec, Message
 from quicmesh.errors import DecodeError, FrameTooLarge, MalformedFrame, UnknownMessageType
 
@@ -298,7 +298,7 @@ def test_configurable_frame_cap() -> None:
 
 def test_decoder_buffer_never_exceeds_one_frame(codec: Codec) -> None:
     payload = b"p" * (MiB - 200)
-    frame = codec.frame(Publish(topic="t", payload=payload, publisher=b"k" * 32, seq=1))
+    frame = codec.frame(Reply(id=1, payload=payload))
     dec = codec.decoder()
     peak = 0
     for i in range(0, len(frame), 65536):

@@ -17,11 +17,9 @@ __all__ = [
     "HANDSHAKE_MESSAGES",
     "Challenge",
     "Hello",
-    "Interest",
     "Ping",
     "Pong",
     "Proof",
-    "Publish",
     "Refuse",
     "Reply",
     "ReplyError",
@@ -82,25 +80,6 @@ class Pong(Message, tag="pong"):
 
 HANDSHAKE_MESSAGES: tuple[type[Message], ...] = (Hello, Challenge, Proof, Welcome, Refuse)
 
-# -- direct pub/sub ----------------------------------------------------------------------------------
-
-
-class Interest(Message, tag="int"):
-    """The sender's full set of subscribed topic patterns (replaces the previous set)."""
-
-    patterns: list[str]
-
-
-class Publish(Message, tag="pub"):
-    """A topic message. ``seq`` is the publisher's per-node sequence number."""
-
-    topic: str
-    payload: bytes
-    publisher: bytes
-    seq: int
-    ts: int = 0
-
-
 # -- direct RPC --------------------------------------------------------------------------------------
 
 
@@ -138,8 +117,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *HANDSHAKE_MESSAGES,
     Ping,
     Pong,
-    Interest,
-    Publish,
     Services,
     Request,
     Reply,

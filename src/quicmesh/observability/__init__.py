@@ -12,7 +12,9 @@ A node plugs in by implementing :class:`NodeView` and running one :class:`Observ
 rate to tell a leak from memory that follows load.
 
 Everything is also usable piecemeal: :class:`NodeMetrics` (a private prometheus registry),
-:class:`LeakSentinel` and :class:`SentinelTask`, :class:`HttpEndpoint`.
+:class:`LeakSentinel` and :class:`SentinelTask`, :class:`HttpEndpoint`; the process probes
+(RSS, fds, the C heap) are in :mod:`.process`. The node is seen only through the protocols of
+:mod:`.view`: observability imports nothing from the runtime.
 """
 
 from __future__ import annotations
@@ -20,24 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config import ObservabilityConfig
+from .containers import ContainerAggregator, ContainerGroup
 from .http import HttpEndpoint, health_document, is_loopback
-from .metrics import (
-    ALL_METRICS,
-    CONTENT_TYPE,
-    ContainerAggregator,
-    ContainerGroup,
-    MetricSpec,
-    NodeCollector,
-    NodeGauges,
-    NodeMetrics,
-    NodeView,
-    gauges_of,
-    metric_names,
-    open_fds,
-    process_rss,
-    render,
-)
+from .metrics import ALL_METRICS, CONTENT_TYPE, MetricSpec, NodeCollector, NodeMetrics, metric_names, render
+from .process import open_fds, process_rss
 from .sentinel import HISTORY_NAME, LeakSentinel, Reason, SentinelTask, TrimTask, Verdict, least_squares_slope
+from .view import NodeGauges, NodeView, TransportCounters, TransportCounts, gauges_of
 
 __all__ = [
     "ALL_METRICS",
@@ -55,6 +45,8 @@ __all__ = [
     "Observability",
     "Reason",
     "SentinelTask",
+    "TransportCounters",
+    "TransportCounts",
     "TrimTask",
     "Verdict",
     "gauges_of",

@@ -31,17 +31,10 @@ from typing import Any
 
 from ..config import ObservabilityConfig
 from ..errors import ConfigError
-from .metrics import (
-    CONTENT_TYPE,
-    ContainerAggregator,
-    NodeMetrics,
-    NodeView,
-    _asyncio_tasks,
-    gauges_of,
-    open_fds,
-    process_rss,
-)
+from .metrics import CONTENT_TYPE, ContainerAggregator, NodeMetrics
+from .process import asyncio_tasks, open_fds, process_rss
 from .sentinel import LeakSentinel, Verdict
+from .view import NodeView, gauges_of
 
 __all__ = ["HttpEndpoint", "health_document", "is_loopback"]
 
@@ -107,7 +100,7 @@ def health_document(
     }
     tail: dict[str, Any] = {
         "containers": container_doc,
-        "process": {"rss_bytes": process_rss(), "open_fds": open_fds(), "asyncio_tasks": _asyncio_tasks()},
+        "process": {"rss_bytes": process_rss(), "open_fds": open_fds(), "asyncio_tasks": asyncio_tasks()},
         "sentinel": verdict.to_dict() if verdict is not None else None,
     }
     return {**head, **doc, **tail}

@@ -17,33 +17,28 @@ turns it into metric families.
 * Counters stay monotonic although containers come and go: :class:`ContainerAggregator`
   remembers each live container's last counters and, when one disappears (closed or collected),
   folds them into a per-name "retired" total, so ``rate()`` never sees a false reset.
-* Process: RSS and open file descriptors (psutil), asyncio task count when a loop runs.
+* Process: RSS and open file descriptors (psutil), asyncio task count when a loop runs
+  (:mod:`.process`).
 * Node gauges from :meth:`NodeView.gauges` (a :class:`NodeGauges`), readiness, and the leak
   sentinel's verdict.
 
-The :class:`NodeView` protocol is the seam the node implements.
+The :class:`~.view.NodeView` protocol (in :mod:`.view`) is the seam the node implements.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import math
-import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..bounded import ContainerRegistry
-from ..runtime.transport import TransportStats
-
-if TYPE_CHECKING:
-    from .sentinel import LeakSentinel
+from .containers import ContainerAggregator, ContainerGroup
+from .process import asyncio_tasks, open_fds, process_rss
+from .sentinel import LeakSentinel
+from .view import NodeGauges, NodeView, TransportCounters, TransportCounts, gauges_of
 
 __all__ = [
     "ALL_METRICS",
@@ -55,148 +50,15 @@ __all__ = [
     "NodeGauges",
     "NodeMetrics",
     "NodeView",
-    "c_library",
+    "TransportCounters",
+    "TransportCounts",
     "gauges_of",
-    "malloc_trim",
     "metric_names",
-    "open_fds",
-    "process_rss",
     "render",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Content type of :func:`render`'s output (Prometheus text exposition format 0.0.4)."""
-
-
-# -- the seam the node implements ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NodeGauges:
-    """The node's current numbers, as returned by :meth:`NodeView.gauges`.
-
-    Mappings are keyed by a small fixed vocabulary (view names, refusal reasons), never by peer.
-    """
-
-    peers: Mapping[str, int] = field(default_factory=dict)  # bounded: one entry per membership view
-    """Peers per membership view, e.g. ``{"active": 5, "passive": 30, "known": 120}``."""
-    topics: int = 0
-    """Topics joined."""
-    subscriptions: int = 0
-    """Local subscriptions open."""
-    pending_calls: int = 0
-    """Outgoing RPC calls awaiting a reply."""
-    clients: int = 0
-    """Light clients connected through the gateway."""
-    transport: TransportStats = field(default_factory=TransportStats)
-    """The transport's counters: connections, handshakes, refusals by reason, drops."""
-    extra: Mapping[str, float] = field(default_factory=dict)  # bounded: fixed key set chosen by the node's code
-    """Other numbers by a fixed name (``running_handlers``, ``inbox_dropped_total``...): exported
-    as ``quicmesh_node_events_total{name}`` when the name ends in ``_total``, else as
-    ``quicmesh_node_gauge{name}``. Never key this by peer, topic or anything unbounded."""
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, float]) -> NodeGauges:
-        """Build from a flat mapping, the other shape :meth:`NodeView.gauges` may return.
-
-        Keys: ``connections``, ``handshakes_in_progress``, ``accepted_total``, ``dialed_total``,
-        ``evicted_total``, ``dropped_frames_total``, ``auth_failures_total`` (transport);
-        ``topics``, ``subscriptions``, ``pending_calls``, ``clients``; ``peers:<view>`` and
-        ``handshakes_refused_total:<reason>`` for the labelled ones; anything else goes to
-        :attr:`extra`.
-        """
-        transport = TransportStats()
-        own: dict[str, int] = {}
-        peers: dict[str, int] = {}
-        extra: dict[str, float] = {}
-        for key, raw in values.items():
-            v = float(raw)
-            name, sep, label = key.partition(":")
-            if sep and name == "peers":
-                peers[label] = int(v)
-            elif sep and name == "handshakes_refused_total":
-                transport.refused_total[label] = int(v)
-            elif key in _TRANSPORT_KEYS:
-                setattr(transport, key, int(v))
-            elif key in _OWN_KEYS:
-                own[key] = int(v)
-            else:
-                extra[key] = v
-        return cls(peers=peers, transport=transport, extra=extra, **own)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (used by /health and ``quicmesh status``)."""
-        t = self.transport
-        return {
-            "connections": t.connections,
-            "handshakes_in_progress": t.handshakes_in_progress,
-            "peers": dict(self.peers),
-            "topics": self.topics,
-            "subscriptions": self.subscriptions,
-            "pending_calls": self.pending_calls,
-            "clients": self.clients,
-            "accepted_total": t.accepted_total,
-            "dialed_total": t.dialed_total,
-            "handshakes_refused_total": dict(t.refused_total),
-            "evicted_total": t.evicted_total,
-            "dropped_frames_total": t.dropped_frames_total,
-            "auth_failures_total": t.auth_failures_total,
-            **{k: self.extra[k] for k in sorted(self.extra)},
-        }
-
-
-_TRANSPORT_KEYS = frozenset(
-    (
-        "connections",
-        "handshakes_in_progress",
-        "accepted_total",
-        "dialed_total",
-        "evicted_total",
-        "dropped_frames_total",
-        "auth_failures_total",
-    )
-)
-_OWN_KEYS = frozenset(("topics", "subscriptions", "pending_calls", "clients"))
-
-
-def gauges_of(node: NodeView) -> NodeGauges:
-    """``node.gauges()`` as a :class:`NodeGauges`, whichever shape the node returned."""
-    g = node.gauges()
-    return g if isinstance(g, NodeGauges) else NodeGauges.from_mapping(g)
-
-
-class NodeView(Protocol):
-    """What observability needs from a node. Plain attributes satisfy the properties.
-
-    Every method is called on the event loop (or the scraping thread) and must be cheap and
-    non-blocking: a snapshot of counters, no I/O.
-    """
-
-    @property
-    def node_id(self) -> str:
-        """The node id in its text form."""
-
-    @property
-    def realm(self) -> str:
-        """The mesh realm."""
-
-    @property
-    def registry(self) -> ContainerRegistry:
-        """The registry every container of this node is registered with."""
-
-    def health(self) -> Mapping[str, Any]:
-        """Subsystem-grouped JSON-ready numbers: ``{"address_book": {...}, "streams": {...},
-        "gossip": {...}, "rpc": {...}, "connections": {...}, "store": {...}}`` (scalars such as
-        ``"address": "HOST:PORT"`` are passed through too). The keys ``status``, ``node_id``,
-        ``realm``, ``ready``, ``reasons``, ``gauges``, ``containers``, ``process`` and
-        ``sentinel`` are reserved for /health itself: the endpoint fills them."""
-
-    def gauges(self) -> NodeGauges | Mapping[str, float]:
-        """The node's current gauges: a :class:`NodeGauges`, or a flat mapping in the shape
-        :meth:`NodeGauges.from_mapping` reads."""
-
-    def ready(self) -> tuple[bool, str]:
-        """``(True, "ready")`` once the node serves traffic, else ``(False, why)``."""
 
 
 # -- declared metric names -------------------------------------------------------------------------
@@ -324,193 +186,6 @@ def metric_names() -> frozenset[str]:
     return frozenset(m.name for m in ALL_METRICS)
 
 
-# -- process sampling --------------------------------------------------------------------------------
-
-
-@functools.cache
-def c_library() -> Any:
-    """The C library through ctypes (``None`` when not found); loaded once."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
-def malloc_trim() -> bool:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``, which also
-    releases whole free pages inside the heap, not only at its top). ``False`` where the C
-    library has no such call (musl, macOS, Windows)."""
-    libc = c_library()
-    fn = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if fn is None:
-        return False
-    fn(0)
-    return True
-
-
-def process_rss() -> int:
-    """Resident set size of this process in bytes."""
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def open_fds() -> int | None:
-    """Open file descriptors (handles on Windows) of this process; ``None`` when unknown."""
-    import psutil
-
-    proc = psutil.Process()
-    try:
-        if hasattr(proc, "num_fds"):
-            return int(proc.num_fds())
-        return int(proc.num_handles())
-    except (psutil.Error, OSError):
-        return None
-
-
-def _asyncio_tasks() -> int | None:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    return len(asyncio.all_tasks(loop))
-
-
-# -- container aggregation -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerGroup:
-    """The containers of one registry sharing a ``(name, kind)``, aggregated."""
-
-    name: str
-    kind: str
-    instances: int
-    size: int
-    capacity: int
-    peak: int
-    fill: float
-    evictions: int
-    expirations: int
-    rejections: int
-    bytes: int | None
-    capacity_bytes: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (for /health)."""
-        return {
-            "kind": self.kind,
-            "instances": self.instances,
-            "size": self.size,
-            "capacity": self.capacity,
-            "fill": round(self.fill, 4),
-            "peak": self.peak,
-            "evictions": self.evictions,
-            "expirations": self.expirations,
-            "rejections": self.rejections,
-            "bytes": self.bytes,
-            "capacity_bytes": self.capacity_bytes,
-        }
-
-
-_Key = tuple[str, str]
-_Seen = tuple[Callable[[], Any], _Key, tuple[int, int, int]]
-
-
-class ContainerAggregator:
-    """Groups a registry's containers by ``(name, kind)`` with counters that never go back.
-
-    A container that leaves the registry (closed or garbage collected) takes its counters with
-    it; the aggregator folds its last seen counters into a retired total for its name so the
-    exported sums stay monotonic. Thread-safe.
-    """
-
-    def __init__(self, registry: ContainerRegistry) -> None:
-        self._registry = registry
-        self._lock = threading.Lock()
-        self._last: dict[int, _Seen] = {}  # bounded: rebuilt every collect, one entry per live container
-        self._retired: dict[_Key, tuple[int, int, int]] = {}  # bounded: one per container name/kind (fixed in code)
-
-    def collect(self) -> list[ContainerGroup]:
-        """Aggregate the live containers now, sorted by name then kind."""
-        with self._lock:
-            return self._collect()
-
-    def _collect(self) -> list[ContainerGroup]:
-        current: dict[int, _Seen] = {}
-        acc: dict[_Key, list[Any]] = {}
-        for container in self._registry:
-            st = container.stats()
-            key = (st.name, st.kind)
-            counters = (st.evictions, st.expirations, st.rejections)
-            try:
-                ref: Callable[[], Any] = weakref.ref(container)
-            except TypeError:  # not weak-referenceable: track by id only
-                ref = _StrongRef(container)
-            current[id(container)] = (ref, key, counters)
-            a = acc.get(key)
-            if a is None:
-                a = acc[key] = [0, 0, 0, 0, 0.0, 0, 0, 0, None, None]
-            a[0] += 1
-            a[1] += st.size
-            a[2] += st.capacity
-            a[3] = max(a[3], st.peak)
-            a[4] = max(a[4], st.fill)
-            if st.bytes is not None:
-                a[8] = (a[8] or 0) + st.bytes
-            if st.capacity_bytes is not None:
-                a[9] = (a[9] or 0) + st.capacity_bytes
-            a[5] += counters[0]
-            a[6] += counters[1]
-            a[7] += counters[2]
-        for ident, (ref, key, counters) in self._last.items():
-            now_entry = current.get(ident)
-            if now_entry is not None and now_entry[0]() is ref() and ref() is not None:
-                continue
-            old = self._retired.get(key, (0, 0, 0))
-            self._retired[key] = (old[0] + counters[0], old[1] + counters[1], old[2] + counters[2])
-        self._last = current
-        groups: list[ContainerGroup] = []
-        # A name with no live instance exports no series; its retired totals are kept for when
-        # an instance comes back, so the counters resume where they were.
-        for key in sorted(acc):
-            a = acc[key]
-            r = self._retired.get(key, (0, 0, 0))
-            groups.append(
-                ContainerGroup(
-                    name=key[0],
-                    kind=key[1],
-                    instances=a[0],
-                    size=a[1],
-                    capacity=a[2],
-                    peak=a[3],
-                    fill=a[4],
-                    evictions=a[5] + r[0],
-                    expirations=a[6] + r[1],
-                    rejections=a[7] + r[2],
-                    bytes=a[8],
-                    capacity_bytes=a[9],
-                )
-            )
-        return groups
-
-
-class _StrongRef:
-    """A stand-in for ``weakref.ref`` for objects that do not support weak references."""
-
-    __slots__ = ("_obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self._obj = obj
-
-    def __call__(self) -> Any:
-        return self._obj
-
-
 # -- the collector -----------------------------------------------------------------------------------
 
 
@@ -585,7 +260,7 @@ class NodeCollector:
         fds = open_fds()
         if fds is not None:
             yield _one(PROCESS_FDS, fds)
-        tasks = _asyncio_tasks()
+        tasks = asyncio_tasks()
         if tasks is not None:
             yield _one(ASYNCIO_TASKS, tasks)
 

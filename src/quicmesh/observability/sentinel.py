@@ -42,7 +42,8 @@ from typing import Any
 
 from ..bounded import BoundedDeque, ContainerRegistry
 from ..config import ObservabilityConfig
-from .metrics import ContainerAggregator, process_rss
+from .containers import ContainerAggregator
+from .process import malloc_trim, process_rss
 
 __all__ = [
     "HISTORY_NAME", "LeakSentinel", "Reason", "SentinelTask", "TrimTask", "Verdict", "least_squares_slope",
@@ -409,7 +410,7 @@ class SentinelTask(_LoopTask):
 
 
 class TrimTask(_LoopTask):
-    """Calls ``trim`` (default :func:`~quicmesh.observability.metrics.malloc_trim`) every
+    """Calls ``trim`` (default :func:`~quicmesh.observability.process.malloc_trim`) every
     ``interval`` seconds on the running event loop, counting the calls and the RSS they gave
     back (``sample_rss`` before minus after, when positive). A call that raises is logged and
     the task stops (the C library has no such call). The first trim comes after one interval."""
@@ -425,8 +426,6 @@ class TrimTask(_LoopTask):
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
-        from .metrics import malloc_trim, process_rss
-
         self._interval = interval
         self._trim = trim or malloc_trim
         self._rss = sample_rss or process_rss

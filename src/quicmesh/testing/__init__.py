@@ -6,6 +6,13 @@
   duplication, partitions and one-way cuts.
 * :mod:`quicmesh.testing.scenarios` -- scenario dataclasses (seeded) and runners returning
   :class:`Report`\\ s; ``python -m quicmesh.testing.scenarios [--large]`` prints them.
+
+Real processes:
+
+* :class:`NodeProcess` (:mod:`quicmesh.testing.process`) -- a ``quicmesh node --control`` child
+  process and its event stream (the demo, the real-process tests and the benchmarks use it).
+* :class:`ControlChannel` (:mod:`quicmesh.testing.control`) -- the JSON-lines command set such a
+  process runs (loaded on first use: it imports the asyncio runtime).
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .network import Latency, NetworkParams, Reachability
+from .process import NodeProcess
 from .sim import Delivery, SimNode, Simulator, node_identity
 from .wait import WaitTimeout, eventually
 
 if TYPE_CHECKING:
+    from .control import ControlChannel
     from .scenarios import (
         BroadcastScenario,
         FloodScenario,
@@ -37,6 +46,10 @@ _SCENARIO_NAMES = frozenset({
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ControlChannel":  # loaded lazily: it imports the asyncio runtime
+        from .control import ControlChannel
+
+        return ControlChannel
     # loaded lazily so that ``python -m quicmesh.testing.scenarios`` runs the module only once
     if name in _SCENARIO_NAMES:
         from . import scenarios
@@ -46,11 +59,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BroadcastScenario",
+    "ControlChannel",
     "Delivery",
     "FloodScenario",
     "IdentityChurnScenario",
     "Latency",
     "NetworkParams",
+    "NodeProcess",
     "PartitionScenario",
     "Reachability",
     "Report",

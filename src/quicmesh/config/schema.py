@@ -1,25 +1,23 @@
-"""Node configuration: one frozen dataclass per subsystem, nested in :class:`NodeConfig`.
+"""The configuration schema: one frozen dataclass per subsystem, nested in :class:`NodeConfig`,
+and :func:`validate`, the rules a configuration must follow.
 
 Every limit that bounds memory lives here, with its unit, its default and the reason for that
-default (citing the paper or peer system it comes from). Load from a TOML file and ``QUICMESH_*``
-environment variables with :func:`load_config`; the environment overrides the file.
+default (citing the paper or peer system it comes from). Reading TOML and the environment is
+:mod:`.loader`'s job; converting and checking raw values is :mod:`.values`'.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import tomllib
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .values import check_type, coerce, field_types
 
 __all__ = [
+    "SECTIONS",
     "AddressBookConfig",
     "GatewayConfig",
     "GossipConfig",
@@ -31,7 +29,8 @@ __all__ = [
     "RpcConfig",
     "StoreConfig",
     "TransportConfig",
-    "load_config",
+    "build_section",
+    "validate",
 ]
 
 KiB = 1024
@@ -92,9 +91,6 @@ class PubSubConfig:
     max_subscriptions: int = 10_000
     """Local subscriptions open at once (count); each holds a queue of up to
     ``subscriber_queue_size`` messages. NATS, likewise, limits subscriptions with an error."""
-    max_peer_patterns: int = 1_000
-    """Topic patterns remembered per peer (count); more are ignored and counted. An ``Interest``
-    frame replaces the whole set, so this also caps what one frame can make us store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,10 +409,10 @@ class NodeConfig:
                 object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
             except TypeError:
                 raise ConfigError("bootstrap", f"expected a list of HOST:PORT, got {self.bootstrap!r}") from None
-        for name in _SECTIONS:
+        for name in SECTIONS:
             value = getattr(self, name)
             if isinstance(value, Mapping):  # NodeConfig(transport={"max_connections": 50})
-                object.__setattr__(self, name, _section(name, value))
+                object.__setattr__(self, name, build_section(name, value))
         validate(self)
 
     def replace(self, **changes: Any) -> NodeConfig:
@@ -424,7 +420,8 @@ class NodeConfig:
         return dataclasses.replace(self, **changes)
 
 
-_SECTIONS = {f.name: f for f in dataclasses.fields(NodeConfig) if dataclasses.is_dataclass(f.default_factory)}
+SECTIONS = {f.name: f for f in dataclasses.fields(NodeConfig) if dataclasses.is_dataclass(f.default_factory)}
+"""The fields of :class:`NodeConfig` that are sections (one dataclass each), by name."""
 
 
 _ZERO_MEANS_UNLIMITED = frozenset({"store.max_log_length", "observability.malloc_trim_interval"})
@@ -444,7 +441,7 @@ def validate(cfg: NodeConfig) -> None:
         _check_hostport(f"bootstrap[{i}]", b)
     if cfg.http is not None:
         _check_hostport("http", cfg.http)
-    for name in _SECTIONS:
+    for name in SECTIONS:
         section = getattr(cfg, name)
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -474,18 +471,18 @@ def validate(cfg: NodeConfig) -> None:
 
 def _check_types(cfg: NodeConfig) -> None:
     """Every field holds a value of its declared type (configs built in code skip coercion)."""
-    hints = _hints(NodeConfig)
+    hints = field_types(NodeConfig)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if f.name in _SECTIONS:
-            cls = _SECTIONS[f.name].default_factory
+        if f.name in SECTIONS:
+            cls = SECTIONS[f.name].default_factory
             if not isinstance(value, cls):  # type: ignore[arg-type]
                 raise ConfigError(f.name, f"expected a {getattr(cls, '__name__', cls)}, got {value!r}")
-            shints = _hints(type(value))
+            shints = field_types(type(value))
             for sf in dataclasses.fields(value):
-                _check_type(f"{f.name}.{sf.name}", shints[sf.name], getattr(value, sf.name))
+                check_type(f"{f.name}.{sf.name}", shints[sf.name], getattr(value, sf.name))
         else:
-            _check_type(f.name, hints[f.name], value)
+            check_type(f.name, hints[f.name], value)
 
 
 def _check_hostport(key: str, value: str) -> None:
@@ -494,233 +491,16 @@ def _check_hostport(key: str, value: str) -> None:
         raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
 
 
-# -- types: one place that knows the field types a config may use ----------------------------------
-#
-# Supported field types: bool, int, float, str, ``X | None`` of those, and ``tuple[str, ...]``
-# (any ``tuple[X, ...]`` of a supported X). A field of another type is a programming error and
-# raises TypeError when it is first coerced or checked.
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _type_name(typ: Any) -> str:
-    """``int``, ``str or none``, ``list of str``: how a type is named in error messages."""
-    origin, args = get_origin(typ), get_args(typ)
-    if origin in (Union, types.UnionType):
-        return " or ".join("none" if a is type(None) else _type_name(a) for a in args)
-    if origin is tuple:
-        return f"list of {_type_name(args[0])}"
-    return getattr(typ, "__name__", str(typ))
-
-
-def _coerce(key: str, typ: Any, value: Any) -> Any:
-    """Convert a TOML or environment value to the field's type, or raise :class:`ConfigError`.
-
-    Environment values are strings: ``"true"``/``"false"`` (also 1/0, yes/no, on/off) for bool,
-    decimal text for numbers, comma-separated items for lists, and an empty string for ``None``.
-    An int field refuses a float with a fraction (``2.5``) instead of truncating it; numbers
-    must be finite.
-    """
-    origin, args = get_origin(typ), get_args(typ)
-    if origin in (Union, types.UnionType):
-        if value is None or (type(None) in args and isinstance(value, str) and not value.strip()):
-            if type(None) in args:
-                return None
-        for alt in args:
-            if alt is type(None):
-                continue
-            try:
-                return _coerce(key, alt, value)
-            except ConfigError:
-                continue
-        raise ConfigError(key, f"expected {_type_name(typ)}, got {value!r}")
-    if origin is tuple:
-        if len(args) != 2 or args[1] is not Ellipsis:
-            raise TypeError(f"{key}: unsupported config type {typ!r}")
-        if isinstance(value, str):
-            items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
-        elif isinstance(value, list | tuple):
-            items = list(value)
-        else:
-            raise ConfigError(key, f"expected {_type_name(typ)}, got {value!r}")
-        return tuple(_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(items))
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip(), 10)
-            except ValueError:
-                pass
-    elif typ is float:
-        number: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                number = None
-        if number is not None and math.isfinite(number):
-            return number
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise TypeError(f"{key}: unsupported config type {typ!r}")
-    raise ConfigError(key, f"expected {_type_name(typ)}, got {value!r}")
-
-
-def _check_type(key: str, typ: Any, value: Any) -> None:
-    """Raise :class:`ConfigError` unless ``value`` already has the field's type (no conversion).
-
-    Used on configs built in code (``NodeConfig(realm=5)``); an int is accepted for a float.
-    """
-    origin, args = get_origin(typ), get_args(typ)
-    if origin in (Union, types.UnionType):
-        for alt in args:
-            try:
-                _check_type(key, alt, value)
-                return
-            except ConfigError:
-                continue
-    elif origin is tuple:
-        if isinstance(value, tuple):
-            for i, v in enumerate(value):
-                _check_type(f"{key}[{i}]", args[0], v)
-            return
-    elif typ is type(None):
-        if value is None:
-            return
-    elif typ is bool:
-        if isinstance(value, bool):
-            return
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return
-    elif typ is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return
-    elif isinstance(origin, type):  # another generic (dict[str, int]...): check the container only
-        if isinstance(value, origin):
-            return
-    elif isinstance(typ, type):
-        if isinstance(value, typ):
-            return
-    else:  # Literal, Any, ...: not checked here; validate() checks such fields by value
-        return
-    raise ConfigError(key, f"expected {_type_name(typ)}, got {value!r}")
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = get_type_hints(cls)
-    return hints
-
-
-_HINTS: dict[type, dict[str, Any]] = {}  # bounded: one entry per config dataclass (12)
-
-
-def _section(name: str, value: Any) -> Any:
+def build_section(name: str, value: Any) -> Any:
     """Build section ``name`` from a mapping of raw values (TOML, environment, overrides)."""
     if not isinstance(value, Mapping):
         raise ConfigError(name, "must be a table")
-    cls = _SECTIONS[name].default_factory
+    cls = SECTIONS[name].default_factory
     assert isinstance(cls, type)
-    shints = _hints(cls)
+    shints = field_types(cls)
     kwargs: dict[str, Any] = {}
     for k, v in value.items():
         if k not in shints:
             raise ConfigError(f"{name}.{k}", "unknown setting")
-        kwargs[k] = _coerce(f"{name}.{k}", shints[k], v)
+        kwargs[k] = coerce(f"{name}.{k}", shints[k], v)
     return cls(**kwargs)
-
-
-def _build(data: Mapping[str, Any]) -> NodeConfig:
-    hints = _hints(NodeConfig)
-    top: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in _SECTIONS:
-            top[key] = _section(key, value)
-        elif key in hints:
-            top[key] = _coerce(key, hints[key], value)
-        else:
-            raise ConfigError(key, "unknown setting")
-    return NodeConfig(**top)
-
-
-def _put(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``data[section][key]`` for ``"section.key"`` (or ``data[key]``), merging sections."""
-    section, dot, key = dotted.partition(".")
-    if not dot:
-        if isinstance(value, Mapping) and isinstance(data.get(dotted), dict):
-            data[dotted].update(value)
-        else:
-            data[dotted] = dict(value) if isinstance(value, Mapping) else value
-        return
-    if "." in key:
-        raise ConfigError(dotted, "unknown setting")
-    table = data.setdefault(section, {})
-    if not isinstance(table, dict):
-        raise ConfigError(section, "must be a table")
-    table[key] = value
-
-
-_NOT_CONFIG_ENV = frozenset({"QUICMESH_SOAK", "QUICMESH_SIM_LARGE", "QUICMESH_HYPOTHESIS_DERANDOMIZE"})
-"""``QUICMESH_*`` variables that steer tests and tools, not a node's configuration."""
-
-
-def load_config(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> NodeConfig:
-    """Read a TOML file (optional), then apply ``QUICMESH_*`` environment variables, then
-    ``overrides`` (e.g. from command-line flags; ``None`` values are ignored).
-
-    Environment names: ``QUICMESH_REALM`` for top-level keys, ``QUICMESH_TRANSPORT__MAX_CONNECTIONS``
-    (section, two underscores, field) for nested ones; lists are comma-separated. Override keys
-    are top-level names, dotted names (``"transport.max_connections"``) or a section name with a
-    mapping, merged into that section. An unknown key or a bad value raises
-    :class:`~quicmesh.errors.ConfigError` naming the dotted key (and the variable it came from).
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with Path(path).open("rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"invalid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
-    environ = os.environ if env is None else env
-    sources: dict[str, str] = {}  # dotted key -> environment variable it came from
-    for name, value in environ.items():
-        if not name.startswith("QUICMESH_") or name in _NOT_CONFIG_ENV:
-            continue
-        rest = name[len("QUICMESH_") :].lower()
-        section, sep, key = rest.partition("__")
-        dotted = f"{section}.{key}" if sep else rest
-        _put(data, dotted, value)
-        sources[dotted] = name
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _put(data, key, value)
-            sources.pop(key, None)
-    try:
-        return _build(data)
-    except ConfigError as exc:
-        var = sources.get(exc.key.split("[", 1)[0])
-        if var is None:
-            raise
-        raise ConfigError(exc.key, f"{exc.message} (from {var})") from None

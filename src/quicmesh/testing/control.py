@@ -1,5 +1,9 @@
-"""A JSON-lines control channel for ``quicmesh node --control``: scripts, the demo and the
-real-process tests drive a node process through its stdin and read events from its stdout.
+"""A JSON-lines control channel for ``quicmesh node --control``: scripts, the demo, the
+benchmarks and the real-process tests drive a node process through its stdin and read events
+from its stdout (:class:`~quicmesh.testing.process.NodeProcess` is the other end). The command
+line (:mod:`quicmesh.cli.node`) only wires the flag to :class:`ControlChannel`; every command
+lives here, with :func:`builtin_handler`, the demo procedures that the channel's ``advertise``
+and ``quicmesh node --advertise NAME=KIND`` offer.
 
 Each input line is one JSON object with a ``"cmd"``; each output line is one JSON object with an
 ``"event"``. Payloads are UTF-8 text in ``"payload"`` (or base64 in ``"payload_b64"``).
@@ -53,7 +57,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import gc
 import json
 import sys
@@ -65,8 +68,9 @@ from typing import Any
 from ..bounded import LruMap, Overflow
 from ..errors import QuicmeshError, RemoteError
 from ..identity import NodeId
-from .logs import Log, ReplicatedMap
-from .node import Message, Node, Subscription
+from ..observability.process import mallinfo, malloc_trim, open_fds, process_rss
+from ..runtime.logs import Log, ReplicatedMap
+from ..runtime.node import Message, Node, Subscription
 
 __all__ = ["ControlChannel", "builtin_handler"]
 
@@ -119,39 +123,6 @@ def _trace_stat(stat: tracemalloc.Statistic | tracemalloc.StatisticDiff) -> dict
 _LOG_COMMANDS = frozenset(
     {"log_open", "append", "log_heads", "log_read", "kv_open", "kv_set", "kv_delete", "kv_get", "kv_items"}
 )
-
-
-_MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                     "keepcost")
-
-
-@functools.cache
-def _mallinfo2() -> Any:
-    """glibc's ``mallinfo2`` with its result type set, or ``None`` (not glibc, or before 2.33)."""
-    import ctypes
-
-    class _Info(ctypes.Structure):
-        _fields_ = [(f, ctypes.c_size_t) for f in _MALLINFO2_FIELDS]  # bounded: the 10 mallinfo2 fields
-
-    from ..observability.metrics import c_library
-
-    fn = getattr(c_library(), "mallinfo2", None)
-    if fn is None:
-        return None
-    fn.restype = _Info
-    return fn
-
-
-def _mallinfo() -> dict[str, int] | None:
-    """glibc's ``mallinfo2()``: ``uordblks`` bytes in use and ``fordblks`` bytes free in the main heap,
-    ``hblkhd`` bytes in mmap'ed blocks (``None`` off glibc). Native allocations (the QUIC library,
-    OpenSSL) show here and not in tracemalloc; Python's small objects live in mmap'ed arenas."""
-    fn = _mallinfo2()
-    if fn is None:
-        return None
-    info = fn()
-    return {f: int(getattr(info, f)) for f in _MALLINFO2_FIELDS}
-
 
 
 def _payload(cmd: dict[str, Any]) -> bytes:
@@ -394,8 +365,6 @@ class ControlChannel:
 
     def _memory(self, cmd: dict[str, Any]) -> None:
         """The ``memory`` command: process and heap figures for soak runs (see the module table)."""
-        from ..observability.metrics import malloc_trim, open_fds, process_rss
-
         trace = cmd.get("trace")
         if trace == "start" and not tracemalloc.is_tracing():
             tracemalloc.start(max(1, int(cmd.get("frames", 1))))
@@ -447,7 +416,7 @@ class ControlChannel:
             tracemalloc_bytes=overhead,
             has_baseline=self._trace_baseline is not None,
             top_growth=top,
-            malloc=_mallinfo(),
+            malloc=mallinfo(),
             rss_before_trim_bytes=rss_untrimmed,
         )
 
