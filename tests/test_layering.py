@@ -233,7 +233,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"core"}),  # the sans-IO state machines
     frozenset({"store", "observability"}),  # storage behind core's contract; metrics, health, sentinel
     frozenset({"runtime"}),  # the asyncio drivers: transport, node, client, gateway
-    frozenset({"testing", "demo", PACKAGE}),  # simulator and harnesses; the public facade
+    frozenset({"testing", PACKAGE}),  # simulator and harnesses; the public facade
+    frozenset({"demo"}),  # the demo: three node processes driven through the process harness
     frozenset({"cli"}),  # the command line
     frozenset({"__main__"}),
 )

@@ -54,12 +54,11 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from ..bounded import ContainerRegistry, LruMap, Overflow
-from ..config import GatewayConfig, NodeConfig
+from ..bounded import LruMap, Overflow
+from ..config import GatewayConfig
 from ..core.gateway_messages import (
     GAdvertise,
     GCall,
@@ -90,38 +89,13 @@ from ..errors import (
     RemoteError,
 )
 from ..identity import NodeId
-from .driver import Handler, Message
-from .handles import QueueHandle
-from .transport import Connection, Transport
-
-
-class GatewayHost(Protocol):
-    """What the gateway needs of its node (:class:`~quicmesh.runtime.node.Node` is one): the
-    public pub/sub and RPC calls, its transport, registry and config."""
-
-    @property
-    def transport(self) -> Transport: ...
-
-    @property
-    def registry(self) -> ContainerRegistry: ...
-
-    @property
-    def config(self) -> NodeConfig: ...
-
-    async def subscribe(self, pattern: str, *, queue_size: int | None = None) -> QueueHandle[Message]: ...
-
-    def publish(self, topic: str, payload: bytes) -> Awaitable[None]: ...
-
-    async def advertise(self, name: str, handler: Handler, *, ttl: float | None = None,
-                        metadata: bytes | None = None) -> None: ...
-
-    async def unadvertise(self, name: str) -> None: ...
-
-    async def call(self, name: str, payload: bytes, *, timeout: float | None = None) -> bytes: ...
+from .gateway_host import GatewayHost
+from .transport import Connection
 
 __all__ = ["Gateway", "GatewayStats"]
 
 log = logging.getLogger("quicmesh.gateway")
+
 
 _FRAME_OVERHEAD = 64
 """Bytes added to a payload when estimating a ``GMessage`` frame (header, tag, field names)."""
