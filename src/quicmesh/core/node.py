@@ -53,8 +53,9 @@ from collections.abc import Callable, Iterable
 from random import Random
 from typing import Any
 
-from ..bounded import ContainerRegistry
+from ..bounded import BoundedDict, ContainerRegistry
 from ..config import NodeConfig
+from ..errors import ContainerFull
 from ..identity import KeyPair, NodeId
 from .caller import Caller
 from .effects import Deliver, DeliverBatch, Disconnect
@@ -147,8 +148,9 @@ class NodeCore:
         self.logs = LogReplication(keypair, config, Random(rng.random()), registry)
         """Replicated logs: interest exchange and sync; store access as outputs."""
         self._lookup_ids = itertools.count(1)
-        self._rpc_seen: dict[NodeId, float] = {}  # bounded: one per connected peer, dropped with it
-        """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`)."""
+        self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
+        """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
+        connected peer, dropped with its connection."""
         self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {  # bounded: fixed event types
             MessageReceived: lambda e, now: self.message(e.peer, e.message, now),
             PeerConnected: lambda e, now: self.peer_connected(e.peer, e.addresses, e.outbound, now),
@@ -208,10 +210,10 @@ class NodeCore:
                 out.append(STATE_CHANGED)
             return out
         if isinstance(msg, _CALLER_TYPES):
-            self._rpc_seen[peer] = now
+            self._pin(peer, now)
             return self._route(self.caller.handle_message(peer, msg, now), now)
         if isinstance(msg, Services):
-            self._rpc_seen[peer] = now
+            self._pin(peer, now)
             out = self._route(self.caller.handle_message(peer, msg, now), now)
             out.append(STATE_CHANGED)
             return out
@@ -416,6 +418,12 @@ class NodeCore:
         return {**self.caller.pending_entries(), "handlers_running": self.rpc.running}
 
     # -- routing between machines ----------------------------------------------------------------
+
+    def _pin(self, peer: NodeId, now: float) -> None:
+        try:
+            self._rpc_seen[peer] = now
+        except ContainerFull:  # more peers than connections (a stale entry): counted, not pinned
+            pass
 
     def _lost(self, peer: NodeId, now: float) -> list[object]:
         self._rpc_seen.pop(peer, None)

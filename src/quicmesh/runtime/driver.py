@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow
+from ..bounded import BoundedDeque, BoundedDict, BoundedSet, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
@@ -52,6 +52,7 @@ from ..core.topics import Pattern
 from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
 from ..errors import (
+    ContainerFull,
     NodeClosed,
     RemoteError,
     TransportError,
@@ -82,6 +83,8 @@ def _delivery_size(eff: Deliver | DeliverBatch) -> int:
     return eff.size if isinstance(eff, DeliverBatch) else len(eff.payload) + DELIVERY_OVERHEAD
 
 
+_BACKGROUND_CAPACITY = 4096
+"""Dials and closes in flight at most (tracked so that ``stop()`` can cancel them)."""
 _INBOX_CAPACITY = 65_536
 """Inbound messages waiting for processing; beyond it new ones are dropped and counted."""
 _STOP_DRAIN = 1.0
@@ -171,12 +174,20 @@ class NodeDriver:
             "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
         )
         self._by_pattern: dict[str, tuple[Pattern, dict[int, _SubState]]] = {}  # bounded: one per local pattern
-        self._routes: dict[str, list[BoundedQueue[Message]]] = {}  # bounded: cleared at _ROUTE_CACHE topics
+        self._routes: BoundedDict[str, list[BoundedQueue[Message]]] = BoundedDict(
+            "node.route_cache", _ROUTE_CACHE, registry=self.registry
+        )
         """Topic -> the subscription queues its messages go to; cleared whenever a subscription
         opens or closes (matching every pattern per message was a tenth of the receive path)."""
         self._handlers: dict[str, Handler] = {}  # bounded: one per advertised name, capped by rpc.max_services
-        self._running: dict[tuple[NodeId, int], asyncio.Task[None]] = {}  # bounded: rpc.max_concurrent_handlers
-        self._background: set[asyncio.Task[Any]] = set()  # bounded: dials in flight, capped by the mesh
+        self._running: BoundedDict[tuple[NodeId, int], asyncio.Task[None]] = BoundedDict(
+            "node.handler_tasks", config.rpc.max_concurrent_handlers, registry=self.registry
+        )
+        """Handler tasks (the core admits at most ``rpc.max_concurrent_handlers``)."""
+        self._background: BoundedSet[asyncio.Task[Any]] = BoundedSet(
+            "node.background_tasks", _BACKGROUND_CAPACITY, registry=self.registry
+        )
+        """Dials and closes in flight (the mesh caps its dials; closes end within the QUIC close)."""
         self._sub_ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -197,11 +208,15 @@ class NodeDriver:
         """Messages ever appended to the inbox (positions for :attr:`_lost_later`)."""
         self._inbox_out = 0
         """Messages ever taken from the inbox."""
-        self._lost_later: dict[Connection, tuple[int, Exception | None]] = {}  # bounded: one per closed connection
+        self._lost_later: BoundedDict[Connection, tuple[int, Exception | None]] = BoundedDict(
+            "node.losses_waiting", _INBOX_CAPACITY, registry=self.registry
+        )
         """Closed connections whose messages still wait in the inbox -> (the inbox position of
         their last message, the error): the loss is handled after those messages, in order."""
         self._rearm_scheduled = False
-        self._congested: dict[NodeId, Connection] = {}  # bounded: one per open connection
+        self._congested: BoundedDict[NodeId, Connection] = BoundedDict(
+            "node.congested", config.transport.max_connections, registry=self.registry
+        )
         self.inbox_dropped = 0
         self._outbox: BoundedDeque[Deliver | DeliverBatch] = BoundedDeque(
             "node.delivery_queue", config.gossip.reorder_buffer_total + _INBOX_CHUNK, Overflow.DROP_NEWEST,
@@ -293,7 +308,10 @@ class NodeDriver:
             return
         if self._inbox and not self._stopped:
             # messages it delivered may still wait in the inbox: they go first
-            self._lost_later[conn] = (self._inbox_in, error)
+            try:
+                self._lost_later[conn] = (self._inbox_in, error)
+            except ContainerFull:  # as many losses as inbox slots: handle this one now
+                self._connection_lost(conn, error)
             return
         self._connection_lost(conn, error)
 
@@ -419,7 +437,11 @@ class NodeDriver:
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
-        self._background.add(task)
+        try:
+            self._background.add(task)
+        except ContainerFull:  # counted in the container's rejections; the task runs untracked
+            log.warning("node.background_tasks full: a dial or close runs untracked")
+            return
         task.add_done_callback(self._background.discard)
 
     def _deliver(self, eff: Deliver) -> None:
@@ -490,8 +512,11 @@ class NodeDriver:
         except TimeoutError:
             error = RemoteError("timeout", f"handler exceeded {eff.timeout:.3f}s")
         except asyncio.CancelledError:
+            self._running.pop((eff.peer, eff.call_id), None)
             self.core.handler_done(eff.peer, eff.call_id, None, None, self._now())
             raise
         except Exception as exc:
             error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
+        # the task leaves the table before the core frees its slot (a new request may take it at once)
+        self._running.pop((eff.peer, eff.call_id), None)
         self._run(self.core.handler_done(eff.peer, eff.call_id, result, error, self._now()))

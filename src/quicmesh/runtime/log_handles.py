@@ -146,8 +146,9 @@ class LogWatch(_Watch[LogEntry]):
             span = await self._span
             self._span = None
             # author -> (next seq to replay, head at open); live entries at or below the head are skipped
-            self._todo = [(a, lo, hi) for a, (lo, hi) in sorted(span.items(), key=lambda kv: kv[0].raw)]
-            self._skip = {a: hi for a, (_, hi) in span.items()}
+            order = sorted(span.items(), key=lambda kv: kv[0].raw)
+            self._todo = [(a, lo, hi) for a, (lo, hi) in order]  # bounded: as above
+            self._skip = {a: hi for a, (_, hi) in span.items()}  # bounded: as above
         while self._buf or self._todo:
             if self._buf:
                 return self._buf.popleft()
