@@ -25,7 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quicmesh.testing.process import NodeProcess
+try:
+    from quicmesh.testing.process import NodeProcess
+except ImportError:  # a tree from before the harness moved (bench/before_after.py runs it too)
+    from quicmesh.demo import NodeProcess  # type: ignore[attr-defined,no-redef]
 
 
 async def pubsub_throughput(a: NodeProcess, b: NodeProcess, size: int, n: int, sid: int) -> dict[str, float]:

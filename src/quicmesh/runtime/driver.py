@@ -90,7 +90,8 @@ _INBOX_CAPACITY = 65_536
 _STOP_DRAIN = 1.0
 """Seconds ``stop()`` waits for the connections to transmit what was sent before it."""
 _ROUTE_CACHE = 1024
-"""Topics whose matching subscription queues are remembered (the cache is cleared when full)."""
+"""Topics whose matching subscription queues are remembered (the cache is cleared when full,
+when a subscription opens or closes, and every ``_RECONCILE_INTERVAL`` seconds)."""
 
 Handler = Callable[[bytes], Awaitable[bytes]]
 """A procedure: ``async def handler(payload: bytes) -> bytes``."""
@@ -330,8 +331,11 @@ class NodeDriver:
 
     def _reconcile(self, now: float) -> None:
         """Every few seconds: per-peer RPC state for a peer with no live connection is released
-        (a safety net: connection-lost events are the normal path)."""
+        (a safety net: connection-lost events are the normal path), and the route cache starts
+        afresh (routes of topics that went quiet do not stay; a busy topic's route is computed
+        again at its next message)."""
         self._next_reconcile = now + _RECONCILE_INTERVAL
+        self._routes.clear()
         self._run(self.core.reconcile(frozenset(c.peer_id for c in self.transport.connections()), now))
 
     def _notify(self) -> None:
