@@ -55,7 +55,7 @@ def one(tree: Path, messages: int) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", required=True, help="src directory of the tree to compare with")
+    p.add_argument("--base", help="src directory of the tree to compare with (required)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--json", default=str(HERE / "results" / "before_after.json"))
@@ -64,6 +64,8 @@ def main() -> int:
     if args.child:
         child(args.messages)
         return 0
+    if not args.base:
+        p.error("--base is required")
     trees = {"base": Path(args.base).resolve(), "current": CURRENT}
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "current": []}
     started = time.time()
