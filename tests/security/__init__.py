@@ -1,0 +1,1 @@
+"""Adversarial tests of issue #11 (trust): hostile peers and clients against real nodes."""
