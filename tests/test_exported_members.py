@@ -36,6 +36,9 @@ EXPECTED_API = {
 }
 
 EXPECTED_ERRORS = {
+    "NotAdmitted",
+    "PermissionDenied",
+    "TrustError",
     "AdmissionRefused",
     "AuthenticationFailed",
     "BacklinkMismatch",

@@ -30,10 +30,12 @@ __all__ = [
     "MessageTooLarge",
     "NoProvider",
     "NodeClosed",
+    "NotAdmitted",
     "OperationTooLarge",
     "Overloaded",
     "PayloadMismatch",
     "PeerIdMismatch",
+    "PermissionDenied",
     "QuicmeshError",
     "RealmMismatch",
     "RemoteError",
@@ -42,6 +44,7 @@ __all__ = [
     "SignatureMismatch",
     "SubscriptionClosed",
     "TransportError",
+    "TrustError",
     "UnknownMessageType",
     "UnknownVersion",
 ]
@@ -168,6 +171,33 @@ class AdmissionRefused(TransportError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"admission refused: {reason}")
         self.reason = reason
+
+
+class NotAdmitted(AdmissionRefused):
+    """The peer is not an admitted member of the realm: its certificate (or a light client's
+    credential) is missing, expired, revoked, of another realm or of another node; ``reason``
+    says which. The refusing side tells nothing about its realm."""
+
+    def __init__(self, reason: str) -> None:
+        TransportError.__init__(self, f"not admitted: {reason}")
+        self.reason = reason
+
+
+# -- trust ---------------------------------------------------------------------------------------
+
+
+class TrustError(QuicmeshError, ValueError):
+    """A realm file, certificate, credential or revocation list is malformed or does not verify."""
+
+
+class PermissionDenied(QuicmeshError):
+    """The actor's certificate or credential does not allow ``action`` on ``subject``
+    (publish, subscribe, advertise, call or log). Nothing was sent to anyone."""
+
+    def __init__(self, action: str, subject: str) -> None:
+        super().__init__(f"permission denied: {action} {subject!r:.120}")
+        self.action = action
+        self.subject = subject
 
 
 class HandshakeTimeout(TransportError):

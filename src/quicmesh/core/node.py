@@ -95,6 +95,7 @@ from .messages import Reply, ReplyError, Request, Services
 from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
 from .registry_messages import REGISTRY_MESSAGES
 from .replication import LogReplication
+from .trust import Trust
 from .wire import Message
 
 __all__ = ["RPC_PIN", "NodeCore"]
@@ -125,9 +126,13 @@ class NodeCore:
         addresses: tuple[str, ...] = (),
         version_base: int = 0,
         wall_offset: float = 0.0,
+        trust: Trust | None = None,
     ) -> None:
         self.id = keypair.node_id
         self.config = config
+        self.trust = trust if trust is not None else Trust.open_realm(config.realm, registry=registry)
+        """The realm, this node's certificate, the revocation list and the verified certificates
+        of members (an open realm when none is given: everyone is a full member)."""
         cap = config.transport.max_connections
         self.mesh = Mesh(self.id, addresses, config, rng, registry)
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
