@@ -46,9 +46,12 @@ class NodeProcess:
         extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
         timeout: float = 30.0,
+        listen: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
     ) -> NodeProcess:
-        """Start a node process and wait until it reports its listening address."""
-        args = [sys.executable, "-m", "quicmesh", "node", "--control", "--listen", "127.0.0.1:0", "--realm", realm]
+        """Start a node process and wait until it reports its listening address. ``prefix`` runs
+        it through another command that execs it in place (``ip netns exec NS`` in the lab)."""
+        args = [*prefix, sys.executable, "-m", "quicmesh", "node", "--control", "--listen", listen, "--realm", realm]
         for b in bootstrap:
             args += ["--bootstrap", b]
         args += list(extra)
