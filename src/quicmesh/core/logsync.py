@@ -59,7 +59,6 @@ timestamps is the wall clock in microseconds, given by the caller of :meth:`LogS
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from random import Random
 
 from ..bounded import REGISTRY, ContainerRegistry, LruMap, Overflow, TtlMap
@@ -82,6 +81,7 @@ from .log_effects import (
     StoreWrite,
 )
 from .log_messages import LiveOp, SyncBatch, SyncRequest
+from .logsync_state import _APPEND, _BATCH, _HEADS, _LIVE, _SERVE, _Pair, _Pending, _Session
 from .oplog import Acceptance, Operation, decode_operation, encode_operation, validate
 from .store_api import IngestResult, LogKey, StoredOp
 from .wire import Message
@@ -97,45 +97,6 @@ MAX_PEERS = 4096
 """Default cap of connected peers tracked (``LogSync(max_peers=...)``)."""
 
 _Key = tuple[NodeId, str]
-
-# kinds of store requests in flight
-_HEADS = 0  # our heads, for the next SyncRequest of a session
-_SERVE = 1  # a batch to answer a peer's SyncRequest
-_BATCH = 2  # ingest of a received SyncBatch
-_LIVE = 3  # ingest of live operations (pushed, or replayed from the gossip buffer)
-_APPEND = 4  # a local append
-
-
-class _Pair:
-    __slots__ = ("dirty", "failures", "last_start", "next_at")
-
-    def __init__(self, next_at: float) -> None:
-        self.next_at = next_at
-        self.failures = 0
-        self.last_start: float | None = None
-        self.dirty = False
-
-
-class _Session:
-    __slots__ = ("deadline", "sid")
-
-    def __init__(self, sid: int, deadline: float) -> None:
-        self.sid = sid
-        self.deadline = deadline
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A store request in flight: what to do with its result."""
-
-    kind: int
-    peer: NodeId | None
-    log: str
-    sid: int = 0
-    ops: tuple[tuple[Operation, bytes], ...] = ()
-    more: bool = False
-    bad: bool = False  # the batch had an invalid operation after ``ops``
-
 
 class LogSync:
     """Replicates the logs this node is interested in; see the module docstring.
