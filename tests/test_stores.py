@@ -330,3 +330,33 @@ def test_config_defaults_are_sane() -> None:
     cfg = StoreConfig()
     assert cfg.sync_batch_bytes + 2 * cfg.max_operation_size <= 1 << 20 or cfg.sync_batch_bytes < 1 << 20
     assert dataclasses.replace(cfg, max_logs=1).max_logs == 1
+
+
+def test_sqlite_file_of_an_earlier_release_is_refused_clearly(tmp_path: Path, registry: ContainerRegistry) -> None:
+    import sqlite3
+
+    from quicmesh.errors import UnknownVersion
+
+    path = tmp_path / "old.sqlite"
+    s = SqliteStore(path, StoreConfig(), registry=registry)
+    append(s, ME, "l", b"x", 0)
+    s.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=0")  # what the release before the realm in headers wrote
+    db.commit()
+    db.close()
+    with pytest.raises(UnknownVersion, match="move the file away"):
+        SqliteStore(path, StoreConfig(), registry=registry)
+    # an empty file of an earlier release is upgraded in place
+    empty = tmp_path / "empty.sqlite"
+    db = sqlite3.connect(empty)
+    db.executescript(
+        "CREATE TABLE logs(author BLOB, name TEXT, lo INTEGER, hi INTEGER, head_id BLOB, local INTEGER,"
+        " pruned INTEGER, prunable INTEGER, nops INTEGER, nbytes INTEGER, PRIMARY KEY(author, name));"
+        "CREATE TABLE ops(author BLOB, name TEXT, seq INTEGER, id BLOB, ts INTEGER, size INTEGER, op BLOB,"
+        " payload BLOB, PRIMARY KEY(author, name, seq));"
+    )
+    db.close()
+    s = SqliteStore(empty, StoreConfig(), registry=registry)
+    assert append(s, ME, "l", b"x", 0).op.seq == 0
+    s.close()
