@@ -194,9 +194,14 @@ class Log:
         SQLite) and handed to the interested peers and local watchers. Appends are stored and
         published in call order.
 
-        Raises :class:`~quicmesh.errors.OperationTooLarge` above ``store.max_operation_size``,
-        :class:`~quicmesh.errors.LimitExceeded` when the store's caps leave no room (or when
-        log sync has its maximum of store requests in flight).
+        The operation is checked exactly as the peers will check it before it is stored; a
+        write they would refuse raises its :class:`~quicmesh.errors.InvalidOperation` subclass
+        and stores nothing: :class:`~quicmesh.errors.OperationTooLarge` above
+        ``store.max_operation_size``, :class:`~quicmesh.errors.TimestampAhead` when this node's
+        clock (:attr:`LogService.clock_us`) runs more than ``store.max_clock_skew`` ahead of
+        its wall clock. Raises :class:`~quicmesh.errors.LimitExceeded` when this node's own logs
+        fill the store (foreign logs are evicted first), or when log sync has its maximum of
+        store requests in flight.
         """
         if self._closed:
             raise NodeClosed(f"log handle {self.name!r} is closed")
