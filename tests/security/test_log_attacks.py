@@ -291,3 +291,45 @@ def test_a_too_large_append_through_the_core_stores_nothing(registry: ContainerR
     print(f"core appends: {len(outcomes)} invalid appends answered {errors}; operations stored: {stored}")
     assert errors == ["OperationTooLarge", "TimestampAhead"] and store.counts().operations == 0
     assert not isinstance(outcomes[0].error, ForeignRealm)
+
+
+async def test_sybil_authors_through_a_node_never_make_its_appends_fail() -> None:
+    """The same over the node API: a peer serves 30 authors' logs into a small store; the
+    node's own appends all succeed, evicting foreign logs, and its heads stay the store's."""
+    from quicmesh.store import append as store_append
+
+    net = MemoryNetwork()
+    caps = StoreConfig(max_operations=60, max_ops_per_author=5)
+    a = await Node.start(NodeConfig(realm=REALM, store=caps), network=net)
+    b = await Node.start(NodeConfig(realm=REALM, bootstrap=(a.address,)), network=net)
+    try:
+        assert b.logs.store is not None and a.logs.store is not None
+        for k in range(30):
+            kp = KeyPair.from_seed(bytes([k + 40]) * 32)
+            for i in range(10):
+                store_append(b.logs.store, kp, "flood", b"f" * 100, now_us() - 1_000_000 + i, realm=REALM)
+        la, lb = a.log("flood"), b.log("flood")
+        await eventually(lambda: a.logs.store is not None and a.logs.store.counts().operations >= 55)
+        failures = 0
+        for i in range(40):
+            try:
+                await la.append(b"mine-%d" % i)
+            except LimitExceeded:
+                failures += 1
+        c = a.logs.store.counts()
+        mirror = la.heads()
+        truth = {author: hi for (author, _), hi in a.logs.store.heads("flood").items()}
+        print(
+            f"sybil via sync: local append failures {failures} of 40; foreign operations evicted {c.evicted_ops}"
+            f" ({c.evicted_logs} logs); quota refusals {c.quota_refused}; store {c.operations}/{caps.max_operations}"
+        )
+        assert failures == 0 and c.evicted_ops > 0 and c.operations <= caps.max_operations
+        await eventually(lambda: la.heads() == {au: hi for (au, _), hi in a.logs.store.heads("flood").items()}
+                         if a.logs.store else False)
+        assert mirror.get(a.id) == truth.get(a.id) == 39
+        assert a.health()["store"]["evicted_ops_total"] == c.evicted_ops
+        await la.close()
+        await lb.close()
+    finally:
+        await b.stop()
+        await a.stop()

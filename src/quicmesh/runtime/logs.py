@@ -57,7 +57,7 @@ from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.kvmap import KvMap, decode_entry
-from ..core.log_effects import Appended, IngestOps, OperationStored, StoreRead, StoreWrite
+from ..core.log_effects import Appended, AppendLocal, IngestOps, OperationStored, StoreRead, StoreWrite
 from ..core.logsync import LogSync
 from ..core.oplog import Operation
 from ..core.replication import LogReplication
@@ -127,6 +127,7 @@ class LogService:
         self._appends: dict[int, asyncio.Future[StoredOp]] = {}  # bounded: one append at a time (_append_lock)
         self._tasks: set[asyncio.Task[Any]] = set()  # bounded: appends in flight, serialised by _append_lock
         self._ids = itertools.count(1)
+        self._evicted_seen = 0  # store.counts().evicted_logs when the heads mirror was last reloaded
         # counters
         self.batches_dropped = 0
         self.batches_in_thread = 0
@@ -243,6 +244,8 @@ class LogService:
         def done(result: object) -> None:
             if isinstance(result, Exception) and not isinstance(result, InvalidOperation | LimitExceeded):
                 log.error("store request %r failed: %r", type(req.query).__name__, result)
+            if isinstance(req.query, AppendLocal):
+                self._after_append()
             outputs = self.replication.store_done(req_id, result, self._now())
             if self._closed:  # only answer the appends still waiting
                 for o in outputs:
@@ -260,6 +263,22 @@ class LogService:
             self.batches_dropped += 1
             assert self._loop is not None
             self._loop.call_soon(done, exc)
+
+    def _after_append(self) -> None:
+        """A local append may have evicted foreign logs: then reload the heads mirror (a read
+        job, in FIFO order with the writes, so later stored operations advance it afterwards)."""
+        if self.store is None or self._closed:
+            return
+        evicted = self.store.counts().evicted_logs
+        if evicted == self._evicted_seen:
+            return
+        self._evicted_seen = evicted
+        with contextlib.suppress(ContainerFull, NodeClosed):
+            self._worker.submit(lambda s: s.heads(), self._reload_heads)
+
+    def _reload_heads(self, result: object) -> None:
+        if isinstance(result, dict):
+            self._heads.replace(result)
 
     # -- interest --------------------------------------------------------------------------------
 
