@@ -22,6 +22,7 @@ def test_nothing_acknowledged_is_lost_and_every_replica_is_identical(logs: Repor
     assert f["lost"] == 0  # acknowledged and missing from some replica
     assert f["replicas_identical"] is True
     assert f["invalid_operations"] == 0  # no replica ever saw a malformed or forked operation
+    assert f["operations_refused_ahead_of_clock"] == 0  # every writer checks its own as peers do
     assert f["operations_stored"] >= f["acknowledged"] * (f["nodes"] - 1)  # everyone stored everyone's
     assert logs.containers_within_bounds()
     assert logs.containers["logsync.store_requests"][0] > 0  # the store was really asked, as outputs

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -148,15 +149,16 @@ async def test_kv_converges_with_deterministic_tie_break(net: MemoryNetwork) -> 
         await eventually(lambda: all(m.items() == [("size", b"L")] for m in maps))
         assert await maps[0].get("colour") is None and await maps[0].get("colour", b"?") == b"?"
         # same timestamp on two nodes: the greater author id wins, on every replica
+        fixed = time.time_ns() // 1000 + 1_000_000  # within store.max_clock_skew of the wall clock
         for n in (a, b, c):
-            n.logs.clock_us = lambda: 4_000_000_000_000_000
+            n.logs.clock_us = lambda: fixed
         # concurrent writes (neither has seen the other): same timestamp
         await asyncio.gather(maps[0].set("tie", b"from-a"), maps[1].set("tie", b"from-b"))
         winner = b"from-a" if a.id.raw > b.id.raw else b"from-b"
         await eventually(lambda: all(m.snapshot() == maps[0].snapshot() for m in maps) and "tie" in maps[2])
         assert [await m.get("tie") for m in maps] == [winner] * 3
         stamp = maps[2].snapshot()["tie"][0]
-        assert stamp[0] == 4_000_000_000_000_000 and stamp[1] == max(a.id.raw, b.id.raw)
+        assert stamp[0] == fixed and stamp[1] == max(a.id.raw, b.id.raw)
         # a later write by the loser (same clock) wins: it is stamped after the write it saw
         loser = maps[1] if winner == b"from-a" else maps[0]
         await loser.set("tie", b"again")
@@ -213,7 +215,7 @@ async def test_memory_store_under_flood_of_foreign_logs_keeps_caps_and_own_appen
         for k in range(30):
             kp = KeyPair.from_seed(bytes([k + 7]) * 32)
             for i in range(60):
-                store_append(b.logs.store, kp, "flood", b"f" * 200, 1_000_000 + i)
+                store_append(b.logs.store, kp, "flood", b"f" * 200, 1_000_000 + i, realm="logs")
         lb = b.log("flood")
         assert a.logs.sync is not None
         await eventually(lambda: a.logs.sync is not None and a.logs.sync.ops_refused > 0 and not a.logs.sync.running())

@@ -552,3 +552,34 @@ def test_session_timing_out_while_its_ingest_is_in_flight(registry: ContainerReg
     done = sync_b.store_done(ingest.req_id, ingest.query.run(net.stores[1]), 100.0)
     assert [type(o) for o in done] == [OperationStored] * 3
     assert sync_b.in_flight() == 0 and sync_b.store_done(ingest.req_id, None, 100.0) == []
+
+
+def test_ahead_of_the_clock_is_refused_without_penalty_then_accepted_once_time_passed(
+    registry: ContainerRegistry,
+) -> None:
+    """An operation stamped beyond the receiver's clock plus ``max_clock_skew`` is not stored
+    and not held against the peer that relays it (its clock may differ); once the receiver's
+    clock caught up, pull sync stores it."""
+    net = Net(2, registry)
+    a, b = net.ids
+    skew_us = int(CFG.max_clock_skew * 1_000_000)
+    for i in range(3):  # stamped 100 s beyond what b accepts at t=0 (b's wall clock is t)
+        append(net.stores[0], net.keys[0], "l", b"%d" % i, skew_us + 100_000_000 + i)
+    net.connect_all()
+    net.run_until(lambda: net.syncs[b].ops_ahead >= 1 and not net.syncs[b].running())
+    assert net.stores[1].head(a, "l") is None
+    assert net.syncs[b].invalid_ops == 0 and net.disconnects == []
+    net.run_until(lambda: net.stores[1].heads("l") == net.stores[0].heads("l"), max_time=1_000.0)
+    assert net.now >= 100.0 and net.disconnects == []
+
+
+def test_operations_of_another_realm_count_against_the_sender(registry: ContainerRegistry) -> None:
+    net = Net(2, registry)
+    a, b = net.ids
+    net.connect_all()
+    net.settle()
+    for i in range(CFG.max_invalid_ops):
+        op = create_operation(net.keys[0], "l", b"x", None, i, realm="elsewhere")
+        net.apply(b, net.syncs[b].handle_message(a, LiveOp(op=encode_operation(op), payload=b"x"), net.now))
+    assert net.syncs[b].ops_foreign_realm == CFG.max_invalid_ops and net.stores[1].counts().operations == 0
+    assert net.disconnects == [(b, a, "invalid_operations")]

@@ -9,7 +9,9 @@ import msgspec
 import pytest
 
 from quicmesh.core.oplog import (
+    MAX_TIMESTAMP,
     OP_VERSION,
+    Acceptance,
     Header,
     LogHead,
     Operation,
@@ -19,14 +21,17 @@ from quicmesh.core.oplog import (
     hash_bytes,
     operation_id,
     validate,
+    validate_local,
 )
 from quicmesh.errors import (
     BacklinkMismatch,
+    ForeignRealm,
     InvalidOperation,
     OperationTooLarge,
     PayloadMismatch,
     SeqGap,
     SignatureMismatch,
+    TimestampAhead,
     UnknownVersion,
 )
 from quicmesh.identity import KeyPair
@@ -96,11 +101,12 @@ def test_typed_errors() -> None:
     with pytest.raises(SignatureMismatch):
         validate(forged, p0, None, MAX)
     # version
-    v2 = Operation(header=msgspec.structs.replace(op0.header, version=2), signature=op0.signature)
-    with pytest.raises(UnknownVersion):
-        validate(v2, p0, None, MAX)
-    with pytest.raises(UnknownVersion):
-        decode_operation(encode_operation(v2))
+    for version in (1, OP_VERSION + 1):  # version 1 had no realm
+        other_v = Operation(header=msgspec.structs.replace(op0.header, version=version), signature=op0.signature)
+        with pytest.raises(UnknownVersion):
+            validate(other_v, p0, None, MAX)
+        with pytest.raises(UnknownVersion):
+            decode_operation(encode_operation(other_v))
     # every typed error is an InvalidOperation and a ValueError
     assert issubclass(SeqGap, InvalidOperation) and issubclass(SeqGap, ValueError)
 
@@ -140,7 +146,7 @@ def test_decode_garbage_raises_typed_errors_only() -> None:
     op, _ = chain(ALICE, 1)[0]
     data = encode_operation(op)
     assert data[2] == OP_VERSION
-    noncanon = data[:1] + bytes([data[1]]) + b"\xcc\x01" + data[3:]
+    noncanon = data[:1] + bytes([data[1]]) + b"\xcc" + bytes([OP_VERSION]) + data[3:]
     with pytest.raises(InvalidOperation):
         decode_operation(noncanon)
 
@@ -200,3 +206,36 @@ def test_header_fields_are_positional() -> None:
     op, _ = chain(ALICE, 1)[0]
     assert isinstance(msgspec.msgpack.decode(encode_operation(op)), list)
     assert Header.__struct_fields__[0] == "version"
+
+
+def test_realm_and_clock_skew_are_checked_against_the_acceptance() -> None:
+    op = create_operation(ALICE, "notes", b"x", None, 5_000_000, realm="r1")
+    assert op.realm == "r1" and decode_operation(encode_operation(op)) == op
+    validate(op, b"x", None, MAX, accept=Acceptance("r1", 5_000_000))
+    with pytest.raises(ForeignRealm):
+        validate(op, b"x", None, MAX, accept=Acceptance("r2", 5_000_000))
+    with pytest.raises(TimestampAhead):
+        validate(op, b"x", None, MAX, accept=Acceptance("r1", 4_999_999))
+    # the realm is signed: rewriting it breaks the signature
+    moved = Operation(header=msgspec.structs.replace(op.header, realm="r2"), signature=op.signature)
+    with pytest.raises(SignatureMismatch):
+        validate(moved, b"x", None, MAX, accept=Acceptance("r2", 5_000_000))
+    acc = Acceptance.at("r1", 1_000_000, 300.0)
+    assert acc.not_after == 301_000_000
+    assert Acceptance.at("r1", MAX_TIMESTAMP, 300.0).not_after == MAX_TIMESTAMP
+
+
+def test_timestamps_beyond_the_field_range_are_never_made() -> None:
+    with pytest.raises(InvalidOperation):
+        create_operation(ALICE, "notes", b"x", None, MAX_TIMESTAMP + 1)
+    top = create_operation(ALICE, "notes", b"x", None, MAX_TIMESTAMP)
+    validate_local(top, b"x", None, MAX)
+    # a header built around create_operation: refused by the writer exactly as by a decoder
+    bad = Operation(header=msgspec.structs.replace(top.header, timestamp=MAX_TIMESTAMP + 1), signature=top.signature)
+    with pytest.raises(InvalidOperation):
+        validate_local(bad, b"x", None, MAX)
+    huge = Operation(header=msgspec.structs.replace(top.header, timestamp=1 << 64), signature=top.signature)
+    with pytest.raises(InvalidOperation):
+        validate_local(huge, b"x", None, MAX)
+    with pytest.raises(TimestampAhead):
+        validate_local(top, b"x", None, MAX, accept=Acceptance("default", 10**15))

@@ -163,21 +163,24 @@ def test_prune_drop_log_and_retention(make: Factory) -> None:
     assert s.low(ME.node_id, "r") == 2
 
 
-def test_caps_refuse_foreign_new_logs_and_local_limit(make: Factory) -> None:
+def test_caps_refuse_foreign_new_logs_and_evict_them_for_local_appends(make: Factory) -> None:
     s = make(StoreConfig(max_logs=2, max_operations=6))
     append(s, ME, "mine", b"x", 0)
     s.ingest(*ops_of(A, 1, "a")[0])
     assert s.ingest(*ops_of(B, 1, "b")[0]) is IngestResult.REFUSED
-    with pytest.raises(LimitExceeded):
-        append(s, ME, "mine2", b"x", 1)
+    # a new local log at the log cap: the foreign log is evicted, whole
+    append(s, ME, "mine2", b"x", 1)
+    assert s.head(A.node_id, "a") is None
+    c = s.counts()
+    assert (c.evicted_logs, c.evicted_ops, c.logs) == (1, 1, 2)
     for i in range(4):
         append(s, ME, "mine", b"x", i + 1)
-    # 6 operations, nothing prunable: local append refused with a typed error, nothing lost
+    # 6 local operations, nothing foreign left: local append refused with a typed error, nothing lost
     with pytest.raises(LimitExceeded) as info:
         append(s, ME, "mine", b"x", 9)
     assert info.value.limit == "store.max_operations"
     assert head_seq(s, ME, "mine") == 4
-    assert s.ingest(*ops_of(A, 2, "a")[1]) is IngestResult.REFUSED
+    assert s.ingest(*ops_of(A, 1, "a")[0]) is IngestResult.REFUSED
     assert s.counts().operations == 6
 
 
@@ -199,10 +202,35 @@ def test_full_store_evicts_oldest_prunable_foreign_ops(make: Factory) -> None:
     # every foreign prunable log keeps its latest operation
     assert head_seq(s, A, "cache") == 3 and s.low(A.node_id, "cache") == 3
     assert s.low(B.node_id, "cache") == 3
+    assert s.counts().evicted_logs == 0
+    # then whole foreign logs go, least recently written first (A's), before a local append fails
+    append(s, ME, "mine", b"x", 20)
+    assert s.head(A.node_id, "cache") is None and head_seq(s, B, "cache") == 3
+    append(s, ME, "mine", b"x", 21)
+    assert s.head(B.node_id, "cache") is None
+    assert (s.counts().evicted_logs, s.counts().evicted_ops) == (2, 2)
     with pytest.raises(LimitExceeded):
-        append(s, ME, "mine", b"x", 20)
+        append(s, ME, "mine", b"x", 22)
     assert s.counts().operations == 10
-    assert head_seq(s, ME, "mine") == 7
+    assert head_seq(s, ME, "mine") == 9
+
+
+def test_foreign_authors_are_held_to_their_quota(make: Factory) -> None:
+    s = make(StoreConfig(max_ops_per_author=5, max_bytes_per_author=10_000))
+    ops = ops_of(A, 8, "a")
+    assert [s.ingest(op, p) for op, p in ops[:5]] == [IngestResult.STORED] * 5
+    assert s.ingest(*ops[5]) is IngestResult.REFUSED
+    # the quota is per author, over all its logs
+    assert s.ingest(*ops_of(A, 1, "a2")[0]) is IngestResult.REFUSED
+    assert s.ingest(*ops_of(B, 1, "b")[0]) is IngestResult.STORED
+    big = ops_of(B, 2, "b2", size=6_000)
+    assert s.ingest(*big[0]) is IngestResult.STORED
+    assert s.ingest(*big[1]) is IngestResult.REFUSED  # bytes
+    assert s.counts().quota_refused == 3
+    # this node's own logs are not held to it
+    for i in range(10):
+        append(s, ME, "mine", b"x", i)
+    assert head_seq(s, ME, "mine") == 9
 
 
 def test_byte_cap(make: Factory) -> None:
@@ -302,3 +330,33 @@ def test_config_defaults_are_sane() -> None:
     cfg = StoreConfig()
     assert cfg.sync_batch_bytes + 2 * cfg.max_operation_size <= 1 << 20 or cfg.sync_batch_bytes < 1 << 20
     assert dataclasses.replace(cfg, max_logs=1).max_logs == 1
+
+
+def test_sqlite_file_of_an_earlier_release_is_refused_clearly(tmp_path: Path, registry: ContainerRegistry) -> None:
+    import sqlite3
+
+    from quicmesh.errors import UnknownVersion
+
+    path = tmp_path / "old.sqlite"
+    s = SqliteStore(path, StoreConfig(), registry=registry)
+    append(s, ME, "l", b"x", 0)
+    s.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=0")  # what the release before the realm in headers wrote
+    db.commit()
+    db.close()
+    with pytest.raises(UnknownVersion, match="move the file away"):
+        SqliteStore(path, StoreConfig(), registry=registry)
+    # an empty file of an earlier release is upgraded in place
+    empty = tmp_path / "empty.sqlite"
+    db = sqlite3.connect(empty)
+    db.executescript(
+        "CREATE TABLE logs(author BLOB, name TEXT, lo INTEGER, hi INTEGER, head_id BLOB, local INTEGER,"
+        " pruned INTEGER, prunable INTEGER, nops INTEGER, nbytes INTEGER, PRIMARY KEY(author, name));"
+        "CREATE TABLE ops(author BLOB, name TEXT, seq INTEGER, id BLOB, ts INTEGER, size INTEGER, op BLOB,"
+        " payload BLOB, PRIMARY KEY(author, name, seq));"
+    )
+    db.close()
+    s = SqliteStore(empty, StoreConfig(), registry=registry)
+    assert append(s, ME, "l", b"x", 0).op.seq == 0
+    s.close()

@@ -18,6 +18,7 @@ __all__ = [
     "ConnectionLost",
     "ContainerFull",
     "DecodeError",
+    "ForeignRealm",
     "FrameTooLarge",
     "HandshakeTimeout",
     "IdentityError",
@@ -43,6 +44,7 @@ __all__ = [
     "SeqGap",
     "SignatureMismatch",
     "SubscriptionClosed",
+    "TimestampAhead",
     "TransportError",
     "TrustError",
     "UnknownMessageType",
@@ -278,3 +280,12 @@ class OperationTooLarge(InvalidOperation):
 
 class UnknownVersion(InvalidOperation):
     """The operation header has a version this release does not understand."""
+
+
+class ForeignRealm(InvalidOperation):
+    """The operation was signed for another realm than the receiver's."""
+
+
+class TimestampAhead(InvalidOperation):
+    """The operation's timestamp runs further ahead of the receiver's clock than
+    ``store.max_clock_skew`` allows (it may be accepted later, once the clock caught up)."""

@@ -331,6 +331,17 @@ class StoreConfig:
     disconnected."""
     invalid_ops_window: float = 600.0
     """Seconds a peer's invalid-operation count is remembered."""
+    # #11 (logtrust)
+    max_clock_skew: float = 300.0
+    """Seconds an operation's timestamp may run ahead of the receiver's wall clock (default 5
+    minutes); one further ahead is refused (not stored, counted, retried by sync later). The
+    writer checks its own operations against it too."""
+    max_ops_per_author: int = 100_000
+    """Operations stored per foreign author (count, over all its logs; default a tenth of
+    ``max_operations``); beyond it the author's operations are refused. This node's own logs
+    are not counted."""
+    max_bytes_per_author: int = 32 * MiB
+    """Bytes stored per foreign author (over all its logs; default an eighth of ``max_bytes``)."""
 
 
 @dataclass(frozen=True, slots=True)

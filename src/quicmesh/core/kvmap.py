@@ -12,6 +12,29 @@ the winner of every key does not depend on the order operations arrive in, and a
 that stored the same operations hold the same map. Deletes keep their stamp as a tombstone so
 that an older set arriving later cannot resurrect the key.
 
+Timestamps of writes (the field range and the clock skew)
+--------------------------------------------------------
+A write is stamped ``max(now, floor)`` where the floor is the winning stamp of its key plus one
+(:meth:`KvMap.floor`: so that a write wins over what its writer saw, even when another writer's
+clock runs ahead) and the writer's previous operation's timestamp. Timestamps are 0..2^63-1
+(:data:`~quicmesh.core.oplog.MAX_TIMESTAMP`) and every node refuses operations stamped more
+than ``store.max_clock_skew`` ahead of its wall clock. So the rule is:
+
+* the floor never exceeds 2^63-1 (:meth:`KvMap.floor` saturates);
+* a floor beyond the writer's wall clock plus the skew is *ignored*: such a winning stamp comes
+  from a hostile or broken clock (stored by an earlier release, or accepted within the skew by
+  a node whose clock runs ahead), and following it would make an operation every peer refuses.
+  The write is then stamped with the writer's clock: it is valid, every replica stores it, and
+  the replicas stay identical; it loses that key to the ahead-of-time stamp until real time
+  passes it (a hostile writer can thus hold a key for at most ``max_clock_skew``, and a stamp
+  of 2^63-1 only if it is already stored, since no node accepts it any more);
+* the writer's own clock is never adjusted: a writer whose clock runs beyond the skew gets
+  :class:`~quicmesh.errors.TimestampAhead` and stores nothing.
+
+The rule is applied where the operation is made (:class:`~quicmesh.core.log_effects.AppendLocal`,
+with the node's :class:`~quicmesh.core.oplog.Acceptance`), and the operation is then checked
+exactly as the peers will check it before it is stored.
+
 Payloads are MessagePack ``[key, value]`` with ``value`` ``None`` for a delete; a payload that
 does not decode is ignored on every replica alike (counted in ``malformed``).
 
@@ -28,7 +51,7 @@ import msgspec
 
 from ..bounded import BoundedDict, ContainerRegistry
 from ..errors import ContainerFull, LimitExceeded
-from .oplog import Operation
+from .oplog import MAX_TIMESTAMP, Operation
 from .store_api import Store
 
 __all__ = ["KvMap", "Stamp", "decode_entry", "encode_delete", "encode_set"]
@@ -118,6 +141,13 @@ class KvMap:
         """Raise :class:`~quicmesh.errors.LimitExceeded` when writing ``key`` would be refused."""
         if key not in self._entries and len(self._entries) >= self.max_keys:
             raise LimitExceeded("kv.max_keys", self.max_keys)
+
+    def floor(self, key: str) -> int:
+        """The least timestamp a write of ``key`` needs to win over its current winner: the
+        winning timestamp plus one, at most 2^63-1; 0 for an unknown key. (The writer ignores a
+        floor beyond its clock plus the allowed skew: see the module docstring.)"""
+        e = self._entries.get(key)
+        return 0 if e is None else min(e[0].timestamp + 1, MAX_TIMESTAMP)
 
     def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """The current value of ``key``, or ``default`` when absent or deleted."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ..errors import InvalidOperation
 from ..identity import KeyPair, NodeId
 from .effects import Disconnect, Send
-from .oplog import Operation, create_operation, encode_operation
+from .oplog import MAX_TIMESTAMP, Acceptance, Operation, create_operation, encode_operation
 from .store_api import IngestResult, LogKey, Store, StoredOp
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "StoreRead",
     "StoreRequest",
     "StoreWrite",
+    "timestamp_for",
 ]
 
 
@@ -136,17 +137,19 @@ class IngestOps:
     The result has one entry per operation tried: its :class:`IngestResult`, or the
     :class:`~quicmesh.errors.InvalidOperation` it raised. With ``allow_gap`` (a sync batch) the
     first invalid operation ends the batch; without (live operations) every one is tried.
+    ``accept``: the receiver's realm and latest acceptable timestamp (``None``: unchecked).
     """
 
     ops: tuple[tuple[Operation, bytes], ...]
     allow_gap: bool
+    accept: Acceptance | None = None
 
     def run(self, store: Store) -> list[IngestResult | InvalidOperation]:
         """Run against ``store``."""
         out: list[IngestResult | InvalidOperation] = []
         for op, payload in self.ops:
             try:
-                out.append(store.ingest(op, payload, allow_gap=self.allow_gap))
+                out.append(store.ingest(op, payload, allow_gap=self.allow_gap, accept=self.accept))
             except InvalidOperation as exc:
                 out.append(exc)
                 if self.allow_gap:
@@ -154,13 +157,24 @@ class IngestOps:
         return out
 
 
+_UNCHECKED = Acceptance("", MAX_TIMESTAMP)
+"""No realm, no clock: for a bare :class:`AppendLocal` (a node always passes its own)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AppendLocal:
-    """Sign and durably store the next operation of ``keypair``'s log ``log``.
+    """Sign and durably store the next operation of ``keypair``'s log ``log`` of realm
+    ``accept.realm``, checked as the peers will check it (``Store.append_local`` runs
+    :func:`~quicmesh.core.oplog.validate_local` with ``accept``).
 
     Its timestamp is the greatest of ``now_us``, ``min_us`` and the previous operation's, so
-    this node's later writes win over its earlier ones. Raises
-    :class:`~quicmesh.errors.LimitExceeded` when the store has no room (nothing is written).
+    this node's later writes win over its earlier ones, except that a floor (``min_us``, the
+    previous timestamp) beyond ``accept.not_after`` (the wall clock plus the allowed skew) is
+    ignored: a floor that far ahead comes from a hostile or broken clock, and following it would
+    make an operation every peer refuses. ``now_us`` itself is never adjusted: a writer whose
+    clock runs beyond the skew gets :class:`~quicmesh.errors.TimestampAhead`. Raises
+    :class:`~quicmesh.errors.LimitExceeded` when the store has no room (nothing is written) and
+    :class:`~quicmesh.errors.InvalidOperation` subclasses when the operation is invalid.
     """
 
     keypair: KeyPair
@@ -169,6 +183,7 @@ class AppendLocal:
     now_us: int
     min_us: int = 0
     prune: bool = False
+    accept: Acceptance = _UNCHECKED
 
     def run(self, store: Store) -> StoredOp:
         """Run against ``store``."""
@@ -176,9 +191,15 @@ class AppendLocal:
         head = store.head(me, self.log)
         prev = None if head is None else store.get(me, self.log, head.seq)
         prev_op = None if prev is None else prev.op
-        ts = max(self.now_us, self.min_us, 0 if prev_op is None else prev_op.timestamp)
-        op = create_operation(self.keypair, self.log, self.payload, prev_op, ts, self.prune)
-        return store.append_local(op, self.payload)
+        ts = timestamp_for(self.now_us, (self.min_us, 0 if prev_op is None else prev_op.timestamp), self.accept)
+        op = create_operation(self.keypair, self.log, self.payload, prev_op, ts, self.prune, realm=self.accept.realm)
+        return store.append_local(op, self.payload, accept=self.accept)
+
+
+def timestamp_for(now_us: int, floors: tuple[int, ...], accept: Acceptance) -> int:
+    """A writer's timestamp: ``now_us`` raised to the floors that are not beyond
+    ``accept.not_after`` (see :class:`AppendLocal`)."""
+    return max(now_us, *(f for f in floors if f <= accept.not_after), 0)
 
 
 ReadQuery = ReadHeads | ReadBatch

@@ -22,9 +22,18 @@ log it is interested in starts its own pull session towards us, so both sides co
   syncing that log with are held in the :class:`GossipBuffer` and replayed, in arrival order,
   when the session ends (success, failure or disconnect). Others are ingested at once; one that
   does not follow our head (``SeqGap``) makes the pair due (after the floor), since we are behind.
-* Every operation is decoded here and validated by the store before it is stored or forwarded. An
-  invalid operation (bad encoding, signature, payload, size, version, fork) counts against its
-  sender; at ``max_invalid_ops`` within ``invalid_ops_window`` the sender is disconnected.
+* Every operation is decoded here and validated by the store before it is stored or forwarded,
+  against this node's :class:`~quicmesh.core.oplog.Acceptance`: its realm (``realm``, the realm's
+  wire identity) and the latest timestamp it accepts (its wall clock, ``now + wall_offset``, plus
+  ``max_clock_skew``). An invalid operation (bad encoding, signature, payload, size, version,
+  fork, another realm) counts against its sender; at ``max_invalid_ops`` within
+  ``invalid_ops_window`` the sender is disconnected. An operation stamped too far ahead
+  (:class:`~quicmesh.errors.TimestampAhead`) is refused and counted in ``ops_ahead`` but is no
+  violation: an honest relay whose clock differs from ours may hold it, and it becomes
+  acceptable once our clock caught up (a batch holding one fails, and is retried with backoff).
+* Appends are checked by the store exactly as peers check them (the same validation with the
+  same acceptance; :class:`~quicmesh.core.log_effects.AppendLocal`), so this node never stores a
+  write its peers would refuse: the error goes to the appender and nothing is stored.
 * A newly stored operation yields :class:`OperationStored` (for local watchers) and, when it was
   appended here or pushed live to us, a :class:`LiveOp` to the other connected peers interested
   in its log. Operations obtained by pull sync are not pushed on; peers pull them from us.
@@ -43,18 +52,18 @@ All state is bounded: interests (``max_interests``), pairs (LRU, ``max_sync_pair
 (``max_sync_sessions``), store requests in flight (``max_requests``), connected peers
 (``max_peers``, LRU), the gossip buffer (count, bytes, TTL) and the violation counters (TTL).
 Time enters only as ``now`` (seconds, the driver's monotonic clock); ``now_us`` for operation
-timestamps is the wall clock in microseconds, given by the caller of :meth:`LogSync.append`.
+timestamps is the wall clock in microseconds, given by the caller of :meth:`LogSync.append`, and
+``wall_offset`` (wall clock minus ``now``, set by the driver) gives the receiver's wall clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from random import Random
 
 from ..bounded import REGISTRY, ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import StoreConfig
-from ..errors import ContainerFull, InvalidOperation, LimitExceeded, SeqGap
+from ..errors import ContainerFull, ForeignRealm, InvalidOperation, LimitExceeded, SeqGap, TimestampAhead
 from ..identity import KeyPair, NodeId
 from .effects import Disconnect, Send
 from .gossip_buffer import GossipBuffer
@@ -72,7 +81,8 @@ from .log_effects import (
     StoreWrite,
 )
 from .log_messages import LiveOp, SyncBatch, SyncRequest
-from .oplog import Operation, decode_operation, encode_operation, validate
+from .logsync_state import _APPEND, _BATCH, _HEADS, _LIVE, _SERVE, _Pair, _Pending, _Session
+from .oplog import Acceptance, Operation, decode_operation, encode_operation, validate
 from .store_api import IngestResult, LogKey, StoredOp
 from .wire import Message
 
@@ -87,45 +97,6 @@ MAX_PEERS = 4096
 """Default cap of connected peers tracked (``LogSync(max_peers=...)``)."""
 
 _Key = tuple[NodeId, str]
-
-# kinds of store requests in flight
-_HEADS = 0  # our heads, for the next SyncRequest of a session
-_SERVE = 1  # a batch to answer a peer's SyncRequest
-_BATCH = 2  # ingest of a received SyncBatch
-_LIVE = 3  # ingest of live operations (pushed, or replayed from the gossip buffer)
-_APPEND = 4  # a local append
-
-
-class _Pair:
-    __slots__ = ("dirty", "failures", "last_start", "next_at")
-
-    def __init__(self, next_at: float) -> None:
-        self.next_at = next_at
-        self.failures = 0
-        self.last_start: float | None = None
-        self.dirty = False
-
-
-class _Session:
-    __slots__ = ("deadline", "sid")
-
-    def __init__(self, sid: int, deadline: float) -> None:
-        self.sid = sid
-        self.deadline = deadline
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A store request in flight: what to do with its result."""
-
-    kind: int
-    peer: NodeId | None
-    log: str
-    sid: int = 0
-    ops: tuple[tuple[Operation, bytes], ...] = ()
-    more: bool = False
-    bad: bool = False  # the batch had an invalid operation after ``ops``
-
 
 class LogSync:
     """Replicates the logs this node is interested in; see the module docstring.
@@ -146,8 +117,14 @@ class LogSync:
         *,
         max_requests: int = MAX_STORE_REQUESTS,
         max_peers: int = MAX_PEERS,
+        realm: str = "default",
+        wall_offset: float = 0.0,
     ) -> None:
         self.me = me
+        self.realm = realm
+        """The realm's wire identity: signed into every operation, required of received ones."""
+        self.wall_offset = wall_offset
+        """Wall clock minus the driver's ``now`` (seconds); the driver may update it."""
         self.config = cfg = config or StoreConfig()
         self.rng = rng or Random(0)
         reg = registry if registry is not None else REGISTRY
@@ -175,6 +152,8 @@ class LogSync:
         self.ops_refused = 0
         self.requests_dropped = 0  # store requests not issued: max_requests in flight
         self.store_errors = 0  # store requests that failed (not counting invalid operations)
+        self.ops_ahead = 0  # operations refused: timestamp beyond our clock + max_clock_skew
+        self.ops_foreign_realm = 0  # operations refused: signed for another realm (violations too)
 
     # -- application API -------------------------------------------------------------------------
 
@@ -224,11 +203,17 @@ class LogSync:
         Raises :class:`~quicmesh.errors.LimitExceeded` when ``max_requests`` are in flight.
         """
         now = self._tick(now)
-        query = AppendLocal(self.me, log, payload, now_us, min_us, prune)
+        query = AppendLocal(self.me, log, payload, now_us, min_us, prune, self.acceptance(now))
         req = self._submit(_Pending(_APPEND, None, log), query, now)
         if req is None:
             raise LimitExceeded("logsync.store_requests", self._pending.capacity)
         return req.req_id, [req]
+
+    def acceptance(self, now: float) -> Acceptance:
+        """What this node accepts at ``now``: its realm, timestamps up to its wall clock plus
+        ``max_clock_skew``."""
+        wall_us = int((now + self.wall_offset) * 1_000_000)
+        return Acceptance.at(self.realm, wall_us, self.config.max_clock_skew)
 
     # -- driver API ------------------------------------------------------------------------------
 
@@ -278,9 +263,9 @@ class LogSync:
         key = (peer, log)
         if key in self._sessions:
             try:
-                validate(op, payload, None, self.config.max_operation_size, allow_gap=True)
-            except InvalidOperation:
-                return self._violation(peer)
+                validate(op, payload, None, self.config.max_operation_size, allow_gap=True, accept=self.acceptance(now))
+            except InvalidOperation as exc:
+                return self._refused(peer, exc)
             if not self.buffer.hold(peer, log, op, payload, now):
                 pair = self._pairs.peek(key)
                 if pair is not None:
@@ -475,7 +460,7 @@ class LogSync:
             return self._finish(key, now, ok=True)
         # with ``bad``, what precedes the invalid operation is still stored, then the session fails
         pending = _Pending(_BATCH, peer, msg.log, msg.sid, tuple(ops), msg.more, bad)
-        req = self._submit(pending, IngestOps(pending.ops, allow_gap=True), now)
+        req = self._submit(pending, IngestOps(pending.ops, allow_gap=True, accept=self.acceptance(now)), now)
         if req is None:
             return []  # the session fails at its timeout
         session.deadline = now + self.config.sync_timeout
@@ -488,8 +473,15 @@ class LogSync:
         out: list[LogOutput] = []
         progress = False
         invalid = p.bad
+        ahead = False
         for (op, payload), res in zip(p.ops, results, strict=False):
+            if isinstance(res, TimestampAhead):
+                out += self._refused(p.peer, res)
+                ahead = True  # not the sender's fault: retried with backoff
+                break
             if isinstance(res, InvalidOperation):
+                if isinstance(res, ForeignRealm):
+                    self.ops_foreign_realm += 1
                 invalid = True
                 break
             if res is IngestResult.STORED:
@@ -505,7 +497,7 @@ class LogSync:
         session = self._sessions.peek(key)
         if session is None or session.sid != p.sid:
             return out  # the session ended meanwhile: nothing more to ask
-        if invalid or failed:
+        if invalid or failed or ahead:
             return out + self._finish(key, now, ok=False)
         if p.more and progress:
             session.deadline = now + self.config.sync_timeout
@@ -551,7 +543,8 @@ class LogSync:
     def _ingest_live(
         self, peer: NodeId, log: str, ops: tuple[tuple[Operation, bytes], ...], now: float
     ) -> list[LogOutput]:
-        req = self._submit(_Pending(_LIVE, peer, log, ops=ops), IngestOps(ops, allow_gap=False), now)
+        query = IngestOps(ops, allow_gap=False, accept=self.acceptance(now))
+        req = self._submit(_Pending(_LIVE, peer, log, ops=ops), query, now)
         if req is None:  # dropped: pull sync fetches them
             self._resync(peer, log, now)
             return []
@@ -565,7 +558,7 @@ class LogSync:
             if isinstance(res, SeqGap):
                 gap = True  # we are behind
             elif isinstance(res, InvalidOperation):
-                out += self._violation(p.peer)
+                out += self._refused(p.peer, res)
             elif res is IngestResult.STORED:
                 self.ops_stored += 1
                 out.append(OperationStored(op, payload, p.peer))
@@ -586,6 +579,16 @@ class LogSync:
             return []
         msg = LiveOp(op=encode_operation(op), payload=payload)
         return [Send(p, msg) for p in sorted(peers, key=lambda n: n.raw) if p != exclude and p in self._connected]
+
+    def _refused(self, peer: NodeId, exc: InvalidOperation) -> list[LogOutput]:
+        """Count an operation from ``peer`` refused with ``exc``: a timestamp too far ahead is
+        counted apart and is no violation; anything else is one."""
+        if isinstance(exc, TimestampAhead):
+            self.ops_ahead += 1
+            return []
+        if isinstance(exc, ForeignRealm):
+            self.ops_foreign_realm += 1
+        return self._violation(peer)
 
     def _violation(self, peer: NodeId) -> list[LogOutput]:
         self.invalid_ops += 1

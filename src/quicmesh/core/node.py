@@ -150,7 +150,8 @@ class NodeCore:
             neighbours=self.mesh.realm.active_peers, peer_capacity=cap, rng=rng, containers=registry,
         )
         """Provider choice, dials, attempts and failover within one deadline."""
-        self.logs = LogReplication(keypair, config, Random(rng.random()), registry)
+        self.logs = LogReplication(keypair, config, Random(rng.random()), registry, realm=config.realm,
+                                   wall_offset=wall_offset)
         """Replicated logs: interest exchange and sync; store access as outputs."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)

@@ -55,10 +55,15 @@ class LogReplication:
     docstring)."""
 
     def __init__(self, keypair: KeyPair, config: NodeConfig, rng: Random, registry: ContainerRegistry, *,
-                 max_requests: int = STORE_REQUESTS) -> None:
+                 max_requests: int = STORE_REQUESTS, realm: str | None = None, wall_offset: float = 0.0) -> None:
+        """``realm``: the realm's wire identity signed into operations (default ``config.realm``);
+        ``wall_offset``: wall clock minus the driver's ``now`` (seconds; see :attr:`wall_offset`)."""
         self.config = config
         cap_peers = config.transport.max_connections
-        self.sync = LogSync(keypair, config.store, rng, registry, max_requests=max_requests, max_peers=cap_peers)
+        self.sync = LogSync(
+            keypair, config.store, rng, registry, max_requests=max_requests, max_peers=cap_peers,
+            realm=config.realm if realm is None else realm, wall_offset=wall_offset,
+        )
         """The sync machine (sessions, live pushes, store requests)."""
         self.peers = PeerLogs(cap_peers, config.store.max_interests, registry=registry)
         """Interest sets and request token buckets of the connected peers."""
@@ -66,6 +71,16 @@ class LogReplication:
         """Log name -> references the application holds."""
         self.requests_limited = 0
         self.requests_served = 0
+
+    @property
+    def wall_offset(self) -> float:
+        """Wall clock minus the driver's ``now`` (seconds): the clock operation timestamps are
+        checked against (the runtime sets it when it starts)."""
+        return self.sync.wall_offset
+
+    @wall_offset.setter
+    def wall_offset(self, value: float) -> None:
+        self.sync.wall_offset = float(value)
 
     # -- the application's interest ----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..identity import KeyPair, NodeId
-from .oplog import LogHead, Operation, create_operation, encode_operation
+from .oplog import Acceptance, LogHead, Operation, create_operation, encode_operation
 
 __all__ = ["IngestResult", "LogKey", "Store", "StoreCounts", "StoredOp", "append"]
 
@@ -51,33 +51,46 @@ class StoredOp:
 
 @dataclass(frozen=True, slots=True)
 class StoreCounts:
-    """What a store holds."""
+    """What a store holds, and what its capacity policy removed or refused."""
 
     operations: int
     logs: int
     bytes: int
+    evicted_logs: int = 0
+    """Whole foreign logs evicted to make room for this node's own appends (since open)."""
+    evicted_ops: int = 0
+    """Operations of those logs."""
+    quota_refused: int = 0
+    """Foreign operations refused because their author was at its quota (since open)."""
 
 
 @runtime_checkable
 class Store(Protocol):
     """Replicated signed logs, capped (the capacity policy: :mod:`quicmesh.store.base`)."""
 
-    def append_local(self, op: Operation, payload: bytes) -> StoredOp:
-        """Store this node's own new operation (validated against the log's head).
+    def append_local(self, op: Operation, payload: bytes, *, accept: Acceptance | None = None) -> StoredOp:
+        """Store this node's own new operation, checked with
+        :func:`~quicmesh.core.oplog.validate_local` (as its peers will check it: decoded from
+        its bytes, then validated against the log's head and ``accept``).
 
         Returns only once stored (durably, for a persistent store). Raises an
-        :class:`~quicmesh.errors.InvalidOperation` subclass when it does not extend the log, and
-        :class:`~quicmesh.errors.LimitExceeded` when the caps leave no room.
+        :class:`~quicmesh.errors.InvalidOperation` subclass when invalid (nothing is stored),
+        and :class:`~quicmesh.errors.LimitExceeded` when the caps leave no room even after
+        evicting every foreign log.
         """
         ...
 
-    def ingest(self, op: Operation, payload: bytes, *, allow_gap: bool = False) -> IngestResult:
-        """Validate and store a foreign operation.
+    def ingest(
+        self, op: Operation, payload: bytes, *, allow_gap: bool = False, accept: Acceptance | None = None
+    ) -> IngestResult:
+        """Validate (against the log's head and ``accept``: realm and clock skew) and store a
+        foreign operation.
 
         Raises an :class:`~quicmesh.errors.InvalidOperation` subclass when invalid (a different
         operation at a stored seq, a fork, raises :class:`~quicmesh.errors.BacklinkMismatch`).
         ``allow_gap``: accept a forward gap (the sender no longer retains the missing ones);
         older operations of the log are then dropped so the log stays one verified chain.
+        An author at its quota (``max_ops_per_author`` / ``max_bytes_per_author``) is refused.
         """
         ...
 
@@ -126,8 +139,19 @@ class Store(Protocol):
         ...
 
 
-def append(store: Store, keypair: KeyPair, log: str, payload: bytes, now_us: int, *, prune: bool = False) -> StoredOp:
-    """Create, sign and durably store the next operation of ``keypair``'s log ``log``.
+def append(
+    store: Store,
+    keypair: KeyPair,
+    log: str,
+    payload: bytes,
+    now_us: int,
+    *,
+    prune: bool = False,
+    realm: str = "default",
+    accept: Acceptance | None = None,
+) -> StoredOp:
+    """Create, sign and durably store the next operation of ``keypair``'s log ``log`` of realm
+    ``realm`` (checked against ``accept`` when given).
 
     Raises :class:`~quicmesh.errors.LimitExceeded` when the store has no room (nothing is
     written) and :class:`~quicmesh.errors.OperationTooLarge` for an oversized payload.
@@ -135,5 +159,5 @@ def append(store: Store, keypair: KeyPair, log: str, payload: bytes, now_us: int
     author = keypair.node_id
     head = store.head(author, log)
     prev = None if head is None else store.get(author, log, head.seq)
-    op = create_operation(keypair, log, payload, None if prev is None else prev.op, now_us, prune)
-    return store.append_local(op, payload)
+    op = create_operation(keypair, log, payload, None if prev is None else prev.op, now_us, prune, realm=realm)
+    return store.append_local(op, payload, accept=accept)

@@ -194,9 +194,14 @@ class Log:
         SQLite) and handed to the interested peers and local watchers. Appends are stored and
         published in call order.
 
-        Raises :class:`~quicmesh.errors.OperationTooLarge` above ``store.max_operation_size``,
-        :class:`~quicmesh.errors.LimitExceeded` when the store's caps leave no room (or when
-        log sync has its maximum of store requests in flight).
+        The operation is checked exactly as the peers will check it before it is stored; a
+        write they would refuse raises its :class:`~quicmesh.errors.InvalidOperation` subclass
+        and stores nothing: :class:`~quicmesh.errors.OperationTooLarge` above
+        ``store.max_operation_size``, :class:`~quicmesh.errors.TimestampAhead` when this node's
+        clock (:attr:`LogService.clock_us`) runs more than ``store.max_clock_skew`` ahead of
+        its wall clock. Raises :class:`~quicmesh.errors.LimitExceeded` when this node's own logs
+        fill the store (foreign logs are evicted first), or when log sync has its maximum of
+        store requests in flight.
         """
         if self._closed:
             raise NodeClosed(f"log handle {self.name!r} is closed")
@@ -252,7 +257,10 @@ class ReplicatedMap:
     async def set(self, key: str, value: bytes) -> None:
         """Set ``key`` to ``value`` (durably appended to this node's log of the map's name).
 
-        Raises :class:`~quicmesh.errors.LimitExceeded` when the map holds ``max_keys`` keys."""
+        Raises :class:`~quicmesh.errors.LimitExceeded` when the map holds ``max_keys`` keys, and
+        an :class:`~quicmesh.errors.InvalidOperation` subclass (nothing stored, on no replica)
+        when the write is one the peers would refuse (e.g. :class:`~quicmesh.errors.TimestampAhead`
+        when this node's clock runs beyond ``store.max_clock_skew``)."""
         self._check()
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError("value must be bytes")
@@ -267,9 +275,10 @@ class ReplicatedMap:
 
     def _after(self, key: str) -> int:
         """A write is stamped after the write of ``key`` this replica sees now, so that it wins
-        over it even when the other writer's clock is ahead (or equal, with a greater id)."""
-        stamp = self._state.map.stamp(key)
-        return 0 if stamp is None else stamp.timestamp + 1
+        over it even when the other writer's clock is ahead (or equal, with a greater id); a floor
+        beyond the writer's clock plus ``store.max_clock_skew`` is ignored (see
+        :mod:`quicmesh.core.kvmap`)."""
+        return self._state.map.floor(key)
 
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """The current value of ``key``, or ``default``."""

@@ -17,9 +17,15 @@ of the core (:meth:`LogService.execute`), and this class owns what needs I/O and
   handle reads, map loads) is a job in one bounded FIFO queue run in order on one thread with
   SQLite (never on the event loop), inline with the memory store; results come back on the loop
   (``LogSync.store_done``) in the same order. :meth:`Log.heads` reads a mirror of the heads.
-* **Appends**: serialised; each is a job (signed and stored, fsynced with SQLite), then published
-  (local delivery, live pushes) on the loop, and only then does ``append`` return: durable before
-  the future resolves, and published in append order.
+* **Appends**: serialised; each is a job (signed, checked exactly as the peers will check it,
+  stored, fsynced with SQLite), then published (local delivery, live pushes) on the loop, and
+  only then does ``append`` return: durable before the future resolves, and published in append
+  order. A write the peers would refuse (another realm, a timestamp beyond
+  ``store.max_clock_skew`` of the wall clock, too large) raises its
+  :class:`~quicmesh.errors.InvalidOperation` and stores nothing.
+* **Clocks**: operation timestamps come from :attr:`LogService.clock_us` (the wall clock); the
+  core checks them, and every received one, against its own wall clock (``wall_offset``, set
+  at :meth:`LogService.start`) plus ``store.max_clock_skew``.
 * **Interest**: a log name is replicated while this node holds a :class:`Log` handle, a watcher
   or a :class:`ReplicatedMap` on it: each handle takes a reference in the core
   (``LogReplication.acquire``); closing or garbage-collecting the last one releases it.
@@ -51,7 +57,7 @@ from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.kvmap import KvMap, decode_entry
-from ..core.log_effects import Appended, IngestOps, OperationStored, StoreRead, StoreWrite
+from ..core.log_effects import Appended, AppendLocal, IngestOps, OperationStored, StoreRead, StoreWrite
 from ..core.logsync import LogSync
 from ..core.oplog import Operation
 from ..core.replication import LogReplication
@@ -121,6 +127,7 @@ class LogService:
         self._appends: dict[int, asyncio.Future[StoredOp]] = {}  # bounded: one append at a time (_append_lock)
         self._tasks: set[asyncio.Task[Any]] = set()  # bounded: appends in flight, serialised by _append_lock
         self._ids = itertools.count(1)
+        self._evicted_seen = 0  # store.counts().evicted_logs when the heads mirror was last reloaded
         # counters
         self.batches_dropped = 0
         self.batches_in_thread = 0
@@ -153,6 +160,7 @@ class LogService:
         """Open the store (SQLite under ``config.data_dir``, else memory) and its worker."""
         self._loop = asyncio.get_running_loop()
         self._append_lock = asyncio.Lock()
+        self.replication.wall_offset = time.time() - self._loop.time()
         cfg = self.config.store
         store: Store
         if self.config.data_dir:
@@ -236,6 +244,8 @@ class LogService:
         def done(result: object) -> None:
             if isinstance(result, Exception) and not isinstance(result, InvalidOperation | LimitExceeded):
                 log.error("store request %r failed: %r", type(req.query).__name__, result)
+            if isinstance(req.query, AppendLocal):
+                self._after_append()
             outputs = self.replication.store_done(req_id, result, self._now())
             if self._closed:  # only answer the appends still waiting
                 for o in outputs:
@@ -253,6 +263,22 @@ class LogService:
             self.batches_dropped += 1
             assert self._loop is not None
             self._loop.call_soon(done, exc)
+
+    def _after_append(self) -> None:
+        """A local append may have evicted foreign logs: then reload the heads mirror (a read
+        job, in FIFO order with the writes, so later stored operations advance it afterwards)."""
+        if self.store is None or self._closed:
+            return
+        evicted = self.store.counts().evicted_logs
+        if evicted == self._evicted_seen:
+            return
+        self._evicted_seen = evicted
+        with contextlib.suppress(ContainerFull, NodeClosed):
+            self._worker.submit(lambda s: s.heads(), self._reload_heads)
+
+    def _reload_heads(self, result: object) -> None:
+        if isinstance(result, dict):
+            self._heads.replace(result)
 
     # -- interest --------------------------------------------------------------------------------
 
@@ -487,6 +513,9 @@ class LogService:
                 "max_operations": cfg.max_operations,
                 "max_logs": cfg.max_logs,
                 "max_bytes": cfg.max_bytes,
+                "evicted_logs_total": c.evicted_logs,
+                "evicted_ops_total": c.evicted_ops,
+                "quota_refused_total": c.quota_refused,
             }
             out[f"{out['store']['kind']}_store"] = out["store"]  # memory_store / sqlite_store, as operators name it
         sync = self.sync
@@ -499,6 +528,8 @@ class LogService:
             "ops_stored_total": sync.ops_stored if sync is not None else 0,
             "ops_refused_total": sync.ops_refused if sync is not None else 0,
             "invalid_ops_total": sync.invalid_ops if sync is not None else 0,
+            "ops_ahead_total": sync.ops_ahead if sync is not None else 0,
+            "ops_foreign_realm_total": sync.ops_foreign_realm if sync is not None else 0,
             "appended_total": self.appended,
             "requests_limited_total": self.requests_limited,
             "interest_names_ignored_total": self.replication.peers.names_ignored,
@@ -508,4 +539,20 @@ class LogService:
             "store_requests_in_flight": sync.in_flight() if sync is not None else 0,
             "store_requests_dropped_total": sync.requests_dropped if sync is not None else 0,
         }
+        return out
+
+    def gauges(self) -> dict[str, float]:
+        """Log counters for ``/metrics`` (``quicmesh_node_events_total{name}``): operations
+        refused for their timestamp or realm, foreign logs and operations evicted, quota
+        refusals."""
+        sync = self.sync
+        out = {
+            "log_ops_ahead_total": float(sync.ops_ahead if sync is not None else 0),
+            "log_ops_foreign_realm_total": float(sync.ops_foreign_realm if sync is not None else 0),
+        }
+        if self.store is not None:
+            c = self.store.counts()
+            out["store_evicted_logs_total"] = float(c.evicted_logs)
+            out["store_evicted_ops_total"] = float(c.evicted_ops)
+            out["store_quota_refused_total"] = float(c.quota_refused)
         return out

@@ -148,8 +148,8 @@ class HeadsMirror(_Bounded):
     readers (:meth:`Log.heads <quicmesh.runtime.log_handles.Log.heads>`) never touch the store.
 
     Loaded once from the store (:meth:`load`), then advanced by every newly stored operation
-    (:meth:`advance`). Heads only grow: the store never removes a log's latest operation (only
-    ``drop_log`` would, which the service does not use). A bounded container (``logs.heads``,
+    (:meth:`advance`). Heads only grow, except when the store evicts whole foreign logs to make
+    room for a local append: the service then reloads the mirror (:meth:`replace`). A bounded container (``logs.heads``,
     kind ``heads``): one entry per stored log, capacity ``store.max_logs`` like the store, so it
     never fills; were it full, a new log would be refused (counted) and missing from the mirror.
     """
@@ -174,6 +174,12 @@ class HeadsMirror(_Bounded):
         """Take the store's heads (all logs)."""
         for (author, name), seq in heads.items():
             self.advance(name, author, seq)
+
+    def replace(self, heads: dict[LogKey, int]) -> None:
+        """Forget everything and take ``heads`` (after the store evicted logs)."""
+        self._clear()
+        self._note_size(0)
+        self.load(heads)
 
     def advance(self, name: str, author: NodeId, seq: int) -> None:
         """``author``'s log ``name`` now holds ``seq``."""

@@ -15,6 +15,16 @@ be fetched again from peers after a power loss). Each write is one ``BEGIN IMMED
 transaction that computes what it frees and whether the caps allow it before changing anything,
 and rolls back when refused.
 
+Foreign authors (without a local log here) are held to ``max_ops_per_author`` /
+``max_bytes_per_author`` (summed over their rows of ``logs``); every write stamps its log's
+``touched`` with a store-wide counter, so that a local append on a full store evicts the foreign
+logs written least recently, whole, first.
+
+Schema version: ``PRAGMA user_version`` is :data:`SCHEMA_VERSION` (the operation header version,
+:data:`~quicmesh.core.oplog.OP_VERSION`). A file of an earlier release that holds operations is
+refused at open with :class:`~quicmesh.errors.UnknownVersion` (its operations cannot be read
+nor replicated by this release); an empty one is upgraded in place.
+
 Every public method takes one lock and touches one log or one bounded batch; the runtime calls
 the store from one worker thread only (:mod:`quicmesh.runtime.store_worker`).
 """
@@ -28,21 +38,36 @@ from typing import Any
 
 from ..bounded import ContainerRegistry
 from ..config import StoreConfig
-from ..core.oplog import LogHead, Operation, decode_operation, encode_operation, operation_id, validate
-from ..errors import BacklinkMismatch, SeqGap
+from ..core.oplog import (
+    OP_VERSION,
+    Acceptance,
+    LogHead,
+    Operation,
+    decode_operation,
+    encode_operation,
+    operation_id,
+    validate,
+    validate_local,
+)
+from ..errors import BacklinkMismatch, LimitExceeded, SeqGap, UnknownVersion
 from ..identity import NodeId
 from .base import IngestResult, LogKey, StoreCounts, StoredOp
 from .policy import StoreStats
 
-__all__ = ["SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+SCHEMA_VERSION = OP_VERSION
+"""``PRAGMA user_version`` of a store file this release writes."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs(
     author BLOB NOT NULL, name TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
     head_id BLOB NOT NULL, local INTEGER NOT NULL, pruned INTEGER NOT NULL,
     prunable INTEGER NOT NULL, nops INTEGER NOT NULL, nbytes INTEGER NOT NULL,
+    touched INTEGER NOT NULL,
     PRIMARY KEY(author, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS logs_by_name ON logs(name);
+CREATE INDEX IF NOT EXISTS logs_by_touched ON logs(touched);
 CREATE TABLE IF NOT EXISTS ops(
     author BLOB NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL,
     ts INTEGER NOT NULL, size INTEGER NOT NULL, op BLOB NOT NULL, payload BLOB NOT NULL,
@@ -85,7 +110,9 @@ class SqliteStore(StoreStats):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync_mode = ""
         self._set_sync("FULL")
+        self._check_version()
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._retention: dict[str, int] = {  # bounded: one entry per log name the application configured
             str(n): int(m) for n, m in self._db.execute("SELECT name, max_length FROM retention")
         }
@@ -97,6 +124,8 @@ class SqliteStore(StoreStats):
         )
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(nops),0), COALESCE(SUM(nbytes),0) FROM logs").fetchone()
         self._nlogs, self._nops, self._held_bytes = int(row[0]), int(row[1]), int(row[2])
+        self._touched = int(self._db.execute("SELECT COALESCE(MAX(touched),0) FROM logs").fetchone()[0])
+        self._evicted_logs = self._evicted_ops = self._quota_refused = 0
         StoreStats.__init__(self, name, self.config, registry)
         self._note_size(self._nops)
 
@@ -149,12 +178,14 @@ class SqliteStore(StoreStats):
         return r is not None and r.local
 
     def counts(self) -> StoreCounts:
-        return StoreCounts(self._nops, self._nlogs, self._held_bytes)
+        return StoreCounts(
+            self._nops, self._nlogs, self._held_bytes, self._evicted_logs, self._evicted_ops, self._quota_refused
+        )
 
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def append_local(self, op: Operation, payload: bytes) -> StoredOp:
+    def append_local(self, op: Operation, payload: bytes, *, accept: Acceptance | None = None) -> StoredOp:
         key = (op.header.author, op.header.log)
         oid = operation_id(op)
         with self._lock:
@@ -166,19 +197,22 @@ class SqliteStore(StoreStats):
                 if r is not None and bytes(r[0]) == oid:
                     return StoredOp(op, payload, oid)
                 raise SeqGap(f"seq {op.seq} is not after the log's latest {row.hi}")
-            validate(op, payload, self._head(key, row), self.config.max_operation_size)
+            validate_local(op, payload, self._head(key, row), self.config.max_operation_size, accept=accept)
             stored = StoredOp(op, payload, oid)
-            self._write(key, row, stored, local=True)
+            if not self._write(key, row, stored, local=True):  # pragma: no cover - _write raises for local
+                raise LimitExceeded("store", 0)
             return stored
 
-    def ingest(self, op: Operation, payload: bytes, *, allow_gap: bool = False) -> IngestResult:
+    def ingest(
+        self, op: Operation, payload: bytes, *, allow_gap: bool = False, accept: Acceptance | None = None
+    ) -> IngestResult:
         key = (op.header.author, op.header.log)
         oid = operation_id(op)
         max_size = self.config.max_operation_size
         with self._lock:
             row = self._row(key)
             if row is not None and op.seq <= row.hi:
-                validate(op, payload, None, max_size, allow_gap=True)
+                validate(op, payload, None, max_size, allow_gap=True, accept=accept)
                 if op.seq < row.lo:
                     return IngestResult.DUPLICATE
                 r = self._db.execute(
@@ -187,7 +221,8 @@ class SqliteStore(StoreStats):
                 if r is not None and bytes(r[0]) == oid:
                     return IngestResult.DUPLICATE
                 raise BacklinkMismatch(f"a different operation is stored at seq {op.seq} (fork)")
-            validate(op, payload, self._head(key, row), max_size, allow_gap=allow_gap and not (row and row.local))
+            gap = allow_gap and not (row and row.local)
+            validate(op, payload, self._head(key, row), max_size, allow_gap=gap, accept=accept)
             ok = self._write(key, row, StoredOp(op, payload, oid), local=False)
         return IngestResult.STORED if ok else IngestResult.REFUSED
 
@@ -269,6 +304,21 @@ class SqliteStore(StoreStats):
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _check_version(self) -> None:
+        """Refuse a file of an earlier release holding operations; drop its empty tables."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        tables = {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version == SCHEMA_VERSION or "logs" not in tables:
+            return
+        if version > SCHEMA_VERSION or self._db.execute("SELECT 1 FROM ops LIMIT 1").fetchone() is not None:
+            self._db.close()
+            raise UnknownVersion(
+                f"log store {self.path!r} was written by another release (store version {version}, this"
+                f" release reads version {SCHEMA_VERSION}: operations of header version {OP_VERSION});"
+                " move the file away to start with an empty store"
+            )
+        self._db.executescript("DROP TABLE IF EXISTS ops; DROP TABLE IF EXISTS logs;")
+
     def _set_sync(self, mode: str) -> None:
         if mode != self._sync_mode:
             self._db.execute(f"PRAGMA synchronous={mode}")
@@ -306,37 +356,63 @@ class SqliteStore(StoreStats):
         keep = self._retain(key[1])
         if keep > 0:
             new_lo = max(new_lo, seq - keep + 1)
-        if row is None and self._nlogs + 1 > cfg.max_logs:
+        need_logs = self._nlogs + (row is None) - cfg.max_logs
+        if need_logs > 0 and not local:
             return self._refuse_write(local, "store.max_logs", cfg.max_logs)
         self._set_sync("FULL" if local else "NORMAL")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            freed_n = freed_b = evicted_n = evicted_b = 0
+            freed_n = freed_b = evicted_n = evicted_b = evicted_logs = 0
             if row is not None:
                 r = db.execute(
                     "SELECT COUNT(*), COALESCE(SUM(size),0) FROM ops WHERE author=? AND name=? AND seq<?",
                     (*key, min(new_lo, row.hi + 1)),
                 ).fetchone()
                 freed_n, freed_b = int(r[0]), int(r[1])
+            r = db.execute(
+                "SELECT COALESCE(MAX(local),0), COALESCE(SUM(nops),0), COALESCE(SUM(nbytes),0)"
+                " FROM logs WHERE author=?",
+                (key[0],),
+            ).fetchone()
+            author_local = bool(r[0])
+            ops_after, bytes_after = int(r[1]) + 1 - freed_n, int(r[2]) + size - freed_b
+            if not local and not author_local and (
+                ops_after > cfg.max_ops_per_author or bytes_after > cfg.max_bytes_per_author
+            ):
+                db.execute("ROLLBACK")
+                self._quota_refused += 1
+                return self._refuse_write(False, "store.max_ops_per_author", cfg.max_ops_per_author)
             over_n = self._nops + 1 - freed_n - cfg.max_operations
             over_b = self._held_bytes + size - freed_b - cfg.max_bytes
-            if over_n > 0 or over_b > 0:
-                r = db.execute(
-                    "SELECT COALESCE(SUM(l.nops-1),0), COALESCE(SUM(l.nbytes-h.size),0) FROM logs l"
-                    " JOIN ops h ON h.author=l.author AND h.name=l.name AND h.seq=l.hi"
-                    " WHERE l.prunable=1 AND NOT (l.author=? AND l.name=?)",
-                    key,
-                ).fetchone()
-                if over_n > int(r[0]) or over_b > int(r[1]):
+            if over_n > 0 or over_b > 0 or need_logs > 0:
+                trimmable = need_logs <= 0
+                if trimmable:
+                    r = db.execute(
+                        "SELECT COALESCE(SUM(l.nops-1),0), COALESCE(SUM(l.nbytes-h.size),0) FROM logs l"
+                        " JOIN ops h ON h.author=l.author AND h.name=l.name AND h.seq=l.hi"
+                        " WHERE l.prunable=1 AND NOT (l.author=? AND l.name=?)",
+                        key,
+                    ).fetchone()
+                    trimmable = over_n <= int(r[0]) and over_b <= int(r[1])
+                evict: list[tuple[_Key, int, int]] | None = None
+                if not trimmable and local:
+                    evict = self._plan_evictions(key, over_n, over_b, need_logs)
+                if not trimmable and evict is None:
                     db.execute("ROLLBACK")
                     limit, cap = (
-                        ("store.max_operations", cfg.max_operations)
-                        if over_n > 0
+                        ("store.max_logs", cfg.max_logs) if need_logs > 0
+                        else ("store.max_operations", cfg.max_operations) if over_n > 0
                         else ("store.max_bytes", cfg.max_bytes)
                     )
                     return self._refuse_write(local, limit, cap)
-                while over_n > 0 or over_b > 0:
+                for vkey, n, b in evict or ():
+                    db.execute("DELETE FROM ops WHERE author=? AND name=?", vkey)
+                    db.execute("DELETE FROM logs WHERE author=? AND name=?", vkey)
+                    evicted_logs += 1
+                    evicted_n += n
+                    evicted_b += b
+                while evict is None and (over_n > 0 or over_b > 0):
                     v = db.execute(
                         "SELECT o.author, o.name, o.seq, o.size FROM logs l JOIN ops o"
                         " ON o.author=l.author AND o.name=l.name AND o.seq=l.lo"
@@ -352,8 +428,12 @@ class SqliteStore(StoreStats):
                     over_b -= b
             trimmed_n = trimmed_b = 0
             new_log = row is None
+            self._touched += 1
             if row is None:
-                db.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0)", (*key, seq, seq, s.id, int(local)))
+                db.execute(
+                    "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0, ?)",
+                    (*key, seq, seq, s.id, int(local), self._touched),
+                )
                 is_local, pruned = local, False
             else:
                 trimmed_n, trimmed_b = self._trim(key, row.lo, min(new_lo, row.hi + 1))
@@ -366,8 +446,8 @@ class SqliteStore(StoreStats):
             )
             db.execute(
                 "UPDATE logs SET lo=CASE WHEN nops=0 OR lo>? THEN ? ELSE lo END, hi=?, head_id=?, local=?, pruned=?,"
-                " prunable=?, nops=nops+1, nbytes=nbytes+? WHERE author=? AND name=?",
-                (seq, seq, seq, s.id, int(is_local), int(pruned), int(prunable), size, *key),
+                " prunable=?, nops=nops+1, nbytes=nbytes+?, touched=? WHERE author=? AND name=?",
+                (seq, seq, seq, s.id, int(is_local), int(pruned), int(prunable), size, self._touched, *key),
             )
             db.execute("COMMIT")
         except BaseException:
@@ -376,7 +456,35 @@ class SqliteStore(StoreStats):
             raise
         self._nops += 1 - trimmed_n - evicted_n
         self._held_bytes += size - trimmed_b - evicted_b
-        self._nlogs += int(new_log)
+        self._nlogs += int(new_log) - evicted_logs
+        self._evicted_logs += evicted_logs
+        self._evicted_ops += evicted_n if evicted_logs else 0
         self.note_eviction(evicted_n)
         self._note_size(self._nops)
         return True
+
+    def _plan_evictions(
+        self, exclude: _Key, over_n: int, over_b: int, need_logs: int
+    ) -> list[tuple[_Key, int, int]] | None:
+        """Whole foreign logs (authors without a local log), least recently written first, to
+        free ``over_n`` operations, ``over_b`` bytes and ``need_logs`` logs; ``None`` when all of
+        them would not do. Inside a transaction."""
+        plan: list[tuple[_Key, int, int]] = []
+        cur = self._db.execute(
+            "SELECT author, name, nops, nbytes FROM logs WHERE author NOT IN (SELECT author FROM logs WHERE local=1)"
+            " ORDER BY touched"
+        )
+        for a, n, nops, nbytes in cur:
+            if over_n <= 0 and over_b <= 0 and need_logs <= 0:
+                break
+            k = (bytes(a), str(n))
+            if k == exclude:
+                continue
+            plan.append((k, int(nops), int(nbytes)))
+            over_n -= int(nops)
+            over_b -= int(nbytes)
+            need_logs -= 1
+        cur.close()
+        if over_n > 0 or over_b > 0 or need_logs > 0:
+            return None
+        return plan

@@ -122,6 +122,7 @@ def run_logs(sc: LogScenario) -> Report:
             if head is None or head.seq < seq:
                 lost += 1
     violations = sum(n.core.logs.sync.invalid_ops for n in nodes if n.alive)
+    ahead = sum(n.core.logs.sync.ops_ahead for n in nodes if n.alive)
     report = Report("logs", sc.seed)
     report.figures = {
         "nodes": len(nodes),
@@ -133,6 +134,7 @@ def run_logs(sc: LogScenario) -> Report:
         "converged_after_window_s": round(end - window_end, 3),
         "operations_stored": sim.stored,
         "invalid_operations": violations,
+        "operations_refused_ahead_of_clock": ahead,
         "events": sim.counters["events"],
     }
     report.containers = container_peaks(nodes)
