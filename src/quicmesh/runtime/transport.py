@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..core.permissions import EVERYTHING, Permissions
+from ..core.trust import Certificate
 from ..core.wire import Message
 from ..identity import NodeId
 
@@ -53,6 +55,12 @@ class Connection(abc.ABC):
     attachment: object | None = None
     """The owner's per-connection state, dropped with the connection (the gateway keeps a
     client's session here, so the transport's client table is the only set of clients)."""
+    certificate: Certificate | None = None
+    """Authority mode: the peer's certificate, verified in the handshake (a light client's
+    credential for a client); ``None`` in an open realm."""
+    permissions: Permissions = EVERYTHING
+    """What the peer may do: its certificate's permissions (authority mode), everything in an
+    open realm (set when the connection is established)."""
 
     @abc.abstractmethod
     def send(self, message: Message) -> bool:
