@@ -67,11 +67,11 @@ from typing import Literal
 
 from ..errors import (
     AdmissionRefused,
-    NotAdmitted,
     AuthenticationFailed,
     ConnectionLost,
     HandshakeTimeout,
     IdentityError,
+    NotAdmitted,
     PeerIdMismatch,
     RealmMismatch,
     TransportError,

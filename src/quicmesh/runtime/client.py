@@ -13,7 +13,8 @@ A :class:`Client` does not join the mesh. It holds one QUIC connection (``Hello.
 
 The client authenticates with its own Ed25519 key (a fresh one when none is given) and checks the
 gateway's node id when ``gateway_id`` is given (otherwise the id seen at the first connection is
-pinned for reconnects). The transport's keepalive pings keep the connection alive; when it is
+pinned for reconnects). In an authority realm it shows its ``token`` (key and certificate) and
+checks the gateway's certificate. The transport's keepalive pings keep the connection alive; when it is
 lost the client reconnects with capped, jittered exponential backoff and restores its
 subscriptions and advertisements. Calls in flight when the connection drops fail with
 :class:`~quicmesh.errors.ConnectionLost`; publishing while disconnected raises it too.
@@ -68,6 +69,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .credentials import Credential, client_trust
 from .handles import QueueHandle
 from .node import Message
 from .transport import Connection
@@ -143,13 +145,15 @@ class Client:
         reconnect_max_delay: float = 5.0,
         reconnect_min_delay: float = 0.05,
         max_message_size: int = 1024 * 1024 - 4096,
+        token: str | Path | Credential | None = None, realm_file: str | Path | None = None,
     ) -> None:
+        trust, token_key = client_trust(token, realm_file)
         if isinstance(key, str | Path):
             key = KeyPair.load_or_generate(key)
-        self.keypair = key or KeyPair.generate()
+        self.keypair = token_key or key or KeyPair.generate()
         self.id: NodeId = self.keypair.node_id
         self.address = address
-        self.realm = realm
+        self.realm = trust.realm.name if trust is not None else realm
         self._expected: NodeId | None = NodeId.parse(gateway_id) if isinstance(gateway_id, str) else gateway_id
         self._cfg = transport or _DEFAULT_TRANSPORT
         self.call_timeout = call_timeout
@@ -166,7 +170,7 @@ class Client:
         listen = "[::]:0" if ":" in host else ("127.0.0.1:0" if loopback else "0.0.0.0:0")
         self._transport = QuicTransport(
             self.keypair, realm, self._cfg, Codec(ALL_MESSAGES, max_frame_size=self._cfg.max_frame_size),
-            listen=listen, registry=self.registry, role="client",
+            listen=listen, registry=self.registry, role="client", trust=trust,
         )
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -206,15 +210,14 @@ class Client:
 
         ``key``: a :class:`~quicmesh.identity.KeyPair` or a key file (created when missing);
         ``None`` generates one. ``gateway_id``: the gateway's node id, checked during the
-        handshake. ``options``: ``transport`` (:class:`~quicmesh.config.TransportConfig`),
-        ``call_timeout``, ``queue_size``, ``reconnect``, ``reconnect_min_delay`` and
-        ``reconnect_max_delay`` (the backoff between redials doubles from the first to the second,
-        with jitter 0.5-1.5x).
+        handshake. ``options``: ``token`` (a light-client token file: authority mode), ``realm_file``,
+        ``transport`` (:class:`~quicmesh.config.TransportConfig`), ``call_timeout``, ``queue_size``,
+        ``reconnect``, ``reconnect_min_delay`` and ``reconnect_max_delay`` (the redial backoff
+        doubles from the first to the second, jitter 0.5-1.5x).
 
-        Raises :class:`~quicmesh.errors.AdmissionRefused` (``max_clients``...),
+        Raises :class:`~quicmesh.errors.AdmissionRefused` (``max_clients``; ``NotAdmitted``: no token),
         :class:`~quicmesh.errors.PeerIdMismatch`, :class:`~quicmesh.errors.RealmMismatch`,
-        :class:`~quicmesh.errors.HandshakeTimeout` or another
-        :class:`~quicmesh.errors.TransportError`.
+        :class:`~quicmesh.errors.HandshakeTimeout` or another ``TransportError``.
         """
         client = cls(address, realm=realm, key=key, gateway_id=gateway_id, **options)
         client._loop = asyncio.get_running_loop()

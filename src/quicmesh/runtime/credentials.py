@@ -42,6 +42,7 @@ __all__ = [
     "CERT_LABEL",
     "REVOCATIONS_LABEL",
     "Credential",
+    "client_trust",
     "load_authority",
     "load_certificate",
     "load_realm",
@@ -304,3 +305,18 @@ def load_trust(config: NodeConfig, node: NodeId, now: float, *, registry: Contai
     except NotAdmitted as exc:
         raise NotAdmitted(f"own certificate {config.cert}: {exc.reason}") from None
     return Trust(realm, certificate=cert, revocations=rl, registry=registry)
+
+
+def client_trust(token: str | os.PathLike[str] | Credential | None,
+                 realm_file: str | os.PathLike[str] | None = None) -> tuple[Trust | None, KeyPair | None]:
+    """A light client's trust and key: from its ``token`` (authority mode; the key is the
+    token's), or ``(None, None)`` for an open realm. ``realm_file``, when given, must name the
+    token's realm; without a token it makes an authority-mode client with no credential (the
+    gateway refuses it with :class:`~quicmesh.errors.NotAdmitted`)."""
+    realm = load_realm(realm_file) if realm_file is not None else None
+    if token is None:
+        return (Trust(realm), None) if realm is not None else (None, None)
+    cred = token if isinstance(token, Credential) else load_token(token)
+    if realm is not None and realm != cred.realm:
+        raise TrustError(f"the token is of another realm than {realm_file}")
+    return Trust(cred.realm, certificate=cred.certificate), cred.keypair
