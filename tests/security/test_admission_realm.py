@@ -205,7 +205,7 @@ async def test_revoked_node_is_disconnected_within_5s(realm3: tuple[Realm, list[
     assert elapsed < 5
     await eventually(lambda: nodes[1].trust.revocations is not None and nodes[1].trust.revocations.version == 1,
                      timeout=5)  # spread on the revocation topic
-    assert nodes[1].config.revocations and Path(nodes[1].config.revocations).exists()  # persisted
+    assert nodes[1].config.revocations and os.path.exists(nodes[1].config.revocations)  # persisted
     with pytest.raises(NotAdmitted) as e:
         await victim.connect(nodes[1].address)
     assert e.value.reason == "certificate revoked"
@@ -232,10 +232,12 @@ async def test_light_clients_need_a_token(realm3: tuple[Realm, list[Node]]) -> N
 
 async def test_client_subscribe_outside_its_permissions_fails(realm3: tuple[Realm, list[Node]]) -> None:
     """Needs the gateway's permission checks (the ``perms`` branch): skipped without them."""
-    from quicmesh import errors
+    import inspect
 
-    if not hasattr(errors, "PermissionDenied") or "permission" not in (Path(
-            sys.modules["quicmesh.runtime.gateway"].__file__ or "").read_text().lower()):
+    from quicmesh import errors
+    from quicmesh.runtime import gateway
+
+    if "permission" not in inspect.getsource(gateway).lower():
         pytest.skip("gateway permission checks are not on this branch")
     realm, nodes = realm3
     token = realm.token("c2", Permissions.parse(["subscribe:a.>"]))
@@ -265,7 +267,7 @@ async def test_cli_pub_without_token(realm3: tuple[Realm, list[Node]]) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "quicmesh", "pub", "--connect", nodes[0].address, "--timeout", "10", "a.x", "hi",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "QUICMESH_TOKEN": ""})
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
     text = err.decode()
     print(f"quicmesh pub without token: exit {proc.returncode}, stderr {text.strip()!r}")
     assert proc.returncode == 1
