@@ -30,17 +30,31 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from ..config import NodeConfig
 from ..core.trust import REVOCATION_TOPIC, RevocationList, Trust
 from ..errors import NotAdmitted, QuicmeshError, TrustError
 from .credentials import load_certificate, load_revocations, revocations_path, save_revocations
+from .transport import Transport
 
-if TYPE_CHECKING:
-    from .node import Node
+__all__ = ["REVOCATION_TOPIC", "RealmHost", "RealmService"]
 
-__all__ = ["REVOCATION_TOPIC", "RealmService"]
+
+class RealmHost(Protocol):
+    """What the service needs from its node."""
+
+    trust: Trust
+    config: NodeConfig
+    transport: Transport
+
+    def publish(self, topic: str, payload: bytes) -> Awaitable[None]: ...
+
+    async def _subscribe(self, pattern: str) -> Any: ...
+
+    def _spawn(self, coro: Awaitable[Any]) -> None: ...
 
 log = logging.getLogger("quicmesh.realm")
 
@@ -57,7 +71,7 @@ def _mtime(path: Path | None) -> float | None:
 class RealmService:
     """Keeps a running node's trust current (see the module docstring)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: RealmHost) -> None:
         self._node = node
         self.trust: Trust = node.trust
         cfg = node.config
