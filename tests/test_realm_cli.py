@@ -139,7 +139,8 @@ async def test_node_process_in_authority_mode(realm_dir: Path, tmp_path: Path) -
     admin = KeyPair.generate()
     assert main(["realm", "admit", "--authority", key, "--node", str(kp.node_id), "--allow", "publish:>",
                  "--allow", "subscribe:>", "--out", str(tmp_path / "node.cert")]) == 0
-    assert main(["token", "issue", "--authority", key, "--allow", "subscribe:a.>", "--out", str(tmp_path / "c.tok")]) == 0
+    assert main(["token", "issue", "--authority", key, "--allow", "subscribe:a.>",
+                 "--out", str(tmp_path / "c.tok")]) == 0
     admin.save(tmp_path / "admin.key")
     assert main(["token", "issue", "--authority", key, "--allow", "publish:$realm.revocations", "--key",
                  str(tmp_path / "admin.key"), "--out", str(tmp_path / "admin.tok")]) == 0
