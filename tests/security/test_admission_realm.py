@@ -273,3 +273,27 @@ async def test_cli_pub_without_token(realm3: tuple[Realm, list[Node]]) -> None:
     print(f"quicmesh pub without token: exit {proc.returncode}, stderr {text.strip()!r}")
     assert proc.returncode == 1
     assert text.startswith("error: NotAdmitted: ")
+
+
+async def test_memory_transport_checks_certificates_too(tmp_path: Path) -> None:
+    """The in-process transport applies the same admission (tests of other features use it)."""
+    from quicmesh.runtime.memory import MemoryNetwork
+
+    net = MemoryNetwork()
+    realm = Realm(tmp_path)
+    ca, ka = realm.member("a")
+    cb, kb = realm.member("b", bootstrap=())
+    a = await Node.start(ca, keypair=ka, network=net)
+    b = await Node.start(cb.replace(bootstrap=(a.address,)), keypair=kb, network=net)
+    outsider = await Node.start(NodeConfig(realm="sec"), network=net)
+    try:
+        await eventually(lambda: b.id in a.peers(), timeout=5)
+        conn = a.transport.get(b.id)
+        assert conn is not None and conn.certificate is not None and conn.certificate.subject == b.id.raw
+        with pytest.raises(NotAdmitted) as e:
+            await outsider.connect(a.address)
+        print(f"memory transport: members connected 1 of 1, outsider refused ({e.value.reason!r})")
+        assert e.value.reason == "no certificate"
+    finally:
+        for n in (outsider, b, a):
+            await n.stop()
