@@ -297,3 +297,22 @@ async def test_memory_transport_checks_certificates_too(tmp_path: Path) -> None:
     finally:
         for n in (outsider, b, a):
             await n.stop()
+
+
+async def test_revoked_client_is_disconnected_and_stops_reconnecting(realm3: tuple[Realm, list[Node]]) -> None:
+    realm, nodes = realm3
+    token = realm.token("rc", Permissions.parse(["subscribe:a.>"]))
+    serial = cred.load_token(token).certificate.serial
+    client = await Client.connect(nodes[0].address, token=token, reconnect_min_delay=0.05)
+    try:
+        sub = await client.subscribe("a.x")
+        started = time.monotonic()
+        assert nodes[0].realm_service.receive(realm.authority.revoke(None, now=int(time.time()),
+                                                                     serials=(serial,)).encode())
+        await eventually(lambda: isinstance(client.last_error, NotAdmitted), timeout=5)
+        elapsed = time.monotonic() - started
+        print(f"revoked client disconnected and gave up after {elapsed:.2f} s: {client.last_error}")
+        assert elapsed < 5 and not client.connected and nodes[0].transport.clients() == []
+        assert sub.closed
+    finally:
+        await client.close()

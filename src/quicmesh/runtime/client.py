@@ -11,13 +11,13 @@ A :class:`Client` does not join the mesh. It holds one QUIC connection (``Hello.
                 ...
         reply = await client.call("echo", b"hi")
 
-The client authenticates with its own Ed25519 key (a fresh one when none is given) and checks the
-gateway's node id when ``gateway_id`` is given (otherwise the id seen at the first connection is
-pinned for reconnects). In an authority realm it shows its ``token`` (key and certificate) and
-checks the gateway's certificate. The transport's keepalive pings keep the connection alive; when it is
-lost the client reconnects with capped, jittered exponential backoff and restores its
-subscriptions and advertisements. Calls in flight when the connection drops fail with
-:class:`~quicmesh.errors.ConnectionLost`; publishing while disconnected raises it too.
+It authenticates with its own Ed25519 key (a fresh one when none is given) and checks the gateway's
+node id when ``gateway_id`` is given (else the first one seen is pinned for reconnects); in an
+authority realm it shows its ``token`` (key and certificate) and checks the gateway's certificate.
+Keepalive pings hold the connection; when it is lost the client reconnects with capped, jittered
+exponential backoff (not once refused as ``NotAdmitted``: it closes) and restores its subscriptions
+and advertisements. Calls in flight then fail with :class:`~quicmesh.errors.ConnectionLost`, as
+does publishing while disconnected.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from ..errors import (
     MessageTooLarge,
     NodeClosed,
     NoProvider,
+    NotAdmitted,
     Overloaded,
     QuicmeshError,
     RemoteError,
@@ -157,11 +158,8 @@ class Client:
         self._expected: NodeId | None = NodeId.parse(gateway_id) if isinstance(gateway_id, str) else gateway_id
         self._cfg = transport or _DEFAULT_TRANSPORT
         self.call_timeout = call_timeout
-        self._queue_size = queue_size
-        self._reconnect = reconnect
-        self._reconnect_max = reconnect_max_delay
-        self._reconnect_min = reconnect_min_delay
-        self._max_message = max_message_size
+        self._queue_size, self._max_message = queue_size, max_message_size
+        self._reconnect, self._reconnect_min, self._reconnect_max = reconnect, reconnect_min_delay, reconnect_max_delay
         self.registry = ContainerRegistry(f"client-{self.id.short()}")
         from .quic import QuicTransport
 
@@ -174,8 +172,7 @@ class Client:
         )
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ids = itertools.count(1)
-        self._sub_ids = itertools.count(1)
+        self._ids, self._sub_ids = itertools.count(1), itertools.count(1)
         # request id -> future: subscribe/advertise acks and calls in flight, each ends by a timeout
         self._requests: dict[int, asyncio.Future[Any]] = {}  # bounded: requests in flight, each with a timeout
         self._subs: dict[int, _Sub] = {}  # bounded: the gateway caps subscriptions per client
@@ -185,8 +182,7 @@ class Client:
             "client.invocations", _MAX_INVOCATIONS, Overflow.REJECT, registry=self.registry
         )
         self._reconnect_task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-        self._closed = False
+        self._connected, self._closed = asyncio.Event(), False
         self._rng = random.Random()
         self.reconnects = 0
         """Successful reconnections since :meth:`connect`."""
@@ -341,6 +337,10 @@ class Client:
                 await self._dial()
             except (TransportError, OSError) as exc:  # refused, unreachable, not resolvable: retry
                 log.debug("reconnect to %s failed: %s", self.address, exc)
+                if isinstance(exc, NotAdmitted):  # revoked or expired: retrying cannot help
+                    self.last_error, self._reconnect_task = exc, None
+                    await self.close()
+                    return
                 delay = min(delay * 2, self._reconnect_max)
                 continue
             self.reconnects += 1
