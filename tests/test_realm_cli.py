@@ -167,3 +167,42 @@ async def test_node_process_in_authority_mode(realm_dir: Path, tmp_path: Path) -
               f"(list pushed): {out.decode().strip().splitlines()[-1]}")
     finally:
         await node.stop()
+
+
+def test_config_fields_and_environment_mirror_the_flags() -> None:
+    from quicmesh.config import NodeConfig, load_config
+    from quicmesh.errors import ConfigError
+
+    cfg = load_config(env={"QUICMESH_REALM_FILE": "/r/realm.pub", "QUICMESH_CERT": "/r/n.cert",
+                           "QUICMESH_REVOCATIONS": "/r/rl.pem", "QUICMESH_TRUST_POLL_INTERVAL": "0.5"})
+    assert (cfg.realm_file, cfg.cert, cfg.revocations, cfg.trust_poll_interval) == (
+        "/r/realm.pub", "/r/n.cert", "/r/rl.pem", 0.5)
+    assert NodeConfig().realm_file is None and NodeConfig().cert is None
+    with pytest.raises(ConfigError, match="trust_poll_interval"):
+        NodeConfig(trust_poll_interval=0)
+    with pytest.raises(ConfigError, match="cert"):
+        NodeConfig(cert="")
+
+
+async def test_node_start_refuses_bad_credentials(realm_dir: Path, tmp_path: Path) -> None:
+    from quicmesh.config import NodeConfig
+    from quicmesh.errors import ConfigError
+    from quicmesh.runtime.node import Node
+
+    key = str(realm_dir / "authority.key")
+    kp = KeyPair.generate()
+    assert main(["realm", "admit", "--authority", key, "--node", str(kp.node_id), "--allow", "publish:>",
+                 "--out", str(tmp_path / "n.cert")]) == 0
+    with pytest.raises(ConfigError, match="needs its member certificate"):
+        await Node.start(NodeConfig(realm_file=str(realm_dir / "realm.pub")))
+    with pytest.raises(ConfigError, match="admits node"):
+        await Node.start(NodeConfig(cert=str(tmp_path / "n.cert")))  # another key
+    other = tmp_path / "other"
+    assert main(["realm", "init", "--name", "prod", "--out", str(other)]) == 0
+    with pytest.raises(ConfigError, match="another realm"):
+        await Node.start(NodeConfig(cert=str(tmp_path / "n.cert"), realm_file=str(other / "realm.pub")), keypair=kp)
+    node = await Node.start(NodeConfig(cert=str(tmp_path / "n.cert")), keypair=kp)  # the realm from the cert file
+    try:
+        assert node.health()["realm"]["mode"] == "authority" and node.realm == "prod"
+    finally:
+        await node.stop()

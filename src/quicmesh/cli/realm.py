@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..core.permissions import Permissions
 from ..core.trust import REVOCATION_TOPIC, Authority, Certificate, Realm
-from ..errors import ConfigError, IdentityError, TrustError
+from ..errors import ConfigError, IdentityError, NotAdmitted, TrustError
 from ..identity import KeyPair, NodeId
 from ..runtime import credentials as cred
 
@@ -191,9 +191,11 @@ def _show(args: argparse.Namespace) -> int:
     elif args.cert or args.token:
         c = cred.load_certificate(args.cert) if args.cert else cred.load_token(args.token)
         lines = [*_realm_lines(c.realm), *_describe(c.certificate)]
-        now = time.time()
-        state = "expired" if now > c.certificate.not_after else (
-            "not yet valid" if now < c.certificate.not_before else "valid now")
+        try:
+            c.certificate.check(c.realm, time.time())
+            state = "valid now (signed by the realm authority)"
+        except NotAdmitted as exc:
+            state = exc.reason
         lines.append(f"state: {state}")
     else:
         rl = cred.load_revocations(args.list)
