@@ -206,3 +206,28 @@ async def test_node_start_refuses_bad_credentials(realm_dir: Path, tmp_path: Pat
         assert node.health()["realm"]["mode"] == "authority" and node.realm == "prod"
     finally:
         await node.stop()
+
+
+async def test_a_node_loads_its_stored_revocation_list_at_start(realm_dir: Path, tmp_path: Path) -> None:
+    from quicmesh.config import NodeConfig
+    from quicmesh.runtime.node import Node
+
+    key = str(realm_dir / "authority.key")
+    kp, peer = KeyPair.generate(), KeyPair.generate()
+    for k, name in ((kp, "n"), (peer, "p")):
+        assert main(["realm", "admit", "--authority", key, "--node", str(k.node_id), "--allow", "publish:>",
+                     "--serial", "1" if k is kp else "2", "--out", str(tmp_path / f"{name}.cert")]) == 0
+    data = tmp_path / "data"
+    assert main(["realm", "revoke", "--authority", key, "--node", str(peer.node_id),
+                 "--list", str(data / "revocations.pem")]) == 0
+    node = await Node.start(NodeConfig(cert=str(tmp_path / "n.cert"), data_dir=str(data)), keypair=kp)
+    try:
+        rl = node.trust.revocations
+        assert rl is not None and rl.version == 1 and rl.subjects == (peer.node_id.raw,)
+        assert node.health()["realm"]["revocations"]["version"] == 1
+    finally:
+        await node.stop()
+    # a list that revokes the node itself: it refuses to start, saying why
+    assert main(["realm", "revoke", "--authority", key, "--serial", "1", "--list", str(data / "revocations.pem")]) == 0
+    with pytest.raises(NotAdmitted, match="certificate revoked"):
+        await Node.start(NodeConfig(cert=str(tmp_path / "n.cert"), data_dir=str(data)), keypair=kp)

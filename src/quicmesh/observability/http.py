@@ -77,7 +77,8 @@ def health_document(
 ) -> dict[str, Any]:
     """The /health JSON document.
 
-    ``{"status": "ok"|"degraded", "node_id", "realm", "ready": {"ok", "reason"}, "reasons": [...],
+    ``{"status": "ok"|"degraded", "node_id", "realm": {"mode": "open"|"authority", "name", ...},
+    "ready": {"ok", "reason"}, "reasons": [...],
     "gauges": {connections, peers: {view: n}, topics, ...}, <node.health() sections: address_book,
     streams, gossip, rpc, connections, store...>, "containers": {name: {"kind", "size",
     "capacity", "fill", "peak", "evictions", ...}}, "process": {"rss_bytes", "open_fds",

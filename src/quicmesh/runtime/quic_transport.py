@@ -40,7 +40,8 @@ listener, holds the larger node's verified attempt until its own dial is done, t
 (``duplicate``), so the loser never reaches either node.
 
 Counters: ``refused_total`` counts, per reason, the attempts the listener ended before admission
-(``max_connections``, ``max_incoming_handshakes``, ``realm``, ``auth``, ``peer_id``, ``version``,
+(``max_connections``, ``max_incoming_handshakes``, ``realm``, ``not_admitted`` (authority mode: a
+missing, expired, revoked or foreign certificate), ``auth``, ``peer_id``, ``version``,
 ``duplicate``, ``handshake_timeout``, ``tls`` for a failed TLS handshake, ``shutdown``) and also
 ``protocol``: connections closed for a malformed frame, before or after admission.
 

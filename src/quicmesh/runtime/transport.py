@@ -6,7 +6,9 @@ only this interface, so the QUIC library can be swapped.
 
 Guarantees every implementation gives:
 
-* a :class:`Connection` exists only after both ends proved their node id and realm;
+* a :class:`Connection` exists only after both ends proved their node id and realm (in an
+  authority realm, each end's certificate was checked by the other: :attr:`Connection.certificate`
+  and :attr:`Connection.permissions` say what the peer may do);
 * at most one connection per peer pair (a simultaneous dial from both sides ends with one;
   the other is closed with reason ``duplicate``);
 * messages on one connection arrive in the order sent; small messages are coalesced into few
