@@ -9,12 +9,12 @@ public key, and their realm, on the connection's first stream:
    from it and feeds :class:`TlsDone` ``(peer=...)`` to the dialer's machine, which checks it
    against the id it expected (:class:`~quicmesh.errors.PeerIdMismatch`) and against its own.
 2. Dialer -> ``Hello(version, realm, node_id, expected, instance, role, cert)``. The listener
-   checks the version, the realm, that ``expected`` is itself and that the peer is not itself,
-   then asks its owner for
-   the admission decision at the Hello (:class:`NeedAdmission` ``stage="hello"``; the owner answers
-   :class:`Admit` or :class:`Decline`: light clients are admitted or refused here, before any
-   per-client state exists) and replies ``Challenge(nonce)`` with fresh bytes from the injected
-   nonce source (and, in authority mode, its own certificate).
+   checks the version, the realm (or the certificate, see below), that ``expected`` is itself and
+   that the peer is not itself, then asks its owner for the admission decision at the Hello
+   (:class:`NeedAdmission` ``stage="hello"``; the owner answers :class:`Admit` or
+   :class:`Decline`: light clients are admitted or refused here, before any per-client state
+   exists) and replies ``Challenge(nonce, cert)`` with fresh bytes from the injected nonce source
+   (and, in authority mode, its own certificate).
 
    The realm on the wire is :attr:`~quicmesh.core.trust.Trust.wire_id`: the name of an open realm,
    a hash of name and authority key in authority mode. An open realm refuses another realm with
