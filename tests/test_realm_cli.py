@@ -153,6 +153,13 @@ async def test_node_process_in_authority_mode(realm_dir: Path, tmp_path: Path) -
         async with await Client.connect(node.address, token=tmp_path / "c.tok", reconnect=False) as client:
             sub = await client.subscribe("a.x")
             await sub.close()
+        for target in ("--node", "--connect"):  # a short-lived node or a light client, both without credentials
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "quicmesh", "pub", target, node.address, "--timeout", "20", "a.x", "hi",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={k: v for k, v in os.environ.items() if not k.startswith("QUICMESH_")})
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 1 and "error: NotAdmitted: " in err.decode(), (target, err.decode())
         victim = cred.load_token(tmp_path / "c.tok").certificate
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "quicmesh", "realm", "revoke", "--authority", key, "--serial", str(victim.serial),

@@ -59,7 +59,12 @@ async def short_lived(args: argparse.Namespace) -> int:
     config = load_config(overrides={"realm": args.realm, "bootstrap": (args.node,), "realm_file": args.realm_file,
                                     "cert": args.cert, "key_path": args.key if args.cert else None})
     async with await Node.start(config) as node:
-        await node.wait_until(lambda: node.ready()[0], args.timeout)
+        try:
+            async with asyncio.timeout(args.timeout):
+                await node.connect(args.node)  # a refusal (NotAdmitted, RealmMismatch...) surfaces here
+            await node.wait_until(lambda: node.ready()[0], args.timeout)
+        except TimeoutError:
+            raise TransportError(f"not joined through {args.node} within {args.timeout:g}s") from None
         if args.command == "call":
             await node.wait_for_provider(args.name, args.timeout)
             reply = await node.call(args.name, args.payload.encode(), timeout=args.timeout)
