@@ -379,3 +379,20 @@ def test_open_realm_refusal_names_no_realm() -> None:
     assert isinstance(err, RealmMismatch)
     texts = [str(err), *(m.reason for m in sent(l_out) if isinstance(m, Refuse))]
     assert not any("alpha" in t or "beta" in t for t in texts)
+
+
+def test_a_dialer_with_an_older_revocation_list_catches_up_in_the_handshake() -> None:
+    d, lst, server, auth = _authority_pair()
+    assert lst.local.trust is not None and d.local.trust is not None
+    outsider = KeyPair.generate().node_id
+    lst.local.trust.apply_revocations(auth.revoke(None, now=int(_WALL), subjects=(outsider,)))
+    run(d, lst, server)
+    assert d.established
+    got = d.local.trust.revocations
+    assert got is not None and got.version == 1 and got.subjects == (outsider.raw,)
+    # a list the authority did not sign is ignored (and the handshake goes on)
+    d2, lst2, server2, _ = _authority_pair()
+    assert lst2.local.trust is not None and d2.local.trust is not None
+    lst2.local.trust.revocations = Authority.create("prod").revoke(None, now=int(_WALL), subjects=(outsider,))
+    run(d2, lst2, server2)
+    assert d2.established and d2.local.trust.revocations is None

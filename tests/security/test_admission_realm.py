@@ -316,3 +316,21 @@ async def test_revoked_client_is_disconnected_and_stops_reconnecting(realm3: tup
         assert sub.closed
     finally:
         await client.close()
+
+
+async def test_a_node_that_was_away_catches_up_at_its_first_handshake(realm3: tuple[Realm, list[Node]]) -> None:
+    realm, nodes = realm3
+    revoked = KeyPair.generate().node_id
+    assert nodes[0].realm_service.receive(realm.authority.revoke(None, now=int(time.time()),
+                                                                 subjects=(revoked,)).encode())
+    config, kp = realm.member("late", bootstrap=(nodes[0].address,))
+    late = await Node.start(config, keypair=kp)  # started without the list
+    try:
+        started = time.monotonic()
+        await eventually(lambda: late.realm_service.applied == 1, timeout=5)
+        rl = late.trust.revocations
+        assert rl is not None and rl.subjects == (revoked.raw,)
+        assert config.revocations is not None and cred.load_revocations(config.revocations) == rl  # persisted
+        print(f"a node that missed the list had it {time.monotonic() - started:.2f} s after joining (1 of 1)")
+    finally:
+        await late.stop()

@@ -29,7 +29,10 @@ public key, and their realm, on the connection's first stream:
    failure it sends ``Refuse("not_admitted")`` and raises ``NotAdmitted("listener: ...")``. The
    checks run before any signature of the dialer is verified (a certificate is public; what it
    admits still has to be proven by the ``Proof``). The wall clock is ``now +
-   Local.wall_offset`` (the machine reads no clock).
+   Local.wall_offset`` (the machine reads no clock). Revocation lists catch up here too: the
+   ``Hello`` shows the dialer's list version; a listener with a newer list (up to
+   :data:`MAX_HANDSHAKE_LIST` bytes) sends it in the ``Challenge`` and the dialer adopts it once
+   it verifies (before checking the listener's certificate against it).
 3. Dialer -> ``Proof(signature)``: Ed25519 over :func:`auth_transcript` (label, nonce, dialer id,
    listener id, realm). The nonce makes a proof single-use (a replay on a new connection meets a
    new nonce); the listener id stops a malicious listener from relaying a challenge from a third
@@ -75,11 +78,12 @@ from ..errors import (
     PeerIdMismatch,
     RealmMismatch,
     TransportError,
+    TrustError,
 )
 from ..identity import NodeId
 from .messages import Challenge, Hello, Ping, Pong, Proof, Refuse, Welcome
 from .permissions import EVERYTHING, Permissions
-from .trust import Certificate, Trust
+from .trust import Certificate, RevocationList, Trust
 from .wire import Message
 
 __all__ = [
@@ -87,6 +91,7 @@ __all__ = [
     "AUTH_LABEL",
     "CLOSE_CODES",
     "CONTROL_TYPES",
+    "MAX_HANDSHAKE_LIST",
     "NONCE_LEN",
     "PROTOCOL_VERSION",
     "Admit",
@@ -119,6 +124,10 @@ AUTH_LABEL = b"quicmesh/auth/v1"
 
 NONCE_LEN = 32
 """Bytes in a ``Challenge`` nonce."""
+
+MAX_HANDSHAKE_LIST = 16 * 1024
+"""Largest encoded revocation list a listener hands a dialer with an older one in its
+``Challenge`` (a longer list reaches it through the revocation topic only)."""
 
 CLOSE_CODES: dict[str, int] = {  # bounded: fixed table of codes
     "normal": 0,
@@ -372,6 +381,7 @@ class Handshake:
         self._sent_at = now
         self.peer_certificate: Certificate | None = None
         """The peer's verified certificate (authority mode; ``None`` in an open realm)."""
+        self._peer_revocations = 0
 
     @property
     def peer_permissions(self) -> Permissions | None:
@@ -460,8 +470,9 @@ class Handshake:
         loc = self.local
         trust = loc.authority
         cert = (trust.own_certificate or b"") if trust is not None else b""
+        rl = trust.revocations if trust is not None else None
         return [Send(Hello(version=PROTOCOL_VERSION, realm=loc.realm, node_id=loc.node_id.raw, expected=peer.raw,
-                           instance=loc.instance, role=loc.role, cert=cert))]
+                           instance=loc.instance, role=loc.role, cert=cert, revocations=rl.version if rl else 0))]
 
     def _received(self, m: Message, now: float) -> list[Output]:
         ph = self.phase
@@ -494,6 +505,7 @@ class Handshake:
                                                     kind="client" if m.role == "client" else "node")
             except NotAdmitted as exc:
                 return self._refuse("not_admitted", exc.reason)
+            self._peer_revocations = m.revocations
         elif m.realm != loc.realm:
             return self._refuse("realm", "realm mismatch")
         if m.expected is not None and m.expected != loc.node_id.raw:
@@ -518,7 +530,10 @@ class Handshake:
         self._sent_at = now
         trust = self.local.authority
         cert = (trust.own_certificate or b"") if trust is not None else b""
-        return [Send(Challenge(nonce=self._nonce, cert=cert))]
+        rl = trust.revocations if trust is not None else None
+        data = rl.encode() if rl is not None and rl.version > self._peer_revocations else b""
+        return [Send(Challenge(nonce=self._nonce, cert=cert,
+                               revocation_list=data if len(data) <= MAX_HANDSHAKE_LIST else b""))]
 
     def _challenge(self, m: Challenge, now: float) -> list[Output]:
         peer = self.peer
@@ -526,6 +541,11 @@ class Handshake:
             return self._refuse("protocol", "bad challenge")
         trust = self.local.authority
         if trust is not None:
+            if m.revocation_list and len(m.revocation_list) <= MAX_HANDSHAKE_LIST:
+                try:  # the listener's newer list: adopted when the authority signed it
+                    trust.apply_revocations(RevocationList.decode(m.revocation_list))
+                except TrustError:
+                    pass
             try:
                 self.peer_certificate = trust.learn(m.cert, now + self.local.wall_offset, subject=peer, kind="node")
             except NotAdmitted as exc:

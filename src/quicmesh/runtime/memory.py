@@ -53,6 +53,10 @@ def check_certificates(dialer: MemoryTransport, listener: MemoryTransport) -> tu
     ``listener:``), :class:`~quicmesh.errors.RealmMismatch` for open realms that differ."""
     wall = time.time()
     d_trust, l_trust = dialer.trust, listener.trust
+    if d_trust and l_trust and not d_trust.open and l_trust.revocations is not None and l_trust.realm == d_trust.realm:
+        d_version = d_trust.revocations.version if d_trust.revocations else 0
+        if l_trust.revocations.version > d_version:  # the dialer catches up, as in the QUIC handshake
+            d_trust.apply_revocations(l_trust.revocations)
     if l_trust is None or l_trust.open:
         if dialer.realm != listener.realm:
             raise RealmMismatch("listener refused: realm: realm mismatch")

@@ -10,7 +10,8 @@ core; this service keeps it current and enforces it on the connections already o
   node of an authority realm subscribes. A list arriving there (from a peer's gossip, from a
   light client's publish through this node's gateway: ``quicmesh realm revoke --push``, or from
   the revocation file changing on disk) is verified against the realm authority; a newer version
-  is adopted (:meth:`~quicmesh.core.trust.Trust.apply_revocations`), written to the node's
+  is adopted (:meth:`~quicmesh.core.trust.Trust.apply_revocations`; a list adopted during a
+  handshake, see :mod:`quicmesh.core.handshake`, is noticed at the next tick), written to the node's
   revocation file, and every connection (peer or light client) whose certificate it revokes is
   closed at once with code ``not_admitted``; later handshakes refuse them. A list that does not
   verify is dropped (counted in ``rejected``); an older or equal version changes nothing. A list
@@ -79,6 +80,9 @@ class RealmService:
         self._list_path = revocations_path(cfg)
         self._cert_mtime = _mtime(self._cert_path)
         self._list_mtime = _mtime(self._list_path)
+        rl = self.trust.revocations
+        self._version = rl.version if rl is not None else 0
+        """The version of the list stored and enforced last."""
         self._tasks: list[asyncio.Task[None]] = []  # bounded: the two tasks of this service
         self.applied = 0
         """Revocation lists adopted since start."""
@@ -138,9 +142,15 @@ class RealmService:
             return False
         if self.trust.revocations is not rl:
             return False  # not newer
+        self._adopted(rl, len(revoked))
+        return True
+
+    def _adopted(self, rl: RevocationList, known: int) -> None:
+        """Count, log, store and enforce a list just adopted."""
+        self._version = rl.version
         self.applied += 1
         log.warning("revocation list version %d adopted: %d serials, %d nodes revoked (%d known)",
-                    rl.version, len(rl.serials), len(rl.subjects), len(revoked))
+                    rl.version, len(rl.serials), len(rl.subjects), known)
         if self._list_path is not None:
             try:
                 save_revocations(self._list_path, rl)
@@ -148,7 +158,6 @@ class RealmService:
             except OSError as exc:
                 log.warning("could not store the revocation list in %s: %s", self._list_path, exc)
         self.enforce()
-        return True
 
     def publish(self, rl: RevocationList) -> None:
         """Spread ``rl`` on the revocation topic (after adopting it here)."""
@@ -179,7 +188,11 @@ class RealmService:
     # -- files -------------------------------------------------------------------------------------
 
     def poll(self) -> None:
-        """Check the certificate and revocation files for changes; enforce expiry."""
+        """Check the certificate and revocation files for changes and the list for a version
+        adopted in a handshake; enforce revocation and expiry."""
+        current = self.trust.revocations
+        if current is not None and current.version != self._version:
+            self._adopted(current, 0)
         m = _mtime(self._cert_path)
         if m is not None and m != self._cert_mtime and self._cert_path is not None:
             self._cert_mtime = m
