@@ -117,7 +117,11 @@ class RealmService:
     async def _follow(self, sub: Any) -> None:
         async with sub:
             async for msg in sub:
-                self.receive(msg.payload)
+                try:
+                    self.receive(msg.payload)
+                except Exception:  # whatever a peer sent, the node keeps following the topic
+                    self.rejected += 1
+                    log.exception("revocation list handling failed")
 
     async def _watch(self) -> None:
         interval = self._node.config.trust_poll_interval
