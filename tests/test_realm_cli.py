@@ -46,6 +46,8 @@ def test_init_writes_a_secret_key_and_a_public_realm_file(realm_dir: Path, capsy
     assert realm == authority.realm and realm.name == "prod" and realm.authority == authority.keypair.node_id
     assert key.read_bytes().startswith(b"quicmesh-authority/1\n") and b"BEGIN PRIVATE KEY" in key.read_bytes()
     assert b"PRIVATE" not in pub.read_bytes()
+    code, out, _ = run(capsys, "realm", "show", "--realm-file", str(pub))
+    assert code == 0 and "realm: prod" in out and f"wire id: {realm.wire_id}" in out and str(realm.authority) in out
     # a second init does not overwrite the authority
     code, _, err = run(capsys, "realm", "init", "--name", "prod", "--out", str(realm_dir))
     assert code == 1 and "exists" in err
