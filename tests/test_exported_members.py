@@ -7,6 +7,8 @@ import quicmesh.errors
 
 EXPECTED_API = {
     "AddressBookConfig",
+    "Authority",
+    "Certificate",
     "Client",
     "ClientSubscription",
     "GatewayConfig",
@@ -24,9 +26,12 @@ EXPECTED_API = {
     "NodeConfig",
     "NodeId",
     "ObservabilityConfig",
+    "Permissions",
     "PubSubConfig",
+    "Realm",
     "RegistryConfig",
     "ReplicatedMap",
+    "RevocationList",
     "RpcConfig",
     "StoreConfig",
     "Subscription",

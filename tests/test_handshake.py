@@ -8,8 +8,17 @@ import pytest
 
 from quicmesh.core import handshake as hs
 from quicmesh.core.messages import Challenge, Hello, Ping, Proof, Refuse, Welcome
+from quicmesh.core.permissions import Permissions
+from quicmesh.core.trust import Authority, Kind, Trust
 from quicmesh.core.wire import Message
-from quicmesh.errors import AdmissionRefused, AuthenticationFailed, HandshakeTimeout, PeerIdMismatch, RealmMismatch
+from quicmesh.errors import (
+    AdmissionRefused,
+    AuthenticationFailed,
+    HandshakeTimeout,
+    NotAdmitted,
+    PeerIdMismatch,
+    RealmMismatch,
+)
 from quicmesh.identity import KeyPair, NodeId
 
 TIMEOUT = 10.0
@@ -295,3 +304,95 @@ def test_should_park_only_the_smaller_side_with_its_dial_in_flight() -> None:
     assert hs.should_park(small, large, own_dial_in_flight=True)
     assert not hs.should_park(large, small, own_dial_in_flight=True)
     assert not hs.should_park(small, large, own_dial_in_flight=False)
+
+
+# -- authority mode (#11) ------------------------------------------------------------------------------
+
+_WALL = 1_800_000_000.0
+
+
+def _authority_pair(
+    *, dialer_cert: bool = True, listener_cert: bool = True, role: str = "node", d_auth: Authority | None = None,
+) -> tuple[hs.Handshake, hs.Handshake, KeyPair, Authority]:
+    auth = Authority.create("prod")
+    other = d_auth or auth
+    a, b = KeyPair.generate(), KeyPair.generate()
+    kind: Kind = "client" if role == "client" else "node"
+    ca = other.admit(a.node_id, Permissions.parse(["publish:a.>"]), not_before=int(_WALL) - 10,
+                     not_after=int(_WALL) + 10, serial=1, kind=kind)
+    cb = auth.admit(b.node_id, Permissions.parse(["publish:>"]), not_before=int(_WALL) - 10,
+                    not_after=int(_WALL) + 10, serial=2)
+    ta = Trust(other.realm, certificate=ca if dialer_cert else None)
+    tb = Trust(auth.realm, certificate=cb if listener_cert else None)
+    d = hs.Handshake(hs.Local(a.node_id, ta.wire_id, b"i", role, ta, _WALL), dialer=True, now=0.0, timeout=TIMEOUT,
+                     sign=a.sign, nonce=Nonces())
+    lst = hs.Handshake(hs.Local(b.node_id, tb.wire_id, b"L", "node", tb, _WALL), dialer=False, now=0.0,
+                       timeout=TIMEOUT, sign=b.sign, nonce=Nonces())
+    return d, lst, b, auth
+
+
+def test_authority_mode_both_sides_check_certificates() -> None:
+    d, lst, server, _ = _authority_pair()
+    d_out, _ = run(d, lst, server)
+    assert d.established and lst.established
+    assert lst.peer_permissions is not None and lst.peer_permissions.allows("publish", "a.b")
+    assert not lst.peer_permissions.allows("publish", "b")
+    assert d.peer_certificate is not None and d.peer_certificate.serial == 2
+    hello = next(m for m in sent(d_out) if isinstance(m, Hello))
+    assert hello.realm.startswith("r1.") and "prod" not in hello.realm and hello.cert
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("no_dialer_cert", "no certificate"),
+    ("foreign", "certificate of another realm"),
+    ("client_without_token", "no certificate"),
+])
+def test_authority_mode_refusals_name_only_the_certificate(case: str, reason: str) -> None:
+    if case == "no_dialer_cert":
+        d, lst, server, _ = _authority_pair(dialer_cert=False)
+    elif case == "foreign":
+        d, lst, server, _ = _authority_pair(d_auth=Authority.create("prod"))
+    else:
+        d, lst, server, _ = _authority_pair(dialer_cert=False, role="client")
+    d_out, l_out = run(d, lst, server)
+    refuse = one(l_out, hs.Send)
+    assert isinstance(refuse, hs.Send) and refuse.message == Refuse(code="not_admitted", reason=reason)
+    err = closes(d_out)[0].error
+    assert isinstance(err, NotAdmitted) and err.reason == reason
+    assert not d.established and not lst.established
+
+
+def test_dialer_refuses_a_listener_without_certificate() -> None:
+    d, lst, server, _ = _authority_pair(listener_cert=False)
+    d_out, _ = run(d, lst, server)
+    err = closes(d_out)[0].error
+    assert isinstance(err, NotAdmitted) and err.reason == "listener: no certificate"
+    assert Refuse(code="not_admitted", reason="no certificate") in sent(d_out)
+    assert not any(isinstance(m, Proof) for m in sent(d_out))  # nothing proven to an unadmitted listener
+
+
+def test_open_realm_refusal_names_no_realm() -> None:
+    a, b = KeyPair.generate(), KeyPair.generate()
+    d, lst = dialer(a, realm="alpha"), listener(b, realm="beta")
+    d_out, l_out = run(d, lst, b)
+    err = closes(d_out)[0].error
+    assert isinstance(err, RealmMismatch)
+    texts = [str(err), *(m.reason for m in sent(l_out) if isinstance(m, Refuse))]
+    assert not any("alpha" in t or "beta" in t for t in texts)
+
+
+def test_a_dialer_with_an_older_revocation_list_catches_up_in_the_handshake() -> None:
+    d, lst, server, auth = _authority_pair()
+    assert lst.local.trust is not None and d.local.trust is not None
+    outsider = KeyPair.generate().node_id
+    lst.local.trust.apply_revocations(auth.revoke(None, now=int(_WALL), subjects=(outsider,)))
+    run(d, lst, server)
+    assert d.established
+    got = d.local.trust.revocations
+    assert got is not None and got.version == 1 and got.subjects == (outsider.raw,)
+    # a list the authority did not sign is ignored (and the handshake goes on)
+    d2, lst2, server2, _ = _authority_pair()
+    assert lst2.local.trust is not None and d2.local.trust is not None
+    lst2.local.trust.revocations = Authority.create("prod").revoke(None, now=int(_WALL), subjects=(outsider,))
+    run(d2, lst2, server2)
+    assert d2.established and d2.local.trust.revocations is None

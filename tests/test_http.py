@@ -243,7 +243,7 @@ async def test_the_runtime_node_plugs_in() -> None:
         assert address is not None
         await a.wait_until(lambda: len(a.peers()) == 1, timeout=5)
         doc = json.loads((await get(address, "/health"))[2])
-        assert doc["status"] == "ok" and doc["realm"] == "obs" and doc["node_id"] == str(a.id)
+        assert doc["status"] == "ok" and doc["realm"] == {"mode": "open", "name": "obs"} and doc["node_id"] == str(a.id)
         assert doc["ready"]["ok"] is True
         assert doc["gauges"]["connections"] == 1
         assert {st.name for st in a.registry.snapshot()} <= set(doc["containers"])

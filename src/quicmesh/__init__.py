@@ -9,7 +9,9 @@ Start a node, subscribe, publish, advertise and call::
     reply = await node.call("math.add", b"2+3", timeout=5.0)
     await node.stop()
 
-Every error raised on purpose derives from :class:`QuicmeshError`.
+Every error raised on purpose derives from :class:`QuicmeshError`. A realm in authority mode
+(:class:`Realm`, :class:`Authority`, :class:`Certificate`, :class:`Permissions`,
+:class:`RevocationList`) admits only nodes and clients with a certificate of its authority.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from .config import (
     TransportConfig,
     load_config,
 )
+from .core.permissions import Permissions
+from .core.trust import Authority, Certificate, Realm, RevocationList
 from .errors import *  # noqa: F403
 from .identity import KeyPair, NodeId
 
@@ -69,6 +73,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddressBookConfig",
+    "Authority",
+    "Certificate",
     "Client",
     "ClientSubscription",
     "GatewayConfig",
@@ -86,9 +92,12 @@ __all__ = [
     "NodeConfig",
     "NodeId",
     "ObservabilityConfig",
+    "Permissions",
     "PubSubConfig",
+    "Realm",
     "RegistryConfig",
     "ReplicatedMap",
+    "RevocationList",
     "RpcConfig",
     "StoreConfig",
     "Subscription",

@@ -9,7 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..config import NodeConfig
+from ..config import load_config
 from ..errors import TransportError
 
 __all__ = ["as_client", "short_lived"]
@@ -22,7 +22,7 @@ async def as_client(args: argparse.Namespace) -> int:
     try:
         async with asyncio.timeout(args.timeout):
             client = await Client.connect(args.connect, realm=args.realm, key=args.key, gateway_id=args.gateway_id,
-                                          call_timeout=args.timeout)
+                                          call_timeout=args.timeout, token=args.token, realm_file=args.realm_file)
     except TimeoutError:
         raise TransportError(f"no connection to {args.connect} within {args.timeout:g}s") from None
     async with client:
@@ -56,8 +56,15 @@ async def short_lived(args: argparse.Namespace) -> int:
 
     # Join the realm overlay through the node (a bare connection would not be a neighbour: topic
     # swarms and provider lookups are found over the overlay).
-    async with await Node.start(NodeConfig(realm=args.realm, bootstrap=(args.node,))) as node:
-        await node.wait_until(lambda: node.ready()[0], args.timeout)
+    config = load_config(overrides={"realm": args.realm, "bootstrap": (args.node,), "realm_file": args.realm_file,
+                                    "cert": args.cert, "key_path": args.key if args.cert else None})
+    async with await Node.start(config) as node:
+        try:
+            async with asyncio.timeout(args.timeout):
+                await node.connect(args.node)  # a refusal (NotAdmitted, RealmMismatch...) surfaces here
+            await node.wait_until(lambda: node.ready()[0], args.timeout)
+        except TimeoutError:
+            raise TransportError(f"not joined through {args.node} within {args.timeout:g}s") from None
         if args.command == "call":
             await node.wait_for_provider(args.name, args.timeout)
             reply = await node.call(args.name, args.payload.encode(), timeout=args.timeout)

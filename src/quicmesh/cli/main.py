@@ -12,6 +12,9 @@ from .. import __version__
 from ..errors import QuicmeshError
 from .client import as_client, short_lived
 from .node import EXIT_ERROR, keygen, run_node, use_system_allocator
+from .realm import add_parsers as add_realm_parsers
+from .realm import env_default
+from .realm import run as run_realm
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "main"]
 
@@ -42,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="read JSON commands on stdin, write JSON events on stdout (scripts and tests)")
     n.add_argument("--max-clients", type=int, metavar="N",
                    help="light clients served at once (gateway.max_clients; default 10000)")
+    n.add_argument("--realm-file", metavar="FILE", help="public realm file: authority mode (realm_file)")
+    n.add_argument("--cert", metavar="FILE", help="this node's member certificate (cert; re-read when it changes)")
+    n.add_argument("--revocations", metavar="FILE", help="revocation list file kept up to date (revocations)")
 
     for name, helptext in (("call", "call a procedure"), ("pub", "publish a message"), ("sub", "print messages")):
         c = sub.add_parser(name, help=f"{helptext} through a short-lived node or as a light client")
@@ -52,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--key", help="client key file (--connect; created when missing, default: a fresh key)")
         c.add_argument("--gateway-id", help="the gateway's node id, checked during the handshake (--connect)")
         c.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+        c.add_argument("--realm-file", default=env_default("REALM_FILE"), metavar="FILE",
+                       help="public realm file (authority mode; env QUICMESH_REALM_FILE)")
+        c.add_argument("--cert", default=env_default("CERT"), metavar="FILE",
+                       help="member certificate of the --key node key (--node; env QUICMESH_CERT)")
+        c.add_argument("--token", default=env_default("TOKEN"), metavar="FILE",
+                       help="light-client token (--connect; env QUICMESH_TOKEN)")
         if name == "call":
             c.add_argument("name")
             c.add_argument("payload")
@@ -64,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="show a running node's health")
     s.add_argument("--http", required=True, metavar="HOST:PORT")
+
+    add_realm_parsers(sub)
 
     d = sub.add_parser("demo", help="three local nodes exchange messages and a call")
     d.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
@@ -84,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_node(args))
         if args.command in ("call", "pub", "sub"):
             return asyncio.run(as_client(args) if args.connect else short_lived(args))
+        if args.command in ("realm", "token"):
+            return run_realm(args)
         if args.command == "status":
             from .status import main as status_main
 

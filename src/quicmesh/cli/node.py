@@ -72,6 +72,9 @@ async def run_node(args: argparse.Namespace) -> int:
         "data_dir": args.data_dir,
         "http": args.http,
         "gateway.max_clients": args.max_clients,
+        "realm_file": args.realm_file,
+        "cert": args.cert,
+        "revocations": args.revocations,
     }
     config = load_config(args.config, overrides=overrides)
     node = await Node.start(config)
@@ -89,7 +92,7 @@ async def run_node(args: argparse.Namespace) -> int:
             control = ControlChannel(node)
             reader = asyncio.StreamReader(limit=1 << 20)
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-            control.emit("listening", address=node.address, node_id=str(node.id), realm=config.realm,
+            control.emit("listening", address=node.address, node_id=str(node.id), realm=node.realm,
                          http=http)
             runner = asyncio.ensure_future(control.run(reader))
             stopper = asyncio.ensure_future(control.stopping.wait())
@@ -100,7 +103,9 @@ async def run_node(args: argparse.Namespace) -> int:
             await control.close()
         else:
             extra = f", metrics on http://{http}/metrics" if http else ""
-            print(f"quicmesh node {node.id} listening on {node.address} (realm {config.realm}){extra}", flush=True)
+            mode = "open realm" if node.trust.open else "authority mode"
+            print(f"quicmesh node {node.id} listening on {node.address} (realm {node.realm}, {mode}){extra}",
+                  flush=True)
             await stop.wait()
     finally:
         await node.stop()

@@ -111,7 +111,10 @@ def render_status(health: Mapping[str, Any], console: Console) -> None:
     node.add_column("key", style="bold")
     node.add_column("value")
     node.add_row("node id", str(health.get("node_id", "-")))
-    node.add_row("realm", str(health.get("realm", "-")))
+    realm = health.get("realm", "-")
+    if isinstance(realm, Mapping):  # {"mode": "open"|"authority", "name", ...}
+        realm = f"{realm.get('name', '-')} ({realm.get('mode', '?')})"
+    node.add_row("realm", str(realm))
     node.add_row("status", Text(status, style="bold green" if status == "ok" else "bold red"))
     ready = health.get("ready") or {}
     if isinstance(ready, Mapping):

@@ -411,6 +411,18 @@ class NodeConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    # #11 (admit)
+    realm_file: str | None = None
+    """Public realm file (``quicmesh realm init``): authority mode. ``None`` (and no ``cert``):
+    an open realm named ``realm``, where anyone who knows the name may join (development)."""
+    cert: str | None = None
+    """This node's member certificate file (``quicmesh realm admit``); required in authority
+    mode; re-read when it changes (renewal without restart). Default ``None``."""
+    revocations: str | None = None
+    """The revocation list file this node loads at start and keeps up to date; ``None``:
+    ``data_dir/revocations.pem``, or memory only without a ``data_dir``."""
+    trust_poll_interval: float = 2.0
+    """Seconds between two checks of the certificate and revocation files for changes (default 2)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):
@@ -448,6 +460,11 @@ def validate(cfg: NodeConfig) -> None:
     if not cfg.realm or len(cfg.realm) > 64:
         raise ConfigError("realm", "must be 1 to 64 characters")
     _check_hostport("listen", cfg.listen)
+    for key in ("realm_file", "cert", "revocations"):
+        if getattr(cfg, key) == "":
+            raise ConfigError(key, "must be a file path (or unset)")
+    if not cfg.trust_poll_interval > 0:
+        raise ConfigError("trust_poll_interval", f"must be positive, got {cfg.trust_poll_interval!r}")
     for i, b in enumerate(cfg.bootstrap):
         _check_hostport(f"bootstrap[{i}]", b)
     if cfg.http is not None:

@@ -8,13 +8,31 @@ public key, and their realm, on the connection's first stream:
 1. TLS 1.3: the listener presents a certificate of its key; the runtime reads the listener's id
    from it and feeds :class:`TlsDone` ``(peer=...)`` to the dialer's machine, which checks it
    against the id it expected (:class:`~quicmesh.errors.PeerIdMismatch`) and against its own.
-2. Dialer -> ``Hello(version, realm, node_id, expected, instance, role)``. The listener checks the
-   version, the realm (``Refuse("realm")``: :class:`~quicmesh.errors.RealmMismatch` at the
-   dialer), that ``expected`` is itself and that the peer is not itself, then asks its owner for
-   the admission decision at the Hello (:class:`NeedAdmission` ``stage="hello"``; the owner answers
-   :class:`Admit` or :class:`Decline`: light clients are admitted or refused here, before any
-   per-client state exists) and replies ``Challenge(nonce)`` with fresh bytes from the injected
-   nonce source.
+2. Dialer -> ``Hello(version, realm, node_id, expected, instance, role, cert)``. The listener
+   checks the version, the realm (or the certificate, see below), that ``expected`` is itself and
+   that the peer is not itself, then asks its owner for the admission decision at the Hello
+   (:class:`NeedAdmission` ``stage="hello"``; the owner answers :class:`Admit` or
+   :class:`Decline`: light clients are admitted or refused here, before any per-client state
+   exists) and replies ``Challenge(nonce, cert)`` with fresh bytes from the injected nonce source
+   (and, in authority mode, its own certificate).
+
+   The realm on the wire is :attr:`~quicmesh.core.trust.Trust.wire_id`: the name of an open realm,
+   a hash of name and authority key in authority mode. An open realm refuses another realm with
+   ``Refuse("realm")`` (:class:`~quicmesh.errors.RealmMismatch` at the dialer) naming neither
+   realm. In **authority mode** the listener checks the dialer's certificate instead
+   (:meth:`~quicmesh.core.trust.Trust.learn`: the claimed node id, the role's kind, ``now`` on the
+   wall clock, the revocation list); a missing, malformed, expired, revoked or foreign one (a
+   certificate of another realm is how a foreign realm shows) is refused with
+   ``Refuse("not_admitted", reason)`` whose reason speaks only of the certificate
+   (:class:`~quicmesh.errors.NotAdmitted` at the dialer). The dialer checks the listener's
+   certificate from the ``Challenge`` the same way before it sends its proof (both ways); on a
+   failure it sends ``Refuse("not_admitted")`` and raises ``NotAdmitted("listener: ...")``. The
+   checks run before any signature of the dialer is verified (a certificate is public; what it
+   admits still has to be proven by the ``Proof``). The wall clock is ``now +
+   Local.wall_offset`` (the machine reads no clock). Revocation lists catch up here too: the
+   ``Hello`` shows the dialer's list version; a listener with a newer list (up to
+   :data:`MAX_HANDSHAKE_LIST` bytes) sends it in the ``Challenge`` and the dialer adopts it once
+   it verifies (before checking the listener's certificate against it).
 3. Dialer -> ``Proof(signature)``: Ed25519 over :func:`auth_transcript` (label, nonce, dialer id,
    listener id, realm). The nonce makes a proof single-use (a replay on a new connection meets a
    new nonce); the listener id stops a malicious listener from relaying a challenge from a third
@@ -56,12 +74,16 @@ from ..errors import (
     ConnectionLost,
     HandshakeTimeout,
     IdentityError,
+    NotAdmitted,
     PeerIdMismatch,
     RealmMismatch,
     TransportError,
+    TrustError,
 )
 from ..identity import NodeId
 from .messages import Challenge, Hello, Ping, Pong, Proof, Refuse, Welcome
+from .permissions import EVERYTHING, Permissions
+from .trust import Certificate, RevocationList, Trust
 from .wire import Message
 
 __all__ = [
@@ -69,6 +91,7 @@ __all__ = [
     "AUTH_LABEL",
     "CLOSE_CODES",
     "CONTROL_TYPES",
+    "MAX_HANDSHAKE_LIST",
     "NONCE_LEN",
     "PROTOCOL_VERSION",
     "Admit",
@@ -102,6 +125,10 @@ AUTH_LABEL = b"quicmesh/auth/v1"
 NONCE_LEN = 32
 """Bytes in a ``Challenge`` nonce."""
 
+MAX_HANDSHAKE_LIST = 16 * 1024
+"""Largest encoded revocation list a listener hands a dialer with an older one in its
+``Challenge`` (a longer list reaches it through the revocation topic only)."""
+
 CLOSE_CODES: dict[str, int] = {  # bounded: fixed table of codes
     "normal": 0,
     "shutdown": 1,
@@ -119,6 +146,7 @@ CLOSE_CODES: dict[str, int] = {  # bounded: fixed table of codes
     "max_clients": 13,
     "slow_consumer": 14,
     "client_only": 15,
+    "not_admitted": 16,
 }
 """Close code -> QUIC application error code (the reason phrase carries the code text too)."""
 
@@ -142,6 +170,9 @@ def refusal_error(code: str, text: str) -> Exception:
     """The exception a dialer raises for a refusal or close ``code`` sent by the listener."""
     if code in ADMISSION_REASONS:
         return AdmissionRefused(code)
+    if code == "not_admitted":
+        prefix = "not_admitted:"
+        return NotAdmitted(text[len(prefix):].strip() if text.startswith(prefix) else text)
     if code == "realm":
         return RealmMismatch(f"listener refused: {text}")
     if code in ("auth", "peer_id"):
@@ -294,12 +325,23 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Local:
-    """This end: its id, realm, instance (random per process start) and role."""
+    """This end: its id, realm (the wire id), instance (random per process start) and role;
+    ``trust`` (authority mode: own certificate, revocations, the realm's authority) and
+    ``wall_offset`` (wall-clock time minus the ``now`` the machine is fed, for certificate
+    validity)."""
 
     node_id: NodeId
     realm: str
     instance: bytes
     role: str = "node"
+    trust: Trust | None = None
+    wall_offset: float = 0.0
+
+    @property
+    def authority(self) -> Trust | None:
+        """The trust of an authority-mode realm (``None`` for an open realm)."""
+        t = self.trust
+        return t if t is not None and not t.open else None
 
 
 class Handshake:
@@ -337,6 +379,18 @@ class Handshake:
         self._nonce_source = nonce
         self._nonce: bytes | None = None
         self._sent_at = now
+        self.peer_certificate: Certificate | None = None
+        """The peer's verified certificate (authority mode; ``None`` in an open realm)."""
+        self._peer_revocations = 0
+
+    @property
+    def peer_permissions(self) -> Permissions | None:
+        """What the peer may do: its certificate's permissions in authority mode, everything in
+        an open realm; ``None`` before its certificate was checked (authority mode)."""
+        if self.local.authority is None:
+            return EVERYTHING
+        cert = self.peer_certificate
+        return cert.permissions if cert is not None else None
 
     @property
     def established(self) -> bool:
@@ -414,15 +468,18 @@ class Handshake:
         self.phase = Phase.AWAIT_CHALLENGE
         self._sent_at = now
         loc = self.local
+        trust = loc.authority
+        cert = (trust.own_certificate or b"") if trust is not None else b""
+        rl = trust.revocations if trust is not None else None
         return [Send(Hello(version=PROTOCOL_VERSION, realm=loc.realm, node_id=loc.node_id.raw, expected=peer.raw,
-                           instance=loc.instance, role=loc.role))]
+                           instance=loc.instance, role=loc.role, cert=cert, revocations=rl.version if rl else 0))]
 
     def _received(self, m: Message, now: float) -> list[Output]:
         ph = self.phase
         if isinstance(m, Refuse):
             return self._close(m.code, m.reason, refusal_error(m.code, f"{m.code}: {m.reason}"), send=False)
         if ph is Phase.AWAIT_HELLO and isinstance(m, Hello):
-            return self._hello(m)
+            return self._hello(m, now)
         if ph is Phase.AWAIT_CHALLENGE and isinstance(m, Challenge):
             return self._challenge(m, now)
         if ph is Phase.AWAIT_PROOF and isinstance(m, Proof):
@@ -431,16 +488,26 @@ class Handshake:
             return self._welcome(m)
         return self._refuse("protocol", f"unexpected {type(m).__name__} during handshake ({ph.value})")
 
-    def _hello(self, m: Hello) -> list[Output]:
+    def _hello(self, m: Hello, now: float) -> list[Output]:
         loc = self.local
         if m.version != PROTOCOL_VERSION:
             return self._refuse("version", f"handshake version {m.version} not supported")
-        if m.realm != loc.realm:
-            return self._refuse("realm", f"this node is in realm {loc.realm!r}")
         try:
             peer = NodeId(m.node_id)
         except IdentityError:
             return self._refuse("protocol", "malformed node id")
+        trust = loc.authority
+        if trust is not None:
+            if m.realm != loc.realm and not m.cert:
+                return self._refuse("not_admitted", "no certificate")
+            try:
+                self.peer_certificate = trust.learn(m.cert, now + loc.wall_offset, subject=peer,
+                                                    kind="client" if m.role == "client" else "node")
+            except NotAdmitted as exc:
+                return self._refuse("not_admitted", exc.reason)
+            self._peer_revocations = m.revocations
+        elif m.realm != loc.realm:
+            return self._refuse("realm", "realm mismatch")
         if m.expected is not None and m.expected != loc.node_id.raw:
             return self._refuse("peer_id", "this node has another id than expected")
         if peer == loc.node_id:
@@ -461,12 +528,29 @@ class Handshake:
         self._nonce = self._nonce_source(NONCE_LEN)
         self.phase = Phase.AWAIT_PROOF
         self._sent_at = now
-        return [Send(Challenge(nonce=self._nonce))]
+        trust = self.local.authority
+        cert = (trust.own_certificate or b"") if trust is not None else b""
+        rl = trust.revocations if trust is not None else None
+        data = rl.encode() if rl is not None and rl.version > self._peer_revocations else b""
+        return [Send(Challenge(nonce=self._nonce, cert=cert,
+                               revocation_list=data if len(data) <= MAX_HANDSHAKE_LIST else b""))]
 
     def _challenge(self, m: Challenge, now: float) -> list[Output]:
         peer = self.peer
         if len(m.nonce) != NONCE_LEN or peer is None:
             return self._refuse("protocol", "bad challenge")
+        trust = self.local.authority
+        if trust is not None:
+            if m.revocation_list and len(m.revocation_list) <= MAX_HANDSHAKE_LIST:
+                try:  # the listener's newer list: adopted when the authority signed it
+                    trust.apply_revocations(RevocationList.decode(m.revocation_list))
+                except TrustError:
+                    pass
+            try:
+                self.peer_certificate = trust.learn(m.cert, now + self.local.wall_offset, subject=peer, kind="node")
+            except NotAdmitted as exc:
+                out: list[Output] = [Send(Refuse(code="not_admitted", reason=exc.reason))]
+                return out + self._close("not_admitted", exc.reason, NotAdmitted(f"listener: {exc.reason}"))
         transcript = auth_transcript(m.nonce, self.local.node_id, peer, self.local.realm)
         self.phase = Phase.AWAIT_WELCOME
         return [RttSample(now - self._sent_at), Send(Proof(signature=self._sign(transcript)))]

@@ -42,12 +42,21 @@ class Hello(Message, tag="hello"):
     """Random per process start: a peer that shows a new instance has restarted."""
     role: str = "node"
     """``"node"`` (a mesh peer) or ``"client"`` (a light client served by the gateway)."""
+    cert: bytes = b""
+    """Authority mode: the dialer's encoded certificate (member or light client); empty otherwise."""
+    revocations: int = 0
+    """Authority mode: the version of the dialer's revocation list (0: none)."""
 
 
 class Challenge(Message, tag="chal"):
-    """Listener -> dialer: a fresh nonce for the dialer to sign."""
+    """Listener -> dialer: a fresh nonce for the dialer to sign (and, in authority mode, the
+    listener's member certificate, which the dialer checks before it proves anything)."""
 
     nonce: bytes
+    cert: bytes = b""
+    revocation_list: bytes = b""
+    """Authority mode: the listener's revocation list when the dialer's ``Hello`` showed an older
+    version (a node that was away catches up at its first handshake); verified before use."""
 
 
 class Proof(Message, tag="proof"):

@@ -48,6 +48,7 @@ from .permissions import EVERYTHING, Action, Permissions
 __all__ = [
     "CERT_VERSION",
     "MAX_REVOKED",
+    "REVOCATION_TOPIC",
     "Authority",
     "Certificate",
     "Kind",
@@ -63,6 +64,9 @@ CERT_VERSION = 1
 
 MAX_REVOKED = 10_000
 """Most serials (and most subjects) one revocation list may name."""
+
+REVOCATION_TOPIC = "$realm.revocations"
+"""The reserved topic revocation lists spread on (every node of an authority realm follows it)."""
 
 MAX_CERT_BYTES = 8192
 """Largest encoded certificate accepted."""

@@ -64,6 +64,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _realm_of(node: NodeView) -> Any:
+    """``{"mode": "open"|"authority", "name", ...}`` when the node reports it, else its name."""
+    realm_health = getattr(node, "realm_health", None)
+    return realm_health() if callable(realm_health) else str(node.realm)
+
+
 def health_document(
     node: NodeView,
     containers: ContainerAggregator,
@@ -71,7 +77,8 @@ def health_document(
 ) -> dict[str, Any]:
     """The /health JSON document.
 
-    ``{"status": "ok"|"degraded", "node_id", "realm", "ready": {"ok", "reason"}, "reasons": [...],
+    ``{"status": "ok"|"degraded", "node_id", "realm": {"mode": "open"|"authority", "name", ...},
+    "ready": {"ok", "reason"}, "reasons": [...],
     "gauges": {connections, peers: {view: n}, topics, ...}, <node.health() sections: address_book,
     streams, gossip, rpc, connections, store...>, "containers": {name: {"kind", "size",
     "capacity", "fill", "peak", "evictions", ...}}, "process": {"rss_bytes", "open_fds",
@@ -93,7 +100,7 @@ def health_document(
     head: dict[str, Any] = {
         "status": "degraded" if degraded else "ok",
         "node_id": str(node.node_id),
-        "realm": str(node.realm),
+        "realm": _realm_of(node),
         "ready": {"ok": ok, "reason": why},
         "reasons": [r.to_dict() for r in verdict.reasons] if verdict is not None else [],
         "gauges": gauges_of(node).to_dict(),

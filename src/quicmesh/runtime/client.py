@@ -11,12 +11,13 @@ A :class:`Client` does not join the mesh. It holds one QUIC connection (``Hello.
                 ...
         reply = await client.call("echo", b"hi")
 
-The client authenticates with its own Ed25519 key (a fresh one when none is given) and checks the
-gateway's node id when ``gateway_id`` is given (otherwise the id seen at the first connection is
-pinned for reconnects). The transport's keepalive pings keep the connection alive; when it is
-lost the client reconnects with capped, jittered exponential backoff and restores its
-subscriptions and advertisements. Calls in flight when the connection drops fail with
-:class:`~quicmesh.errors.ConnectionLost`; publishing while disconnected raises it too.
+It authenticates with its own Ed25519 key (a fresh one when none is given) and checks the gateway's
+node id when ``gateway_id`` is given (else the first one seen is pinned for reconnects); in an
+authority realm it shows its ``token`` (key and certificate) and checks the gateway's certificate.
+Keepalive pings hold the connection; when it is lost the client reconnects with capped, jittered
+exponential backoff (not once refused as ``NotAdmitted``: it closes) and restores its subscriptions
+and advertisements. Calls in flight then fail with :class:`~quicmesh.errors.ConnectionLost`, as
+does publishing while disconnected.
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ from ..errors import (
     MessageTooLarge,
     NodeClosed,
     NoProvider,
+    NotAdmitted,
     Overloaded,
     QuicmeshError,
     RemoteError,
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .credentials import Credential, client_trust
 from .handles import QueueHandle
 from .node import Message
 from .transport import Connection
@@ -143,21 +146,20 @@ class Client:
         reconnect_max_delay: float = 5.0,
         reconnect_min_delay: float = 0.05,
         max_message_size: int = 1024 * 1024 - 4096,
+        token: str | Path | Credential | None = None, realm_file: str | Path | None = None,
     ) -> None:
+        trust, token_key = client_trust(token, realm_file)
         if isinstance(key, str | Path):
             key = KeyPair.load_or_generate(key)
-        self.keypair = key or KeyPair.generate()
+        self.keypair = token_key or key or KeyPair.generate()
         self.id: NodeId = self.keypair.node_id
         self.address = address
-        self.realm = realm
+        self.realm = trust.realm.name if trust is not None else realm
         self._expected: NodeId | None = NodeId.parse(gateway_id) if isinstance(gateway_id, str) else gateway_id
         self._cfg = transport or _DEFAULT_TRANSPORT
         self.call_timeout = call_timeout
-        self._queue_size = queue_size
-        self._reconnect = reconnect
-        self._reconnect_max = reconnect_max_delay
-        self._reconnect_min = reconnect_min_delay
-        self._max_message = max_message_size
+        self._queue_size, self._max_message = queue_size, max_message_size
+        self._reconnect, self._reconnect_min, self._reconnect_max = reconnect, reconnect_min_delay, reconnect_max_delay
         self.registry = ContainerRegistry(f"client-{self.id.short()}")
         from .quic import QuicTransport
 
@@ -166,12 +168,11 @@ class Client:
         listen = "[::]:0" if ":" in host else ("127.0.0.1:0" if loopback else "0.0.0.0:0")
         self._transport = QuicTransport(
             self.keypair, realm, self._cfg, Codec(ALL_MESSAGES, max_frame_size=self._cfg.max_frame_size),
-            listen=listen, registry=self.registry, role="client",
+            listen=listen, registry=self.registry, role="client", trust=trust,
         )
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ids = itertools.count(1)
-        self._sub_ids = itertools.count(1)
+        self._ids, self._sub_ids = itertools.count(1), itertools.count(1)
         # request id -> future: subscribe/advertise acks and calls in flight, each ends by a timeout
         self._requests: dict[int, asyncio.Future[Any]] = {}  # bounded: requests in flight, each with a timeout
         self._subs: dict[int, _Sub] = {}  # bounded: the gateway caps subscriptions per client
@@ -181,8 +182,7 @@ class Client:
             "client.invocations", _MAX_INVOCATIONS, Overflow.REJECT, registry=self.registry
         )
         self._reconnect_task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-        self._closed = False
+        self._connected, self._closed = asyncio.Event(), False
         self._rng = random.Random()
         self.reconnects = 0
         """Successful reconnections since :meth:`connect`."""
@@ -206,15 +206,14 @@ class Client:
 
         ``key``: a :class:`~quicmesh.identity.KeyPair` or a key file (created when missing);
         ``None`` generates one. ``gateway_id``: the gateway's node id, checked during the
-        handshake. ``options``: ``transport`` (:class:`~quicmesh.config.TransportConfig`),
-        ``call_timeout``, ``queue_size``, ``reconnect``, ``reconnect_min_delay`` and
-        ``reconnect_max_delay`` (the backoff between redials doubles from the first to the second,
-        with jitter 0.5-1.5x).
+        handshake. ``options``: ``token`` (a light-client token file: authority mode), ``realm_file``,
+        ``transport`` (:class:`~quicmesh.config.TransportConfig`), ``call_timeout``, ``queue_size``,
+        ``reconnect``, ``reconnect_min_delay`` and ``reconnect_max_delay`` (the redial backoff
+        doubles from the first to the second, jitter 0.5-1.5x).
 
-        Raises :class:`~quicmesh.errors.AdmissionRefused` (``max_clients``...),
+        Raises :class:`~quicmesh.errors.AdmissionRefused` (``max_clients``; ``NotAdmitted``: no token),
         :class:`~quicmesh.errors.PeerIdMismatch`, :class:`~quicmesh.errors.RealmMismatch`,
-        :class:`~quicmesh.errors.HandshakeTimeout` or another
-        :class:`~quicmesh.errors.TransportError`.
+        :class:`~quicmesh.errors.HandshakeTimeout` or another ``TransportError``.
         """
         client = cls(address, realm=realm, key=key, gateway_id=gateway_id, **options)
         client._loop = asyncio.get_running_loop()
@@ -338,6 +337,10 @@ class Client:
                 await self._dial()
             except (TransportError, OSError) as exc:  # refused, unreachable, not resolvable: retry
                 log.debug("reconnect to %s failed: %s", self.address, exc)
+                if isinstance(exc, NotAdmitted):  # revoked or expired: retrying cannot help
+                    self.last_error, self._reconnect_task = exc, None
+                    await self.close()
+                    return
                 delay = min(delay * 2, self._reconnect_max)
                 continue
             self.reconnects += 1

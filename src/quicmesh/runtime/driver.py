@@ -58,6 +58,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .credentials import load_trust
 from .logs import LogService
 from .memory import MemoryNetwork, MemoryTransport
 from .transport import Connection, Transport
@@ -147,19 +148,23 @@ class NodeDriver:
         self.registry = ContainerRegistry(f"node-{self.id.short()}")
         self.codec = Codec(ALL_MESSAGES, max_frame_size=config.transport.max_frame_size)
         self._rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.trust = load_trust(config, self.id, time.time(), registry=self.registry)
+        """The realm (open or authority mode), this node's certificate and the revocation list."""
         self.transport: Transport
         if network is not None:
             self.transport = MemoryTransport(
                 keypair, config.realm, config.transport, self.codec, network=network,
-                listen=config.listen, registry=self.registry,
+                listen=config.listen, registry=self.registry, trust=self.trust,
             )
         else:
             from .quic import QuicTransport
 
             self.transport = QuicTransport(
-                keypair, config.realm, config.transport, self.codec, listen=config.listen, registry=self.registry
+                keypair, config.realm, config.transport, self.codec, listen=config.listen, registry=self.registry,
+                trust=self.trust,
             )
-        self.core = NodeCore(keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000)
+        self.core = NodeCore(keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000,
+                             trust=self.trust)
         """Every protocol state machine of this node, composed (see :mod:`quicmesh.core.node`)."""
         self.logs = LogService(
             keypair, config, self.core.logs, registry=self.registry, run=self._run, rearm=self._rearm

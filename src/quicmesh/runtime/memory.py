@@ -10,6 +10,8 @@ decides at the "first packet" (``max_connections``, ``max_incoming_handshakes``)
 holds the peers and the clients. A dial completes within one call (no handshake round trips), and
 the refusals a dialer sees are the QUIC ones (:func:`~quicmesh.core.handshake.refusal_error`).
 A transport created with ``role="client"`` dials as a light client and accepts nothing.
+In authority mode (``trust``) each side checks the other's certificate as the QUIC handshake
+does (:func:`check_certificates`): a refusal raises :class:`~quicmesh.errors.NotAdmitted`.
 """
 
 from __future__ import annotations
@@ -18,17 +20,54 @@ import asyncio
 import dataclasses
 import itertools
 import os
+import time
 
 from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..config import TransportConfig
 from ..core.handshake import refusal_error
+from ..core.permissions import EVERYTHING, Permissions
+from ..core.trust import Certificate, Trust
 from ..core.wire import Codec, Message
-from ..errors import ConnectionLost, DecodeError, PeerIdMismatch, RealmMismatch, TransportError
+from ..errors import ConnectionLost, DecodeError, NotAdmitted, PeerIdMismatch, RealmMismatch, TransportError
 from ..identity import KeyPair, NodeId
 from .admission import AdmissionTable
 from .transport import Connection, Transport, TransportEvents, TransportStats
 
-__all__ = ["MemoryConnection", "MemoryNetwork", "MemoryTransport"]
+__all__ = ["MemoryConnection", "MemoryNetwork", "MemoryTransport", "check_certificates"]
+
+
+def _check_one(checker: Trust | None, cert: bytes | None, subject: NodeId, kind: str,
+               wall: float) -> tuple[Certificate | None, Permissions]:
+    if checker is None or checker.open:
+        return None, EVERYTHING
+    c = checker.learn(cert, wall, subject=subject, kind="client" if kind == "client" else "node")
+    assert c is not None
+    return c, c.permissions
+
+
+def check_certificates(dialer: MemoryTransport, listener: MemoryTransport) -> tuple[
+        tuple[Certificate | None, Permissions], tuple[Certificate | None, Permissions]]:
+    """Authority mode: the listener checks the dialer's certificate, then the dialer the
+    listener's; returns (what the listener learned, what the dialer learned). Raises
+    :class:`~quicmesh.errors.NotAdmitted` (the listener's reasons bare, the dialer's prefixed
+    ``listener:``), :class:`~quicmesh.errors.RealmMismatch` for open realms that differ."""
+    wall = time.time()
+    d_trust, l_trust = dialer.trust, listener.trust
+    if d_trust and l_trust and not d_trust.open and l_trust.revocations is not None and l_trust.realm == d_trust.realm:
+        d_version = d_trust.revocations.version if d_trust.revocations else 0
+        if l_trust.revocations.version > d_version:  # the dialer catches up, as in the QUIC handshake
+            d_trust.apply_revocations(l_trust.revocations)
+    if l_trust is None or l_trust.open:
+        if dialer.realm != listener.realm:
+            raise RealmMismatch("listener refused: realm: realm mismatch")
+    elif dialer.realm != listener.realm and not (d_trust and d_trust.own_certificate):
+        raise NotAdmitted("no certificate")
+    theirs = _check_one(l_trust, d_trust.own_certificate if d_trust else None, dialer.node_id, dialer.role, wall)
+    try:
+        mine = _check_one(d_trust, l_trust.own_certificate if l_trust else None, listener.node_id, "node", wall)
+    except NotAdmitted as exc:
+        raise NotAdmitted(f"listener: {exc.reason}") from None
+    return theirs, mine
 
 
 class MemoryNetwork:
@@ -160,11 +199,14 @@ class MemoryTransport(Transport):
         listen: str = "mem:0",
         registry: ContainerRegistry | None = None,
         role: str = "node",
+        trust: Trust | None = None,
     ) -> None:
         if role not in ("node", "client"):
             raise ValueError(f"role must be 'node' or 'client', got {role!r}")
         self.keypair = keypair
-        self.realm = realm
+        self.trust = trust
+        """Authority mode: this end's certificate and the realm's authority."""
+        self.realm = trust.wire_id if trust is not None else realm
         self.config = config
         self.codec = codec
         self.network = network
@@ -207,12 +249,16 @@ class MemoryTransport(Transport):
         if refusal is not None:
             theirs_table.count_refusal(refusal)
             raise refusal_error(refusal, refusal)
-        if remote.realm != self.realm:
-            theirs_table.count_refusal("realm")
-            raise RealmMismatch(f"peer at {address} is in another realm")
+        try:
+            (theirs_cert, theirs_perms), (mine_cert, mine_perms) = check_certificates(self, remote)
+        except (RealmMismatch, NotAdmitted) as exc:
+            theirs_table.count_refusal("realm" if isinstance(exc, RealmMismatch) else "not_admitted")
+            raise
         mine = MemoryConnection(self, remote.node_id, address, outbound=True, peer_instance=remote.instance)
         theirs = MemoryConnection(remote, self.node_id, self.address, outbound=False, role=self.role,
                                   peer_instance=self.instance)
+        mine.certificate, mine.permissions = mine_cert, mine_perms
+        theirs.certificate, theirs.permissions = theirs_cert, theirs_perms
         mine.other, theirs.other = theirs, mine
         for stage in ("hello", "proof"):
             d = theirs_table.decide(theirs, stage, self.node_id, self.role)

@@ -42,6 +42,7 @@ from ..bounded import Overflow
 from ..bounded.aio import BoundedQueue, QueueClosed
 from ..config import NodeConfig
 from ..core.topics import check_topic, parse_pattern
+from ..core.trust import REVOCATION_TOPIC
 from ..errors import (
     CallTimeout,
     InvalidTopic,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 
 from .driver import _STOP_DRAIN, Handler, Message, _SubState
 from .node_status import NodeStatus
+from .realm_service import RealmService
 
 __all__ = ["Handler", "Message", "Node", "Subscription"]
 
@@ -123,6 +125,8 @@ class Node(NodeStatus):
         super().__init__(config, keypair, network=network, rng=rng)
         self.gateway: Gateway = Gateway(self, config.gateway)
         """Serves light clients (:class:`quicmesh.Client`) connecting to this node."""
+        self.realm_service = RealmService(self)
+        """Revocation lists and certificate renewal while the node runs (authority mode)."""
 
     @classmethod
     async def start(
@@ -172,6 +176,7 @@ class Node(NodeStatus):
         now = self._now()
         self._run(self.core.join([(None, (addr,)) for addr in self.config.bootstrap], now))
         self._rearm()
+        await self.realm_service.start()
         log.info("node %s listening on %s (realm %s)", self.id.short(), self.address, self.config.realm)
 
     async def stop(self) -> None:
@@ -194,6 +199,7 @@ class Node(NodeStatus):
             self._timer.cancel()
             self._timer = None
         self._notify()
+        await self.realm_service.stop()
         if self.observability is not None:
             await self.observability.stop()
         await self.gateway.stop()
@@ -288,6 +294,10 @@ class Node(NodeStatus):
         """
         self._check_open()
         self._check_reserved(pattern)
+        return await self._subscribe(pattern, queue_size=queue_size)
+
+    async def _subscribe(self, pattern: str, *, queue_size: int | None = None) -> Subscription:
+        """:meth:`subscribe` without the reserved-topic check (the node's own services)."""
         try:
             parsed = parse_pattern(pattern)
         except ValueError as exc:
@@ -390,7 +400,7 @@ class Node(NodeStatus):
 
     @staticmethod
     def _check_reserved(name: str) -> None:
-        if isinstance(name, str) and name.startswith("$"):
+        if isinstance(name, str) and name.startswith("$") and name != REVOCATION_TOPIC:
             raise InvalidTopic(f"topics starting with '$' are reserved for quicmesh: {name!r:.80}")
 
     @classmethod

@@ -22,7 +22,16 @@ class NodeStatus(NodeDriver):
 
     @property
     def realm(self) -> str:
-        return self.config.realm
+        """The realm's name (from the realm file in authority mode)."""
+        return self.trust.realm.name
+
+    def realm_health(self) -> dict[str, Any]:
+        """The ``/health`` ``realm`` section: ``{"mode": "open"|"authority", "name", ...}``."""
+        service = getattr(self, "realm_service", None)
+        if service is not None:
+            doc: dict[str, Any] = service.health()
+            return doc
+        return {"mode": "open" if self.trust.open else "authority", "name": self.trust.realm.name}
 
     def _traffic(self) -> float:
         """Cumulative work done, for the leak sentinel's "traffic is steady" test."""
@@ -66,7 +75,7 @@ class NodeStatus(NodeDriver):
         ts = self.transport.stats()
         return {
             "node_id": str(self.id),
-            "realm": self.config.realm,
+            "realm": self.realm_health(),
             "address": self.address,
             "connections": {
                 "open": ts.connections,

@@ -314,6 +314,8 @@ class QuicConnection(Connection):
             elif isinstance(out, hs.RttSample):
                 self._sample_rtt(out.seconds)
             elif isinstance(out, hs.Established):
+                self.certificate = self._hs.peer_certificate
+                self.permissions = self._hs.peer_permissions or self.permissions
                 self._host.established(self)
             elif isinstance(out, hs.Close):
                 if out.counted is not None:

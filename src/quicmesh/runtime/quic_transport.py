@@ -40,7 +40,8 @@ listener, holds the larger node's verified attempt until its own dial is done, t
 (``duplicate``), so the loser never reaches either node.
 
 Counters: ``refused_total`` counts, per reason, the attempts the listener ended before admission
-(``max_connections``, ``max_incoming_handshakes``, ``realm``, ``auth``, ``peer_id``, ``version``,
+(``max_connections``, ``max_incoming_handshakes``, ``realm``, ``not_admitted`` (authority mode: a
+missing, expired, revoked or foreign certificate), ``auth``, ``peer_id``, ``version``,
 ``duplicate``, ``handshake_timeout``, ``tls`` for a failed TLS handshake, ``shutdown``) and also
 ``protocol``: connections closed for a malformed frame, before or after admission.
 
@@ -60,12 +61,14 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..config import TransportConfig
 from ..core import handshake as hs
+from ..core.trust import Trust
 from ..core.wire import Codec, Message
 from ..errors import ConnectionLost, ContainerFull, TransportError
 from ..identity import KeyPair, NodeId
@@ -98,6 +101,7 @@ class QuicTransport(Transport):
         listen: str = "127.0.0.1:0",
         registry: ContainerRegistry | None = None,
         role: str = "node",
+        trust: Trust | None = None,
     ) -> None:
         if role not in ("node", "client"):
             raise ValueError(f"role must be 'node' or 'client', got {role!r}")
@@ -109,8 +113,10 @@ class QuicTransport(Transport):
         """The transport's configuration (read by its connections)."""
         self.codec = codec
         """The frame codec (shared by its connections)."""
-        self.local = hs.Local(keypair.node_id, realm, os.urandom(8), role)
-        """This end of every handshake: node id, realm, instance, role."""
+        self.local = hs.Local(keypair.node_id, trust.wire_id if trust is not None else realm, os.urandom(8), role,
+                              trust, time.time() - time.monotonic())
+        """This end of every handshake: node id, realm (wire id), instance, role, trust (the
+        certificates of authority mode) and the wall clock's offset from the loop's clock."""
         self._listen = listen
         self._registry = registry
         self._events: TransportEvents | None = None

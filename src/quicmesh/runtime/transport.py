@@ -6,7 +6,9 @@ only this interface, so the QUIC library can be swapped.
 
 Guarantees every implementation gives:
 
-* a :class:`Connection` exists only after both ends proved their node id and realm;
+* a :class:`Connection` exists only after both ends proved their node id and realm (in an
+  authority realm, each end's certificate was checked by the other: :attr:`Connection.certificate`
+  and :attr:`Connection.permissions` say what the peer may do);
 * at most one connection per peer pair (a simultaneous dial from both sides ends with one;
   the other is closed with reason ``duplicate``);
 * messages on one connection arrive in the order sent; small messages are coalesced into few
@@ -30,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..core.permissions import EVERYTHING, Permissions
+from ..core.trust import Certificate
 from ..core.wire import Message
 from ..identity import NodeId
 
@@ -53,6 +57,12 @@ class Connection(abc.ABC):
     attachment: object | None = None
     """The owner's per-connection state, dropped with the connection (the gateway keeps a
     client's session here, so the transport's client table is the only set of clients)."""
+    certificate: Certificate | None = None
+    """Authority mode: the peer's certificate, verified in the handshake (a light client's
+    credential for a client); ``None`` in an open realm."""
+    permissions: Permissions = EVERYTHING
+    """What the peer may do: its certificate's permissions (authority mode), everything in an
+    open realm (set when the connection is established)."""
 
     @abc.abstractmethod
     def send(self, message: Message) -> bool:
