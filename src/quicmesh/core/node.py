@@ -137,7 +137,7 @@ class NodeCore:
         self.mesh = Mesh(self.id, addresses, config, rng, registry)
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
         self.services = Registry(
-            keypair, addresses, config.registry, realm=config.realm, rng=rng,
+            keypair, addresses, config.registry, realm=self.trust.wire_id, rng=rng,
             version_base=version_base, wall_offset=wall_offset, registry=registry,
         )
         """The realm's service advertisements (signed leases), as seen by this node."""
@@ -150,7 +150,7 @@ class NodeCore:
             neighbours=self.mesh.realm.active_peers, peer_capacity=cap, rng=rng, containers=registry,
         )
         """Provider choice, dials, attempts and failover within one deadline."""
-        self.logs = LogReplication(keypair, config, Random(rng.random()), registry, realm=config.realm,
+        self.logs = LogReplication(keypair, config, Random(rng.random()), registry, realm=self.trust.wire_id,
                                    wall_offset=wall_offset)
         """Replicated logs: interest exchange and sync; store access as outputs."""
         self._lookup_ids = itertools.count(1)

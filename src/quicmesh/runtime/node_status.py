@@ -68,6 +68,7 @@ class NodeStatus(NodeDriver):
             out["malloc_trims_total"] = float(trimmer.trims)
             out["malloc_trim_released_bytes_total"] = float(trimmer.released_bytes)
         out.update(self.gateway.gauges())
+        out.update(self.logs.gauges())
         return out
 
     def health(self) -> dict[str, Any]:
