@@ -58,7 +58,8 @@ from ..config import NodeConfig
 from ..errors import ContainerFull
 from ..identity import KeyPair, NodeId
 from .caller import Caller
-from .effects import Deliver, DeliverBatch, Disconnect
+from .dialgate import DialGate, DialRequest
+from .effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect
 from .events import (
     STATE_CHANGED,
     AcquireLog,
@@ -147,6 +148,9 @@ class NodeCore:
         """Provider choice, dials, attempts and failover within one deadline."""
         self.logs = LogReplication(keypair, config, Random(rng.random()), registry)
         """Replicated logs: interest exchange and sync; store access as outputs."""
+        self.dials = DialGate(config, registry, lambda: len(self.mesh.links.conns))
+        """Every Dial/DialAddress of every machine passes here: capped, rate limited, deduplicated
+        (see :mod:`quicmesh.core.dialgate`)."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
@@ -194,7 +198,7 @@ class NodeCore:
         best: float | None = None
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
-            self.logs.next_deadline(),
+            self.logs.next_deadline(), self.dials.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -227,7 +231,10 @@ class NodeCore:
 
     def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
         """An authenticated connection to ``peer`` is up (idempotent)."""
+        freed = outbound and self.dials.finished(peer, addresses)
         out = self._route(self.mesh.peer_connected(peer, addresses, outbound, now), now)
+        if freed:
+            out += self._release_dials(now)
         if any(isinstance(e, Disconnect) and e.peer == peer for e in out):
             return out  # the mesh refused it (ourselves, or over max_connections)
         out += self._route(self.caller.peer_connected(peer, now), now)
@@ -244,6 +251,14 @@ class NodeCore:
 
     def dial_failed(self, peer: NodeId | None, addresses: tuple[str, ...], now: float) -> list[object]:
         """A ``Dial`` to ``peer`` (or a ``DialAddress``, ``peer`` None) failed."""
+        freed = self.dials.finished(peer, addresses)
+        out = self._dial_dropped(peer, addresses, now)
+        if freed:
+            out += self._release_dials(now)
+        return out
+
+    def _dial_dropped(self, peer: NodeId | None, addresses: tuple[str, ...], now: float) -> list[object]:
+        """Tell the machines a dial failed (reported by the driver, or dropped by the gate)."""
         if peer is None:
             return self._route(self.mesh.address_dial_failed(addresses, now), now)
         out = self._route(self.mesh.dial_failed(peer, now), now)
@@ -256,6 +271,8 @@ class NodeCore:
         out += self._route(self.services.handle_timer(now), now)
         out += self._route(self.caller.handle_timer(now), now)
         out += self.logs.handle_timer(now)
+        self.dials.expire(now)
+        out += self._release_dials(now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
@@ -278,7 +295,10 @@ class NodeCore:
              follow_services: bool = True) -> list[object]:
         """Join the realm through ``bootstrap`` and (``follow_services``, what a node does) follow
         the realm's service adverts."""
-        out = self._route(self.mesh.join(list(bootstrap), now), now)
+        contacts = list(bootstrap)
+        for peer, addrs in contacts:
+            self.dials.prefer(peer, addrs)
+        out = self._route(self.mesh.join(contacts, now), now)
         if follow_services:
             out += self.follow_services(now)
         return out
@@ -377,7 +397,8 @@ class NodeCore:
         return self._route(self.services.lookup(name, waiter, now, self.mesh.realm.active_peers()), now)
 
     def add_peer(self, peer: NodeId, addresses: tuple[str, ...], now: float) -> list[object]:
-        """Tell the address book where ``peer`` can be reached."""
+        """Tell the address book where ``peer`` can be reached (dials to it go first)."""
+        self.dials.prefer(peer, addresses)
         self.mesh.add_peer(peer, addresses, now)
         return []
 
@@ -431,6 +452,22 @@ class NodeCore:
         out += self.logs.peer_disconnected(peer, now)
         return out
 
+    def _gate(self, eff: DialRequest, now: float) -> list[object]:
+        """Pass one dial through the gate; a dial it drops is reported failed at once."""
+        started, dropped = self.dials.offer(eff, now)
+        out: list[object] = list(started)
+        for d in dropped:
+            out += self._dial_dropped(d.peer if isinstance(d, Dial) else None, d.addresses, now)
+        return out
+
+    def _release_dials(self, now: float) -> list[object]:
+        """Queued dials that may start now; those that waited too long are reported failed."""
+        started, dropped = self.dials.release(now)
+        out: list[object] = list(started)
+        for d in dropped:
+            out += self._dial_dropped(d.peer if isinstance(d, Dial) else None, d.addresses, now)
+        return out
+
     def _route(self, effects: Iterable[object], now: float) -> list[object]:
         """Consume the outputs that are another machine's inputs; return the rest, in order."""
         out: list[object] = []
@@ -462,6 +499,9 @@ class NodeCore:
                     out += self._lost(eff.peer, now)
                 else:
                     out.append(eff)
+            elif cls is Dial or cls is DialAddress:
+                assert isinstance(eff, Dial | DialAddress)
+                out += self._gate(eff, now)
             else:
                 out.append(eff)
         return out

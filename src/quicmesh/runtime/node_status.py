@@ -51,7 +51,10 @@ class NodeStatus(NodeDriver):
             "dropped_sends_total": float(self.dropped_sends),
             "inbox_dropped_total": float(self.inbox_dropped),
             "delivery_dropped_total": float(self.outbox_dropped),
+            "dials_refused_total": float(self.dials_refused),
         }
+        for k, v in self.core.dials.stats().items():
+            out[k if k.startswith("dials_in") or k == "dials_waiting" else f"{k}_total"] = float(v)
         for reason, n in ts.refused_total.items():
             out[f"handshakes_refused_total:{reason}"] = float(n)
         trimmer = self.observability.trimmer if self.observability is not None else None
