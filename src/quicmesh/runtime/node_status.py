@@ -53,6 +53,11 @@ class NodeStatus(NodeDriver):
             "delivery_dropped_total": float(self.outbox_dropped),
             "dials_refused_total": float(self.dials_refused),
         }
+        quic_state = getattr(self.transport, "quic_state", None)
+        if quic_state is not None:
+            qs = quic_state()
+            out["quic_retries_sent_total"] = float(qs.get("retries_sent", 0))
+            out["quic_retries_validated_total"] = float(qs.get("retries_validated", 0))
         for k, v in self.core.dials.stats().items():
             out[k if k.startswith("dials_in") or k == "dials_waiting" else f"{k}_total"] = float(v)
         for reason, n in ts.refused_total.items():

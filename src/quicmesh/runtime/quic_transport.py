@@ -39,6 +39,12 @@ and ``dial()`` on both sides returns the survivor. In a simultaneous dial the sm
 listener, holds the larger node's verified attempt until its own dial is done, then decides on it
 (``duplicate``), so the loser never reaches either node.
 
+Per source and address validation: at most ``max_handshakes_per_source`` handshakes in progress
+per source IP address (refused at the first packet, reason ``max_handshakes_per_source``); from
+``retry_threshold`` handshakes in progress on (0: always), the endpoint answers a new dialer's
+first Initial with a QUIC Retry and creates the connection only when the Initial comes back with
+the token, from the same address (``quic_state()``: ``retries_sent``, ``retries_validated``).
+
 Counters: ``refused_total`` counts, per reason, the attempts the listener ended before admission
 (``max_connections``, ``max_incoming_handshakes``, ``realm``, ``auth``, ``peer_id``, ``version``,
 ``duplicate``, ``handshake_timeout``, ``tls`` for a failed TLS handshake, ``shutdown``) and also
@@ -243,7 +249,8 @@ class QuicTransport(Transport):
                     sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
             sock.bind((host, port))
             _, endpoint = await loop.create_datagram_endpoint(
-                lambda: qa.Endpoint(configuration=server_cfg, create_protocol=self._incoming, sock=sock), sock=sock
+                lambda: qa.Endpoint(configuration=server_cfg, create_protocol=self._incoming, sock=sock,
+                                    retry_wanted=self.table.retry_wanted), sock=sock
             )
         except BaseException:
             sock.close()
@@ -339,6 +346,9 @@ class QuicTransport(Transport):
             "parked": len(t.parked),
             "quic_connections": len(self._protos),
             "routes": self._endpoint.routes if self._endpoint is not None else 0,
+            "handshake_sources": len(t.by_source),
+            "retries_sent": self._endpoint.retries_sent if self._endpoint is not None else 0,
+            "retries_validated": self._endpoint.retries_validated if self._endpoint is not None else 0,
         }
 
     async def wait_idle(self, timeout: float | None = None) -> None:
@@ -396,10 +406,11 @@ class QuicTransport(Transport):
         if not self._protos:
             self._idle.set()
 
-    def _incoming(self, quic: qa.QhConnection, stream_handler: Any = None) -> qa.Proto:
-        """Factory qh3 calls at the first packet of a new connection: admission happens here."""
+    def _incoming(self, quic: qa.QhConnection, source: str = "") -> qa.Proto:
+        """Factory the endpoint calls at the first packet of a new connection (``source``: its
+        IP address): admission happens here."""
         proto = qa.Proto(quic)
-        reason = "client_only" if self._role == "client" else self.table.refusal_at_first_packet()
+        reason = "client_only" if self._role == "client" else self.table.refusal_at_first_packet(source)
         if self.table.closing:
             reason = "shutdown"
         if not self._track(proto) and reason is None:
@@ -414,7 +425,7 @@ class QuicTransport(Transport):
             proto.refuse_reason = reason
             return proto
         conn = self.connection_class(self, proto, outbound=False, remote_address="?")
-        self.table.begin_incoming(conn)
+        self.table.begin_incoming(conn, source)
         return proto
 
     async def _dial(self, address: str, expected: NodeId | None) -> QuicConnection:
