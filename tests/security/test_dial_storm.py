@@ -206,7 +206,8 @@ async def test_400_mfind_over_quic_never_push_handshakes_beyond_the_caps() -> No
     print(f"\nQUIC: {FINDS} MFind from one peer -> peak {peak_dials} concurrent dials, {peak_handshakes} "
           f"outgoing handshakes (cap max_pending_dials=8, max_connections={MAX_CONNECTIONS}); "
           f"{st['dials_started']} started, {st['dials_dropped']} dropped "
-          f"({st['dials_dropped_address']} same address), driver peak {node.dials_in_flight_peak}, victim port got {sink.packets} packets; "
+          f"({st['dials_dropped_address']} same address), driver peak {node.dials_in_flight_peak}, "
+          f"victim port got {sink.packets} packets; "
           f"RSS +{(rss_peak - rss_before) / 2**20:.1f} MiB over {len(samples)} samples")
     assert peak_dials <= 8 and peak_handshakes <= 8
     assert node.dials_in_flight_peak <= 8 and node.dials_refused == 0  # the runtime's own check

@@ -90,9 +90,11 @@ class TransportConfig:
     dial_queue_wait: float = 5.0
     """Seconds a learned dial may wait in the queue before it is dropped as failed (half the
     mesh's dial timeout)."""
-    max_handshakes_per_source: int = 16
+    max_handshakes_per_source: int = 32
     """Incoming handshakes in progress at once from one source IP address (count); more are
-    refused at the first packet (``max_handshakes_per_source``)."""
+    refused at the first packet (``max_handshakes_per_source``). A loopback handshake takes
+    ~10 ms, so 32 still admits thousands a second from one host (clients behind one NAT), while
+    one host can no longer hold all ``max_incoming_handshakes`` slots."""
     retry_threshold: int = 64
     """Incoming handshakes in progress (count) above which new ones must first prove their
     source address with a QUIC Retry (a spoofed source never sees the token and holds no

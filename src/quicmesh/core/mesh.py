@@ -120,10 +120,15 @@ class Mesh(Batching):
         }
         self.book = AddressBook(me, config.address_book, registry)
         self.realm = HyParView(me, self.addresses, "", config.membership, self.book, rng, registry)
-        self.swarms: LruMap[str, Swarm] = LruMap("mesh.swarms", config.gossip.max_topics, Overflow.REJECT,
-                                                 registry=registry)
+        # the node's own caps plus what light clients may hold (gateway budgets, #11): clients at
+        # their caps never use up the node's own
+        self.swarms: LruMap[str, Swarm] = LruMap(
+            "mesh.swarms", config.gossip.max_topics + config.gateway.max_clients_topics, Overflow.REJECT,
+            registry=registry,
+        )
         self.patterns: LruMap[str, tuple[Pattern, int]] = LruMap(
-            "mesh.patterns", config.pubsub.max_subscriptions, Overflow.REJECT, registry=registry
+            "mesh.patterns", config.pubsub.max_subscriptions + config.gateway.max_clients_subscriptions,
+            Overflow.REJECT, registry=registry,
         )
         self.caches = GossipCaches(config.gossip, registry)
         self.ordering = Ordering(

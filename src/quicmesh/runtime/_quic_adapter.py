@@ -40,12 +40,12 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from qh3._hazmat import Certificate as _X509Certificate
+from qh3._hazmat import pull_quic_header as _pull_quic_header
 from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.asyncio.server import QuicServer
 from qh3.quic import events as qevents
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
-from qh3._hazmat import pull_quic_header as _pull_quic_header
 from qh3.quic.packet import QuicErrorCode, QuicPacketType
 from qh3.tls import SignatureAlgorithm, load_pem_private_key
 

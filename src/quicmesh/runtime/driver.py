@@ -172,7 +172,8 @@ class NodeDriver:
         self.rpc = self.core.rpc
         self.caller = self.core.caller
         self._subs: LruMap[int, _SubState] = LruMap(
-            "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
+            "node.subscriptions", config.pubsub.max_subscriptions + config.gateway.max_clients_subscriptions,
+            Overflow.REJECT, registry=self.registry,
         )
         self._by_pattern: dict[str, tuple[Pattern, dict[int, _SubState]]] = {}  # bounded: one per local pattern
         self._routes: BoundedDict[str, list[BoundedQueue[Message]]] = BoundedDict(

@@ -293,7 +293,7 @@ class Node(NodeStatus):
         except ValueError as exc:
             raise InvalidTopic(str(exc)) from None
         cfg = self.config.pubsub
-        if len(self._subs) >= cfg.max_subscriptions:
+        if len(self._subs) - self.gateway.client_subscriptions >= cfg.max_subscriptions:  # clients: their own cap
             raise LimitExceeded("pubsub.max_subscriptions", cfg.max_subscriptions)
         overflow = Overflow.EVICT_OLDEST if cfg.subscriber_overflow == "drop_oldest" else Overflow.DROP_NEWEST
         queue: BoundedQueue[Message] = BoundedQueue(

@@ -67,7 +67,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..config import TransportConfig
