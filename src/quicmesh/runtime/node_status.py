@@ -53,9 +53,9 @@ class NodeStatus(NodeDriver):
             "delivery_dropped_total": float(self.outbox_dropped),
             "dials_refused_total": float(self.dials_refused),
         }
-        quic_state = getattr(self.transport, "quic_state", None)
-        if quic_state is not None:
-            qs = quic_state()
+        retry_stats = getattr(self.transport, "retry_stats", None)
+        if retry_stats is not None:
+            qs = retry_stats()
             out["quic_retries_sent_total"] = float(qs.get("retries_sent", 0))
             out["quic_retries_validated_total"] = float(qs.get("retries_validated", 0))
         for k, v in self.core.dials.stats().items():

@@ -43,7 +43,7 @@ Per source and address validation: at most ``max_handshakes_per_source`` handsha
 per source IP address (refused at the first packet, reason ``max_handshakes_per_source``); from
 ``retry_threshold`` handshakes in progress on (0: always), the endpoint answers a new dialer's
 first Initial with a QUIC Retry and creates the connection only when the Initial comes back with
-the token, from the same address (``quic_state()``: ``retries_sent``, ``retries_validated``).
+the token, from the same address (:meth:`QuicTransport.retry_stats`).
 
 Counters: ``refused_total`` counts, per reason, the attempts the listener ended before admission
 (``max_connections``, ``max_incoming_handshakes``, ``realm``, ``auth``, ``peer_id``, ``version``,
@@ -346,9 +346,14 @@ class QuicTransport(Transport):
             "quic_connections": len(self._protos),
             "routes": self._endpoint.routes if self._endpoint is not None else 0,
             "handshake_sources": len(t.by_source),
-            "retries_sent": self._endpoint.retries_sent if self._endpoint is not None else 0,
-            "retries_validated": self._endpoint.retries_validated if self._endpoint is not None else 0,
         }
+
+    def retry_stats(self) -> dict[str, int]:
+        """QUIC Retry counters since start: ``retries_sent`` (first Initials answered with a
+        Retry) and ``retries_validated`` (connections created from a valid token)."""
+        ep = self._endpoint
+        return {"retries_sent": ep.retries_sent if ep is not None else 0,
+                "retries_validated": ep.retries_validated if ep is not None else 0}
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Return once no QUIC connection state is left (closing ones finished draining)."""
