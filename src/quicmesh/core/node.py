@@ -35,6 +35,14 @@ them, so both ways run the same code.
   nothing uses it. An idle close that goes out is also reported to the caller and the log machine
   (the driver reports no loss for connections the core closed itself).
 
+**Dials** (:mod:`quicmesh.core.dialgate`): every ``Dial``/``DialAddress`` of any machine passes
+the :class:`~quicmesh.core.dialgate.DialGate` (``self.dials``) on its way out: deduplicated per
+peer id and per address, at most ``transport.max_pending_dials`` learned dials in flight, at most
+``transport.dial_rate`` new ones a second, never connections plus dials beyond
+``max_connections``; the rest waits in a bounded queue or is dropped and reported failed to the
+machine that asked, at once. Dials to the user's bootstrap contacts and ``add_peer`` peers go
+first. ``PeerConnected`` (outbound) and ``DialFailed`` free a slot and release queued dials.
+
 **Out.** Every output is an instruction for the driver (:mod:`quicmesh.core.events` lists them);
 :class:`~quicmesh.core.events.StateChanged` says that the peer set, a swarm or the known
 providers changed, for drivers that wake waiters.

@@ -481,8 +481,10 @@ class Client:
 
         Raises :class:`~quicmesh.errors.NoProvider`, :class:`~quicmesh.errors.CallTimeout`,
         :class:`~quicmesh.errors.RemoteError`, :class:`~quicmesh.errors.Overloaded`,
-        :class:`~quicmesh.errors.LimitExceeded` (the gateway's ``max_client_pending_calls``) or
-        :class:`~quicmesh.errors.ConnectionLost`.
+        :class:`~quicmesh.errors.LimitExceeded` (the gateway's ``max_client_pending_calls``, or
+        ``max_client_pending_bytes`` of call payloads in flight) or
+        :class:`~quicmesh.errors.ConnectionLost`. The gateway clamps ``timeout`` to its
+        ``max_client_call_timeout``.
         """
         self._check_open()
         if not isinstance(payload, bytes | bytearray | memoryview):
