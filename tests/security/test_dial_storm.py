@@ -211,5 +211,6 @@ async def test_400_mfind_over_quic_never_push_handshakes_beyond_the_caps() -> No
           f"RSS +{(rss_peak - rss_before) / 2**20:.1f} MiB over {len(samples)} samples")
     assert peak_dials <= 8 and peak_handshakes <= 8
     assert node.dials_in_flight_peak <= 8 and node.dials_refused == 0  # the runtime's own check
+    assert rss_peak - rss_before < 12 * 2**20  # was +19 MiB in 3 s
     assert st["dials_started"] <= 8 + 64 + 1
     assert st["dials_dropped"] >= FINDS - 2 - 8 - 64 - 1

@@ -26,6 +26,8 @@ from quicmesh.config import TransportConfig
 from quicmesh.core.messages import ALL_MESSAGES
 from quicmesh.core.wire import Codec, Message
 from quicmesh.identity import KeyPair
+from quicmesh.runtime._quic_adapter import RetryTokens
+from quicmesh.runtime.admission import AdmissionTable
 from quicmesh.runtime.quic import QuicTransport
 from quicmesh.runtime.transport import Connection
 from quicmesh.testing.wait import eventually
@@ -163,3 +165,48 @@ async def test_retry_turns_on_when_handshakes_pile_up(stack: list[QuicTransport 
           f"a real dialer connected ({q['retries_validated']} token validated)")
     assert held == 8
     assert conn.peer_id == server.node_id and q["retries_validated"] == 1
+
+
+def test_retry_tokens_are_bound_to_the_address_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = RetryTokens(ttl=10.0)
+    tok = tokens.create_token(("127.0.0.1", 5000), b"odcid123", b"rscid456")
+    assert tokens.validate_token(("127.0.0.1", 5000), tok) == (b"odcid123", b"rscid456")
+    forged = 0
+    for addr, t in [(("127.0.0.2", 5000), tok), (("127.0.0.1", 5001), tok),
+                    (("127.0.0.1", 5000), tok[:-1] + bytes([tok[-1] ^ 1])), (("127.0.0.1", 5000), b"x" * 40),
+                    (("127.0.0.1", 5000), RetryTokens().create_token(("127.0.0.1", 5000), b"a", b"b"))]:
+        with pytest.raises(ValueError):
+            tokens.validate_token(addr, t)
+        forged += 1
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 11.0)
+    with pytest.raises(ValueError, match="expired"):
+        tokens.validate_token(("127.0.0.1", 5000), tok)
+    print(f"\n{forged} of {forged} tokens for another address, port or key, or altered, refused; expired refused")
+
+
+class _Member:
+    outbound = False
+    closed = False
+    peer_instance = b""
+    target = None
+
+
+def test_admission_counts_handshakes_per_source_and_releases_them() -> None:
+    table: AdmissionTable[_Member] = AdmissionTable(
+        KeyPair.generate().node_id, dataclasses.replace(BASE, max_handshakes_per_source=2, retry_threshold=3),
+        on_evict=lambda _p, _c: None,
+    )
+    a = [_Member() for _ in range(3)]
+    for m in a[:2]:
+        assert table.refusal_at_first_packet("10.0.0.1") is None
+        table.begin_incoming(m, "10.0.0.1")
+    assert table.refusal_at_first_packet("10.0.0.1") == "max_handshakes_per_source"
+    assert table.refusal_at_first_packet("10.0.0.2") is None and not table.retry_wanted()
+    table.begin_incoming(a[2], "10.0.0.2")
+    assert table.retry_wanted()  # 3 in progress: the threshold
+    table.release(a[0], None)
+    assert table.refusal_at_first_packet("10.0.0.1") is None and not table.retry_wanted()
+    table.release(a[1], None)
+    table.release(a[2], None)
+    assert len(table.by_source) == 0 and len(table.incoming) == 0
