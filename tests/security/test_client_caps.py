@@ -71,12 +71,17 @@ async def test_the_nodes_own_subscribe_and_advertise_work_while_clients_are_at_t
         # the node's own: 7 topics (the 8th is the registry's $svc) and 8 subscriptions, 4 adverts
         own_subs = [await gw.subscribe(f"n{i}.x") for i in range(7)]
         own_subs.append(await gw.subscribe("n0.y"))
-        with pytest.raises(LimitExceeded):
-            await gw.subscribe("n0.z")  # the node's own cap is still its own
+        with pytest.raises(LimitExceeded) as li:
+            await gw.subscribe("n0.z")  # the node's own caps are still its own: subscriptions
+        assert li.value.limit == "pubsub.max_subscriptions"
+        await own_subs.pop().close()
+        with pytest.raises(LimitExceeded) as li:
+            await gw.subscribe("n7.x")  # ... and topics ($svc and n0..n6 make 8)
+        assert li.value.limit == "gossip.max_topics"
         for i in range(4):
             await gw.advertise(f"own{i}", _echo)
         print(f"\nclients at their caps ({health['client_topics']} topics, {health['client_subscriptions']} "
-              f"subscriptions, {health['provided_names']} names): the node's own {len(own_subs)} of 8 "
+              f"subscriptions, {health['provided_names']} names): the node's own {len(own_subs) + 1} of 8 "
               f"subscriptions (7 topics) and 4 of 4 adverts succeeded; node topics {len(gw.mesh.swarms)}")
         assert health["client_topics"] == 16 and health["provided_names"] == 8
         for own in own_subs:

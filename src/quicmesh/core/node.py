@@ -134,11 +134,12 @@ class NodeCore:
         addresses: tuple[str, ...] = (),
         version_base: int = 0,
         wall_offset: float = 0.0,
+        serves_clients: bool = False,
     ) -> None:
         self.id = keypair.node_id
         self.config = config
         cap = config.transport.max_connections
-        self.mesh = Mesh(self.id, addresses, config, rng, registry)
+        self.mesh = Mesh(self.id, addresses, config, rng, registry, serves_clients=serves_clients)
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
         self.services = Registry(
             keypair, addresses, config.registry, realm=config.realm, rng=rng,

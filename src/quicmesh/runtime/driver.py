@@ -159,7 +159,8 @@ class NodeDriver:
             self.transport = QuicTransport(
                 keypair, config.realm, config.transport, self.codec, listen=config.listen, registry=self.registry
             )
-        self.core = NodeCore(keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000)
+        self.core = NodeCore(keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000,
+                             serves_clients=config.gateway.max_clients > 0)
         """Every protocol state machine of this node, composed (see :mod:`quicmesh.core.node`)."""
         self.logs = LogService(
             keypair, config, self.core.logs, registry=self.registry, run=self._run, rearm=self._rearm
@@ -171,9 +172,10 @@ class NodeDriver:
         """The realm's service advertisements (signed leases), as seen by this node."""
         self.rpc = self.core.rpc
         self.caller = self.core.caller
+        for_clients = config.gateway.max_clients_subscriptions if config.gateway.max_clients else 0
         self._subs: LruMap[int, _SubState] = LruMap(
-            "node.subscriptions", config.pubsub.max_subscriptions + config.gateway.max_clients_subscriptions,
-            Overflow.REJECT, registry=self.registry,
+            "node.subscriptions", config.pubsub.max_subscriptions + for_clients, Overflow.REJECT,
+            registry=self.registry,
         )
         self._by_pattern: dict[str, tuple[Pattern, dict[int, _SubState]]] = {}  # bounded: one per local pattern
         self._routes: BoundedDict[str, list[BoundedQueue[Message]]] = BoundedDict(

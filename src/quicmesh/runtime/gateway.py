@@ -130,6 +130,12 @@ class Gateway:
         self.budgets = ClientBudgets(config)
         """Bytes, topics, subscriptions and names held for clients (see :mod:`.gateway_budget`)."""
 
+    def client_swarms(self) -> int:
+        """Swarms held for clients now (their subscriptions, and publish topics until their
+        publish-only membership lapses): they do not count against the node's own
+        ``gossip.max_topics``."""
+        return self.budgets.swarms_held(asyncio.get_running_loop().time())
+
     @property
     def client_subscriptions(self) -> int:
         """Node subscriptions held (or being opened) for clients: they do not count against the

@@ -21,10 +21,14 @@ client's behalf, and returns what it took when that ends:
 * **advertised names** for all clients: ``max_clients_advertisements`` (per client:
   ``max_client_advertisements``).
 
-The node's own containers are sized for its own caps *plus* these totals (``gossip.max_topics +
-max_clients_topics`` swarms, ``pubsub.max_subscriptions + max_clients_subscriptions``
-subscriptions), and the node's own ``subscribe`` counts only its own subscriptions, so clients
-at their caps never make the node's own ``subscribe`` fail. Client adverts are signed by the node
+A node that serves clients sizes its containers for its own caps *plus* these totals
+(``gossip.max_topics + max_clients_topics`` swarms, ``pubsub.max_subscriptions +
+max_clients_subscriptions`` subscriptions), and its own checks leave out what is held for
+clients (``Node.subscribe`` subtracts the clients' subscriptions; the mesh subtracts
+:meth:`ClientBudgets.swarms_held`, given to it as ``Mesh.client_swarms``), so clients at their
+caps never make the node's own ``subscribe`` fail, and the node's own caps stay its own. A topic
+a departed client published to stays counted until the node's publish-only membership of it
+lapses (``PUBLISH_LINGER`` after the last publish). Client adverts are signed by the node
 and share ``registry.max_per_provider`` with its own (that is what other nodes accept per
 provider): the config requires ``max_clients_advertisements`` below it, the rest is the node's.
 """
@@ -140,6 +144,9 @@ class ClientBudgets:
         """Payload bytes held for all clients."""
         self.refusals: dict[str, int] = {}  # bounded: one key per limit name
         """Refusals per limit name."""
+        self.lingering: dict[str, float] = {}  # bounded: entries of refs, max_clients_topics
+        """Publish-only swarms of clients that left -> when the node's membership lapses (they
+        keep their reference until then: the node still holds the swarm)."""
 
     # -- bytes -----------------------------------------------------------------------------------
 
@@ -199,17 +206,36 @@ class ClientBudgets:
         h.pub_topics[swarm] = now
 
     def release(self, h: ClientHoldings) -> None:
-        """The client left: release everything it held."""
+        """The client left: release everything it held (a topic it published to stays counted
+        until the node's publish-only membership lapses, ``PUBLISH_LINGER`` after its last
+        publish)."""
         for swarm in h.sub_topics.keys() | h.pub_topics.keys():
-            self._unref(swarm)
+            last = h.pub_topics.get(swarm)
+            if last is not None and swarm not in self.lingering:
+                self.lingering[swarm] = last + PUBLISH_LINGER  # keeps this client's reference
+            elif last is not None:
+                self.lingering[swarm] = max(self.lingering[swarm], last + PUBLISH_LINGER)
+                self._unref(swarm)
+            else:
+                self._unref(swarm)
         h.sub_topics.clear()
         h.pub_topics.clear()
         self.give_bytes(h, h.pending_bytes)
+
+    def swarms_held(self, now: float) -> int:
+        """Swarms held for clients at ``now`` (lapsed publish-only ones of departed clients
+        released first)."""
+        if self.lingering:
+            for swarm in [s for s, until in self.lingering.items() if until <= now]:
+                del self.lingering[swarm]
+                self._unref(swarm)
+        return len(self.refs)
 
     # -- internals -------------------------------------------------------------------------------
 
     def _admit(self, h: ClientHoldings, swarm: str, now: float) -> None:
         """A swarm new to the client: prune its lapsed publish topics, then check both caps."""
+        self.swarms_held(now)
         for s in [s for s, t in h.pub_topics.items() if now - t > PUBLISH_LINGER]:
             del h.pub_topics[s]
             if s not in h.sub_topics:

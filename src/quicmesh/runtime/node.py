@@ -123,6 +123,7 @@ class Node(NodeStatus):
         super().__init__(config, keypair, network=network, rng=rng)
         self.gateway: Gateway = Gateway(self, config.gateway)
         """Serves light clients (:class:`quicmesh.Client`) connecting to this node."""
+        self.core.mesh.client_swarms = self.gateway.client_swarms  # not the node's own topics
 
     @classmethod
     async def start(
