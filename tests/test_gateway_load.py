@@ -37,6 +37,8 @@ pytestmark = pytest.mark.timeout(180)
 CLIENT_CFG = TransportConfig(handshake_timeout=20.0, idle_timeout=30.0, keepalive_interval=5.0)
 FAST = TransportConfig(handshake_timeout=10.0, idle_timeout=2.0, keepalive_interval=0.4)
 WAVE = 100
+ONE_HOST = {"QUICMESH_TRANSPORT__MAX_HANDSHAKES_PER_SOURCE": "1000"}
+"""Every client dials from 127.0.0.1: lift the per-source handshake cap for these waves."""
 """Client attempts in flight at once: below ``max_incoming_handshakes`` (256), so every refusal
 comes from ``max_clients``."""
 
@@ -81,7 +83,7 @@ PER_CLIENT = ("clients", "subscriptions", "advertisements", "provided_names", "p
 
 
 async def test_1500_attempts_against_1000_clients_twice_and_rss_returns() -> None:
-    gw = await NodeProcess.spawn("gw", realm="load", extra=["--max-clients", "1000"])
+    gw = await NodeProcess.spawn("gw", realm="load", extra=["--max-clients", "1000"], env=ONE_HOST)
     try:
         cold = await gw_rss(gw)
         after: list[int] = []
@@ -115,7 +117,7 @@ async def test_1500_attempts_against_1000_clients_twice_and_rss_returns() -> Non
 
 
 async def test_150_clients_against_100() -> None:
-    gw = await NodeProcess.spawn("gw", realm="load", extra=["--max-clients", "100"])
+    gw = await NodeProcess.spawn("gw", realm="load", extra=["--max-clients", "100"], env=ONE_HOST)
     try:
         held, errors = await attempt_clients(gw.address, 150, "load")
         assert (len(held), len(errors)) == (100, 50)

@@ -211,7 +211,13 @@ def test_caps_per_provider_and_in_total_reject_and_count() -> None:
     spread(broadcasts(big.advertise("n0", 1.0)), [b], 1.0)
     assert b.counters["refreshed"] == 1 and len(b) == 5
     snap = {st.name: st for st in b._entries._registry.snapshot()}
-    assert snap["registry.entries"].peak == 5 and snap["registry.entries"].capacity == 5
+    # capacity: max_entries foreign entries plus max_per_provider of the node's own (#11)
+    assert snap["registry.entries"].peak == 5 and snap["registry.entries"].capacity == 5 + 3
+    # the table is full of foreign entries: the node's own adverts still land in it
+    b.advertise("own1", 2.0)
+    b.advertise("own2", 2.0)
+    assert b.providers("own1", 2.0) and b.providers("own2", 2.0) and len(b) == 7
+    assert b.counters["rejected_full"] == 1
 
 
 def test_suspects_leave_the_choices_at_once_and_come_back() -> None:

@@ -35,7 +35,8 @@ from quicmesh.testing.wait import eventually
 
 REALM = "sec"
 MAP = "config"
-FAST = TransportConfig(handshake_timeout=10.0, idle_timeout=15.0, keepalive_interval=0.5)  # idle 15 s: a loaded CI machine
+# Idle timeout 15 s: links of 3 s dropped on a loaded CI machine.
+FAST = TransportConfig(handshake_timeout=10.0, idle_timeout=15.0, keepalive_interval=0.5)
 
 
 def now_us() -> int:

@@ -73,6 +73,32 @@ class TransportConfig:
     for that peer and counted. Backpressure for fast publishers, bounded for dead peers."""
     alpn: str = "quicmesh/1"
     """TLS ALPN protocol id; a peer speaking another protocol fails the handshake."""
+    # #11 (dial)
+    max_pending_dials: int = 8
+    """Dials to peers learned from others (discovery walks, shuffles, forward joins, adverts) in
+    flight at once (count); more wait in the dial queue. Dials the user asked for (bootstrap,
+    ``add_peer``) go first and do not count. In flight plus connected never exceeds
+    ``max_connections``. 8: a node joining a mesh dials its 5 active neighbours and a few more."""
+    dial_rate: float = 20.0
+    """New dials to learned peers per second (token bucket refill); a dial storm (400 ``MFind``
+    naming 400 addresses) becomes at most this many handshakes a second."""
+    dial_burst: int = 40
+    """Token bucket size of ``dial_rate`` (count): dials started at once after a quiet period."""
+    max_queued_dials: int = 64
+    """Learned dials waiting for a slot or a token (count); beyond it a dial is dropped, counted
+    (``dials_dropped``) and reported failed to the machine that asked."""
+    dial_queue_wait: float = 5.0
+    """Seconds a learned dial may wait in the queue before it is dropped as failed (half the
+    mesh's dial timeout)."""
+    max_handshakes_per_source: int = 32
+    """Incoming handshakes in progress at once from one source IP address (count); more are
+    refused at the first packet (``max_handshakes_per_source``). A loopback handshake takes
+    ~10 ms, so 32 still admits thousands a second from one host (clients behind one NAT), while
+    one host can no longer hold all ``max_incoming_handshakes`` slots."""
+    retry_threshold: int = 64
+    """Incoming handshakes in progress (count) above which new ones must first prove their
+    source address with a QUIC Retry (a spoofed source never sees the token and holds no
+    slot); 0: always send a Retry. It costs new dialers one round trip while it is on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +308,26 @@ class GatewayConfig:
     connection; with 10,000 clients we take 8 MiB so the sum stays within what a host can hold."""
     write_stall_timeout: float = 10.0
     """Seconds a client's writes may stall before it is closed (NATS: 10 s)."""
+    # #11 (dial)
+    max_client_call_timeout: float = 30.0
+    """Longest call timeout (seconds) a client may ask for; a longer one is clamped, so a call
+    cannot pin its payload at the gateway for longer."""
+    max_client_pending_bytes: int = 4 * MiB
+    """Payload bytes of one client's calls in flight (requests and replies held, count of bytes);
+    a call that would exceed it fails at once with ``LimitExceeded``. Released when a call ends."""
+    max_client_topics: int = 256
+    """Topics (swarms) one client subscribes or publishes to at once (count); the node joins a
+    swarm per topic, so this caps what one client makes the node hold."""
+    max_clients_subscriptions: int = 4_096
+    """Subscriptions of all clients together (count), held on top of the node's own
+    ``pubsub.max_subscriptions``: clients never use up the node's own."""
+    max_clients_topics: int = 1_024
+    """Topics (swarms) of all clients together (count), on top of the node's own
+    ``gossip.max_topics``."""
+    max_clients_advertisements: int = 32
+    """Names all clients together advertise through this node (count). They are advertised under
+    the node's id, so they share ``registry.max_per_provider`` with the node's own adverts; this
+    total must stay below it, and the rest is the node's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,7 +493,9 @@ SECTIONS = {f.name: f for f in dataclasses.fields(NodeConfig) if dataclasses.is_
 """The fields of :class:`NodeConfig` that are sections (one dataclass each), by name."""
 
 
-_ZERO_MEANS_UNLIMITED = frozenset({"store.max_log_length", "observability.malloc_trim_interval"})
+_ZERO_MEANS_UNLIMITED = frozenset({
+    "store.max_log_length", "observability.malloc_trim_interval", "transport.retry_threshold",
+})
 """Keys that may be 0: no cap, or (``malloc_trim_interval``) off."""
 
 
@@ -495,6 +543,8 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("gossip.batch_max_messages", f"must be at most {MAX_BATCH_MESSAGES} (what receivers accept)")
     if cfg.membership.passive_random_walk > cfg.membership.active_random_walk:
         raise ConfigError("membership.passive_random_walk", "must not exceed membership.active_random_walk")
+    if cfg.gateway.max_clients_advertisements >= cfg.registry.max_per_provider:
+        raise ConfigError("gateway.max_clients_advertisements", "must be below registry.max_per_provider")
 
 
 def _check_types(cfg: NodeConfig) -> None:

@@ -87,6 +87,10 @@ __all__ = [
 PUBLISH_LINGER = 300.0
 """Seconds a publish-only swarm membership outlives the last publish."""
 
+
+def _no_client_swarms() -> int:
+    return 0
+
 _INF = float("inf")
 
 
@@ -107,6 +111,8 @@ class Mesh(Batching):
         config: NodeConfig,
         rng: Random,
         registry: ContainerRegistry,
+        *,
+        serves_clients: bool = False,
     ) -> None:
         self.me = me
         self.addresses = normalize_addresses(addresses)
@@ -120,10 +126,19 @@ class Mesh(Batching):
         }
         self.book = AddressBook(me, config.address_book, registry)
         self.realm = HyParView(me, self.addresses, "", config.membership, self.book, rng, registry)
-        self.swarms: LruMap[str, Swarm] = LruMap("mesh.swarms", config.gossip.max_topics, Overflow.REJECT,
-                                                 registry=registry)
+        # serving light clients (#11): room for what clients may hold on top of the node's own
+        # caps, so clients at their caps never use up the node's own (see client_swarms)
+        gw = config.gateway
+        self.client_topic_reserve = gw.max_clients_topics if serves_clients else 0
+        self.client_swarms: Callable[[], int] = _no_client_swarms
+        """Swarms held for light clients now (set by a driver that serves them): they do not
+        count against the node's own ``gossip.max_topics``."""
+        self.swarms: LruMap[str, Swarm] = LruMap(
+            "mesh.swarms", config.gossip.max_topics + self.client_topic_reserve, Overflow.REJECT, registry=registry
+        )
         self.patterns: LruMap[str, tuple[Pattern, int]] = LruMap(
-            "mesh.patterns", config.pubsub.max_subscriptions, Overflow.REJECT, registry=registry
+            "mesh.patterns", config.pubsub.max_subscriptions + (gw.max_clients_subscriptions if serves_clients else 0),
+            Overflow.REJECT, registry=registry,
         )
         self.caches = GossipCaches(config.gossip, registry)
         self.ordering = Ordering(
@@ -418,8 +433,9 @@ class Mesh(Batching):
         sw = self.swarms.peek(key)
         if sw is not None:
             return sw, []
-        if len(self.swarms) >= self.swarms.capacity:
-            raise LimitExceeded("gossip.max_topics", self.swarms.capacity)
+        own_cap = self.config.gossip.max_topics
+        if len(self.swarms) >= own_cap + min(self.client_swarms(), self.client_topic_reserve):
+            raise LimitExceeded("gossip.max_topics", own_cap)
         hv = HyParView(self.me, self.addresses, key, self.config.membership, self.book, self.rng, self.registry,
                        prefix="swarm", now=now)
         pt = Plumtree(self.me, key, self.config.gossip, self.caches, self.rng, self.registry,

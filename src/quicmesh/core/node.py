@@ -35,6 +35,14 @@ them, so both ways run the same code.
   nothing uses it. An idle close that goes out is also reported to the caller and the log machine
   (the driver reports no loss for connections the core closed itself).
 
+**Dials** (:mod:`quicmesh.core.dialgate`): every ``Dial``/``DialAddress`` of any machine passes
+the :class:`~quicmesh.core.dialgate.DialGate` (``self.dials``) on its way out: deduplicated per
+peer id and per address, at most ``transport.max_pending_dials`` learned dials in flight, at most
+``transport.dial_rate`` new ones a second, never connections plus dials beyond
+``max_connections``; the rest waits in a bounded queue or is dropped and reported failed to the
+machine that asked, at once. Dials to the user's bootstrap contacts and ``add_peer`` peers go
+first. ``PeerConnected`` (outbound) and ``DialFailed`` free a slot and release queued dials.
+
 **Out.** Every output is an instruction for the driver (:mod:`quicmesh.core.events` lists them);
 :class:`~quicmesh.core.events.StateChanged` says that the peer set, a swarm or the known
 providers changed, for drivers that wake waiters.
@@ -58,7 +66,8 @@ from ..config import NodeConfig
 from ..errors import ContainerFull
 from ..identity import KeyPair, NodeId
 from .caller import Caller
-from .effects import Deliver, DeliverBatch, Disconnect
+from .dialgate import DialGate, DialRequest
+from .effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect
 from .events import (
     STATE_CHANGED,
     AcquireLog,
@@ -127,6 +136,7 @@ class NodeCore:
         version_base: int = 0,
         wall_offset: float = 0.0,
         trust: Trust | None = None,
+        serves_clients: bool = False,
     ) -> None:
         self.id = keypair.node_id
         self.config = config
@@ -134,7 +144,7 @@ class NodeCore:
         """The realm, this node's certificate, the revocation list and the verified certificates
         of members (an open realm when none is given: everyone is a full member)."""
         cap = config.transport.max_connections
-        self.mesh = Mesh(self.id, addresses, config, rng, registry)
+        self.mesh = Mesh(self.id, addresses, config, rng, registry, serves_clients=serves_clients)
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
         self.services = Registry(
             keypair, addresses, config.registry, realm=self.trust.wire_id, rng=rng,
@@ -153,6 +163,9 @@ class NodeCore:
         self.logs = LogReplication(keypair, config, Random(rng.random()), registry, realm=self.trust.wire_id,
                                    wall_offset=wall_offset)
         """Replicated logs: interest exchange and sync; store access as outputs."""
+        self.dials = DialGate(config, registry, lambda: len(self.mesh.links.conns))
+        """Every Dial/DialAddress of every machine passes here: capped, rate limited, deduplicated
+        (see :mod:`quicmesh.core.dialgate`)."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
@@ -200,7 +213,7 @@ class NodeCore:
         best: float | None = None
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
-            self.logs.next_deadline(),
+            self.logs.next_deadline(), self.dials.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -233,7 +246,10 @@ class NodeCore:
 
     def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
         """An authenticated connection to ``peer`` is up (idempotent)."""
+        freed = outbound and self.dials.finished(peer, addresses)
         out = self._route(self.mesh.peer_connected(peer, addresses, outbound, now), now)
+        if freed:
+            out += self._release_dials(now)
         if any(isinstance(e, Disconnect) and e.peer == peer for e in out):
             return out  # the mesh refused it (ourselves, or over max_connections)
         out += self._route(self.caller.peer_connected(peer, now), now)
@@ -250,6 +266,14 @@ class NodeCore:
 
     def dial_failed(self, peer: NodeId | None, addresses: tuple[str, ...], now: float) -> list[object]:
         """A ``Dial`` to ``peer`` (or a ``DialAddress``, ``peer`` None) failed."""
+        freed = self.dials.finished(peer, addresses)
+        out = self._dial_dropped(peer, addresses, now)
+        if freed:
+            out += self._release_dials(now)
+        return out
+
+    def _dial_dropped(self, peer: NodeId | None, addresses: tuple[str, ...], now: float) -> list[object]:
+        """Tell the machines a dial failed (reported by the driver, or dropped by the gate)."""
         if peer is None:
             return self._route(self.mesh.address_dial_failed(addresses, now), now)
         out = self._route(self.mesh.dial_failed(peer, now), now)
@@ -262,6 +286,8 @@ class NodeCore:
         out += self._route(self.services.handle_timer(now), now)
         out += self._route(self.caller.handle_timer(now), now)
         out += self.logs.handle_timer(now)
+        self.dials.expire(now)
+        out += self._release_dials(now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
@@ -284,7 +310,10 @@ class NodeCore:
              follow_services: bool = True) -> list[object]:
         """Join the realm through ``bootstrap`` and (``follow_services``, what a node does) follow
         the realm's service adverts."""
-        out = self._route(self.mesh.join(list(bootstrap), now), now)
+        contacts = list(bootstrap)
+        for peer, addrs in contacts:
+            self.dials.prefer(peer, addrs)
+        out = self._route(self.mesh.join(contacts, now), now)
         if follow_services:
             out += self.follow_services(now)
         return out
@@ -383,7 +412,8 @@ class NodeCore:
         return self._route(self.services.lookup(name, waiter, now, self.mesh.realm.active_peers()), now)
 
     def add_peer(self, peer: NodeId, addresses: tuple[str, ...], now: float) -> list[object]:
-        """Tell the address book where ``peer`` can be reached."""
+        """Tell the address book where ``peer`` can be reached (dials to it go first)."""
+        self.dials.prefer(peer, addresses)
         self.mesh.add_peer(peer, addresses, now)
         return []
 
@@ -437,6 +467,22 @@ class NodeCore:
         out += self.logs.peer_disconnected(peer, now)
         return out
 
+    def _gate(self, eff: DialRequest, now: float) -> list[object]:
+        """Pass one dial through the gate; a dial it drops is reported failed at once."""
+        started, dropped = self.dials.offer(eff, now)
+        out: list[object] = list(started)
+        for d in dropped:
+            out += self._dial_dropped(d.peer if isinstance(d, Dial) else None, d.addresses, now)
+        return out
+
+    def _release_dials(self, now: float) -> list[object]:
+        """Queued dials that may start now; those that waited too long are reported failed."""
+        started, dropped = self.dials.release(now)
+        out: list[object] = list(started)
+        for d in dropped:
+            out += self._dial_dropped(d.peer if isinstance(d, Dial) else None, d.addresses, now)
+        return out
+
     def _route(self, effects: Iterable[object], now: float) -> list[object]:
         """Consume the outputs that are another machine's inputs; return the rest, in order."""
         out: list[object] = []
@@ -468,6 +514,9 @@ class NodeCore:
                     out += self._lost(eff.peer, now)
                 else:
                     out.append(eff)
+            elif cls is Dial or cls is DialAddress:
+                assert isinstance(eff, Dial | DialAddress)
+                out += self._gate(eff, now)
             else:
                 out.append(eff)
         return out

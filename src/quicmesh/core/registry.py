@@ -37,8 +37,10 @@ key is then stopped only by its signed expiry.)
 **Sweeps and caps.** Entries expire only in sweeps, every ``sweep_interval`` seconds (armed while
 anything is held), so a provider that stops refreshing vanishes within ``lease + sweep_interval``;
 :meth:`providers` never returns an entry past its deadline even between sweeps. The table holds
-at most ``max_entries`` entries and ``max_per_provider`` per provider; a new entry beyond either
-is refused and counted (a refresh of an existing entry always fits).
+at most ``max_entries`` foreign entries and ``max_per_provider`` per provider; a new entry beyond
+either is refused and counted (a refresh of an existing entry always fits). This node's own
+adverts are held apart from that total: Sybil providers filling the table never push out or
+refuse the node's own (#11).
 
 **Lookups.** A node with no entry for a name (it joined after the last refresh) asks up to
 ``lookup_fanout`` neighbours with :class:`RQuery`; they answer (:class:`RAnswer`) with at most
@@ -171,7 +173,7 @@ class Registry:
         self._rng = rng
         self._version = int(version_base)
         self._codec = Codec(REGISTRY_MESSAGES)
-        cap = config.max_entries
+        cap = config.max_entries + config.max_per_provider  # foreign entries, plus room for our own
         self._entries: TtlMap[tuple[NodeId, str], Entry] = TtlMap(
             "registry.entries", cap, config.lease_ttl, Overflow.DROP_NEWEST, registry=registry
         )
@@ -376,7 +378,8 @@ class Registry:
             if count >= self.config.max_per_provider:
                 self.counters["rejected_per_provider"] += 1
                 return []
-            if len(self._entries) >= self.config.max_entries:
+            # foreign entries fill at most max_entries; our own (at most max_per_provider) always fit
+            if provider != self.me and len(self._entries) - self._own_held() >= self.config.max_entries:
                 self.counters["rejected_full"] += 1
                 return []
         addrs = tuple(ad.a[:MAX_ADDRESSES])
@@ -394,6 +397,10 @@ class Registry:
         if ad.n in self._lookups and self.providers(ad.n, now):
             return [self._complete(ad.n, now)]
         return []
+
+    def _own_held(self) -> int:
+        """Entries of this node's own adverts in the table."""
+        return self._per_provider.peek(self.me) or 0
 
     def _remove(self, key: tuple[NodeId, str]) -> None:
         if self._entries.pop(key) is None:

@@ -9,6 +9,13 @@ address it listens on. Each QUIC connection is driven by a :class:`Proto` (qh3's
 ``QuicConnectionProtocol``): datagrams and qh3's own ``call_at`` timer feed the sans-IO core, and
 events go to a :class:`Sink` (the quicmesh connection) instead of asyncio stream readers.
 
+Address validation: :class:`Endpoint` answers the first Initial of a new connection with a QUIC
+Retry (RFC 9000 section 8.1) while its ``retry_wanted()`` says so (the transport turns it on
+when handshakes pile up), and always validates a Retry token an Initial carries. Only a dialer
+that receives at its claimed source address can come back with the token, so a spoofed-source
+flood creates no connection state at all. Tokens (:class:`RetryTokens`) are HMAC-SHA256 over the
+source address, both connection ids and an issue time, valid for ``RETRY_TOKEN_TTL`` seconds.
+
 Hardening against qh3 2.1.0 (measured): every entry point into qh3 (datagram, timer, transmit) is
 wrapped, so an exception raised by the core -- e.g. a failed handshake -- closes that one
 connection instead of escaping into the event loop; a connection whose core cannot even close is
@@ -18,21 +25,28 @@ abandoned (routing entries, timer and state dropped at once).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
 import logging
+import os
 import socket
 import ssl
+import struct
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from qh3._hazmat import Certificate as _X509Certificate
+from qh3._hazmat import pull_quic_header as _pull_quic_header
 from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.asyncio.server import QuicServer
 from qh3.quic import events as qevents
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
-from qh3.quic.packet import QuicErrorCode
+from qh3.quic.packet import QuicErrorCode, QuicPacketType
 from qh3.tls import SignatureAlgorithm, load_pem_private_key
 
 from ..config import TransportConfig
@@ -45,6 +59,7 @@ __all__ = [
     "Proto",
     "QhConnection",
     "QuicEvent",
+    "RetryTokens",
     "Sink",
     "StreamDataReceived",
     "client_configuration",
@@ -291,6 +306,50 @@ class Proto(QuicConnectionProtocol):
             self._failing = False
 
 
+RETRY_TOKEN_TTL = 10.0
+"""Seconds a Retry token is accepted after it was issued."""
+_INITIAL = int(QuicPacketType.INITIAL)
+_MIN_INITIAL = 1200
+
+
+class RetryTokens:
+    """Retry tokens bound to the dialer's address (qh3's ``QuicRetryTokenHandler`` interface,
+    but an HMAC instead of an RSA-2048 key: no key generation at start and a cheap check, and
+    tokens that expire)."""
+
+    def __init__(self, ttl: float = RETRY_TOKEN_TTL) -> None:
+        self._key = os.urandom(32)
+        self.ttl = ttl
+
+    def _mac(self, addr: Any, body: bytes) -> bytes:
+        host = ipaddress.ip_address(addr[0]).packed + int(addr[1]).to_bytes(2, "big")
+        return hmac.new(self._key, host + body, hashlib.sha256).digest()[:16]
+
+    def create_token(self, addr: Any, original_destination_connection_id: bytes,
+                     retry_source_connection_id: bytes) -> bytes:
+        """A token for ``addr`` carrying both connection ids."""
+        odcid, rscid = original_destination_connection_id, retry_source_connection_id
+        body = struct.pack("!dB", time.monotonic(), len(odcid)) + odcid + bytes([len(rscid)]) + rscid
+        return body + self._mac(addr, body)
+
+    def validate_token(self, addr: Any, token: bytes) -> tuple[bytes, bytes]:
+        """The connection ids of a valid token for ``addr``; ``ValueError`` otherwise."""
+        if len(token) < 26:
+            raise ValueError("retry token too short")
+        body, mac = token[:-16], token[-16:]
+        if not hmac.compare_digest(mac, self._mac(addr, body)):
+            raise ValueError("retry token not for this address")
+        issued, n = struct.unpack_from("!dB", body)
+        if not 0 <= time.monotonic() - issued <= self.ttl:
+            raise ValueError("retry token expired")
+        odcid = body[9:9 + n]
+        m = body[9 + n] if len(body) > 9 + n else 0
+        rscid = body[10 + n:10 + n + m]
+        if len(odcid) != n or len(rscid) != m or len(body) != 10 + n + m:
+            raise ValueError("malformed retry token")
+        return odcid, rscid
+
+
 _RECV_BURST = 32
 """Datagrams read per socket readiness callback (qh3's own optimized transport reads 32 too)."""
 _MAX_DATAGRAM = 65536
@@ -306,21 +365,37 @@ class Endpoint(QuicServer):
     in qh3's native send buffer (~91 B per MFind-sending subscribe/close cycle, up to
     ``send_buffer_bytes`` per connection)."""
 
+    _retry: Any
+    """qh3's retry handler slot, set per datagram by :meth:`_decide_retry` (``None``: no Retry)."""
+
     def __init__(
         self,
         *,
         configuration: QuicConfiguration,
         create_protocol: Callable[..., Proto],
         sock: socket.socket | None = None,
+        retry_wanted: Callable[[], bool] | None = None,
     ) -> None:
         self._factory = create_protocol
         self._sock = sock
         super().__init__(configuration=configuration, create_protocol=self._create)
+        self._tokens = RetryTokens() if retry_wanted is not None else None
+        self._retry_wanted = retry_wanted
+        self._source: Any = None
+        self._dcid = b""
+        self.retries_sent = 0
+        """Retry packets sent (first Initials answered with a Retry)."""
+        self.retries_validated = 0
+        """Initials that came back with a valid Retry token (their connection was created)."""
 
     def _create(self, quic: QuicConnection, stream_handler: Any = None) -> Proto:
-        proto = self._factory(quic)
-        # qh3 routes the new connection under both ids; remember them for O(1) removal
-        proto.cids.update((quic.original_destination_connection_id, quic.host_cid))
+        src = self._source
+        proto = self._factory(quic, f"{src[0]}" if src else "")
+        # qh3 routes the new connection under the packet's id and its own; remember them for
+        # O(1) removal (after a Retry the packet's id is the Retry's, not the original one)
+        proto.cids.update((quic.original_destination_connection_id, quic.host_cid, self._dcid))
+        if self._retry is not None:
+            self.retries_validated += 1
         return proto
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
@@ -343,9 +418,33 @@ class Endpoint(QuicServer):
 
     def _route(self, data: bytes | str, addr: Any) -> None:
         try:
+            self._source = addr
+            if self._tokens is not None and isinstance(data, bytes) and data and data[0] & 0x80:
+                self._decide_retry(data)
             super().datagram_received(data, addr)
         except Exception as exc:  # routing never raises out of the loop
             log.warning("dropping a datagram from %s: %s: %s", addr, type(exc).__name__, exc)
+        finally:
+            self._retry = None
+            self._source = None
+            self._dcid = b""
+
+    def _decide_retry(self, data: bytes) -> None:
+        """For a long-header packet: whether qh3 must answer it with a Retry (a first Initial
+        while ``retry_wanted()``) or validate its token (an Initial that carries one)."""
+        try:
+            header = _pull_quic_header(data, 0, self._configuration.connection_id_length)
+        except ValueError:
+            return  # qh3 drops it too
+        if header[1] != _INITIAL or len(data) < _MIN_INITIAL or header[3] in self._protocols:
+            return
+        self._dcid = header[3]
+        assert self._retry_wanted is not None
+        if header[5]:  # a token: only one we issued, for this address, opens a connection
+            self._retry = self._tokens
+        elif self._retry_wanted():
+            self._retry = self._tokens
+            self.retries_sent += 1
 
     @property
     def routes(self) -> int:

@@ -11,7 +11,9 @@ exactly one registered bounded container (so ``/metrics`` shows them):
 * ``transport.clients``: published light clients, keyed by node id: **the** set of clients
   (the gateway keeps its per-client session on the connection, not in a second map);
 * ``transport.incoming_handshakes``: inbound attempts between the first packet and publication,
-  capped at ``max_incoming_handshakes``;
+  capped at ``max_incoming_handshakes``, and at ``max_handshakes_per_source`` per source IP
+  address (``transport.handshakes_by_source``); from ``retry_threshold`` attempts on, new ones
+  must first pass a QUIC Retry (:meth:`retry_wanted`, executed by the QUIC endpoint);
 * ``transport.dials``: outbound attempts in flight (each also sits in the transport's dial
   table); ``transport.parked``: inbound attempts held during a simultaneous dial.
 
@@ -105,9 +107,17 @@ class AdmissionTable(Generic[C]):
             "transport.connections", config.max_connections, on_evict=on_evict, registry=registry
         )
         self.clients: LruMap[NodeId, C] = LruMap("transport.clients", 1, Overflow.REJECT, registry=registry)
-        self.incoming: LruMap[C, None] = LruMap(
+        self.incoming: LruMap[C, str] = LruMap(
             "transport.incoming_handshakes", config.max_incoming_handshakes, Overflow.REJECT, registry=registry
         )
+        """Inbound attempts -> their source IP address ("" when unknown)."""
+        self.max_per_source = config.max_handshakes_per_source
+        self.by_source: LruMap[str, int] = LruMap(
+            "transport.handshakes_by_source", config.max_incoming_handshakes, Overflow.REJECT, registry=registry
+        )
+        """Source IP address -> inbound attempts from it in progress (an entry per source with at
+        least one, so at most ``max_incoming_handshakes``)."""
+        self.retry_threshold = config.retry_threshold
         self.dialing: LruMap[C, None] = LruMap("transport.dials", self.max_dials, Overflow.REJECT, registry=registry)
         self.parked: LruMap[NodeId, C] = LruMap("transport.parked", self.max_dials, Overflow.REJECT, registry=registry)
 
@@ -146,19 +156,38 @@ class AdmissionTable(Generic[C]):
 
     # -- admission ---------------------------------------------------------------------------
 
-    def refusal_at_first_packet(self) -> str | None:
-        """Why a new inbound attempt is refused before any state exists, or ``None``."""
+    def refusal_at_first_packet(self, source: str = "") -> str | None:
+        """Why a new inbound attempt from ``source`` (its IP address; "" unknown) is refused
+        before any state exists, or ``None``."""
         if self.closing:
             return "shutdown"
         if len(self.peers) >= self.max_connections:
             return "max_connections"
         if len(self.incoming) >= self.max_incoming_handshakes:
             return "max_incoming_handshakes"
+        if source and (self.by_source.peek(source) or 0) >= self.max_per_source:
+            return "max_handshakes_per_source"
         return None
 
-    def begin_incoming(self, conn: C) -> None:
-        """An inbound attempt passed :meth:`refusal_at_first_packet`."""
-        self.incoming.set(conn, None)
+    def retry_wanted(self) -> bool:
+        """Whether a new inbound attempt must first prove its address with a QUIC Retry:
+        ``retry_threshold`` handshakes (or more) are in progress (0: always)."""
+        return len(self.incoming) >= self.retry_threshold
+
+    def begin_incoming(self, conn: C, source: str = "") -> None:
+        """An inbound attempt from ``source`` passed :meth:`refusal_at_first_packet`."""
+        self.incoming.set(conn, source)
+        if source:
+            self.by_source.set(source, (self.by_source.peek(source) or 0) + 1)
+
+    def _end_incoming(self, conn: C) -> None:
+        source = self.incoming.pop(conn)
+        if source:
+            n = (self.by_source.peek(source) or 0) - 1
+            if n > 0:
+                self.by_source.set(source, n)
+            else:
+                self.by_source.pop(source)
 
     def begin_dial(self, conn: C) -> None:
         """An outbound attempt starts (raises :class:`~quicmesh.errors.ContainerFull` beyond
@@ -214,7 +243,7 @@ class AdmissionTable(Generic[C]):
         """``conn`` was admitted: it leaves the attempts and joins the peers or the clients.
 
         An outbound connection into a full pool evicts the least recently used peer."""
-        self.incoming.pop(conn)
+        self._end_incoming(conn)
         self.dialing.pop(conn)
         if role == "client":
             self.clients.set(peer, conn)  # room checked by decide()
@@ -226,7 +255,7 @@ class AdmissionTable(Generic[C]):
         (an outbound attempt to it ended), if any."""
         resume: NodeId | None = None
         if conn in self.incoming:
-            self.incoming.pop(conn)
+            self._end_incoming(conn)
             if peer is not None and self.parked.peek(peer) is conn:
                 self.parked.pop(peer)
         elif conn in self.dialing:
@@ -243,7 +272,7 @@ class AdmissionTable(Generic[C]):
 
     def close(self) -> None:
         """Drop every entry and leave the registry (the transport stopped)."""
-        for c in (self.peers, self.clients, self.incoming, self.dialing, self.parked):
+        for c in (self.peers, self.clients, self.incoming, self.dialing, self.parked, self.by_source):
             c.close()
 
     # -- rules -------------------------------------------------------------------------------

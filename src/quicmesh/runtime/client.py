@@ -484,8 +484,9 @@ class Client:
 
         Raises :class:`~quicmesh.errors.NoProvider`, :class:`~quicmesh.errors.CallTimeout`,
         :class:`~quicmesh.errors.RemoteError`, :class:`~quicmesh.errors.Overloaded`,
-        :class:`~quicmesh.errors.LimitExceeded` (the gateway's ``max_client_pending_calls``) or
-        :class:`~quicmesh.errors.ConnectionLost`.
+        :class:`~quicmesh.errors.LimitExceeded` (``max_client_pending_calls`` or
+        ``max_client_pending_bytes``) or :class:`~quicmesh.errors.ConnectionLost`; ``timeout`` is
+        clamped to the gateway's ``max_client_call_timeout``.
         """
         self._check_open()
         if not isinstance(payload, bytes | bytearray | memoryview):

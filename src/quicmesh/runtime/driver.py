@@ -164,7 +164,7 @@ class NodeDriver:
                 trust=self.trust,
             )
         self.core = NodeCore(keypair, config, self._rng, self.registry, version_base=time.time_ns() // 1000,
-                             trust=self.trust)
+                             trust=self.trust, serves_clients=config.gateway.max_clients > 0)
         """Every protocol state machine of this node, composed (see :mod:`quicmesh.core.node`)."""
         self.logs = LogService(
             keypair, config, self.core.logs, registry=self.registry, run=self._run, rearm=self._rearm
@@ -176,8 +176,10 @@ class NodeDriver:
         """The realm's service advertisements (signed leases), as seen by this node."""
         self.rpc = self.core.rpc
         self.caller = self.core.caller
+        for_clients = config.gateway.max_clients_subscriptions if config.gateway.max_clients else 0
         self._subs: LruMap[int, _SubState] = LruMap(
-            "node.subscriptions", config.pubsub.max_subscriptions, Overflow.REJECT, registry=self.registry
+            "node.subscriptions", config.pubsub.max_subscriptions + for_clients, Overflow.REJECT,
+            registry=self.registry,
         )
         self._by_pattern: dict[str, tuple[Pattern, dict[int, _SubState]]] = {}  # bounded: one per local pattern
         self._routes: BoundedDict[str, list[BoundedQueue[Message]]] = BoundedDict(
@@ -204,6 +206,11 @@ class NodeDriver:
         self._stopped = False
         self.address = ""
         self.dropped_sends = 0
+        self.dials_in_flight = 0
+        """Core dials being carried out now (at most ``core.dials.hard_cap``)."""
+        self.dials_in_flight_peak = 0
+        self.dials_refused = 0
+        """Core dials refused here for breaching the gate's cap (0 unless the core has a bug)."""
         self._changed = asyncio.Event()
         self._next_reconcile = 0.0
         self._inbox: BoundedDeque[tuple[Connection, WireMessage]] = BoundedDeque(
@@ -375,28 +382,42 @@ class NodeDriver:
                 conn = self.transport.get(eff.peer)
                 if conn is not None:
                     self._spawn(conn.close(eff.reason))
-            elif isinstance(eff, Dial):
-                self._spawn(self._dial(eff.peer, eff.addresses))
-            elif isinstance(eff, DialAddress):
-                self._spawn(self._dial(None, eff.addresses))
+            elif isinstance(eff, Dial | DialAddress):
+                self._start_dial(eff.peer if isinstance(eff, Dial) else None, eff.addresses)
             elif isinstance(eff, _LOG_OUTPUTS):
                 self.logs.execute(eff)
 
-    async def _dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
-        """Carry out a mesh Dial/DialAddress; report success or failure back to the mesh."""
-        for addr in addresses:
-            try:
-                conn = await self.transport.dial(addr, peer)
-            except TransportError as exc:
-                log.debug("dial %s failed: %s", addr, exc)
-                continue
-            if not self._stopped:
-                self._run(self.core.peer_connected(conn.peer_id, addresses, True, self._now()))
-                self._rearm()
+    def _start_dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
+        """Start a core Dial/DialAddress. The core's dial gate caps them; checked again here:
+        beyond the gate's ``hard_cap`` the dial is refused (counted, logged) and reported failed."""
+        if self.dials_in_flight >= self.core.dials.hard_cap:
+            self.dials_refused += 1
+            log.error("dial gate breached: %d dials in flight; dial refused", self.dials_in_flight)
+            self._run(self.core.dial_failed(peer, addresses, self._now()))
             return
+        self.dials_in_flight += 1
+        self.dials_in_flight_peak = max(self.dials_in_flight_peak, self.dials_in_flight)
+        self._spawn(self._dial(peer, addresses))
+
+    async def _dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
+        """Carry out a core Dial/DialAddress; report success or failure back to the core (the
+        dial leaves :attr:`dials_in_flight` first: the core may start a queued one at once)."""
+        conn: Connection | None = None
+        try:
+            for addr in addresses:
+                try:
+                    conn = await self.transport.dial(addr, peer)
+                    break
+                except TransportError as exc:
+                    log.debug("dial %s failed: %s", addr, exc)
+        finally:
+            self.dials_in_flight -= 1
         if self._stopped:
             return
-        self._run(self.core.dial_failed(peer, addresses, self._now()))
+        if conn is not None:
+            self._run(self.core.peer_connected(conn.peer_id, addresses, True, self._now()))
+        else:
+            self._run(self.core.dial_failed(peer, addresses, self._now()))
         self._rearm()
 
     def _rearm(self) -> None:

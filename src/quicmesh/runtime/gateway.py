@@ -27,6 +27,12 @@ on the client) when full:
   when another client of this gateway provides the name, invoking that client directly);
 * invocations in flight (same cap): a future per ``GInvoke`` awaiting the client's result.
 
+Budgets (:mod:`.gateway_budget`): payload bytes of a client's calls in flight and queued
+publishes (``max_client_pending_bytes``, ``LimitExceeded`` at once beyond it, released when the
+call ends), call timeouts clamped to ``max_client_call_timeout``, topics per client
+(``max_client_topics``) and subscriptions, topics and advertised names of all clients together,
+held apart from the node's own caps.
+
 Everything goes through the node's public API (``subscribe``, ``publish``, ``call``,
 ``advertise``, ``unadvertise``), so the node's own limits also apply.
 
@@ -49,12 +55,10 @@ client has its own tasks and buffers, so one stalled client costs the others not
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import itertools
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..bounded import LruMap, Overflow
@@ -74,21 +78,13 @@ from ..core.gateway_messages import (
     GUnadvertise,
     GUnsubscribe,
 )
+from ..core.topics import swarm_of
 from ..core.wire import Message as WireMessage
-from ..errors import (
-    CallTimeout,
-    ConfigError,
-    ConnectionLost,
-    InvalidTopic,
-    LimitExceeded,
-    MessageTooLarge,
-    NodeClosed,
-    NoProvider,
-    Overloaded,
-    QuicmeshError,
-    RemoteError,
-)
+from ..errors import LimitExceeded, QuicmeshError, RemoteError
 from ..identity import NodeId
+from .gateway_budget import ClientBudgets, GatewayStats, forget_task, session_of
+from .gateway_budget import Session as _Session
+from .gateway_budget import error_frame as _error
 from .gateway_host import GatewayHost
 from .transport import Connection
 
@@ -99,41 +95,6 @@ log = logging.getLogger("quicmesh.gateway")
 
 _FRAME_OVERHEAD = 64
 """Bytes added to a payload when estimating a ``GMessage`` frame (header, tag, field names)."""
-
-
-@dataclass(slots=True)
-class GatewayStats:
-    """Counters of the gateway (totals since start)."""
-
-    accepted_total: int = 0
-    disconnected_total: int = 0
-    superseded_total: int = 0
-    slow_consumer_total: int = 0
-    slow_consumer_pending_total: int = 0
-    """Of which: closed for holding more than ``max_pending_bytes`` unsent."""
-    slow_consumer_stalled_total: int = 0
-    """Of which: closed for writes stalled ``write_stall_timeout``."""
-    limit_refusals_total: int = 0
-    messages_forwarded_total: int = 0
-    calls_total: int = 0
-    invocations_total: int = 0
-
-
-@dataclass(eq=False, slots=True)
-class _Session:
-    client: NodeId
-    conn: Connection
-    # The three maps below are capped by GatewayConfig (checked before every insert).
-    subs: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # bounded: max_client_subscriptions
-    advs: set[str] = field(default_factory=set)  # bounded: max_client_advertisements
-    calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # bounded: max_client_pending_calls
-    invocations: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)  # bounded: max_client_pending_calls
-    publishes: collections.deque[GPublish] = field(default_factory=collections.deque)  # bounded: pending calls cap
-    publisher: asyncio.Task[None] | None = None
-    inv_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    stall_since: float | None = None
-    stall_mark: int = 0
-    open: bool = True
 
 
 class Gateway:
@@ -166,6 +127,20 @@ class Gateway:
         )
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._stopped = False
+        self.budgets = ClientBudgets(config)
+        """Bytes, topics, subscriptions and names held for clients (see :mod:`.gateway_budget`)."""
+
+    def client_swarms(self) -> int:
+        """Swarms held for clients now (their subscriptions, and publish topics until their
+        publish-only membership lapses): they do not count against the node's own
+        ``gossip.max_topics``."""
+        return self.budgets.swarms_held(asyncio.get_running_loop().time())
+
+    @property
+    def client_subscriptions(self) -> int:
+        """Node subscriptions held (or being opened) for clients: they do not count against the
+        node's own ``pubsub.max_subscriptions``."""
+        return self.budgets.subscriptions
 
     # -- connection events (called by the node) --------------------------------------------------
 
@@ -183,7 +158,7 @@ class Gateway:
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
         """A client connection ended: release everything the client held, at once."""
-        s = _session(conn)
+        s = session_of(conn)
         if s is not None:
             if conn.close_code == "duplicate":
                 self.stats.superseded_total += 1  # the same client connected again
@@ -193,7 +168,7 @@ class Gateway:
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
         """A message from a client."""
-        s = _session(conn)
+        s = session_of(conn)
         if s is None:
             return
         if isinstance(message, GPublish):
@@ -234,9 +209,32 @@ class Gateway:
         if len(s.subs) >= cap:
             self._refuse_limit(s, m.id, "gateway.max_client_subscriptions", cap)
             return
+        swarm = swarm_of(m.pattern) if isinstance(m.pattern, str) else ""
+        try:
+            self.budgets.take_subscription()
+            try:
+                self.budgets.hold_topic(s.held, swarm, self._now())
+            except LimitExceeded:
+                self.budgets.give_subscription()
+                raise
+        except LimitExceeded as exc:
+            self.stats.limit_refusals_total += 1
+            self._send(s, _error(m.id, exc))
+            return
         task = asyncio.ensure_future(self._forward(s, m))
         s.subs[m.sid] = task
-        task.add_done_callback(functools.partial(_forget, s.subs, m.sid))
+        s.sub_swarms[task] = swarm
+        task.add_done_callback(functools.partial(forget_task, s.subs, m.sid))
+        task.add_done_callback(functools.partial(self._subscription_ended, s))
+
+    def _subscription_ended(self, s: _Session, task: asyncio.Task[None]) -> None:
+        swarm = s.sub_swarms.pop(task, None)
+        if swarm is not None:  # not released with the session already
+            self.budgets.give_subscription()
+            self.budgets.drop_topic(s.held, swarm)
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     async def _forward(self, s: _Session, m: GSubscribe) -> None:
         """Hold one node subscription for the client and forward its messages."""
@@ -265,6 +263,14 @@ class Gateway:
             self.stats.limit_refusals_total += 1
             self._send(s, GError(m.id, "overloaded", "too many publishes waiting at the gateway", retryable=True))
             return
+        try:
+            if isinstance(m.topic, str):
+                self.budgets.touch_published(s.held, swarm_of(m.topic), self._now())
+            self.budgets.take_bytes(s.held, len(m.payload))
+        except LimitExceeded as exc:
+            self.stats.limit_refusals_total += 1
+            self._send(s, _error(m.id, exc))
+            return
         s.publishes.append(m)
         if s.publisher is None:
             s.publisher = asyncio.ensure_future(self._publish_loop(s))
@@ -273,6 +279,7 @@ class Gateway:
         try:
             while s.publishes and s.open:
                 m = s.publishes.popleft()
+                self.budgets.give_bytes(s.held, len(m.payload))
                 try:
                     await self._node.publish(m.topic, m.payload)
                 except (QuicmeshError, ValueError, TypeError) as exc:
@@ -291,13 +298,27 @@ class Gateway:
         if len(s.calls) >= cap:
             self._refuse_limit(s, m.id, "gateway.max_client_pending_calls", cap)
             return
+        size = len(m.payload)
+        try:
+            self.budgets.take_bytes(s.held, size)
+        except LimitExceeded as exc:
+            self.stats.limit_refusals_total += 1
+            self._send(s, _error(m.id, exc))
+            return
         self.stats.calls_total += 1
         task = asyncio.ensure_future(self._run_call(s, m))
         s.calls[m.id] = task
-        task.add_done_callback(functools.partial(_forget, s.calls, m.id))
+        s.call_bytes[task] = size
+        task.add_done_callback(functools.partial(forget_task, s.calls, m.id))
+        task.add_done_callback(functools.partial(self._call_ended, s))
+
+    def _call_ended(self, s: _Session, task: asyncio.Task[None]) -> None:
+        size = s.call_bytes.pop(task, None)
+        if size is not None:  # not released with the session already
+            self.budgets.give_bytes(s.held, size)
 
     async def _run_call(self, s: _Session, m: GCall) -> None:
-        timeout = max(0.001, m.timeout_ms / 1000.0)
+        timeout = self.budgets.clamp_timeout(m.timeout_ms / 1000.0)
         try:
             if self._providers.get(m.name):
                 # another client of this gateway provides it: the node does not call itself
@@ -320,6 +341,10 @@ class Gateway:
             return
         if len(s.advs) >= cap:
             self._refuse_limit(s, m.id, "gateway.max_client_advertisements", cap)
+            return
+        total = self._cfg.max_clients_advertisements
+        if m.name not in self._providers and len(self._providers) >= total:
+            self._refuse_limit(s, m.id, "gateway.max_clients_advertisements", total)
             return
         s.advs.add(m.name)
         providers = self._providers.get(m.name)
@@ -391,7 +416,7 @@ class Gateway:
         cap = self._cfg.max_client_pending_calls
         for i in range(n):
             conn = self._transport.get_client(providers[(start + i) % n])
-            s = _session(conn) if conn is not None else None
+            s = session_of(conn) if conn is not None else None
             if s is not None and len(s.invocations) < cap:
                 return s
         return None
@@ -459,6 +484,11 @@ class Gateway:
             task.cancel()
         s.calls.clear()
         s.publishes.clear()
+        for _ in range(len(s.sub_swarms)):
+            self.budgets.give_subscription()
+        s.sub_swarms.clear()
+        s.call_bytes.clear()
+        self.budgets.release(s.held)
         if s.publisher is not None:
             s.publisher.cancel()
         for fut in list(s.invocations.values()):
@@ -504,7 +534,7 @@ class Gateway:
 
     def _open_sessions(self) -> list[_Session]:
         """The sessions of the clients held now (the transport's client table)."""
-        return [s for conn in self._transport.clients() if (s := _session(conn)) is not None]
+        return [s for conn in self._transport.clients() if (s := session_of(conn)) is not None]
 
     @property
     def clients(self) -> int:
@@ -541,6 +571,9 @@ class Gateway:
             "pending_publishes": sum(len(s.publishes) for s in sessions),
             "invocations": sum(len(s.invocations) for s in sessions),
             "pending_bytes": sum(s.conn.pending_bytes for s in sessions),
+            "held_payload_bytes": self.budgets.pending_bytes,
+            "client_topics": len(self.budgets.refs),
+            "client_subscriptions": self.budgets.subscriptions,
             "tasks": len(self._tasks),
             "accepted_total": st.accepted_total,
             "refused_total": refused,
@@ -554,41 +587,3 @@ class Gateway:
             "calls_total": st.calls_total,
             "invocations_total": st.invocations_total,
         }
-
-
-def _session(conn: Connection) -> _Session | None:
-    """The open session kept on a client's connection, if any."""
-    s = conn.attachment
-    return s if isinstance(s, _Session) and s.open else None
-
-
-def _forget(tasks: dict[int, asyncio.Task[None]], key: int, task: asyncio.Task[None]) -> None:
-    """Done callback: drop ``task`` from its session map (unless a newer task took the key)."""
-    if tasks.get(key) is task:
-        del tasks[key]
-
-
-def _error(req_id: int, exc: BaseException) -> GError:
-    """The ``GError`` a client turns back into the same typed exception."""
-    text = str(exc)[:1000]
-    if isinstance(exc, LimitExceeded):
-        return GError(req_id, "limit", text, limit=exc.limit, capacity=exc.capacity)
-    if isinstance(exc, RemoteError):
-        return GError(req_id, exc.code, exc.message[:1000], retryable=exc.retryable, remote=True)
-    if isinstance(exc, NoProvider):
-        return GError(req_id, "no_provider", text)
-    if isinstance(exc, CallTimeout):
-        return GError(req_id, "timeout", text)
-    if isinstance(exc, Overloaded):
-        return GError(req_id, "overloaded", text, retryable=True)
-    if isinstance(exc, ConnectionLost):
-        return GError(req_id, "connection_lost", text, retryable=True)
-    if isinstance(exc, NodeClosed):
-        return GError(req_id, "closed", text)
-    if isinstance(exc, InvalidTopic):
-        return GError(req_id, "invalid_topic", text)
-    if isinstance(exc, MessageTooLarge):
-        return GError(req_id, "too_large", text)
-    if isinstance(exc, ConfigError | ValueError | TypeError):
-        return GError(req_id, "invalid", text)
-    return GError(req_id, "error", f"{type(exc).__name__}: {text}")

@@ -127,6 +127,7 @@ class Node(NodeStatus):
         """Serves light clients (:class:`quicmesh.Client`) connecting to this node."""
         self.realm_service = RealmService(self)
         """Revocation lists and certificate renewal while the node runs (authority mode)."""
+        self.core.mesh.client_swarms = self.gateway.client_swarms  # not the node's own topics
 
     @classmethod
     async def start(
@@ -303,7 +304,7 @@ class Node(NodeStatus):
         except ValueError as exc:
             raise InvalidTopic(str(exc)) from None
         cfg = self.config.pubsub
-        if len(self._subs) >= cfg.max_subscriptions:
+        if len(self._subs) - self.gateway.client_subscriptions >= cfg.max_subscriptions:  # clients: their own cap
             raise LimitExceeded("pubsub.max_subscriptions", cfg.max_subscriptions)
         overflow = Overflow.EVICT_OLDEST if cfg.subscriber_overflow == "drop_oldest" else Overflow.DROP_NEWEST
         queue: BoundedQueue[Message] = BoundedQueue(

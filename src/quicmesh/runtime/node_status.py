@@ -60,7 +60,15 @@ class NodeStatus(NodeDriver):
             "dropped_sends_total": float(self.dropped_sends),
             "inbox_dropped_total": float(self.inbox_dropped),
             "delivery_dropped_total": float(self.outbox_dropped),
+            "dials_refused_total": float(self.dials_refused),
         }
+        retry_stats = getattr(self.transport, "retry_stats", None)
+        if retry_stats is not None:
+            qs = retry_stats()
+            out["quic_retries_sent_total"] = float(qs.get("retries_sent", 0))
+            out["quic_retries_validated_total"] = float(qs.get("retries_validated", 0))
+        for k, v in self.core.dials.stats().items():
+            out[k if k.startswith("dials_in") or k == "dials_waiting" else f"{k}_total"] = float(v)
         for reason, n in ts.refused_total.items():
             out[f"handshakes_refused_total:{reason}"] = float(n)
         trimmer = self.observability.trimmer if self.observability is not None else None

@@ -39,6 +39,12 @@ and ``dial()`` on both sides returns the survivor. In a simultaneous dial the sm
 listener, holds the larger node's verified attempt until its own dial is done, then decides on it
 (``duplicate``), so the loser never reaches either node.
 
+Per source and address validation: at most ``max_handshakes_per_source`` handshakes in progress
+per source IP address (refused at the first packet, reason ``max_handshakes_per_source``); from
+``retry_threshold`` handshakes in progress on (0: always), the endpoint answers a new dialer's
+first Initial with a QUIC Retry and creates the connection only when the Initial comes back with
+the token, from the same address (:meth:`QuicTransport.retry_stats`).
+
 Counters: ``refused_total`` counts, per reason, the attempts the listener ended before admission
 (``max_connections``, ``max_incoming_handshakes``, ``realm``, ``not_admitted`` (authority mode: a
 missing, expired, revoked or foreign certificate), ``auth``, ``peer_id``, ``version``,
@@ -63,7 +69,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..config import TransportConfig
@@ -249,7 +254,8 @@ class QuicTransport(Transport):
                     sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
             sock.bind((host, port))
             _, endpoint = await loop.create_datagram_endpoint(
-                lambda: qa.Endpoint(configuration=server_cfg, create_protocol=self._incoming, sock=sock), sock=sock
+                lambda: qa.Endpoint(configuration=server_cfg, create_protocol=self._incoming, sock=sock,
+                                    retry_wanted=self.table.retry_wanted), sock=sock
             )
         except BaseException:
             sock.close()
@@ -345,7 +351,15 @@ class QuicTransport(Transport):
             "parked": len(t.parked),
             "quic_connections": len(self._protos),
             "routes": self._endpoint.routes if self._endpoint is not None else 0,
+            "handshake_sources": len(t.by_source),
         }
+
+    def retry_stats(self) -> dict[str, int]:
+        """QUIC Retry counters since start: ``retries_sent`` (first Initials answered with a
+        Retry) and ``retries_validated`` (connections created from a valid token)."""
+        ep = self._endpoint
+        return {"retries_sent": ep.retries_sent if ep is not None else 0,
+                "retries_validated": ep.retries_validated if ep is not None else 0}
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Return once no QUIC connection state is left (closing ones finished draining)."""
@@ -402,10 +416,11 @@ class QuicTransport(Transport):
         if not self._protos:
             self._idle.set()
 
-    def _incoming(self, quic: qa.QhConnection, stream_handler: Any = None) -> qa.Proto:
-        """Factory qh3 calls at the first packet of a new connection: admission happens here."""
+    def _incoming(self, quic: qa.QhConnection, source: str = "") -> qa.Proto:
+        """Factory the endpoint calls at the first packet of a new connection (``source``: its
+        IP address): admission happens here."""
         proto = qa.Proto(quic)
-        reason = "client_only" if self._role == "client" else self.table.refusal_at_first_packet()
+        reason = "client_only" if self._role == "client" else self.table.refusal_at_first_packet(source)
         if self.table.closing:
             reason = "shutdown"
         if not self._track(proto) and reason is None:
@@ -420,7 +435,7 @@ class QuicTransport(Transport):
             proto.refuse_reason = reason
             return proto
         conn = self.connection_class(self, proto, outbound=False, remote_address="?")
-        self.table.begin_incoming(conn)
+        self.table.begin_incoming(conn, source)
         return proto
 
     async def _dial(self, address: str, expected: NodeId | None) -> QuicConnection:
