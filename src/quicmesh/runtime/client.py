@@ -482,11 +482,9 @@ class Client:
     async def call(self, name: str, payload: bytes, *, timeout: float | None = None) -> bytes:
         """Call procedure ``name`` somewhere in the mesh and return its reply.
 
-        Raises :class:`~quicmesh.errors.NoProvider`, :class:`~quicmesh.errors.CallTimeout`,
-        :class:`~quicmesh.errors.RemoteError`, :class:`~quicmesh.errors.Overloaded`,
-        :class:`~quicmesh.errors.LimitExceeded` (``max_client_pending_calls`` or
-        ``max_client_pending_bytes``) or :class:`~quicmesh.errors.ConnectionLost`; ``timeout`` is
-        clamped to the gateway's ``max_client_call_timeout``.
+        Raises ``NoProvider``, ``CallTimeout``, ``RemoteError``, ``Overloaded``, ``LimitExceeded``
+        (``max_client_pending_calls`` or ``max_client_pending_bytes``) or ``ConnectionLost``;
+        ``timeout`` is clamped to the gateway's ``max_client_call_timeout``.
         """
         self._check_open()
         if not isinstance(payload, bytes | bytearray | memoryview):
