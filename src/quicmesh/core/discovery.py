@@ -201,7 +201,7 @@ class Discovery:
         origin = peer_id(msg.origin)
         if origin is None or origin == self.me or not msg.s:
             return []
-        self.book.add(origin, msg.addrs, now)
+        self.book.add(origin, msg.addrs, now, own=origin == sender)
         sw = self.swarms.peek(msg.s)
         out: list[Effect] = []
         if sw is not None:
