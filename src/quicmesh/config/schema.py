@@ -73,6 +73,23 @@ class TransportConfig:
     for that peer and counted. Backpressure for fast publishers, bounded for dead peers."""
     alpn: str = "quicmesh/1"
     """TLS ALPN protocol id; a peer speaking another protocol fails the handshake."""
+    # #11 (wire)
+    max_preauth_buffer: int = 64 * KiB
+    """Bytes of partial frame a connection may buffer before its handshake completes (default
+    64 KiB; handshake messages are a few hundred bytes). Beyond it the attempt is closed with code
+    ``protocol``: an unauthenticated dialer cannot make us hold a 1 MiB frame."""
+    max_peer_offences: int = 3
+    """Messages from one connection whose handling may raise before the connection is closed with
+    code ``protocol`` (default 3). Each such message is dropped and counted (``inbox_errors_total``)."""
+    inbox_peer_share_min: int = 256
+    """Smallest share of the node's inbox (messages) one peer may fill before its connection stops
+    reading until half of it is processed (default 256, one processing chunk). The share is
+    ``max(this, inbox capacity // connected peers)``, so one peer's tiny frames never crowd out
+    the others'."""
+    max_paused_bytes: int = 16 * MiB
+    """Bytes a paused connection (over its inbox share) may hold unread (default 16 MiB, 16 max
+    frames). QUIC keeps granting the peer flow-control credit, so a peer that keeps sending this
+    much while paused is closed with code ``slow_consumer`` instead of being buffered without end."""
 
 
 @dataclass(frozen=True, slots=True)
