@@ -96,7 +96,7 @@ def _refusals(node: Node, n: int) -> Callable[[], bool]:
 
 
 def inbox_balanced(node: Node) -> bool:
-    return len(node._inbox) == 0 and node._inbox_in == node._inbox_out and not node._queued
+    return len(node._inbox) == 0 and node._inbox_in == node._inbox_out and not node.inbox_guard.queued
 
 
 @pytest.fixture
@@ -182,10 +182,10 @@ async def test_hostile_frames_cost_only_the_adversarys_connection(
         if msg.payload == b"after":
             break
     print(f"{refused} of {len(hostile)} hostile frames refused at decode (adversary's connection closed each time); "
-          f"max-size frame: send_errors_total={node.send_errors}, inbox_errors_total={node.inbox_errors}, "
+          f"max-size frame: send_errors_total={node.send_errors}, inbox_errors_total={node.inbox_guard.errors}, "
           f"inbox depth {len(node._inbox)} (in {node._inbox_in} = out {node._inbox_out}); honest publish delivered")
     assert refused == len(hostile)
-    assert node.inbox_errors == 0 and inbox_balanced(node)
+    assert node.inbox_guard.errors == 0 and inbox_balanced(node)
 
 
 async def test_handling_errors_are_counted_and_the_offender_closed(
@@ -208,9 +208,9 @@ async def test_handling_errors_are_counted_and_the_offender_closed(
     await eventually(lambda: conn.closed, timeout=10, what="the offender is closed")
     await eventually(lambda: inbox_balanced(node), timeout=10)
     lost = [c for c in node.transport.connections() if c.peer_id == adversary.t.node_id]
-    print(f"{node.inbox_errors} of {limit} messages raised while handled: counted and dropped; "
+    print(f"{node.inbox_guard.errors} of {limit} messages raised while handled: counted and dropped; "
           f"offender closed with {conn.close_code!r}; inbox depth {len(node._inbox)}")
-    assert node.inbox_errors == limit and node.offender_closes == 1 and not lost
+    assert node.inbox_guard.errors == limit and node.inbox_guard.offender_closes == 1 and not lost
     assert conn.close_code == "protocol"
     assert node.gauges()["inbox_errors_total"] == limit
     await _honest_publish_arrives(honest, node, "after.x")
@@ -239,9 +239,9 @@ async def test_one_peers_flood_cannot_fill_the_inbox() -> None:
             got += 1
         await eventually(lambda: inbox_balanced(node) and node.mesh.counters["unknown_swarm"] >= sent,
                          timeout=30, what="the flood is processed")
-        print(f"flood of {sent:,} tiny frames from one peer: paused {node.paused_total} times, "
+        print(f"flood of {sent:,} tiny frames from one peer: paused {node.inbox_guard.paused_total} times, "
               f"inbox dropped {node.inbox_dropped}; honest peer: {got} of {n} delivered")
-        assert node.paused_total >= 1 and node.inbox_dropped == 0 and got == n
+        assert node.inbox_guard.paused_total >= 1 and node.inbox_dropped == 0 and got == n
     finally:
         for x in (honest, flooder, node):
             await x.stop()

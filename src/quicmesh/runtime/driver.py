@@ -17,15 +17,10 @@ queue, ``CallResolved`` completes the awaiting caller's future, ``Invoke`` start
 Inbound messages wait in a bounded inbox and are processed in arrival order,
 ``_INBOX_CHUNK`` per loop iteration (readers get a turn between chunks); a lost connection's
 loss is handled after the messages it delivered before closing. Each peer holds at most its fair
-share of the inbox (``max(transport.inbox_peer_share_min, capacity // peers)`` messages): a peer
-over its share is paused (its connection stops reading, so the back-pressure reaches the peer's
-own send buffer) and resumed once half of its share is processed; another peer's messages are
-never dropped to make room for it. An exception raised while handling one message (a peer's or
-a light client's) costs that message only: it is counted (``inbox_errors_total``), logged at
-most once per ``_ERROR_LOG_INTERVAL``, the inbox accounting stays exact, and a peer that causes
-``transport.max_peer_offences`` of them is closed with code ``protocol``. A frame that cannot be
-encoded (a forwarded message grown past ``max_frame_size``) is dropped and counted
-(``send_errors_total``), never raised. Deliveries to subscriptions
+share of the inbox, and an exception raised while handling one message (a peer's or a light
+client's) costs that message only, counted, the inbox accounting exact (see
+:mod:`quicmesh.runtime.inbox`). A frame that cannot be encoded (a forwarded message grown past
+``max_frame_size``) is dropped and counted (``send_errors``), never raised. Deliveries to subscriptions
 go through a bounded delivery queue the same way. At the end of every loop iteration that had
 input the driver flushes the core's open gossip batches (what was published in one iteration
 leaves together, one batch per topic) and re-arms a single ``loop.call_at`` timer for
@@ -68,6 +63,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .inbox import InboxGuard
 from .logs import LogService
 from .memory import MemoryNetwork, MemoryTransport
 from .transport import Connection, Transport
@@ -97,8 +93,6 @@ _BACKGROUND_CAPACITY = 4096
 """Dials and closes in flight at most (tracked so that ``stop()`` can cancel them)."""
 _INBOX_CAPACITY = 65_536
 """Inbound messages waiting for processing; beyond it new ones are dropped and counted."""
-_ERROR_LOG_INTERVAL = 10.0
-"""Seconds between two log lines about messages whose handling raised (the rest are counted)."""
 _STOP_DRAIN = 1.0
 """Seconds ``stop()`` waits for the connections to transmit what was sent before it."""
 _ROUTE_CACHE = 1024
@@ -231,26 +225,11 @@ class NodeDriver:
             "node.congested", config.transport.max_connections, registry=self.registry
         )
         self.inbox_dropped = 0
-        self.inbox_errors = 0
-        """Messages whose handling raised (each dropped; see the module docstring)."""
         self.send_errors = 0
         """Frames that could not be encoded (too large once re-encoded) and were dropped."""
-        self.offender_closes = 0
-        """Connections closed because their peer caused ``max_peer_offences`` errors."""
-        self.paused_total = 0
-        """Times a peer's connection was paused for holding more than its share of the inbox."""
-        self._offences: BoundedDict[Connection, int] = BoundedDict(
-            "node.peer_offences", 2 * config.transport.max_connections + config.gateway.max_clients,
-            registry=self.registry,
-        )
-        """Per connection: messages of its peer whose handling raised (dropped with it)."""
-        self._queued: dict[Connection, int] = {}  # bounded: one entry per connection with messages in the inbox
-        """Per connection: its messages waiting in the inbox (the fair share's accounting)."""
-        self._paused: dict[Connection, None] = {}  # bounded: a subset of the keys of _queued
-        self._peers = 0
-        self._share = max(config.transport.inbox_peer_share_min, _INBOX_CAPACITY)
-        self._next_error_log = 0.0
-        self._errors_unlogged = 0
+        self.inbox_guard = InboxGuard(config.transport, _INBOX_CAPACITY, config.gateway.max_clients,
+                                      spawn=self._spawn, registry=self.registry)
+        """Each peer's fair share of the inbox; messages whose handling raised."""
         self._outbox: BoundedDeque[Deliver | DeliverBatch] = BoundedDeque(
             "node.delivery_queue", config.gossip.reorder_buffer_total + _INBOX_CHUNK, Overflow.DROP_NEWEST,
             capacity_bytes=config.gossip.payload_cache_bytes, sizeof=_delivery_size, registry=self.registry,
@@ -271,8 +250,7 @@ class NodeDriver:
         if conn.role == "client":
             self.gateway.on_connection(conn)
             return
-        self._peers += 1
-        self._update_share()
+        self.inbox_guard.peer_up()
         addresses = (conn.remote_address,) if conn.outbound else ()
         self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now()))
         self._rearm()
@@ -282,7 +260,7 @@ class NodeDriver:
             try:
                 self.gateway.on_message(conn, message)
             except Exception as exc:
-                self._handling_failed(conn, message, exc)
+                self.inbox_guard.failed(conn, message, exc)
             return
         # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
         # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
@@ -291,12 +269,7 @@ class NodeDriver:
             self.inbox_dropped += 1
             return
         self._inbox_in += 1
-        queued = self._queued.get(conn, 0) + 1
-        self._queued[conn] = queued
-        if queued >= self._share and conn not in self._paused and not conn.closed:
-            self._paused[conn] = None
-            self.paused_total += 1
-            conn.pause_reading()
+        self.inbox_guard.put(conn)
         if not self._inbox_scheduled and self._loop is not None:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
@@ -308,14 +281,14 @@ class NodeDriver:
         for _ in range(n):
             conn, message = inbox.popleft()
             self._inbox_out += 1  # counted first: whatever the handling does, the books balance
-            self._dequeued(conn)
+            self.inbox_guard.take(conn)
             # a message received before its connection closed is processed (the peer sent it
             # and we received it: a publish right before a peer stops is delivered); the loss
             # itself is handled once the connection's messages are through (_lost_later)
             try:
                 self._process(conn, message)
             except Exception as exc:
-                self._handling_failed(conn, message, exc)
+                self.inbox_guard.failed(conn, message, exc)
         while self._lost_later:
             conn = next(iter(self._lost_later))
             mark, error = self._lost_later[conn]
@@ -346,61 +319,15 @@ class NodeDriver:
             self._outbox_scheduled = True
             self._loop.call_soon(self._drain_outbox)
 
-    def _dequeued(self, conn: Connection) -> None:
-        """One message of ``conn`` left the inbox: resume it once below half its share."""
-        left = self._queued.get(conn, 1) - 1
-        if left > 0:
-            self._queued[conn] = left
-        else:
-            self._queued.pop(conn, None)
-        if conn in self._paused and left <= self._share // 2:
-            del self._paused[conn]
-            if not conn.closed:
-                conn.resume_reading()
-
-    def _update_share(self) -> None:
-        """Each peer's share of the inbox: an equal part, at least ``inbox_peer_share_min``."""
-        self._share = max(self.config.transport.inbox_peer_share_min, _INBOX_CAPACITY // max(1, self._peers))
-
-    def _handling_failed(self, conn: Connection, message: WireMessage, exc: Exception) -> None:
-        """Handling ``message`` from ``conn`` raised: count, log (rate-limited), and close the
-        connection once its peer reached ``max_peer_offences``. The message is dropped."""
-        self.inbox_errors += 1
-        now = time.monotonic()
-        if now >= self._next_error_log:
-            self._next_error_log = now + _ERROR_LOG_INTERVAL
-            log.warning(
-                "dropped a %s from %s: %s: %s (%d more since the last report)", type(message).__name__,
-                conn.peer_id.short(), type(exc).__name__, str(exc)[:200], self._errors_unlogged,
-                exc_info=log.isEnabledFor(logging.DEBUG),
-            )
-            self._errors_unlogged = 0
-        else:
-            self._errors_unlogged += 1
-        if conn.closed:
-            return
-        count = self._offences.get(conn, 0) + 1
-        try:
-            self._offences[conn] = count
-        except ContainerFull:
-            count = self.config.transport.max_peer_offences  # no room to keep count: close now
-        if count >= self.config.transport.max_peer_offences:
-            self._offences.pop(conn, None)
-            self.offender_closes += 1
-            self._spawn(conn.close("protocol", f"{count} messages could not be handled"))
-
     def _process(self, conn: Connection, message: WireMessage) -> None:
         self._run(self.core.message(conn.peer_id, message, self._now()))
         self._rearm()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
-        self._offences.pop(conn, None)
+        self.inbox_guard.peer_down(conn)
         if conn.role == "client":
             self.gateway.on_connection_lost(conn, error)
             return
-        self._peers = max(0, self._peers - 1)
-        self._update_share()
-        self._paused.pop(conn, None)
         if self._inbox and not self._stopped:
             # messages it delivered may still wait in the inbox: they go first
             try:

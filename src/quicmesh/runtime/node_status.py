@@ -51,10 +51,10 @@ class NodeStatus(NodeDriver):
             "dropped_sends_total": float(self.dropped_sends),
             "inbox_dropped_total": float(self.inbox_dropped),
             "delivery_dropped_total": float(self.outbox_dropped),
-            "inbox_errors_total": float(self.inbox_errors),
-            "inbox_paused_total": float(self.paused_total),
+            "inbox_errors_total": float(self.inbox_guard.errors),
+            "inbox_paused_total": float(self.inbox_guard.paused_total),
             "send_errors_total": float(self.send_errors),
-            "offender_closes_total": float(self.offender_closes),
+            "offender_closes_total": float(self.inbox_guard.offender_closes),
             "inbox_depth": float(len(self._inbox)),
         }
         for reason, n in ts.refused_total.items():
