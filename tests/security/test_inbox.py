@@ -27,7 +27,7 @@ import pytest
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig, TransportConfig
 from quicmesh.core.mesh_messages import MPrune
-from quicmesh.core.messages import ALL_MESSAGES, Challenge
+from quicmesh.core.messages import ALL_MESSAGES, Challenge, Reply
 from quicmesh.core.wire import HEADER, Codec, Message
 from quicmesh.errors import TransportError
 from quicmesh.identity import KeyPair
@@ -277,3 +277,73 @@ async def test_partial_frame_before_authentication_is_bounded(nodes: Callable[..
     print(f"128 KiB of a 1 MiB frame sent before authentication: refused after at most {limit:,} bytes "
           f"(protocol refusals: {refused}); connections held: {node.transport.stats().connections}")
     assert refused == 1 and node.transport.stats().connections == 0
+
+
+class PausingRecorder(Recorder):
+    """Pauses the connection a message arrives on once ``pause_at`` messages arrived."""
+
+    def __init__(self, pause_at: int) -> None:
+        super().__init__()
+        self.pause_at = pause_at
+        self.messages: list[Message] = []
+        self.conns: list[Connection] = []
+
+    def on_connection(self, conn: Connection) -> None:
+        self.conns.append(conn)
+
+    def on_message(self, conn: Connection, message: Message) -> None:
+        self.messages.append(message)
+        if len(self.messages) == self.pause_at:
+            conn.pause_reading()
+
+
+async def _quic_pair(receiver_cfg: TransportConfig, events: PausingRecorder) -> tuple[QuicTransport, QuicTransport]:
+    rx = QuicTransport(KeyPair.generate(), REALM, receiver_cfg, CODEC, registry=ContainerRegistry("rx"))
+    tx = QuicTransport(KeyPair.generate(), REALM, TransportConfig(), CODEC, registry=ContainerRegistry("tx"))
+    await rx.start(events)
+    await tx.start(Recorder())
+    return rx, tx
+
+
+async def test_quic_paused_connection_holds_then_delivers_in_order() -> None:
+    events = PausingRecorder(pause_at=100)
+    rx, tx = await _quic_pair(TransportConfig(), events)
+    try:
+        conn = await tx.dial(rx.address, expected=rx.node_id)
+        n = 3_000
+        for i in range(n):
+            assert conn.send(MPrune(f"s{i}"))
+        await eventually(lambda: conn.pending_bytes == 0, timeout=10, what="everything sent")
+        rconn = events.conns[0]
+        assert isinstance(rconn, QuicConnection)
+        await eventually(lambda: len(rconn._held) + len(rconn._undelivered) > 0, timeout=10)
+        waiting = len(events.messages)
+        held = len(rconn._held)
+        rconn.resume_reading()
+        await eventually(lambda: len(events.messages) == n, timeout=10)
+        in_order = [m.s for m in events.messages if isinstance(m, MPrune)] == [f"s{i}" for i in range(n)]
+        print(f"paused at 100 messages: {waiting} delivered, {held:,} bytes held unread; "
+              f"after resume {len(events.messages)} of {n} delivered, in order: {in_order}")
+        assert waiting < n and in_order
+    finally:
+        await tx.stop()
+        await rx.stop()
+
+
+async def test_quic_paused_connection_held_bytes_are_capped() -> None:
+    events = PausingRecorder(pause_at=1)
+    cap = 64 * 1024
+    rx, tx = await _quic_pair(TransportConfig(max_paused_bytes=cap), events)
+    try:
+        conn = await tx.dial(rx.address, expected=rx.node_id)
+        sent = 0
+        for i in range(400):
+            sent += conn.send(Reply(id=i, payload=b"x" * 1000))
+        await eventually(lambda: conn.closed, timeout=10, what="the receiver closes the flooding connection")
+        rconn = events.conns[0]
+        print(f"{sent} frames of ~1 KiB sent to a paused connection: closed with {rconn.close_code!r} "
+              f"after holding at most {cap:,} bytes; delivered {len(events.messages)}")
+        assert rconn.close_code == "slow_consumer" and len(events.messages) < 400
+    finally:
+        await tx.stop()
+        await rx.stop()
