@@ -293,7 +293,8 @@ class Rpc:
         if self._running.pop((peer, call_id)) is None or peer not in self._connected:
             return []
         if error is not None:
-            return [Send(peer, ReplyError(call_id, error.code, error.message, error.retryable))]
+            # cut to what receivers accept (messages.ReplyError): a handler's long text costs no link
+            return [Send(peer, ReplyError(call_id, error.code[:256], error.message[:4096], error.retryable))]
         return [Send(peer, Reply(call_id, result or b""))]
 
     def handler_cancelled(self, peer: NodeId, call_id: int) -> None:

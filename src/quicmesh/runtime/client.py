@@ -538,7 +538,7 @@ class Client:
                 else:
                     reply = GInvokeError(m.id, "bad_result", f"handler returned {type(out).__name__}, not bytes")
             except RemoteError as exc:
-                reply = GInvokeError(m.id, exc.code, exc.message[:1000], exc.retryable)
+                reply = GInvokeError(m.id, exc.code[:256], exc.message[:1000], exc.retryable)
             except TimeoutError:
                 reply = GInvokeError(m.id, "timeout", f"handler exceeded {m.timeout_ms} ms")
             except Exception as exc:
