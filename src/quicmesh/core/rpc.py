@@ -224,7 +224,7 @@ class Rpc:
         call_id = self._next_id
         self._pending.set(call_id, PendingCall(call_id, peer, name, token), now, ttl=max(timeout, 1e-6))
         self.stats.calls_started += 1
-        timeout_ms = max(1, int(timeout * 1000))
+        timeout_ms = min(max(1, int(timeout * 1000)), (1 << 63) - 1)  # what receivers accept
         return call_id, [Send(peer, Request(call_id, name, payload, timeout_ms))]
 
     def cancel(self, call_id: int) -> bool:

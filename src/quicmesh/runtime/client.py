@@ -489,7 +489,7 @@ class Client:
             raise TypeError("payload must be bytes")
         total = self.call_timeout if timeout is None else timeout
         req = next(self._ids)
-        msg = GCall(req, name, bytes(payload), max(1, int(total * 1000)))
+        msg = GCall(req, name, bytes(payload), min(max(1, int(total * 1000)), (1 << 63) - 1))
         try:
             result: bytes = await self._request(msg, req, total + 1.0)  # the gateway answers a timeout itself
         except TimeoutError:
