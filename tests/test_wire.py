@@ -1,7 +1,8 @@
 """The wire format: every message round-trips, and no input makes a decoder raise anything but a
 ``DecodeError`` subclass or buffer more than one frame.
 
-Message strategies are derived from the struct definitions (``msgspec.inspect``), so a message
+Message strategies are derived from the struct definitions (``msgspec.inspect``, see
+``tests/wire_values.py``: they honour the field constraints and the topic grammar), so a message
 type added to ``ALL_MESSAGES`` is covered without editing this file; a field type the derivation
 does not know fails ``test_every_message_type_has_a_strategy`` instead of being skipped.
 """
@@ -10,101 +11,20 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wire_values import MESSAGE_INFO, messages, random_message, random_value, strategy_for
 
 from quicmesh.core.messages import ALL_MESSAGES, Ping, Refuse, Reply
 from quicmesh.core.wire import DEFAULT_MAX_FRAME_SIZE, HEADER, Codec, Message
 from quicmesh.errors import DecodeError, FrameTooLarge, MalformedFrame, UnknownMessageType
 
 MiB = 1 << 20
-INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what MessagePack (and msgspec) can carry
 FUZZ_CASES = 10_000
-
-# -- strategies and random values derived from the struct definitions ---------------------------
-
-
-def strategy_for(t: msgspec.inspect.Type) -> st.SearchStrategy[Any]:
-    """A hypothesis strategy for values of the msgspec type ``t``."""
-    mi = msgspec.inspect
-    if isinstance(t, mi.IntType):
-        lo = INT_MIN if t.ge is None else max(INT_MIN, t.ge)
-        hi = INT_MAX if t.le is None else min(INT_MAX, t.le)
-        return st.integers(lo if t.gt is None else t.gt + 1, hi if t.lt is None else t.lt - 1)
-    if isinstance(t, mi.BoolType):
-        return st.booleans()
-    if isinstance(t, mi.FloatType):
-        return st.floats(allow_nan=False)
-    if isinstance(t, mi.StrType):
-        return st.text(min_size=t.min_length or 0, max_size=t.max_length if t.max_length is not None else 40)
-    if isinstance(t, mi.BytesType):
-        return st.binary(min_size=t.min_length or 0, max_size=t.max_length if t.max_length is not None else 64)
-    if isinstance(t, mi.NoneType):
-        return st.none()
-    if isinstance(t, mi.ListType):
-        return st.lists(strategy_for(t.item_type), max_size=t.max_length if t.max_length is not None else 8)
-    if isinstance(t, mi.VarTupleType):
-        return st.lists(strategy_for(t.item_type), max_size=8).map(tuple)
-    if isinstance(t, mi.TupleType):
-        return st.tuples(*(strategy_for(i) for i in t.item_types))
-    if isinstance(t, mi.DictType):
-        return st.dictionaries(strategy_for(t.key_type), strategy_for(t.value_type), max_size=8)
-    if isinstance(t, mi.UnionType):
-        return st.one_of([strategy_for(u) for u in t.types])
-    if isinstance(t, mi.StructType):
-        fields = {f.name: strategy_for(f.type) for f in t.fields}
-        return st.fixed_dictionaries(fields).map(lambda kw: t.cls(**kw))
-    raise NotImplementedError(f"no strategy for {t!r}: extend strategy_for()")
-
-
-def random_value(t: msgspec.inspect.Type, rng: random.Random) -> Any:
-    """A random value of the msgspec type ``t`` (a fast, seeded twin of :func:`strategy_for`)."""
-    mi = msgspec.inspect
-    if isinstance(t, mi.IntType):
-        return rng.choice([0, 1, -1, rng.randrange(256), rng.randrange(INT_MIN, INT_MAX + 1)])
-    if isinstance(t, mi.BoolType):
-        return rng.random() < 0.5
-    if isinstance(t, mi.FloatType):
-        return rng.uniform(-1e9, 1e9)
-    if isinstance(t, mi.StrType):
-        return "".join(rng.choice("abcxyz/.*é€😀 ") for _ in range(rng.randrange(20)))
-    if isinstance(t, mi.BytesType):
-        return rng.randbytes(rng.randrange(40))
-    if isinstance(t, mi.NoneType):
-        return None
-    if isinstance(t, mi.ListType | mi.VarTupleType):
-        items = [random_value(t.item_type, rng) for _ in range(rng.randrange(4))]
-        return items if isinstance(t, mi.ListType) else tuple(items)
-    if isinstance(t, mi.TupleType):
-        return tuple(random_value(i, rng) for i in t.item_types)
-    if isinstance(t, mi.DictType):
-        return {random_value(t.key_type, rng): random_value(t.value_type, rng) for _ in range(rng.randrange(4))}
-    if isinstance(t, mi.UnionType):
-        return random_value(rng.choice(t.types), rng)
-    if isinstance(t, mi.StructType):
-        return t.cls(**{f.name: random_value(f.type, rng) for f in t.fields})
-    raise NotImplementedError(f"no random value for {t!r}: extend random_value()")
-
-
-def struct_info(cls: type[Message]) -> msgspec.inspect.StructType:
-    """msgspec's description of a message class (always a struct)."""
-    info = msgspec.inspect.type_info(cls)
-    assert isinstance(info, msgspec.inspect.StructType)
-    return info
-
-
-MESSAGE_INFO = {cls: struct_info(cls) for cls in ALL_MESSAGES}
-messages = st.one_of([strategy_for(info) for info in MESSAGE_INFO.values()])
-
-
-def random_message(rng: random.Random) -> Message:
-    msg = random_value(MESSAGE_INFO[rng.choice(ALL_MESSAGES)], rng)
-    assert isinstance(msg, Message)
-    return msg
 
 
 @pytest.fixture(scope="module")

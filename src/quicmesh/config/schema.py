@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .values import check_type, coerce, field_types
+from .transport import TransportConfig
+from .values import KiB, MiB, check_type, coerce, field_types
 
 __all__ = [
     "SECTIONS",
     "AddressBookConfig",
     "GatewayConfig",
     "GossipConfig",
+    "KiB",
     "MembershipConfig",
+    "MiB",
     "NodeConfig",
     "ObservabilityConfig",
     "PubSubConfig",
@@ -33,72 +36,8 @@ __all__ = [
     "validate",
 ]
 
-KiB = 1024
-MiB = 1024 * KiB
 MAX_BATCH_MESSAGES = 1024
 """Messages one gossip batch may carry on the wire; a receiver drops a larger batch (counted)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """QUIC connections, admission and framing."""
-
-    max_connections: int = 1000
-    """Connections held at once (count). Beyond it new connections are refused with reason
-    ``max_connections``. 1,000 as the Erlang mesh's pool, well under quinn's 65,536: ~42 KiB RSS
-    each with qh3 here, so ~42 MiB at the cap."""
-    max_incoming_handshakes: int = 256
-    """Handshakes in progress at once (count). A half-open connection otherwise lives until its
-    idle timeout (aioquic has no cap); 256 absorbs a reconnect storm of a few hundred peers."""
-    handshake_timeout: float = 10.0
-    """Seconds for TLS plus the quicmesh hello/proof exchange before the attempt is dropped. A
-    loopback handshake takes ~6-8 ms here (qh3/aioquic); 10 s leaves room for lossy WAN paths and
-    their QUIC retransmissions (initial PTO ~1 s, doubling) while bounding half-open state."""
-    idle_timeout: float = 30.0
-    """Seconds without any packet before QUIC closes the connection (quinn's default)."""
-    keepalive_interval: float = 5.0
-    """Seconds between pings on an idle connection. Must be shorter than ``idle_timeout``
-    (checked); 1/6 of it, so five pings can be lost before the connection times out."""
-    max_frame_size: int = 1 * MiB
-    """Largest frame accepted (bytes), checked from the length prefix before buffering. 1 MiB as
-    NATS' max payload; the Erlang mesh had no cap, so a prefix could ask for 4 GiB. 16 to 2**32-1."""
-    send_buffer_bytes: int = 8 * MiB
-    """Unsent bytes queued per connection (bytes). QUIC stream writers never pause, so the node
-    keeps its own window; past it, best-effort frames are dropped and counted. 8 max frames: a
-    burst of large messages fits; 1,000 connections at the cap would be 8 GiB in the worst case,
-    which is why the gateway's per-client budget is separate and the sentinel watches RSS."""
-    send_stall_timeout: float = 5.0
-    """Seconds ``publish`` waits for a congested connection (unsent bytes over half of
-    ``send_buffer_bytes``) to drain before moving on; frames beyond the buffer are then dropped
-    for that peer and counted. Backpressure for fast publishers, bounded for dead peers."""
-    alpn: str = "quicmesh/1"
-    """TLS ALPN protocol id; a peer speaking another protocol fails the handshake."""
-    # #11 (dial)
-    max_pending_dials: int = 8
-    """Dials to peers learned from others (discovery walks, shuffles, forward joins, adverts) in
-    flight at once (count); more wait in the dial queue. Dials the user asked for (bootstrap,
-    ``add_peer``) go first and do not count. In flight plus connected never exceeds
-    ``max_connections``. 8: a node joining a mesh dials its 5 active neighbours and a few more."""
-    dial_rate: float = 20.0
-    """New dials to learned peers per second (token bucket refill); a dial storm (400 ``MFind``
-    naming 400 addresses) becomes at most this many handshakes a second."""
-    dial_burst: int = 40
-    """Token bucket size of ``dial_rate`` (count): dials started at once after a quiet period."""
-    max_queued_dials: int = 64
-    """Learned dials waiting for a slot or a token (count); beyond it a dial is dropped, counted
-    (``dials_dropped``) and reported failed to the machine that asked."""
-    dial_queue_wait: float = 5.0
-    """Seconds a learned dial may wait in the queue before it is dropped as failed (half the
-    mesh's dial timeout)."""
-    max_handshakes_per_source: int = 32
-    """Incoming handshakes in progress at once from one source IP address (count); more are
-    refused at the first packet (``max_handshakes_per_source``). A loopback handshake takes
-    ~10 ms, so 32 still admits thousands a second from one host (clients behind one NAT), while
-    one host can no longer hold all ``max_incoming_handshakes`` slots."""
-    retry_threshold: int = 64
-    """Incoming handshakes in progress (count) above which new ones must first prove their
-    source address with a QUIC Retry (a spoofed source never sees the token and holds no
-    slot); 0: always send a Retry. It costs new dialers one round trip while it is on."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,12 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from ..errors import ConfigError
 
-__all__ = ["check_type", "coerce", "field_types"]
+__all__ = ["KiB", "MiB", "check_type", "coerce", "field_types"]
+
+KiB = 1024
+"""Bytes in a kibibyte."""
+MiB = 1024 * KiB
+"""Bytes in a mebibyte."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})

@@ -13,6 +13,13 @@ A connected entry is stored with a deadline far in the future, so it never expir
 connection lives, and when the map is full the victim is always the entry closest to its deadline:
 the stalest *unconnected* peer. When the connection ends the entry is re-armed with the normal TTL
 from that moment. Expiry happens only in :meth:`AddressBook.expire`, called from the owner's timer.
+
+**Whose word counts.** What a peer says about itself (its JOIN, NEIGHBOR, a walk it started and
+sent us itself, the address we reached it at: ``own=True``) outranks what others claim about it
+(addresses relayed in FORWARDJOIN, SHUFFLE, FIND and FOUND: ``own=False``). A third-party claim
+never replaces self-claimed addresses and does not refresh their last-seen time, so it only fills
+in when nothing self-claimed is known, or once the self-claimed entry expired (``ttl`` after the
+peer last spoke for itself, unless connected). Refused claims are counted (``overruled``).
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class PeerEntry:
     addresses: tuple[str, ...]
     last_seen: float
     connected: bool
+    own: bool = False
+    """The addresses are what the peer said about itself (or where we reached it)."""
 
 
 class AddressBook:
@@ -60,6 +69,8 @@ class AddressBook:
         self._entries: TtlMap[NodeId, PeerEntry] = TtlMap(
             "addressbook.peers", config.capacity, config.ttl, registry=registry
         )
+        self.overruled = 0
+        """Third-party claims ignored because the peer's own addresses are known."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -76,9 +87,12 @@ class AddressBook:
         entry = self._entries.get(peer)
         return () if entry is None else entry.addresses
 
-    def add(self, peer: NodeId, addresses: Iterable[str], now: float) -> None:
+    def add(self, peer: NodeId, addresses: Iterable[str], now: float, *, own: bool = False) -> None:
         """Learn or refresh ``peer``. A non-empty address set replaces the stored one; an empty
-        one keeps the stored addresses and only refreshes last-seen. Our own id is ignored."""
+        one keeps the stored addresses and only refreshes last-seen. Our own id is ignored.
+
+        ``own``: ``peer`` itself sent these addresses. A third-party claim (``own=False``) about a
+        peer whose own addresses are known changes nothing (see the module docstring)."""
         if peer == self.me:
             return
         addrs = normalize_addresses(addresses)
@@ -86,9 +100,14 @@ class AddressBook:
         if old is None:
             if not addrs:
                 return
-            self._entries.set(peer, PeerEntry(addrs, now, False), now)
+            self._entries.set(peer, PeerEntry(addrs, now, False, own), now)
             return
-        entry = PeerEntry(addrs or old.addresses, now, old.connected)
+        if old.own and not own:
+            if addrs and addrs != old.addresses:
+                self.overruled += 1
+            return
+        keep_own = old.own and not addrs
+        entry = PeerEntry(addrs or old.addresses, now, old.connected, own or keep_own)
         self._entries.set(peer, entry, now, _CONNECTED_TTL if old.connected else None)
 
     def set_connected(self, peer: NodeId, addresses: Iterable[str], now: float) -> None:
@@ -98,7 +117,8 @@ class AddressBook:
         addrs = normalize_addresses(addresses)
         old = self._entries.get(peer)
         keep = addrs or (old.addresses if old is not None else ())
-        self._entries.set(peer, PeerEntry(keep, now, True), now, _CONNECTED_TTL)
+        own = bool(addrs) or (old is not None and old.own)  # we reached it there: as good as its word
+        self._entries.set(peer, PeerEntry(keep, now, True, own), now, _CONNECTED_TTL)
 
     def set_disconnected(self, peer: NodeId, now: float) -> None:
         """The connection to ``peer`` ended: the entry expires ``ttl`` from now."""
@@ -108,7 +128,7 @@ class AddressBook:
         if not old.addresses:
             self._entries.pop(peer)
             return
-        self._entries.set(peer, PeerEntry(old.addresses, now, False), now)
+        self._entries.set(peer, PeerEntry(old.addresses, now, False, old.own), now)
 
     def remove(self, peer: NodeId) -> bool:
         """Forget ``peer``; ``True`` when it was known."""
@@ -131,4 +151,4 @@ class AddressBook:
         """Counters for /health."""
         s = self._entries.stats()
         return {"size": s.size, "capacity": s.capacity, "peak": s.peak, "evictions": s.evictions,
-                "expirations": s.expirations}
+                "expirations": s.expirations, "overruled": self.overruled}

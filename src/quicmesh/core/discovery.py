@@ -38,7 +38,7 @@ from .addressbook import AddressBook, normalize_addresses
 from .connections import DIAL_TIMEOUT
 from .effects import DialAddress, Effect
 from .membership import HvOut, HyParView, peer_id
-from .mesh_messages import MFind, MFound, PeerInfo
+from .mesh_messages import MAX_WALK_TTL, MFind, MFound, PeerInfo
 from .swarm import Swarm
 from .wire import Message
 
@@ -188,7 +188,8 @@ class Discovery:
         realm = self.realm.active_peers()
         out: list[Effect] = []
         for p in self.rng.sample(realm, min(FIND_FANOUT, len(realm))):
-            out += self.send(p, MFind(sw.hv.swarm, self.me.raw, list(self.addresses), cfg.active_random_walk), now)
+            out += self.send(p, MFind(sw.hv.swarm, self.me.raw, list(self.addresses),
+                                          min(cfg.active_random_walk, MAX_WALK_TTL)), now)
         return out
 
     def take_hints(self, swarm: str, now: float) -> list[NodeId]:
@@ -200,7 +201,7 @@ class Discovery:
         origin = peer_id(msg.origin)
         if origin is None or origin == self.me or not msg.s:
             return []
-        self.book.add(origin, msg.addrs, now)
+        self.book.add(origin, msg.addrs, now, own=origin == sender)
         sw = self.swarms.peek(msg.s)
         out: list[Effect] = []
         if sw is not None:

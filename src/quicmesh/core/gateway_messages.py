@@ -8,7 +8,14 @@ requests in flight; the gateway answers each with :class:`GOk`, :class:`GReply` 
 
 from __future__ import annotations
 
-from .wire import Message
+from typing import Annotated
+
+import msgspec
+
+from .grammar import MAX_TOPIC_LEN, check_pattern, check_topic
+from .wire import Code, Message, Name, NodeIdBytes, Text, UInt
+
+_Topic = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOPIC_LEN)]
 
 __all__ = [
     "GATEWAY_MESSAGES",
@@ -31,68 +38,77 @@ __all__ = [
 class GSubscribe(Message, tag="g.sub"):
     """Client -> gateway: subscribe to ``pattern``; deliveries carry ``sid`` (the client's id)."""
 
-    id: int
-    sid: int
-    pattern: str
+    id: UInt
+    sid: UInt
+    pattern: _Topic
+
+    def __post_init__(self) -> None:
+        check_pattern(self.pattern)
 
 
 class GUnsubscribe(Message, tag="g.unsub"):
     """Client -> gateway: end subscription ``sid`` (no answer)."""
 
-    sid: int
+    sid: UInt
 
 
 class GMessage(Message, tag="g.msg"):
     """Gateway -> client: a topic message for subscription ``sid``."""
 
-    sid: int
-    topic: str
+    sid: UInt
+    topic: _Topic
     payload: bytes
-    publisher: bytes
-    seq: int
+    publisher: NodeIdBytes
+    seq: UInt
+
+    def __post_init__(self) -> None:
+        check_topic(self.topic)
 
 
 class GPublish(Message, tag="g.pub"):
     """Client -> gateway: publish. Failures are answered with :class:`GError`; success with
     :class:`GOk` only when ``id`` is not 0 (the client asked for a confirmation)."""
 
-    id: int
-    topic: str
+    id: UInt
+    topic: _Topic
     payload: bytes
+
+    def __post_init__(self) -> None:
+        check_topic(self.topic)
 
 
 class GAdvertise(Message, tag="g.adv"):
     """Client -> gateway: offer procedure ``name`` to the mesh through the gateway."""
 
-    id: int
-    name: str
+    id: UInt
+    name: Name
 
 
 class GUnadvertise(Message, tag="g.unadv"):
     """Client -> gateway: withdraw procedure ``name`` (no answer)."""
 
-    name: str
+    name: Name
 
 
 class GCall(Message, tag="g.call"):
     """Client -> gateway: call procedure ``name`` on the mesh within ``timeout_ms``."""
 
-    id: int
-    name: str
+    id: UInt
+    name: Name
     payload: bytes
-    timeout_ms: int
+    timeout_ms: UInt
 
 
 class GOk(Message, tag="g.ok"):
     """Gateway -> client: request ``id`` (subscribe, advertise) succeeded."""
 
-    id: int
+    id: UInt
 
 
 class GReply(Message, tag="g.rep"):
     """Gateway -> client: the reply to call ``id``."""
 
-    id: int
+    id: UInt
     payload: bytes
 
 
@@ -105,37 +121,37 @@ class GError(Message, tag="g.err"):
     or a remote handler's own code (``remote`` is then true).
     """
 
-    id: int
-    code: str
-    message: str
+    id: UInt
+    code: Code
+    message: Text
     retryable: bool = False
-    limit: str = ""
-    capacity: int = 0
+    limit: Code = ""
+    capacity: UInt = 0
     remote: bool = False
 
 
 class GInvoke(Message, tag="g.inv"):
     """Gateway -> client: run the client's procedure ``name`` for a mesh caller."""
 
-    id: int
-    name: str
+    id: UInt
+    name: Name
     payload: bytes
-    timeout_ms: int
+    timeout_ms: UInt
 
 
 class GInvokeResult(Message, tag="g.res"):
     """Client -> gateway: the result of invocation ``id``."""
 
-    id: int
+    id: UInt
     payload: bytes
 
 
 class GInvokeError(Message, tag="g.ierr"):
     """Client -> gateway: invocation ``id`` failed with ``code``."""
 
-    id: int
-    code: str
-    message: str
+    id: UInt
+    code: Code
+    message: Text
     retryable: bool = False
 
 

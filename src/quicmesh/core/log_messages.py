@@ -8,7 +8,13 @@ codec is not trusted as validation.
 
 from __future__ import annotations
 
-from .wire import Message
+from typing import Annotated
+
+import msgspec
+
+from .wire import MAX_WIRE_LIST, Message, Name, NodeIdBytes, UInt
+
+_Names = Annotated[list[Name], msgspec.Meta(max_length=MAX_WIRE_LIST)]
 
 __all__ = ["LOG_MESSAGES", "LiveOp", "LogInterest", "SyncBatch", "SyncRequest"]
 
@@ -20,9 +26,9 @@ class SyncRequest(Message, tag="l.req"):
     The server keeps no state between requests: the puller sends fresh heads each time.
     """
 
-    sid: int
-    log: str
-    heads: list[tuple[bytes, int]]
+    sid: UInt
+    log: Name
+    heads: Annotated[list[tuple[NodeIdBytes, UInt]], msgspec.Meta(max_length=MAX_WIRE_LIST)]
 
 
 class SyncBatch(Message, tag="l.ops"):
@@ -33,9 +39,9 @@ class SyncBatch(Message, tag="l.ops"):
     not sync this log.
     """
 
-    sid: int
-    log: str
-    ops: list[tuple[bytes, bytes]]
+    sid: UInt
+    log: Name
+    ops: Annotated[list[tuple[bytes, bytes]], msgspec.Meta(max_length=MAX_WIRE_LIST)]
     more: bool
     refused: bool = False
 
@@ -54,8 +60,8 @@ class LogInterest(Message, tag="l.int"):
     names that are not valid log names.
     """
 
-    added: list[str]
-    removed: list[str]
+    added: _Names
+    removed: _Names
     reset: bool = False
 
 

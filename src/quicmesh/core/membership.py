@@ -13,7 +13,10 @@ driven by :class:`~quicmesh.core.mesh.Mesh`).
   view), answers NEIGHBOR_REPLY(ok) and sends FORWARDJOIN(ttl=ARWL) to its other active peers.
   A FORWARDJOIN walks at random; at ``ttl == PRWL`` the node also puts the joiner in its passive
   view; at ``ttl == 0`` (or at a node with at most one active peer) the node adds the joiner to its
-  active view and sends it NEIGHBOR(high), which must be accepted.
+  active view and sends it NEIGHBOR(high), which must be accepted. The codec refuses a ``ttl``
+  below 0 or above ``MAX_WALK_TTL`` and the receiver clamps it to its own ARWL, so a hostile
+  FORWARDJOIN can do no more than the last hop of a legitimate walk (the joiner is dialled at the
+  addresses the book holds for it, its own claims first: see the address book).
 * **Failure and promotion.** The transport reports failures (``peer_failed``: a connection lost or
   a dial failed). The peer leaves both views and its pending request is dropped; the node then
   sends NEIGHBOR to random passive peers (``high`` when its active view is empty) until the active
@@ -52,6 +55,7 @@ from ..errors import InvalidNodeId
 from ..identity import NodeId
 from .addressbook import AddressBook
 from .mesh_messages import (
+    MAX_WALK_TTL,
     MForwardJoin,
     MJoin,
     MLeave,
@@ -245,43 +249,51 @@ class HyParView:
         if isinstance(msg, MShuffle):
             return self._on_shuffle(sender, msg, now)
         if isinstance(msg, MShuffleReply):
-            self._merge(self._peers_from(msg.peers, now), [])
+            self._merge(self._peers_from(msg.peers, now, sender), [])
             return []
         return []
 
     def _on_join(self, sender: NodeId, msg: MJoin, now: float) -> list[HvOut]:
-        self.book.add(sender, msg.addrs, now)
+        self.book.add(sender, msg.addrs, now, own=True)
         out = self._add_active(sender, now)
         out.append(HvSend(sender, MNeighborReply(self.swarm, True)))
         addrs = list(self.book.addresses(sender))
         for p in self.active_peers():
             if p != sender:
-                out.append(HvSend(p, MForwardJoin(self.swarm, sender.raw, addrs, self.config.active_random_walk)))
+                out.append(HvSend(p, MForwardJoin(self.swarm, sender.raw, addrs, self._walk_ttl)))
         return out
 
     def _on_forward_join(self, sender: NodeId, msg: MForwardJoin, now: float) -> list[HvOut]:
         joiner = peer_id(msg.peer)
         if joiner is None or joiner == self.me:
             return []
-        self.book.add(joiner, msg.addrs, now)
+        self.book.add(joiner, msg.addrs, now, own=joiner == sender)
         if joiner in self.active:
             return []
-        ttl = min(msg.ttl, self.config.active_random_walk)
-        if ttl <= 0 or len(self.active) <= 1:
-            out = self._add_active(joiner, now)
-            out.append(HvSend(joiner, MNeighbor(self.swarm, True, list(self.addresses))))
-            return out
+        ttl = max(0, min(msg.ttl, self._walk_ttl))  # the codec refuses ttl < 0; clamp anyway
+        if ttl == 0 or len(self.active) <= 1:
+            return self._invite(joiner, now)
         if ttl == self.config.passive_random_walk:
             self._add_passive(joiner)
         nxt = self._random_active(exclude=(sender, joiner))
         if nxt is None:
-            out = self._add_active(joiner, now)
-            out.append(HvSend(joiner, MNeighbor(self.swarm, True, list(self.addresses))))
-            return out
+            return self._invite(joiner, now)
         return [HvSend(nxt, MForwardJoin(self.swarm, msg.peer, list(self.book.addresses(joiner)), ttl - 1))]
 
+    @property
+    def _walk_ttl(self) -> int:
+        """The FORWARDJOIN walk length: ARWL, at most what receivers accept."""
+        return min(self.config.active_random_walk, MAX_WALK_TTL)
+
+    def _invite(self, joiner: NodeId, now: float) -> list[HvOut]:
+        """The end of a FORWARDJOIN walk: the joiner enters the active view and is sent
+        NEIGHBOR(high)."""
+        out = self._add_active(joiner, now)
+        out.append(HvSend(joiner, MNeighbor(self.swarm, True, list(self.addresses))))
+        return out
+
     def _on_neighbor(self, sender: NodeId, msg: MNeighbor, now: float) -> list[HvOut]:
-        self.book.add(sender, msg.addrs, now)
+        self.book.add(sender, msg.addrs, now, own=True)
         if sender in self.active:
             return [HvSend(sender, MNeighborReply(self.swarm, True))]
         if msg.high or len(self.active) < self.config.active_view:
@@ -322,13 +334,13 @@ class HyParView:
         origin = peer_id(msg.origin)
         if origin is None or origin == self.me:
             return []
-        self.book.add(origin, msg.addrs, now)
-        ttl = min(msg.ttl, self.config.shuffle_random_walk)
+        self.book.add(origin, msg.addrs, now, own=origin == sender)
+        ttl = max(0, min(msg.ttl, self.config.shuffle_random_walk, MAX_WALK_TTL))
         if ttl > 0 and len(self.active) > 1:
             nxt = self._random_active(exclude=(sender, origin))
             if nxt is not None:
                 return [HvSend(nxt, MShuffle(self.swarm, msg.origin, list(msg.addrs), ttl - 1, msg.peers))]
-        received = self._peers_from(msg.peers[:MAX_SHUFFLE_PEERS], now)
+        received = self._peers_from(msg.peers[:MAX_SHUFFLE_PEERS], now, sender)
         sample = self._sample(self.passive_peers(), len(received))
         reply = MShuffleReply(self.swarm, [PeerInfo(p.raw, list(self.book.addresses(p))) for p in sample])
         self._merge(received, sample)
@@ -437,16 +449,17 @@ class HyParView:
         act = self._sample([p for p in self.active.keys() if p != target], self.config.shuffle_active)
         pas = self._sample(self.passive_peers(), self.config.shuffle_passive)
         peers = [PeerInfo(p.raw, list(self.book.addresses(p))) for p in (*act, *pas)]
-        msg = MShuffle(self.swarm, self.me.raw, list(self.addresses), self.config.shuffle_random_walk, peers)
+        walk = min(self.config.shuffle_random_walk, MAX_WALK_TTL)
+        msg = MShuffle(self.swarm, self.me.raw, list(self.addresses), walk, peers[:MAX_SHUFFLE_PEERS])
         return [HvSend(target, msg)]
 
-    def _peers_from(self, infos: list[PeerInfo], now: float) -> list[NodeId]:
+    def _peers_from(self, infos: list[PeerInfo], now: float, sender: NodeId | None = None) -> list[NodeId]:
         out: list[NodeId] = []
         for info in infos[:MAX_SHUFFLE_PEERS]:
             p = peer_id(info.id)
             if p is None or p == self.me:
                 continue
-            self.book.add(p, info.addrs, now)
+            self.book.add(p, info.addrs, now, own=p == sender)
             out.append(p)
         return out
 

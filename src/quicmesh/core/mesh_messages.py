@@ -7,11 +7,18 @@ network are truncated to the receiver's limits before use; nothing here is trust
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
-from .wire import Message
+from ..config.schema import MAX_BATCH_MESSAGES
+from .grammar import MAX_TOPIC_LEN, check_swarm_key, check_topic
+from .wire import MAX_INT, Addresses, Message, NodeIdBytes, UInt
 
 __all__ = [
+    "MAX_HOPS",
+    "MAX_WALK_TTL",
+    "MAX_WIRE_PEERS",
     "MESH_MESSAGES",
     "MFind",
     "MForwardJoin",
@@ -31,134 +38,175 @@ __all__ = [
 ]
 
 
+MAX_WALK_TTL = 16
+"""Largest ``ttl`` of a random walk (FORWARDJOIN, SHUFFLE, FIND) on the wire; senders clamp
+their configured walk lengths to it (the paper's ARWL is 6)."""
+MAX_WIRE_PEERS = 64
+"""Peers a SHUFFLE, SHUFFLE reply or FOUND may carry (receivers use at most 16)."""
+MAX_HOPS = 65_535
+"""Hop counts saturate here: a forwarded batch never grows its ``hops`` past it, so a hostile
+``hops`` cannot make an honest forwarder send a frame its peers refuse."""
+MAX_IHAVE = 512
+"""Ids one IHAVE may carry (``plumtree.MAX_IHAVE_IDS``)."""
+_MSG_ID_LEN = 16
+"""Bytes of a broadcast message id (``plumtree.ID_LEN``)."""
+
+_Swarm = Annotated[str, msgspec.Meta(max_length=MAX_TOPIC_LEN)]
+_Topic = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOPIC_LEN)]
+_Ttl = Annotated[int, msgspec.Meta(ge=0, le=MAX_WALK_TTL)]
+_MsgId = Annotated[bytes, msgspec.Meta(min_length=_MSG_ID_LEN, max_length=_MSG_ID_LEN)]
+
+
 class PeerInfo(msgspec.Struct, array_like=True, frozen=True):
     """A peer id (32 raw bytes) and its addresses."""
 
-    id: bytes
-    addrs: list[str]
+    id: NodeIdBytes
+    addrs: Addresses
+
+
+_Peers = Annotated[list[PeerInfo], msgspec.Meta(max_length=MAX_WIRE_PEERS)]
+
+
+class _Overlay(Message):
+    """Base of the mesh messages: ``s`` (declared by each) is ``""`` or a swarm key, checked
+    against the topic grammar when decoded (and built)."""
+
+    def __post_init__(self) -> None:
+        check_swarm_key(getattr(self, "s"))  # noqa: B009 - the field is declared by subclasses
 
 
 # -- HyParView (realm overlay and per-swarm overlays) ----------------------------------------------
 
 
-class MJoin(Message, tag="m.join"):
+class MJoin(_Overlay, tag="m.join"):
     """Ask the receiver to take the sender into its active view and spread a FORWARDJOIN."""
 
-    s: str
-    addrs: list[str]
+    s: _Swarm
+    addrs: Addresses
 
 
-class MForwardJoin(Message, tag="m.fjoin"):
+class MForwardJoin(_Overlay, tag="m.fjoin"):
     """A random walk announcing ``peer`` (a new member) with ``ttl`` hops left."""
 
-    s: str
-    peer: bytes
-    addrs: list[str]
-    ttl: int
+    s: _Swarm
+    peer: NodeIdBytes
+    addrs: Addresses
+    ttl: _Ttl
 
 
-class MNeighbor(Message, tag="m.nbr"):
+class MNeighbor(_Overlay, tag="m.nbr"):
     """Ask to become active neighbours. ``high``: the sender has no active neighbour (must accept)."""
 
-    s: str
+    s: _Swarm
     high: bool
-    addrs: list[str]
+    addrs: Addresses
 
 
-class MNeighborReply(Message, tag="m.nbr_r"):
+class MNeighborReply(_Overlay, tag="m.nbr_r"):
     """Answer to MNeighbor or MJoin: ``ok`` means the sender now holds the receiver as active."""
 
-    s: str
+    s: _Swarm
     ok: bool
 
 
-class MLeave(Message, tag="m.leave"):
+class MLeave(_Overlay, tag="m.leave"):
     """The sender drops the receiver from its active view. ``alive``: keep it in the passive view."""
 
-    s: str
+    s: _Swarm
     alive: bool
 
 
-class MShuffle(Message, tag="m.shuf"):
+class MShuffle(_Overlay, tag="m.shuf"):
     """A random walk carrying a sample of the origin's views."""
 
-    s: str
-    origin: bytes
-    addrs: list[str]
-    ttl: int
-    peers: list[PeerInfo]
+    s: _Swarm
+    origin: NodeIdBytes
+    addrs: Addresses
+    ttl: _Ttl
+    peers: _Peers
 
 
-class MShuffleReply(Message, tag="m.shuf_r"):
+class MShuffleReply(_Overlay, tag="m.shuf_r"):
     """The walk's end node's passive sample, sent straight to the shuffle origin."""
 
-    s: str
-    peers: list[PeerInfo]
+    s: _Swarm
+    peers: _Peers
 
 
 # -- swarm discovery over the realm overlay --------------------------------------------------------
 
 
-class MFind(Message, tag="m.find"):
+class MFind(_Overlay, tag="m.find"):
     """A random walk over the realm overlay looking for members of swarm ``s`` for ``origin``."""
 
-    s: str
-    origin: bytes
-    addrs: list[str]
-    ttl: int
+    s: _Swarm
+    origin: NodeIdBytes
+    addrs: Addresses
+    ttl: _Ttl
 
 
-class MFound(Message, tag="m.found"):
+class MFound(_Overlay, tag="m.found"):
     """Members (or remembered members) of swarm ``s``, sent to a MFind origin."""
 
-    s: str
-    peers: list[PeerInfo]
+    s: _Swarm
+    peers: _Peers
 
 
 # -- Plumtree --------------------------------------------------------------------------------------
 
 
-class MGossip(Message, tag="m.gossip"):
+class MGossip(_Overlay, tag="m.gossip"):
     """A batch of topic messages of one publisher and topic: ``payloads[i]`` has sequence number
     ``seq + i`` (a lone publish is a batch of one). Its id is computed by each receiver from
     (publisher, epoch, seq, topic, payloads), never trusted from the wire; a batch is broadcast,
     cached, repaired and ordered as one unit."""
 
-    s: str
-    topic: str
-    publisher: bytes
-    epoch: int
-    seq: int
-    payloads: list[bytes]
-    hops: int
+    s: _Swarm
+    topic: _Topic
+    publisher: NodeIdBytes
+    epoch: UInt
+    seq: UInt
+    payloads: Annotated[list[bytes], msgspec.Meta(min_length=1, max_length=MAX_BATCH_MESSAGES)]
+    hops: UInt
+
+    def __post_init__(self) -> None:
+        """The topic is in the grammar and in swarm ``s``; the batch's last seq fits the field;
+        ``hops`` saturates at :data:`MAX_HOPS`."""
+        check_topic(self.topic)
+        if self.topic.split(".", 1)[0] != self.s:
+            raise ValueError(f"topic {self.topic!r:.80} is not in swarm {self.s!r:.80}")
+        if self.seq + len(self.payloads) - 1 > MAX_INT:
+            raise ValueError("the batch's last seq exceeds 2**63-1")
+        if self.hops > MAX_HOPS:
+            self.hops = MAX_HOPS
 
 
-class MIHave(Message, tag="m.ihave"):
+class MIHave(_Overlay, tag="m.ihave"):
     """Lazy push: ids (16 bytes) the sender holds, each with its hop count."""
 
-    s: str
-    ids: list[bytes]
-    hops: list[int]
+    s: _Swarm
+    ids: Annotated[list[_MsgId], msgspec.Meta(max_length=MAX_IHAVE)]
+    hops: Annotated[list[UInt], msgspec.Meta(max_length=MAX_IHAVE)]
 
 
-class MGraft(Message, tag="m.graft"):
+class MGraft(_Overlay, tag="m.graft"):
     """Make the link eager again, and send message ``id`` when given."""
 
-    s: str
-    id: bytes | None = None
+    s: _Swarm
+    id: _MsgId | None = None
 
 
-class MGone(Message, tag="m.gone"):
+class MGone(_Overlay, tag="m.gone"):
     """Answer to a GRAFT for a message the sender no longer caches: ask someone else."""
 
-    s: str
-    id: bytes
+    s: _Swarm
+    id: _MsgId
 
 
-class MPrune(Message, tag="m.prune"):
+class MPrune(_Overlay, tag="m.prune"):
     """Make the link lazy (the receiver sent us a duplicate)."""
 
-    s: str
+    s: _Swarm
 
 
 MESH_MESSAGES: tuple[type[Message], ...] = (

@@ -6,11 +6,24 @@ Field names are short on purpose: they travel in every frame.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
+
 from .gateway_messages import GATEWAY_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .mesh_messages import MESH_MESSAGES
 from .registry_messages import REGISTRY_MESSAGES
-from .wire import Message
+from .wire import MAX_WIRE_LIST, Code, Message, Name, NodeIdBytes, Text, UInt
+
+_Token = Annotated[bytes, msgspec.Meta(max_length=64)]
+"""A nonce or instance id (at most 64 bytes)."""
+_Signature = Annotated[bytes, msgspec.Meta(max_length=128)]
+_Cert = Annotated[bytes, msgspec.Meta(max_length=8192)]
+"""An encoded certificate (``core.trust.MAX_CERT_BYTES``)."""
+_RevocationBytes = Annotated[bytes, msgspec.Meta(max_length=16 * 1024)]
+"""A revocation list sent in a handshake (``core.handshake.MAX_HANDSHAKE_LIST``)."""
+"""An Ed25519 signature (64 bytes; room for another scheme)."""
 
 __all__ = [
     "ALL_MESSAGES",
@@ -34,17 +47,17 @@ __all__ = [
 class Hello(Message, tag="hello"):
     """Dialer -> listener, first frame: who I am, whom I expect, which realm."""
 
-    version: int
-    realm: str
-    node_id: bytes
-    expected: bytes | None = None
-    instance: bytes = b""
+    version: UInt
+    realm: Name
+    node_id: NodeIdBytes
+    expected: NodeIdBytes | None = None
+    instance: _Token = b""
     """Random per process start: a peer that shows a new instance has restarted."""
-    role: str = "node"
+    role: Code = "node"
     """``"node"`` (a mesh peer) or ``"client"`` (a light client served by the gateway)."""
-    cert: bytes = b""
+    cert: _Cert = b""
     """Authority mode: the dialer's encoded certificate (member or light client); empty otherwise."""
-    revocations: int = 0
+    revocations: UInt = 0
     """Authority mode: the version of the dialer's revocation list (0: none)."""
 
 
@@ -52,9 +65,9 @@ class Challenge(Message, tag="chal"):
     """Listener -> dialer: a fresh nonce for the dialer to sign (and, in authority mode, the
     listener's member certificate, which the dialer checks before it proves anything)."""
 
-    nonce: bytes
-    cert: bytes = b""
-    revocation_list: bytes = b""
+    nonce: _Token
+    cert: _Cert = b""
+    revocation_list: _RevocationBytes = b""
     """Authority mode: the listener's revocation list when the dialer's ``Hello`` showed an older
     version (a node that was away catches up at its first handshake); verified before use."""
 
@@ -62,29 +75,29 @@ class Challenge(Message, tag="chal"):
 class Proof(Message, tag="proof"):
     """Dialer -> listener: Ed25519 signature over the auth transcript."""
 
-    signature: bytes
+    signature: _Signature
 
 
 class Welcome(Message, tag="welcome"):
     """Listener -> dialer: authenticated and admitted."""
 
-    node_id: bytes
-    instance: bytes = b""
+    node_id: NodeIdBytes
+    instance: _Token = b""
 
 
 class Refuse(Message, tag="refuse"):
     """Either side: the connection is refused or closed; ``code`` is machine-readable."""
 
-    code: str
-    reason: str
+    code: Code
+    reason: Text
 
 
 class Ping(Message, tag="ping"):
-    seq: int
+    seq: UInt
 
 
 class Pong(Message, tag="pong"):
-    seq: int
+    seq: UInt
 
 
 HANDSHAKE_MESSAGES: tuple[type[Message], ...] = (Hello, Challenge, Proof, Welcome, Refuse)
@@ -95,20 +108,20 @@ HANDSHAKE_MESSAGES: tuple[type[Message], ...] = (Hello, Challenge, Proof, Welcom
 class Services(Message, tag="svc"):
     """The sender's full set of advertised procedure names (replaces the previous set)."""
 
-    names: list[str]
+    names: Annotated[list[Name], msgspec.Meta(max_length=MAX_WIRE_LIST)]
 
 
 class Request(Message, tag="req"):
     """Call ``name`` with ``payload``; the callee abandons it after ``timeout_ms``."""
 
-    id: int
-    name: str
+    id: UInt
+    name: Name
     payload: bytes
-    timeout_ms: int
+    timeout_ms: UInt
 
 
 class Reply(Message, tag="rep"):
-    id: int
+    id: UInt
     payload: bytes
 
 
@@ -116,9 +129,9 @@ class ReplyError(Message, tag="err"):
     """The call failed on the callee. ``code``: "overloaded", "no_handler", "timeout", or the
     handler's own code."""
 
-    id: int
-    code: str
-    message: str
+    id: UInt
+    code: Code
+    message: Text
     retryable: bool = False
 
 

@@ -14,9 +14,11 @@ use; nothing here is trusted for size.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
-from .wire import Message
+from .wire import MAX_WIRE_LIST, Addresses, Message, Name, NodeIdBytes, UInt
 
 __all__ = [
     "REGISTRY_MESSAGES",
@@ -50,31 +52,31 @@ class RAdvert(Message, tag="r.ad"):
     ``w``: withdrawal; ``g``: Ed25519 signature over :func:`advert_signing_bytes`.
     """
 
-    p: bytes
-    a: list[str]
-    n: str
+    p: NodeIdBytes
+    a: Addresses
+    n: Name
     m: bytes
-    v: int
-    i: int
-    l: int  # noqa: E741 - short on purpose: it travels in every frame
+    v: UInt
+    i: UInt
+    l: UInt  # noqa: E741 - short on purpose: it travels in every frame
     w: bool
-    g: bytes
+    g: Annotated[bytes, msgspec.Meta(max_length=128)]
 
 
 class RQuery(Message, tag="r.q"):
     """Ask a neighbour for the advertisements of ``n`` it holds. ``id`` is the asker's."""
 
-    id: int
-    n: str
+    id: UInt
+    n: Name
 
 
 class RAnswer(Message, tag="r.ans"):
     """Answer to :class:`RQuery` ``id``: adverts of ``n`` and the lease (ms) left on each."""
 
-    id: int
-    n: str
-    ads: list[RAdvert]
-    rem: list[int]
+    id: UInt
+    n: Name
+    ads: Annotated[list[RAdvert], msgspec.Meta(max_length=MAX_WIRE_LIST)]
+    rem: Annotated[list[UInt], msgspec.Meta(max_length=MAX_WIRE_LIST)]
 
 
 REGISTRY_MESSAGES: tuple[type[Message], ...] = (RAdvert, RQuery, RAnswer)

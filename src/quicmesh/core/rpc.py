@@ -224,7 +224,7 @@ class Rpc:
         call_id = self._next_id
         self._pending.set(call_id, PendingCall(call_id, peer, name, token), now, ttl=max(timeout, 1e-6))
         self.stats.calls_started += 1
-        timeout_ms = max(1, int(timeout * 1000))
+        timeout_ms = min(max(1, int(timeout * 1000)), (1 << 63) - 1)  # what receivers accept
         return call_id, [Send(peer, Request(call_id, name, payload, timeout_ms))]
 
     def cancel(self, call_id: int) -> bool:
@@ -293,7 +293,8 @@ class Rpc:
         if self._running.pop((peer, call_id)) is None or peer not in self._connected:
             return []
         if error is not None:
-            return [Send(peer, ReplyError(call_id, error.code, error.message, error.retryable))]
+            # cut to what receivers accept (messages.ReplyError): a handler's long text costs no link
+            return [Send(peer, ReplyError(call_id, error.code[:256], error.message[:4096], error.retryable))]
         return [Send(peer, Reply(call_id, result or b""))]
 
     def handler_cancelled(self, peer: NodeId, call_id: int) -> None:

@@ -36,11 +36,9 @@ is not lost. Publisher states live in a :class:`~quicmesh.bounded.TtlMap` (capac
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-
 from ..bounded import ContainerRegistry, Tracked, TtlMap
 from ..identity import NodeId
+from .grammar import MAX_TOPIC_LEN, Pattern, check_topic, parse_pattern, swarm_of
 from .plumtree import Arrived
 
 __all__ = [
@@ -51,80 +49,6 @@ __all__ = [
     "parse_pattern",
     "swarm_of",
 ]
-
-MAX_TOPIC_LEN = 256
-"""Longest topic or pattern (characters)."""
-
-
-def _segments(text: str, what: str) -> list[str]:
-    if not isinstance(text, str) or not text or len(text) > MAX_TOPIC_LEN:
-        raise ValueError(f"a {what} is 1 to {MAX_TOPIC_LEN} characters: {text!r:.80}")
-    if any(c.isspace() for c in text):
-        raise ValueError(f"a {what} has no whitespace: {text!r:.80}")
-    segs = text.split(".")
-    if any(not s for s in segs):
-        raise ValueError(f"a {what} has no empty segment: {text!r:.80}")
-    return segs
-
-
-_SEGMENT = r"(?![*>](?:\.|\Z))[^.\s]+"
-_VALID_TOPIC = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
-"""A valid topic in one C-level match (the regex whitespace class is ``str.isspace``'s); every
-publish checks its topic, so the common case must be cheap. The slow path explains the error."""
-
-
-def check_topic(topic: str) -> str:
-    """Validate a concrete topic (no wildcards); returns it. Raises ``ValueError``."""
-    if isinstance(topic, str) and len(topic) <= MAX_TOPIC_LEN and _VALID_TOPIC.fullmatch(topic):
-        return topic
-    segs = _segments(topic, "topic")
-    if any(s in ("*", ">") for s in segs):
-        raise ValueError(f"a published topic has no wildcard: {topic!r:.80}")
-    return topic
-
-
-def swarm_of(topic: str) -> str:
-    """The swarm key of a topic or pattern: its first segment."""
-    return topic.split(".", 1)[0]
-
-
-@dataclass(frozen=True, slots=True)
-class Pattern:
-    """A parsed subscription pattern."""
-
-    text: str
-    segments: tuple[str, ...] = field(repr=False)
-
-    @property
-    def swarm(self) -> str:
-        """The swarm this pattern joins (its literal first segment)."""
-        return self.segments[0]
-
-    def matches(self, topic: str) -> bool:
-        """Whether the concrete ``topic`` matches this pattern."""
-        t = topic.split(".")
-        p = self.segments
-        for i, seg in enumerate(p):
-            if seg == ">":
-                return len(t) > i
-            if i >= len(t):
-                return False
-            if seg != "*" and seg != t[i]:
-                return False
-        return len(t) == len(p)
-
-
-def parse_pattern(text: str) -> Pattern:
-    """Parse a subscription pattern. Raises ``ValueError`` (see the module docstring)."""
-    segs = _segments(text, "pattern")
-    if segs[0] in ("*", ">"):
-        raise ValueError(f"a pattern's first segment (its swarm) must be literal: {text!r:.80}")
-    for i, s in enumerate(segs):
-        if s == ">" and i != len(segs) - 1:
-            raise ValueError(f"'>' may only be the last segment: {text!r:.80}")
-        if s not in ("*", ">") and ("*" in s or ">" in s):
-            raise ValueError(f"wildcards are whole segments: {text!r:.80}")
-    return Pattern(text, tuple(segs))
 
 
 class _PubState:

@@ -8,6 +8,12 @@ length followed by that many bytes of body. :class:`FrameDecoder` is fed arbitra
 stream and yields whole messages; it checks each length prefix against ``max_frame_size``
 **before** buffering the body, so a peer announcing a 4 GiB frame costs us 4 bytes, not 4 GiB.
 
+Every message field carries its bounds as ``msgspec.Meta`` constraints (the aliases below: node
+ids exactly 32 bytes, integers 0 to 2^63-1, names and topics at most 256 characters, address lists
+capped in count and length) and topic fields are checked against the topic grammar by the
+message's ``__post_init__``, so a decoded message is well formed before any state machine sees
+it: a violation is a :class:`~quicmesh.errors.MalformedFrame` like any other bad frame.
+
 Every decode failure raises a subclass of :class:`~quicmesh.errors.DecodeError`
 (:class:`~quicmesh.errors.FrameTooLarge`, :class:`~quicmesh.errors.MalformedFrame`,
 :class:`~quicmesh.errors.UnknownMessageType`) and never another exception. A decoder that has
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -30,9 +36,22 @@ from ..errors import DecodeError, FrameTooLarge, MalformedFrame, UnknownMessageT
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER",
+    "MAX_INT",
+    "MAX_WIRE_ADDRESSES",
+    "MAX_WIRE_ADDRESS_LEN",
+    "MAX_WIRE_LIST",
+    "MAX_WIRE_NAME",
+    "NODE_ID_LEN",
+    "Address",
+    "Addresses",
+    "Code",
     "Codec",
     "FrameDecoder",
     "Message",
+    "Name",
+    "NodeIdBytes",
+    "Text",
+    "UInt",
 ]
 
 DEFAULT_MAX_FRAME_SIZE = 1 << 20
@@ -40,6 +59,38 @@ DEFAULT_MAX_FRAME_SIZE = 1 << 20
 
 HEADER = struct.Struct(">I")
 """The frame header: the body length as an unsigned 32-bit big-endian integer."""
+
+
+# -- field constraints (checked by msgspec at decode time, never at construction) -------------------
+
+NODE_ID_LEN = 32
+"""Bytes of a raw node id (an Ed25519 public key)."""
+MAX_INT = (1 << 63) - 1
+"""Largest integer any field accepts (counters, sequence numbers, epochs, ids, timeouts)."""
+MAX_WIRE_NAME = 256
+"""Longest name (procedure, realm, log) or topic on the wire, as ``topics.MAX_TOPIC_LEN``."""
+MAX_WIRE_ADDRESSES = 16
+"""Addresses a peer may list for itself or another (receivers keep at most 8)."""
+MAX_WIRE_ADDRESS_LEN = 256
+"""Longest ``HOST:PORT`` accepted."""
+MAX_WIRE_LIST = 65_536
+"""Cap of lists whose real size is set by configuration (service names, log heads...): the frame
+size bounds them anyway; this bounds the work per frame of tiny items."""
+
+NodeIdBytes = Annotated[bytes, msgspec.Meta(min_length=NODE_ID_LEN, max_length=NODE_ID_LEN)]
+"""A raw node id: exactly 32 bytes."""
+UInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+"""A non-negative integer that fits a signed 64-bit field."""
+Name = Annotated[str, msgspec.Meta(max_length=MAX_WIRE_NAME)]
+"""A procedure, realm or log name (at most 256 characters; receivers check the rest)."""
+Code = Annotated[str, msgspec.Meta(max_length=MAX_WIRE_NAME)]
+"""A machine-readable error or close code."""
+Text = Annotated[str, msgspec.Meta(max_length=1 << 16)]
+"""A human-readable message (at most 64 Ki characters)."""
+Address = Annotated[str, msgspec.Meta(max_length=MAX_WIRE_ADDRESS_LEN)]
+"""``HOST:PORT``."""
+Addresses = Annotated[list[Address], msgspec.Meta(max_length=MAX_WIRE_ADDRESSES)]
+"""A peer's address list."""
 
 
 class Message(msgspec.Struct, tag_field="t"):

@@ -491,7 +491,7 @@ class Client:
             raise TypeError("payload must be bytes")
         total = self.call_timeout if timeout is None else timeout
         req = next(self._ids)
-        msg = GCall(req, name, bytes(payload), max(1, int(total * 1000)))
+        msg = GCall(req, name, bytes(payload), min(max(1, int(total * 1000)), (1 << 63) - 1))
         try:
             result: bytes = await self._request(msg, req, total + 1.0)  # the gateway answers a timeout itself
         except TimeoutError:
@@ -540,7 +540,7 @@ class Client:
                 else:
                     reply = GInvokeError(m.id, "bad_result", f"handler returned {type(out).__name__}, not bytes")
             except RemoteError as exc:
-                reply = GInvokeError(m.id, exc.code, exc.message[:1000], exc.retryable)
+                reply = GInvokeError(m.id, exc.code[:256], exc.message[:1000], exc.retryable)
             except TimeoutError:
                 reply = GInvokeError(m.id, "timeout", f"handler exceeded {m.timeout_ms} ms")
             except Exception as exc:

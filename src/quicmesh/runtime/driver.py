@@ -16,7 +16,11 @@ queue, ``CallResolved`` completes the awaiting caller's future, ``Invoke`` start
 
 Inbound messages wait in a bounded inbox and are processed in arrival order,
 ``_INBOX_CHUNK`` per loop iteration (readers get a turn between chunks); a lost connection's
-loss is handled after the messages it delivered before closing. Deliveries to subscriptions
+loss is handled after the messages it delivered before closing. Each peer holds at most its fair
+share of the inbox, and an exception raised while handling one message (a peer's or a light
+client's) costs that message only, counted, the inbox accounting exact (see
+:mod:`quicmesh.runtime.inbox`). A frame that cannot be encoded (a forwarded message grown past
+``max_frame_size``) is dropped and counted (``send_errors``), never raised. Deliveries to subscriptions
 go through a bounded delivery queue the same way. At the end of every loop iteration that had
 input the driver flushes the core's open gossip batches (what was published in one iteration
 leaves together, one batch per topic) and re-arms a single ``loop.call_at`` timer for
@@ -53,12 +57,14 @@ from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
 from ..errors import (
     ContainerFull,
+    FrameTooLarge,
     NodeClosed,
     RemoteError,
     TransportError,
 )
 from ..identity import KeyPair, NodeId
 from .credentials import load_trust
+from .inbox import InboxGuard
 from .logs import LogService
 from .memory import MemoryNetwork, MemoryTransport
 from .transport import Connection, Transport
@@ -231,6 +237,11 @@ class NodeDriver:
             "node.congested", config.transport.max_connections, registry=self.registry
         )
         self.inbox_dropped = 0
+        self.send_errors = 0
+        """Frames that could not be encoded (too large once re-encoded) and were dropped."""
+        self.inbox_guard = InboxGuard(config.transport, _INBOX_CAPACITY, config.gateway.max_clients,
+                                      spawn=self._spawn, registry=self.registry)
+        """Each peer's fair share of the inbox; messages whose handling raised."""
         self._outbox: BoundedDeque[Deliver | DeliverBatch] = BoundedDeque(
             "node.delivery_queue", config.gossip.reorder_buffer_total + _INBOX_CHUNK, Overflow.DROP_NEWEST,
             capacity_bytes=config.gossip.payload_cache_bytes, sizeof=_delivery_size, registry=self.registry,
@@ -251,13 +262,17 @@ class NodeDriver:
         if conn.role == "client":
             self.gateway.on_connection(conn)
             return
+        self.inbox_guard.peer_up()
         addresses = (conn.remote_address,) if conn.outbound else ()
         self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now()))
         self._rearm()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
         if conn.role == "client":
-            self.gateway.on_message(conn, message)
+            try:
+                self.gateway.on_message(conn, message)
+            except Exception as exc:
+                self.inbox_guard.failed(conn, message, exc)
             return
         # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
         # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
@@ -266,6 +281,7 @@ class NodeDriver:
             self.inbox_dropped += 1
             return
         self._inbox_in += 1
+        self.inbox_guard.put(conn)
         if not self._inbox_scheduled and self._loop is not None:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
@@ -276,11 +292,15 @@ class NodeDriver:
         n = min(len(inbox), _INBOX_CHUNK)
         for _ in range(n):
             conn, message = inbox.popleft()
+            self._inbox_out += 1  # counted first: whatever the handling does, the books balance
+            self.inbox_guard.take(conn)
             # a message received before its connection closed is processed (the peer sent it
             # and we received it: a publish right before a peer stops is delivered); the loss
             # itself is handled once the connection's messages are through (_lost_later)
-            self._process(conn, message)
-        self._inbox_out += n
+            try:
+                self._process(conn, message)
+            except Exception as exc:
+                self.inbox_guard.failed(conn, message, exc)
         while self._lost_later:
             conn = next(iter(self._lost_later))
             mark, error = self._lost_later[conn]
@@ -316,6 +336,7 @@ class NodeDriver:
         self._rearm()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        self.inbox_guard.peer_down(conn)
         if conn.role == "client":
             self.gateway.on_connection_lost(conn, error)
             return
@@ -359,7 +380,13 @@ class NodeDriver:
         for eff in effects:
             if isinstance(eff, Send):
                 conn = self.transport.get(eff.peer)
-                if conn is None or not conn.send(eff.message):
+                try:
+                    sent = conn is not None and conn.send(eff.message)
+                except (FrameTooLarge, msgspec.EncodeError, OverflowError, ValueError, TypeError) as exc:
+                    self.send_errors += 1
+                    log.debug("dropped a %s to %s: %s", type(eff.message).__name__, eff.peer.short(), exc)
+                    sent = False
+                if not sent:
                     self.dropped_sends += 1
             elif isinstance(eff, Deliver | DeliverBatch):
                 if not self._outbox.append(eff):

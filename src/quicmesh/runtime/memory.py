@@ -2,7 +2,9 @@
 
 Messages still go through the codec (encode, frame, decode), so size limits and decode errors
 behave as on the wire; delivery is scheduled on the event loop, one flush per loop iteration per
-connection, like the QUIC transport's batching.
+connection, like the QUIC transport's batching. A receiver that pauses reading
+(:meth:`MemoryConnection.pause_reading`) leaves the sender's frames in the sender's queue, where
+they count against its ``send_buffer_bytes`` (back-pressure, as a stalled QUIC stream would).
 
 Admission is the QUIC transport's: the same :class:`~quicmesh.runtime.admission.AdmissionTable`
 decides at the "first packet" (``max_connections``, ``max_incoming_handshakes``), at the "Hello"
@@ -113,6 +115,8 @@ class MemoryConnection(Connection):
         self._flush_scheduled = False
         self._closed = False
         self._done = asyncio.Event()
+        self.paused = False
+        """The owner paused reading: the peer's frames wait in the peer's send queue."""
 
     @property
     def target(self) -> NodeId | None:
@@ -145,25 +149,50 @@ class MemoryConnection(Connection):
             asyncio.get_running_loop().call_soon(self._flush)
         return True
 
+    def pause_reading(self) -> None:
+        """Stop receiving: the peer's frames stay in its send queue (see the module docstring)."""
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        """Receive again: the frames that waited are delivered next loop iteration."""
+        if not self.paused:
+            return
+        self.paused = False
+        sender = self.other
+        if sender is not None and sender._queue and not sender._flush_scheduled and not sender._closed:
+            sender._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(sender._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
-        frames, self._queue, self._pending = self._queue, [], 0
         other = self.other
         if self._closed or other is None or other._closed:
+            self._queue, self._pending = [], 0
             return
+        frames = self._queue
         decoder = other.owner.codec.decoder()
-        for frame in frames:
-            try:
-                messages = decoder.feed(frame)
-            except DecodeError as exc:
-                other.owner.table.count_refusal("protocol")
-                other.owner.lose(other, exc, "protocol")
-                self.owner.lose(self, ConnectionLost(f"peer closed: protocol error {exc}"), "protocol")
-                return
-            for m in messages:
-                if other._closed:
+        done = 0
+        try:
+            for frame in frames:
+                if other.paused:
+                    return  # the rest waits in our queue until the receiver resumes
+                done += 1
+                self._pending -= len(frame)
+                try:
+                    messages = decoder.feed(frame)
+                except DecodeError as exc:
+                    other.owner.table.count_refusal("protocol")
+                    other.owner.lose(other, exc, "protocol")
+                    self.owner.lose(self, ConnectionLost(f"peer closed: protocol error {exc}"), "protocol")
                     return
-                other.owner.deliver(other, m)
+                for m in messages:
+                    if other._closed:
+                        return
+                    other.owner.deliver(other, m)
+        finally:
+            del frames[:done]
+            if self._closed:
+                self._queue, self._pending = [], 0
 
     async def close(self, code: str = "normal", reason: str = "") -> None:
         if self._closed:

@@ -61,6 +61,11 @@ class NodeStatus(NodeDriver):
             "inbox_dropped_total": float(self.inbox_dropped),
             "delivery_dropped_total": float(self.outbox_dropped),
             "dials_refused_total": float(self.dials_refused),
+            "inbox_errors_total": float(self.inbox_guard.errors),
+            "inbox_paused_total": float(self.inbox_guard.paused_total),
+            "send_errors_total": float(self.send_errors),
+            "offender_closes_total": float(self.inbox_guard.offender_closes),
+            "inbox_depth": float(len(self._inbox)),
         }
         retry_stats = getattr(self.transport, "retry_stats", None)
         if retry_stats is not None:

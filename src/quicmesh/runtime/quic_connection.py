@@ -18,7 +18,12 @@ Send path: ``send`` encodes into the connection's queue and schedules one flush 
 iteration; the flush writes everything queued in one stream write and one transmit. Unsent bytes
 (our queue plus what qh3 has not transmitted yet) are capped at ``send_buffer_bytes``: beyond it
 ``send`` returns ``False`` and counts ``dropped_frames_total``. Receive path: one
-:class:`~quicmesh.core.wire.FrameDecoder`; a decode error closes with code ``protocol``.
+:class:`~quicmesh.core.wire.FrameDecoder`; a decode error closes with code ``protocol``. Before
+the handshake completes at most ``max_preauth_buffer`` bytes of partial frame are held (beyond:
+``protocol``). The owner may pause the read side (:meth:`QuicConnection.pause_reading`, when the
+peer holds its share of the node's inbox): received stream data then waits undecoded, at most
+``max_paused_bytes`` (beyond: ``slow_consumer``), and messages decoded from a chunk that arrived
+before the pause wait in order; :meth:`~QuicConnection.resume_reading` delivers them and goes on.
 Teardown happens once (:meth:`QuicConnection.abort`): timers cancelled, queues dropped, the host
 told (which removes it from every table and tells the node if it was published).
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Protocol
 
 from ..config import TransportConfig
@@ -119,6 +125,9 @@ class QuicConnection(Connection):
         self._closed_evt = asyncio.Event()
         self._sid: int | None = None
         self._decoder: FrameDecoder = self._codec.decoder()
+        self._paused = False
+        self._held = bytearray()  # bounded: max_paused_bytes, checked in _on_stream_data
+        self._undelivered: deque[Message] = deque()  # bounded: the messages of one received chunk
         self._queue: list[bytes] = []  # bounded: send() caps queued + qh3-unsent bytes at send_buffer_bytes
         self._queued = 0
         self._backlog = 0
@@ -191,6 +200,23 @@ class QuicConnection(Connection):
             self._stats.dropped_frames_total += 1
             return False
         return self._enqueue(self._codec.frame(message))
+
+    def pause_reading(self) -> None:
+        """Stop delivering messages (see the module docstring)."""
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        """Deliver what waited while paused, then go on as usual."""
+        if not self._paused:
+            return
+        self._paused = False
+        if self._closed:
+            return
+        self._deliver_open()
+        if self._held and not self._paused and not self._closed:
+            data = bytes(self._held)
+            self._held.clear()
+            self._feed(data)
 
     async def ping(self) -> float:
         """Send a ping and return the measured round-trip time (seconds)."""
@@ -335,21 +361,52 @@ class QuicConnection(Connection):
             self.abort("protocol", DecodeError(f"data on unexpected stream {sid}"), send=True)
             return
         self._last_rx = self._loop.time()
+        if self._paused and self._open:
+            self._held += data
+            if len(self._held) > self._cfg.max_paused_bytes:
+                self.abort("slow_consumer", TransportError(
+                    f"peer sent over {self._cfg.max_paused_bytes} bytes while paused"), send=True)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Decode ``data`` and hand the messages on (the handshake, or the owner)."""
         try:
             messages = self._decoder.feed(data)
         except DecodeError as exc:
-            self._host.count_refusal("protocol")
-            if not self._open:
-                self._write_now(self._codec.frame(Refuse(code="protocol", reason=str(exc)[:200])))
-            self.abort("protocol", exc, send=True)
+            self._refuse_protocol(exc)
             return
-        for m in messages:
-            if self._open:
-                self._on_open_message(m)
-            elif self._closed:
+        if not self._open and self._decoder.buffered > self._cfg.max_preauth_buffer:
+            self._refuse_protocol(DecodeError(
+                f"{self._decoder.buffered} bytes of partial frame before authentication "
+                f"(at most {self._cfg.max_preauth_buffer})"))
+            return
+        for i, m in enumerate(messages):
+            if self._closed:
                 return
+            if self._open:
+                if self._paused:
+                    self._undelivered.extend(messages[i:])
+                    return
+                self._on_open_message(m)
             else:
                 self._on_handshake_message(m)
+                if self._open and i + 1 < len(messages):  # established: the rest are application messages
+                    self._undelivered.extend(messages[i + 1:])
+                    self._deliver_open()
+                    return
+
+    def _deliver_open(self) -> None:
+        """Deliver the messages that waited (paused, or behind the handshake), until paused again."""
+        pending = self._undelivered
+        while pending and not self._paused and not self._closed:
+            self._on_open_message(pending.popleft())
+
+    def _refuse_protocol(self, exc: DecodeError) -> None:
+        self._host.count_refusal("protocol")
+        if not self._open:
+            self._write_now(self._codec.frame(Refuse(code="protocol", reason=str(exc)[:200])))
+        self.abort("protocol", exc, send=True)
 
     # -- open connection -----------------------------------------------------------------
 
@@ -495,6 +552,8 @@ class QuicConnection(Connection):
         self._queue.clear()
         self._queued = 0
         self._decoder = self._codec.decoder()  # drop any partial frame
+        self._held.clear()
+        self._undelivered.clear()
         w = self._ping_waiter
         self._ping_waiter = None
         if w is not None and not w.done():

@@ -98,6 +98,16 @@ class Connection(abc.ABC):
         last leaves before the close. The default returns at once (transports that never queue)."""
         return
 
+    def pause_reading(self) -> None:
+        """Stop handing received messages to the owner until :meth:`resume_reading` (the owner's
+        inbox holds the peer's fair share). Received data waits unread, capped by the transport.
+        The default does nothing (transports without a read side to pause)."""
+        return
+
+    def resume_reading(self) -> None:
+        """Hand received messages to the owner again (see :meth:`pause_reading`)."""
+        return
+
     @abc.abstractmethod
     async def close(self, code: str = "normal", reason: str = "") -> None:
         """Close the connection, telling the peer ``code``/``reason``; idempotent."""

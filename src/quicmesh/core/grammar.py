@@ -1,0 +1,105 @@
+"""The topic grammar: topic names, subscription patterns and swarm keys (no state).
+
+A topic is a dot-separated list of non-empty segments, at most :data:`MAX_TOPIC_LEN` characters,
+no whitespace, no segment ``*`` or ``>``; a pattern may use ``*`` (one segment) and, last, ``>``
+(the rest), its first segment (the swarm key) literal. See :mod:`quicmesh.core.topics` for the
+theory of operation. This module imports nothing but ``re`` so that the wire messages can check
+the grammar at decode time (:mod:`quicmesh.core.mesh_messages`) without an import cycle.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["MAX_TOPIC_LEN", "Pattern", "check_pattern", "check_swarm_key", "check_topic", "parse_pattern", "swarm_of"]
+
+MAX_TOPIC_LEN = 256
+"""Longest topic or pattern (characters)."""
+
+
+def _segments(text: str, what: str) -> list[str]:
+    if not isinstance(text, str) or not text or len(text) > MAX_TOPIC_LEN:
+        raise ValueError(f"a {what} is 1 to {MAX_TOPIC_LEN} characters: {text!r:.80}")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"a {what} has no whitespace: {text!r:.80}")
+    segs = text.split(".")
+    if any(not s for s in segs):
+        raise ValueError(f"a {what} has no empty segment: {text!r:.80}")
+    return segs
+
+
+_SEGMENT = r"(?![*>](?:\.|\Z))[^.\s]+"
+_VALID_TOPIC = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
+"""A valid topic in one C-level match (the regex whitespace class is ``str.isspace``'s); every
+publish checks its topic, so the common case must be cheap. The slow path explains the error."""
+
+
+def check_topic(topic: str) -> str:
+    """Validate a concrete topic (no wildcards); returns it. Raises ``ValueError``."""
+    if isinstance(topic, str) and len(topic) <= MAX_TOPIC_LEN and _VALID_TOPIC.fullmatch(topic):
+        return topic
+    segs = _segments(topic, "topic")
+    if any(s in ("*", ">") for s in segs):
+        raise ValueError(f"a published topic has no wildcard: {topic!r:.80}")
+    return topic
+
+
+def swarm_of(topic: str) -> str:
+    """The swarm key of a topic or pattern: its first segment."""
+    return topic.split(".", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A parsed subscription pattern."""
+
+    text: str
+    segments: tuple[str, ...] = field(repr=False)
+
+    @property
+    def swarm(self) -> str:
+        """The swarm this pattern joins (its literal first segment)."""
+        return self.segments[0]
+
+    def matches(self, topic: str) -> bool:
+        """Whether the concrete ``topic`` matches this pattern."""
+        t = topic.split(".")
+        p = self.segments
+        for i, seg in enumerate(p):
+            if seg == ">":
+                return len(t) > i
+            if i >= len(t):
+                return False
+            if seg != "*" and seg != t[i]:
+                return False
+        return len(t) == len(p)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse a subscription pattern. Raises ``ValueError`` (see the module docstring)."""
+    segs = _segments(text, "pattern")
+    if segs[0] in ("*", ">"):
+        raise ValueError(f"a pattern's first segment (its swarm) must be literal: {text!r:.80}")
+    for i, s in enumerate(segs):
+        if s == ">" and i != len(segs) - 1:
+            raise ValueError(f"'>' may only be the last segment: {text!r:.80}")
+        if s not in ("*", ">") and ("*" in s or ">" in s):
+            raise ValueError(f"wildcards are whole segments: {text!r:.80}")
+    return Pattern(text, tuple(segs))
+
+
+def check_pattern(text: str) -> str:
+    """Validate a subscription pattern; returns it. Raises ``ValueError``."""
+    parse_pattern(text)
+    return text
+
+
+def check_swarm_key(key: str) -> str:
+    """Validate a swarm key as found in every mesh message's ``s``: ``""`` (the realm overlay) or
+    one literal topic segment. Returns it; raises ``ValueError``."""
+    if key == "":
+        return key
+    if not isinstance(key, str) or "." in key:
+        raise ValueError(f"a swarm key is one topic segment: {key!r:.80}")
+    return check_topic(key)
