@@ -122,7 +122,12 @@ class MGossip(Message, tag="m.gossip"):
     """A batch of topic messages of one publisher and topic: ``payloads[i]`` has sequence number
     ``seq + i`` (a lone publish is a batch of one). Its id is computed by each receiver from
     (publisher, epoch, seq, topic, payloads), never trusted from the wire; a batch is broadcast,
-    cached, repaired and ordered as one unit."""
+    cached, repaired and ordered as one unit.
+
+    ``sig``: the publisher's Ed25519 signature over the realm and the batch's full digest
+    (:func:`quicmesh.core.guard.gossip_signing_bytes`); ``cert``: the publisher's member
+    certificate in an authority realm (None in an open realm). Only ``hops`` is not signed.
+    Receivers verify both before caching, forwarding or delivering a new batch."""
 
     s: str
     topic: str
@@ -131,6 +136,8 @@ class MGossip(Message, tag="m.gossip"):
     seq: int
     payloads: list[bytes]
     hops: int
+    sig: bytes = b""
+    cert: bytes | None = None
 
 
 class MIHave(Message, tag="m.ihave"):

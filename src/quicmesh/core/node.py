@@ -58,7 +58,7 @@ from ..config import NodeConfig
 from ..errors import ContainerFull
 from ..identity import KeyPair, NodeId
 from .caller import Caller
-from .effects import Deliver, DeliverBatch, Disconnect
+from .effects import Deliver, DeliverBatch, Disconnect, Send
 from .events import (
     STATE_CHANGED,
     AcquireLog,
@@ -88,6 +88,7 @@ from .events import (
     Unadvertise,
     Unsubscribe,
 )
+from .guard import Guard
 from .log_messages import LOG_MESSAGES
 from .mesh import Mesh
 from .mesh_messages import MESH_MESSAGES, MGossip, MIHave
@@ -95,6 +96,7 @@ from .messages import Reply, ReplyError, Request, Services
 from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
 from .registry_messages import REGISTRY_MESSAGES
 from .replication import LogReplication
+from .rpc import DENIED_CODE
 from .trust import Trust
 from .wire import Message
 
@@ -134,12 +136,15 @@ class NodeCore:
         """The realm, this node's certificate, the revocation list and the verified certificates
         of members (an open realm when none is given: everyone is a full member)."""
         cap = config.transport.max_connections
-        self.mesh = Mesh(self.id, addresses, config, rng, registry)
+        self.guard = Guard(keypair, self.trust, wall=lambda now: now + self.services.wall_offset, registry=registry)
+        """Permission checks of actions, origin signatures of gossip, penalties of peers."""
+        self.mesh = Mesh(self.id, addresses, config, rng, registry, auth=self.guard)
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
         self.services = Registry(
-            keypair, addresses, config.registry, realm=config.realm, rng=rng,
-            version_base=version_base, wall_offset=wall_offset, registry=registry,
+            keypair, addresses, config.registry, realm=self.trust.wire_id, rng=rng,
+            version_base=version_base, wall_offset=wall_offset, registry=registry, trust=self.trust,
         )
+        self.guard.reserved = self.services.reserved_batch_ok
         """The realm's service advertisements (signed leases), as seen by this node."""
         from .rpc import Rpc
 
@@ -199,7 +204,7 @@ class NodeCore:
         best: float | None = None
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
-            self.logs.next_deadline(),
+            self.logs.next_deadline(), self.guard.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -209,13 +214,21 @@ class NodeCore:
 
     def message(self, peer: NodeId, msg: Message, now: float) -> list[object]:
         """``msg`` arrived from ``peer``: route it to the machine it is for."""
+        if self.guard.blocked(peer, now):
+            return []  # sent before its connection was closed
         if isinstance(msg, _MESH_TYPES):
             out = self._route(self.mesh.handle_message(peer, msg, now), now)
+            if self.guard.kicked:
+                out += self._kick(now)
             if not isinstance(msg, _QUIET_MESH_TYPES):
                 out.append(STATE_CHANGED)
             return out
         if isinstance(msg, _CALLER_TYPES):
             self._pin(peer, now)
+            if type(msg) is Request and not self.trust.open and isinstance(msg.name, str) and \
+                    not self.guard.peer_allowed(peer, "call", msg.name, now):
+                err = self.guard.deny("call", msg.name)
+                return [Send(peer, ReplyError(msg.id, DENIED_CODE, str(err)[:1000], False))]
             return self._route(self.caller.handle_message(peer, msg, now), now)
         if isinstance(msg, Services):
             self._pin(peer, now)
@@ -231,7 +244,9 @@ class NodeCore:
         return []
 
     def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
-        """An authenticated connection to ``peer`` is up (idempotent)."""
+        """An authenticated connection to ``peer`` is up (idempotent). A blocked peer is refused."""
+        if self.guard.blocked(peer, now):
+            return [Disconnect(peer, "blocked")]
         out = self._route(self.mesh.peer_connected(peer, addresses, outbound, now), now)
         if any(isinstance(e, Disconnect) and e.peer == peer for e in out):
             return out  # the mesh refused it (ourselves, or over max_connections)
@@ -261,6 +276,7 @@ class NodeCore:
         out += self._route(self.services.handle_timer(now), now)
         out += self._route(self.caller.handle_timer(now), now)
         out += self.logs.handle_timer(now)
+        self.guard.expire(now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
@@ -293,7 +309,9 @@ class NodeCore:
         return self._route(self.mesh.subscribe(REGISTRY_PATTERN, now), now)
 
     def subscribe(self, pattern: str, now: float) -> list[object]:
-        """Take a reference to ``pattern``'s swarm (raises ``ValueError`` for a bad pattern)."""
+        """Take a reference to ``pattern``'s swarm (raises ``ValueError`` for a bad pattern and
+        ``PermissionDenied``)."""
+        self.guard.check_own("subscribe", pattern)
         return self._route(self.mesh.subscribe(pattern, now), now)
 
     def unsubscribe(self, pattern: str, now: float) -> list[object]:
@@ -306,7 +324,9 @@ class NodeCore:
 
     def publish(self, topic: str, payload: bytes, now: float) -> list[object]:
         """Publish ``payload`` on ``topic`` (raises ``ValueError`` for a bad topic and
-        ``MessageTooLarge``)."""
+        ``MessageTooLarge`` and ``PermissionDenied``). The short path (:meth:`append_to_batch`)
+        needs no check: its batch's topic was checked here when the batch opened."""
+        self.guard.check_own("publish", topic)
         return self._route(self.mesh.publish(topic, payload, now), now)
 
     def append_to_batch(self, topic: str, payload: bytes) -> bool:
@@ -325,7 +345,9 @@ class NodeCore:
 
     def advertise(self, name: str, now: float, *, ttl: float | None = None,
                   metadata: bytes | None = None) -> list[object]:
-        """Serve ``name`` and advertise it realm-wide (raises ``ValueError``/``LimitExceeded``)."""
+        """Serve ``name`` and advertise it realm-wide (raises ``ValueError``/``LimitExceeded``/
+        ``PermissionDenied``)."""
+        self.guard.check_own("advertise", name)
         out: list[object] = list(self.rpc.advertise(name))
         try:
             out += self.services.advertise(name, now, ttl=ttl, metadata=metadata)
@@ -342,7 +364,8 @@ class NodeCore:
 
     def call(self, name: str, payload: bytes, timeout: float, now: float, token: object) -> tuple[int, list[object]]:
         """Start a call; returns its id (for :meth:`cancel_call`) and the outputs. Raises
-        ``Overloaded`` past ``rpc.max_pending_calls``."""
+        ``Overloaded`` past ``rpc.max_pending_calls`` and ``PermissionDenied``."""
+        self.guard.check_own("call", name)
         call_id, outs = self.caller.call(name, payload, timeout, now, token)
         return call_id, self._route(outs, now)
 
@@ -405,6 +428,10 @@ class NodeCore:
 
     # -- queries ---------------------------------------------------------------------------------
 
+    def blocked(self, peer: NodeId, now: float) -> bool:
+        """Whether ``peer`` is blocked for repeated offences (refuse its connections)."""
+        return self.guard.blocked(peer, now)
+
     def in_use(self, peer: NodeId, now: float) -> bool:
         """Whether something besides the overlays needs the connection to ``peer``."""
         if now - self._rpc_seen.get(peer, -RPC_PIN) < RPC_PIN:
@@ -429,6 +456,15 @@ class NodeCore:
             self._rpc_seen[peer] = now
         except ContainerFull:  # more peers than connections (a stale entry): counted, not pinned
             pass
+
+    def _kick(self, now: float) -> list[object]:
+        """Disconnect and forget the peers the guard just blocked."""
+        out: list[object] = []
+        for peer in self.guard.take_kicked():
+            out += [e for e in self.remove_peer(peer, now) if not (isinstance(e, Disconnect) and e.peer == peer)]
+            out.append(Disconnect(peer, "misbehaving"))
+            out += self._lost(peer, now)
+        return out
 
     def _lost(self, peer: NodeId, now: float) -> list[object]:
         self._rpc_seen.pop(peer, None)

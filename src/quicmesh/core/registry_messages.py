@@ -59,6 +59,9 @@ class RAdvert(Message, tag="r.ad"):
     l: int  # noqa: E741 - short on purpose: it travels in every frame
     w: bool
     g: bytes
+    c: bytes | None = None
+    """The provider's member certificate in an authority realm (not signed: it is the
+    authority's own signature that counts); None in an open realm."""
 
 
 class RQuery(Message, tag="r.q"):
