@@ -590,6 +590,9 @@ def _exception(m: GError) -> QuicmeshError:
         return RemoteError("too_large", m.message)
     if code == "invalid_topic":
         return InvalidTopic(m.message)
+    if code == "permission_denied":  # the client's credential does not allow it
+        from ..errors import PermissionDenied
+        return PermissionDenied(m.action, m.subject)
     if code == "invalid":
         from ..errors import ConfigError
 

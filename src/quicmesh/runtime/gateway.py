@@ -85,6 +85,7 @@ from ..errors import (
     NodeClosed,
     NoProvider,
     Overloaded,
+    PermissionDenied,
     QuicmeshError,
     RemoteError,
 )
@@ -571,6 +572,8 @@ def _forget(tasks: dict[int, asyncio.Task[None]], key: int, task: asyncio.Task[N
 def _error(req_id: int, exc: BaseException) -> GError:
     """The ``GError`` a client turns back into the same typed exception."""
     text = str(exc)[:1000]
+    if isinstance(exc, PermissionDenied):  # before RemoteError: a refused call is both
+        return GError(req_id, "permission_denied", text, action=exc.action, subject=exc.subject[:1000])
     if isinstance(exc, LimitExceeded):
         return GError(req_id, "limit", text, limit=exc.limit, capacity=exc.capacity)
     if isinstance(exc, RemoteError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -18,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 from ..bounded.aio import BoundedQueue
 from ..core.kvmap import KvMap, encode_delete, encode_set
 from ..core.oplog import Operation
+from ..core.permissions import Action
 from ..errors import NodeClosed
 from ..identity import NodeId
 from .handles import QueueHandle
@@ -183,6 +185,9 @@ class Log:
         self.name = name
         self._closed = False
         self._finalizer = weakref.finalize(self, service._close_from_gc, hid)
+        self.permit: Callable[[Action, str], None] | None = None
+        """Set by the node: raises :class:`~quicmesh.errors.PermissionDenied` unless this node
+        may ``log`` to the name (checked at every write)."""
 
     @property
     def author(self) -> NodeId:
@@ -196,10 +201,13 @@ class Log:
 
         Raises :class:`~quicmesh.errors.OperationTooLarge` above ``store.max_operation_size``,
         :class:`~quicmesh.errors.LimitExceeded` when the store's caps leave no room (or when
-        log sync has its maximum of store requests in flight).
+        log sync has its maximum of store requests in flight), and
+        :class:`~quicmesh.errors.PermissionDenied` when this node may not write the log.
         """
         if self._closed:
             raise NodeClosed(f"log handle {self.name!r} is closed")
+        if self.permit is not None:
+            self.permit("log", self.name)  # raises PermissionDenied: nothing is written
         return await self._service.append(self.name, payload)
 
     def heads(self) -> dict[NodeId, int]:
@@ -244,16 +252,25 @@ class ReplicatedMap:
         self.name = state.map.log
         self._closed = False
         self._finalizer = weakref.finalize(self, service._close_from_gc, hid)
+        self.permit: Callable[[Action, str], None] | None = None
+        """Set by the node: raises :class:`~quicmesh.errors.PermissionDenied` unless this node
+        may ``log`` to the name (checked at every write)."""
 
     def _check(self) -> None:
         if self._closed:
             raise NodeClosed(f"map {self.name!r} is closed")
 
+    def _check_write(self) -> None:
+        self._check()
+        if self.permit is not None:
+            self.permit("log", self.name)  # raises PermissionDenied: nothing is written
+
     async def set(self, key: str, value: bytes) -> None:
         """Set ``key`` to ``value`` (durably appended to this node's log of the map's name).
 
-        Raises :class:`~quicmesh.errors.LimitExceeded` when the map holds ``max_keys`` keys."""
-        self._check()
+        Raises :class:`~quicmesh.errors.LimitExceeded` when the map holds ``max_keys`` keys and
+        :class:`~quicmesh.errors.PermissionDenied` when this node may not write the map."""
+        self._check_write()
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError("value must be bytes")
         self._state.map.check_room(key)
@@ -261,7 +278,7 @@ class ReplicatedMap:
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (a tombstone, so an older write arriving later cannot revive it)."""
-        self._check()
+        self._check_write()
         self._state.map.check_room(key)
         await self._service.append(self.name, encode_delete(key), after=self._after(key))
 
