@@ -10,17 +10,27 @@ publisher's signature made for another realm.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
-from quicmesh.config import NodeConfig
+import pytest
+
+from quicmesh.bounded import ContainerRegistry
+from quicmesh.config import NodeConfig, TransportConfig
 from quicmesh.core.effects import Deliver, DeliverBatch, Disconnect, Send
 from quicmesh.core.guard import OFFENCE_LIMIT, gossip_signing_bytes
 from quicmesh.core.mesh_messages import MGossip
+from quicmesh.core.messages import ALL_MESSAGES
 from quicmesh.core.plumtree import batch_digest
+from quicmesh.core.wire import Codec, Message
 from quicmesh.identity import KeyPair, NodeId
+from quicmesh.runtime.node import Node
+from quicmesh.runtime.quic import QuicTransport
+from quicmesh.runtime.transport import Connection
 from quicmesh.testing.network import Latency, NetworkParams
 from quicmesh.testing.report import build_overlay
 from quicmesh.testing.sim import SimNode, Simulator
+from quicmesh.testing.wait import eventually
 
 TOPIC = "a.x"
 
@@ -116,3 +126,72 @@ def test_a_forger_is_disconnected_after_repeated_offences_and_stays_blocked() ->
     sim.run_for(3.0)
     others = [n for n in nodes if n is not forger and n is not target]
     assert all(any(d.payload == b"after-block" for d in n.deliveries) for n in others)  # genuine: relayed by others
+
+
+# -- over real QUIC: an adversarial peer speaking the wire protocol directly --------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_over_quic_forged_batches_reach_no_one_and_the_forger_is_cut_off() -> None:
+    fast = TransportConfig(handshake_timeout=5.0, idle_timeout=5.0, keepalive_interval=1.0)
+    recv = await Node.start(NodeConfig(realm="forge", transport=fast))
+    victim = await Node.start(NodeConfig(realm="forge", transport=fast, bootstrap=(recv.address,)))
+    honest = await Node.start(NodeConfig(realm="forge", transport=fast, bootstrap=(recv.address,)))
+    registry = ContainerRegistry("forger")
+    forger = QuicTransport(KeyPair.generate(), "forge", fast, Codec(ALL_MESSAGES), registry=registry)
+    lost: list[Exception | None] = []
+    events = _Events(lost)
+    await forger.start(events)
+    subs = [await n.subscribe("a.>") for n in (recv, victim, honest)]
+    try:
+        await victim.wait_for_subscriber(TOPIC, 10)
+        await eventually(lambda: recv.mesh.swarm_neighbours(TOPIC) >= 2, timeout=10)
+        conn = await forger.dial(recv.address, expected=recv.id)
+        victim_key = victim.core.services._key
+        fkey = KeyPair.generate()
+        sent = 0
+        for i in range(1000):
+            if not conn.send(_forged(i, victim_key, fkey)):
+                break
+            sent += 1
+        await eventually(lambda: bool(lost), timeout=10)  # the receiver closed the forger's connection
+        await victim.publish(TOPIC, b"genuine")  # a sentinel: everything before it has been handled
+        got: list[list[bytes]] = []
+        for sub in subs[:1] + subs[2:]:
+            seen: list[bytes] = []
+            while not seen or seen[-1] != b"genuine":
+                seen.append((await asyncio.wait_for(sub.__anext__(), 10)).payload)
+            got.append(seen)
+        delivered = sum(1 for seen in got for p in seen if p.startswith(b"forged"))
+        g = recv.core.guard.counters
+        print(f"\nover QUIC: {delivered} of 1,000 forged-sender messages delivered or forwarded "
+              f"({sent} queued by the forger, {g['offences']} checked before it was cut off); "
+              f"forger blocked: {recv.core.guard.stats()['blocked'] == 1}")
+        assert delivered == 0
+        assert g["offences"] == OFFENCE_LIMIT and g["peers_blocked"] == 1
+        assert recv.core.guard.stats()["blocked"] == 1
+        # it comes back: refused while blocked
+        lost.clear()
+        again = await forger.dial(recv.address, expected=recv.id)
+        await eventually(lambda: bool(lost), timeout=10)
+        assert again.closed
+    finally:
+        for sub in subs:
+            await sub.close()
+        await forger.stop()
+        for n in (honest, victim, recv):
+            await n.stop()
+
+
+class _Events:
+    def __init__(self, lost: list[Exception | None]) -> None:
+        self.lost = lost
+
+    def on_connection(self, conn: Connection) -> None:
+        pass
+
+    def on_message(self, conn: Connection, message: Message) -> None:
+        pass
+
+    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
+        self.lost.append(error)
