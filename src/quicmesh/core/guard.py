@@ -24,7 +24,9 @@ publisher's, and in an authority realm the certificate admits the publisher (``T
 its fast path is a lookup by the certificate's bytes) and allows ``publish`` on the topic.
 Reserved topics (``$...``) are not published by users: for them ``reserved`` (the registry's
 check that every advert in a ``$svc`` batch is the publisher's own and that it may
-``advertise`` the name) decides instead. Public keys are cached by id.
+``advertise`` the name) decides instead. Verification is a pure function of (key, signature,
+signed bytes), cached process-wide (:func:`_signature_valid`): a node checks each new batch once
+anyway, but the nodes of a simulation share one process and then one check.
 
 **Penalties.** A batch that fails is dropped and its *sender* (the peer that relayed it, which
 should have checked it too) gets an offence, unless the failure is one an honest relay may not
@@ -38,11 +40,12 @@ connections). Offences and blocks live in TTL maps, expired by :meth:`Guard.expi
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..bounded import ContainerRegistry, LruMap, TtlMap
+from ..bounded import ContainerRegistry, TtlMap
 from ..errors import NotAdmitted, PermissionDenied
 from ..identity import KeyPair, NodeId
 from .mesh_messages import MGossip
@@ -65,6 +68,27 @@ _NO_PENALTY = frozenset({"certificate revoked", "certificate expired", "certific
 
 ReservedCheck = Callable[[NodeId, str, list[bytes], Permissions], bool]
 """Whether a batch on a reserved topic (``$...``) by ``publisher`` with these permissions is valid."""
+
+
+@lru_cache(maxsize=4096)  # bounded: the 4,096 most recent (key, signature, bytes) checked
+def _signature_valid(pub: bytes, sig: bytes, data: bytes) -> bool:
+    """Whether ``sig`` over ``data`` verifies for the Ed25519 key ``pub`` (a pure function)."""
+    key = _public_key(pub)
+    if key is None:
+        return False
+    try:
+        key.verify(sig, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@lru_cache(maxsize=4096)  # bounded: the 4,096 most recent publishers' keys
+def _public_key(pub: bytes) -> Ed25519PublicKey | None:
+    try:
+        return Ed25519PublicKey.from_public_bytes(pub)
+    except ValueError:
+        return None
 
 
 def gossip_signing_bytes(realm_wire_id: str, digest: bytes) -> bytes:
@@ -93,7 +117,6 @@ class Guard:
         }
         self._offences: TtlMap[NodeId, int] = TtlMap("guard.offences", capacity, OFFENCE_WINDOW, registry=registry)
         self._blocked: TtlMap[NodeId, None] = TtlMap("guard.blocked", capacity, BLOCK_SECONDS, registry=registry)
-        self._keys: LruMap[bytes, Ed25519PublicKey] = LruMap("guard.public_keys", capacity, registry=registry)
         self.kicked: list[NodeId] = []  # bounded: at most one per message, drained by the core after it
         """Peers that just reached :data:`OFFENCE_LIMIT`: to disconnect."""
 
@@ -169,16 +192,7 @@ class Guard:
         if topic[:1] == "$" and self.reserved is not None and not self.reserved(NodeId(pub), topic, msg.payloads,
                                                                                 perms):
             return "gossip_denied", True
-        key = self._keys.get(pub)
-        if key is None:
-            try:
-                key = Ed25519PublicKey.from_public_bytes(pub)
-            except ValueError:
-                return "gossip_malformed", True
-            self._keys.set(pub, key)
-        try:
-            key.verify(sig, self._prefix + digest)
-        except InvalidSignature:
+        if not _signature_valid(pub, sig, self._prefix + digest):
             return "gossip_bad_signature", True
         return None
 

@@ -35,6 +35,15 @@ them, so both ways run the same code.
   nothing uses it. An idle close that goes out is also reported to the caller and the log machine
   (the driver reports no loss for connections the core closed itself).
 
+**Trust** (:mod:`quicmesh.core.guard`, ``self.guard``): the application commands ``publish``,
+``subscribe``, ``advertise`` and ``call`` raise ``PermissionDenied`` when this node's
+certificate does not allow them; a peer's ``Request`` its certificate does not allow is answered
+``ReplyError(code="permission_denied")`` without running a handler; gossip batches are signed by
+the mesh where they are built and verified before anything else touches them; a peer the guard
+blocks for repeated offences is forgotten and disconnected right after the message
+(``Disconnect(peer, "misbehaving")``), its messages ignored and its connections refused
+(:meth:`NodeCore.blocked`, which the driver also asks at admission) until the block expires.
+
 **Out.** Every output is an instruction for the driver (:mod:`quicmesh.core.events` lists them);
 :class:`~quicmesh.core.events.StateChanged` says that the peer set, a swarm or the known
 providers changed, for drivers that wake waiters.
@@ -144,8 +153,8 @@ class NodeCore:
             keypair, addresses, config.registry, realm=self.trust.wire_id, rng=rng,
             version_base=version_base, wall_offset=wall_offset, registry=registry, trust=self.trust,
         )
-        self.guard.reserved = self.services.reserved_batch_ok
         """The realm's service advertisements (signed leases), as seen by this node."""
+        self.guard.reserved = self.services.reserved_batch_ok
         from .rpc import Rpc
 
         self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=rng, registry=registry)
