@@ -124,8 +124,9 @@ class Guard:
 
     def check_own(self, action: Action, subject: str) -> None:
         """Raise :class:`PermissionDenied` (counted) unless this node may do ``action`` on
-        ``subject`` (for ``subscribe``, ``subject`` is the pattern)."""
-        if self.trust.open:
+        ``subject`` (for ``subscribe``, ``subject`` is the pattern). Reserved subjects (``$...``)
+        are quicmesh's own (registry, revocations; the node's API refuses them to users)."""
+        if self.trust.open or subject[:1] == "$":
             return
         if not self.allows(self.trust.own_permissions, action, subject):
             raise self.deny(action, subject)
