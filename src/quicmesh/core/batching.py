@@ -9,7 +9,8 @@ open batch as one :class:`~quicmesh.core.mesh_messages.MGossip` down the swarm's
 A batch closes early when the next publish goes to another topic of the swarm, or it reaches
 ``gossip.batch_max_messages`` messages or ``gossip.batch_max_bytes`` bytes. The runtime flushes at
 the end of each event-loop iteration, so a lone publish leaves at once while a burst travels
-``batch_max_messages`` to a frame; the simulator flushes after every publish.
+``batch_max_messages`` to a frame; the simulator flushes after every publish. A batch is signed
+once, when it is sent (the mesh's ``auth``: :meth:`~quicmesh.core.guard.Guard.sign_gossip`).
 
 **The short path.** While a swarm with no local subscription has an open batch, a publish to the
 batch's topic only appends to it (:meth:`Batching.append_to_batch`: no clock, no topic check, no
@@ -34,6 +35,7 @@ from ..identity import NodeId
 from .effects import Deliver, Effect
 from .membership import HvOut
 from .mesh_messages import MGossip
+from .plumtree import ID_LEN, GossipAuth, batch_digest
 from .swarm import Swarm
 from .topics import check_topic, swarm_of
 
@@ -45,6 +47,7 @@ class Batching:
 
     # provided by the mesh
     me: NodeId
+    auth: GossipAuth | None
     counters: dict[str, int]
     max_message_size: int
     swarms: LruMap[str, Swarm]
@@ -145,6 +148,11 @@ class Batching:
         if not sw.batch:
             return []
         msg = MGossip(sw.hv.swarm, sw.batch_topic, self.me.raw, sw.epoch, sw.batch_seq, sw.batch, 0)
+        mid: bytes | None = None
+        if self.auth is not None:  # one signature per batch, over the digest its id comes from
+            digest = batch_digest(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payloads)
+            msg.sig, msg.cert = self.auth.sign_gossip(digest)
+            mid = digest[:ID_LEN]
         self.counters["published"] += len(sw.batch)
         sw.last_publish = max(sw.last_publish, now)
         if self._hot is sw:
@@ -152,7 +160,7 @@ class Batching:
         sw.batch = []
         sw.batch_bytes = 0
         self.batched.pop(sw.hv.swarm, None)
-        return self._route(sw.hv.swarm, list(sw.pt.broadcast(msg, now)), now)
+        return self._route(sw.hv.swarm, list(sw.pt.broadcast(msg, now, mid)), now)
 
     def _no_short_path(self, sw: Swarm) -> None:
         """``sw`` got a local pattern or is being left: publishes to it take the general path."""

@@ -117,7 +117,8 @@ class GError(Message, tag="g.err"):
 
     ``code``: ``limit`` (with ``limit`` naming the cap and ``capacity`` its value),
     ``no_provider``, ``timeout``, ``overloaded``, ``connection_lost``, ``invalid``, ``invalid_topic``,
-    ``too_large``, ``closed``,
+    ``too_large``, ``closed``, ``permission_denied`` (the client's credential does not allow
+    ``action`` on ``subject``: :class:`~quicmesh.errors.PermissionDenied` on the client),
     or a remote handler's own code (``remote`` is then true).
     """
 
@@ -128,6 +129,8 @@ class GError(Message, tag="g.err"):
     limit: Code = ""
     capacity: UInt = 0
     remote: bool = False
+    action: str = ""
+    subject: str = ""
 
 
 class GInvoke(Message, tag="g.inv"):

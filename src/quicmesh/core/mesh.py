@@ -74,7 +74,7 @@ from .mesh_messages import (
     MNeighbor,
     MPrune,
 )
-from .plumtree import Arrived, GossipCaches, Plumtree
+from .plumtree import Arrived, GossipAuth, GossipCaches, Plumtree
 from .swarm import Swarm
 from .topics import MAX_TOPIC_LEN, Ordering, Pattern, check_topic, parse_pattern, swarm_of
 from .wire import Message
@@ -113,8 +113,11 @@ class Mesh(Batching):
         registry: ContainerRegistry,
         *,
         serves_clients: bool = False,
+        auth: GossipAuth | None = None,
     ) -> None:
         self.me = me
+        self.auth = auth
+        """Signs local gossip batches and checks received ones (None: unsigned, unchecked)."""
         self.addresses = normalize_addresses(addresses)
         self.config = config
         self.rng = rng
@@ -439,7 +442,7 @@ class Mesh(Batching):
         hv = HyParView(self.me, self.addresses, key, self.config.membership, self.book, self.rng, self.registry,
                        prefix="swarm", now=now)
         pt = Plumtree(self.me, key, self.config.gossip, self.caches, self.rng, self.registry,
-                      max_message_size=self.max_message_size)
+                      max_message_size=self.max_message_size, auth=self.auth)
         sw = Swarm(hv, pt, self.rng.getrandbits(63), now)
         self.swarms.set(key, sw)
         for p in self.discovery.take_hints(key, now):  # hints we hold for this swarm are a head start

@@ -159,7 +159,12 @@ class MGossip(_Overlay, tag="m.gossip"):
     """A batch of topic messages of one publisher and topic: ``payloads[i]`` has sequence number
     ``seq + i`` (a lone publish is a batch of one). Its id is computed by each receiver from
     (publisher, epoch, seq, topic, payloads), never trusted from the wire; a batch is broadcast,
-    cached, repaired and ordered as one unit."""
+    cached, repaired and ordered as one unit.
+
+    ``sig``: the publisher's Ed25519 signature over the realm and the batch's full digest
+    (:func:`quicmesh.core.guard.gossip_signing_bytes`); ``cert``: the publisher's member
+    certificate in an authority realm (None in an open realm). Only ``hops`` is not signed.
+    Receivers verify both before caching, forwarding or delivering a new batch."""
 
     s: _Swarm
     topic: _Topic
@@ -168,6 +173,10 @@ class MGossip(_Overlay, tag="m.gossip"):
     seq: UInt
     payloads: Annotated[list[bytes], msgspec.Meta(min_length=1, max_length=MAX_BATCH_MESSAGES)]
     hops: UInt
+    sig: Annotated[bytes, msgspec.Meta(max_length=128)] = b""
+    """The publisher's Ed25519 signature of the batch (label, realm, digest of the content)."""
+    cert: Annotated[bytes, msgspec.Meta(max_length=8192)] | None = None
+    """The publisher's member certificate in an authority realm; None in an open realm."""
 
     def __post_init__(self) -> None:
         """The topic is in the grammar and in swarm ``s``; the batch's last seq fits the field;

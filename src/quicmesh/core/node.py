@@ -43,6 +43,15 @@ peer id and per address, at most ``transport.max_pending_dials`` learned dials i
 machine that asked, at once. Dials to the user's bootstrap contacts and ``add_peer`` peers go
 first. ``PeerConnected`` (outbound) and ``DialFailed`` free a slot and release queued dials.
 
+**Trust** (:mod:`quicmesh.core.guard`, ``self.guard``): the application commands ``publish``,
+``subscribe``, ``advertise`` and ``call`` raise ``PermissionDenied`` when this node's
+certificate does not allow them; a peer's ``Request`` its certificate does not allow is answered
+``ReplyError(code="permission_denied")`` without running a handler; gossip batches are signed by
+the mesh where they are built and verified before anything else touches them; a peer the guard
+blocks for repeated offences is forgotten and disconnected right after the message
+(``Disconnect(peer, "misbehaving")``), its messages ignored and its connections refused
+(:meth:`NodeCore.blocked`, which the driver also asks at admission) until the block expires.
+
 **Out.** Every output is an instruction for the driver (:mod:`quicmesh.core.events` lists them);
 :class:`~quicmesh.core.events.StateChanged` says that the peer set, a swarm or the known
 providers changed, for drivers that wake waiters.
@@ -67,7 +76,7 @@ from ..errors import ContainerFull
 from ..identity import KeyPair, NodeId
 from .caller import Caller
 from .dialgate import DialGate, DialRequest
-from .effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect
+from .effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from .events import (
     STATE_CHANGED,
     AcquireLog,
@@ -97,6 +106,7 @@ from .events import (
     Unadvertise,
     Unsubscribe,
 )
+from .guard import Guard
 from .log_messages import LOG_MESSAGES
 from .mesh import Mesh
 from .mesh_messages import MESH_MESSAGES, MGossip, MIHave
@@ -104,6 +114,7 @@ from .messages import Reply, ReplyError, Request, Services
 from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
 from .registry_messages import REGISTRY_MESSAGES
 from .replication import LogReplication
+from .rpc import DENIED_CODE
 from .trust import Trust
 from .wire import Message
 
@@ -144,13 +155,16 @@ class NodeCore:
         """The realm, this node's certificate, the revocation list and the verified certificates
         of members (an open realm when none is given: everyone is a full member)."""
         cap = config.transport.max_connections
-        self.mesh = Mesh(self.id, addresses, config, rng, registry, serves_clients=serves_clients)
+        self.guard = Guard(keypair, self.trust, wall=lambda now: now + self.services.wall_offset, registry=registry)
+        """Permission checks of actions, origin signatures of gossip, penalties of peers."""
+        self.mesh = Mesh(self.id, addresses, config, rng, registry, serves_clients=serves_clients, auth=self.guard)
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
         self.services = Registry(
             keypair, addresses, config.registry, realm=self.trust.wire_id, rng=rng,
-            version_base=version_base, wall_offset=wall_offset, registry=registry,
+            version_base=version_base, wall_offset=wall_offset, registry=registry, trust=self.trust,
         )
         """The realm's service advertisements (signed leases), as seen by this node."""
+        self.guard.reserved = self.services.reserved_batch_ok
         from .rpc import Rpc
 
         self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=rng, registry=registry)
@@ -213,7 +227,7 @@ class NodeCore:
         best: float | None = None
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
-            self.logs.next_deadline(), self.dials.next_deadline(),
+            self.logs.next_deadline(), self.dials.next_deadline(), self.guard.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -223,13 +237,21 @@ class NodeCore:
 
     def message(self, peer: NodeId, msg: Message, now: float) -> list[object]:
         """``msg`` arrived from ``peer``: route it to the machine it is for."""
+        if self.guard.blocked(peer, now):
+            return []  # sent before its connection was closed
         if isinstance(msg, _MESH_TYPES):
             out = self._route(self.mesh.handle_message(peer, msg, now), now)
+            if self.guard.kicked:
+                out += self._kick(now)
             if not isinstance(msg, _QUIET_MESH_TYPES):
                 out.append(STATE_CHANGED)
             return out
         if isinstance(msg, _CALLER_TYPES):
             self._pin(peer, now)
+            if type(msg) is Request and not self.trust.open and isinstance(msg.name, str) and \
+                    not self.guard.peer_allowed(peer, "call", msg.name, now):
+                err = self.guard.deny("call", msg.name)
+                return [Send(peer, ReplyError(msg.id, DENIED_CODE, str(err)[:1000], False))]
             return self._route(self.caller.handle_message(peer, msg, now), now)
         if isinstance(msg, Services):
             self._pin(peer, now)
@@ -245,8 +267,10 @@ class NodeCore:
         return []
 
     def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
-        """An authenticated connection to ``peer`` is up (idempotent)."""
+        """An authenticated connection to ``peer`` is up (idempotent). A blocked peer is refused."""
         freed = outbound and self.dials.finished(peer, addresses)
+        if self.guard.blocked(peer, now):
+            return [Disconnect(peer, "blocked"), *(self._release_dials(now) if freed else [])]
         out = self._route(self.mesh.peer_connected(peer, addresses, outbound, now), now)
         if freed:
             out += self._release_dials(now)
@@ -288,6 +312,7 @@ class NodeCore:
         out += self.logs.handle_timer(now)
         self.dials.expire(now)
         out += self._release_dials(now)
+        self.guard.expire(now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
@@ -323,7 +348,9 @@ class NodeCore:
         return self._route(self.mesh.subscribe(REGISTRY_PATTERN, now), now)
 
     def subscribe(self, pattern: str, now: float) -> list[object]:
-        """Take a reference to ``pattern``'s swarm (raises ``ValueError`` for a bad pattern)."""
+        """Take a reference to ``pattern``'s swarm (raises ``ValueError`` for a bad pattern and
+        ``PermissionDenied``)."""
+        self.guard.check_own("subscribe", pattern)
         return self._route(self.mesh.subscribe(pattern, now), now)
 
     def unsubscribe(self, pattern: str, now: float) -> list[object]:
@@ -336,7 +363,9 @@ class NodeCore:
 
     def publish(self, topic: str, payload: bytes, now: float) -> list[object]:
         """Publish ``payload`` on ``topic`` (raises ``ValueError`` for a bad topic and
-        ``MessageTooLarge``)."""
+        ``MessageTooLarge`` and ``PermissionDenied``). The short path (:meth:`append_to_batch`)
+        needs no check: its batch's topic was checked here when the batch opened."""
+        self.guard.check_own("publish", topic)
         return self._route(self.mesh.publish(topic, payload, now), now)
 
     def append_to_batch(self, topic: str, payload: bytes) -> bool:
@@ -355,7 +384,9 @@ class NodeCore:
 
     def advertise(self, name: str, now: float, *, ttl: float | None = None,
                   metadata: bytes | None = None) -> list[object]:
-        """Serve ``name`` and advertise it realm-wide (raises ``ValueError``/``LimitExceeded``)."""
+        """Serve ``name`` and advertise it realm-wide (raises ``ValueError``/``LimitExceeded``/
+        ``PermissionDenied``)."""
+        self.guard.check_own("advertise", name)
         out: list[object] = list(self.rpc.advertise(name))
         try:
             out += self.services.advertise(name, now, ttl=ttl, metadata=metadata)
@@ -372,7 +403,8 @@ class NodeCore:
 
     def call(self, name: str, payload: bytes, timeout: float, now: float, token: object) -> tuple[int, list[object]]:
         """Start a call; returns its id (for :meth:`cancel_call`) and the outputs. Raises
-        ``Overloaded`` past ``rpc.max_pending_calls``."""
+        ``Overloaded`` past ``rpc.max_pending_calls`` and ``PermissionDenied``."""
+        self.guard.check_own("call", name)
         call_id, outs = self.caller.call(name, payload, timeout, now, token)
         return call_id, self._route(outs, now)
 
@@ -436,6 +468,10 @@ class NodeCore:
 
     # -- queries ---------------------------------------------------------------------------------
 
+    def blocked(self, peer: NodeId, now: float) -> bool:
+        """Whether ``peer`` is blocked for repeated offences (refuse its connections)."""
+        return self.guard.blocked(peer, now)
+
     def in_use(self, peer: NodeId, now: float) -> bool:
         """Whether something besides the overlays needs the connection to ``peer``."""
         if now - self._rpc_seen.get(peer, -RPC_PIN) < RPC_PIN:
@@ -460,6 +496,15 @@ class NodeCore:
             self._rpc_seen[peer] = now
         except ContainerFull:  # more peers than connections (a stale entry): counted, not pinned
             pass
+
+    def _kick(self, now: float) -> list[object]:
+        """Disconnect and forget the peers the guard just blocked."""
+        out: list[object] = []
+        for peer in self.guard.take_kicked():
+            out += [e for e in self.remove_peer(peer, now) if not (isinstance(e, Disconnect) and e.peer == peer)]
+            out.append(Disconnect(peer, "misbehaving"))
+            out += self._lost(peer, now)
+        return out
 
     def _lost(self, peer: NodeId, now: float) -> list[object]:
         self._rpc_seen.pop(peer, None)

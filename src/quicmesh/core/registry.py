@@ -42,6 +42,8 @@ either is refused and counted (a refresh of an existing entry always fits). This
 adverts are held apart from that total: Sybil providers filling the table never push out or
 refuse the node's own (#11).
 
+**Permissions** of providers are checked as :mod:`quicmesh.core.advert_checks` explains.
+
 **Lookups.** A node with no entry for a name (it joined after the last refresh) asks up to
 ``lookup_fanout`` neighbours with :class:`RQuery`; they answer (:class:`RAnswer`) with at most
 ``max_answer_entries`` signed adverts and the lease left on each, which is accepted through the
@@ -68,7 +70,9 @@ from ..bounded import ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import RegistryConfig
 from ..errors import DecodeError, LimitExceeded, SignatureMismatch
 from ..identity import KeyPair, NodeId
+from .advert_checks import may_advertise, reserved_batch_ok
 from .effects import Send
+from .permissions import Permissions
 from .registry_messages import (
     REGISTRY_MESSAGES,
     REGISTRY_PATTERN,
@@ -78,6 +82,7 @@ from .registry_messages import (
     RQuery,
     advert_signing_bytes,
 )
+from .trust import Trust
 from .wire import Codec, Message
 
 __all__ = [
@@ -162,8 +167,11 @@ class Registry:
         version_base: int = 0,
         wall_offset: float = 0.0,
         registry: ContainerRegistry | None = None,
+        trust: Trust | None = None,
     ) -> None:
         self._key = keypair
+        self.trust = trust
+        """Certificates and permissions of providers (None or an open realm: not checked)."""
         self.wall_offset = float(wall_offset)
         """Wall-clock seconds minus the driver's ``now``; the driver may update it."""
         self.me = keypair.node_id
@@ -206,7 +214,7 @@ class Registry:
         self._next_sweep: float | None = None
         self.counters = {  # bounded: fixed keys
             "adverts_sent": 0, "withdrawals_sent": 0, "accepted": 0, "refreshed": 0, "withdrawn": 0,
-            "stale": 0, "duplicate": 0, "invalid_signature": 0, "malformed": 0, "rejected_full": 0,
+            "stale": 0, "duplicate": 0, "invalid_signature": 0, "malformed": 0, "rejected_full": 0, "denied": 0,
             "rejected_per_provider": 0, "expired": 0, "expired_on_arrival": 0, "suspected": 0, "lookups": 0,
             "lookups_coalesced": 0,
             "lookups_refused": 0, "lookups_timed_out": 0, "queries_answered": 0, "stray_answers": 0,
@@ -319,6 +327,8 @@ class Registry:
             g=b"",
         )
         ad.g = self._key.sign(advert_signing_bytes(self.realm, ad))
+        if self.trust is not None:
+            ad.c = self.trust.own_certificate
         if withdraw:
             self.counters["withdrawals_sent"] += 1
         else:
@@ -359,6 +369,9 @@ class Registry:
             provider.verify(ad.g, advert_signing_bytes(self.realm, ad))
         except SignatureMismatch:
             self.counters["invalid_signature"] += 1
+            return []
+        if not ad.w and not self._may_advertise(provider, ad, now):
+            self.counters["denied"] += 1
             return []
         self._versions.set(key, ad.v, now)
         self._arm_sweep(now)
@@ -401,6 +414,12 @@ class Registry:
     def _own_held(self) -> int:
         """Entries of this node's own adverts in the table."""
         return self._per_provider.peek(self.me) or 0
+    def _may_advertise(self, provider: NodeId, ad: RAdvert, now: float) -> bool:
+        return may_advertise(self.trust, provider, ad, now + self.wall_offset)
+
+    def reserved_batch_ok(self, publisher: NodeId, topic: str, payloads: list[bytes], perms: Permissions) -> bool:
+        """See :func:`quicmesh.core.advert_checks.reserved_batch_ok`."""
+        return reserved_batch_ok(self._codec, publisher, topic, payloads, perms)
 
     def _remove(self, key: tuple[NodeId, str]) -> None:
         if self._entries.pop(key) is None:

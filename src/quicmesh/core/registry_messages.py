@@ -61,6 +61,9 @@ class RAdvert(Message, tag="r.ad"):
     l: UInt  # noqa: E741 - short on purpose: it travels in every frame
     w: bool
     g: Annotated[bytes, msgspec.Meta(max_length=128)]
+    c: Annotated[bytes, msgspec.Meta(max_length=8192)] | None = None
+    """The provider's member certificate in an authority realm (not signed: it is the
+    authority's own signature that counts); None in an open realm."""
 
 
 class RQuery(Message, tag="r.q"):

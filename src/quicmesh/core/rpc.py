@@ -32,17 +32,40 @@ from random import Random
 
 from ..bounded import ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import RpcConfig
-from ..errors import CallTimeout, ConnectionLost, LimitExceeded, Overloaded, RemoteError, RpcError
+from ..errors import CallTimeout, ConnectionLost, LimitExceeded, Overloaded, PermissionDenied, RemoteError, RpcError
 from ..identity import NodeId
 from .effects import Effect, Send
 from .messages import Reply, ReplyError, Request, Services
 from .wire import Message
 
-__all__ = ["CallResolved", "HandlerTimedOut", "Invoke", "PendingCall", "Rpc", "RpcOutcome", "RpcStats"]
+__all__ = [
+    "DENIED_CODE", "CallDenied", "CallResolved", "HandlerTimedOut", "Invoke", "PendingCall", "Rpc", "RpcOutcome",
+    "RpcStats",
+]
 
 
 class HandlerTimedOut(CallTimeout):
     """The callee answered that its handler ran past the call's deadline: the provider is alive."""
+
+
+DENIED_CODE = "permission_denied"
+"""``ReplyError.code`` of a call the callee refused: the caller's certificate does not allow
+``call`` on the name."""
+
+
+class CallDenied(PermissionDenied, RemoteError):
+    """The callee refused the call: this node may not ``call`` the name there. A
+    :class:`~quicmesh.errors.PermissionDenied` (and a non-retryable ``RemoteError`` with code
+    :data:`DENIED_CODE`, so the caller ends the call at once)."""
+
+    def __init__(self, name: str) -> None:
+        Exception.__init__(self, f"permission denied: call {name!r:.120}")  # both bases' fields, set here
+        self.action = "call"
+        self.subject = name
+        self.code = DENIED_CODE
+        self.message = str(self)
+        self.retryable = False
+
 
 _MAX_NAME = 256
 
@@ -261,6 +284,8 @@ class Rpc:
                 err = Overloaded(f"{call.name} on {peer.short()}: {msg.message}")
             elif msg.code == "timeout":
                 err = HandlerTimedOut(f"{call.name} on {peer.short()}: {msg.message}")
+            elif msg.code == DENIED_CODE:
+                err = CallDenied(call.name)
             else:
                 err = RemoteError(msg.code, msg.message, retryable=msg.retryable)
             return [CallResolved(call.token, None, err)]

@@ -131,6 +131,10 @@ NODE_GAUGE = MetricSpec("quicmesh_node_gauge", "gauge", "Other node numbers, by 
 NODE_EVENTS = MetricSpec(
     "quicmesh_node_events_total", "counter", "Other node counters, by name (NodeGauges.extra).", ("name",)
 )
+PERMISSION_DENIED = MetricSpec(
+    "quicmesh_permission_denied_total", "counter",
+    "Actions refused by permissions (own, of peers, of light clients), by action.", ("action",)
+)
 SENTINEL_DEGRADED = MetricSpec("quicmesh_sentinel_degraded", "gauge", "1 when the leak sentinel says degraded.")
 SENTINEL_RSS_SLOPE = MetricSpec(
     "quicmesh_sentinel_rss_slope_bytes_per_second",
@@ -173,6 +177,7 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
     CLIENTS,
     NODE_GAUGE,
     NODE_EVENTS,
+    PERMISSION_DENIED,
     SENTINEL_DEGRADED,
     SENTINEL_RSS_SLOPE,
     SENTINEL_REASONS,
@@ -294,13 +299,18 @@ class NodeCollector:
         yield _one(CLIENTS, g.clients)
         other = _gauge(NODE_GAUGE)
         events = _counter(NODE_EVENTS)
+        denied = _counter(PERMISSION_DENIED)
         for name in sorted(g.extra):
-            if name.endswith("_total"):
+            family, sep, label = name.partition(":")
+            if sep and family == "permission_denied_total":
+                denied.add_metric([label], float(g.extra[name]))
+            elif name.endswith("_total"):
                 events.add_metric([name], float(g.extra[name]))
             else:
                 other.add_metric([name], float(g.extra[name]))
         yield other
         yield events
+        yield denied
 
     def _sentinel_families(self) -> Iterator[Metric]:
         if self._sentinel is None:

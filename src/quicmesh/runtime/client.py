@@ -65,6 +65,7 @@ from ..errors import (
     NoProvider,
     NotAdmitted,
     Overloaded,
+    PermissionDenied,
     QuicmeshError,
     RemoteError,
     TransportError,
@@ -588,10 +589,10 @@ def _exception(m: GError) -> QuicmeshError:
         return ConnectionLost(m.message)
     if code == "closed":
         return NodeClosed(m.message)
-    if code == "too_large":
-        return RemoteError("too_large", m.message)
     if code == "invalid_topic":
         return InvalidTopic(m.message)
+    if code == "permission_denied":  # the client's credential does not allow it
+        return PermissionDenied(m.action, m.subject)
     if code == "invalid":
         from ..errors import ConfigError
 

@@ -259,6 +259,9 @@ class NodeDriver:
             raise NodeClosed("node is not running")
 
     def on_connection(self, conn: Connection) -> None:
+        if self.core.blocked(conn.peer_id, self._now()):  # repeated offences: refused for a while
+            self._spawn(conn.close("blocked", "blocked for repeated offences"))
+            return
         if conn.role == "client":
             self.gateway.on_connection(conn)
             return

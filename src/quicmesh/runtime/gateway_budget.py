@@ -53,6 +53,7 @@ from ..errors import (
     NodeClosed,
     NoProvider,
     Overloaded,
+    PermissionDenied,
     RemoteError,
 )
 from ..identity import NodeId
@@ -261,6 +262,8 @@ class ClientBudgets:
 def error_frame(req_id: int, exc: BaseException) -> GError:
     """The ``GError`` a client turns back into the same typed exception."""
     text = str(exc)[:1000]
+    if isinstance(exc, PermissionDenied):  # before RemoteError: a refused call is both
+        return GError(req_id, "permission_denied", text, action=exc.action, subject=exc.subject[:1000])
     if isinstance(exc, LimitExceeded):
         return GError(req_id, "limit", text, limit=exc.limit, capacity=exc.capacity)
     if isinstance(exc, RemoteError):

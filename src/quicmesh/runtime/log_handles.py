@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -18,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 from ..bounded.aio import BoundedQueue
 from ..core.kvmap import KvMap, encode_delete, encode_set
 from ..core.oplog import Operation
+from ..core.permissions import Action
 from ..errors import NodeClosed
 from ..identity import NodeId
 from .handles import QueueHandle
@@ -183,6 +185,9 @@ class Log:
         self.name = name
         self._closed = False
         self._finalizer = weakref.finalize(self, service._close_from_gc, hid)
+        self.permit: Callable[[Action, str], None] | None = None
+        """Set by the node: raises :class:`~quicmesh.errors.PermissionDenied` unless this node
+        may ``log`` to the name (checked at every write)."""
 
     @property
     def author(self) -> NodeId:
@@ -201,10 +206,13 @@ class Log:
         clock (:attr:`LogService.clock_us`) runs more than ``store.max_clock_skew`` ahead of
         its wall clock. Raises :class:`~quicmesh.errors.LimitExceeded` when this node's own logs
         fill the store (foreign logs are evicted first), or when log sync has its maximum of
-        store requests in flight.
+        store requests in flight, and :class:`~quicmesh.errors.PermissionDenied` when this node
+        may not write the log.
         """
         if self._closed:
             raise NodeClosed(f"log handle {self.name!r} is closed")
+        if self.permit is not None:
+            self.permit("log", self.name)  # raises PermissionDenied: nothing is written
         return await self._service.append(self.name, payload)
 
     def heads(self) -> dict[NodeId, int]:
@@ -249,19 +257,28 @@ class ReplicatedMap:
         self.name = state.map.log
         self._closed = False
         self._finalizer = weakref.finalize(self, service._close_from_gc, hid)
+        self.permit: Callable[[Action, str], None] | None = None
+        """Set by the node: raises :class:`~quicmesh.errors.PermissionDenied` unless this node
+        may ``log`` to the name (checked at every write)."""
 
     def _check(self) -> None:
         if self._closed:
             raise NodeClosed(f"map {self.name!r} is closed")
 
+    def _check_write(self) -> None:
+        self._check()
+        if self.permit is not None:
+            self.permit("log", self.name)  # raises PermissionDenied: nothing is written
+
     async def set(self, key: str, value: bytes) -> None:
         """Set ``key`` to ``value`` (durably appended to this node's log of the map's name).
 
-        Raises :class:`~quicmesh.errors.LimitExceeded` when the map holds ``max_keys`` keys, and
-        an :class:`~quicmesh.errors.InvalidOperation` subclass (nothing stored, on no replica)
+        Raises :class:`~quicmesh.errors.LimitExceeded` when the map holds ``max_keys`` keys, an
+        :class:`~quicmesh.errors.InvalidOperation` subclass (nothing stored, on no replica)
         when the write is one the peers would refuse (e.g. :class:`~quicmesh.errors.TimestampAhead`
-        when this node's clock runs beyond ``store.max_clock_skew``)."""
-        self._check()
+        when this node's clock runs beyond ``store.max_clock_skew``), and
+        :class:`~quicmesh.errors.PermissionDenied` when this node may not write the map."""
+        self._check_write()
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError("value must be bytes")
         self._state.map.check_room(key)
@@ -269,7 +286,7 @@ class ReplicatedMap:
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (a tombstone, so an older write arriving later cannot revive it)."""
-        self._check()
+        self._check_write()
         self._state.map.check_room(key)
         await self._service.append(self.name, encode_delete(key), after=self._after(key))
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import Overflow
 from ..bounded.aio import BoundedQueue, QueueClosed
@@ -54,6 +54,7 @@ from ..errors import (
 )
 from ..identity import KeyPair, NodeId
 from .gateway import Gateway
+from .gateway_perms import ClientPermits, GuardedGateway
 from .handles import QueueHandle
 from .logs import Log, LogWatch, ReplicatedMap
 from .memory import MemoryNetwork
@@ -123,8 +124,10 @@ class Node(NodeStatus):
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(config, keypair, network=network, rng=rng)
-        self.gateway: Gateway = Gateway(self, config.gateway)
-        """Serves light clients (:class:`quicmesh.Client`) connecting to this node."""
+        permits = ClientPermits(self.core.guard, lambda: self._now() + self.services.wall_offset)
+        self.gateway: Gateway = GuardedGateway(self, config.gateway, permits)
+        """Serves light clients (:class:`quicmesh.Client`) connecting to this node, within each
+        client's permissions."""
         self.realm_service = RealmService(self)
         """Revocation lists and certificate renewal while the node runs (authority mode)."""
         self.core.mesh.client_swarms = self.gateway.client_swarms  # not the node's own topics
@@ -462,6 +465,7 @@ class Node(NodeStatus):
         the awaiting task frees every entry of the call at once.
         """
         self._check_open()
+        self.core.guard.check_own("call", name)  # PermissionDenied at once, before any local or remote attempt
         total = self.config.rpc.default_timeout if timeout is None else timeout
         local = self._handlers.get(name)
         if local is not None:  # this node provides it: no network, same error contract
@@ -520,7 +524,9 @@ class Node(NodeStatus):
         ``store.max_interests`` names.
         """
         self._check_open()
-        return self.logs.open_log(name)
+        handle = self.logs.open_log(name)
+        handle.permit = self.core.guard.check_own
+        return handle
 
     def watch_log(self, name: str, *, queue_size: int | None = None, replay: bool = False) -> LogWatch:
         """An async iterator of every author's operations of log ``name`` stored here from now
@@ -532,7 +538,30 @@ class Node(NodeStatus):
     async def kv(self, name: str) -> ReplicatedMap:
         """The last-writer-wins map ``name``, replicated over every node's log of that name."""
         self._check_open()
-        return await self.logs.kv(name)
+        handle = await self.logs.kv(name)
+        handle.permit = self.core.guard.check_own
+        return handle
+
+    def gauges(self) -> dict[str, float]:
+        """The node's numbers (see :class:`~quicmesh.runtime.node_status.NodeStatus`) plus the
+        guard's: denied actions by action (``permission_denied_total:<action>``), gossip batches
+        rejected, offences and blocked peers."""
+        out = super().gauges()
+        guard = self.core.guard
+        for action, n in guard.denied.items():
+            out[f"permission_denied_total:{action}"] = float(n)
+        g = guard.counters
+        out["gossip_rejected_total"] = float(g["gossip_bad_signature"] + g["gossip_not_admitted"]
+                                             + g["gossip_denied"] + g["gossip_malformed"])
+        out["peer_offences_total"] = float(g["offences"])
+        out["peers_blocked_total"] = float(g["peers_blocked"])
+        out["peers_blocked"] = float(guard.stats()["blocked"])
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """``/health`` (see :class:`~quicmesh.runtime.node_status.NodeStatus`) with the guard's
+        counters under ``"guard"``."""
+        return {**super().health(), "guard": self.core.guard.stats()}
 
 
 def _load_keypair(config: NodeConfig) -> KeyPair:

@@ -10,13 +10,15 @@ from random import Random
 from typing import Any
 
 from ..config import AddressBookConfig, GossipConfig, MembershipConfig, NodeConfig, TransportConfig
+from ..core.guard import gossip_signing_bytes
 from ..core.mesh import HINT_TTL
 from ..core.mesh_messages import MForwardJoin, MGossip, MIHave, MShuffle, PeerInfo
+from ..core.plumtree import batch_digest
 from ..errors import LimitExceeded
 from ..identity import NodeId
 from .network import Latency, NetworkParams
 from .report import Report, _sim, build_overlay, container_peaks
-from .sim import SimNode, Simulator, node_identity
+from .sim import SimNode, Simulator, node_identity, node_keypair
 
 __all__ = ["FloodScenario", "IdentityChurnScenario", "UnsubscribeScenario", "flood_config", "run_flood",
            "run_identity_churn", "run_unsubscribe"]
@@ -78,10 +80,13 @@ def run_flood(sc: FloodScenario) -> Report:
     counts["peers_announced"] = n_peers
     # 2. gossip: 10x the seen cache, from 10x max_publishers publishers, with gaps in seq
     n_msgs = f * cfg.gossip.seen_capacity
-    pubs = [fid() for _ in range(f * cfg.gossip.max_publishers)]
+    pubs = [node_keypair(sc.seed, next(fake)) for _ in range(f * cfg.gossip.max_publishers)]
     for i in range(n_msgs):
         pub = pubs[i % len(pubs)]
-        msg = MGossip("news", "news.flood", pub.raw, 1, rng.randrange(1000), [b"p" * 200], 1)
+        seq = rng.randrange(1000)
+        digest = batch_digest(pub.node_id.raw, 1, seq, "news.flood", [b"p" * 200])
+        sig = pub.sign(gossip_signing_bytes(victim.core.trust.wire_id, digest))  # validly signed: it fills caches
+        msg = MGossip("news", "news.flood", pub.node_id.raw, 1, seq, [b"p" * 200], 1, sig)
         victim_apply(victim, victim.core.message(attacker.id, msg, now + i * 1e-4))
     counts["gossip_sent"] = n_msgs
     now = sim.now + n_msgs * 1e-4

@@ -169,15 +169,16 @@ def run_failover(sc: FailoverScenario) -> Report:
 
     for k in range(sc.late_joiners):
         sim.at(t0 + window * (k + 1) / (sc.late_joiners + 1), add_late)
-    # a stale advert replayed after its provider refreshed (by another node, through the mesh)
+    # a stale advert replayed after its provider refreshed (through the mesh, in a new batch)
     stale_source = providers[0]
     stale_payload = sim.first_advert.get(stale_source.id)
     assert stale_payload is not None
     replay_at = t0 + 0.75 * sc.lease_ttl  # after two refreshes (every ttl / 3), before it expired
 
     def replay() -> None:
-        relay = callers[0]
-        sim.inject(relay, relay.core.publish(REGISTRY_TOPIC, stale_payload, sim.now))
+        # a new gossip batch of the provider's node carrying its old advert (another node cannot
+        # relay it in a batch of its own: the advert must be the batch publisher's, #11)
+        sim.inject(stale_source, stale_source.core.mesh.publish(REGISTRY_TOPIC, stale_payload, sim.now))
 
     sim.at(replay_at, replay)
 

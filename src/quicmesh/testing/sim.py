@@ -52,7 +52,9 @@ from ..core.mesh import Mesh
 from ..core.mesh_messages import MGossip, MGraft, MIHave, MPrune
 from ..core.node import NodeCore
 from ..core.rpc import CallResolved, Invoke
+from ..core.trust import Trust
 from ..core.wire import Message
+from ..errors import NotAdmitted
 from ..identity import KeyPair, NodeId
 from ..store import MemoryStore
 from .network import NetworkParams, Reachability
@@ -122,8 +124,13 @@ class Simulator:
         handler_delay: float = 0.001,
         clock_skew: float = 0.0,
         store_delay: float = 0.0005,
+        trust: Callable[[int, NodeId], Trust | None] | None = None,
     ) -> None:
         self.seed = seed
+        self.trust = trust
+        """``trust(index, node_id)``: the :class:`~quicmesh.core.trust.Trust` of node ``index``
+        (its realm and certificate; None: an open realm). Connecting nodes exchange and check
+        certificates as the handshake does (``Trust.learn``); a refused one fails the dial."""
         self.services = services
         """Whether ``join`` also follows the realm's service adverts (as real nodes do)."""
         self.handler_delay = handler_delay
@@ -176,8 +183,10 @@ class Simulator:
         skew = 0.0
         if self.clock_skew:
             skew = Random(f"skew/{self.seed}/{index}").uniform(-self.clock_skew, self.clock_skew)
-        return NodeCore(node_keypair(self.seed, ident_index), self.config, rng, registry, addresses=(address,),
-                        version_base=base, wall_offset=skew)
+        kp = node_keypair(self.seed, ident_index)
+        trust = self.trust(index, kp.node_id) if self.trust is not None else None
+        return NodeCore(kp, self.config, rng, registry, addresses=(address,), version_base=base, wall_offset=skew,
+                        trust=trust)
 
     def join(self, node: SimNode, contacts: list[SimNode], *, by_address: bool = False) -> None:
         """Start ``node``'s join through ``contacts`` (by id, or by address only)."""
@@ -520,6 +529,9 @@ class Simulator:
         ):
             self._dial_failed(node, inc, None if by_address else target.id, addrs)
             return
+        if not self._admit(node, target):
+            self._dial_failed(node, inc, None if by_address else target.id, addrs)
+            return
         pair = frozenset((node.index, target.index))
         if pair not in self.conns:
             self.conns[pair] = next(self._conn_ids)
@@ -528,6 +540,28 @@ class Simulator:
             self._apply(target, target.core.peer_connected(node.id, (node.address,), False, self.now))
         if node.alive and pair in self.conns:
             self._apply(node, node.core.peer_connected(target.id, (target.address,), True, self.now))
+
+    def receive(self, node: SimNode, sender: NodeId, msg: Message) -> list[object]:
+        """Hand ``msg`` to ``node`` now as if it came from ``sender`` (an adversary's injection
+        point: ``sender`` need not be a node of the simulation); its outputs are carried out
+        and returned."""
+        out = node.core.message(sender, msg, self.now)
+        self._apply(node, out)
+        return out
+
+    def _admit(self, a: SimNode, b: SimNode) -> bool:
+        """The handshake's certificate exchange: each side checks the other's (and refuses a
+        peer it blocked); False: the connection is refused."""
+        for me, other in ((a, b), (b, a)):
+            if me.core.blocked(other.id, self.now):
+                return False
+            if not me.core.trust.open:
+                try:
+                    me.core.trust.learn(other.core.trust.own_certificate, self.now + me.core.services.wall_offset,
+                                        subject=other.id, kind="node")
+                except NotAdmitted:
+                    return False
+        return True
 
     def _lose_later(self, who: int, peer: int, cid: int, delay: float) -> None:
         node = self.nodes[who]

@@ -1,0 +1,242 @@
+"""The guard: permission checks where actions enter, origin signatures of gossip batches, and
+penalties for peers that relay invalid claims.
+
+Theory of operation
+-------------------
+One :class:`Guard` per node (``NodeCore.guard``), over the node's
+:class:`~quicmesh.core.trust.Trust`.
+
+**Own actions.** :meth:`Guard.check_own` raises :class:`~quicmesh.errors.PermissionDenied` at
+once when this node's certificate does not allow an action (``publish``, ``subscribe``,
+``advertise``, ``call``, ``log``) on a subject; nothing is sent. :meth:`Guard.deny` counts a
+denial decided elsewhere (a peer's call, a light client's request at the gateway).
+:attr:`Guard.denied` counts every denial by action (``/metrics``:
+``quicmesh_permission_denied_total{action=...}``). In an open realm everything is allowed and
+no check runs.
+
+**Origin signatures.** Every gossip batch is signed by its publisher where it is built
+(:meth:`Guard.sign_gossip`, once per batch): Ed25519 over a label, the realm's wire id and the
+batch's 32-byte digest (:func:`~quicmesh.core.plumtree.batch_digest`: publisher, epoch, first
+seq, topic, payloads), and carries the publisher's certificate in an authority realm. A receiver
+checks a batch whose id it has not seen (:meth:`Guard.verify_gossip`) before remembering,
+caching, forwarding or delivering it: the swarm matches the topic, the signature is the
+publisher's, and in an authority realm the certificate admits the publisher (``Trust.learn``:
+its fast path is a lookup by the certificate's bytes) and allows ``publish`` on the topic.
+Reserved topics (``$...``) are not published by users: for them ``reserved`` (the registry's
+check that every advert in a ``$svc`` batch is the publisher's own and that it may
+``advertise`` the name) decides instead. Verification is a pure function of (key, signature,
+signed bytes), cached process-wide (:func:`_signature_valid`): a node checks each new batch once
+anyway, but the nodes of a simulation share one process and then one check.
+
+**Penalties.** A batch that fails is dropped and its *sender* (the peer that relayed it, which
+should have checked it too) gets an offence, unless the failure is one an honest relay may not
+have seen yet (a certificate revoked, expired or not yet valid by this node's clock).
+:data:`OFFENCE_LIMIT` offences within :data:`OFFENCE_WINDOW` seconds block the peer for
+:data:`BLOCK_SECONDS`: it is put on :attr:`Guard.kicked` (the core disconnects it right after
+the message) and :meth:`Guard.blocked` is true for it (the core and the driver refuse its
+connections). Offences and blocks live in TTL maps, expired by :meth:`Guard.expire`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..bounded import ContainerRegistry, TtlMap
+from ..errors import NotAdmitted, PermissionDenied
+from ..identity import KeyPair, NodeId
+from .mesh_messages import MGossip
+from .permissions import ACTIONS, EVERYTHING, Action, Permissions
+from .topics import swarm_of
+from .trust import Trust
+
+__all__ = ["BLOCK_SECONDS", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "Guard", "ReservedCheck", "gossip_signing_bytes"]
+
+OFFENCE_LIMIT = 3
+"""Offences within :data:`OFFENCE_WINDOW` that get a peer disconnected and blocked."""
+OFFENCE_WINDOW = 60.0
+"""Seconds an offence counts (from a peer's first offence in the window)."""
+BLOCK_SECONDS = 300.0
+"""Seconds a blocked peer's connections are refused."""
+
+_GOSSIP_LABEL = b"quicmesh/gossip/v1\x00"
+_NO_PENALTY = frozenset({"certificate revoked", "certificate expired", "certificate not yet valid"})
+"""Certificate failures a relay may not have seen yet (its clock, its revocation list)."""
+
+ReservedCheck = Callable[[NodeId, str, list[bytes], Permissions], bool]
+"""Whether a batch on a reserved topic (``$...``) by ``publisher`` with these permissions is valid."""
+
+
+@lru_cache(maxsize=4096)  # bounded: the 4,096 most recent (key, signature, bytes) checked
+def _signature_valid(pub: bytes, sig: bytes, data: bytes) -> bool:
+    """Whether ``sig`` over ``data`` verifies for the Ed25519 key ``pub`` (a pure function)."""
+    key = _public_key(pub)
+    if key is None:
+        return False
+    try:
+        key.verify(sig, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@lru_cache(maxsize=4096)  # bounded: the 4,096 most recent publishers' keys
+def _public_key(pub: bytes) -> Ed25519PublicKey | None:
+    try:
+        return Ed25519PublicKey.from_public_bytes(pub)
+    except ValueError:
+        return None
+
+
+def gossip_signing_bytes(realm_wire_id: str, digest: bytes) -> bytes:
+    """The bytes a publisher signs for a gossip batch: a label, the realm, the batch digest."""
+    return _GOSSIP_LABEL + realm_wire_id.encode() + b"\x00" + digest
+
+
+class Guard:
+    """Permission checks, gossip signatures and peer penalties of one node (see the module
+    docstring)."""
+
+    def __init__(self, keypair: KeyPair, trust: Trust, *, wall: Callable[[float], float],
+                 registry: ContainerRegistry | None = None, capacity: int = 1024) -> None:
+        self._key = keypair
+        self.me = keypair.node_id
+        self.trust = trust
+        self._wall = wall
+        self._prefix = _GOSSIP_LABEL + trust.wire_id.encode() + b"\x00"
+        self.reserved: ReservedCheck | None = None
+        """The check of batches on reserved topics (set by the core: the registry's)."""
+        self.denied: dict[str, int] = dict.fromkeys(ACTIONS, 0)  # bounded: fixed keys (the actions)
+        """Denied actions (own, of peers and of light clients), by action."""
+        self.counters = {  # bounded: fixed keys
+            "gossip_signed": 0, "gossip_verified": 0, "gossip_bad_signature": 0, "gossip_not_admitted": 0,
+            "gossip_denied": 0, "gossip_malformed": 0, "offences": 0, "peers_blocked": 0,
+        }
+        self._offences: TtlMap[NodeId, int] = TtlMap("guard.offences", capacity, OFFENCE_WINDOW, registry=registry)
+        self._blocked: TtlMap[NodeId, None] = TtlMap("guard.blocked", capacity, BLOCK_SECONDS, registry=registry)
+        self.kicked: list[NodeId] = []  # bounded: at most one per message, drained by the core after it
+        """Peers that just reached :data:`OFFENCE_LIMIT`: to disconnect."""
+
+    # -- own actions -----------------------------------------------------------------------------
+
+    def check_own(self, action: Action, subject: str) -> None:
+        """Raise :class:`PermissionDenied` (counted) unless this node may do ``action`` on
+        ``subject`` (for ``subscribe``, ``subject`` is the pattern). Reserved subjects (``$...``)
+        are quicmesh's own (registry, revocations; the node's API refuses them to users)."""
+        if self.trust.open or subject[:1] == "$":
+            return
+        if not self.allows(self.trust.own_permissions, action, subject):
+            raise self.deny(action, subject)
+
+    @staticmethod
+    def allows(perms: Permissions | None, action: Action, subject: str) -> bool:
+        """Whether ``perms`` allow ``action`` on ``subject`` (None: nothing is allowed)."""
+        if perms is None:
+            return False
+        if action == "subscribe":
+            return perms.allows_subscription(subject)
+        return perms.allows(action, subject)
+
+    def deny(self, action: Action, subject: str) -> PermissionDenied:
+        """Count a denial of ``action`` on ``subject``; returns the error to raise or send."""
+        self.denied[action] = self.denied.get(action, 0) + 1
+        return PermissionDenied(action, subject)
+
+    def peer_allowed(self, peer: NodeId, action: Action, subject: str, now: float) -> bool:
+        """Whether ``peer`` (a member whose certificate this node verified) may do ``action``."""
+        if self.trust.open:
+            return True
+        return self.allows(self.trust.permissions_of(peer, self._wall(now)), action, subject)
+
+    # -- gossip signatures -----------------------------------------------------------------------
+
+    def sign_gossip(self, digest: bytes) -> tuple[bytes, bytes | None]:
+        """The signature of a batch with ``digest`` built by this node, and its certificate."""
+        self.counters["gossip_signed"] += 1
+        return self._key.sign(self._prefix + digest), self.trust.own_certificate
+
+    def verify_gossip(self, sender: NodeId, msg: MGossip, digest: bytes, now: float) -> bool:
+        """Whether a new batch ``msg`` (with ``digest``) received from ``sender`` is valid; an
+        invalid one is counted and, unless excused, an offence of ``sender``."""
+        failure = self._check_gossip(msg, digest, now)
+        if failure is None:
+            self.counters["gossip_verified"] += 1
+            return True
+        kind, penalise = failure
+        self.counters[kind] += 1
+        if penalise:
+            self.offence(sender, now)
+        return False
+
+    def _check_gossip(self, msg: MGossip, digest: bytes, now: float) -> tuple[str, bool] | None:
+        pub = msg.publisher
+        sig = msg.sig
+        if type(pub) is not bytes or len(pub) != 32 or type(sig) is not bytes or len(sig) != 64:
+            return "gossip_malformed", True
+        topic = msg.topic
+        if msg.s != swarm_of(topic):
+            return "gossip_malformed", True
+        trust = self.trust
+        perms: Permissions = EVERYTHING
+        if not trust.open:
+            try:
+                cert = trust.learn(msg.cert, self._wall(now), subject=NodeId(pub), kind="node")
+            except NotAdmitted as exc:
+                return "gossip_not_admitted", exc.reason not in _NO_PENALTY
+            if cert is not None:
+                perms = cert.permissions
+            if topic[:1] != "$" and not perms.allows("publish", topic):
+                return "gossip_denied", True
+        if topic[:1] == "$" and self.reserved is not None and not self.reserved(NodeId(pub), topic, msg.payloads,
+                                                                                perms):
+            return "gossip_denied", True
+        if not _signature_valid(pub, sig, self._prefix + digest):
+            return "gossip_bad_signature", True
+        return None
+
+    # -- penalties -------------------------------------------------------------------------------
+
+    def offence(self, peer: NodeId, now: float) -> None:
+        """``peer`` sent invalid input: count it; at :data:`OFFENCE_LIMIT` within the window,
+        block the peer and put it on :attr:`kicked`."""
+        self.counters["offences"] += 1
+        self._offences.expire(now)
+        n = (self._offences.get(peer) or 0) + 1
+        if n >= OFFENCE_LIMIT:
+            self._offences.pop(peer)
+            self._blocked.set(peer, None, now)
+            self.counters["peers_blocked"] += 1
+            self.kicked.append(peer)
+            return
+        deadline = self._offences.deadline(peer)
+        self._offences.set(peer, n, now, OFFENCE_WINDOW if deadline is None else max(deadline - now, 0.001))
+
+    def blocked(self, peer: NodeId, now: float) -> bool:
+        """Whether ``peer`` is blocked at ``now`` (its connections are refused)."""
+        if not self._blocked:
+            return False
+        d = self._blocked.deadline(peer)
+        return d is not None and d > now
+
+    def take_kicked(self) -> list[NodeId]:
+        """The peers to disconnect now (emptied)."""
+        out, self.kicked = self.kicked, []
+        return out
+
+    def expire(self, now: float) -> None:
+        """Forget offences and blocks whose time passed."""
+        self._offences.expire(now)
+        self._blocked.expire(now)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` has work."""
+        ds = [d for d in (self._offences.next_deadline(), self._blocked.next_deadline()) if d is not None]
+        return min(ds) if ds else None
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /health and /metrics."""
+        return {**self.counters, "blocked": len(self._blocked), "offenders": len(self._offences),
+                **{f"denied_{a}": n for a, n in self.denied.items()}}
