@@ -26,8 +26,10 @@ import pytest
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig, TransportConfig
+from quicmesh.core.guard import gossip_signing_bytes
 from quicmesh.core.mesh_messages import MPrune
 from quicmesh.core.messages import ALL_MESSAGES, Challenge, Reply
+from quicmesh.core.plumtree import batch_digest
 from quicmesh.core.wire import HEADER, Codec, Message
 from quicmesh.errors import TransportError
 from quicmesh.identity import KeyPair
@@ -162,12 +164,15 @@ async def test_hostile_frames_cost_only_the_adversarys_connection(
     # a valid maximum-size frame whose forwarded copy (hops 127 -> 128) is one byte larger
     conn = await adversary.connect(node)
     max_frame = node.config.transport.max_frame_size
-    big = gossip(hops=127, payloads=[b"", b""])
+    publisher = KeyPair.generate()  # a validly signed batch: only its size is at stake here
+    big = gossip(hops=127, payloads=[b"", b""], publisher=publisher.node_id.raw, sig=b"\0" * 64)
     overhead = len(msgspec.msgpack.encode(big))
     half = (max_frame - overhead - 8) // 2
     big["payloads"] = [b"a" * half, b"b" * half]
     while len(msgspec.msgpack.encode(big)) < max_frame:
         big["payloads"][1] += b"b"
+    digest = batch_digest(big["publisher"], big["epoch"], big["seq"], big["topic"], big["payloads"])
+    big["sig"] = publisher.sign(gossip_signing_bytes(REALM, digest))
     assert len(msgspec.msgpack.encode(big)) == max_frame
     conn._send_raw(raw_frame(big))
     await eventually(lambda: node.send_errors >= 1 or node.mesh.counters.get("too_large_received", 0) >= 1,
