@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_TOPIC_LEN", "Pattern", "check_pattern", "check_swarm_key", "check_topic", "parse_pattern", "swarm_of"]
+__all__ = ["MAX_TOPIC_LEN", "Pattern", "check_pattern", "check_swarm_key", "check_topic", "match_segments",
+           "parse_pattern", "swarm_of"]
 
 MAX_TOPIC_LEN = 256
 """Longest topic or pattern (characters)."""
@@ -64,16 +65,21 @@ class Pattern:
 
     def matches(self, topic: str) -> bool:
         """Whether the concrete ``topic`` matches this pattern."""
-        t = topic.split(".")
-        p = self.segments
-        for i, seg in enumerate(p):
-            if seg == ">":
-                return len(t) > i
-            if i >= len(t):
-                return False
-            if seg != "*" and seg != t[i]:
-                return False
-        return len(t) == len(p)
+        return match_segments(self.segments, topic)
+
+
+def match_segments(pattern: tuple[str, ...], subject: str) -> bool:
+    """Whether the concrete ``subject`` (a topic, or a procedure or log name) matches the pattern
+    split into ``pattern`` segments (``*`` one segment, a last ``>`` one or more)."""
+    t = subject.split(".")
+    for i, seg in enumerate(pattern):
+        if seg == ">":
+            return len(t) > i
+        if i >= len(t):
+            return False
+        if seg != "*" and seg != t[i]:
+            return False
+    return len(t) == len(pattern)
 
 
 def parse_pattern(text: str) -> Pattern:

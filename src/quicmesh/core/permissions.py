@@ -34,6 +34,7 @@ from typing import Literal, get_args
 
 import msgspec
 
+from .grammar import match_segments
 from .topics import MAX_TOPIC_LEN
 
 __all__ = [
@@ -84,15 +85,7 @@ def _split(pattern: str) -> tuple[str, ...]:
 
 def matches(pattern: tuple[str, ...], subject: str) -> bool:
     """Whether the concrete ``subject`` (a topic or a name) matches the split ``pattern``."""
-    t = subject.split(".")
-    for i, seg in enumerate(pattern):
-        if seg == ">":
-            return len(t) > i
-        if i >= len(t):
-            return False
-        if seg != "*" and seg != t[i]:
-            return False
-    return len(t) == len(pattern)
+    return match_segments(pattern, subject)
 
 
 def covers(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:
