@@ -234,6 +234,23 @@ def test_suspects_leave_the_choices_at_once_and_come_back() -> None:
     assert b.providers("svc", 8.0)
 
 
+def test_suspicion_is_only_about_providers_held_and_ends_with_their_last_entry() -> None:
+    cfg = RegistryConfig(suspect_ttl=30.0, sweep_interval=1.0, lease_ttl=5.0)
+    a, b, stranger = make(1, cfg), make(2, cfg), make(3, cfg)
+    # a failed dial to a peer that provides nothing here marks nothing (the soak's hubs held
+    # marks of departed churners for suspect_ttl after dials started before they left failed)
+    b.suspect(stranger.me, 0.0)
+    assert not b.is_suspect(stranger.me) and b.stats()["suspects"] == 0
+    spread(broadcasts(a.advertise("svc", 0.0)), [b], 0.0)
+    b.suspect(a.me, 1.0)
+    assert b.is_suspect(a.me) and b.stats()["suspects"] == 1
+    # the lease lapses long before suspect_ttl: the mark goes with the entry
+    for t in range(2, 12):
+        b.handle_timer(float(t))
+    assert not b.has_entries("svc", 11.0)
+    assert not b.is_suspect(a.me) and b.stats()["suspects"] == 0
+
+
 def _queries(outs: list[RegistryOutcome]) -> list[tuple[NodeId, RQuery]]:
     return [(o.peer, o.message) for o in outs if isinstance(o, Send) and isinstance(o.message, RQuery)]
 

@@ -175,6 +175,7 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
         churners = []
         report["churn_seconds"] = churn_stopped - churn_start
         report["churn_end_t"] = churn_stopped - t0
+        report["churn_end_monotonic"] = churn_stopped  # the hubs' clock (CLOCK_MONOTONIC), to line up their logs
 
         # recovery: every container back to its pre-churn size within 2x the longest TTL
         recovery: list[dict[str, Any]] = []

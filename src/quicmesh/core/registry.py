@@ -56,7 +56,10 @@ after ``lookup_timeout``. ``cancel_lookup`` removes one waiter; the last one rem
 
 **Suspects.** The driver (through the caller planner) reports providers it could not reach:
 :meth:`suspect` takes them out of this node's choices at once for ``suspect_ttl`` seconds,
-without touching their lease; :meth:`unsuspect` (a connection came up) puts them back.
+without touching their lease; :meth:`unsuspect` (a connection came up) puts them back. Only
+providers of entries held are marked, and a mark ends with the provider's last entry (lease
+lapsed, withdrawn, forgotten): a dial that fails seconds after a provider left cannot keep a mark
+alive for a peer this node no longer knows.
 """
 
 from __future__ import annotations
@@ -438,6 +441,7 @@ class Registry:
             self._per_provider.set(provider, count)
         else:
             self._per_provider.pop(provider)
+            self._suspects.pop(provider)
 
     def forget(self, provider: NodeId, name: str) -> None:
         """Drop the entry locally (the provider said it has no such handler). Its version stays
@@ -447,8 +451,11 @@ class Registry:
     # -- suspects --------------------------------------------------------------------------------
 
     def suspect(self, provider: NodeId, now: float) -> None:
-        """Take ``provider`` out of this node's choices for ``suspect_ttl`` seconds."""
-        if provider == self.me:
+        """Take ``provider`` out of this node's choices for ``suspect_ttl`` seconds. Only a
+        provider of live entries is marked (a failed dial to any other peer is no news about a
+        procedure), and its mark ends with its last entry: suspicion never outlives what it is
+        about, so the marks are bounded by the providers held."""
+        if provider == self.me or self._per_provider.peek(provider) is None:
             return
         self._suspects.set(provider, None, now)
         self.counters["suspected"] += 1
