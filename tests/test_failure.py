@@ -9,7 +9,8 @@ import itertools
 from random import Random
 
 from quicmesh.bounded import ContainerRegistry
-from quicmesh.core.failure import FailureDetector, FailureParams, PeerFailed, ProbeSend
+from quicmesh.config import FailureConfig
+from quicmesh.core.failure import FailureDetector, PeerFailed, ProbeSend
 from quicmesh.identity import KeyPair, NodeId
 
 DELAY = 0.001
@@ -18,7 +19,7 @@ DELAY = 0.001
 class Net:
     """Detectors fully connected; links can be cut one way; nodes can be dead or paused."""
 
-    def __init__(self, n: int, seed: int = 1, params: FailureParams = FailureParams()) -> None:
+    def __init__(self, n: int, seed: int = 1, params: FailureConfig = FailureConfig()) -> None:
         self.ids = [KeyPair.from_seed(bytes([i + 1]) * 32).node_id for i in range(n)]
         rng = Random(seed)
         reg = ContainerRegistry()
@@ -138,7 +139,7 @@ def test_suspected_node_raises_its_health_and_refutes() -> None:
 
 def test_bounded_peers_and_jobs() -> None:
     ids = [KeyPair.from_seed(bytes([i + 1]) * 32).node_id for i in range(10)]
-    d = FailureDetector(ids[0], FailureParams(max_indirect_jobs=2), Random(1), capacity=4)
+    d = FailureDetector(ids[0], FailureConfig(max_indirect_jobs=2), Random(1), capacity=4)
     for p in ids[1:]:
         d.add(p, 0.0)
     assert len(d.probed()) == 4

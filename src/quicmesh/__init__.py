@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import errors
 from .config import (
     AddressBookConfig,
+    FailureConfig,
     GatewayConfig,
     GossipConfig,
     MembershipConfig,
@@ -71,6 +72,7 @@ __all__ = [
     "AddressBookConfig",
     "Client",
     "ClientSubscription",
+    "FailureConfig",
     "GatewayConfig",
     "GossipConfig",
     "Handler",

@@ -52,18 +52,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from random import Random
-from typing import Annotated
-
-import msgspec
 
 from ..bounded import BoundedDict, ContainerRegistry
+from ..config import FailureConfig
 from ..identity import NodeId
 from .wire import Message
 
 __all__ = [
     "FAILURE_MESSAGES",
     "FailureDetector",
-    "FailureParams",
     "MProbe",
     "MProbeAck",
     "MProbeReq",
@@ -72,8 +69,8 @@ __all__ = [
     "ProbeSend",
 ]
 
-_Seq = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
-_Id = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+_Seq = int
+_Id = bytes
 
 
 class MProbe(Message, tag="f.probe"):
@@ -127,18 +124,6 @@ class PeerFailed:
 Output = ProbeSend | PeerFailed
 
 
-@dataclass(frozen=True, slots=True)
-class FailureParams:
-    """The detector's timing; see the module docstring for the formula."""
-
-    probe_interval: float = 1.0
-    probe_timeout: float = 0.5
-    indirect_probes: int = 3
-    suspicion_mult: float = 1.5
-    health_max: int = 8
-    max_indirect_jobs: int = 64
-
-
 @dataclass(slots=True)
 class _Peer:
     next_probe: float
@@ -168,7 +153,7 @@ class _Job:
 class FailureDetector:
     """Probes neighbours, asks others to probe them, suspects and declares them failed."""
 
-    def __init__(self, local: NodeId, params: FailureParams, rng: Random, *, capacity: int,
+    def __init__(self, local: NodeId, params: FailureConfig, rng: Random, *, capacity: int,
                  registry: ContainerRegistry | None = None) -> None:
         self.local = local
         self.params = params
@@ -322,6 +307,8 @@ class FailureDetector:
             if job is not None:
                 return [ProbeSend(job.requester, MProbeRes(target=job.target.raw, seq=job.seq, ok=True))]
             return []
+        if isinstance(msg, MProbeReq | MProbeRes) and len(msg.target) != 32:
+            return []  # malformed: ignored (a valid target is a node id)
         if isinstance(msg, MProbeReq):
             return self._probe_for(peer, msg, now)
         if isinstance(msg, MProbeRes):

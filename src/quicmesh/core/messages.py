@@ -6,6 +6,7 @@ Field names are short on purpose: they travel in every frame.
 
 from __future__ import annotations
 
+from .failure import FAILURE_MESSAGES
 from .gateway_messages import GATEWAY_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .mesh_messages import MESH_MESSAGES
@@ -125,4 +126,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *GATEWAY_MESSAGES,
     *MESH_MESSAGES,
     *REGISTRY_MESSAGES,
+    *FAILURE_MESSAGES,
 )
