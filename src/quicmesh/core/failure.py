@@ -5,8 +5,9 @@ Theory of operation
 Every neighbour a node holds a connection to (its active views) is **probed** once per
 ``probe_interval`` (staggered by a random phase so probes do not come in bursts): a ``PROBE``
 carrying a sequence number, answered at once with an ``ACK``. Any message at all from the peer
-counts as an answer (:meth:`FailureDetector.heard`): a busy link is never probed for nothing,
-and a node that is merely slow refutes by the next thing it sends.
+counts as an answer (:meth:`FailureDetector.heard`): a peer heard from within the last interval is
+not probed (a busy link is never probed for nothing), and a node that is merely slow refutes by
+the next thing it sends.
 
 1. **Direct probe.** A round lasts ``max(probe_interval, 2.5 * probe_timeout)``. No answer within
    the probe timeout (``probe_timeout`` scaled by the local health multiplier, below): the peer
@@ -162,6 +163,9 @@ class FailureDetector:
         self._jobs: BoundedDict[tuple[NodeId, int], _Job] = BoundedDict(
             "failure.indirect_jobs", params.max_indirect_jobs, registry=registry)
         self._seq = 0
+        self._deadline: float | None = None
+        self._dirty = False
+        """Whether ``_deadline`` must be recomputed (state changed since it was)."""
         self.health = 0
         """Lifeguard's local health multiplier (0 = healthy)."""
         self.probes = 0
@@ -183,12 +187,16 @@ class FailureDetector:
         if len(self._peers) >= self._peers.capacity:
             return
         self._peers[peer] = _Peer(next_probe=now + self._rng.random() * self.params.probe_interval, heard=now)
+        self._dirty = True
 
     def remove(self, peer: NodeId) -> None:
         """Stop probing ``peer`` (its connection is gone)."""
-        self._peers.pop(peer, None)
-        for key in [k for k, j in self._jobs.items() if j.target == peer or j.requester == peer]:
-            self._jobs.pop(key, None)
+        if self._peers.pop(peer, None) is not None:
+            self._dirty = True
+        if self._jobs:
+            for key in [k for k, j in self._jobs.items() if j.target == peer or j.requester == peer]:
+                self._jobs.pop(key, None)
+                self._dirty = True
 
     def probed(self) -> list[NodeId]:
         """The neighbours being probed."""
@@ -208,6 +216,7 @@ class FailureDetector:
             self._answered(st, now)
 
     def _answered(self, st: _Peer, now: float) -> None:
+        self._dirty = True
         if st.probe_sent is not None and not st.indirect_sent and now - st.probe_sent <= self._probe_timeout():
             self.health = max(0, self.health - 1)
         if st.suspected_at is not None:
@@ -234,7 +243,14 @@ class FailureDetector:
         return base * (1 + self.health)
 
     def next_deadline(self) -> float | None:
-        """The earliest time :meth:`handle_timer` has something to do."""
+        """The earliest time :meth:`handle_timer` has something to do (cached: recomputed only
+        after the state changed, so the call after every event costs nothing)."""
+        if self._dirty:
+            self._deadline = self._compute_deadline()
+            self._dirty = False
+        return self._deadline
+
+    def _compute_deadline(self) -> float | None:
         best: float | None = None
         for st in self._peers.values():
             for t in (st.next_probe if st.probe_sent is None and st.suspected_at is None else None,
@@ -253,6 +269,7 @@ class FailureDetector:
         """Send due probes, start indirect probes, suspect and declare failures."""
         out: list[Output] = []
         p = self.params
+        self._dirty = True
         for peer, st in list(self._peers.items()):
             if st.suspicion_deadline is not None:
                 if now >= st.suspicion_deadline:
@@ -261,7 +278,9 @@ class FailureDetector:
                     self._peers.pop(peer, None)
                 continue
             if st.probe_sent is None:
-                if now >= st.next_probe:
+                if now >= st.next_probe and now - st.heard < p.probe_interval:
+                    st.next_probe = st.heard + p.probe_interval  # it spoke lately: that is its answer
+                elif now >= st.next_probe:
                     self._seq += 1
                     st.seq = self._seq
                     st.probe_sent = now
@@ -305,6 +324,7 @@ class FailureDetector:
             self.acks += 1
             job = self._jobs.pop((peer, msg.seq), None)
             if job is not None:
+                self._dirty = True
                 return [ProbeSend(job.requester, MProbeRes(target=job.target.raw, seq=job.seq, ok=True))]
             return []
         if isinstance(msg, MProbeReq | MProbeRes) and len(msg.target) != 32:
@@ -314,12 +334,14 @@ class FailureDetector:
         if isinstance(msg, MProbeRes):
             st = self._peers.get(NodeId(msg.target))
             if st is not None and msg.ok and msg.seq == st.seq and st.probe_sent is not None:
+                self._dirty = True
                 st.indirect_ok = True
                 self.health = min(self.params.health_max, self.health + 1)
             return []
         return []
 
     def _probe_for(self, requester: NodeId, msg: MProbeReq, now: float) -> list[Output]:
+        self._dirty = True
         target = NodeId(msg.target)
         if target not in self._peers or target == requester:
             return [ProbeSend(requester, MProbeRes(target=msg.target, seq=msg.seq, ok=False))]
