@@ -11,6 +11,7 @@ EXPECTED_API = {
     "Certificate",
     "Client",
     "ClientSubscription",
+    "FailureConfig",
     "GatewayConfig",
     "GossipConfig",
     "Handler",

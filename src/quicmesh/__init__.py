@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import errors
 from .config import (
     AddressBookConfig,
+    FailureConfig,
     GatewayConfig,
     GossipConfig,
     MembershipConfig,
@@ -77,6 +78,7 @@ __all__ = [
     "Certificate",
     "Client",
     "ClientSubscription",
+    "FailureConfig",
     "GatewayConfig",
     "GossipConfig",
     "Handler",

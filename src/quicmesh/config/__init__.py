@@ -14,6 +14,7 @@ from .loader import load_config
 from .schema import (
     MAX_BATCH_MESSAGES,
     AddressBookConfig,
+    FailureConfig,
     GatewayConfig,
     GossipConfig,
     KiB,
@@ -33,6 +34,7 @@ from .values import coerce
 __all__ = [
     "MAX_BATCH_MESSAGES",
     "AddressBookConfig",
+    "FailureConfig",
     "GatewayConfig",
     "GossipConfig",
     "KiB",

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import msgspec
 
+from .failure import FAILURE_MESSAGES
 from .gateway_messages import GATEWAY_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .mesh_messages import MESH_MESSAGES
@@ -19,11 +20,11 @@ from .wire import MAX_WIRE_LIST, Code, Message, Name, NodeIdBytes, Text, UInt
 _Token = Annotated[bytes, msgspec.Meta(max_length=64)]
 """A nonce or instance id (at most 64 bytes)."""
 _Signature = Annotated[bytes, msgspec.Meta(max_length=128)]
+"""An Ed25519 signature (64 bytes; room for another scheme)."""
 _Cert = Annotated[bytes, msgspec.Meta(max_length=8192)]
 """An encoded certificate (``core.trust.MAX_CERT_BYTES``)."""
 _RevocationBytes = Annotated[bytes, msgspec.Meta(max_length=16 * 1024)]
 """A revocation list sent in a handshake (``core.handshake.MAX_HANDSHAKE_LIST``)."""
-"""An Ed25519 signature (64 bytes; room for another scheme)."""
 
 __all__ = [
     "ALL_MESSAGES",
@@ -147,4 +148,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *GATEWAY_MESSAGES,
     *MESH_MESSAGES,
     *REGISTRY_MESSAGES,
+    *FAILURE_MESSAGES,
 )

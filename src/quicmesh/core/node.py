@@ -106,6 +106,7 @@ from .events import (
     Unadvertise,
     Unsubscribe,
 )
+from .failure import FAILURE_MESSAGES, FailureDetector, PeerFailed, ProbeSend
 from .guard import Guard
 from .log_messages import LOG_MESSAGES
 from .mesh import Mesh
@@ -125,6 +126,7 @@ RPC_PIN = 30.0
 seconds keeps its connection instead of paying a handshake per call, and a callee never closes
 a connection a request may be travelling on)."""
 
+_FAILURE_TYPES = FAILURE_MESSAGES
 _MESH_TYPES = tuple(MESH_MESSAGES)
 _QUIET_MESH_TYPES = (MGossip, MIHave)
 """Mesh messages that do not change membership (no :class:`StateChanged` for them)."""
@@ -180,6 +182,10 @@ class NodeCore:
         self.dials = DialGate(config, registry, lambda: len(self.mesh.links.conns))
         """Every Dial/DialAddress of every machine passes here: capped, rate limited, deduplicated
         (see :mod:`quicmesh.core.dialgate`)."""
+        self.failure = FailureDetector(self.id, config.failure, Random(rng.random()), capacity=cap,
+                                       registry=registry)
+        """Failure detection on live links: probes, indirect probes, suspicion (SWIM/Lifeguard)."""
+        self._probing = config.failure.probe_interval > 0
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
@@ -228,6 +234,7 @@ class NodeCore:
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
             self.logs.next_deadline(), self.dials.next_deadline(), self.guard.next_deadline(),
+            self.failure.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -239,6 +246,7 @@ class NodeCore:
         """``msg`` arrived from ``peer``: route it to the machine it is for."""
         if self.guard.blocked(peer, now):
             return []  # sent before its connection was closed
+        self.failure.heard(peer, now)
         if isinstance(msg, _MESH_TYPES):
             out = self._route(self.mesh.handle_message(peer, msg, now), now)
             if self.guard.kicked:
@@ -264,6 +272,8 @@ class NodeCore:
             return out
         if isinstance(msg, _LOG_TYPES):
             return self.logs.handle_message(peer, msg, now)
+        if isinstance(msg, _FAILURE_TYPES):
+            return self._failure_outputs(self.failure.handle(peer, msg, now), now)
         return []
 
     def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
@@ -278,11 +288,14 @@ class NodeCore:
             return out  # the mesh refused it (ourselves, or over max_connections)
         out += self._route(self.caller.peer_connected(peer, now), now)
         out += self.logs.peer_connected(peer, now)
+        if self._probing:
+            self.failure.add(peer, now)
         out.append(STATE_CHANGED)
         return out
 
     def peer_disconnected(self, peer: NodeId, now: float, *, graceful: bool = False) -> list[object]:
         """The connection to ``peer`` ended (``graceful``: an orderly close, not a failure)."""
+        self.failure.remove(peer)
         out = self._route(self.mesh.peer_disconnected(peer, now, graceful=graceful), now)
         out += self._lost(peer, now)
         out.append(STATE_CHANGED)
@@ -313,6 +326,7 @@ class NodeCore:
         self.dials.expire(now)
         out += self._release_dials(now)
         self.guard.expire(now)
+        out += self._failure_outputs(self.failure.handle_timer(now), now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
@@ -506,7 +520,22 @@ class NodeCore:
             out += self._lost(peer, now)
         return out
 
+    def _failure_outputs(self, outs: list[ProbeSend | PeerFailed], now: float) -> list[object]:
+        out: list[object] = []
+        for o in outs:
+            if type(o) is ProbeSend:
+                out.append(Send(o.peer, o.message))
+            else:
+                assert isinstance(o, PeerFailed)
+                # Close the connection and run the ordinary disconnect path (views, trees,
+                # calls) now, as for any connection that failed; the driver's later report of the
+                # closed connection finds nothing left to do.
+                out.append(Disconnect(o.peer, "failed"))
+                out += self.peer_disconnected(o.peer, now, graceful=False)
+        return out
+
     def _lost(self, peer: NodeId, now: float) -> list[object]:
+        self.failure.remove(peer)
         self._rpc_seen.pop(peer, None)
         out = self._route(self.caller.peer_disconnected(peer, now), now)
         out += self.logs.peer_disconnected(peer, now)

@@ -57,9 +57,7 @@ after ``lookup_timeout``. ``cancel_lookup`` removes one waiter; the last one rem
 **Suspects.** The driver (through the caller planner) reports providers it could not reach:
 :meth:`suspect` takes them out of this node's choices at once for ``suspect_ttl`` seconds,
 without touching their lease; :meth:`unsuspect` (a connection came up) puts them back. Only
-providers of entries held are marked, and a mark ends with the provider's last entry (lease
-lapsed, withdrawn, forgotten): a dial that fails seconds after a provider left cannot keep a mark
-alive for a peer this node no longer knows.
+providers of entries held are marked; a mark ends with the provider's last entry.
 """
 
 from __future__ import annotations
@@ -451,10 +449,8 @@ class Registry:
     # -- suspects --------------------------------------------------------------------------------
 
     def suspect(self, provider: NodeId, now: float) -> None:
-        """Take ``provider`` out of this node's choices for ``suspect_ttl`` seconds. Only a
-        provider of live entries is marked (a failed dial to any other peer is no news about a
-        procedure), and its mark ends with its last entry: suspicion never outlives what it is
-        about, so the marks are bounded by the providers held."""
+        """Take ``provider`` out of this node's choices for ``suspect_ttl`` seconds; only a
+        provider of entries held is marked (a failed dial to another peer is no news here)."""
         if provider == self.me or self._per_provider.peek(provider) is None:
             return
         self._suspects.set(provider, None, now)

@@ -80,6 +80,8 @@ class NodeStatus(NodeDriver):
         if trimmer is not None:
             out["malloc_trims_total"] = float(trimmer.trims)
             out["malloc_trim_released_bytes_total"] = float(trimmer.released_bytes)
+        for key, value in self.core.failure.stats().items():
+            out[f"failure_{key}" + ("_total" if key not in ("probed", "suspected", "health") else "")] = float(value)
         out.update(self.gateway.gauges())
         out.update(self.logs.gauges())
         return out
@@ -114,6 +116,7 @@ class NodeStatus(NodeDriver):
                 "passive_capacity": self.config.membership.passive_view,
             },
             "gossip": self._gossip_health(),
+            "failure_detection": self.core.failure.stats(),
             "rpc": {
                 "pending": self.caller.pending,
                 "pending_entries": self.caller.pending_entries(),
