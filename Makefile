@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak sim-large bench clean
+.PHONY: demo test lint typecheck unit soak lab sim-large bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: lint typecheck unit
 
 soak: $(STAMP)
 	QUICMESH_SOAK=1 $(BIN)/pytest -m soak -p no:cacheprovider
+
+# The network lab's long form (needs root, iproute2 and nftables): 10 SIGKILL trials, 10 minutes of
+# pauses, a 120 s partition, 10,000 messages under loss, 5 minutes of the set test's faults.
+lab: $(STAMP)
+	QUICMESH_LAB_TRIALS=10 QUICMESH_LAB_PAUSE_S=600 QUICMESH_LAB_PARTITION_S=120 QUICMESH_LAB_MESSAGES=10000 \
+	QUICMESH_LAB_JEPSEN_S=300 $(BIN)/pytest -p no:cacheprovider -s -q tests/test_lab.py tests/test_lab_failure.py \
+	tests/test_lab_scenarios.py tests/test_lab_jepsen.py
 
 sim-large: $(STAMP)
 	QUICMESH_SIM_LARGE=1 $(BIN)/python -m quicmesh.testing.scenarios --large

@@ -79,6 +79,7 @@ async def _flows(pub: LabNode, sub: LabNode, sid: int, topic: str) -> None:
     raise AssertionError(f"no message from {pub.name} to {sub.name} within 15 s")
 
 
+@pytest.mark.timeout(120 + 60 * TRIALS)
 def test_sigkill_is_detected_by_every_neighbour_within_5s(lab: Lab) -> None:
     async def run() -> None:
         nodes = await _mesh(lab)
@@ -113,6 +114,7 @@ def test_sigkill_is_detected_by_every_neighbour_within_5s(lab: Lab) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.timeout(240 + PAUSE_S)
 def test_paused_node_is_never_declared_failed(lab: Lab) -> None:
     async def run() -> None:
         nodes = await _mesh(lab)
