@@ -152,6 +152,7 @@ class LabNode:
     port: int
     key: Path
     args: tuple[str, ...]
+    env: dict[str, str] | None = None
 
     @property
     def address(self) -> str:
@@ -306,15 +307,16 @@ class Lab:
 
     async def spawn(self, host: Host | str, name: str, *, port: int = 7000, realm: str = "lab",
                     bootstrap: Sequence[str] = (), extra: Sequence[str] = (), key: Path | None = None,
-                    timeout: float = 30.0) -> LabNode:
+                    timeout: float = 30.0, env: dict[str, str] | None = None) -> LabNode:
         """Start ``quicmesh node --listen ADDR:PORT`` inside ``host``'s namespace (with a key file
-        in the lab's directory, kept for restarts)."""
+        in the lab's directory, kept for restarts; ``env`` adds environment variables, e.g.
+        ``QUICMESH_*`` settings)."""
         h = self.hosts[host] if isinstance(host, str) else host
         key = key or self.dir / f"{name}.key"
         args = ("--key", str(key), *extra)
         proc = await NodeProcess.spawn(name, realm=realm, bootstrap=bootstrap, extra=args, timeout=timeout,
-                                       prefix=("ip", "netns", "exec", h.ns), listen=f"{h.address}:{port}")
-        node = LabNode(h, name, proc, port, key, tuple(extra))
+                                       prefix=("ip", "netns", "exec", h.ns), listen=f"{h.address}:{port}", env=env)
+        node = LabNode(h, name, proc, port, key, tuple(extra), env)
         h.nodes.append(node)
         return node
 
@@ -324,7 +326,7 @@ class Lab:
         await node.process.stop(timeout=5)
         node.host.nodes.remove(node)
         return await self.spawn(node.host, node.name, port=node.port, realm=realm, bootstrap=bootstrap,
-                                extra=node.args, key=node.key)
+                                extra=node.args, key=node.key, env=node.env)
 
     async def stop_nodes(self) -> None:
         """Stop every node of the lab (resuming paused ones first)."""
