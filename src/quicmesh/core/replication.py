@@ -38,6 +38,7 @@ from ..config import NodeConfig
 from ..errors import InvalidOperation, LimitExceeded
 from ..identity import KeyPair, NodeId
 from .effects import Send
+from .guard import Guard
 from .log_messages import LogInterest, SyncRequest
 from .log_peers import PeerLogs, valid_name
 from .logsync import LogSync
@@ -55,14 +56,17 @@ class LogReplication:
     docstring)."""
 
     def __init__(self, keypair: KeyPair, config: NodeConfig, rng: Random, registry: ContainerRegistry, *,
-                 max_requests: int = STORE_REQUESTS, realm: str | None = None, wall_offset: float = 0.0) -> None:
+                 max_requests: int = STORE_REQUESTS, realm: str | None = None, wall_offset: float = 0.0,
+                 guard: Guard | None = None) -> None:
         """``realm``: the realm's wire identity signed into operations (default ``config.realm``);
-        ``wall_offset``: wall clock minus the driver's ``now`` (seconds; see :attr:`wall_offset`)."""
+        ``wall_offset``: wall clock minus the driver's ``now`` (seconds; see :attr:`wall_offset`);
+        ``guard``: the node's guard, whose trust checks the authors' certificates and ``log``
+        permissions of received operations in an authority realm (:mod:`quicmesh.core.log_trust`)."""
         self.config = config
         cap_peers = config.transport.max_connections
         self.sync = LogSync(
             keypair, config.store, rng, registry, max_requests=max_requests, max_peers=cap_peers,
-            realm=config.realm if realm is None else realm, wall_offset=wall_offset,
+            realm=config.realm if realm is None else realm, wall_offset=wall_offset, guard=guard,
         )
         """The sync machine (sessions, live pushes, store requests)."""
         self.peers = PeerLogs(cap_peers, config.store.max_interests, registry=registry)
