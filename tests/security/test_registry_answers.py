@@ -8,6 +8,8 @@ lookups as a neighbour that was asked."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from quicmesh.config import NodeConfig
 from quicmesh.core.effects import Disconnect
 from quicmesh.core.permissions import Permissions
@@ -58,7 +60,7 @@ def test_answers_with_forged_unsigned_or_unpermitted_adverts_are_offences_of_the
     sim, nodes, _ = _sim()
     asker, honest, unpermitted = nodes[0], nodes[2], nodes[3]
     offences0 = asker.core.guard.counters["offences"]
-    forged = {
+    forged: dict[str, Callable[[str], RAdvert]] = {
         "unsigned": lambda n: _advert(sim, honest, honest, n, sign=False),
         "forged provider": lambda n: _advert(sim, nodes[4], honest, n),  # signed by another key
         "no advertise permission": lambda n: _advert(sim, unpermitted, unpermitted, n),
