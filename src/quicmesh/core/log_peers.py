@@ -41,9 +41,10 @@ class PeerLogs:
         """The connected peers."""
         return list(self.interests.keys())
 
-    def connect(self, peer: NodeId) -> None:
-        """``peer`` connected: no interest known yet."""
-        self.interests.set(peer, frozenset())
+    def connect(self, peer: NodeId, names: frozenset[str] = frozenset()) -> None:
+        """``peer`` connected: no interest known yet (or ``names``, kept from its other
+        connection)."""
+        self.interests.set(peer, names)
 
     def disconnect(self, peer: NodeId) -> frozenset[str]:
         """``peer`` is gone: forget it; returns the names it was interested in."""

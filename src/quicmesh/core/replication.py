@@ -20,8 +20,10 @@ the *interest* protocol around it, and asks for every store access as an output
   after its timeout).
 * **Pinning.** :meth:`shares_with` says whether a peer syncs a name with us: the core keeps such
   a connection open.
-* **A replaced connection** (the peer restarted) starts afresh: its interests are learnt again
-  and every shared log is synced at once.
+* **A second connection** to a connected peer (it restarted, or both sides dialled at once)
+  restarts the sync with it: every shared log is synced at once. What the peer declared stands
+  until its own reset arrives: every connection starts with a ``reset`` from each side (empty
+  when nothing is replicated), and only the side that saw a new connection sends one.
 
 Outputs: ``Send``/``Disconnect`` for the network, the store requests, and
 :class:`~quicmesh.core.log_effects.OperationStored` / ``Appended`` for the driver's watchers and
@@ -136,12 +138,16 @@ class LogReplication:
     def peer_connected(self, peer: NodeId, now: float) -> list[object]:
         """A connection to ``peer`` is up: tell it our interests and sync what we share."""
         out: list[object] = []
+        kept: frozenset[str] = frozenset()
         if peer in self.peers:
-            # a new connection replaced the old one (the peer restarted): start afresh
+            # another connection (the peer restarted, or a duplicate): restart the sync with it,
+            # keeping what it declared until its reset arrives
+            kept = self.peers.names(peer)
             out += self.peer_disconnected(peer, now)
-        self.peers.connect(peer)
-        if self.refs:
-            out.append(Send(peer, LogInterest(added=sorted(self.refs), removed=[], reset=True)))
+        self.peers.connect(peer, kept)
+        out.append(Send(peer, LogInterest(added=sorted(self.refs), removed=[], reset=True)))
+        for name in kept & self.refs.keys():
+            out += self.sync.interest(name, self.peers.sharing(name), now)
         out += self.sync.peer_connected(peer, now)
         return out
 
