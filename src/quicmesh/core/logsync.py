@@ -257,7 +257,8 @@ class LogSync:
 
     def on_live_operation(self, peer: NodeId, op: Operation, payload: bytes, now: float) -> list[LogOutput]:
         """A live operation pushed by ``peer``: held while a session with ``peer`` on its log
-        runs, otherwise validated and stored at once."""
+        runs, otherwise validated and stored at once (its author's certificate and permission
+        are checked before, by :meth:`handle_message`)."""
         now = self._tick(now)
         log = op.header.log
         if log not in self._interest:
