@@ -101,7 +101,7 @@ class BatchRead:
 
     ops: list[tuple[bytes, bytes]]
     more: bool
-    certs: list[bytes] = field(default_factory=list)
+    certs: list[bytes] = field(default_factory=list)  # bounded: one per author in ops
 
 
 @dataclass(frozen=True, slots=True)

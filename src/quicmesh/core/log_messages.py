@@ -52,7 +52,7 @@ class SyncBatch(Message, tag="l.ops"):
     ops: Annotated[list[tuple[bytes, bytes]], msgspec.Meta(max_length=MAX_WIRE_LIST)]
     more: bool
     refused: bool = False
-    certs: Annotated[list[_Cert], msgspec.Meta(max_length=MAX_WIRE_LIST)] = []
+    certs: Annotated[list[_Cert], msgspec.Meta(max_length=MAX_WIRE_LIST)] = []  # bounded: MAX_WIRE_LIST
 
 
 class LiveOp(Message, tag="l.op"):
