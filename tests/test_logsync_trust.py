@@ -12,7 +12,7 @@ import pytest
 from test_logsync import CFG, Net
 
 from quicmesh.bounded import ContainerRegistry
-from quicmesh.config import NodeConfig, StoreConfig
+from quicmesh.config import StoreConfig
 from quicmesh.core.guard import Guard
 from quicmesh.core.log_effects import IngestOps, ReadBatch
 from quicmesh.core.log_messages import LiveOp, SyncBatch
@@ -295,26 +295,3 @@ def test_newer_certificate_prefers_the_longer_lived_then_the_higher_serial() -> 
     assert newer_certificate(b, c) and not newer_certificate(c, b) and not newer_certificate(a, a)
     assert newer_certificate(b"junk", a)
 
-
-def test_offence_limits_come_from_the_configuration(registry: ContainerRegistry) -> None:
-    from quicmesh.config import load_config
-
-    cfg = load_config(env={"QUICMESH_OFFENCE_LIMIT": "5", "QUICMESH_OFFENCE_WINDOW": "10",
-                           "QUICMESH_BLOCK_SECONDS": "30"})
-    assert (cfg.offence_limit, cfg.offence_window, cfg.block_seconds) == (5, 10.0, 30.0)
-    kp = KeyPair.from_seed(b"g" * 32)
-    guard = Guard(kp, Trust.open_realm("x"), wall=lambda now: now, registry=registry, config=cfg)
-    peer = KeyPair.from_seed(b"p" * 32).node_id
-    for i in range(4):
-        guard.offence(peer, float(i))
-    assert not guard.blocked(peer, 4.0) and not guard.kicked
-    guard.offence(peer, 4.5)
-    assert guard.blocked(peer, 5.0) and guard.take_kicked() == [peer]
-    assert guard.blocked(peer, 34.0) and not guard.blocked(peer, 35.0)
-    guard.offence(peer, 40.0)
-    guard.offence(peer, 51.0)  # the window (10 s) passed: counting starts again
-    assert not guard.blocked(peer, 52.0)
-    default = Guard(kp, Trust.open_realm("x"), wall=lambda now: now, registry=registry)
-    assert default.offence_limit == NodeConfig().offence_limit == 3
-    with pytest.raises(Exception, match="offence_limit"):
-        NodeConfig(offence_limit=0)
