@@ -51,6 +51,14 @@ class PeerLogs:
         self.tokens.pop(peer)
         return self.interests.pop(peer) or frozenset()
 
+    def drop(self, peer: NodeId, name: str) -> bool:
+        """``peer`` does not replicate ``name`` (it said so): forget it; whether it was held."""
+        names = self.interests.peek(peer)
+        if names is None or name not in names:
+            return False
+        self.interests.set(peer, names - {name})
+        return True
+
     def names(self, peer: NodeId) -> frozenset[str]:
         """The names ``peer`` is interested in."""
         return self.interests.peek(peer) or frozenset()

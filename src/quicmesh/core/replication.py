@@ -22,8 +22,9 @@ the *interest* protocol around it, and asks for every store access as an output
   a connection open.
 * **A second connection** to a connected peer (it restarted, or both sides dialled at once)
   restarts the sync with it: every shared log is synced at once. What the peer declared stands
-  until its own reset arrives: every connection starts with a ``reset`` from each side (empty
-  when nothing is replicated), and only the side that saw a new connection sends one.
+  until it says otherwise (its ``reset`` on a new connection, sent when it replicates any log):
+  the other side may not have seen a new connection at all. A name the peer no longer
+  replicates (it restarted without it) is dropped when it answers a sync request ``refused``.
 
 Outputs: ``Send``/``Disconnect`` for the network, the store requests, and
 :class:`~quicmesh.core.log_effects.OperationStored` / ``Appended`` for the driver's watchers and
@@ -41,7 +42,7 @@ from ..errors import InvalidOperation, LimitExceeded
 from ..identity import KeyPair, NodeId
 from .effects import Send
 from .guard import Guard
-from .log_messages import LogInterest, SyncRequest
+from .log_messages import LogInterest, SyncBatch, SyncRequest
 from .log_peers import PeerLogs, valid_name
 from .logsync import LogSync
 from .oplog import MAX_LOG_NAME
@@ -145,7 +146,8 @@ class LogReplication:
             kept = self.peers.names(peer)
             out += self.peer_disconnected(peer, now)
         self.peers.connect(peer, kept)
-        out.append(Send(peer, LogInterest(added=sorted(self.refs), removed=[], reset=True)))
+        if self.refs:
+            out.append(Send(peer, LogInterest(added=sorted(self.refs), removed=[], reset=True)))
         for name in kept & self.refs.keys():
             out += self.sync.interest(name, self.peers.sharing(name), now)
         out += self.sync.peer_connected(peer, now)
@@ -172,7 +174,10 @@ class LogReplication:
                 self.requests_limited += 1
                 return []
             self.requests_served += 1
-        return list(self.sync.handle_message(peer, msg, now))
+        out = list(self.sync.handle_message(peer, msg, now))
+        if isinstance(msg, SyncBatch) and msg.refused and self.peers.drop(peer, msg.log) and msg.log in self.refs:
+            out += self.sync.interest(msg.log, self.peers.sharing(msg.log), now)  # a stale interest: forgotten
+        return out
 
     def handle_timer(self, now: float) -> list[object]:
         """Run what is due at ``now``."""
