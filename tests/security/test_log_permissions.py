@@ -110,7 +110,8 @@ class _NoCheck:
         return self.own_cert if author == self.own else stored
 
 
-async def test_a_member_without_log_permission_writes_and_no_peer_accepts_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["pull", "live"])
+async def test_a_member_without_log_permission_writes_and_no_peer_accepts_it(tmp_path: Path, path: str) -> None:
     async with realm(tmp_path) as r:
         b = await r.start("b")
         c = await r.start("c", boot=b)
@@ -121,26 +122,27 @@ async def test_a_member_without_log_permission_writes_and_no_peer_accepts_it(tmp
         sync = x.logs.sync
         assert sync is not None
         sync.trust.serve_filter = lambda wall: _NoCheck(x.id.raw, x.core.trust.own_certificate)  # type: ignore
-        pulled, live = 20, 10
-        for i in range(pulled):  # written before the honest nodes replicate the log: fetched by pull
+        n = 30
+        early = n * 2 // 3 if path == "pull" else 0
+        for i in range(early):  # written before the honest nodes replicate the log: offered by pull sync
             await xlog.append(b"forged-%d" % i)
         blog, clog = b.log(LOG), c.log(LOG)
-        await eventually(lambda: all(n.core.blocked(x.id, n._now()) for n in (b, c)), timeout=30)
-        for i in range(live):  # and pushed live afterwards
+        if path == "live":
+            await eventually(sharing([b, c, x]), timeout=20)
+        for i in range(early, n):  # pushed live (those after the block reach no one)
             await xlog.append(b"live-%d" % i)
+        await eventually(lambda: all(p.core.blocked(x.id, p._now()) for p in (b, c)), timeout=30)
         await blog.append(b"honest")  # the honest nodes still replicate with each other
         await eventually(lambda: held(c, b.id) == 1, timeout=20)
-        n = pulled + live
         accepted = [held(p, x.id) for p in (b, c)]
-        why = [refused(p) for p in (b, c)]
+        denied = [refused(p)["denied"] for p in (b, c)]
         blocked = sum(1 for p in (b, c) if p.core.blocked(x.id, p._now()))
         events = [p.gauges().get("log_ops_refused_denied_total", 0.0) for p in (b, c)]
-        denied = [w["denied"] for w in why]
-        print(f"\nlog without permission over QUIC: {sum(accepted)} of {n} operations accepted by 2 peers ({pulled}"
-              f" offered by pull sync, {live} appended after); refusals counted (denied, per offer) {denied};"
-              f" writer blocked by {blocked} of 2; /metrics log_ops_refused_denied_total {events}")
+        print(f"\nlog without permission over QUIC ({path}): {sum(accepted)} of {n} operations accepted by 2 peers"
+              f" ({early} offered by pull sync, {n - early} pushed live); refusals counted (denied, per offer)"
+              f" {denied}; writer blocked by {blocked} of 2; /metrics log_ops_refused_denied_total {events}")
         assert accepted == [0, 0] and blocked == 2
-        assert all(w["denied"] >= 1 for w in why) and all(e >= 1 for e in events)
+        assert all(d >= 1 for d in denied) and events == [float(d) for d in denied]
         assert held(x, x.id) == n  # only its own store holds them
         assert b.id in c.peers() and c.id in b.peers()  # honest links kept
         for h in (xlog, blog, clog):
