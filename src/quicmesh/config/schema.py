@@ -442,6 +442,16 @@ class NodeConfig:
     ``data_dir/revocations.pem``, or memory only without a ``data_dir``."""
     trust_poll_interval: float = 2.0
     """Seconds between two checks of the certificate and revocation files for changes (default 2)."""
+    # #11 (logperm)
+    offence_limit: int = 3
+    """Offences (invalid claims relayed: a forged or unpermitted gossip batch, log operation or
+    advert in a lookup answer) a peer may commit within ``offence_window`` before it is
+    disconnected and blocked (default 3, as ``transport.max_peer_offences`` for messages whose
+    handling raised)."""
+    offence_window: float = 60.0
+    """Seconds an offence counts, from a peer's first offence in the window (default 60)."""
+    block_seconds: float = 300.0
+    """Seconds a peer blocked for its offences has its connections refused (default 300)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):
@@ -485,8 +495,9 @@ def validate(cfg: NodeConfig) -> None:
     for key in ("realm_file", "cert", "revocations"):
         if getattr(cfg, key) == "":
             raise ConfigError(key, "must be a file path (or unset)")
-    if not cfg.trust_poll_interval > 0:
-        raise ConfigError("trust_poll_interval", f"must be positive, got {cfg.trust_poll_interval!r}")
+    for key in ("trust_poll_interval", "offence_limit", "offence_window", "block_seconds"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(key, f"must be positive, got {getattr(cfg, key)!r}")
     for i, b in enumerate(cfg.bootstrap):
         _check_hostport(f"bootstrap[{i}]", b)
     if cfg.http is not None:
