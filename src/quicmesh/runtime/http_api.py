@@ -222,7 +222,8 @@ class HttpFace:
         except Exception as exc:
             log.exception("http api: error serving %s %s", request.method, request.path)
             resp = _error(500, "InternalError", type(exc).__name__)
-        self.stats.count_response(resp.status)
+        if isinstance(resp, web.Response) or not resp.prepared:  # streams are counted as they open
+            self.stats.count_response(resp.status)
         return resp
 
     def _access(self, request: web.Request) -> Access:

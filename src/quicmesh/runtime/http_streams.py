@@ -196,6 +196,7 @@ class StreamHub:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
+        self._stats.count_response(resp.status)
 
         def encode(msg: Message) -> bytes:
             return _sse("message", encode_message(msg), msg.seq)
@@ -222,6 +223,7 @@ class StreamHub:
                          flt: Permissions | None) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=self._cfg.heartbeat, max_msg_size=_WS_MAX_IN)
         await ws.prepare(request)
+        self._stats.count_response(ws.status)
 
         def encode(msg: Message) -> str:
             return _ws("message", encode_message(msg))
