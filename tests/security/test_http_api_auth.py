@@ -35,6 +35,7 @@ async def curl(*args: str, timeout: float = 20.0) -> tuple[int, dict[str, str], 
     proc = await asyncio.create_subprocess_exec(CURL, "-s", "-S", "-i", "--max-time", str(timeout), *args,
                                                 stdout=PIPE, stderr=PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout + 10)
+    assert out, err
     head, _, body = out.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
