@@ -71,7 +71,6 @@ _RESERVED = ("status", "node_id", "realm", "ready", "reasons", "gauges", "contai
 _TEXT = "text/plain; charset=utf-8"
 _LINGER = 1.0
 """Most seconds a refused or answered connection is read (and discarded) before it is closed."""
-_API_PREFIX = "/v1/"
 _REFUSED = "too many connections"
 _REQUEST_LINE = re.compile(rb"[A-Z]{1,16} /[\x21-\x7e]* HTTP/1\.[01]\r\n")
 """What the gate lets through to aiohttp as a request line (else 400)."""
@@ -284,6 +283,9 @@ class HttpServer:
         """Seconds to send a request head (408 after), and a kept-alive connection's idle time."""
         self.app = web.Application(middlewares=[self._outer], client_max_size=max(1, max_body_bytes))
         """The application: add routes (and inner middlewares) before :meth:`start`."""
+        self.api_prefix: str | None = None
+        """Path prefix whose errors the routes' owner renders itself (``/v1/`` once the HTTP face
+        is mounted); every other path gets plain-text errors and ``Connection: close``."""
         self.protocol_factory: Callable[[], asyncio.Protocol] | None = None
         """aiohttp's per-connection protocol factory, once started (the gate's inner protocol)."""
         self.refused_total = 0
@@ -314,8 +316,8 @@ class HttpServer:
     @web.middleware
     async def _outer(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                      ) -> web.StreamResponse:
-        """Plain-text errors and ``Connection: close`` outside ``/v1`` (the API renders its own)."""
-        api = request.path.startswith(_API_PREFIX)
+        """Plain-text errors and ``Connection: close`` outside :attr:`api_prefix` (the API renders its own)."""
+        api = self.api_prefix is not None and request.path.startswith(self.api_prefix)
         try:
             resp = await handler(request)
         except web.HTTPException as exc:

@@ -47,20 +47,19 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from ..bounded import LruMap
 from ..errors import LimitExceeded, MessageTooLarge, PermissionDenied, QuicmeshError, RemoteError
 from ..observability.http import HttpEndpoint, HttpFaceStats, HttpServer
+from .gateway_budget import ClientBudgets
 from .http_auth import Access, HttpAuth, denied
+from .http_host import HttpFaceHost
 from .http_openapi import openapi_document
 from .http_streams import StreamHub
 from .log_handles import ReplicatedMap
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = ["HttpFace", "error_status"]
 
@@ -130,7 +129,7 @@ class HttpFace:
     monitoring endpoint, if any: the face mounts on it when both share an address, and exports
     its numbers in its ``/metrics`` either way. Create it before the endpoint starts."""
 
-    def __init__(self, node: Node, endpoint: HttpEndpoint | None = None) -> None:
+    def __init__(self, node: HttpFaceHost, endpoint: HttpEndpoint | None = None) -> None:
         cfg = node.config.http_api
         if cfg.listen is None:
             raise ValueError("http_api.listen is not set")
@@ -146,6 +145,7 @@ class HttpFace:
             "http_api.maps", cfg.max_maps, on_evict=self._evicted, registry=node.registry
         )
         self._evicted_maps: list[ReplicatedMap] = []  # bounded: one per map opened, closed at once after
+        self._budgets = ClientBudgets(node.config.gateway)  # a call's timeout is clamped like a light client's
         self.pending_bytes = 0
         """Request body bytes held now (at most ``http_api.max_pending_bytes``)."""
         self.shared = endpoint is not None and cfg.listen == node.config.http
@@ -172,6 +172,7 @@ class HttpFace:
         """The bound ``HOST:PORT`` once started."""
 
     def _install(self, app: web.Application) -> None:
+        self.server.api_prefix = _PREFIX
         app.middlewares.append(self._middleware)
         r = app.router
         r.add_post("/v1/publish/{topic}", self._publish)
@@ -306,7 +307,7 @@ class HttpFace:
                 timeout = math.nan
             if not math.isfinite(timeout):
                 raise _Refused(400, "BadRequest", f"timeout must be a number of seconds, got {raw[:40]!r}")
-        timeout = self._node.gateway.budgets.clamp_timeout(timeout)
+        timeout = self._budgets.clamp_timeout(timeout)
         async with self._body(request) as body:
             reply = await self._node.call(name, body, timeout=timeout)
         return web.Response(body=reply, content_type="application/octet-stream")

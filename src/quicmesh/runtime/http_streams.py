@@ -8,7 +8,7 @@ them bounded:
 
 * at most ``http_api.max_streams`` streams are open at once; one more is refused with
   :class:`~quicmesh.errors.LimitExceeded` (429) before anything is allocated;
-* each stream holds one node :class:`~quicmesh.runtime.node.Subscription` (its queue
+* each stream holds one node subscription (its queue
   ``stream_queue_size`` long) and a task, the *pump*, that moves each message, encoded once, into
   the stream's own queue (``http_api.stream_queue``, as long, refusing when full). The request's
   handler writes from that queue to the client;
@@ -41,7 +41,6 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
@@ -52,9 +51,8 @@ from ..core.permissions import Permissions
 from ..errors import LimitExceeded
 from ..observability.http import HttpFaceStats
 from .driver import Message
-
-if TYPE_CHECKING:
-    from .node import Node, Subscription
+from .handles import QueueHandle
+from .http_host import HttpFaceHost
 
 __all__ = ["StreamHub", "encode_message"]
 
@@ -86,10 +84,12 @@ def _ws(event: str, doc: dict[str, object]) -> str:
 class _Stream:
     """One open stream: its node subscription, queue and pump."""
 
-    __slots__ = ("abort", "pump", "queue", "sub")
+    __slots__ = ("abort", "pattern", "pump", "queue", "sub")
 
-    def __init__(self, sub: Subscription, queue: BoundedQueue[bytes | str], abort: Callable[[], None]) -> None:
+    def __init__(self, sub: QueueHandle[Message], pattern: str, queue: BoundedQueue[bytes | str],
+                 abort: Callable[[], None]) -> None:
         self.sub = sub
+        self.pattern = pattern
         self.queue = queue
         self.abort = abort
         self.pump: asyncio.Task[None] | None = None
@@ -98,7 +98,7 @@ class _Stream:
 class StreamHub:
     """The open SSE and WebSocket streams of one node's HTTP face (see the module docstring)."""
 
-    def __init__(self, node: Node, config: HttpApiConfig, stats: HttpFaceStats,
+    def __init__(self, node: HttpFaceHost, config: HttpApiConfig, stats: HttpFaceStats,
                  registry: ContainerRegistry | None = None) -> None:
         self._node = node
         self._cfg = config
@@ -128,7 +128,7 @@ class StreamHub:
             if transport is not None:
                 transport.abort()
 
-        stream = _Stream(sub, queue, abort)
+        stream = _Stream(sub, pattern, queue, abort)
         self._streams.add(stream)
         self._stats.streams = len(self._streams)
         self._stats.streams_opened_total += 1
@@ -166,7 +166,7 @@ class StreamHub:
 
     def _slow(self, stream: _Stream, why: str) -> None:
         self._stats.slow_consumers_closed_total += 1
-        log.info("http api: closing a slow consumer of %r: %s", stream.sub.pattern, why)
+        log.info("http api: closing a slow consumer of %r: %s", stream.pattern, why)
         stream.queue.close_queue()
         stream.abort()
 
