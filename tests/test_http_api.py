@@ -313,6 +313,42 @@ async def test_a_slow_sse_consumer_is_closed_and_counted_and_a_fast_one_goes_on(
             await fast.close()
 
 
+async def test_a_websocket_consumer_that_stops_reading_is_closed_and_counted() -> None:
+    import aiohttp
+
+    async with mesh(stream_queue_size=8, write_timeout=60.0) as m:
+        a = m.face_node
+        url = m.api.replace("http://", "ws://") + "/subscribe/feed.%3E"
+        async with aiohttp.ClientSession(read_bufsize=4096) as session:
+            ws = await session.ws_connect(url, max_msg_size=1 << 20)
+            first = await ws.receive_json(timeout=10)
+            assert first == {"event": "subscribed", "pattern": "feed.>"}
+            payload = b"w" * 65_536
+            sent = 0
+
+            async def publish_some() -> int:  # the client reads nothing from now on
+                nonlocal sent
+                for _ in range(4):
+                    if sent < 2_000:
+                        await a.publish("feed.data", payload)
+                        sent += 1
+                return m.face.stats.slow_consumers_closed_total
+
+            assert await eventually(publish_some, timeout=60, what="the WebSocket consumer is closed") == 1
+            await eventually(lambda: m.face.streams.open_streams == 0, what="the stream is released")
+            # what the client finds when it reads again: buffered frames, then the end of the connection
+            kinds: set[aiohttp.WSMsgType] = set()
+            for _ in range(5_000):
+                msg = await ws.receive(timeout=10)
+                kinds.add(msg.type)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break
+            assert kinds & {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR}
+            await ws.close()
+        print(f"\nWebSocket consumer that stopped reading closed after {sent} messages of 64 KiB (queue 8)")
+        assert (await metrics_of(a))["quicmesh_http_slow_consumers_closed_total"] == 1
+
+
 async def test_bounds_answer_with_typed_errors() -> None:
     async with mesh(max_streams=1, max_body_bytes=1024, max_pending_bytes=1500, read_timeout=1.0) as m:
         a, b = m.face_node, m.other

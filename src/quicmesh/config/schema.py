@@ -379,7 +379,10 @@ class HttpApiConfig:
 
     listen: str | None = None
     """``HOST:PORT`` of the HTTP face; ``None`` (default): off. When it equals ``http`` (the same
-    string), one server serves the monitoring routes and ``/v1`` together."""
+    string), one server serves the monitoring routes and ``/v1`` together (and
+    ``observability.http_allow_remote`` then governs a non-loopback address). On its own it may
+    bind any address, as the gateway does: requests are admitted like light clients (bearer tokens
+    in an authority realm; in an open realm anyone who reaches it may act)."""
     max_connections: int = 256
     """HTTP connections the face holds at once (count, default 256); one more is answered 503 and
     closed. Sharing the ``http`` address, the server holds this many plus

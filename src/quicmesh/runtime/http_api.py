@@ -55,7 +55,7 @@ from ..bounded import LruMap
 from ..errors import LimitExceeded, MessageTooLarge, PermissionDenied, QuicmeshError, RemoteError
 from ..observability.http import HttpEndpoint, HttpFaceStats, HttpServer
 from .gateway_budget import ClientBudgets
-from .http_auth import Access, HttpAuth, denied
+from .http_auth import MAX_BEARER, Access, HttpAuth, denied
 from .http_host import HttpFaceHost
 from .http_openapi import openapi_document
 from .http_streams import StreamHub
@@ -66,6 +66,8 @@ __all__ = ["HttpFace", "error_status"]
 log = logging.getLogger("quicmesh.http_api")
 
 _PREFIX = "/v1/"
+_HEAD_ROOM = 2 * MAX_BEARER + 4096
+"""Request head bytes the face accepts at least: a bearer of the longest kind (header or query) and the rest."""
 _STATUS_BY_CLASS = {
     "NotAdmitted": 401, "PermissionDenied": 403, "OperationTooLarge": 413, "MessageTooLarge": 413,
     "InvalidOperation": 422, "LimitExceeded": 429, "RemoteError": 502, "NoProvider": 503, "Overloaded": 503,
@@ -151,15 +153,16 @@ class HttpFace:
         self.shared = endpoint is not None and cfg.listen == node.config.http
         """Whether the face is served by the monitoring endpoint's server."""
         server: HttpServer
+        head = max(node.config.observability.http_max_request_bytes, _HEAD_ROOM)  # room for a bearer
         if self.shared:
             assert endpoint is not None
             server = endpoint
             server.max_connections += cfg.max_connections
+            server.max_request_bytes = max(server.max_request_bytes, head)
         else:
             host, _, port = cfg.listen.rpartition(":")
             server = HttpServer(
-                host, int(port), allow_remote=True, max_connections=cfg.max_connections,
-                max_request_bytes=node.config.observability.http_max_request_bytes,
+                host, int(port), allow_remote=True, max_connections=cfg.max_connections, max_request_bytes=head,
                 read_timeout=cfg.read_timeout, max_body_bytes=cfg.max_body_bytes, what="the HTTP API",
             )
         self.server = server

@@ -47,7 +47,7 @@ from ..errors import IdentityError, NotAdmitted, PermissionDenied
 from ..identity import NodeId
 from .credentials import Credential
 
-__all__ = ["BEARER_CONTEXT", "BEARER_PREFIX", "Access", "HttpAuth", "bearer_of", "denied", "parse_bearer"]
+__all__ = ["BEARER_CONTEXT", "BEARER_PREFIX", "MAX_BEARER", "Access", "HttpAuth", "bearer_of", "denied", "parse_bearer"]
 
 BEARER_PREFIX = "qmb1."
 """First characters of a quicmesh HTTP bearer (format version 1)."""
