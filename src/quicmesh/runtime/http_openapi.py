@@ -72,7 +72,9 @@ def openapi_document(version: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "qmb1"}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                    "error": {"type": "string", "enum": sorted(ERROR_STATUSES)},
+                    "error": {"type": "string", "description": (
+                        "The error's class name: " + ", ".join(sorted(ERROR_STATUSES)) + ", or a subclass of "
+                        "one of them (e.g. ContainerFull, TimestampAhead); InternalError (500) for a bug.")},
                     "message": {"type": "string"},
                     "action": {"type": "string"}, "subject": {"type": "string"},
                     "limit": {"type": "string"}, "capacity": {"type": "integer"},
