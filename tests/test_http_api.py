@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from quicmesh.config import HttpApiConfig, NodeConfig, load_config
@@ -398,6 +399,7 @@ async def test_openapi_document_parses_and_lists_every_route() -> None:
         assert status == 200
         doc = json.loads(body)
         assert doc["openapi"].startswith("3.") and doc["info"]["title"]
+        validate(doc)  # openapi-spec-validator: a valid OpenAPI 3 document
         routes: set[tuple[str, str]] = set()
         for resource in m.face.server.app.router.resources():
             path = resource.canonical.replace("{key:.+}", "{key}")
