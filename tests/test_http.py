@@ -111,9 +111,9 @@ async def test_routes() -> None:
         assert status == 503 and json.loads(body) == {"ready": False, "reason": "joining the mesh"}
 
         assert (await get(address, "/nope"))[0] == 404
-        status, headers, _ = await request(address, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        status, headers, _ = await request(address, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         assert status == 405 and headers["allow"] == "GET"
-        assert (await request(address, b"DELETE /health HTTP/1.1\r\n\r\n"))[0] == 405
+        assert (await request(address, b"DELETE /health HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 405
         assert (await request(address, b"garbage\r\n\r\n"))[0] == 400
         assert (await request(address, b"GET /metrics SPDY/9\r\n\r\n"))[0] == 400
     finally:

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--data-dir", help="directory for the key and the store")
     n.add_argument("--config", help="TOML configuration file")
     n.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and /health here (loopback)")
+    n.add_argument("--http-api", metavar="HOST:PORT",
+                   help="serve the HTTP face (/v1: publish, subscribe, call, kv) here; the same as --http: one server")
     n.add_argument("--advertise", action="append", default=[], metavar="NAME=KIND",
                    help="advertise a built-in demo procedure (KIND: echo, upper, add, sleep)")
     n.add_argument("--control", action="store_true",

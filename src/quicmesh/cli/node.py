@@ -71,6 +71,7 @@ async def run_node(args: argparse.Namespace) -> int:
         "key_path": args.key,
         "data_dir": args.data_dir,
         "http": args.http,
+        "http_api.listen": args.http_api,
         "gateway.max_clients": args.max_clients,
         "realm_file": args.realm_file,
         "cert": args.cert,
@@ -93,7 +94,7 @@ async def run_node(args: argparse.Namespace) -> int:
             reader = asyncio.StreamReader(limit=1 << 20)
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
             control.emit("listening", address=node.address, node_id=str(node.id), realm=node.realm,
-                         http=http)
+                         http=http, http_api=node.http_api_address)
             runner = asyncio.ensure_future(control.run(reader))
             stopper = asyncio.ensure_future(control.stopping.wait())
             sig_wait = asyncio.ensure_future(stop.wait())
@@ -103,6 +104,8 @@ async def run_node(args: argparse.Namespace) -> int:
             await control.close()
         else:
             extra = f", metrics on http://{http}/metrics" if http else ""
+            if node.http_api_address:
+                extra += f", HTTP API on http://{node.http_api_address}/v1/"
             mode = "open realm" if node.trust.open else "authority mode"
             print(f"quicmesh node {node.id} listening on {node.address} (realm {node.realm}, {mode}){extra}",
                   flush=True)

@@ -13,6 +13,8 @@ clients their credentials.
   ``revocations.pem`` next to the authority key); ``--push`` hands it to running nodes as a light
   client, and they spread it.
 - ``realm show [--realm-file F | --cert F | --token F | --list F | --authority F]``.
+- ``token bearer --token FILE``: the token's HTTP bearer, for the HTTP face
+  (``Authorization: Bearer ...``; see :mod:`quicmesh.runtime.http_auth`).
 
 ACTION is one of publish, subscribe, advertise, call, log; PATTERN is in the topic grammar, ``>``
 alone meaning everything.
@@ -76,6 +78,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _permission_args(ti)
     ti.add_argument("--key", metavar="FILE", help="the client's key file (default: a fresh key)")
     ti.add_argument("--out", required=True, metavar="FILE")
+    tb = ts.add_parser("bearer", help="print the HTTP bearer of a token (Authorization: Bearer ...; #15)")
+    tb.add_argument("--token", required=True, metavar="FILE", help="a light-client token (token issue)")
 
 
 def _permission_args(p: argparse.ArgumentParser) -> None:
@@ -89,7 +93,7 @@ def _permission_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run a ``realm`` or ``token`` subcommand; returns the exit status."""
     if args.command == "token":
-        return _token(args)
+        return _bearer(args) if args.token_command == "bearer" else _token(args)
     return {"init": _init, "admit": _admit, "revoke": _revoke, "show": _show}[args.realm_command](args)
 
 
@@ -149,6 +153,13 @@ def _token(args: argparse.Namespace) -> int:
     cred.save_token(args.out, authority.realm, c, kp)
     print(f"client {kp.node_id}: serial {c.serial}, expires {_stamp(c.not_after)} (unix {c.not_after}): "
           f"wrote {args.out} (secret, mode 0600)")
+    return 0
+
+
+def _bearer(args: argparse.Namespace) -> int:
+    from ..runtime.http_auth import bearer_of
+
+    print(bearer_of(cred.load_token(args.token)))
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .failure import FailureConfig
 from .transport import TransportConfig
 from .values import KiB, MiB, check_type, coerce, field_types
 
@@ -23,6 +24,7 @@ __all__ = [
     "FailureConfig",
     "GatewayConfig",
     "GossipConfig",
+    "HttpApiConfig",
     "KiB",
     "MembershipConfig",
     "MiB",
@@ -124,38 +126,6 @@ class MembershipConfig:
     timeout; 10x the neighbour request timeout, since a join travels ``active_random_walk`` hops)."""
     join_backoff_max: float = 60.0
     """Cap (seconds) of the exponential backoff between join retries: one shuffle interval."""
-
-
-@dataclass(frozen=True, slots=True)
-class FailureConfig:
-    """Failure detection on live links (SWIM/Lifeguard style; :mod:`quicmesh.core.failure`).
-
-    With ``n`` probed neighbours and ``h`` the local health multiplier (0 when this node is
-    healthy)::
-
-        suspicion_timeout = suspicion_mult * max(1, log10(n + 1)) * probe_interval * (1 + h)
-        round             = max(probe_interval, 2.5 * probe_timeout * (1 + h))
-        detection time   <= probe_interval + round + suspicion_timeout
-
-    Defaults: a dead neighbour is declared failed within 1 + 1.25 + 1.5 = 3.75 s (up to 9
-    neighbours); a peer is declared failed only after it stayed silent for a whole round, every
-    helper's indirect probe went unanswered, and the suspicion timeout passed: a process paused
-    300 ms of every second answers every round.
-    """
-
-    probe_interval: float = 1.0
-    """Seconds between probes of one neighbour (memberlist LAN: 1 s). 0 turns detection off."""
-    probe_timeout: float = 0.5
-    """Seconds a direct probe waits for its answer before indirect probes (memberlist: 500 ms)."""
-    indirect_probes: int = 3
-    """Other neighbours asked to probe an unanswered peer (memberlist: 3)."""
-    suspicion_mult: float = 1.5
-    """Multiplier of the suspicion timeout (formula above; memberlist's LAN profile uses 4 with
-    a 5 s probe timeout budget; 1.5 keeps detection within 5 s on a LAN)."""
-    health_max: int = 8
-    """Cap of the local health multiplier (Lifeguard: 8)."""
-    max_indirect_jobs: int = 64
-    """Indirect probes this node runs for others at once; more are refused with a nack."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +373,46 @@ after freeing 50 MB here), once per interval.
     """Allow the HTTP endpoint to bind a non-loopback address (it has no authentication)."""
 
 
+# #15 (httpface)
+@dataclass(frozen=True, slots=True)
+class HttpApiConfig:
+    """The HTTP face (``/v1``: publish, subscribe over SSE or WebSocket, call, maps), for
+    programs in any language. Off unless ``listen`` is set (``--http-api``)."""
+
+    listen: str | None = None
+    """``HOST:PORT`` of the HTTP face; ``None`` (default): off. When it equals ``http`` (the same
+    string), one server serves the monitoring routes and ``/v1`` together (and
+    ``observability.http_allow_remote`` then governs a non-loopback address). On its own it may
+    bind any address, as the gateway does: requests are admitted like light clients (bearer tokens
+    in an authority realm; in an open realm anyone who reaches it may act)."""
+    max_connections: int = 256
+    """HTTP connections the face holds at once (count, default 256); one more is answered 503 and
+    closed. Sharing the ``http`` address, the server holds this many plus
+    ``observability.http_max_connections``."""
+    max_streams: int = 64
+    """Open subscriptions (SSE and WebSocket together, count, default 64); more get 429."""
+    stream_queue_size: int = 256
+    """Messages queued for one SSE or WebSocket consumer (count, default 256); a consumer that
+    lets it overflow is closed as a slow consumer and counted."""
+    max_body_bytes: int = 1 * MiB
+    """Largest request body (bytes, default 1 MiB): a publish, call or map value; larger gets 413."""
+    max_pending_bytes: int = 16 * MiB
+    """Request body bytes held at once over every request (bytes, default 16 MiB); a request that
+    would pass it gets 429."""
+    max_maps: int = 64
+    """Replicated maps the face keeps open for ``/v1/kv`` (count, default 64; least recently used
+    closed first)."""
+    read_timeout: float = 10.0
+    """Seconds a client has to send its request head (408 after), and the idle time after which a
+    kept-alive connection is closed (default 10)."""
+    heartbeat: float = 15.0
+    """Seconds between keep-alive pings on an idle SSE or WebSocket stream (default 15), so a
+    vanished consumer is noticed and released."""
+    write_timeout: float = 10.0
+    """Seconds one write to an SSE or WebSocket consumer may stall before it is closed as a slow
+    consumer (default 10)."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     """Everything a node needs. Only ``realm`` usually needs setting."""
@@ -442,6 +452,19 @@ class NodeConfig:
     ``data_dir/revocations.pem``, or memory only without a ``data_dir``."""
     trust_poll_interval: float = 2.0
     """Seconds between two checks of the certificate and revocation files for changes (default 2)."""
+    # #11 (logperm)
+    offence_limit: int = 3
+    """Offences (invalid claims relayed: a forged or unpermitted gossip batch, log operation or
+    advert in a lookup answer) a peer may commit within ``offence_window`` before it is
+    disconnected and blocked (default 3, as ``transport.max_peer_offences`` for messages whose
+    handling raised)."""
+    offence_window: float = 60.0
+    """Seconds an offence counts, from a peer's first offence in the window (default 60)."""
+    block_seconds: float = 300.0
+    """Seconds a peer blocked for its offences has its connections refused (default 300)."""
+    # #15 (httpface)
+    http_api: HttpApiConfig = field(default_factory=HttpApiConfig)
+    """The HTTP face (``--http-api``; env ``QUICMESH_HTTP_API__LISTEN``); off by default."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):
@@ -485,12 +508,15 @@ def validate(cfg: NodeConfig) -> None:
     for key in ("realm_file", "cert", "revocations"):
         if getattr(cfg, key) == "":
             raise ConfigError(key, "must be a file path (or unset)")
-    if not cfg.trust_poll_interval > 0:
-        raise ConfigError("trust_poll_interval", f"must be positive, got {cfg.trust_poll_interval!r}")
+    for key in ("trust_poll_interval", "offence_limit", "offence_window", "block_seconds"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(key, f"must be positive, got {getattr(cfg, key)!r}")
     for i, b in enumerate(cfg.bootstrap):
         _check_hostport(f"bootstrap[{i}]", b)
     if cfg.http is not None:
         _check_hostport("http", cfg.http)
+    if cfg.http_api.listen is not None:  # #15 (httpface)
+        _check_hostport("http_api.listen", cfg.http_api.listen)
     for name in SECTIONS:
         section = getattr(cfg, name)
         for f in dataclasses.fields(section):

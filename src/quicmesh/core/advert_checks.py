@@ -15,30 +15,85 @@ Before caching or forwarding such a batch, the mesh's guard asks :func:`reserved
 advert in it must be the batch publisher's own (the batch signature then covers it) and, unless
 a withdrawal, allowed by the publisher's permissions. A batch that fails is dropped and its
 sender penalised by the guard.
+
+A lookup answer (:class:`~quicmesh.core.registry_messages.RAnswer`) comes straight from the
+neighbour that holds the adverts, which checked them when it accepted them: an answer with an
+advert that is malformed, not signed by its provider, or not allowed by the provider's
+certificate (:func:`advert_denial`, except for a certificate revoked or expired since, see
+:data:`~quicmesh.core.guard.NO_PENALTY`) counts as one offence of that neighbour (the registry's
+``offence`` hook, the guard's :meth:`~quicmesh.core.guard.Guard.offence`), as gossip does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..errors import DecodeError, NotAdmitted
 from ..identity import NodeId
+from .guard import NO_PENALTY
 from .permissions import Permissions
 from .registry_messages import REGISTRY_TOPIC, RAdvert
 from .trust import Trust
 from .wire import Codec
 
-__all__ = ["may_advertise", "reserved_batch_ok"]
+__all__ = [
+    "MAX_ADDRESSES", "MAX_NAME", "Offence", "advert_denial", "check_name", "may_advertise", "reserved_batch_ok",
+    "valid_advert",
+]
+
+MAX_NAME = 256
+"""Longest procedure name (characters)."""
+MAX_ADDRESSES = 8
+"""Addresses kept per advertisement."""
+_MAX_ADDRESS_LEN = 256
+
+Offence = Callable[[NodeId, float], None]
+"""Counts an offence of a peer at ``now`` (the guard's :meth:`~quicmesh.core.guard.Guard.offence`)."""
+
+
+def advert_denial(trust: Trust | None, provider: NodeId, ad: RAdvert, wall_now: float) -> tuple[str, bool] | None:
+    """Why ``ad`` may not be accepted at wall-clock ``wall_now``: its certificate does not admit
+    ``provider`` (the ``NotAdmitted`` reason) or does not allow it to advertise ``ad.n``
+    (``"permission denied"``), with whether that is the relaying peer's fault; ``None`` when it
+    may (always without a trust or in an open realm)."""
+    if trust is None or trust.open:
+        return None
+    try:
+        cert = trust.learn(ad.c, wall_now, subject=provider, kind="node")
+    except NotAdmitted as exc:
+        return exc.reason, exc.reason not in NO_PENALTY
+    if cert is None or not isinstance(ad.n, str) or not cert.permissions.allows("advertise", ad.n):
+        return "permission denied", True
+    return None
 
 
 def may_advertise(trust: Trust | None, provider: NodeId, ad: RAdvert, wall_now: float) -> bool:
     """Whether ``ad``'s certificate admits ``provider`` and allows it to advertise ``ad.n`` at
     wall-clock ``wall_now`` (always true without a trust or in an open realm)."""
-    if trust is None or trust.open:
-        return True
-    try:
-        cert = trust.learn(ad.c, wall_now, subject=provider, kind="node")
-    except NotAdmitted:
-        return False
-    return cert is not None and isinstance(ad.n, str) and cert.permissions.allows("advertise", ad.n)
+    return advert_denial(trust, provider, ad, wall_now) is None
+
+
+def check_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is a valid procedure name."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise ValueError(f"a procedure name is 1 to {MAX_NAME} characters, got {name!r:.80}")
+
+
+def valid_advert(ad: RAdvert, max_meta: int) -> NodeId | None:
+    """The provider id when ``ad`` is well-formed and within limits, else ``None``."""
+    if not (isinstance(ad.p, bytes) and len(ad.p) == 32 and isinstance(ad.g, bytes) and len(ad.g) == 64):
+        return None
+    if not isinstance(ad.n, str) or not 0 < len(ad.n) <= MAX_NAME:
+        return None
+    if not isinstance(ad.m, bytes) or len(ad.m) > max_meta:
+        return None
+    if not isinstance(ad.a, list) or len(ad.a) > MAX_ADDRESSES:
+        return None
+    if any(not isinstance(a, str) or len(a) > _MAX_ADDRESS_LEN for a in ad.a):
+        return None
+    if not isinstance(ad.v, int) or ad.v < 0 or not isinstance(ad.l, int) or ad.l <= 0:
+        return None
+    return NodeId(ad.p)
 
 
 def reserved_batch_ok(codec: Codec, publisher: NodeId, topic: str, payloads: list[bytes], perms: Permissions) -> bool:

@@ -30,11 +30,14 @@ anyway, but the nodes of a simulation share one process and then one check.
 
 **Penalties.** A batch that fails is dropped and its *sender* (the peer that relayed it, which
 should have checked it too) gets an offence, unless the failure is one an honest relay may not
-have seen yet (a certificate revoked, expired or not yet valid by this node's clock).
-:data:`OFFENCE_LIMIT` offences within :data:`OFFENCE_WINDOW` seconds block the peer for
-:data:`BLOCK_SECONDS`: it is put on :attr:`Guard.kicked` (the core disconnects it right after
-the message) and :meth:`Guard.blocked` is true for it (the core and the driver refuse its
-connections). Offences and blocks live in TTL maps, expired by :meth:`Guard.expire`.
+have seen yet (a certificate revoked, expired or not yet valid by this node's clock:
+:data:`NO_PENALTY`). Log operations (:mod:`quicmesh.core.log_trust`) and adverts in lookup
+answers (:mod:`quicmesh.core.advert_checks`) count the same way. ``offence_limit`` offences
+within ``offence_window`` seconds (configuration, defaults :data:`OFFENCE_LIMIT` and
+:data:`OFFENCE_WINDOW`) block the peer for ``block_seconds`` (default :data:`BLOCK_SECONDS`): it
+is put on :attr:`Guard.kicked` (the core disconnects it right after the message) and
+:meth:`Guard.blocked` is true for it (the core and the driver refuse its connections). Offences
+and blocks live in TTL maps, expired by :meth:`Guard.expire`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..bounded import ContainerRegistry, TtlMap
+from ..config import NodeConfig
 from ..errors import NotAdmitted, PermissionDenied
 from ..identity import KeyPair, NodeId
 from .mesh_messages import MGossip
@@ -53,18 +57,23 @@ from .permissions import ACTIONS, EVERYTHING, Action, Permissions
 from .topics import swarm_of
 from .trust import Trust
 
-__all__ = ["BLOCK_SECONDS", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "Guard", "ReservedCheck", "gossip_signing_bytes"]
+__all__ = [
+    "BLOCK_SECONDS", "NO_PENALTY", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "Guard", "ReservedCheck", "gossip_signing_bytes",
+]
 
 OFFENCE_LIMIT = 3
-"""Offences within :data:`OFFENCE_WINDOW` that get a peer disconnected and blocked."""
+"""Default offences within the window that get a peer disconnected and blocked
+(``NodeConfig.offence_limit``)."""
 OFFENCE_WINDOW = 60.0
-"""Seconds an offence counts (from a peer's first offence in the window)."""
+"""Default seconds an offence counts, from a peer's first offence in the window
+(``NodeConfig.offence_window``)."""
 BLOCK_SECONDS = 300.0
-"""Seconds a blocked peer's connections are refused."""
+"""Default seconds a blocked peer's connections are refused (``NodeConfig.block_seconds``)."""
 
 _GOSSIP_LABEL = b"quicmesh/gossip/v1\x00"
-_NO_PENALTY = frozenset({"certificate revoked", "certificate expired", "certificate not yet valid"})
-"""Certificate failures a relay may not have seen yet (its clock, its revocation list)."""
+NO_PENALTY = frozenset({"certificate revoked", "certificate expired", "certificate not yet valid"})
+"""Certificate failures (``NotAdmitted`` reasons) an honest relay may not have seen yet (its
+clock, its revocation list): the claim is refused but its sender is not penalised."""
 
 ReservedCheck = Callable[[NodeId, str, list[bytes], Permissions], bool]
 """Whether a batch on a reserved topic (``$...``) by ``publisher`` with these permissions is valid."""
@@ -101,7 +110,10 @@ class Guard:
     docstring)."""
 
     def __init__(self, keypair: KeyPair, trust: Trust, *, wall: Callable[[float], float],
-                 registry: ContainerRegistry | None = None, capacity: int = 1024) -> None:
+                 registry: ContainerRegistry | None = None, capacity: int = 1024,
+                 config: NodeConfig | None = None) -> None:
+        """``config``: the offence limits (``offence_limit``, ``offence_window``,
+        ``block_seconds``); ``None``: the defaults."""
         self._key = keypair
         self.me = keypair.node_id
         self.trust = trust
@@ -115,18 +127,24 @@ class Guard:
             "gossip_signed": 0, "gossip_verified": 0, "gossip_bad_signature": 0, "gossip_not_admitted": 0,
             "gossip_denied": 0, "gossip_malformed": 0, "offences": 0, "peers_blocked": 0,
         }
-        self._offences: TtlMap[NodeId, int] = TtlMap("guard.offences", capacity, OFFENCE_WINDOW, registry=registry)
-        self._blocked: TtlMap[NodeId, None] = TtlMap("guard.blocked", capacity, BLOCK_SECONDS, registry=registry)
+        self.offence_limit = config.offence_limit if config is not None else OFFENCE_LIMIT
+        """Offences within :attr:`offence_window` that block a peer."""
+        self.offence_window = config.offence_window if config is not None else OFFENCE_WINDOW
+        block = config.block_seconds if config is not None else BLOCK_SECONDS
+        self._offences: TtlMap[NodeId, int] = TtlMap("guard.offences", capacity, self.offence_window,
+                                                     registry=registry)
+        self._blocked: TtlMap[NodeId, None] = TtlMap("guard.blocked", capacity, block, registry=registry)
         self.kicked: list[NodeId] = []  # bounded: at most one per message, drained by the core after it
-        """Peers that just reached :data:`OFFENCE_LIMIT`: to disconnect."""
+        """Peers that just reached :attr:`offence_limit`: to disconnect."""
 
     # -- own actions -----------------------------------------------------------------------------
 
     def check_own(self, action: Action, subject: str) -> None:
         """Raise :class:`PermissionDenied` (counted) unless this node may do ``action`` on
         ``subject`` (for ``subscribe``, ``subject`` is the pattern). Reserved subjects (``$...``)
-        are quicmesh's own (registry, revocations; the node's API refuses them to users)."""
-        if self.trust.open or subject[:1] == "$":
+        are quicmesh's own (registry, revocations; the node's API refuses them to users); there
+        are no reserved log names: ``log`` is checked on every name, as the peers check it."""
+        if self.trust.open or (subject[:1] == "$" and action != "log"):
             return
         if not self.allows(self.trust.own_permissions, action, subject):
             raise self.deny(action, subject)
@@ -185,7 +203,7 @@ class Guard:
             try:
                 cert = trust.learn(msg.cert, self._wall(now), subject=NodeId(pub), kind="node")
             except NotAdmitted as exc:
-                return "gossip_not_admitted", exc.reason not in _NO_PENALTY
+                return "gossip_not_admitted", exc.reason not in NO_PENALTY
             if cert is not None:
                 perms = cert.permissions
             if topic[:1] != "$" and not perms.allows("publish", topic):
@@ -200,19 +218,19 @@ class Guard:
     # -- penalties -------------------------------------------------------------------------------
 
     def offence(self, peer: NodeId, now: float) -> None:
-        """``peer`` sent invalid input: count it; at :data:`OFFENCE_LIMIT` within the window,
+        """``peer`` sent invalid input: count it; at :attr:`offence_limit` within the window,
         block the peer and put it on :attr:`kicked`."""
         self.counters["offences"] += 1
         self._offences.expire(now)
         n = (self._offences.get(peer) or 0) + 1
-        if n >= OFFENCE_LIMIT:
+        if n >= self.offence_limit:
             self._offences.pop(peer)
             self._blocked.set(peer, None, now)
             self.counters["peers_blocked"] += 1
             self.kicked.append(peer)
             return
         deadline = self._offences.deadline(peer)
-        self._offences.set(peer, n, now, OFFENCE_WINDOW if deadline is None else max(deadline - now, 0.001))
+        self._offences.set(peer, n, now, self.offence_window if deadline is None else max(deadline - now, 0.001))
 
     def blocked(self, peer: NodeId, now: float) -> bool:
         """Whether ``peer`` is blocked at ``now`` (its connections are refused)."""

@@ -20,17 +20,25 @@ replayed) are one write per arrival. A session stays open while its store work i
 it times out meanwhile, the late result is still reported (stored operations are delivered) but
 nothing more is sent.
 
+Store requests in flight are capped (``LogSync(max_requests=...)``: the map
+``logsync.store_requests``, overflow ``REJECT``, rejections in metrics; each drop also counts in
+``LogSync.requests_dropped``). When full: a served request is dropped (the puller times out and
+retries); a session's read or a batch's ingest is not issued (the session fails at its timeout,
+retried with backoff); a live operation is dropped and its pair made due (pull sync fetches it);
+``LogSync.append`` raises :class:`~quicmesh.errors.LimitExceeded` (nothing written).
+
 A query's ``run`` is the only code here that touches a store, and only when a driver calls it:
 the state machine itself never does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InvalidOperation
 from ..identity import KeyPair, NodeId
 from .effects import Disconnect, Send
+from .log_trust import CertFilter, newer_certificate
 from .oplog import MAX_TIMESTAMP, Acceptance, Operation, create_operation, encode_operation
 from .store_api import IngestResult, LogKey, Store, StoredOp
 
@@ -88,46 +96,59 @@ class ReadHeads:
 
 @dataclass(frozen=True, slots=True)
 class BatchRead:
-    """The result of :class:`ReadBatch`: encoded ``(operation, payload)`` pairs and whether the
-    reader has more to give."""
+    """The result of :class:`ReadBatch`: encoded ``(operation, payload)`` pairs, whether the
+    reader has more to give, and the certificate of each author in ``ops`` (authority realm)."""
 
     ops: list[tuple[bytes, bytes]]
     more: bool
+    certs: list[bytes] = field(default_factory=list)  # bounded: one per author in ops
 
 
 @dataclass(frozen=True, slots=True)
 class ReadBatch:
     """What a peer with heads ``theirs`` (author id -> latest seq) misses of the logs named
     ``log``: at most ``max_ops`` operations and ``max_bytes`` bytes (at least one operation),
-    authors in id order, each author's in seq order."""
+    authors in id order, each author's in seq order. With ``certs`` (an authority realm) each
+    author's certificate is attached (its bytes count) and the authors whose certificate
+    ``certs`` refuses are left out."""
 
     log: str
     theirs: dict[bytes, int]
     max_ops: int
     max_bytes: int
+    certs: CertFilter | None = None
 
     def run(self, store: Store) -> BatchRead:
         """Run against ``store``."""
-        ops: list[tuple[bytes, bytes]] = []
+        out = BatchRead([], False)
+        ops = out.ops
         nbytes = 0
         mine = sorted(store.heads(self.log).items(), key=lambda kv: kv[0][0].raw)
         for (author, _), hi in mine:
             start = self.theirs.get(author.raw, -1) + 1
+            cert = b""
+            if self.certs is not None and start <= hi:
+                cert = self.certs.cert(author.raw, store.certificate(author), self.log) or b""
+                if not cert:
+                    continue  # its operations would be refused: not served
             while start <= hi:
                 if len(ops) >= self.max_ops:
-                    return BatchRead(ops, True)
+                    return BatchRead(ops, True, out.certs)
                 batch = store.iter_range(author, self.log, start, min(16, self.max_ops - len(ops)))
                 if not batch:
                     break
                 for s in batch:
                     data = encode_operation(s.op)
-                    size = len(data) + len(s.payload)
+                    size = len(data) + len(s.payload) + len(cert)
                     if ops and nbytes + size > self.max_bytes:
-                        return BatchRead(ops, True)
+                        return BatchRead(ops, True, out.certs)
                     ops.append((data, s.payload))
                     nbytes += size
                     start = s.op.seq + 1
-        return BatchRead(ops, False)
+                    if cert:
+                        out.certs.append(cert)
+                        cert = b""  # once per author
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,22 +159,34 @@ class IngestOps:
     :class:`~quicmesh.errors.InvalidOperation` it raised. With ``allow_gap`` (a sync batch) the
     first invalid operation ends the batch; without (live operations) every one is tried.
     ``accept``: the receiver's realm and latest acceptable timestamp (``None``: unchecked).
+    ``certs``: verified certificates of the authors (id -> encoded), kept by the store with the
+    first operation of each author stored (a newer one replaces the one held).
     """
 
     ops: tuple[tuple[Operation, bytes], ...]
     allow_gap: bool
     accept: Acceptance | None = None
+    certs: dict[bytes, bytes] | None = None
 
     def run(self, store: Store) -> list[IngestResult | InvalidOperation]:
         """Run against ``store``."""
         out: list[IngestResult | InvalidOperation] = []
+        stored: dict[bytes, NodeId] = {}  # bounded: authors of self.ops
         for op, payload in self.ops:
             try:
-                out.append(store.ingest(op, payload, allow_gap=self.allow_gap, accept=self.accept))
+                res = store.ingest(op, payload, allow_gap=self.allow_gap, accept=self.accept)
             except InvalidOperation as exc:
                 out.append(exc)
                 if self.allow_gap:
                     break
+                continue
+            out.append(res)
+            if res is IngestResult.STORED:
+                stored[op.header.author] = op.author
+        for raw, author in stored.items():
+            cert = self.certs.get(raw) if self.certs else None
+            if cert is not None and newer_certificate(store.certificate(author), cert):
+                store.put_certificate(author, cert)
         return out
 
 

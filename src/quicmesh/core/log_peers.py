@@ -41,14 +41,23 @@ class PeerLogs:
         """The connected peers."""
         return list(self.interests.keys())
 
-    def connect(self, peer: NodeId) -> None:
-        """``peer`` connected: no interest known yet."""
-        self.interests.set(peer, frozenset())
+    def connect(self, peer: NodeId, names: frozenset[str] = frozenset()) -> None:
+        """``peer`` connected: no interest known yet (or ``names``, kept from its other
+        connection)."""
+        self.interests.set(peer, names)
 
     def disconnect(self, peer: NodeId) -> frozenset[str]:
         """``peer`` is gone: forget it; returns the names it was interested in."""
         self.tokens.pop(peer)
         return self.interests.pop(peer) or frozenset()
+
+    def drop(self, peer: NodeId, name: str) -> bool:
+        """``peer`` does not replicate ``name`` (it said so): forget it; whether it was held."""
+        names = self.interests.peek(peer)
+        if names is None or name not in names:
+            return False
+        self.interests.set(peer, names - {name})
+        return True
 
     def names(self, peer: NodeId) -> frozenset[str]:
         """The names ``peer`` is interested in."""

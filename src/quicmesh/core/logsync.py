@@ -13,11 +13,10 @@ again with our new heads. The serving side keeps no per-session state at all, so
 accumulates there; its work per request is one batch. A peer that receives our request for a
 log it is interested in starts its own pull session towards us, so both sides converge.
 
-* A session that gets no batch within ``sync_timeout`` fails. A failed pair is retried after an
-  exponential backoff from ``sync_retry_min`` doubling up to ``sync_retry_max`` (with jitter
-  from the seeded ``rng``); it is never given up. A successful one is synced again after
-  ``resync_interval`` (anti-entropy). No pair starts two sessions less than ``sync_retry_min``
-  apart.
+* A session that gets no batch within ``sync_timeout`` fails; its pair is retried after a
+  backoff from ``sync_retry_min`` doubling up to ``sync_retry_max`` (jitter from the seeded
+  ``rng``), never given up. A successful one is synced again after ``resync_interval``
+  (anti-entropy). No pair starts two sessions less than ``sync_retry_min`` apart.
 * Live operations (:class:`LiveOp`, or :meth:`LogSync.on_live_operation`) from a peer we are
   syncing that log with are held in the :class:`GossipBuffer` and replayed, in arrival order,
   when the session ends (success, failure or disconnect). Others are ingested at once; one that
@@ -27,33 +26,29 @@ log it is interested in starts its own pull session towards us, so both sides co
   wire identity) and the latest timestamp it accepts (its wall clock, ``now + wall_offset``, plus
   ``max_clock_skew``). An invalid operation (bad encoding, signature, payload, size, version,
   fork, another realm) counts against its sender; at ``max_invalid_ops`` within
-  ``invalid_ops_window`` the sender is disconnected. An operation stamped too far ahead
-  (:class:`~quicmesh.errors.TimestampAhead`) is refused and counted in ``ops_ahead`` but is no
-  violation: an honest relay whose clock differs from ours may hold it, and it becomes
-  acceptable once our clock caught up (a batch holding one fails, and is retried with backoff).
+  ``invalid_ops_window`` the sender is disconnected. One stamped too far ahead
+  (:class:`~quicmesh.errors.TimestampAhead`) is refused and counted in ``ops_ahead``, no
+  violation: an honest relay's clock may differ (a batch holding one fails, retried later).
 * Appends are checked by the store exactly as peers check them (the same validation with the
   same acceptance; :class:`~quicmesh.core.log_effects.AppendLocal`), so this node never stores a
   write its peers would refuse: the error goes to the appender and nothing is stored.
+* In an authority realm (``guard``) authors' certificates travel with their operations and each
+  author's ``log`` permission is checked before they are held, stored or pushed on
+  (:mod:`quicmesh.core.log_trust`, :attr:`LogSync.trust`).
 * A newly stored operation yields :class:`OperationStored` (for local watchers) and, when it was
   appended here or pushed live to us, a :class:`LiveOp` to the other connected peers interested
   in its log. Operations obtained by pull sync are not pushed on; peers pull them from us.
 
 Store access (sans-IO): LogSync never calls a store; it outputs
 :class:`~quicmesh.core.log_effects.StoreRead` / :class:`~quicmesh.core.log_effects.StoreWrite`
-and continues in :meth:`LogSync.store_done` (the flows: :mod:`quicmesh.core.log_effects`).
-Requests in flight are capped (``max_requests``: the map ``logsync.store_requests``, overflow
-``REJECT``, rejections in metrics; each drop also counts in ``requests_dropped``). When full: a
-served request is dropped (the puller times out and retries); a session's read or a batch's
-ingest is not issued (the session fails at its timeout, retried with backoff); a live operation
-is dropped and its pair made due (pull sync fetches it); :meth:`LogSync.append` raises
-:class:`~quicmesh.errors.LimitExceeded` (nothing written).
+and continues in :meth:`LogSync.store_done`; the flows, and what happens when ``max_requests``
+are in flight, are described in :mod:`quicmesh.core.log_effects`.
 
 All state is bounded: interests (``max_interests``), pairs (LRU, ``max_sync_pairs``), sessions
 (``max_sync_sessions``), store requests in flight (``max_requests``), connected peers
-(``max_peers``, LRU), the gossip buffer (count, bytes, TTL) and the violation counters (TTL).
-Time enters only as ``now`` (seconds, the driver's monotonic clock); ``now_us`` for operation
-timestamps is the wall clock in microseconds, given by the caller of :meth:`LogSync.append`, and
-``wall_offset`` (wall clock minus ``now``, set by the driver) gives the receiver's wall clock.
+(``max_peers``, LRU), the gossip buffer (count, bytes, TTL), the violation counters (TTL) and
+the authors' certificates (LRU). Time enters only as ``now`` (the driver's monotonic clock);
+``wall_offset`` (wall clock minus ``now``, set by the driver) gives the wall clock.
 """
 
 from __future__ import annotations
@@ -67,6 +62,7 @@ from ..errors import ContainerFull, ForeignRealm, InvalidOperation, LimitExceede
 from ..identity import KeyPair, NodeId
 from .effects import Disconnect, Send
 from .gossip_buffer import GossipBuffer
+from .guard import Guard
 from .log_effects import (
     Appended,
     AppendLocal,
@@ -81,8 +77,9 @@ from .log_effects import (
     StoreWrite,
 )
 from .log_messages import LiveOp, SyncBatch, SyncRequest
+from .log_trust import LogTrust
 from .logsync_state import _APPEND, _BATCH, _HEADS, _LIVE, _SERVE, _Pair, _Pending, _Session
-from .oplog import Acceptance, Operation, decode_operation, encode_operation, validate
+from .oplog import Acceptance, Operation, decode_operation, validate
 from .store_api import IngestResult, LogKey, StoredOp
 from .wire import Message
 
@@ -119,6 +116,7 @@ class LogSync:
         max_peers: int = MAX_PEERS,
         realm: str = "default",
         wall_offset: float = 0.0,
+        guard: Guard | None = None,
     ) -> None:
         self.me = me
         self.realm = realm
@@ -140,6 +138,8 @@ class LogSync:
         self.buffer = GossipBuffer(
             "logsync.gossip_buffer", cfg.gossip_buffer_ops, cfg.gossip_buffer_bytes, cfg.gossip_buffer_ttl, registry=reg
         )
+        self.trust = LogTrust(guard, reg)
+        """Authors' certificates and ``log`` permissions (checked in an authority realm)."""
         self._sid = self.rng.randrange(1 << 30)
         self._req = 0
         self._now = 0.0
@@ -250,12 +250,15 @@ class LogSync:
                 op = decode_operation(msg.op)
             except InvalidOperation:
                 return self._violation(peer)
+            if op.header.log in self._interest and self.trust.refuses(peer, op, msg.cert, now + self.wall_offset, now):
+                return []
             return self.on_live_operation(peer, op, msg.payload, now)
         return []
 
     def on_live_operation(self, peer: NodeId, op: Operation, payload: bytes, now: float) -> list[LogOutput]:
         """A live operation pushed by ``peer``: held while a session with ``peer`` on its log
-        runs, otherwise validated and stored at once."""
+        runs, otherwise validated and stored at once (its author's certificate and permission
+        are checked before, by :meth:`handle_message`)."""
         now = self._tick(now)
         log = op.header.log
         if log not in self._interest:
@@ -296,7 +299,8 @@ class LogSync:
         if p.kind == _SERVE:
             if failed or not isinstance(result, BatchRead):
                 return []  # the puller times out and retries
-            return [Send(p.peer, SyncBatch(sid=p.sid, log=p.log, ops=result.ops, more=result.more))]
+            return [Send(p.peer, SyncBatch(sid=p.sid, log=p.log, ops=result.ops, more=result.more,
+                                           certs=result.certs))]
         results = result if isinstance(result, list) else []
         if p.kind == _BATCH:
             return self._on_ingested(p, results, failed, now)
@@ -342,6 +346,7 @@ class LogSync:
         self._pending.close()
         self._violations.close()
         self.buffer.close()
+        self.trust.close()
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -429,7 +434,8 @@ class LogSync:
         for raw, seq in msg.heads[: self.config.max_logs]:
             theirs[raw] = seq
         cfg = self.config
-        query = ReadBatch(log, theirs, cfg.sync_batch_ops, cfg.sync_batch_bytes)
+        query = ReadBatch(log, theirs, cfg.sync_batch_ops, cfg.sync_batch_bytes,
+                          self.trust.serve_filter(now + self.wall_offset))
         req = self._submit(_Pending(_SERVE, peer, log, msg.sid), query, now)
         if req is not None:  # else dropped: the puller times out and retries
             out.append(req)
@@ -454,13 +460,15 @@ class LogSync:
                 bad = True
                 break
             ops.append((op, payload))
+        ops, certs, denied = self.trust.check_batch(peer, msg.log, ops, msg.certs, now + self.wall_offset, now)
         if not ops:
             if bad:
                 return [*self._violation(peer), *self._finish(key, now, ok=False)]
-            return self._finish(key, now, ok=True)
+            return self._finish(key, now, ok=not denied)
         # with ``bad``, what precedes the invalid operation is still stored, then the session fails
-        pending = _Pending(_BATCH, peer, msg.log, msg.sid, tuple(ops), msg.more, bad)
-        req = self._submit(pending, IngestOps(pending.ops, allow_gap=True, accept=self.acceptance(now)), now)
+        pending = _Pending(_BATCH, peer, msg.log, msg.sid, tuple(ops), msg.more, bad, denied)
+        query = IngestOps(pending.ops, allow_gap=True, accept=self.acceptance(now), certs=certs)
+        req = self._submit(pending, query, now)
         if req is None:
             return []  # the session fails at its timeout
         session.deadline = now + self.config.sync_timeout
@@ -497,7 +505,7 @@ class LogSync:
         session = self._sessions.peek(key)
         if session is None or session.sid != p.sid:
             return out  # the session ended meanwhile: nothing more to ask
-        if invalid or failed or ahead:
+        if invalid or failed or ahead or p.denied:
             return out + self._finish(key, now, ok=False)
         if p.more and progress:
             session.deadline = now + self.config.sync_timeout
@@ -509,23 +517,12 @@ class LogSync:
         if self._sessions.pop(key) is None:
             return []
         pair = self._pairs.peek(key)
-        cfg = self.config
         if ok:
             self.sessions_completed += 1
         else:
             self.sessions_failed += 1
         if pair is not None:
-            start = pair.last_start if pair.last_start is not None else now
-            if ok:
-                pair.failures = 0
-                delay = cfg.resync_interval * (0.9 + 0.1 * self.rng.random())
-            else:
-                pair.failures += 1
-                base = min(cfg.sync_retry_max, cfg.sync_retry_min * 2.0 ** min(pair.failures - 1, 62))
-                delay = base * (0.75 + 0.25 * self.rng.random())
-            pair.next_at = max(now + delay, start + cfg.sync_retry_min)
-            if ok and pair.dirty:
-                pair.next_at = max(now, start + cfg.sync_retry_min)
+            pair.reschedule(ok, now, self.config, self.rng.random())
         out = self._replay(key[0], key[1], now)
         out += self._start_due(now)
         return out
@@ -543,7 +540,7 @@ class LogSync:
     def _ingest_live(
         self, peer: NodeId, log: str, ops: tuple[tuple[Operation, bytes], ...], now: float
     ) -> list[LogOutput]:
-        query = IngestOps(ops, allow_gap=False, accept=self.acceptance(now))
+        query = IngestOps(ops, allow_gap=False, accept=self.acceptance(now), certs=self.trust.certs_for(ops))
         req = self._submit(_Pending(_LIVE, peer, log, ops=ops), query, now)
         if req is None:  # dropped: pull sync fetches them
             self._resync(peer, log, now)
@@ -577,7 +574,9 @@ class LogSync:
         peers = self._interest.get(op.header.log)
         if not peers:
             return []
-        msg = LiveOp(op=encode_operation(op), payload=payload)
+        msg = self.trust.live(op, payload)
+        if msg is None:
+            return []  # no certificate for it: its peers pull it (with one) instead
         return [Send(p, msg) for p in sorted(peers, key=lambda n: n.raw) if p != exclude and p in self._connected]
 
     def _refused(self, peer: NodeId, exc: InvalidOperation) -> list[LogOutput]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import StoreConfig
 from ..identity import NodeId
 from .oplog import Operation
 
@@ -30,6 +31,22 @@ class _Pair:
         self.last_start: float | None = None
         self.dirty = False
 
+    def reschedule(self, ok: bool, now: float, cfg: StoreConfig, jitter: float) -> None:
+        """A session of this pair ended (``ok``: it succeeded): schedule the next one, after
+        ``resync_interval`` (at once, past the floor, when live operations were missed meanwhile)
+        or after the exponential backoff of failures; ``jitter`` is a random number in [0, 1)."""
+        cfg_floor = (self.last_start if self.last_start is not None else now) + cfg.sync_retry_min
+        if ok:
+            self.failures = 0
+            delay = cfg.resync_interval * (0.9 + 0.1 * jitter)
+        else:
+            self.failures += 1
+            base = min(cfg.sync_retry_max, cfg.sync_retry_min * 2.0 ** min(self.failures - 1, 62))
+            delay = base * (0.75 + 0.25 * jitter)
+        self.next_at = max(now + delay, cfg_floor)
+        if ok and self.dirty:
+            self.next_at = max(now, cfg_floor)
+
 
 class _Session:
     """A running pull session: its id and when it fails without an answer."""
@@ -52,3 +69,4 @@ class _Pending:
     ops: tuple[tuple[Operation, bytes], ...] = ()
     more: bool = False
     bad: bool = False  # the batch had an invalid operation after ``ops``
+    denied: bool = False  # the sender sent operations its authors may not write (penalised)

@@ -157,7 +157,8 @@ class NodeCore:
         """The realm, this node's certificate, the revocation list and the verified certificates
         of members (an open realm when none is given: everyone is a full member)."""
         cap = config.transport.max_connections
-        self.guard = Guard(keypair, self.trust, wall=lambda now: now + self.services.wall_offset, registry=registry)
+        self.guard = Guard(keypair, self.trust, wall=lambda now: now + self.services.wall_offset, registry=registry,
+                           config=config)
         """Permission checks of actions, origin signatures of gossip, penalties of peers."""
         self.mesh = Mesh(self.id, addresses, config, rng, registry, serves_clients=serves_clients, auth=self.guard)
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
@@ -166,7 +167,7 @@ class NodeCore:
             version_base=version_base, wall_offset=wall_offset, registry=registry, trust=self.trust,
         )
         """The realm's service advertisements (signed leases), as seen by this node."""
-        self.guard.reserved = self.services.reserved_batch_ok
+        self.guard.reserved, self.services.offence = self.services.reserved_batch_ok, self.guard.offence
         from .rpc import Rpc
 
         self.rpc = Rpc(self.id, config.rpc, peer_capacity=cap, rng=rng, registry=registry)
@@ -177,7 +178,7 @@ class NodeCore:
         )
         """Provider choice, dials, attempts and failover within one deadline."""
         self.logs = LogReplication(keypair, config, Random(rng.random()), registry, realm=self.trust.wire_id,
-                                   wall_offset=wall_offset)
+                                   wall_offset=wall_offset, guard=self.guard)
         """Replicated logs: interest exchange and sync; store access as outputs."""
         self.dials = DialGate(config, registry, lambda: len(self.mesh.links.conns))
         """Every Dial/DialAddress of every machine passes here: capped, rate limited, deduplicated
@@ -269,12 +270,13 @@ class NodeCore:
         if isinstance(msg, _REGISTRY_TYPES):
             out = self._route(self.services.handle_message(peer, msg, now), now)
             out.append(STATE_CHANGED)  # a lookup answer may list new providers
-            return out
-        if isinstance(msg, _LOG_TYPES):
-            return self.logs.handle_message(peer, msg, now)
-        if isinstance(msg, _FAILURE_TYPES):
+        elif isinstance(msg, _LOG_TYPES):
+            out = self.logs.handle_message(peer, msg, now)
+        elif isinstance(msg, _FAILURE_TYPES):
             return self._failure_outputs(self.failure.handle(peer, msg, now), now)
-        return []
+        else:
+            return []
+        return out + self._kick(now) if self.guard.kicked else out  # invalid answers, log operations
 
     def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
         """An authenticated connection to ``peer`` is up (idempotent). A blocked peer is refused."""

@@ -71,7 +71,7 @@ from ..bounded import ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import RegistryConfig
 from ..errors import DecodeError, LimitExceeded, SignatureMismatch
 from ..identity import KeyPair, NodeId
-from .advert_checks import may_advertise, reserved_batch_ok
+from .advert_checks import MAX_ADDRESSES, MAX_NAME, Offence, advert_denial, check_name, reserved_batch_ok, valid_advert
 from .effects import Send
 from .permissions import Permissions
 from .registry_messages import (
@@ -98,11 +98,6 @@ __all__ = [
     "RegistryOutcome",
 ]
 
-MAX_NAME = 256
-"""Longest procedure name (characters)."""
-MAX_ADDRESSES = 8
-"""Addresses kept per advertisement."""
-_MAX_ADDRESS_LEN = 256
 _MIN_TTL = 0.001
 
 
@@ -173,6 +168,10 @@ class Registry:
         self._key = keypair
         self.trust = trust
         """Certificates and permissions of providers (None or an open realm: not checked)."""
+        self.offence: Offence | None = None
+        """Counts an offence of the peer whose lookup answer held an invalid advert (set by the
+        core: the guard's)."""
+        self._fault = False  # the advert just refused by _accept was the relaying peer's fault
         self.wall_offset = float(wall_offset)
         """Wall-clock seconds minus the driver's ``now``; the driver may update it."""
         self.me = keypair.node_id
@@ -219,6 +218,7 @@ class Registry:
             "rejected_per_provider": 0, "expired": 0, "expired_on_arrival": 0, "suspected": 0, "lookups": 0,
             "lookups_coalesced": 0,
             "lookups_refused": 0, "lookups_timed_out": 0, "queries_answered": 0, "stray_answers": 0,
+            "faulty_answers": 0,
         }
 
     # -- introspection ---------------------------------------------------------------------------
@@ -292,7 +292,7 @@ class Registry:
         refreshed every ``ttl / 3`` until :meth:`unadvertise` or :meth:`close`. Advertising a name
         again replaces its metadata and ttl. Raises ``ValueError`` for a bad name, ttl or
         metadata and :class:`LimitExceeded` past ``max_per_provider`` names."""
-        _check_name(name)
+        check_name(name)
         life = self.config.lease_ttl if ttl is None else float(ttl)
         if not _MIN_TTL <= life <= self.config.max_lease:
             raise ValueError(f"ttl must be within [{_MIN_TTL}, {self.config.max_lease}] s, got {ttl!r}")
@@ -354,9 +354,10 @@ class Registry:
         return self._accept(msg, now, None)
 
     def _accept(self, ad: RAdvert, now: float, lease_cap: float | None) -> list[RegistryOutcome]:
-        provider = _valid_advert(ad, self.config.max_metadata_bytes)
+        provider = valid_advert(ad, self.config.max_metadata_bytes)
         if provider is None:
             self.counters["malformed"] += 1
+            self._fault = True
             return []
         key = (provider, ad.n)
         current = self._entries.get(key)
@@ -370,9 +371,12 @@ class Registry:
             provider.verify(ad.g, advert_signing_bytes(self.realm, ad))
         except SignatureMismatch:
             self.counters["invalid_signature"] += 1
+            self._fault = True
             return []
-        if not ad.w and not self._may_advertise(provider, ad, now):
+        denial = None if ad.w else advert_denial(self.trust, provider, ad, now + self.wall_offset)
+        if denial is not None:
             self.counters["denied"] += 1
+            self._fault = denial[1]
             return []
         self._versions.set(key, ad.v, now)
         self._arm_sweep(now)
@@ -415,9 +419,6 @@ class Registry:
     def _own_held(self) -> int:
         """Entries of this node's own adverts in the table."""
         return self._per_provider.peek(self.me) or 0
-    def _may_advertise(self, provider: NodeId, ad: RAdvert, now: float) -> bool:
-        return may_advertise(self.trust, provider, ad, now + self.wall_offset)
-
     def reserved_batch_ok(self, publisher: NodeId, topic: str, payloads: list[bytes], perms: Permissions) -> bool:
         """See :func:`quicmesh.core.advert_checks.reserved_batch_ok`."""
         return reserved_batch_ok(self._codec, publisher, topic, payloads, perms)
@@ -525,9 +526,15 @@ class Registry:
                 return []
             out: list[RegistryOutcome] = []
             limit = self.config.max_answer_entries
+            faulty = False  # forged, unsigned, unpermitted or malformed: an offence of ``peer``
             for ad, left in zip(msg.ads[:limit], msg.rem[:limit], strict=False):
-                if isinstance(left, int) and left > 0 and ad.n == msg.n:
+                self._fault = not (isinstance(left, int) and left > 0 and ad.n == msg.n)
+                if not self._fault:
                     out += self._accept(ad, now, left / 1000.0)
+                faulty = faulty or self._fault
+            if faulty and self.offence is not None:
+                self.counters["faulty_answers"] += 1
+                self.offence(peer, now)
             if msg.n in self._lookups and peer not in lk.answered:
                 lk.answered += (peer,)
                 if len(lk.answered) >= len(lk.asked):
@@ -577,24 +584,3 @@ class Registry:
         self._next_sweep = now + self.config.sweep_interval if held else None
         return len(dropped)
 
-
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
-        raise ValueError(f"a procedure name is 1 to {MAX_NAME} characters, got {name!r:.80}")
-
-
-def _valid_advert(ad: RAdvert, max_meta: int) -> NodeId | None:
-    """The provider id when ``ad`` is well-formed and within limits, else ``None``."""
-    if not (isinstance(ad.p, bytes) and len(ad.p) == 32 and isinstance(ad.g, bytes) and len(ad.g) == 64):
-        return None
-    if not isinstance(ad.n, str) or not 0 < len(ad.n) <= MAX_NAME:
-        return None
-    if not isinstance(ad.m, bytes) or len(ad.m) > max_meta:
-        return None
-    if not isinstance(ad.a, list) or len(ad.a) > MAX_ADDRESSES:
-        return None
-    if any(not isinstance(a, str) or len(a) > _MAX_ADDRESS_LEN for a in ad.a):
-        return None
-    if not isinstance(ad.v, int) or ad.v < 0 or not isinstance(ad.l, int) or ad.l <= 0:
-        return None
-    return NodeId(ad.p)

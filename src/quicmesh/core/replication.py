@@ -20,8 +20,11 @@ the *interest* protocol around it, and asks for every store access as an output
   after its timeout).
 * **Pinning.** :meth:`shares_with` says whether a peer syncs a name with us: the core keeps such
   a connection open.
-* **A replaced connection** (the peer restarted) starts afresh: its interests are learnt again
-  and every shared log is synced at once.
+* **A second connection** to a connected peer (it restarted, or both sides dialled at once)
+  restarts the sync with it: every shared log is synced at once. What the peer declared stands
+  until it says otherwise (its ``reset`` on a new connection, sent when it replicates any log):
+  the other side may not have seen a new connection at all. A name the peer no longer
+  replicates (it restarted without it) is dropped when it answers a sync request ``refused``.
 
 Outputs: ``Send``/``Disconnect`` for the network, the store requests, and
 :class:`~quicmesh.core.log_effects.OperationStored` / ``Appended`` for the driver's watchers and
@@ -38,7 +41,8 @@ from ..config import NodeConfig
 from ..errors import InvalidOperation, LimitExceeded
 from ..identity import KeyPair, NodeId
 from .effects import Send
-from .log_messages import LogInterest, SyncRequest
+from .guard import Guard
+from .log_messages import LogInterest, SyncBatch, SyncRequest
 from .log_peers import PeerLogs, valid_name
 from .logsync import LogSync
 from .oplog import MAX_LOG_NAME
@@ -55,14 +59,17 @@ class LogReplication:
     docstring)."""
 
     def __init__(self, keypair: KeyPair, config: NodeConfig, rng: Random, registry: ContainerRegistry, *,
-                 max_requests: int = STORE_REQUESTS, realm: str | None = None, wall_offset: float = 0.0) -> None:
+                 max_requests: int = STORE_REQUESTS, realm: str | None = None, wall_offset: float = 0.0,
+                 guard: Guard | None = None) -> None:
         """``realm``: the realm's wire identity signed into operations (default ``config.realm``);
-        ``wall_offset``: wall clock minus the driver's ``now`` (seconds; see :attr:`wall_offset`)."""
+        ``wall_offset``: wall clock minus the driver's ``now`` (seconds; see :attr:`wall_offset`);
+        ``guard``: the node's guard, whose trust checks the authors' certificates and ``log``
+        permissions of received operations in an authority realm (:mod:`quicmesh.core.log_trust`)."""
         self.config = config
         cap_peers = config.transport.max_connections
         self.sync = LogSync(
             keypair, config.store, rng, registry, max_requests=max_requests, max_peers=cap_peers,
-            realm=config.realm if realm is None else realm, wall_offset=wall_offset,
+            realm=config.realm if realm is None else realm, wall_offset=wall_offset, guard=guard,
         )
         """The sync machine (sessions, live pushes, store requests)."""
         self.peers = PeerLogs(cap_peers, config.store.max_interests, registry=registry)
@@ -132,12 +139,17 @@ class LogReplication:
     def peer_connected(self, peer: NodeId, now: float) -> list[object]:
         """A connection to ``peer`` is up: tell it our interests and sync what we share."""
         out: list[object] = []
+        kept: frozenset[str] = frozenset()
         if peer in self.peers:
-            # a new connection replaced the old one (the peer restarted): start afresh
+            # another connection (the peer restarted, or a duplicate): restart the sync with it,
+            # keeping what it declared until its reset arrives
+            kept = self.peers.names(peer)
             out += self.peer_disconnected(peer, now)
-        self.peers.connect(peer)
+        self.peers.connect(peer, kept)
         if self.refs:
             out.append(Send(peer, LogInterest(added=sorted(self.refs), removed=[], reset=True)))
+        for name in kept & self.refs.keys():
+            out += self.sync.interest(name, self.peers.sharing(name), now)
         out += self.sync.peer_connected(peer, now)
         return out
 
@@ -162,7 +174,10 @@ class LogReplication:
                 self.requests_limited += 1
                 return []
             self.requests_served += 1
-        return list(self.sync.handle_message(peer, msg, now))
+        out = list(self.sync.handle_message(peer, msg, now))
+        if isinstance(msg, SyncBatch) and msg.refused and self.peers.drop(peer, msg.log) and msg.log in self.refs:
+            out += self.sync.interest(msg.log, self.peers.sharing(msg.log), now)  # a stale interest: forgotten
+        return out
 
     def handle_timer(self, now: float) -> list[object]:
         """Run what is due at ``now``."""

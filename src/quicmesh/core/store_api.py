@@ -134,6 +134,17 @@ class Store(Protocol):
         """Operations, logs and bytes held."""
         ...
 
+    def certificate(self, author: NodeId) -> bytes | None:
+        """The member certificate kept for ``author`` (:meth:`put_certificate`), or ``None``."""
+        ...
+
+    def put_certificate(self, author: NodeId, data: bytes) -> None:
+        """Keep ``data`` (an encoded certificate, verified by the caller) as ``author``'s, in
+        place of the one held, so its operations can be served with it (after a restart too,
+        for a persistent store). Ignored for an author without a stored log; dropped with the
+        author's last log, so at most one is kept per stored author."""
+        ...
+
     def close(self) -> None:
         """Release resources; the store must not be used afterwards."""
         ...

@@ -530,6 +530,7 @@ class LogService:
             "invalid_ops_total": sync.invalid_ops if sync is not None else 0,
             "ops_ahead_total": sync.ops_ahead if sync is not None else 0,
             "ops_foreign_realm_total": sync.ops_foreign_realm if sync is not None else 0,
+            "ops_refused_by_reason_total": dict(sync.trust.refused) if sync is not None else {},
             "appended_total": self.appended,
             "requests_limited_total": self.requests_limited,
             "interest_names_ignored_total": self.replication.peers.names_ignored,
@@ -543,13 +544,16 @@ class LogService:
 
     def gauges(self) -> dict[str, float]:
         """Log counters for ``/metrics`` (``quicmesh_node_events_total{name}``): operations
-        refused for their timestamp or realm, foreign logs and operations evicted, quota
-        refusals."""
+        refused for their timestamp or realm, or for their author's certificate
+        (``log_ops_refused_<reason>_total``, reasons of :data:`~quicmesh.core.log_trust.REASONS`),
+        foreign logs and operations evicted, quota refusals."""
         sync = self.sync
         out = {
             "log_ops_ahead_total": float(sync.ops_ahead if sync is not None else 0),
             "log_ops_foreign_realm_total": float(sync.ops_foreign_realm if sync is not None else 0),
         }
+        for reason, n in (sync.trust.refused.items() if sync is not None else ()):
+            out[f"log_ops_refused_{reason}_total"] = float(n)
         if self.store is not None:
             c = self.store.counts()
             out["store_evicted_logs_total"] = float(c.evicted_logs)

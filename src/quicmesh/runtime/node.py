@@ -60,7 +60,7 @@ from .logs import Log, LogWatch, ReplicatedMap
 from .memory import MemoryNetwork
 
 if TYPE_CHECKING:
-    pass
+    from .http_api import HttpFace
 
 from .driver import _STOP_DRAIN, Handler, Message, _SubState
 from .node_status import NodeStatus
@@ -131,6 +131,10 @@ class Node(NodeStatus):
         self.realm_service = RealmService(self)
         """Revocation lists and certificate renewal while the node runs (authority mode)."""
         self.core.mesh.client_swarms = self.gateway.client_swarms  # not the node's own topics
+        self.http_face: HttpFace | None = None
+        """The HTTP face (``/v1``) when ``http_api.listen`` is set, once started."""
+        self.http_api_address: str | None = None
+        """Where the HTTP face serves (``HOST:PORT``), once started."""
 
     @classmethod
     async def start(
@@ -172,9 +176,16 @@ class Node(NodeStatus):
         self.observability = Observability(
             self, self.config.observability, http=self.config.http, traffic_counter=self._traffic
         )
+        if self.config.http_api.listen is not None:  # #15: mounted on the endpoint when they share an address
+            from .http_api import HttpFace
+
+            self.http_face = HttpFace(self, self.observability.endpoint)
         try:
             self.http_address = await self.observability.start()
+            if self.http_face is not None:
+                self.http_api_address = await self.http_face.start()
         except BaseException:
+            await self.observability.stop()
             await self.transport.stop()
             raise
         now = self._now()
@@ -204,6 +215,8 @@ class Node(NodeStatus):
             self._timer = None
         self._notify()
         await self.realm_service.stop()
+        if self.http_face is not None:
+            await self.http_face.stop()
         if self.observability is not None:
             await self.observability.stop()
         await self.gateway.stop()

@@ -17,6 +17,9 @@ Foreign authors (authors without a local log here) are accounted per author (ope
 bytes, against ``max_ops_per_author`` / ``max_bytes_per_author``), and their logs are kept in
 least-recently-written order, so that a local append on a full store evicts the foreign logs
 written least recently, whole, first.
+
+The member certificate of each stored author (:meth:`MemoryStore.put_certificate`) is kept
+while the author has a log here, and dropped with its last one.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class MemoryStore(StoreStats):
         """Author -> its local logs (this node's own key, in practice)."""
         self._foreign: dict[tuple[bytes, str], None] = {}  # bounded: subset of _logs
         """The logs of foreign authors, least recently written first."""
+        self._certs: dict[bytes, bytes] = {}  # bounded: one per author in _usage (<= max_logs)
+        """Author -> its member certificate (encoded)."""
         self._nops = 0
         self._held_bytes = 0
         self._evicted_logs = 0
@@ -104,6 +109,13 @@ class MemoryStore(StoreStats):
         return StoreCounts(
             self._nops, len(self._logs), self._held_bytes, self._evicted_logs, self._evicted_ops, self._quota_refused
         )
+
+    def certificate(self, author: NodeId) -> bytes | None:
+        return self._certs.get(author.raw)
+
+    def put_certificate(self, author: NodeId, data: bytes) -> None:
+        if author.raw in self._usage:
+            self._certs[author.raw] = bytes(data)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -189,6 +201,7 @@ class MemoryStore(StoreStats):
         self._usage.clear()
         self._local_authors.clear()
         self._foreign.clear()
+        self._certs.clear()
         self._nops = self._held_bytes = 0
         self._unregister()
 
@@ -211,6 +224,7 @@ class MemoryStore(StoreStats):
         u[1] += nbytes
         if u[0] <= 0:
             del self._usage[author]
+            self._certs.pop(author, None)
 
     def _trim(self, lg: _Log, new_lo: int) -> int:
         n = b = 0

@@ -3,9 +3,11 @@
 
 Theory of operation
 -------------------
-Two tables: ``logs`` (one row per ``(author, name)``: ``lo``/``hi`` seqs, head id, counts,
-the local and prunable flags) and ``ops`` (one row per operation: canonical header bytes,
-payload, id, timestamp, size). Store-wide totals (operations, bytes, logs) are read once at open
+Three tables: ``logs`` (one row per ``(author, name)``: ``lo``/``hi`` seqs, head id, counts,
+the local and prunable flags), ``ops`` (one row per operation: canonical header bytes,
+payload, id, timestamp, size) and ``certs`` (one member certificate per stored author, deleted
+with the author's last log; added by this release to files of the same schema version).
+Store-wide totals (operations, bytes, logs) are read once at open
 and then kept in memory, updated after each commit.
 
 Durability: WAL journal. A local append commits with ``synchronous=FULL`` (the WAL is fsynced
@@ -73,6 +75,8 @@ CREATE TABLE IF NOT EXISTS ops(
     ts INTEGER NOT NULL, size INTEGER NOT NULL, op BLOB NOT NULL, payload BLOB NOT NULL,
     PRIMARY KEY(author, name, seq));
 CREATE TABLE IF NOT EXISTS retention(name TEXT PRIMARY KEY, max_length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS certs(author BLOB PRIMARY KEY, cert BLOB NOT NULL) WITHOUT ROWID;
+DELETE FROM certs WHERE author NOT IN (SELECT author FROM logs);
 """
 
 _Key = tuple[bytes, str]
@@ -183,7 +187,20 @@ class SqliteStore(StoreStats):
         )
 
 
+    def certificate(self, author: NodeId) -> bytes | None:
+        with self._lock:
+            r = self._db.execute("SELECT cert FROM certs WHERE author=?", (author.raw,)).fetchone()
+        return None if r is None else bytes(r[0])
+
     # -- writes ----------------------------------------------------------------------------------
+
+    def put_certificate(self, author: NodeId, data: bytes) -> None:
+        with self._lock:
+            self._set_sync("NORMAL")
+            self._db.execute(
+                "INSERT OR REPLACE INTO certs SELECT ?, ? WHERE EXISTS (SELECT 1 FROM logs WHERE author=?)",
+                (author.raw, bytes(data), author.raw),
+            )
 
     def append_local(self, op: Operation, payload: bytes, *, accept: Acceptance | None = None) -> StoredOp:
         key = (op.header.author, op.header.log)
@@ -237,6 +254,7 @@ class SqliteStore(StoreStats):
             try:
                 self._db.execute("DELETE FROM ops WHERE author=? AND name=?", key)
                 self._db.execute("DELETE FROM logs WHERE author=? AND name=?", key)
+                self._drop_cert(key[0])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -318,6 +336,12 @@ class SqliteStore(StoreStats):
                 " move the file away to start with an empty store"
             )
         self._db.executescript("DROP TABLE IF EXISTS ops; DROP TABLE IF EXISTS logs;")
+
+    def _drop_cert(self, author: bytes) -> None:
+        """Delete ``author``'s certificate when it has no log left. Inside a transaction."""
+        self._db.execute(
+            "DELETE FROM certs WHERE author=? AND NOT EXISTS (SELECT 1 FROM logs WHERE author=?)", (author, author)
+        )
 
     def _set_sync(self, mode: str) -> None:
         if mode != self._sync_mode:
@@ -409,6 +433,7 @@ class SqliteStore(StoreStats):
                 for vkey, n, b in evict or ():
                     db.execute("DELETE FROM ops WHERE author=? AND name=?", vkey)
                     db.execute("DELETE FROM logs WHERE author=? AND name=?", vkey)
+                    self._drop_cert(vkey[0])
                     evicted_logs += 1
                     evicted_n += n
                     evicted_b += b
