@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak lab sim-large bench clean
+.PHONY: demo test lint typecheck unit soak lab lab-soak sim-large bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lab: $(STAMP)
 	QUICMESH_LAB_TRIALS=10 QUICMESH_LAB_PAUSE_S=600 QUICMESH_LAB_PARTITION_S=120 QUICMESH_LAB_MESSAGES=10000 \
 	QUICMESH_LAB_JEPSEN_S=300 $(BIN)/pytest -p no:cacheprovider -s -q tests/test_lab.py tests/test_lab_failure.py \
 	tests/test_lab_scenarios.py tests/test_lab_jepsen.py
+
+# An hour of identity churn and faults in the lab (opt-in: long), judged on RSS slope and recovery.
+lab-soak: $(STAMP)
+	QUICMESH_LAB_SOAK_S=3600 $(BIN)/pytest -p no:cacheprovider -s -q tests/test_lab_soak.py
 
 sim-large: $(STAMP)
 	QUICMESH_SIM_LARGE=1 $(BIN)/python -m quicmesh.testing.scenarios --large

@@ -51,6 +51,7 @@ SOAK_ENV: dict[str, str] = {
     "QUICMESH_STORE__GOSSIP_BUFFER_TTL": "5",
     "QUICMESH_GOSSIP__PUBLISHER_IDLE_TTL": "5",
     "QUICMESH_MEMBERSHIP__LOST_TTL": "5",
+    "QUICMESH_MEMBERSHIP__HINT_TTL": "5",
     "QUICMESH_OBSERVABILITY__SENTINEL_INTERVAL": "0.5",
     "QUICMESH_OBSERVABILITY__SENTINEL_WINDOW": "16",
     "QUICMESH_OBSERVABILITY__SENTINEL_MIN_SAMPLES": "8",
@@ -71,6 +72,7 @@ TTL_KEYS = (
     "store.gossip_buffer_ttl",
     "gossip.publisher_idle_ttl",
     "membership.lost_ttl",
+    "membership.hint_ttl",
 )
 """The TTLs (config keys) after which churned state must be gone; recovery may take 2x the longest."""
 

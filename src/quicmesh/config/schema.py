@@ -126,6 +126,9 @@ class MembershipConfig:
     timeout; 10x the neighbour request timeout, since a join travels ``active_random_walk`` hops)."""
     join_backoff_max: float = 60.0
     """Cap (seconds) of the exponential backoff between join retries: one shuffle interval."""
+    hint_ttl: float = 300.0
+    """Seconds a swarm member hint (a node that walked by asking for a swarm's members) is kept
+    by nodes outside the swarm, to answer later walks (default 300)."""
 
 
 @dataclass(frozen=True, slots=True)

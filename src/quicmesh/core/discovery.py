@@ -21,7 +21,7 @@ over the realm overlay to up to :data:`FIND_FANOUT` realm neighbours. A node on 
 member answers the origin with itself and some of its swarm neighbours (``MFound``) and ends the
 walk; a non-member answers with members it remembers (*hints*) and remembers the origin as a
 member, then forwards the walk. Hints are realm-level routing state (``hints``: :data:`HINT_SWARMS`
-swarms x :data:`HINT_PEERS` peers, each expiring after :data:`HINT_TTL`). Found members are joined
+swarms x :data:`HINT_PEERS` peers, each expiring after ``membership.hint_ttl``). Found members are joined
 through the swarm's own HyParView. Walks are repeated while the swarm's active view is not full:
 after 1 s, doubling to 30 s while it is empty; every 30 s while partly full; every 120 s when full.
 """
@@ -53,7 +53,7 @@ HINT_SWARMS = 1024
 HINT_PEERS = 8
 """Member hints remembered per swarm."""
 HINT_TTL = 300.0
-"""Seconds a member hint is kept."""
+"""Seconds a member hint is kept by default (``membership.hint_ttl``)."""
 FOUND_PEERS = 4
 """Peers sent in one MFound."""
 
@@ -97,7 +97,7 @@ class Discovery:
             "mesh.address_dials", MAX_BOOTSTRAP, DIAL_TIMEOUT, registry=registry
         )
         self.hints: TtlMap[str, tuple[tuple[NodeId, float], ...]] = TtlMap(
-            "mesh.swarm_hints", HINT_SWARMS, HINT_TTL, registry=registry
+            "mesh.swarm_hints", HINT_SWARMS, config.membership.hint_ttl, registry=registry
         )
         self.bootstrap: tuple[Contact, ...] = ()
         self.join_attempt = 0
@@ -217,7 +217,7 @@ class Discovery:
             if infos:
                 out += self.send(origin, MFound(msg.s, infos), now)
         kept = [(p, e) for p, e in hints if p != origin][-(HINT_PEERS - 1):]
-        self.hints.set(msg.s, (*kept, (origin, now + HINT_TTL)), now)
+        self.hints.set(msg.s, (*kept, (origin, now + self.config.membership.hint_ttl)), now)
         ttl = min(msg.ttl, self.config.membership.active_random_walk)
         if ttl > 0:
             cands = [p for p in self.realm.active.keys() if p not in (sender, origin)]
@@ -246,7 +246,7 @@ class Discovery:
     # -- timers ----------------------------------------------------------------------------------
 
     def expire(self, now: float) -> None:
-        """Forget address dials past ``DIAL_TIMEOUT`` and hints past :data:`HINT_TTL`."""
+        """Forget address dials past ``DIAL_TIMEOUT`` and hints past ``membership.hint_ttl``."""
         self.addr_dials.expire(now)
         self.hints.expire(now)
 

@@ -421,7 +421,7 @@ class Mesh(Batching):
 
     def topic_state(self, swarm: str) -> int:
         """Entries any structure of this node holds for ``swarm`` (0 after leaving it), hints
-        excluded (realm-level, they expire after ``HINT_TTL``)."""
+        excluded (realm-level, they expire after ``membership.hint_ttl``)."""
         n = 0
         sw = self.swarms.peek(swarm)
         if sw is not None:
