@@ -39,6 +39,7 @@ connections). Offences and blocks live in TTL maps, expired by :meth:`Guard.expi
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -53,7 +54,10 @@ from .permissions import ACTIONS, EVERYTHING, Action, Permissions
 from .topics import swarm_of
 from .trust import Trust
 
-__all__ = ["BLOCK_SECONDS", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "Guard", "ReservedCheck", "gossip_signing_bytes"]
+__all__ = [
+    "BLOCK_SECONDS", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "RECENT_DENIALS", "Guard", "ReservedCheck",
+    "gossip_signing_bytes",
+]
 
 OFFENCE_LIMIT = 3
 """Offences within :data:`OFFENCE_WINDOW` that get a peer disconnected and blocked."""
@@ -61,6 +65,10 @@ OFFENCE_WINDOW = 60.0
 """Seconds an offence counts (from a peer's first offence in the window)."""
 BLOCK_SECONDS = 300.0
 """Seconds a blocked peer's connections are refused."""
+RECENT_DENIALS = 50
+"""Denials :attr:`Guard.recent_denials` remembers (the newest; the web console lists them)."""
+_SUBJECT_CHARS = 200
+"""A remembered denial's subject is cut to this many characters."""
 
 _GOSSIP_LABEL = b"quicmesh/gossip/v1\x00"
 _NO_PENALTY = frozenset({"certificate revoked", "certificate expired", "certificate not yet valid"})
@@ -111,6 +119,11 @@ class Guard:
         """The check of batches on reserved topics (set by the core: the registry's)."""
         self.denied: dict[str, int] = dict.fromkeys(ACTIONS, 0)  # bounded: fixed keys (the actions)
         """Denied actions (own, of peers and of light clients), by action."""
+        self.recent_denials: deque[tuple[int, str, str]] = deque(maxlen=RECENT_DENIALS)  # bounded: maxlen
+        """The newest denials as ``(number, action, subject)``, oldest first; ``number`` counts
+        every denial of this guard from 1 (the web console's "recent denials")."""
+        self.denials_total = 0
+        """Denials so far, every action together."""
         self.counters = {  # bounded: fixed keys
             "gossip_signed": 0, "gossip_verified": 0, "gossip_bad_signature": 0, "gossip_not_admitted": 0,
             "gossip_denied": 0, "gossip_malformed": 0, "offences": 0, "peers_blocked": 0,
@@ -143,6 +156,8 @@ class Guard:
     def deny(self, action: Action, subject: str) -> PermissionDenied:
         """Count a denial of ``action`` on ``subject``; returns the error to raise or send."""
         self.denied[action] = self.denied.get(action, 0) + 1
+        self.denials_total += 1
+        self.recent_denials.append((self.denials_total, action, subject[:_SUBJECT_CHARS]))
         return PermissionDenied(action, subject)
 
     def peer_allowed(self, peer: NodeId, action: Action, subject: str, now: float) -> bool:
