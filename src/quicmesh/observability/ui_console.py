@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 :class:`Console` adds five ``GET`` routes to an :class:`~.http.HttpServer`'s application:
 
-* ``/ui``: one static HTML page, with ``/ui/app.js`` and ``/ui/style.css`` (package data in
+* ``/ui``: one static HTML page, with ``/ui/app.js``, ``/ui/style.css`` and an icon (package data in
   ``observability/ui/``; no build step, no CDN: the page works offline). Every response carries
   a restrictive ``Content-Security-Policy`` (``default-src 'self'``, no inline script or style,
   no framing), ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``. The
@@ -54,6 +54,7 @@ _ASSETS = {
     "/ui": ("index.html", "text/html"),
     "/ui/app.js": ("app.js", "text/javascript"),
     "/ui/style.css": ("style.css", "text/css"),
+    "/ui/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 _SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
@@ -117,7 +118,7 @@ class Console:
         """Event streams refused because ``max_streams`` were open."""
         self.slow_closed_total = 0
         """Event streams closed because a write did not complete within ``write_timeout``."""
-        self._assets: dict[str, bytes] = {}  # bounded: the three files of _ASSETS
+        self._assets: dict[str, bytes] = {}  # bounded: the four files of _ASSETS
 
     def mount(self, app: web.Application) -> None:
         """Add the ``/ui`` routes to ``app`` (before it starts)."""
