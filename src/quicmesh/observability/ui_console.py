@@ -168,7 +168,7 @@ class Console:
                                                 **_SECURITY_HEADERS})
 
     async def _redirect(self, request: web.Request) -> web.Response:
-        raise web.HTTPFound("/ui")
+        return web.Response(status=302, headers={"Location": "/ui"})  # returned: errors are re-rendered
 
     async def _get_state(self, request: web.Request) -> web.Response:
         return web.Response(body=self._body() + b"\n",
