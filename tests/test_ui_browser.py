@@ -90,6 +90,10 @@ class Page:
             await self._reader
 
 
+async def echo(payload: bytes) -> bytes:
+    return payload
+
+
 @contextlib.asynccontextmanager
 async def chromium(tmp: Path) -> AsyncIterator[Page]:
     """A headless Chromium with one blank tab, driven over the DevTools protocol."""
@@ -134,7 +138,7 @@ async def test_console_shows_node_and_a_peer_that_joins(tmp_path: Path) -> None:
     b: Node | None = None
     try:
         sub = await a.subscribe("news.>")  # held: a dropped handle is released
-        await a.advertise("echo", lambda p: p)
+        await a.advertise("echo", echo)
         async with chromium(tmp_path) as page:
             await page.send("Page.navigate", {"url": f"http://{a.http_address}/ui"})
             shown = await eventually(lambda: page.js("document.getElementById('node-id')?.textContent"),
@@ -145,7 +149,8 @@ async def test_console_shows_node_and_a_peer_that_joins(tmp_path: Path) -> None:
             assert await page.js("document.getElementById('realm').textContent") == "ui-browser"
             assert await page.js("document.getElementById('mode').textContent") == "open"
             assert await page.js("document.querySelector('#services tr[data-service]')?.dataset.service") == "echo"
-            topics = await page.js("Array.from(document.querySelectorAll('#topics tr[data-topic]'), r => r.dataset.topic)")
+            topics = await page.js(
+                "Array.from(document.querySelectorAll('#topics tr[data-topic]'), r => r.dataset.topic)")
             assert "news" in topics and sub.topic == "news.>"
             assert await page.js("document.querySelectorAll('#containers canvas.spark').length") > 10
 

@@ -21,6 +21,10 @@ from quicmesh.observability.ui_console import CSP
 from quicmesh.testing.wait import eventually
 
 
+async def echo(payload: bytes) -> bytes:
+    return payload
+
+
 @contextlib.asynccontextmanager
 async def node(**kw: Any) -> AsyncIterator[Node]:
     n = await Node.start(NodeConfig(realm="ui-console", http="127.0.0.1:0", **kw))
@@ -77,7 +81,7 @@ def test_the_page_never_writes_network_strings_as_html() -> None:
 async def test_state_lists_peers_topics_services_and_containers() -> None:
     async with node() as a:
         sub = await a.subscribe("orders.>")
-        await a.advertise("quote", lambda p: p)
+        await a.advertise("quote", echo)
         url = f"http://{a.http_address}/ui/state"
         doc = await get_json(url)
         assert doc["node_id"] == str(a.id) and doc["realm"] == {"mode": "open", "name": "ui-console"}

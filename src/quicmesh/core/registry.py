@@ -243,10 +243,6 @@ class Registry:
         """Names this node advertises."""
         return sorted(self._own.keys())
 
-    def names(self, limit: int) -> list[str]:
-        """Up to ``limit`` names with entries held (live or not yet swept), sorted."""
-        return sorted(self._by_name.keys())[:limit]
-
     def entry(self, provider: NodeId, name: str) -> Entry | None:
         """The entry held for (``provider``, ``name``), expired or not (until the next sweep)."""
         return self._entries.get((provider, name))

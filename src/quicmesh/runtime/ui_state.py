@@ -49,7 +49,8 @@ def console_state(node: NodeDriver) -> dict[str, Any]:
         for pattern, (_parsed, group) in sorted(node._by_pattern.items())[:MAX_ITEMS]
     ]
     local = set(node._handlers)  # bounded: rpc.max_services names
-    names = sorted(set(node.services.names(MAX_ITEMS)) | local)[:MAX_ITEMS]
+    held = sorted(node.services._by_name.keys())[:MAX_ITEMS]  # the registry's names (read only)
+    names = sorted(set(held) | local)[:MAX_ITEMS]
     services = []
     for name in names:
         providers = [str(e.provider) for e in node.services.providers(name, now)]
