@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -15,7 +16,9 @@ import aiohttp
 import pytest
 
 from quicmesh import Node, NodeConfig
+from quicmesh.bounded import BoundedDeque, ContainerRegistry
 from quicmesh.core.guard import RECENT_DENIALS
+from quicmesh.observability import NodeGauges
 from quicmesh.observability.http import HttpEndpoint
 from quicmesh.observability.ui_console import CSP
 from quicmesh.testing.wait import eventually
@@ -171,3 +174,61 @@ async def test_a_consumer_that_stops_reading_is_closed_and_counted() -> None:
 async def test_console_is_on_the_monitoring_address_only(path: str) -> None:
     async with node() as a, aiohttp.ClientSession() as s, s.get(f"http://{a.http_address}{path}") as r:
         assert r.status == 200
+
+
+@dataclass
+class BareNode:
+    """A :class:`~quicmesh.observability.NodeView` with no ``console()``: the console shows what
+    /health shows (no peer or topic lists)."""
+
+    node_id: str = "bare-node"
+    realm: str = "bare"
+    registry: ContainerRegistry = field(default_factory=lambda: ContainerRegistry("bare"))
+
+    def health(self) -> Mapping[str, Any]:
+        return {}
+
+    def gauges(self) -> NodeGauges:
+        return NodeGauges(topics=1)
+
+    def ready(self) -> tuple[bool, str]:
+        return True, "ready"
+
+
+async def test_a_node_without_console_view_still_gets_the_page_and_its_containers() -> None:
+    bare = BareNode()
+    queue: BoundedDeque[int] = BoundedDeque("bare.queue", 8, registry=bare.registry)
+    for i in range(6):
+        queue.append(i)
+    endpoint = HttpEndpoint(bare)
+    address = await endpoint.start()
+    try:
+        doc = await get_json(f"http://{address}/ui/state")
+        assert doc["node_id"] == "bare-node" and doc["realm"]["name"] == "bare" and "peers" not in doc
+        fill = {c["name"]: (c["size"], c["capacity"]) for c in doc["containers"]}
+        assert fill["bare.queue"] == (6, 8)
+    finally:
+        await endpoint.stop()
+
+
+async def test_stopping_the_node_ends_open_console_streams() -> None:
+    a = await Node.start(NodeConfig(realm="ui-console", http="127.0.0.1:0"))
+    stopped = False
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://{a.http_address}/ui/events") as r:
+            await read_event(r)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            async with asyncio.timeout(10):
+                await a.stop()
+            stopped = True
+            took = loop.time() - t0
+            with contextlib.suppress(aiohttp.ClientError):
+                async with asyncio.timeout(5):
+                    while await r.content.readline():
+                        pass
+        print(f"node stopped in {took:.2f} s with a console stream open")
+        assert took < 1.5 and console_of(a).streams == 0  # ended at once, not after the interval or a timeout
+    finally:
+        if not stopped:
+            await a.stop()

@@ -20,8 +20,9 @@ Theory of operation
   :attr:`Console.refused_total`); a write that has not completed within ``write_timeout``
   seconds (a consumer that stopped reading) closes the stream and is counted in
   :attr:`Console.slow_closed_total`; a stream ends after ``max_stream_seconds`` (the browser
-  reconnects), so no connection is held forever. Nothing is queued per stream: each tick builds
-  one snapshot and writes it, so a slow consumer costs one snapshot at most.
+  reconnects), so no connection is held forever; when the server stops, every stream ends at
+  once. Nothing is queued per stream: each tick builds one snapshot and writes it, so a slow
+  consumer costs one snapshot at most.
 
 The console reads the node through :class:`~.view.NodeView` (and the optional ``console()``),
 so observability still imports nothing from the runtime. The sparklines are kept by the page
@@ -119,6 +120,7 @@ class Console:
         self.slow_closed_total = 0
         """Event streams closed because a write did not complete within ``write_timeout``."""
         self._assets: dict[str, bytes] = {}  # bounded: the four files of _ASSETS
+        self._closing = asyncio.Event()
 
     def mount(self, app: web.Application) -> None:
         """Add the ``/ui`` routes to ``app`` (before it starts)."""
@@ -127,6 +129,11 @@ class Console:
         app.router.add_get("/ui/", self._redirect, allow_head=False)
         app.router.add_get("/ui/state", self._get_state, allow_head=False)
         app.router.add_get("/ui/events", self._get_events, allow_head=False)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        """The server is stopping: end every event stream now (not after ``interval``)."""
+        self._closing.set()
 
     # -- the snapshot ------------------------------------------------------------------------------
 
@@ -187,9 +194,13 @@ class Console:
             await resp.prepare(request)
             deadline = asyncio.get_running_loop().time() + self.max_stream_seconds
             first = True
-            while asyncio.get_running_loop().time() < deadline:
+            while asyncio.get_running_loop().time() < deadline and not self._closing.is_set():
                 if not first:
-                    await asyncio.sleep(self.interval)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.interval):
+                            await self._closing.wait()
+                    if self._closing.is_set():
+                        break
                 first = False
                 data = (b"retry: 2000\nevent: state\ndata: " + self._body() + b"\n\n")
                 try:
