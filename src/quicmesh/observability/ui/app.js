@@ -131,7 +131,9 @@ function render(s) {
   setText("denials-total", den.total === undefined ? "" : "(" + den.total + " in all)");
   rows("denials", recent, 3, (d) => row([d.n, d.action, text("td", d.subject, "id")]));
 
-  const containers = s.containers || [];
+  // fullest first (a bound being approached is what an operator looks for), then by name
+  const containers = (s.containers || []).slice().sort((x, y) =>
+    (Number(y.fill) || 0) - (Number(x.fill) || 0) || String(x.name).localeCompare(String(y.name)));
   setText("containers-total", "(" + containers.length + ")");
   const live = new Set();
   rows("containers", containers, 7, (c) => {
