@@ -42,6 +42,7 @@ and blocks live in TTL maps, expired by :meth:`Guard.expire`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -58,7 +59,8 @@ from .topics import swarm_of
 from .trust import Trust
 
 __all__ = [
-    "BLOCK_SECONDS", "NO_PENALTY", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "Guard", "ReservedCheck", "gossip_signing_bytes",
+    "BLOCK_SECONDS", "NO_PENALTY", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "RECENT_DENIALS", "Guard", "ReservedCheck",
+    "gossip_signing_bytes",
 ]
 
 OFFENCE_LIMIT = 3
@@ -69,6 +71,10 @@ OFFENCE_WINDOW = 60.0
 (``NodeConfig.offence_window``)."""
 BLOCK_SECONDS = 300.0
 """Default seconds a blocked peer's connections are refused (``NodeConfig.block_seconds``)."""
+RECENT_DENIALS = 50
+"""Denials :attr:`Guard.recent_denials` remembers (the newest; the web console lists them)."""
+_SUBJECT_CHARS = 200
+"""A remembered denial's subject is cut to this many characters."""
 
 _GOSSIP_LABEL = b"quicmesh/gossip/v1\x00"
 NO_PENALTY = frozenset({"certificate revoked", "certificate expired", "certificate not yet valid"})
@@ -123,6 +129,11 @@ class Guard:
         """The check of batches on reserved topics (set by the core: the registry's)."""
         self.denied: dict[str, int] = dict.fromkeys(ACTIONS, 0)  # bounded: fixed keys (the actions)
         """Denied actions (own, of peers and of light clients), by action."""
+        self.recent_denials: deque[tuple[int, str, str]] = deque(maxlen=RECENT_DENIALS)  # bounded: maxlen
+        """The newest denials as ``(number, action, subject)``, oldest first; ``number`` counts
+        every denial of this guard from 1 (the web console's "recent denials")."""
+        self.denials_total = 0
+        """Denials so far, every action together."""
         self.counters = {  # bounded: fixed keys
             "gossip_signed": 0, "gossip_verified": 0, "gossip_bad_signature": 0, "gossip_not_admitted": 0,
             "gossip_denied": 0, "gossip_malformed": 0, "offences": 0, "peers_blocked": 0,
@@ -161,6 +172,8 @@ class Guard:
     def deny(self, action: Action, subject: str) -> PermissionDenied:
         """Count a denial of ``action`` on ``subject``; returns the error to raise or send."""
         self.denied[action] = self.denied.get(action, 0) + 1
+        self.denials_total += 1
+        self.recent_denials.append((self.denials_total, action, subject[:_SUBJECT_CHARS]))
         return PermissionDenied(action, subject)
 
     def peer_allowed(self, peer: NodeId, action: Action, subject: str, now: float) -> bool:

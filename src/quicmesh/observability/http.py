@@ -34,7 +34,8 @@ and every response outside ``/v1`` closes its connection (scrapers make one requ
   face's numbers, :class:`HttpFaceStats`, once a face registered them);
 * ``/health``: JSON (see :func:`health_document`), status ``ok`` or ``degraded``;
 * ``/ready``: 200 or 503 with the node's reason;
-* ``/live``: 200 while the event loop answers.
+* ``/live``: 200 while the event loop answers;
+* ``/ui`` (and ``/ui/state``, ``/ui/events``): the web console, :mod:`.ui_console`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from ..errors import ConfigError
 from .metrics import CONTENT_TYPE, ContainerAggregator, MetricSpec, NodeMetrics
 from .process import asyncio_tasks, open_fds, process_rss
 from .sentinel import LeakSentinel, Verdict
+from .ui_console import Console
 from .view import NodeView, gauges_of
 
 __all__ = ["HTTP_FACE_METRICS", "HttpEndpoint", "HttpFaceStats", "HttpServer", "health_document", "is_loopback"]
@@ -511,6 +513,9 @@ class HttpEndpoint(HttpServer):
         for path, handler in (("/metrics", self._get_metrics), ("/health", self._get_health),
                               ("/ready", self._get_ready), ("/live", self._get_live)):
             self.app.router.add_get(path, handler, allow_head=False)
+        self.console = Console(node, self._metrics.collector.containers, sentinel, clock=clock)
+        """The web console (``/ui``, :mod:`.ui_console`)."""
+        self.console.mount(self.app)
 
     @property
     def metrics(self) -> NodeMetrics:

@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     pass
 
 from .driver import NodeDriver
+from .ui_state import console_state
 
 __all__ = ["NodeStatus"]
 
@@ -32,6 +33,10 @@ class NodeStatus(NodeDriver):
             doc: dict[str, Any] = service.health()
             return doc
         return {"mode": "open" if self.trust.open else "authority", "name": self.trust.realm.name}
+
+    def console(self) -> dict[str, Any]:
+        """Peers, topics, subscriptions, services and recent denials for the web console (``/ui``)."""
+        return console_state(self)
 
     def _traffic(self) -> float:
         """Cumulative work done, for the leak sentinel's "traffic is steady" test."""
