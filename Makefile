@@ -32,13 +32,13 @@ soak: $(STAMP)
 # The network lab's long form (needs root, iproute2 and nftables): 10 SIGKILL trials, 10 minutes of
 # pauses, a 120 s partition, 10,000 messages under loss, 5 minutes of the set test's faults.
 lab: $(STAMP)
-	QUICMESH_LAB_TRIALS=10 QUICMESH_LAB_PAUSE_S=600 QUICMESH_LAB_PARTITION_S=120 QUICMESH_LAB_MESSAGES=10000 \
-	QUICMESH_LAB_JEPSEN_S=300 $(BIN)/pytest -p no:cacheprovider -s -q tests/test_lab.py tests/test_lab_failure.py \
+	QMLAB_TRIALS=10 QMLAB_PAUSE_S=600 QMLAB_PARTITION_S=120 QMLAB_MESSAGES=10000 \
+	QMLAB_JEPSEN_S=300 $(BIN)/pytest -p no:cacheprovider -s -q tests/test_lab.py tests/test_lab_failure.py \
 	tests/test_lab_scenarios.py tests/test_lab_jepsen.py
 
 # An hour of identity churn and faults in the lab (opt-in: long), judged on RSS slope and recovery.
 lab-soak: $(STAMP)
-	QUICMESH_LAB_SOAK_S=3600 $(BIN)/pytest -p no:cacheprovider -s -q tests/test_lab_soak.py
+	QMLAB_SOAK_S=3600 $(BIN)/pytest -p no:cacheprovider -s -q tests/test_lab_soak.py
 
 sim-large: $(STAMP)
 	QUICMESH_SIM_LARGE=1 $(BIN)/python -m quicmesh.testing.scenarios --large

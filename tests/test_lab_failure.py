@@ -7,7 +7,7 @@ their own network namespaces on two LANs joined by a router.
    any peer failed.
 
 Trials and pause duration: 3 trials and 120 s in ``make test`` (CI); ``make lab`` sets
-``QUICMESH_LAB_TRIALS=10`` and ``QUICMESH_LAB_PAUSE_S=600``.
+``QMLAB_TRIALS=10`` and ``QMLAB_PAUSE_S=600``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pytest
 from quicmesh.testing.lab import Lab, LabNode, unavailable
 
 REASON = unavailable()
-TRIALS = int(os.environ.get("QUICMESH_LAB_TRIALS", "3"))
-PAUSE_S = float(os.environ.get("QUICMESH_LAB_PAUSE_S", "120"))
+TRIALS = int(os.environ.get("QMLAB_TRIALS", "3"))
+PAUSE_S = float(os.environ.get("QMLAB_PAUSE_S", "120"))
 
 
 @pytest.fixture(scope="module", autouse=True)

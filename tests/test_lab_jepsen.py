@@ -3,9 +3,9 @@
 Five ``quicmesh node`` processes (each with its own SQLite store, in its own network namespace,
 on two LANs joined by a router) append unique items to one replicated log and set unique keys of
 one replicated map, one operation at a time each, while a fault loop injects one fault every
-``QUICMESH_LAB_FAULT_EVERY_S`` seconds (5 s), cycling through: ``kill -9`` of a random node and
+``QMLAB_FAULT_EVERY_S`` seconds (5 s), cycling through: ``kill -9`` of a random node and
 its restart on the same store, a partition of the hosts into random halves, a pause (SIGSTOP) of
-a random node. The run lasts ``QUICMESH_LAB_JEPSEN_S`` seconds (30 in ``make test``, 300 in ``make
+a random node. The run lasts ``QMLAB_JEPSEN_S`` seconds (30 in ``make test``, 300 in ``make
 lab``). An operation counts as *acknowledged* when the node's control channel reported it done
 (the log append durable, the map set applied); operations cut short by a kill are unknown.
 
@@ -28,8 +28,8 @@ import pytest
 from quicmesh.testing.lab import Lab, LabNode, unavailable
 
 REASON = unavailable()
-RUN_S = float(os.environ.get("QUICMESH_LAB_JEPSEN_S", "30"))
-FAULT_EVERY_S = float(os.environ.get("QUICMESH_LAB_FAULT_EVERY_S", "5"))
+RUN_S = float(os.environ.get("QMLAB_JEPSEN_S", "30"))
+FAULT_EVERY_S = float(os.environ.get("QMLAB_FAULT_EVERY_S", "5"))
 CONVERGE_S = 60.0
 LOG, MAP = "set", "kv"
 

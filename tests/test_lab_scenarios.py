@@ -2,12 +2,12 @@
 in its own network namespace, on two LANs joined by a router; faults are nftables rules.
 
 3. Partition and heal: the hosts split 4|4 (each side holding hosts of both LANs) for
-   ``QUICMESH_LAB_PARTITION_S`` seconds (20 in ``make test``, 120 in ``make lab``), then a one-way
+   ``QMLAB_PARTITION_S`` seconds (20 in ``make test``, 120 in ``make lab``), then a one-way
    cut. During the split, RPC callers on the side without the provider get ``NoProvider`` or
    ``CallTimeout`` within their deadline (never a hang) and callers beside it get replies; after
    the heal the overlay is one connected graph again and messages cross the former cut, both
    within 30 s.
-4. Loss: ``QUICMESH_LAB_MESSAGES`` messages (1,000 in ``make test``, 10,000 in ``make lab``) from
+4. Loss: ``QMLAB_MESSAGES`` messages (1,000 in ``make test``, 10,000 in ``make lab``) from
    two publishers with 5 % and then 20 % of the UDP packets every host receives dropped: every
    subscriber gets every message exactly once, in each publisher's order.
 
@@ -28,8 +28,8 @@ import pytest
 from quicmesh.testing.lab import Lab, LabNode, unavailable
 
 REASON = unavailable()
-PARTITION_S = float(os.environ.get("QUICMESH_LAB_PARTITION_S", "20"))
-MESSAGES = int(os.environ.get("QUICMESH_LAB_MESSAGES", "1000"))
+PARTITION_S = float(os.environ.get("QMLAB_PARTITION_S", "20"))
+MESSAGES = int(os.environ.get("QMLAB_MESSAGES", "1000"))
 HEAL_LIMIT_S = 30.0
 
 

@@ -13,7 +13,7 @@ gives its slope per churn cycle and per hour. Once churn stops and the network h
 container of every hub must be back to its pre-churn size within the failure detector's bound
 plus 2x the longest TTL (``RECOVERY_S``, 13.75 s).
 
-``QUICMESH_LAB_SOAK_S``: 60 in ``make test``; ``make lab-soak`` runs an hour (3,600), and only a
+``QMLAB_SOAK_S``: 60 in ``make test``; ``make lab-soak`` runs an hour (3,600), and only a
 run of 10 minutes or more judges the RSS slope (at most 10 bytes per cycle, as the soak of
 ``bench/soak.py``; shorter runs cannot tell allocator warm-up from growth).
 """
@@ -37,7 +37,7 @@ from quicmesh.config import FailureConfig
 from quicmesh.testing.lab import Host, Lab, LabNode, unavailable
 
 REASON = unavailable()
-RUN_S = float(os.environ.get("QUICMESH_LAB_SOAK_S", "60"))
+RUN_S = float(os.environ.get("QMLAB_SOAK_S", "60"))
 RSS_GATE_S = 600.0
 
 
