@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak sim-large bench clean
+.PHONY: demo test lint typecheck unit soak sim-large bench image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ sim-large: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/two_nodes.py
 	$(BIN)/python bench/bounded_ops.py
+
+# the container image (deploy/Containerfile); ENGINE=podman works too
+ENGINE ?= docker
+IMAGE ?= quicmesh:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	$(ENGINE) build -f deploy/Containerfile -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
