@@ -40,7 +40,7 @@ bench: $(STAMP)
 ENGINE ?= docker
 IMAGE ?= quicmesh:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image:
-	$(ENGINE) build -f deploy/Containerfile -t $(IMAGE) .
+	$(ENGINE) build $(if $(filter podman,$(notdir $(ENGINE))),--format docker) -f deploy/Containerfile -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
