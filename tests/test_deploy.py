@@ -7,8 +7,10 @@
   user checked, ``quicmesh node --help`` run and a node started until the engine calls it healthy;
   without one that single test is skipped with one line saying so.
 * ``deploy/compose.yaml``: the compose-spec JSON schema (vendored by ``check-jsonschema``), the
-  four-node topology, every node's environment loaded by quicmesh's own loader, and
-  ``docker compose config`` where the compose plugin (or ``docker-compose``) exists.
+  four-node topology, every node's environment loaded by quicmesh's own loader, the four nodes
+  run from those environments (host names mapped to loopback addresses) until all pass the
+  compose health check, and ``docker compose config`` where the compose plugin (or
+  ``docker-compose``) exists.
 * ``deploy/quicmesh.service``: ``systemd-analyze verify`` (on a copy whose ``ExecStart`` is this
   checkout's ``quicmesh``, since verify requires the binary to exist; a copy with a misspelt key
   must fail, so the check is not a no-op), the hardening settings, and the offline
@@ -23,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -30,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -290,6 +294,92 @@ def test_compose_is_a_four_node_mesh() -> None:
         for net in svc["networks"]:
             assert net in doc["networks"], f"{name}: undeclared network {net}"
     print(f"compose: 1 bootstrap node ({seed}) + {len(services) - 1} joining it, realm {realms.pop()}")
+
+
+async def _stop_all(procs: list[asyncio.subprocess.Process]) -> list[int]:
+    """SIGTERM each process (killed if it has not exited 20 s later); their exit codes."""
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(await asyncio.wait_for(proc.wait(), 20))
+        except TimeoutError:
+            proc.kill()
+            codes.append(await proc.wait())
+    return codes
+
+
+@pytest.mark.processes
+async def test_compose_mesh_forms_when_run_without_containers(tmp_path: Path) -> None:
+    """The compose file's four nodes, each run as its container runs it (``quicmesh node``
+    configured by the service's environment alone), with each host name given its own loopback
+    address (127.0.0.2, ...) in place of the container's: the bootstrap node passes the compose
+    health check first (``depends_on: service_healthy``), then the three others join it and pass
+    it too, and the bootstrap node holds a connection to each of them."""
+    services: dict[str, Any] = _compose()["services"]
+    hosts = {svc["hostname"]: f"127.0.0.{i + 2}" for i, svc in enumerate(services.values())}
+
+    def local(value: str) -> str:
+        for host, ip in hosts.items():
+            value = re.sub(rf"(^|,){re.escape(host)}:", rf"\g<1>{ip}:", value)
+        return value
+
+    def probe(name: str) -> subprocess.CompletedProcess[str]:
+        """The service's own health check command, aimed at the node's loopback address."""
+        argv = [str(a).replace("127.0.0.1:", f"{hosts[services[name]['hostname']]}:")
+                for a in services[name]["healthcheck"]["test"][1:]]
+        assert argv[0] == "python", argv
+        return _run([sys.executable, *argv[1:]], timeout=30)
+
+    async def healthy(name: str) -> None:
+        await eventually(lambda: asyncio.to_thread(probe, name), until=lambda r: r.returncode == 0,
+                         timeout=60, interval=0.2, what=f"{name} passes its compose health check")
+
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(name: str) -> None:
+        svc = services[name]
+        ip = hosts[svc["hostname"]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUICMESH_")}
+        env.update({k: local(str(v)) for k, v in svc["environment"].items()})
+        env["QUICMESH_HTTP"] = env["QUICMESH_HTTP"].replace("0.0.0.0:", f"{ip}:")
+        env["QUICMESH_DATA_DIR"] = str(tmp_path / name)
+        log = (tmp_path / f"{name}.log").open("wb")
+        procs.append(await asyncio.create_subprocess_exec(
+            _tool("quicmesh"), "node", env=env, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+
+    (seed,) = [name for name, svc in services.items() if "QUICMESH_BOOTSTRAP" not in svc["environment"]]
+    joiners = [name for name in services if name != seed]
+    try:
+        await start(seed)
+        await healthy(seed)
+        for name in joiners:
+            assert services[name]["depends_on"][seed]["condition"] == "service_healthy"
+            await start(name)
+        for name in joiners:
+            await healthy(name)
+        seed_http = local(services[seed]["environment"]["QUICMESH_HTTP"].replace("0.0.0.0", seed))
+
+        def connections() -> int:
+            with urllib.request.urlopen(f"http://{seed_http}/health", timeout=5) as resp:
+                doc = json.load(resp)
+            return int(doc["gauges"]["connections"])
+
+        seen = await eventually(lambda: asyncio.to_thread(connections), until=lambda n: n >= len(joiners),
+                                timeout=30, interval=0.2, what="the bootstrap node is connected to every other")
+        print(f"compose topology on loopback: {len(services)} nodes healthy, bootstrap holds {seen} connections")
+    except BaseException:
+        for name in services:
+            log_path = tmp_path / f"{name}.log"
+            if log_path.exists():
+                print(f"--- {name}\n{log_path.read_text(errors='replace')[-2000:]}")
+        raise
+    finally:
+        codes = await _stop_all(procs)
+    assert codes == [0] * len(services), codes
 
 
 # -- systemd ------------------------------------------------------------------------------------
