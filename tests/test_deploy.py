@@ -14,7 +14,10 @@
 * ``deploy/quicmesh.service``: ``systemd-analyze verify`` (on a copy whose ``ExecStart`` is this
   checkout's ``quicmesh``, since verify requires the binary to exist; a copy with a misspelt key
   must fail, so the check is not a no-op), the hardening settings, and the offline
-  ``systemd-analyze security`` rating; ``deploy/quicmesh.env`` loads with the config loader.
+  ``systemd-analyze security`` rating; ``deploy/quicmesh.env`` loads with the config loader, and
+  a node configured by it runs under the unit's own rules, set up as systemd does (the system
+  call filter expanded by ``systemd-analyze syscall-filter``, the address families,
+  ``NoNewPrivileges``, ``MemoryDenyWriteExecute``): it joins a seed and answers /ready.
 * ``deploy/k8s``: every manifest against the Kubernetes API schemas of the oldest and newest
   supported versions in strict mode (``kubernetes-validate``; an unknown field must fail), the
   wiring between them (selectors, names, ports, probes, volumes), the security context, the
@@ -471,6 +474,122 @@ def test_systemd_unit_is_hardened(unit_copy: Path) -> None:
     assert match, rating.stdout + rating.stderr
     print(f"systemd-analyze security: exposure {match.group(1)} of 10 (threshold 2.0)")
     assert rating.returncode == 0 and float(match.group(1)) <= 2.0, rating.stdout[-2000:]
+
+
+def _syscall_groups() -> dict[str, list[str]]:
+    """systemd's system call groups (``systemd-analyze syscall-filter``): name -> members."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None
+    out = _run([analyze, "syscall-filter", "--no-pager"]).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif line.strip() and not line.strip().startswith("#") and line.startswith(" "):
+            current.append(line.strip())
+    return groups
+
+
+def _expand(names: list[str], groups: dict[str, list[str]]) -> set[str]:
+    out: set[str] = set()
+    for name in names:
+        out |= _expand(groups[name], groups) if name.startswith("@") else {name}
+    return out
+
+
+def _unit_syscalls() -> set[str]:
+    """The system calls the unit allows: its ``SystemCallFilter=`` lines, in order, as systemd
+    reads them (an allow list, then ``~`` entries taken out)."""
+    groups = _syscall_groups()
+    allowed: set[str] = set()
+    for value in _unit_settings()["Service.SystemCallFilter"]:
+        deny = value.startswith("~")
+        names = _expand(value.lstrip("~").split(), groups)
+        allowed = allowed - names if deny else allowed | names
+    return allowed | _expand(["@default"], groups)  # systemd always permits @default
+
+
+_SANDBOX_EXEC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def check(ok, what):
+    if not ok:
+        sys.exit(f"{what} failed: errno {ctypes.get_errno()}")
+check(libc.prctl(38, 1, 0, 0, 0) == 0, "PR_SET_NO_NEW_PRIVS")  # NoNewPrivileges=yes
+check(libc.prctl(65, 1, 0, 0, 0) == 0, "PR_SET_MDWE (Linux 6.3+)")  # MemoryDenyWriteExecute=yes
+sc = ctypes.CDLL("libseccomp.so.2")
+sc.seccomp_init.restype = ctypes.c_void_p
+sc.seccomp_init.argtypes = [ctypes.c_uint32]
+sc.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+sc.seccomp_load.argtypes = [ctypes.c_void_p]
+sc.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+class Cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1  # SystemCallErrorNumber=EPERM
+ctx = sc.seccomp_init(EPERM)
+check(ctx, "seccomp_init")
+for name in os.environ.pop("SANDBOX_SYSCALLS").split(","):
+    nr = sc.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0 and name != "socket":
+        check(sc.seccomp_rule_add_array(ctx, ALLOW, nr, 0, None) == 0, f"allow {name}")
+nr = sc.seccomp_syscall_resolve_name(b"socket")
+for family in map(int, os.environ.pop("SANDBOX_FAMILIES").split(",")):  # RestrictAddressFamilies=
+    cmp = Cmp(0, 4, family, 0)  # SCMP_CMP_EQ on the first argument
+    check(sc.seccomp_rule_add_array(ctx, ALLOW, nr, 1, ctypes.byref(cmp)) == 0, f"allow socket({family})")
+check(sc.seccomp_load(ctx) == 0, "seccomp_load")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+"""Run argv[1:] under the unit's process rules, set up as systemd sets them up: no new privileges,
+W^X memory (``PR_SET_MDWE``, what ``MemoryDenyWriteExecute=`` uses on Linux 6.3+), a seccomp
+allow list of the unit's system calls (EPERM otherwise) and ``socket()`` for the unit's address
+families only. All of it holds across execve (and the node's own re-exec)."""
+
+
+@pytest.mark.processes
+async def test_node_runs_under_the_units_sandbox(tmp_path: Path) -> None:
+    """A node configured by deploy/quicmesh.env runs under the unit's own system call filter,
+    address families, NoNewPrivileges and MemoryDenyWriteExecute: it starts, opens its store,
+    completes QUIC/TLS handshakes, joins a seed, serves /ready and stops cleanly on SIGTERM."""
+    syscalls = _unit_syscalls()
+    assert {"sendmsg", "recvmsg", "epoll_wait", "mmap"} <= syscalls and "reboot" not in syscalls
+    families = {"AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6}
+    (restrict,) = _unit_settings()["Service.RestrictAddressFamilies"]
+    sandbox = {"SANDBOX_SYSCALLS": ",".join(sorted(syscalls)),
+               "SANDBOX_FAMILIES": ",".join(str(int(families[f])) for f in restrict.split())}
+    # the rules hold in a program exec'd under them: a netlink socket is refused, W^X is on
+    probe = _run([sys.executable, "-c", _SANDBOX_EXEC, sys.executable, "-c",
+                  "import ctypes, socket\n"
+                  "print(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0))\n"
+                  "try:\n    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)\nexcept PermissionError:\n"
+                  "    print('netlink refused')\n"], env={**os.environ, **sandbox})
+    assert probe.returncode == 0 and probe.stdout.split("\n")[:2] == ["1", "netlink refused"], probe
+    seed = await NodeProcess.spawn("seed", realm="prod", extra=["--http", "127.0.0.1:0"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUICMESH_")}
+    env.update(_env_file(ENV_FILE))
+    env.update(sandbox)
+    env.update({"QUICMESH_LISTEN": "127.0.0.1:0", "QUICMESH_HTTP": "127.0.0.1:0", "QUICMESH_BOOTSTRAP": seed.address,
+                "QUICMESH_DATA_DIR": str(tmp_path), "QUICMESH_REALM": "prod"})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SANDBOX_EXEC, _tool("quicmesh"), "node", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert "listening on" in line, line
+        await seed.wait_peers(1, timeout=30)
+        http = re.search(r"http://([0-9.]+:[0-9]+)/metrics", line)
+        assert http, line
+        ready = await asyncio.to_thread(_healthcheck, http.group(1))
+        assert ready.returncode == 0, ready.stderr
+        assert (tmp_path / "node.key").exists()
+        print(f"node under the unit's sandbox ({len(syscalls)} system calls allowed, {restrict}, W^X, "
+              "no new privileges): started, joined a seed, /ready 200")
+    finally:
+        codes = await _stop_all([proc])
+        await seed.stop()
+    assert codes == [0], (await proc.stderr.read()).decode() if proc.stderr else codes
 
 
 def _env_file(path: Path) -> dict[str, str]:
