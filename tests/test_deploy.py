@@ -203,6 +203,7 @@ def _container_engine() -> tuple[str | None, str]:
 
 
 @pytest.mark.processes
+@pytest.mark.timeout(1800)  # a first build downloads the base image and the dependencies
 async def test_image_builds_and_runs_a_healthy_node() -> None:
     engine, why = _container_engine()
     if engine is None:
