@@ -678,6 +678,8 @@ def test_k8s_statefulset_wiring_and_security() -> None:
     # headless Service named by serviceName, selecting the pods, publishing not-ready pods for bootstrap
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    # ordered starts would deadlock a full restart: pod 0 (with a key) waits to join pod 1
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
     assert selects(svc["spec"]["selector"]) and selects(sts["spec"]["selector"]["matchLabels"])
     assert selects(pdb["spec"]["selector"]["matchLabels"]) and pdb["spec"].get("maxUnavailable") == 1
     ports = {p["name"]: p for p in container["ports"]}
