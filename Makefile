@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak lab lab-soak sim-large bench clean
+.PHONY: demo test lint typecheck unit soak lab lab-soak sim-large bench image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ sim-large: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/two_nodes.py
 	$(BIN)/python bench/bounded_ops.py
+
+# the container image (deploy/Containerfile); ENGINE=podman works too
+ENGINE ?= docker
+IMAGE ?= quicmesh:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	$(ENGINE) build $(if $(filter podman,$(notdir $(ENGINE))),--format docker) -f deploy/Containerfile -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
