@@ -5,8 +5,8 @@ Theory of operation
 In an authority realm an advert (:class:`~quicmesh.core.registry_messages.RAdvert`) carries its
 provider's member certificate (``c``; not covered by the advert's signature: the authority's
 signature on the certificate is what counts). An advert, not a withdrawal, is accepted only when
-the certificate admits the provider and allows ``advertise`` on the name
-(:func:`may_advertise`), so a provider without that permission never becomes a provider of the
+the certificate admits the provider and allows ``advertise`` on the name (``subscribe`` on the
+pattern for a work-queue group membership) (:func:`may_advertise`), so a provider without that permission never becomes a provider of the
 name anywhere: neither from the mesh nor from a lookup answer.
 
 The mesh relays adverts as gossip batches on the reserved topic
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ..errors import DecodeError, NotAdmitted
 from ..identity import NodeId
+from .groups import parse_group_name
 from .permissions import Permissions
 from .registry_messages import REGISTRY_TOPIC, RAdvert
 from .trust import Trust
@@ -38,7 +39,14 @@ def may_advertise(trust: Trust | None, provider: NodeId, ad: RAdvert, wall_now: 
         cert = trust.learn(ad.c, wall_now, subject=provider, kind="node")
     except NotAdmitted:
         return False
-    return cert is not None and isinstance(ad.n, str) and cert.permissions.allows("advertise", ad.n)
+    return cert is not None and isinstance(ad.n, str) and _allows(cert.permissions, ad.n)
+
+
+def _allows(perms: Permissions, name: str) -> bool:
+    """``advertise`` on ``name``; a work-queue group membership (``$grp:...``,
+    :mod:`quicmesh.core.groups`) needs ``subscribe`` on its pattern instead."""
+    key = parse_group_name(name)
+    return perms.allows("advertise", name) if key is None else perms.allows_subscription(key[1])
 
 
 def reserved_batch_ok(codec: Codec, publisher: NodeId, topic: str, payloads: list[bytes], perms: Permissions) -> bool:
@@ -57,6 +65,6 @@ def reserved_batch_ok(codec: Codec, publisher: NodeId, topic: str, payloads: lis
             continue
         if ad.p != publisher.raw:
             return False
-        if not ad.w and not (isinstance(ad.n, str) and perms.allows("advertise", ad.n)):
+        if not ad.w and not (isinstance(ad.n, str) and _allows(perms, ad.n)):
             return False
     return True

@@ -11,6 +11,7 @@ from typing import Annotated
 import msgspec
 
 from .gateway_messages import GATEWAY_MESSAGES
+from .groups_messages import GROUP_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .mesh_messages import MESH_MESSAGES
 from .registry_messages import REGISTRY_MESSAGES
@@ -147,4 +148,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *GATEWAY_MESSAGES,
     *MESH_MESSAGES,
     *REGISTRY_MESSAGES,
+    *GROUP_MESSAGES,
 )

@@ -61,6 +61,10 @@ timer for it and calls :meth:`timer` (``TimerFired``) when it fires. Publishes o
 collect in per-topic batches; the driver calls :meth:`flush` at the end of its turn (the runtime
 once per event-loop iteration, the simulator after every event), so a batch is never held
 longer than one turn.
+
+**Work-queue groups** (:mod:`quicmesh.core.groups`, ``self.groups``): memberships are registry
+adverts (``group_join``/``group_leave``); ``publish`` also hands the message to one member per
+matching group; ``GPush``/``GAck`` go to the groups machine, connection events too.
 """
 
 from __future__ import annotations
@@ -106,6 +110,9 @@ from .events import (
     Unadvertise,
     Unsubscribe,
 )
+from .groups import Groups
+from .groups_messages import GROUP_MESSAGES, GAck, GPush
+from .groups_node import GroupCommands
 from .guard import Guard
 from .log_messages import LOG_MESSAGES
 from .mesh import Mesh
@@ -131,9 +138,10 @@ _QUIET_MESH_TYPES = (MGossip, MIHave)
 _CALLER_TYPES = (Request, Reply, ReplyError)
 _REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
 _LOG_TYPES = tuple(LOG_MESSAGES)
+_GROUP_TYPES = tuple(GROUP_MESSAGES)
 
 
-class NodeCore:
+class NodeCore(GroupCommands):
     """The composed sans-IO core of one node (see the module docstring)."""
 
     def __init__(
@@ -180,6 +188,13 @@ class NodeCore:
         self.dials = DialGate(config, registry, lambda: len(self.mesh.links.conns))
         """Every Dial/DialAddress of every machine passes here: capped, rate limited, deduplicated
         (see :mod:`quicmesh.core.dialgate`)."""
+        self.groups = Groups(
+            self.id, config.pubsub, registry, names=lambda: self.services._by_name.keys(),
+            members=lambda n, now: [(e.provider, e.addresses) for e in self.services.providers(n, now)],
+            connected=lambda p: p in self.mesh.links.conns,
+            may_publish=lambda p, t, now: self.trust.open or self.guard.peer_allowed(p, "publish", t, now),
+        )
+        """Work-queue groups: one member per message (see :mod:`quicmesh.core.groups`)."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
@@ -228,6 +243,7 @@ class NodeCore:
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
             self.logs.next_deadline(), self.dials.next_deadline(), self.guard.next_deadline(),
+            self.groups.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -264,6 +280,10 @@ class NodeCore:
             return out
         if isinstance(msg, _LOG_TYPES):
             return self.logs.handle_message(peer, msg, now)
+        if isinstance(msg, _GROUP_TYPES):
+            g = self.groups
+            return self._route(g.handle_push(peer, msg, now) if type(msg) is GPush else
+                               g.handle_ack(peer, msg, now) if type(msg) is GAck else [], now)
         return []
 
     def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
@@ -278,6 +298,7 @@ class NodeCore:
             return out  # the mesh refused it (ourselves, or over max_connections)
         out += self._route(self.caller.peer_connected(peer, now), now)
         out += self.logs.peer_connected(peer, now)
+        out += self._route(self.groups.peer_connected(peer, now), now)
         out.append(STATE_CHANGED)
         return out
 
@@ -313,6 +334,7 @@ class NodeCore:
         self.dials.expire(now)
         out += self._release_dials(now)
         self.guard.expire(now)
+        out += self._route(self.groups.handle_timer(now), now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
@@ -366,21 +388,22 @@ class NodeCore:
         ``MessageTooLarge`` and ``PermissionDenied``). The short path (:meth:`append_to_batch`)
         needs no check: its batch's topic was checked here when the batch opened."""
         self.guard.check_own("publish", topic)
-        return self._route(self.mesh.publish(topic, payload, now), now)
+        out = self.groups.route(topic, payload, now) if self.groups.keys_for(topic) else []
+        return self._route([*out, *self.mesh.publish(topic, payload, now)], now)
 
     def append_to_batch(self, topic: str, payload: bytes) -> bool:
         """The publish fast path: add ``payload`` to ``topic``'s open batch when one is open
-        (checked when it opened); ``False``: call :meth:`publish`."""
-        return self.mesh.append_to_batch(topic, payload)
+        (checked when it opened); ``False``: call :meth:`publish` (always for a group's topic)."""
+        return not self.groups.keys_for(topic) and self.mesh.append_to_batch(topic, payload)
 
     @property
     def has_batches(self) -> bool:
-        """Whether a gossip batch waits for :meth:`flush`."""
-        return self.mesh.has_batches
+        """Whether a gossip batch (or a group ack) waits for :meth:`flush`."""
+        return self.mesh.has_batches or self.groups.has_acks
 
     def flush(self, now: float) -> list[object]:
-        """Send the open gossip batches."""
-        return self._route(self.mesh.flush(now), now)
+        """Send the open gossip batches and the coalesced group acks."""
+        return self._route([*self.mesh.flush(now), *self.groups.flush()], now)
 
     def advertise(self, name: str, now: float, *, ttl: float | None = None,
                   metadata: bytes | None = None) -> list[object]:
@@ -476,7 +499,7 @@ class NodeCore:
         """Whether something besides the overlays needs the connection to ``peer``."""
         if now - self._rpc_seen.get(peer, -RPC_PIN) < RPC_PIN:
             return True
-        if self.caller.uses(peer) or self.rpc.peer_in_use(peer):
+        if self.caller.uses(peer) or self.rpc.peer_in_use(peer) or self.groups.uses(peer):
             return True
         return self.logs.shares_with(peer)
 
@@ -510,6 +533,7 @@ class NodeCore:
         self._rpc_seen.pop(peer, None)
         out = self._route(self.caller.peer_disconnected(peer, now), now)
         out += self.logs.peer_disconnected(peer, now)
+        out += self._route(self.groups.peer_lost(peer, now), now)
         return out
 
     def _gate(self, eff: DialRequest, now: float) -> list[object]:
@@ -539,6 +563,7 @@ class NodeCore:
                     payloads = eff.payloads if isinstance(eff, DeliverBatch) else (eff.payload,)
                     for payload in payloads:
                         out += self._route(self.services.handle_advert(payload, now), now)
+                    self.groups.changed()
                     out.append(STATE_CHANGED)
                 else:
                     out.append(eff)
