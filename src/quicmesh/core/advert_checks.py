@@ -6,8 +6,8 @@ In an authority realm an advert (:class:`~quicmesh.core.registry_messages.RAdver
 provider's member certificate (``c``; not covered by the advert's signature: the authority's
 signature on the certificate is what counts). An advert, not a withdrawal, is accepted only when
 the certificate admits the provider and allows ``advertise`` on the name (for a work-queue
-group membership: ``subscribe`` on its pattern) (:func:`may_advertise`), so a provider without that permission never becomes a provider of the
-name anywhere: neither from the mesh nor from a lookup answer.
+group membership: ``subscribe`` on its pattern) (:func:`may_advertise`), so a provider without
+that permission never becomes a provider of the name anywhere: neither from the mesh nor from a lookup answer.
 
 The mesh relays adverts as gossip batches on the reserved topic
 :data:`~quicmesh.core.registry_messages.REGISTRY_TOPIC`, each published by the provider itself.
