@@ -8,8 +8,6 @@ import asyncio
 import time
 from collections import Counter
 
-import pytest
-
 from quicmesh.config import NodeConfig, PubSubConfig, TransportConfig
 from quicmesh.core.groups import group_name
 from quicmesh.runtime.node import Node, Subscription
@@ -27,7 +25,7 @@ async def _mesh(n: int) -> list[Node]:
         nodes.append(await Node.start(NodeConfig(realm="grp", transport=FAST, pubsub=PUBSUB,
                                                  bootstrap=(first.address,))))
     for node in nodes:
-        await node.wait_until(lambda node=node: len(node.peers()) >= 1, timeout=20)
+        await node.wait_until(lambda n=node: len(n.peers()) >= 1, timeout=20)  # type: ignore[misc]
     return nodes
 
 

@@ -16,7 +16,8 @@ round-robin).
 **Publishing.** Ordinary subscribers get every message by gossip, as before. In addition, for
 each key whose pattern matches the topic, the publishing node (:meth:`Groups.route`) keeps the
 message in its unacked table (``groups.unacked``, ``group_max_unacked``; full: ``publish``
-raises ``Overloaded`` before anything is sent) and picks one member node: itself first when it
+raises ``Overloaded`` before anything is sent; a key with no live member at all is skipped) and
+picks one member node: itself first when it
 has a member with room, else the next remote member round-robin among those that are connected,
 not suspected and hold fewer than ``group_window`` messages not yet taken (a slower member gets
 fewer, so work follows consumption speed; equal members get an even share). A remote member
@@ -252,8 +253,8 @@ class Groups:
     def route(self, topic: str, payload: bytes, now: float) -> list[object]:
         """A message published here: one copy per matching key to one member each. Raises
         ``Overloaded`` when the unacked table has no room for them."""
-        keys = self.keys_for(topic)
-        if not keys:
+        keys = [k for k in self.keys_for(topic) if self.local.get(k) or self._members_of(group_name(*k), now)]
+        if not keys:  # no live member anywhere: nothing to hold the message for (as NATS)
             return []
         if len(self.unacked) + len(keys) > self.unacked.capacity:
             raise Overloaded(f"groups.unacked full ({self.unacked.capacity} messages not taken yet)")
