@@ -57,7 +57,6 @@ cache): all bounded containers visible in metrics; counters in :meth:`Groups.sta
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -71,12 +70,12 @@ from ..identity import NodeId
 from .effects import Dial, Send
 from .grammar import Pattern, parse_pattern
 from .groups_messages import GAck, GPush
+from .topics import GROUP_NAME, check_group
 
 __all__ = ["GROUP_PREFIX", "GroupDeliver", "Groups", "check_group", "group_name", "parse_group_name"]
 
 GROUP_PREFIX = "$grp:"
 """Registry names of group memberships start with this."""
-_GROUP_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _DIAL_EVERY = 5.0
 """Seconds between dials of one unconnected member."""
 _ROUTES = 4096
@@ -86,12 +85,6 @@ Key = tuple[str, str]
 """(group, pattern)."""
 Members = Callable[[str, float], list[tuple[NodeId, tuple[str, ...]]]]
 """Registry name, now -> live member nodes and their addresses (this node included)."""
-
-
-def check_group(group: str) -> None:
-    """Raise ``ValueError`` unless ``group`` is 1 to 64 letters, digits, ``_``, ``.`` or ``-``."""
-    if not isinstance(group, str) or not _GROUP_RE.fullmatch(group):
-        raise ValueError(f"a group name is 1 to 64 letters, digits, '_', '.' or '-', got {group!r:.80}")
 
 
 def group_name(group: str, pattern: str) -> str:
@@ -104,7 +97,7 @@ def parse_group_name(name: str) -> Key | None:
     if not name.startswith(GROUP_PREFIX):
         return None
     group, sep, pattern = name[len(GROUP_PREFIX):].partition(":")
-    if not sep or not _GROUP_RE.fullmatch(group) or not pattern:
+    if not sep or not GROUP_NAME.fullmatch(group) or not pattern:
         return None
     return group, pattern
 

@@ -52,7 +52,7 @@ from ..core.gateway_messages import (
     GUnsubscribe,
 )
 from ..core.messages import ALL_MESSAGES
-from ..core.topics import check_topic, parse_pattern
+from ..core.topics import check_group, check_topic, parse_pattern
 from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
 from ..errors import (
@@ -435,16 +435,16 @@ class Client:
         else:
             self._send_nowait(GPublish(0, topic, bytes(payload)))
 
-    async def subscribe(self, pattern: str, *, queue_size: int | None = None) -> ClientSubscription:
-        """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest); returns an async iterator.
-
-        Raises :class:`~quicmesh.errors.LimitExceeded` past the gateway's
-        ``max_client_subscriptions``, :class:`~quicmesh.errors.InvalidTopic` for a bad pattern,
-        :class:`~quicmesh.errors.ConnectionLost` while disconnected.
-        """
+    async def subscribe(self, pattern: str, *, queue_size: int | None = None,
+                        group: str | None = None) -> ClientSubscription:
+        """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest; ``group``: as a member of that
+        work-queue group, which takes each message once mesh-wide); returns an async iterator. Raises
+        :class:`~quicmesh.errors.LimitExceeded` past the gateway's ``max_client_subscriptions``,
+        ``InvalidTopic`` for a bad pattern or group, ``ConnectionLost`` while disconnected."""
         self._check_open()
         try:
             parse_pattern(pattern)
+            check_group("-" if group is None else group)
         except ValueError as exc:
             raise InvalidTopic(str(exc)) from None
         sid = next(self._sub_ids)
@@ -453,7 +453,7 @@ class Client:
         )
         self._subs[sid] = _Sub(pattern, queue)
         try:
-            await self._request(GSubscribe(req := next(self._ids), sid, pattern), req, self.call_timeout)
+            await self._request(GSubscribe(req := next(self._ids), sid, pattern, group or ""), req, self.call_timeout)
         except BaseException:
             self._subs.pop(sid, None)
             queue.close()
