@@ -550,8 +550,8 @@ class Node(NodeStatus):
 
     def health(self) -> dict[str, Any]:
         """``/health`` (see :class:`~quicmesh.runtime.node_status.NodeStatus`) with the guard's
-        counters under ``"guard"``."""
-        return {**super().health(), "guard": self.core.guard.stats()}
+        counters under ``"guard"`` and the work-queue groups' under ``"groups"``."""
+        return {**super().health(), "guard": self.core.guard.stats(), "groups": self.core.groups.stats()}
 
 
 def _load_keypair(config: NodeConfig) -> KeyPair:
