@@ -208,3 +208,29 @@ def test_containers_are_named_and_bounded() -> None:
     assert g.unacked.capacity == PubSubConfig().group_max_unacked
     assert {"groups.unacked", "groups.inbound", "groups.taken", "groups.members", "groups.acks",
             "groups.local", "groups.routes", "groups.suspects", "groups.dialled"} <= names
+
+
+def test_a_membership_advert_needs_subscribe_permission_on_its_pattern() -> None:
+    from quicmesh.core.advert_checks import reserved_batch_ok
+    from quicmesh.core.permissions import Permissions
+    from quicmesh.core.registry_messages import REGISTRY_MESSAGES, REGISTRY_TOPIC, RAdvert
+    from quicmesh.core.wire import Codec
+
+    codec = Codec(REGISTRY_MESSAGES)
+
+    def batch(name: str) -> list[bytes]:
+        return [codec.encode(RAdvert(ME.raw, [], name, b"", 1, 0, 1000, False, b"s" * 64))]
+
+    workers = Permissions.parse(allow=["subscribe:jobs.>"])
+    callers = Permissions.parse(allow=["advertise:>"])
+    ok = [
+        reserved_batch_ok(codec, ME, REGISTRY_TOPIC, batch(group_name("w", "jobs.>")), workers),
+        reserved_batch_ok(codec, ME, REGISTRY_TOPIC, batch(group_name("w", "jobs.a")), workers),
+    ]
+    refused = [
+        reserved_batch_ok(codec, ME, REGISTRY_TOPIC, batch(group_name("w", "secret.>")), workers),
+        reserved_batch_ok(codec, ME, REGISTRY_TOPIC, batch(group_name("w", "jobs.>")), callers),
+        reserved_batch_ok(codec, ME, REGISTRY_TOPIC, batch("svc.echo"), workers),
+    ]
+    print(f"\n{refused.count(False)} of {len(refused)} membership/service adverts without permission refused")
+    assert ok == [True, True] and refused == [False, False, False]

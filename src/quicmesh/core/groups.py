@@ -34,8 +34,9 @@ left, ``group_max_inbound`` reached, the subscription closed with it unread) sen
 
 **Redelivery.** The publishing node moves a message to another member when the chosen one
 nacks it, when the connection to it is lost (:meth:`Groups.peer_lost`), when the local member
-leaves, or when a member with messages in flight took none for ``group_ack_timeout`` seconds (a
-node killed without closing its connections, a stuck application). Such a member is left out
+leaves, or when a remote member with messages in flight took none for ``group_ack_timeout``
+seconds (a node killed without closing its connections, a stuck application; a local member
+is in this process and leaves by closing, which gives its unread messages back at once). Such a member is left out
 of the choices for ``group_suspect_ttl`` seconds (until it reconnects, for a connection loss).
 A message is thus taken within a bounded time while any member lives.
 
@@ -210,6 +211,8 @@ class Groups:
         """Group keys whose pattern matches ``topic`` (cached per topic)."""
         if self._dirty:
             self._index()
+        if not self._keys:
+            return []
         keys = self.routes.get(topic)
         if keys is None:
             keys = [k for k, p in self._keys.items() if p.matches(topic)]
@@ -301,7 +304,10 @@ class Groups:
         start = self._cursor.get(key, 0) % n
         for k in range(n):
             node, addrs = cands[(start + k) % n]
-            if node == self.me or node == exclude or node in self.suspects:
+            if node == self.me or node == exclude:
+                continue
+            d = self.suspects.deadline(node)
+            if d is not None and d > now:
                 continue
             if not self._connected(node):
                 if node not in self.dialled and addrs:
@@ -392,8 +398,9 @@ class Groups:
         return self.drain(now) if self.waiting else []
 
     def uses(self, peer: NodeId) -> bool:
-        """Whether ``peer`` holds own messages not taken (keep its connection)."""
-        return peer in self.members
+        """Whether the connection to ``peer`` must stay: it holds own messages not taken, is owed
+        acks, or local members hold pushed messages not taken yet (of any publisher)."""
+        return peer in self.members or peer in self.acks or bool(self.inbound)
 
     # -- member side -----------------------------------------------------------------------------
 
@@ -472,14 +479,14 @@ class Groups:
         """When :meth:`handle_timer` must run next, or ``None``."""
         ds: list[float] = []
         t = self.config.group_ack_timeout
-        ds += [m.progress + t for m in self.members.values()]
+        ds += [m.progress + t for node, m in self.members.items() if node != self.me]
         for q in self.waiting.values():
             p = self.unacked.get(q[0]) if q else None
             if p is not None:
                 ds.append(p.born + self.config.group_hold_timeout)
-        for d in (self.suspects.next_deadline(), self.taken_ids.next_deadline()):
-            if d is not None:
-                ds.append(d)
+        d = self.suspects.next_deadline()  # (the dedup window expires with the others: no own wakeups)
+        if d is not None:
+            ds.append(d)
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> list[object]:
@@ -491,15 +498,11 @@ class Groups:
         self.taken_ids.expire(now)
         t = self.config.group_ack_timeout
         for node, m in list(self.members.items()):
-            if m.progress + t <= now:
+            if node != self.me and m.progress + t <= now:  # a local member leaves by closing
                 self.counters["timeouts"] += 1
-                if node != self.me:
-                    self.suspects.set(node, None, now)
+                self.suspects.set(node, None, now)
                 for mid in [i for i, p in self.unacked.items() if p.member == node]:
                     out += self._retry(mid, now)
-                m2 = self.members.get(node)
-                if m2 is not None:  # local member re-chosen: restart its clock
-                    m2.progress = now
         hold = self.config.group_hold_timeout
         for key, q in list(self.waiting.items()):
             while q:

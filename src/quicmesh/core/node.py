@@ -281,6 +281,7 @@ class NodeCore(GroupCommands):
         if isinstance(msg, _LOG_TYPES):
             return self.logs.handle_message(peer, msg, now)
         if isinstance(msg, _GROUP_TYPES):
+            self._pin(peer, now)
             g = self.groups
             return self._route(g.handle_push(peer, msg, now) if type(msg) is GPush else
                                g.handle_ack(peer, msg, now) if type(msg) is GAck else [], now)
