@@ -204,7 +204,7 @@ class Groups:
             except ValueError:
                 continue
         self._keys = keys
-        self._cursor = {k: v for k, v in self._cursor.items() if k in keys}
+        self._cursor = {k: v for k, v in self._cursor.items() if k in keys}  # bounded: one per key of self._keys
         self.routes.clear()
 
     def keys_for(self, topic: str) -> list[Key]:
