@@ -13,6 +13,7 @@ from test_http_api import SseReader, curl
 from quicmesh.config import GatewayConfig, HttpApiConfig, NodeConfig, TransportConfig
 from quicmesh.core.groups import group_name
 from quicmesh.errors import InvalidTopic
+from quicmesh.identity import KeyPair
 from quicmesh.runtime.client import Client
 from quicmesh.runtime.node import Node, Subscription
 from quicmesh.testing.wait import eventually
@@ -107,3 +108,27 @@ async def test_an_sse_stream_with_group_is_a_group_member() -> None:
     finally:
         for n in (c, b, a):
             await n.stop()
+
+
+async def test_a_light_client_member_stays_a_member_across_a_gateway_restart() -> None:
+    key = KeyPair.generate()
+    cfg = NodeConfig(realm="gr", transport=FAST, gateway=GatewayConfig(max_clients=4))
+    gw = await Node.start(cfg, keypair=key)
+    port = gw.address.rsplit(":", 1)[1]
+    c = await Client.connect(gw.address, realm="gr", transport=FAST, gateway_id=gw.id, reconnect_max_delay=0.5)
+    try:
+        sub = await c.subscribe("jobs.>", group="workers")
+        await gw.stop()
+        await eventually(lambda: not c.connected, timeout=10)
+        gw = await Node.start(NodeConfig(realm="gr", transport=FAST, listen=f"127.0.0.1:{port}",
+                                         gateway=GatewayConfig(max_clients=4)), keypair=key)
+        await c.wait_connected(15)
+        # the restored subscription is a group membership again, not an ordinary subscription
+        await gw.wait_until(lambda: len(gw.services.providers(group_name("workers", "jobs.>"), gw._now())) == 1,
+                            timeout=15)
+        await gw.publish("jobs.z", b"after")
+        assert (await asyncio.wait_for(sub.get(), 5)).payload == b"after"
+        assert gw.core.groups.stats()["delivered_local"] == 1
+    finally:
+        await c.close()
+        await gw.stop()

@@ -94,6 +94,7 @@ _DEFAULT_TRANSPORT = TransportConfig(keepalive_interval=5.0, idle_timeout=30.0)
 class _Sub:
     pattern: str
     queue: BoundedQueue[Message]
+    group: str = ""
 
 
 class ClientSubscription(QueueHandle[Message]):
@@ -351,7 +352,7 @@ class Client:
     def _restore(self) -> None:
         """Send the subscriptions and advertisements again on a new connection."""
         for sid, sub in self._subs.items():
-            self._send_nowait(GSubscribe(self._track(), sid, sub.pattern))
+            self._send_nowait(GSubscribe(self._track(), sid, sub.pattern, sub.group))
         for name in self._handlers:
             self._send_nowait(GAdvertise(self._track(), name))
 
@@ -448,10 +449,9 @@ class Client:
         except ValueError as exc:
             raise InvalidTopic(str(exc)) from None
         sid = next(self._sub_ids)
-        queue: BoundedQueue[Message] = BoundedQueue(
-            "client.subscription_queue", queue_size or self._queue_size, Overflow.EVICT_OLDEST, registry=self.registry
-        )
-        self._subs[sid] = _Sub(pattern, queue)
+        queue: BoundedQueue[Message] = BoundedQueue("client.subscription_queue", queue_size or self._queue_size,
+                                                    Overflow.EVICT_OLDEST, registry=self.registry)
+        self._subs[sid] = _Sub(pattern, queue, group or "")
         try:
             await self._request(GSubscribe(req := next(self._ids), sid, pattern, group or ""), req, self.call_timeout)
         except BaseException:
