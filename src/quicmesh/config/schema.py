@@ -64,8 +64,9 @@ class PubSubConfig:
     group_ack_timeout: float = 5.0
     """Seconds a member node with messages in flight may go without taking any before they are
     redelivered to other members (and the member is left out for ``group_suspect_ttl``)."""
-    group_suspect_ttl: float = 10.0
-    """Seconds a member that timed out or lost its connection stays out of the choices."""
+    group_suspect_ttl: float = 30.0
+    """Seconds a member that timed out or lost its connection stays out of the choices (until it
+    reconnects); ``transport.idle_timeout``, so a dead member's connection is gone by then."""
     group_max_unacked: int = 16_384
     """Group messages a publishing node holds until a member took them (count); publishing
     past it raises ``Overloaded``."""
