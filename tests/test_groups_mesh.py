@@ -114,3 +114,27 @@ async def test_a_killed_worker_loses_no_message() -> None:
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def test_messages_a_closed_member_did_not_read_go_to_another() -> None:
+    nodes = await _mesh(3)
+    pub, lazy, busy = nodes
+    seen: Counter[bytes] = Counter()
+    try:
+        idle = await lazy.subscribe("jobs.>", group="workers")  # never reads
+        await _members_known(pub, 1)
+        for i in range(50):
+            await pub.publish("jobs.a", b"%d" % i)
+        await eventually(lambda: idle.pending == 50, timeout=10)
+        worker = _Worker(await busy.subscribe("jobs.>", group="workers"), seen)
+        await _members_known(pub, 2)
+        t0 = time.monotonic()
+        await idle.close()  # its 50 unread messages are given back and go to the other member
+        await eventually(lambda: len(seen) == 50, timeout=10)
+        print(f"\n50 unread messages of a closed member taken by the other in {time.monotonic() - t0:.3f} s")
+        assert sorted(worker.got) == sorted(b"%d" % i for i in range(50))
+        await eventually(lambda: pub.core.groups.stats()["unacked"] == 0)
+        assert pub.core.groups.stats()["nacked"] == 50
+    finally:
+        for node in nodes:
+            await node.stop()
