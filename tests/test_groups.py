@@ -234,3 +234,17 @@ def test_a_membership_advert_needs_subscribe_permission_on_its_pattern() -> None
     ]
     print(f"\n{refused.count(False)} of {len(refused)} membership/service adverts without permission refused")
     assert ok == [True, True] and refused == [False, False, False]
+
+
+def test_waiting_messages_are_spread_round_robin_when_room_frees() -> None:
+    w = World([A, B, C])
+    out: list[object] = []
+    for i in range(24):
+        out += w.g.route("jobs.a", b"%d" % i, 0.0)
+    first = pushes(out)
+    assert len(first) == 12 and w.g.stats()["waiting"] == 12
+    more: list[object] = []
+    for peer in (A, B, C):
+        more += w.g.handle_ack(peer, GAck([m.i for p, m in first if p == peer]), 0.5)
+    assert Counter(p for p, _ in pushes(more)) == {A: 4, B: 4, C: 4}
+    assert w.g.stats()["waiting"] == 0

@@ -273,6 +273,11 @@ class Groups:
                 q = self.waiting[p.key] = deque()
             q.append(mid)
             return out
+        return out + self._place(mid, p, member, now)
+
+    def _place(self, mid: int, p: _Pending, member: NodeId, now: float) -> list[object]:
+        """Give message ``mid`` to ``member`` (chosen by :meth:`_choose`)."""
+        out: list[object] = []
         p.member = member
         if member not in p.tried:
             p.tried = (*p.tried[-3:], member)
@@ -377,7 +382,7 @@ class Groups:
                 if member is None:
                     break
                 q.popleft()
-                out += self._assign(mid, now)
+                out += self._place(mid, p, member, now)
             if not q:
                 del self.waiting[key]
         return out
