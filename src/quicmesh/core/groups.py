@@ -60,7 +60,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -73,7 +73,7 @@ from .grammar import Pattern, parse_pattern
 from .groups_messages import GAck, GPush
 from .topics import GROUP_NAME, check_group
 
-__all__ = ["GROUP_PREFIX", "GroupDeliver", "Groups", "check_group", "group_name", "parse_group_name"]
+__all__ = ["GROUP_PREFIX", "GroupDeliver", "GroupSink", "Groups", "check_group", "group_name", "parse_group_name"]
 
 GROUP_PREFIX = "$grp:"
 """Registry names of group memberships start with this."""
@@ -113,6 +113,13 @@ class GroupDeliver(msgspec.Struct, frozen=True, gc=False):
     pattern: str
     origin: NodeId
     id: int
+
+
+class GroupSink(Protocol):
+    """What a driver hands :class:`GroupDeliver` outputs to (its local member subscriptions)."""
+
+    def deliver(self, eff: GroupDeliver) -> None:
+        """Queue ``eff`` for one local member, or report it released."""
 
 
 class _Pending:

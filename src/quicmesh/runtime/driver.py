@@ -48,7 +48,7 @@ from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from ..core.events import StateChanged
-from ..core.groups import GroupDeliver
+from ..core.groups import GroupDeliver, GroupSink
 from ..core.log_effects import Appended, OperationStored, StoreRead, StoreWrite
 from ..core.messages import ALL_MESSAGES
 from ..core.node import NodeCore
@@ -140,6 +140,8 @@ class NodeDriver:
 
     gateway: ClientService
     """Serves light clients (set by :class:`~quicmesh.runtime.node.Node`)."""
+    local_groups: GroupSink
+    """Work-queue group member subscriptions (set by :class:`~quicmesh.runtime.node.Node`)."""
 
     def __init__(
         self,
@@ -418,7 +420,7 @@ class NodeDriver:
             elif isinstance(eff, _LOG_OUTPUTS):
                 self.logs.execute(eff)
             elif isinstance(eff, GroupDeliver):
-                self.local_groups.deliver(eff)  # type: ignore[attr-defined]  # #15: set by Node
+                self.local_groups.deliver(eff)
 
     def _start_dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
         """Start a core Dial/DialAddress. The core's dial gate caps them; checked again here:

@@ -76,6 +76,8 @@ class Node(NodeStatus):
     """A quicmesh node. Start it with :meth:`Node.start`; stop it with :meth:`stop` (or use
     ``async with await Node.start(...) as node``)."""
 
+    local_groups: LocalGroups
+
     def __init__(
         self,
         config: NodeConfig,
