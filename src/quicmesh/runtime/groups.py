@@ -5,7 +5,8 @@ local member subscriptions of that ``(group, pattern)``, round-robin, and report
 application takes it (``core.group_taken``: the publisher's ack) or when it cannot be taken
 here (a full queue, a subscription closed with it unread: ``core.group_released``, the publisher
 redelivers it to another member). Each member subscription's queue holds at least
-``pubsub.group_window`` messages, so a node never receives more than it can queue.
+``pubsub.group_window`` messages (what one publisher may have in flight to this node); when
+several publishers fill it, the overflow is given back, never dropped.
 """
 
 from __future__ import annotations
