@@ -49,6 +49,8 @@ def _fix_grammar(cls: type[Any], kw: dict[str, Any], rng: random.Random) -> dict
         if rng.random() < 0.3:
             segs.append(">")
         kw["pattern"] = ".".join(segs)
+    if "group" in names and isinstance(kw["group"], str):  # a work-queue group name (regex-checked)
+        kw["group"] = rng.choice(["", "workers", "w-1.a_b"])
     return kw
 
 

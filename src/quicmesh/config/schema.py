@@ -59,6 +59,29 @@ class PubSubConfig:
     max_subscriptions: int = 10_000
     """Local subscriptions open at once (count); each holds a queue of up to
     ``subscriber_queue_size`` messages. NATS, likewise, limits subscriptions with an error."""
+    # #15 (groups)
+    group_window: int = 256
+    """Work-queue groups: messages one member node may hold not yet taken by its application
+    (count); more go to another member or wait. Spreads work by consumption speed."""
+    group_ack_timeout: float = 5.0
+    """Seconds a member node with messages in flight may go without taking any before they are
+    redelivered to other members (and the member is left out for ``group_suspect_ttl``)."""
+    group_suspect_ttl: float = 30.0
+    """Seconds a member that timed out or lost its connection stays out of the choices (until it
+    reconnects); ``transport.idle_timeout``, so a dead member's connection is gone by then."""
+    group_max_unacked: int = 16_384
+    """Group messages a publishing node holds until a member took them (count); publishing
+    past it raises ``Overloaded``."""
+    group_hold_timeout: float = 30.0
+    """Seconds a group message may wait for a member (none live, or all full) before it is
+    dropped and counted (``groups.expired``)."""
+    group_max_inbound: int = 8_192
+    """Group messages from other nodes handed to local members and not yet taken (count);
+    more are refused back to their publisher (redelivered elsewhere)."""
+    group_dedup_ttl: float = 120.0
+    """Seconds a taken (publisher, id) is remembered so a redelivery is not taken twice."""
+    group_dedup_size: int = 65_536
+    """(publisher, id) pairs remembered for deduplication (count)."""
 
 
 @dataclass(frozen=True, slots=True)

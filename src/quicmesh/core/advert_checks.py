@@ -5,9 +5,9 @@ Theory of operation
 In an authority realm an advert (:class:`~quicmesh.core.registry_messages.RAdvert`) carries its
 provider's member certificate (``c``; not covered by the advert's signature: the authority's
 signature on the certificate is what counts). An advert, not a withdrawal, is accepted only when
-the certificate admits the provider and allows ``advertise`` on the name
-(:func:`may_advertise`), so a provider without that permission never becomes a provider of the
-name anywhere: neither from the mesh nor from a lookup answer.
+the certificate admits the provider and allows ``advertise`` on the name (for a work-queue
+group membership: ``subscribe`` on its pattern) (:func:`may_advertise`), so a provider without
+that permission never becomes a provider of the name anywhere: neither from the mesh nor from a lookup answer.
 
 The mesh relays adverts as gossip batches on the reserved topic
 :data:`~quicmesh.core.registry_messages.REGISTRY_TOPIC`, each published by the provider itself.
@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from ..errors import DecodeError, NotAdmitted
 from ..identity import NodeId
+from .groups import parse_group_name
 from .guard import NO_PENALTY
 from .permissions import Permissions
 from .registry_messages import REGISTRY_TOPIC, RAdvert
@@ -62,7 +63,7 @@ def advert_denial(trust: Trust | None, provider: NodeId, ad: RAdvert, wall_now: 
         cert = trust.learn(ad.c, wall_now, subject=provider, kind="node")
     except NotAdmitted as exc:
         return exc.reason, exc.reason not in NO_PENALTY
-    if cert is None or not isinstance(ad.n, str) or not cert.permissions.allows("advertise", ad.n):
+    if cert is None or not isinstance(ad.n, str) or not _allows(cert.permissions, ad.n):
         return "permission denied", True
     return None
 
@@ -96,6 +97,13 @@ def valid_advert(ad: RAdvert, max_meta: int) -> NodeId | None:
     return NodeId(ad.p)
 
 
+def _allows(perms: Permissions, name: str) -> bool:
+    """``advertise`` on ``name``; a work-queue group membership (``$grp:...``,
+    :mod:`quicmesh.core.groups`) needs ``subscribe`` on its pattern instead."""
+    key = parse_group_name(name)
+    return perms.allows("advertise", name) if key is None else perms.allows_subscription(key[1])
+
+
 def reserved_batch_ok(codec: Codec, publisher: NodeId, topic: str, payloads: list[bytes], perms: Permissions) -> bool:
     """Whether a gossip batch of ``publisher`` on the reserved ``topic`` may be relayed: on
     :data:`REGISTRY_TOPIC`, every advert in it is the publisher's own and, unless a withdrawal,
@@ -112,6 +120,6 @@ def reserved_batch_ok(codec: Codec, publisher: NodeId, topic: str, payloads: lis
             continue
         if ad.p != publisher.raw:
             return False
-        if not ad.w and not (isinstance(ad.n, str) and perms.allows("advertise", ad.n)):
+        if not ad.w and not (isinstance(ad.n, str) and _allows(perms, ad.n)):
             return False
     return True

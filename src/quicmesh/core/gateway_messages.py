@@ -16,6 +16,8 @@ from .grammar import MAX_TOPIC_LEN, check_pattern, check_topic
 from .wire import Code, Message, Name, NodeIdBytes, Text, UInt
 
 _Topic = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOPIC_LEN)]
+_Group = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.\-]*$")]
+"""A work-queue group name (``""``: none; see :mod:`quicmesh.core.groups`)."""
 
 __all__ = [
     "GATEWAY_MESSAGES",
@@ -41,6 +43,9 @@ class GSubscribe(Message, tag="g.sub"):
     id: UInt
     sid: UInt
     pattern: _Topic
+    group: _Group = ""
+    """Join this work-queue group (the gateway node holds the membership; a message is taken
+    when forwarded to the client); ``""``: an ordinary subscription."""
 
     def __post_init__(self) -> None:
         check_pattern(self.pattern)

@@ -12,6 +12,7 @@ import msgspec
 
 from .failure import FAILURE_MESSAGES
 from .gateway_messages import GATEWAY_MESSAGES
+from .groups_messages import GROUP_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .mesh_messages import MESH_MESSAGES
 from .registry_messages import REGISTRY_MESSAGES
@@ -149,4 +150,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *MESH_MESSAGES,
     *REGISTRY_MESSAGES,
     *FAILURE_MESSAGES,
+    *GROUP_MESSAGES,
 )

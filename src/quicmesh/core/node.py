@@ -61,6 +61,10 @@ timer for it and calls :meth:`timer` (``TimerFired``) when it fires. Publishes o
 collect in per-topic batches; the driver calls :meth:`flush` at the end of its turn (the runtime
 once per event-loop iteration, the simulator after every event), so a batch is never held
 longer than one turn.
+
+**Work-queue groups** (:mod:`quicmesh.core.groups`, ``self.groups``): memberships are registry
+adverts (``group_join``/``group_leave``); ``publish`` also hands the message to one member per
+matching group; ``GPush``/``GAck`` go to the groups machine, connection events too.
 """
 
 from __future__ import annotations
@@ -75,7 +79,8 @@ from ..config import NodeConfig
 from ..errors import ContainerFull
 from ..identity import KeyPair, NodeId
 from .caller import Caller
-from .dialgate import DialGate, DialRequest
+from .dial_node import DialCommands
+from .dialgate import DialGate
 from .effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from .events import (
     STATE_CHANGED,
@@ -106,7 +111,10 @@ from .events import (
     Unadvertise,
     Unsubscribe,
 )
-from .failure import FAILURE_MESSAGES, FailureDetector, PeerFailed, ProbeSend
+from .failure import FAILURE_MESSAGES, FailureDetector
+from .groups import Groups
+from .groups_messages import GROUP_MESSAGES, GAck, GPush
+from .groups_node import GroupCommands
 from .guard import Guard
 from .log_messages import LOG_MESSAGES
 from .mesh import Mesh
@@ -133,9 +141,10 @@ _QUIET_MESH_TYPES = (MGossip, MIHave)
 _CALLER_TYPES = (Request, Reply, ReplyError)
 _REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
 _LOG_TYPES = tuple(LOG_MESSAGES)
+_GROUP_TYPES = tuple(GROUP_MESSAGES)
 
 
-class NodeCore:
+class NodeCore(DialCommands, GroupCommands):
     """The composed sans-IO core of one node (see the module docstring)."""
 
     def __init__(
@@ -187,6 +196,13 @@ class NodeCore:
                                        registry=registry)
         """Failure detection on live links: probes, indirect probes, suspicion (SWIM/Lifeguard)."""
         self._probing = config.failure.probe_interval > 0
+        self.groups = Groups(
+            self.id, config.pubsub, registry, names=lambda: self.services._by_name.keys(),
+            members=lambda n, now: [(e.provider, e.addresses) for e in self.services.providers(n, now)],
+            connected=lambda p: p in self.mesh.links.conns,
+            may_publish=lambda p, t, now: self.trust.open or self.guard.peer_allowed(p, "publish", t, now),
+        )
+        """Work-queue groups: one member per message (see :mod:`quicmesh.core.groups`)."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
@@ -235,7 +251,7 @@ class NodeCore:
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
             self.logs.next_deadline(), self.dials.next_deadline(), self.guard.next_deadline(),
-            self.failure.next_deadline(),
+            self.failure.next_deadline(), self.groups.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -274,6 +290,11 @@ class NodeCore:
             out = self.logs.handle_message(peer, msg, now)
         elif isinstance(msg, _FAILURE_TYPES):
             return self._failure_outputs(self.failure.handle(peer, msg, now), now)
+        elif isinstance(msg, _GROUP_TYPES):
+            self._pin(peer, now)
+            g = self.groups
+            return self._route(g.handle_push(peer, msg, now) if type(msg) is GPush else
+                               g.handle_ack(peer, msg, now) if type(msg) is GAck else [], now)
         else:
             return []
         return out + self._kick(now) if self.guard.kicked else out  # invalid answers, log operations
@@ -290,6 +311,7 @@ class NodeCore:
             return out  # the mesh refused it (ourselves, or over max_connections)
         out += self._route(self.caller.peer_connected(peer, now), now)
         out += self.logs.peer_connected(peer, now)
+        out += self._route(self.groups.peer_connected(peer, now), now)
         if self._probing:
             self.failure.add(peer, now)
         out.append(STATE_CHANGED)
@@ -303,22 +325,6 @@ class NodeCore:
         out.append(STATE_CHANGED)
         return out
 
-    def dial_failed(self, peer: NodeId | None, addresses: tuple[str, ...], now: float) -> list[object]:
-        """A ``Dial`` to ``peer`` (or a ``DialAddress``, ``peer`` None) failed."""
-        freed = self.dials.finished(peer, addresses)
-        out = self._dial_dropped(peer, addresses, now)
-        if freed:
-            out += self._release_dials(now)
-        return out
-
-    def _dial_dropped(self, peer: NodeId | None, addresses: tuple[str, ...], now: float) -> list[object]:
-        """Tell the machines a dial failed (reported by the driver, or dropped by the gate)."""
-        if peer is None:
-            return self._route(self.mesh.address_dial_failed(addresses, now), now)
-        out = self._route(self.mesh.dial_failed(peer, now), now)
-        out += self._route(self.caller.dial_failed(peer, now), now)
-        return out
-
     def timer(self, now: float) -> list[object]:
         """Run every machine's due timers."""
         out = self._route(self.mesh.handle_timer(now), now)
@@ -329,6 +335,7 @@ class NodeCore:
         out += self._release_dials(now)
         self.guard.expire(now)
         out += self._failure_outputs(self.failure.handle_timer(now), now)
+        out += self._route(self.groups.handle_timer(now), now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
@@ -382,21 +389,22 @@ class NodeCore:
         ``MessageTooLarge`` and ``PermissionDenied``). The short path (:meth:`append_to_batch`)
         needs no check: its batch's topic was checked here when the batch opened."""
         self.guard.check_own("publish", topic)
-        return self._route(self.mesh.publish(topic, payload, now), now)
+        out = self.groups.route(topic, payload, now) if self.groups.keys_for(topic) else []
+        return self._route([*out, *self.mesh.publish(topic, payload, now)], now)
 
     def append_to_batch(self, topic: str, payload: bytes) -> bool:
         """The publish fast path: add ``payload`` to ``topic``'s open batch when one is open
-        (checked when it opened); ``False``: call :meth:`publish`."""
-        return self.mesh.append_to_batch(topic, payload)
+        (checked when it opened); ``False``: call :meth:`publish` (always for a group's topic)."""
+        return not self.groups.keys_for(topic) and self.mesh.append_to_batch(topic, payload)
 
     @property
     def has_batches(self) -> bool:
-        """Whether a gossip batch waits for :meth:`flush`."""
-        return self.mesh.has_batches
+        """Whether a gossip batch (or a group ack) waits for :meth:`flush`."""
+        return self.mesh.has_batches or self.groups.has_acks
 
     def flush(self, now: float) -> list[object]:
-        """Send the open gossip batches."""
-        return self._route(self.mesh.flush(now), now)
+        """Send the open gossip batches and the coalesced group acks."""
+        return self._route([*self.mesh.flush(now), *self.groups.flush()], now)
 
     def advertise(self, name: str, now: float, *, ttl: float | None = None,
                   metadata: bytes | None = None) -> list[object]:
@@ -492,7 +500,7 @@ class NodeCore:
         """Whether something besides the overlays needs the connection to ``peer``."""
         if now - self._rpc_seen.get(peer, -RPC_PIN) < RPC_PIN:
             return True
-        if self.caller.uses(peer) or self.rpc.peer_in_use(peer):
+        if self.caller.uses(peer) or self.rpc.peer_in_use(peer) or self.groups.uses(peer):
             return True
         return self.logs.shares_with(peer)
 
@@ -522,41 +530,12 @@ class NodeCore:
             out += self._lost(peer, now)
         return out
 
-    def _failure_outputs(self, outs: list[ProbeSend | PeerFailed], now: float) -> list[object]:
-        out: list[object] = []
-        for o in outs:
-            if type(o) is ProbeSend:
-                out.append(Send(o.peer, o.message))
-            else:
-                assert isinstance(o, PeerFailed)
-                # Close the connection and run the ordinary disconnect path (views, trees,
-                # calls) now, as for any connection that failed; the driver's later report of the
-                # closed connection finds nothing left to do.
-                out.append(Disconnect(o.peer, "failed"))
-                out += self.peer_disconnected(o.peer, now, graceful=False)
-        return out
-
     def _lost(self, peer: NodeId, now: float) -> list[object]:
         self.failure.remove(peer)
         self._rpc_seen.pop(peer, None)
         out = self._route(self.caller.peer_disconnected(peer, now), now)
         out += self.logs.peer_disconnected(peer, now)
-        return out
-
-    def _gate(self, eff: DialRequest, now: float) -> list[object]:
-        """Pass one dial through the gate; a dial it drops is reported failed at once."""
-        started, dropped = self.dials.offer(eff, now)
-        out: list[object] = list(started)
-        for d in dropped:
-            out += self._dial_dropped(d.peer if isinstance(d, Dial) else None, d.addresses, now)
-        return out
-
-    def _release_dials(self, now: float) -> list[object]:
-        """Queued dials that may start now; those that waited too long are reported failed."""
-        started, dropped = self.dials.release(now)
-        out: list[object] = list(started)
-        for d in dropped:
-            out += self._dial_dropped(d.peer if isinstance(d, Dial) else None, d.addresses, now)
+        out += self._route(self.groups.peer_lost(peer, now), now)
         return out
 
     def _route(self, effects: Iterable[object], now: float) -> list[object]:
@@ -570,6 +549,7 @@ class NodeCore:
                     payloads = eff.payloads if isinstance(eff, DeliverBatch) else (eff.payload,)
                     for payload in payloads:
                         out += self._route(self.services.handle_advert(payload, now), now)
+                    self.groups.changed()
                     out.append(STATE_CHANGED)
                 else:
                     out.append(eff)

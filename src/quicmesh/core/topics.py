@@ -36,19 +36,32 @@ is not lost. Publisher states live in a :class:`~quicmesh.bounded.TtlMap` (capac
 
 from __future__ import annotations
 
+import re
+
 from ..bounded import ContainerRegistry, Tracked, TtlMap
 from ..identity import NodeId
 from .grammar import MAX_TOPIC_LEN, Pattern, check_topic, parse_pattern, swarm_of
 from .plumtree import Arrived
 
 __all__ = [
+    "GROUP_NAME",
     "MAX_TOPIC_LEN",
     "Ordering",
     "Pattern",
+    "check_group",
     "check_topic",
     "parse_pattern",
     "swarm_of",
 ]
+
+GROUP_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+"""A work-queue group name (:mod:`quicmesh.core.groups`): 1 to 64 letters, digits, ``_ . -``."""
+
+
+def check_group(group: str) -> None:
+    """Raise ``ValueError`` unless ``group`` is a valid work-queue group name (:data:`GROUP_NAME`)."""
+    if not isinstance(group, str) or not GROUP_NAME.fullmatch(group):
+        raise ValueError(f"a group name is 1 to 64 letters, digits, '_', '.' or '-', got {group!r:.80}")
 
 
 class _PubState:

@@ -52,7 +52,7 @@ from ..core.gateway_messages import (
     GUnsubscribe,
 )
 from ..core.messages import ALL_MESSAGES
-from ..core.topics import check_topic, parse_pattern
+from ..core.topics import check_group, check_topic, parse_pattern
 from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
 from ..errors import (
@@ -94,6 +94,7 @@ _DEFAULT_TRANSPORT = TransportConfig(keepalive_interval=5.0, idle_timeout=30.0)
 class _Sub:
     pattern: str
     queue: BoundedQueue[Message]
+    group: str = ""
 
 
 class ClientSubscription(QueueHandle[Message]):
@@ -351,7 +352,7 @@ class Client:
     def _restore(self) -> None:
         """Send the subscriptions and advertisements again on a new connection."""
         for sid, sub in self._subs.items():
-            self._send_nowait(GSubscribe(self._track(), sid, sub.pattern))
+            self._send_nowait(GSubscribe(self._track(), sid, sub.pattern, sub.group))
         for name in self._handlers:
             self._send_nowait(GAdvertise(self._track(), name))
 
@@ -435,25 +436,24 @@ class Client:
         else:
             self._send_nowait(GPublish(0, topic, bytes(payload)))
 
-    async def subscribe(self, pattern: str, *, queue_size: int | None = None) -> ClientSubscription:
-        """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest); returns an async iterator.
-
-        Raises :class:`~quicmesh.errors.LimitExceeded` past the gateway's
-        ``max_client_subscriptions``, :class:`~quicmesh.errors.InvalidTopic` for a bad pattern,
-        :class:`~quicmesh.errors.ConnectionLost` while disconnected.
-        """
+    async def subscribe(self, pattern: str, *, queue_size: int | None = None,
+                        group: str | None = None) -> ClientSubscription:
+        """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest; ``group``: as a member of that
+        work-queue group, which takes each message once mesh-wide); returns an async iterator. Raises
+        :class:`~quicmesh.errors.LimitExceeded` past the gateway's ``max_client_subscriptions``,
+        ``InvalidTopic`` for a bad pattern or group, ``ConnectionLost`` while disconnected."""
         self._check_open()
         try:
             parse_pattern(pattern)
+            check_group("-" if group is None else group)
         except ValueError as exc:
             raise InvalidTopic(str(exc)) from None
         sid = next(self._sub_ids)
-        queue: BoundedQueue[Message] = BoundedQueue(
-            "client.subscription_queue", queue_size or self._queue_size, Overflow.EVICT_OLDEST, registry=self.registry
-        )
-        self._subs[sid] = _Sub(pattern, queue)
+        queue: BoundedQueue[Message] = BoundedQueue("client.subscription_queue", queue_size or self._queue_size,
+                                                    Overflow.EVICT_OLDEST, registry=self.registry)
+        self._subs[sid] = _Sub(pattern, queue, group or "")
         try:
-            await self._request(GSubscribe(req := next(self._ids), sid, pattern), req, self.call_timeout)
+            await self._request(GSubscribe(req := next(self._ids), sid, pattern, group or ""), req, self.call_timeout)
         except BaseException:
             self._subs.pop(sid, None)
             queue.close()

@@ -48,6 +48,7 @@ from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from ..core.events import StateChanged
+from ..core.groups import GroupDeliver, GroupSink
 from ..core.log_effects import Appended, OperationStored, StoreRead, StoreWrite
 from ..core.messages import ALL_MESSAGES
 from ..core.node import NodeCore
@@ -139,6 +140,8 @@ class NodeDriver:
 
     gateway: ClientService
     """Serves light clients (set by :class:`~quicmesh.runtime.node.Node`)."""
+    local_groups: GroupSink
+    """Work-queue group member subscriptions (set by :class:`~quicmesh.runtime.node.Node`)."""
 
     def __init__(
         self,
@@ -416,6 +419,8 @@ class NodeDriver:
                 self._start_dial(eff.peer if isinstance(eff, Dial) else None, eff.addresses)
             elif isinstance(eff, _LOG_OUTPUTS):
                 self.logs.execute(eff)
+            elif isinstance(eff, GroupDeliver):
+                self.local_groups.deliver(eff)
 
     def _start_dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
         """Start a core Dial/DialAddress. The core's dial gate caps them; checked again here:

@@ -239,7 +239,7 @@ class Gateway:
     async def _forward(self, s: _Session, m: GSubscribe) -> None:
         """Hold one node subscription for the client and forward its messages."""
         try:
-            sub = await self._node.subscribe(m.pattern)
+            sub = await self._node.subscribe(m.pattern, group=m.group or None)
         except QuicmeshError as exc:
             self._send(s, _error(m.id, exc))
             return

@@ -52,6 +52,7 @@ from typing import Any
 from aiohttp import web
 
 from ..bounded import LruMap
+from ..core.groups import check_group
 from ..errors import LimitExceeded, MessageTooLarge, PermissionDenied, QuicmeshError, RemoteError
 from ..observability.http import HttpEndpoint, HttpFaceStats, HttpServer
 from .gateway_budget import ClientBudgets
@@ -295,7 +296,13 @@ class HttpFace:
         access = self._access(request)
         pattern = request.match_info["pattern"]
         self.auth.require(access, "subscribe", pattern)
-        return await self.streams.serve(request, pattern, self.auth.delivery_filter(access))
+        group = request.query.get("group")  # #15: a work-queue group member (one member per message)
+        if group is not None:
+            try:
+                check_group(group)
+            except ValueError as exc:
+                raise _Refused(400, "BadRequest", str(exc)) from None
+        return await self.streams.serve(request, pattern, self.auth.delivery_filter(access), group=group)
 
     async def _call(self, request: web.Request) -> web.Response:
         access = self._access(request)

@@ -102,8 +102,10 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/v1/subscribe/{pattern}": {"get": {
                 "summary": "Receive the messages of a pattern: Server-Sent Events, or a WebSocket on Upgrade.",
                 "description": ("Events: 'subscribed' ({pattern}) first, then 'message' (a Message; SSE id = seq). "
-                                "A consumer that falls behind is closed as a slow consumer."),
-                "parameters": [pattern],
+                                "A consumer that falls behind is closed as a slow consumer. With ?group=NAME the "
+                                "stream is a member of that work-queue group: each message goes to one member."),
+                "parameters": [pattern, {"name": "group", "in": "query", "required": False,
+                                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,64}$"}}],
                 "responses": {
                     "200": {"description": "An SSE stream (text/event-stream) of Message events.",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},

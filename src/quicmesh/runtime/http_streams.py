@@ -112,13 +112,15 @@ class StreamHub:
         """Streams open now."""
         return len(self._streams)
 
-    async def serve(self, request: web.Request, pattern: str, flt: Permissions | None) -> web.StreamResponse:
-        """Serve one subscription to ``pattern`` until it ends; ``flt`` filters delivered topics."""
+    async def serve(self, request: web.Request, pattern: str, flt: Permissions | None, *,
+                    group: str | None = None) -> web.StreamResponse:
+        """Serve one subscription to ``pattern`` until it ends; ``flt`` filters delivered topics;
+        ``group``: as a member of that work-queue group (a message is taken when queued here)."""
         cap = self._cfg.max_streams
         if self._closing or len(self._streams) >= cap:
             raise LimitExceeded("http_api.max_streams", cap)
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-        sub = await self._node.subscribe(pattern, queue_size=self._cfg.stream_queue_size)
+        sub = await self._node.subscribe(pattern, queue_size=self._cfg.stream_queue_size, group=group)
         queue: BoundedQueue[bytes | str] = BoundedQueue(
             "http_api.stream_queue", self._cfg.stream_queue_size, Overflow.DROP_NEWEST, registry=self._registry
         )

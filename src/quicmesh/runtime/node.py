@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import Overflow
-from ..bounded.aio import BoundedQueue, QueueClosed
+from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
 from ..core.topics import check_topic, parse_pattern
 from ..core.trust import REVOCATION_TOPIC
@@ -55,7 +55,7 @@ from ..errors import (
 from ..identity import KeyPair, NodeId
 from .gateway import Gateway
 from .gateway_perms import ClientPermits, GuardedGateway
-from .handles import QueueHandle
+from .groups import LocalGroups
 from .logs import Log, LogWatch, ReplicatedMap
 from .memory import MemoryNetwork
 
@@ -65,55 +65,18 @@ if TYPE_CHECKING:
 from .driver import _STOP_DRAIN, Handler, Message, _SubState
 from .node_status import NodeStatus
 from .realm_service import RealmService
+from .subscription import Subscription
 
 __all__ = ["Handler", "Message", "Node", "Subscription"]
 
 log = logging.getLogger("quicmesh.node")
 
 
-class Subscription(QueueHandle[Message]):
-    """An async iterator of :class:`Message` for one topic pattern.
-
-    Close it with ``await sub.close()`` or use it as an async context manager. A subscription
-    whose handle is garbage-collected without ``close()`` is released all the same. Its queue is
-    bounded (``pubsub.subscriber_queue_size``); when the reader falls behind, the oldest messages
-    are dropped and counted in :attr:`dropped`.
-    """
-
-    def __init__(self, node: Node, sub_id: int, pattern: str, queue: BoundedQueue[Message]) -> None:
-        super().__init__(queue, node._release_from_gc, sub_id)
-        self._node = node
-        self._id = sub_id
-        self.pattern = pattern
-
-    @property
-    def topic(self) -> str:
-        """The pattern this subscription matches (alias of :attr:`pattern`)."""
-        return self.pattern
-
-    def _release(self) -> None:
-        self._node._release(self._id)
-
-    def _describe(self) -> str:
-        return self.pattern
-
-    async def __anext__(self) -> Message:
-        # a message already waiting is returned without the generic path's awaits (a reader
-        # keeping up with a busy topic spends most of its time here)
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return await super().__anext__()
-        except QueueClosed:
-            raise StopAsyncIteration from None
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.pattern!r} pending={self.pending} closed={self._closed}>"
-
-
 class Node(NodeStatus):
     """A quicmesh node. Start it with :meth:`Node.start`; stop it with :meth:`stop` (or use
     ``async with await Node.start(...) as node``)."""
+
+    local_groups: LocalGroups
 
     def __init__(
         self,
@@ -135,6 +98,8 @@ class Node(NodeStatus):
         """The HTTP face (``/v1``) when ``http_api.listen`` is set, once started."""
         self.http_api_address: str | None = None
         """Where the HTTP face serves (``HOST:PORT``), once started."""
+        self.local_groups = LocalGroups(self.core, config.pubsub, self.registry, now=self._now, run=self._run)
+        """This node's work-queue group member subscriptions."""
 
     @classmethod
     async def start(
@@ -230,6 +195,7 @@ class Node(NodeStatus):
                 token.set_exception(NodeClosed("node stopped"))
         for state in list(self._subs.values()):
             state.queue.close_queue(NodeClosed("node stopped"))
+        self.local_groups.close_all()
         await self.transport.stop()
         await self.logs.stop()
 
@@ -304,14 +270,24 @@ class Node(NodeStatus):
         self._rearm()
         await self.wait_until(lambda: self.mesh.swarm_neighbours(topic) > 0, timeout)
 
-    async def subscribe(self, pattern: str, *, queue_size: int | None = None) -> Subscription:
+    async def subscribe(self, pattern: str, *, queue_size: int | None = None, group: str | None = None) -> Subscription:
         """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest); returns an async iterator.
 
+        With ``group``, join that work-queue group: each message on a matching topic goes to one
+        live member of the group mesh-wide, not to all (see README, "Work-queue groups").
         Raises :class:`~quicmesh.errors.LimitExceeded` past ``pubsub.max_subscriptions``.
         """
         self._check_open()
         self._check_reserved(pattern)
-        return await self._subscribe(pattern, queue_size=queue_size)
+        if group is None:
+            return await self._subscribe(pattern, queue_size=queue_size)
+        try:
+            sub_id = next(self._sub_ids)
+            queue = self.local_groups.open(sub_id, pattern, group, queue_size)
+        except ValueError as exc:
+            raise InvalidTopic(str(exc)) from None
+        self._rearm()
+        return Subscription(self, sub_id, pattern, queue, group)
 
     async def _subscribe(self, pattern: str, *, queue_size: int | None = None) -> Subscription:
         """:meth:`subscribe` without the reserved-topic check (the node's own services)."""
@@ -341,6 +317,9 @@ class Node(NodeStatus):
         return Subscription(self, sub_id, pattern, queue)
 
     def _release(self, sub_id: int) -> None:
+        if sub_id in self.local_groups:
+            self.local_groups.close(sub_id, stopping=self._stopped)
+            return self._rearm()
         state = self._subs.pop(sub_id)
         if state is None:
             return
@@ -573,8 +552,8 @@ class Node(NodeStatus):
 
     def health(self) -> dict[str, Any]:
         """``/health`` (see :class:`~quicmesh.runtime.node_status.NodeStatus`) with the guard's
-        counters under ``"guard"``."""
-        return {**super().health(), "guard": self.core.guard.stats()}
+        counters under ``"guard"`` and the work-queue groups' under ``"groups"``."""
+        return {**super().health(), "guard": self.core.guard.stats(), "groups": self.core.groups.stats()}
 
 
 def _load_keypair(config: NodeConfig) -> KeyPair:
