@@ -197,7 +197,7 @@ class NodeCore(DialCommands, GroupCommands):
         """Failure detection on live links: probes, indirect probes, suspicion (SWIM/Lifeguard)."""
         self._probing = config.failure.probe_interval > 0
         self.groups = Groups(
-            self.id, config.pubsub, registry, names=lambda: self.services._by_name.keys(),
+            self.id, config.pubsub, registry, names=self.services.names,
             members=lambda n, now: [(e.provider, e.addresses) for e in self.services.providers(n, now)],
             connected=lambda p: p in self.mesh.links.conns,
             may_publish=lambda p, t, now: self.trust.open or self.guard.peer_allowed(p, "publish", t, now),

@@ -253,6 +253,10 @@ class Registry:
         """Live, unsuspected entries of ``name`` (this node's own included), by provider id."""
         return [e for e in self._live(name, now) if not self.is_suspect(e.provider, now)]
 
+    def names(self) -> list[str]:
+        """The names this node holds entries for (expired ones included until the next sweep)."""
+        return list(self._by_name.keys())
+
     def has_entries(self, name: str, now: float) -> bool:
         """Whether any live entry of ``name`` is held, suspected providers included."""
         return bool(self._live(name, now))

@@ -49,7 +49,7 @@ def console_state(node: NodeDriver) -> dict[str, Any]:
         for pattern, (_parsed, group) in sorted(node._by_pattern.items())[:MAX_ITEMS]
     ]
     local = set(node._handlers)  # bounded: rpc.max_services names
-    held = sorted(node.services._by_name.keys())[:MAX_ITEMS]  # the registry's names (read only)
+    held = sorted(node.services.names())[:MAX_ITEMS]
     names = sorted(set(held) | local)[:MAX_ITEMS]
     services = []
     for name in names:
