@@ -2,8 +2,9 @@
 
 Five ``quicmesh node`` processes (each with its own SQLite store, in its own network namespace,
 on two LANs joined by a router) append unique items to one replicated log and set unique keys of
-one replicated map, one operation at a time each, while a fault loop injects one fault every
-``QMLAB_FAULT_EVERY_S`` seconds (5 s), cycling through: ``kill -9`` of a random node and
+one replicated map, one operation at a time each (at most ``OPS_PER_S`` per second), while a
+fault loop injects one fault every ``QMLAB_FAULT_EVERY_S`` seconds (5 s), cycling through:
+``kill -9`` of a random node and
 its restart on the same store, a partition of the hosts into random halves, a pause (SIGSTOP) of
 a random node. The run lasts ``QMLAB_JEPSEN_S`` seconds (30 in ``make test``, 300 in ``make
 lab``). An operation counts as *acknowledged* when the node's control channel reported it done
@@ -30,6 +31,8 @@ from quicmesh.testing.lab import Lab, LabNode, unavailable
 REASON = unavailable()
 RUN_S = float(os.environ.get("QMLAB_JEPSEN_S", "30"))
 FAULT_EVERY_S = float(os.environ.get("QMLAB_FAULT_EVERY_S", "5"))
+OPS_PER_S = 20.0
+"""Operations (an append and a set) per second per node, at most."""
 CONVERGE_S = 60.0
 LOG, MAP = "set", "kv"
 
@@ -79,8 +82,9 @@ class Cluster:
 
     @staticmethod
     async def _open(node: LabNode) -> None:
-        await node.process.request("log_open", "log_opened", log=LOG)
-        await node.process.request("kv_open", "kv_opened", map=MAP)
+        # a restarted node reads its store first (thousands of operations after a long run)
+        await node.process.request("log_open", "log_opened", wait=60, log=LOG)
+        await node.process.request("kv_open", "kv_opened", wait=60, map=MAP)
 
     async def writer(self, name: str) -> None:
         """Append unique items and set unique keys, one at a time, until told to stop."""
@@ -94,6 +98,7 @@ class Cluster:
                 self.acked_items[name][int(ev["last_seq"])] = item
                 await node.process.request("kv_set", "kv_set", wait=15, map=MAP, key=item, payload=item)
                 self.acked_keys[item] = item
+                await asyncio.sleep(1 / OPS_PER_S)  # paced: a set test needs faults, not volume
             except (RuntimeError, TimeoutError, ConnectionError, BrokenPipeError):
                 self.unknown += 1  # killed mid-operation: its outcome is unknown, not acknowledged
                 while self.nodes[name] is node and not self.stop:  # wait for the restart (bounded by the run)
