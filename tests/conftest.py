@@ -10,6 +10,8 @@ from hypothesis import settings
 
 from quicmesh.bounded import ContainerRegistry
 
+pytest_plugins = ["labkit"]  # the network lab's ``lab`` fixture (tests/labkit.py)
+
 # CI (CI=true) runs the property tests derandomized, so a run's outcome depends only on the code;
 # locally they explore new examples each run. Settings objects built in test modules inherit this.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)

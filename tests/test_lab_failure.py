@@ -15,48 +15,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
+from labkit import mesh, peers
 
-from quicmesh.testing.lab import Lab, LabNode, unavailable
+from quicmesh.testing.lab import Lab, LabNode
 
-REASON = unavailable()
 TRIALS = int(os.environ.get("QMLAB_TRIALS", "3"))
 PAUSE_S = float(os.environ.get("QMLAB_PAUSE_S", "120"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _lab_or_skip() -> None:
-    if REASON is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the network lab: {REASON}")
-        pytest.skip(REASON)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab() as lb:
-        yield lb
-
-
-async def _mesh(lab: Lab, n: int = 8) -> list[LabNode]:
-    lab.add_lan("a")
-    lab.add_lan("b")
-    hosts = [lab.add_host(f"h{i}", "a" if i % 2 == 0 else "b") for i in range(n)]
-    lab.add_router("r", ["a", "b"])
-    first = await lab.spawn(hosts[0], "n0")
-    nodes = [first]
-    for i, h in enumerate(hosts[1:], start=1):
-        nodes.append(await lab.spawn(h, f"n{i}", bootstrap=[first.address]))
-    for node in nodes:
-        await node.process.wait_peers(2, timeout=30)
-    return nodes
-
-
-async def _peers(node: LabNode) -> set[str]:
-    ev = await node.process.request("health", "health", wait=10)
-    return set(ev["peers"])
 
 
 async def _health(node: LabNode) -> dict[str, object]:
@@ -82,7 +48,7 @@ async def _flows(pub: LabNode, sub: LabNode, sid: int, topic: str) -> None:
 @pytest.mark.timeout(120 + 60 * TRIALS)
 def test_sigkill_is_detected_by_every_neighbour_within_5s(lab: Lab) -> None:
     async def run() -> None:
-        nodes = await _mesh(lab)
+        nodes = await mesh(lab)
         sub, pub = nodes[0], nodes[-1]
         await sub.process.request("subscribe", "subscribed", pattern="flow.>", id=1, quiet=True)
         await pub.process.request("wait_subscriber", "ready", topic="flow.x", wait=30)
@@ -90,14 +56,14 @@ def test_sigkill_is_detected_by_every_neighbour_within_5s(lab: Lab) -> None:
         for trial in range(TRIALS):
             victim = nodes[1 + trial % (len(nodes) - 2)]
             survivors = [n for n in nodes if n is not victim]
-            holders = [n for n in survivors if victim.process.node_id in await _peers(n)]
+            holders = [n for n in survivors if victim.process.node_id in await peers(n)]
             assert holders, "the victim had no connection to drop"
             killed = time.monotonic()
             victim.kill()
             dropped: dict[str, float] = {}
             while len(dropped) < len(holders) and time.monotonic() - killed < 15:
                 for n in holders:
-                    if n.name not in dropped and victim.process.node_id not in await _peers(n):
+                    if n.name not in dropped and victim.process.node_id not in await peers(n):
                         dropped[n.name] = time.monotonic() - killed
                 await asyncio.sleep(0.05)
             assert len(dropped) == len(holders), f"trial {trial}: {len(dropped)} of {len(holders)} dropped it"
@@ -117,7 +83,7 @@ def test_sigkill_is_detected_by_every_neighbour_within_5s(lab: Lab) -> None:
 @pytest.mark.timeout(240 + PAUSE_S)
 def test_paused_node_is_never_declared_failed(lab: Lab) -> None:
     async def run() -> None:
-        nodes = await _mesh(lab)
+        nodes = await mesh(lab)
         slow = nodes[3]
         end = time.monotonic() + PAUSE_S
         cycles = 0

@@ -22,33 +22,17 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from quicmesh.testing.lab import Lab, LabNode, unavailable
+from quicmesh.testing.lab import Lab, LabNode
 
-REASON = unavailable()
 RUN_S = float(os.environ.get("QMLAB_JEPSEN_S", "30"))
 FAULT_EVERY_S = float(os.environ.get("QMLAB_FAULT_EVERY_S", "5"))
 OPS_PER_S = 20.0
 """Operations (an append and a set) per second per node, at most."""
 CONVERGE_S = 60.0
 LOG, MAP = "set", "kv"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _lab_or_skip() -> None:
-    if REASON is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the network lab: {REASON}")
-        pytest.skip(REASON)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab() as lb:
-        yield lb
 
 
 class Cluster:

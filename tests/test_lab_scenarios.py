@@ -20,56 +20,22 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from labkit import mesh, peers
 
-from quicmesh.testing.lab import Lab, LabNode, unavailable
+from quicmesh.testing.lab import Lab, LabNode
 
-REASON = unavailable()
 PARTITION_S = float(os.environ.get("QMLAB_PARTITION_S", "20"))
 MESSAGES = int(os.environ.get("QMLAB_MESSAGES", "1000"))
 HEAL_LIMIT_S = 30.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _lab_or_skip() -> None:
-    if REASON is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the network lab: {REASON}")
-        pytest.skip(REASON)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab() as lb:
-        yield lb
-
-
-async def _mesh(lab: Lab, n: int = 8) -> list[LabNode]:
-    lab.add_lan("a")
-    lab.add_lan("b")
-    hosts = [lab.add_host(f"h{i}", "a" if i % 2 == 0 else "b") for i in range(n)]
-    lab.add_router("r", ["a", "b"])
-    first = await lab.spawn(hosts[0], "n0")
-    nodes = [first]
-    for i, h in enumerate(hosts[1:], start=1):
-        nodes.append(await lab.spawn(h, f"n{i}", bootstrap=[first.address]))
-    for node in nodes:
-        await node.process.wait_peers(2, timeout=30)
-    return nodes
-
-
-async def _peers(node: LabNode) -> set[str]:
-    ev = await node.process.request("health", "health", wait=10)
-    return set(ev["peers"])
-
-
 async def _one_overlay(nodes: list[LabNode]) -> bool:
     """Whether the nodes' connections form one connected graph."""
     ids = {n.process.node_id for n in nodes}
-    edges = {n.process.node_id: (await _peers(n)) & ids for n in nodes}
+    edges = {n.process.node_id: (await peers(n)) & ids for n in nodes}
     seen = {nodes[0].process.node_id}
     todo = [nodes[0].process.node_id]
     while todo:
@@ -115,7 +81,7 @@ async def _call(node: LabNode, call_id: int, timeout: float) -> tuple[str, float
 @pytest.mark.timeout(300 + PARTITION_S)
 def test_partition_and_heal_reconverge_and_calls_never_hang(lab: Lab) -> None:
     async def run() -> None:
-        nodes = await _mesh(lab)
+        nodes = await mesh(lab)
         side_a, side_b = nodes[:4], nodes[4:]  # each side holds hosts of both LANs
         provider = side_a[1]
         await provider.process.request("advertise", "advertised", name="svc", kind="echo")
@@ -146,7 +112,7 @@ def test_partition_and_heal_reconverge_and_calls_never_hang(lab: Lab) -> None:
         b_ids = {n.process.node_id for n in side_b}
         cross_links = 0
         for n in side_a:
-            cross_links += len(await _peers(n) & b_ids)
+            cross_links += len(await peers(n) & b_ids)
         assert cross_links == 0, f"{cross_links} connections across the cut after {PARTITION_S:g} s"
         lab.heal()
         healed = time.monotonic()
@@ -201,7 +167,7 @@ async def _collect(node: LabNode, sid: int, want: int, limit: float) -> list[tup
 @pytest.mark.timeout(240 + MESSAGES / 20)
 def test_loss_every_message_once_in_order(lab: Lab, percent: int) -> None:
     async def run() -> None:
-        nodes = await _mesh(lab)
+        nodes = await mesh(lab)
         pubs, subs = nodes[:2], nodes[2:]
         for s in subs:
             await s.process.request("subscribe", "subscribed", pattern="loss.>", id=7)

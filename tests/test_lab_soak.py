@@ -26,7 +26,6 @@ import importlib.util
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,9 +33,8 @@ from typing import Any
 import pytest
 
 from quicmesh.config import FailureConfig
-from quicmesh.testing.lab import Host, Lab, LabNode, unavailable
+from quicmesh.testing.lab import Host, Lab, LabNode
 
-REASON = unavailable()
 RUN_S = float(os.environ.get("QMLAB_SOAK_S", "60"))
 RSS_GATE_S = 600.0
 
@@ -63,20 +61,6 @@ SETTINGS_SUMMED = (("plumtree.eager", "plumtree.lazy"),)
 """As the soak harness (``bench/soaklib/hubs.py``): container sizes judged as one sum."""
 IGNORED = {SETTINGS.HISTORY}
 """The sentinel's history fills with time, not churn."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _lab_or_skip() -> None:
-    if REASON is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the network lab: {REASON}")
-        pytest.skip(REASON)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab() as lb:
-        yield lb
 
 
 async def _memory(node: LabNode) -> dict[str, Any]:
