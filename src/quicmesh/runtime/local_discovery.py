@@ -42,15 +42,13 @@ import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..bounded import ContainerRegistry, TtlMap
 from ..config import DiscoveryConfig
 from ..identity import NodeId
+from .driver import NodeDriver
 from .memory import MemoryTransport
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = [
     "JOIN_GAP",
@@ -219,7 +217,7 @@ class LocalDiscovery:
     its realm it finds there (see the module docstring). ``start``/``stop`` are called by the
     node."""
 
-    def __init__(self, node: Node, config: DiscoveryConfig) -> None:
+    def __init__(self, node: NodeDriver, config: DiscoveryConfig) -> None:
         self.node = node
         self.config = config
         self.table = DiscoveryTable(node.id, node.trust.realm.wire_id, config, node.registry)
@@ -369,7 +367,7 @@ class LocalDiscovery:
 
     def _join(self, now: float) -> None:
         node = self.node
-        contacts = self.table.contacts(now, set(node.peers()))
+        contacts = self.table.contacts(now, {c.peer_id for c in node.transport.connections()})
         self._next_join = now + JOIN_GAP
         if not contacts or node._stopped:
             return
