@@ -116,7 +116,8 @@ async def test_nodes_on_loopback_find_each_other_within_their_realm() -> None:
         assert stranger.peers() == [] and quiet.peers() == []
         c = nodes[0].local_discovery.table.counters
         assert c["ignored_other_realm"] >= 1 and c["accepted"] >= 2
-        assert nodes[0].gauges()["local_discovery_on"] == 1.0
+        g = nodes[0].gauges()
+        assert g["local_discovery_on"] == 1.0 and g["local_discovery_mdns_cache_names"] >= 1
         assert quiet.health()["local_discovery"]["state"] == "off"
         print(f"3 nodes on loopback joined without bootstrap; other realm: {len(stranger.peers())} connections;"
               f" ignored other-realm announcements at node 0: {c['ignored_other_realm']}")

@@ -353,6 +353,7 @@ class LocalDiscovery:
                 self._join(now)
             if now >= next_announce:
                 next_announce = now + self.config.interval
+                self._refresh(now)
                 try:
                     await self._azc.async_update_service(self._info)
                     self.table.counters["announced"] += 1
@@ -364,6 +365,19 @@ class LocalDiscovery:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(wake_at - self.node._now(), 0.01))
+
+    def _refresh(self, now: float) -> None:
+        """Keep the discovered peers whose records zeroconf still holds (they keep announcing;
+        an unchanged announcement raises no browser event); the others expire after
+        ``peer_ttl``."""
+        from zeroconf.asyncio import AsyncServiceInfo
+
+        for pid in list(self.table.peers):
+            info = AsyncServiceInfo(SERVICE_TYPE, f"{pid}.{SERVICE_TYPE}")
+            with contextlib.suppress(Exception):
+                if info.load_from_cache(self._azc.zeroconf):
+                    self.table.peers.touch(pid, now)
+        self.table.peers.expire(now)
 
     def _join(self, now: float) -> None:
         node = self.node
@@ -387,12 +401,22 @@ class LocalDiscovery:
         out = {f"local_discovery_{k}_total": float(v) for k, v in c.items()}
         out["local_discovery_peers"] = float(len(self.table.peers))
         out["local_discovery_on"] = 1.0 if self.state == "on" else 0.0
+        out["local_discovery_mdns_cache_names"] = float(self.mdns_cache_names())
         return out
+
+    def mdns_cache_names(self) -> int:
+        """Names in zeroconf's record cache (its own, expired by record TTL), so ``/metrics``
+        shows what the LAN's mDNS traffic makes it hold."""
+        azc = self._azc
+        with contextlib.suppress(Exception):
+            return len(azc.zeroconf.cache.cache) if azc is not None else 0
+        return 0
 
     def health(self) -> dict[str, Any]:
         """The ``/health`` ``local_discovery`` section."""
         return {
             "state": self.state,
+            "mdns_cache_names": self.mdns_cache_names(),
             "interfaces": list(self.interfaces),
             "announced_addresses": list(self.addresses),
             "peers": len(self.table.peers),
