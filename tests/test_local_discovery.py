@@ -18,6 +18,7 @@ from quicmesh.runtime.local_discovery import (
     parse_announcement,
     plan_interfaces,
 )
+from quicmesh.testing.wait import eventually
 
 
 def _props(d: dict[str, str]) -> dict[bytes, bytes | None]:
@@ -108,8 +109,7 @@ async def test_nodes_on_loopback_find_each_other_within_their_realm() -> None:
     stranger = await Node.start(_cfg(realm + "-other"))
     quiet = await Node.start(_cfg(realm, local=False))
     try:
-        for n in nodes:
-            await n.wait_until(lambda n=n: len(n.mesh.realm.active) > 0, timeout=15)  # type: ignore[misc]
+        await eventually(lambda: all(len(n.mesh.realm.active) for n in nodes), timeout=15, what="all joined")
         ids = {n.id for n in nodes}
         for n in nodes:
             assert set(n.peers()) <= ids
@@ -121,6 +121,10 @@ async def test_nodes_on_loopback_find_each_other_within_their_realm() -> None:
         assert quiet.health()["local_discovery"]["state"] == "off"
         print(f"3 nodes on loopback joined without bootstrap; other realm: {len(stranger.peers())} connections;"
               f" ignored other-realm announcements at node 0: {c['ignored_other_realm']}")
+        gone = nodes[2].id
+        await nodes[2].stop()  # its goodbye: the others forget it at once
+        await eventually(lambda: gone not in nodes[0].local_discovery.table.peers, timeout=10, what="goodbye heard")
+        assert c["removed"] >= 1
     finally:
         for n in [*nodes, stranger, quiet]:
             await n.stop()

@@ -294,12 +294,9 @@ class LocalDiscovery:
         with contextlib.suppress(Exception):
             if browser is not None:
                 await browser.async_cancel()
-        if azc is not None:
+        if azc is not None:  # closing sends the goodbye of our instance (peers forget us at once)
             with contextlib.suppress(Exception):
-                if self._info is not None:
-                    await asyncio.wait_for(azc.async_unregister_service(self._info), 2.0)
-            with contextlib.suppress(Exception):
-                await azc.async_close()
+                await asyncio.wait_for(azc.async_close(), 2.0)
 
     # -- listening --------------------------------------------------------------------------------
 
