@@ -63,6 +63,9 @@ def test_table_keeps_only_its_realm_never_itself_and_is_bounded() -> None:
     assert len(table.peers) == 8 and me not in table.peers  # bounded: the least recently seen went
     contacts = table.contacts(20.0, exclude={others[19]})
     assert [p for p, _ in contacts] == [others[18], others[17], others[16]]  # freshest first, capped
+    assert [p for p, _ in table.contacts(20.0, exclude=set())] == [others[19], others[15], others[14]]  # not twice
+    table.offer(Announcement(others[18], "lab", ("10.1.0.19:7000",)), now=21.0)  # announced again: once more
+    assert [p for p, _ in table.contacts(21.0, exclude=set())] == [others[18], others[13], others[12]]
     table.remove(others[18])
     assert others[18] not in table.peers and c["removed"] == 1
     assert table.contacts(1000.0, exclude=set()) == []  # expired after peer_ttl

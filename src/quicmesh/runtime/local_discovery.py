@@ -168,6 +168,9 @@ class DiscoveryTable:
         self.config = config
         self.peers: TtlMap[NodeId, tuple[str, ...]] = TtlMap(
             "discovery.local_peers", config.max_peers, config.peer_ttl, registry=registry)
+        self.tried: TtlMap[NodeId, None] = TtlMap(
+            "discovery.local_tried", config.max_peers, config.peer_ttl, registry=registry)
+        """Peers a join went through: not joined through again until they announce again."""
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)  # bounded: fixed keys
         self._window_start = float("-inf")
         self._window_count = 0
@@ -196,6 +199,7 @@ class DiscoveryTable:
             self.counters["ignored_self"] += 1
             return False
         self.counters["accepted"] += 1
+        self.tried.pop(ann.node_id)  # announced again: worth one more dial
         self.peers.pop(ann.node_id)  # re-inserted: freshest last
         self.peers.set(ann.node_id, ann.addresses, now)
         return True
@@ -206,10 +210,16 @@ class DiscoveryTable:
             self.counters["removed"] += 1
 
     def contacts(self, now: float, exclude: set[NodeId]) -> list[tuple[NodeId, tuple[str, ...]]]:
-        """Up to ``join_contacts`` discovered peers to join through, freshest first."""
+        """Up to ``join_contacts`` discovered peers to join through, freshest first, none a join
+        went through since it last announced (so one announcement costs at most one dial from
+        here; marked tried by this call)."""
         self.peers.expire(now)
-        out = [(p, a) for p, a in reversed(list(self.peers.items())) if p not in exclude]
-        return out[: self.config.join_contacts]
+        self.tried.expire(now)
+        out = [(p, a) for p, a in reversed(list(self.peers.items())) if p not in exclude and p not in self.tried]
+        out = out[: self.config.join_contacts]
+        for p, _ in out:
+            self.tried.set(p, None, now)
+        return out
 
 
 class LocalDiscovery:
