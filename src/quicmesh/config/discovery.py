@@ -24,8 +24,9 @@ class DiscoveryConfig:
     ``--no-local-discovery`` or ``QUICMESH_DISCOVERY__LOCAL=false`` turns it off). Off by itself
     when the node listens on loopback only (unless ``loopback``) or on the in-memory transport."""
     interval: float = 10.0
-    """Seconds between two announcements of this node (its first one goes out at start), and
-    between two joins through discovered peers while this node has no neighbour (default 10)."""
+    """Seconds between two announcements of this node (its first one goes out at start; zeroconf
+    also answers queries, rate-limited as RFC 6762 says), and the window of
+    ``max_announcements`` (default 10)."""
     peer_ttl: float = 120.0
     """Seconds a discovered peer is remembered without being announced again (default 120, the
     mDNS TTL of host records)."""

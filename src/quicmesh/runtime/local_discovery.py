@@ -250,7 +250,10 @@ class LocalDiscovery:
         if isinstance(self.node.transport, MemoryTransport):
             self.state = "in-memory transport"
             return
-        plan = plan_interfaces(self.node.address, loopback=self.config.loopback)
+        try:
+            plan = plan_interfaces(self.node.address, loopback=self.config.loopback)
+        except Exception as exc:  # interfaces unreadable (e.g. no netlink under a systemd sandbox)
+            plan = f"cannot read the network interfaces: {type(exc).__name__}: {exc}"[:200]
         if isinstance(plan, str):
             self.state = plan
             log.info("local discovery off: %s", plan)
