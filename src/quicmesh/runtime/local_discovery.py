@@ -360,7 +360,11 @@ class LocalDiscovery:
             now = self.node._now()
             alone = not len(self.node.mesh.realm.active)
             if alone and now >= self._next_join and len(self.table.peers):
-                self._join(now)
+                try:
+                    self._join(now)
+                except Exception:  # never let one bad join end discovery
+                    self.table.counters["errors"] += 1
+                    log.exception("local discovery: join failed")
             if now >= next_announce:
                 next_announce = now + self.config.interval
                 self._refresh(now)
