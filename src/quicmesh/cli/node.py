@@ -76,6 +76,7 @@ async def run_node(args: argparse.Namespace) -> int:
         "realm_file": args.realm_file,
         "cert": args.cert,
         "revocations": args.revocations,
+        "discovery.local": False if getattr(args, "no_local_discovery", False) else None,  # #13 (localdisc)
     }
     config = load_config(args.config, overrides=overrides)
     node = await Node.start(config)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .discovery import DiscoveryConfig
 from .failure import FailureConfig
 from .http_api import HttpApiConfig
 from .transport import TransportConfig
@@ -22,6 +23,7 @@ from .values import KiB, MiB, check_type, coerce, field_types
 __all__ = [
     "SECTIONS",
     "AddressBookConfig",
+    "DiscoveryConfig",
     "FailureConfig",
     "GatewayConfig",
     "GossipConfig",
@@ -452,6 +454,9 @@ class NodeConfig:
     # #15 (httpface)
     http_api: HttpApiConfig = field(default_factory=HttpApiConfig)
     """The HTTP face (``--http-api``; env ``QUICMESH_HTTP_API__LISTEN``); off by default."""
+    # #13 (localdisc)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    """Local discovery (mDNS) of nodes of this realm; on by default (``--no-local-discovery``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):

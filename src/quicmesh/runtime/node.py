@@ -56,6 +56,7 @@ from ..identity import KeyPair, NodeId
 from .gateway import Gateway
 from .gateway_perms import ClientPermits, GuardedGateway
 from .groups import LocalGroups
+from .local_discovery import LocalDiscovery
 from .logs import Log, LogWatch, ReplicatedMap
 from .memory import MemoryNetwork
 
@@ -100,6 +101,8 @@ class Node(NodeStatus):
         """Where the HTTP face serves (``HOST:PORT``), once started."""
         self.local_groups = LocalGroups(self.core, config.pubsub, self.registry, now=self._now, run=self._run)
         """This node's work-queue group member subscriptions."""
+        self.local_discovery = LocalDiscovery(self, config.discovery)
+        """Finds nodes of this realm on the LAN (mDNS) and joins through them while alone (#13)."""
 
     @classmethod
     async def start(
@@ -157,6 +160,7 @@ class Node(NodeStatus):
         self._run(self.core.join([(None, (addr,)) for addr in self.config.bootstrap], now))
         self._rearm()
         await self.realm_service.start()
+        await self.local_discovery.start()
         log.info("node %s listening on %s (realm %s)", self.id.short(), self.address, self.config.realm)
 
     async def stop(self) -> None:
@@ -174,6 +178,7 @@ class Node(NodeStatus):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.gather(*(c.drain(until=0) for c in conns)), _STOP_DRAIN)
         self._stopped = True
+        await self.local_discovery.stop()
         self._lost_later.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -548,12 +553,15 @@ class Node(NodeStatus):
         out["peer_offences_total"] = float(g["offences"])
         out["peers_blocked_total"] = float(g["peers_blocked"])
         out["peers_blocked"] = float(guard.stats()["blocked"])
+        out.update(self.local_discovery.gauges())
         return out
 
     def health(self) -> dict[str, Any]:
         """``/health`` (see :class:`~quicmesh.runtime.node_status.NodeStatus`) with the guard's
-        counters under ``"guard"`` and the work-queue groups' under ``"groups"``."""
-        return {**super().health(), "guard": self.core.guard.stats(), "groups": self.core.groups.stats()}
+        counters under ``"guard"``, the work-queue groups' under ``"groups"`` and local discovery's
+        under ``"local_discovery"``."""
+        return {**super().health(), "guard": self.core.guard.stats(), "groups": self.core.groups.stats(),
+                "local_discovery": self.local_discovery.health()}
 
 
 def _load_keypair(config: NodeConfig) -> KeyPair:
