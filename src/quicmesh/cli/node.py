@@ -76,6 +76,7 @@ async def run_node(args: argparse.Namespace) -> int:
         "realm_file": args.realm_file,
         "cert": args.cert,
         "revocations": args.revocations,
+        "addresses.advertise_addresses": tuple(args.advertise_address) if args.advertise_address else None,  # #13
     }
     config = load_config(args.config, overrides=overrides)
     node = await Node.start(config)

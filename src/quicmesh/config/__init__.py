@@ -14,6 +14,7 @@ from .loader import load_config
 from .schema import (
     MAX_BATCH_MESSAGES,
     AddressBookConfig,
+    AddressesConfig,
     FailureConfig,
     GatewayConfig,
     GossipConfig,
@@ -35,6 +36,7 @@ from .values import coerce
 __all__ = [
     "MAX_BATCH_MESSAGES",
     "AddressBookConfig",
+    "AddressesConfig",
     "FailureConfig",
     "GatewayConfig",
     "GossipConfig",

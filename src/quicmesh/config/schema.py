@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .addresses import AddressesConfig
 from .failure import FailureConfig
 from .transport import TransportConfig
 from .values import KiB, MiB, check_type, coerce, field_types
@@ -21,6 +22,7 @@ from .values import KiB, MiB, check_type, coerce, field_types
 __all__ = [
     "SECTIONS",
     "AddressBookConfig",
+    "AddressesConfig",
     "FailureConfig",
     "GatewayConfig",
     "GossipConfig",
@@ -468,6 +470,9 @@ class NodeConfig:
     # #15 (httpface)
     http_api: HttpApiConfig = field(default_factory=HttpApiConfig)
     """The HTTP face (``--http-api``; env ``QUICMESH_HTTP_API__LISTEN``); off by default."""
+    # #13 (observed)
+    addresses: AddressesConfig = field(default_factory=AddressesConfig)
+    """What the node announces as its addresses (``--advertise-address``; observed addresses)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):

@@ -74,6 +74,7 @@ from .mesh_messages import (
     MNeighbor,
     MPrune,
 )
+from .observed import ObservedAddresses
 from .plumtree import Arrived, GossipAuth, GossipCaches, Plumtree
 from .swarm import Swarm
 from .topics import MAX_TOPIC_LEN, Ordering, Pattern, check_topic, parse_pattern, swarm_of
@@ -128,6 +129,8 @@ class Mesh(Batching):
             "delivered": 0, "published": 0, "malformed": 0, "join_attempts": 0,
         }
         self.book = AddressBook(me, config.address_book, registry)
+        self.observed = ObservedAddresses(config.addresses, registry)
+        """#13: what peers report seeing this node at, and the address set it announces."""
         self.realm = HyParView(me, self.addresses, "", config.membership, self.book, rng, registry)
         # serving light clients (#11): room for what clients may hold on top of the node's own
         # caps, so clients at their caps never use up the node's own (see client_swarms)

@@ -268,6 +268,8 @@ class NodeDriver:
         self.inbox_guard.peer_up()
         addresses = (conn.remote_address,) if conn.outbound else ()
         self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now()))
+        if self.mesh.observed.report(conn.peer_id, getattr(conn, "observed", ""), self._now()):  # #13
+            self.core.set_addresses(self.mesh.observed.announced())
         self._rearm()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
