@@ -73,6 +73,7 @@ from .mesh_messages import (
     MLeave,
     MNeighbor,
     MPrune,
+    SelfRecord,
 )
 from .observed import ObservedAddresses
 from .plumtree import Arrived, GossipAuth, GossipCaches, Plumtree
@@ -273,6 +274,12 @@ class Mesh(Batching):
         if sw.patterns:
             return []
         return self._leave_swarm(key, now)
+
+    def set_self_record(self, record: SelfRecord, realm: str) -> None:
+        """#13: this node's signed record of the addresses it announces, and the realm wire id
+        records must name (see :mod:`quicmesh.core.selfrecord`)."""
+        self.book.own_record = record
+        self.book.realm = realm
 
     def set_addresses(self, addresses: tuple[str, ...]) -> None:
         """This node's own listen addresses (known once the transport is bound)."""

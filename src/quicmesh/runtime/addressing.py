@@ -1,13 +1,19 @@
-"""#13: the interface addresses a wildcard listener announces (see :mod:`quicmesh.core.observed`)."""
+"""#13: what a node announces as its addresses: the interface addresses of a wildcard listener
+(see :mod:`quicmesh.core.observed`) and the signed self-record of the announced set
+(:mod:`quicmesh.core.selfrecord`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 
+from ..core.node import NodeCore
 from ..core.observed import canonical_address, is_wildcard
+from ..core.selfrecord import sign_record
+from ..identity import KeyPair
 
-__all__ = ["interface_addresses"]
+__all__ = ["announce", "interface_addresses"]
 
 _MAX_INTERFACE_ADDRESSES = 16
 """Interface addresses considered (a host with more announces the first ones)."""
@@ -44,3 +50,12 @@ def interface_addresses(listen: str) -> tuple[str, ...]:
                 if canon is not None and canon not in out and len(out) < _MAX_INTERFACE_ADDRESSES:
                     out.append(canon)
     return tuple(out)
+
+
+def announce(core: NodeCore, keypair: KeyPair, realm: str, addresses: tuple[str, ...]) -> None:
+    """Make ``addresses`` what the node announces, with a fresh signed self-record of them
+    (``at``: the wall clock in milliseconds, strictly increasing)."""
+    core.set_addresses(addresses)
+    old = core.mesh.book.own_record
+    at = max(int(time.time() * 1000), old.at + 1 if old is not None else 0)
+    core.mesh.set_self_record(sign_record(keypair, realm, core.mesh.addresses, at), realm)

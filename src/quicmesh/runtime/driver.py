@@ -63,6 +63,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .addressing import announce
 from .credentials import load_trust
 from .inbox import InboxGuard
 from .logs import LogService
@@ -269,7 +270,7 @@ class NodeDriver:
         addresses = (conn.remote_address,) if conn.outbound else ()
         self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now()))
         if self.mesh.observed.report(conn.peer_id, getattr(conn, "observed", ""), self._now()):  # #13
-            self.core.set_addresses(self.mesh.observed.announced())
+            announce(self.core, self.keypair, self.trust.wire_id, self.mesh.observed.announced())
         self._rearm()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:

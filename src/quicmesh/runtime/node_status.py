@@ -74,6 +74,8 @@ class NodeStatus(NodeDriver):
             "observed_reports_total": float(self.mesh.observed.received),  # #13
             "observed_reports_ignored_total": float(self.mesh.observed.ignored),
             "observed_addresses_confirmed": float(len(self.mesh.observed.confirmed())),
+            "self_records_accepted_total": float(self.mesh.book.records_accepted),
+            "self_records_refused_total": float(self.mesh.book.records_refused),
         }
         retry_stats = getattr(self.transport, "retry_stats", None)
         if retry_stats is not None:
@@ -101,7 +103,9 @@ class NodeStatus(NodeDriver):
             "node_id": str(self.id),
             "realm": self.realm_health(),
             "address": self.address,
-            "addresses": self.mesh.observed.stats(),  # #13: announced and observed addresses
+            "addresses": {**self.mesh.observed.stats(),  # #13: announced and observed addresses
+                          "signed_records": {k: v for k, v in self.mesh.book.stats().items()
+                                             if k.startswith("records_")}},
             "connections": {
                 "open": ts.connections,
                 "capacity": self.config.transport.max_connections,
