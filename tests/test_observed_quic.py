@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from quicmesh.config import NodeConfig
+from quicmesh.core.selfrecord import verify_record
 from quicmesh.runtime.node import Node
 from quicmesh.testing.wait import eventually
 
@@ -30,6 +31,10 @@ async def nodes() -> AsyncIterator[Callable[..., object]]:
             await n.stop()
 
 
+def _reported(n: Node) -> Callable[[], bool]:
+    return lambda: n.address in n.mesh.observed.votes()
+
+
 def _port(address: str) -> str:
     return address.rpartition(":")[2]
 
@@ -45,13 +50,16 @@ async def test_peers_on_three_loopback_addresses_see_each_other() -> None:
         assert a.mesh.observed.confirmed() == (a.address,)
         # b and c dialed from their own listen sockets: a saw each at its listen address
         for n in (b, c):
-            await eventually(lambda n=n: n.address in n.mesh.observed.votes(), timeout=15,  # type: ignore[misc]
-                             what=f"{n.address} reported", detail=n.mesh.observed.stats)
+            await eventually(_reported(n), timeout=15, what=f"{n.address} reported", detail=n.mesh.observed.stats)
         for n in (a, b, c):
             st = n.mesh.observed.stats()
             print(f"{n.address}: announced {st['announced']}, observed {st['observed']}")
             assert st["reports_ignored_total"] == 0
             assert n.mesh.observed.announced()[0] == n.address
+        # c joined through a, whose FORWARDJOIN carried c's signed record to b unaltered
+        rec = await eventually(lambda: b.mesh.book.record(c.id), timeout=15, what="b holds c's signed record")
+        assert rec is not None and tuple(rec.addrs) == c.mesh.addresses
+        assert verify_record(rec, c.trust.wire_id, c.id) == c.id
         health = a.health()["addresses"]
         assert health["observed"][0] == {"address": a.address, "reporters": 2, "confirmed": True}
         gauges = a.gauges()
