@@ -195,3 +195,26 @@ def test_cli_advertise_address_flag() -> None:
     args = _parser().parse_args(["node", "--advertise-address", "198.51.100.1:1",
                                       "--advertise-address", "198.51.100.2:2"])
     assert args.advertise_address == ["198.51.100.1:1", "198.51.100.2:2"]
+
+
+def test_status_shows_observed_addresses() -> None:
+    import io
+
+    from rich.console import Console
+
+    from quicmesh.cli.status import render_status
+
+    t = table()
+    t.configure("10.0.0.5:4000")
+    p1, p2, p3 = ids(3)
+    t.report(p1, "198.51.100.1:31000", 0.0)
+    t.report(p2, "198.51.100.1:31000", 0.0)
+    t.report(p3, "0.0.0.0:1", 0.0)
+    buf = io.StringIO()
+    render_status({"status": "ok", "node_id": "x", "addresses": t.stats()},
+                  Console(file=buf, width=160, force_terminal=False, color_system=None))
+    text = buf.getvalue()
+    assert "198.51.100.1:31000" in text and "10.0.0.5:4000" in text
+    row = next(line for line in text.splitlines() if "198.51.100.1:31000" in line)
+    assert "yes" in row and "2" in row
+    assert "confirmed at 2 peers; reports 3, ignored 1" in text
