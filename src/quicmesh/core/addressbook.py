@@ -154,6 +154,11 @@ class AddressBook:
     def add_record(self, rec: SelfRecord, now: float, *, subject: NodeId | None = None) -> bool:
         """Take ``rec`` (a peer's signed record, about ``subject`` when given) as that peer's own
         word when it verifies and is newer than the record held; ``True`` when taken."""
+        if subject is not None:  # not newer than the one held: no signature check spent on it
+            held = self._entries.get(subject)
+            if held is not None and held.record is not None and held.record.at >= rec.at and rec.id == subject.raw:
+                self.records_stale += 1
+                return False
         peer = verify_record(rec, self.realm, subject)
         if peer is None:
             self.records_refused += 1
