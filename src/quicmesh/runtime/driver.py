@@ -376,6 +376,8 @@ class NodeDriver:
         self._next_reconcile = now + _RECONCILE_INTERVAL
         self._routes.clear()
         self._run(self.core.reconcile(frozenset(c.peer_id for c in self.transport.connections()), now))
+        if self.mesh.observed.expire(now):  # #13: an observed address no longer confirmed is withdrawn
+            announce(self.core, self.keypair, self.trust.wire_id, self.mesh.observed.announced())
 
     def _notify(self) -> None:
         """Wake every :meth:`wait_until` waiter: the peer set or a peer's interests changed."""
