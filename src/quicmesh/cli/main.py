@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--revocations", metavar="FILE", help="revocation list file kept up to date (revocations)")
     n.add_argument("--no-local-discovery", action="store_true",
                    help="do not announce or look for nodes of this realm on the local network (discovery.local)")
+    n.add_argument("--advertise-address", action="append", default=None, metavar="HOST:PORT",
+                   help="announce this address instead of the computed ones (repeat; addresses.advertise_addresses)")
 
     for name, helptext in (("call", "call a procedure"), ("pub", "publish a message"), ("sub", "print messages")):
         c = sub.add_parser(name, help=f"{helptext} through a short-lived node or as a light client")

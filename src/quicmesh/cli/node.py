@@ -77,6 +77,7 @@ async def run_node(args: argparse.Namespace) -> int:
         "cert": args.cert,
         "revocations": args.revocations,
         "discovery.local": False if getattr(args, "no_local_discovery", False) else None,  # #13 (localdisc)
+        "addresses.advertise_addresses": tuple(args.advertise_address) if args.advertise_address else None,  # #13
     }
     config = load_config(args.config, overrides=overrides)
     node = await Node.start(config)

@@ -162,7 +162,11 @@ def render_status(health: Mapping[str, Any], console: Console) -> None:
                 mesh.add_row(key.replace("_", " "), _num(value))
         console.print(mesh)
 
-    reserved = {"status", "node_id", "realm", "ready", "reasons", "gauges", "containers", "process", "sentinel"}
+    addresses = health.get("addresses")
+    if isinstance(addresses, Mapping):
+        _addresses_table(addresses, console)
+    reserved = {"status", "node_id", "realm", "ready", "reasons", "gauges", "containers", "process", "sentinel",
+                "addresses"}
     sections = [(k, v) for k, v in health.items() if k not in reserved and isinstance(v, Mapping)]
     if sections:
         subs = Table(title="subsystems", title_justify="left")
@@ -179,6 +183,25 @@ def render_status(health: Mapping[str, Any], console: Console) -> None:
     containers = health.get("containers") or {}
     if isinstance(containers, Mapping):
         _containers_table(containers, console)
+
+
+def _addresses_table(addresses: Mapping[str, Any], console: Console) -> None:
+    """#13: the announced addresses and what peers report seeing this node at."""
+    table = Table(title="addresses (announced; observed by peers)", title_justify="left")
+    table.add_column("address", style="bold")
+    table.add_column("announced")
+    table.add_column("reporters", justify="right")
+    table.add_column("confirmed")
+    announced = [str(a) for a in addresses.get("announced") or []]
+    observed = {str(o.get("address")): o for o in addresses.get("observed") or [] if isinstance(o, Mapping)}
+    for addr in dict.fromkeys([*announced, *observed]):
+        o = observed.get(addr, {})
+        table.add_row(addr, "yes" if addr in announced else "no", _num(o.get("reporters", 0)),
+                      "yes" if o.get("confirmed") else "no")
+    need = addresses.get("confirmations_needed", "?")
+    table.caption = (f"confirmed at {need} peers; reports {_num(addresses.get('reports_received_total'))}, "
+                     f"ignored {_num(addresses.get('reports_ignored_total'))}")
+    console.print(table)
 
 
 def _containers_table(containers: Mapping[str, Any], console: Console) -> None:

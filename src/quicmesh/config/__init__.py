@@ -14,6 +14,7 @@ from .loader import load_config
 from .schema import (
     MAX_BATCH_MESSAGES,
     AddressBookConfig,
+    AddressesConfig,
     DiscoveryConfig,
     FailureConfig,
     GatewayConfig,
@@ -36,6 +37,7 @@ from .values import coerce
 __all__ = [
     "MAX_BATCH_MESSAGES",
     "AddressBookConfig",
+    "AddressesConfig",
     "DiscoveryConfig",
     "FailureConfig",
     "GatewayConfig",

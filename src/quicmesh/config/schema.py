@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .addresses import AddressesConfig
 from .discovery import DiscoveryConfig
 from .failure import FailureConfig
 from .http_api import HttpApiConfig
@@ -23,6 +24,7 @@ from .values import KiB, MiB, check_type, coerce, field_types
 __all__ = [
     "SECTIONS",
     "AddressBookConfig",
+    "AddressesConfig",
     "DiscoveryConfig",
     "FailureConfig",
     "GatewayConfig",
@@ -457,6 +459,9 @@ class NodeConfig:
     # #13 (localdisc)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     """Local discovery (mDNS) of nodes of this realm; on by default (``--no-local-discovery``)."""
+    # #13 (observed)
+    addresses: AddressesConfig = field(default_factory=AddressesConfig)
+    """What the node announces as its addresses (``--advertise-address``; observed addresses)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):

@@ -20,16 +20,25 @@ sent us itself, the address we reached it at: ``own=True``) outranks what others
 never replaces self-claimed addresses and does not refresh their last-seen time, so it only fills
 in when nothing self-claimed is known, or once the self-claimed entry expired (``ttl`` after the
 peer last spoke for itself, unless connected). Refused claims are counted (``overruled``).
+
+**Signed self-records** (#13, :mod:`quicmesh.core.selfrecord`): a peer's record of its own
+addresses, signed with its key, reaches us through relays. :meth:`AddressBook.add_record` verifies
+it (for :attr:`AddressBook.realm`) and takes it as the peer's own word, unless the book already
+holds a record of that peer with the same or a newer ``at`` (a replayed old record changes
+nothing). The latest verified record is kept with the entry so that it can be relayed on
+(:meth:`AddressBook.record`); :attr:`AddressBook.own_record` is this node's own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..bounded import ContainerRegistry, TtlMap
 from ..config import AddressBookConfig
 from ..identity import NodeId
+from .mesh_messages import SelfRecord
+from .selfrecord import verify_record
 
 __all__ = ["AddressBook", "PeerEntry", "normalize_addresses"]
 
@@ -58,6 +67,8 @@ class PeerEntry:
     connected: bool
     own: bool = False
     """The addresses are what the peer said about itself (or where we reached it)."""
+    record: SelfRecord | None = None
+    """#13: the newest verified signed record of the peer (relayed on as it is)."""
 
 
 class AddressBook:
@@ -71,6 +82,15 @@ class AddressBook:
         )
         self.overruled = 0
         """Third-party claims ignored because the peer's own addresses are known."""
+        self.realm = ""
+        """The realm's wire id, which signed records must name (set by the mesh)."""
+        self.own_record: SelfRecord | None = None
+        """This node's own signed record (sent in JOIN, SHUFFLE, FIND; set by the mesh)."""
+        self.records_accepted = 0
+        self.records_refused = 0
+        """Signed records that did not verify or named another peer than the message."""
+        self.records_stale = 0
+        """Verified records not newer than the one held (replays)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -107,7 +127,7 @@ class AddressBook:
                 self.overruled += 1
             return
         keep_own = old.own and not addrs
-        entry = PeerEntry(addrs or old.addresses, now, old.connected, own or keep_own)
+        entry = PeerEntry(addrs or old.addresses, now, old.connected, own or keep_own, old.record)
         self._entries.set(peer, entry, now, _CONNECTED_TTL if old.connected else None)
 
     def set_connected(self, peer: NodeId, addresses: Iterable[str], now: float) -> None:
@@ -118,7 +138,8 @@ class AddressBook:
         old = self._entries.get(peer)
         keep = addrs or (old.addresses if old is not None else ())
         own = bool(addrs) or (old is not None and old.own)  # we reached it there: as good as its word
-        self._entries.set(peer, PeerEntry(keep, now, True, own), now, _CONNECTED_TTL)
+        rec = old.record if old is not None else None
+        self._entries.set(peer, PeerEntry(keep, now, True, own, rec), now, _CONNECTED_TTL)
 
     def set_disconnected(self, peer: NodeId, now: float) -> None:
         """The connection to ``peer`` ended: the entry expires ``ttl`` from now."""
@@ -128,7 +149,39 @@ class AddressBook:
         if not old.addresses:
             self._entries.pop(peer)
             return
-        self._entries.set(peer, PeerEntry(old.addresses, now, False, old.own), now)
+        self._entries.set(peer, replace(old, last_seen=now, connected=False), now)
+
+    def add_record(self, rec: SelfRecord, now: float, *, subject: NodeId | None = None) -> bool:
+        """Take ``rec`` (a peer's signed record, about ``subject`` when given) as that peer's own
+        word when it verifies and is newer than the record held; ``True`` when taken."""
+        if subject is not None:  # not newer than the one held: no signature check spent on it
+            held = self._entries.get(subject)
+            if held is not None and held.record is not None and held.record.at >= rec.at and rec.id == subject.raw:
+                self.records_stale += 1
+                return False
+        peer = verify_record(rec, self.realm, subject)
+        if peer is None:
+            self.records_refused += 1
+            return False
+        if peer == self.me:
+            return False
+        old = self._entries.get(peer)
+        if old is not None and old.record is not None and old.record.at >= rec.at:
+            self.records_stale += 1
+            return False
+        addrs = normalize_addresses(rec.addrs)
+        if not addrs:
+            return False
+        self.records_accepted += 1
+        connected = old is not None and old.connected
+        self._entries.set(peer, PeerEntry(addrs, now, connected, True, rec), now,
+                          _CONNECTED_TTL if connected else None)
+        return True
+
+    def record(self, peer: NodeId) -> SelfRecord | None:
+        """The newest verified signed record of ``peer`` (``None`` when none is held)."""
+        entry = self._entries.get(peer)
+        return None if entry is None else entry.record
 
     def remove(self, peer: NodeId) -> bool:
         """Forget ``peer``; ``True`` when it was known."""
@@ -151,4 +204,6 @@ class AddressBook:
         """Counters for /health."""
         s = self._entries.stats()
         return {"size": s.size, "capacity": s.capacity, "peak": s.peak, "evictions": s.evictions,
-                "expirations": s.expirations, "overruled": self.overruled}
+                "expirations": s.expirations, "overruled": self.overruled,
+                "records_accepted": self.records_accepted, "records_refused": self.records_refused,
+                "records_stale": self.records_stale}

@@ -189,7 +189,7 @@ class Discovery:
         out: list[Effect] = []
         for p in self.rng.sample(realm, min(FIND_FANOUT, len(realm))):
             out += self.send(p, MFind(sw.hv.swarm, self.me.raw, list(self.addresses),
-                                          min(cfg.active_random_walk, MAX_WALK_TTL)), now)
+                                          min(cfg.active_random_walk, MAX_WALK_TTL), self.book.own_record), now)
         return out
 
     def take_hints(self, swarm: str, now: float) -> list[NodeId]:
@@ -201,18 +201,19 @@ class Discovery:
         origin = peer_id(msg.origin)
         if origin is None or origin == self.me or not msg.s:
             return []
-        self.book.add(origin, msg.addrs, now, own=origin == sender)
+        if msg.rec is None or not self.book.add_record(msg.rec, now, subject=origin):  # #13
+            self.book.add(origin, msg.addrs, now, own=origin == sender)
         sw = self.swarms.peek(msg.s)
         out: list[Effect] = []
         if sw is not None:
             peers = [self.me, *self.rng.sample(sw.hv.active_peers(), min(FOUND_PEERS - 1, len(sw.hv.active)))]
-            infos = [PeerInfo(p.raw, list(self.addresses if p == self.me else self.book.addresses(p)))
-                     for p in peers if p != origin]
+            infos = [PeerInfo(p.raw, list(self.addresses), self.book.own_record) if p == self.me else
+                     PeerInfo(p.raw, list(self.book.addresses(p)), self.book.record(p)) for p in peers if p != origin]
             out += self.send(origin, MFound(msg.s, infos), now)
             return out
         hints = [(p, exp) for p, exp in (self.hints.get(msg.s) or ()) if exp > now and p != origin]
         if hints:
-            infos = [PeerInfo(p.raw, list(self.book.addresses(p))) for p, _ in hints[-FOUND_PEERS:]
+            infos = [PeerInfo(p.raw, list(self.book.addresses(p)), self.book.record(p)) for p, _ in hints[-FOUND_PEERS:]
                      if self.book.addresses(p)]
             if infos:
                 out += self.send(origin, MFound(msg.s, infos), now)
@@ -223,7 +224,8 @@ class Discovery:
             cands = [p for p in self.realm.active.keys() if p not in (sender, origin)]
             if cands:
                 nxt = self.rng.choice(cands)
-                out += self.send(nxt, MFind(msg.s, msg.origin, list(self.book.addresses(origin)), ttl - 1), now)
+                out += self.send(nxt, MFind(msg.s, msg.origin, list(self.book.addresses(origin)), ttl - 1,
+                                            self.book.record(origin)), now)
         return out
 
     def on_found(self, msg: MFound, now: float) -> list[Effect]:
@@ -236,7 +238,8 @@ class Discovery:
             p = peer_id(info.id)
             if p is None or p == self.me:
                 continue
-            self.book.add(p, info.addrs, now)
+            if info.rec is None or not self.book.add_record(info.rec, now, subject=p):  # #13
+                self.book.add(p, info.addrs, now)
             if len(sw.hv.active) + len(sw.hv.pending) < self.config.membership.active_view:
                 out += self.route(msg.s, sw.hv.join_via(p, now), now)
             else:

@@ -43,6 +43,9 @@ public key, and their realm, on the connection's first stream:
    :class:`Admit` the listener sends ``Welcome`` and is :class:`Established`; the dialer is
    established when the ``Welcome`` naming its peer arrives.
 
+Observed addresses (#13): ``Hello.obs`` and ``Challenge.obs`` tell the peer the address this end
+sees it at (:attr:`Handshake.remote`, set by the runtime); the peer's report is :attr:`Handshake.observed`.
+
 Before it is established, a machine accepts only the one message its phase expects (or a
 ``Refuse`` from the peer): anything else is refused with code ``protocol``. The handshake has a
 deadline (``started + timeout``): :class:`TimerFired` at or after it closes with ``timeout``.
@@ -382,6 +385,10 @@ class Handshake:
         self.peer_certificate: Certificate | None = None
         """The peer's verified certificate (authority mode; ``None`` in an open realm)."""
         self._peer_revocations = 0
+        self.remote = ""
+        """The address this end sees the peer at (set by the runtime before it is sent)."""
+        self.observed = ""
+        """What the peer reported seeing this end at (``Hello.obs``/``Challenge.obs``; unchecked)."""
 
     @property
     def peer_permissions(self) -> Permissions | None:
@@ -472,7 +479,8 @@ class Handshake:
         cert = (trust.own_certificate or b"") if trust is not None else b""
         rl = trust.revocations if trust is not None else None
         return [Send(Hello(version=PROTOCOL_VERSION, realm=loc.realm, node_id=loc.node_id.raw, expected=peer.raw,
-                           instance=loc.instance, role=loc.role, cert=cert, revocations=rl.version if rl else 0))]
+                           instance=loc.instance, role=loc.role, cert=cert, revocations=rl.version if rl else 0,
+                           obs=self.remote))]
 
     def _received(self, m: Message, now: float) -> list[Output]:
         ph = self.phase
@@ -516,7 +524,7 @@ class Handshake:
             return self._refuse("protocol", f"unknown role {m.role[:32]!r}")
         self.peer = peer
         self.peer_role = m.role
-        self.peer_instance = m.instance
+        self.peer_instance, self.observed = m.instance, m.obs
         self.phase = Phase.CHECK_HELLO
         return [NeedAdmission("hello", peer, m.role, m.instance)]
 
@@ -533,7 +541,7 @@ class Handshake:
         rl = trust.revocations if trust is not None else None
         data = rl.encode() if rl is not None and rl.version > self._peer_revocations else b""
         return [Send(Challenge(nonce=self._nonce, cert=cert,
-                               revocation_list=data if len(data) <= MAX_HANDSHAKE_LIST else b""))]
+                               revocation_list=data if len(data) <= MAX_HANDSHAKE_LIST else b"", obs=self.remote))]
 
     def _challenge(self, m: Challenge, now: float) -> list[Output]:
         peer = self.peer
@@ -552,7 +560,7 @@ class Handshake:
                 out: list[Output] = [Send(Refuse(code="not_admitted", reason=exc.reason))]
                 return out + self._close("not_admitted", exc.reason, NotAdmitted(f"listener: {exc.reason}"))
         transcript = auth_transcript(m.nonce, self.local.node_id, peer, self.local.realm)
-        self.phase = Phase.AWAIT_WELCOME
+        self.phase, self.observed = Phase.AWAIT_WELCOME, m.obs
         return [RttSample(now - self._sent_at), Send(Proof(signature=self._sign(transcript)))]
 
     def _proof(self, m: Proof, now: float) -> list[Output]:

@@ -64,6 +64,7 @@ from .mesh_messages import (
     MShuffle,
     MShuffleReply,
     PeerInfo,
+    SelfRecord,
 )
 from .wire import Message
 
@@ -181,7 +182,7 @@ class HyParView:
             return []
         self.counters["joins"] += 1
         self.pending.set(contact, True, now, self.config.join_timeout)
-        return [HvSend(contact, MJoin(self.swarm, list(self.addresses)))]
+        return [HvSend(contact, MJoin(self.swarm, list(self.addresses), self.book.own_record))]
 
     def add_candidate(self, peer: NodeId) -> None:
         """Remember ``peer`` in the passive view (e.g. found by discovery)."""
@@ -255,19 +256,22 @@ class HyParView:
 
     def _on_join(self, sender: NodeId, msg: MJoin, now: float) -> list[HvOut]:
         self.book.add(sender, msg.addrs, now, own=True)
+        if msg.rec is not None:  # #13: kept to relay in the FORWARDJOIN walks
+            self.book.add_record(msg.rec, now, subject=sender)
         out = self._add_active(sender, now)
         out.append(HvSend(sender, MNeighborReply(self.swarm, True)))
         addrs = list(self.book.addresses(sender))
         for p in self.active_peers():
             if p != sender:
-                out.append(HvSend(p, MForwardJoin(self.swarm, sender.raw, addrs, self._walk_ttl)))
+                out.append(HvSend(p, MForwardJoin(self.swarm, sender.raw, addrs, self._walk_ttl,
+                                                  self.book.record(sender))))
         return out
 
     def _on_forward_join(self, sender: NodeId, msg: MForwardJoin, now: float) -> list[HvOut]:
         joiner = peer_id(msg.peer)
         if joiner is None or joiner == self.me:
             return []
-        self.book.add(joiner, msg.addrs, now, own=joiner == sender)
+        self._learn(joiner, msg.addrs, msg.rec, sender, now)
         if joiner in self.active:
             return []
         ttl = max(0, min(msg.ttl, self._walk_ttl))  # the codec refuses ttl < 0; clamp anyway
@@ -278,7 +282,8 @@ class HyParView:
         nxt = self._random_active(exclude=(sender, joiner))
         if nxt is None:
             return self._invite(joiner, now)
-        return [HvSend(nxt, MForwardJoin(self.swarm, msg.peer, list(self.book.addresses(joiner)), ttl - 1))]
+        return [HvSend(nxt, MForwardJoin(self.swarm, msg.peer, list(self.book.addresses(joiner)), ttl - 1,
+                                         self.book.record(joiner)))]
 
     @property
     def _walk_ttl(self) -> int:
@@ -334,15 +339,16 @@ class HyParView:
         origin = peer_id(msg.origin)
         if origin is None or origin == self.me:
             return []
-        self.book.add(origin, msg.addrs, now, own=origin == sender)
+        self._learn(origin, msg.addrs, msg.rec, sender, now)
         ttl = max(0, min(msg.ttl, self.config.shuffle_random_walk, MAX_WALK_TTL))
         if ttl > 0 and len(self.active) > 1:
             nxt = self._random_active(exclude=(sender, origin))
             if nxt is not None:
-                return [HvSend(nxt, MShuffle(self.swarm, msg.origin, list(msg.addrs), ttl - 1, msg.peers))]
+                return [HvSend(nxt, MShuffle(self.swarm, msg.origin, list(msg.addrs), ttl - 1, msg.peers,
+                                             msg.rec))]
         received = self._peers_from(msg.peers[:MAX_SHUFFLE_PEERS], now, sender)
         sample = self._sample(self.passive_peers(), len(received))
-        reply = MShuffleReply(self.swarm, [PeerInfo(p.raw, list(self.book.addresses(p))) for p in sample])
+        reply = MShuffleReply(self.swarm, [self.info(p) for p in sample])
         self._merge(received, sample)
         self._add_passive(origin)
         return [HvSend(origin, reply)]
@@ -448,9 +454,10 @@ class HyParView:
         self.counters["shuffles"] += 1
         act = self._sample([p for p in self.active.keys() if p != target], self.config.shuffle_active)
         pas = self._sample(self.passive_peers(), self.config.shuffle_passive)
-        peers = [PeerInfo(p.raw, list(self.book.addresses(p))) for p in (*act, *pas)]
+        peers = [self.info(p) for p in (*act, *pas)]
         walk = min(self.config.shuffle_random_walk, MAX_WALK_TTL)
-        msg = MShuffle(self.swarm, self.me.raw, list(self.addresses), walk, peers[:MAX_SHUFFLE_PEERS])
+        msg = MShuffle(self.swarm, self.me.raw, list(self.addresses), walk, peers[:MAX_SHUFFLE_PEERS],
+                       self.book.own_record)
         return [HvSend(target, msg)]
 
     def _peers_from(self, infos: list[PeerInfo], now: float, sender: NodeId | None = None) -> list[NodeId]:
@@ -459,9 +466,18 @@ class HyParView:
             p = peer_id(info.id)
             if p is None or p == self.me:
                 continue
-            self.book.add(p, info.addrs, now, own=p == sender)
+            self._learn(p, info.addrs, info.rec, sender, now)
             out.append(p)
         return out
+
+    def info(self, p: NodeId) -> PeerInfo:
+        """What this node tells others about ``p``: the addresses it holds, and ``p``'s signed record."""
+        return PeerInfo(p.raw, list(self.book.addresses(p)), self.book.record(p))
+
+    def _learn(self, p: NodeId, addrs: list[str], rec: SelfRecord | None, sender: NodeId | None, now: float) -> None:
+        """#13: ``p``'s signed record when it verifies (its own word), else the message's claim."""
+        if rec is None or not self.book.add_record(rec, now, subject=p):
+            self.book.add(p, addrs, now, own=p == sender)
 
     def _merge(self, received: list[NodeId], sent: list[NodeId]) -> None:
         sent_left = [p for p in sent if p in self.passive]

@@ -73,7 +73,9 @@ from .mesh_messages import (
     MLeave,
     MNeighbor,
     MPrune,
+    SelfRecord,
 )
+from .observed import ObservedAddresses
 from .plumtree import Arrived, GossipAuth, GossipCaches, Plumtree
 from .swarm import Swarm
 from .topics import MAX_TOPIC_LEN, Ordering, Pattern, check_topic, parse_pattern, swarm_of
@@ -128,6 +130,8 @@ class Mesh(Batching):
             "delivered": 0, "published": 0, "malformed": 0, "join_attempts": 0,
         }
         self.book = AddressBook(me, config.address_book, registry)
+        self.observed = ObservedAddresses(config.addresses, registry)
+        """#13: what peers report seeing this node at, and the address set it announces."""
         self.realm = HyParView(me, self.addresses, "", config.membership, self.book, rng, registry)
         # serving light clients (#11): room for what clients may hold on top of the node's own
         # caps, so clients at their caps never use up the node's own (see client_swarms)
@@ -270,6 +274,12 @@ class Mesh(Batching):
         if sw.patterns:
             return []
         return self._leave_swarm(key, now)
+
+    def set_self_record(self, record: SelfRecord, realm: str) -> None:
+        """#13: this node's signed record of the addresses it announces, and the realm wire id
+        records must name (see :mod:`quicmesh.core.selfrecord`)."""
+        self.book.own_record = record
+        self.book.realm = realm
 
     def set_addresses(self, addresses: tuple[str, ...]) -> None:
         """This node's own listen addresses (known once the transport is bound)."""

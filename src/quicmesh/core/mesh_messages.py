@@ -35,6 +35,7 @@ __all__ = [
     "MShuffle",
     "MShuffleReply",
     "PeerInfo",
+    "SelfRecord",
 ]
 
 
@@ -57,11 +58,23 @@ _Ttl = Annotated[int, msgspec.Meta(ge=0, le=MAX_WALK_TTL)]
 _MsgId = Annotated[bytes, msgspec.Meta(min_length=_MSG_ID_LEN, max_length=_MSG_ID_LEN)]
 
 
-class PeerInfo(msgspec.Struct, array_like=True, frozen=True):
-    """A peer id (32 raw bytes) and its addresses."""
+class SelfRecord(msgspec.Struct, array_like=True, frozen=True):
+    """#13: a node's own word on its addresses, signed with its key so that relays cannot alter
+    it (:mod:`quicmesh.core.selfrecord`): node id, addresses, ``at`` (milliseconds of the signer's
+    wall clock, newer wins) and the Ed25519 signature. At most ~4.3 kB by the field bounds."""
 
     id: NodeIdBytes
     addrs: Addresses
+    at: UInt
+    sig: Annotated[bytes, msgspec.Meta(max_length=128)]
+
+
+class PeerInfo(msgspec.Struct, array_like=True, frozen=True):
+    """A peer id (32 raw bytes) and its addresses (``rec``: the peer's signed record, if known)."""
+
+    id: NodeIdBytes
+    addrs: Addresses
+    rec: SelfRecord | None = None
 
 
 _Peers = Annotated[list[PeerInfo], msgspec.Meta(max_length=MAX_WIRE_PEERS)]
@@ -83,6 +96,8 @@ class MJoin(_Overlay, tag="m.join"):
 
     s: _Swarm
     addrs: Addresses
+    rec: SelfRecord | None = None
+    """#13: the sender's signed record (relayed in the FORWARDJOIN walks it starts)."""
 
 
 class MForwardJoin(_Overlay, tag="m.fjoin"):
@@ -92,6 +107,8 @@ class MForwardJoin(_Overlay, tag="m.fjoin"):
     peer: NodeIdBytes
     addrs: Addresses
     ttl: _Ttl
+    rec: SelfRecord | None = None
+    """#13: ``peer``'s signed record, when the relay has one (outranks ``addrs``)."""
 
 
 class MNeighbor(_Overlay, tag="m.nbr"):
@@ -124,6 +141,8 @@ class MShuffle(_Overlay, tag="m.shuf"):
     addrs: Addresses
     ttl: _Ttl
     peers: _Peers
+    rec: SelfRecord | None = None
+    """#13: ``origin``'s signed record (outranks ``addrs``)."""
 
 
 class MShuffleReply(_Overlay, tag="m.shuf_r"):
@@ -143,6 +162,8 @@ class MFind(_Overlay, tag="m.find"):
     origin: NodeIdBytes
     addrs: Addresses
     ttl: _Ttl
+    rec: SelfRecord | None = None
+    """#13: ``origin``'s signed record (outranks ``addrs``)."""
 
 
 class MFound(_Overlay, tag="m.found"):

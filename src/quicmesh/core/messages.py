@@ -16,7 +16,7 @@ from .groups_messages import GROUP_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .mesh_messages import MESH_MESSAGES
 from .registry_messages import REGISTRY_MESSAGES
-from .wire import MAX_WIRE_LIST, Code, Message, Name, NodeIdBytes, Text, UInt
+from .wire import MAX_WIRE_LIST, Address, Code, Message, Name, NodeIdBytes, Text, UInt
 
 _Token = Annotated[bytes, msgspec.Meta(max_length=64)]
 """A nonce or instance id (at most 64 bytes)."""
@@ -61,6 +61,8 @@ class Hello(Message, tag="hello"):
     """Authority mode: the dialer's encoded certificate (member or light client); empty otherwise."""
     revocations: UInt = 0
     """Authority mode: the version of the dialer's revocation list (0: none)."""
+    obs: Address = ""
+    """#13: the address the dialer dialed the listener at (``""``: not told)."""
 
 
 class Challenge(Message, tag="chal"):
@@ -72,6 +74,8 @@ class Challenge(Message, tag="chal"):
     revocation_list: _RevocationBytes = b""
     """Authority mode: the listener's revocation list when the dialer's ``Hello`` showed an older
     version (a node that was away catches up at its first handshake); verified before use."""
+    obs: Address = ""
+    """#13: the address the listener sees the dialer at (its NAT mapping; ``""``: not told)."""
 
 
 class Proof(Message, tag="proof"):

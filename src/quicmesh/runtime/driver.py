@@ -64,6 +64,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .addressing import announce
 from .credentials import load_trust
 from .inbox import InboxGuard
 from .logs import LogService
@@ -271,6 +272,8 @@ class NodeDriver:
         self.inbox_guard.peer_up()
         addresses = (conn.remote_address,) if conn.outbound else ()
         self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now()))
+        if self.mesh.observed.report(conn.peer_id, getattr(conn, "observed", ""), self._now()):  # #13
+            announce(self.core, self.keypair, self.trust.wire_id, self.mesh.observed.announced())
         self._rearm()
 
     def on_message(self, conn: Connection, message: WireMessage) -> None:
@@ -376,6 +379,8 @@ class NodeDriver:
         self._next_reconcile = now + _RECONCILE_INTERVAL
         self._routes.clear()
         self._run(self.core.reconcile(frozenset(c.peer_id for c in self.transport.connections()), now))
+        if self.mesh.observed.expire(now):  # #13: an observed address no longer confirmed is withdrawn
+            announce(self.core, self.keypair, self.trust.wire_id, self.mesh.observed.announced())
 
     def _notify(self) -> None:
         """Wake every :meth:`wait_until` waiter: the peer set or a peer's interests changed."""

@@ -63,6 +63,7 @@ from .memory import MemoryNetwork
 if TYPE_CHECKING:
     from .http_api import HttpFace
 
+from .addressing import announce, interface_addresses
 from .driver import _STOP_DRAIN, Handler, Message, _SubState
 from .node_status import NodeStatus
 from .realm_service import RealmService
@@ -138,7 +139,8 @@ class Node(NodeStatus):
         except BaseException:
             await self.logs.stop()
             raise
-        self.core.set_addresses((self.address,))
+        announce(self.core, self.keypair, self.trust.wire_id,
+                 self.mesh.observed.configure(self.address, interface_addresses(self.address)))
         self.services.wall_offset = time.time() - self._loop.time()
         self._started = True
         self.observability = Observability(

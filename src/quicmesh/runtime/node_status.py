@@ -71,6 +71,11 @@ class NodeStatus(NodeDriver):
             "send_errors_total": float(self.send_errors),
             "offender_closes_total": float(self.inbox_guard.offender_closes),
             "inbox_depth": float(len(self._inbox)),
+            "observed_reports_total": float(self.mesh.observed.received),  # #13
+            "observed_reports_ignored_total": float(self.mesh.observed.ignored),
+            "observed_addresses_confirmed": float(len(self.mesh.observed.confirmed())),
+            "self_records_accepted_total": float(self.mesh.book.records_accepted),
+            "self_records_refused_total": float(self.mesh.book.records_refused),
         }
         retry_stats = getattr(self.transport, "retry_stats", None)
         if retry_stats is not None:
@@ -98,6 +103,9 @@ class NodeStatus(NodeDriver):
             "node_id": str(self.id),
             "realm": self.realm_health(),
             "address": self.address,
+            "addresses": {**self.mesh.observed.stats(),  # #13: announced and observed addresses
+                          "signed_records": {k: v for k, v in self.mesh.book.stats().items()
+                                             if k.startswith("records_")}},
             "connections": {
                 "open": ts.connections,
                 "capacity": self.config.transport.max_connections,

@@ -118,6 +118,7 @@ class QuicConnection(Connection):
             host.local, dialer=outbound, now=now, timeout=self._cfg.handshake_timeout,
             sign=host.sign_proof, nonce=host.nonce, expected=expected,
         )
+        self._hs.remote = remote_address if outbound else ""  # #13: told to the peer in the Hello
         self._expected = expected
         self._open = False
         self._closed = False
@@ -159,6 +160,11 @@ class QuicConnection(Connection):
     def peer(self) -> NodeId | None:
         """The peer's node id once known (``peer_id`` is set once it is proved)."""
         return self._hs.peer
+
+    @property
+    def observed(self) -> str:
+        """#13: the address the peer reported seeing this node at (unchecked; ``""``: none)."""
+        return self._hs.observed
 
     @property
     def peer_instance(self) -> bytes:
@@ -297,6 +303,7 @@ class QuicConnection(Connection):
 
     def _tls_done(self) -> None:
         if not self.outbound:
+            self._hs.remote = self._proto.peer_address() or ""  # #13: the dialer's mapping, in the Challenge
             self._run(self._hs.handle(hs.TlsDone(), self._loop.time()))
             return
         cert = self._proto.quic.get_peercert()

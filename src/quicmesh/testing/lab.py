@@ -266,6 +266,32 @@ class Lab:
             if lan is not host.lan:
                 self._exec(host.ns, "ip", "route", "replace", str(lan.subnet), "via", via[0])
 
+    def nat(self, router: str, private_lan: str, *, random_fully: bool = False) -> str:
+        """Make ``router`` a NAT for ``private_lan`` (#13): packets from that LAN leaving by any
+        other port are masqueraded to the router's address there (``random_fully``: with
+        randomised source ports, nft ``masquerade fully-random``, a port-randomising NAT), and
+        nothing enters the private LAN unless it answers a flow opened from inside. Returns the
+        router's address on the first other LAN (what the private hosts appear as)."""
+        ports = self.routers[router]
+        inside = [i for i, (lan, _) in enumerate(ports) if lan.name == private_lan]
+        if not inside:
+            raise ValueError(f"router {router} is not on LAN {private_lan}")
+        i = inside[0]
+        subnet = ports[i][0].subnet
+        ns = self._router_ns(router)
+        flags = " fully-random" if random_fully else ""
+        self._exec(ns, "nft", "-f", "-", input=(
+            "table ip qmlnat {\n"
+            "  chain postrouting { type nat hook postrouting priority 100; policy accept;\n"
+            f"    ip saddr {subnet} oifname != \"eth{i}\" masquerade{flags}\n  }}\n"
+            "  chain forward { type filter hook forward priority 0; policy accept;\n"
+            f"    oifname \"eth{i}\" ct state != {{ established, related }} drop\n  }}\n"
+            "}\n"))
+        return next(addr for lan, addr in ports if lan.name != private_lan)
+
+    def _router_ns(self, router: str) -> str:
+        return f"{PREFIX}{self.run_id}-r-{router}"
+
     # -- faults -----------------------------------------------------------------------------------
 
     def _add_rule(self, host: Host, chain: str, rule: str) -> None:
