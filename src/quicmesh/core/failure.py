@@ -51,7 +51,7 @@ injected ``rng``; outputs are :class:`ProbeSend` (send a message to a peer) and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from random import Random
 
 from ..bounded import BoundedDict, ContainerRegistry
@@ -148,7 +148,6 @@ class _Job:
     seq: int
     own_seq: int
     deadline: float
-    helpers: list[NodeId] = field(default_factory=list)
 
 
 class FailureDetector:
