@@ -82,6 +82,8 @@ async def test_three_workers_take_ten_thousand_messages_once_each_evenly() -> No
               f"{len(seen):,} distinct, {dup} duplicates, max deviation from even {spread:.1%}")
         assert len(seen) == N and dup == 0
         assert spread <= 0.20
+        g = pub.gauges()  # what /metrics exports
+        assert g["groups_published_total"] == N and g["groups_unacked"] == 0
         await eventually(lambda: plain.pending + plain.dropped >= N, timeout=20)
         assert plain.pending + plain.dropped == N  # every message, to the ordinary subscriber
     finally:

@@ -92,6 +92,9 @@ class NodeStatus(NodeDriver):
             out["malloc_trim_released_bytes_total"] = float(trimmer.released_bytes)
         for key, value in self.core.failure.stats().items():
             out[f"failure_{key}" + ("_total" if key not in ("probed", "suspected", "health") else "")] = float(value)
+        for key, value in self.core.groups.stats().items():  # work-queue groups (#15)
+            gauge = key in ("keys", "local", "unacked", "inbound", "waiting")
+            out[f"groups_{key}" + ("" if gauge else "_total")] = float(value)
         out.update(self.gateway.gauges())
         out.update(self.logs.gauges())
         return out
