@@ -355,11 +355,12 @@ class NodeCore(DialCommands, GroupCommands):
     # -- application commands --------------------------------------------------------------------
 
     def join(self, bootstrap: Iterable[tuple[NodeId | None, tuple[str, ...]]], now: float, *,
-             follow_services: bool = True) -> list[object]:
+             follow_services: bool = True, learned: bool = False) -> list[object]:
         """Join the realm through ``bootstrap`` and (``follow_services``, what a node does) follow
-        the realm's service adverts."""
+        the realm's service adverts. Contacts the user gave go first at the dial gate; ``learned``
+        ones (local discovery: anyone on the LAN can announce) queue and are rate-limited."""
         contacts = list(bootstrap)
-        for peer, addrs in contacts:
+        for peer, addrs in contacts if not learned else ():
             self.dials.prefer(peer, addrs)
         out = self._route(self.mesh.join(contacts, now), now)
         if follow_services:

@@ -24,7 +24,8 @@ anything else is remembered in a bounded TTL map of discovered peers (``discover
 list, or every neighbour gone), it joins the realm overlay through up to
 ``discovery.join_contacts`` discovered peers (freshest first) plus its bootstrap list, at most
 once per :data:`JOIN_GAP` seconds: the core's join (:meth:`~quicmesh.core.node.NodeCore.join`),
-whose dials pass the core's dial gate and whose retries back off while the node stays alone. A
+whose dials pass the core's dial gate as learned ones (queued, rate-limited: anyone on the LAN can
+announce) and whose retries back off while the node stays alone. A
 node that already has neighbours only adds discovered peers to its address book and passive view
 (``Mesh.add_peer``, not a dial), from which the overlay takes replacements when a neighbour
 fails. Membership is decided by the QUIC handshake's admission, never by an announcement: a
@@ -404,7 +405,7 @@ class LocalDiscovery:
         for pid, addrs in contacts:
             node.mesh.add_peer(pid, addrs, now)
         boot: list[tuple[NodeId | None, tuple[str, ...]]] = [(None, (a,)) for a in node.config.bootstrap]
-        node._run(node.core.join([*boot, *contacts], now, follow_services=False))
+        node._run(node.core.join([*boot, *contacts], now, follow_services=False, learned=True))
         node._rearm()
 
     # -- observability ----------------------------------------------------------------------------
