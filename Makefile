@@ -21,8 +21,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two workers (pytest-xdist), one test file each at a time: the simulator's scenarios are
+# CPU-bound while the lab and process tests mostly wait on real networks, so the suite takes about
+# half the time on a 2-core machine. JOBS=0 runs it serially.
+JOBS ?= 2
 unit: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
 test: lint typecheck unit
 

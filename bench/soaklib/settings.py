@@ -52,11 +52,17 @@ SOAK_ENV: dict[str, str] = {
     "QUICMESH_GOSSIP__PUBLISHER_IDLE_TTL": "5",
     "QUICMESH_MEMBERSHIP__LOST_TTL": "5",
     "QUICMESH_MEMBERSHIP__HINT_TTL": "5",
+    "QUICMESH_ADDRESSES__OBSERVED_TTL": "3",
+    "QUICMESH_DISCOVERY__LOCAL": "false",
     "QUICMESH_OBSERVABILITY__SENTINEL_INTERVAL": "0.5",
     "QUICMESH_OBSERVABILITY__SENTINEL_WINDOW": "16",
     "QUICMESH_OBSERVABILITY__SENTINEL_MIN_SAMPLES": "8",
 }
-"""Short TTLs for hubs and churners: a soak checks that state ends, not how long it lasts. The
+"""Short TTLs for hubs and churners: a soak checks that state ends, not how long it lasts.
+Observed-address reports are withdrawn at the driver's 5 s reconcile, so their TTL is 3 s (3 + 5
+within the 10 s recovery). Local discovery is off: a discovered peer lives as long as its mDNS
+records in zeroconf's cache (their own TTLs, 2 minutes), longer than any recovery window; its
+table is bounded (``discovery.max_peers``) and flooded in ``tests/test_local_discovery_forged.py``. The
 sentinel's history (a ring of samples, full after ``window x interval`` = 8 s here) fills with
 time, not churn: it is full before warm-up ends, so it cannot pass for growth per cycle."""
 
@@ -73,6 +79,7 @@ TTL_KEYS = (
     "gossip.publisher_idle_ttl",
     "membership.lost_ttl",
     "membership.hint_ttl",
+    "addresses.observed_ttl",
 )
 """The TTLs (config keys) after which churned state must be gone; recovery may take 2x the longest."""
 
