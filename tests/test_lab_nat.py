@@ -2,36 +2,19 @@
 mapping (the router's address and the mapped port) from two public peers, and announces it.
 
 Needs root, ``ip`` and ``nft`` (skips with one line otherwise; fails under CI, as the other lab
-tests). Knobs: ``QMLAB_NAT_TIMEOUT`` (seconds to wait for the confirmation, default 30).
+tests: the ``lab`` fixture of ``tests/labkit.py``). Knobs: ``QMLAB_NAT_TIMEOUT`` (seconds to wait
+for the confirmation, default 30).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from quicmesh.testing.lab import Lab, LabNode, unavailable
+from quicmesh.testing.lab import Lab, LabNode
 from quicmesh.testing.wait import eventually
 
-REASON = unavailable()
 TIMEOUT = float(os.environ.get("QMLAB_NAT_TIMEOUT", "30"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _lab_or_skip() -> None:
-    if REASON is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the network lab: {REASON}")
-        pytest.skip(REASON)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab() as lb:
-        yield lb
 
 
 async def _addresses(node: LabNode) -> dict[str, Any]:
