@@ -261,6 +261,22 @@ async def test_a_websocket_client_in_another_process_receives_what_a_python_node
         assert m.face.stats.streams_opened_total == 1 and m.face.stats.messages_streamed_total == 5
 
 
+class _Flood:
+    """Publishes ``payload`` on ``feed.data`` a few messages per step (2,000 at most) and returns the
+    face's count of slow consumers closed, for :func:`eventually`."""
+
+    def __init__(self, node: Node, face: HttpFace, payload: bytes) -> None:
+        self.node, self.face, self.payload = node, face, payload
+        self.sent = 0
+
+    async def step(self) -> int:
+        for _ in range(4):
+            if self.sent < 2_000:
+                await self.node.publish("feed.data", self.payload)
+                self.sent += 1
+        return self.face.stats.slow_consumers_closed_total
+
+
 async def test_a_slow_sse_consumer_is_closed_and_counted_and_a_fast_one_goes_on() -> None:
     async with mesh(stream_queue_size=8, write_timeout=60.0) as m:
         a = m.face_node
@@ -278,18 +294,9 @@ async def test_a_slow_sse_consumer_is_closed_and_counted_and_a_fast_one_goes_on(
         fast = await SseReader.open(f"{m.api}/subscribe/feed.%3E")
         try:
             assert m.face.streams.open_streams == 2
-            payload = b"x" * 65_536
-            sent = 0
-
-            async def publish_some() -> int:
-                nonlocal sent
-                for _ in range(4):
-                    if sent < 2_000:
-                        await a.publish("feed.data", payload)
-                        sent += 1
-                return m.face.stats.slow_consumers_closed_total
-
-            closed = await eventually(publish_some, timeout=60, what="the slow consumer is closed")
+            flood = _Flood(a, m.face, b"x" * 65_536)
+            closed = await eventually(flood.step, timeout=60, what="the slow consumer is closed")
+            sent = flood.sent
             assert closed == 1
             await eventually(lambda: m.face.streams.open_streams == 1, what="the slow stream is released")
             # the slow socket is cut: after what the kernel buffered, EOF or a reset
@@ -324,18 +331,9 @@ async def test_a_websocket_consumer_that_stops_reading_is_closed_and_counted() -
             ws = await session.ws_connect(url, max_msg_size=1 << 20)
             first = await ws.receive_json(timeout=10)
             assert first == {"event": "subscribed", "pattern": "feed.>"}
-            payload = b"w" * 65_536
-            sent = 0
-
-            async def publish_some() -> int:  # the client reads nothing from now on
-                nonlocal sent
-                for _ in range(4):
-                    if sent < 2_000:
-                        await a.publish("feed.data", payload)
-                        sent += 1
-                return m.face.stats.slow_consumers_closed_total
-
-            assert await eventually(publish_some, timeout=60, what="the WebSocket consumer is closed") == 1
+            flood = _Flood(a, m.face, b"w" * 65_536)  # the client reads nothing from now on
+            assert await eventually(flood.step, timeout=60, what="the WebSocket consumer is closed") == 1
+            sent = flood.sent
             await eventually(lambda: m.face.streams.open_streams == 0, what="the stream is released")
             # what the client finds when it reads again: buffered frames, then the end of the connection
             kinds: set[aiohttp.WSMsgType] = set()
