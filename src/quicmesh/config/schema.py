@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 from .addresses import AddressesConfig
 from .discovery import DiscoveryConfig
+from .relay import RelayConfig
 from .failure import FailureConfig
 from .http_api import HttpApiConfig
 from .transport import TransportConfig
@@ -462,6 +463,9 @@ class NodeConfig:
     # #13 (observed)
     addresses: AddressesConfig = field(default_factory=AddressesConfig)
     """What the node announces as its addresses (``--advertise-address``; observed addresses)."""
+    # #13 (relay)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    """Relaying for others (``--relay``) and reachability through relays (``--relay-via``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):

@@ -16,6 +16,12 @@ that receives at its claimed source address can come back with the token, so a s
 flood creates no connection state at all. Tokens (:class:`RetryTokens`) are HMAC-SHA256 over the
 source address, both connection ids and an issue time, valid for ``RETRY_TOKEN_TTL`` seconds.
 
+Relayed paths (#13): a datagram sent to a *virtual address* (host :data:`VIRTUAL_HOST`, a
+per-path port; see :mod:`.relay_paths`) goes to the endpoint's :class:`VirtualRouter` instead of
+the socket, and :meth:`Endpoint.ingest` takes in datagrams that arrived through a relay as if
+they came from such an address. qh3 (its Rust core parses addresses) sees ordinary IPv6
+addresses from the discard-only prefix ``100::/64`` (RFC 6666), which no real peer can use.
+
 Hardening against qh3 2.1.0 (measured): every entry point into qh3 (datagram, timer, transmit) is
 wrapped, so an exception raised by the core -- e.g. a failed handshake -- closes that one
 connection instead of escaping into the event loop; a connection whose core cannot even close is
@@ -53,6 +59,7 @@ from ..config import TransportConfig
 from ..identity import KeyPair, make_certificate
 
 __all__ = [
+    "VIRTUAL_HOST",
     "ConnectionTerminated",
     "Endpoint",
     "HandshakeCompleted",
@@ -62,6 +69,7 @@ __all__ = [
     "RetryTokens",
     "Sink",
     "StreamDataReceived",
+    "VirtualRouter",
     "client_configuration",
     "new_client_connection",
     "server_configuration",
@@ -136,6 +144,51 @@ class Sink(Protocol):
         """Packets were just handed to the socket: the send backlog may have shrunk."""
 
 
+VIRTUAL_HOST = "100::"
+"""The host of every virtual (relayed) address: RFC 6666's discard-only prefix."""
+
+
+class VirtualRouter(Protocol):
+    """Where datagrams for virtual addresses go (the relay paths of the transport)."""
+
+    def send_virtual(self, data: bytes, addr: Any) -> None:
+        """Send ``data`` to the relayed peer behind virtual address ``addr``."""
+
+    def virtual_name(self, addr: Any) -> str | None:
+        """The relayed address (``relay:...``) virtual address ``addr`` stands for."""
+
+
+class _Wire:
+    """The endpoint's UDP transport as its connections see it: datagrams to a virtual address
+    go to the router, the rest to the socket."""
+
+    __slots__ = ("_t", "router")
+
+    def __init__(self, transport: asyncio.DatagramTransport, router: VirtualRouter | None) -> None:
+        self._t = transport
+        self.router = router
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if addr is not None and addr[0] == VIRTUAL_HOST:
+            router = self.router
+            if router is not None:
+                router.send_virtual(data, addr)
+            return
+        self._t.sendto(data, addr)
+
+    def is_closing(self) -> bool:
+        return self._t.is_closing()
+
+    def close(self) -> None:
+        self._t.close()
+
+    def abort(self) -> None:
+        self._t.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._t.get_extra_info(name, default)
+
+
 def _ignore_cid(cid: bytes) -> None:
     pass
 
@@ -167,7 +220,19 @@ class Proto(QuicConnectionProtocol):
     def peer_address(self) -> str | None:
         """``HOST:PORT`` of the peer as qh3 last saw it, when known."""
         addr: Any = getattr(self._quic, "_remote_addr", None)
-        return f"{addr[0]}:{addr[1]}" if addr else None
+        if not addr:
+            return None
+        if addr[0] == VIRTUAL_HOST:
+            wire = self._transport
+            router = wire.router if isinstance(wire, _Wire) else None
+            return router.virtual_name(addr) if router is not None else None
+        return f"{addr[0]}:{addr[1]}"
+
+    @property
+    def relayed(self) -> bool:
+        """#13: whether qh3 sends to a virtual (relayed) address now."""
+        addr: Any = getattr(self._quic, "_remote_addr", None)
+        return bool(addr) and addr[0] == VIRTUAL_HOST
 
     @property
     def terminated(self) -> bool:
@@ -387,10 +452,44 @@ class Endpoint(QuicServer):
         """Retry packets sent (first Initials answered with a Retry)."""
         self.retries_validated = 0
         """Initials that came back with a valid Retry token (their connection was created)."""
+        self.router: VirtualRouter | None = None
+        """#13: where datagrams to virtual addresses go (set by the transport)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        super().connection_made(_Wire(transport, self))  # type: ignore[arg-type]
+
+    def send_virtual(self, data: bytes, addr: Any) -> None:
+        """:class:`VirtualRouter`: hand a datagram for a virtual address to :attr:`router`."""
+        router = self.router
+        if router is not None:
+            router.send_virtual(data, addr)
+
+    def virtual_name(self, addr: Any) -> str | None:
+        """:class:`VirtualRouter`: the name of a virtual address, from :attr:`router`."""
+        router = self.router
+        return router.virtual_name(addr) if router is not None else None
+
+    def ingest(self, data: bytes, addr: Any) -> None:
+        """#13: a datagram that arrived through a relay, from virtual address ``addr`` (no
+        Retry: the relay already authenticated the sender)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            self._source = addr
+            QuicServer.datagram_received(self, data, addr)
+        except Exception as exc:  # routing never raises out of the loop
+            log.warning("dropping a relayed datagram: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._source = None
 
     def _create(self, quic: QuicConnection, stream_handler: Any = None) -> Proto:
         src = self._source
-        proto = self._factory(quic, f"{src[0]}" if src else "")
+        source = f"{src[0]}" if src else ""
+        if src and src[0] == VIRTUAL_HOST and self.router is not None:
+            source = self.router.virtual_name(src) or source  # per relayed peer, not one for all
+        proto = self._factory(quic, source)
         # qh3 routes the new connection under the packet's id and its own; remember them for
         # O(1) removal (after a Retry the packet's id is the Retry's, not the original one)
         proto.cids.update((quic.original_destination_connection_id, quic.host_cid, self._dcid))

@@ -91,6 +91,9 @@ class ConnectionHost(Protocol):
     def count_refusal(self, reason: str) -> None:
         """Count an attempt ended before admission."""
 
+    def path_of(self, conn: QuicConnection, proto: qa.Proto) -> str:
+        """#13: ``direct`` or ``relayed:<relay id>`` for ``conn`` now."""
+
 
 def _code_of(phrase: str) -> str:
     return phrase.split(":", 1)[0].strip()
@@ -165,6 +168,11 @@ class QuicConnection(Connection):
     def observed(self) -> str:
         """#13: the address the peer reported seeing this node at (unchecked; ``""``: none)."""
         return self._hs.observed
+
+    @property
+    def path(self) -> str:
+        """#13: ``direct``, or ``relayed:<relay id>`` while the packets go through a relay."""
+        return self._host.path_of(self, self._proto)
 
     @property
     def peer_instance(self) -> bytes:
