@@ -513,7 +513,7 @@ def validate(cfg: NodeConfig) -> None:
         if not getattr(cfg, key) > 0:
             raise ConfigError(key, f"must be positive, got {getattr(cfg, key)!r}")
     for i, b in enumerate(cfg.bootstrap):
-        _check_hostport(f"bootstrap[{i}]", b)
+        _check_hostport(f"bootstrap[{i}]", b.rpartition("@")[2].partition("/")[0] if b.startswith("relay:") else b)
     if cfg.http is not None:
         _check_hostport("http", cfg.http)
     if cfg.http_api.listen is not None:  # #15 (httpface)

@@ -34,14 +34,14 @@ class RelayReserved(Message, tag="relay.reserved"):
 _Packet = Annotated[bytes, msgspec.Meta(max_length=MAX_RELAYED_PACKET)]
 
 
-class RelayData(Message, tag="relay.pkt", array_like=True):
+class RelayData(Message, tag="relay.pkt"):
     """Node -> relay: one QUIC packet of a relayed connection, for peer ``p``."""
 
     p: NodeIdBytes
     d: _Packet
 
 
-class RelayForward(Message, tag="relay.fwd", array_like=True):
+class RelayForward(Message, tag="relay.fwd"):
     """Relay -> node: one QUIC packet from peer ``p`` (the relay fills ``p`` in from the
     authenticated connection the packet came on, so a sender cannot pose as another peer)."""
 

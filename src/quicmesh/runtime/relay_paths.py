@@ -32,12 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..bounded import BoundedDict, BoundedSet, ContainerFull, ContainerRegistry
+from ..bounded import BoundedDict, BoundedSet, ContainerRegistry
 from ..config.relay import RelayConfig
 from ..core.relay import RelayAddress, RelayServer
 from ..core.relay_messages import RelayData, RelayForward, RelayReserve, RelayReserved
 from ..core.wire import Message
-from ..errors import InvalidNodeId, TransportError
+from ..errors import ContainerFull, InvalidNodeId, TransportError
 from ..identity import NodeId
 from . import _quic_adapter as qa
 
