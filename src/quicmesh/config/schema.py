@@ -16,9 +16,9 @@ from typing import Any
 from ..errors import ConfigError
 from .addresses import AddressesConfig
 from .discovery import DiscoveryConfig
-from .relay import RelayConfig
 from .failure import FailureConfig
 from .http_api import HttpApiConfig
+from .relay import RelayConfig
 from .transport import TransportConfig
 from .values import KiB, MiB, check_type, coerce, field_types
 
