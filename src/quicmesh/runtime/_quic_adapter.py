@@ -177,7 +177,7 @@ class _Wire:
         self._t.sendto(data, addr)
 
     def is_closing(self) -> bool:
-        return self._t.is_closing()
+        return bool(self._t.is_closing())
 
     def close(self) -> None:
         self._t.close()
@@ -232,7 +232,7 @@ class Proto(QuicConnectionProtocol):
     def relayed(self) -> bool:
         """#13: whether qh3 sends to a virtual (relayed) address now."""
         addr: Any = getattr(self._quic, "_remote_addr", None)
-        return bool(addr) and addr[0] == VIRTUAL_HOST
+        return bool(addr) and bool(addr[0] == VIRTUAL_HOST)
 
     @property
     def terminated(self) -> bool:
