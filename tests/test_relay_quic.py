@@ -54,7 +54,8 @@ async def test_peer_reachable_only_through_relay() -> None:
         conn = await eventually(lambda: a.transport.get(b.id), timeout=10, what="a connected to b")
         assert conn is not None and conn.path == f"relayed:{r.id}"
         back = await eventually(lambda: b.transport.get(a.id), timeout=5, what="b sees a")
-        assert back is not None and back.path == f"relayed:{r.id}" and back.remote_address == str(RelayAddress(r.id, r.address, a.id))
+        assert back is not None and back.path == f"relayed:{r.id}"
+        assert back.remote_address == str(RelayAddress(r.id, r.address, a.id))
         # pub/sub end to end through the relay
         async with await b.subscribe("t.>") as sub:
             await a.wait_for_subscriber("t.x", timeout=10)

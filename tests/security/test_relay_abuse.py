@@ -87,7 +87,7 @@ async def test_non_members_get_nothing_relayed() -> None:
               f"reservations refused {g['relay_reservations_refused_total']:.0f}; "
               f"other realm: 0 connections")
         assert g["relay_forwarded_packets_total"] == 0
-        assert b.transport.relay.received == 0
+        assert isinstance(b.transport, QuicTransport) and b.transport.relay.received == 0
         assert g["relay_reservations_refused_total"] == 1 and g["relay_reservations"] == 1
 
 
@@ -123,11 +123,12 @@ async def test_cap_on_relayed_peers_holds() -> None:
     cap = 3
     async with nodes() as start:
         r: Node = await start(relay=RelayConfig(serve=True, mode="never", max_relayed_peers=cap))  # type: ignore[misc]
-        wanting = [await start(relay=RelayConfig(mode="never")) for _ in range(2 * cap)]  # type: ignore[misc]
+        wanting: list[Node] = [await start(relay=RelayConfig(mode="never")) for _ in range(2 * cap)]  # type: ignore[misc]
         results = []
         for n in wanting:
             try:
-                await n.transport.relay.reserve(r.address, r.id)  # type: ignore[attr-defined]
+                assert isinstance(n.transport, QuicTransport)
+                await n.transport.relay.reserve(r.address, r.id)
                 results.append("ok")
             except TransportError as exc:
                 results.append(str(exc).rpartition(": ")[2])
