@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..bounded import LruMap, Overflow
 from ..config.relay import RelayConfig
@@ -37,10 +37,8 @@ from ..core.selfrecord import verify_record
 from ..errors import QuicmeshError
 from ..identity import NodeId
 from .addressing import announce, set_address_filter
+from .driver import NodeDriver
 from .quic_transport import QuicTransport
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = ["RelayAgent"]
 
@@ -56,7 +54,7 @@ _MAX_ADDRESSES = 8
 class RelayAgent:
     """Keeps the node reachable through relays when it needs them (see the module docstring)."""
 
-    def __init__(self, node: Node, config: RelayConfig) -> None:
+    def __init__(self, node: NodeDriver, config: RelayConfig) -> None:
         self.node = node
         self.config = config
         t = node.transport

@@ -30,20 +30,20 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..bounded import BoundedDict, BoundedSet, ContainerRegistry
+from ..config import TransportConfig
 from ..config.relay import RelayConfig
 from ..core.relay import RelayAddress, RelayServer
-from ..core.relay_messages import RelayData, RelayForward, RelayReserve, RelayReserved
+from ..core.relay_messages import MAX_RELAYED_PACKET, RelayData, RelayForward, RelayReserve, RelayReserved
 from ..core.wire import Message
 from ..errors import ContainerFull, InvalidNodeId, TransportError
 from ..identity import NodeId
 from . import _quic_adapter as qa
-
-if TYPE_CHECKING:
-    from .quic_connection import QuicConnection
-    from .quic_transport import QuicTransport
+from .admission import AdmissionTable
+from .quic_connection import QuicConnection
+from .transport import Connection
 
 __all__ = ["RELAY_TYPES", "RelayPaths"]
 
@@ -54,6 +54,30 @@ RELAY_TYPES: frozenset[type[Message]] = frozenset({RelayData, RelayForward, Rela
 SWEEP_INTERVAL = 5.0
 """Seconds between two sweeps of the relay's sessions and of unused virtual addresses."""
 _MAX_PORT = 65535
+
+
+class PathHost(Protocol):
+    """What :class:`RelayPaths` needs from its transport (:class:`~.quic_transport.QuicTransport`)."""
+
+    config: TransportConfig
+    table: AdmissionTable[QuicConnection]
+
+    @property
+    def node_id(self) -> NodeId:
+        """This transport's node id."""
+
+    @property
+    def endpoint(self) -> qa.Endpoint | None:
+        """The UDP endpoint once started."""
+
+    def loop_time(self) -> float:
+        """The event loop's clock."""
+
+    async def dial(self, address: str, expected: NodeId | None = None) -> Connection:
+        """Connect to ``address``."""
+
+    async def dial_address(self, addr: tuple[str, int], name: str, expected: NodeId | None) -> QuicConnection:
+        """Dial a resolved or virtual address."""
 
 
 @dataclass(slots=True)
@@ -69,7 +93,7 @@ class _Path:
 class RelayPaths:
     """Relayed paths of one transport, and its relay service (see the module docstring)."""
 
-    def __init__(self, transport: QuicTransport, config: RelayConfig, registry: ContainerRegistry | None) -> None:
+    def __init__(self, transport: PathHost, config: RelayConfig, registry: ContainerRegistry | None) -> None:
         self._t = transport
         self.config = config
         self.server = RelayServer(config, registry)
@@ -121,14 +145,14 @@ class RelayPaths:
 
     # -- dialing -------------------------------------------------------------------------------
 
-    async def reserve(self, address: str, relay: NodeId | None = None) -> QuicConnection:
+    async def reserve(self, address: str, relay: NodeId | None = None) -> Connection:
         """Connect to the relay at ``address`` and hold a reservation there (peers can then
         reach this node through it). Raises :class:`~quicmesh.errors.TransportError` when the
         relay refuses or does not answer within the handshake timeout."""
         conn = await self._t.dial(address, relay)
         peer = conn.peer_id
         if peer in self.reserved_at and not conn.closed:
-            return conn  # type: ignore[return-value]
+            return conn
         fut = self._pending.get(peer)
         if fut is None or fut.done():
             fut = asyncio.get_running_loop().create_future()
@@ -149,7 +173,7 @@ class RelayPaths:
         if conn.closed:
             raise TransportError(f"relay {peer.short()} closed the connection")
         self.reserved_at.add(peer)
-        return conn  # type: ignore[return-value]
+        return conn
 
     async def dial(self, target: RelayAddress, expected: NodeId | None) -> QuicConnection:
         """Connect to ``target.target`` through ``target.relay`` (see :meth:`QuicTransport.dial`)."""
@@ -171,7 +195,8 @@ class RelayPaths:
         """qh3 sends ``data`` to a virtual address: on to the relay, for the peer behind it."""
         path = self._ports.get(addr[1])
         conn = self._t.table.peers.get(path.relay) if path is not None else None
-        if path is None or conn is None or not conn.send(RelayData(path.peer.raw, data)):
+        if (path is None or conn is None or len(data) > MAX_RELAYED_PACKET  # (a PMTU probe: as if lost)
+                or not conn.send(RelayData(path.peer.raw, data))):
             self.send_dropped += 1
             return
         path.uses += 1
