@@ -551,8 +551,10 @@ class Endpoint(QuicServer):
 
     @property
     def transport(self) -> asyncio.DatagramTransport | None:
-        """The UDP transport."""
-        return self._transport
+        """The UDP transport (asyncio's, not the relay-aware view connections send through)."""
+        t: Any = self._transport
+        raw: asyncio.DatagramTransport | None = t._t if isinstance(t, _Wire) else t
+        return raw
 
     def add_outbound(self, proto: Proto) -> None:
         """Route the packets of an outbound connection (as qh3's ``connect`` does per socket)."""
