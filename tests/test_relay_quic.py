@@ -100,3 +100,16 @@ async def test_second_relay_takes_over_when_the_first_dies() -> None:
               f"(failover {b.relay_agent.last_failover_seconds:.2f} s)")
         assert took < 10 and b.relay_agent.failovers == 1
         assert b.mesh.addresses == (new,)
+
+
+async def test_relay_found_through_its_signed_record() -> None:
+    """No ``--relay-via``: b finds the relay in the signed self-record r announces
+    (``relay:<r>@HOST:PORT``) and reserves there."""
+    async with nodes() as start:
+        r: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
+        assert str(RelayAddress(r.id, r.address)) in r.mesh.addresses
+        c: Node = await start(bootstrap=(r.address,), relay=_relay(mode="never"))  # type: ignore[misc]
+        b: Node = await start(bootstrap=(c.address,), relay=_relay(mode="always"))  # type: ignore[misc]
+        await eventually(lambda: b.relay_agent.relayed_addresses(), timeout=20, what="b found r and reserved there",
+                         detail=lambda: b.relay_agent.health())
+        assert b.relay_agent.relayed_addresses() == [str(RelayAddress(r.id, r.address, b.id))]
