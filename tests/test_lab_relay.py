@@ -16,7 +16,8 @@ from typing import Any
 from quicmesh.testing.lab import Lab, LabNode
 from quicmesh.testing.wait import eventually
 
-MESSAGES = 3_000
+MESSAGES = 20_000
+ROUNDS = 3
 PAYLOAD = "x" * 64
 # the NATed nodes notice a SIGKILLed relay within a few seconds (idle timeout 4 s, pings every 1 s)
 FAST = {"QUICMESH_TRANSPORT__IDLE_TIMEOUT": "4", "QUICMESH_TRANSPORT__KEEPALIVE_INTERVAL": "0.6"}
@@ -28,13 +29,14 @@ async def _relay(node: LabNode) -> dict[str, Any]:
     return doc
 
 
-async def _throughput(pub: LabNode, sub: LabNode, topic: str) -> float:
+async def _throughput(pub: LabNode, sub: LabNode, topic: str, sid: int) -> float:
     """Messages per second from ``pub`` to ``sub`` (first to last delivery at ``sub``)."""
     p, s = pub.process, sub.process
-    await s.request("subscribe", "subscribed", pattern=f"{topic}.>", id=1, quiet=True)
+    await s.request("subscribe", "subscribed", pattern=f"{topic}.>", id=sid, quiet=True)
     await p.request("wait_subscriber", "ready", topic=f"{topic}.m", wait=20)
     await p.request("publish", "published", topic=f"{topic}.m", payload=PAYLOAD, count=MESSAGES, wait=60)
-    ev = await s.request("await_count", "count_reached", id=1, count=MESSAGES, timeout=60, wait=60)
+    ev = await s.request("await_count", "count_reached", id=sid, count=MESSAGES, timeout=60, wait=60)
+    await s.request("unsubscribe", "unsubscribed", id=sid)
     return float(MESSAGES / max(ev["t_last"] - ev["t_first"], 1e-6))
 
 
@@ -70,12 +72,17 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
         reply = await n1.process.request("call", "reply", name="echo", payload="hi", timeout=10, wait=15)
         print(f"call h1 -> h2 through the relay: {reply['ms']:.1f} ms")
         # relayed pub/sub throughput vs a direct pair on the public LAN
-        relayed = await _throughput(n1, n2, "relayed")
+        # (best of ROUNDS interleaved runs each: the lab shares its cores with other work)
         d1 = await lab.spawn(hosts["d1"], "d1", extra=["--relay-mode", "never"])
         d2 = await lab.spawn(hosts["d2"], "d2", bootstrap=[d1.address], extra=["--relay-mode", "never"])
-        direct = await _throughput(d1, d2, "direct")
-        print(f"pub/sub {MESSAGES:,} x 64 B: relayed {relayed:,.0f} msg/s, direct {direct:,.0f} msg/s "
-              f"({100 * relayed / direct:.0f} % of direct)")
+        runs: dict[str, list[float]] = {"relayed": [], "direct": []}
+        for i in range(ROUNDS):
+            runs["relayed"].append(await _throughput(n1, n2, f"relayed{i}", 10 + i))
+            runs["direct"].append(await _throughput(d1, d2, f"direct{i}", 20 + i))
+        relayed, direct = max(runs["relayed"]), max(runs["direct"])
+        print(f"pub/sub {MESSAGES:,} x 64 B, best of {ROUNDS}: relayed {relayed:,.0f} msg/s, direct {direct:,.0f} "
+              f"msg/s ({100 * relayed / direct:.0f} % of direct; runs {[round(x) for x in runs['relayed']]} vs "
+              f"{[round(x) for x in runs['direct']]})")
         assert relayed >= 0.5 * direct
         # kill the relay in use: h2 is reachable again through the other one within 10 s
         used = path.partition(":")[2]
@@ -98,7 +105,12 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
 
         await eventually(reconnect, timeout=15, what="h2 reachable through the second relay")
         took = time.monotonic() - t0
-        print(f"relay SIGKILLed: h2 reachable again through the second relay after {took:.1f} s")
-        assert took <= 10
+        # h2 notices the dead relay (idle timeout) and announces a new record without it
+        doc = await eventually(lambda: _relay(n2), until=lambda d: not any(used in a for a in d["announced"]),
+                               timeout=15, what="h2 stops announcing the dead relay")
+        gone = time.monotonic() - t0
+        print(f"relay SIGKILLed: h2 reachable again through the second relay after {took:.2f} s (it held "
+              f"reservations at both); the dead relay left h2's signed record after {gone:.1f} s: {doc['announced']}")
+        assert took <= 10 and len(doc["announced"]) == 1
     finally:
         await lab.stop_nodes()

@@ -155,7 +155,7 @@ class RelayServer:
         self.counters = RelayCounters()
         self._peers: LruMap[NodeId, _Peer] = LruMap(
             "relay.peers", config.max_relayed_peers, Overflow.REJECT, registry=registry)
-        self._sessions: TtlMap[tuple[NodeId, NodeId], None] = TtlMap(
+        self._sessions: TtlMap[tuple[NodeId, NodeId], float] = TtlMap(
             "relay.sessions", config.max_relayed_peers * config.max_sessions_per_peer, config.session_idle,
             Overflow.REJECT, registry=registry)
 
@@ -262,8 +262,10 @@ class RelayServer:
             return "no_route"
         key = (src, dst) if src < dst else (dst, src)
         sp = self._peers.peek(src)
-        if key in self._sessions:
-            self._sessions.touch(key, now)
+        last = self._sessions.get(key)
+        if last is not None:
+            if now - last >= 1.0:  # refreshed once a second, not per packet: ends idle + <= 1 s after its last
+                self._sessions.set(key, now, now)
         else:
             dp = self._peers.peek(dst)
             if dp is None or not dp.reserved:
@@ -276,7 +278,7 @@ class RelayServer:
             if sp.sessions >= cap or dp.sessions >= cap:
                 self._maybe_forget(src, sp)
                 return "sessions"
-            self._sessions.set(key, None, now)  # room: at most max_sessions_per_peer per held peer
+            self._sessions.set(key, now, now)  # room: at most max_sessions_per_peer per held peer
             sp.sessions += 1
             dp.sessions += 1
             self.counters.sessions_total += 1
@@ -296,7 +298,7 @@ class RelayServer:
         self._peers.set(peer, st)
         return st
 
-    def _session_gone(self, key: tuple[NodeId, NodeId], _value: None) -> None:
+    def _session_gone(self, key: tuple[NodeId, NodeId], _value: float | None) -> None:
         for peer in key:
             st = self._peers.peek(peer)
             if st is not None:
