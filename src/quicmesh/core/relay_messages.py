@@ -11,9 +11,9 @@ from .wire import Code, Message, NodeIdBytes
 
 __all__ = ["MAX_RELAYED_PACKET", "RELAY_MESSAGES", "RelayData", "RelayForward", "RelayReserve", "RelayReserved"]
 
-MAX_RELAYED_PACKET = 1500
-"""Largest QUIC packet carried (bytes): qh3 sends at most 1,200-byte datagrams (its default
-``max_datagram_size``); anything above Ethernet's MTU is refused by the codec."""
+MAX_RELAYED_PACKET = 8192
+"""Largest QUIC packet carried (bytes): connections on relayed paths use 8 KiB datagrams (a
+virtual path has no MTU: its packets travel in the relay connections' streams)."""
 
 
 class RelayReserve(Message, tag="relay.reserve"):

@@ -31,6 +31,7 @@ abandoned (routing entries, timer and state dropped at once).
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import hmac
 import ipaddress
@@ -57,8 +58,10 @@ from qh3.tls import SignatureAlgorithm, load_pem_private_key
 
 from ..config import TransportConfig
 from ..identity import KeyPair, make_certificate
+from .relay_wire import VIRTUAL_HOST, VirtualRouter, _Wire
 
 __all__ = [
+    "RELAYED_DATAGRAM_SIZE",
     "VIRTUAL_HOST",
     "ConnectionTerminated",
     "Endpoint",
@@ -72,6 +75,7 @@ __all__ = [
     "VirtualRouter",
     "client_configuration",
     "new_client_connection",
+    "relayed",
     "server_configuration",
 ]
 
@@ -144,49 +148,18 @@ class Sink(Protocol):
         """Packets were just handed to the socket: the send backlog may have shrunk."""
 
 
-VIRTUAL_HOST = "100::"
-"""The host of every virtual (relayed) address: RFC 6666's discard-only prefix."""
+RELAYED_DATAGRAM_SIZE = 8192
+"""qh3's ``max_datagram_size`` on relayed paths: a virtual path has no MTU (its datagrams travel
+in a stream), and 8 KiB packets cost a sixth of the per-packet work of 1,280-byte ones at
+both ends and at the relay."""
 
 
-class VirtualRouter(Protocol):
-    """Where datagrams for virtual addresses go (the relay paths of the transport)."""
-
-    def send_virtual(self, data: bytes, addr: Any) -> None:
-        """Send ``data`` to the relayed peer behind virtual address ``addr``."""
-
-    def virtual_name(self, addr: Any) -> str | None:
-        """The relayed address (``relay:...``) virtual address ``addr`` stands for."""
-
-
-class _Wire:
-    """The endpoint's UDP transport as its connections see it: datagrams to a virtual address
-    go to the router, the rest to the socket."""
-
-    __slots__ = ("_t", "router")
-
-    def __init__(self, transport: Any, router: VirtualRouter | None) -> None:
-        self._t = transport
-        self.router = router
-
-    def sendto(self, data: bytes, addr: Any = None) -> None:
-        if addr is not None and addr[0] == VIRTUAL_HOST:
-            router = self.router
-            if router is not None:
-                router.send_virtual(data, addr)
-            return
-        self._t.sendto(data, addr)
-
-    def is_closing(self) -> bool:
-        return bool(self._t.is_closing())
-
-    def close(self) -> None:
-        self._t.close()
-
-    def abort(self) -> None:
-        self._t.abort()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._t.get_extra_info(name, default)
+def relayed(configuration: QuicConfiguration) -> QuicConfiguration:
+    """A copy of ``configuration`` for connections on relayed paths (larger datagrams)."""
+    qc = copy.copy(configuration)
+    qc.max_datagram_size = RELAYED_DATAGRAM_SIZE
+    qc.probe_datagram_size = False
+    return qc
 
 
 def _ignore_cid(cid: bytes) -> None:
@@ -454,6 +427,7 @@ class Endpoint(QuicServer):
         """Initials that came back with a valid Retry token (their connection was created)."""
         self.router: VirtualRouter | None = None
         """#13: where datagrams to virtual addresses go (set by the transport)."""
+        self._relayed_cfg = relayed(configuration)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_Wire(transport, self))  # type: ignore[arg-type]
@@ -475,12 +449,15 @@ class Endpoint(QuicServer):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        direct = self._configuration
         try:
             self._source = addr
+            self._configuration = self._relayed_cfg  # a new connection gets the relayed datagram size
             QuicServer.datagram_received(self, data, addr)
         except Exception as exc:  # routing never raises out of the loop
             log.warning("dropping a relayed datagram: %s: %s", type(exc).__name__, exc)
         finally:
+            self._configuration = direct
             self._source = None
 
     def _create(self, quic: QuicConnection, stream_handler: Any = None) -> Proto:

@@ -159,6 +159,7 @@ class QuicTransport(Transport):
         self._idle = asyncio.Event()
         self._idle.set()
         self._client_cfg = qa.client_configuration(config)
+        self._relayed_cfg = qa.relayed(self._client_cfg)
         self.relay = RelayPaths(self, RelayConfig(), registry)
         """#13: relayed paths of this transport and the relay service (:mod:`.relay_paths`)."""
 
@@ -494,7 +495,8 @@ class QuicTransport(Transport):
         ep = self._endpoint
         if ep is None or self.table.closing:
             raise TransportError("transport is not running")
-        proto = qa.Proto(qa.new_client_connection(self._client_cfg))
+        cfg = self._relayed_cfg if addr[0] == qa.VIRTUAL_HOST else self._client_cfg
+        proto = qa.Proto(qa.new_client_connection(cfg))
         if not self._track(proto):
             raise TransportError(f"{self._protos.capacity} QUIC connections held or closing")
         conn = self.connection_class(self, proto, outbound=True, remote_address=name, expected=expected)
