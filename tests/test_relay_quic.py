@@ -12,6 +12,8 @@ from quicmesh.config import NodeConfig
 from quicmesh.config.relay import RelayConfig
 from quicmesh.core.relay import RelayAddress
 from quicmesh.runtime.node import Node
+from quicmesh.runtime.quic_connection import QuicConnection
+from quicmesh.runtime.quic_transport import QuicTransport
 from quicmesh.testing.wait import eventually
 
 REALM = "relay"
@@ -73,6 +75,20 @@ async def test_peer_reachable_only_through_relay() -> None:
         assert st["relay_peers"] == 2 and st["relay_reservations"] == 1
         health = a.health()
         assert any(p["path"] == f"relayed:{r.id}" for p in health["relay"]["peers"])
+        assert a.gauges()["peers_relayed"] == 1
+        # the hook for hole punching: a connection moved to a direct path is reported once
+        assert isinstance(a.transport, QuicTransport) and isinstance(conn, QuicConnection)
+        seen: list[tuple[object, str]] = []
+        a.transport.relay.on_path_change.append(lambda c, path: seen.append((c, path)))
+        a.transport.relay.path_changed(conn)
+        assert seen == []  # unchanged
+        quic = conn._proto.quic
+        relayed_addr = quic._remote_addr
+        quic._remote_addr = ("127.0.0.1", 9)  # as qh3 does once a migration to a direct path is validated
+        a.transport.relay.path_changed(conn)
+        a.transport.relay.path_changed(conn)
+        assert seen == [(conn, "direct")] and conn.path == "direct"
+        quic._remote_addr = relayed_addr
 
 
 async def test_second_relay_takes_over_when_the_first_dies() -> None:
