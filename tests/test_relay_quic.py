@@ -89,6 +89,13 @@ async def test_peer_reachable_only_through_relay() -> None:
         a.transport.relay.path_changed(conn)
         assert seen == [(conn, "direct")] and conn.path == "direct"
         quic._remote_addr = relayed_addr
+        # the node's idle closes spare connections the relay uses (reservation at r; paths through r)
+        for n in (a, b):
+            rconn = n.transport.get(r.id)
+            assert rconn is not None
+            await rconn.close("idle")
+            assert not rconn.closed
+        assert isinstance(b.transport, QuicTransport) and b.transport.relay.idle_closes_refused >= 1
 
 
 async def test_second_relay_takes_over_when_the_first_dies() -> None:

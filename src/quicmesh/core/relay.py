@@ -228,6 +228,10 @@ class RelayServer:
         st = self._peers.peek(peer)
         return st is not None and st.reserved
 
+    def holds(self, peer: NodeId) -> bool:
+        """Whether ``peer`` holds a reservation or a session here."""
+        return self._peers.peek(peer) is not None
+
     def stats(self) -> dict[str, int]:
         """Gauges and counters (``relay_*`` metrics; ``dropped:<reason>`` per reason)."""
         c = self.counters

@@ -94,6 +94,9 @@ class ConnectionHost(Protocol):
     def path_of(self, conn: QuicConnection, proto: qa.Proto) -> str:
         """#13: ``direct`` or ``relayed:<relay id>`` for ``conn`` now."""
 
+    def keeps(self, conn: QuicConnection) -> bool:
+        """#13: whether ``conn`` must stay open although idle (relay reservations and paths)."""
+
 
 def _code_of(phrase: str) -> str:
     return phrase.split(":", 1)[0].strip()
@@ -242,7 +245,11 @@ class QuicConnection(Connection):
         return await asyncio.shield(self._ping_waiter)
 
     async def close(self, code: str = "normal", reason: str = "") -> None:
-        """Close (telling the peer ``code``/``reason``) and wait until QUIC finished closing."""
+        """Close (telling the peer ``code``/``reason``) and wait until QUIC finished closing. An
+        ``idle`` close of a connection that carries relayed paths or a relay reservation is
+        ignored (#13: the overlays do not see what the relay uses it for)."""
+        if code == "idle" and self._host.keeps(self):
+            return
         self.abort(code, None, reason=reason, send=True)
         await self.wait_closed()
 

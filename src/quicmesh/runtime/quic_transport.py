@@ -181,6 +181,10 @@ class QuicTransport(Transport):
         """``direct`` or ``relayed:<relay id>``: the path ``conn``'s packets take now."""
         return self.relay.path_of(conn, proto)
 
+    def keeps(self, conn: QuicConnection) -> bool:
+        """Whether ``conn`` must stay open although idle (see :meth:`RelayPaths.keeps`)."""
+        return self.relay.keeps(conn)
+
     # -- ConnectionHost (what connections call) ----------------------------------------------
 
     def sign_proof(self, transcript: bytes) -> bytes:

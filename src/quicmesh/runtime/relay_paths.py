@@ -119,6 +119,8 @@ class RelayPaths:
         """Forwarded packets dropped: from a relay without our reservation, on no path we dialed."""
         self.send_dropped = 0
         """Packets for a relayed path dropped here (relay gone or its connection congested)."""
+        self.idle_closes_refused = 0
+        """Idle closes of connections the relay uses, refused (see :meth:`keeps`)."""
         self._timer: asyncio.TimerHandle | None = None
         self._paths_of: dict[int, str] = {}  # bounded: one per held connection (id -> last path seen)
 
@@ -290,6 +292,18 @@ class RelayPaths:
             except Exception:
                 log.exception("on_relay_lost callback raised")
 
+    def keeps(self, conn: QuicConnection) -> bool:
+        """Whether ``conn`` carries something of the relay's (a reservation either way, a session
+        on the relay, or paths to peers): then an ``idle`` close from the node is refused."""
+        if not conn.published or conn.closed:
+            return False
+        peer = conn.peer_id
+        kept = (peer in self.reserved_at or self.server.holds(peer)
+                or any(p.relay == peer for p in self._paths.values()))
+        if kept:
+            self.idle_closes_refused += 1
+        return kept
+
     def path_of(self, conn: QuicConnection, proto: qa.Proto) -> str:
         """``direct`` or ``relayed:<relay id>`` for the path qh3 sends ``conn``'s packets on now."""
         addr: Any = getattr(proto.quic, "_remote_addr", None)
@@ -316,7 +330,8 @@ class RelayPaths:
         """Counters of both roles (``relay_*`` metrics)."""
         return {**self.server.stats(), "paths": len(self._paths), "reservations_held": len(self.reserved_at),
                 "path_packets_sent": self.sent, "path_packets_received": self.received,
-                "path_unsolicited": self.unsolicited, "path_send_dropped": self.send_dropped}
+                "path_unsolicited": self.unsolicited, "path_send_dropped": self.send_dropped,
+                "idle_closes_refused": self.idle_closes_refused}
 
     # -- internals -----------------------------------------------------------------------------
 
