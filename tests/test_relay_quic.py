@@ -8,7 +8,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from quicmesh.config import NodeConfig
+import pytest
+
+from quicmesh.config import NodeConfig, TransportConfig
 from quicmesh.config.relay import RelayConfig
 from quicmesh.core.relay import RelayAddress
 from quicmesh.runtime.node import Node
@@ -98,29 +100,37 @@ async def test_peer_reachable_only_through_relay() -> None:
         assert isinstance(b.transport, QuicTransport) and b.transport.relay.idle_closes_refused >= 1
 
 
-async def test_second_relay_takes_over_when_the_first_dies() -> None:
+@pytest.mark.parametrize("death", ["stopped", "silent"])
+async def test_second_relay_takes_over_when_the_first_dies(death: str) -> None:
+    """The relay in use stops (closing its connections) or falls silent (as if SIGKILLed: its
+    socket is gone, peers find out by the idle timeout); it is first in b's ``--relay-via``."""
+    fast = TransportConfig(idle_timeout=2.0, keepalive_interval=0.3)
     async with nodes() as start:
         r1: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
         r2: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
         r3: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
-        b: Node = await start(relay=_relay(mode="always", via=(r1.address, r2.address, r3.address),  # type: ignore[misc]
-                                           relays_wanted=1))
+        b: Node = await start(transport=fast, relay=_relay(  # type: ignore[misc]
+            mode="always", via=(r1.address, r2.address, r3.address), relays_wanted=1))
         await eventually(lambda: len(b.relay_agent.active) == 1, timeout=10, what="b reserved at one relay")
-        first = next(iter(b.relay_agent.active.keys()))
-        dead = {r1.id: r1, r2.id: r2, r3.id: r3}[first]
-        a: Node = await start(relay=_relay(mode="never"))  # type: ignore[misc]
+        assert list(b.relay_agent.active.keys()) == [r1.id]
+        a: Node = await start(transport=fast, relay=_relay(mode="never"))  # type: ignore[misc]
         await a.connect(b.relay_agent.relayed_addresses()[0])
-        await b.advertise("echo", echo)
         t0 = time.monotonic()
-        await dead.stop()  # the relay goes away
-        await eventually(lambda: len(b.relay_agent.active) == 1 and first not in b.relay_agent.active.keys(),
+        if death == "stopped":
+            await r1.stop()
+        else:
+            assert isinstance(r1.transport, QuicTransport) and r1.transport.endpoint is not None
+            ep = r1.transport.endpoint
+            assert ep.transport is not None
+            ep.transport.close()  # no close reaches anyone
+        await eventually(lambda: len(b.relay_agent.active) == 1 and r1.id not in b.relay_agent.active.keys(),
                          timeout=10, what="b reserved at another relay")
-        await eventually(lambda: a.transport.get(b.id) is None, timeout=5, what="a's relayed path closed")
+        await eventually(lambda: a.transport.get(b.id) is None, timeout=10, what="a's relayed path closed")
         new = b.relay_agent.relayed_addresses()[0]
         assert await a.connect(new) == b.id
         took = time.monotonic() - t0
-        print(f"b reachable again through a second relay {took:.2f} s after the first stopped "
-              f"(failover {b.relay_agent.last_failover_seconds:.2f} s)")
+        print(f"relay {death}: b reachable again through a second relay {took:.2f} s later "
+              f"(b's failover {b.relay_agent.last_failover_seconds:.2f} s after it noticed)")
         assert took < 10 and b.relay_agent.failovers == 1
         assert b.mesh.addresses == (new,)
 

@@ -158,9 +158,11 @@ class RelayAgent:
         announce(node.core, node.keypair, node.trust.wire_id, node.mesh.observed.announced())
 
     def _lost(self, relay: NodeId) -> None:
-        if self.active.pop(relay) is None:
+        host = self.active.pop(relay)
+        if host is None:
             return
         self._lost_at = asyncio.get_running_loop().time()
+        self._failed.set(host, self._lost_at)  # not retried before _BACKOFF: it just died
         log.info("relay %s lost; looking for another", relay.short())
         self._announce()  # at once: peers must not dial through a dead relay
         self._wake.set()
@@ -194,31 +196,44 @@ class RelayAgent:
                 await asyncio.wait_for(self._wake.wait(), self.config.retry_interval)
 
     async def _reserve_more(self, now: float) -> None:
-        assert self.quic is not None
+        """Reserve at candidates until ``relays_wanted`` hold a reservation: the missing number
+        of candidates are tried *at once* (a dead candidate costs a handshake timeout, which
+        must not delay the others), then the next ones."""
         me = self.node.id
-        for host, rid in self._candidates():
-            if len(self.active) >= self.config.relays_wanted:
+        tried: set[str] = set()  # bounded: the candidates of this round
+        while len(self.active) < self.config.relays_wanted:
+            batch: list[tuple[str, NodeId | None]] = []  # bounded: relays_wanted
+            for host, rid in self._candidates():
+                if len(batch) >= self.config.relays_wanted - len(self.active):
+                    break
+                if host in tried or rid == me or (rid is not None and rid in self.active):
+                    continue
+                failed = self._failed.peek(host)
+                if (failed is not None and now - failed < _BACKOFF) or host in self.active.values() \
+                        or host == self.node.address:
+                    continue
+                tried.add(host)
+                batch.append((host, rid))
+            if not batch:
                 return
-            if rid == me or (rid is not None and rid in self.active):
-                continue
-            failed = self._failed.peek(host)
-            if failed is not None and now - failed < _BACKOFF:
-                continue
-            if host in self.active.values() or host == self.node.address:
-                continue
-            try:
-                conn = await self.quic.relay.reserve(host, rid)
-            except (QuicmeshError, OSError) as exc:
-                self.reservation_failures += 1
-                self._failed.set(host, now)
-                log.debug("relay %s: %s", host, exc)
-                continue
-            if conn.peer_id == me or conn.peer_id in self.active:
-                continue
-            self.active.set(conn.peer_id, host)
-            if self._lost_at is not None:
-                self.failovers += 1
-                self.last_failover_seconds = asyncio.get_running_loop().time() - self._lost_at
-                self._lost_at = None
-            log.info("reachable through relay %s at %s", conn.peer_id.short(), host)
-            self._announce()
+            await asyncio.gather(*(self._reserve_at(host, rid, now) for host, rid in batch))
+
+    async def _reserve_at(self, host: str, rid: NodeId | None, now: float) -> None:
+        assert self.quic is not None
+        try:
+            conn = await self.quic.relay.reserve(host, rid)
+        except (QuicmeshError, OSError) as exc:
+            self.reservation_failures += 1
+            self._failed.set(host, now)
+            log.debug("relay %s: %s", host, exc)
+            return
+        me = self.node.id
+        if conn.peer_id == me or conn.peer_id in self.active or len(self.active) >= self.config.relays_wanted:
+            return
+        self.active.set(conn.peer_id, host)
+        if self._lost_at is not None:
+            self.failovers += 1
+            self.last_failover_seconds = asyncio.get_running_loop().time() - self._lost_at
+            self._lost_at = None
+        log.info("reachable through relay %s at %s", conn.peer_id.short(), host)
+        self._announce()
