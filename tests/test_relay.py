@@ -114,3 +114,22 @@ def test_caps(registry: ContainerRegistry) -> None:
     src = peers[1:4]
     assert [s.forward(p, target, 10, 0.0) for p in src] == [None, None, "sessions"]
     assert s.stats()["peers"] == 4 and s.stats()["dropped:sessions"] == 1
+
+
+def test_status_shows_peer_paths() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from quicmesh.cli.status import render_status
+
+    r, a, b = ids(3)
+    health = {"status": "ok", "node_id": str(a), "relay": {
+        "serve": False, "mode": "auto", "relays": [str(r)], "failovers": 1,
+        "peers": [{"peer": str(b), "path": f"relayed:{r}", "address": str(RelayAddress(r, "10.0.0.1:7000", b))},
+                  {"peer": str(r), "path": "direct", "address": "10.0.0.1:7000"}]}}
+    out = StringIO()
+    render_status(health, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "peer paths" in text and f"relayed via {str(r)[:16]}" in text and "direct" in text
+    assert "through 1 relay(s), failovers 1" in text
