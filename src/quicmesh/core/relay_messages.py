@@ -11,8 +11,8 @@ from .wire import Code, Message, NodeIdBytes
 
 __all__ = ["MAX_RELAYED_PACKET", "RELAY_MESSAGES", "RelayData", "RelayForward", "RelayReserve", "RelayReserved"]
 
-MAX_RELAYED_PACKET = 8192
-"""Largest QUIC packet carried (bytes): connections on relayed paths use 8 KiB datagrams (a
+MAX_RELAYED_PACKET = 16384
+"""Largest QUIC packet carried (bytes): connections on relayed paths use 16 KiB datagrams (a
 virtual path has no MTU: its packets travel in the relay connections' streams)."""
 
 
