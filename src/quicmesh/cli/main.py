@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not announce or look for nodes of this realm on the local network (discovery.local)")
     n.add_argument("--advertise-address", action="append", default=None, metavar="HOST:PORT",
                    help="announce this address instead of the computed ones (repeat; addresses.advertise_addresses)")
+    n.add_argument("--relay", action="store_true",
+                   help="relay for admitted members of this realm (relay.serve)")  # #13 (relay)
+    n.add_argument("--relay-via", action="append", default=None, metavar="HOST:PORT",
+                   help="a relay to be reachable through when behind NAT (repeat; relay.via)")
+    n.add_argument("--relay-mode", choices=("auto", "always", "never"), default=None,
+                   help="when to be reachable through relays (relay.mode, default auto)")
 
     for name, helptext in (("call", "call a procedure"), ("pub", "publish a message"), ("sub", "print messages")):
         c = sub.add_parser(name, help=f"{helptext} through a short-lived node or as a light client")

@@ -78,6 +78,9 @@ async def run_node(args: argparse.Namespace) -> int:
         "revocations": args.revocations,
         "discovery.local": False if getattr(args, "no_local_discovery", False) else None,  # #13 (localdisc)
         "addresses.advertise_addresses": tuple(args.advertise_address) if args.advertise_address else None,  # #13
+        "relay.serve": True if getattr(args, "relay", False) else None,  # #13 (relay)
+        "relay.via": tuple(args.relay_via) if getattr(args, "relay_via", None) else None,
+        "relay.mode": getattr(args, "relay_mode", None),
     }
     config = load_config(args.config, overrides=overrides)
     node = await Node.start(config)

@@ -165,8 +165,11 @@ def render_status(health: Mapping[str, Any], console: Console) -> None:
     addresses = health.get("addresses")
     if isinstance(addresses, Mapping):
         _addresses_table(addresses, console)
+    relay = health.get("relay")  # #13 (relay)
+    if isinstance(relay, Mapping):
+        _paths_table(relay, console)
     reserved = {"status", "node_id", "realm", "ready", "reasons", "gauges", "containers", "process", "sentinel",
-                "addresses"}
+                "addresses", "relay"}
     sections = [(k, v) for k, v in health.items() if k not in reserved and isinstance(v, Mapping)]
     if sections:
         subs = Table(title="subsystems", title_justify="left")
@@ -201,6 +204,22 @@ def _addresses_table(addresses: Mapping[str, Any], console: Console) -> None:
     need = addresses.get("confirmations_needed", "?")
     table.caption = (f"confirmed at {need} peers; reports {_num(addresses.get('reports_received_total'))}, "
                      f"ignored {_num(addresses.get('reports_ignored_total'))}")
+    console.print(table)
+
+
+def _paths_table(relay: Mapping[str, Any], console: Console) -> None:
+    """#13: each connected peer's path (``direct`` or ``relayed:<relay>``) and the relays used."""
+    table = Table(title="peer paths", title_justify="left")
+    table.add_column("peer", style="bold")
+    table.add_column("path")
+    table.add_column("address")
+    for p in relay.get("peers") or []:
+        if isinstance(p, Mapping):
+            path = str(p.get("path", "?"))
+            table.add_row(str(p.get("peer", "?"))[:16], path if path == "direct" else f"relayed via {path[8:24]}",
+                          str(p.get("address", "")))
+    table.caption = (f"relay: serving {'yes' if relay.get('serve') else 'no'}, mode {relay.get('mode', '?')}, "
+                     f"through {len(relay.get('relays') or [])} relay(s), failovers {_num(relay.get('failovers', 0))}")
     console.print(table)
 
 

@@ -18,6 +18,7 @@ from .addresses import AddressesConfig
 from .discovery import DiscoveryConfig
 from .failure import FailureConfig
 from .http_api import HttpApiConfig
+from .relay import RelayConfig
 from .transport import TransportConfig
 from .values import KiB, MiB, check_type, coerce, field_types
 
@@ -462,6 +463,9 @@ class NodeConfig:
     # #13 (observed)
     addresses: AddressesConfig = field(default_factory=AddressesConfig)
     """What the node announces as its addresses (``--advertise-address``; observed addresses)."""
+    # #13 (relay)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    """Relaying for others (``--relay``) and reachability through relays (``--relay-via``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):
@@ -509,7 +513,7 @@ def validate(cfg: NodeConfig) -> None:
         if not getattr(cfg, key) > 0:
             raise ConfigError(key, f"must be positive, got {getattr(cfg, key)!r}")
     for i, b in enumerate(cfg.bootstrap):
-        _check_hostport(f"bootstrap[{i}]", b)
+        _check_hostport(f"bootstrap[{i}]", b.rpartition("@")[2].partition("/")[0] if b.startswith("relay:") else b)
     if cfg.http is not None:
         _check_hostport("http", cfg.http)
     if cfg.http_api.listen is not None:  # #15 (httpface)

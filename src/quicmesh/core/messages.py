@@ -16,6 +16,7 @@ from .groups_messages import GROUP_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .mesh_messages import MESH_MESSAGES
 from .registry_messages import REGISTRY_MESSAGES
+from .relay_messages import RELAY_MESSAGES
 from .wire import MAX_WIRE_LIST, Address, Code, Message, Name, NodeIdBytes, Text, UInt
 
 _Token = Annotated[bytes, msgspec.Meta(max_length=64)]
@@ -155,4 +156,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *REGISTRY_MESSAGES,
     *FAILURE_MESSAGES,
     *GROUP_MESSAGES,
+    *RELAY_MESSAGES,  # #13 (relay)
 )

@@ -131,6 +131,14 @@ NODE_GAUGE = MetricSpec("quicmesh_node_gauge", "gauge", "Other node numbers, by 
 NODE_EVENTS = MetricSpec(
     "quicmesh_node_events_total", "counter", "Other node counters, by name (NodeGauges.extra).", ("name",)
 )
+RELAY_DROPPED = MetricSpec(  # #13 (relay)
+    "quicmesh_relay_dropped_total", "counter",
+    "Packets a relay did not forward, by reason (not_member, no_reservation, sessions, packets, bytes...).",
+    ("reason",)
+)
+PATHS = MetricSpec(  # #13 (relay)
+    "quicmesh_peer_paths", "gauge", "Connected peers by path: direct or relayed.", ("path",)
+)
 PERMISSION_DENIED = MetricSpec(
     "quicmesh_permission_denied_total", "counter",
     "Actions refused by permissions (own, of peers, of light clients), by action.", ("action",)
@@ -178,6 +186,8 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
     NODE_GAUGE,
     NODE_EVENTS,
     PERMISSION_DENIED,
+    RELAY_DROPPED,
+    PATHS,
     SENTINEL_DEGRADED,
     SENTINEL_RSS_SLOPE,
     SENTINEL_REASONS,
@@ -300,10 +310,16 @@ class NodeCollector:
         other = _gauge(NODE_GAUGE)
         events = _counter(NODE_EVENTS)
         denied = _counter(PERMISSION_DENIED)
+        relay_dropped = _counter(RELAY_DROPPED)
+        paths = _gauge(PATHS)
         for name in sorted(g.extra):
             family, sep, label = name.partition(":")
             if sep and family == "permission_denied_total":
                 denied.add_metric([label], float(g.extra[name]))
+            elif sep and family == "relay_dropped_total":
+                relay_dropped.add_metric([label], float(g.extra[name]))
+            elif name in ("peers_direct", "peers_relayed"):
+                paths.add_metric([name[6:]], float(g.extra[name]))
             elif name.endswith("_total"):
                 events.add_metric([name], float(g.extra[name]))
             else:
@@ -311,6 +327,8 @@ class NodeCollector:
         yield other
         yield events
         yield denied
+        yield relay_dropped
+        yield paths
 
     def _sentinel_families(self) -> Iterator[Metric]:
         if self._sentinel is None:

@@ -16,6 +16,12 @@ that receives at its claimed source address can come back with the token, so a s
 flood creates no connection state at all. Tokens (:class:`RetryTokens`) are HMAC-SHA256 over the
 source address, both connection ids and an issue time, valid for ``RETRY_TOKEN_TTL`` seconds.
 
+Relayed paths (#13): a datagram sent to a *virtual address* (host :data:`VIRTUAL_HOST`, a
+per-path port; see :mod:`.relay_paths`) goes to the endpoint's :class:`VirtualRouter` instead of
+the socket, and :meth:`Endpoint.ingest` takes in datagrams that arrived through a relay as if
+they came from such an address. qh3 (its Rust core parses addresses) sees ordinary IPv6
+addresses from the discard-only prefix ``100::/64`` (RFC 6666), which no real peer can use.
+
 Hardening against qh3 2.1.0 (measured): every entry point into qh3 (datagram, timer, transmit) is
 wrapped, so an exception raised by the core -- e.g. a failed handshake -- closes that one
 connection instead of escaping into the event loop; a connection whose core cannot even close is
@@ -25,6 +31,7 @@ abandoned (routing entries, timer and state dropped at once).
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import hmac
 import ipaddress
@@ -51,8 +58,11 @@ from qh3.tls import SignatureAlgorithm, load_pem_private_key
 
 from ..config import TransportConfig
 from ..identity import KeyPair, make_certificate
+from .relay_wire import VIRTUAL_HOST, VirtualRouter, _Wire
 
 __all__ = [
+    "RELAYED_DATAGRAM_SIZE",
+    "VIRTUAL_HOST",
     "ConnectionTerminated",
     "Endpoint",
     "HandshakeCompleted",
@@ -62,8 +72,10 @@ __all__ = [
     "RetryTokens",
     "Sink",
     "StreamDataReceived",
+    "VirtualRouter",
     "client_configuration",
     "new_client_connection",
+    "relayed",
     "server_configuration",
 ]
 
@@ -136,6 +148,20 @@ class Sink(Protocol):
         """Packets were just handed to the socket: the send backlog may have shrunk."""
 
 
+RELAYED_DATAGRAM_SIZE = 16384
+"""qh3's ``max_datagram_size`` on relayed paths: a virtual path has no MTU (its datagrams travel
+in a stream), and 16 KiB packets cost a tenth of the per-packet work of 1,280-byte ones at
+both ends and at the relay."""
+
+
+def relayed(configuration: QuicConfiguration) -> QuicConfiguration:
+    """A copy of ``configuration`` for connections on relayed paths (larger datagrams)."""
+    qc = copy.copy(configuration)
+    qc.max_datagram_size = RELAYED_DATAGRAM_SIZE
+    qc.probe_datagram_size = False
+    return qc
+
+
 def _ignore_cid(cid: bytes) -> None:
     pass
 
@@ -167,7 +193,19 @@ class Proto(QuicConnectionProtocol):
     def peer_address(self) -> str | None:
         """``HOST:PORT`` of the peer as qh3 last saw it, when known."""
         addr: Any = getattr(self._quic, "_remote_addr", None)
-        return f"{addr[0]}:{addr[1]}" if addr else None
+        if not addr:
+            return None
+        if addr[0] == VIRTUAL_HOST:
+            wire = self._transport
+            router = wire.router if isinstance(wire, _Wire) else None
+            return router.virtual_name(addr) if router is not None else None
+        return f"{addr[0]}:{addr[1]}"
+
+    @property
+    def relayed(self) -> bool:
+        """#13: whether qh3 sends to a virtual (relayed) address now."""
+        addr: Any = getattr(self._quic, "_remote_addr", None)
+        return bool(addr) and bool(addr[0] == VIRTUAL_HOST)
 
     @property
     def terminated(self) -> bool:
@@ -387,10 +425,47 @@ class Endpoint(QuicServer):
         """Retry packets sent (first Initials answered with a Retry)."""
         self.retries_validated = 0
         """Initials that came back with a valid Retry token (their connection was created)."""
+        self.router: VirtualRouter | None = None
+        """#13: where datagrams to virtual addresses go (set by the transport)."""
+        self._relayed_cfg = relayed(configuration)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_Wire(transport, self))  # type: ignore[arg-type]
+
+    def send_virtual(self, data: bytes, addr: Any) -> None:
+        """:class:`VirtualRouter`: hand a datagram for a virtual address to :attr:`router`."""
+        router = self.router
+        if router is not None:
+            router.send_virtual(data, addr)
+
+    def virtual_name(self, addr: Any) -> str | None:
+        """:class:`VirtualRouter`: the name of a virtual address, from :attr:`router`."""
+        router = self.router
+        return router.virtual_name(addr) if router is not None else None
+
+    def ingest(self, data: bytes, addr: Any) -> None:
+        """#13: a datagram that arrived through a relay, from virtual address ``addr`` (no
+        Retry: the relay already authenticated the sender)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        direct = self._configuration
+        try:
+            self._source = addr
+            self._configuration = self._relayed_cfg  # a new connection gets the relayed datagram size
+            QuicServer.datagram_received(self, data, addr)
+        except Exception as exc:  # routing never raises out of the loop
+            log.warning("dropping a relayed datagram: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._configuration = direct
+            self._source = None
 
     def _create(self, quic: QuicConnection, stream_handler: Any = None) -> Proto:
         src = self._source
-        proto = self._factory(quic, f"{src[0]}" if src else "")
+        source = f"{src[0]}" if src else ""
+        if src and src[0] == VIRTUAL_HOST and self.router is not None:
+            source = self.router.virtual_name(src) or source  # per relayed peer, not one for all
+        proto = self._factory(quic, source)
         # qh3 routes the new connection under the packet's id and its own; remember them for
         # O(1) removal (after a Retry the packet's id is the Retry's, not the original one)
         proto.cids.update((quic.original_destination_connection_id, quic.host_cid, self._dcid))
@@ -453,8 +528,10 @@ class Endpoint(QuicServer):
 
     @property
     def transport(self) -> asyncio.DatagramTransport | None:
-        """The UDP transport."""
-        return self._transport
+        """The UDP transport (asyncio's, not the relay-aware view connections send through)."""
+        t: Any = self._transport
+        raw: asyncio.DatagramTransport | None = t._t if isinstance(t, _Wire) else t
+        return raw
 
     def add_outbound(self, proto: Proto) -> None:
         """Route the packets of an outbound connection (as qh3's ``connect`` does per socket)."""

@@ -7,13 +7,24 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+import weakref
+from collections.abc import Callable
 
 from ..core.node import NodeCore
 from ..core.observed import canonical_address, is_wildcard
 from ..core.selfrecord import sign_record
 from ..identity import KeyPair
 
-__all__ = ["announce", "interface_addresses"]
+__all__ = ["announce", "interface_addresses", "set_address_filter"]
+
+_FILTERS: weakref.WeakKeyDictionary[NodeCore, Callable[[tuple[str, ...]], tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary())  # bounded: one per live node
+
+
+def set_address_filter(core: NodeCore, fn: Callable[[tuple[str, ...]], tuple[str, ...]]) -> None:
+    """#13 (relay): make :func:`announce` pass the node's addresses through ``fn`` first (the
+    relay agent puts relayed addresses in)."""
+    _FILTERS[core] = fn
 
 _MAX_INTERFACE_ADDRESSES = 16
 """Interface addresses considered (a host with more announces the first ones)."""
@@ -55,6 +66,9 @@ def interface_addresses(listen: str) -> tuple[str, ...]:
 def announce(core: NodeCore, keypair: KeyPair, realm: str, addresses: tuple[str, ...]) -> None:
     """Make ``addresses`` what the node announces, with a fresh signed self-record of them
     (``at``: the wall clock in milliseconds, strictly increasing)."""
+    fn = _FILTERS.get(core)
+    if fn is not None:
+        addresses = fn(addresses)
     core.set_addresses(addresses)
     old = core.mesh.book.own_record
     at = max(int(time.time() * 1000), old.at + 1 if old is not None else 0)

@@ -67,6 +67,7 @@ from .addressing import announce, interface_addresses
 from .driver import _STOP_DRAIN, Handler, Message, _SubState
 from .node_status import NodeStatus
 from .realm_service import RealmService
+from .relay_agent import RelayAgent
 from .subscription import Subscription
 
 __all__ = ["Handler", "Message", "Node", "Subscription"]
@@ -104,6 +105,8 @@ class Node(NodeStatus):
         """This node's work-queue group member subscriptions."""
         self.local_discovery = LocalDiscovery(self, config.discovery)
         """Finds nodes of this realm on the LAN (mDNS) and joins through them while alone (#13)."""
+        self.relay_agent = RelayAgent(self, config.relay)
+        """Relays for others (``relay.serve``) and keeps this node reachable through relays (#13)."""
 
     @classmethod
     async def start(
@@ -163,6 +166,7 @@ class Node(NodeStatus):
         self._rearm()
         await self.realm_service.start()
         await self.local_discovery.start()
+        await self.relay_agent.start()
         log.info("node %s listening on %s (realm %s)", self.id.short(), self.address, self.config.realm)
 
     async def stop(self) -> None:
@@ -181,6 +185,7 @@ class Node(NodeStatus):
                     await asyncio.wait_for(asyncio.gather(*(c.drain(until=0) for c in conns)), _STOP_DRAIN)
         self._stopped = True
         await self.local_discovery.stop()
+        await self.relay_agent.stop()
         self._lost_later.clear()
         if self._timer is not None:
             self._timer.cancel()

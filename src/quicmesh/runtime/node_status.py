@@ -97,7 +97,24 @@ class NodeStatus(NodeDriver):
             out[f"groups_{key}" + ("" if gauge else "_total")] = float(value)
         out.update(self.gateway.gauges())
         out.update(self.logs.gauges())
+        agent = getattr(self, "relay_agent", None)  # #13 (relay)
+        if agent is not None:
+            out.update(agent.gauges())
+            paths = [c.path for c in self.transport.connections()]
+            out["peers_relayed"] = float(sum(1 for p in paths if p != "direct"))
+            out["peers_direct"] = float(len(paths)) - out["peers_relayed"]
         return out
+
+    def peer_paths(self) -> list[dict[str, str]]:
+        """#13: each connected peer, the path its connection takes (``direct`` or
+        ``relayed:<relay id>``) and its address."""
+        return [{"peer": str(c.peer_id), "path": c.path, "address": c.remote_address}
+                for c in self.transport.connections()]
+
+    def relay_health(self) -> dict[str, Any]:
+        """#13: the ``/health`` ``relay`` section."""
+        agent = getattr(self, "relay_agent", None)
+        return {**(agent.health() if agent is not None else {}), "peers": self.peer_paths()}
 
     def health(self) -> dict[str, Any]:
         """Subsystem-grouped state for ``/health``."""
@@ -142,6 +159,7 @@ class NodeStatus(NodeDriver):
             "registry": self.services.stats(),
             **self.logs.health(),
             "gateway": self.gateway.health(),
+            "relay": self.relay_health(),  # #13 (relay)
         }
 
     def _gossip_health(self) -> dict[str, Any]:

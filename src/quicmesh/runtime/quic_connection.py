@@ -91,6 +91,12 @@ class ConnectionHost(Protocol):
     def count_refusal(self, reason: str) -> None:
         """Count an attempt ended before admission."""
 
+    def path_of(self, conn: QuicConnection, proto: qa.Proto) -> str:
+        """#13: ``direct`` or ``relayed:<relay id>`` for ``conn`` now."""
+
+    def keeps(self, conn: QuicConnection) -> bool:
+        """#13: whether ``conn`` must stay open although idle (relay reservations and paths)."""
+
 
 def _code_of(phrase: str) -> str:
     return phrase.split(":", 1)[0].strip()
@@ -167,6 +173,11 @@ class QuicConnection(Connection):
         return self._hs.observed
 
     @property
+    def path(self) -> str:
+        """#13: ``direct``, or ``relayed:<relay id>`` while the packets go through a relay."""
+        return self._host.path_of(self, self._proto)
+
+    @property
     def peer_instance(self) -> bytes:
         """The peer's instance (random per process start), once shown."""
         return self._hs.peer_instance
@@ -234,7 +245,11 @@ class QuicConnection(Connection):
         return await asyncio.shield(self._ping_waiter)
 
     async def close(self, code: str = "normal", reason: str = "") -> None:
-        """Close (telling the peer ``code``/``reason``) and wait until QUIC finished closing."""
+        """Close (telling the peer ``code``/``reason``) and wait until QUIC finished closing. An
+        ``idle`` close of a connection that carries relayed paths or a relay reservation is
+        ignored (#13: the overlays do not see what the relay uses it for)."""
+        if code == "idle" and self._host.keeps(self):
+            return
         self.abort(code, None, reason=reason, send=True)
         await self.wait_closed()
 

@@ -58,6 +58,9 @@ once instead of after qh3's draining period. Under a flood the listener's socket
 (the default ~208 KiB overflowed at a few hundred concurrent dials, and each loss costs a PTO).
 ``on_connection_lost`` fires exactly once per published connection, and every per-connection
 structure is released at that moment.
+
+Relays (#13): ``relay:...`` addresses are dialed through a relay, and the relay service and the
+relayed paths live in :attr:`QuicTransport.relay` (:mod:`.relay_paths`).
 """
 
 from __future__ import annotations
@@ -72,7 +75,9 @@ from collections.abc import Callable
 
 from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..config import TransportConfig
+from ..config.relay import RelayConfig
 from ..core import handshake as hs
+from ..core.relay import RelayAddress, is_relay_address
 from ..core.trust import Trust
 from ..core.wire import Codec, Message
 from ..errors import ConnectionLost, ContainerFull, TransportError
@@ -80,6 +85,7 @@ from ..identity import KeyPair, NodeId
 from . import _quic_adapter as qa
 from .admission import AdmissionTable
 from .quic_connection import Duplicate, QuicConnection
+from .relay_paths import RELAY_TYPES, RelayPaths
 from .transport import Connection, Transport, TransportEvents, TransportStats
 
 __all__ = ["QuicTransport"]
@@ -153,6 +159,31 @@ class QuicTransport(Transport):
         self._idle = asyncio.Event()
         self._idle.set()
         self._client_cfg = qa.client_configuration(config)
+        self._relayed_cfg = qa.relayed(self._client_cfg)
+        self.relay = RelayPaths(self, RelayConfig(), registry)
+        """#13: relayed paths of this transport and the relay service (:mod:`.relay_paths`)."""
+
+    def configure_relay(self, config: RelayConfig) -> None:
+        """Use ``config`` for the relay service (before :meth:`start`)."""
+        self.relay.server.close()
+        self.relay = RelayPaths(self, config, self._registry)
+
+    @property
+    def endpoint(self) -> qa.Endpoint | None:
+        """The UDP endpoint once started."""
+        return self._endpoint
+
+    def loop_time(self) -> float:
+        """The event loop's clock."""
+        return asyncio.get_running_loop().time()
+
+    def path_of(self, conn: QuicConnection, proto: qa.Proto) -> str:
+        """``direct`` or ``relayed:<relay id>``: the path ``conn``'s packets take now."""
+        return self.relay.path_of(conn, proto)
+
+    def keeps(self, conn: QuicConnection) -> bool:
+        """Whether ``conn`` must stay open although idle (see :meth:`RelayPaths.keeps`)."""
+        return self.relay.keeps(conn)
 
     # -- ConnectionHost (what connections call) ----------------------------------------------
 
@@ -170,6 +201,9 @@ class QuicTransport(Transport):
 
     def deliver(self, conn: QuicConnection, message: Message) -> None:
         """An application message arrived on ``conn``."""
+        if type(message) in RELAY_TYPES:
+            self.relay.on_message(conn, message)
+            return
         if self._events is not None:
             try:
                 self._events.on_message(conn, message)
@@ -211,6 +245,7 @@ class QuicTransport(Transport):
     def released(self, conn: QuicConnection, error: Exception | None) -> None:
         """``conn`` closed: drop it from every table; tell the node once if it was published."""
         resume = self.table.release(conn, conn.peer)
+        self.relay.released(conn)
         if resume is not None:
             self._resume_parked(resume)
         if conn.published and self._events is not None:
@@ -262,14 +297,26 @@ class QuicTransport(Transport):
             raise
         assert isinstance(endpoint, qa.Endpoint)
         self._endpoint = endpoint
+        endpoint.router = self.relay
+        self.relay.start()
         name = endpoint.transport.get_extra_info("sockname") if endpoint.transport else (host, port)
         self._address = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
         return self._address
 
     async def dial(self, address: str, expected: NodeId | None = None) -> Connection:
-        """Connect to ``address`` (see :meth:`Transport.dial` for the errors raised)."""
+        """Connect to ``address`` (see :meth:`Transport.dial` for the errors raised); a relayed
+        address (``relay:<relay>@HOST:PORT/<peer>``, :class:`~quicmesh.core.relay.RelayAddress`)
+        goes through that relay."""
         if self._endpoint is None or self.table.closing:
             raise TransportError("transport is not running")
+        relayed: RelayAddress | None = None
+        if is_relay_address(address):
+            try:
+                relayed = RelayAddress.parse(address)
+            except ValueError as exc:
+                raise TransportError(str(exc)) from None
+            if relayed.target is None:  # a relay's own announcement: dial the relay itself
+                return await self.dial(relayed.host, relayed.relay)
         if expected is not None:
             existing = self.get(expected)
             if existing is not None:
@@ -288,7 +335,7 @@ class QuicTransport(Transport):
         except ContainerFull:
             raise TransportError(f"{self.table.max_dials} dials in flight") from None
         try:
-            conn = await self._dial(address, expected)
+            conn = await (self.relay.dial(relayed, expected) if relayed is not None else self._dial(address, expected))
             fut.set_result(conn)
             return conn
         except asyncio.CancelledError:
@@ -388,6 +435,7 @@ class QuicTransport(Transport):
             ep.transport.close()
             await asyncio.sleep(0)  # asyncio closes the socket one loop turn later: free the port now
         t.close()
+        self.relay.stop()
         self._protos.close()
         self._dials.close()
         self._waiters.close()
@@ -444,14 +492,18 @@ class QuicTransport(Transport):
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
         addr: tuple[str, int] = (str(infos[0][4][0]), int(infos[0][4][1]))
+        return await self.dial_address(addr, f"{addr[0]}:{addr[1]}", expected)
+
+    async def dial_address(self, addr: tuple[str, int], name: str, expected: NodeId | None) -> QuicConnection:
+        """Dial the resolved (or virtual) ``addr``, known as ``name``."""
         ep = self._endpoint
         if ep is None or self.table.closing:
             raise TransportError("transport is not running")
-        proto = qa.Proto(qa.new_client_connection(self._client_cfg))
+        cfg = self._relayed_cfg if addr[0] == qa.VIRTUAL_HOST else self._client_cfg
+        proto = qa.Proto(qa.new_client_connection(cfg))
         if not self._track(proto):
             raise TransportError(f"{self._protos.capacity} QUIC connections held or closing")
-        conn = self.connection_class(self, proto, outbound=True, remote_address=f"{addr[0]}:{addr[1]}",
-                                     expected=expected)
+        conn = self.connection_class(self, proto, outbound=True, remote_address=name, expected=expected)
         self.table.begin_dial(conn)  # room guaranteed: one per entry of _dials
         ep.add_outbound(proto)
         proto.connect(addr)

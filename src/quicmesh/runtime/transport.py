@@ -87,6 +87,13 @@ class Connection(abc.ABC):
         """``True`` once the connection is closing or closed."""
 
     @property
+    def path(self) -> str:
+        """#13: ``"direct"``, or ``"relayed:<relay node id>"`` while the connection's packets go
+        through a relay (the QUIC transport re-reads it live; see
+        :meth:`quicmesh.runtime.relay_paths.RelayPaths.path_changed` for change events)."""
+        return "direct"
+
+    @property
     def rtt(self) -> float | None:
         """Smoothed round-trip time in seconds, when known."""
         return None

@@ -29,13 +29,13 @@ def console_state(node: NodeDriver) -> dict[str, Any]:
     "local", "providers": [id...], "providers_total"}], "services_total", "denials": {"total",
     "by_action": {action: n}, "recent": [{"n", "action", "subject"}] (newest first)}}``.
 
-    ``path`` is ``"direct"`` for every connected peer (the node has no relayed paths yet).
+    ``path`` is ``"direct"`` or ``"relayed:<relay id>"`` (#13).
     """
     now = node._now()
     active = set(node.mesh.realm.active_peers())  # bounded: the active view (membership.active_view)
     conns = node.transport.connections()
     peers = [
-        {"id": str(c.peer_id), "path": "direct", "outbound": c.outbound, "remote_address": c.remote_address,
+        {"id": str(c.peer_id), "path": c.path, "outbound": c.outbound, "remote_address": c.remote_address,
          "active": c.peer_id in active}
         for c in sorted(conns, key=lambda c: str(c.peer_id))[:MAX_ITEMS]
     ]
