@@ -18,6 +18,7 @@ from .addresses import AddressesConfig
 from .discovery import DiscoveryConfig
 from .failure import FailureConfig
 from .http_api import HttpApiConfig
+from .punch import PunchConfig
 from .transport import TransportConfig
 from .values import KiB, MiB, check_type, coerce, field_types
 
@@ -36,6 +37,7 @@ __all__ = [
     "NodeConfig",
     "ObservabilityConfig",
     "PubSubConfig",
+    "PunchConfig",
     "RegistryConfig",
     "RpcConfig",
     "StoreConfig",
@@ -462,6 +464,10 @@ class NodeConfig:
     # #13 (observed)
     addresses: AddressesConfig = field(default_factory=AddressesConfig)
     """What the node announces as its addresses (``--advertise-address``; observed addresses)."""
+    # #13 (punch)
+    punch: PunchConfig = field(default_factory=PunchConfig)
+    """Hole punching: direct paths between nodes behind NATs through a common node (on by
+    default; ``QUICMESH_PUNCH__ENABLED=false``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):

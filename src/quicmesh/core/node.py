@@ -120,6 +120,7 @@ from .log_messages import LOG_MESSAGES
 from .mesh import Mesh
 from .mesh_messages import MESH_MESSAGES, MGossip, MIHave
 from .messages import Reply, ReplyError, Request, Services
+from .punch_node import PUNCH_TYPES, PunchCommands
 from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
 from .registry_messages import REGISTRY_MESSAGES
 from .replication import LogReplication
@@ -144,7 +145,7 @@ _LOG_TYPES = tuple(LOG_MESSAGES)
 _GROUP_TYPES = tuple(GROUP_MESSAGES)
 
 
-class NodeCore(DialCommands, GroupCommands):
+class NodeCore(PunchCommands, DialCommands, GroupCommands):
     """The composed sans-IO core of one node (see the module docstring)."""
 
     def __init__(
@@ -203,6 +204,8 @@ class NodeCore(DialCommands, GroupCommands):
             may_publish=lambda p, t, now: self.trust.open or self.guard.peer_allowed(p, "publish", t, now),
         )
         """Work-queue groups: one member per message (see :mod:`quicmesh.core.groups`)."""
+        self.puncher = self._make_puncher(keypair, Random(rng.random()), registry, wall_offset)  # #13 (punch)
+        """Hole punching through a common node (see :mod:`quicmesh.core.punch`)."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
@@ -251,7 +254,7 @@ class NodeCore(DialCommands, GroupCommands):
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
             self.logs.next_deadline(), self.dials.next_deadline(), self.guard.next_deadline(),
-            self.failure.next_deadline(), self.groups.next_deadline(),
+            self.failure.next_deadline(), self.groups.next_deadline(), self.puncher.next_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -290,6 +293,8 @@ class NodeCore(DialCommands, GroupCommands):
             out = self.logs.handle_message(peer, msg, now)
         elif isinstance(msg, _FAILURE_TYPES):
             return self._failure_outputs(self.failure.handle(peer, msg, now), now)
+        elif isinstance(msg, PUNCH_TYPES):  # #13 (punch)
+            return self._route(self.puncher.handle(peer, msg, now), now)
         elif isinstance(msg, _GROUP_TYPES):
             self._pin(peer, now)
             g = self.groups
@@ -312,6 +317,7 @@ class NodeCore(DialCommands, GroupCommands):
         out += self._route(self.caller.peer_connected(peer, now), now)
         out += self.logs.peer_connected(peer, now)
         out += self._route(self.groups.peer_connected(peer, now), now)
+        out += self.puncher.connected(peer, now) if self.puncher.active(peer) else []
         if self._probing:
             self.failure.add(peer, now)
         out.append(STATE_CHANGED)
@@ -336,6 +342,7 @@ class NodeCore(DialCommands, GroupCommands):
         self.guard.expire(now)
         out += self._failure_outputs(self.failure.handle_timer(now), now)
         out += self._route(self.groups.handle_timer(now), now)
+        out += self._route(self.puncher.timer(now), now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
