@@ -1,0 +1,217 @@
+"""#13 hole punching in the runtime: carries out the core's punch dials and reports them, and
+gives the node its ``punch`` method and its ``holepunch_*`` numbers (see
+:mod:`quicmesh.core.punch` for the protocol).
+
+A :class:`~quicmesh.core.punch.PunchDial` dials every address of the peer's signed record at
+once through the transport, that is from the node's one listening socket: the packets leave from
+the port whose NAT mapping the peers observed, so they open this side's NAT towards the other's
+mapping while the other side does the same. The first dial that authenticates the expected peer
+wins (the others are cancelled); QUIC's duplicate rule (:func:`~quicmesh.core.handshake.
+duplicate_survivor`) keeps one connection when both sides' dials complete. That connection is
+then *the* connection of the peer (``Transport.get``), so traffic moves to it.
+
+Relayed paths (the relay branch of #13) give connections a ``path`` attribute (``"direct"`` or
+``"relayed:<relay>"``); a connection without it is direct. A punch towards a peer reached only
+through a relay counts as done only once a direct connection exists: :meth:`HolePunch.is_direct`
+is the one place that reads the attribute, and :meth:`HolePunch.on_direct` the one hook to run
+when a direct path replaced another (closing or keeping the relayed one is the relay's decision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..bounded import BoundedDict
+from ..core.punch import PunchDial, PunchDone
+from ..errors import QuicmeshError
+from ..identity import NodeId
+from .transport import Connection
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["PUNCH_COMMANDS", "HolePunch", "PunchResult", "punch_command"]
+
+log = logging.getLogger("quicmesh.holepunch")
+
+
+@dataclass(frozen=True, slots=True)
+class PunchResult:
+    """The outcome of :meth:`quicmesh.Node.punch`: ``ok`` when a direct connection to the peer
+    is up; ``reason`` (``direct``, ``already_direct`` or the last failure's code: ``timeout``,
+    ``dial_failed``, ``dial_timeout``, ``no_common_node``, ``refused_<why>``, ``busy``,
+    ``disabled``); ``elapsed`` seconds since the punch started; ``attempts`` made."""
+
+    ok: bool
+    reason: str
+    elapsed: float
+    attempts: int
+
+
+class HolePunch:
+    """The runtime side of hole punching for one :class:`~quicmesh.runtime.node.Node`."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config = node.config.punch
+        self._waiters: BoundedDict[NodeId, tuple[asyncio.Future[PunchResult], list[int]]] = BoundedDict(
+            "punch.waiters", self.config.max_active, registry=node.registry
+        )
+        """Peer -> the future of a ``punch`` call waiting for it and its attempt count."""
+        self.dials_started = 0
+        self.dials_in_flight = 0
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def is_direct(conn: Connection | None) -> bool:
+        """Whether ``conn`` is a live direct connection (not a relayed one, see the module doc)."""
+        return conn is not None and not conn.closed and str(getattr(conn, "path", "direct")) == "direct"
+
+    async def punch(self, peer: NodeId, via: NodeId | None = None, timeout: float | None = None) -> PunchResult:
+        """Punch a direct path to ``peer`` through ``via`` (or connected nodes in turn); returns
+        when a direct connection is up or every attempt failed (or after ``timeout`` seconds)."""
+        node = self.node
+        if self.is_direct(node.transport.get(peer)):
+            return PunchResult(True, "already_direct", 0.0, 0)
+        c = self.config
+        if timeout is None:
+            per = c.via_candidates * c.exchange_timeout + c.dial_timeout + c.exchange_timeout
+            timeout = c.attempts * per + sum(min(c.backoff * 2 ** i, c.backoff_max) * (1 + c.jitter)
+                                             for i in range(c.attempts))
+        held = self._waiters.get(peer)
+        if held is None:
+            if len(self._waiters) >= self._waiters.capacity:
+                return PunchResult(False, "busy", 0.0, 0)
+            fut: asyncio.Future[PunchResult] = asyncio.get_running_loop().create_future()
+            self._waiters[peer] = (fut, [0])
+            node._run(node.core.punch(peer, node._now(), via))
+            node._rearm()
+        else:
+            fut = held[0]
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return PunchResult(False, "timeout", timeout, self._attempts(peer))
+
+    def on_direct(self, peer: NodeId, conn: Connection) -> None:
+        """A punched direct connection to ``peer`` is up and is the peer's connection now (the
+        hook where a relayed path to ``peer`` is closed or kept as fallback)."""
+        log.info("direct path to %s (punched)", peer.short())
+
+    # -- the core's outputs ----------------------------------------------------------------------
+
+    def execute(self, eff: object) -> None:
+        """Carry out a punch output of the core (the driver's hook for outputs it does not know)."""
+        if isinstance(eff, PunchDial):
+            self.dials_started += 1
+            self.dials_in_flight += 1
+            self.node._spawn(self._dial(eff))
+        elif isinstance(eff, PunchDone):
+            held = self._waiters.get(eff.peer)
+            if held is not None:
+                held[1][0] += 1
+                if eff.ok or eff.final:
+                    del self._waiters[eff.peer]
+                    if not held[0].done():
+                        held[0].set_result(PunchResult(eff.ok, eff.reason, eff.elapsed, held[1][0]))
+            log.log(logging.INFO if eff.ok else logging.DEBUG, "punch to %s: %s after %.3f s%s",
+                    eff.peer.short(), eff.reason, eff.elapsed, " (final)" if eff.final else "")
+
+    async def _dial(self, eff: PunchDial) -> None:
+        node = self.node
+        conn: Connection | None = None
+        reason = "dial_failed"
+        tasks = [asyncio.ensure_future(node.transport.dial(a, eff.peer)) for a in eff.addresses]
+        try:
+            for fut in asyncio.as_completed(tasks, timeout=eff.timeout):
+                try:
+                    c = await fut
+                except (QuicmeshError, OSError) as exc:
+                    log.debug("punch dial to %s failed: %s", eff.peer.short(), exc)
+                    continue
+                if c.peer_id == eff.peer and self.is_direct(c):
+                    conn = c
+                    break
+        except TimeoutError:
+            reason = "dial_timeout"
+        finally:
+            self.dials_in_flight -= 1
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+        if node._stopped:
+            return
+        if conn is None:  # the other side's dial may have won meanwhile
+            existing = node.transport.get(eff.peer)
+            conn = existing if self.is_direct(existing) else None
+        now = node._now()
+        if conn is not None:
+            node._run(node.core.peer_connected(conn.peer_id, (conn.remote_address,), conn.outbound, now))
+            self.on_direct(eff.peer, conn)
+        node._run(node.core.punch_dial_done(eff.peer, eff.nonce, conn is not None, now, reason))
+        node._rearm()
+
+    def _attempts(self, peer: NodeId) -> int:
+        held = self._waiters.get(peer)
+        return held[1][0] if held is not None else 0
+
+    # -- numbers ---------------------------------------------------------------------------------
+
+    def gauges(self) -> dict[str, float]:
+        """``holepunch_*`` numbers for ``/metrics`` (counters end in ``_total``)."""
+        p = self.node.core.puncher
+        c = p.counters
+        out: dict[str, float] = {
+            "holepunch_started_total": float(c["started"]),
+            "holepunch_attempts_total": float(c["attempts"]),
+            "holepunch_successes_total": float(c["successes"]),
+            "holepunch_failures_total": float(c["failures"]),
+            "holepunch_answered_total": float(c["answered"]),
+            "holepunch_forwarded_total": float(c["forwarded"]),
+            "holepunch_forward_refused_total": float(c["forward_refused"]),
+            "holepunch_refused_total": float(c["refused"]),
+            "holepunch_dials_total": float(self.dials_started),
+            "holepunch_active": float(len(self._waiters)),
+            "holepunch_time_to_direct_seconds_sum": p.time_to_direct_sum,
+            "holepunch_time_to_direct_seconds_count": float(c["successes"]),
+            "holepunch_time_to_direct_seconds_max": p.time_to_direct_max,
+        }
+        for prefix, table in (("failures", p.failures_by_reason), ("forward_refused", p.forward_refused_by_reason),
+                              ("refused", p.refused_by_reason)):
+            for reason, n in table.items():
+                out[f"holepunch_{prefix}_{reason}_total"] = float(n)
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """The puncher's counters for ``/health`` (``"holepunch"``)."""
+        return {**self.node.core.puncher.stats(), "dials_total": self.dials_started,
+                "dials_in_flight": self.dials_in_flight}
+
+
+PUNCH_COMMANDS = frozenset({"punch", "punch_close"})
+"""Control commands (:mod:`quicmesh.testing.control`) served by :func:`punch_command`."""
+
+
+async def punch_command(node: Node, name: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    """A control command: ``punch`` (``peer``, optional ``via``, ``timeout``) punches and answers
+    with the result; ``punch_close`` (``peer``) closes the connection to the peer."""
+    peer = NodeId.parse(cmd["peer"])
+    if name == "punch_close":
+        conn = node.transport.get(peer)
+        if conn is not None:
+            await conn.close("normal", "closed by control")
+        return {"peer": str(peer), "closed": conn is not None}
+    via = NodeId.parse(cmd["via"]) if cmd.get("via") else None
+    r = await node.punch(peer, via=via, timeout=cmd.get("timeout"))
+    conn = node.transport.get(peer)
+    return {"peer": str(peer), "ok": r.ok, "reason": r.reason, "ms": round(r.elapsed * 1000, 3),
+            "attempts": r.attempts, "path": str(getattr(conn, "path", "direct")) if conn is not None else None,
+            "remote": conn.remote_address if conn is not None else None}

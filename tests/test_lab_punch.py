@@ -1,0 +1,171 @@
+"""#13 hole punching in the network lab: two private LANs, each behind its own NAT router
+(nftables masquerade), and a public LAN with K and K2 (K carries the punch; both public nodes
+confirm the NATed nodes' mappings, see ``test_lab_nat.py``).
+
+The NAT routers also drop unsolicited packets addressed to themselves (an ``input`` chain, as
+every home gateway's firewall does): without it, the first punch packet that reaches the other
+NAT before that side's own packet left is delivered to the router itself, and Linux conntrack
+keeps that flow, so the other side's own packet is then mapped to a *different* port and the
+punch fails whatever the timing (measured: 0 of 2 raw simultaneous UDP punches with the
+router's input open, 2 of 2 with it dropping).
+
+Needs root, ``ip`` and ``nft`` (the ``lab`` fixture). Knobs: ``QMLAB_PUNCH_TRIES`` (default 20),
+``QMLAB_PUNCH_TIMEOUT`` (seconds to wait for the mappings to be confirmed, default 30).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from quicmesh.testing.lab import Lab, LabNode
+from quicmesh.testing.wait import eventually
+
+TRIES = int(os.environ.get("QMLAB_PUNCH_TRIES", "20"))
+TIMEOUT = float(os.environ.get("QMLAB_PUNCH_TIMEOUT", "30"))
+ENV = {"QUICMESH_PUNCH__AUTO": "false", "QUICMESH_DISCOVERY__LOCAL": "false"}
+"""The measured punches are the test's own (``punch`` command), not automatic ones."""
+
+_FLUSH = (
+    "import socket, struct\n"
+    "s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)\n"  # NETLINK_NETFILTER
+    "s.send(struct.pack('=IHHII', 20, (1 << 8) | 2, 1 | 4, 1, 0) + struct.pack('=BBH', 2, 0, 0))\n"
+    "s.recv(4096)\n"
+)
+"""Flush the namespace's conntrack table (ctnetlink IPCTNL_MSG_CT_DELETE without a tuple)."""
+
+
+def _gateway(lab: Lab, router: str) -> None:
+    """The router drops new flows addressed to itself from the public side (eth0)."""
+    lab._exec(lab._router_ns(router), "nft", "-f", "-", input=(
+        "table ip qmlgw {\n  chain input { type filter hook input priority 0; policy accept;\n"
+        "    iifname \"eth0\" ct state new drop\n  }\n}\n"))
+
+
+def _flush(lab: Lab, router: str) -> None:
+    lab._exec(lab._router_ns(router), sys.executable, "-c", _FLUSH)
+
+
+async def _topology(lab: Lab, *, random_fully: bool = False, env: dict[str, str] | None = None
+                    ) -> tuple[LabNode, LabNode, LabNode, str, str]:
+    lab.add_lan("pub")
+    lab.add_lan("pa")
+    lab.add_lan("pb")
+    k, k2 = lab.add_host("k", "pub"), lab.add_host("k2", "pub")
+    a, b = lab.add_host("a", "pa"), lab.add_host("b", "pb")
+    lab.add_router("ra", ["pub", "pa"])
+    lab.add_router("rb", ["pub", "pb"])
+    pub_a = lab.nat("ra", "pa")
+    pub_b = lab.nat("rb", "pb", random_fully=random_fully)
+    _gateway(lab, "ra")
+    _gateway(lab, "rb")
+    e = {**ENV, **(env or {})}
+    nk = await lab.spawn(k, "k", env=e)
+    nk2 = await lab.spawn(k2, "k2", bootstrap=[nk.address], env=e)
+    na = await lab.spawn(a, "a", bootstrap=[nk.address, nk2.address], env=e)
+    nb = await lab.spawn(b, "b", bootstrap=[nk.address, nk2.address], env=e)
+    return nk, na, nb, pub_a, pub_b
+
+
+async def _health(node: LabNode) -> dict[str, Any]:
+    ev = await node.process.request("health", "health", wait=10)
+    return ev
+
+
+async def _node_id(node: LabNode) -> str:
+    doc = await _health(node)
+    return str(doc["health"]["node_id"])
+
+
+async def _confirmed(node: LabNode, public: str) -> None:
+    def ok(doc: dict[str, Any]) -> bool:
+        return any(o["confirmed"] and o["address"].startswith(f"{public}:")
+                   for o in doc["health"]["addresses"]["observed"])
+    await eventually(lambda: _health(node), until=ok, timeout=TIMEOUT, what=f"{node.name} confirms its mapping")
+
+
+async def test_punch_through_two_nats_goes_direct(lab: Lab) -> None:
+    nk, na, nb, pub_a, pub_b = await _topology(lab)
+    try:
+        await _confirmed(na, pub_a)
+        await _confirmed(nb, pub_b)
+        ida, idb, idk = await _node_id(na), await _node_id(nb), await _node_id(nk)
+        times: list[float] = []
+        results: list[str] = []
+        for _ in range(TRIES):
+            t0 = time.perf_counter()
+            ev = await na.process.request("punch", "punch", wait=30, peer=idb, via=idk)
+            took = time.perf_counter() - t0
+            results.append(f"{ev['reason']}/{ev['attempts']}")
+            if ev["ok"]:
+                assert ev["remote"] is not None and ev["remote"].startswith(f"{pub_b}:"), ev
+                times.append(took)
+            # the next try starts from closed NATs: close the direct connection, forget the flows
+            await na.process.request("punch_close", "punch_close", peer=idb)
+            await eventually(lambda: _health(na), until=lambda d: idb not in d["peers"], timeout=10,
+                             what="the direct connection closed")
+            _flush(lab, "ra")
+            _flush(lab, "rb")
+        within = sum(1 for t in times if t <= 3.0)
+        q = statistics.quantiles(times, n=10) if len(times) >= 2 else times
+        print(f"punch through two NATs: {len(times)} of {TRIES} direct, {within} within 3 s; "
+              f"time to direct min {min(times, default=0) * 1000:.0f} ms, median "
+              f"{statistics.median(times) * 1000 if times else 0:.0f} ms, p90 {q[-1] * 1000 if q else 0:.0f} ms, "
+              f"max {max(times, default=0) * 1000:.0f} ms; outcomes {results}")
+        assert within >= 0.95 * TRIES
+        # traffic over the direct path: punch once more, then cut K off both NATed nodes
+        ev = await na.process.request("punch", "punch", wait=30, peer=idb, via=idk)
+        assert ev["ok"], ev
+        await nb.process.request("advertise", "advertised", name="svc.upper", kind="upper")
+        await nb.process.request("subscribe", "subscribed", pattern="direct.>", id=1)
+        await na.process.request("wait_provider", "ready", wait=20, name="svc.upper", timeout=15)
+        for src in (pub_a, pub_b):
+            lab._add_rule(lab.hosts["k"], "input", f"ip saddr {src} drop")
+            lab._add_rule(lab.hosts["k2"], "input", f"ip saddr {src} drop")
+        reply = await na.process.request("call", "reply", wait=20, name="svc.upper", payload="direct")
+        assert reply["payload"] == "DIRECT", reply
+        metrics = (await _health(na))["health"]["holepunch"]
+        print(f"over the direct path with K cut off: call answered {reply['payload']!r} in {reply['ms']} ms; "
+              f"initiator's holepunch numbers: {metrics}")
+        assert metrics["successes"] >= within + 1
+    finally:
+        await lab.stop_nodes()
+
+
+async def test_port_randomising_nat_fails_and_backs_off(lab: Lab) -> None:
+    """``random_fully`` on one side: no punch works; the initiator gives up after
+    ``punch.attempts`` attempts spaced by the backoff, and both nodes keep their paths through K
+    (pub/sub between them still flows through the mesh)."""
+    env = {"QUICMESH_PUNCH__BACKOFF": "0.5", "QUICMESH_PUNCH__DIAL_TIMEOUT": "1.5",
+           "QUICMESH_PUNCH__EXCHANGE_TIMEOUT": "2"}
+    nk, na, nb, pub_a, _ = await _topology(lab, random_fully=True, env=env)
+    try:
+        await _confirmed(na, pub_a)
+        ida, idb, idk = await _node_id(na), await _node_id(nb), await _node_id(nk)
+        t0 = time.perf_counter()
+        ev = await na.process.request("punch", "punch", wait=60, peer=idb, via=idk)
+        took = time.perf_counter() - t0
+        hp = (await _health(na))["health"]["holepunch"]
+        print(f"port-randomising NAT: punch {ev['reason']} after {ev['attempts']} attempts in {took:.1f} s "
+              f"(dial 1.5 s, backoff 0.5 s doubling); failures by reason {hp['failures_by_reason']}")
+        assert not ev["ok"] and ev["attempts"] == 3
+        assert took >= 3 * 1.5 + 0.5 * 0.75 + 1.0 * 0.75  # three dial rounds and two backoffs
+        assert hp["failures"] == 3 and hp["active"] == 0
+        for node in (na, nb):
+            assert idk in (await _health(node))["peers"]  # still on the path through K
+        await nb.process.request("subscribe", "subscribed", pattern="via.>", id=7)
+
+        async def delivered() -> dict[str, Any]:
+            await na.process.request("publish", "published", topic="via.k", payload="hello")
+            return await nb.process.request("await_count", "count_reached", wait=5, id=7, count=1, timeout=1)
+
+        got = await eventually(delivered, until=lambda ev: ev["count"] >= 1, timeout=30,
+                               what="a message from a to b through the mesh")
+        print(f"pub/sub between the NATed nodes through K after the failed punch: delivered ({got['count']} received)")
+        assert got["count"] >= 1
+        assert ida not in (await _health(nb))["peers"]
+    finally:
+        await lab.stop_nodes()
