@@ -48,6 +48,12 @@ class PunchConfig:
     dial_timeout: float = 3.0
     """Seconds the simultaneous dials of one attempt may take (default 3: the QUIC handshake
     retransmits its first packets within that time when the first ones met a closed NAT)."""
+    stagger: float = 0.05
+    """Seconds the side with the smaller node id dials after the other (default 0.05; 0: both
+    at once). Its connection is the one QUIC's duplicate rule keeps, so its first packet should
+    meet a NAT the other side has already opened (a first packet that meets a closed NAT is
+    retransmitted only ~0.3 s later, and a NAT whose own address accepts unsolicited packets
+    may remap the other side's port)."""
     via_candidates: int = 3
     """Connected nodes tried as K, one after the other, when no K is given (default 3)."""
     max_active: int = 64
@@ -82,5 +88,5 @@ class PunchConfig:
                 raise ConfigError(f"punch.{name}", "must be positive")
         if not 0 <= self.jitter <= 1:
             raise ConfigError("punch.jitter", "must be between 0 and 1")
-        if self.cooldown < 0:
-            raise ConfigError("punch.cooldown", "must not be negative")
+        if self.cooldown < 0 or self.stagger < 0:
+            raise ConfigError("punch.cooldown" if self.cooldown < 0 else "punch.stagger", "must not be negative")

@@ -116,6 +116,7 @@ class _Answer:
     addresses: tuple[str, ...]
     deadline: float
     dialing: bool = False
+    dial_at: float | None = None
 
 
 class Puncher:
@@ -177,7 +178,7 @@ class Puncher:
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`timer` has something to do."""
         ds = [a.deadline for a in self._attempts.values()]
-        ds += [a.deadline for a in self._answers.values()]
+        ds += [a.deadline if a.dial_at is None else a.dial_at for a in self._answers.values()]
         for d in (self._seen.next_deadline(), self._cooldown.next_deadline()):
             if d is not None:
                 ds.append(d)
@@ -258,7 +259,10 @@ class Puncher:
         self._cooldown.expire(now)
         out: list[object] = []
         for peer, ans in list(self._answers.items()):
-            if ans.deadline <= now:
+            if ans.dial_at is not None and ans.dial_at <= now:
+                ans.dial_at = None
+                out.append(PunchDial(peer, ans.addresses, ans.nonce, self.config.dial_timeout))
+            elif ans.deadline <= now:
                 del self._answers[peer]
         for att in [a for a in self._attempts.values() if a.deadline <= now]:
             if att.phase == "connect":
@@ -295,7 +299,7 @@ class Puncher:
     def _reply(self, att: _Attempt, env: PunchEnvelope, now: float) -> list[object]:
         rtt = max(0.0, now - att.sent)
         att.addresses = self._addresses(env)
-        att.phase, att.deadline = "dial_wait", now + rtt / 2
+        att.phase, att.deadline = "dial_wait", now + rtt / 2 + self._stagger(att.peer)
         self.counters["attempts"] += 1
         return [Send(att.vias[att.via], PunchForward(att.peer.raw, self._env(SYNC, att.peer, att.nonce, now)))]
 
@@ -382,13 +386,17 @@ class Puncher:
             if ans is None or ans.nonce != env.n or ans.dialing:
                 return []
             ans.dialing, ans.deadline = True, now + self.config.dial_timeout + self.config.exchange_timeout
+            stagger = self._stagger(src)
+            if stagger > 0:
+                ans.dial_at = now + stagger
+                return []
             return [PunchDial(src, ans.addresses, ans.nonce, self.config.dial_timeout)]
         # CONNECT: answer with our own addresses
         if not self.config.enabled:
             return []
         own = self._attempts.get(src)
         if own is not None:
-            if own.phase != "connect" or self.id.raw > src.raw:
+            if own.phase != "connect" or src < self.id:
                 return []  # both punch each other: the lower id leads, the other answers
             del self._attempts[src]
         if src not in self._answers and len(self._answers) >= self.config.max_active:
@@ -414,6 +422,12 @@ class Puncher:
         if not self._seen.add((env.src, env.k, env.n), now):
             return "replay"
         return None
+
+    def _stagger(self, peer: NodeId) -> float:
+        """Extra delay of this side's dials: the side with the smaller id (whose dial survives
+        QUIC's duplicate rule) sends ``stagger`` seconds after the other, so that the other's
+        packets have opened the other NAT when its own first packet arrives there."""
+        return self.config.stagger if self.id < peer else 0.0
 
     def _addresses(self, env: PunchEnvelope) -> tuple[str, ...]:
         out: list[str] = []  # bounded: at most 8 (below)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +65,8 @@ class HolePunch:
         )
         """Peer -> the future of a ``punch`` call waiting for it and its attempt count."""
         self.dials_started = 0
+        self.trace: deque[tuple[float, str]] = deque(maxlen=_TRACE)
+        """The last punch steps, (wall clock, what), for ``/health`` (a timeline for operators)."""
         self.dials_in_flight = 0
 
     # -- public ----------------------------------------------------------------------------------
@@ -101,12 +105,15 @@ class HolePunch:
     def on_direct(self, peer: NodeId, conn: Connection) -> None:
         """A punched direct connection to ``peer`` is up and is the peer's connection now (the
         hook where a relayed path to ``peer`` is closed or kept as fallback)."""
+        self._note(f"direct to {peer.short()} at {conn.remote_address} ({'out' if conn.outbound else 'in'}bound)")
         log.info("direct path to %s (punched)", peer.short())
 
     # -- the core's outputs ----------------------------------------------------------------------
 
     def execute(self, eff: object) -> None:
         """Carry out a punch output of the core (the driver's hook for outputs it does not know)."""
+        if isinstance(eff, PunchDial | PunchDone):
+            self._note(f"{type(eff).__name__} {eff}")
         if isinstance(eff, PunchDial):
             self.dials_started += 1
             self.dials_in_flight += 1
@@ -126,17 +133,26 @@ class HolePunch:
         node = self.node
         conn: Connection | None = None
         reason = "dial_failed"
-        tasks = [asyncio.ensure_future(node.transport.dial(a, eff.peer)) for a in eff.addresses]
+        # Dialled without an expected id, so that a dial to the same address already pending
+        # (the mesh's, started before the NATs were open, its first packets being retransmitted
+        # on QUIC's backoff) is not shared: the punch sends its own first packets now. The id is
+        # checked below, and a connection to anyone else closed.
+        tasks = [asyncio.ensure_future(node.transport.dial(a, None)) for a in eff.addresses]
         try:
             for fut in asyncio.as_completed(tasks, timeout=eff.timeout):
                 try:
                     c = await fut
                 except (QuicmeshError, OSError) as exc:
                     log.debug("punch dial to %s failed: %s", eff.peer.short(), exc)
+                    self._note(f"dial failed: {exc}")
                     continue
+                self._note(f"dialled {c.remote_address} ({c.peer_id.short()})")
                 if c.peer_id == eff.peer and self.is_direct(c):
                     conn = c
                     break
+                if c.peer_id != eff.peer:
+                    log.info("punch dial for %s reached %s: closed", eff.peer.short(), c.peer_id.short())
+                    node._spawn(c.close("normal", "not the punched peer"))
         except TimeoutError:
             reason = "dial_timeout"
         finally:
@@ -158,6 +174,9 @@ class HolePunch:
             self.on_direct(eff.peer, conn)
         node._run(node.core.punch_dial_done(eff.peer, eff.nonce, conn is not None, now, reason))
         node._rearm()
+
+    def _note(self, what: str) -> None:
+        self.trace.append((time.time(), what[:300]))
 
     def _attempts(self, peer: NodeId) -> int:
         held = self._waiters.get(peer)
@@ -193,8 +212,12 @@ class HolePunch:
     def health(self) -> dict[str, Any]:
         """The puncher's counters for ``/health`` (``"holepunch"``)."""
         return {**self.node.core.puncher.stats(), "dials_total": self.dials_started,
-                "dials_in_flight": self.dials_in_flight}
+                "dials_in_flight": self.dials_in_flight,
+                "trace": [f"{t:.3f} {what}" for t, what in self.trace]}
 
+
+_TRACE = 32
+"""Punch steps kept in :attr:`HolePunch.trace`."""
 
 PUNCH_COMMANDS = frozenset({"punch", "punch_close"})
 """Control commands (:mod:`quicmesh.testing.control`) served by :func:`punch_command`."""
@@ -202,13 +225,15 @@ PUNCH_COMMANDS = frozenset({"punch", "punch_close"})
 
 async def punch_command(node: Node, name: str, cmd: dict[str, Any]) -> dict[str, Any]:
     """A control command: ``punch`` (``peer``, optional ``via``, ``timeout``) punches and answers
-    with the result; ``punch_close`` (``peer``) closes the connection to the peer."""
+    with the result; ``punch_close`` (``peer``) forgets the peer (so the mesh does not dial it again
+    at once) and closes the connection to it (tests start each punch from closed NATs so)."""
     peer = NodeId.parse(cmd["peer"])
-    if name == "punch_close":
-        conn = node.transport.get(peer)
-        if conn is not None:
-            await conn.close("normal", "closed by control")
-        return {"peer": str(peer), "closed": conn is not None}
+    if name == "punch_close":  # forget the peer (no re-dial by the mesh) and close the connection
+        node.remove_peer(peer)
+        conns = [c for c in node.transport.connections() if c.peer_id == peer and not c.closed]
+        for c in conns:
+            await c.close("normal", "closed by control")
+        return {"peer": str(peer), "closed": len(conns)}
     via = NodeId.parse(cmd["via"]) if cmd.get("via") else None
     r = await node.punch(peer, via=via, timeout=cmd.get("timeout"))
     conn = node.transport.get(peer)
