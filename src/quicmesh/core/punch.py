@@ -117,6 +117,7 @@ class _Answer:
     deadline: float
     dialing: bool = False
     dial_at: float | None = None
+    gave_way: float | None = None  # when this node's own punch to the peer started (it answers instead)
 
 
 class Puncher:
@@ -238,6 +239,12 @@ class Puncher:
             del self._answers[peer]
             if ok:
                 self._cooldown.pop(peer)
+            if ans.gave_way is not None:  # this node's own punch, led by the peer: it ends here
+                if ok:
+                    self.counters["successes"] += 1
+                else:
+                    self._count_failure(reason)
+                return [PunchDone(peer, ok, "direct" if ok else reason, now - ans.gave_way, True)]
         att = self._attempts.get(peer)
         if att is None or att.nonce != nonce or att.phase != "dialing":
             return []
@@ -264,6 +271,9 @@ class Puncher:
                 out.append(PunchDial(peer, ans.addresses, ans.nonce, self.config.dial_timeout))
             elif ans.deadline <= now:
                 del self._answers[peer]
+                if ans.gave_way is not None:
+                    self._count_failure("timeout")
+                    out.append(PunchDone(peer, False, "timeout", now - ans.gave_way, True))
         for att in [a for a in self._attempts.values() if a.deadline <= now]:
             if att.phase == "connect":
                 out += self._next_via(att, now, "timeout")
@@ -395,13 +405,16 @@ class Puncher:
         if not self.config.enabled:
             return []
         own = self._attempts.get(src)
+        gave_way = None
         if own is not None:
-            if own.phase != "connect" or src < self.id:
+            if own.phase != "connect" or self.id < src:
                 return []  # both punch each other: the lower id leads, the other answers
             del self._attempts[src]
+            gave_way = own.started
         if src not in self._answers and len(self._answers) >= self.config.max_active:
             return []
-        self._answers[src] = _Answer(src, via, env.n, self._addresses(env), now + 2 * self.config.exchange_timeout)
+        self._answers[src] = _Answer(src, via, env.n, self._addresses(env), now + 2 * self.config.exchange_timeout,
+                                     gave_way=gave_way)
         self.counters["answered"] += 1
         return [Send(via, PunchForward(env.src, self._env(REPLY, src, env.n, now)))]
 
