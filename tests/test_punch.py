@@ -10,6 +10,7 @@ from punchkit import REALM, Pump, config, make_peer, trio
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig, PunchConfig
+from quicmesh.core.effects import Dial, Send
 from quicmesh.core.node import NodeCore
 from quicmesh.core.punch import PunchDial, PunchDone
 from quicmesh.core.punch_messages import CONNECT, PunchForward, PunchRefused, PunchRelayed
@@ -175,3 +176,22 @@ def test_node_core_routes_punch_messages_and_starts_automatically() -> None:
         isinstance(getattr(o, "message", None), PunchForward) for o in a.dial_failed(b.id, (), 1.2))
     refused = k.message(a.id, PunchForward(a.id.raw, msg.env), 1.3)
     assert any(isinstance(getattr(o, "message", None), PunchRefused) for o in refused)  # to A itself: "self"
+
+
+def test_a_dial_pending_too_long_starts_a_punch() -> None:
+    """A ``Dial`` still pending ``punch.auto_after`` seconds after it left the gate (a closed NAT
+    drops its packets) starts a punch alongside it; one that connects in time does not."""
+    keys = [KeyPair.from_seed(bytes([i]) * 32) for i in (31, 32, 33, 34)]
+    cores = [NodeCore(k, NodeConfig(realm=REALM), Random(i), ContainerRegistry(f"d{i}")) for i, k in enumerate(keys)]
+    a, b, k, c = cores
+    a.peer_connected(k.id, ("10.1.0.1:7000",), True, 0.0)
+    out = a._gate(Dial(b.id, ("10.1.0.3:7000",)), 1.0)
+    assert any(isinstance(o, Dial) for o in out)
+    a._gate(Dial(c.id, ("10.1.0.4:7000",)), 1.0)
+    a.peer_connected(c.id, ("10.1.0.4:7000",), True, 1.5)  # C answered in time
+    deadline = a.next_deadline()
+    assert deadline is not None and deadline <= 1.0 + PunchConfig().auto_after
+    out = a.timer(1.0 + PunchConfig().auto_after)
+    fwd = [o for o in out if isinstance(o, Send) and isinstance(o.message, PunchForward)]
+    assert [(o.peer, o.message.to) for o in fwd] == [(k.id, b.id.raw)]  # type: ignore[attr-defined]
+    assert a.puncher.active(b.id) and not a.puncher.active(c.id)

@@ -29,6 +29,10 @@ class PunchConfig:
     auto: bool = True
     """Start a punch by itself when a direct dial to a peer failed and a connected node may
     know it (default on); off: only :meth:`quicmesh.Node.punch` starts one."""
+    auto_after: float = 1.0
+    """Seconds a dial to a peer may stay pending before an automatic punch starts alongside it
+    (default 1: a dial that reaches its peer completes in a few round trips; one into a closed
+    NAT only ends at the handshake timeout)."""
     forward: bool = True
     """Forward punch messages between two admitted members this node is connected to (be K;
     default on; rate-limited per source by ``forward_rate``/``forward_burst``)."""
@@ -83,7 +87,8 @@ class PunchConfig:
                      "forward_sources", "replay_cache"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"punch.{name}", "must be at least 1")
-        for name in ("backoff", "backoff_max", "exchange_timeout", "dial_timeout", "forward_rate", "max_age"):
+        for name in ("backoff", "backoff_max", "exchange_timeout", "dial_timeout", "forward_rate", "max_age",
+                     "auto_after"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"punch.{name}", "must be positive")
         if not 0 <= self.jitter <= 1:

@@ -254,7 +254,7 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
             self.logs.next_deadline(), self.dials.next_deadline(), self.guard.next_deadline(),
-            self.failure.next_deadline(), self.groups.next_deadline(), self.puncher.next_deadline(),
+            self.failure.next_deadline(), self.groups.next_deadline(), self.punch_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -317,7 +317,7 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         out += self._route(self.caller.peer_connected(peer, now), now)
         out += self.logs.peer_connected(peer, now)
         out += self._route(self.groups.peer_connected(peer, now), now)
-        out += self.puncher.connected(peer, now) if self.puncher.active(peer) else []
+        out += self.punch_connected(peer, now)
         if self._probing:
             self.failure.add(peer, now)
         out.append(STATE_CHANGED)
@@ -342,7 +342,7 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         self.guard.expire(now)
         out += self._failure_outputs(self.failure.handle_timer(now), now)
         out += self._route(self.groups.handle_timer(now), now)
-        out += self._route(self.puncher.timer(now), now)
+        out += self.punch_timer(now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:
