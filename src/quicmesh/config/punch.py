@@ -68,10 +68,10 @@ class PunchConfig:
     300; :meth:`quicmesh.Node.punch` may still try)."""
     max_cooldowns: int = 1024
     """Peers remembered in cooldown (default 1,024; the oldest is forgotten first)."""
-    forward_rate: float = 2.0
-    """Punch messages per second K forwards for one source node (default 2: an attempt needs
-    two from the initiator), on top of ``forward_burst``."""
-    forward_burst: int = 10
+    forward_rate: float = 5.0
+    """Punch messages per second K forwards for one source node (default 5: an attempt needs
+    two from the initiator and one from the target), on top of ``forward_burst``."""
+    forward_burst: int = 20
     """Punch messages K forwards for one source at once before ``forward_rate`` applies."""
     forward_sources: int = 1024
     """Sources whose forwarding budget K tracks (default 1,024; the least recently seen is

@@ -133,28 +133,48 @@ class HolePunch:
         node = self.node
         conn: Connection | None = None
         reason = "dial_failed"
-        # Dialled without an expected id, so that a dial to the same address already pending
-        # (the mesh's, started before the NATs were open, its first packets being retransmitted
-        # on QUIC's backoff) is not shared: the punch sends its own first packets now. The id is
-        # checked below, and a connection to anyone else closed.
-        tasks = [asyncio.ensure_future(node.transport.dial(a, None)) for a in eff.addresses]
+        # First wave: dialled without an expected id, so that a dial to the same address already
+        # pending (the mesh's, started before the NATs were open, its first packets retransmitted
+        # on QUIC's backoff) is not shared: the punch sends its own first packets now. Second
+        # wave, _REDIAL seconds later if nothing connected: fresh first packets again (by then
+        # both NATs are open even if this side's first packets met the other NAT too early),
+        # rather than waiting ~1 s for QUIC's retransmission. The id is checked below, and a
+        # connection to anyone else closed.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + eff.timeout
+        second = loop.time() + min(_REDIAL, eff.timeout / 2)
+        pending: set[asyncio.Future[Connection]] = {asyncio.ensure_future(node.transport.dial(a, None))
+                                                    for a in eff.addresses}
+        tasks = set(pending)
+        redialed = False
         try:
-            for fut in asyncio.as_completed(tasks, timeout=eff.timeout):
-                try:
-                    c = await fut
-                except (QuicmeshError, OSError) as exc:
-                    log.debug("punch dial to %s failed: %s", eff.peer.short(), exc)
-                    self._note(f"dial failed: {exc}")
-                    continue
-                self._note(f"dialled {c.remote_address} ({c.peer_id.short()})")
-                if c.peer_id == eff.peer and self.is_direct(c):
-                    conn = c
+            while pending and conn is None:
+                left = (deadline if redialed else second) - loop.time()
+                done, pending = await asyncio.wait(pending, timeout=max(left, 0.0), return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        c = fut.result()
+                    except (QuicmeshError, OSError) as exc:
+                        log.debug("punch dial to %s failed: %s", eff.peer.short(), exc)
+                        self._note(f"dial failed: {exc}")
+                        continue
+                    self._note(f"dialled {c.remote_address} ({c.peer_id.short()})")
+                    if c.peer_id == eff.peer and self.is_direct(c):
+                        conn = c
+                        break
+                    if c.peer_id != eff.peer:
+                        log.info("punch dial for %s reached %s: closed", eff.peer.short(), c.peer_id.short())
+                        node._spawn(c.close("normal", "not the punched peer"))
+                if conn is not None or self.is_direct(node.transport.get(eff.peer)):
                     break
-                if c.peer_id != eff.peer:
-                    log.info("punch dial for %s reached %s: closed", eff.peer.short(), c.peer_id.short())
-                    node._spawn(c.close("normal", "not the punched peer"))
-        except TimeoutError:
-            reason = "dial_timeout"
+                if not redialed and loop.time() >= second:
+                    redialed = True
+                    wave = {asyncio.ensure_future(node.transport.dial(a, eff.peer)) for a in eff.addresses}
+                    pending |= wave
+                    tasks |= wave
+                elif redialed and loop.time() >= deadline:
+                    reason = "dial_timeout"
+                    break
         finally:
             self.dials_in_flight -= 1
             for t in tasks:
@@ -216,6 +236,9 @@ class HolePunch:
                 "trace": [f"{t:.3f} {what}" for t, what in self.trace]}
 
 
+_REDIAL = 0.3
+"""Seconds after its first dials a punch dials again with fresh first packets (at most half the
+dial timeout), unless connected by then."""
 _TRACE = 32
 """Punch steps kept in :attr:`HolePunch.trace`."""
 
