@@ -25,16 +25,14 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..bounded import BoundedDict
 from ..core.punch import PunchDial, PunchDone
 from ..errors import QuicmeshError
 from ..identity import NodeId
+from .driver import NodeDriver
 from .transport import Connection
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = ["PUNCH_COMMANDS", "HolePunch", "PunchResult", "punch_command"]
 
@@ -57,7 +55,7 @@ class PunchResult:
 class HolePunch:
     """The runtime side of hole punching for one :class:`~quicmesh.runtime.node.Node`."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeDriver) -> None:
         self.node = node
         self.config = node.config.punch
         self._waiters: BoundedDict[NodeId, tuple[asyncio.Future[PunchResult], list[int]]] = BoundedDict(
@@ -246,19 +244,20 @@ PUNCH_COMMANDS = frozenset({"punch", "punch_close"})
 """Control commands (:mod:`quicmesh.testing.control`) served by :func:`punch_command`."""
 
 
-async def punch_command(node: Node, name: str, cmd: dict[str, Any]) -> dict[str, Any]:
+async def punch_command(hp: HolePunch, name: str, cmd: dict[str, Any]) -> dict[str, Any]:
     """A control command: ``punch`` (``peer``, optional ``via``, ``timeout``) punches and answers
     with the result; ``punch_close`` (``peer``) forgets the peer (so the mesh does not dial it again
     at once) and closes the connection to it (tests start each punch from closed NATs so)."""
+    node = hp.node
     peer = NodeId.parse(cmd["peer"])
     if name == "punch_close":  # forget the peer (no re-dial by the mesh) and close the connection
-        node.remove_peer(peer)
+        node._run(node.core.remove_peer(peer, node._now()))
         conns = [c for c in node.transport.connections() if c.peer_id == peer and not c.closed]
         for c in conns:
             await c.close("normal", "closed by control")
         return {"peer": str(peer), "closed": len(conns)}
     via = NodeId.parse(cmd["via"]) if cmd.get("via") else None
-    r = await node.punch(peer, via=via, timeout=cmd.get("timeout"))
+    r = await hp.punch(peer, via, cmd.get("timeout"))
     conn = node.transport.get(peer)
     return {"peer": str(peer), "ok": r.ok, "reason": r.reason, "ms": round(r.elapsed * 1000, 3),
             "attempts": r.attempts, "path": str(getattr(conn, "path", "direct")) if conn is not None else None,

@@ -281,7 +281,7 @@ class ControlChannel:
         elif name == "health":
             self.emit("health", health=node.health(), peers=[str(p) for p in node.peers()])
         elif name in PUNCH_COMMANDS:  # #13 (punch)
-            self.emit(name, id=cmd.get("id"), **await punch_command(node, name, cmd))
+            self.emit(name, id=cmd.get("id"), **await punch_command(node.holepunch, name, cmd))
         elif name == "memory":
             self._memory(cmd)
         elif name in _LOG_COMMANDS:
