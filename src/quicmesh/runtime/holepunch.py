@@ -100,6 +100,15 @@ class HolePunch:
         except TimeoutError:
             return PunchResult(False, "timeout", timeout, self._attempts(peer))
 
+    def relayed(self, peer: NodeId, relay: NodeId) -> None:
+        """Hook for relayed connections (#13 relays): a connection to ``peer`` through ``relay``
+        is up; with ``punch.auto`` a punch through that relay starts in the background (the
+        relayed connection stays until a direct one replaces it)."""
+        c = self.config
+        core = self.node.core
+        if c.enabled and c.auto and not core.puncher.active(peer) and not core.puncher.cooling(peer):
+            self.node._spawn(self.punch(peer, relay))
+
     def on_direct(self, peer: NodeId, conn: Connection) -> None:
         """A punched direct connection to ``peer`` is up and is the peer's connection now (the
         hook where a relayed path to ``peer`` is closed or kept as fallback)."""
