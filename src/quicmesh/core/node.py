@@ -65,6 +65,10 @@ longer than one turn.
 **Work-queue groups** (:mod:`quicmesh.core.groups`, ``self.groups``): memberships are registry
 adverts (``group_join``/``group_leave``); ``publish`` also hands the message to one member per
 matching group; ``GPush``/``GAck`` go to the groups machine, connection events too.
+
+**Hole punching** (#13, :mod:`quicmesh.core.punch`, ``self.puncher``; wired in by the
+:mod:`~quicmesh.core.punch_node` mixin): ``punch.*`` messages go to the puncher; a ``Dial`` that
+fails or stays pending starts a punch through connected nodes (``punch.auto``).
 """
 
 from __future__ import annotations
