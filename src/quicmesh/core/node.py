@@ -297,13 +297,13 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
             out = self.logs.handle_message(peer, msg, now)
         elif isinstance(msg, _FAILURE_TYPES):
             return self._failure_outputs(self.failure.handle(peer, msg, now), now)
-        elif isinstance(msg, PUNCH_TYPES):  # #13 (punch)
-            return self._route(self.puncher.handle(peer, msg, now), now)
         elif isinstance(msg, _GROUP_TYPES):
             self._pin(peer, now)
             g = self.groups
             return self._route(g.handle_push(peer, msg, now) if type(msg) is GPush else
                                g.handle_ack(peer, msg, now) if type(msg) is GAck else [], now)
+        elif isinstance(msg, PUNCH_TYPES):  # #13 (punch)
+            return self._route(self.puncher.handle(peer, msg, now), now)
         else:
             return []
         return out + self._kick(now) if self.guard.kicked else out  # invalid answers, log operations
