@@ -19,6 +19,7 @@ from .discovery import DiscoveryConfig
 from .failure import FailureConfig
 from .http_api import HttpApiConfig
 from .relay import RelayConfig
+from .punch import PunchConfig
 from .transport import TransportConfig
 from .values import KiB, MiB, check_type, coerce, field_types
 
@@ -37,6 +38,7 @@ __all__ = [
     "NodeConfig",
     "ObservabilityConfig",
     "PubSubConfig",
+    "PunchConfig",
     "RegistryConfig",
     "RpcConfig",
     "StoreConfig",
@@ -466,6 +468,10 @@ class NodeConfig:
     # #13 (relay)
     relay: RelayConfig = field(default_factory=RelayConfig)
     """Relaying for others (``--relay``) and reachability through relays (``--relay-via``)."""
+    # #13 (punch)
+    punch: PunchConfig = field(default_factory=PunchConfig)
+    """Hole punching: direct paths between nodes behind NATs through a common node (on by
+    default; ``QUICMESH_PUNCH__ENABLED=false``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):

@@ -15,6 +15,7 @@ from .gateway_messages import GATEWAY_MESSAGES
 from .groups_messages import GROUP_MESSAGES
 from .log_messages import LOG_MESSAGES
 from .mesh_messages import MESH_MESSAGES
+from .punch_messages import PUNCH_MESSAGES
 from .registry_messages import REGISTRY_MESSAGES
 from .relay_messages import RELAY_MESSAGES
 from .wire import MAX_WIRE_LIST, Address, Code, Message, Name, NodeIdBytes, Text, UInt
@@ -157,4 +158,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *FAILURE_MESSAGES,
     *GROUP_MESSAGES,
     *RELAY_MESSAGES,  # #13 (relay)
+    *PUNCH_MESSAGES,
 )

@@ -65,6 +65,10 @@ longer than one turn.
 **Work-queue groups** (:mod:`quicmesh.core.groups`, ``self.groups``): memberships are registry
 adverts (``group_join``/``group_leave``); ``publish`` also hands the message to one member per
 matching group; ``GPush``/``GAck`` go to the groups machine, connection events too.
+
+**Hole punching** (#13, :mod:`quicmesh.core.punch`, ``self.puncher``; wired in by the
+:mod:`~quicmesh.core.punch_node` mixin): ``punch.*`` messages go to the puncher; a ``Dial`` that
+fails or stays pending starts a punch through connected nodes (``punch.auto``).
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ from .log_messages import LOG_MESSAGES
 from .mesh import Mesh
 from .mesh_messages import MESH_MESSAGES, MGossip, MIHave
 from .messages import Reply, ReplyError, Request, Services
+from .punch_node import PUNCH_TYPES, PunchCommands
 from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
 from .registry_messages import REGISTRY_MESSAGES
 from .replication import LogReplication
@@ -144,7 +149,7 @@ _LOG_TYPES = tuple(LOG_MESSAGES)
 _GROUP_TYPES = tuple(GROUP_MESSAGES)
 
 
-class NodeCore(DialCommands, GroupCommands):
+class NodeCore(PunchCommands, DialCommands, GroupCommands):
     """The composed sans-IO core of one node (see the module docstring)."""
 
     def __init__(
@@ -203,6 +208,8 @@ class NodeCore(DialCommands, GroupCommands):
             may_publish=lambda p, t, now: self.trust.open or self.guard.peer_allowed(p, "publish", t, now),
         )
         """Work-queue groups: one member per message (see :mod:`quicmesh.core.groups`)."""
+        self.puncher = self._make_puncher(keypair, Random(rng.random()), registry, wall_offset)  # #13 (punch)
+        """Hole punching through a common node (see :mod:`quicmesh.core.punch`)."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
@@ -251,7 +258,7 @@ class NodeCore(DialCommands, GroupCommands):
         for d in (
             self.mesh.next_deadline(), self.services.next_deadline(), self.caller.next_deadline(),
             self.logs.next_deadline(), self.dials.next_deadline(), self.guard.next_deadline(),
-            self.failure.next_deadline(), self.groups.next_deadline(),
+            self.failure.next_deadline(), self.groups.next_deadline(), self.punch_deadline(),
         ):
             if d is not None and (best is None or d < best):
                 best = d
@@ -295,6 +302,8 @@ class NodeCore(DialCommands, GroupCommands):
             g = self.groups
             return self._route(g.handle_push(peer, msg, now) if type(msg) is GPush else
                                g.handle_ack(peer, msg, now) if type(msg) is GAck else [], now)
+        elif isinstance(msg, PUNCH_TYPES):  # #13 (punch)
+            return self._route(self.puncher.handle(peer, msg, now), now)
         else:
             return []
         return out + self._kick(now) if self.guard.kicked else out  # invalid answers, log operations
@@ -312,6 +321,7 @@ class NodeCore(DialCommands, GroupCommands):
         out += self._route(self.caller.peer_connected(peer, now), now)
         out += self.logs.peer_connected(peer, now)
         out += self._route(self.groups.peer_connected(peer, now), now)
+        out += self.punch_connected(peer, now)
         if self._probing:
             self.failure.add(peer, now)
         out.append(STATE_CHANGED)
@@ -336,6 +346,7 @@ class NodeCore(DialCommands, GroupCommands):
         self.guard.expire(now)
         out += self._failure_outputs(self.failure.handle_timer(now), now)
         out += self._route(self.groups.handle_timer(now), now)
+        out += self.punch_timer(now)
         return out
 
     def reconcile(self, live: frozenset[NodeId] | set[NodeId], now: float) -> list[object]:

@@ -256,6 +256,8 @@ class NodeDriver:
         self.outbox_dropped = 0
         self.observability: Observability | None = None
         self.http_address: str | None = None
+        self.effect_hook: Callable[[object], None] | None = None
+        """Carries out core outputs this driver does not know (hole punching, #13)."""
         """``HOST:PORT`` of the /metrics and /health endpoint, when ``config.http`` is set."""
 
     def _check_open(self) -> None:
@@ -426,6 +428,8 @@ class NodeDriver:
                 self.logs.execute(eff)
             elif isinstance(eff, GroupDeliver):
                 self.local_groups.deliver(eff)
+            elif self.effect_hook is not None:  # #13 (punch): outputs of add-on machines
+                self.effect_hook(eff)
 
     def _start_dial(self, peer: NodeId | None, addresses: tuple[str, ...]) -> None:
         """Start a core Dial/DialAddress. The core's dial gate caps them; checked again here:

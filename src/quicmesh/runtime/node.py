@@ -56,6 +56,7 @@ from ..identity import KeyPair, NodeId
 from .gateway import Gateway
 from .gateway_perms import ClientPermits, GuardedGateway
 from .groups import LocalGroups
+from .holepunch import HolePunch, PunchResult
 from .local_discovery import LocalDiscovery
 from .logs import Log, LogWatch, ReplicatedMap
 from .memory import MemoryNetwork
@@ -107,6 +108,9 @@ class Node(NodeStatus):
         """Finds nodes of this realm on the LAN (mDNS) and joins through them while alone (#13)."""
         self.relay_agent = RelayAgent(self, config.relay)
         """Relays for others (``relay.serve``) and keeps this node reachable through relays (#13)."""
+        self.holepunch = HolePunch(self)  # #13 (punch)
+        """Direct paths to nodes behind NATs by coordinated simultaneous dials."""
+        self.effect_hook = self.holepunch.execute
 
     @classmethod
     async def start(
@@ -227,6 +231,13 @@ class Node(NodeStatus):
         self._run(self.core.peer_connected(conn.peer_id, (address,), True, self._now()))
         self._rearm()
         return conn.peer_id
+
+    async def punch(self, peer: NodeId, *, via: NodeId | None = None, timeout: float | None = None) -> PunchResult:
+        """Open a direct path to ``peer`` by hole punching through ``via`` (a node both are
+        connected to; default: connected nodes in turn), with ``punch.attempts`` attempts backed
+        off; see :mod:`quicmesh.core.punch`. Never raises for a failed punch: see the result."""
+        self._check_open()
+        return await self.holepunch.punch(peer, via, timeout)
 
     def add_peer(self, node_id: NodeId, addresses: Iterable[str]) -> None:
         """Tell the address book where ``node_id`` can be reached (replacing what it knew)."""
@@ -561,6 +572,7 @@ class Node(NodeStatus):
         out["peers_blocked_total"] = float(g["peers_blocked"])
         out["peers_blocked"] = float(guard.stats()["blocked"])
         out.update(self.local_discovery.gauges())
+        out.update(self.holepunch.gauges())
         return out
 
     def health(self) -> dict[str, Any]:
@@ -568,7 +580,7 @@ class Node(NodeStatus):
         counters under ``"guard"``, the work-queue groups' under ``"groups"`` and local discovery's
         under ``"local_discovery"``."""
         return {**super().health(), "guard": self.core.guard.stats(), "groups": self.core.groups.stats(),
-                "local_discovery": self.local_discovery.health()}
+                "local_discovery": self.local_discovery.health(), "holepunch": self.holepunch.health()}
 
 
 def _load_keypair(config: NodeConfig) -> KeyPair:

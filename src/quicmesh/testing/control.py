@@ -69,6 +69,7 @@ from ..bounded import LruMap, Overflow
 from ..errors import QuicmeshError, RemoteError
 from ..identity import NodeId
 from ..observability.process import mallinfo, malloc_trim, open_fds, process_rss
+from ..runtime.holepunch import PUNCH_COMMANDS, punch_command
 from ..runtime.logs import Log, ReplicatedMap
 from ..runtime.node import Message, Node, Subscription
 
@@ -279,6 +280,8 @@ class ControlChannel:
             self.emit("counts", counts={str(k): v.count for k, v in self._tallies.items()})
         elif name == "health":
             self.emit("health", health=node.health(), peers=[str(p) for p in node.peers()])
+        elif name in PUNCH_COMMANDS:  # #13 (punch)
+            self.emit(name, id=cmd.get("id"), **await punch_command(node.holepunch, name, cmd))
         elif name == "memory":
             self._memory(cmd)
         elif name in _LOG_COMMANDS:
