@@ -18,8 +18,8 @@ from .addresses import AddressesConfig
 from .discovery import DiscoveryConfig
 from .failure import FailureConfig
 from .http_api import HttpApiConfig
-from .relay import RelayConfig
 from .punch import PunchConfig
+from .relay import RelayConfig
 from .transport import TransportConfig
 from .values import KiB, MiB, check_type, coerce, field_types
 
