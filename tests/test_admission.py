@@ -19,11 +19,12 @@ CFG = TransportConfig(max_connections=2, max_incoming_handshakes=2)
 
 
 class Conn:
-    def __init__(self, peer: NodeId, *, outbound: bool, instance: bytes = b"i") -> None:
+    def __init__(self, peer: NodeId, *, outbound: bool, instance: bytes = b"i", path: str = "direct") -> None:
         self.peer = peer
         self.outbound = outbound
         self.peer_instance = instance
         self.closed = False
+        self.path = path
 
     @property
     def target(self) -> NodeId | None:

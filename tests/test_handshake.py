@@ -396,3 +396,14 @@ def test_a_dialer_with_an_older_revocation_list_catches_up_in_the_handshake() ->
     lst2.local.trust.revocations = Authority.create("prod").revoke(None, now=int(_WALL), subjects=(outsider,))
     run(d2, lst2, server2)
     assert d2.established and d2.local.trust.revocations is None
+
+
+def test_duplicate_rule_a_direct_path_beats_a_relayed_one_on_both_sides() -> None:
+    small, large = _ids()
+    relayed_by_small = hs.Link(small, b"i", relayed=True)
+    direct_by_large = hs.Link(large, b"i")
+    # the tie-break alone would keep the smaller dialer's connection: the direct one wins instead
+    assert hs.duplicate_survivor(relayed_by_small, direct_by_large) == "new"
+    assert hs.duplicate_survivor(direct_by_large, relayed_by_small) == "existing"
+    # two relayed (or two direct) connections: the usual tie-break
+    assert hs.duplicate_survivor(hs.Link(small, b"i", True), hs.Link(large, b"i", True)) == "existing"

@@ -2,8 +2,8 @@
 (nftables masquerade), and a public LAN with K and K2 (K carries the punch; both public nodes
 confirm the NATed nodes' mappings, see ``test_lab_nat.py``).
 
-The NAT routers also drop unsolicited packets addressed to themselves (an ``input`` chain, as
-every home gateway's firewall does): without it, the first punch packet that reaches the other
+The NAT routers (``Lab.nat``) also drop unsolicited packets addressed to themselves, as every
+home gateway's firewall does: without it, the first punch packet that reaches the other
 NAT before that side's own packet left is delivered to the router itself, and Linux conntrack
 keeps that flow, so the other side's own packet is then mapped to a *different* port and the
 punch fails whatever the timing (measured: 0 of 2 raw simultaneous UDP punches with the
@@ -47,13 +47,6 @@ print(err)
 the original tuple); prints 0, or -2 when there was none."""
 
 
-def _gateway(lab: Lab, router: str) -> None:
-    """The router drops new flows addressed to itself from the public side (eth0)."""
-    lab._exec(lab._router_ns(router), "nft", "-f", "-", input=(
-        "table ip qmlgw {\n  chain input { type filter hook input priority 0; policy accept;\n"
-        "    iifname \"eth0\" ct state new drop\n  }\n}\n"))
-
-
 def _forget(lab: Lab, router: str, src: LabNode, dst: str) -> str:
     """Make ``router`` forget the flow from ``src`` to ``dst`` (``ADDRESS:PORT``): a packet
     from ``dst`` meets a closed NAT again. The flows to K stay (the path through K is kept)."""
@@ -73,8 +66,6 @@ async def _topology(lab: Lab, *, random_fully: bool = False, env: dict[str, str]
     lab.add_router("rb", ["pub", "pb"])
     pub_a = lab.nat("ra", "pa")
     pub_b = lab.nat("rb", "pb", random_fully=random_fully)
-    _gateway(lab, "ra")
-    _gateway(lab, "rb")
     e = {**ENV, **(env or {})}
     nk = await lab.spawn(k, "k", env=e)
     nk2 = await lab.spawn(k2, "k2", bootstrap=[nk.address], env=e)

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from quicmesh.config import NodeConfig, TransportConfig
+from quicmesh.config import NodeConfig, PunchConfig, TransportConfig
 from quicmesh.config.relay import RelayConfig
 from quicmesh.core.relay import RelayAddress
 from quicmesh.runtime.node import Node
@@ -26,6 +26,9 @@ async def nodes() -> AsyncIterator[Callable[..., object]]:
     started: list[Node] = []
 
     async def start(**kw: object) -> Node:
+        # on loopback every address is reachable, so a hole punch would always move a relayed
+        # connection to a direct path: these tests keep it relayed (punching is tested below)
+        kw.setdefault("punch", PunchConfig(enabled=False))
         node = await Node.start(NodeConfig(realm=REALM, **kw))  # type: ignore[arg-type]
         started.append(node)
         return node
@@ -146,3 +149,37 @@ async def test_relay_found_through_its_signed_record() -> None:
         await eventually(lambda: b.relay_agent.relayed_addresses(), timeout=20, what="b found r and reserved there",
                          detail=lambda: b.relay_agent.health())
         assert b.relay_agent.relayed_addresses() == [str(RelayAddress(r.id, r.address, b.id))]
+
+
+async def test_a_relayed_connection_goes_direct_by_a_hole_punch_through_its_relay() -> None:
+    """With hole punching on (the default), the dialer of a relayed connection punches through
+    the relay; the direct connection wins the duplicate rule on both sides and the relayed one is
+    closed, while pub/sub goes on."""
+    async with nodes() as start:
+        on = PunchConfig()
+        r: Node = await start(relay=_relay(serve=True, mode="never"), punch=on)  # type: ignore[misc]
+        b: Node = await start(bootstrap=(r.address,), relay=_relay(mode="always", via=(r.address,)),  # type: ignore[misc]
+                              punch=on)
+        await eventually(lambda: b.relay_agent.relayed_addresses(), timeout=10, what="b holds a reservation at r")
+        relayed = b.relay_agent.relayed_addresses()[0]
+        async with await b.subscribe("t.>") as sub:
+            a: Node = await start(bootstrap=(relayed,), relay=_relay(mode="never"), punch=on)  # type: ignore[misc]
+            t0 = time.monotonic()
+            first = await eventually(lambda: a.transport.get(b.id), timeout=10, what="a connected to b")
+            was = first.path
+
+            def direct_both() -> bool:
+                ca, cb = a.transport.get(b.id), b.transport.get(a.id)
+                return ca is not None and cb is not None and ca.path == cb.path == "direct"
+
+            await eventually(direct_both, timeout=10, what="a and b on a direct path")
+            took = time.monotonic() - t0
+            await a.wait_for_subscriber("t.x", timeout=10)
+            for i in range(50):
+                await a.publish("t.x", str(i).encode())
+            got = [(await sub.get()).payload for _ in range(50)]
+            assert got == [str(i).encode() for i in range(50)]
+        counters = a.holepunch.gauges()
+        print(f"first path {was}; direct on both sides {took:.2f} s after a started; "
+              f"punch successes {counters['holepunch_successes_total']:.0f}; 50 of 50 messages after")
+        assert counters["holepunch_successes_total"] >= 1

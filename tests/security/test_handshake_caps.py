@@ -190,6 +190,7 @@ class _Member:
     closed = False
     peer_instance = b""
     target = None
+    path = "direct"
 
 
 def test_admission_counts_handshakes_per_source_and_releases_them() -> None:

@@ -198,6 +198,8 @@ class Link:
     """The node id of the side that dialed this connection."""
     instance: bytes
     """The peer's instance (random per process start) as shown on this connection."""
+    relayed: bool = False
+    """Whether this connection's packets go through a relay (#13); both ends know it."""
 
 
 def duplicate_survivor(existing: Link, new: Link, *, role: str = "node") -> Literal["existing", "new"]:
@@ -207,6 +209,8 @@ def duplicate_survivor(existing: Link, new: Link, *, role: str = "node") -> Lite
         return "new"  # a light client that connects again supersedes its previous connection
     if new.instance and existing.instance != new.instance:
         return "new"  # the peer restarted: the old connection is stale even if not timed out yet
+    if existing.relayed != new.relayed:
+        return "new" if existing.relayed else "existing"  # a direct path beats a relayed one (#13)
     if existing.dialer != new.dialer:
         return "existing" if existing.dialer < new.dialer else "new"
     return "new"

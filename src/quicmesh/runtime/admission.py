@@ -60,6 +60,11 @@ class Member(Protocol):
         """The peer id this connection is (or will be) to, once known or expected."""
         ...
 
+    @property
+    def path(self) -> str:
+        """``direct`` or ``relayed:<relay id>`` (#13)."""
+        ...
+
 
 C = TypeVar("C", bound=Member)
 
@@ -285,7 +290,7 @@ class AdmissionTable(Generic[C]):
         return None
 
     def _link(self, conn: C, peer: NodeId) -> Link:
-        return Link(self.local if conn.outbound else peer, conn.peer_instance)
+        return Link(self.local if conn.outbound else peer, conn.peer_instance, conn.path != "direct")
 
     def _survivor(self, existing: C, new: C, peer: NodeId) -> str:
         return duplicate_survivor(self._link(existing, peer), self._link(new, peer))

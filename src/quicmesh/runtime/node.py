@@ -111,6 +111,8 @@ class Node(NodeStatus):
         self.holepunch = HolePunch(self)  # #13 (punch)
         """Direct paths to nodes behind NATs by coordinated simultaneous dials."""
         self.effect_hook = self.holepunch.execute
+        if self.relay_agent.quic is not None:  # a relayed connection up: try for a direct path
+            self.relay_agent.quic.relay.on_relayed.append(self.holepunch.relayed)
 
     @classmethod
     async def start(

@@ -554,6 +554,7 @@ class QuicTransport(Transport):
             s.accepted_total += 1
         conn.open()
         self.table.publish(conn, peer, conn.role)  # an outbound dial into a full pool evicts the LRU one
+        self.relay.published(conn)
         if conn.role != "client":
             waiters = self._waiters.pop(peer)
             for w in waiters or ():

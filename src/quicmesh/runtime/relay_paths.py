@@ -110,6 +110,9 @@ class RelayPaths:
         self.on_relay_lost: list[Callable[[NodeId], None]] = []  # bounded: set up once by the node's agent
         """Called with a relay's id when the connection to a relay holding our reservation closed."""
         self.on_path_change: list[Callable[[QuicConnection, str], None]] = []  # bounded: set up once
+        self.on_relayed: list[Callable[[NodeId, NodeId], None]] = []  # bounded: set up once by the node
+        """Called with ``(peer, relay)`` when a connection this node dialed through a relay is up
+        (the hole-punching side starts a punch towards a direct path there)."""
         """Called with a connection and its new ``path`` when it changed (see :meth:`path_changed`)."""
         self.sent = 0
         """Packets sent on relayed paths."""
@@ -311,6 +314,23 @@ class RelayPaths:
             path = self._ports.get(addr[1])
             return f"relayed:{path.relay}" if path is not None else "relayed:?"
         return "direct"
+
+    def published(self, conn: QuicConnection) -> None:
+        """``conn`` was published by the transport: remember its path, and tell ``on_relayed``
+        when this node dialed it through a relay."""
+        path = conn.path
+        self._paths_of[id(conn)] = path
+        if not conn.outbound or not path.startswith("relayed:") or conn.peer is None:
+            return
+        try:
+            relay = NodeId.parse(path.partition(":")[2])
+        except (ValueError, InvalidNodeId):
+            return
+        for cb in list(self.on_relayed):
+            try:
+                cb(conn.peer, relay)
+            except Exception:
+                log.exception("on_relayed callback raised")
 
     def path_changed(self, conn: QuicConnection) -> None:
         """Re-read ``conn.path`` and tell ``on_path_change`` when it differs from what was last

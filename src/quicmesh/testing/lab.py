@@ -270,8 +270,11 @@ class Lab:
         """Make ``router`` a NAT for ``private_lan`` (#13): packets from that LAN leaving by any
         other port are masqueraded to the router's address there (``random_fully``: with
         randomised source ports, nft ``masquerade fully-random``, a port-randomising NAT), and
-        nothing enters the private LAN unless it answers a flow opened from inside. Returns the
-        router's address on the first other LAN (what the private hosts appear as)."""
+        nothing enters the private LAN unless it answers a flow opened from inside. Like a home
+        gateway's firewall, the router also drops new flows from outside addressed to itself: a
+        hole punch's first packet that arrives before the inside host sent its own must not leave
+        a conntrack entry that makes the router map the host's packet to another port. Returns
+        the router's address on the first other LAN (what the private hosts appear as)."""
         ports = self.routers[router]
         inside = [i for i, (lan, _) in enumerate(ports) if lan.name == private_lan]
         if not inside:
@@ -286,6 +289,8 @@ class Lab:
             f"    ip saddr {subnet} oifname != \"eth{i}\" masquerade{flags}\n  }}\n"
             "  chain forward { type filter hook forward priority 0; policy accept;\n"
             f"    oifname \"eth{i}\" ct state != {{ established, related }} drop\n  }}\n"
+            "  chain input { type filter hook input priority 0; policy accept;\n"
+            f"    iifname != \"eth{i}\" ct state new drop\n  }}\n"
             "}\n"))
         return next(addr for lan, addr in ports if lan.name != private_lan)
 
