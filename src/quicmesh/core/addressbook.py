@@ -86,6 +86,10 @@ class AddressBook:
         """The realm's wire id, which signed records must name (set by the mesh)."""
         self.own_record: SelfRecord | None = None
         """This node's own signed record (sent in JOIN, SHUFFLE, FIND; set by the mesh)."""
+        self.direct_record: SelfRecord | None = None
+        """#13: this node's signed record of its *direct* addresses (listen, interface, observed),
+        when what it announces differs (a node reachable only through relays announces its
+        relayed addresses): what a hole punch exchanges. ``None``: the same as ``own_record``."""
         self.records_accepted = 0
         self.records_refused = 0
         """Signed records that did not verify or named another peer than the message."""

@@ -53,7 +53,7 @@ class PunchCommands:
         return Puncher(
             keypair, self.trust.wire_id, self.config.punch, rng, registry,
             wall=lambda now: now + wall_offset,
-            own_record=lambda: self.mesh.book.own_record,
+            own_record=lambda: self.mesh.book.direct_record or self.mesh.book.own_record,
             connected=lambda p: p in self.mesh.links.conns,
             member=lambda p, now: self.trust.permissions_of(p, now + wall_offset) is not None,
         )

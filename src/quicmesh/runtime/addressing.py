@@ -66,6 +66,7 @@ def interface_addresses(listen: str) -> tuple[str, ...]:
 def announce(core: NodeCore, keypair: KeyPair, realm: str, addresses: tuple[str, ...]) -> None:
     """Make ``addresses`` what the node announces, with a fresh signed self-record of them
     (``at``: the wall clock in milliseconds, strictly increasing)."""
+    direct = addresses
     fn = _FILTERS.get(core)
     if fn is not None:
         addresses = fn(addresses)
@@ -73,3 +74,6 @@ def announce(core: NodeCore, keypair: KeyPair, realm: str, addresses: tuple[str,
     old = core.mesh.book.own_record
     at = max(int(time.time() * 1000), old.at + 1 if old is not None else 0)
     core.mesh.set_self_record(sign_record(keypair, realm, core.mesh.addresses, at), realm)
+    # a node announcing relayed addresses still punches with its direct ones (#13)
+    core.mesh.book.direct_record = (
+        sign_record(keypair, realm, direct, at) if direct and direct != core.mesh.addresses else None)
