@@ -34,6 +34,7 @@ import socket
 import ssl
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
@@ -136,6 +137,11 @@ class Sink(Protocol):
         """Packets were just handed to the socket: the send backlog may have shrunk."""
 
 
+HELD_DATAGRAMS = 1024
+"""#14 (fastpath): datagrams a held connection keeps for later (:meth:`Proto.hold`); beyond
+them they are shed, and QUIC retransmits what they carried."""
+
+
 def _ignore_cid(cid: bytes) -> None:
     pass
 
@@ -158,6 +164,11 @@ class Proto(QuicConnectionProtocol):
         self._gone = False
         self._local_close = False
         self.cids: set[bytes] = set()  # bounded: the ids routed to this connection (<= active_connection_id_limit + 2)
+        # #14 (fastpath): reading held (the owner's consumer is behind; see hold())
+        self.holding = False
+        self.datagrams_shed = 0
+        """Datagrams dropped while held past ``HELD_DATAGRAMS`` (QUIC retransmits their data)."""
+        self._held: deque[tuple[bytes | str, Any]] = deque()  # bounded: HELD_DATAGRAMS, checked on append
 
     @property
     def quic(self) -> QuicConnection:
@@ -174,7 +185,32 @@ class Proto(QuicConnectionProtocol):
         """``True`` once qh3 reported termination or the connection was abandoned."""
         return self._gone
 
+    def hold(self) -> None:
+        """#14 (fastpath): stop handing datagrams to qh3 (its flow control would keep granting
+        the peer credit): they wait, up to ``HELD_DATAGRAMS``, then are shed. Unacknowledged,
+        the peer's congestion window fills and its sends wait: back-pressure without loss."""
+        self.holding = True
+
+    def release(self) -> None:
+        """Undo :meth:`hold`: the datagrams that waited are processed (until held again)."""
+        self.holding = False
+        held = self._held
+        while held and not self.holding and not self._gone:
+            data, addr = held.popleft()
+            self._receive(data, addr)
+        if not self.holding:
+            held.clear()
+
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.holding and not self._gone:
+            if len(self._held) < HELD_DATAGRAMS:
+                self._held.append((data, addr))
+            else:
+                self.datagrams_shed += 1
+            return
+        self._receive(data, addr)
+
+    def _receive(self, data: bytes | str, addr: Any) -> None:
         if self._gone:
             return
         try:

@@ -46,7 +46,7 @@ import msgspec
 from ..bounded import BoundedDeque, BoundedDict, BoundedSet, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
-from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
+from ..core.effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from ..core.events import StateChanged
 from ..core.groups import GroupDeliver, GroupSink
 from ..core.log_effects import Appended, OperationStored, StoreRead, StoreWrite
@@ -66,6 +66,7 @@ from ..errors import (
 from ..identity import KeyPair, NodeId
 from .addressing import announce
 from .credentials import load_trust
+from .delivery import Delivery
 from .inbox import InboxGuard
 from .logs import LogService
 from .memory import MemoryNetwork, MemoryTransport
@@ -85,11 +86,6 @@ _LOG_OUTPUTS = (StoreRead, StoreWrite, OperationStored, Appended)
 _GRACEFUL_CODES = frozenset({"shutdown", "normal", "idle", "duplicate"})
 _RECONCILE_INTERVAL = 5.0
 """Seconds between two reconciliations of per-peer RPC state with the live connections."""
-
-
-def _delivery_size(eff: Deliver | DeliverBatch) -> int:
-    """Bytes a waiting delivery holds, for the delivery queue's byte bound."""
-    return eff.size if isinstance(eff, DeliverBatch) else len(eff.payload) + DELIVERY_OVERHEAD
 
 
 _BACKGROUND_CAPACITY = 4096
@@ -246,14 +242,10 @@ class NodeDriver:
         self.inbox_guard = InboxGuard(config.transport, _INBOX_CAPACITY, config.gateway.max_clients,
                                       spawn=self._spawn, registry=self.registry)
         """Each peer's fair share of the inbox; messages whose handling raised."""
-        self._outbox: BoundedDeque[Deliver | DeliverBatch] = BoundedDeque(
-            "node.delivery_queue", config.gossip.reorder_buffer_total + _INBOX_CHUNK, Overflow.DROP_NEWEST,
-            capacity_bytes=config.gossip.payload_cache_bytes, sizeof=_delivery_size, registry=self.registry,
-        )
-        """Deliveries (single messages and whole gossip batches) waiting for their turn: sized to
-        absorb a full reorder-buffer release, and bounded in bytes like the payload cache."""
-        self._outbox_scheduled = False
-        self.outbox_dropped = 0
+        self.delivery = Delivery(config, self.registry, route=self._queues_for, deliver=self._deliver,
+                                 deliver_batch=self._deliver_batch, on_room=self._delivery_room)
+        """Deliveries (single messages and whole gossip batches) waiting for their turn, paced:
+        while it is full the inbox is not drained (see :mod:`quicmesh.runtime.delivery`)."""
         self.observability: Observability | None = None
         self.http_address: str | None = None
         """``HOST:PORT`` of the /metrics and /health endpoint, when ``config.http`` is set."""
@@ -295,11 +287,28 @@ class NodeDriver:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
 
+    @property
+    def outbox_dropped(self) -> int:
+        """Deliveries the delivery queue refused (``delivery_dropped_total``; 0 unless a caller
+        publishes without awaiting ``publish``)."""
+        return self.delivery.dropped
+
+    def _delivery_room(self) -> None:
+        """The delivery queue drained after being full: the inbox goes on."""
+        self.inbox_guard.unhold()
+        if self._inbox and not self._inbox_scheduled and not self._stopped and self._loop is not None:
+            self._inbox_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
+
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
         inbox = self._inbox
+        delivery = self.delivery
         n = min(len(inbox), _INBOX_CHUNK)
         for _ in range(n):
+            if delivery.full:  # paced: resumed by _delivery_room; the inbox guard pauses the peers
+                self.inbox_guard.hold()
+                break
             conn, message = inbox.popleft()
             self._inbox_out += 1  # counted first: whatever the handling does, the books balance
             self.inbox_guard.take(conn)
@@ -317,28 +326,9 @@ class NodeDriver:
                 break
             del self._lost_later[conn]
             self._connection_lost(conn, error)
-        if inbox and not self._stopped and self._loop is not None:
+        if inbox and not delivery.full and not self._stopped and self._loop is not None:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
-
-    def _drain_outbox(self) -> None:
-        # Deliveries go to subscription queues _INBOX_CHUNK at a time per loop iteration: the
-        # ordering layer may release thousands at once when a gap fills, and readers must get a
-        # turn before their bounded queues overflow.
-        self._outbox_scheduled = False
-        outbox = self._outbox
-        budget = _INBOX_CHUNK  # messages, a batch counting each of its messages
-        while outbox and budget > 0:
-            eff = outbox.popleft()
-            if isinstance(eff, DeliverBatch):
-                self._deliver_batch(eff)
-                budget -= len(eff.payloads)
-            else:
-                self._deliver(eff)
-                budget -= 1
-        if outbox and not self._stopped and self._loop is not None:
-            self._outbox_scheduled = True
-            self._loop.call_soon(self._drain_outbox)
 
     def _process(self, conn: Connection, message: WireMessage) -> None:
         self._run(self.core.message(conn.peer_id, message, self._now()))
@@ -400,11 +390,7 @@ class NodeDriver:
                 if not sent:
                     self.dropped_sends += 1
             elif isinstance(eff, Deliver | DeliverBatch):
-                if not self._outbox.append(eff):
-                    self.outbox_dropped += 1
-                elif not self._outbox_scheduled and self._loop is not None:
-                    self._outbox_scheduled = True
-                    self._loop.call_soon(self._drain_outbox)
+                self.delivery.put(eff)
             elif isinstance(eff, StateChanged):
                 self._notify()
             elif isinstance(eff, CallResolved):
@@ -513,6 +499,10 @@ class NodeDriver:
             log.warning("node.background_tasks full: a dial or close runs untracked")
             return
         task.add_done_callback(self._background.discard)
+
+    def _queues_for(self, topic: str) -> list[BoundedQueue[Message]]:
+        queues = self._routes.get(topic)
+        return self._route_topic(topic) if queues is None else queues
 
     def _deliver(self, eff: Deliver) -> None:
         queues = self._routes.get(eff.topic)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ..bounded import Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
+from ..config.schema import MAX_BATCH_MESSAGES
 from ..core.topics import check_topic, parse_pattern
 from ..core.trust import REVOCATION_TOPIC
 from ..errors import (
@@ -131,6 +132,7 @@ class Node(NodeStatus):
         from ..observability import Observability
 
         self._loop = asyncio.get_running_loop()
+        self.delivery.loop = self._loop
         self._done = self._loop.create_future()
         self._done.set_result(None)
         await self.logs.start()  # the store is open before any peer can ask for a log
@@ -180,6 +182,7 @@ class Node(NodeStatus):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.gather(*(c.drain(until=0) for c in conns)), _STOP_DRAIN)
         self._stopped = True
+        self.delivery.stop()
         await self.local_discovery.stop()
         self._lost_later.clear()
         if self._timer is not None:
@@ -305,9 +308,11 @@ class Node(NodeStatus):
         cfg = self.config.pubsub
         if len(self._subs) - self.gateway.client_subscriptions >= cfg.max_subscriptions:  # clients: their own cap
             raise LimitExceeded("pubsub.max_subscriptions", cfg.max_subscriptions)
-        overflow = Overflow.EVICT_OLDEST if cfg.subscriber_overflow == "drop_oldest" else Overflow.DROP_NEWEST
-        queue: BoundedQueue[Message] = BoundedQueue(
-            "node.subscription_queue", queue_size or cfg.subscriber_queue_size, overflow, registry=self.registry
+        size = queue_size or cfg.subscriber_queue_size
+        block = cfg.subscriber_overflow == "block"
+        overflow = Overflow.DROP_NEWEST if cfg.subscriber_overflow == "drop_newest" else Overflow.EVICT_OLDEST
+        queue: BoundedQueue[Message] = BoundedQueue(  # block: room for one batch past the soft limit
+            "node.subscription_queue", size + MAX_BATCH_MESSAGES if block else size, overflow, registry=self.registry
         )
         sub_id = next(self._sub_ids)
         try:
@@ -319,9 +324,11 @@ class Node(NodeStatus):
         self._subs.set(sub_id, state)
         self._by_pattern.setdefault(pattern, (parsed, {}))[1][sub_id] = state
         self._routes.clear()
+        if block:
+            self.delivery.add_block(queue, size)
         self._run(effects)
         self._rearm()
-        return Subscription(self, sub_id, pattern, queue)
+        return Subscription(self, sub_id, pattern, queue, on_take=self.delivery.taken if block else None)
 
     def _release(self, sub_id: int) -> None:
         if sub_id in self.local_groups:
@@ -331,6 +338,7 @@ class Node(NodeStatus):
         if state is None:
             return
         state.queue.close()
+        self.delivery.remove_block(state.queue)
         self._routes.clear()
         entry = self._by_pattern.get(state.pattern)
         if entry is not None:
@@ -384,7 +392,7 @@ class Node(NodeStatus):
             self._publish(topic, payload)
         if not self._rearm_scheduled:
             self._rearm()  # also flushes the open batch at the end of this loop iteration
-        if self._congested:
+        if self._congested or self.delivery.full:
             return self._backpressure()
         return self._done
 
@@ -422,6 +430,8 @@ class Node(NodeStatus):
             _, conn = self._congested.popitem()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.drain(), self.config.transport.send_stall_timeout)
+        if self.delivery.full:  # local subscribers are behind: wait for the delivery queue (#14)
+            await self.delivery.room()
 
     async def advertise(
         self, name: str, handler: Handler, *, ttl: float | None = None, metadata: bytes | None = None

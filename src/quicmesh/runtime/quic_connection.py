@@ -59,6 +59,12 @@ class Duplicate(Exception):
         self.peer = peer
 
 
+_HOLD_AT = 1 << 20
+"""#14 (fastpath): bytes a paused connection holds undecoded before it stops reading datagrams
+(:meth:`~quicmesh.runtime._quic_adapter.Proto.hold`), so the peer's flow is held back by QUIC
+instead of growing toward ``max_paused_bytes``."""
+
+
 class ConnectionHost(Protocol):
     """What a :class:`QuicConnection` needs from its transport (and nothing else)."""
 
@@ -223,6 +229,8 @@ class QuicConnection(Connection):
             data = bytes(self._held)
             self._held.clear()
             self._feed(data)
+        if self._proto.holding and not self._paused and not self._closed:  # #14 (fastpath)
+            self._proto.release()
 
     async def ping(self) -> float:
         """Send a ping and return the measured round-trip time (seconds)."""
@@ -370,6 +378,8 @@ class QuicConnection(Connection):
         self._last_rx = self._loop.time()
         if self._paused and self._open:
             self._held += data
+            if len(self._held) > _HOLD_AT and not self._proto.holding:  # #14 (fastpath)
+                self._proto.hold()
             if len(self._held) > self._cfg.max_paused_bytes:
                 self.abort("slow_consumer", TransportError(
                     f"peer sent over {self._cfg.max_paused_bytes} bytes while paused"), send=True)

@@ -1,0 +1,146 @@
+"""No silent loss (#14): between the network and a subscription nothing drops; only a
+subscription's own queue may, by its policy, counted in ``sub.dropped``.
+
+A publisher floods one topic; the subscriber's reader is slow but alive. With policy ``block``
+every message arrives (the node stops reading the connection and ``publish()`` waits); with
+``drop_oldest`` the losses are exactly the subscription's ``dropped``; a dead reader of a
+``block`` subscription holds the node for at most ``subscriber_block_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from quicmesh.config import NodeConfig
+from quicmesh.runtime.memory import MemoryNetwork
+from quicmesh.runtime.node import Node
+from quicmesh.runtime.subscription import Subscription
+from quicmesh.testing.wait import eventually
+
+N = 20_000
+PAYLOAD = b"x" * 56
+
+
+def _config(overflow: str, bootstrap: tuple[str, ...] = (), pubsub: dict[str, float] | None = None) -> NodeConfig:
+    return NodeConfig(realm="loss", bootstrap=bootstrap, discovery={"local": False},  # type: ignore[arg-type]
+                      pubsub={"subscriber_overflow": overflow, "subscriber_queue_size": 256, **(pubsub or {})})  # type: ignore[arg-type]
+
+
+async def _pair(overflow: str, quic: bool, **pubsub: float) -> tuple[Node, Node]:
+    net = None if quic else MemoryNetwork()
+    a = await Node.start(_config(overflow, (), pubsub), network=net)
+    b = await Node.start(_config(overflow, (a.address,), pubsub), network=net)
+    await eventually(lambda: bool(a.peers() and b.peers()), timeout=20)
+    return a, b
+
+
+@pytest.fixture(params=["memory", "quic"])
+async def block_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Node, Node]]:
+    a, b = await _pair("block", request.param == "quic")
+    yield a, b
+    await b.stop()
+    await a.stop()
+
+
+async def _publish(node: Node, topic: str, n: int, payload: bytes = PAYLOAD) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        await node.publish(topic, payload + i.to_bytes(8, "big"))
+    return time.perf_counter() - t0
+
+
+async def _slow_reader(sub: Subscription, n: int, every: int = 64, pause: float = 0.002) -> list[int]:
+    got: list[int] = []
+    async for msg in sub:
+        got.append(int.from_bytes(msg.payload[-8:], "big"))
+        if len(got) % every == 0:
+            await asyncio.sleep(pause)  # slow, but alive
+        if len(got) == n:
+            break
+    return got
+
+
+@pytest.mark.parametrize("size", [64, 1024])
+async def test_block_policy_loses_nothing_with_a_slow_reader(block_pair: tuple[Node, Node], size: int) -> None:
+    a, b = block_pair
+    n = N if size == 64 else N // 2  # 1 KiB: 10 MB, past the publisher's 8 MiB send buffer
+    sub = await a.subscribe("flood.block")
+    await b.wait_for_subscriber("flood.block", timeout=10)
+    t0 = time.perf_counter()
+    reader = asyncio.ensure_future(_slow_reader(sub, n))
+    seconds = await _publish(b, "flood.block", n, b"x" * (size - 8))
+    got = await asyncio.wait_for(reader, 60)
+    read_s = time.perf_counter() - t0
+    print(f"\n{size} B: {n:,} published in {seconds:.2f}s to a reader done in {read_s:.2f}s: {len(got):,} received, "
+          f"{n - len(got)} lost, sub.dropped={sub.dropped}, delivery_dropped={a.outbox_dropped}, "
+          f"inbox_dropped={a.inbox_dropped}, publisher dropped_sends={b.dropped_sends}, delivery stalls="
+          f"{a.delivery.stalls}, inbox holds={a.inbox_guard.held_total}, "
+          f"connections paused={a.inbox_guard.paused_total}")
+    assert got == list(range(n))
+    assert sub.dropped == 0 and a.outbox_dropped == 0 and a.inbox_dropped == 0 and b.dropped_sends == 0
+    assert a.delivery.stalls > 0  # the reader was slower: the back-pressure engaged
+    assert a.delivery.block_timeouts == 0
+    await sub.close()
+
+
+async def test_local_publisher_waits_for_a_slow_local_reader() -> None:
+    a = await Node.start(_config("block"), network=MemoryNetwork())
+    try:
+        sub = await a.subscribe("local.block")
+        reader = asyncio.ensure_future(_slow_reader(sub, N))
+        await _publish(a, "local.block", N)
+        got = await asyncio.wait_for(reader, 60)
+        print(f"\nlocal: {len(got):,} of {N:,} received, sub.dropped={sub.dropped}, "
+              f"delivery_dropped={a.outbox_dropped}, stalls={a.delivery.stalls}")
+        assert got == list(range(N)) and sub.dropped == 0 and a.outbox_dropped == 0
+        assert a.delivery.stalls > 0
+    finally:
+        await a.stop()
+
+
+async def test_drop_oldest_losses_are_the_subscriptions_gap_count() -> None:
+    a, b = await _pair("drop_oldest", quic=False)
+    try:
+        sub = await a.subscribe("flood.drop")
+        await b.wait_for_subscriber("flood.drop", timeout=10)
+        await _publish(b, "flood.drop", N)  # the reader reads nothing meanwhile
+        await eventually(lambda: len(sub._queue) + sub.dropped >= N, timeout=30)
+        got = []
+        while sub.pending:
+            got.append(int.from_bytes((await sub.get()).payload[-8:], "big"))
+        print(f"\ndrop_oldest, queue 256: {len(got)} received + {sub.dropped:,} dropped = {len(got) + sub.dropped:,} "
+              f"of {N:,}; delivery_dropped={a.outbox_dropped}, inbox_dropped={a.inbox_dropped}")
+        assert len(got) + sub.dropped == N
+        assert sub.dropped == N - 256 and got == list(range(N - 256, N))  # the newest stay
+        assert a.outbox_dropped == 0 and a.inbox_dropped == 0
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_dead_block_reader_holds_the_node_at_most_its_timeout() -> None:
+    a, b = await _pair("block", quic=False, subscriber_block_timeout=0.3)
+    try:
+        dead = await a.subscribe("flood.dead")  # never read
+        await b.wait_for_subscriber("flood.dead", timeout=10)
+        n = 5_000
+        t0 = time.perf_counter()
+        await _publish(b, "flood.dead", n)
+        await eventually(lambda: dead.pending + dead.dropped >= n, timeout=30)
+        seconds = time.perf_counter() - t0
+        print(f"\ndead block reader: {n:,} published in {seconds:.2f}s, pending={dead.pending}, "
+              f"dropped={dead.dropped:,}, block timeouts={a.delivery.block_timeouts}")
+        assert dead.pending + dead.dropped == n and dead.dropped > 0
+        assert a.delivery.block_timeouts >= 1 and a.outbox_dropped == 0
+        # the node goes on serving: a live subscription still gets its messages
+        live = await a.subscribe("other.topic")
+        await b.wait_for_subscriber("other.topic", timeout=10)
+        await b.publish("other.topic", b"hello")
+        assert (await asyncio.wait_for(live.get(), 5)).payload == b"hello"
+    finally:
+        await b.stop()
+        await a.stop()
