@@ -90,7 +90,8 @@ async def _flood_block(a: Node, b: Node, size: int) -> None:
     got = await asyncio.wait_for(reader, 60)
     read_s = time.perf_counter() - t0
     loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
-    print(f"\n{loop}, {type(a.transport).__name__}, {size} B: {n:,} published in {seconds:.2f}s to a reader done in {read_s:.2f}s: {len(got):,} received, "
+    print(f"\n{loop}, {type(a.transport).__name__}, {size} B: {n:,} published in {seconds:.2f}s "
+          f"to a reader done in {read_s:.2f}s: {len(got):,} received, "
           f"{n - len(got)} lost, sub.dropped={sub.dropped}, delivery_dropped={a.outbox_dropped}, "
           f"inbox_dropped={a.inbox_dropped}, publisher dropped_sends={b.dropped_sends}, delivery stalls="
           f"{a.delivery.stalls}, inbox holds={a.inbox_guard.held_total}, "
