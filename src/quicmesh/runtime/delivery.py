@@ -105,6 +105,13 @@ class Delivery:
         self._stalled: BoundedQueue[Any] | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._room: asyncio.Future[None] | None = None
+        self._inline = CHUNK
+        """Messages this loop iteration may still deliver at once, without queueing."""
+        self._inline_reset = False
+
+    def _reset_inline(self) -> None:
+        self._inline_reset = False
+        self._inline = CHUNK
 
     @property
     def full(self) -> bool:
@@ -115,11 +122,25 @@ class Delivery:
         return len(self.outbox)
 
     def put(self, eff: Deliver | DeliverBatch) -> None:
-        """Queue one delivery (counted in :attr:`dropped` if the hard capacity is reached)."""
+        """Deliver ``eff`` now when nothing waits and this loop iteration's ``CHUNK`` is not
+        used up (a single message is not deferred to the next iteration); else queue it
+        (counted in :attr:`dropped` if the hard capacity is reached)."""
+        n = _count(eff)
+        if not self.outbox and self._inline >= n and self._stalled is None and not self.stopped and (
+                not self._blocks or self._holds(eff.topic) is None):
+            self._inline -= n
+            if not self._inline_reset and self.loop is not None:
+                self._inline_reset = True
+                self.loop.call_soon(self._reset_inline)
+            if isinstance(eff, DeliverBatch):
+                self._deliver_batch(eff)
+            else:
+                self._deliver(eff)
+            return
         if not self.outbox.append(eff):
             self.dropped += 1
             return
-        self.pending += _count(eff)
+        self.pending += n
         self.pending_bytes += _size(eff)
         if self.full:
             self._was_full = True

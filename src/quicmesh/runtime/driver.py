@@ -31,13 +31,12 @@ reconciled with the core's per-peer state (a safety net).
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,13 +59,13 @@ from ..errors import (
     ContainerFull,
     FrameTooLarge,
     NodeClosed,
-    RemoteError,
     TransportError,
 )
 from ..identity import KeyPair, NodeId
 from .addressing import announce
 from .credentials import load_trust
 from .delivery import Delivery
+from .handlers import Handler, HandlerRunner
 from .inbox import InboxGuard
 from .logs import LogService
 from .memory import MemoryNetwork, MemoryTransport
@@ -98,8 +97,6 @@ _ROUTE_CACHE = 1024
 """Topics whose matching subscription queues are remembered (the cache is cleared when full,
 when a subscription opens or closes, and every ``_RECONCILE_INTERVAL`` seconds)."""
 
-Handler = Callable[[bytes], Awaitable[bytes]]
-"""A procedure: ``async def handler(payload: bytes) -> bytes``."""
 
 
 class Message(msgspec.Struct, frozen=True, gc=False):
@@ -131,7 +128,7 @@ class ClientService(Protocol):
     def health(self) -> dict[str, Any]: ...
 
 
-class NodeDriver:
+class NodeDriver(HandlerRunner):
     """The transport and timer side of a :class:`~quicmesh.runtime.node.Node` (see the module
     docstring); the user-facing API lives in :class:`~quicmesh.runtime.node.Node`."""
 
@@ -223,6 +220,9 @@ class NodeDriver:
             "node.inbox", _INBOX_CAPACITY, Overflow.DROP_NEWEST, registry=self.registry
         )
         self._inbox_scheduled = False
+        self._inline = _INBOX_CHUNK
+        """Inbound messages this loop iteration may still process at once (nothing waiting)."""
+        self._inline_reset = False
         self._inbox_in = 0
         """Messages ever appended to the inbox (positions for :attr:`_lost_later`)."""
         self._inbox_out = 0
@@ -277,7 +277,20 @@ class NodeDriver:
             return
         # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
         # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
-        # subscription queue before its reader task gets to run.
+        # subscription queue before its reader task gets to run. While nothing waits, a message
+        # is processed at once (the first _INBOX_CHUNK of an iteration): no hop for a request.
+        if not self._inbox and self._inline > 0 and not self.delivery.full and self._loop is not None:
+            self._inline -= 1
+            if not self._inline_reset:
+                self._inline_reset = True
+                self._loop.call_soon(self._reset_inline)
+            self._inbox_in += 1
+            self._inbox_out += 1
+            try:
+                self._process(conn, message)
+            except Exception as exc:
+                self.inbox_guard.failed(conn, message, exc)
+            return
         if not self._inbox.append((conn, message)):
             self.inbox_dropped += 1
             return
@@ -299,6 +312,10 @@ class NodeDriver:
         if self._inbox and not self._inbox_scheduled and not self._stopped and self._loop is not None:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
+
+    def _reset_inline(self) -> None:
+        self._inline_reset = False
+        self._inline = _INBOX_CHUNK
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
@@ -465,6 +482,7 @@ class NodeDriver:
             effects = core.flush(self._now())
             self._run(effects)
             self._note_congestion(effects)
+            self._flush_now(effects)  # the end of this iteration's work: write it now
         deadline = core.next_deadline()
         if deadline is None or self._next_reconcile < deadline:
             deadline = self._next_reconcile
@@ -542,41 +560,3 @@ class NodeDriver:
                 conn = self.transport.get(eff.peer)
                 if conn is not None and conn.pending_bytes > high:
                     self._congested[eff.peer] = conn
-
-    def _invoke(self, eff: Invoke) -> None:
-        handler = self._handlers.get(eff.name)
-        key = (eff.peer, eff.call_id)
-        if handler is None:  # withdrawn while the request was on its way
-            refusal = RemoteError("no_handler", eff.name, retryable=True)
-            self._run(self.core.handler_done(eff.peer, eff.call_id, None, refusal, self._now()))
-            return
-        task = asyncio.ensure_future(self._run_handler(handler, eff))
-        self._running[key] = task
-        task.add_done_callback(functools.partial(self._handler_finished, key))
-
-    def _handler_finished(self, key: tuple[NodeId, int], _task: asyncio.Task[None]) -> None:
-        self._running.pop(key, None)
-
-    async def _run_handler(self, handler: Handler, eff: Invoke) -> None:
-        result: bytes | None = None
-        error: RemoteError | None = None
-        try:
-            async with asyncio.timeout(eff.timeout):
-                out = await handler(eff.payload)
-            if not isinstance(out, bytes | bytearray | memoryview):
-                error = RemoteError("bad_result", f"handler returned {type(out).__name__}, not bytes")
-            else:
-                result = bytes(out)
-        except RemoteError as exc:
-            error = exc
-        except TimeoutError:
-            error = RemoteError("timeout", f"handler exceeded {eff.timeout:.3f}s")
-        except asyncio.CancelledError:
-            self._running.pop((eff.peer, eff.call_id), None)
-            self.core.handler_done(eff.peer, eff.call_id, None, None, self._now())
-            raise
-        except Exception as exc:
-            error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
-        # the task leaves the table before the core frees its slot (a new request may take it at once)
-        self._running.pop((eff.peer, eff.call_id), None)
-        self._run(self.core.handler_done(eff.peer, eff.call_id, result, error, self._now()))

@@ -60,9 +60,7 @@ class Duplicate(Exception):
 
 
 _HOLD_AT = 1 << 20
-"""#14 (fastpath): bytes a paused connection holds undecoded before it stops reading datagrams
-(:meth:`~quicmesh.runtime._quic_adapter.Proto.hold`), so the peer's flow is held back by QUIC
-instead of growing toward ``max_paused_bytes``."""
+"""#14: bytes a paused connection holds before it stops reading datagrams (``Proto.hold``)."""
 
 
 class ConnectionHost(Protocol):
@@ -505,6 +503,13 @@ class QuicConnection(Connection):
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
         return True
+
+    def flush_now(self) -> None:
+        """#14: write what is queued now, not at the next loop iteration (nothing else is coming)."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_handle = None
