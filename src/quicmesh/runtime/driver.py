@@ -15,13 +15,16 @@ queue, ``CallResolved`` completes the awaiting caller's future, ``Invoke`` start
 :meth:`~quicmesh.runtime.node.Node.wait_until` waiters.
 
 Inbound messages wait in a bounded inbox and are processed in arrival order,
-``_INBOX_CHUNK`` per loop iteration (readers get a turn between chunks); a lost connection's
+``_INBOX_CHUNK`` per loop iteration (readers get a turn between chunks); while the inbox is
+empty, the first ``_INBOX_CHUNK`` messages of an iteration are processed at once (a request
+costs no extra loop turn). A lost connection's
 loss is handled after the messages it delivered before closing. Each peer holds at most its fair
 share of the inbox, and an exception raised while handling one message (a peer's or a light
 client's) costs that message only, counted, the inbox accounting exact (see
 :mod:`quicmesh.runtime.inbox`). A frame that cannot be encoded (a forwarded message grown past
 ``max_frame_size``) is dropped and counted (``send_errors``), never raised. Deliveries to subscriptions
-go through a bounded delivery queue the same way. At the end of every loop iteration that had
+go through the paced delivery queue (:mod:`quicmesh.runtime.delivery`): while it is full the
+inbox is not drained and its guard pauses the peers' connections (back-pressure, never a drop). At the end of every loop iteration that had
 input the driver flushes the core's open gossip batches (what was published in one iteration
 leaves together, one batch per topic) and re-arms a single ``loop.call_at`` timer for
 ``NodeCore.next_deadline()`` (nothing polls). Every few seconds the live connections are
