@@ -103,6 +103,30 @@ async def _flood_block(a: Node, b: Node, size: int) -> None:
     await sub.close()
 
 
+async def test_quic_reading_is_held_not_dropped_for_a_long_slow_read() -> None:
+    """40 MB at 1 KiB to a reader ~4x slower than the publisher: the subscriber's node stops
+    reading datagrams (QUIC flow then waits at the publisher) instead of buffering or closing."""
+    a, b = await _pair("block", quic=True)
+    try:
+        n = 40_000
+        sub = await a.subscribe("flood.long")
+        await b.wait_for_subscriber("flood.long", timeout=10)
+        conn = a.transport.get(b.id)
+        assert conn is not None
+        reader = asyncio.ensure_future(_slow_reader(sub, n, every=64, pause=0.004))
+        seconds = await _publish(b, "flood.long", n, b"x" * 1016)
+        got = await asyncio.wait_for(reader, 120)
+        proto = conn._proto  # type: ignore[attr-defined]
+        print(f"\nQUIC 1 KiB x {n:,}: published in {seconds:.1f}s, {len(got):,} received, sub.dropped={sub.dropped}, "
+              f"reading held {proto.holds} times, datagrams shed {proto.datagrams_shed}, "
+              f"publisher dropped_sends={b.dropped_sends}")
+        assert got == list(range(n)) and sub.dropped == 0 and b.dropped_sends == 0
+        assert proto.holds > 0 and a.transport.get(b.id) is conn  # held, and the same connection throughout
+    finally:
+        await b.stop()
+        await a.stop()
+
+
 async def test_local_publisher_waits_for_a_slow_local_reader() -> None:
     a = await Node.start(_config("block"), network=MemoryNetwork())
     try:

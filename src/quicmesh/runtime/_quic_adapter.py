@@ -167,6 +167,8 @@ class Proto(QuicConnectionProtocol):
         # #14 (fastpath): reading held (the owner's consumer is behind; see hold())
         self.holding = False
         self.datagrams_shed = 0
+        self.holds = 0
+        """Times :meth:`hold` stopped the reading."""
         """Datagrams dropped while held past ``HELD_DATAGRAMS`` (QUIC retransmits their data)."""
         self._held: deque[tuple[bytes | str, Any]] = deque()  # bounded: HELD_DATAGRAMS, checked on append
 
@@ -189,6 +191,8 @@ class Proto(QuicConnectionProtocol):
         """#14 (fastpath): stop handing datagrams to qh3 (its flow control would keep granting
         the peer credit): they wait, up to ``HELD_DATAGRAMS``, then are shed. Unacknowledged,
         the peer's congestion window fills and its sends wait: back-pressure without loss."""
+        if not self.holding:
+            self.holds += 1
         self.holding = True
 
     def release(self) -> None:

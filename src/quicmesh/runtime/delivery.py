@@ -45,7 +45,7 @@ __all__ = ["CHUNK", "HIGH", "HIGH_BYTES", "Delivery"]
 
 CHUNK = 256
 """Messages handed to subscription queues per event-loop iteration (a batch counts whole)."""
-HIGH = 4 * CHUNK
+HIGH = 8 * CHUNK
 """Messages waiting at which the driver stops taking from its inbox (and local publishers wait)."""
 HIGH_BYTES = 8 * 1024 * 1024
 """Bytes waiting at which the same happens."""
