@@ -24,7 +24,8 @@ client's) costs that message only, counted, the inbox accounting exact (see
 :mod:`quicmesh.runtime.inbox`). A frame that cannot be encoded (a forwarded message grown past
 ``max_frame_size``) is dropped and counted (``send_errors``), never raised. Deliveries to subscriptions
 go through the paced delivery queue (:mod:`quicmesh.runtime.delivery`): while it is full the
-inbox is not drained and its guard pauses the peers' connections (back-pressure, never a drop). At the end of every loop iteration that had
+inbox is not drained and its guard pauses the peers' connections (back-pressure, never a drop).
+At the end of every loop iteration that had
 input the driver flushes the core's open gossip batches (what was published in one iteration
 leaves together, one batch per topic) and re-arms a single ``loop.call_at`` timer for
 ``NodeCore.next_deadline()`` (nothing polls). Every few seconds the live connections are
