@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Two quicmesh node processes on loopback, side by side with the raw QUIC ceilings.
 
-    python bench/two_nodes.py [--messages 100000] [--repeat 3] [--loop asyncio|uvloop] [--no-raw]
+    python bench/two_nodes.py [--messages 100000] [--repeat 3] [--loop asyncio|uvloop|both] [--no-raw]
                               [--only pubsub,rtt,rpc] [--json bench/results/two_nodes.json]
 
 Measures, in one run: pub/sub delivered msg/s at 64 B and 1 KiB (loss counted), pub/sub round
@@ -151,17 +151,24 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--messages", type=int, default=100_000, help="64 B messages per run (1 KiB: a quarter)")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the nodes' event loop")
+    p.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default="asyncio",
+                   help="the nodes' event loop (both: each in turn, one table per loop)")
     p.add_argument("--no-raw", action="store_true", help="skip the raw QUIC ceilings")
     p.add_argument("--only", default="pubsub,rtt,rpc", help="comma-separated parts to run: pubsub, rtt, rpc")
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "two_nodes.json"))
     args = p.parse_args()
     started = time.time()
-    res = asyncio.run(asyncio.wait_for(run(args), 600))
+    loops = ("asyncio", "uvloop") if args.loop == "both" else (args.loop,)
+    per_loop: dict[str, Any] = {}
+    for loop in loops:
+        per_loop[loop] = asyncio.run(asyncio.wait_for(run(argparse.Namespace(**{**vars(args), "loop": loop})), 600))
     raw = {} if args.no_raw else raw_ceilings(args)
-    print(table(res, raw))
+    for loop, res in per_loop.items():
+        print(f"\nnodes on {loop}:")
+        print(table(res, raw))
     out = {"machine": {"python": platform.python_version(), "platform": platform.platform()},
-           "args": vars(args), "quicmesh": res, "raw": raw, "seconds": round(time.time() - started, 1)}
+           "args": vars(args), "quicmesh": per_loop[loops[0]], "quicmesh_by_loop": per_loop, "raw": raw,
+           "seconds": round(time.time() - started, 1)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.json}")
