@@ -162,6 +162,26 @@ async def test_drop_oldest_losses_are_the_subscriptions_gap_count() -> None:
         await a.stop()
 
 
+async def test_policy_per_subscription() -> None:
+    """``subscribe(..., overflow="block")`` on a node whose default drops: that subscription loses
+    nothing while a ``drop_oldest`` one on the same topic drops (counted)."""
+    a = await Node.start(_config("drop_oldest"), network=MemoryNetwork())
+    try:
+        blocking = await a.subscribe("both", overflow="block")
+        dropping = await a.subscribe("both", queue_size=64)
+        reader = asyncio.ensure_future(_slow_reader(blocking, 5_000))
+        await _publish(a, "both", 5_000)
+        got = await asyncio.wait_for(reader, 60)
+        print(f"\nsame topic: block subscription {len(got):,} of 5,000 (dropped {blocking.dropped}); "
+              f"drop_oldest subscription of 64 dropped {dropping.dropped:,}, kept {dropping.pending}")
+        assert got == list(range(5_000)) and blocking.dropped == 0
+        assert dropping.dropped + dropping.pending == 5_000 and dropping.dropped > 0
+        with pytest.raises(ValueError, match="overflow"):
+            await a.subscribe("x", overflow="stall")
+    finally:
+        await a.stop()
+
+
 async def test_dead_block_reader_holds_the_node_at_most_its_timeout() -> None:
     a, b = await _pair("block", quic=False, subscriber_block_timeout=0.3)
     try:

@@ -280,8 +280,13 @@ class Node(NodeStatus):
         self._rearm()
         await self.wait_until(lambda: self.mesh.swarm_neighbours(topic) > 0, timeout)
 
-    async def subscribe(self, pattern: str, *, queue_size: int | None = None, group: str | None = None) -> Subscription:
+    async def subscribe(self, pattern: str, *, queue_size: int | None = None, group: str | None = None,
+                        overflow: str | None = None) -> Subscription:
         """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest); returns an async iterator.
+
+        ``queue_size`` and ``overflow`` (``drop_oldest``, ``drop_newest`` or ``block``) override
+        ``pubsub.subscriber_queue_size`` and ``pubsub.subscriber_overflow`` for this subscription
+        (see :class:`~quicmesh.runtime.subscription.Subscription`).
 
         With ``group``, join that work-queue group: each message on a matching topic goes to one
         live member of the group mesh-wide, not to all (see README, "Work-queue groups").
@@ -289,8 +294,10 @@ class Node(NodeStatus):
         """
         self._check_open()
         self._check_reserved(pattern)
+        if overflow is not None and overflow not in ("drop_oldest", "drop_newest", "block"):
+            raise ValueError(f"overflow must be 'drop_oldest', 'drop_newest' or 'block', not {overflow!r}")
         if group is None:
-            return await self._subscribe(pattern, queue_size=queue_size)
+            return await self._subscribe(pattern, queue_size=queue_size, overflow=overflow)
         try:
             sub_id = next(self._sub_ids)
             queue = self.local_groups.open(sub_id, pattern, group, queue_size)
@@ -299,7 +306,8 @@ class Node(NodeStatus):
         self._rearm()
         return Subscription(self, sub_id, pattern, queue, group)
 
-    async def _subscribe(self, pattern: str, *, queue_size: int | None = None) -> Subscription:
+    async def _subscribe(self, pattern: str, *, queue_size: int | None = None,
+                         overflow: str | None = None) -> Subscription:
         """:meth:`subscribe` without the reserved-topic check (the node's own services)."""
         try:
             parsed = parse_pattern(pattern)
@@ -309,10 +317,11 @@ class Node(NodeStatus):
         if len(self._subs) - self.gateway.client_subscriptions >= cfg.max_subscriptions:  # clients: their own cap
             raise LimitExceeded("pubsub.max_subscriptions", cfg.max_subscriptions)
         size = queue_size or cfg.subscriber_queue_size
-        block = cfg.subscriber_overflow == "block"
-        overflow = Overflow.DROP_NEWEST if cfg.subscriber_overflow == "drop_newest" else Overflow.EVICT_OLDEST
+        policy = overflow or cfg.subscriber_overflow
+        block = policy == "block"
         queue: BoundedQueue[Message] = BoundedQueue(  # block: room for one batch past the soft limit
-            "node.subscription_queue", size + MAX_BATCH_MESSAGES if block else size, overflow, registry=self.registry
+            "node.subscription_queue", size + MAX_BATCH_MESSAGES if block else size,
+            Overflow.DROP_NEWEST if policy == "drop_newest" else Overflow.EVICT_OLDEST, registry=self.registry
         )
         sub_id = next(self._sub_ids)
         try:
