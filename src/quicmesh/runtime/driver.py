@@ -283,7 +283,7 @@ class NodeDriver(HandlerRunner):
         # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
         # subscription queue before its reader task gets to run. While nothing waits, a message
         # is processed at once (the first _INBOX_CHUNK of an iteration): no hop for a request.
-        if not self._inbox and self._inline > 0 and not self.delivery.full and self._loop is not None:
+        if not self._inbox and self._inline > 0 and not self.delivery.full and not self._stopped and self._loop:
             self._inline -= 1
             if not self._inline_reset:
                 self._inline_reset = True
