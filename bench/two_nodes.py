@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Two quicmesh node processes on loopback, side by side with the raw QUIC ceilings.
 
-    python bench/two_nodes.py [--messages 100000] [--repeat 3] [--json bench/results/two_nodes.json]
+    python bench/two_nodes.py [--messages 100000] [--repeat 3] [--loop asyncio|uvloop|both] [--no-raw]
+                              [--only pubsub,rtt,rpc] [--json bench/results/two_nodes.json]
 
 Measures, in one run: pub/sub delivered msg/s at 64 B and 1 KiB (loss counted), pub/sub round
 trip p50/p99 at a low rate, RPC calls/s sequential and with 64 in flight (p50/p99), and the raw
@@ -44,18 +45,20 @@ async def pubsub_throughput(a: NodeProcess, b: NodeProcess, size: int, n: int, s
     elapsed = max(done["t_last"] - published["t_start"], 1e-9)
     return {"msgs_per_s": received / elapsed, "lost": n - received, "publish_s": published["seconds"],
             "publisher_dropped": published.get("dropped_sends"), "subscriber_dropped": done.get("sub_dropped"),
-            "inbox_dropped": done.get("inbox_dropped")}
+            "inbox_dropped": done.get("inbox_dropped"), "delivery_dropped": done.get("delivery_dropped")}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    a = await NodeProcess.spawn("A", realm="bench")
-    b = await NodeProcess.spawn("B", realm="bench", bootstrap=[a.address])
+    extra = ["--loop", args.loop, "--no-local-discovery"]
+    a = await NodeProcess.spawn("A", realm="bench", extra=extra)
+    b = await NodeProcess.spawn("B", realm="bench", bootstrap=[a.address], extra=extra)
     results: dict[str, Any] = {}
+    only = set(args.only.split(","))
     try:
         await a.wait_peers(1)
         await b.wait_peers(1)
         sid = 0
-        for size, n in ((64, args.messages), (1024, max(1000, args.messages // 4))):
+        for size, n in ((64, args.messages), (1024, max(1000, args.messages // 4))) if "pubsub" in only else ():
             runs = []
             for _ in range(args.repeat):
                 sid += 1
@@ -66,14 +69,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "sent": n * args.repeat,
                 "runs": runs,
             }
-        await a.request("echo", "echoing", pattern="rt.ping", to="rt.pong")
-        await b.request("wait_subscriber", "ready", topic="rt.ping")
-        pp = await b.request("pingpong", "pingpong_done", topic="rt.ping", reply="rt.pong", count=300, rate=200,
-                             wait=60)
-        results["pubsub_round_trip"] = {"p50_us": pp["p50_us"], "p99_us": pp["p99_us"], "lost": pp["lost"]}
-        await a.request("advertise", "advertised", name="bench.echo", kind="echo")
-        await b.request("wait_provider", "ready", name="bench.echo")
-        for label, count, conc in (("rpc_sequential", 3000, 1), ("rpc_64_in_flight", 30000, 64)):
+        if "rtt" in only:
+            await a.request("echo", "echoing", pattern="rt.ping", to="rt.pong")
+            await b.request("wait_subscriber", "ready", topic="rt.ping")
+            pp = await b.request("pingpong", "pingpong_done", topic="rt.ping", reply="rt.pong", count=300, rate=200,
+                                 wait=60)
+            results["pubsub_round_trip"] = {"p50_us": pp["p50_us"], "p99_us": pp["p99_us"], "lost": pp["lost"]}
+        if "rpc" in only:
+            await a.request("advertise", "advertised", name="bench.echo", kind="echo")
+            await b.request("wait_provider", "ready", name="bench.echo")
+        rpc_cases = (("rpc_sequential", 3000, 1), ("rpc_64_in_flight", 30000, 64)) if "rpc" in only else ()
+        for label, count, conc in rpc_cases:
             runs = []
             for _ in range(args.repeat):
                 ev = await b.request("calls", "calls_done", name="bench.echo", payload="x" * 64, count=count,
@@ -115,14 +121,19 @@ def table(res: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"{a / b:.0%}" if a and b else "-"
 
     for size in (64, 1024):
+        if f"pubsub_{size}B" not in res:
+            continue
         q = res[f"pubsub_{size}B"]
         r_q = raw.get("qh3", {}).get(f"stream_{size}B_msgs_per_s")
         r_a = raw.get("aioquic", {}).get(f"stream_{size}B_msgs_per_s")
         rows.append((f"pub/sub {size} B msg/s (lost {q['lost']}/{q['sent']})", f"{q['msgs_per_s']:,.0f}",
                      f"{r_q:,.0f}" if r_q else "-", f"{r_a:,.0f}" if r_a else "-", ratio(q["msgs_per_s"], r_q)))
-    rt = res["pubsub_round_trip"]
-    rows.append(("pub/sub round trip p50 / p99", f"{rt['p50_us']:.0f} / {rt['p99_us']:.0f} µs", "", "", ""))
+    rt = res.get("pubsub_round_trip")
+    if rt is not None:
+        rows.append(("pub/sub round trip p50 / p99", f"{rt['p50_us']:.0f} / {rt['p99_us']:.0f} µs", "", "", ""))
     for label, key in (("RPC sequential", "rpc_sequential"), ("RPC 64 in flight", "rpc_64_in_flight")):
+        if key not in res:
+            continue
         q = res[key]
         rawkey = "reqrep_1_req_per_s" if key == "rpc_sequential" else "reqrep_64_req_per_s"
         r_q = raw.get("qh3", {}).get(rawkey)
@@ -140,14 +151,24 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--messages", type=int, default=100_000, help="64 B messages per run (1 KiB: a quarter)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default="asyncio",
+                   help="the nodes' event loop (both: each in turn, one table per loop)")
+    p.add_argument("--no-raw", action="store_true", help="skip the raw QUIC ceilings")
+    p.add_argument("--only", default="pubsub,rtt,rpc", help="comma-separated parts to run: pubsub, rtt, rpc")
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "two_nodes.json"))
     args = p.parse_args()
     started = time.time()
-    res = asyncio.run(asyncio.wait_for(run(args), 600))
-    raw = raw_ceilings(args)
-    print(table(res, raw))
+    loops = ("asyncio", "uvloop") if args.loop == "both" else (args.loop,)
+    per_loop: dict[str, Any] = {}
+    for loop in loops:
+        per_loop[loop] = asyncio.run(asyncio.wait_for(run(argparse.Namespace(**{**vars(args), "loop": loop})), 600))
+    raw = {} if args.no_raw else raw_ceilings(args)
+    for loop, res in per_loop.items():
+        print(f"\nnodes on {loop}:")
+        print(table(res, raw))
     out = {"machine": {"python": platform.python_version(), "platform": platform.platform()},
-           "args": vars(args), "quicmesh": res, "raw": raw, "seconds": round(time.time() - started, 1)}
+           "args": vars(args), "quicmesh": per_loop[loops[0]], "quicmesh_by_loop": per_loop, "raw": raw,
+           "seconds": round(time.time() - started, 1)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.json}")

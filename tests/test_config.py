@@ -190,7 +190,7 @@ def test_toml_loading(tmp_path: Path) -> None:
         ("[transport]\nidle_timeout = inf", "transport.idle_timeout"),
         ("realm = 5", "realm"),
         ("bootstrap = [1, 2]", "bootstrap[0]"),
-        ("[pubsub]\nsubscriber_overflow = 'block'", "pubsub.subscriber_overflow"),
+        ("[pubsub]\nsubscriber_overflow = 'stall'", "pubsub.subscriber_overflow"),
         ("[rpc]\nprovider_policy = 'fastest'", "rpc.provider_policy"),
         ("[pubsub]\nmax_message_size = 2000000", "pubsub.max_message_size"),
     ],

@@ -166,6 +166,7 @@ async def test_a_relayed_connection_goes_direct_by_a_hole_punch_through_its_rela
             a: Node = await start(bootstrap=(relayed,), relay=_relay(mode="never"), punch=on)  # type: ignore[misc]
             t0 = time.monotonic()
             first = await eventually(lambda: a.transport.get(b.id), timeout=10, what="a connected to b")
+            assert first is not None
             was = first.path
 
             def direct_both() -> bool:

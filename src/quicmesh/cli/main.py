@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import QuicmeshError
 from .client import as_client, short_lived
-from .node import EXIT_ERROR, keygen, run_node, use_system_allocator
+from .node import EXIT_ERROR, LOOPS, keygen, main_node, use_system_allocator
 from .realm import add_parsers as add_realm_parsers
 from .realm import env_default
 from .realm import run as run_realm
@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a relay to be reachable through when behind NAT (repeat; relay.via)")
     n.add_argument("--relay-mode", choices=("auto", "always", "never"), default=None,
                    help="when to be reachable through relays (relay.mode, default auto)")
+    n.add_argument("--loop", choices=LOOPS, default=None,
+                   help="event loop (event_loop; default asyncio; uvloop needs the quicmesh[uvloop] extra)")
 
     for name, helptext in (("call", "call a procedure"), ("pub", "publish a message"), ("sub", "print messages")):
         c = sub.add_parser(name, help=f"{helptext} through a short-lived node or as a light client")
@@ -107,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "node":
             if argv is None:
                 use_system_allocator()
-            return asyncio.run(run_node(args))
+            return main_node(args)
         if args.command in ("call", "pub", "sub"):
             return asyncio.run(as_client(args) if args.connect else short_lived(args))
         if args.command in ("realm", "token"):

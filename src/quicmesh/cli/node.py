@@ -9,13 +9,19 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
+from ..config import NodeConfig, load_config
+from ..errors import ConfigError
 from ..identity import KeyPair
 
-__all__ = ["ALLOCATOR_ENV", "EXIT_ERROR", "keygen", "run_node", "use_system_allocator"]
+__all__ = ["ALLOCATOR_ENV", "EXIT_ERROR", "LOOPS", "keygen", "loop_factory", "main_node", "run_node",
+           "use_system_allocator"]
+
+LOOPS = ("asyncio", "uvloop")
+"""Event loops ``quicmesh node --loop`` runs on (config ``event_loop``)."""
 
 EXIT_ERROR = 1
 """Exit status of a command that failed (a :class:`~quicmesh.errors.QuicmeshError`, a key file in the way)."""
@@ -59,11 +65,32 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-async def run_node(args: argparse.Namespace) -> int:
-    """``quicmesh node ...``: run a node until SIGINT/SIGTERM (or the control channel's ``stop``)."""
-    from ..runtime.node import Node
-    from ..testing.control import ControlChannel, builtin_handler
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``name`` (``asyncio``: ``None``, the default loop). Raises
+    :class:`~quicmesh.errors.ConfigError` for ``uvloop`` when it is not installed."""
+    if name == "asyncio":
+        return None
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise ConfigError("event_loop", "uvloop is not installed (pip install 'quicmesh[uvloop]')") from None
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    raise ConfigError("event_loop", f"must be one of {', '.join(LOOPS)}, got {name!r}")
 
+
+def main_node(args: argparse.Namespace) -> int:
+    """``quicmesh node ...`` from synchronous code: load the configuration, then run
+    :func:`run_node` on the chosen event loop (``--loop``, else config ``event_loop``)."""
+    config = node_config(args)
+    factory = loop_factory(getattr(args, "loop", None) or config.event_loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(run_node(args, config))
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """The node's configuration: the ``--config`` file, the environment, then the flags."""
     overrides: dict[str, Any] = {
         "listen": args.listen,
         "realm": args.realm,
@@ -82,7 +109,18 @@ async def run_node(args: argparse.Namespace) -> int:
         "relay.via": tuple(args.relay_via) if getattr(args, "relay_via", None) else None,
         "relay.mode": getattr(args, "relay_mode", None),
     }
-    config = load_config(args.config, overrides=overrides)
+    if getattr(args, "loop", None):  # #14 (fastpath)
+        overrides["event_loop"] = args.loop
+    return load_config(args.config, overrides=overrides)
+
+
+async def run_node(args: argparse.Namespace, config: NodeConfig | None = None) -> int:
+    """``quicmesh node ...``: run a node until SIGINT/SIGTERM (or the control channel's ``stop``)."""
+    from ..runtime.node import Node
+    from ..testing.control import ControlChannel, builtin_handler
+
+    if config is None:
+        config = node_config(args)
     node = await Node.start(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,7 +137,8 @@ async def run_node(args: argparse.Namespace) -> int:
             reader = asyncio.StreamReader(limit=1 << 20)
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
             control.emit("listening", address=node.address, node_id=str(node.id), realm=node.realm,
-                         http=http, http_api=node.http_api_address)
+                         http=http, http_api=node.http_api_address,
+                         loop=type(loop).__module__.partition(".")[0])
             runner = asyncio.ensure_future(control.run(reader))
             stopper = asyncio.ensure_future(control.stopping.wait())
             sig_wait = asyncio.ensure_future(stop.wait())

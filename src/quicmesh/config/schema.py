@@ -59,8 +59,9 @@ class PubSubConfig:
     """Messages buffered per subscription (count) before the overflow policy applies. 1,024 as
     memberlist's handoff queue: ~1 s of a busy topic, so a briefly slow reader loses nothing."""
     subscriber_overflow: str = "drop_oldest"
-    """``drop_oldest`` (a slow reader loses old messages, never stalls the node) or
-    ``drop_newest``."""
+    """``drop_oldest`` (a slow reader loses old messages, never stalls the node),
+    ``drop_newest``, or ``block`` (a full queue holds the node's delivery, back to the publishers,
+    for up to ``subscriber_block_timeout``; then drops the oldest)."""
     max_message_size: int = 1 * MiB - 4 * KiB
     """Largest payload (bytes) accepted by ``publish`` and on receive; 1 MiB as NATS, less the
     frame header room."""
@@ -90,6 +91,12 @@ class PubSubConfig:
     """Seconds a taken (publisher, id) is remembered so a redelivery is not taken twice."""
     group_dedup_size: int = 65_536
     """(publisher, id) pairs remembered for deduplication (count)."""
+    # #14 (fastpath)
+    subscriber_block_timeout: float = 5.0
+    """With ``subscriber_overflow = "block"``: seconds a full subscription queue may hold the
+    node's delivery (and so, through flow control, the publishers) before its oldest messages are
+    dropped after all, counted in ``sub.dropped`` (default 5 s: a slow reader loses nothing, a
+    dead one cannot stall the node for longer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +479,10 @@ class NodeConfig:
     punch: PunchConfig = field(default_factory=PunchConfig)
     """Hole punching: direct paths between nodes behind NATs through a common node (on by
     default; ``QUICMESH_PUNCH__ENABLED=false``)."""
+    # #14 (fastpath)
+    event_loop: str = "asyncio"
+    """The event loop ``quicmesh node`` runs on: ``asyncio`` (default) or ``uvloop`` (the
+    ``quicmesh[uvloop]`` extra; ``--loop``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap, str):
@@ -534,8 +545,10 @@ def validate(cfg: NodeConfig) -> None:
                 if value == 0 and f"{name}.{f.name}" in _ZERO_MEANS_UNLIMITED:
                     continue
                 raise ConfigError(f"{name}.{f.name}", f"must be positive, got {value!r}")
-    if cfg.pubsub.subscriber_overflow not in ("drop_oldest", "drop_newest"):
-        raise ConfigError("pubsub.subscriber_overflow", "must be 'drop_oldest' or 'drop_newest'")
+    if cfg.pubsub.subscriber_overflow not in ("drop_oldest", "drop_newest", "block"):  # #14: block
+        raise ConfigError("pubsub.subscriber_overflow", "must be 'drop_oldest', 'drop_newest' or 'block'")
+    if cfg.event_loop not in ("asyncio", "uvloop"):  # #14 (fastpath)
+        raise ConfigError("event_loop", "must be 'asyncio' or 'uvloop'")
     if cfg.rpc.provider_policy not in ("random", "round_robin", "lowest_rtt"):
         raise ConfigError("rpc.provider_policy", "must be 'random', 'round_robin' or 'lowest_rtt'")
     if cfg.pubsub.max_message_size > cfg.transport.max_frame_size - 256:

@@ -41,6 +41,7 @@ import socket
 import ssl
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
@@ -161,6 +162,10 @@ def relayed(configuration: QuicConfiguration) -> QuicConfiguration:
     qc.probe_datagram_size = False
     return qc
 
+HELD_DATAGRAMS = 1024
+"""#14 (fastpath): datagrams a held connection keeps for later (:meth:`Proto.hold`); beyond
+them they are shed, and QUIC retransmits what they carried."""
+
 
 def _ignore_cid(cid: bytes) -> None:
     pass
@@ -184,6 +189,13 @@ class Proto(QuicConnectionProtocol):
         self._gone = False
         self._local_close = False
         self.cids: set[bytes] = set()  # bounded: the ids routed to this connection (<= active_connection_id_limit + 2)
+        # #14 (fastpath): reading held (the owner's consumer is behind; see hold())
+        self.holding = False
+        self.datagrams_shed = 0
+        self.holds = 0
+        """Times :meth:`hold` stopped the reading."""
+        """Datagrams dropped while held past ``HELD_DATAGRAMS`` (QUIC retransmits their data)."""
+        self._held: deque[tuple[bytes | str, Any]] = deque()  # bounded: HELD_DATAGRAMS, checked on append
 
     @property
     def quic(self) -> QuicConnection:
@@ -212,7 +224,34 @@ class Proto(QuicConnectionProtocol):
         """``True`` once qh3 reported termination or the connection was abandoned."""
         return self._gone
 
+    def hold(self) -> None:
+        """#14 (fastpath): stop handing datagrams to qh3 (its flow control would keep granting
+        the peer credit): they wait, up to ``HELD_DATAGRAMS``, then are shed. Unacknowledged,
+        the peer's congestion window fills and its sends wait: back-pressure without loss."""
+        if not self.holding:
+            self.holds += 1
+        self.holding = True
+
+    def release(self) -> None:
+        """Undo :meth:`hold`: the datagrams that waited are processed (until held again)."""
+        self.holding = False
+        held = self._held
+        while held and not self.holding and not self._gone:
+            data, addr = held.popleft()
+            self._receive(data, addr)
+        if not self.holding:
+            held.clear()
+
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.holding and not self._gone:
+            if len(self._held) < HELD_DATAGRAMS:
+                self._held.append((data, addr))
+            else:
+                self.datagrams_shed += 1
+            return
+        self._receive(data, addr)
+
+    def _receive(self, data: bytes | str, addr: Any) -> None:
         if self._gone:
             return
         try:

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,17 +37,13 @@ from ..bounded.aio import BoundedQueue
 from ..config import TransportConfig
 from ..core.gateway_messages import (
     GAdvertise,
-    GCall,
     GError,
     GInvoke,
-    GInvokeError,
-    GInvokeResult,
     GMessage,
     GOk,
     GPublish,
     GReply,
     GSubscribe,
-    GUnadvertise,
     GUnsubscribe,
 )
 from ..core.messages import ALL_MESSAGES
@@ -56,23 +51,20 @@ from ..core.topics import check_group, check_topic, parse_pattern
 from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
 from ..errors import (
-    CallTimeout,
     ConnectionLost,
     InvalidTopic,
-    LimitExceeded,
     MessageTooLarge,
     NodeClosed,
-    NoProvider,
     NotAdmitted,
     Overloaded,
-    PermissionDenied,
     QuicmeshError,
-    RemoteError,
     TransportError,
 )
 from ..identity import KeyPair, NodeId
+from .client_errors import gateway_error
+from .client_rpc import MAX_INVOCATIONS, ClientRpc, Handler
+from .client_subscription import ClientSubscription, _Sub
 from .credentials import Credential, client_trust
-from .handles import QueueHandle
 from .node import Message
 from .transport import Connection
 
@@ -80,58 +72,17 @@ __all__ = ["Client", "ClientSubscription", "Handler"]
 
 log = logging.getLogger("quicmesh.client")
 
-_MAX_INVOCATIONS = 1_000
-"""Invocations running at once (the gateway's default ``max_client_pending_calls``); beyond it
-the client answers ``overloaded`` (retryable)."""
-
-Handler = Callable[[bytes], Awaitable[bytes]]
-"""A procedure: ``async def handler(payload: bytes) -> bytes``."""
-
 _DEFAULT_TRANSPORT = TransportConfig(keepalive_interval=5.0, idle_timeout=30.0)
 
 
-@dataclass(slots=True)
-class _Sub:
-    pattern: str
-    queue: BoundedQueue[Message]
-    group: str = ""
+@functools.lru_cache(maxsize=4)
+def _codec(max_frame_size: int) -> Codec:
+    """The wire codec, built once per frame size (building one inspects every message type:
+    ~50 ms, the most of what ``connect`` cost)."""
+    return Codec(ALL_MESSAGES, max_frame_size=max_frame_size)
 
 
-class ClientSubscription(QueueHandle[Message]):
-    """An async iterator of :class:`~quicmesh.Message` for one pattern, received via the gateway.
-
-    Close it with ``await sub.close()`` or use it as an async context manager. Its queue is
-    bounded; a reader that falls behind loses the oldest messages (counted in :attr:`dropped`).
-    It survives reconnects: the client subscribes again on the new connection.
-    """
-
-    def __init__(self, client: Client, sid: int, pattern: str, queue: BoundedQueue[Message]) -> None:
-        super().__init__(queue, client._release_from_gc, sid)
-        self._client = client
-        self._sid = sid
-        self.pattern = pattern
-
-    @property
-    def topic(self) -> str:
-        """The pattern this subscription matches (alias of :attr:`pattern`)."""
-        return self.pattern
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called (or the client closed)."""
-        return self._closed or self._queue.closed
-
-    def _release(self) -> None:
-        self._client._release_sub(self._sid)
-
-    def _describe(self) -> str:
-        return self.pattern
-
-    def __repr__(self) -> str:
-        return f"<ClientSubscription {self.pattern!r} pending={self.pending} closed={self.closed}>"
-
-
-class Client:
+class Client(ClientRpc):
     """A light client of a gateway node. Create it with :meth:`Client.connect`."""
 
     def __init__(
@@ -169,7 +120,7 @@ class Client:
         loopback = host.startswith("127.") or host == "localhost"
         listen = "[::]:0" if ":" in host else ("127.0.0.1:0" if loopback else "0.0.0.0:0")
         self._transport = QuicTransport(
-            self.keypair, realm, self._cfg, Codec(ALL_MESSAGES, max_frame_size=self._cfg.max_frame_size),
+            self.keypair, realm, self._cfg, _codec(self._cfg.max_frame_size),
             listen=listen, registry=self.registry, role="client", trust=trust,
         )
         self._conn: Connection | None = None
@@ -181,7 +132,7 @@ class Client:
         self._handlers: dict[str, Handler] = {}  # bounded: the gateway caps advertisements per client
         # invocations the gateway forwarded, running here (the gateway caps them per client too)
         self._invocations: LruMap[asyncio.Task[None], None] = LruMap(
-            "client.invocations", _MAX_INVOCATIONS, Overflow.REJECT, registry=self.registry
+            "client.invocations", MAX_INVOCATIONS, Overflow.REJECT, registry=self.registry
         )
         self._reconnect_task: asyncio.Task[None] | None = None
         self._connected, self._closed = asyncio.Event(), False
@@ -251,10 +202,31 @@ class Client:
                     raise NodeClosed("client is closed")
                 await self._connected.wait()
 
-    async def close(self) -> None:
-        """Close the connection and every subscription; idempotent."""
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until everything sent so far was handed to the network (at most ``timeout``
+        seconds, default ``call_timeout``). :meth:`close` does not wait for it unless asked
+        (``close(drain=True)``); ``publish(..., confirm=True)`` waits for the gateway itself."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        flush = getattr(conn, "flush_now", None)
+        if flush is not None:
+            flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.drain(until=0), self.call_timeout if timeout is None else timeout)
+
+    async def close(self, *, drain: bool = False) -> None:
+        """Close the connection and every subscription; idempotent. What was sent is written out
+        and the close is sent, and ``close`` returns: it waits for no acknowledgement (with
+        ``drain=True``, first for :meth:`drain`)."""
         if self._closed:
             return
+        if drain:
+            await self.drain()
+        conn = self._conn
+        flush = getattr(conn, "flush_now", None) if conn is not None and not conn.closed else None
+        if flush is not None:
+            flush()  # what was published in this loop iteration leaves before the close
         self._closed = True
         task, self._reconnect_task = self._reconnect_task, None
         if task is not None:
@@ -269,7 +241,7 @@ class Client:
         self._subs.clear()
         self._handlers.clear()
         self._connected.set()
-        await self._transport.stop()
+        await self._transport.stop(linger=False)
 
     async def __aenter__(self) -> Client:
         return self
@@ -313,7 +285,7 @@ class Client:
             if fut is not None and not fut.done():
                 fut.set_result(message.payload if isinstance(message, GReply) else None)
         elif isinstance(message, GError):
-            err = _exception(message)
+            err = gateway_error(message)
             fut = self._requests.pop(message.id, None)
             if fut is not None and not fut.done():
                 fut.set_exception(err)
@@ -322,12 +294,7 @@ class Client:
                 self.last_error = err
                 log.warning("gateway reported: %s", err)
         elif isinstance(message, GInvoke):
-            if len(self._invocations) >= _MAX_INVOCATIONS:
-                conn.send(GInvokeError(message.id, "overloaded", "too many invocations running", True))
-                return
-            task = asyncio.ensure_future(self._run_handler(conn, message))
-            self._invocations.set(task, None)
-            task.add_done_callback(self._invocations.pop)
+            self._invoke(conn, message)
 
     # -- reconnect -------------------------------------------------------------------------------
 
@@ -404,6 +371,9 @@ class Client:
             if not fut.done():
                 fut.set_exception(exc)
 
+    def _next_id(self) -> int:
+        return next(self._ids)
+
     def _check_open(self) -> None:
         if self._closed:
             raise NodeClosed("client is closed")
@@ -478,77 +448,6 @@ class Client:
         if conn is not None and not conn.closed:
             conn.send(GUnsubscribe(sid))
 
-    # -- RPC -------------------------------------------------------------------------------------
-
-    async def call(self, name: str, payload: bytes, *, timeout: float | None = None) -> bytes:
-        """Call procedure ``name`` somewhere in the mesh and return its reply.
-
-        Raises ``NoProvider``, ``CallTimeout``, ``RemoteError``, ``Overloaded``, ``LimitExceeded``
-        (``max_client_pending_calls`` or ``max_client_pending_bytes``) or ``ConnectionLost``;
-        ``timeout`` is clamped to the gateway's ``max_client_call_timeout``.
-        """
-        self._check_open()
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError("payload must be bytes")
-        total = self.call_timeout if timeout is None else timeout
-        req = next(self._ids)
-        msg = GCall(req, name, bytes(payload), min(max(1, int(total * 1000)), (1 << 63) - 1))
-        try:
-            result: bytes = await self._request(msg, req, total + 1.0)  # the gateway answers a timeout itself
-        except TimeoutError:
-            raise CallTimeout(f"{name}: no reply within {total:.3f}s") from None
-        return result
-
-    async def advertise(self, name: str, handler: Handler) -> None:
-        """Offer procedure ``name`` to the mesh (the gateway advertises it on this client's behalf).
-
-        Raises :class:`~quicmesh.errors.LimitExceeded` past the gateway's
-        ``max_client_advertisements``.
-        """
-        self._check_open()
-        if not callable(handler):
-            raise TypeError("handler must be an async callable")
-        had = self._handlers.get(name)
-        self._handlers[name] = handler
-        try:
-            await self._request(GAdvertise(req := next(self._ids), name), req, self.call_timeout)
-        except BaseException:
-            if had is None:
-                self._handlers.pop(name, None)
-            else:
-                self._handlers[name] = had
-            raise
-
-    async def unadvertise(self, name: str) -> None:
-        """Withdraw procedure ``name``."""
-        if self._handlers.pop(name, None) is None:
-            return
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            conn.send(GUnadvertise(name))
-
-    async def _run_handler(self, conn: Connection, m: GInvoke) -> None:
-        handler = self._handlers.get(m.name)
-        reply: WireMessage
-        if handler is None:
-            reply = GInvokeError(m.id, "no_handler", m.name, retryable=True)
-        else:
-            try:
-                async with asyncio.timeout(m.timeout_ms / 1000.0):
-                    out = await handler(m.payload)
-                if isinstance(out, bytes | bytearray | memoryview):
-                    reply = GInvokeResult(m.id, bytes(out))
-                else:
-                    reply = GInvokeError(m.id, "bad_result", f"handler returned {type(out).__name__}, not bytes")
-            except RemoteError as exc:
-                reply = GInvokeError(m.id, exc.code[:256], exc.message[:1000], exc.retryable)
-            except TimeoutError:
-                reply = GInvokeError(m.id, "timeout", f"handler exceeded {m.timeout_ms} ms")
-            except Exception as exc:
-                reply = GInvokeError(m.id, "handler_error", f"{type(exc).__name__}: {exc}"[:1000])
-        if not conn.closed:
-            conn.send(reply)
-
     # -- observability ---------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -572,29 +471,3 @@ class Client:
         return f"<Client {self.id.short()} -> {self.address} connected={self.connected}>"
 
 
-def _exception(m: GError) -> QuicmeshError:
-    """The typed exception a ``GError`` stands for."""
-    if m.remote:
-        return RemoteError(m.code, m.message, retryable=m.retryable)
-    code = m.code
-    if code == "limit":
-        return LimitExceeded(m.limit, m.capacity, m.message)
-    if code == "no_provider":
-        return NoProvider(m.message)
-    if code == "timeout":
-        return CallTimeout(m.message)
-    if code == "overloaded":
-        return Overloaded(m.message)
-    if code == "connection_lost":
-        return ConnectionLost(m.message)
-    if code == "closed":
-        return NodeClosed(m.message)
-    if code == "invalid_topic":
-        return InvalidTopic(m.message)
-    if code == "permission_denied":  # the client's credential does not allow it
-        return PermissionDenied(m.action, m.subject)
-    if code == "invalid":
-        from ..errors import ConfigError
-
-        return ConfigError("request", m.message)
-    return RemoteError(code, m.message, retryable=m.retryable)

@@ -15,13 +15,17 @@ queue, ``CallResolved`` completes the awaiting caller's future, ``Invoke`` start
 :meth:`~quicmesh.runtime.node.Node.wait_until` waiters.
 
 Inbound messages wait in a bounded inbox and are processed in arrival order,
-``_INBOX_CHUNK`` per loop iteration (readers get a turn between chunks); a lost connection's
+``_INBOX_CHUNK`` per loop iteration (readers get a turn between chunks); while the inbox is
+empty, the first ``_INBOX_CHUNK`` messages of an iteration are processed at once (a request
+costs no extra loop turn). A lost connection's
 loss is handled after the messages it delivered before closing. Each peer holds at most its fair
 share of the inbox, and an exception raised while handling one message (a peer's or a light
 client's) costs that message only, counted, the inbox accounting exact (see
 :mod:`quicmesh.runtime.inbox`). A frame that cannot be encoded (a forwarded message grown past
 ``max_frame_size``) is dropped and counted (``send_errors``), never raised. Deliveries to subscriptions
-go through a bounded delivery queue the same way. At the end of every loop iteration that had
+go through the paced delivery queue (:mod:`quicmesh.runtime.delivery`): while it is full the
+inbox is not drained and its guard pauses the peers' connections (back-pressure, never a drop).
+At the end of every loop iteration that had
 input the driver flushes the core's open gossip batches (what was published in one iteration
 leaves together, one batch per topic) and re-arms a single ``loop.call_at`` timer for
 ``NodeCore.next_deadline()`` (nothing polls). Every few seconds the live connections are
@@ -31,7 +35,6 @@ reconciled with the core's per-peer state (a safety net).
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import os
@@ -46,7 +49,7 @@ import msgspec
 from ..bounded import BoundedDeque, BoundedDict, BoundedSet, ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
-from ..core.effects import DELIVERY_OVERHEAD, Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
+from ..core.effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect, Send
 from ..core.events import StateChanged
 from ..core.groups import GroupDeliver, GroupSink
 from ..core.log_effects import Appended, OperationStored, StoreRead, StoreWrite
@@ -60,12 +63,13 @@ from ..errors import (
     ContainerFull,
     FrameTooLarge,
     NodeClosed,
-    RemoteError,
     TransportError,
 )
 from ..identity import KeyPair, NodeId
 from .addressing import announce
 from .credentials import load_trust
+from .delivery import Delivery
+from .handlers import Handler, HandlerRunner
 from .inbox import InboxGuard
 from .logs import LogService
 from .memory import MemoryNetwork, MemoryTransport
@@ -87,11 +91,6 @@ _RECONCILE_INTERVAL = 5.0
 """Seconds between two reconciliations of per-peer RPC state with the live connections."""
 
 
-def _delivery_size(eff: Deliver | DeliverBatch) -> int:
-    """Bytes a waiting delivery holds, for the delivery queue's byte bound."""
-    return eff.size if isinstance(eff, DeliverBatch) else len(eff.payload) + DELIVERY_OVERHEAD
-
-
 _BACKGROUND_CAPACITY = 4096
 """Dials and closes in flight at most (tracked so that ``stop()`` can cancel them)."""
 _INBOX_CAPACITY = 65_536
@@ -102,8 +101,6 @@ _ROUTE_CACHE = 1024
 """Topics whose matching subscription queues are remembered (the cache is cleared when full,
 when a subscription opens or closes, and every ``_RECONCILE_INTERVAL`` seconds)."""
 
-Handler = Callable[[bytes], Awaitable[bytes]]
-"""A procedure: ``async def handler(payload: bytes) -> bytes``."""
 
 
 class Message(msgspec.Struct, frozen=True, gc=False):
@@ -135,7 +132,7 @@ class ClientService(Protocol):
     def health(self) -> dict[str, Any]: ...
 
 
-class NodeDriver:
+class NodeDriver(HandlerRunner):
     """The transport and timer side of a :class:`~quicmesh.runtime.node.Node` (see the module
     docstring); the user-facing API lives in :class:`~quicmesh.runtime.node.Node`."""
 
@@ -227,6 +224,9 @@ class NodeDriver:
             "node.inbox", _INBOX_CAPACITY, Overflow.DROP_NEWEST, registry=self.registry
         )
         self._inbox_scheduled = False
+        self._inline = _INBOX_CHUNK
+        """Inbound messages this loop iteration may still process at once (nothing waiting)."""
+        self._inline_reset = False
         self._inbox_in = 0
         """Messages ever appended to the inbox (positions for :attr:`_lost_later`)."""
         self._inbox_out = 0
@@ -246,19 +246,15 @@ class NodeDriver:
         self.inbox_guard = InboxGuard(config.transport, _INBOX_CAPACITY, config.gateway.max_clients,
                                       spawn=self._spawn, registry=self.registry)
         """Each peer's fair share of the inbox; messages whose handling raised."""
-        self._outbox: BoundedDeque[Deliver | DeliverBatch] = BoundedDeque(
-            "node.delivery_queue", config.gossip.reorder_buffer_total + _INBOX_CHUNK, Overflow.DROP_NEWEST,
-            capacity_bytes=config.gossip.payload_cache_bytes, sizeof=_delivery_size, registry=self.registry,
-        )
-        """Deliveries (single messages and whole gossip batches) waiting for their turn: sized to
-        absorb a full reorder-buffer release, and bounded in bytes like the payload cache."""
-        self._outbox_scheduled = False
-        self.outbox_dropped = 0
+        self.delivery = Delivery(config, self.registry, route=self._queues_for, deliver=self._deliver,
+                                 deliver_batch=self._deliver_batch, on_room=self._delivery_room)
+        """Deliveries (single messages and whole gossip batches) waiting for their turn, paced:
+        while it is full the inbox is not drained (see :mod:`quicmesh.runtime.delivery`)."""
         self.observability: Observability | None = None
         self.http_address: str | None = None
+        """``HOST:PORT`` of the /metrics and /health endpoint, when ``config.http`` is set."""
         self.effect_hook: Callable[[object], None] | None = None
         """Carries out core outputs this driver does not know (hole punching, #13)."""
-        """``HOST:PORT`` of the /metrics and /health endpoint, when ``config.http`` is set."""
 
     def _check_open(self) -> None:
         if self._stopped or not self._started:
@@ -287,7 +283,20 @@ class NodeDriver:
             return
         # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
         # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
-        # subscription queue before its reader task gets to run.
+        # subscription queue before its reader task gets to run. While nothing waits, a message
+        # is processed at once (the first _INBOX_CHUNK of an iteration): no hop for a request.
+        if not self._inbox and self._inline > 0 and not self.delivery.full and not self._stopped and self._loop:
+            self._inline -= 1
+            if not self._inline_reset:
+                self._inline_reset = True
+                self._loop.call_soon(self._reset_inline)
+            self._inbox_in += 1
+            self._inbox_out += 1
+            try:
+                self._process(conn, message)
+            except Exception as exc:
+                self.inbox_guard.failed(conn, message, exc)
+            return
         if not self._inbox.append((conn, message)):
             self.inbox_dropped += 1
             return
@@ -297,11 +306,32 @@ class NodeDriver:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
 
+    @property
+    def outbox_dropped(self) -> int:
+        """Deliveries the delivery queue refused (``delivery_dropped_total``; 0 unless a caller
+        publishes without awaiting ``publish``)."""
+        return self.delivery.dropped
+
+    def _delivery_room(self) -> None:
+        """The delivery queue drained after being full: the inbox goes on."""
+        self.inbox_guard.unhold()
+        if self._inbox and not self._inbox_scheduled and not self._stopped and self._loop is not None:
+            self._inbox_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
+
+    def _reset_inline(self) -> None:
+        self._inline_reset = False
+        self._inline = _INBOX_CHUNK
+
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
         inbox = self._inbox
+        delivery = self.delivery
         n = min(len(inbox), _INBOX_CHUNK)
         for _ in range(n):
+            if delivery.full:  # paced: resumed by _delivery_room; the inbox guard pauses the peers
+                self.inbox_guard.hold()
+                break
             conn, message = inbox.popleft()
             self._inbox_out += 1  # counted first: whatever the handling does, the books balance
             self.inbox_guard.take(conn)
@@ -319,28 +349,9 @@ class NodeDriver:
                 break
             del self._lost_later[conn]
             self._connection_lost(conn, error)
-        if inbox and not self._stopped and self._loop is not None:
+        if inbox and not delivery.full and not self._stopped and self._loop is not None:
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
-
-    def _drain_outbox(self) -> None:
-        # Deliveries go to subscription queues _INBOX_CHUNK at a time per loop iteration: the
-        # ordering layer may release thousands at once when a gap fills, and readers must get a
-        # turn before their bounded queues overflow.
-        self._outbox_scheduled = False
-        outbox = self._outbox
-        budget = _INBOX_CHUNK  # messages, a batch counting each of its messages
-        while outbox and budget > 0:
-            eff = outbox.popleft()
-            if isinstance(eff, DeliverBatch):
-                self._deliver_batch(eff)
-                budget -= len(eff.payloads)
-            else:
-                self._deliver(eff)
-                budget -= 1
-        if outbox and not self._stopped and self._loop is not None:
-            self._outbox_scheduled = True
-            self._loop.call_soon(self._drain_outbox)
 
     def _process(self, conn: Connection, message: WireMessage) -> None:
         self._run(self.core.message(conn.peer_id, message, self._now()))
@@ -402,11 +413,7 @@ class NodeDriver:
                 if not sent:
                     self.dropped_sends += 1
             elif isinstance(eff, Deliver | DeliverBatch):
-                if not self._outbox.append(eff):
-                    self.outbox_dropped += 1
-                elif not self._outbox_scheduled and self._loop is not None:
-                    self._outbox_scheduled = True
-                    self._loop.call_soon(self._drain_outbox)
+                self.delivery.put(eff)
             elif isinstance(eff, StateChanged):
                 self._notify()
             elif isinstance(eff, CallResolved):
@@ -483,6 +490,7 @@ class NodeDriver:
             effects = core.flush(self._now())
             self._run(effects)
             self._note_congestion(effects)
+            self._flush_now(effects)  # the end of this iteration's work: write it now
         deadline = core.next_deadline()
         if deadline is None or self._next_reconcile < deadline:
             deadline = self._next_reconcile
@@ -517,6 +525,10 @@ class NodeDriver:
             log.warning("node.background_tasks full: a dial or close runs untracked")
             return
         task.add_done_callback(self._background.discard)
+
+    def _queues_for(self, topic: str) -> list[BoundedQueue[Message]]:
+        queues = self._routes.get(topic)
+        return self._route_topic(topic) if queues is None else queues
 
     def _deliver(self, eff: Deliver) -> None:
         queues = self._routes.get(eff.topic)
@@ -556,41 +568,3 @@ class NodeDriver:
                 conn = self.transport.get(eff.peer)
                 if conn is not None and conn.pending_bytes > high:
                     self._congested[eff.peer] = conn
-
-    def _invoke(self, eff: Invoke) -> None:
-        handler = self._handlers.get(eff.name)
-        key = (eff.peer, eff.call_id)
-        if handler is None:  # withdrawn while the request was on its way
-            refusal = RemoteError("no_handler", eff.name, retryable=True)
-            self._run(self.core.handler_done(eff.peer, eff.call_id, None, refusal, self._now()))
-            return
-        task = asyncio.ensure_future(self._run_handler(handler, eff))
-        self._running[key] = task
-        task.add_done_callback(functools.partial(self._handler_finished, key))
-
-    def _handler_finished(self, key: tuple[NodeId, int], _task: asyncio.Task[None]) -> None:
-        self._running.pop(key, None)
-
-    async def _run_handler(self, handler: Handler, eff: Invoke) -> None:
-        result: bytes | None = None
-        error: RemoteError | None = None
-        try:
-            async with asyncio.timeout(eff.timeout):
-                out = await handler(eff.payload)
-            if not isinstance(out, bytes | bytearray | memoryview):
-                error = RemoteError("bad_result", f"handler returned {type(out).__name__}, not bytes")
-            else:
-                result = bytes(out)
-        except RemoteError as exc:
-            error = exc
-        except TimeoutError:
-            error = RemoteError("timeout", f"handler exceeded {eff.timeout:.3f}s")
-        except asyncio.CancelledError:
-            self._running.pop((eff.peer, eff.call_id), None)
-            self.core.handler_done(eff.peer, eff.call_id, None, None, self._now())
-            raise
-        except Exception as exc:
-            error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
-        # the task leaves the table before the core frees its slot (a new request may take it at once)
-        self._running.pop((eff.peer, eff.call_id), None)
-        self._run(self.core.handler_done(eff.peer, eff.call_id, result, error, self._now()))

@@ -290,6 +290,11 @@ class Gateway:
         finally:
             s.publisher = None
 
+    async def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
+        for topic, payload in messages:
+            with contextlib.suppress(QuicmeshError, ValueError, TypeError):
+                await self._node.publish(topic, payload)
+
     def _call(self, s: _Session, m: GCall) -> None:
         cap = self._cfg.max_client_pending_calls
         if m.id in s.calls:
@@ -483,6 +488,8 @@ class Gateway:
         for task in list(s.calls.values()):
             task.cancel()
         s.calls.clear()
+        # #14: what the client published before it closed is published all the same
+        leftover = [(m.topic, m.payload) for m in s.publishes]  # bounded: max_client_pending_calls
         s.publishes.clear()
         for _ in range(len(s.sub_swarms)):
             self.budgets.give_subscription()
@@ -491,6 +498,8 @@ class Gateway:
         self.budgets.release(s.held)
         if s.publisher is not None:
             s.publisher.cancel()
+        if leftover and not self._stopped:
+            self._spawn(self._publish_all(leftover))
         for fut in list(s.invocations.values()):
             if not fut.done():
                 fut.set_exception(RemoteError("client_gone", f"providing client left ({why})", retryable=True))

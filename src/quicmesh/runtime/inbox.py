@@ -11,6 +11,13 @@ messages on, so the back-pressure reaches the peer) and resumed once half of its
 processed. One peer's tiny frames therefore never fill the inbox, and no other peer's message
 is dropped to make room for them.
 
+While the driver does not drain its inbox because the node's delivery queue is full
+(:mod:`quicmesh.runtime.delivery`), the guard is *holding* (:meth:`InboxGuard.hold`): a
+connection is paused as soon as ``HOLD_SHARE`` of its messages wait (a gossip frame may carry a
+thousand messages, so the share in messages would let megabytes in), and the connections paused
+that way resume when the delivery queue has room again (:meth:`InboxGuard.unhold`). That is how
+a slow subscriber slows the publishers down instead of losing their messages.
+
 When handling a message raises, the driver calls :meth:`InboxGuard.failed`: the message is
 dropped and counted (``errors``), a log line is written at most once per
 ``_ERROR_LOG_INTERVAL`` seconds (with the number suppressed since), and the connection's offences
@@ -36,6 +43,8 @@ __all__ = ["InboxGuard"]
 
 log = logging.getLogger("quicmesh.node")
 
+HOLD_SHARE = 16
+"""Messages of one connection waiting in the inbox at which it is paused while holding."""
 _ERROR_LOG_INTERVAL = 10.0
 """Seconds between two log lines about messages whose handling raised (the rest are counted)."""
 
@@ -68,6 +77,34 @@ class InboxGuard:
         """Messages one connection may have waiting before it is paused."""
         self._next_log = 0.0
         self._unlogged = 0
+        self.holding = False
+        """Whether the driver stopped draining the inbox (its delivery queue is full)."""
+        self.held_total = 0
+        """Times the guard started holding."""
+
+    def hold(self) -> None:
+        """The inbox is not drained for now: pause every connection holding ``HOLD_SHARE``."""
+        if self.holding:
+            return
+        self.holding = True
+        self.held_total += 1
+        for conn, n in self.queued.items():
+            if n >= HOLD_SHARE and conn not in self._paused and not conn.closed:
+                self._paused[conn] = None
+                self.paused_total += 1
+                conn.pause_reading()
+
+    def unhold(self) -> None:
+        """The inbox is drained again: connections paused by :meth:`hold` below half their
+        share resume (the others when :meth:`take` brings them there)."""
+        if not self.holding:
+            return
+        self.holding = False
+        half = self.share // 2
+        for conn in [c for c in self._paused if self.queued.get(c, 0) <= half]:
+            del self._paused[conn]
+            if not conn.closed:
+                conn.resume_reading()
 
     @property
     def paused(self) -> int:
@@ -91,7 +128,7 @@ class InboxGuard:
         """One message of ``conn`` entered the inbox: pause it at its share."""
         n = self.queued.get(conn, 0) + 1
         self.queued[conn] = n
-        if n >= self.share and conn not in self._paused and not conn.closed:
+        if (n >= self.share or (self.holding and n >= HOLD_SHARE)) and conn not in self._paused and not conn.closed:
             self._paused[conn] = None
             self.paused_total += 1
             conn.pause_reading()
@@ -103,7 +140,7 @@ class InboxGuard:
             self.queued[conn] = left
         else:
             self.queued.pop(conn, None)
-        if conn in self._paused and left <= self.share // 2:
+        if conn in self._paused and left <= self.share // 2 and not self.holding:
             del self._paused[conn]
             if not conn.closed:
                 conn.resume_reading()

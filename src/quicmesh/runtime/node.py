@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ..bounded import Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import NodeConfig
+from ..config.schema import MAX_BATCH_MESSAGES
 from ..core.topics import check_topic, parse_pattern
 from ..core.trust import REVOCATION_TOPIC
 from ..errors import (
@@ -140,6 +141,7 @@ class Node(NodeStatus):
         from ..observability import Observability
 
         self._loop = asyncio.get_running_loop()
+        self.delivery.loop = self._loop
         self._done = self._loop.create_future()
         self._done.set_result(None)
         await self.logs.start()  # the store is open before any peer can ask for a log
@@ -190,6 +192,7 @@ class Node(NodeStatus):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.gather(*(c.drain(until=0) for c in conns)), _STOP_DRAIN)
         self._stopped = True
+        self.delivery.stop()
         await self.local_discovery.stop()
         await self.relay_agent.stop()
         self._lost_later.clear()
@@ -295,8 +298,13 @@ class Node(NodeStatus):
         self._rearm()
         await self.wait_until(lambda: self.mesh.swarm_neighbours(topic) > 0, timeout)
 
-    async def subscribe(self, pattern: str, *, queue_size: int | None = None, group: str | None = None) -> Subscription:
+    async def subscribe(self, pattern: str, *, queue_size: int | None = None, group: str | None = None,
+                        overflow: str | None = None) -> Subscription:
         """Subscribe to ``pattern`` (``*`` one segment, ``>`` the rest); returns an async iterator.
+
+        ``queue_size`` and ``overflow`` (``drop_oldest``, ``drop_newest`` or ``block``) override
+        ``pubsub.subscriber_queue_size`` and ``pubsub.subscriber_overflow`` for this subscription
+        (see :class:`~quicmesh.runtime.subscription.Subscription`).
 
         With ``group``, join that work-queue group: each message on a matching topic goes to one
         live member of the group mesh-wide, not to all (see README, "Work-queue groups").
@@ -304,8 +312,10 @@ class Node(NodeStatus):
         """
         self._check_open()
         self._check_reserved(pattern)
+        if overflow is not None and overflow not in ("drop_oldest", "drop_newest", "block"):
+            raise ValueError(f"overflow must be 'drop_oldest', 'drop_newest' or 'block', not {overflow!r}")
         if group is None:
-            return await self._subscribe(pattern, queue_size=queue_size)
+            return await self._subscribe(pattern, queue_size=queue_size, overflow=overflow)
         try:
             sub_id = next(self._sub_ids)
             queue = self.local_groups.open(sub_id, pattern, group, queue_size)
@@ -314,7 +324,8 @@ class Node(NodeStatus):
         self._rearm()
         return Subscription(self, sub_id, pattern, queue, group)
 
-    async def _subscribe(self, pattern: str, *, queue_size: int | None = None) -> Subscription:
+    async def _subscribe(self, pattern: str, *, queue_size: int | None = None,
+                         overflow: str | None = None) -> Subscription:
         """:meth:`subscribe` without the reserved-topic check (the node's own services)."""
         try:
             parsed = parse_pattern(pattern)
@@ -323,9 +334,12 @@ class Node(NodeStatus):
         cfg = self.config.pubsub
         if len(self._subs) - self.gateway.client_subscriptions >= cfg.max_subscriptions:  # clients: their own cap
             raise LimitExceeded("pubsub.max_subscriptions", cfg.max_subscriptions)
-        overflow = Overflow.EVICT_OLDEST if cfg.subscriber_overflow == "drop_oldest" else Overflow.DROP_NEWEST
-        queue: BoundedQueue[Message] = BoundedQueue(
-            "node.subscription_queue", queue_size or cfg.subscriber_queue_size, overflow, registry=self.registry
+        size = queue_size or cfg.subscriber_queue_size
+        policy = overflow or cfg.subscriber_overflow
+        block = policy == "block"
+        queue: BoundedQueue[Message] = BoundedQueue(  # block: room for one batch past the soft limit
+            "node.subscription_queue", size + MAX_BATCH_MESSAGES if block else size,
+            Overflow.DROP_NEWEST if policy == "drop_newest" else Overflow.EVICT_OLDEST, registry=self.registry
         )
         sub_id = next(self._sub_ids)
         try:
@@ -337,9 +351,11 @@ class Node(NodeStatus):
         self._subs.set(sub_id, state)
         self._by_pattern.setdefault(pattern, (parsed, {}))[1][sub_id] = state
         self._routes.clear()
+        if block:
+            self.delivery.add_block(queue, size)
         self._run(effects)
         self._rearm()
-        return Subscription(self, sub_id, pattern, queue)
+        return Subscription(self, sub_id, pattern, queue, on_take=self.delivery.taken if block else None)
 
     def _release(self, sub_id: int) -> None:
         if sub_id in self.local_groups:
@@ -349,6 +365,7 @@ class Node(NodeStatus):
         if state is None:
             return
         state.queue.close()
+        self.delivery.remove_block(state.queue)
         self._routes.clear()
         entry = self._by_pattern.get(state.pattern)
         if entry is not None:
@@ -402,7 +419,7 @@ class Node(NodeStatus):
             self._publish(topic, payload)
         if not self._rearm_scheduled:
             self._rearm()  # also flushes the open batch at the end of this loop iteration
-        if self._congested:
+        if self._congested or self.delivery.full:
             return self._backpressure()
         return self._done
 
@@ -440,6 +457,8 @@ class Node(NodeStatus):
             _, conn = self._congested.popitem()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.drain(), self.config.transport.send_stall_timeout)
+        if self.delivery.full:  # local subscribers are behind: wait for the delivery queue (#14)
+            await self.delivery.room()
 
     async def advertise(
         self, name: str, handler: Handler, *, ttl: float | None = None, metadata: bytes | None = None

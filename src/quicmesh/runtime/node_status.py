@@ -71,6 +71,10 @@ class NodeStatus(NodeDriver):
             "send_errors_total": float(self.send_errors),
             "offender_closes_total": float(self.inbox_guard.offender_closes),
             "inbox_depth": float(len(self._inbox)),
+            "delivery_depth": float(self.delivery.pending),  # #14 (fastpath): paced, never dropping
+            "delivery_stalls_total": float(self.delivery.stalls),
+            "delivery_block_timeouts_total": float(self.delivery.block_timeouts),
+            "inbox_holds_total": float(self.inbox_guard.held_total),
             "observed_reports_total": float(self.mesh.observed.received),  # #13
             "observed_reports_ignored_total": float(self.mesh.observed.ignored),
             "observed_addresses_confirmed": float(len(self.mesh.observed.confirmed())),

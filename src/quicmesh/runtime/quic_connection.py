@@ -59,6 +59,10 @@ class Duplicate(Exception):
         self.peer = peer
 
 
+_HOLD_AT = 1 << 20
+"""#14: bytes a paused connection holds before it stops reading datagrams (``Proto.hold``)."""
+
+
 class ConnectionHost(Protocol):
     """What a :class:`QuicConnection` needs from its transport (and nothing else)."""
 
@@ -234,6 +238,8 @@ class QuicConnection(Connection):
             data = bytes(self._held)
             self._held.clear()
             self._feed(data)
+        if self._proto.holding and not self._paused and not self._closed:  # #14 (fastpath)
+            self._proto.release()
 
     async def ping(self) -> float:
         """Send a ping and return the measured round-trip time (seconds)."""
@@ -385,6 +391,8 @@ class QuicConnection(Connection):
         self._last_rx = self._loop.time()
         if self._paused and self._open:
             self._held += data
+            if len(self._held) > _HOLD_AT and not self._proto.holding:  # #14 (fastpath)
+                self._proto.hold()
             if len(self._held) > self._cfg.max_paused_bytes:
                 self.abort("slow_consumer", TransportError(
                     f"peer sent over {self._cfg.max_paused_bytes} bytes while paused"), send=True)
@@ -510,6 +518,13 @@ class QuicConnection(Connection):
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
         return True
+
+    def flush_now(self) -> None:
+        """#14: write what is queued now, not at the next loop iteration (nothing else is coming)."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_handle = None

@@ -412,8 +412,9 @@ class QuicTransport(Transport):
         """Return once no QUIC connection state is left (closing ones finished draining)."""
         await asyncio.wait_for(self._idle.wait(), timeout)
 
-    async def stop(self) -> None:
-        """Close every connection (code ``shutdown``), wait briefly for the closes, unbind."""
+    async def stop(self, *, linger: bool = True) -> None:
+        """Close every connection (code ``shutdown``), wait briefly for the closes (not with
+        ``linger=False``: #14, a light client's close sends the close and returns), unbind."""
         t = self.table
         if t.closing:
             return
@@ -426,8 +427,9 @@ class QuicTransport(Transport):
                 if not w.done():
                     w.set_exception(TransportError("transport stopped"))
         self._waiters.clear()
-        with contextlib.suppress(TimeoutError):
-            await self.wait_idle(min(2.0, self.config.handshake_timeout))
+        if linger:
+            with contextlib.suppress(TimeoutError):
+                await self.wait_idle(min(2.0, self.config.handshake_timeout))
         for p in list(self._protos.keys()):
             p.abandon()
         ep, self._endpoint = self._endpoint, None

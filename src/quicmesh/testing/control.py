@@ -269,7 +269,8 @@ class ControlChannel:
                 tally.waiter = None
             watched = self._subs.peek(sid)
             self.emit("count_reached", id=sid, count=tally.count, t_first=tally.first, t_last=tally.last,
-                      sub_dropped=watched.dropped if watched is not None else None, inbox_dropped=node.inbox_dropped)
+                      sub_dropped=watched.dropped if watched is not None else None, inbox_dropped=node.inbox_dropped,
+                      delivery_dropped=node.outbox_dropped)
         elif name == "echo":
             sub = await node.subscribe(cmd["pattern"])
             self._spawn(self._echo(sub, cmd["to"]))

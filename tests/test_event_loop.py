@@ -1,0 +1,58 @@
+"""``quicmesh node --loop uvloop`` and the ``event_loop`` setting (#14)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quicmesh.cli.node import loop_factory
+from quicmesh.config import NodeConfig
+from quicmesh.errors import ConfigError
+
+
+def _node(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quicmesh", "node", "--control", "--no-local-discovery", *flags],
+        input='{"cmd": "stop"}\n', capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_node_runs_on_the_chosen_loop(loop: str) -> None:
+    out = _node("--loop", loop)
+    assert out.returncode == 0, out.stderr
+    listening = json.loads(out.stdout.splitlines()[0])
+    assert listening["event"] == "listening" and listening["loop"] == loop
+
+
+def test_config_chooses_the_loop(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('event_loop = "uvloop"\n')
+    out = _node("--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["loop"] == "uvloop"
+
+
+def test_missing_uvloop_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+    with pytest.raises(ConfigError, match=r"uvloop is not installed \(pip install 'quicmesh\[uvloop\]'\)"):
+        loop_factory("uvloop")
+    # the command says so and exits 1
+    fake = tmp_path / "uvloop"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('not here')\n")
+    out = _node("--loop", "uvloop", env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 1
+    assert "uvloop is not installed" in out.stderr and "quicmesh[uvloop]" in out.stderr
+
+
+def test_event_loop_setting_is_checked() -> None:
+    assert NodeConfig().event_loop == "asyncio"
+    assert loop_factory("asyncio") is None
+    with pytest.raises(ConfigError, match="event_loop"):
+        NodeConfig(event_loop="trio")
