@@ -579,22 +579,9 @@ class Node(NodeStatus):
         return handle
 
     def gauges(self) -> dict[str, float]:
-        """The node's numbers (see :class:`~quicmesh.runtime.node_status.NodeStatus`) plus the
-        guard's: denied actions by action (``permission_denied_total:<action>``), gossip batches
-        rejected, offences and blocked peers."""
-        out = super().gauges()
-        guard = self.core.guard
-        for action, n in guard.denied.items():
-            out[f"permission_denied_total:{action}"] = float(n)
-        g = guard.counters
-        out["gossip_rejected_total"] = float(g["gossip_bad_signature"] + g["gossip_not_admitted"]
-                                             + g["gossip_denied"] + g["gossip_malformed"])
-        out["peer_offences_total"] = float(g["offences"])
-        out["peers_blocked_total"] = float(g["peers_blocked"])
-        out["peers_blocked"] = float(guard.stats()["blocked"])
-        out.update(self.local_discovery.gauges())
-        out.update(self.holepunch.gauges())
-        return out
+        """The node's numbers (see :class:`~quicmesh.runtime.node_status.NodeStatus`) plus local
+        discovery's and hole punching's."""
+        return {**super().gauges(), **self.local_discovery.gauges(), **self.holepunch.gauges()}
 
     def health(self) -> dict[str, Any]:
         """``/health`` (see :class:`~quicmesh.runtime.node_status.NodeStatus`) with the guard's

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 from .driver import NodeDriver
 from .ui_state import console_state
@@ -48,8 +45,22 @@ class NodeStatus(NodeDriver):
         """Calls of this node not ended yet (0 once every call returned or was cancelled)."""
         return self.caller.pending
 
+    def guard_gauges(self) -> dict[str, float]:
+        """The guard's numbers: denied actions by action (``permission_denied_total:<action>``),
+        gossip batches rejected, offences and blocked peers."""
+        guard = self.core.guard
+        out = {f"permission_denied_total:{action}": float(n) for action, n in guard.denied.items()}
+        g = guard.counters
+        out["gossip_rejected_total"] = float(g["gossip_bad_signature"] + g["gossip_not_admitted"]
+                                             + g["gossip_denied"] + g["gossip_malformed"])
+        out["peer_offences_total"] = float(g["offences"])
+        out["peers_blocked_total"] = float(g["peers_blocked"])
+        out["peers_blocked"] = float(guard.stats()["blocked"])
+        return out
+
     def gauges(self) -> dict[str, float]:
-        """Numbers for metrics: connections, subscriptions, topics, pending calls, ..."""
+        """Numbers for metrics: connections, subscriptions, topics, pending calls, ..., and the
+        guard's (:meth:`guard_gauges`)."""
         ts = self.transport.stats()
         out: dict[str, float] = {
             "connections": float(ts.connections),
@@ -107,6 +118,7 @@ class NodeStatus(NodeDriver):
             paths = [c.path for c in self.transport.connections()]
             out["peers_relayed"] = float(sum(1 for p in paths if p != "direct"))
             out["peers_direct"] = float(len(paths)) - out["peers_relayed"]
+        out.update(self.guard_gauges())
         return out
 
     def peer_paths(self) -> list[dict[str, str]]:

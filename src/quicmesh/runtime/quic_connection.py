@@ -42,6 +42,7 @@ from ..core.wire import Codec, FrameDecoder, Message
 from ..errors import AuthenticationFailed, ConnectionLost, DecodeError, IdentityError, TransportError
 from ..identity import NodeId, node_id_from_certificate
 from . import _quic_adapter as qa
+from .quic_send import SendPath
 from .transport import Connection, TransportStats
 
 __all__ = ["ConnectionHost", "Duplicate", "QuicConnection"]
@@ -106,7 +107,7 @@ def _code_of(phrase: str) -> str:
     return phrase.split(":", 1)[0].strip()
 
 
-class QuicConnection(Connection):
+class QuicConnection(SendPath, Connection):
     """One QUIC connection to a peer (published to the node only once authenticated)."""
 
     def __init__(
@@ -481,75 +482,6 @@ class QuicConnection(Connection):
         self._rtt = sample if self._rtt is None else 0.875 * self._rtt + 0.125 * sample
 
     # -- send path -----------------------------------------------------------------------
-
-    async def drain(self, until: int | None = None) -> None:
-        low = self._cfg.send_buffer_bytes // 4 if until is None else until
-        while not self._closed and self.pending_bytes > low:
-            if self._drained is None:
-                self._drained = self._loop.create_future()
-            await asyncio.shield(self._drained)
-
-    def transmitted(self) -> None:
-        """Called by the adapter after each transmit: wake drain() waiters below low water."""
-        waiter = self._drained
-        if waiter is not None and (self._closed or self.pending_bytes <= self._cfg.send_buffer_bytes // 4):
-            self._drained = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _quic_backlog(self) -> int:
-        if self._sid is None or self._proto.terminated:
-            return 0
-        try:
-            return int(self._proto.quic.get_send_buffer_size(self._sid))
-        except Exception:
-            return 0
-
-    def _enqueue(self, frame: bytes) -> bool:
-        n = len(frame)
-        cap = self._cfg.send_buffer_bytes
-        if self._queued + self._backlog + n > cap:
-            self._backlog = self._quic_backlog()
-            if self._queued + self._backlog + n > cap:
-                self._stats.dropped_frames_total += 1
-                return False
-        self._queue.append(frame)
-        self._queued += n
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-        return True
-
-    def flush_now(self) -> None:
-        """#14: write what is queued now, not at the next loop iteration (nothing else is coming)."""
-        handle = self._flush_handle
-        if handle is not None:
-            handle.cancel()
-            self._flush()
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        if not self._open or not self._queue:
-            return
-        data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
-        self._queue.clear()
-        self._queued = 0
-        self._write_now(data)
-        if self.role == "node" and not self._closed:
-            self._touch(self.peer_id)  # mark used for the LRU pool
-        self._backlog = self._quic_backlog()
-
-    def _write_now(self, data: bytes) -> None:
-        assert self._sid is not None
-        try:
-            self._proto.quic.send_stream_data(self._sid, data)
-        except Exception as exc:
-            self.abort("error", TransportError(f"stream write failed: {exc}"), send=False)
-            return
-        self._proto.transmit()
-
-    def _send_raw(self, data: bytes) -> None:
-        """Write raw bytes on the stream, bypassing the codec (tests: garbage input)."""
-        self._write_now(data)
 
     # -- teardown ------------------------------------------------------------------------
 

@@ -1,0 +1,116 @@
+"""The send path of a :class:`~.quic_connection.QuicConnection` (a mixin): frames are queued and
+written to the QUIC stream once per loop iteration (or at once, :meth:`SendPath.flush_now`);
+the queue plus what qh3 has not sent yet is capped at ``transport.send_buffer_bytes`` (a frame
+beyond it is dropped and counted); :meth:`SendPath.drain` waits for low water."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from ..config import TransportConfig
+from ..errors import TransportError
+from ..identity import NodeId
+from . import _quic_adapter as qa
+from .transport import TransportStats
+
+__all__ = ["SendPath"]
+
+
+class SendPath:
+    """Queueing and writing of a connection's frames (mixed into ``QuicConnection``, whose
+    ``__init__`` sets the attributes declared here)."""
+
+    _cfg: TransportConfig
+    _loop: asyncio.AbstractEventLoop
+    _proto: qa.Proto
+    _stats: TransportStats
+    _touch: Callable[[NodeId], object]
+    _sid: int | None
+    _open: bool
+    _closed: bool
+    _drained: asyncio.Future[None] | None
+    _queue: list[bytes]
+    _queued: int
+    _backlog: int
+    _flush_handle: asyncio.Handle | None
+    role: str
+    peer_id: NodeId
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued or not yet sent by QUIC (defined by the connection)."""
+        raise NotImplementedError
+
+    def abort(self, code: str, error: Exception | None, *, send: bool, reason: str = "") -> None:
+        """Close at once (defined by the connection)."""
+        raise NotImplementedError
+
+    async def drain(self, until: int | None = None) -> None:
+        low = self._cfg.send_buffer_bytes // 4 if until is None else until
+        while not self._closed and self.pending_bytes > low:
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+
+    def transmitted(self) -> None:
+        """Called by the adapter after each transmit: wake drain() waiters below low water."""
+        waiter = self._drained
+        if waiter is not None and (self._closed or self.pending_bytes <= self._cfg.send_buffer_bytes // 4):
+            self._drained = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _quic_backlog(self) -> int:
+        if self._sid is None or self._proto.terminated:
+            return 0
+        try:
+            return int(self._proto.quic.get_send_buffer_size(self._sid))
+        except Exception:
+            return 0
+
+    def _enqueue(self, frame: bytes) -> bool:
+        n = len(frame)
+        cap = self._cfg.send_buffer_bytes
+        if self._queued + self._backlog + n > cap:
+            self._backlog = self._quic_backlog()
+            if self._queued + self._backlog + n > cap:
+                self._stats.dropped_frames_total += 1
+                return False
+        self._queue.append(frame)
+        self._queued += n
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+        return True
+
+    def flush_now(self) -> None:
+        """#14: write what is queued now, not at the next loop iteration (nothing else is coming)."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush()
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if not self._open or not self._queue:
+            return
+        data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        self._write_now(data)
+        if self.role == "node" and not self._closed:
+            self._touch(self.peer_id)  # mark used for the LRU pool
+        self._backlog = self._quic_backlog()
+
+    def _write_now(self, data: bytes) -> None:
+        assert self._sid is not None
+        try:
+            self._proto.quic.send_stream_data(self._sid, data)
+        except Exception as exc:
+            self.abort("error", TransportError(f"stream write failed: {exc}"), send=False)
+            return
+        self._proto.transmit()
+
+    def _send_raw(self, data: bytes) -> None:
+        """Write raw bytes on the stream, bypassing the codec (tests: garbage input)."""
+        self._write_now(data)
