@@ -127,6 +127,8 @@ class Ordering(Tracked):
             if a.seq == 0:
                 st.next = 0
         self.states.touch(key, now)
+        if st.next is None and a.seq == 0:
+            st.next = 0  # #14: an epoch's first message fills the start even when a later one came first
         if st.next is not None and a.seq < st.next:
             self.counters["late"] += len(a.payloads)
             return []
