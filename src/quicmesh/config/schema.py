@@ -223,6 +223,11 @@ class GossipConfig:
     backing off from 40 ms to 1 s) can take seconds on a loaded host: 3 s skipped 26 % of a
     10k-message burst in one of three runs on a busy 2-core machine. The wait applies only
     behind a gap; in-order messages are delivered at once."""
+    # #14 (tree)
+    tree_publishers: int = 256
+    """Publishers per swarm with their own broadcast tree (count; each holds at most the swarm's
+    neighbours). The least recently used is forgotten: its next message floods the swarm once
+    and re-forms its tree."""
 
 
 @dataclass(frozen=True, slots=True)
