@@ -28,8 +28,9 @@ def assert_tree(r: Report, max_hops: int) -> None:
 def assert_healed(r: Report, min_delivery: float) -> None:
     f = r.figures
     print(f"{r.name}: {f['failed']} of {f['nodes']} failed at once; healed in {f['heal_s']:.1f} s "
-          f"({f['heal_rounds']:.1f} rounds); next {100} messages delivered to {100 * f['delivery_mean']:.1f} % "
-          f"of survivors (min {100 * f['delivery_min']:.1f} %); right after the failure {100 * f['early_delivery_mean']:.1f} %")
+          f"({f['heal_rounds']:.1f} rounds); next 100 messages delivered to {100 * f['delivery_mean']:.1f} % "
+          f"of survivors (min {100 * f['delivery_min']:.1f} %); "
+          f"right after the failure {100 * f['early_delivery_mean']:.1f} %")
     assert f["overlay_whole_before"] is True
     assert 0 < f["heal_s"] <= 60
     assert f["survivors_with_empty_view"] == 0
