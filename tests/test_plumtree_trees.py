@@ -110,3 +110,18 @@ def test_first_message_overtaken_by_the_second_is_not_held_for_the_gap_timeout(r
     assert [a.seq for a in o.offer(arrived(0), 0.02)] == [0, 1, 2]
     assert o.gap_timers.next_deadline() is None
     assert o.counters["skipped"] == 0
+
+
+def test_a_late_joiners_first_message_waits_the_start_wait_not_the_gap_timeout(registry: ContainerRegistry) -> None:
+    o = Ordering(64, 10.0, 100, registry, start_wait=1.0)
+
+    def arrived(seq: int) -> Arrived:
+        return Arrived("s", "s.t", P1, 7, seq, [b"x"], 1)
+
+    assert o.offer(arrived(40), 0.0) == []  # mid-stream: 0..39 were published before we joined
+    assert o.next_deadline() == 1.0
+    assert [a.seq for a in o.handle_timer(1.0)] == [40]
+    # once started, a gap waits the full gap timeout
+    assert o.offer(arrived(42), 1.5) == []
+    assert o.next_deadline() == 11.5
+    assert [a.seq for a in o.offer(arrived(41), 2.0)] == [41, 42]

@@ -228,6 +228,11 @@ class GossipConfig:
     """Publishers per swarm with their own broadcast tree (count; each holds at most the swarm's
     neighbours). The least recently used is forgotten: its next message floods the swarm once
     and re-forms its tree."""
+    reorder_start_wait: float = 1.0
+    """Seconds the first message seen from a publisher mid-stream (this node subscribed after it
+    began, or forgot it) is held for earlier ones before delivery starts from it; the recent
+    messages a new neighbour announces (catch-up) arrive well within it. Gaps after the start
+    wait ``reorder_gap_timeout``."""
 
 
 @dataclass(frozen=True, slots=True)
