@@ -225,14 +225,9 @@ class GossipConfig:
     behind a gap; in-order messages are delivered at once."""
     # #14 (tree)
     tree_publishers: int = 256
-    """Publishers per swarm with their own broadcast tree (count; each holds at most the swarm's
-    neighbours). The least recently used is forgotten: its next message floods the swarm once
-    and re-forms its tree."""
+    """Publishers per swarm with their own broadcast tree (count, default 256; LRU: a forgotten one floods once)."""
     reorder_start_wait: float = 1.0
-    """Seconds the first message seen from a publisher mid-stream (this node subscribed after it
-    began, or forgot it) is held for earlier ones before delivery starts from it; the recent
-    messages a new neighbour announces (catch-up) arrive well within it. Gaps after the start
-    wait ``reorder_gap_timeout``."""
+    """Seconds a publisher's first message seen mid-stream waits for earlier ones (default 1 s)."""
 
 
 @dataclass(frozen=True, slots=True)
