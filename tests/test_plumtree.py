@@ -46,7 +46,7 @@ def test_new_message_is_pushed_to_eager_and_delivered_once(registry: ContainerRe
     assert all(isinstance(o.message, MGossip) and o.message.hops == 2 for o in out)
     out, arrived = pt.handle(B, gossip(0), 0.01)
     assert arrived is None
-    assert out == [HvSend(B, MPrune("s"))]
+    assert out == [HvSend(B, MPrune("s", PUB.raw))]  # pruned in this publisher's tree only
     assert B in pt.lazy and B not in pt.eager
 
 
@@ -63,7 +63,7 @@ def test_id_is_computed_from_content_not_trusted() -> None:
 
 def test_lazy_peers_get_batched_ihaves(registry: ContainerRegistry) -> None:
     pt = tree(registry)
-    pt.handle(C, MPrune("s"), 0.0)
+    pt.handle(C, MPrune("s", PUB.raw), 0.0)
     pt.handle(A, gossip(0), 0.0)
     pt.handle(A, gossip(1), 0.002)
     assert pt.next_deadline() == pytest.approx(0.005)

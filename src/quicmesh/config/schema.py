@@ -234,6 +234,11 @@ class GossipConfig:
     backing off from 40 ms to 1 s) can take seconds on a loaded host: 3 s skipped 26 % of a
     10k-message burst in one of three runs on a busy 2-core machine. The wait applies only
     behind a gap; in-order messages are delivered at once."""
+    # #14 (tree)
+    tree_publishers: int = 256
+    """Publishers per swarm with their own broadcast tree (count, default 256; LRU: a forgotten one floods once)."""
+    reorder_start_wait: float = 1.0
+    """Seconds a publisher's first message seen mid-stream waits for earlier ones (default 1 s)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,7 @@ class Mesh(Batching):
         self.ordering = Ordering(
             config.gossip.reorder_window, config.gossip.reorder_gap_timeout, config.gossip.max_publishers, registry,
             max_buffered=config.gossip.reorder_buffer_total, idle_ttl=config.gossip.publisher_idle_ttl,
+            start_wait=config.gossip.reorder_start_wait,
         )
         self.links = Connections(config, self.book, registry, self.counters, self._known_by_overlays)
         self.discovery = Discovery(me, config, self.book, self.realm, self.swarms, rng, registry, self.counters,

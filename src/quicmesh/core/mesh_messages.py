@@ -220,10 +220,12 @@ class MIHave(_Overlay, tag="m.ihave"):
 
 
 class MGraft(_Overlay, tag="m.graft"):
-    """Make the link eager again, and send message ``id`` when given."""
+    """Make the link eager again, and send message ``id`` when given. ``p``: the publisher whose
+    tree the link joins (#14: one tree per publisher); without it (and without ``id``) every tree."""
 
     s: _Swarm
     id: _MsgId | None = None
+    p: NodeIdBytes | None = None
 
 
 class MGone(_Overlay, tag="m.gone"):
@@ -234,9 +236,11 @@ class MGone(_Overlay, tag="m.gone"):
 
 
 class MPrune(_Overlay, tag="m.prune"):
-    """Make the link lazy (the receiver sent us a duplicate)."""
+    """Make the link lazy (the receiver sent us a duplicate) in publisher ``p``'s tree (#14), or
+    in every tree when ``p`` is absent."""
 
     s: _Swarm
+    p: NodeIdBytes | None = None
 
 
 MESH_MESSAGES: tuple[type[Message], ...] = (

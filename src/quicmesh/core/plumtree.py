@@ -10,6 +10,17 @@ received makes its sender lazy (PRUNE), which trims the flood into a spanning tr
 A *payload* here is one :class:`MGossip`: a batch of one publisher's consecutive messages to one
 topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everything below.
 
+* **One tree per publisher** (#14; as riak_core's and Partisan's Plumtree keep one per root). A
+  tree shared by every publisher is optimised for none: with five publishers at 100 nodes a third
+  of all receipts came through GRAFT repair (each duplicate pruned a link another publisher's
+  messages needed), and deliveries took up to 19 hops where one publisher's own tree needs 5.
+  So eager/lazy is decided per publisher: ``trees`` maps a publisher to the neighbours that are
+  lazy for its messages (all others are eager), at most ``tree_publishers`` publishers (least
+  recently used forgotten: its next message floods again and re-forms its tree). A publisher's
+  first batch floods the swarm; duplicates prune it into the tree of first arrivals, i.e. of the
+  fastest paths from that publisher. PRUNE and GRAFT name the publisher (``p``); without it they
+  act on every tree held then. ``eager``/``lazy`` are the swarm's neighbours, each on the side of its last
+  move (a summary for /health; ``eager`` + ``lazy`` is always the neighbour set).
 * **Receive.** A payload whose id is new is remembered (seen cache, 90 s), cached for GRAFTs
   (payload cache, 30 s, capped in count and bytes), handed up, pushed to the eager peers and
   announced to the lazy peers. The id is computed here as a hash of (publisher, epoch, seq, topic,
@@ -34,7 +45,11 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   (at most ``payload_cache_ttl``, 30 s, old) published before it subscribed.
 * **Tree optimisation.** When a payload arrives with ``hops`` more than ``optimization_threshold``
   above the hop count an earlier IHAVE announced, the node grafts the announcer (without id) and
-  prunes the sender.
+  prunes the sender. The same holds the other way round, which is the common case (an IHAVE
+  travels on a lazy link after a batching delay, so it usually comes after the payload): an IHAVE
+  from a lazy peer announcing, with at least ``optimization_threshold`` fewer hops, a payload
+  received in the last ``OPTIMISE_WINDOW`` seconds grafts the announcer and prunes the eager peer
+  the payload came from (#14: at 1,000 nodes this took the deepest delivery from 30 hops down).
 * **Batching.** IHAVEs are queued and flushed every ``ihave_batch_interval`` (5 ms), one message
   per peer.
 
@@ -79,6 +94,10 @@ about 11 s in all). Enough to repair heavy loss (20 % loss on both GRAFT and rep
 message), yet bounded: a payload its announcers no longer cache costs 16 GRAFTs, not a storm
 until the entry's TTL."""
 """Ids per IHAVE message; a received IHAVE is truncated to this many."""
+
+OPTIMISE_WINDOW = 2.5
+"""Seconds after receiving a payload during which IHAVEs for it may still optimise the tree (the
+re-announcement comes ``REANNOUNCE_DELAY`` after the announcer received it)."""
 
 MAX_NEIGHBOURS = 64
 """Cap of the eager and lazy sets (they only hold swarm active-view peers)."""
@@ -220,6 +239,13 @@ class Plumtree:
         self.graft_tries: TtlMap[bytes, int] = TtlMap(
             "plumtree.graft_tries", cap, config.payload_cache_ttl, registry=registry
         )
+        self.trees: LruMap[bytes, set[NodeId]] = LruMap("plumtree.trees", config.tree_publishers, registry=registry)
+        """Per publisher: the neighbours lazy for its messages (see the module docstring)."""
+        self.received_from: TtlMap[bytes, tuple[NodeId, int, bytes]] = TtlMap(
+            "plumtree.received_from", cap, OPTIMISE_WINDOW, registry=registry
+        )
+        """Recently received ids: the peer each came from, its hop count and its publisher (tree
+        optimisation)."""
         self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque(
             "plumtree.ihave_queue", 4 * cap, registry=registry
         )
@@ -238,10 +264,9 @@ class Plumtree:
     def neighbor_up(self, peer: NodeId, now: float) -> None:
         """A swarm neighbour appeared: start it eager, and announce our recent messages to it
         (catch-up: see the module docstring)."""
-        self.lazy.pop(peer)
-        self.eager.set(peer, None)
+        self._make_eager(peer, None)
         self.since.set(peer, now)
-        recent = [(mid, m.hops) for mid, m in self.caches.payloads.items() if m.s == self.swarm]
+        recent = [(mid, m.hops + 1) for mid, m in self.caches.payloads.items() if m.s == self.swarm]
         for mid, hops in recent[-CATCHUP_IDS:]:
             self._queue_ihave(peer, mid, hops, now)
 
@@ -250,9 +275,45 @@ class Plumtree:
         self.eager.pop(peer)
         self.lazy.pop(peer)
         self.since.pop(peer)
+        for lazy in self.trees.values():
+            lazy.discard(peer)
 
     def _is_neighbour(self, peer: NodeId) -> bool:
         return peer in self.eager or peer in self.lazy
+
+    def _lazy_for(self, publisher: bytes) -> set[NodeId]:
+        lazy = self.trees.get(publisher)
+        if lazy is None:
+            lazy = set()  # bounded: swarm neighbours, at most MAX_NEIGHBOURS
+            self.trees.set(publisher, lazy)
+        return lazy
+
+    def is_eager(self, peer: NodeId, publisher: bytes) -> bool:
+        """Whether ``peer`` is a neighbour eager for ``publisher``'s messages."""
+        lazy = self.trees.peek(publisher)
+        return self._is_neighbour(peer) and (lazy is None or peer not in lazy)
+
+    def _make_lazy(self, peer: NodeId, publisher: bytes | None) -> None:
+        """``peer`` turns lazy in ``publisher``'s tree (None: in every tree)."""
+        if publisher is None:
+            for lazy in self.trees.values():
+                lazy.add(peer)
+        else:
+            self._lazy_for(publisher).add(peer)
+        self.eager.pop(peer)
+        self.lazy.set(peer, None)
+
+    def _make_eager(self, peer: NodeId, publisher: bytes | None) -> None:
+        """``peer`` turns eager in ``publisher``'s tree (None: in every tree)."""
+        if publisher is None:
+            for lazy in self.trees.values():
+                lazy.discard(peer)
+        else:
+            one = self.trees.peek(publisher)
+            if one is not None:
+                one.discard(peer)
+        self.lazy.pop(peer)
+        self.eager.set(peer, None)
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -270,8 +331,7 @@ class Plumtree:
         if isinstance(msg, MGossip):
             return self._on_gossip(sender, msg, now)
         if isinstance(msg, MIHave):
-            self._on_ihave(sender, msg, now)
-            return [], None
+            return self._on_ihave(sender, msg, now), None
         if isinstance(msg, MGraft):
             return self._on_graft(sender, msg, now), None
         if isinstance(msg, MGone):
@@ -279,8 +339,7 @@ class Plumtree:
             return [], None
         if isinstance(msg, MPrune):
             if self._is_neighbour(sender):
-                self.eager.pop(sender)
-                self.lazy.set(sender, None)
+                self._make_lazy(sender, msg.p)
             return [], None
         return [], None
 
@@ -291,13 +350,13 @@ class Plumtree:
         digest = batch_digest(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payloads)
         mid = digest[:ID_LEN]
         out: list[HvSend] = []
+        pub = msg.publisher
         if mid in self.caches.seen:
             self.counters["duplicates"] += 1
-            if sender in self.eager:
-                self.eager.pop(sender)
-                self.lazy.set(sender, None)
+            if self.is_eager(sender, pub):
+                self._make_lazy(sender, pub)
                 self.counters["prunes_sent"] += 1
-                out.append(HvSend(sender, MPrune(self.swarm)))
+                out.append(HvSend(sender, MPrune(self.swarm, pub)))
             return out, None
         if self.auth is not None and not self.auth.verify_gossip(sender, msg, digest, now):
             self.counters["rejected"] += 1  # nothing remembered: a valid copy may still come
@@ -307,34 +366,37 @@ class Plumtree:
         announcers = self.missing.pop(mid) or ()
         self.graft_timers.pop(mid)
         self.graft_tries.pop(mid)
-        if self._is_neighbour(sender) and sender not in self.eager:
-            self.lazy.pop(sender)
-            self.eager.set(sender, None)
+        if self._is_neighbour(sender) and not self.is_eager(sender, pub):
+            self._make_eager(sender, pub)
         # tree optimisation: an announcer was much closer to the source than the eager sender
         for peer, hops in announcers:
             if peer != sender and self._is_neighbour(peer) and hops + self.config.optimization_threshold < msg.hops:
                 self.counters["optimisations"] += 1
-                self.lazy.pop(peer)
-                self.eager.set(peer, None)
-                out.append(HvSend(peer, MGraft(self.swarm, None)))
-                if sender in self.eager:
-                    self.eager.pop(sender)
-                    self.lazy.set(sender, None)
-                    out.append(HvSend(sender, MPrune(self.swarm)))
+                self._make_eager(peer, pub)
+                out.append(HvSend(peer, MGraft(self.swarm, None, pub)))
+                if self.is_eager(sender, pub):
+                    self._make_lazy(sender, pub)
+                    out.append(HvSend(sender, MPrune(self.swarm, pub)))
                 break
         fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, msg.hops + 1,
                       msg.sig, msg.cert)
         self.caches.payloads.set(mid, msg, now)
+        self.received_from.set(mid, (sender, msg.hops, pub), now)
         out += self._push(mid, fwd, sender, now)
         return out, self._arrived(msg)
 
-    def _on_ihave(self, sender: NodeId, msg: MIHave, now: float) -> None:
+    def _on_ihave(self, sender: NodeId, msg: MIHave, now: float) -> list[HvSend]:
         if not self._is_neighbour(sender):
-            return
+            return []
+        out: list[HvSend] = []
         n = min(len(msg.ids), len(msg.hops), MAX_IHAVE_IDS)
         for i in range(n):
             mid = msg.ids[i]
-            if len(mid) != ID_LEN or mid in self.caches.seen:
+            if len(mid) != ID_LEN:
+                continue
+            if mid in self.caches.seen:
+                if not out:
+                    out = self._optimise(sender, mid, msg.hops[i])
                 continue
             hops = msg.hops[i]
             entry = self.missing.get(mid) or ()
@@ -344,17 +406,39 @@ class Plumtree:
                 self.missing.set(mid, (*entry, (sender, hops)), now, ttl)
             if mid not in self.graft_timers:
                 self.graft_timers.set(mid, None, now, self.config.graft_timeout_1)
+        return out
+
+    def _optimise(self, announcer: NodeId, mid: bytes, hops: int) -> list[HvSend]:
+        """``announcer`` (lazy) has ``mid`` at ``hops``: when that is at least the threshold
+        shorter than the path it reached us by, swap the eager link for the announcer's."""
+        got = self.received_from.get(mid)
+        if got is None:
+            return []
+        via, got_hops, pub = got
+        if hops + self.config.optimization_threshold > got_hops or via == announcer or self.is_eager(announcer, pub):
+            return []
+        self.counters["optimisations"] += 1
+        self.received_from.pop(mid)
+        self._make_eager(announcer, pub)
+        out = [HvSend(announcer, MGraft(self.swarm, None, pub))]
+        if self.is_eager(via, pub):
+            self._make_lazy(via, pub)
+            self.counters["prunes_sent"] += 1
+            out.append(HvSend(via, MPrune(self.swarm, pub)))
+        return out
 
     def _on_graft(self, sender: NodeId, msg: MGraft, now: float) -> list[HvSend]:
         if not self._is_neighbour(sender):
             return []
-        self.lazy.pop(sender)
-        self.eager.set(sender, None)
         if msg.id is None:
+            self._make_eager(sender, msg.p)
             return []
         cached = self.caches.payloads.get(msg.id)
         if cached is None or cached.s != self.swarm:
+            if msg.p is not None:
+                self._make_eager(sender, msg.p)
             return [HvSend(sender, MGone(self.swarm, msg.id))]
+        self._make_eager(sender, cached.publisher)
         self.counters["payloads_sent"] += 1
         fwd = MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payloads,
                       cached.hops + 1, cached.sig, cached.cert)
@@ -420,11 +504,12 @@ class Plumtree:
                 arrived_at = due - REANNOUNCE_DELAY
                 for p in (*self.eager.keys(), *self.lazy.keys()):
                     if p != origin and (self.since.peek(p) or 0.0) <= arrived_at:
-                        self._queue_ihave(p, mid, cached.hops, now)
+                        self._queue_ihave(p, mid, cached.hops + 1, now)
         if self.ihave_deadline is not None and now >= self.ihave_deadline:
             out += self._flush_ihaves()
         self.missing.expire(now)
         self.graft_tries.expire(now)
+        self.received_from.expire(now)
         return out
 
     def next_deadline(self) -> float | None:
@@ -444,14 +529,15 @@ class Plumtree:
     def close(self) -> None:
         """Release every per-swarm container."""
         for c in (self.eager, self.lazy, self.since, self.missing, self.graft_timers, self.graft_tries,
-                  self.ihave_queue, self.reannounce):
+                  self.ihave_queue, self.reannounce, self.received_from, self.trees):
             c.close()
         self.ihave_deadline = None
 
     def state_size(self) -> int:
         """Entries held (for tests and /health)."""
         return (len(self.eager) + len(self.lazy) + len(self.missing) + len(self.graft_timers)
-                + len(self.graft_tries) + len(self.ihave_queue) + len(self.reannounce))
+                + len(self.graft_tries) + len(self.ihave_queue) + len(self.reannounce) + len(self.received_from)
+                + len(self.trees))
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -460,13 +546,15 @@ class Plumtree:
 
     def _push(self, mid: bytes, msg: MGossip, sender: NodeId | None, now: float) -> list[HvSend]:
         out: list[HvSend] = []
-        for p in self.eager.keys():
-            if p != sender:
+        lazy = self._lazy_for(msg.publisher)
+        for p in (*self.eager.keys(), *self.lazy.keys()):
+            if p == sender:
+                continue
+            if p in lazy:
+                self._queue_ihave(p, mid, msg.hops, now)
+            else:
                 out.append(HvSend(p, msg))
         self.counters["payloads_sent"] += len(out)
-        for p in self.lazy.keys():
-            if p != sender:
-                self._queue_ihave(p, mid, msg.hops, now)
         self.reannounce.append((now + REANNOUNCE_DELAY, mid, sender))
         return out
 

@@ -94,9 +94,14 @@ class Ordering(Tracked):
         *,
         max_buffered: int | None = None,
         idle_ttl: float = 600.0,
+        start_wait: float | None = None,
     ) -> None:
         self.window = window
         self.gap_timeout = gap_timeout
+        self.start_wait = gap_timeout if start_wait is None else min(start_wait, gap_timeout)
+        """#14: seconds a publisher's first message seen mid-stream (we joined late, or forgot the
+        publisher) waits for earlier ones before delivery starts from it; a gap after the start
+        waits ``gap_timeout``."""
         self.max_buffered = max_buffered if max_buffered is not None else window * 16
         """Messages held for reordering over all publishers together: the real memory bound."""
         super().__init__("topics.reorder_buffer", self.max_buffered, registry=registry)
@@ -127,6 +132,8 @@ class Ordering(Tracked):
             if a.seq == 0:
                 st.next = 0
         self.states.touch(key, now)
+        if st.next is None and a.seq == 0:
+            st.next = 0  # #14: an epoch's first message fills the start even when a later one came first
         if st.next is not None and a.seq < st.next:
             self.counters["late"] += len(a.payloads)
             return []
@@ -149,7 +156,7 @@ class Ordering(Tracked):
             self._peak = self.buffered
         self.counters["reordered"] += n
         if key not in self.gap_timers:
-            self.gap_timers.set(key, None, now)
+            self.gap_timers.set(key, None, now, self.start_wait if st.next is None else None)
         if st.held >= self.window or self.buffered >= self.max_buffered:
             held = self.buffered
             out = self._skip(st)

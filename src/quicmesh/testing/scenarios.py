@@ -15,7 +15,7 @@ Definitions
   that delivered the message; 0 is a perfect tree, a flood over degree d is about d - 1.
 * **Last-delivery hops**: for each message, the hop count of its last delivery (its tree depth).
 
-``python -m quicmesh.testing.scenarios [--large]`` runs the default set (plus the 1,000-node
+``python -m quicmesh.testing.scenarios [--large] [--massive-nodes N]`` runs the default set (plus the 1,000-node
 scenario with ``--large``) and prints the reports.
 """
 
@@ -39,6 +39,7 @@ from .abuse import (
     run_identity_churn,
     run_unsubscribe,
 )
+from .massive import MassiveFailureScenario, run_massive_failure
 from .report import Report, _sim, build_overlay, container_peaks, overlay_connected
 from .sim import SimNode
 
@@ -46,6 +47,7 @@ __all__ = [
     "BroadcastScenario",
     "FloodScenario",
     "IdentityChurnScenario",
+    "MassiveFailureScenario",
     "PartitionScenario",
     "Report",
     "UnsubscribeScenario",
@@ -316,7 +318,8 @@ def _probe_ratio(probes: list[tuple[SimNode, int, list[SimNode]]]) -> float:
 # -- entry points ------------------------------------------------------------------------------------
 
 
-Scenario = BroadcastScenario | PartitionScenario | FloodScenario | UnsubscribeScenario | IdentityChurnScenario
+Scenario = (BroadcastScenario | PartitionScenario | FloodScenario | UnsubscribeScenario | IdentityChurnScenario
+            | MassiveFailureScenario)
 
 
 def run(sc: Scenario) -> Report:
@@ -329,11 +332,14 @@ def run(sc: Scenario) -> Report:
         return run_flood(sc)
     if isinstance(sc, UnsubscribeScenario):
         return run_unsubscribe(sc)
+    if isinstance(sc, MassiveFailureScenario):
+        return run_massive_failure(sc)
     return run_identity_churn(sc)
 
 
-def default_scenarios(large: bool = False) -> list[Scenario]:
-    """The scenario set of issue #4 (and the 1,000-node one with ``large``)."""
+def default_scenarios(large: bool = False, massive_nodes: int | None = None) -> list[Scenario]:
+    """The scenario set of issue #4 and #14's massive failures (at 200 nodes; 1,000 with
+    ``large``, plus the 1,000-node broadcast; ``massive_nodes`` overrides their size, e.g. 10,000)."""
     out: list[Scenario] = [
         BroadcastScenario(name="no_loss"),
         BroadcastScenario(name="churn_20pct", messages=500, churn=0.2),
@@ -349,17 +355,22 @@ def default_scenarios(large: bool = False) -> list[Scenario]:
     if large:
         out.append(BroadcastScenario(name="large_1000_nodes", nodes=1000, messages=200, rate=20.0, settle=60.0,
                                      join_spacing=0.02))
+    size = massive_nodes or (1000 if large else 200)
+    for fail in (0.5, 0.8):
+        out.append(MassiveFailureScenario(name=f"massive_failure_{round(fail * 100)}pct", nodes=size, fail=fail))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the scenarios and print their reports."""
     ap = argparse.ArgumentParser(prog="python -m quicmesh.testing.scenarios")
-    ap.add_argument("--large", action="store_true", help="also run the 1,000-node scenario")
+    ap.add_argument("--large", action="store_true", help="also run the 1,000-node scenarios")
+    ap.add_argument("--massive-nodes", type=int, default=None,
+                    help="nodes of the massive-failure scenarios (default 200, 1,000 with --large)")
     ap.add_argument("--only", help="run only the scenarios whose name contains this")
     ap.add_argument("--seed", type=int, default=None, help="override every scenario's seed")
     args = ap.parse_args(argv)
-    for sc in default_scenarios(args.large):
+    for sc in default_scenarios(args.large, args.massive_nodes):
         if args.only and args.only not in sc.name:
             continue
         if args.seed is not None:
