@@ -45,9 +45,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peerslib.install import ensure_peers  # noqa: E402
-from peerslib.report import LABELS, evaluate, goal_lines, ratio_lines, ratios, summarize, summarize_raw, table  # noqa: E402
-from peerslib.run import Session, raw_qh3_run  # noqa: E402
+from peerslib.install import ensure_peers
+from peerslib.report import LABELS, evaluate, goal_lines, ratio_lines, ratios, summarize, summarize_raw, table
+from peerslib.run import Session, raw_qh3_run
 
 SYSTEMS = ("quicmesh", "nats", "zenoh", "qh3-raw")
 TIME_LIMIT = 1800.0
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res[key] = summarize(s.runs)
         res[key]["churn"] = s.churn()
         res[key]["loop"] = s.loop_kind
+        res[key]["seconds"] = {k: round(v, 1) for k, v in s.timings.items()}
     for key, why in skipped.items():
         res[key] = {"skipped": why}
     if "qh3-raw" in systems:

@@ -46,6 +46,10 @@ class Adapter:
     async def publish(self, topic: str, payload: bytes) -> None:
         raise NotImplementedError
 
+    async def prepare_publish(self, topic: str, timeout: float) -> None:
+        """What a user of the system calls before publishing to a topic that has subscribers
+        (nothing for most)."""
+
     async def pause(self) -> None:
         """Called every 256 publishes of a burst: let the loop run (flush, receive acks)."""
         await asyncio.sleep(0)
@@ -58,6 +62,10 @@ class Adapter:
 
     async def request(self, name: str, payload: bytes, timeout: float) -> bytes:
         raise NotImplementedError
+
+    request_blocking: Callable[[str, bytes, float], bytes] | None = None
+    """A library whose API is synchronous offers its calls here; the RPC scenario then runs each
+    caller in its own thread (its natural use, and faster than bridging every reply to asyncio)."""
 
     async def light_cycle(self, address: str, topic: str, timeout: float) -> None:
         """connect, subscribe, publish one message, receive it, unsubscribe, close."""
@@ -110,6 +118,9 @@ class QuicmeshAdapter(Adapter):
 
     def publish(self, topic: str, payload: bytes) -> Any:  # an awaitable, as Node.publish
         return self.node.publish(topic, payload)
+
+    async def prepare_publish(self, topic: str, timeout: float) -> None:
+        await self.node.wait_for_subscriber(topic, timeout=timeout)
 
     async def echo(self, ping: str, pong: str) -> None:
         sub = await self.node.subscribe(ping)
@@ -260,6 +271,7 @@ class ZenohAdapter(Adapter):
         self.session: Any = None
         self._publishers: dict[str, Any] = {}  # bounded: one per topic the bench uses
         self._keep: list[Any] = []  # bounded: the echo subscriber and the queryable
+        self.request_blocking = self._request_blocking
 
     async def open(self, role: str, address: str | None) -> str:
         import socket
@@ -311,6 +323,14 @@ class ZenohAdapter(Adapter):
             query.reply(query.key_expr, payload.to_bytes() if payload is not None else b"")
 
         self._keep.append(self.session.declare_queryable(_key(name), cb))
+
+    def _request_blocking(self, name: str, payload: bytes, timeout: float) -> bytes:
+        for reply in self.session.get(_key(name), payload=payload, timeout=timeout):
+            ok = reply.ok
+            if ok is None:
+                raise RuntimeError("error reply")
+            return bytes(ok.payload.to_bytes())
+        raise TimeoutError("no reply")
 
     async def request(self, name: str, payload: bytes, timeout: float) -> bytes:
         import zenoh

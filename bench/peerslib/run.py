@@ -28,6 +28,8 @@ from .worker import worker_main
 MAX_MESSAGES = 20_000_000
 MAX_CALLS = 10_000_000
 MAX_CYCLES = 100_000
+MIN_CHURN_CYCLES = 20
+"""Fewer light-client cycles than this give no slope (a few cycles' RSS is noise)."""
 ANSWER_SLACK = 60.0
 """Seconds past a case's window the orchestrator waits for a worker's answer before giving up."""
 
@@ -99,8 +101,10 @@ class Session:
         self.long_lived_pid = 0
         self.runs: dict[str, list[dict[str, Any]]] = {}  # bounded: one list per case
         self.rss: list[dict[str, Any]] = []  # bounded: one entry per light-client run
+        self.timings: dict[str, float] = {}  # bounded: seconds per case (all runs), incl. set-up
 
     def start(self) -> None:
+        t0 = time.monotonic()
         env = {"PYTHONMALLOC": "malloc"} if self.system == "quicmesh" else {}  # as `quicmesh node` runs
         server_addr: str | None = None
         if self.system == "nats":
@@ -125,7 +129,9 @@ class Session:
         self.client = _Proc(self.system, "client", self.loop_kind, env)
         self.client.call("open", 60, address=self.address)
         self.server.call("echo", 30, ping="rt.ping", pong="rt.pong")
+        self.client.call("prepare", 30, topic="rt.ping")
         self.server.call("serve", 30, name="rpc.echo")
+        self.timings["start"] = time.monotonic() - t0
 
     def stop(self) -> None:
         for p in (self.client, self.server):
@@ -147,8 +153,10 @@ class Session:
         for case, fn in (("pubsub_64B", lambda: self.pubsub(64, r)), ("pubsub_1024B", lambda: self.pubsub(1024, r)),
                          ("rtt", self.rtt), ("rpc_sequential", lambda: self.rpc(1)),
                          ("rpc_64_in_flight", lambda: self.rpc(64)), ("light_client", lambda: self.light(r))):
+            t0 = time.monotonic()
             try:
                 self._add(case, fn())
+                self.timings[case] = self.timings.get(case, 0.0) + time.monotonic() - t0
             except Exception as exc:
                 self._add(case, {"error": f"{type(exc).__name__}: {exc}"})
                 print(f"  {self.key} {case}: {exc}", file=sys.stderr)
@@ -157,6 +165,7 @@ class Session:
         assert self.server and self.client
         topic = f"ps{size}.r{r}"  # a fresh topic (swarm) per run
         self.server.call("count_start", 30, topic=topic)
+        self.client.call("prepare", 30, topic=topic)
         end = time.monotonic() + 20
         while not self.server.call("count_status", 10, topic=topic)["probe"]:
             if time.monotonic() > end:
@@ -222,7 +231,7 @@ class Session:
                 xs.append(offset + bisect_right(ends, ts))
                 ys.append(rss)
             offset += len(ends)
-        if offset < 2 or len(set(xs)) < 2:
+        if offset < MIN_CHURN_CYCLES or len(set(xs)) < 2:
             return {"error": "too few cycles for a slope", "cycles": offset}
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)

@@ -6,6 +6,7 @@ is bounded by a message or cycle count and by time:
 * ``open {address}``: start the system's side (server: listen; client: connect to ``address``).
 * ``count_start {topic}`` / ``count_status`` / ``count_wait {expected, idle, limit}``: count
   data messages (first byte ``D``) on a topic; probes (``P``) only mark the subscription live.
+* ``prepare {topic}``: what a user calls before publishing (quicmesh: ``wait_for_subscriber``).
 * ``probe {topic}``: publish one probe. ``blast {topic, size, seconds, max_count}``: publish as
   fast as the system lets a publisher (its own back-pressure), for ``seconds``.
 * ``echo {ping, pong}`` and ``pingpong {ping, pong, seconds, max_count}``: round trips.
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .adapters import ADAPTERS, Adapter
@@ -97,6 +99,10 @@ class Worker:
                 break
         dropped = await self.adapter.unsubscribe(c.handle)
         return {"count": c.count, "t_last": c.t_last, "subscriber_dropped": dropped}
+
+    async def do_prepare(self, topic: str) -> dict[str, Any]:
+        await self.adapter.prepare_publish(topic, WARMUP_LIMIT)
+        return {}
 
     async def do_probe(self, topic: str) -> dict[str, Any]:
         await self.adapter.publish(topic, b"P")
@@ -189,7 +195,7 @@ class Worker:
         lat: list[float] = []
         errors: dict[str, int] = {}
         issued = 0
-        request = self.adapter.request
+        request, blocking = self.adapter.request, self.adapter.request_blocking
         t0 = time.perf_counter()
         deadline = t0 + seconds
 
@@ -204,7 +210,24 @@ class Worker:
                 except Exception as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        def thread_caller() -> None:  # the same loop, for a synchronous API
+            nonlocal issued
+            assert blocking is not None
+            while issued < max_count and time.perf_counter() < deadline:
+                issued += 1
+                ts = time.perf_counter()
+                try:
+                    blocking(name, payload, 10.0)
+                    lat.append(time.perf_counter() - ts)
+                except Exception as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+        if blocking is None:
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+        else:
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(concurrency) as pool:
+                await asyncio.gather(*(loop.run_in_executor(pool, thread_caller) for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
         return {"calls_per_s": len(lat) / elapsed, "ok": len(lat), "errors": errors,
                 "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3}
