@@ -13,7 +13,7 @@ scenarios (bench/peerslib/worker.py) drive every system:
 
 * pub/sub 64 B and 1 KiB: the subscriber counts data messages; the publisher publishes for one
   window as fast as the system lets it (its own back-pressure: quicmesh's ``publish`` awaits a
-  congested connection, Zenoh's congestion control ``BLOCK``, a NATS flush every 4,096); msg/s is
+  congested connection, Zenoh's congestion control ``BLOCK``, nats-py's 2 MiB pending buffer); msg/s is
   what the subscriber received over first publish to last receipt; lost = sent - received.
 * RTT: ping-pong over two topics (the server side republishes), one in flight, p50 / p99.
 * RPC: echo calls, sequential and 64 in flight (quicmesh call/advertise, NATS request/reply,
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for key, s in sessions.items():
         res[key] = summarize(s.runs)
         res[key]["churn"] = s.churn()
-        res[key]["loop"] = s.loop_kind
+        res[key]["loop"] = {"asked": s.loop_kind, "running": s.loop_seen}
         res[key]["seconds"] = {k: round(v, 1) for k, v in s.timings.items()}
     for key, why in skipped.items():
         res[key] = {"skipped": why}

@@ -7,7 +7,8 @@ Every adapter offers the same coroutines (``open``, ``subscribe``, ``unsubscribe
 * quicmesh: a ``quicmesh.Node`` per process (``listen=127.0.0.1:0``, local discovery off: the
   bench stays on loopback); ``call``/``advertise`` for RPC; the light client is
   ``quicmesh.Client`` through the server node's gateway.
-* NATS: ``nats-py`` connections to one ``nats-server`` on 127.0.0.1; request/reply for RPC.
+* NATS: ``nats-py`` connections to one ``nats-server`` on 127.0.0.1; request/reply for RPC; a
+  publisher is held back by nats-py's own pending buffer (2 MiB, then it waits for the socket).
 * Zenoh: ``peer`` sessions (multicast scouting off), the server listening on
   ``tcp/127.0.0.1:<port>``, the client connecting to it; publishers with congestion control
   ``BLOCK`` (no drops by design); ``get``/queryable for RPC; the light client is a ``client``-mode
@@ -170,7 +171,6 @@ class NatsAdapter(Adapter):
 
     def __init__(self) -> None:
         self.nc: Any = None
-        self._n = 0
         self.slow_consumer_drops = 0
 
     async def open(self, role: str, address: str | None) -> str:
@@ -198,15 +198,6 @@ class NatsAdapter(Adapter):
 
     async def publish(self, topic: str, payload: bytes) -> None:
         await self.nc.publish(topic, payload)
-
-    async def pause(self) -> None:
-        # nats-py buffers publishes; a flush (PING/PONG) every 16 x 256 messages is its
-        # back-pressure: the server has read everything before the burst goes on
-        self._n += 1
-        if self._n % 16 == 0:
-            await self.nc.flush(timeout=30)
-        else:
-            await asyncio.sleep(0)
 
     async def echo(self, ping: str, pong: str) -> None:
         nc = self.nc

@@ -99,6 +99,7 @@ class Session:
         self.broker: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.long_lived_pid = 0
+        self.loop_seen = ""
         self.runs: dict[str, list[dict[str, Any]]] = {}  # bounded: one list per case
         self.rss: list[dict[str, Any]] = []  # bounded: one entry per light-client run
         self.timings: dict[str, float] = {}  # bounded: seconds per case (all runs), incl. set-up
@@ -125,6 +126,7 @@ class Session:
         self.server = _Proc(self.system, "server", self.loop_kind, env)
         opened = self.server.call("open", 60, address=server_addr)
         self.address = opened["address"]
+        self.loop_seen = str(opened["loop"])  # the event loop the server process really runs
         self.long_lived_pid = self.broker.pid if self.broker is not None else int(opened["pid"])
         self.client = _Proc(self.system, "client", self.loop_kind, env)
         self.client.call("open", 60, address=self.address)
