@@ -7,6 +7,7 @@ made-up figures, that the verdicts follow the targets)."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import subprocess
@@ -138,3 +139,18 @@ def test_verdicts_follow_the_targets() -> None:
     goals = {g["goal"]: g for g in report.evaluate(res) if g["column"] == "quicmesh-asyncio"}
     assert goals["rpc_seq_ge_zenoh"]["pass"] is None and goals["pubsub_64B_ge_zenoh"]["pass"] is None
     assert goals["rtt_p50_le_nats"]["pass"] is True
+
+
+def test_missing_peers_are_skipped_with_their_reason() -> None:
+    spec = importlib.util.spec_from_file_location("quicmesh_bench_peers", BENCH / "peers.py")
+    assert spec is not None and spec.loader is not None
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    cols, skipped = peers.plan(("quicmesh", "nats", "zenoh"), {"uvloop": "uvloop is not installed",
+                                                               "nats-server": "nats-server is not installed"})
+    assert [c[0] for c in cols] == ["quicmesh-asyncio", "zenoh"]
+    assert "uvloop is not installed" in skipped["quicmesh-uvloop"]
+    assert skipped["nats"] == "nats-server is not installed"
+    cols, skipped = peers.plan(("quicmesh",), {})
+    assert [c for c in cols] == [("quicmesh-asyncio", "quicmesh", "asyncio"), ("quicmesh-uvloop", "quicmesh", "uvloop")]
+    assert skipped == {}
