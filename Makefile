@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak lab lab-soak sim-large bench image clean
+.PHONY: demo test lint typecheck unit soak lab lab-soak sim-large bench bench-peers image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,16 @@ sim-large: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/two_nodes.py
 	$(BIN)/python bench/bounded_ops.py
+
+# quicmesh (asyncio and uvloop), NATS, Zenoh and the raw qh3 ceiling side by side, one run (#14); the
+# bench extra comes from pip, nats-server from apt (bench/peers.py installs it when run as root)
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench-peers: $(BENCH_STAMP)
+	$(BIN)/python bench/peers.py $(ARGS)
 
 # the container image (deploy/Containerfile); ENGINE=podman works too
 ENGINE ?= docker

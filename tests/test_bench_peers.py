@@ -1,0 +1,156 @@
+"""bench/peers.py (`make bench-peers`) in its quickest form: quicmesh (both loops where uvloop is
+installed) and the peers that are installed (NATS, Zenoh; CI installs them in .ci/run), one run of
+every case with short windows. Checks the JSON's shape, that every measured case has figures,
+and that each goal of issue #14 is computed from the measured medians in the same JSON (and, on
+made-up figures, that the verdicts follow the targets)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+CASES = ("pubsub_64B", "pubsub_1024B", "rtt", "rpc_sequential", "rpc_64_in_flight", "light_client")
+COLUMNS = ("quicmesh-asyncio", "quicmesh-uvloop", "nats", "zenoh", "qh3-raw")
+# goal -> (quicmesh case, key, reference column, reference case, reference key, factor, "<=" or ">=")
+GOALS: dict[str, tuple[str, str, str, str, str, float, str]] = {
+    "rtt_p50_le_nats": ("rtt", "p50_us", "nats", "rtt", "p50_us", 1.0, "<="),
+    "rtt_p50_le_1.3x_raw": ("rtt", "p50_us", "qh3-raw", "rtt", "p50_us", 1.3, "<="),
+    "rpc_seq_ge_zenoh": ("rpc_sequential", "calls_per_s", "zenoh", "rpc_sequential", "calls_per_s", 1.0, ">="),
+    "rpc_64_ge_2x_zenoh": ("rpc_64_in_flight", "calls_per_s", "zenoh", "rpc_64_in_flight", "calls_per_s", 2.0, ">="),
+    "rpc_seq_ge_60pct_raw": ("rpc_sequential", "calls_per_s", "qh3-raw", "rpc_sequential", "calls_per_s", 0.6, ">="),
+    "rpc_64_ge_60pct_raw": ("rpc_64_in_flight", "calls_per_s", "qh3-raw", "rpc_64_in_flight", "calls_per_s", 0.6,
+                            ">="),
+    "pubsub_64B_ge_zenoh": ("pubsub_64B", "msgs_per_s", "zenoh", "pubsub_64B", "msgs_per_s", 1.0, ">="),
+    "pubsub_1KiB_ge_nats": ("pubsub_1024B", "msgs_per_s", "nats", "pubsub_1024B", "msgs_per_s", 1.0, ">="),
+    "light_client_ge_50pct_nats": ("light_client", "cycles_per_s", "nats", "light_client", "cycles_per_s", 0.5,
+                                   ">="),
+}
+
+
+def _report() -> Any:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module("peerslib.report")
+
+
+def _measured(res: dict[str, Any], col: str, case: str, key: str) -> float | None:
+    v = res.get(col, {}).get(case, {}).get(key)
+    return float(v) if isinstance(v, int | float) and not math.isnan(v) else None
+
+
+@pytest.fixture(scope="module")
+def doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("peers") / "peers.json"
+    done = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--quick", "--window", "0.3", "--repeat", "1",
+                           "--no-install", "--json", str(out)], capture_output=True, text=True, timeout=240,
+                          check=False)
+    print(done.stdout[-6000:])
+    assert done.returncode == 0, done.stderr[-4000:]
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def test_shape_and_figures(doc: dict[str, Any]) -> None:
+    for key in ("when", "command", "machine", "versions", "args", "results", "ratios", "goals", "seconds"):
+        assert key in doc, key
+    res = doc["results"]
+    assert set(res) == set(COLUMNS), sorted(res)
+    qm = res["quicmesh-asyncio"]
+    assert "skipped" not in qm
+    for col, entry in res.items():
+        if "skipped" in entry:  # a peer not installed: skipped with the reason, never a figure
+            assert entry["skipped"] and col != "quicmesh-asyncio"
+            print(f"{col}: skipped ({entry['skipped']})")
+            continue
+        cases = CASES if col != "qh3-raw" else CASES[:-1]
+        for case in cases:
+            c = entry[case]
+            assert "error" not in c, (col, case, c)
+            if col != "qh3-raw":
+                assert c["runs_ok"] == 1
+            for key in {"pubsub_64B": ("msgs_per_s",), "pubsub_1024B": ("msgs_per_s",), "rtt": ("p50_us", "p99_us"),
+                        "rpc_sequential": ("calls_per_s",), "rpc_64_in_flight": ("calls_per_s",),
+                        "light_client": ("cycles_per_s",)}[case]:
+                assert c[key] > 0, (col, case, key, c)
+            if case.startswith("pubsub") and col != "qh3-raw":
+                assert c["sent"] > 0 and c["lost"] == c["sent"] - c["received"]
+        if col != "qh3-raw":
+            assert entry["rtt"]["p99_us"] >= entry["rtt"]["p50_us"]
+            assert "bytes_per_cycle" in entry["churn"] or "error" in entry["churn"]
+    print(f"quicmesh asyncio: 64 B {qm['pubsub_64B']['msgs_per_s']:,.0f} msg/s, lost {qm['pubsub_64B']['lost']} "
+          f"of {qm['pubsub_64B']['sent']}; RTT p50 {qm['rtt']['p50_us']:,.0f} µs")
+
+
+def test_goals_come_from_the_measured_figures(doc: dict[str, Any]) -> None:
+    res, goals = doc["results"], doc["goals"]
+    columns = [c for c in ("quicmesh-asyncio", "quicmesh-uvloop") if "skipped" not in res[c]]
+    assert {g["column"] for g in goals} == set(columns)
+    assert len(goals) == len(columns) * (len(GOALS) + 1)
+    checked = 0
+    for g in goals:
+        col = g["column"]
+        if g["goal"] == "pubsub_0_lost":
+            lost = res[col]["pubsub_64B"]["lost"] + res[col]["pubsub_1024B"]["lost"]
+            assert g["value"] == lost and g["pass"] == (lost == 0)
+            checked += 1
+            continue
+        case, key, ref_col, ref_case, ref_key, factor, op = GOALS[g["goal"]]
+        value = _measured(res, col, case, key)
+        ref = _measured(res, ref_col, ref_case, ref_key)
+        assert g["value"] == value and g["comparison"] == op
+        if ref is None:
+            assert g["pass"] is None and g["target"] is None and "reason" in g
+            continue
+        assert g["target"] == pytest.approx(ref * factor)
+        assert value is not None
+        assert g["pass"] == (value <= ref * factor if op == "<=" else value >= ref * factor)
+        checked += 1
+    counted = (doc["goals_passed"], doc["goals_failed"], doc["goals_not_measured"])
+    assert sum(counted) == len(goals)
+    print(f"{checked} of {len(goals)} goals evaluated on measured figures; passed/failed/not measured: {counted}")
+
+
+def test_verdicts_follow_the_targets() -> None:
+    report = _report()
+
+    def col(ps64: float, ps1k: float, rtt: float, seq: float, par: float, lc: float, lost: int = 0) -> dict[str, Any]:
+        return {"pubsub_64B": {"msgs_per_s": ps64, "lost": lost, "sent": 100}, "pubsub_1024B":
+                {"msgs_per_s": ps1k, "lost": 0, "sent": 100}, "rtt": {"p50_us": rtt},
+                "rpc_sequential": {"calls_per_s": seq}, "rpc_64_in_flight": {"calls_per_s": par},
+                "light_client": {"cycles_per_s": lc}}
+
+    res = {"quicmesh-asyncio": col(300, 90, 200, 5000, 40000, 300),
+           "quicmesh-uvloop": col(100, 10, 2000, 100, 100, 1, lost=5),
+           "nats": col(100, 80, 250, 2000, 9000, 500), "zenoh": col(290, 270, 180, 4000, 19000, 500),
+           "qh3-raw": col(130, 11, 190, 6000, 60000, 0)}
+    verdicts = {(g["column"], g["goal"]): g["pass"] for g in report.evaluate(res)}
+    assert all(verdicts[("quicmesh-asyncio", name)] for name in [*GOALS, "pubsub_0_lost"])
+    assert not any(verdicts[("quicmesh-uvloop", name)] for name in [*GOALS, "pubsub_0_lost"])
+    del res["zenoh"]  # a peer not measured: no verdict on its goals
+    goals = {g["goal"]: g for g in report.evaluate(res) if g["column"] == "quicmesh-asyncio"}
+    assert goals["rpc_seq_ge_zenoh"]["pass"] is None and goals["pubsub_64B_ge_zenoh"]["pass"] is None
+    assert goals["rtt_p50_le_nats"]["pass"] is True
+
+
+def test_missing_peers_are_skipped_with_their_reason() -> None:
+    spec = importlib.util.spec_from_file_location("quicmesh_bench_peers", BENCH / "peers.py")
+    assert spec is not None and spec.loader is not None
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    cols, skipped = peers.plan(("quicmesh", "nats", "zenoh"), {"uvloop": "uvloop is not installed",
+                                                               "nats-server": "nats-server is not installed"})
+    assert [c[0] for c in cols] == ["quicmesh-asyncio", "zenoh"]
+    assert "uvloop is not installed" in skipped["quicmesh-uvloop"]
+    assert skipped["nats"] == "nats-server is not installed"
+    cols, skipped = peers.plan(("quicmesh",), {})
+    assert [c for c in cols] == [("quicmesh-asyncio", "quicmesh", "asyncio"), ("quicmesh-uvloop", "quicmesh", "uvloop")]
+    assert skipped == {}
