@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -490,10 +491,12 @@ class QuicTransport(Transport):
 
     async def _dial(self, address: str, expected: NodeId | None) -> QuicConnection:
         host, port = _split(address)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
-        addr: tuple[str, int] = (str(infos[0][4][0]), int(infos[0][4][1]))
+        try:  # a numeric address needs no resolver thread: the dial is in flight at once
+            addr: tuple[str, int] = (str(ipaddress.ip_address(host)), port)
+        except ValueError:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+            addr = (str(infos[0][4][0]), int(infos[0][4][1]))
         return await self.dial_address(addr, f"{addr[0]}:{addr[1]}", expected)
 
     async def dial_address(self, addr: tuple[str, int], name: str, expected: NodeId | None) -> QuicConnection:
