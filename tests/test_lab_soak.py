@@ -16,6 +16,14 @@ plus 2x the longest TTL (``RECOVERY_S``, 13.75 s).
 ``QMLAB_SOAK_S``: 60 in ``make test``; ``make lab-soak`` runs an hour (3,600), and only a
 run of 10 minutes or more judges the RSS slope (at most 10 bytes per cycle, as the soak of
 ``bench/soak.py``; shorter runs cannot tell allocator warm-up from growth).
+
+What this run caught that ``bench/soak.py`` did not: the gossip signature memo was two LRUs of
+4,096 entries (checks and parsed public keys) that only identities churned by the hundred fill.
+``bench/soak.py`` churns ~100x faster, so they were full before its warm-up ended; here (~0.5
+cycles/s) they grew all hour: +3,080 to +3,233 B per cycle on every hub (tracemalloc on a loopback
+copy of this churn: ``core/guard.py``'s memo and the decoded keys and signatures it held). The memo
+now expires with ``gossip.seen_ttl`` (``tests/test_leak_churn.py``); a 900 s run then measured
+-960, -820 and -737 B per cycle.
 """
 
 from __future__ import annotations

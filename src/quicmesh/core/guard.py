@@ -25,8 +25,16 @@ its fast path is a lookup by the certificate's bytes) and allows ``publish`` on 
 Reserved topics (``$...``) are not published by users: for them ``reserved`` (the registry's
 check that every advert in a ``$svc`` batch is the publisher's own and that it may
 ``advertise`` the name) decides instead. Verification is a pure function of (key, signature,
-signed bytes), cached process-wide (:func:`_signature_valid`): a node checks each new batch once
-anyway, but the nodes of a simulation share one process and then one check.
+signed bytes), remembered process-wide (:data:`VERIFIED`, container ``guard.verified``): a node
+checks each new batch once anyway, but the nodes of a simulation share one process and then one
+check. A result is remembered ``gossip.seen_ttl`` seconds (the node forgets the batch's id then,
+so it could not hit later) and at most :data:`VERIFIED_CAPACITY` of them: under churn of
+identities the memo holds only the batches of the last ``seen_ttl``, never the keys and
+signatures of publishers long gone (it was an LRU of 4,096 entries that a soak of fresh
+identities kept filling for an hour, ~3 KB of RSS per churn cycle, with the parsed public keys in
+a second LRU). Entries expire in :meth:`Guard.expire` (each node's housekeeping, by its own
+clock: a node on another clock in the same process only expires them early, which costs a
+re-check, or late, within the capacity).
 
 **Penalties.** A batch that fails is dropped and its *sender* (the peer that relayed it, which
 should have checked it too) gets an offence, unless the failure is one an honest relay may not
@@ -44,12 +52,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..bounded import ContainerRegistry, TtlMap
+from ..bounded import REGISTRY, ContainerRegistry, TtlMap
 from ..config import NodeConfig
 from ..errors import NotAdmitted, PermissionDenied
 from ..identity import KeyPair, NodeId
@@ -59,8 +66,8 @@ from .topics import swarm_of
 from .trust import Trust
 
 __all__ = [
-    "BLOCK_SECONDS", "NO_PENALTY", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "RECENT_DENIALS", "Guard", "ReservedCheck",
-    "gossip_signing_bytes",
+    "BLOCK_SECONDS", "NO_PENALTY", "OFFENCE_LIMIT", "OFFENCE_WINDOW", "RECENT_DENIALS", "VERIFIED", "VERIFIED_CAPACITY",
+    "Guard", "ReservedCheck", "gossip_signing_bytes",
 ]
 
 OFFENCE_LIMIT = 3
@@ -85,25 +92,32 @@ ReservedCheck = Callable[[NodeId, str, list[bytes], Permissions], bool]
 """Whether a batch on a reserved topic (``$...``) by ``publisher`` with these permissions is valid."""
 
 
-@lru_cache(maxsize=4096)  # bounded: the 4,096 most recent (key, signature, bytes) checked
-def _signature_valid(pub: bytes, sig: bytes, data: bytes) -> bool:
-    """Whether ``sig`` over ``data`` verifies for the Ed25519 key ``pub`` (a pure function)."""
-    key = _public_key(pub)
-    if key is None:
-        return False
-    try:
-        key.verify(sig, data)
-    except InvalidSignature:
-        return False
-    return True
+VERIFIED_CAPACITY = 4096
+"""Signature checks :data:`VERIFIED` remembers at most (the process's, every node together)."""
+_VERIFIED_TTL = 90.0
+"""Default seconds a check is remembered (``gossip.seen_ttl``'s default; each node passes its own)."""
+
+VERIFIED: TtlMap[tuple[bytes, bytes, bytes], bool] = TtlMap("guard.verified", VERIFIED_CAPACITY, _VERIFIED_TTL,
+                                                            registry=REGISTRY)
+"""Process-wide memo of gossip signature checks, ``(key, signature, signed bytes) -> valid`` (see
+the module docstring), in the process registry (:data:`~quicmesh.bounded.REGISTRY`), not a
+node's: it is shared by every node of the process, so a node's own containers stay its own."""
 
 
-@lru_cache(maxsize=4096)  # bounded: the 4,096 most recent publishers' keys
-def _public_key(pub: bytes) -> Ed25519PublicKey | None:
+def _signature_valid(pub: bytes, sig: bytes, data: bytes, now: float, ttl: float) -> bool:
+    """Whether ``sig`` over ``data`` verifies for the Ed25519 key ``pub`` (a pure function,
+    remembered in :data:`VERIFIED` for ``ttl`` seconds from ``now``)."""
+    key = (pub, sig, data)
+    known = VERIFIED.get(key)
+    if known is not None:
+        return known
     try:
-        return Ed25519PublicKey.from_public_bytes(pub)
-    except ValueError:
-        return None
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig, data)  # parsing costs ~1 % of verifying
+        valid = True
+    except (InvalidSignature, ValueError):
+        valid = False
+    VERIFIED.set(key, valid, now, ttl)
+    return valid
 
 
 def gossip_signing_bytes(realm_wire_id: str, digest: bytes) -> bytes:
@@ -145,6 +159,8 @@ class Guard:
         self._offences: TtlMap[NodeId, int] = TtlMap("guard.offences", capacity, self.offence_window,
                                                      registry=registry)
         self._blocked: TtlMap[NodeId, None] = TtlMap("guard.blocked", capacity, block, registry=registry)
+        self._verified_ttl = config.gossip.seen_ttl if config is not None else _VERIFIED_TTL
+        """Seconds this node's signature checks stay in :data:`VERIFIED` (``gossip.seen_ttl``)."""
         self.kicked: list[NodeId] = []  # bounded: at most one per message, drained by the core after it
         """Peers that just reached :attr:`offence_limit`: to disconnect."""
 
@@ -224,7 +240,7 @@ class Guard:
         if topic[:1] == "$" and self.reserved is not None and not self.reserved(NodeId(pub), topic, msg.payloads,
                                                                                 perms):
             return "gossip_denied", True
-        if not _signature_valid(pub, sig, self._prefix + digest):
+        if not _signature_valid(pub, sig, self._prefix + digest, now, self._verified_ttl):
             return "gossip_bad_signature", True
         return None
 
@@ -258,9 +274,10 @@ class Guard:
         return out
 
     def expire(self, now: float) -> None:
-        """Forget offences and blocks whose time passed."""
+        """Forget offences, blocks and remembered signature checks whose time passed."""
         self._offences.expire(now)
         self._blocked.expire(now)
+        VERIFIED.expire(now)
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has work."""
