@@ -61,7 +61,8 @@ SETTINGS = _settings()
 _F = FailureConfig()
 DETECTION_S = _F.probe_interval + max(_F.probe_interval, 2.5 * _F.probe_timeout) + _F.suspicion_mult * _F.probe_interval
 """The failure detector's bound (``FailureConfig`` docstring): 3.75 s with the defaults."""
-RECOVERY_S = DETECTION_S + 2 * max(float(v) for k, v in SETTINGS.SOAK_ENV.items() if k.endswith(("TTL", "TIMEOUT")))
+RECOVERY_S = DETECTION_S + 2 * max(float(v) for k, v in SETTINGS.SOAK_ENV.items()
+                                   if k.endswith(("TTL", "TIMEOUT", "COOLDOWN")))
 """A SIGKILLed churner's state ends in a chain: its death is detected (no close arrives), then it
 is remembered as lost (``membership.lost_ttl``) and re-dialled (``transport.handshake_timeout``):
 the detection bound plus 2x the longest TTL (13.75 s here)."""

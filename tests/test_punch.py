@@ -112,6 +112,20 @@ def test_refusal_names_the_reason_and_moves_on() -> None:
     assert b.puncher.counters["answered"] == 0
 
 
+def test_a_peer_no_common_node_is_connected_to_ends_at_once_without_cooldown() -> None:
+    """A peer that died (its dial failed, and no common node holds it): the punch ends at the
+    first round of refusals, with no retry and no cooldown entry left behind."""
+    a, b, k = trio(config(attempts=3, cooldown=300.0))
+    k.links.discard(b.id)
+    pump = Pump([a, b, k])
+    pump.take(a, a.puncher.start(b.id, [k.id], 0.0), 0.0)
+    pump.run(60.0)
+    (at, done), = pump.outputs(a, PunchDone)
+    assert isinstance(done, PunchDone) and done.reason == "unreachable" and done.final and at < 1.0
+    assert not a.puncher.cooling(b.id) and not a.puncher.active(b.id)
+    assert a.puncher.failures_by_reason == {"unreachable": 1}
+
+
 def test_both_punch_each_other_the_smaller_id_leads() -> None:
     a, b, k = trio(a_smaller=True)
     pump = Pump([a, b, k])

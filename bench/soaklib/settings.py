@@ -54,6 +54,13 @@ SOAK_ENV: dict[str, str] = {
     "QUICMESH_MEMBERSHIP__HINT_TTL": "5",
     "QUICMESH_ADDRESSES__OBSERVED_TTL": "3",
     "QUICMESH_DISCOVERY__LOCAL": "false",
+    "QUICMESH_PUNCH__AUTO": "false",
+    "QUICMESH_PUNCH__COOLDOWN": "5",
+    "QUICMESH_PUNCH__MAX_AGE": "2.5",
+    "QUICMESH_PUNCH__EXCHANGE_TIMEOUT": "1.5",
+    "QUICMESH_PUNCH__DIAL_TIMEOUT": "1.5",
+    "QUICMESH_PUNCH__BACKOFF": "0.5",
+    "QUICMESH_PUNCH__BACKOFF_MAX": "1",
     "QUICMESH_OBSERVABILITY__SENTINEL_INTERVAL": "0.5",
     "QUICMESH_OBSERVABILITY__SENTINEL_WINDOW": "16",
     "QUICMESH_OBSERVABILITY__SENTINEL_MIN_SAMPLES": "8",
@@ -63,6 +70,11 @@ Observed-address reports are withdrawn at the driver's 5 s reconcile, so their T
 within the 10 s recovery). Local discovery is off: a discovered peer lives as long as its mDNS
 records in zeroconf's cache (their own TTLs, 2 minutes), longer than any recovery window; its
 table is bounded (``discovery.max_peers``) and flooded in ``tests/test_local_discovery_forged.py``. The
+automatic hole punches are off: on loopback every peer can be dialled, so a hub's automatic punch
+only ever chases a churner that died (its redial failed), through a common node that has not yet
+noticed the death, and that chain (detection, three exchange timeouts with backoff, then a
+cooldown) outlasts the recovery window; punching's tables are bounded and flooded in
+``tests/security/test_punch.py``, and a punch to a peer no common node holds ends at once. The
 sentinel's history (a ring of samples, full after ``window x interval`` = 8 s here) fills with
 time, not churn: it is full before warm-up ends, so it cannot pass for growth per cycle."""
 
@@ -80,6 +92,9 @@ TTL_KEYS = (
     "membership.lost_ttl",
     "membership.hint_ttl",
     "addresses.observed_ttl",
+    "punch.cooldown",
+    "punch.exchange_timeout",
+    "punch.dial_timeout",
 )
 """The TTLs (config keys) after which churned state must be gone; recovery may take 2x the longest."""
 

@@ -208,7 +208,9 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
             may_publish=lambda p, t, now: self.trust.open or self.guard.peer_allowed(p, "publish", t, now),
         )
         """Work-queue groups: one member per message (see :mod:`quicmesh.core.groups`)."""
-        self.puncher = self._make_puncher(keypair, Random(rng.random()), registry, wall_offset)  # #13 (punch)
+        # its own generator, seeded from the node's without drawing from it (the other machines'
+        # sequences, and so every seeded simulation, stay as they were)
+        self.puncher = self._make_puncher(keypair, Random(hash(rng.getstate())), registry, wall_offset)  # #13
         """Hole punching through a common node (see :mod:`quicmesh.core.punch`)."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)

@@ -241,6 +241,10 @@ class Plumtree:
         )
         self.trees: LruMap[bytes, set[NodeId]] = LruMap("plumtree.trees", config.tree_publishers, registry=registry)
         """Per publisher: the neighbours lazy for its messages (see the module docstring)."""
+        self.tree_used: TtlMap[bytes, None] = TtlMap(
+            "plumtree.tree_used", config.tree_publishers, config.publisher_idle_ttl, registry=registry)
+        """Publishers whose messages passed lately: a tree unused for ``gossip.publisher_idle_ttl``
+        (a departed publisher's) is dropped, as its ordering state is."""
         self.received_from: TtlMap[bytes, tuple[NodeId, int, bytes]] = TtlMap(
             "plumtree.received_from", cap, OPTIMISE_WINDOW, registry=registry
         )
@@ -464,6 +468,11 @@ class Plumtree:
     def handle_timer(self, now: float) -> list[HvSend]:
         """Send due GRAFTs, flush IHAVE batches, re-announce, expire."""
         out: list[HvSend] = []
+        for publisher, _ in self.tree_used.expire(now):
+            self.trees.pop(publisher)
+        if len(self.trees) > len(self.tree_used):  # trees made by a PRUNE/IHAVE for an idle publisher
+            for publisher in [p for p in self.trees.keys() if p not in self.tree_used]:
+                self.trees.pop(publisher)
         for mid, _ in self.graft_timers.expire(now):
             if mid in self.caches.seen:
                 self.missing.pop(mid)
@@ -517,7 +526,7 @@ class Plumtree:
         best = self.graft_timers.next_deadline()
         if self.ihave_deadline is not None and (best is None or self.ihave_deadline < best):
             best = self.ihave_deadline
-        for d in (self.missing.next_deadline(), self.graft_tries.next_deadline()):
+        for d in (self.missing.next_deadline(), self.graft_tries.next_deadline(), self.tree_used.next_deadline()):
             if d is not None and (best is None or d < best):
                 best = d
         if self.reannounce:
@@ -529,7 +538,7 @@ class Plumtree:
     def close(self) -> None:
         """Release every per-swarm container."""
         for c in (self.eager, self.lazy, self.since, self.missing, self.graft_timers, self.graft_tries,
-                  self.ihave_queue, self.reannounce, self.received_from, self.trees):
+                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used):
             c.close()
         self.ihave_deadline = None
 
@@ -537,7 +546,7 @@ class Plumtree:
         """Entries held (for tests and /health)."""
         return (len(self.eager) + len(self.lazy) + len(self.missing) + len(self.graft_timers)
                 + len(self.graft_tries) + len(self.ihave_queue) + len(self.reannounce) + len(self.received_from)
-                + len(self.trees))
+                + len(self.trees) + len(self.tree_used))
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -547,6 +556,7 @@ class Plumtree:
     def _push(self, mid: bytes, msg: MGossip, sender: NodeId | None, now: float) -> list[HvSend]:
         out: list[HvSend] = []
         lazy = self._lazy_for(msg.publisher)
+        self.tree_used.set(msg.publisher, None, now)
         for p in (*self.eager.keys(), *self.lazy.keys()):
             if p == sender:
                 continue

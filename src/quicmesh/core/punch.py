@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from random import Random
 
-from ..bounded import BoundedDict, ContainerRegistry, LruMap, TtlMap, TtlSet
+from ..bounded import BoundedDict, ContainerRegistry, TtlMap, TtlSet
 from ..config.punch import PunchConfig
 from ..identity import KeyPair, NodeId
 from .effects import Send
@@ -106,6 +106,8 @@ class _Attempt:
     deadline: float = 0.0
     failures: int = 0
     addresses: tuple[str, ...] = field(default=())
+    unconnected: int = 0
+    """Nodes of this round that answered ``not_connected`` (none is connected to the peer)."""
 
 
 @dataclass(slots=True)
@@ -151,8 +153,10 @@ class Puncher:
                                                                  registry=registry)
         self._seen: TtlSet[tuple[bytes, int, int]] = TtlSet("punch.replay", config.replay_cache,
                                                             2 * config.max_age, registry=registry)
-        self._buckets: LruMap[NodeId, tuple[float, float]] = LruMap("punch.forward_budgets", config.forward_sources,
-                                                                    registry=registry)
+        # a bucket untouched for burst/rate seconds is full again: the same as no entry
+        self._buckets: TtlMap[NodeId, tuple[float, float]] = TtlMap(
+            "punch.forward_budgets", config.forward_sources,
+            max(config.forward_burst / max(config.forward_rate, 1e-9), 1e-3), registry=registry)
         self._cooldown: TtlMap[NodeId, bool] = TtlMap("punch.cooldown", config.max_cooldowns,
                                                       max(config.cooldown, 1e-3), registry=registry)
         self.counters: dict[str, int] = {  # bounded: fixed keys (plus one per reason, a fixed set)
@@ -180,7 +184,7 @@ class Puncher:
         """The earliest time :meth:`timer` has something to do."""
         ds = [a.deadline for a in self._attempts.values()]
         ds += [a.deadline if a.dial_at is None else a.dial_at for a in self._answers.values()]
-        for d in (self._seen.next_deadline(), self._cooldown.next_deadline()):
+        for d in (self._seen.next_deadline(), self._cooldown.next_deadline(), self._buckets.next_deadline()):
             if d is not None:
                 ds.append(d)
         return min(ds) if ds else None
@@ -229,6 +233,12 @@ class Puncher:
             att = self._attempts.get(NodeId(msg.to)) if len(msg.to) == 32 else None
             if att is None or att.phase != "connect" or att.nonce != msg.n or att.vias[att.via] != frm:
                 return []
+            if msg.reason == "not_connected":
+                att.unconnected += 1
+                if att.unconnected >= len(att.vias):  # the peer is gone: no retry, no cooldown
+                    del self._attempts[att.peer]
+                    self._count_failure("unreachable")
+                    return [PunchDone(att.peer, False, "unreachable", now - att.started, True)]
             return self._next_via(att, now, f"refused_{msg.reason}" if msg.reason in _NAK_REASONS else "refused")
         return []
 
@@ -264,6 +274,7 @@ class Puncher:
         """Run the due deadlines: exchange timeouts, dials to start, retries, expiries."""
         self._seen.expire(now)
         self._cooldown.expire(now)
+        self._buckets.expire(now)
         out: list[object] = []
         for peer, ans in list(self._answers.items()):
             if ans.dial_at is not None and ans.dial_at <= now:
@@ -284,7 +295,7 @@ class Puncher:
             elif att.phase == "dialing":
                 out += self._fail(att, now, "dial_timeout")
             elif att.phase == "backoff":
-                att.via = 0
+                att.via = att.unconnected = 0
                 out += self._connect(att, now)
         return out
 
@@ -371,9 +382,9 @@ class Puncher:
         tokens, last = self._buckets.get(frm) or (float(c.forward_burst), now)
         tokens = min(float(c.forward_burst), tokens + (now - last) * c.forward_rate)
         if tokens < 1.0:
-            self._buckets.set(frm, (tokens, now))
+            self._buckets.set(frm, (tokens, now), now)
             return "rate"
-        self._buckets.set(frm, (tokens - 1.0, now))
+        self._buckets.set(frm, (tokens - 1.0, now), now)
         return None
 
     # -- target (and the initiator's REPLY) --------------------------------------------------------
