@@ -46,6 +46,7 @@ lab-soak: $(STAMP)
 
 sim-large: $(STAMP)
 	QUICMESH_SIM_LARGE=1 $(BIN)/python -m quicmesh.testing.scenarios --large
+	QUICMESH_SIM_LARGE=1 $(BIN)/pytest -p no:cacheprovider -q tests/test_sim_tree.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/two_nodes.py
