@@ -129,7 +129,9 @@ def test_indirect_probe_saves_a_peer_behind_one_bad_link() -> None:
 def test_suspected_node_raises_its_health_and_refutes() -> None:
     net = Net(3, seed=7)
     slow = net.ids[0]
-    net.paused[slow] = [(2.0, 3.6)]  # paused long enough to be suspected, not failed
+    # paused 2.4 s: a probe goes out within 1 s of the last thing heard, so its round (1.25 s) ends
+    # inside the pause (suspected), and round plus suspicion timeout (2.75 s) outlast it (not failed)
+    net.paused[slow] = [(2.0, 4.4)]
     net.run(12.0)
     assert net.failed == []
     assert sum(d.suspicions for d in net.det.values()) >= 1

@@ -178,6 +178,10 @@ async def test_port_randomising_nat_fails_and_backs_off(lab: Lab) -> None:
         await _confirmed(na, pub_a)
         ida, idb = await _node_id(na), await _node_id(nb)
         kids = {await _node_id(nk), await _node_id(nk2)}
+
+        async def common() -> set[str]:  # K or K2 holding both: the punch needs a node to forward it
+            return set((await _health(na))["peers"]) & set((await _health(nb))["peers"]) & kids
+        await eventually(common, until=bool, timeout=20, what="A and B both connected to K or K2")
         t0 = time.perf_counter()
         ev = await na.process.request("punch", "punch", wait=60, peer=idb)  # K or K2, whichever has B
         took = time.perf_counter() - t0

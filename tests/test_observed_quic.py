@@ -4,31 +4,14 @@ the wildcard, and a node that only knows what it announced reaches it there."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
-from quicmesh.config import NodeConfig
 from quicmesh.core.selfrecord import verify_record
 from quicmesh.runtime.node import Node
+from quicmesh.testing.nodes import NodeGroup
 from quicmesh.testing.wait import eventually
 
 REALM = "observed"
-
-
-@asynccontextmanager
-async def nodes() -> AsyncIterator[Callable[..., object]]:
-    started: list[Node] = []
-
-    async def start(**kw: object) -> Node:
-        node = await Node.start(NodeConfig(realm=REALM, **kw))  # type: ignore[arg-type]
-        started.append(node)
-        return node
-
-    try:
-        yield start
-    finally:
-        for n in reversed(started):
-            await n.stop()
 
 
 def _reported(n: Node) -> Callable[[], bool]:
@@ -40,10 +23,10 @@ def _port(address: str) -> str:
 
 
 async def test_peers_on_three_loopback_addresses_see_each_other() -> None:
-    async with nodes() as start:
-        a: Node = await start(listen="127.0.0.1:0")  # type: ignore[misc]
-        b: Node = await start(listen="127.0.0.2:0", bootstrap=(a.address,))  # type: ignore[misc]
-        c: Node = await start(listen="127.0.0.3:0", bootstrap=(a.address,))  # type: ignore[misc]
+    async with NodeGroup(REALM) as nodes:
+        a: Node = await nodes.start(listen="127.0.0.1:0")
+        b: Node = await nodes.start(listen="127.0.0.2:0", bootstrap=(a.address,))
+        c: Node = await nodes.start(listen="127.0.0.3:0", bootstrap=(a.address,))
         # a was dialed at its listen address by two distinct peers: confirmed
         await eventually(lambda: a.mesh.observed.votes().get(a.address, 0) >= 2, timeout=15,
                          what="a's address reported by b and c", detail=a.mesh.observed.stats)
@@ -67,13 +50,13 @@ async def test_peers_on_three_loopback_addresses_see_each_other() -> None:
 
 
 async def test_wildcard_listener_announces_reachable_addresses() -> None:
-    async with nodes() as start:
-        w: Node = await start(listen="0.0.0.0:0")  # type: ignore[misc]
+    async with NodeGroup(REALM) as nodes:
+        w: Node = await nodes.start(listen="0.0.0.0:0")
         port = _port(w.address)
         assert w.address == f"0.0.0.0:{port}"
         assert w.mesh.addresses and not any(x.startswith("0.0.0.0") for x in w.mesh.addresses)
-        b: Node = await start(listen="127.0.0.1:0", bootstrap=(f"127.0.0.1:{port}",))  # type: ignore[misc]
-        c: Node = await start(listen="127.0.0.2:0", bootstrap=(b.address,))  # type: ignore[misc]
+        b: Node = await nodes.start(listen="127.0.0.1:0", bootstrap=(f"127.0.0.1:{port}",))
+        c: Node = await nodes.start(listen="127.0.0.2:0", bootstrap=(b.address,))
 
         def claims() -> tuple[str, ...]:
             entry = c.mesh.book.get(w.id)
@@ -86,7 +69,7 @@ async def test_wildcard_listener_announces_reachable_addresses() -> None:
         assert not any(x.startswith("0.0.0.0") or x.startswith("[::]") for x in known)
         assert all(_port(x) == port for x in known)
         # a new node given only one of those announced addresses reaches the wildcard node there
-        d: Node = await start(listen="127.0.0.3:0", bootstrap=(known[0],))  # type: ignore[misc]
+        d: Node = await nodes.start(listen="127.0.0.3:0", bootstrap=(known[0],))
         await eventually(lambda: w.transport.get(d.id) is not None, timeout=15,
                          what="d connected to w through an announced address")
         assert w.transport.get(d.id) is not None

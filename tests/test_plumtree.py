@@ -6,6 +6,7 @@ from random import Random
 from typing import Any
 
 import pytest
+from plumkit import ME, A, B, C, nid, tree
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import MAX_BATCH_MESSAGES, GossipConfig, NodeConfig, PubSubConfig
@@ -13,25 +14,10 @@ from quicmesh.core.effects import Deliver, DeliverBatch, Effect, Send
 from quicmesh.core.membership import HvSend
 from quicmesh.core.mesh import Mesh
 from quicmesh.core.mesh_messages import MGossip, MGraft, MIHave, MNeighbor, MPrune
-from quicmesh.core.plumtree import GossipCaches, Plumtree, message_id
+from quicmesh.core.plumtree import message_id
 from quicmesh.errors import MessageTooLarge
-from quicmesh.identity import KeyPair, NodeId
 
-
-def nid(i: int) -> NodeId:
-    return KeyPair.from_seed((i + 2000).to_bytes(32, "big")).node_id
-
-
-ME, A, B, C = nid(0), nid(1), nid(2), nid(3)
 PUB = nid(9)
-
-
-def tree(registry: ContainerRegistry, cfg: GossipConfig | None = None) -> Plumtree:
-    cfg = cfg or GossipConfig()
-    pt = Plumtree(ME, "s", cfg, GossipCaches(cfg, registry), Random(1), registry, max_message_size=1024)
-    for p in (A, B, C):
-        pt.neighbor_up(p, 0.0)
-    return pt
 
 
 def gossip(seq: int, hops: int = 1, payload: bytes = b"x") -> MGossip:

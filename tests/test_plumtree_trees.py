@@ -3,31 +3,17 @@ message overtaken by its successor."""
 
 from __future__ import annotations
 
-from random import Random
+from plumkit import A, B, C, nid, tree
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import GossipConfig
 from quicmesh.core.membership import HvSend
 from quicmesh.core.mesh_messages import MGossip, MGraft, MIHave, MPrune
-from quicmesh.core.plumtree import Arrived, GossipCaches, Plumtree, message_id
+from quicmesh.core.plumtree import Arrived, message_id
 from quicmesh.core.topics import Ordering
-from quicmesh.identity import KeyPair, NodeId
+from quicmesh.identity import NodeId
 
-
-def nid(i: int) -> NodeId:
-    return KeyPair.from_seed((i + 3000).to_bytes(32, "big")).node_id
-
-
-ME, A, B, C = nid(0), nid(1), nid(2), nid(3)
 P1, P2 = nid(8), nid(9)
-
-
-def tree(registry: ContainerRegistry, cfg: GossipConfig | None = None) -> Plumtree:
-    cfg = cfg or GossipConfig()
-    pt = Plumtree(ME, "s", cfg, GossipCaches(cfg, registry), Random(1), registry, max_message_size=1024)
-    for p in (A, B, C):
-        pt.neighbor_up(p, 0.0)
-    return pt
 
 
 def gossip(pub: NodeId, seq: int, hops: int = 1) -> MGossip:

@@ -5,39 +5,22 @@ R dies B is reachable again through a second relay."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import pytest
 
-from quicmesh.config import NodeConfig, PunchConfig, TransportConfig
+from quicmesh.config import PunchConfig, TransportConfig
 from quicmesh.config.relay import RelayConfig
 from quicmesh.core.relay import RelayAddress
 from quicmesh.runtime.node import Node
 from quicmesh.runtime.quic_connection import QuicConnection
 from quicmesh.runtime.quic_transport import QuicTransport
+from quicmesh.testing.nodes import NodeGroup
 from quicmesh.testing.wait import eventually
 
 REALM = "relay"
-
-
-@asynccontextmanager
-async def nodes() -> AsyncIterator[Callable[..., object]]:
-    started: list[Node] = []
-
-    async def start(**kw: object) -> Node:
-        # on loopback every address is reachable, so a hole punch would always move a relayed
-        # connection to a direct path: these tests keep it relayed (punching is tested below)
-        kw.setdefault("punch", PunchConfig(enabled=False))
-        node = await Node.start(NodeConfig(realm=REALM, **kw))  # type: ignore[arg-type]
-        started.append(node)
-        return node
-
-    try:
-        yield start
-    finally:
-        for n in reversed(started):
-            await n.stop()
+# on loopback every address is reachable, so a hole punch would always move a relayed connection
+# to a direct path: these tests keep it relayed unless they turn punching on (the last one does)
+NO_PUNCH = PunchConfig(enabled=False)
 
 
 def _relay(**kw: object) -> RelayConfig:
@@ -49,15 +32,15 @@ async def echo(payload: bytes) -> bytes:
 
 
 async def test_peer_reachable_only_through_relay() -> None:
-    async with nodes() as start:
-        r: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
-        b: Node = await start(bootstrap=(r.address,), relay=_relay(mode="always", via=(r.address,)))  # type: ignore[misc]
+    async with NodeGroup(REALM, punch=NO_PUNCH) as nodes:
+        r: Node = await nodes.start(relay=_relay(serve=True, mode="never"))
+        b: Node = await nodes.start(bootstrap=(r.address,), relay=_relay(mode="always", via=(r.address,)))
         await eventually(lambda: b.relay_agent.relayed_addresses(), timeout=10, what="b holds a reservation at r")
         relayed = b.relay_agent.relayed_addresses()
         assert relayed == [str(RelayAddress(r.id, r.address, b.id))]
         assert b.mesh.addresses == tuple(relayed)  # announced, signed: the relayed address only
         # a joins the realm through b's relayed address: its only path to b goes through r
-        a: Node = await start(bootstrap=(relayed[0],), relay=_relay(mode="never"))  # type: ignore[misc]
+        a: Node = await nodes.start(bootstrap=(relayed[0],), relay=_relay(mode="never"))
         conn = await eventually(lambda: a.transport.get(b.id), timeout=10, what="a connected to b")
         assert conn is not None and conn.path == f"relayed:{r.id}"
         back = await eventually(lambda: b.transport.get(a.id), timeout=5, what="b sees a")
@@ -108,15 +91,15 @@ async def test_second_relay_takes_over_when_the_first_dies(death: str) -> None:
     """The relay in use stops (closing its connections) or falls silent (as if SIGKILLed: its
     socket is gone, peers find out by the idle timeout); it is first in b's ``--relay-via``."""
     fast = TransportConfig(idle_timeout=2.0, keepalive_interval=0.3)
-    async with nodes() as start:
-        r1: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
-        r2: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
-        r3: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
-        b: Node = await start(transport=fast, relay=_relay(  # type: ignore[misc]
+    async with NodeGroup(REALM, punch=NO_PUNCH) as nodes:
+        r1: Node = await nodes.start(relay=_relay(serve=True, mode="never"))
+        r2: Node = await nodes.start(relay=_relay(serve=True, mode="never"))
+        r3: Node = await nodes.start(relay=_relay(serve=True, mode="never"))
+        b: Node = await nodes.start(transport=fast, relay=_relay(
             mode="always", via=(r1.address, r2.address, r3.address), relays_wanted=1))
         await eventually(lambda: len(b.relay_agent.active) == 1, timeout=10, what="b reserved at one relay")
         assert list(b.relay_agent.active.keys()) == [r1.id]
-        a: Node = await start(transport=fast, relay=_relay(mode="never"))  # type: ignore[misc]
+        a: Node = await nodes.start(transport=fast, relay=_relay(mode="never"))
         await a.connect(b.relay_agent.relayed_addresses()[0])
         t0 = time.monotonic()
         if death == "stopped":
@@ -141,11 +124,11 @@ async def test_second_relay_takes_over_when_the_first_dies(death: str) -> None:
 async def test_relay_found_through_its_signed_record() -> None:
     """No ``--relay-via``: b finds the relay in the signed self-record r announces
     (``relay:<r>@HOST:PORT``) and reserves there."""
-    async with nodes() as start:
-        r: Node = await start(relay=_relay(serve=True, mode="never"))  # type: ignore[misc]
+    async with NodeGroup(REALM, punch=NO_PUNCH) as nodes:
+        r: Node = await nodes.start(relay=_relay(serve=True, mode="never"))
         assert str(RelayAddress(r.id, r.address)) in r.mesh.addresses
-        c: Node = await start(bootstrap=(r.address,), relay=_relay(mode="never"))  # type: ignore[misc]
-        b: Node = await start(bootstrap=(c.address,), relay=_relay(mode="always"))  # type: ignore[misc]
+        c: Node = await nodes.start(bootstrap=(r.address,), relay=_relay(mode="never"))
+        b: Node = await nodes.start(bootstrap=(c.address,), relay=_relay(mode="always"))
         await eventually(lambda: b.relay_agent.relayed_addresses(), timeout=20, what="b found r and reserved there",
                          detail=lambda: b.relay_agent.health())
         assert b.relay_agent.relayed_addresses() == [str(RelayAddress(r.id, r.address, b.id))]
@@ -155,15 +138,15 @@ async def test_a_relayed_connection_goes_direct_by_a_hole_punch_through_its_rela
     """With hole punching on (the default), the dialer of a relayed connection punches through
     the relay; the direct connection wins the duplicate rule on both sides and the relayed one is
     closed, while pub/sub goes on."""
-    async with nodes() as start:
+    async with NodeGroup(REALM, punch=NO_PUNCH) as nodes:
         on = PunchConfig()
-        r: Node = await start(relay=_relay(serve=True, mode="never"), punch=on)  # type: ignore[misc]
-        b: Node = await start(bootstrap=(r.address,), relay=_relay(mode="always", via=(r.address,)),  # type: ignore[misc]
+        r: Node = await nodes.start(relay=_relay(serve=True, mode="never"), punch=on)
+        b: Node = await nodes.start(bootstrap=(r.address,), relay=_relay(mode="always", via=(r.address,)),
                               punch=on)
         await eventually(lambda: b.relay_agent.relayed_addresses(), timeout=10, what="b holds a reservation at r")
         relayed = b.relay_agent.relayed_addresses()[0]
         async with await b.subscribe("t.>") as sub:
-            a: Node = await start(bootstrap=(relayed,), relay=_relay(mode="never"), punch=on)  # type: ignore[misc]
+            a: Node = await nodes.start(bootstrap=(relayed,), relay=_relay(mode="never"), punch=on)
             t0 = time.monotonic()
             first = await eventually(lambda: a.transport.get(b.id), timeout=10, what="a connected to b")
             assert first is not None

@@ -17,6 +17,7 @@ import socket
 from random import Random
 
 import psutil
+from transportkit import Quiet
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig, TransportConfig
@@ -24,11 +25,10 @@ from quicmesh.core.effects import Dial, DialAddress
 from quicmesh.core.mesh_messages import MFind
 from quicmesh.core.messages import ALL_MESSAGES
 from quicmesh.core.node import NodeCore
-from quicmesh.core.wire import Codec, Message
+from quicmesh.core.wire import Codec
 from quicmesh.identity import KeyPair
 from quicmesh.runtime.node import Node
 from quicmesh.runtime.quic import QuicTransport
-from quicmesh.runtime.transport import Connection
 from quicmesh.testing.wait import eventually
 
 MAX_CONNECTIONS = 50
@@ -135,17 +135,6 @@ def test_core_user_dials_go_first_and_connections_plus_dials_stay_within_max_con
 # -- a real node over QUIC ---------------------------------------------------------------------------
 
 
-class _Quiet:
-    def on_connection(self, conn: Connection) -> None:
-        pass
-
-    def on_message(self, conn: Connection, message: Message) -> None:
-        pass
-
-    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
-        pass
-
-
 class _Sink(asyncio.DatagramProtocol):
     """A third party's UDP port: counts what it receives, never answers."""
 
@@ -167,7 +156,7 @@ async def test_400_mfind_over_quic_never_push_handshakes_beyond_the_caps() -> No
     node = await Node.start(NodeConfig(realm="storm", transport=tcfg))
     codec = Codec(ALL_MESSAGES)
     adversary = QuicTransport(KeyPair.generate(), "storm", TransportConfig(), codec)
-    await adversary.start(_Quiet())
+    await adversary.start(Quiet())
     proc = psutil.Process(os.getpid())
     rss_before = proc.memory_info().rss
     samples: list[tuple[int, int]] = []

@@ -21,10 +21,11 @@ from collections.abc import AsyncIterator
 import pytest
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection as QhConnection
+from transportkit import Quiet
 
 from quicmesh.config import TransportConfig
 from quicmesh.core.messages import ALL_MESSAGES
-from quicmesh.core.wire import Codec, Message
+from quicmesh.core.wire import Codec
 from quicmesh.identity import KeyPair
 from quicmesh.runtime._quic_adapter import RetryTokens
 from quicmesh.runtime.admission import AdmissionTable
@@ -34,17 +35,6 @@ from quicmesh.testing.wait import eventually
 
 CODEC = Codec(ALL_MESSAGES)
 BASE = TransportConfig(handshake_timeout=20.0)
-
-
-class _Quiet:
-    def on_connection(self, conn: Connection) -> None:
-        pass
-
-    def on_message(self, conn: Connection, message: Message) -> None:
-        pass
-
-    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
-        pass
 
 
 def _initials(address: str, n: int) -> list[bytes]:
@@ -80,7 +70,7 @@ class _Flood:
 async def _listener(**kw: object) -> tuple[QuicTransport, str]:
     cfg = dataclasses.replace(BASE, **kw)  # type: ignore[arg-type]
     t = QuicTransport(KeyPair.generate(), "caps", cfg, CODEC)
-    return t, await t.start(_Quiet())
+    return t, await t.start(Quiet())
 
 
 @pytest.fixture
@@ -97,7 +87,7 @@ async def stack() -> AsyncIterator[list[QuicTransport | _Flood]]:
 async def _dial_from(source: str, address: str, stack: list[QuicTransport | _Flood]) -> Connection:
     t = QuicTransport(KeyPair.generate(), "caps", BASE, CODEC, listen=f"{source}:0")
     stack.append(t)
-    await t.start(_Quiet())
+    await t.start(Quiet())
     return await asyncio.wait_for(t.dial(address), 10.0)
 
 

@@ -5,67 +5,39 @@ Each test prints its figure."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import pytest
+from transportkit import Quiet
 
-from quicmesh.config import NodeConfig, TransportConfig
+from quicmesh.config import TransportConfig
 from quicmesh.config.relay import RelayConfig
 from quicmesh.core.messages import ALL_MESSAGES
 from quicmesh.core.relay_messages import RelayData, RelayReserve
-from quicmesh.core.wire import Codec, Message
+from quicmesh.core.wire import Codec
 from quicmesh.errors import RealmMismatch, TransportError
 from quicmesh.identity import KeyPair
 from quicmesh.runtime.node import Node
 from quicmesh.runtime.quic_transport import QuicTransport
-from quicmesh.runtime.transport import Connection
+from quicmesh.testing.nodes import NodeGroup
 from quicmesh.testing.wait import eventually
 
 REALM = "relay-sec"
 N = 1_000
 
 
-@asynccontextmanager
-async def nodes() -> AsyncIterator[Callable[..., object]]:
-    started: list[Node] = []
-
-    async def start(realm: str = REALM, **kw: object) -> Node:
-        node = await Node.start(NodeConfig(realm=realm, **kw))  # type: ignore[arg-type]
-        started.append(node)
-        return node
-
-    try:
-        yield start
-    finally:
-        for n in reversed(started):
-            await n.stop()
-
-
-class _Quiet:
-    def on_connection(self, conn: Connection) -> None:
-        pass
-
-    def on_message(self, conn: Connection, message: Message) -> None:
-        pass
-
-    def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
-        pass
-
-
-async def _relay_and_target(start: Callable[..., object], **relay: object) -> tuple[Node, Node]:
-    r: Node = await start(relay=RelayConfig(serve=True, mode="never", **relay))  # type: ignore[arg-type, misc]
-    b: Node = await start(relay=RelayConfig(mode="always", via=(r.address,), relays_wanted=1))  # type: ignore[misc]
+async def _relay_and_target(nodes: NodeGroup, **relay: object) -> tuple[Node, Node]:
+    r: Node = await nodes.start(relay=RelayConfig(serve=True, mode="never", **relay))  # type: ignore[arg-type]
+    b: Node = await nodes.start(relay=RelayConfig(mode="always", via=(r.address,), relays_wanted=1))
     await eventually(lambda: b.relay_agent.relayed_addresses(), timeout=10, what="b reserved at r")
     return r, b
 
 
 async def test_non_members_get_nothing_relayed() -> None:
-    async with nodes() as start:
-        r, b = await _relay_and_target(start)
+    async with NodeGroup(REALM) as nodes:
+        r, b = await _relay_and_target(nodes)
         # a light client (not a member of the overlay) connects to the relay and sends packets for b
         client = QuicTransport(KeyPair.generate(), REALM, TransportConfig(), Codec(ALL_MESSAGES), role="client")
-        await client.start(_Quiet())
+        await client.start(Quiet())
         try:
             conn = await client.dial(r.address, r.id)
             conn.send(RelayReserve())
@@ -78,7 +50,7 @@ async def test_non_members_get_nothing_relayed() -> None:
         finally:
             await client.stop()
         # a node of another realm cannot even reach the relay
-        other: Node = await start(realm="other-realm", relay=RelayConfig(mode="never"))  # type: ignore[misc]
+        other: Node = await nodes.start(realm="other-realm", relay=RelayConfig(mode="never"))
         with pytest.raises((RealmMismatch, TransportError)):
             await other.transport.dial(b.relay_agent.relayed_addresses()[0], b.id)
         g = r.relay_agent.gauges()
@@ -93,9 +65,9 @@ async def test_non_members_get_nothing_relayed() -> None:
 
 async def test_budgets_hold_under_a_flood() -> None:
     rate = 200.0
-    async with nodes() as start:
-        r, b = await _relay_and_target(start, peer_packets_per_second=rate, peer_bytes_per_second=1e9)
-        a: Node = await start(relay=RelayConfig(mode="never"))  # type: ignore[misc]
+    async with NodeGroup(REALM) as nodes:
+        r, b = await _relay_and_target(nodes, peer_packets_per_second=rate, peer_bytes_per_second=1e9)
+        a: Node = await nodes.start(relay=RelayConfig(mode="never"))
         conn = await a.transport.dial(r.address, r.id)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -121,9 +93,9 @@ async def test_budgets_hold_under_a_flood() -> None:
 
 async def test_cap_on_relayed_peers_holds() -> None:
     cap = 3
-    async with nodes() as start:
-        r: Node = await start(relay=RelayConfig(serve=True, mode="never", max_relayed_peers=cap))  # type: ignore[misc]
-        wanting: list[Node] = [await start(relay=RelayConfig(mode="never")) for _ in range(2 * cap)]  # type: ignore[misc]
+    async with NodeGroup(REALM) as nodes:
+        r: Node = await nodes.start(relay=RelayConfig(serve=True, mode="never", max_relayed_peers=cap))
+        wanting: list[Node] = [await nodes.start(relay=RelayConfig(mode="never")) for _ in range(2 * cap)]
         results = []
         for n in wanting:
             try:

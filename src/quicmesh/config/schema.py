@@ -238,7 +238,9 @@ class GossipConfig:
     tree_publishers: int = 256
     """Publishers per swarm with their own broadcast tree (count, default 256; LRU: a forgotten one floods once)."""
     reorder_start_wait: float = 1.0
-    """Seconds a publisher's first message seen mid-stream waits for earlier ones (default 1 s)."""
+    """Seconds a publisher's first message seen mid-stream waits for earlier ones (default 1 s);
+    ``reorder_gap_timeout`` instead when the swarm's tree is repairing announced messages then
+    (under loss the earlier ones may be among them)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 Every neighbour a node holds a connection to (its active views) is **probed** once per
-``probe_interval`` (staggered by a random phase so probes do not come in bursts): a ``PROBE``
+``probe_interval`` (staggered by a random phase; probes due within a quarter interval of one
+another go together, so the timer wakes a few times per interval, not once per link): a ``PROBE``
 carrying a sequence number, answered at once with an ``ACK``. Any message at all from the peer
-counts as an answer (:meth:`FailureDetector.heard`): a peer heard from within the last interval is
-not probed (a busy link is never probed for nothing), and a node that is merely slow refutes by
-the next thing it sends.
+counts as an answer (:meth:`FailureDetector.heard`): a peer heard from within the last three
+quarters of an interval is not probed (a busy link is never probed for nothing), and a node that
+is merely slow refutes by the next thing it sends.
 
 1. **Direct probe.** A round lasts ``max(probe_interval, 2.5 * probe_timeout)``. No answer within
    the probe timeout (``probe_timeout`` scaled by the local health multiplier, below): the peer
@@ -150,6 +151,10 @@ class _Job:
     deadline: float
 
 
+PROBE_COALESCE = 0.25
+"""Probes due within this fraction of ``probe_interval`` after a due one are sent with it."""
+
+
 class FailureDetector:
     """Probes neighbours, asks others to probe them, suspects and declares them failed."""
 
@@ -265,9 +270,18 @@ class FailureDetector:
         return best
 
     def handle_timer(self, now: float) -> list[Output]:
-        """Send due probes, start indirect probes, suspect and declare failures."""
+        """Send due probes, start indirect probes, suspect and declare failures.
+
+        Probes coalesce: when one is due, every probe due within the next ``PROBE_COALESCE`` of
+        an interval goes with it (earlier, never later, so the detection bound holds), which
+        keeps this machine's timer to a few wake-ups per interval however many links it has."""
+        deadline = self.next_deadline()
+        if deadline is None or deadline > now:
+            return []  # another machine's timer: nothing is due here
         out: list[Output] = []
         p = self.params
+        early = now + PROBE_COALESCE * p.probe_interval
+        quiet = (1 - PROBE_COALESCE) * p.probe_interval  # heard within this long ago: not probed
         self._dirty = True
         for peer, st in list(self._peers.items()):
             if st.suspicion_deadline is not None:
@@ -277,10 +291,10 @@ class FailureDetector:
                     self._peers.pop(peer, None)
                 continue
             if st.probe_sent is None:
-                quiet_until = st.heard + p.probe_interval
-                if now >= st.next_probe and now < quiet_until:
-                    st.next_probe = quiet_until  # it spoke lately: that is its answer (always later than now)
-                elif now >= st.next_probe:
+                if early >= st.next_probe and now < st.heard + quiet:
+                    # it spoke lately: that is its answer (the next look is after ``early``)
+                    st.next_probe = st.heard + p.probe_interval
+                elif early >= st.next_probe:
                     self._seq += 1
                     st.seq = self._seq
                     st.probe_sent = now

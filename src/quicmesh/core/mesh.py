@@ -151,7 +151,7 @@ class Mesh(Batching):
         self.ordering = Ordering(
             config.gossip.reorder_window, config.gossip.reorder_gap_timeout, config.gossip.max_publishers, registry,
             max_buffered=config.gossip.reorder_buffer_total, idle_ttl=config.gossip.publisher_idle_ttl,
-            start_wait=config.gossip.reorder_start_wait,
+            start_wait=config.gossip.reorder_start_wait, repairing=self._repairing,
         )
         self.links = Connections(config, self.book, registry, self.counters, self._known_by_overlays)
         self.discovery = Discovery(me, config, self.book, self.realm, self.swarms, rng, registry, self.counters,
@@ -344,6 +344,10 @@ class Mesh(Batching):
         return out
 
     # -- timers ----------------------------------------------------------------------------------
+
+    def _repairing(self, swarm: str) -> bool:
+        sw = self.swarms.peek(swarm)
+        return sw is not None and len(sw.pt.missing) > 0
 
     def handle_timer(self, now: float) -> list[Effect]:
         """Run every due timer: open batches, overlays, broadcast repair, ordering gaps, expiry,

@@ -13,6 +13,11 @@ Real processes:
   process and its event stream (the demo, the real-process tests and the benchmarks use it).
 * :class:`ControlChannel` (:mod:`quicmesh.testing.control`) -- the JSON-lines command set such a
   process runs (loaded on first use: it imports the asyncio runtime).
+
+In-process nodes:
+
+* :class:`NodeGroup` (:mod:`quicmesh.testing.nodes`) -- start nodes of one realm in this process
+  and stop them all on the way out (loaded on first use: it imports the asyncio runtime).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .wait import WaitTimeout, eventually
 
 if TYPE_CHECKING:
     from .control import ControlChannel
+    from .nodes import NodeGroup
     from .scenarios import (
         BroadcastScenario,
         FloodScenario,
@@ -50,6 +56,10 @@ def __getattr__(name: str) -> Any:
         from .control import ControlChannel
 
         return ControlChannel
+    if name == "NodeGroup":  # loaded lazily: it imports the asyncio runtime
+        from .nodes import NodeGroup
+
+        return NodeGroup
     # loaded lazily so that ``python -m quicmesh.testing.scenarios`` runs the module only once
     if name in _SCENARIO_NAMES:
         from . import scenarios
@@ -65,6 +75,7 @@ __all__ = [
     "IdentityChurnScenario",
     "Latency",
     "NetworkParams",
+    "NodeGroup",
     "NodeProcess",
     "PartitionScenario",
     "Reachability",
