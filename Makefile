@@ -21,12 +21,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Two workers (pytest-xdist), one test file each at a time: the simulator's scenarios are
-# CPU-bound while the lab and process tests mostly wait on real networks, so the suite takes about
-# half the time on a 2-core machine. JOBS=0 runs it serially.
-JOBS ?= 2
+# Three workers (pytest-xdist, --dist loadgroup): the simulator's CPU-bound scenarios run on one
+# worker, one after another, while the two others take the lab and process tests, which mostly
+# wait on real networks (tests/conftest.py groups them and puts the simulator first;
+# --no-loadscope-reorder keeps that order). JOBS=0 runs the suite serially.
+JOBS ?= 3
 unit: $(STAMP)
-	$(BIN)/pytest $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
+	$(BIN)/pytest $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadgroup --no-loadscope-reorder)
 
 test: lint typecheck unit
 

@@ -19,6 +19,26 @@ if os.environ.get("CI") or os.environ.get("QUICMESH_HYPOTHESIS_DERANDOMIZE"):
     settings.load_profile("ci")
 
 
+# The simulator's scenarios are CPU-bound for minutes; the lab and process tests mostly wait on
+# real networks and timers. ``make test`` runs three workers with ``--dist loadgroup``: these files
+# go to one worker, one after another, and first (the longest group starts at once), while the
+# other two take the rest file by file. So at most one core is busy with simulations, and the
+# waiting tests overlap.
+SIMULATOR_FILES = frozenset({
+    "test_sim_scenarios.py", "test_sim_loss.py", "test_sim_faults.py", "test_rpc_sim.py", "test_sim_tree.py",
+})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for ``--dist loadgroup``: the simulator files together, every other file by
+    itself; the simulator group first."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("simulator" if name in SIMULATOR_FILES else item.path.stem))
+    items.sort(key=lambda item: item.path.name not in SIMULATOR_FILES)  # stable: file order kept otherwise
+
+
 @pytest.fixture
 def registry() -> Iterator[ContainerRegistry]:
     """A private container registry, so tests neither see nor disturb the process-wide one."""

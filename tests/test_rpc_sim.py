@@ -81,6 +81,6 @@ def test_other_policies_fail_over_too(policy: str) -> None:
 
 def test_scenarios_are_deterministic() -> None:
     def figures() -> dict[str, Any]:
-        return run_failover(FailoverScenario(calls=300, tail_calls=20, seed=5)).figures
+        return run_failover(FailoverScenario(nodes=20, calls=300, tail_calls=20, seed=5)).figures
 
     assert figures() == figures()

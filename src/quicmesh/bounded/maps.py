@@ -307,6 +307,10 @@ class TtlMap(_Bounded, Generic[K, V]):
     def next_deadline(self) -> float | None:
         """The earliest deadline of a live entry, or ``None`` when empty."""
         heap = self._heap
+        if not self._data:  # the common case after every event: nothing held
+            if heap:
+                heap.clear()
+            return None
         while heap:
             deadline, serial, key = heap[0]
             entry = self._data.get(key)

@@ -1,0 +1,32 @@
+"""Simulator scenarios of issue #4 (continued): full delivery under packet loss, and no topic
+state left after everyone unsubscribes."""
+
+from __future__ import annotations
+
+import pytest
+from simkit import assert_bounded, assert_full_delivery
+
+from quicmesh.testing.scenarios import BroadcastScenario, UnsubscribeScenario, run
+
+
+@pytest.mark.parametrize(
+    ("loss", "mode"),
+    [(0.05, "retransmit"), (0.20, "retransmit"), (0.05, "drop_gossip"), (0.20, "drop_gossip")],
+)
+def test_packet_loss_full_delivery_after_repair(loss: float, mode: str) -> None:
+    r = run(BroadcastScenario(name=f"loss_{loss}_{mode}", messages=200, loss=loss, loss_mode=mode))
+    print(r.format())
+    assert r.figures["net_lost"] > 0
+    assert_full_delivery(r, 100)
+    assert_bounded(r)
+
+
+def test_everyone_unsubscribes_zero_topic_state() -> None:
+    r = run(UnsubscribeScenario())
+    print(r.format())
+    f = r.figures
+    assert f["topic_state_before"] > 0
+    assert f["topic_state_after"] == 0
+    assert f["swarm_containers_after"] == 0
+    assert f["swarms_after"] == 0
+    assert f["hints_after_ttl"] == 0
