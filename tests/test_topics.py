@@ -124,7 +124,7 @@ def test_start_wait_runs_on_to_the_gap_timeout_while_the_tree_repairs(registry: 
     the wait runs on to the gap timeout, and the repaired seq 0 arrives in time (seed 1 of the
     20 %-loss simulation lost it as ``late`` when only the start wait applied)."""
     repairing = {"s": True}
-    o = Ordering(8, 10.0, 100, registry, start_wait=1.0, repairing=lambda swarm: repairing.get(swarm, False))
+    o = Ordering(8, 10.0, 100, registry, start_wait=1.0, repairing=lambda swarm, now: repairing.get(swarm, False))
     assert o.offer(arr(P, 1), 0.0) == []
     assert o.next_deadline() == 1.0
     assert o.handle_timer(1.0) == []  # the tree repairs: wait on

@@ -345,9 +345,9 @@ class Mesh(Batching):
 
     # -- timers ----------------------------------------------------------------------------------
 
-    def _repairing(self, swarm: str) -> bool:
+    def _repairing(self, swarm: str, now: float) -> bool:
         sw = self.swarms.peek(swarm)
-        return sw is not None and len(sw.pt.missing) > 0
+        return sw is not None and now - sw.joined_at >= self.ordering.gap_timeout and len(sw.pt.missing) > 0
 
     def handle_timer(self, now: float) -> list[Effect]:
         """Run every due timer: open batches, overlays, broadcast repair, ordering gaps, expiry,

@@ -15,7 +15,7 @@ class Swarm:
     batch of local publishes (``batch*``, see :mod:`quicmesh.core.batching`)."""
 
     __slots__ = ("batch", "batch_bytes", "batch_seq", "batch_topic", "epoch", "find_interval", "hv",
-                 "last_publish", "next_find", "next_seq", "patterns", "pt")
+                 "joined_at", "last_publish", "next_find", "next_seq", "patterns", "pt")
 
     def __init__(self, hv: HyParView, pt: Plumtree, epoch: int, now: float) -> None:
         self.hv = hv
@@ -24,6 +24,8 @@ class Swarm:
         self.epoch = epoch
         self.next_seq = 0
         self.next_find = now
+        self.joined_at = now
+        """When this node joined the swarm."""
         self.find_interval = 1.0
         self.last_publish = -1e18
         self.batch: list[bytes] = []  # bounded: flushed at gossip.batch_max_messages / _bytes

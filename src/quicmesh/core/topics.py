@@ -31,9 +31,10 @@ then released in order. A message older than the next expected seq (it came afte
 up) is dropped and counted as ``late``: order is never violated. The first message seen from a
 publisher with ``seq > 0`` (we joined mid-stream) starts a gap, so a message overtaken on the way
 is not lost; that gap waits only ``start_wait`` (a late joiner is not held for seconds), or the
-whole ``gap_timeout`` when the swarm's tree is repairing messages it was told of (under loss, the
-earlier messages are on their way). Publisher states live in a :class:`~quicmesh.bounded.TtlMap` (capacity
-``max_publishers``); an evicted publisher starts over as new.
+whole ``gap_timeout`` when this node has long been in the swarm and its tree is repairing
+messages it was told of (under loss, the earlier messages are on their way). Publisher states
+live in a :class:`~quicmesh.bounded.TtlMap` (capacity ``max_publishers``); an evicted publisher
+starts over as new.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Ordering(Tracked):
         max_buffered: int | None = None,
         idle_ttl: float = 600.0,
         start_wait: float | None = None,
-        repairing: Callable[[str], bool] | None = None,
+        repairing: Callable[[str, float], bool] | None = None,
     ) -> None:
         self.window = window
         self.gap_timeout = gap_timeout
@@ -109,9 +110,12 @@ class Ordering(Tracked):
         publisher) waits for earlier ones before delivery starts from it; a gap after the start
         waits ``gap_timeout``."""
         self.repairing = repairing
-        """Whether a swarm's broadcast tree is repairing announced but missing messages: a start
-        wait that ends while it is runs on to ``gap_timeout`` (the earlier messages may be the
-        ones on their way; measured: a lost first message repaired 1.2 s late under 20 % loss)."""
+        """``repairing(swarm, now)``: whether this node, a member of ``swarm`` since before
+        ``gap_timeout`` ago, has its broadcast tree repairing announced but missing messages. A
+        start wait that ends while it does runs on to ``gap_timeout``: the publisher's earlier
+        messages may be on their way (a lost first message was repaired 1.2 s late under 20 %
+        loss). A recent joiner is not held (it joined mid-stream: under churn that wait cost
+        fresh joiners messages and doubled p99)."""
         self.max_buffered = max_buffered if max_buffered is not None else window * 16
         """Messages held for reordering over all publishers together: the real memory bound."""
         super().__init__("topics.reorder_buffer", self.max_buffered, registry=registry)
@@ -211,7 +215,7 @@ class Ordering(Tracked):
             if state is None:
                 continue
             if (state.next is None and not state.start_extended and self.repairing is not None
-                    and self.repairing(key[0])):
+                    and self.repairing(key[0], now)):
                 state.start_extended = True
                 self.gap_timers.set(key, None, now, max(self.gap_timeout - self.start_wait, 0.001))
                 continue
