@@ -322,13 +322,15 @@ class LogSync:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` should run next, or ``None``."""
-        cands: list[float] = [s.deadline for s in self._sessions.values()]
-        if len(self._sessions) < self.config.max_sync_sessions:
+        # runs after every event the node handles: nothing allocated when nothing is held
+        cands: list[float] = [s.deadline for s in self._sessions.values()] if self._sessions else []
+        if self._pairs and len(self._sessions) < self.config.max_sync_sessions:
             cands += [p.next_at for k, p in self._pairs.items() if k not in self._sessions and k[0] in self._connected]
-        for d in (self.buffer.next_deadline(), self._violations.next_deadline()):
+        for d in (self.buffer.next_deadline() if self.buffer else None,
+                  self._violations.next_deadline() if self._violations else None):
             if d is not None:
                 cands.append(d)
-        return min(cands, default=None)
+        return min(cands) if cands else None
 
     def running(self) -> list[tuple[NodeId, str]]:
         """The ``(peer, log)`` pull sessions running now."""

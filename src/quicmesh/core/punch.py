@@ -182,8 +182,9 @@ class Puncher:
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`timer` has something to do."""
-        ds = [a.deadline for a in self._attempts.values()]
-        ds += [a.deadline if a.dial_at is None else a.dial_at for a in self._answers.values()]
+        ds = [a.deadline for a in self._attempts.values()] if self._attempts else []
+        if self._answers:
+            ds += [a.deadline if a.dial_at is None else a.dial_at for a in self._answers.values()]
         for d in (self._seen.next_deadline(), self._cooldown.next_deadline(), self._buckets.next_deadline()):
             if d is not None:
                 ds.append(d)
