@@ -209,8 +209,9 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         )
         """Work-queue groups: one member per message (see :mod:`quicmesh.core.groups`)."""
         # its own generator, seeded from the node's without drawing from it (the other machines'
-        # sequences, and so every seeded simulation, stay as they were)
-        self.puncher = self._make_puncher(keypair, Random(hash(rng.getstate())), registry, wall_offset)  # #13
+        # sequences stay as they were); from the state's integers only: the state's ``None``
+        # hashes by address on Python 3.11, which made simulations differ from process to process
+        self.puncher = self._make_puncher(keypair, Random(hash(rng.getstate()[1])), registry, wall_offset)  # #13
         """Hole punching through a common node (see :mod:`quicmesh.core.punch`)."""
         self._lookup_ids = itertools.count(1)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
