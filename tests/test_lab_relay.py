@@ -12,8 +12,11 @@ Needs root, ``ip`` and ``nft`` (the ``lab`` fixture of ``tests/labkit.py``).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
+
+import psutil
 
 from quicmesh.testing.lab import Lab, LabNode
 from quicmesh.testing.wait import eventually
@@ -37,6 +40,20 @@ async def _holepunch(node: LabNode) -> dict[str, Any]:
     ev = await node.process.request("health", "health")
     doc: dict[str, Any] = ev["health"]["holepunch"]
     return doc
+
+
+def _cpu(nodes: list[LabNode]) -> list[float]:
+    """CPU seconds (user + system) each node process has used so far."""
+    out = []
+    for n in nodes:
+        t = psutil.Process(n.pid).cpu_times()
+        out.append(t.user + t.system)
+    return out
+
+
+def _split(cpu: list[float]) -> list[float]:
+    """[publisher, relays together, subscriber] from ``_cpu([pub, *relays, sub])``."""
+    return [cpu[0], sum(cpu[1:-1]), cpu[-1]]
 
 
 async def _throughput(pub: LabNode, sub: LabNode, topic: str, sid: int) -> float:
@@ -88,13 +105,26 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
         d1 = await lab.spawn(hosts["d1"], "d1", extra=["--relay-mode", "never"])
         d2 = await lab.spawn(hosts["d2"], "d2", bootstrap=[d1.address], extra=["--relay-mode", "never"])
         runs: dict[str, list[float]] = {"relayed": [], "direct": []}
+        cpu: dict[str, list[float]] = {"relayed": [0.0, 0.0, 0.0], "direct": [0.0, 0.0, 0.0]}
         for i in range(ROUNDS):
+            before = _cpu([n1, *relays, n2])
             runs["relayed"].append(await _throughput(n1, n2, f"relayed{i}", 10 + i))
+            after = _cpu([n1, *relays, n2])
+            cpu["relayed"] = [c + a - b for c, a, b in zip(cpu["relayed"], _split(after), _split(before), strict=True)]
+            before = _cpu([d1, d2])
             runs["direct"].append(await _throughput(d1, d2, f"direct{i}", 20 + i))
+            after = _cpu([d1, d2])
+            cpu["direct"] = [cpu["direct"][0] + after[0] - before[0], 0.0, cpu["direct"][2] + after[1] - before[1]]
         relayed, direct = max(runs["relayed"]), max(runs["direct"])
         print(f"pub/sub {MESSAGES:,} x 64 B, best of {ROUNDS}: relayed {relayed:,.0f} msg/s, direct {direct:,.0f} "
               f"msg/s ({100 * relayed / direct:.0f} % of direct; runs {[round(x) for x in runs['relayed']]} vs "
               f"{[round(x) for x in runs['direct']]})")
+        per = {k: [1e6 * c / (ROUNDS * MESSAGES) for c in v] for k, v in cpu.items()}
+        print("CPU per message, publisher / relays / subscriber: relayed "
+              f"{per['relayed'][0]:.1f} / {per['relayed'][1]:.1f} / {per['relayed'][2]:.1f} µs, direct "
+              f"{per['direct'][0]:.1f} / - / {per['direct'][2]:.1f} µs: the relayed path needs "
+              f"{sum(per['relayed']) / sum(per['direct']):.2f}x the CPU of the direct one, on "
+              f"{os.cpu_count()} cores shared by three busy processes instead of two")
         # The issue's goal is 50 %; measured 45-58 % here on a 2-core machine shared with other
         # work (best of 3). The assertion is a regression floor, the figure is printed against the goal.
         print(f"issue goal relayed >= 50 % of direct: {'met' if relayed >= 0.5 * direct else 'NOT met'}")
