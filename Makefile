@@ -21,13 +21,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Three workers (pytest-xdist, --dist loadgroup): the simulator's CPU-bound scenarios run on one
-# worker, one after another, while the two others take the lab and process tests, which mostly
-# wait on real networks (tests/conftest.py groups them and puts the simulator first;
-# --no-loadscope-reorder keeps that order). JOBS=0 runs the suite serially.
+# Three workers (pytest-xdist), one test file each at a time; tests/conftest.py puts the
+# simulator's CPU-bound files first (--no-loadscope-reorder keeps that order), so the lab and
+# process tests, which mostly wait on real networks, run after them. JOBS=0 runs it serially.
 JOBS ?= 3
 unit: $(STAMP)
-	$(BIN)/pytest $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadgroup --no-loadscope-reorder)
+	$(BIN)/pytest $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile --no-loadscope-reorder)
 
 test: lint typecheck unit
 

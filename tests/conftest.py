@@ -20,23 +20,17 @@ if os.environ.get("CI") or os.environ.get("QUICMESH_HYPOTHESIS_DERANDOMIZE"):
 
 
 # The simulator's scenarios are CPU-bound for minutes; the lab and process tests mostly wait on
-# real networks and timers. ``make test`` runs three workers with ``--dist loadgroup``: these files
-# go to one worker, one after another, and first (the longest group starts at once), while the
-# other two take the rest file by file. So at most one core is busy with simulations, and the
-# waiting tests overlap.
+# real networks and timers. ``make test`` runs three workers, a file at a time each
+# (``--dist loadfile --no-loadscope-reorder``), with these files first: the simulations share the
+# cores at the start, and the timing-sensitive tests run after them on a quieter machine.
 SIMULATOR_FILES = frozenset({
     "test_sim_scenarios.py", "test_sim_loss.py", "test_sim_faults.py", "test_rpc_sim.py", "test_sim_tree.py",
 })
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group tests for ``--dist loadgroup``: the simulator files together, every other file by
-    itself; the simulator group first."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("simulator" if name in SIMULATOR_FILES else item.path.stem))
-    items.sort(key=lambda item: item.path.name not in SIMULATOR_FILES)  # stable: file order kept otherwise
+    """The simulator files first (stable: the order of everything else is kept)."""
+    items.sort(key=lambda item: item.path.name not in SIMULATOR_FILES)
 
 
 @pytest.fixture

@@ -321,8 +321,7 @@ class LogSync:
         return out
 
     def next_deadline(self) -> float | None:
-        """When :meth:`handle_timer` should run next, or ``None``."""
-        # runs after every event the node handles: nothing allocated when nothing is held
+        """When :meth:`handle_timer` should run next, or ``None`` (allocates nothing when empty)."""
         cands: list[float] = [s.deadline for s in self._sessions.values()] if self._sessions else []
         if self._pairs and len(self._sessions) < self.config.max_sync_sessions:
             cands += [p.next_at for k, p in self._pairs.items() if k not in self._sessions and k[0] in self._connected]
