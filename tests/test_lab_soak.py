@@ -8,14 +8,20 @@ own namespaces on two LANs joined by a router. Two churn hosts start node proces
 through the faults of the other lab scenarios on the hubs' network: a hub paused (SIGSTOP) for
 300 ms, 5 % loss on every host for 5 s, a churn host cut off from the hubs for 5 s.
 
-After warm-up (a quarter of the run), each hub's RSS is sampled with the cycle count; the report
-gives its slope per churn cycle and per hour. Once churn stops and the network heals, every
+After warm-up (a quarter of the run), every minute (every eighth of a short run) the churners are
+held between cycles until each hub is back to its links to the other hubs, and each hub is measured
+after a full collection and a ``malloc_trim``: RSS, C heap in use (``mallinfo2``), live objects, and
+on hub0, which runs tracemalloc, the Python heap (its tables are part of RSS, so hub0's RSS is not
+judged). The report gives each slope per churn cycle (least squares; Theil-Sen and per quarter of
+the run for RSS, to tell an allocator levelling off from steady growth) and RSS per hour, and the
+lines whose Python allocations grew most on hub0. Once churn stops and the network heals, every
 container of every hub must be back to its pre-churn size within the failure detector's bound
 plus 2x the longest TTL (``RECOVERY_S``, 13.75 s).
 
 ``QMLAB_SOAK_S``: 60 in ``make test``; ``make lab-soak`` runs an hour (3,600), and only a
 run of 10 minutes or more judges the RSS slope (at most 10 bytes per cycle, as the soak of
-``bench/soak.py``; shorter runs cannot tell allocator warm-up from growth).
+``bench/soak.py``: hub1 and hub2's RSS and hub0's Python heap; shorter runs cannot tell allocator
+warm-up from growth).
 
 What this run caught that ``bench/soak.py`` did not: the gossip signature memo was two LRUs of
 4,096 entries (checks and parsed public keys) that only identities churned by the hundred fill.
@@ -47,9 +53,9 @@ RUN_S = float(os.environ.get("QMLAB_SOAK_S", "60"))
 RSS_GATE_S = 600.0
 
 
-def _settings() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "bench" / "soaklib" / "settings.py"
-    spec = importlib.util.spec_from_file_location("quicmesh_lab_soak_settings", path)
+def _soaklib(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "bench" / "soaklib" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"quicmesh_lab_soak_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
@@ -57,7 +63,8 @@ def _settings() -> ModuleType:
     return module
 
 
-SETTINGS = _settings()
+SETTINGS = _soaklib("settings")
+STATS = _soaklib("stats")
 _F = FailureConfig()
 DETECTION_S = _F.probe_interval + max(_F.probe_interval, 2.5 * _F.probe_timeout) + _F.suspicion_mult * _F.probe_interval
 """The failure detector's bound (``FailureConfig`` docstring): 3.75 s with the defaults."""
@@ -72,8 +79,10 @@ IGNORED = {SETTINGS.HISTORY}
 """The sentinel's history fills with time, not churn."""
 
 
-async def _memory(node: LabNode) -> dict[str, Any]:
-    return await node.process.request("memory", "memory", wait=20, gc=True, trim=True)
+async def _memory(node: LabNode, **fields: Any) -> dict[str, Any]:
+    """The node's ``memory`` event, after a full collection and a ``malloc_trim`` (as the node's own
+    periodic trim leaves it)."""
+    return await node.process.request("memory", "memory", wait=20, gc=True, trim=True, **fields)
 
 
 def _containers(ev: dict[str, Any]) -> dict[str, int]:
@@ -86,12 +95,25 @@ def _containers(ev: dict[str, Any]) -> dict[str, int]:
     return state
 
 
-def _slope(xs: list[float], ys: list[float]) -> float | None:
-    if len(xs) < 2:
-        return None
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return None if den == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
+def _fmt(v: float | None, unit: str = " B") -> str:
+    return "n/a" if v is None else f"{v:+.1f}{unit}"
+
+
+def _hub_figures(name: str, traced: bool, pts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A hub's slopes per churn cycle over its quiet checkpoints after warm-up."""
+    xs = [float(p["cycles"]) for p in pts]
+
+    def series(key: str) -> list[float]:
+        return [float(p[key]) for p in pts]
+
+    return {
+        "name": name, "traced": traced, "checkpoints": len(pts), "cycles": (xs[-1] - xs[0]) if xs else 0,
+        "rss": STATS.ls_slope(xs, series("rss")), "rss_theil_sen": STATS.theil_sen(xs, series("rss")),
+        "rss_windows": STATS.window_slopes(xs, series("rss")),
+        "heap_in_use": STATS.ls_slope(xs, series("heap_in_use")),
+        "objects": STATS.ls_slope(xs, series("objects")),
+        "traced_heap": STATS.ls_slope(xs, series("traced")) if traced else None,
+    }
 
 
 class Soak:
@@ -106,6 +128,9 @@ class Soak:
         self.failed_cycles = 0
         self.faults = 0
         self.stop = False
+        self.go = asyncio.Event()  # cleared while the hubs are measured
+        self.go.set()
+        self.busy = 0  # churn cycles under way
 
     async def start(self) -> None:
         self.lab.add_lan("a")
@@ -128,7 +153,11 @@ class Soak:
         env = dict(SETTINGS.SOAK_ENV)
         n = 0
         while not self.stop:
+            await self.go.wait()
+            if self.stop:
+                break
             n += 1
+            self.busy += 1
             hub = self.hubs[(index + n) % len(self.hubs)]
             key = self.lab.dir / f"churn{index}-{n % 2}.key"
             with contextlib.suppress(FileNotFoundError):
@@ -153,6 +182,23 @@ class Soak:
                         self.kills += 1
                     await node.process.stop(timeout=10)
                     host.nodes.remove(node)
+                self.busy -= 1
+
+    async def quiesce(self, links: list[int]) -> bool:
+        """Hold the churners between cycles and wait until every hub is back to its links to the
+        other hubs (a SIGKILLed churner's link ends by detection): measured without churn in
+        flight, every checkpoint sees the same kind of moment. Returns whether it got quiet."""
+        self.go.clear()
+        deadline = time.monotonic() + 30 + RECOVERY_S
+        while self.busy and time.monotonic() < deadline:  # bounded: 30 s for a cycle to end
+            await asyncio.sleep(0.1)
+        while time.monotonic() < deadline:  # bounded by the same deadline
+            conns = [int((await self.hubs[i].process.request("memory", "memory", gc=False))["connections"])
+                     for i in range(len(self.hubs))]
+            if all(c <= base for c, base in zip(conns, links, strict=True)) and not self.busy:
+                return True
+            await asyncio.sleep(0.25)
+        return False
 
     async def faults_loop(self, until: float) -> None:
         """One fault every 5 s: a hub paused 300 ms, 5 % loss for 5 s, a churn host cut off 5 s."""
@@ -184,27 +230,46 @@ def test_lab_soak_churn_and_faults_then_back_to_baseline(lab: Lab) -> None:
     async def run() -> None:
         soak = Soak(lab)
         await soak.start()
+        # hub0 runs tracemalloc: its Python heap is measured exactly (and the sites that grew
+        # listed); tracemalloc's own tables are part of RSS, so only the other hubs' RSS is judged
+        await _memory(soak.hubs[0], trace="start")
         # the pre-churn baseline: the hubs' steady state (their own adverts refresh every lease/3
         # and pass through the gossip caches), after 2x the longest TTL of quiet, the largest of
         # three samples a second apart
         await asyncio.sleep(RECOVERY_S)  # a bounded quiet period, not a sync
         baseline: list[dict[str, int]] = [{} for _ in soak.hubs]
+        links = [0 for _ in soak.hubs]
         for _ in range(3):
             for i, h in enumerate(soak.hubs):
-                for k, v in _containers(await _memory(h)).items():
+                ev = await _memory(h)
+                links[i] = max(links[i], int(ev["connections"]))
+                for k, v in _containers(ev).items():
                     baseline[i][k] = max(v, baseline[i].get(k, 0))
             await asyncio.sleep(1.0)
         start = time.monotonic()
         churners = [asyncio.ensure_future(soak.churner(i)) for i in range(2)]
         faults = asyncio.ensure_future(soak.faults_loop(start + RUN_S))
-        samples: list[list[tuple[int, int]]] = [[] for _ in soak.hubs]
+        samples: list[list[dict[str, Any]]] = [[] for _ in soak.hubs]
+        skipped = 0
         warm = start + RUN_S / 4
+        every = min(60.0, RUN_S / 8)
         while time.monotonic() < start + RUN_S:  # bounded by the run's length
-            await asyncio.sleep(min(10.0, RUN_S / 8))
-            if time.monotonic() >= warm:
-                for i, h in enumerate(soak.hubs):
-                    samples[i].append((soak.cycles, int((await _memory(h))["rss_bytes"])))
+            await asyncio.sleep(every)
+            if time.monotonic() < warm:
+                continue
+            quiet = await soak.quiesce(links)
+            for i, h in enumerate(soak.hubs):
+                ev = await _memory(h, baseline=i == 0 and not samples[0])
+                heap = ev.get("malloc") or {}
+                point = {"cycles": soak.cycles, "rss": int(ev["rss_bytes"]), "objects": int(ev["gc_objects"]),
+                         "heap_in_use": int(heap.get("uordblks", 0)) + int(heap.get("hblkhd", 0)),
+                         "traced": int(ev["traced_bytes"])}
+                if quiet:
+                    samples[i].append(point)
+            skipped += not quiet
+            soak.go.set()
         soak.stop = True
+        soak.go.set()
         await asyncio.wait_for(asyncio.gather(*churners), 60)
         await asyncio.wait_for(faults, 30)
         churn_s = time.monotonic() - start
@@ -222,22 +287,29 @@ def test_lab_soak_churn_and_faults_then_back_to_baseline(lab: Lab) -> None:
             back_s = max(back_s, time.monotonic() - stopped)
             if over:
                 not_back[h.name] = over
-        slopes = []
-        for pts in samples:
-            s = _slope([float(c) for c, _ in pts], [float(r) for _, r in pts])
-            slopes.append(s)
-        per_hour = [None if s is None else s * soak.cycles / max(churn_s, 1e-9) * 3600 for s in slopes]
+        figures = [_hub_figures(h.name, i == 0, samples[i]) for i, h in enumerate(soak.hubs)]
+        rate = soak.cycles / max(churn_s, 1e-9) * 3600
         print(f"lab soak {churn_s:.0f} s: {soak.cycles} churn cycles with fresh identities ({soak.kills} by SIGKILL, "
-              f"{soak.failed_cycles} failed), {soak.faults} faults (pause, 5 % loss, cut); RSS slope per cycle "
-              + ", ".join("n/a" if s is None else f"{s:+.0f} B" for s in slopes)
-              + "; per hour " + ", ".join("n/a" if s is None else f"{s / 2**20:+.1f} MiB" for s in per_hour)
-              + f"; containers back to baseline in {back_s:.1f} s (limit {RECOVERY_S:g} s): "
-              + ("all" if not not_back else f"not {not_back}"))
+              f"{soak.failed_cycles} failed), {soak.faults} faults (pause, 5 % loss, cut); containers back to "
+              f"baseline in {back_s:.1f} s (limit {RECOVERY_S:g} s): " + ("all" if not not_back else f"not {not_back}"))
+        print(f"per cycle after warm-up ({skipped} checkpoints not quiet, left out):")
+        for f in figures:
+            print(f"  {f['name']}{' (traced)' if f['traced'] else ''}: {f['checkpoints']} checkpoints over "
+                  f"{f['cycles']:.0f} cycles; RSS {_fmt(f['rss'])} (Theil-Sen {_fmt(f['rss_theil_sen'])}, "
+                  f"quarters {', '.join(f'{w:+.0f}' for w in f['rss_windows']) or 'n/a'}; per hour "
+                  f"{_fmt(None if f['rss'] is None else f['rss'] * rate / 2**20, ' MiB')}), C heap in use "
+                  f"{_fmt(f['heap_in_use'])}, objects {_fmt(f['objects'], '')}"
+                  + (f", Python heap (tracemalloc) {_fmt(f['traced_heap'])}" if f["traced"] else ""))
+        top = (await _memory(soak.hubs[0], top=10))["top_growth"]
+        print("  hub0 Python heap growth since warm-up, by line: "
+              + "; ".join(f"{t['where']} {t.get('size_diff', 0):+d} B" for t in top[:10]))
         assert soak.cycles >= max(10, RUN_S / 10)
         assert soak.failed_cycles <= max(2, soak.cycles // 20), "more than 5 % of churn cycles failed"
         assert not_back == {}
         if RUN_S >= RSS_GATE_S:
-            assert all(s is not None and s <= SETTINGS.RSS_LIMIT for s in slopes), slopes
+            judged = {f["name"]: f["rss"] for f in figures if not f["traced"]}
+            judged.update({f"{f['name']} Python heap": f["traced_heap"] for f in figures if f["traced"]})
+            assert all(v is not None and v <= SETTINGS.RSS_LIMIT for v in judged.values()), judged
         await lab.stop_nodes()
 
     asyncio.run(run())
