@@ -31,6 +31,8 @@ class Net:
         self.cut: set[tuple[NodeId, NodeId]] = set()
         self.paused: dict[NodeId, list[tuple[float, float]]] = {}
         self.failed: list[tuple[float, NodeId, NodeId]] = []
+        self.delay_to: dict[NodeId, float] = {}
+        """Extra delay of every message to a node (its stream backed up behind bulk data)."""
         for a in self.ids:
             for b in self.ids:
                 if a != b:
@@ -49,7 +51,8 @@ class Net:
                 continue
             if (src, o.peer) in self.cut:
                 continue
-            heapq.heappush(self.queue, (self.now + DELAY, next(self._n), src, o.peer, o.message))
+            delay = DELAY + self.delay_to.get(o.peer, 0.0)
+            heapq.heappush(self.queue, (self.now + delay, next(self._n), src, o.peer, o.message))
 
     def run(self, until: float) -> None:
         while self.now < until:
@@ -167,3 +170,23 @@ def test_a_peer_heard_lately_never_leaves_a_deadline_in_the_past() -> None:
     d.handle_timer(8.012)
     deadline = d.next_deadline()
     assert deadline is not None and deadline > 8.012
+
+
+def test_a_peer_whose_answers_queue_behind_a_flood_is_alive_by_its_packets() -> None:
+    """#14: a subscriber flooded by a publisher reads the publisher's probes only after seconds of
+    queued data on their one stream, while its packets (acks) keep arriving. Counted as heard (the
+    runtime's ``Sink.alive``, at most every 0.25 s), it is never declared failed; without them
+    it was (``tests/test_flood_rounds.py`` saw it over QUIC)."""
+    for packets_heard in (False, True):
+        net = Net(2)
+        a, b = net.ids
+        net.delay_to[b] = 6.0  # everything a sends b waits 6 s behind the flood
+        t = 0.0
+        while t < 30.0:  # bounded: 120 steps
+            t += 0.25
+            net.run(t)
+            net.det[b].heard(a, net.now)  # b reads a's flood all along (6 s late)
+            if packets_heard:
+                net.det[a].heard(b, net.now)
+        declared = [f for f in net.failed if f[2] == b]
+        assert (declared == []) == packets_heard, (packets_heard, declared)

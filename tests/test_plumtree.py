@@ -14,7 +14,7 @@ from quicmesh.core.effects import Deliver, DeliverBatch, Effect, Send
 from quicmesh.core.membership import HvSend
 from quicmesh.core.mesh import Mesh
 from quicmesh.core.mesh_messages import MGossip, MGraft, MIHave, MNeighbor, MPrune
-from quicmesh.core.plumtree import message_id
+from quicmesh.core.plumtree import GRAFT_ANSWER_INTERVAL, message_id
 from quicmesh.errors import MessageTooLarge
 
 PUB = nid(9)
@@ -108,6 +108,46 @@ def test_neighbor_down_forgets_the_peer(registry: ContainerRegistry) -> None:
     pt.neighbor_down(A)
     assert A not in pt.eager and A not in pt.lazy
     assert pt.handle_timer(0.1) == []  # no graft towards a departed peer
+
+
+def test_a_graft_is_answered_once_per_interval_while_its_answer_travels(registry: ContainerRegistry) -> None:
+    """#14: on a congested link a GRAFT's answer waits behind queued data while the retries come
+    (40 ms backing off to 1 s); answering each multiplied the load that delayed them."""
+    pt = tree(registry)
+    pt.handle(C, MPrune("s"), 0.0)
+    pt.handle(A, gossip(3), 0.0)
+    mid = message_id(PUB.raw, 7, 3, "s.t", [b"x"])
+    out, _ = pt.handle(C, MGraft("s", mid), 0.1)
+    assert len(out) == 1 and isinstance(out[0].message, MGossip) and out[0].message.r
+    for t in (0.14, 0.22, 0.38, 0.59):
+        assert pt.handle(C, MGraft("s", mid), t)[0] == []
+    assert pt.counters["grafts_unanswered"] == 4 and pt.counters["payloads_sent"] == 3  # A's push to B, C; one answer
+    out, _ = pt.handle(B, MGraft("s", mid), 0.2)  # another peer's GRAFT is its own
+    assert len(out) == 1 and out[0].peer == B
+    # past GRAFT_ANSWER_INTERVAL the answer may have been dropped on the way: answered again
+    pt.handle_timer(0.1 + GRAFT_ANSWER_INTERVAL)
+    out, _ = pt.handle(C, MGraft("s", mid), 0.11 + GRAFT_ANSWER_INTERVAL)
+    assert len(out) == 1
+    # a peer that left and came back gets an answer at once (what was on its way went with it)
+    pt.neighbor_down(C)
+    pt.neighbor_up(C, 0.62)
+    assert len(pt.handle(C, MGraft("s", mid), 0.63)[0]) == 1
+    pt.handle_timer(10.0)
+    assert len(pt.answered) == 0
+
+
+def test_a_second_copy_of_a_repair_prunes_nothing() -> None:
+    """Two answers to our own GRAFT retries are not two tree paths: the only eager peer must not
+    be pruned for them (it was, and every later batch then needed an IHAVE and a GRAFT)."""
+    pt = tree(ContainerRegistry())
+    repair = MGossip("s", "s.t", PUB.raw, 7, 4, [b"x"], 1, r=True)
+    _, arrived = pt.handle(A, repair, 0.0)
+    assert arrived is not None
+    out, arrived = pt.handle(A, repair, 0.3)
+    assert arrived is None and out == [] and pt.is_eager(A, PUB.raw)
+    assert pt.counters["duplicates"] == 1 and pt.counters["prunes_sent"] == 0
+    out, _ = pt.handle(A, gossip(4), 0.4)  # an eager push of a seen batch still prunes its sender
+    assert out == [HvSend(A, MPrune("s", PUB.raw))] and not pt.is_eager(A, PUB.raw)
 
 
 # -- through the facade ------------------------------------------------------------------------------

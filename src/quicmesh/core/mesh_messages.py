@@ -184,7 +184,8 @@ class MGossip(_Overlay, tag="m.gossip"):
 
     ``sig``: the publisher's Ed25519 signature over the realm and the batch's full digest
     (:func:`quicmesh.core.guard.gossip_signing_bytes`); ``cert``: the publisher's member
-    certificate in an authority realm (None in an open realm). Only ``hops`` is not signed.
+    certificate in an authority realm (None in an open realm). Only ``hops`` and ``r`` are not
+    signed.
     Receivers verify both before caching, forwarding or delivering a new batch."""
 
     s: _Swarm
@@ -198,6 +199,9 @@ class MGossip(_Overlay, tag="m.gossip"):
     """The publisher's Ed25519 signature of the batch (label, realm, digest of the content)."""
     cert: Annotated[bytes, msgspec.Meta(max_length=8192)] | None = None
     """The publisher's member certificate in an authority realm; None in an open realm."""
+    r: bool = False
+    """A repair: sent in answer to the receiver's own GRAFT. A second copy of a repair is the
+    receiver's retry crossing a slow answer, not a redundant tree path, so it prunes nothing."""
 
     def __post_init__(self) -> None:
         """The topic is in the grammar and in swarm ``s``; the batch's last seq fits the field;

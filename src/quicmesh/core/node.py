@@ -269,6 +269,10 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
 
     # -- network events --------------------------------------------------------------------------
 
+    def alive(self, peer: NodeId, now: float) -> None:
+        """The transport saw ``peer``'s packets at ``now`` (its messages may still be queued)."""
+        self.failure.heard(peer, now)
+
     def message(self, peer: NodeId, msg: Message, now: float) -> list[object]:
         """``msg`` arrived from ``peer``: route it to the machine it is for."""
         if self.guard.blocked(peer, now):

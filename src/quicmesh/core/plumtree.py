@@ -32,6 +32,10 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   (80 ms). When it fires and the payload is still missing, the node sends GRAFT(id) to one
   announcer (making it eager) and re-arms (40 ms) for the next one, rotating through announcers
   until the payload arrives or the entry expires with the payload cache TTL.
+  A GRAFT is answered once per ``GRAFT_ANSWER_INTERVAL`` per (id, peer): on a congested link
+  the answer waits behind seconds of queued data while the retries keep coming, and answering
+  each would multiply the load that delays them. An answer is marked as a repair (``r``), and a
+  duplicate repair prunes nothing (it is the receiver's own retry, not a second tree path).
 * **Re-announcement.** On lossy links an eager payload and every IHAVE for it can all be lost.
   Each received id is therefore announced once more, ``REANNOUNCE_DELAY`` seconds later, to every
   neighbour (eager and lazy) except the one it came from; a neighbour that has it ignores the
@@ -61,20 +65,19 @@ swarm's entries when the node leaves it. Everything else lives in this object an
 
 from __future__ import annotations
 
-import hashlib
-import struct
-from dataclasses import dataclass
 from random import Random
-from typing import Protocol
 
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, TtlMap
 from ..config import GossipConfig
 from ..identity import NodeId
+from .gossip_caches import ID_LEN, Arrived, GossipAuth, GossipCaches, batch_digest, message_id
 from .membership import HvSend
 from .mesh_messages import MGone, MGossip, MGraft, MIHave, MPrune
 from .wire import Message
 
-__all__ = ["REANNOUNCE_DELAY", "Arrived", "GossipAuth", "GossipCaches", "Plumtree", "batch_digest", "message_id"]
+__all__ = [
+    "GRAFT_ANSWER_INTERVAL", "ID_LEN", "REANNOUNCE_DELAY", "Arrived", "GossipAuth", "GossipCaches", "Plumtree", "batch_digest", "message_id",
+]
 
 REANNOUNCE_DELAY = 1.0
 """Seconds after receipt at which an id is announced once more to every neighbour."""
@@ -95,111 +98,20 @@ message), yet bounded: a payload its announcers no longer cache costs 16 GRAFTs,
 until the entry's TTL."""
 """Ids per IHAVE message; a received IHAVE is truncated to this many."""
 
+GRAFT_ANSWER_INTERVAL = 0.5
+"""Seconds during which a GRAFT for an id from a peer that was already answered is not answered
+again (the payload is on its way; see the module docstring). The retries of the first second
+(40, 80, 160, 320 ms apart) get one answer instead of five; later ones (640 ms, then 1 s apart)
+are each answered, so an answer lost with a connection or dropped by a full send buffer is
+repaired within a second. (2 s cut the flood's duplicates further but delayed a fresh joiner's
+repairs past its ordering's start wait in the 20 % churn simulation.)"""
+
 OPTIMISE_WINDOW = 2.5
 """Seconds after receiving a payload during which IHAVEs for it may still optimise the tree (the
 re-announcement comes ``REANNOUNCE_DELAY`` after the announcer received it)."""
 
 MAX_NEIGHBOURS = 64
 """Cap of the eager and lazy sets (they only hold swarm active-view peers)."""
-
-ID_LEN = 16
-
-
-def message_id(publisher: bytes, epoch: int, seq: int, topic: str, payloads: list[bytes]) -> bytes:
-    """The 16-byte id of a gossip batch: :func:`batch_digest` truncated."""
-    return batch_digest(publisher, epoch, seq, topic, payloads)[:ID_LEN]
-
-
-def batch_digest(publisher: bytes, epoch: int, seq: int, topic: str, payloads: list[bytes]) -> bytes:
-    """The 32-byte digest of a gossip batch: SHA-256 over its publisher, epoch, first seq, topic,
-    every payload's length and the payloads (so payload boundaries are part of it). Its first
-    16 bytes are the batch's id; the publisher signs all 32 (with the realm). SHA-256 rather
-    than BLAKE2b: with the SHA CPU extensions (most x86-64 and ARMv8 CPUs) it hashes a 4 KiB
-    batch 1.7x faster here."""
-    h = hashlib.sha256()
-    t = topic.encode()
-    n = len(payloads)
-    h.update(b"".join((publisher, epoch.to_bytes(8, "big", signed=False), seq.to_bytes(8, "big", signed=False),
-                       len(t).to_bytes(4, "big"), t, n.to_bytes(4, "big"))))
-    # every length first, then the payloads: the boundaries are fixed by the lengths, and both
-    # parts are built in C (per-payload Python work was a tenth of the receive path)
-    h.update(struct.pack(f">{n}I", *map(len, payloads)))
-    h.update(b"".join(payloads))
-    return h.digest()
-
-
-class GossipAuth(Protocol):
-    """Origin signatures of gossip batches (:class:`quicmesh.core.guard.Guard` is one)."""
-
-    def sign_gossip(self, digest: bytes) -> tuple[bytes, bytes | None]:
-        """The signature and certificate for a local batch with ``digest``."""
-        ...
-
-    def verify_gossip(self, sender: NodeId, msg: MGossip, digest: bytes, now: float) -> bool:
-        """Whether a new batch received from ``sender`` is valid (penalising ``sender`` if not)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Arrived:
-    """A new (never seen) batch of topic messages, handed to the ordering layer: ``payloads[i]``
-    has sequence number ``seq + i``."""
-
-    swarm: str
-    topic: str
-    publisher: NodeId
-    epoch: int
-    seq: int
-    payloads: list[bytes]
-    hops: int
-
-
-def _gossip_size(m: MGossip) -> int:
-    return sum(map(len, m.payloads)) + 8 * len(m.payloads) + len(m.topic) + 96 + len(m.sig) + len(m.cert or b"")
-
-
-class GossipCaches:
-    """Node-wide seen-id cache and payload cache, shared by every swarm's Plumtree."""
-
-    def __init__(self, config: GossipConfig, registry: ContainerRegistry) -> None:
-        self.seen: TtlMap[bytes, str] = TtlMap("gossip.seen_ids", config.seen_capacity, config.seen_ttl,
-                                               registry=registry)
-        self.payloads: TtlMap[bytes, MGossip] = TtlMap(
-            "gossip.payload_cache",
-            config.payload_cache_capacity,
-            config.payload_cache_ttl,
-            capacity_bytes=config.payload_cache_bytes,
-            sizeof=_gossip_size,
-            registry=registry,
-        )
-
-    def purge(self, swarm: str) -> int:
-        """Remove every entry of ``swarm``; returns how many were removed."""
-        n = 0
-        for key, s in self.seen.items():
-            if s == swarm:
-                self.seen.pop(key)
-                n += 1
-        for key, m in self.payloads.items():
-            if m.s == swarm:
-                self.payloads.pop(key)
-                n += 1
-        return n
-
-    def count(self, swarm: str) -> int:
-        """Entries held for ``swarm`` (for tests and /health)."""
-        return sum(1 for s in self.seen.values() if s == swarm) + sum(
-            1 for m in self.payloads.values() if m.s == swarm
-        )
-
-    def expire(self, now: float) -> None:
-        self.seen.expire(now)
-        self.payloads.expire(now)
-
-    def next_deadline(self) -> float | None:
-        ds = [d for d in (self.seen.next_deadline(), self.payloads.next_deadline()) if d is not None]
-        return min(ds) if ds else None
-
 
 class Plumtree:
     """Broadcast state of one swarm. See the module docstring."""
@@ -250,6 +162,9 @@ class Plumtree:
         )
         """Recently received ids: the peer each came from, its hop count and its publisher (tree
         optimisation)."""
+        self.answered: TtlMap[tuple[bytes, NodeId], None] = TtlMap(
+            "plumtree.grafts_answered", cap, GRAFT_ANSWER_INTERVAL, registry=registry)
+        """(id, peer) GRAFTs answered lately (see ``GRAFT_ANSWER_INTERVAL``)."""
         self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque(
             "plumtree.ihave_queue", 4 * cap, registry=registry
         )
@@ -261,6 +176,7 @@ class Plumtree:
         self.counters = {  # bounded: fixed keys
             "received": 0, "duplicates": 0, "grafts_sent": 0, "prunes_sent": 0, "too_large": 0,
             "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0, "grafts_abandoned": 0, "rejected": 0,
+            "grafts_unanswered": 0,
         }
 
     # -- neighbours ------------------------------------------------------------------------------
@@ -281,6 +197,8 @@ class Plumtree:
         self.since.pop(peer)
         for lazy in self.trees.values():
             lazy.discard(peer)
+        for key in [k for k in self.answered.keys() if k[1] == peer]:  # what it was sent may be lost
+            self.answered.pop(key)
 
     def _is_neighbour(self, peer: NodeId) -> bool:
         return peer in self.eager or peer in self.lazy
@@ -357,7 +275,7 @@ class Plumtree:
         pub = msg.publisher
         if mid in self.caches.seen:
             self.counters["duplicates"] += 1
-            if self.is_eager(sender, pub):
+            if not msg.r and self.is_eager(sender, pub):
                 self._make_lazy(sender, pub)
                 self.counters["prunes_sent"] += 1
                 out.append(HvSend(sender, MPrune(self.swarm, pub)))
@@ -443,9 +361,15 @@ class Plumtree:
                 self._make_eager(sender, msg.p)
             return [HvSend(sender, MGone(self.swarm, msg.id))]
         self._make_eager(sender, cached.publisher)
+        key = (msg.id, sender)
+        answered = self.answered.deadline(key)
+        if answered is not None and answered > now:
+            self.counters["grafts_unanswered"] += 1
+            return []
+        self.answered.set(key, None, now)
         self.counters["payloads_sent"] += 1
         fwd = MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payloads,
-                      cached.hops + 1, cached.sig, cached.cert)
+                      cached.hops + 1, cached.sig, cached.cert, r=True)
         return [HvSend(sender, fwd)]
 
     def _on_gone(self, sender: NodeId, msg: MGone, now: float) -> None:
@@ -518,6 +442,7 @@ class Plumtree:
             out += self._flush_ihaves()
         self.missing.expire(now)
         self.graft_tries.expire(now)
+        self.answered.expire(now)
         self.received_from.expire(now)
         return out
 
@@ -526,7 +451,8 @@ class Plumtree:
         best = self.graft_timers.next_deadline()
         if self.ihave_deadline is not None and (best is None or self.ihave_deadline < best):
             best = self.ihave_deadline
-        for d in (self.missing.next_deadline(), self.graft_tries.next_deadline(), self.tree_used.next_deadline()):
+        for d in (self.missing.next_deadline(), self.graft_tries.next_deadline(), self.tree_used.next_deadline(),
+                  self.answered.next_deadline()):
             if d is not None and (best is None or d < best):
                 best = d
         if self.reannounce:
@@ -538,7 +464,7 @@ class Plumtree:
     def close(self) -> None:
         """Release every per-swarm container."""
         for c in (self.eager, self.lazy, self.since, self.missing, self.graft_timers, self.graft_tries,
-                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used):
+                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used, self.answered):
             c.close()
         self.ihave_deadline = None
 
@@ -546,7 +472,7 @@ class Plumtree:
         """Entries held (for tests and /health)."""
         return (len(self.eager) + len(self.lazy) + len(self.missing) + len(self.graft_timers)
                 + len(self.graft_tries) + len(self.ihave_queue) + len(self.reannounce) + len(self.received_from)
-                + len(self.trees) + len(self.tree_used))
+                + len(self.trees) + len(self.tree_used) + len(self.answered))
 
     # -- internals -------------------------------------------------------------------------------
 

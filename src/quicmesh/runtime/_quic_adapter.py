@@ -143,6 +143,9 @@ class Sink(Protocol):
     def transmitted(self) -> None:
         """Packets were just handed to the socket: the send backlog may have shrunk."""
 
+    def alive(self) -> None:
+        """Datagrams from the peer were processed (at most every ``ALIVE_INTERVAL``)."""
+
 
 RELAYED_DATAGRAM_SIZE = 16384
 """qh3's ``max_datagram_size`` on relayed paths: a virtual path has no MTU (its datagrams travel
@@ -156,6 +159,11 @@ def relayed(configuration: QuicConfiguration) -> QuicConfiguration:
     qc.max_datagram_size = RELAYED_DATAGRAM_SIZE
     qc.probe_datagram_size = False
     return qc
+
+ALIVE_INTERVAL = 0.25
+"""Seconds between two :meth:`Sink.alive` reports of one connection: its peer's datagrams show
+that it is alive even while its messages wait behind bulk data on the stream (the failure
+detector's probes and answers travel on that stream too)."""
 
 HELD_DATAGRAMS = 1024
 """#14 (fastpath): datagrams a held connection keeps for later (:meth:`Proto.hold`); beyond
@@ -191,6 +199,7 @@ class Proto(QuicConnectionProtocol):
         """Times :meth:`hold` stopped the reading."""
         """Datagrams dropped while held past ``HELD_DATAGRAMS`` (QUIC retransmits their data)."""
         self._held: deque[tuple[bytes | str, Any]] = deque()  # bounded: HELD_DATAGRAMS, checked on append
+        self._alive_at = -ALIVE_INTERVAL
 
     @property
     def quic(self) -> QuicConnection:
@@ -266,6 +275,13 @@ class Proto(QuicConnectionProtocol):
             ce = getattr(self._quic, "_close_event", None)
             if ce is not None and not self._local_close and not self._gone:
                 self.abandon(ce)
+                return
+            now = self._loop_time()
+            if now - self._alive_at >= ALIVE_INTERVAL:
+                self._alive_at = now
+                sink = self.sink
+                if sink is not None:
+                    sink.alive()
         except Exception as exc:
             self._fail(exc)
 

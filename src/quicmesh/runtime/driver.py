@@ -274,6 +274,11 @@ class NodeDriver(HandlerRunner):
             announce(self.core, self.keypair, self.trust.wire_id, self.mesh.observed.announced())
         self._rearm()
 
+    def on_alive(self, conn: Connection) -> None:
+        """The transport saw ``conn``'s peer send lately: the failure detector hears it."""
+        if conn.role == "node" and not self._stopped and self._loop is not None:
+            self.core.alive(conn.peer_id, self._now())
+
     def on_message(self, conn: Connection, message: WireMessage) -> None:
         if conn.role == "client":
             try:

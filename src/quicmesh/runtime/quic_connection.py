@@ -102,6 +102,9 @@ class ConnectionHost(Protocol):
     def keeps(self, conn: QuicConnection) -> bool:
         """#13: whether ``conn`` must stay open although idle (relay reservations and paths)."""
 
+    def alive(self, conn: QuicConnection) -> None:
+        """Datagrams of ``conn``'s peer arrived (see :meth:`QuicConnection.alive`)."""
+
 
 def _code_of(phrase: str) -> str:
     return phrase.split(":", 1)[0].strip()
@@ -317,6 +320,12 @@ class QuicConnection(SendPath, Connection):
         except Exception as exc:  # a bug here must cost one connection, never the transport
             log.exception("error handling a QUIC event on %r", self)
             self.abort("error", TransportError(f"internal error: {exc}"), send=True)
+
+    def alive(self) -> None:
+        """The peer's datagrams were processed: tell the owner it is alive (an open node
+        connection only), even when its messages still wait behind others."""
+        if self._open and not self._closed and self.role == "node":
+            self._host.alive(self)
 
     def quic_failed(self, exc: BaseException) -> None:
         self.abort("error", TransportError(f"QUIC error: {type(exc).__name__}: {exc}"), send=False)

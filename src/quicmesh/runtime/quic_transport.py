@@ -200,6 +200,12 @@ class QuicTransport(Transport):
         """Count an attempt ended before admission."""
         self.table.count_refusal(reason)
 
+    def alive(self, conn: QuicConnection) -> None:
+        """``conn``'s peer sent datagrams lately: tell the owner (``on_alive``), if it asks."""
+        on_alive = getattr(self._events, "on_alive", None)
+        if on_alive is not None and conn.published:
+            on_alive(conn)
+
     def deliver(self, conn: QuicConnection, message: Message) -> None:
         """An application message arrived on ``conn``."""
         if type(message) in RELAY_TYPES:

@@ -136,6 +136,10 @@ class TransportEvents(Protocol):
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
         """``conn`` closed; ``error`` is ``None`` for an orderly local close."""
 
+    # An owner may also define ``on_alive(conn)``: the peer of ``conn`` sent datagrams lately
+    # (at most a few calls per second per connection); the node's failure detector counts it as
+    # heard, so a peer whose answers queue behind bulk data is not taken for dead.
+
 
 @dataclass(slots=True)
 class TransportStats:
