@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The same two-node bench against two source trees, alternating, in one run.
 
-    python bench/before_after.py --base ../wt-base/src [--rounds 3] [--messages 100000]
+    python bench/before_after.py --base ../wt-base/src [--rounds 3] [--messages 100000] [--loop uvloop]
 
 Runs the quicmesh part of ``bench/two_nodes.py`` (pub/sub 64 B and 1 KiB, round trip, RPC
 sequential and 64 in flight; two node processes on loopback) ``--rounds`` times for each tree,
@@ -35,19 +35,19 @@ FIGURES = (
 )
 
 
-def child(messages: int) -> None:
+def child(messages: int, loop: str) -> None:
     sys.path.insert(0, str(HERE))
     import two_nodes  # bench/two_nodes.py, importing quicmesh from PYTHONPATH
 
-    args = argparse.Namespace(messages=messages, repeat=1)
+    args = argparse.Namespace(messages=messages, repeat=1, loop=loop, only="pubsub,rtt,rpc", no_raw=True)
     res: dict[str, Any] = asyncio.run(two_nodes.run(args))
     lost = sum(int(res[k]["lost"]) for k in ("pubsub_64B", "pubsub_1024B"))
     print(json.dumps({"results": res, "lost": lost}))
 
 
-def one(tree: Path, messages: int) -> dict[str, Any]:
+def one(tree: Path, messages: int, loop: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, __file__, "--child", "--messages", str(messages)], env=env,
+    out = subprocess.run([sys.executable, __file__, "--child", "--messages", str(messages), "--loop", loop], env=env,
                          capture_output=True, text=True, timeout=900, check=True)
     data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return data
@@ -59,10 +59,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--json", default=str(HERE / "results" / "before_after.json"))
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the nodes' event loop")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.messages)
+        child(args.messages, args.loop)
         return 0
     if not args.base:
         p.error("--base is required")
@@ -71,7 +72,7 @@ def main() -> int:
     started = time.time()
     for r in range(args.rounds):
         for label in (("base", "current") if r % 2 == 0 else ("current", "base")):
-            runs[label].append(one(trees[label], args.messages))
+            runs[label].append(one(trees[label], args.messages, args.loop))
             print(f"round {r + 1}/{args.rounds}: {label} done", file=sys.stderr)
     rows = [("figure", "base (median)", "current (median)", "current / base")]
     summary: dict[str, Any] = {}

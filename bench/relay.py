@@ -10,8 +10,9 @@ and a direct pair D1, D2. Hole punching and local discovery are off, so A -> B s
 loopback a punch would always succeed). Each round runs the relayed case and then the direct one
 (interleaved, so both see the same machine); the table gives the median of ``--repeat`` rounds,
 the relayed/direct ratio (issue #13's goal: >= 50 %) and the CPU seconds per message of publisher,
-relay and subscriber. ``--py-spy DIR`` records the relay during one extra relayed run (a flame
-graph ``DIR/relay.svg``), when ``py-spy`` is on the PATH.
+relay and subscriber. ``--py-spy DIR`` records the relay during one extra relayed run (collapsed
+stacks ``DIR/relay.folded``, for any flame-graph viewer) and prints the functions with the most
+samples of their own, when ``py-spy`` is on the PATH.
 
 The lab test (``tests/test_lab_relay.py``) measures the same across real NAT routers; this bench
 is the quick loop for work on the relay's per-packet path.
@@ -136,13 +137,25 @@ async def profile(args: argparse.Namespace, a: NodeProcess, r: NodeProcess, b: N
     out = Path(args.py_spy)
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     rec = await asyncio.create_subprocess_exec(
-        spy, "record", "-p", str(r.proc.pid), "-o", str(out / "relay.svg"), "-r", "200", "--nonblocking",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        spy, "record", "-p", str(r.proc.pid), "-o", str(out / "relay.folded"), "-f", "raw", "-r", "250",
+        "--nonblocking", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     await asyncio.sleep(1.0)  # py-spy attaches (a bounded wait: the profile only loses its start)
     await throughput(a, b, "prof", 99, args.messages, args.size)
     rec.send_signal(2)
     await asyncio.wait_for(rec.wait(), 30)
-    print(f"relay profile: {out / 'relay.svg'}")
+    folded = await asyncio.to_thread((out / "relay.folded").read_text)
+    own: dict[str, int] = {}
+    total = 0
+    for line in folded.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+    print(f"relay profile ({total} samples): {out / 'relay.folded'}; own time by function:")
+    for leaf, n in sorted(own.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"  {100 * n / max(total, 1):5.1f} %  {leaf}")
 
 
 def main() -> None:
