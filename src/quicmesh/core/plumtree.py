@@ -76,7 +76,8 @@ from .mesh_messages import MGone, MGossip, MGraft, MIHave, MPrune
 from .wire import Message
 
 __all__ = [
-    "GRAFT_ANSWER_INTERVAL", "ID_LEN", "REANNOUNCE_DELAY", "Arrived", "GossipAuth", "GossipCaches", "Plumtree", "batch_digest", "message_id",
+    "GRAFT_ANSWER_INTERVAL", "ID_LEN", "REANNOUNCE_DELAY", "Arrived", "GossipAuth", "GossipCaches", "Plumtree",
+    "batch_digest", "message_id",
 ]
 
 REANNOUNCE_DELAY = 1.0
