@@ -34,11 +34,12 @@ soak: $(STAMP)
 	QUICMESH_SOAK=1 $(BIN)/pytest -m soak -p no:cacheprovider
 
 # The network lab's long form (needs root, iproute2 and nftables): 10 SIGKILL trials, 10 minutes of
-# pauses, a 120 s partition, 10,000 messages under loss, 5 minutes of the set test's faults.
+# pauses, a 120 s partition, 10,000 messages under loss, 5 minutes of the set test's faults; the same
+# scenarios again with plain `quicmesh node` processes (tests/test_lab_plain.py).
 lab: $(STAMP)
 	QMLAB_TRIALS=10 QMLAB_PAUSE_S=600 QMLAB_PARTITION_S=120 QMLAB_MESSAGES=10000 \
 	QMLAB_JEPSEN_S=300 $(BIN)/pytest -p no:cacheprovider -s -q tests/test_lab.py tests/test_lab_failure.py \
-	tests/test_lab_scenarios.py tests/test_lab_jepsen.py
+	tests/test_lab_scenarios.py tests/test_lab_jepsen.py tests/test_lab_plain.py
 
 # An hour of identity churn and faults in the lab (opt-in: long), judged on RSS slope and recovery.
 lab-soak: $(STAMP)

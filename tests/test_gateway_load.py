@@ -304,9 +304,10 @@ async def test_slow_consumer_is_closed_and_others_keep_latency(mesh: tuple[Node,
               f"p99 {max(before) * 1000:.2f} ms; with the slow consumer: p50 {p50_during * 1000:.2f} ms "
               f"p99 {max(during) * 1000:.2f} ms")
         # A gateway that waited on the stalled client would add seconds (write_stall_timeout is
-        # 2 s here) to everyone's latency; scheduling noise on a 2-core machine shared with other
-        # test runs stays well below these bounds.
-        assert p50_during < 3 * p50_before + 0.005, (p50_before, p50_during)
+        # 2 s here) to everyone's latency: p50 and p99 in the hundreds of ms at least. Scheduling
+        # noise on a 2-core machine shared with other test runs moves a 2 s window's p50 between
+        # ~10 and ~45 ms (measured under `make test`), so each bound allows 3x or that noise.
+        assert p50_during < max(3 * p50_before, p50_before + 0.1), (p50_before, p50_during)
         assert max(during) < max(3 * max(before), max(before) + 0.25), (before, during)
     finally:
         for r in readers:

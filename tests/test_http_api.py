@@ -12,7 +12,9 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+import aiohttp
 import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
@@ -452,4 +454,63 @@ async def test_a_node_process_serves_the_face_next_to_its_metrics() -> None:
         status, body = await curl(f"http://{node.http}/metrics")
         assert status == 200 and b"quicmesh_http_api_responses_total" in body
     finally:
+        await node.stop()
+
+
+async def test_a_map_open_cut_short_by_its_client_fails_no_other_request() -> None:
+    """The HTTP face (no lab needed): a map is opened by the first request that names it, loaded
+    from the store meanwhile. When that request's client leaves (the handler is cancelled, as
+    the face's server cancels the handlers of closed connections), the other requests waiting
+    for the same map still get their answers. Found by the set test above: a node restarted on
+    a loaded machine read its store slowly, a writer's PUT timed out and left, and a concurrent
+    ``GET`` answered 503 ``NodeClosed`` "cancelled" from a node that was running."""
+    node = await Node.start(NodeConfig(realm="plain", http_api=HttpApiConfig(listen="127.0.0.1:0")))
+    face = node.http_face
+    assert face is not None
+    gate, entered = asyncio.Event(), asyncio.Event()
+    load = node.logs._load
+
+    async def slow_load(state: Any) -> None:  # the store read, held until the test lets it go
+        entered.set()
+        await gate.wait()
+        await load(state)
+
+    calls: list[str] = []  # how each request's wait for the map ended
+    open_map = face._map
+
+    async def counted(name: str) -> Any:
+        calls.append("waiting")
+        i = len(calls) - 1
+        try:
+            handle = await open_map(name)
+        except BaseException as exc:
+            calls[i] = type(exc).__name__
+            raise
+        calls[i] = "opened"
+        return handle
+
+    node.logs._load = slow_load  # type: ignore[method-assign]
+    face._map = counted  # type: ignore[method-assign]
+    url = f"http://{node.http_api_address}/v1/kv/m/k"
+    try:
+        async with aiohttp.ClientSession() as first, aiohttp.ClientSession() as second:
+            a = asyncio.ensure_future(first.get(url))
+            await eventually(entered.is_set, timeout=10, what="the first request opening the map")
+            b = asyncio.ensure_future(second.get(url))
+            await eventually(lambda: len(calls) == 2, timeout=10, what="the second request waiting for the map")
+            await first.close()  # the first client leaves: its connection closes, its handler is cancelled
+            with contextlib.suppress(aiohttp.ClientError):
+                await asyncio.wait_for(a, 10)
+            await eventually(lambda: calls[0] != "waiting", timeout=10, what="the first request's handler ending")
+            gate.set()
+            resp = await asyncio.wait_for(b, 10)
+            body = await resp.read()
+            assert (resp.status, json.loads(body)["error"]) == (404, "KeyNotFound"), (resp.status, body, calls)
+            async with second.put(url, data=b"v") as put:
+                assert put.status == 200
+            async with second.get(url) as get:
+                assert (get.status, await get.read()) == (200, b"v")
+        print(f"a map open cut short by its client: the requests ended {calls}; the waiting one got 404 KeyNotFound")
+    finally:
+        gate.set()
         await node.stop()

@@ -544,3 +544,37 @@ async def test_concurrent_appends_keep_their_order(net: MemoryNetwork) -> None:
         assert log.heads() == {a.id: 49}
     finally:
         await a.stop()
+
+
+async def test_a_cancelled_first_opener_of_a_map_does_not_fail_the_others(net: MemoryNetwork) -> None:
+    """``node.kv(name)`` loads the map from the store once, for every opener. When the opener that
+    started the load is cancelled (its caller gave up: a timeout, a client that left), the others
+    waiting for the same map still get it (found by the plain-node lab's set test, through the
+    HTTP face: a concurrent request answered 503 ``NodeClosed`` "cancelled")."""
+    a = await start(net)
+    try:
+        gate, entered = asyncio.Event(), asyncio.Event()
+        load = a.logs._load
+
+        async def slow_load(state: Any) -> None:  # the store read, held until the test lets it go
+            entered.set()
+            await gate.wait()
+            await load(state)
+
+        a.logs._load = slow_load  # type: ignore[method-assign]
+        first = asyncio.ensure_future(a.kv("m"))
+        await eventually(entered.is_set, timeout=10)
+        second = asyncio.ensure_future(a.kv("m"))
+        await asyncio.sleep(0)  # the second opener is waiting on the load
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        gate.set()
+        m = await asyncio.wait_for(second, 10)
+        await m.set("k", b"v")
+        assert await m.get("k") == b"v"
+        third = await a.kv("m")  # the map stays open for later openers
+        assert await third.get("k") == b"v"
+    finally:
+        gate.set()
+        await a.stop()

@@ -61,7 +61,7 @@ def test_reports_are_the_same_in_every_process() -> None:
     takes from its address (two processes differed in 2 figures of this scenario)."""
     outs = []
     for hash_seed in ("1", "2"):
-        done = subprocess.run([sys.executable, "-c", _REPORT], capture_output=True, text=True, timeout=120,
+        done = subprocess.run([sys.executable, "-c", _REPORT], capture_output=True, text=True, timeout=600,
                               env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
         outs.append(done.stdout)

@@ -255,19 +255,22 @@ class FailureDetector:
         return self._deadline
 
     def _compute_deadline(self) -> float | None:
-        best: float | None = None
+        best = math.inf
+        timeout = self._probe_timeout()
         for st in self._peers.values():
-            for t in (st.next_probe if st.probe_sent is None and st.suspected_at is None else None,
-                      (st.probe_sent + self._probe_timeout()) if st.probe_sent is not None and not st.indirect_sent
-                      else None,
-                      st.round_ends if st.suspected_at is None else None,
-                      st.suspicion_deadline):
-                if t is not None and (best is None or t < best):
-                    best = t
+            if st.suspected_at is None:
+                if st.probe_sent is None and st.next_probe < best:
+                    best = st.next_probe
+                if st.round_ends is not None and st.round_ends < best:
+                    best = st.round_ends
+            if st.probe_sent is not None and not st.indirect_sent and st.probe_sent + timeout < best:
+                best = st.probe_sent + timeout
+            if st.suspicion_deadline is not None and st.suspicion_deadline < best:
+                best = st.suspicion_deadline
         for job in self._jobs.values():
-            if best is None or job.deadline < best:
+            if job.deadline < best:
                 best = job.deadline
-        return best
+        return None if best == math.inf else best
 
     def handle_timer(self, now: float) -> list[Output]:
         """Send due probes, start indirect probes, suspect and declare failures.

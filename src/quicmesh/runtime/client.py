@@ -74,6 +74,10 @@ log = logging.getLogger("quicmesh.client")
 
 _DEFAULT_TRANSPORT = TransportConfig(keepalive_interval=5.0, idle_timeout=30.0)
 
+CLOSE_WRITE_OUT = 1.0
+"""Seconds :meth:`Client.close` waits at most for bytes QUIC held back (pacing, congestion window)
+to go on the wire before the close, which would discard them; usually none are held."""
+
 
 @functools.lru_cache(maxsize=4)
 def _codec(max_frame_size: int) -> Codec:
@@ -225,8 +229,13 @@ class Client(ClientRpc):
             await self.drain()
         conn = self._conn
         flush = getattr(conn, "flush_now", None) if conn is not None and not conn.closed else None
-        if flush is not None:
+        if flush is not None and conn is not None:
             flush()  # what was published in this loop iteration leaves before the close
+            if conn.pending_bytes > 0:
+                # QUIC held some of it back (pacing, congestion window): a close now would
+                # discard it, so wait until it is on the wire (not for its acknowledgement)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.drain(until=0), CLOSE_WRITE_OUT)
         self._closed = True
         task, self._reconnect_task = self._reconnect_task, None
         if task is not None:

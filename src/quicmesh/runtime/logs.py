@@ -125,7 +125,7 @@ class LogService:
         self._heads = HeadsMirror(config.store.max_logs, registry=registry)
         self._append_lock: asyncio.Lock | None = None
         self._appends: dict[int, asyncio.Future[StoredOp]] = {}  # bounded: one append at a time (_append_lock)
-        self._tasks: set[asyncio.Task[Any]] = set()  # bounded: appends in flight, serialised by _append_lock
+        self._tasks: set[asyncio.Task[Any]] = set()  # bounded: appends in flight (one at a time), a load per map opened
         self._ids = itertools.count(1)
         self._evicted_seen = 0  # store.counts().evicted_logs when the heads mirror was last reloaded
         # counters
@@ -382,23 +382,31 @@ class LogService:
         state.refs += 1
         handle = ReplicatedMap(self, hid, state)
         if fresh:
+            # The load is a task of its own: an opener that is cancelled (its caller gave up)
+            # does not cut it short for the others waiting on the same map.
             self._maps[name] = state
-            try:
-                await self._load(state)
-            except BaseException as exc:
-                if not state.loaded.done():
-                    state.loaded.set_exception(exc if isinstance(exc, Exception) else NodeClosed("cancelled"))
-                    state.loaded.exception()  # mark retrieved
-                self._close_handle(hid)
-                raise
-            state.loaded.set_result(None)
-        else:
-            try:
-                await asyncio.shield(state.loaded)
-            except BaseException:
-                self._close_handle(hid)
-                raise
+            task = asyncio.ensure_future(self._load_into(state))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            await asyncio.shield(state.loaded)
+        except BaseException:
+            self._close_handle(hid)
+            raise
         return handle
+
+    async def _load_into(self, state: _KvState) -> None:
+        try:
+            await self._load(state)
+        except BaseException as exc:
+            if not state.loaded.done():
+                state.loaded.set_exception(exc if isinstance(exc, Exception) else NodeClosed("node stopped"))
+                state.loaded.exception()  # mark retrieved (nobody may be waiting any more)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not state.loaded.done():
+            state.loaded.set_result(None)
 
     def watch_kv(self, state: _KvState, queue_size: int | None) -> KvWatch:
         """A watcher of a map's changes (see :meth:`ReplicatedMap.watch`)."""
