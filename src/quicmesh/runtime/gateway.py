@@ -48,8 +48,8 @@ Slow consumers (NATS' rule): before every frame to a client the gateway reads th
 unsent bytes (``Connection.pending_bytes``, ours plus QUIC's); past ``max_pending_bytes`` the
 client is closed with code ``slow_consumer`` and counted. A sweep every
 ``min(1 s, write_stall_timeout / 4)`` (armed only while clients are connected) closes a client
-whose unsent bytes stayed above zero without ever decreasing for ``write_stall_timeout``. Each
-client has its own tasks and buffers, so one stalled client costs the others nothing.
+with unsent bytes to which QUIC put nothing new on the wire for ``write_stall_timeout`` (a
+client that reads, however slowly, is not stalled). One stalled client costs the others nothing.
 """
 
 from __future__ import annotations
@@ -463,10 +463,12 @@ class Gateway:
         now = asyncio.get_running_loop().time()
         for s in self._open_sessions():
             pending = s.conn.pending_bytes
+            # bytes QUIC put on the wire; a transport without that figure: a fall of the unsent bytes
+            progress = getattr(s.conn, "sent_progress", -pending)
             if pending == 0:
                 s.stall_since = None
-            elif s.stall_since is None or pending < s.stall_mark:
-                s.stall_since, s.stall_mark = now, pending
+            elif s.stall_since is None or progress > s.stall_mark:
+                s.stall_since, s.stall_mark = now, progress
             elif now - s.stall_since >= self._cfg.write_stall_timeout:
                 self.stats.slow_consumer_stalled_total += 1
                 self._slow_consumer(s, f"writes stalled for {self._cfg.write_stall_timeout} s")

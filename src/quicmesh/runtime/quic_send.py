@@ -36,6 +36,13 @@ class SendPath:
     _flush_handle: asyncio.Handle | None
     role: str
     peer_id: NodeId
+    _written_total: int = 0
+
+    @property
+    def sent_progress(self) -> int:
+        """Bytes of this connection's stream that QUIC has put on the wire at least once (grows
+        while the peer takes data, however slowly; stands still while it takes none)."""
+        return self._written_total - self._quic_backlog()
 
     @property
     def pending_bytes(self) -> int:
@@ -106,6 +113,7 @@ class SendPath:
         assert self._sid is not None
         try:
             self._proto.quic.send_stream_data(self._sid, data)
+            self._written_total += len(data)
         except Exception as exc:
             self.abort("error", TransportError(f"stream write failed: {exc}"), send=False)
             return
