@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
+from storekit import hold_loads
 
 from quicmesh.config import HttpApiConfig, NodeConfig, load_config
 from quicmesh.runtime.http_api import HttpFace
@@ -467,14 +468,8 @@ async def test_a_map_open_cut_short_by_its_client_fails_no_other_request() -> No
     node = await Node.start(NodeConfig(realm="plain", http_api=HttpApiConfig(listen="127.0.0.1:0")))
     face = node.http_face
     assert face is not None
-    gate, entered = asyncio.Event(), asyncio.Event()
-    load = node.logs._load
-
-    async def slow_load(state: Any) -> None:  # the store read, held until the test lets it go
-        entered.set()
-        await gate.wait()
-        await load(state)
-
+    held = hold_loads(node)  # the store read, held until the test lets it go
+    gate, entered = held.gate, held.entered
     calls: list[str] = []  # how each request's wait for the map ended
     open_map = face._map
 
@@ -489,7 +484,6 @@ async def test_a_map_open_cut_short_by_its_client_fails_no_other_request() -> No
         calls[i] = "opened"
         return handle
 
-    node.logs._load = slow_load  # type: ignore[method-assign]
     face._map = counted  # type: ignore[method-assign]
     url = f"http://{node.http_api_address}/v1/kv/m/k"
     try:

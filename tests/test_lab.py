@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from quicmesh.testing.lab import PREFIX, Lab, cleanup_stale, unavailable
+from quicmesh.testing.lab import PREFIX, Lab, cleanup_stale, one_overlay, unavailable
 
 REASON = unavailable()
 
@@ -145,3 +145,12 @@ def test_partition_heal_and_loss(lab: Lab) -> None:
         await lab.stop_nodes()
 
     asyncio.run(run())
+
+
+def test_one_overlay_reads_the_graph_of_connections() -> None:
+    """The scenarios' "one overlay again" check: connected, split, and a node with no connection
+    among the others (connections to nodes outside the set do not join it)."""
+    assert one_overlay({"a": {"b"}, "b": {"a", "c"}, "c": {"b"}})
+    assert not one_overlay({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}})
+    assert not one_overlay({"a": {"b", "x"}, "b": {"a"}, "c": {"x"}})
+    assert one_overlay({})

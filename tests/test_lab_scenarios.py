@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from labkit import mesh, peers
 
-from quicmesh.testing.lab import Lab, LabNode
+from quicmesh.testing.lab import Lab, LabNode, one_overlay
 
 PARTITION_S = float(os.environ.get("QMLAB_PARTITION_S", "20"))
 MESSAGES = int(os.environ.get("QMLAB_MESSAGES", "1000"))
@@ -35,15 +35,7 @@ HEAL_LIMIT_S = 30.0
 async def _one_overlay(nodes: list[LabNode]) -> bool:
     """Whether the nodes' connections form one connected graph."""
     ids = {n.process.node_id for n in nodes}
-    edges = {n.process.node_id: (await peers(n)) & ids for n in nodes}
-    seen = {nodes[0].process.node_id}
-    todo = [nodes[0].process.node_id]
-    while todo:
-        for p in edges[todo.pop()]:
-            if p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return seen == ids
+    return one_overlay({n.process.node_id: (await peers(n)) & ids for n in nodes})
 
 
 async def _count(node: LabNode, sid: int) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from storekit import hold_loads
 
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig, StoreConfig
@@ -553,15 +554,8 @@ async def test_a_cancelled_first_opener_of_a_map_does_not_fail_the_others(net: M
     HTTP face: a concurrent request answered 503 ``NodeClosed`` "cancelled")."""
     a = await start(net)
     try:
-        gate, entered = asyncio.Event(), asyncio.Event()
-        load = a.logs._load
-
-        async def slow_load(state: Any) -> None:  # the store read, held until the test lets it go
-            entered.set()
-            await gate.wait()
-            await load(state)
-
-        a.logs._load = slow_load  # type: ignore[method-assign]
+        held = hold_loads(a)  # the store read, held until the test lets it go
+        gate, entered = held.gate, held.entered
         first = asyncio.ensure_future(a.kv("m"))
         await eventually(entered.is_set, timeout=10)
         second = asyncio.ensure_future(a.kv("m"))

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib.metadata
 import json
 import logging
@@ -54,7 +53,7 @@ from aiohttp import web
 
 from ..bounded import LruMap
 from ..core.groups import check_group
-from ..errors import LimitExceeded, MessageTooLarge, NodeClosed, PermissionDenied, QuicmeshError, RemoteError
+from ..errors import LimitExceeded, MessageTooLarge, PermissionDenied, QuicmeshError, RemoteError
 from ..observability.http import HttpEndpoint, HttpFaceStats, HttpServer
 from .gateway_budget import ClientBudgets
 from .http_auth import MAX_BEARER, Access, HttpAuth, denied
@@ -149,8 +148,6 @@ class HttpFace:
             "http_api.maps", cfg.max_maps, on_evict=self._evicted, registry=node.registry
         )
         self._evicted_maps: list[ReplicatedMap] = []  # bounded: one per map opened, closed at once after
-        self._opening: dict[str, asyncio.Task[ReplicatedMap]] = {}  # bounded: a map being opened per request in flight
-        self._stopping = False
         self._budgets = ClientBudgets(node.config.gateway)  # a call's timeout is clamped like a light client's
         self.pending_bytes = 0
         """Request body bytes held now (at most ``http_api.max_pending_bytes``)."""
@@ -197,14 +194,9 @@ class HttpFace:
 
     async def stop(self) -> None:
         """End every stream, stop serving (its own server) and close the maps held; idempotent."""
-        self._stopping = True
         self.streams.close_all()
         if not self.shared:
             await self.server.stop()
-        opening = list(self._opening.values())
-        for task in opening:
-            task.cancel()
-        await asyncio.gather(*opening, return_exceptions=True)
         for name in list(self._maps):
             handle = self._maps.pop(name)
             if handle is not None:
@@ -276,36 +268,19 @@ class HttpFace:
         self._evicted_maps.append(handle)
 
     async def _map(self, name: str) -> ReplicatedMap:
-        """The map ``name``, opened once and kept (least recently used closed past ``max_maps``).
-        The opening (the map loaded from the store) is a task of its own that every request
-        naming the map waits on: a request whose client left (its handler cancelled) does not
-        cut it short for the others."""
+        """The map ``name``, opened once and kept (least recently used closed past ``max_maps``)."""
         handle = self._maps.get(name)
         if handle is not None:
             return handle
-        task = self._opening.get(name)
-        if task is None:
-            if self._stopping:
-                raise NodeClosed("the HTTP API is stopping")
-            task = self._opening[name] = asyncio.ensure_future(self._open(name))
-            task.add_done_callback(functools.partial(self._opened, name))
-        return await asyncio.shield(task)
-
-    async def _open(self, name: str) -> ReplicatedMap:
         opened = await self._node.kv(name)
-        if self._stopping:
+        handle = self._maps.get(name)  # another request may have opened it meanwhile
+        if handle is not None:
             await opened.close()
-            raise NodeClosed("the HTTP API is stopping")
+            return handle
         self._maps.set(name, opened)
         while self._evicted_maps:
             await self._evicted_maps.pop().close()
         return opened
-
-    def _opened(self, name: str, task: asyncio.Task[ReplicatedMap]) -> None:
-        if self._opening.get(name) is task:
-            del self._opening[name]
-        if not task.cancelled():
-            task.exception()  # retrieved here: the waiters, if any are left, get it too
 
     # -- routes ---------------------------------------------------------------------------------------
 

@@ -45,13 +45,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .process import NodeProcess
 
-__all__ = ["Host", "Lab", "LabNode", "cleanup_stale", "unavailable"]
+__all__ = ["Host", "Lab", "LabNode", "cleanup_stale", "one_overlay", "unavailable"]
 
 PREFIX = "qml-"
 """Every namespace of a lab starts with this, then the run id."""
@@ -394,6 +394,21 @@ class Lab:
     def namespaces(self) -> list[str]:
         """The namespaces this lab made and still has."""
         return list(self._namespaces)
+
+
+def one_overlay(edges: Mapping[str, Collection[str]]) -> bool:
+    """Whether ``edges`` (each node -> the nodes it holds connections to, as its health reports)
+    form one connected graph over the nodes it names (connections to others are ignored)."""
+    if not edges:
+        return True
+    start = next(iter(edges))
+    seen, todo = {start}, [start]
+    while todo:
+        for p in edges[todo.pop()]:
+            if p in edges and p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return len(seen) == len(edges)
 
 
 def _base_table() -> str:
