@@ -89,7 +89,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         a = await spawn("a", bootstrap=(r.address,))
         announced = await wait_for("b reserved at the relay", lambda: _announced(b))
         await a.request("connect", "connected", address=announced[0], wait=20)
-        path = next(p["path"] for p in (await health(a))["relay"]["peers"] if p["address"] == announced[0])
+
+        async def relayed_path() -> str | None:  # a's health lists the path once the connection is its peer
+            return next((p["path"] for p in (await health(a))["relay"]["peers"] if p["address"] == announced[0]), None)
+
+        path = await wait_for("a's path to b in its health", relayed_path)
         assert path.startswith("relayed:"), path
         d1 = await spawn("d1")
         d2 = await spawn("d2", bootstrap=(d1.address,))

@@ -23,6 +23,7 @@ import pytest
 from quicmesh.config import NodeConfig, TransportConfig
 from quicmesh.identity import KeyPair
 from quicmesh.runtime import _quic_adapter as qa
+from quicmesh.runtime import _quic_endpoint as qe
 from quicmesh.runtime.node import Node
 from quicmesh.testing.wait import eventually
 
@@ -46,9 +47,9 @@ async def test_endpoint_reads_a_burst_of_datagrams_per_loop_turn(monkeypatch: py
     cfg = qa.server_configuration(KeyPair.generate(), TransportConfig())
     routed: list[int] = []
     transport, endpoint = await loop.create_datagram_endpoint(
-        lambda: qa.Endpoint(configuration=cfg, create_protocol=lambda q: qa.Proto(q), sock=sock), sock=sock
+        lambda: qe.Endpoint(configuration=cfg, create_protocol=lambda q: qa.Proto(q), sock=sock), sock=sock
     )
-    assert isinstance(endpoint, qa.Endpoint)
+    assert isinstance(endpoint, qe.Endpoint)
     monkeypatch.setattr(endpoint, "_route", lambda data, addr: routed.append(len(data)))
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import sys
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
@@ -23,6 +24,7 @@ from quicmesh.errors import (
     RealmMismatch,
 )
 from quicmesh.identity import KeyPair
+from quicmesh.runtime import _quic_adapter as qa
 from quicmesh.runtime.quic import QuicConnection, QuicTransport
 from quicmesh.runtime.transport import Connection
 from quicmesh.testing.wait import eventually
@@ -406,11 +408,11 @@ async def test_idle_timeout_closes_silent_peer(make: Make) -> None:
     await b.ev.until(lambda: len(b.ev.connected) == 1)
     ep = a.t._endpoint
     assert ep is not None and ep.transport is not None
-    assert isinstance(ep.transport, asyncio.ReadTransport)  # asyncio's datagram transport reads like one
-    ep.transport.pause_reading()  # a goes silent for b (and deaf)
+    reader: Any = ep.transport  # asyncio's datagram transport and qh3's batching one both pause reading
+    reader.pause_reading()  # a goes silent for b (and deaf)
     await b.ev.until(lambda: len(b.ev.lost) == 1, timeout=10)
     assert b.t.quic_state()["connections"] == 0
-    ep.transport.resume_reading()
+    reader.resume_reading()
 
 
 async def test_outbound_pool_evicts_and_closes_lru(make: Make) -> None:
@@ -639,3 +641,59 @@ async def test_connection_interface_and_registered_tables(
     await b.t.wait_idle(5)
     for t in (a.t, b.t):
         assert t.quic_state() == dict.fromkeys(t.quic_state(), 0)
+
+
+# -- #14 (batched UDP): datagrams leave in GSO runs and arrive in runs handed to QUIC at once ------------
+
+BATCH_MESSAGES = 2000
+BATCH_SIZE = 2000  # 4 MB in all: past the initial congestion window, so QUIC sends in bursts
+
+
+async def _batched_transfer(make: Make, batched: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """Send ``BATCH_MESSAGES`` messages from a to b; returns the datagrams per send call of a's wire
+    and the datagrams per QUIC receive of b's connection."""
+    cfg = dataclasses.replace(CFG, batched_udp=batched)
+    a, b = await make(cfg=cfg), await make(cfg=cfg)
+    sends: list[int] = []
+    receives: list[int] = []
+    wire: Any = a.t._endpoint._transport if a.t._endpoint is not None else None
+    assert wire is not None
+    many = wire._many
+    assert (many is not None) == batched, "qh3's transport offers sendto_many; asyncio's does not"
+    if many is not None:
+        def counted(datagrams: list[bytes], addr: Any = None) -> None:
+            sends.append(len(datagrams))
+            many(datagrams, addr)
+        wire._many = counted
+    original = qa.Proto.datagrams_received
+
+    def counted_receive(self: qa.Proto, data: list[bytes], addr: Any) -> None:
+        receives.append(len(data))
+        original(self, data, addr)
+
+    monkeypatch.setattr(qa.Proto, "datagrams_received", counted_receive)
+    conn = await a.t.dial(b.addr, expected=b.t.node_id)
+    payload = b"x" * BATCH_SIZE
+    for i in range(BATCH_MESSAGES):
+        while not conn.send(Reply(id=i, payload=payload)):  # bounded: the send buffer drains
+            await conn.drain()
+    await b.ev.until(lambda: len(b.ev.messages) == BATCH_MESSAGES, timeout=30)
+    assert [m.id for m in b.ev.messages if isinstance(m, Reply)] == list(range(BATCH_MESSAGES))
+    return sends, receives
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="UDP GSO/GRO batching is Linux only")
+async def test_batched_udp_sends_gso_runs_and_receives_runs(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    sends, receives = await _batched_transfer(make, True, monkeypatch)
+    per_send = sum(sends) / len(sends)
+    per_receive = sum(receives) / max(1, len(receives))
+    print(f"batched UDP, {BATCH_MESSAGES} x {BATCH_SIZE} B: {sum(sends)} datagrams in {len(sends)} send calls "
+          f"({per_send:.1f} per call, largest run {max(sends)}); {sum(receives)} datagrams reached QUIC in "
+          f"{len(receives)} runs ({per_receive:.1f} per run)")
+    assert max(sends) > 1 and per_send > 1.5, "no GSO run: one datagram per send call"
+    assert receives and max(receives) > 1, "no run of datagrams reached QUIC at once"
+
+
+async def test_without_batching_every_datagram_is_its_own_call(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    sends, receives = await _batched_transfer(make, False, monkeypatch)
+    assert sends == [] and receives == []

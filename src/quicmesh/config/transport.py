@@ -87,3 +87,11 @@ class TransportConfig:
     """Bytes a paused connection (over its inbox share) may hold unread (default 16 MiB, 16 max
     frames). QUIC keeps granting the peer flow-control credit, so a peer that keeps sending this
     much while paused is closed with code ``slow_consumer`` instead of being buffered without end."""
+    # #14 (udp batching)
+    batched_udp: bool = True
+    """Move datagrams in batches (Linux): several per ``recvmmsg``, coalesced receives (UDP GRO)
+    and one ``sendmsg`` per run of equal-sized datagrams to one address (UDP GSO,
+    ``UDP_SEGMENT``), through qh3's optimized datagram transport; each run of received packets
+    for one connection is handed to QUIC at once and answered by one transmit. ``false``: one
+    datagram per system call (asyncio's own transport). Where the kernel or path refuses GSO it
+    is turned off by itself."""

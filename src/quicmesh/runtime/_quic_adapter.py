@@ -30,25 +30,20 @@ abandoned (routing entries, timer and state dropped at once).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
-import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from qh3._hazmat import Certificate as _X509Certificate
-from qh3._hazmat import pull_quic_header as _pull_quic_header
 from qh3.asyncio.protocol import QuicConnectionProtocol
-from qh3.asyncio.server import QuicServer
 from qh3.quic import events as qevents
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
-from qh3.quic.packet import QuicErrorCode, QuicPacketType
+from qh3.quic.packet import QuicErrorCode
 from qh3.tls import SignatureAlgorithm, load_pem_private_key
 
 from ..config import TransportConfig
@@ -60,7 +55,6 @@ __all__ = [
     "RELAYED_DATAGRAM_SIZE",
     "VIRTUAL_HOST",
     "ConnectionTerminated",
-    "Endpoint",
     "HandshakeCompleted",
     "Proto",
     "QhConnection",
@@ -166,6 +160,9 @@ that it is alive even while its messages wait behind bulk data on the stream (th
 detector's probes and answers travel on that stream too)."""
 
 HELD_DATAGRAMS = 1024
+RECEIVE_CHUNK = 16
+"""#14: datagrams of one batched read handed to QUIC at once (one transmit after each chunk); a
+hold waits at most this many datagrams (~24 KB) to take effect."""
 """#14 (fastpath): datagrams a held connection keeps for later (:meth:`Proto.hold`); beyond
 them they are shed, and QUIC retransmits what they carried."""
 
@@ -195,9 +192,9 @@ class Proto(QuicConnectionProtocol):
         # #14 (fastpath): reading held (the owner's consumer is behind; see hold())
         self.holding = False
         self.datagrams_shed = 0
+        """Datagrams dropped while held past ``HELD_DATAGRAMS`` (QUIC retransmits their data)."""
         self.holds = 0
         """Times :meth:`hold` stopped the reading."""
-        """Datagrams dropped while held past ``HELD_DATAGRAMS`` (QUIC retransmits their data)."""
         self._held: deque[tuple[bytes | str, Any]] = deque()  # bounded: HELD_DATAGRAMS, checked on append
         self._alive_at = -ALIVE_INTERVAL
 
@@ -260,34 +257,52 @@ class Proto(QuicConnectionProtocol):
             return
         try:
             super().datagram_received(data, addr)
-            if self.refuse_reason is not None:
-                reason, self.refuse_reason = self.refuse_reason, None
-                self._local_close = True
-                self._quic.close(error_code=CONNECTION_REFUSED, reason_phrase=reason)
-                self.transmit()
-                # Keep nothing for a refused attempt (not even qh3's draining state): if the
-                # close is lost, the dialer's retransmitted Initial is simply refused again.
-                self.abandon()
-                return
-            # qh3 reports a close by the peer (or a TLS failure) only after its draining period
-            # (3 PTO, ~1 s before an RTT sample). A draining endpoint sends nothing, so end the
-            # connection now: the owner learns at once and no state waits out the period.
-            ce = getattr(self._quic, "_close_event", None)
-            if ce is not None and not self._local_close and not self._gone:
-                self.abandon(ce)
-                return
-            now = self._loop_time()
-            if now - self._alive_at >= ALIVE_INTERVAL:
-                self._alive_at = now
-                sink = self.sink
-                if sink is not None:
-                    sink.alive()
+            self._received()
         except Exception as exc:
             self._fail(exc)
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
-        for d in data:
-            self.datagram_received(d, addr)
+        """#14: a run of datagrams for this connection (one batched socket read): handed to QUIC
+        ``RECEIVE_CHUNK`` at a time, each chunk answered by one transmit (one ACK, one GSO send)
+        instead of one per datagram. A :meth:`hold` takes effect between chunks."""
+        i, n = 0, len(data)
+        while i < n and not self._gone:
+            if self.holding:
+                for d in data[i:]:
+                    self.datagram_received(d, addr)  # waits (or is shed) like a single datagram
+                return
+            chunk = data if n <= RECEIVE_CHUNK else data[i:i + RECEIVE_CHUNK]
+            i += len(chunk)
+            try:
+                super().datagrams_received(chunk, addr)
+                self._received()
+            except Exception as exc:
+                self._fail(exc)
+
+    def _received(self) -> None:
+        """After datagrams went into QUIC: a refusal, a close by the peer, the liveness note."""
+        if self.refuse_reason is not None:
+            reason, self.refuse_reason = self.refuse_reason, None
+            self._local_close = True
+            self._quic.close(error_code=CONNECTION_REFUSED, reason_phrase=reason)
+            self.transmit()
+            # Keep nothing for a refused attempt (not even qh3's draining state): if the
+            # close is lost, the dialer's retransmitted Initial is simply refused again.
+            self.abandon()
+            return
+        # qh3 reports a close by the peer (or a TLS failure) only after its draining period
+        # (3 PTO, ~1 s before an RTT sample). A draining endpoint sends nothing, so end the
+        # connection now: the owner learns at once and no state waits out the period.
+        ce = getattr(self._quic, "_close_event", None)
+        if ce is not None and not self._local_close and not self._gone:
+            self.abandon(ce)
+            return
+        now = self._loop_time()
+        if now - self._alive_at >= ALIVE_INTERVAL:
+            self._alive_at = now
+            sink = self.sink
+            if sink is not None:
+                sink.alive()
 
     def _handle_timer(self) -> None:
         if self._gone:
@@ -392,185 +407,6 @@ class Proto(QuicConnectionProtocol):
             return
         finally:
             self._failing = False
-
-
-_INITIAL = int(QuicPacketType.INITIAL)
-_MIN_INITIAL = 1200
-_RECV_BURST = 32
-"""Datagrams read per socket readiness callback (qh3's own optimized transport reads 32 too)."""
-_MAX_DATAGRAM = 65536
-
-
-class Endpoint(QuicServer):
-    """qh3's server datagram protocol, also routing packets of outbound connections.
-
-    Given its (non-blocking) socket, it reads up to ``_RECV_BURST`` datagrams per readiness
-    callback: asyncio's datagram transport reads exactly one per event-loop iteration, so a
-    busy loop received one packet (and sent one ACK) per turn while a peer sent several. The
-    rest waited in the kernel buffer, RTT grew to seconds, and the unsent stream data piled up
-    in qh3's native send buffer (~91 B per MFind-sending subscribe/close cycle, up to
-    ``send_buffer_bytes`` per connection)."""
-
-    _retry: Any
-    """qh3's retry handler slot, set per datagram by :meth:`_decide_retry` (``None``: no Retry)."""
-
-    def __init__(
-        self,
-        *,
-        configuration: QuicConfiguration,
-        create_protocol: Callable[..., Proto],
-        sock: socket.socket | None = None,
-        retry_wanted: Callable[[], bool] | None = None,
-    ) -> None:
-        self._factory = create_protocol
-        self._sock = sock
-        super().__init__(configuration=configuration, create_protocol=self._create)
-        self._tokens = RetryTokens() if retry_wanted is not None else None
-        self._retry_wanted = retry_wanted
-        self._source: Any = None
-        self._dcid = b""
-        self.retries_sent = 0
-        """Retry packets sent (first Initials answered with a Retry)."""
-        self.retries_validated = 0
-        """Initials that came back with a valid Retry token (their connection was created)."""
-        self.router: VirtualRouter | None = None
-        """#13: where datagrams to virtual addresses go (set by the transport)."""
-        self._relayed_cfg = relayed(configuration)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_Wire(transport, self))  # type: ignore[arg-type]
-
-    def send_virtual(self, data: bytes, addr: Any) -> None:
-        """:class:`VirtualRouter`: hand a datagram for a virtual address to :attr:`router`."""
-        router = self.router
-        if router is not None:
-            router.send_virtual(data, addr)
-
-    def virtual_name(self, addr: Any) -> str | None:
-        """:class:`VirtualRouter`: the name of a virtual address, from :attr:`router`."""
-        router = self.router
-        return router.virtual_name(addr) if router is not None else None
-
-    def ingest(self, data: bytes, addr: Any) -> None:
-        """#13: a datagram that arrived through a relay, from virtual address ``addr`` (no
-        Retry: the relay already authenticated the sender)."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        direct = self._configuration
-        try:
-            self._source = addr
-            self._configuration = self._relayed_cfg  # a new connection gets the relayed datagram size
-            QuicServer.datagram_received(self, data, addr)
-        except Exception as exc:  # routing never raises out of the loop
-            log.warning("dropping a relayed datagram: %s: %s", type(exc).__name__, exc)
-        finally:
-            self._configuration = direct
-            self._source = None
-
-    def _create(self, quic: QuicConnection, stream_handler: Any = None) -> Proto:
-        src = self._source
-        source = f"{src[0]}" if src else ""
-        if src and src[0] == VIRTUAL_HOST and self.router is not None:
-            source = self.router.virtual_name(src) or source  # per relayed peer, not one for all
-        proto = self._factory(quic, source)
-        # qh3 routes the new connection under the packet's id and its own; remember them for
-        # O(1) removal (after a Retry the packet's id is the Retry's, not the original one)
-        proto.cids.update((quic.original_destination_connection_id, quic.host_cid, self._dcid))
-        if self._retry is not None:
-            self.retries_validated += 1
-        return proto
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        self._route(data, addr)
-        sock = self._sock
-        if sock is None:
-            return
-        for _ in range(_RECV_BURST - 1):  # the rest of the burst, without waiting a loop turn
-            transport = self._transport
-            if transport is None or transport.is_closing():
-                return
-            try:
-                data, addr = sock.recvfrom(_MAX_DATAGRAM)
-            except BlockingIOError:
-                return
-            except OSError as exc:  # e.g. ICMP port unreachable: as asyncio's own read reports it
-                self.error_received(exc)
-                return
-            self._route(data, addr)
-
-    def _route(self, data: bytes | str, addr: Any) -> None:
-        try:
-            self._source = addr
-            if self._tokens is not None and isinstance(data, bytes) and data and data[0] & 0x80:
-                self._decide_retry(data)
-            super().datagram_received(data, addr)
-        except Exception as exc:  # routing never raises out of the loop
-            log.warning("dropping a datagram from %s: %s: %s", addr, type(exc).__name__, exc)
-        finally:
-            self._retry = None
-            self._source = None
-            self._dcid = b""
-
-    def _decide_retry(self, data: bytes) -> None:
-        """For a long-header packet: whether qh3 must answer it with a Retry (a first Initial
-        while ``retry_wanted()``) or validate its token (an Initial that carries one)."""
-        try:
-            header = _pull_quic_header(data, 0, self._configuration.connection_id_length)
-        except ValueError:
-            return  # qh3 drops it too
-        if header[1] != _INITIAL or len(data) < _MIN_INITIAL or header[3] in self._protocols:
-            return
-        self._dcid = header[3]
-        assert self._retry_wanted is not None
-        if header[5]:  # a token: only one we issued, for this address, opens a connection
-            self._retry = self._tokens
-        elif self._retry_wanted():
-            self._retry = self._tokens
-            self.retries_sent += 1
-
-    @property
-    def routes(self) -> int:
-        """Connection ids in the routing table (qh3's own per-connection state)."""
-        return len(self._protocols)
-
-    @property
-    def transport(self) -> asyncio.DatagramTransport | None:
-        """The UDP transport (asyncio's, not the relay-aware view connections send through)."""
-        t: Any = self._transport
-        raw: asyncio.DatagramTransport | None = t._t if isinstance(t, _Wire) else t
-        return raw
-
-    def add_outbound(self, proto: Proto) -> None:
-        """Route the packets of an outbound connection (as qh3's ``connect`` does per socket)."""
-        assert self._transport is not None
-        proto.connection_made(self._transport)
-        proto._connection_id_issued_handler = partial(self._connection_id_issued, protocol=proto)
-        proto._connection_id_retired_handler = partial(self._connection_id_retired, protocol=proto)
-        proto._connection_terminated_handler = partial(self._connection_terminated, protocol=proto)
-        self._protocols[proto.quic.host_cid] = proto
-        proto.cids.add(proto.quic.host_cid)
-
-    def _connection_id_issued(self, cid: bytes, protocol: QuicConnectionProtocol) -> None:
-        self._protocols[cid] = protocol
-        if isinstance(protocol, Proto):
-            protocol.cids.add(cid)
-
-    def _connection_id_retired(self, cid: bytes, protocol: QuicConnectionProtocol) -> None:
-        if self._protocols.get(cid) is protocol:
-            del self._protocols[cid]
-        if isinstance(protocol, Proto):
-            protocol.cids.discard(cid)
-
-    def _connection_terminated(self, protocol: QuicConnectionProtocol) -> None:
-        # qh3 scans the whole routing table here (O(connections) per close); ours is O(1)
-        if isinstance(protocol, Proto):
-            for cid in protocol.cids:
-                if self._protocols.get(cid) is protocol:
-                    del self._protocols[cid]
-            protocol.cids.clear()
-        else:  # pragma: no cover - every protocol we create is a Proto
-            super()._connection_terminated(protocol)
 
 
 def new_client_connection(configuration: QuicConfiguration) -> QuicConnection:

@@ -71,6 +71,7 @@ import ipaddress
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -84,6 +85,7 @@ from ..core.wire import Codec, Message
 from ..errors import ConnectionLost, ContainerFull, TransportError
 from ..identity import KeyPair, NodeId
 from . import _quic_adapter as qa
+from . import _quic_endpoint as qe
 from .admission import AdmissionTable
 from .quic_connection import Duplicate, QuicConnection
 from .relay_paths import RELAY_TYPES, RelayPaths
@@ -132,7 +134,7 @@ class QuicTransport(Transport):
         self._listen = listen
         self._registry = registry
         self._events: TransportEvents | None = None
-        self._endpoint: qa.Endpoint | None = None
+        self._endpoint: qe.Endpoint | None = None
         self._address = ""
         self.table: AdmissionTable[QuicConnection] = AdmissionTable(
             keypair.node_id, config, on_evict=self._evicted, registry=registry
@@ -170,7 +172,7 @@ class QuicTransport(Transport):
         self.relay = RelayPaths(self, config, self._registry)
 
     @property
-    def endpoint(self) -> qa.Endpoint | None:
+    def endpoint(self) -> qe.Endpoint | None:
         """The UDP endpoint once started."""
         return self._endpoint
 
@@ -283,7 +285,6 @@ class QuicTransport(Transport):
         """Bind the UDP socket and start accepting; return ``HOST:PORT``."""
         if self._endpoint is not None:
             return self._address
-        loop = asyncio.get_running_loop()
         self._events = events
         host, port = _split(self._listen)
         server_cfg = qa.server_configuration(self._keypair, self.config)
@@ -295,14 +296,14 @@ class QuicTransport(Transport):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
             sock.bind((host, port))
-            _, endpoint = await loop.create_datagram_endpoint(
-                lambda: qa.Endpoint(configuration=server_cfg, create_protocol=self._incoming, sock=sock,
-                                    retry_wanted=self.table.retry_wanted), sock=sock
-            )
+            batched = self.config.batched_udp and sys.platform == "linux"  # #14: recvmmsg, GRO, GSO
+            endpoint = await qe.open_endpoint(
+                lambda: qe.Endpoint(configuration=server_cfg, create_protocol=self._incoming,
+                                    sock=None if batched else sock, retry_wanted=self.table.retry_wanted),
+                sock, batched=batched)
         except BaseException:
             sock.close()
             raise
-        assert isinstance(endpoint, qa.Endpoint)
         self._endpoint = endpoint
         endpoint.router = self.relay
         self.relay.start()

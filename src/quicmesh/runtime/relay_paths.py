@@ -41,6 +41,7 @@ from ..core.wire import Message
 from ..errors import ContainerFull, InvalidNodeId, TransportError
 from ..identity import NodeId
 from . import _quic_adapter as qa
+from . import _quic_endpoint as qe
 from .admission import AdmissionTable
 from .quic_connection import QuicConnection
 from .transport import Connection
@@ -67,7 +68,7 @@ class PathHost(Protocol):
         """This transport's node id."""
 
     @property
-    def endpoint(self) -> qa.Endpoint | None:
+    def endpoint(self) -> qe.Endpoint | None:
         """The UDP endpoint once started."""
 
     def loop_time(self) -> float:

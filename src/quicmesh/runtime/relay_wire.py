@@ -5,6 +5,7 @@ paths, :mod:`.relay_paths`), the others to the UDP socket. No qh3 here (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = ["VIRTUAL_HOST", "VirtualRouter"]
@@ -28,11 +29,12 @@ class _Wire:
     """The endpoint's UDP transport as its connections see it: datagrams to a virtual address
     go to the router, the rest to the socket."""
 
-    __slots__ = ("_t", "router")
+    __slots__ = ("_many", "_t", "router")
 
     def __init__(self, transport: Any, router: VirtualRouter | None) -> None:
         self._t = transport
         self.router = router
+        self._many: Callable[[list[bytes], Any], None] | None = getattr(transport, "sendto_many", None)
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
         if addr is not None and addr[0] == VIRTUAL_HOST:
@@ -41,6 +43,22 @@ class _Wire:
                 router.send_virtual(data, addr)
             return
         self._t.sendto(data, addr)
+
+    def sendto_many(self, datagrams: list[bytes], addr: Any = None) -> None:
+        """#14: a run of datagrams to one address (qh3 hands a connection's transmit over this):
+        one ``sendmsg`` with UDP GSO when the socket's transport batches."""
+        if addr is not None and addr[0] == VIRTUAL_HOST:
+            router = self.router
+            if router is not None:
+                for data in datagrams:
+                    router.send_virtual(data, addr)
+            return
+        many = self._many
+        if many is not None:
+            many(datagrams, addr)
+        else:
+            for data in datagrams:
+                self._t.sendto(data, addr)
 
     def is_closing(self) -> bool:
         return bool(self._t.is_closing())
