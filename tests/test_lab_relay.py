@@ -92,8 +92,11 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
         doc2 = await _relay(n2)
         print(f"h2 (behind random-fully NAT) announces {doc2['announced']}")
         await n1.process.request("connect", "connected", address=doc2["announced"][0], wait=20)
-        paths = (await _relay(n1))["peers"]
-        path = next(p["path"] for p in paths if p["address"] == doc2["announced"][0])
+
+        async def relayed_path() -> str | None:  # h1's health lists the path once the connection is its peer
+            return next((p["path"] for p in (await _relay(n1))["peers"] if p["address"] == doc2["announced"][0]), None)
+
+        path = await eventually(relayed_path, until=lambda p: p is not None, timeout=10, what="h1's path to h2")
         assert path.startswith("relayed:")
         # calls through the relay
         await n2.process.request("advertise", "advertised", name="echo", kind="echo")
