@@ -55,4 +55,5 @@ if _TIMELINE:  # a run's schedule, for balancing the workers: one JSON line per 
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         with open(str(_TIMELINE), "a", encoding="utf-8") as f:
             f.write(json.dumps({"w": worker, "id": report.nodeid, "when": report.when, "end": time.time(),
-                                "dur": report.duration, "outcome": report.outcome}) + "\n")
+                                "dur": report.duration, "outcome": report.outcome,
+                                "cpu": time.process_time()}) + "\n")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import REGISTRY, ContainerRegistry, ContainerStats, Overflow, StatsSource, Tracked
+from ._base import REGISTRY, ContainerRegistry, ContainerStats, Overflow, StatsSource, Tracked, Watch
 from .deque import BoundedDeque
 from .maps import LruMap, TtlMap, TtlSet
 from .plain import BoundedDict, BoundedSet
@@ -42,6 +42,7 @@ __all__ = [
     "Tracked",
     "TtlMap",
     "TtlSet",
+    "Watch",
 ]
 
 

@@ -31,7 +31,24 @@ __all__ = [
     "Overflow",
     "StatsSource",
     "Tracked",
+    "Watch",
 ]
+
+
+class Watch:
+    """A dirty flag a state machine shares with the containers its deadline is computed from.
+
+    A container given a watch (``watch(w)``) sets ``w.dirty`` whenever what its owner's deadline
+    reads of it may have changed (a :class:`~quicmesh.bounded.TtlMap`: its earliest deadline; an
+    :class:`~quicmesh.bounded.LruMap`: its membership). The owner keeps its last computed deadline
+    and recomputes it only after the flag was set, then clears the flag: the invalidation lives
+    where the state changes, so a change made through any path is seen.
+    """
+
+    __slots__ = ("dirty",)
+
+    def __init__(self) -> None:
+        self.dirty = True
 
 
 class Overflow(enum.Enum):

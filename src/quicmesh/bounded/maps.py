@@ -7,7 +7,9 @@ deadline (the Erlang mesh we learn from did not, and dropped live services).
 
 All operations are O(1) amortised except ``TtlMap.expire`` and eviction, which are
 O(log n) per removed entry (a heap with lazy deletion, compacted when stale entries outnumber
-live ones).
+live ones). ``TtlMap.next_deadline`` is O(1): the map keeps its earliest live deadline up to date
+itself (every operation that can change it updates or re-seeks it), because state machines ask it
+after every event.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, ItemsView, Iterator, KeysView, ValuesView
 from typing import Any, Generic, TypeVar, overload
 
-from ._base import ContainerRegistry, ContainerStats, Overflow, _Bounded
+from ._base import ContainerRegistry, ContainerStats, Overflow, Watch, _Bounded
 
 __all__ = ["LruMap", "TtlMap", "TtlSet"]
 
@@ -55,6 +57,12 @@ class LruMap(_Bounded, Generic[K, V]):
         )
         self._data: OrderedDict[K, V] = OrderedDict()  # bounded: capacity enforced in set()
         self._on_evict = on_evict
+        self._watch: Watch | None = None
+
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever the membership changes (an insert, a removal; not a use)."""
+        self._watch = w
+        w.dirty = True
 
     def _size(self) -> int:
         return len(self._data)
@@ -62,6 +70,8 @@ class LruMap(_Bounded, Generic[K, V]):
     def _clear(self) -> None:
         self._data.clear()
         self._bytes = 0
+        if self._watch is not None:
+            self._watch.dirty = True
 
     def __len__(self) -> int:
         return len(self._data)
@@ -132,6 +142,8 @@ class LruMap(_Bounded, Generic[K, V]):
         self._data.move_to_end(key)
         self._bytes += size
         self._note_size(len(self._data))
+        if self._watch is not None:
+            self._watch.dirty = True
         return True
 
     def pop(self, key: K, default: D | None = None) -> V | D | None:
@@ -140,12 +152,16 @@ class LruMap(_Bounded, Generic[K, V]):
         if value is _MISSING:
             return default
         self._bytes -= self._sizeof(value)
+        if self._watch is not None:
+            self._watch.dirty = True
         return value  # type: ignore[no-any-return]
 
     def popitem_oldest(self) -> tuple[K, V]:
         """Remove and return the least recently used entry (no eviction callback)."""
         key, value = self._data.popitem(last=False)
         self._bytes -= self._sizeof(value)
+        if self._watch is not None:
+            self._watch.dirty = True
         return key, value
 
     def clear(self) -> None:
@@ -198,6 +214,15 @@ class TtlMap(_Bounded, Generic[K, V]):
         self._heap: list[tuple[float, int, K]] = []  # bounded: compacted to <= 2 * size + 64
         self._serial = itertools.count()
         self._on_evict = on_evict
+        self._earliest: float | None = None
+        """The earliest deadline of a live entry (``None``: empty), exact at all times: an insert
+        lowers it, and removing the entry that held it re-seeks it (:meth:`_reseek`)."""
+        self._watch: Watch | None = None
+
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever :meth:`next_deadline` changes."""
+        self._watch = w
+        w.dirty = True
 
     def _size(self) -> int:
         return len(self._data)
@@ -206,6 +231,29 @@ class TtlMap(_Bounded, Generic[K, V]):
         self._data.clear()
         self._heap.clear()
         self._bytes = 0
+        if self._earliest is not None:
+            self._earliest = None
+            if self._watch is not None:
+                self._watch.dirty = True
+
+    def _reseek(self) -> None:
+        """Recompute :attr:`_earliest` from the heap, dropping stale heads on the way."""
+        heap, data = self._heap, self._data
+        earliest: float | None = None
+        if not data:
+            heap.clear()
+        else:
+            while heap:
+                deadline, serial, key = heap[0]
+                entry = data.get(key)
+                if entry is not None and entry[2] == serial:
+                    earliest = deadline
+                    break
+                heapq.heappop(heap)
+        if earliest != self._earliest:
+            self._earliest = earliest
+            if self._watch is not None:
+                self._watch.dirty = True
 
     def __len__(self) -> int:
         return len(self._data)
@@ -245,6 +293,7 @@ class TtlMap(_Bounded, Generic[K, V]):
         bytes_after = self._bytes - old_size + size
         if self._capacity_bytes is not None and size > self._capacity_bytes:
             return self._refuse()
+        evicted = False
         if not self._fits(count_after, bytes_after):
             if self._overflow is not Overflow.EVICT_OLDEST:
                 return self._refuse()
@@ -252,11 +301,13 @@ class TtlMap(_Bounded, Generic[K, V]):
                 victim = self._pop_soonest(exclude=key)
                 if victim is None:
                     break
+                evicted = True
                 vsize = self._sizeof(victim[1])
                 bytes_after -= vsize
                 count_after -= 1
                 self._evictions += 1
                 if self._on_evict is not None:
+                    self._reseek()  # exact for the callback too
                     self._on_evict(victim[0], victim[1])
         if old is not None:
             self._bytes -= old_size
@@ -267,6 +318,13 @@ class TtlMap(_Bounded, Generic[K, V]):
         heapq.heappush(self._heap, (deadline, serial, key))
         self._note_size(len(self._data))
         self._maybe_compact()
+        earliest = self._earliest
+        if evicted or (old is not None and earliest is not None and old[1] <= earliest):
+            self._reseek()  # the entry holding the earliest deadline may be gone or later now
+        elif earliest is None or deadline < earliest:
+            self._earliest = deadline
+            if self._watch is not None:
+                self._watch.dirty = True
         return True
 
     def touch(self, key: K, now: float, ttl: float | None = None) -> bool:
@@ -283,6 +341,9 @@ class TtlMap(_Bounded, Generic[K, V]):
             return default
         self._bytes -= self._sizeof(entry[0])
         self._maybe_compact()
+        earliest = self._earliest
+        if earliest is not None and entry[1] <= earliest:
+            self._reseek()
         return entry[0]
 
     def clear(self) -> None:
@@ -302,22 +363,14 @@ class TtlMap(_Bounded, Generic[K, V]):
             self._bytes -= self._sizeof(entry[0])
             self._expirations += 1
             out.append((key, entry[0]))
+        if out:
+            self._reseek()
         return out
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of a live entry, or ``None`` when empty."""
-        heap = self._heap
-        if not self._data:  # the common case after every event: nothing held
-            if heap:
-                heap.clear()
-            return None
-        while heap:
-            deadline, serial, key = heap[0]
-            entry = self._data.get(key)
-            if entry is not None and entry[2] == serial:
-                return deadline
-            heapq.heappop(heap)
-        return None
+        """The earliest deadline of a live entry, or ``None`` when empty (O(1): kept up to date by
+        every operation)."""
+        return self._earliest
 
     def keys(self) -> list[K]:
         """A copy of the keys, in insertion order."""
@@ -414,7 +467,11 @@ class TtlSet(Generic[K]):
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a member, or ``None`` when empty."""
-        return self._map.next_deadline()
+        return self._map._earliest
+
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever :meth:`next_deadline` changes."""
+        self._map.watch(w)
 
     def clear(self) -> None:
         """Remove every member."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from ..bounded import ContainerRegistry, TtlMap
+from ..bounded import ContainerRegistry, TtlMap, Watch
 from ..config import AddressBookConfig
 from ..identity import NodeId
 from .mesh_messages import SelfRecord
@@ -194,6 +194,10 @@ class AddressBook:
     def expire(self, now: float) -> list[NodeId]:
         """Drop entries not seen for ``ttl``; returns the forgotten peers."""
         return [k for k, _ in self._entries.expire(now)]
+
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever :meth:`next_deadline` may change."""
+        self._entries.watch(w)
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has work next (connected entries excluded)."""

@@ -194,9 +194,11 @@ class Caller:
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` must run, or ``None``."""
-        ds = [d for d in (self._calls.next_deadline(), self._dial_timers.next_deadline(),
-                          self.rpc.next_deadline()) if d is not None]
-        return min(ds) if ds else None
+        best = self._calls.next_deadline()
+        for d in (self._dial_timers.next_deadline(), self.rpc.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     # -- API -------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow, TtlMap
+from ..bounded import BoundedDeque, ContainerRegistry, LruMap, Overflow, TtlMap, Watch
 from ..config import NodeConfig
 from ..identity import NodeId
 from .addressbook import AddressBook
@@ -177,6 +177,11 @@ class Connections:
         """The ``next_deadline`` of each timer kept here (dial timeouts, linger ends), for an owner
         that merges many timers without a call per part."""
         return (self.dialing.next_deadline, self.linger.next_deadline)
+
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever one of :meth:`timers` may change may change."""
+        for c in (self.dialing, self.linger,):
+            c.watch(w)
 
     def next_deadline(self) -> float | None:
         """The earliest dial timeout or linger end, or ``None``."""

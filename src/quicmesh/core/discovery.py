@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from random import Random
 
-from ..bounded import ContainerRegistry, LruMap, TtlMap
+from ..bounded import ContainerRegistry, LruMap, TtlMap, Watch
 from ..config import NodeConfig
 from ..identity import NodeId
 from .addressbook import AddressBook, normalize_addresses
@@ -257,6 +257,11 @@ class Discovery:
         """The ``next_deadline`` of the containers kept here (address dials, hints); the join
         timer is :meth:`join_due`."""
         return (self.addr_dials.next_deadline, self.hints.next_deadline)
+
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever one of :meth:`timers` may change (not :meth:`join_due`) may change."""
+        for c in (self.addr_dials, self.hints,):
+            c.watch(w)
 
     def next_deadline(self) -> float | None:
         """The earliest of: an address dial timing out, a hint expiring, the next join attempt."""

@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..bounded import ContainerRegistry, TtlMap
+from ..bounded import ContainerRegistry, TtlMap, Watch
 from ..config import GossipConfig
 from ..identity import NodeId
 from .mesh_messages import MGossip
@@ -110,6 +110,11 @@ class GossipCaches:
         self.seen.expire(now)
         self.payloads.expire(now)
 
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever :meth:`next_deadline` may change."""
+        for c in (self.seen, self.payloads,):
+            c.watch(w)
+
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.seen.next_deadline(), self.payloads.next_deadline()) if d is not None]
-        return min(ds) if ds else None
+        a, b = self.seen.next_deadline(), self.payloads.next_deadline()
+        return a if b is None or (a is not None and a < b) else b

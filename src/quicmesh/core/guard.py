@@ -281,8 +281,8 @@ class Guard:
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has work."""
-        ds = [d for d in (self._offences.next_deadline(), self._blocked.next_deadline()) if d is not None]
-        return min(ds) if ds else None
+        a, b = self._offences.next_deadline(), self._blocked.next_deadline()
+        return a if b is None or (a is not None and a < b) else b
 
     def stats(self) -> dict[str, int]:
         """Counters for /health and /metrics."""

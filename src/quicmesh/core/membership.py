@@ -49,7 +49,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from random import Random
 
-from ..bounded import ContainerRegistry, LruMap, TtlMap
+from ..bounded import ContainerRegistry, LruMap, TtlMap, Watch
 from ..config import MembershipConfig
 from ..errors import InvalidNodeId
 from ..identity import NodeId
@@ -149,13 +149,62 @@ class HyParView:
         )
         self.lost: TtlMap[NodeId, None] = TtlMap(f"{prefix}.lost", 2 * config.active_view, config.lost_ttl,
                                                   registry=registry)
-        self.next_shuffle = now + config.shuffle_interval * (0.5 + rng.random())
-        self.next_reconnect = now + RECONNECT_INTERVAL
-        self.next_sync = now + VIEW_SYNC_INTERVAL * (0.5 + rng.random())
-        self.next_repair = now + REPAIR_INTERVAL
+        self._watch = Watch()
+        self._next_shuffle = now + config.shuffle_interval * (0.5 + rng.random())
+        self._next_reconnect = now + RECONNECT_INTERVAL
+        self._next_sync = now + VIEW_SYNC_INTERVAL * (0.5 + rng.random())
+        self._next_repair = now + REPAIR_INTERVAL
         self.counters = {  # bounded: fixed keys
             "joins": 0, "promotions": 0, "shuffles": 0, "failures": 0, "reconnects": 0,
         }
+
+    # -- timer fields: setting one marks the deadline watch (see :meth:`watch`) ------------------
+
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever :meth:`next_deadline` may change (an owner caching it,
+        :class:`~quicmesh.core.mesh.Mesh`)."""
+        self._watch = w
+        self.pending.watch(w)
+
+    @property
+    def next_shuffle(self) -> float:
+        """When the next shuffle is due."""
+        return self._next_shuffle
+
+    @next_shuffle.setter
+    def next_shuffle(self, t: float) -> None:
+        self._next_shuffle = t
+        self._watch.dirty = True
+
+    @property
+    def next_reconnect(self) -> float:
+        """When the next reconnect round is due."""
+        return self._next_reconnect
+
+    @next_reconnect.setter
+    def next_reconnect(self, t: float) -> None:
+        self._next_reconnect = t
+        self._watch.dirty = True
+
+    @property
+    def next_sync(self) -> float:
+        """When the next view sync is due."""
+        return self._next_sync
+
+    @next_sync.setter
+    def next_sync(self, t: float) -> None:
+        self._next_sync = t
+        self._watch.dirty = True
+
+    @property
+    def next_repair(self) -> float:
+        """When the next repair round is due."""
+        return self._next_repair
+
+    @next_repair.setter
+    def next_repair(self, t: float) -> None:
+        self._next_repair = t
+        self._watch.dirty = True
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -380,7 +429,7 @@ class HyParView:
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` has work."""
-        d = min(self.next_shuffle, self.next_repair, self.next_reconnect, self.next_sync)
+        d = min(self._next_shuffle, self._next_repair, self._next_reconnect, self._next_sync)
         p = self.pending.next_deadline()
         return d if p is None else min(d, p)
 

@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 from random import Random
 from typing import Any
 
-from ..bounded import ContainerRegistry, LruMap, Overflow
+from ..bounded import ContainerRegistry, LruMap, Overflow, Watch
 from ..config import MAX_BATCH_MESSAGES, NodeConfig
 from ..errors import LimitExceeded
 from ..identity import NodeId
@@ -162,6 +162,11 @@ class Mesh(Batching):
             self.caches.next_deadline, self.book.next_deadline,
         )
         """The ``next_deadline`` of every node-wide timer (:meth:`next_deadline` runs after each event)."""
+        self._watch = Watch()
+        """Marked by every part :meth:`_watched_deadline` reads, where its state changes."""
+        self._watched = _INF
+        for part in (self.links, self.discovery, self.realm, self.ordering, self.caches, self.book, self.swarms):
+            part.watch(self._watch)
         # the parts' containers under the names they had when the mesh was one class
         self.conns = self.links.conns
         self.dialing = self.links.dialing
@@ -352,6 +357,9 @@ class Mesh(Batching):
     def handle_timer(self, now: float) -> list[Effect]:
         """Run every due timer: open batches, overlays, broadcast repair, ordering gaps, expiry,
         joins, walks."""
+        d = self.next_deadline()
+        if (d is None or d > now) and not self.batched:  # another machine's timer: only what runs due or not
+            return self._idle_timer(now)
         out: list[Effect] = self.flush(now)
         for peer in self.links.expire_dials(now):
             out += self.dial_failed(peer, now)
@@ -379,32 +387,72 @@ class Mesh(Batching):
         out += self.discovery.maybe_join(now)
         return out
 
+    def _idle_timer(self, now: float) -> list[Effect]:
+        """:meth:`handle_timer` before :meth:`next_deadline`: every step of it that waits for a
+        deadline would do nothing (no open batch, no due timer in any part), so only the steps that
+        do not wait for one run, in the same order: a publish-only swarm past its linger is left
+        (its deadline lies 1 ms later), the broadcast trees drop unused trees and old ids of the
+        optimisation window (:meth:`~quicmesh.core.plumtree.Plumtree.idle_timer`), the join retry
+        is checked."""
+        out: list[Effect] = []
+        for key in list(self.swarms.keys()):
+            sw = self.swarms.peek(key)
+            if sw is None:
+                continue
+            if not sw.patterns and now - sw.last_publish > PUBLISH_LINGER:
+                out += self._leave_swarm(key, now)
+                continue
+            sw.pt.idle_timer(now)
+        out += self.discovery.maybe_join(now)
+        return out
+
     def next_deadline(self) -> float | None:
-        """The earliest time :meth:`handle_timer` must run, or ``None``."""
+        """The earliest time :meth:`handle_timer` must run, or ``None``.
+
+        The timers of the overlays, broadcast trees, caches and tables (:meth:`_watched_deadline`)
+        are recomputed only after one of them marked the mesh's :class:`~quicmesh.bounded.Watch`
+        (each marks it where its state changes: its containers, its timer fields, the swarm set);
+        open batches, the join retry and each swarm's walks, publish linger and re-announcements
+        are read here every time."""
+        w = self._watch
+        if w.dirty:
+            w.dirty = False
+            self._watched = self._watched_deadline()
+        best = self._watched
+        for d in self.batched.values():  # an open batch is due at once
+            if d < best:
+                best = d
+        if len(self.realm.active) == 0:
+            join = self.discovery.join_due()
+            if join is not None and join < best:
+                best = join
+        for sw in self.swarms.values():
+            if sw.next_find < best:
+                best = sw.next_find
+            pt = sw.pt
+            if pt.reannounce:
+                d = max(pt.reannounce.peekleft()[0], pt.next_reannounce)
+                if d < best:
+                    best = d
+            if not sw.patterns and sw.last_publish + PUBLISH_LINGER + 0.001 < best:
+                best = sw.last_publish + PUBLISH_LINGER + 0.001
+        return None if best == _INF else best
+
+    def _watched_deadline(self) -> float:
+        """The part of :meth:`next_deadline` that :attr:`_watch` covers (``inf``: none)."""
         best = _INF
         for timer in self._timers:
             d = timer()
             if d is not None and d < best:
                 best = d
-        for d in self.batched.values():  # an open batch is due at once
-            if d < best:
-                best = d
-        if len(self.realm.active) == 0:
-            d = self.discovery.join_due()
-            if d is not None and d < best:
-                best = d
         for sw in self.swarms.values():
-            if sw.next_find < best:
-                best = sw.next_find
             d = sw.hv.next_deadline()
             if d is not None and d < best:
                 best = d
-            d = sw.pt.next_deadline()
+            d = sw.pt.timer_deadline()
             if d is not None and d < best:
                 best = d
-            if not sw.patterns and sw.last_publish + PUBLISH_LINGER + 0.001 < best:
-                best = sw.last_publish + PUBLISH_LINGER + 0.001
-        return None if best == _INF else best
+        return best
 
     # -- observability ---------------------------------------------------------------------------
 
@@ -458,6 +506,8 @@ class Mesh(Batching):
                        prefix="swarm", now=now)
         pt = Plumtree(self.me, key, self.config.gossip, self.caches, self.rng, self.registry,
                       max_message_size=self.max_message_size, auth=self.auth)
+        hv.watch(self._watch)
+        pt.watch(self._watch)
         sw = Swarm(hv, pt, self.rng.getrandbits(63), now)
         self.swarms.set(key, sw)
         for p in self.discovery.take_hints(key, now):  # hints we hold for this swarm are a head start

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 from random import Random
 
-from ..bounded import BoundedDeque, ContainerRegistry, LruMap, TtlMap
+from ..bounded import BoundedDeque, ContainerRegistry, LruMap, TtlMap, Watch
 from ..config import GossipConfig
 from ..identity import NodeId
 from .gossip_caches import ID_LEN, Arrived, GossipAuth, GossipCaches, batch_digest, message_id
@@ -169,7 +169,8 @@ class Plumtree:
         self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque(
             "plumtree.ihave_queue", 4 * cap, registry=registry
         )
-        self.ihave_deadline: float | None = None
+        self._watch = Watch()
+        self._ihave_deadline: float | None = None
         self.next_reannounce = 0.0
         self.reannounce: BoundedDeque[tuple[float, bytes, NodeId | None]] = BoundedDeque(
             "plumtree.reannounce", cap, registry=registry
@@ -390,14 +391,28 @@ class Plumtree:
 
     # -- timers ----------------------------------------------------------------------------------
 
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever :meth:`timer_deadline` may change (an owner caching it)."""
+        self._watch = w
+        for c in (self.graft_timers, self.missing, self.graft_tries, self.tree_used, self.answered):
+            c.watch(w)
+
+    @property
+    def ihave_deadline(self) -> float | None:
+        """When the queued IHAVEs go out (``None``: none queued)."""
+        return self._ihave_deadline
+
+    @ihave_deadline.setter
+    def ihave_deadline(self, t: float | None) -> None:
+        self._ihave_deadline = t
+        self._watch.dirty = True
+
     def handle_timer(self, now: float) -> list[HvSend]:
         """Send due GRAFTs, flush IHAVE batches, re-announce, expire."""
         out: list[HvSend] = []
         for publisher, _ in self.tree_used.expire(now):
             self.trees.pop(publisher)
-        if len(self.trees) > len(self.tree_used):  # trees made by a PRUNE/IHAVE for an idle publisher
-            for publisher in [p for p in self.trees.keys() if p not in self.tree_used]:
-                self.trees.pop(publisher)
+        self._drop_idle_trees()
         for mid, _ in self.graft_timers.expire(now):
             if mid in self.caches.seen:
                 self.missing.pop(mid)
@@ -447,18 +462,36 @@ class Plumtree:
         self.received_from.expire(now)
         return out
 
+    def idle_timer(self, now: float) -> None:
+        """:meth:`handle_timer` at a time before :meth:`next_deadline` (nothing due): the two steps
+        of it that run whether due or not, dropping trees of idle publishers and expiring ids of
+        the optimisation window (``received_from`` keeps no timer of its own)."""
+        self._drop_idle_trees()
+        self.received_from.expire(now)
+
+    def _drop_idle_trees(self) -> None:
+        if len(self.trees) > len(self.tree_used):  # trees made by a PRUNE/IHAVE for an idle publisher
+            for publisher in [p for p in self.trees.keys() if p not in self.tree_used]:
+                self.trees.pop(publisher)
+
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` has work."""
-        best = self.graft_timers.next_deadline()
-        if self.ihave_deadline is not None and (best is None or self.ihave_deadline < best):
-            best = self.ihave_deadline
-        for d in (self.missing.next_deadline(), self.graft_tries.next_deadline(), self.tree_used.next_deadline(),
-                  self.answered.next_deadline()):
-            if d is not None and (best is None or d < best):
-                best = d
+        best = self.timer_deadline()
         if self.reannounce:
             d = max(self.reannounce.peekleft()[0], self.next_reannounce)
             if best is None or d < best:
+                best = d
+        return best
+
+    def timer_deadline(self) -> float | None:
+        """:meth:`next_deadline` without the re-announcements (what :meth:`watch` covers)."""
+        best = self.graft_timers.next_deadline()
+        ihave = self._ihave_deadline
+        if ihave is not None and (best is None or ihave < best):
+            best = ihave
+        for d in (self.missing.next_deadline(), self.graft_tries.next_deadline(), self.tree_used.next_deadline(),
+                  self.answered.next_deadline()):
+            if d is not None and (best is None or d < best):
                 best = d
         return best
 

@@ -182,13 +182,17 @@ class Puncher:
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`timer` has something to do."""
-        ds = [a.deadline for a in self._attempts.values()] if self._attempts else []
-        if self._answers:
+        best = self._seen.next_deadline()
+        for d in (self._cooldown.next_deadline(), self._buckets.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
+        if self._attempts or self._answers:
+            ds = [a.deadline for a in self._attempts.values()]
             ds += [a.deadline if a.dial_at is None else a.dial_at for a in self._answers.values()]
-        for d in (self._seen.next_deadline(), self._cooldown.next_deadline(), self._buckets.next_deadline()):
-            if d is not None:
-                ds.append(d)
-        return min(ds) if ds else None
+            if best is not None:
+                ds.append(best)
+            return min(ds) if ds else None
+        return best
 
     def stats(self) -> dict[str, object]:
         """Counters and sizes for ``/health`` and ``/metrics``."""

@@ -72,8 +72,8 @@ class PunchCommands:
 
     def punch_deadline(self) -> float | None:
         """The earliest time :meth:`punch_timer` has something to do."""
-        ds = [d for d in (self.puncher.next_deadline(), self._punch_watch.next_deadline()) if d is not None]
-        return min(ds) if ds else None
+        a, b = self.puncher.next_deadline(), self._punch_watch.next_deadline()
+        return a if b is None or (a is not None and a < b) else b
 
     def punch_timer(self, now: float) -> list[object]:
         """The puncher's deadlines, and a punch for each dial pending longer than ``auto_after``."""

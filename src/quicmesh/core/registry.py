@@ -556,9 +556,12 @@ class Registry:
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` must run, or ``None``."""
-        ds = [d for d in (self._next_sweep, self._refresh.next_deadline(), self._lookups.next_deadline(),
-                          self._waiters.next_deadline(), self._suspects.next_deadline()) if d is not None]
-        return min(ds) if ds else None
+        best = self._next_sweep
+        for d in (self._refresh.next_deadline(), self._lookups.next_deadline(), self._waiters.next_deadline(),
+                  self._suspects.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     def handle_timer(self, now: float) -> list[RegistryOutcome]:
         """Refresh own adverts that are due, end timed-out lookups, and sweep when due."""

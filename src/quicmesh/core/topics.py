@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ..bounded import ContainerRegistry, Tracked, TtlMap
+from ..bounded import ContainerRegistry, Tracked, TtlMap, Watch
 from ..identity import NodeId
 from .grammar import MAX_TOPIC_LEN, Pattern, check_topic, parse_pattern, swarm_of
 from .plumtree import Arrived
@@ -229,10 +229,15 @@ class Ordering(Tracked):
     def _size(self) -> int:
         return self.buffered
 
+    def watch(self, w: Watch) -> None:
+        """Set ``w.dirty`` whenever :meth:`next_deadline` may change."""
+        for c in (self.gap_timers, self.states,):
+            c.watch(w)
+
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next (a gap timeout or an idle publisher), or ``None``."""
-        ds = [d for d in (self.gap_timers.next_deadline(), self.states.next_deadline()) if d is not None]
-        return min(ds) if ds else None
+        a, b = self.gap_timers.next_deadline(), self.states.next_deadline()
+        return a if b is None or (a is not None and a < b) else b
 
     def purge(self, swarm: str) -> None:
         """Forget every publisher of ``swarm``."""

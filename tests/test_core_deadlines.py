@@ -1,0 +1,212 @@
+"""Cached deadlines stay exact: ``TtlMap.next_deadline`` (kept up to date by the map), the
+:class:`~quicmesh.bounded.Watch` that containers mark, and the mesh's cached timer deadline
+(recomputed only after its watch was marked) compared with a fresh computation after every
+event of seeded simulations, and the mesh's idle timer path compared with the full one."""
+
+from __future__ import annotations
+
+import copy
+from random import Random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quicmesh.bounded import ContainerRegistry, LruMap, TtlMap, TtlSet, Watch
+from quicmesh.core.effects import Effect
+from quicmesh.core.mesh import Mesh
+from quicmesh.core.node import NodeCore
+from quicmesh.testing import Simulator
+from quicmesh.testing.network import NetworkParams
+from quicmesh.testing.sim import SimNode
+
+# -- the containers ------------------------------------------------------------------------------
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["set", "set_ttl", "touch", "pop", "expire", "clear"]),
+              st.integers(0, 7), st.floats(0.0, 3.0), st.floats(0.01, 5.0)),
+    max_size=60,
+)
+
+
+def _true_earliest(m: TtlMap[int, int]) -> float | None:
+    ds = [m.deadline(k) for k in m.keys()]
+    return min(d for d in ds if d is not None) if ds else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(_OPS, st.integers(1, 6))
+def test_ttl_map_next_deadline_is_the_earliest_live_deadline_and_marks_its_watch(
+        ops: list[tuple[str, int, float, float]], capacity: int) -> None:
+    m: TtlMap[int, int] = TtlMap("t", capacity, 1.0, registry=ContainerRegistry("t"))
+    w = Watch()
+    m.watch(w)
+    now = 0.0
+    for op, key, dt, ttl in ops:
+        now += dt
+        before = m.next_deadline()
+        w.dirty = False
+        if op == "set":
+            m.set(key, key, now)
+        elif op == "set_ttl":
+            m.set(key, key, now, ttl)
+        elif op == "touch":
+            m.touch(key, now, ttl)
+        elif op == "pop":
+            m.pop(key)
+        elif op == "expire":
+            m.expire(now)
+        else:
+            m.clear()
+        assert m.next_deadline() == _true_earliest(m)
+        if m.next_deadline() != before:
+            assert w.dirty, (op, before, m.next_deadline())
+
+
+def test_ttl_set_and_lru_map_mark_their_watch() -> None:
+    reg = ContainerRegistry("t")
+    s: TtlSet[str] = TtlSet("s", 4, 2.0, registry=reg)
+    w = Watch()
+    s.watch(w)
+    w.dirty = False
+    s.add("a", 1.0)
+    assert w.dirty and s.next_deadline() == 3.0
+    w.dirty = False
+    s.add("b", 1.5)  # a later deadline: the earliest is unchanged
+    assert not w.dirty
+    s.discard("a")
+    assert w.dirty and s.next_deadline() == 3.5
+    lru: LruMap[str, int] = LruMap("l", 2, registry=reg)
+    lru.watch(w)
+    for change in (lambda: lru.set("x", 1), lambda: lru.pop("x"), lambda: lru.set("y", 2), lru.clear):
+        w.dirty = False
+        change()
+        assert w.dirty
+    lru.set("z", 3)
+    w.dirty = False
+    assert lru.get("z") == 3 and not w.dirty  # a use is not a membership change
+
+
+# -- the mesh in simulations ---------------------------------------------------------------------
+
+
+def _fresh(mesh: Mesh) -> float | None:
+    mesh._watch.dirty = True
+    return mesh.next_deadline()
+
+
+class _CheckingSimulator(Simulator):
+    """After every event of a node: the mesh's cached deadline equals a fresh computation."""
+
+    checked = 0
+
+    def _arm(self, node: SimNode) -> None:
+        if node.alive and node.core is not self._tomb:
+            mesh = node.core.mesh
+            cached = mesh.next_deadline()
+            assert cached == _fresh(mesh), (self.now, node.index)
+            self.checked += 1
+        super()._arm(node)
+
+
+def _drive(sim: Simulator, seed: int) -> list[SimNode]:
+    rng = Random(seed)
+    nodes = [sim.add_node() for _ in range(10)]
+    for i, n in enumerate(nodes):
+        sim.join(n, nodes[:2][:i] if i else [])
+        sim.run_for(0.05)
+    for n in nodes:
+        sim.subscribe(n, "t.>")
+    sim.run_for(3.0)
+    for step in range(40):
+        pub = rng.choice([n for n in nodes if n.alive])
+        sim.publish(pub, f"t.{rng.randrange(3)}", b"m%d" % step)
+        if step == 10:
+            sim.crash(nodes[5])
+        if step == 20:
+            sim.unsubscribe(nodes[3], "t.>")  # a publish-only member from now on
+            sim.publish(nodes[3], "u.x", b"publish-only swarm")
+        if step == 25:
+            sim.partition([nodes[:5], nodes[5:]])
+        if step == 32:
+            sim.heal()
+            sim.restart(nodes[5], nodes[:2])
+        sim.run_for(rng.uniform(0.0, 0.3))
+    sim.run_for(60.0)
+    return nodes
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_cached_mesh_deadline_equals_a_fresh_one_after_every_event(seed: int) -> None:
+    sim = _CheckingSimulator(seed, network=NetworkParams(loss=0.1, duplicate=0.05))
+    nodes = _drive(sim, seed)
+    assert sim.checked > 2000
+    assert any(d.payload == b"m39" for n in nodes for d in n.deliveries)  # the run did broadcast
+
+
+def test_node_deadline_equals_a_fresh_one_after_timers_and_messages() -> None:
+    sim = Simulator(4, network=NetworkParams(loss=0.05))
+    nodes = _drive(sim, 4)
+    for n in nodes:
+        core: NodeCore = n.core
+        assert core.next_deadline() is not None
+        cached = core.next_deadline()
+        core.mesh._watch.dirty = True
+        assert core.next_deadline() == cached
+
+
+def _mesh_state(mesh: Mesh) -> tuple[object, ...]:
+    return (mesh.stats(), mesh.next_deadline(), mesh.rng.getstate(),
+            [(k, len(sw.pt.received_from), len(sw.pt.trees)) for k, sw in mesh.swarms.items()])
+
+
+class _IdleTimerSimulator(Simulator):
+    """Every mesh timer that runs before the mesh's deadline (the idle path) is compared with
+    the full path run on a copy of the mesh made just before: same outputs, same state."""
+
+    idle = 0
+
+    def _fire(self, node: SimNode, inc: int, d: float) -> None:
+        mesh = node.core.mesh
+        due = mesh.next_deadline()
+        if not (node.alive and node.incarnation == inc and node.timer_at == d) or (
+                due is not None and due <= self.now):
+            super()._fire(node, inc, d)
+            return
+        shared = {id(mesh.registry): mesh.registry, id(mesh.auth): mesh.auth}
+        twin: Mesh = copy.deepcopy(mesh, shared)
+        twin.next_deadline = lambda: self.now  # type: ignore[method-assign]  # the full path
+        full = twin.handle_timer(self.now)
+        del twin.next_deadline
+        real = mesh.handle_timer
+
+        def spy(now: float) -> list[Effect]:
+            out = real(now)
+            assert out == full
+            assert _mesh_state(mesh) == _mesh_state(twin)
+            self.idle += 1
+            return out
+
+        mesh.handle_timer = spy  # type: ignore[method-assign]
+        try:
+            super()._fire(node, inc, d)
+        finally:
+            del mesh.handle_timer
+
+
+def test_idle_mesh_timer_does_what_the_full_one_does() -> None:
+    sim = _IdleTimerSimulator(6, network=NetworkParams(loss=0.05))
+    nodes = [sim.add_node() for _ in range(6)]
+    for i, n in enumerate(nodes):
+        sim.join(n, nodes[:1] if i else [])
+        sim.run_for(0.1)
+    for n in nodes:
+        sim.subscribe(n, "t.>")
+    sim.run_for(2.0)
+    for k in range(10):
+        sim.publish(nodes[k % 6], "t.x", b"%d" % k)
+        sim.run_for(0.5)
+    sim.unsubscribe(nodes[2], "t.>")
+    sim.publish(nodes[2], "u.x", b"publish-only")
+    sim.run_for(5.0)
+    assert sim.idle > 20
