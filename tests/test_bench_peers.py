@@ -154,3 +154,26 @@ def test_missing_peers_are_skipped_with_their_reason() -> None:
     cols, skipped = peers.plan(("quicmesh",), {})
     assert [c for c in cols] == [("quicmesh-asyncio", "quicmesh", "asyncio"), ("quicmesh-uvloop", "quicmesh", "uvloop")]
     assert skipped == {}
+
+
+def test_churn_slope_is_fitted_within_each_run() -> None:
+    """The churn slope counts only growth while cycles run: RSS that grew between two runs (the
+    other scenarios ran there) is not the cycles'. Made-up samples: run 2 flat at 100 MB, run 3
+    flat at 200 MB gives ~0 B/cycle (one line through both gave ~1 MB/cycle); a run that grows
+    1,000 B per cycle gives 1,000."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    run = importlib.import_module("peerslib.run")
+
+    def light(r: int, base: int, per_cycle: int, cycles: int = 200) -> dict[str, Any]:
+        ends = [float(i) for i in range(1, cycles + 1)]  # cycle i ends at t = i
+        samples = [(t + 0.5, base + per_cycle * (int(t) + 1)) for t in range(cycles)]
+        return {"run": r, "ends": ends, "samples": samples}
+
+    s = run.Session("quicmesh-asyncio", "quicmesh", "asyncio", 1.0)
+    s.rss = [light(0, 50_000_000, 0), light(1, 100_000_000, 0), light(2, 200_000_000, 0)]
+    flat = s.churn()
+    assert abs(flat["bytes_per_cycle"]) < 1, flat
+    assert flat["cycles"] == 400 and flat["fit"] == "within runs"
+    s.rss = [light(0, 50_000_000, 0), light(1, 100_000_000, 1000), light(2, 200_000_000, 1000)]
+    assert abs(s.churn()["bytes_per_cycle"] - 1000) < 1

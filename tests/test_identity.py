@@ -25,7 +25,7 @@ from quicmesh.errors import (
     QuicmeshError,
     SignatureMismatch,
 )
-from quicmesh.identity import KeyPair, NodeId, make_certificate, node_id_from_certificate
+from quicmesh.identity import KeyPair, NodeId, make_certificate, node_id_from_certificate, signature_valid
 
 SEED = bytes(range(32))
 
@@ -307,3 +307,31 @@ def test_unreadable_certificate_is_refused(der: bytes) -> None:
 def test_non_certificate_object_is_refused() -> None:
     with pytest.raises(AuthenticationFailed):
         node_id_from_certificate("a string")  # type: ignore[arg-type]
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.binary(max_size=2048), seed=st.binary(min_size=32, max_size=32))
+def test_libsodium_signatures_are_the_ones_openssl_makes_and_checks(data: bytes, seed: bytes) -> None:
+    """#14: the hot path signs and verifies with libsodium; Ed25519 is deterministic, so its
+    signature is byte for byte OpenSSL's (through ``cryptography``), each verifies the other's,
+    and a flipped bit or a wrong key is refused by both."""
+    kp = KeyPair.from_seed(seed)
+    sig = kp.sign(data)
+    assert sig == kp.private_key.sign(data)
+    kp.private_key.public_key().verify(sig, data)  # raises if OpenSSL disagrees
+    assert signature_valid(kp.node_id.raw, sig, data)
+    bad = bytes([sig[0] ^ 1]) + sig[1:]
+    assert not signature_valid(kp.node_id.raw, bad, data)
+    assert not signature_valid(kp.node_id.raw, sig, data + b"x")
+    assert not signature_valid(KeyPair.from_seed(bytes(32)).node_id.raw, sig, data) or seed == bytes(32)
+
+
+def test_malformed_signatures_and_keys_are_invalid_not_errors() -> None:
+    kp = KeyPair.from_seed(SEED)
+    sig = kp.sign(b"m")
+    assert not signature_valid(kp.node_id.raw[:31], sig, b"m")  # short key
+    assert not signature_valid(kp.node_id.raw, sig[:63], b"m")  # short signature
+    assert not signature_valid(bytes(32), bytes(64), b"m")  # the all-zero (small-order) key
+    assert not signature_valid(kp.node_id.raw, sig[:32] + b"\xff" * 32, b"m")  # non-canonical S
+    with pytest.raises(SignatureMismatch):
+        kp.node_id.verify(sig[:63], b"m")

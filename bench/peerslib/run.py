@@ -221,24 +221,35 @@ class Session:
         return res
 
     def churn(self) -> dict[str, Any]:
-        """RSS bytes per light-client cycle of the long-lived side: a least-squares line through
-        (cycles done, RSS) samples of every light-client run but the first (a warm-up)."""
+        """RSS bytes per light-client cycle of the long-lived side: the least-squares slope of RSS
+        over cycles done *within* each light-client run but the first (a warm-up), pooled over
+        the runs (each run keeps its own intercept). Between two runs the same process ran the
+        other scenarios (floods of millions of messages), so one line through all runs' samples
+        would count that growth as the cycles' (it did: 404,571 B/cycle for quicmesh on
+        2026-12-03, while 3,000 cycles against an idle node grew its RSS by 1.6 MiB in all)."""
         runs = self.rss[1:] if len(self.rss) > 1 else self.rss
-        xs: list[float] = []
-        ys: list[float] = []
-        offset = 0
+        sxy = sxx = 0.0
+        cycles = samples = 0
+        rss_start: int | None = None
+        rss_end: int | None = None
         for run in runs:
             ends = run["ends"]
-            for ts, rss in run["samples"]:
-                xs.append(offset + bisect_right(ends, ts))
-                ys.append(rss)
-            offset += len(ends)
-        if offset < MIN_CHURN_CYCLES or len(set(xs)) < 2:
-            return {"error": "too few cycles for a slope", "cycles": offset}
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-        return {"bytes_per_cycle": slope, "cycles": offset, "rss_start": ys[0], "rss_end": ys[-1],
-                "samples": len(xs), "pid_of": "nats-server" if self.system == "nats" else "server process"}
+            pts = [(float(bisect_right(ends, ts)), float(rss)) for ts, rss in run["samples"]]
+            cycles += len(ends)
+            if len(pts) < 2:
+                continue
+            mx = statistics.fmean(x for x, _ in pts)
+            my = statistics.fmean(y for _, y in pts)
+            sxy += sum((x - mx) * (y - my) for x, y in pts)
+            sxx += sum((x - mx) ** 2 for x, _ in pts)
+            samples += len(pts)
+            rss_start = run["samples"][0][1] if rss_start is None else rss_start
+            rss_end = run["samples"][-1][1]
+        if cycles < MIN_CHURN_CYCLES or sxx == 0:
+            return {"error": "too few cycles for a slope", "cycles": cycles}
+        return {"bytes_per_cycle": sxy / sxx, "cycles": cycles, "rss_start": rss_start, "rss_end": rss_end,
+                "samples": samples, "runs": len(runs), "fit": "within runs",
+                "pid_of": "nats-server" if self.system == "nats" else "server process"}
 
 
 def raw_qh3_run(window: float) -> dict[str, Any]:

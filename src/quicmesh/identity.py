@@ -14,6 +14,12 @@ Key files hold the private key as unencrypted PKCS#8 PEM and are written with mo
 node's Ed25519 key, so a TLS handshake proves possession of the node id.
 :func:`node_id_from_certificate` recovers the node id from a peer's certificate and refuses a
 certificate that is not bound to an Ed25519 key.
+
+Signing and checking signatures on the hot paths (every gossip batch, advert, log entry) go
+through libsodium (PyNaCl): on this project's 2-core machine it verifies in ~68 µs and signs in
+~24 µs where OpenSSL through ``cryptography`` takes ~121 and ~36 µs (#14; Ed25519 signatures are
+deterministic, so both give the same bytes). ``cryptography`` keeps the key files and the TLS
+certificates.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
+from nacl import bindings as _sodium
+from nacl.exceptions import CryptoError as _SodiumError
 
 from .errors import AuthenticationFailed, IdentityError, InsecureKeyFile, InvalidNodeId, SignatureMismatch
 
@@ -38,6 +46,7 @@ __all__ = [
     "NodeId",
     "make_certificate",
     "node_id_from_certificate",
+    "signature_valid",
 ]
 
 _NODE_ID_LEN = 32
@@ -92,10 +101,8 @@ class NodeId:
 
         Raises :class:`~quicmesh.errors.SignatureMismatch` otherwise.
         """
-        try:
-            self.public_key().verify(signature, data)
-        except (InvalidSignature, ValueError) as exc:
-            raise SignatureMismatch(f"signature does not verify for {self.short()}") from exc
+        if not signature_valid(self.raw, signature, data):
+            raise SignatureMismatch(f"signature does not verify for {self.short()}")
 
     def short(self) -> str:
         """The first 10 characters of the text form, for logs."""
@@ -108,14 +115,31 @@ class NodeId:
         return f"NodeId({self})"
 
 
+def signature_valid(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature over ``data`` by the 32-byte
+    ``public_key`` (libsodium's checks: canonical encodings, no small-order keys); malformed
+    input is simply not valid."""
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    try:
+        _sodium.crypto_sign_open(signature + data, public_key)
+    except (_SodiumError, ValueError, TypeError):
+        return False
+    return True
+
+
 class KeyPair:
     """An Ed25519 private key and the node id it defines."""
 
-    __slots__ = ("_node_id", "_private")
+    __slots__ = ("_node_id", "_private", "_secret")
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._private = private_key
         self._node_id = NodeId.from_public_key(private_key.public_key())
+        seed = private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        self._secret: bytes = _sodium.crypto_sign_seed_keypair(seed)[1]  # libsodium's seed || public key
 
     @classmethod
     def generate(cls) -> KeyPair:
@@ -141,7 +165,7 @@ class KeyPair:
 
     def sign(self, data: bytes) -> bytes:
         """A 64-byte Ed25519 signature over ``data``."""
-        return self._private.sign(data)
+        return _sodium.crypto_sign(data, self._secret)[:64]  # signature || data
 
     def private_pem(self) -> bytes:
         """The private key as unencrypted PKCS#8 PEM (what :meth:`save` writes)."""
