@@ -22,8 +22,8 @@ scenarios (bench/peerslib/worker.py) drive every system:
   (quicmesh: ``quicmesh.Client`` through the server node's gateway; NATS: a new connection;
   Zenoh: a ``client``-mode session to the server peer).
 * churn: the long-lived side's RSS (server process; nats-server for NATS) sampled every 0.1 s
-  during the light-client runs; bytes per cycle = the least-squares slope over all runs but the
-  first.
+  during the light-client runs; bytes per cycle = the least-squares slope of RSS over cycles
+  within each run but the first, pooled over the runs (the floods between runs are not counted).
 
 Each case runs ``--repeat`` times (default 3) for ``--window`` seconds (default 5; ``--quick``:
 0.5); the systems take turns run by run, so a shared machine's background load meets all of
