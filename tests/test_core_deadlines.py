@@ -6,6 +6,8 @@ event of seeded simulations, and the mesh's idle timer path compared with the fu
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Callable
 from random import Random
 
 import pytest
@@ -92,6 +94,8 @@ def test_ttl_set_and_lru_map_mark_their_watch() -> None:
 
 def _fresh(mesh: Mesh) -> float | None:
     mesh._watch.dirty = True
+    for sw in mesh.swarms.values():
+        sw.watch.dirty = True
     return mesh.next_deadline()
 
 
@@ -151,7 +155,7 @@ def test_node_deadline_equals_a_fresh_one_after_timers_and_messages() -> None:
         core: NodeCore = n.core
         assert core.next_deadline() is not None
         cached = core.next_deadline()
-        core.mesh._watch.dirty = True
+        assert _fresh(core.mesh) is not None
         assert core.next_deadline() == cached
 
 
@@ -160,31 +164,37 @@ def _mesh_state(mesh: Mesh) -> tuple[object, ...]:
             [(k, len(sw.pt.received_from), len(sw.pt.trees)) for k, sw in mesh.swarms.items()])
 
 
-class _IdleTimerSimulator(Simulator):
-    """Every mesh timer that runs before the mesh's deadline (the idle path) is compared with
-    the full path run on a copy of the mesh made just before: same outputs, same state."""
+class _TwinTimerSimulator(Simulator):
+    """Every mesh timer :meth:`_wants` is first run on a copy of the mesh made just before,
+    altered by :meth:`_alter` to take the path to compare with; the real timer must then give the
+    same outputs and leave the same state."""
 
-    idle = 0
+    compared = 0
+
+    def _wants(self, mesh: Mesh) -> bool:
+        raise NotImplementedError
+
+    def _alter(self, twin: Mesh) -> Callable[[], None]:
+        """Alter the copy; return what undoes it."""
+        raise NotImplementedError
 
     def _fire(self, node: SimNode, inc: int, d: float) -> None:
         mesh = node.core.mesh
-        due = mesh.next_deadline()
-        if not (node.alive and node.incarnation == inc and node.timer_at == d) or (
-                due is not None and due <= self.now):
+        if not (node.alive and node.incarnation == inc and node.timer_at == d) or not self._wants(mesh):
             super()._fire(node, inc, d)
             return
         shared = {id(mesh.registry): mesh.registry, id(mesh.auth): mesh.auth}
         twin: Mesh = copy.deepcopy(mesh, shared)
-        twin.next_deadline = lambda: self.now  # type: ignore[method-assign]  # the full path
+        undo = self._alter(twin)
         full = twin.handle_timer(self.now)
-        del twin.next_deadline
+        undo()
         real = mesh.handle_timer
 
         def spy(now: float) -> list[Effect]:
             out = real(now)
             assert out == full
             assert _mesh_state(mesh) == _mesh_state(twin)
-            self.idle += 1
+            self.compared += 1
             return out
 
         mesh.handle_timer = spy  # type: ignore[method-assign]
@@ -192,6 +202,22 @@ class _IdleTimerSimulator(Simulator):
             super()._fire(node, inc, d)
         finally:
             del mesh.handle_timer
+
+
+class _IdleTimerSimulator(_TwinTimerSimulator):
+    """Every mesh timer that runs before the mesh's deadline (the idle path) against the full
+    path."""
+
+    def _wants(self, mesh: Mesh) -> bool:
+        due = mesh.next_deadline()
+        return due is None or due > self.now
+
+    def _alter(self, twin: Mesh) -> Callable[[], None]:
+        twin.next_deadline = lambda: self.now  # type: ignore[method-assign]  # the full path
+
+        def undo() -> None:
+            del twin.next_deadline
+        return undo
 
 
 def test_idle_mesh_timer_does_what_the_full_one_does() -> None:
@@ -209,4 +235,53 @@ def test_idle_mesh_timer_does_what_the_full_one_does() -> None:
     sim.unsubscribe(nodes[2], "t.>")
     sim.publish(nodes[2], "u.x", b"publish-only")
     sim.run_for(5.0)
-    assert sim.idle > 20
+    assert sim.compared > 20
+
+
+class _SwarmSkipSimulator(_TwinTimerSimulator):
+    """Every mesh timer that takes the full path against the same timer in which every swarm
+    counts as due (each swarm's overlay and broadcast tree run their ``handle_timer``, as before
+    swarms kept their own deadlines). Counts the swarms the real timer passed over as not due."""
+
+    passed_over = 0
+
+    def _wants(self, mesh: Mesh) -> bool:
+        due = mesh.next_deadline()
+        if (due is None or due > self.now) and not mesh.batched:
+            return False
+        for sw in mesh.swarms.values():
+            pt = sw.pt
+            if mesh._swarm_deadline(sw) > self.now and not (
+                    pt.reannounce and max(pt.reannounce.peekleft()[0], pt.next_reannounce) <= self.now):
+                self.passed_over += 1
+        return True
+
+    def _alter(self, twin: Mesh) -> Callable[[], None]:
+        twin._swarm_deadline = lambda sw: -math.inf  # type: ignore[method-assign]  # every swarm due
+
+        def undo() -> None:
+            del twin._swarm_deadline
+        return undo
+
+
+def test_a_due_timer_passes_over_swarms_with_nothing_due_as_if_it_ran_them() -> None:
+    """A node in many swarms pays, per event, for the swarms whose timers changed: each swarm
+    keeps its own deadline, and a due timer runs only the swarms that are due. Four swarms over
+    six nodes with loss; every full timer is checked against running every swarm."""
+    sim = _SwarmSkipSimulator(7, network=NetworkParams(loss=0.05))
+    nodes = [sim.add_node() for _ in range(6)]
+    for i, n in enumerate(nodes):
+        sim.join(n, nodes[:1] if i else [])
+        sim.run_for(0.1)
+    for i, n in enumerate(nodes):
+        for j, sw in enumerate("abcd"):
+            if (i + j) % 3:
+                sim.subscribe(n, f"{sw}.>")
+    sim.run_for(2.0)
+    for k in range(24):
+        sim.publish(nodes[k % 6], f"{'abcd'[k % 4]}.x", b"%d" % k)
+        sim.run_for(0.25)
+    sim.crash(nodes[4])
+    sim.run_for(6.0)
+    assert sim.compared > 20
+    assert sim.passed_over > 50

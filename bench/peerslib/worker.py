@@ -244,8 +244,11 @@ class Worker:
             except Exception as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
         elapsed = time.perf_counter() - t0
+        took = [b - a for a, b in zip([t0, *ends], ends, strict=False)]  # each cycle's duration
         return {"cycles_per_s": len(ends) / elapsed, "cycles": len(ends), "errors": errors, "t_start": t0,
-                "ends": ends}
+                "ends": ends, "cycle_ms_p50": _pct(took, 0.5) * 1e3 if took else None,
+                "cycle_ms_p99": _pct(took, 0.99) * 1e3 if took else None,
+                "cycle_ms_max": max(took) * 1e3 if took else None}
 
 
 def worker_main(system: str, role: str, loop_kind: str, conn: Any) -> None:

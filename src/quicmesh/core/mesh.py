@@ -373,8 +373,15 @@ class Mesh(Batching):
             if not sw.patterns and now - sw.last_publish > PUBLISH_LINGER:
                 out += self._leave_swarm(key, now)
                 continue
-            out += self._route(key, sw.hv.handle_timer(now), now)
-            out += self._route(key, list(sw.pt.handle_timer(now)), now)
+            pt = sw.pt
+            due = self._swarm_deadline(sw)
+            if pt.reannounce:
+                due = min(due, max(pt.reannounce.peekleft()[0], pt.next_reannounce))
+            if due <= now:
+                out += self._route(key, sw.hv.handle_timer(now), now)
+                out += self._route(key, list(pt.handle_timer(now)), now)
+            else:  # neither has a due timer: what their handle_timer would do then (nothing for hv)
+                pt.idle_timer(now)
             if now >= sw.next_find:
                 out += self.discovery.discover(sw, now)
         delivered = self.ordering.handle_timer(now)
@@ -409,11 +416,11 @@ class Mesh(Batching):
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` must run, or ``None``.
 
-        The timers of the overlays, broadcast trees, caches and tables (:meth:`_watched_deadline`)
-        are recomputed only after one of them marked the mesh's :class:`~quicmesh.bounded.Watch`
-        (each marks it where its state changes: its containers, its timer fields, the swarm set);
-        open batches, the join retry and each swarm's walks, publish linger and re-announcements
-        are read here every time."""
+        The node-wide timers (caches, tables: :meth:`_watched_deadline`) are recomputed only after
+        one of them marked the mesh's :class:`~quicmesh.bounded.Watch`, and a swarm's overlay and
+        broadcast tree only after they marked the swarm's own (:meth:`_swarm_deadline`; each marks
+        where its state changes: its containers, its timer fields); open batches, the join retry
+        and each swarm's walks, publish linger and re-announcements are read here every time."""
         w = self._watch
         if w.dirty:
             w.dirty = False
@@ -429,6 +436,9 @@ class Mesh(Batching):
         for sw in self.swarms.values():
             if sw.next_find < best:
                 best = sw.next_find
+            d = sw.deadline if not sw.watch.dirty else self._swarm_deadline(sw)
+            if d < best:
+                best = d
             pt = sw.pt
             if pt.reannounce:
                 d = max(pt.reannounce.peekleft()[0], pt.next_reannounce)
@@ -445,14 +455,25 @@ class Mesh(Batching):
             d = timer()
             if d is not None and d < best:
                 best = d
-        for sw in self.swarms.values():
+        return best
+
+    @staticmethod
+    def _swarm_deadline(sw: Swarm) -> float:
+        """The earliest timer of a swarm's overlay and broadcast tree (re-announcements aside;
+        ``inf``: none), recomputed only after one of them marked the swarm's watch: a node in many
+        swarms pays per event for the swarms whose timers changed, not for all of them."""
+        w = sw.watch
+        if w.dirty:
+            w.dirty = False
+            best = _INF
             d = sw.hv.next_deadline()
-            if d is not None and d < best:
+            if d is not None:
                 best = d
             d = sw.pt.timer_deadline()
             if d is not None and d < best:
                 best = d
-        return best
+            sw.deadline = best
+        return sw.deadline
 
     # -- observability ---------------------------------------------------------------------------
 
@@ -506,9 +527,7 @@ class Mesh(Batching):
                        prefix="swarm", now=now)
         pt = Plumtree(self.me, key, self.config.gossip, self.caches, self.rng, self.registry,
                       max_message_size=self.max_message_size, auth=self.auth)
-        hv.watch(self._watch)
-        pt.watch(self._watch)
-        sw = Swarm(hv, pt, self.rng.getrandbits(63), now)
+        sw = Swarm(hv, pt, self.rng.getrandbits(63), now)  # hv and pt mark the swarm's own watch
         self.swarms.set(key, sw)
         for p in self.discovery.take_hints(key, now):  # hints we hold for this swarm are a head start
             hv.add_candidate(p)

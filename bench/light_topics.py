@@ -1,0 +1,167 @@
+"""Light-client cycles against a gateway node that holds many topics (#14).
+
+    python bench/light_topics.py [--topics 0,100,1000] [--cycles 200] [--peers 1] [--base OTHER/src]
+                                 [--json bench/results/light_topics.json]
+
+For each topic count N: a node process (the gateway) subscribes to N topics of N different
+swarms and ``--peers`` other node processes join it (a gateway in a mesh, not alone), then this
+process runs ``--cycles`` light-client cycles against it, one after another:
+``Client.connect``, subscribe, publish one message, receive it, unsubscribe, ``close`` (what
+``bench/peers.py`` times as light-client cycles, without the bench's other scenarios around it).
+Prints the cycle time p50 / p90 / p99 per N and writes JSON. With ``--base`` the same runs
+against a second source tree too (its ``src`` directory), the two trees alternating case by
+case in one run, and the table shows both and their ratio. Loopback only; every process it
+starts is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+_SERVER = """
+import asyncio, signal, sys
+import quicmesh
+from quicmesh.config.discovery import DiscoveryConfig
+
+async def main() -> None:
+    cfg = quicmesh.NodeConfig(listen="127.0.0.1:0", realm="bench", discovery=DiscoveryConfig(local=False))
+    node = await quicmesh.Node.start(cfg)
+    subs = [await node.subscribe(f"s{i}.x") for i in range(int(sys.argv[1]))]
+    print(node.address, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    for s in subs:
+        await s.close()
+    await node.stop()
+
+asyncio.run(main())
+"""
+
+_PEER = """
+import asyncio, signal, sys
+import quicmesh
+from quicmesh.config.discovery import DiscoveryConfig
+
+async def main() -> None:
+    cfg = quicmesh.NodeConfig(listen="127.0.0.1:0", realm="bench", bootstrap=(sys.argv[1],),
+                              discovery=DiscoveryConfig(local=False))
+    node = await quicmesh.Node.start(cfg)
+    await node.wait_until(lambda: len(node.peers()) > 0, timeout=20)
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await node.stop()
+
+asyncio.run(main())
+"""
+
+_CLIENT = """
+import asyncio, json, sys, time
+import quicmesh
+
+async def main() -> None:
+    address, cycles = sys.argv[1], int(sys.argv[2])
+    took = []
+    for _ in range(cycles):
+        t0 = time.perf_counter()
+        client = await quicmesh.Client.connect(address, realm="bench", reconnect=False)
+        sub = await client.subscribe("lc.t")
+        await client.publish("lc.t", b"x")
+        await asyncio.wait_for(sub.get(), 5)
+        await sub.close()
+        await client.close()
+        took.append(time.perf_counter() - t0)
+    print(json.dumps(took))
+
+asyncio.run(main())
+"""
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+def run_case(src: Path, topics: int, cycles: int, peers: int) -> dict[str, Any]:
+    """One gateway with ``topics`` topics and ``peers`` mesh peers, and ``cycles`` light-client
+    cycles against it."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(topics)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    procs = [server]
+    try:
+        assert server.stdout is not None
+        address = server.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the gateway node did not start")
+        for _ in range(peers):  # mesh peers of the gateway (idle: they hold none of its topics)
+            peer = subprocess.Popen([sys.executable, "-c", _PEER, address], stdout=subprocess.PIPE, text=True,
+                                    env=env)
+            procs.append(peer)
+            assert peer.stdout is not None
+            if peer.stdout.readline().strip() != "ready":
+                raise RuntimeError("a peer node did not join the gateway")
+        done = subprocess.run([sys.executable, "-c", _CLIENT, address, str(cycles + 5)], capture_output=True,
+                              text=True, env=env, timeout=60 + cycles * 2, check=True)
+        took = json.loads(done.stdout.strip().splitlines()[-1])[5:]  # the first few warm up imports and caches
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    ms = [1e3 * t for t in took]
+    return {"topics": topics, "peers": peers, "cycles": len(ms), "p50_ms": _pct(ms, 0.5), "p90_ms": _pct(ms, 0.9),
+            "p99_ms": _pct(ms, 0.99), "cycles_per_s": len(ms) / (sum(ms) / 1e3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--topics", default="0,100,1000", help="comma-separated topic counts")
+    ap.add_argument("--cycles", type=int, default=200)
+    ap.add_argument("--peers", type=int, default=1, help="mesh peers of the gateway (idle node processes)")
+    ap.add_argument("--base", type=Path, help="src directory of a second tree to compare with")
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "light_topics.json")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.topics.split(",")]
+    trees = {"current": SRC, **({"base": args.base.resolve()} if args.base else {})}
+    t0 = time.monotonic()
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
+    for n in counts:
+        order = list(trees.items()) if n % 2 == 0 else list(reversed(trees.items()))
+        for name, src in order:
+            results[name].append(run_case(src, n, args.cycles, args.peers))
+            print(f"{name}: {n} topics done", file=sys.stderr, flush=True)
+    head = "| topics held by the gateway | " + " | ".join(f"{k}: cycle p50 / p90 / p99 ms" for k in trees)
+    head += " | current / base (p50) |" if args.base else " |"
+    print(head)
+    print("|---" * (len(trees) + 1 + (1 if args.base else 0)) + "|")
+    for i, n in enumerate(counts):
+        cells = [f"{r[i]['p50_ms']:.1f} / {r[i]['p90_ms']:.1f} / {r[i]['p99_ms']:.1f}" for r in results.values()]
+        ratio = [f"{results['current'][i]['p50_ms'] / results['base'][i]['p50_ms']:.2f}"] if args.base else []
+        print(f"| {n:,} | " + " | ".join(cells + ratio) + " |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv,
+                                     "trees": {k: str(v) for k, v in trees.items()}, "results": results,
+                                     "seconds": time.monotonic() - t0}, indent=1))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
