@@ -250,9 +250,8 @@ class _SwarmSkipSimulator(_TwinTimerSimulator):
         if (due is None or due > self.now) and not mesh.batched:
             return False
         for sw in mesh.swarms.values():
-            pt = sw.pt
-            if mesh._swarm_deadline(sw) > self.now and not (
-                    pt.reannounce and max(pt.reannounce.peekleft()[0], pt.next_reannounce) <= self.now):
+            again = sw.pt.reannounce_deadline()
+            if mesh._swarm_deadline(sw) > self.now and not (again is not None and again <= self.now):
                 self.passed_over += 1
         return True
 

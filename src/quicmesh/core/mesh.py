@@ -374,10 +374,8 @@ class Mesh(Batching):
                 out += self._leave_swarm(key, now)
                 continue
             pt = sw.pt
-            due = self._swarm_deadline(sw)
-            if pt.reannounce:
-                due = min(due, max(pt.reannounce.peekleft()[0], pt.next_reannounce))
-            if due <= now:
+            again = pt.reannounce_deadline()
+            if self._swarm_deadline(sw) <= now or (again is not None and again <= now):
                 out += self._route(key, sw.hv.handle_timer(now), now)
                 out += self._route(key, list(pt.handle_timer(now)), now)
             else:  # neither has a due timer: what their handle_timer would do then (nothing for hv)
@@ -439,11 +437,9 @@ class Mesh(Batching):
             d = sw.deadline if not sw.watch.dirty else self._swarm_deadline(sw)
             if d < best:
                 best = d
-            pt = sw.pt
-            if pt.reannounce:
-                d = max(pt.reannounce.peekleft()[0], pt.next_reannounce)
-                if d < best:
-                    best = d
+            again = sw.pt.reannounce_deadline()
+            if again is not None and again < best:
+                best = again
             if not sw.patterns and sw.last_publish + PUBLISH_LINGER + 0.001 < best:
                 best = sw.last_publish + PUBLISH_LINGER + 0.001
         return None if best == _INF else best

@@ -477,11 +477,16 @@ class Plumtree:
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` has work."""
         best = self.timer_deadline()
-        if self.reannounce:
-            d = max(self.reannounce.peekleft()[0], self.next_reannounce)
-            if best is None or d < best:
-                best = d
+        d = self.reannounce_deadline()
+        if d is not None and (best is None or d < best):
+            best = d
         return best
+
+    def reannounce_deadline(self) -> float | None:
+        """When the queued re-announcements are due (``None``: none queued); not watched."""
+        if not self.reannounce:
+            return None
+        return max(self.reannounce.peekleft()[0], self.next_reannounce)
 
     def timer_deadline(self) -> float | None:
         """:meth:`next_deadline` without the re-announcements (what :meth:`watch` covers)."""
