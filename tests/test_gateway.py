@@ -275,7 +275,10 @@ async def test_stalled_writes_close_a_slow_consumer() -> None:
     ok = await Client.connect(gw.address, realm="gw", transport=FAST)
     stuck = await Client.connect(gw.address, realm="gw", transport=FAST, reconnect=False)
     try:
-        ok_sub = await ok.subscribe("bulk")
+        # the reader's own queue holds the whole burst: its drop-oldest policy (counted in
+        # ``dropped``) would otherwise take the part a reader slower than the burst misses (10-103
+        # of 3,000 in 6 of 17 runs), and this test is about the gateway delivering everything
+        ok_sub = await ok.subscribe("bulk", queue_size=4096)
         stuck_sub = await stuck.subscribe("bulk")
         await peer.wait_for_subscriber("bulk", 10)
         ep = stuck._transport._endpoint
@@ -297,6 +300,7 @@ async def test_stalled_writes_close_a_slow_consumer() -> None:
         assert h["slow_consumer_stalled_total"] == 1 and h["slow_consumer_pending_total"] == 0
         assert h["clients"] == 1
         await eventually(lambda: got == 3000, timeout=20)  # the reading client got everything
+        assert ok_sub.dropped == 0
         reader.cancel()
         paused.resume_reading()
         await eventually(lambda: not stuck.connected, timeout=10)  # reading again, it learns it was closed
