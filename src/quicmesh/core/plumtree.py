@@ -188,9 +188,8 @@ class Plumtree:
         (catch-up: see the module docstring)."""
         self._make_eager(peer, None)
         self.since.set(peer, now)
-        recent = [(mid, m.hops + 1) for mid, m in self.caches.payloads.items() if m.s == self.swarm]
-        for mid, hops in recent[-CATCHUP_IDS:]:
-            self._queue_ihave(peer, mid, hops, now)
+        for mid, m in self.caches.recent(self.swarm, CATCHUP_IDS):
+            self._queue_ihave(peer, mid, m.hops + 1, now)
 
     def neighbor_down(self, peer: NodeId) -> None:
         """A swarm neighbour left: forget it."""
@@ -246,8 +245,8 @@ class Plumtree:
         ``mid``: its id when the caller computed it already (signing needs the digest)."""
         if mid is None:
             mid = message_id(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payloads)
-        self.caches.seen.set(mid, self.swarm, now)
-        self.caches.payloads.set(mid, msg, now)
+        self.caches.remember(mid, self.swarm, now)
+        self.caches.keep(mid, msg, now)
         return self._push(mid, msg, None, now)
 
     def handle(self, sender: NodeId, msg: Message, now: float) -> tuple[list[HvSend], Arrived | None]:
@@ -286,7 +285,7 @@ class Plumtree:
             self.counters["rejected"] += 1  # nothing remembered: a valid copy may still come
             return out, None
         self.counters["received"] += 1
-        self.caches.seen.set(mid, self.swarm, now)
+        self.caches.remember(mid, self.swarm, now)
         announcers = self.missing.pop(mid) or ()
         self.graft_timers.pop(mid)
         self.graft_tries.pop(mid)
@@ -304,7 +303,7 @@ class Plumtree:
                 break
         fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, msg.hops + 1,
                       msg.sig, msg.cert)
-        self.caches.payloads.set(mid, msg, now)
+        self.caches.keep(mid, msg, now)
         self.received_from.set(mid, (sender, msg.hops, pub), now)
         out += self._push(mid, fwd, sender, now)
         return out, self._arrived(msg)
