@@ -209,8 +209,9 @@ class TtlMap(_Bounded, Generic[K, V]):
             name, capacity, overflow, capacity_bytes=capacity_bytes, sizeof=sizeof, registry=registry
         )
         self.ttl = float(ttl)
-        # key -> (value, deadline, serial); serial identifies the live heap entry.
-        self._data: dict[K, tuple[V, float, int]] = {}  # bounded: capacity enforced in set()
+        # key -> (value, deadline, serial, size); serial identifies the live heap entry, size is
+        # sizeof(value) taken once at insert (a removal does not measure the value again)
+        self._data: dict[K, tuple[V, float, int, int]] = {}  # bounded: capacity enforced in set()
         self._heap: list[tuple[float, int, K]] = []  # bounded: compacted to <= 2 * size + 64
         self._serial = itertools.count()
         self._on_evict = on_evict
@@ -288,7 +289,7 @@ class TtlMap(_Bounded, Generic[K, V]):
             raise ValueError(f"{self._name}: ttl must be positive, got {ttl!r}")
         size = self._sizeof(value)
         old = self._data.get(key)
-        old_size = self._sizeof(old[0]) if old is not None else 0
+        old_size = old[3] if old is not None else 0
         count_after = len(self._data) + (0 if old is not None else 1)
         bytes_after = self._bytes - old_size + size
         if self._capacity_bytes is not None and size > self._capacity_bytes:
@@ -302,8 +303,7 @@ class TtlMap(_Bounded, Generic[K, V]):
                 if victim is None:
                     break
                 evicted = True
-                vsize = self._sizeof(victim[1])
-                bytes_after -= vsize
+                bytes_after -= victim[2]
                 count_after -= 1
                 self._evictions += 1
                 if self._on_evict is not None:
@@ -313,7 +313,7 @@ class TtlMap(_Bounded, Generic[K, V]):
             self._bytes -= old_size
         serial = next(self._serial)
         deadline = now + life
-        self._data[key] = (value, deadline, serial)
+        self._data[key] = (value, deadline, serial, size)
         self._bytes += size
         heapq.heappush(self._heap, (deadline, serial, key))
         self._note_size(len(self._data))
@@ -339,7 +339,7 @@ class TtlMap(_Bounded, Generic[K, V]):
         entry = self._data.pop(key, None)
         if entry is None:
             return default
-        self._bytes -= self._sizeof(entry[0])
+        self._bytes -= entry[3]
         self._maybe_compact()
         earliest = self._earliest
         if earliest is not None and entry[1] <= earliest:
@@ -360,7 +360,7 @@ class TtlMap(_Bounded, Generic[K, V]):
             if entry is None or entry[2] != serial:
                 continue
             del self._data[key]
-            self._bytes -= self._sizeof(entry[0])
+            self._bytes -= entry[3]
             self._expirations += 1
             out.append((key, entry[0]))
         if out:
@@ -378,16 +378,18 @@ class TtlMap(_Bounded, Generic[K, V]):
 
     def values(self) -> list[V]:
         """A copy of the values, in insertion order."""
-        return [v for v, _, _ in self._data.values()]
+        return [e[0] for e in self._data.values()]
 
     def items(self) -> list[tuple[K, V]]:
         """A copy of the ``(key, value)`` pairs, in insertion order."""
         return [(k, e[0]) for k, e in self._data.items()]
 
-    def _pop_soonest(self, exclude: K) -> tuple[K, V] | None:
+    def _pop_soonest(self, exclude: K) -> tuple[K, V, int] | None:
+        """Remove the live entry with the earliest deadline other than ``exclude``: its key,
+        value and size."""
         heap = self._heap
         skipped: list[tuple[float, int, K]] = []
-        result: tuple[K, V] | None = None
+        result: tuple[K, V, int] | None = None
         while heap:
             item = heapq.heappop(heap)
             entry = self._data.get(item[2])
@@ -397,8 +399,8 @@ class TtlMap(_Bounded, Generic[K, V]):
                 skipped.append(item)
                 continue
             del self._data[item[2]]
-            self._bytes -= self._sizeof(entry[0])
-            result = (item[2], entry[0])
+            self._bytes -= entry[3]
+            result = (item[2], entry[0], entry[3])
             break
         for item in skipped:
             heapq.heappush(heap, item)
