@@ -186,7 +186,9 @@ class GossipConfig:
     """Seconds a received message id is remembered (iroh-gossip: 90 s)."""
     seen_capacity: int = 100_000
     """Message ids remembered (count). With ``seen_ttl`` 90 s this holds ~1,100 messages/s
-    before ids are evicted before their TTL."""
+    before ids are evicted before their TTL. Each id costs ~300 B of memory (the id, its deadline,
+    its place in the expiry heap and in the index by swarm; measured with tracemalloc): ~30 MB
+    at the default when full."""
     payload_cache_ttl: float = 30.0
     """Seconds a payload is kept to answer GRAFTs (iroh-gossip: 30 s)."""
     payload_cache_capacity: int = 16_384
