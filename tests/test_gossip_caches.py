@@ -27,8 +27,9 @@ def batch(swarm: str, seq: int, size: int = 8) -> MGossip:
     return MGossip(swarm, f"{swarm}.t", PUB, 1, seq, [b"x" * size], 0, b"s" * 64, None)
 
 
-def mid(i: int) -> bytes:
-    return i.to_bytes(16, "big")
+def mid(i: int, swarm: str = "") -> bytes:
+    """A batch id; as a real one (a hash over the topic among others), it names one swarm."""
+    return swarm.encode().ljust(4, b"-") + i.to_bytes(12, "big")
 
 
 def brute(c: GossipCaches, swarm: str) -> tuple[int, list[bytes]]:
@@ -40,7 +41,7 @@ def brute(c: GossipCaches, swarm: str) -> tuple[int, list[bytes]]:
 
 ops = st.lists(
     st.tuples(st.sampled_from(["remember", "keep", "both", "expire", "purge", "big"]),
-              st.integers(0, 40), st.sampled_from(SWARMS), st.floats(0.0, 3.0)),
+              st.integers(0, 40), st.sampled_from(SWARMS), st.sampled_from([0.0, 0.0, 0.0, 0.1, 0.7, 2.5])),
     max_size=120,
 )
 
@@ -49,18 +50,18 @@ ops = st.lists(
 @given(ops)
 def test_the_index_agrees_with_the_caches_through_evictions_expiry_and_purges(steps: list[Any]) -> None:
     # small capacities and short lives, so evictions (count and bytes) and expiry happen often
-    cfg = GossipConfig(seen_capacity=12, seen_ttl=2.0, payload_cache_capacity=8, payload_cache_ttl=1.0,
-                       payload_cache_bytes=400)
+    cfg = GossipConfig(seen_capacity=5, seen_ttl=2.0, payload_cache_capacity=4, payload_cache_ttl=1.0,
+                       payload_cache_bytes=300)
     c = GossipCaches(cfg, ContainerRegistry())
     now = 0.0
     for op, i, swarm, dt in steps:
         now += dt
         if op in ("remember", "both"):
-            c.remember(mid(i), swarm, now)
+            c.remember(mid(i, swarm), swarm, now)
         if op in ("keep", "both"):
-            c.keep(mid(i), batch(swarm, i), now)
+            c.keep(mid(i, swarm), batch(swarm, i), now)
         if op == "big":  # larger than the whole byte budget: refused, nothing indexed
-            c.keep(mid(1000 + i), batch(swarm, i, size=1000), now)
+            c.keep(mid(1000 + i, swarm), batch(swarm, i, size=1000), now)
         if op == "expire":
             c.expire(now)
         if op == "purge":
@@ -71,6 +72,22 @@ def test_the_index_agrees_with_the_caches_through_evictions_expiry_and_purges(st
             assert c.count(s) == n, (s, op)
             assert [k for k, _ in c.recent(s, 100)] == payload_ids
             assert [k for k, _ in c.recent(s, 3)] == payload_ids[-3:]
+
+
+def test_evicted_and_expired_ids_leave_the_index() -> None:
+    cfg = GossipConfig(seen_capacity=5, seen_ttl=2.0, payload_cache_capacity=3, payload_cache_ttl=1.0)
+    c = GossipCaches(cfg, ContainerRegistry())
+    for i in range(8):  # 16 ids into 5 places, 16 batches into 3
+        for s in ("a", "b"):
+            c.remember(mid(i, s), s, i * 0.1)
+            c.keep(mid(i, s), batch(s, i), i * 0.1)
+    assert len(c.seen) == 5 and len(c.payloads) == 3
+    for s in ("a", "b"):
+        assert c.count(s) == brute(c, s)[0]
+        assert [k for k, _ in c.recent(s, 10)] == brute(c, s)[1]
+    assert c.count("a") + c.count("b") == 8
+    c.expire(10.0)
+    assert c.count("a") == c.count("b") == 0 and c.recent("a", 10) == []
 
 
 def test_leaving_a_swarm_does_not_walk_the_other_swarms() -> None:
