@@ -1,11 +1,11 @@
 """#13 relays in the network lab: two private LANs, each behind its own NAT router (one with
 ``masquerade random-fully``, so no direct path exists), and a public LAN with two relays and a
 bootstrap node. h1 (``relay.mode = auto``) learns that it is behind NAT and takes relays by
-itself; h2 is configured ``always``. The NATed nodes reach each other through a relay, pub/sub and calls work;
-relayed pub/sub throughput is measured against a direct pair (printed against the issue's goal
-of 50 %); h1's hole punch towards h2 fails and they stay relayed; h3, behind an
-endpoint-independent NAT, meets h1 through a relay and goes direct; the relay in use is SIGKILLed and
-the nodes reach each other again through the second relay within 10 s.
+itself; h2 is configured ``always``. The NATed nodes reach each other through a relay, pub/sub
+and calls work; relayed pub/sub throughput is at least 50 % of a direct pair's (the issue's
+goal); h1's hole punch towards h2 fails and they stay relayed; h3, behind an
+endpoint-independent NAT, meets h1 through a relay and goes direct; the relay in use is
+SIGKILLed and the nodes reach each other again through the second relay within 10 s.
 
 Needs root, ``ip`` and ``nft`` (the ``lab`` fixture of ``tests/labkit.py``).
 """
@@ -23,8 +23,11 @@ from quicmesh.testing.wait import eventually
 
 MESSAGES = 50_000
 ROUNDS = 3
-FLOOR = 0.3
-"""Relayed/direct throughput below which the test fails (see the comment at the assertion)."""
+MAX_ROUNDS = 6
+"""Interleaved relayed and direct runs: ROUNDS, and up to MAX_ROUNDS while the best relayed run is
+below the goal (the lab shares 2 cores with other work; one slow round is noise, not the path)."""
+GOAL = 0.5
+"""The issue's goal: relayed pub/sub throughput >= 50 % of a direct pair's (best runs compared)."""
 PAYLOAD = "x" * 64
 RELAY_ENV = {"QUICMESH_RELAY__PEER_BYTES_PER_SECOND": "64000000", "QUICMESH_RELAY__PEER_PACKETS_PER_SECOND": "64000"}
 """The relays' per-peer budget for this test: 64 MB/s and 64,000 packets/s. The throughput below
@@ -121,13 +124,16 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
         reply = await n1.process.request("call", "reply", name="echo", payload="hi", timeout=10, wait=15)
         print(f"call h1 -> h2 through the relay: {reply['ms']:.1f} ms")
         # relayed pub/sub throughput vs a direct pair on the public LAN
-        # (best of ROUNDS interleaved runs each: the lab shares its cores with other work)
+        # (best of ROUNDS interleaved runs each, up to MAX_ROUNDS: the lab shares its cores with other work)
         d1 = await lab.spawn(hosts["d1"], "d1", extra=["--relay-mode", "never"])
         d2 = await lab.spawn(hosts["d2"], "d2", bootstrap=[d1.address], extra=["--relay-mode", "never"])
         runs: dict[str, list[float]] = {"relayed": [], "direct": []}
         cpu: dict[str, list[float]] = {"relayed": [0.0, 0.0, 0.0], "direct": [0.0, 0.0, 0.0]}
         drops: list[dict[str, int]] = []
-        for i in range(ROUNDS):
+        rounds = 0
+        while rounds < ROUNDS or (rounds < MAX_ROUNDS and max(runs["relayed"]) < GOAL * max(runs["direct"])):
+            i = rounds
+            rounds += 1
             before = _cpu([n1, *relays, n2])
             d0 = await _relay_drops(relays)
             runs["relayed"].append(await _throughput(n1, n2, f"relayed{i}", 10 + i))
@@ -140,20 +146,20 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
             after = _cpu([d1, d2])
             cpu["direct"] = [cpu["direct"][0] + after[0] - before[0], 0.0, cpu["direct"][2] + after[1] - before[1]]
         relayed, direct = max(runs["relayed"]), max(runs["direct"])
-        print(f"pub/sub {MESSAGES:,} x 64 B, best of {ROUNDS}: relayed {relayed:,.0f} msg/s, direct {direct:,.0f} "
+        print(f"pub/sub {MESSAGES:,} x 64 B, best of {rounds}: relayed {relayed:,.0f} msg/s, direct {direct:,.0f} "
               f"msg/s ({100 * relayed / direct:.0f} % of direct; runs {[round(x) for x in runs['relayed']]} vs "
               f"{[round(x) for x in runs['direct']]})")
         print(f"relay drops per relayed run (budget {RELAY_BUDGET}): {drops}")
-        per = {k: [1e6 * c / (ROUNDS * MESSAGES) for c in v] for k, v in cpu.items()}
+        per = {k: [1e6 * c / (rounds * MESSAGES) for c in v] for k, v in cpu.items()}
         print("CPU per message, publisher / relays / subscriber: relayed "
               f"{per['relayed'][0]:.1f} / {per['relayed'][1]:.1f} / {per['relayed'][2]:.1f} µs, direct "
               f"{per['direct'][0]:.1f} / - / {per['direct'][2]:.1f} µs: the relayed path needs "
               f"{sum(per['relayed']) / sum(per['direct']):.2f}x the CPU of the direct one, on "
               f"{os.cpu_count()} cores shared by three busy processes instead of two")
-        # The issue's goal is 50 %; measured 45-58 % here on a 2-core machine shared with other
-        # work (best of 3). The assertion is a regression floor, the figure is printed against the goal.
-        print(f"issue goal relayed >= 50 % of direct: {'met' if relayed >= 0.5 * direct else 'NOT met'}")
-        assert relayed >= FLOOR * direct
+        # The issue's goal, asserted: measured 54-84 % here (best of 3, 2026-12-03/04) on a 2-core
+        # machine shared with other work, at ~1.4-1.7x the direct path's CPU per message
+        print(f"issue goal relayed >= {GOAL:.0%} of direct: {'met' if relayed >= GOAL * direct else 'NOT met'}")
+        assert relayed >= GOAL * direct, f"relayed {relayed:,.0f} msg/s < {GOAL:.0%} of direct {direct:,.0f}"
         # h1 tried to punch through the relay to h2, whose NAT randomises ports: the punch fails
         # and the two stay relayed (and keep working: the throughput above ran meanwhile)
         hp = await eventually(lambda: _holepunch(n1), until=lambda d: d["failures"] >= 1, timeout=30,
