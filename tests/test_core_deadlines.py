@@ -205,8 +205,8 @@ class _TwinTimerSimulator(Simulator):
 
 
 class _IdleTimerSimulator(_TwinTimerSimulator):
-    """Every mesh timer that runs before the mesh's deadline (the idle path) against the full
-    path."""
+    """Every mesh timer that runs before the mesh's deadline (the idle path, which visits only the
+    swarms awake) against the full path over every swarm."""
 
     def _wants(self, mesh: Mesh) -> bool:
         due = mesh.next_deadline()
@@ -214,9 +214,11 @@ class _IdleTimerSimulator(_TwinTimerSimulator):
 
     def _alter(self, twin: Mesh) -> Callable[[], None]:
         twin.next_deadline = lambda: self.now  # type: ignore[method-assign]  # the full path
+        twin._waking = lambda now: iter(list(twin.swarms.keys()))  # type: ignore[method-assign]  # over all
 
         def undo() -> None:
             del twin.next_deadline
+            del twin._waking
         return undo
 
 
@@ -241,9 +243,11 @@ def test_idle_mesh_timer_does_what_the_full_one_does() -> None:
 class _SwarmSkipSimulator(_TwinTimerSimulator):
     """Every mesh timer that takes the full path against the same timer in which every swarm
     counts as due (each swarm's overlay and broadcast tree run their ``handle_timer``, as before
-    swarms kept their own deadlines). Counts the swarms the real timer passed over as not due."""
+    swarms kept their own deadlines) and is visited (as before the swarms' heap of times). Counts
+    the swarms the real timer passed over as not due, and those it did not visit at all."""
 
     passed_over = 0
+    not_visited = 0
 
     def _wants(self, mesh: Mesh) -> bool:
         due = mesh.next_deadline()
@@ -253,13 +257,16 @@ class _SwarmSkipSimulator(_TwinTimerSimulator):
             again = sw.pt.reannounce_deadline()
             if mesh._swarm_deadline(sw) > self.now and not (again is not None and again <= self.now):
                 self.passed_over += 1
+        self.not_visited += len(mesh.swarms) - len(mesh.swarm_timers.waking(self.now))
         return True
 
     def _alter(self, twin: Mesh) -> Callable[[], None]:
         twin._swarm_deadline = lambda sw: -math.inf  # type: ignore[method-assign]  # every swarm due
+        twin._waking = lambda now: iter(list(twin.swarms.keys()))  # type: ignore[method-assign]  # and visited
 
         def undo() -> None:
             del twin._swarm_deadline
+            del twin._waking
         return undo
 
 
@@ -284,3 +291,4 @@ def test_a_due_timer_passes_over_swarms_with_nothing_due_as_if_it_ran_them() -> 
     sim.run_for(6.0)
     assert sim.compared > 20
     assert sim.passed_over > 50
+    assert sim.not_visited > 20

@@ -47,7 +47,7 @@ Receivers accept batches of at most :data:`~quicmesh.config.MAX_BATCH_MESSAGES` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from random import Random
 from typing import Any
 
@@ -78,6 +78,7 @@ from .mesh_messages import (
 from .observed import ObservedAddresses
 from .plumtree import Arrived, GossipAuth, GossipCaches, Plumtree
 from .swarm import Swarm
+from .swarm_timers import PUBLISH_LINGER, SwarmTimers
 from .topics import MAX_TOPIC_LEN, Ordering, Pattern, check_topic, parse_pattern, swarm_of
 from .wire import Message
 
@@ -86,8 +87,6 @@ __all__ = [
     "MAX_BOOTSTRAP", "MAX_DIAL_QUEUES", "MESH_MESSAGES", "PUBLISH_LINGER", "Mesh",
 ]
 
-PUBLISH_LINGER = 300.0
-"""Seconds a publish-only swarm membership outlives the last publish."""
 
 
 def _no_client_swarms() -> int:
@@ -143,6 +142,8 @@ class Mesh(Batching):
         self.swarms: LruMap[str, Swarm] = LruMap(
             "mesh.swarms", config.gossip.max_topics + self.client_topic_reserve, Overflow.REJECT, registry=registry
         )
+        self.swarm_timers = SwarmTimers(self.swarms)
+        """The swarms' deadlines, recomputed for the swarms whose watch was marked."""
         self.patterns: LruMap[str, tuple[Pattern, int]] = LruMap(
             "mesh.patterns", config.pubsub.max_subscriptions + (gw.max_clients_subscriptions if serves_clients else 0),
             Overflow.REJECT, registry=registry,
@@ -259,6 +260,7 @@ class Mesh(Batching):
         sw, out = self._ensure_swarm(p.swarm, now)
         self.patterns.set(pattern, (p, 1))
         sw.patterns[pattern] = p
+        sw.watch.dirty = True
         self._no_short_path(sw)  # publishes to it are now delivered locally too
         return out
 
@@ -277,6 +279,7 @@ class Mesh(Batching):
         if sw is None:
             return []
         sw.patterns.pop(pattern, None)
+        sw.watch.dirty = True
         if sw.patterns:
             return []
         return self._leave_swarm(key, now)
@@ -366,7 +369,7 @@ class Mesh(Batching):
         self.discovery.expire(now)
         out += self.links.expire_idle(now)
         out += self._route("", self.realm.handle_timer(now), now)
-        for key in list(self.swarms.keys()):
+        for key in self._waking(now):
             sw = self.swarms.peek(key)
             if sw is None:
                 continue
@@ -400,7 +403,7 @@ class Mesh(Batching):
         optimisation window (:meth:`~quicmesh.core.plumtree.Plumtree.idle_timer`), the join retry
         is checked."""
         out: list[Effect] = []
-        for key in list(self.swarms.keys()):
+        for key in self._waking(now):
             sw = self.swarms.peek(key)
             if sw is None:
                 continue
@@ -411,14 +414,25 @@ class Mesh(Batching):
         out += self.discovery.maybe_join(now)
         return out
 
+    def _waking(self, now: float) -> Iterator[str]:
+        """The keys of the swarms a timer at ``now`` has anything to do for, in the swarms' order
+        (a walk over the keys; see :mod:`quicmesh.core.swarm_timers`). A swarm that the work on
+        an earlier one woke is included, as in a walk over all of them."""
+        timers = self.swarm_timers
+        awake = timers.waking(now)
+        for key in list(self.swarms.keys()):
+            if timers.dirty:
+                awake |= timers.waking(now)
+            if key in awake:
+                yield key
+
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` must run, or ``None``.
 
         The node-wide timers (caches, tables: :meth:`_watched_deadline`) are recomputed only after
-        one of them marked the mesh's :class:`~quicmesh.bounded.Watch`, and a swarm's overlay and
-        broadcast tree only after they marked the swarm's own (:meth:`_swarm_deadline`; each marks
-        where its state changes: its containers, its timer fields); open batches, the join retry
-        and each swarm's walks, publish linger and re-announcements are read here every time."""
+        one of them marked the mesh's :class:`~quicmesh.bounded.Watch`, and a swarm's times only
+        after its own watch was marked (:class:`~quicmesh.core.swarm_timers.SwarmTimers`: a heap of
+        the swarms' deadlines); open batches and the join retry are read here every time."""
         w = self._watch
         if w.dirty:
             w.dirty = False
@@ -431,17 +445,9 @@ class Mesh(Batching):
             join = self.discovery.join_due()
             if join is not None and join < best:
                 best = join
-        for sw in self.swarms.values():
-            if sw.next_find < best:
-                best = sw.next_find
-            d = sw.deadline if not sw.watch.dirty else self._swarm_deadline(sw)
-            if d < best:
-                best = d
-            again = sw.pt.reannounce_deadline()
-            if again is not None and again < best:
-                best = again
-            if not sw.patterns and sw.last_publish + PUBLISH_LINGER + 0.001 < best:
-                best = sw.last_publish + PUBLISH_LINGER + 0.001
+        d = self.swarm_timers.earliest_due()
+        if d < best:
+            best = d
         return None if best == _INF else best
 
     def _watched_deadline(self) -> float:
@@ -523,7 +529,7 @@ class Mesh(Batching):
                        prefix="swarm", now=now)
         pt = Plumtree(self.me, key, self.config.gossip, self.caches, self.rng, self.registry,
                       max_message_size=self.max_message_size, auth=self.auth)
-        sw = Swarm(hv, pt, self.rng.getrandbits(63), now)  # hv and pt mark the swarm's own watch
+        sw = Swarm(hv, pt, self.rng.getrandbits(63), now, self.swarm_timers.watch(key))  # hv and pt mark it
         self.swarms.set(key, sw)
         for p in self.discovery.take_hints(key, now):  # hints we hold for this swarm are a head start
             hv.add_candidate(p)

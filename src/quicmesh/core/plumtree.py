@@ -391,9 +391,12 @@ class Plumtree:
     # -- timers ----------------------------------------------------------------------------------
 
     def watch(self, w: Watch) -> None:
-        """Set ``w.dirty`` whenever :meth:`timer_deadline` may change (an owner caching it)."""
+        """Set ``w.dirty`` whenever :meth:`timer_deadline`, :meth:`reannounce_deadline` or the idle
+        work (:meth:`idle_timer`: ``received_from``'s expiry, ``trees`` beyond ``tree_used``) may
+        change (an owner caching them)."""
         self._watch = w
-        for c in (self.graft_timers, self.missing, self.graft_tries, self.tree_used, self.answered):
+        for c in (self.graft_timers, self.missing, self.graft_tries, self.tree_used, self.answered,
+                  self.received_from, self.trees):
             c.watch(w)
 
     @property
@@ -444,6 +447,7 @@ class Plumtree:
             self.graft_timers.set(mid, None, now, backoff)
         if self.reannounce and now >= self.next_reannounce and self.reannounce.peekleft()[0] <= now:
             self.next_reannounce = now + REANNOUNCE_DELAY / 2
+            self._watch.dirty = True
             while self.reannounce and self.reannounce.peekleft()[0] <= now:
                 due, mid, origin = self.reannounce.popleft()
                 cached = self.caches.payloads.get(mid)
@@ -530,6 +534,7 @@ class Plumtree:
                 out.append(HvSend(p, msg))
         self.counters["payloads_sent"] += len(out)
         self.reannounce.append((now + REANNOUNCE_DELAY, mid, sender))
+        self._watch.dirty = True  # the re-announcement deadline (not a container the watch sees)
         return out
 
     def _queue_ihave(self, peer: NodeId, mid: bytes, hops: int, now: float) -> None:
