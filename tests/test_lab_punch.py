@@ -25,6 +25,8 @@ from quicmesh.testing.lab import Lab, LabNode
 from quicmesh.testing.wait import eventually
 
 TRIES = int(os.environ.get("QMLAB_PUNCH_TRIES", "20"))
+PUBLISHED = 1000
+"""Messages A publishes to B over the punched path (with the common peers cut off)."""
 TIMEOUT = float(os.environ.get("QMLAB_PUNCH_TIMEOUT", "30"))
 ENV = {"QUICMESH_PUNCH__AUTO": "false", "QUICMESH_DISCOVERY__LOCAL": "false"}
 """The measured punches are the test's own (``punch`` command), not automatic ones."""
@@ -151,13 +153,19 @@ async def test_punch_through_two_nats_goes_direct(lab: Lab) -> None:
         ev = await na.process.request("punch", "punch", wait=30, peer=idb, via=idk)
         assert ev["ok"], ev
         await nb.process.request("advertise", "advertised", name="svc.upper", kind="upper")
-        await nb.process.request("subscribe", "subscribed", pattern="direct.>", id=1)
+        await nb.process.request("subscribe", "subscribed", pattern="direct.>", id=1, quiet=True)
         await na.process.request("wait_provider", "ready", wait=20, name="svc.upper", timeout=15)
         for src in (pub_a, pub_b):
             lab._add_rule(lab.hosts["k"], "input", f"ip saddr {src} drop")
             lab._add_rule(lab.hosts["k2"], "input", f"ip saddr {src} drop")
         reply = await na.process.request("call", "reply", wait=20, name="svc.upper", payload="direct")
         assert reply["payload"] == "DIRECT", reply
+        # pub/sub over the direct path too: every message published by A reaches B's subscription
+        await na.process.request("wait_subscriber", "ready", topic="direct.m", wait=20)
+        await na.process.request("publish", "published", topic="direct.m", payload="punched", count=PUBLISHED, wait=30)
+        got = await nb.process.request("await_count", "count_reached", id=1, count=PUBLISHED, timeout=30, wait=35)
+        print(f"pub/sub over the direct path with K cut off: {got['count']} of {PUBLISHED} messages delivered")
+        assert got["count"] == PUBLISHED
         metrics = (await _health(na))["health"]["holepunch"]
         print(f"over the direct path with K cut off: call answered {reply['payload']!r} in {reply['ms']} ms; "
               f"initiator's holepunch numbers: {metrics}")
