@@ -465,16 +465,9 @@ class Mesh(Batching):
         ``inf``: none), recomputed only after one of them marked the swarm's watch: a node in many
         swarms pays per event for the swarms whose timers changed, not for all of them."""
         w = sw.watch
-        if w.dirty:
+        if w.dirty:  # the key stays in SwarmTimers.dirty: its due and wake are recomputed there
             w.dirty = False
-            best = _INF
-            d = sw.hv.next_deadline()
-            if d is not None:
-                best = d
-            d = sw.pt.timer_deadline()
-            if d is not None and d < best:
-                best = d
-            sw.deadline = best
+            sw.deadline = SwarmTimers.timer_deadline(sw)
         return sw.deadline
 
     # -- observability ---------------------------------------------------------------------------

@@ -1,13 +1,12 @@
 """The swarms' deadlines of one mesh, kept without a walk over every swarm (#14).
 
-Theory of operation. Each swarm owns a :class:`~quicmesh.core.swarm.SwarmWatch`: its overlay's and broadcast tree's
-containers and timer fields mark it where their state changes (as any
+Theory of operation. Each swarm owns a :class:`~quicmesh.core.swarm.SwarmWatch`: its overlay's
+and broadcast tree's containers and timer fields mark it where their state changes (as any
 :class:`~quicmesh.bounded.Watch`), and so do the swarm's walk, publish and re-announcement times,
 its patterns and its tree's idle work. Marking also puts the swarm's key in
-:attr:`SwarmTimers.dirty`.
-:meth:`SwarmTimers.refresh` recomputes only the dirty swarms' two times and pushes changed ones on
-two heaps (lazy deletion: an entry counts only while it equals its swarm's current time; the heaps
-are rebuilt when stale entries outnumber live ones):
+:attr:`SwarmTimers.dirty`. :meth:`SwarmTimers.refresh` recomputes only the dirty swarms' two
+times and pushes changed ones on two heaps (lazy deletion: an entry counts only while it equals
+its swarm's current time; the heaps are rebuilt when stale entries outnumber live ones):
 
 * ``due``: what :meth:`Mesh.next_deadline <quicmesh.core.mesh.Mesh.next_deadline>` reads: the
   earliest of the overlay's and tree's timers, the re-announcements, the next walk and, for a
@@ -15,8 +14,9 @@ are rebuilt when stale entries outnumber live ones):
 * ``wake``: no later than the first time a mesh timer has anything to do for the swarm: ``due``'s
   terms (the linger's end 1 ms early, where a walk compares ``now - last_publish`` with it) and the
   tree's idle work (ids of the optimisation window that expire; trees of idle publishers, dropped
-  by the next timer of any kind). A timer runs the swarms awake at ``now`` (:meth:`SwarmTimers.waking`),
-  in the swarms' own order, and passes over the rest: for them a walk would do nothing.
+  by the next timer of any kind). A timer runs the swarms awake at ``now``
+  (:meth:`SwarmTimers.waking`), in the swarms' own order, and passes over the rest: for them a
+  walk would do nothing.
 
 So an event costs the swarms it changed, and a timer a pass over the swarms' keys plus the swarms
 it wakes; ``tests/test_core_deadlines.py`` compares both with a fresh computation and a full walk.
@@ -54,18 +54,24 @@ class SwarmTimers:
         return SwarmWatch(self.dirty, key)
 
     @staticmethod
-    def compute(sw: Swarm) -> None:
-        """Recompute ``sw.deadline`` (overlay and tree timers), ``sw.due`` and ``sw.wake``."""
-        sw.watch.dirty = False
+    def timer_deadline(sw: Swarm) -> float:
+        """The earliest timer of ``sw``'s overlay and broadcast tree (re-announcements aside;
+        ``inf``: none)."""
         best = _INF
         d = sw.hv.next_deadline()
         if d is not None:
             best = d
-        pt = sw.pt
-        d = pt.timer_deadline()
+        d = sw.pt.timer_deadline()
         if d is not None and d < best:
             best = d
-        sw.deadline = best
+        return best
+
+    @staticmethod
+    def compute(sw: Swarm) -> None:
+        """Recompute ``sw.deadline`` (:meth:`timer_deadline`), ``sw.due`` and ``sw.wake``."""
+        sw.watch.dirty = False
+        pt = sw.pt
+        best = sw.deadline = SwarmTimers.timer_deadline(sw)
         again = pt.reannounce_deadline()
         if again is not None and again < best:
             best = again
