@@ -213,11 +213,13 @@ def _paths_table(relay: Mapping[str, Any], console: Console) -> None:
     table.add_column("peer", style="bold")
     table.add_column("path")
     table.add_column("address")
+    table.add_column("datagram", justify="right")  # #14: the largest UDP payload sent now
     for p in relay.get("peers") or []:
         if isinstance(p, Mapping):
             path = str(p.get("path", "?"))
+            size = p.get("datagram_size")
             table.add_row(str(p.get("peer", "?"))[:16], path if path == "direct" else f"relayed via {path[8:24]}",
-                          str(p.get("address", "")))
+                          str(p.get("address", "")), f"{size:,} B" if isinstance(size, int) else "-")
     table.caption = (f"relay: serving {'yes' if relay.get('serve') else 'no'}, mode {relay.get('mode', '?')}, "
                      f"through {len(relay.get('relays') or [])} relay(s), failovers {_num(relay.get('failovers', 0))}")
     console.print(table)

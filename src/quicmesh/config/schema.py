@@ -505,6 +505,8 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("pubsub.max_message_size", "must be at least 256 bytes below transport.max_frame_size")
     if cfg.transport.keepalive_interval >= cfg.transport.idle_timeout:
         raise ConfigError("transport.keepalive_interval", "must be shorter than transport.idle_timeout")
+    if not 1200 <= cfg.transport.max_datagram_size <= 65527:
+        raise ConfigError("transport.max_datagram_size", "must be 1200 (QUIC's smallest) to 65527 bytes")
     if not 16 <= cfg.transport.max_frame_size <= 0xFFFFFFFF:
         raise ConfigError("transport.max_frame_size", "must be 16 to 4294967295 (a 32-bit length prefix)")
     if cfg.observability.near_capacity > 1:

@@ -31,20 +31,25 @@ abandoned (routing entries, timer and state dropped at once).
 from __future__ import annotations
 
 import copy
+import ipaddress
 import logging
+import socket
 import ssl
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
+from qh3._hazmat import Buffer
 from qh3._hazmat import Certificate as _X509Certificate
 from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.quic import events as qevents
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 from qh3.quic.packet import QuicErrorCode
-from qh3.tls import SignatureAlgorithm, load_pem_private_key
+from qh3.quic.tls_bridge import QuicTlsBridge
+from qh3.tls import ExtensionType, SignatureAlgorithm, load_pem_private_key
 
 from ..config import TransportConfig
 from ..identity import KeyPair, make_certificate
@@ -64,6 +69,9 @@ __all__ = [
     "StreamDataReceived",
     "VirtualRouter",
     "client_configuration",
+    "datagram_size",
+    "is_local",
+    "local_configuration",
     "new_client_connection",
     "relayed",
     "server_configuration",
@@ -125,6 +133,115 @@ def client_configuration(config: TransportConfig) -> QuicConfiguration:
     )
     qc.signature_algorithms = list(_CLIENT_SIGALGS)
     return qc
+
+
+# -- datagram sizes (#14) --------------------------------------------------------------------------
+# qh3 2.1 sizes datagrams so: a dialer starts at 1,200-1,472 bytes and probes up to its
+# ``max_datagram_size`` (at least 1,472); a listener never probes and sends at min(its
+# ``max_datagram_size``, the dialer's advertised ``max_udp_payload_size``), which qh3's dialer
+# fixes at 1,472. Its search above 1,472 cannot be trusted: measured on a path of MTU 9000, it
+# took 65,527 bytes after one 1,836-byte probe and the connection stalled. So larger datagrams
+# are used only where the path's MTU is known without probing: between nodes on this host (the
+# loopback interface's MTU is the whole path's) and on relayed paths (no MTU); both ends are set
+# to the size and a dialer advertises it.
+
+_MAX_UDP_PAYLOAD_ID = 0x03
+"""The transport parameter ``max_udp_payload_size`` (RFC 9000 section 18.2)."""
+
+
+def _with_max_udp_payload(params: bytes, size: int) -> bytes:
+    """Encoded transport parameters ``params`` with ``max_udp_payload_size`` set to ``size``."""
+    src, out = Buffer(data=params), Buffer(capacity=len(params) + 16)
+    while not src.eof():
+        pid = src.pull_uint_var()
+        value = src.pull_bytes(src.pull_uint_var())
+        if pid != _MAX_UDP_PAYLOAD_ID:
+            out.push_uint_var(pid)
+            out.push_uint_var(len(value))
+            out.push_bytes(value)
+    val = Buffer(capacity=8)
+    val.push_uint_var(size)
+    out.push_uint_var(_MAX_UDP_PAYLOAD_ID)
+    out.push_uint_var(len(val.data))
+    out.push_bytes(val.data)
+    return out.data
+
+
+_QH3_ADVERTISED = 1472
+"""The ``max_udp_payload_size`` qh3's dialer advertises whatever it is configured to accept."""
+
+
+class _Dialer(QuicConnection):
+    """qh3's client connection that advertises its ``max_datagram_size``, when larger than
+    qh3's own 1,472, as the largest UDP payload it accepts, so that the listener may send it."""
+
+    def _create_tls(self, remote_source_cid: bytes | None) -> QuicTlsBridge:
+        bridge = super()._create_tls(remote_source_cid)
+        size = self._configuration.max_datagram_size
+        if size <= _QH3_ADVERTISED:
+            return bridge
+        serialize = bridge.serialize_transport_parameters
+
+        def advertise() -> bytes:
+            return _with_max_udp_payload(serialize(), size)
+
+        bridge.serialize_transport_parameters = advertise  # type: ignore[method-assign]  # read again on a version change
+        bridge.tls.handshake_extensions = [
+            (kind, advertise() if kind == ExtensionType.QUIC_TRANSPORT_PARAMETERS else data)
+            for kind, data in bridge.tls.handshake_extensions]
+        return bridge
+
+
+def _loopback_mtu() -> int | None:
+    """The kernel's path MTU towards 127.0.0.1 (``IP_MTU`` of a connected UDP socket: the
+    loopback interface's MTU, 65,536 unless set otherwise); ``None`` where unknown (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    option = getattr(socket, "IP_MTU", 14)  # <linux/in.h>; Python's socket module lacks the name
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("127.0.0.1", 9))  # no packet is sent
+            return int(s.getsockopt(socket.IPPROTO_IP, option))
+    except OSError:
+        return None
+
+
+def local_configuration(configuration: QuicConfiguration, limit: int) -> QuicConfiguration:
+    """A copy of ``configuration`` (a dialer's or a listener's) for connections between nodes on
+    this host: datagrams of ``limit`` bytes or what the loopback interface's MTU allows, if less,
+    without probing (unchanged where that MTU is unknown, or ``limit`` is no larger)."""
+    qc = copy.copy(configuration)
+    mtu = _loopback_mtu()
+    if mtu is not None:  # less 48 bytes of IPv6 and UDP headers; at most IPv4's largest payload
+        size = min(limit, mtu - 48, 65507)
+        if size > configuration.max_datagram_size:
+            qc.max_datagram_size = size
+            qc.probe_datagram_size = False
+    return qc
+
+
+def is_local(host: str) -> bool:
+    """Whether ``host`` (a numeric address) is a loopback address of this host (IPv4-mapped
+    IPv6 included), whose path is the loopback interface."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def datagram_size(quic: QuicConnection) -> int | None:
+    """The largest UDP payload ``quic`` sends now (bytes; after path MTU discovery), or ``None``
+    before its core exists."""
+    core = getattr(quic, "_core", None)
+    if core is None:
+        return None
+    try:
+        return int(core.active_path[5])
+    except Exception:  # a closed core, or another qh3 release
+        return None
 
 
 class Sink(Protocol):
@@ -420,4 +537,4 @@ class Proto(QuicConnectionProtocol):
 
 def new_client_connection(configuration: QuicConfiguration) -> QuicConnection:
     """A fresh client-side qh3 connection."""
-    return QuicConnection(configuration=configuration)
+    return _Dialer(configuration=configuration)

@@ -23,7 +23,7 @@ from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 from qh3.quic.packet import QuicPacketType
 
-from ._quic_adapter import Proto, relayed
+from ._quic_adapter import Proto, is_local, local_configuration, relayed
 from ._quic_retry import RetryTokens
 from .relay_wire import VIRTUAL_HOST, VirtualRouter, _Wire
 
@@ -60,6 +60,7 @@ class Endpoint(QuicServer):
         create_protocol: Callable[..., Proto],
         sock: socket.socket | None = None,
         retry_wanted: Callable[[], bool] | None = None,
+        local_datagram_size: int | None = None,
     ) -> None:
         self._factory = create_protocol
         self._sock = sock
@@ -75,6 +76,9 @@ class Endpoint(QuicServer):
         self.router: VirtualRouter | None = None
         """#13: where datagrams to virtual addresses go (set by the transport)."""
         self._relayed_cfg = relayed(configuration)
+        self._local_cfg = (local_configuration(configuration, local_datagram_size)
+                           if local_datagram_size is not None else None)
+        """#14: the configuration for connections from dialers on this host (larger datagrams)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_Wire(transport, self))  # type: ignore[arg-type]
@@ -162,14 +166,19 @@ class Endpoint(QuicServer):
             self._route(data, addr)
 
     def _route(self, data: bytes | str, addr: Any) -> None:
+        direct = self._configuration
         try:
             self._source = addr
-            if self._tokens is not None and isinstance(data, bytes) and data and data[0] & 0x80:
-                self._decide_retry(data)
+            if isinstance(data, bytes) and data and data[0] & 0x80:  # a long header: may open one
+                if self._tokens is not None:
+                    self._decide_retry(data)
+                if self._local_cfg is not None and is_local(str(addr[0])):
+                    self._configuration = self._local_cfg  # a new connection gets the local size
             super().datagram_received(data, addr)
         except Exception as exc:  # routing never raises out of the loop
             log.warning("dropping a datagram from %s: %s: %s", addr, type(exc).__name__, exc)
         finally:
+            self._configuration = direct
             self._retry = None
             self._source = None
             self._dcid = b""

@@ -121,11 +121,11 @@ class NodeStatus(NodeDriver):
         out.update(self.guard_gauges())
         return out
 
-    def peer_paths(self) -> list[dict[str, str]]:
+    def peer_paths(self) -> list[dict[str, Any]]:
         """#13: each connected peer, the path its connection takes (``direct`` or
-        ``relayed:<relay id>``) and its address."""
-        return [{"peer": str(c.peer_id), "path": c.path, "address": c.remote_address}
-                for c in self.transport.connections()]
+        ``relayed:<relay id>``), its address and (#14) the largest UDP payload it sends now."""
+        return [{"peer": str(c.peer_id), "path": c.path, "address": c.remote_address,
+                 "datagram_size": c.datagram_size} for c in self.transport.connections()]
 
     def relay_health(self) -> dict[str, Any]:
         """#13: the ``/health`` ``relay`` section."""

@@ -216,6 +216,11 @@ class QuicConnection(SendPath, Connection):
         """Smoothed RTT (seconds) from the handshake exchange and keepalive ping/pong."""
         return self._rtt
 
+    @property
+    def datagram_size(self) -> int | None:
+        """#14: the largest UDP payload (bytes) qh3 sends on this connection now."""
+        return None if self._closed else qa.datagram_size(self._proto.quic)
+
     def send(self, message: Message) -> bool:
         """Queue ``message``; ``False`` when the connection is closed or its send buffer is full.
 

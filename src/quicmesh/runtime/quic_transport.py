@@ -163,6 +163,7 @@ class QuicTransport(Transport):
         self._idle.set()
         self._client_cfg = qa.client_configuration(config)
         self._relayed_cfg = qa.relayed(self._client_cfg)
+        self._local_cfg = qa.local_configuration(self._client_cfg, config.max_datagram_size)  # #14
         self.relay = RelayPaths(self, RelayConfig(), registry)
         """#13: relayed paths of this transport and the relay service (:mod:`.relay_paths`)."""
 
@@ -299,7 +300,8 @@ class QuicTransport(Transport):
             batched = self.config.batched_udp and sys.platform == "linux"  # #14: recvmmsg, GRO, GSO
             endpoint = await qe.open_endpoint(
                 lambda: qe.Endpoint(configuration=server_cfg, create_protocol=self._incoming,
-                                    sock=None if batched else sock, retry_wanted=self.table.retry_wanted),
+                                    sock=None if batched else sock, retry_wanted=self.table.retry_wanted,
+                                    local_datagram_size=self.config.max_datagram_size),
                 sock, batched=batched)
         except BaseException:
             sock.close()
@@ -511,7 +513,8 @@ class QuicTransport(Transport):
         ep = self._endpoint
         if ep is None or self.table.closing:
             raise TransportError("transport is not running")
-        cfg = self._relayed_cfg if addr[0] == qa.VIRTUAL_HOST else self._client_cfg
+        cfg = (self._relayed_cfg if addr[0] == qa.VIRTUAL_HOST
+               else self._local_cfg if qa.is_local(addr[0]) else self._client_cfg)
         proto = qa.Proto(qa.new_client_connection(cfg))
         if not self._track(proto):
             raise TransportError(f"{self._protos.capacity} QUIC connections held or closing")

@@ -98,6 +98,12 @@ class Connection(abc.ABC):
         """Smoothed round-trip time in seconds, when known."""
         return None
 
+    @property
+    def datagram_size(self) -> int | None:
+        """#14: the largest UDP payload (bytes) the connection sends now, after path MTU
+        discovery; ``None`` where the transport has no datagrams (in memory) or not yet."""
+        return None
+
     async def drain(self, until: int | None = None) -> None:
         """Wait until the unsent bytes fall to ``until`` (default: the low-water mark, a quarter
         of the send buffer) or the connection closes. Publishers await this for backpressure

@@ -129,6 +129,8 @@ class Lan:
     ns: str
     subnet: ipaddress.IPv4Network
     members: int = 0
+    ends: list[tuple[str, str, str]] = field(default_factory=list)  # bounded: at most 250 members
+    """(member namespace, member interface, bridge port) of each member, for :meth:`Lab.set_mtu`."""
 
 
 @dataclass
@@ -231,7 +233,17 @@ class Lab:
         self._exec(lan.ns, "ip", "link", "set", port, "up")
         self._exec(ns, "ip", "addr", "add", f"{addr}/24", "dev", ifname)
         self._exec(ns, "ip", "link", "set", ifname, "up")
+        lan.ends.append((ns, ifname, port))
         return addr
+
+    def set_mtu(self, lan: str, mtu: int) -> None:
+        """#14: set the MTU of every link of ``lan`` (its bridge, ports and members' interfaces,
+        routers' included), e.g. 9000 for a jumbo-frame LAN or 1500 for a narrow hop on a path."""
+        ln = self.lans[lan]
+        for ns, ifname, port in ln.ends:
+            self._exec(ln.ns, "ip", "link", "set", port, "mtu", str(mtu))
+            self._exec(ns, "ip", "link", "set", ifname, "mtu", str(mtu))
+        self._exec(ln.ns, "ip", "link", "set", "br0", "mtu", str(mtu))
 
     def add_host(self, name: str, lan: str | Lan) -> Host:
         """A new host namespace on ``lan`` with the LAN's next address."""
@@ -298,6 +310,15 @@ class Lab:
         return f"{PREFIX}{self.run_id}-r-{router}"
 
     # -- faults -----------------------------------------------------------------------------------
+
+    def blackhole_icmp(self, router: str) -> None:
+        """#14: ``router`` sends no ICMP any more (a path MTU black hole: a packet too large for
+        the next link vanishes without a "fragmentation needed"; only probing finds the MTU)."""
+        self._exec(self._router_ns(router), "nft", "-f", "-", input=(
+            "table inet qm_blackhole {\n"
+            "  chain output { type filter hook output priority 0; policy accept;\n"
+            "    meta l4proto { icmp, ipv6-icmp } counter drop; }\n"
+            "}\n"))
 
     def _add_rule(self, host: Host, chain: str, rule: str) -> None:
         self._exec(host.ns, "nft", "add", "rule", "inet", _TABLE, chain, *rule.split())
