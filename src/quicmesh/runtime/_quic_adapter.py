@@ -22,6 +22,12 @@ the socket, and :meth:`Endpoint.ingest` takes in datagrams that arrived through 
 they came from such an address. qh3 (its Rust core parses addresses) sees ordinary IPv6
 addresses from the discard-only prefix ``100::/64`` (RFC 6666), which no real peer can use.
 
+Datagram sizes (#14): connections between loopback addresses use datagrams of
+``transport.max_datagram_size`` at both ends from the first packet (:func:`local_configuration`;
+the endpoint picks it for a loopback source, the transport for a loopback target), a dialer
+advertises what it accepts (:class:`_Dialer`), and other paths keep qh3's usual sizes (see the
+section comment below for why qh3's own search above 1,472 bytes is not used).
+
 Hardening against qh3 2.1.0 (measured): every entry point into qh3 (datagram, timer, transmit) is
 wrapped, so an exception raised by the core -- e.g. a failed handshake -- closes that one
 connection instead of escaping into the event loop; a connection whose core cannot even close is
