@@ -129,3 +129,19 @@ async def test_1280_keeps_quics_usual_sizes_on_loopback() -> None:
     finally:
         await b.stop()
         await a.stop()
+
+
+@pytest.mark.skipif(LOOPBACK_MTU is None, reason="the loopback MTU is read with Linux's IP_MTU")
+async def test_ipv6_loopback_nodes_send_large_datagrams_too() -> None:
+    ov: dict[str, Any] = {"realm": "mtu6", "discovery": {"local": False}, "listen": "[::1]:0"}
+    a = await Node.start(load_config(env={}, overrides=ov))
+    b = await Node.start(load_config(env={}, overrides={**ov, "bootstrap": [a.address]}))
+    try:
+        await eventually(lambda: bool(a.peers() and b.peers()), timeout=20, what="the two nodes connected over ::1")
+        await _exchange(a, b, count=100)
+        assert LOOPBACK_MTU is not None
+        want = min(NodeConfig().transport.max_datagram_size, LOOPBACK_MTU - 48)
+        assert _sizes(a) == [(False, want)] and _sizes(b) == [(True, want)], (a.address, _sizes(a), _sizes(b))
+    finally:
+        await b.stop()
+        await a.stop()
