@@ -49,8 +49,10 @@ class GossipAuth(Protocol):
         """The signature and certificate for a local batch with ``digest``."""
         ...
 
-    def verify_gossip(self, sender: NodeId, msg: MGossip, digest: bytes, now: float) -> bool:
-        """Whether a new batch received from ``sender`` is valid (penalising ``sender`` if not)."""
+    def verify_gossip(self, sender: NodeId, msg: MGossip, digest: bytes, now: float, *,
+                      signature: bool = True) -> bool:
+        """Whether a new batch received from ``sender`` is valid (penalising ``sender`` if not);
+        ``signature=False``: all but the origin signature."""
         ...
 
 
@@ -97,6 +99,9 @@ class GossipCaches:
         # its place in both)
         self._seen_by: dict[str, dict[bytes, None]] = {}  # bounded: one id per live entry of `seen`
         self._payloads_by: dict[str, dict[bytes, None]] = {}  # bounded: one id per live entry of `payloads`
+        self.unchecked: dict[bytes, None] = {}  # bounded: a subset of the live ids of `payloads`
+        """#14: cached batches whose origin signature is not checked yet (they came straight from
+        their publisher and were forwarded to nobody); checked before they are served."""
 
     # -- the index ---------------------------------------------------------------------------------
 
@@ -113,6 +118,7 @@ class GossipCaches:
 
     def _payload_gone(self, mid: bytes, msg: MGossip) -> None:
         self._unindex(self._payloads_by, msg.s, mid)
+        self.unchecked.pop(mid, None)
 
     def remember(self, mid: bytes, swarm: str, now: float) -> None:
         """Mark batch ``mid`` of ``swarm`` as seen (its deadline renewed when it was)."""
@@ -122,14 +128,22 @@ class GossipCaches:
                 self._unindex(self._seen_by, old, mid)
             self._seen_by.setdefault(swarm, {})[mid] = None
 
-    def keep(self, mid: bytes, msg: MGossip, now: float) -> None:
+    def keep(self, mid: bytes, msg: MGossip, now: float, *, checked: bool = True) -> None:
         """Cache batch ``mid`` for GRAFT answers and catch-up (refused when larger than the
-        whole byte budget)."""
+        whole byte budget); ``checked=False``: its origin signature is still to be checked."""
         old = self.payloads.get(mid)
         if self.payloads.set(mid, msg, now):
             if old is not None and old.s != msg.s:
                 self._unindex(self._payloads_by, old.s, mid)
             self._payloads_by.setdefault(msg.s, {})[mid] = None
+            if not checked:
+                self.unchecked[mid] = None
+
+    def drop(self, mid: bytes) -> None:
+        """Remove batch ``mid`` from the payload cache (one that failed its deferred check)."""
+        msg = self.payloads.pop(mid)
+        if msg is not None:
+            self._payload_gone(mid, msg)
 
     def recent(self, swarm: str, n: int) -> list[tuple[bytes, MGossip]]:
         """The last ``n`` cached batches of ``swarm``, oldest first."""
@@ -153,6 +167,7 @@ class GossipCaches:
             if self.seen.pop(mid) is not None:
                 n += 1
         for mid in self._payloads_by.pop(swarm, {}):
+            self.unchecked.pop(mid, None)
             if self.payloads.pop(mid) is not None:
                 n += 1
         return n
@@ -165,7 +180,7 @@ class GossipCaches:
         for mid, swarm in self.seen.expire(now):
             self._unindex(self._seen_by, swarm, mid)
         for mid, msg in self.payloads.expire(now):
-            self._unindex(self._payloads_by, msg.s, mid)
+            self._payload_gone(mid, msg)
 
     def watch(self, w: Watch) -> None:
         """Set ``w.dirty`` whenever :meth:`next_deadline` may change."""

@@ -144,6 +144,7 @@ class Guard:
         self.counters = {  # bounded: fixed keys
             "gossip_signed": 0, "gossip_verified": 0, "gossip_bad_signature": 0, "gossip_not_admitted": 0,
             "gossip_denied": 0, "gossip_malformed": 0, "offences": 0, "peers_blocked": 0,
+            "gossip_signature_deferred": 0,
         }
         self.offence_limit = config.offence_limit if config is not None else OFFENCE_LIMIT
         """Offences within :attr:`offence_window` that block a peer."""
@@ -198,12 +199,15 @@ class Guard:
         self.counters["gossip_signed"] += 1
         return self._key.sign(self._prefix + digest), self.trust.own_certificate
 
-    def verify_gossip(self, sender: NodeId, msg: MGossip, digest: bytes, now: float) -> bool:
+    def verify_gossip(self, sender: NodeId, msg: MGossip, digest: bytes, now: float, *,
+                      signature: bool = True) -> bool:
         """Whether a new batch ``msg`` (with ``digest``) received from ``sender`` is valid; an
-        invalid one is counted and, unless excused, an offence of ``sender``."""
-        failure = self._check_gossip(msg, digest, now)
+        invalid one is counted and, unless excused, an offence of ``sender``. ``signature=False``
+        checks everything but the origin signature (#14: a batch straight from its publisher, kept
+        by a node that forwards it to nobody; it is checked in full before it is ever served)."""
+        failure = self._check_gossip(msg, digest, now, signature)
         if failure is None:
-            self.counters["gossip_verified"] += 1
+            self.counters["gossip_verified" if signature else "gossip_signature_deferred"] += 1
             return True
         kind, penalise = failure
         self.counters[kind] += 1
@@ -211,7 +215,7 @@ class Guard:
             self.offence(sender, now)
         return False
 
-    def _check_gossip(self, msg: MGossip, digest: bytes, now: float) -> tuple[str, bool] | None:
+    def _check_gossip(self, msg: MGossip, digest: bytes, now: float, signature: bool = True) -> tuple[str, bool] | None:
         pub = msg.publisher
         sig = msg.sig
         if type(pub) is not bytes or len(pub) != 32 or type(sig) is not bytes or len(sig) != 64:
@@ -233,7 +237,7 @@ class Guard:
         if topic[:1] == "$" and self.reserved is not None and not self.reserved(NodeId(pub), topic, msg.payloads,
                                                                                 perms):
             return "gossip_denied", True
-        if not _signature_valid(pub, sig, self._prefix + digest, now, self._verified_ttl):
+        if signature and not _signature_valid(pub, sig, self._prefix + digest, now, self._verified_ttl):
             return "gossip_bad_signature", True
         return None
 

@@ -28,6 +28,13 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   Before a new id is remembered, cached, forwarded or handed up, the batch's origin signature
   and its publisher's permission are checked (``auth``, a :class:`GossipAuth`):
   a batch that fails is dropped, nothing is remembered of it, and its sender is penalised there.
+  One exception (#14): a batch that comes straight from its publisher (the connection
+  authenticated that peer with the publisher's own key), that no IHAVE announced and that goes
+  on to no neighbour as a payload (a leaf of the publisher's tree) has everything but its
+  signature checked at once; it is handed up and cached marked unchecked, and its signature is
+  checked before it is first served to a GRAFT (a failure drops it, penalises the publisher and
+  answers GONE). A leaf of a two-node mesh thus saves a verification (~70 µs) per batch, and
+  nothing ever leaves a node with an unchecked signature.
 * **Repair.** An IHAVE for an unseen id records the announcer and, the first time, arms a timer
   (80 ms). When it fires and the payload is still missing, the node sends GRAFT(id) to one
   announcer (making it eager) and re-arms (40 ms) for the next one, rotating through announcers
@@ -281,7 +288,11 @@ class Plumtree:
                 self.counters["prunes_sent"] += 1
                 out.append(HvSend(sender, MPrune(self.swarm, pub)))
             return out, None
-        if self.auth is not None and not self.auth.verify_gossip(sender, msg, digest, now):
+        # #14: a batch straight from its publisher is authenticated by the connection; its origin
+        # signature matters to the nodes it goes on to, so it is checked now only if it will go
+        # on at once, and else before it is first served (_on_graft)
+        deferred = sender.raw == pub and mid not in self.missing and not self._pushes_payload(sender, pub)
+        if self.auth is not None and not self.auth.verify_gossip(sender, msg, digest, now, signature=not deferred):
             self.counters["rejected"] += 1  # nothing remembered: a valid copy may still come
             return out, None
         self.counters["received"] += 1
@@ -303,7 +314,7 @@ class Plumtree:
                 break
         fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, msg.hops + 1,
                       msg.sig, msg.cert)
-        self.caches.keep(mid, msg, now)
+        self.caches.keep(mid, msg, now, checked=not deferred or self.auth is None)
         self.received_from.set(mid, (sender, msg.hops, pub), now)
         out += self._push(mid, fwd, sender, now)
         return out, self._arrived(msg)
@@ -361,6 +372,8 @@ class Plumtree:
             if msg.p is not None:
                 self._make_eager(sender, msg.p)
             return [HvSend(sender, MGone(self.swarm, msg.id))]
+        if msg.id in self.caches.unchecked and not self._check_deferred(msg.id, cached, now):
+            return [HvSend(sender, MGone(self.swarm, msg.id))]
         self._make_eager(sender, cached.publisher)
         key = (msg.id, sender)
         answered = self.answered.deadline(key)
@@ -372,6 +385,24 @@ class Plumtree:
         fwd = MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payloads,
                       cached.hops + 1, cached.sig, cached.cert, r=True)
         return [HvSend(sender, fwd)]
+
+    def _pushes_payload(self, sender: NodeId, publisher: bytes) -> bool:
+        """Whether a new batch of ``publisher`` from ``sender`` goes on as a payload (to a
+        neighbour eager for ``publisher``; see :meth:`_push`)."""
+        lazy = self.trees.peek(publisher)  # not marking the tree used: the receive path does that
+        return any(p != sender and (lazy is None or p not in lazy) for p in (*self.eager.keys(), *self.lazy.keys()))
+
+    def _check_deferred(self, mid: bytes, cached: MGossip, now: float) -> bool:
+        """Check the origin signature of cached batch ``mid`` that was kept unchecked; a batch that
+        fails is dropped and its publisher (who sent it) penalised."""
+        del self.caches.unchecked[mid]
+        assert self.auth is not None  # only kept unchecked with an auth
+        digest = batch_digest(cached.publisher, cached.epoch, cached.seq, cached.topic, cached.payloads)
+        if self.auth.verify_gossip(NodeId(cached.publisher), cached, digest, now):
+            return True
+        self.counters["rejected"] += 1
+        self.caches.drop(mid)
+        return False
 
     def _on_gone(self, sender: NodeId, msg: MGone, now: float) -> None:
         """``sender`` no longer has the payload: stop asking it; give up when nobody is left."""

@@ -47,13 +47,15 @@ class NodeStatus(NodeDriver):
 
     def guard_gauges(self) -> dict[str, float]:
         """The guard's numbers: denied actions by action (``permission_denied_total:<action>``),
-        gossip batches rejected, offences and blocked peers."""
+        gossip batches rejected, batches kept with their signature check deferred (#14),
+        offences and blocked peers."""
         guard = self.core.guard
         out = {f"permission_denied_total:{action}": float(n) for action, n in guard.denied.items()}
         g = guard.counters
         out["gossip_rejected_total"] = float(g["gossip_bad_signature"] + g["gossip_not_admitted"]
                                              + g["gossip_denied"] + g["gossip_malformed"])
         out["peer_offences_total"] = float(g["offences"])
+        out["gossip_signatures_deferred_total"] = float(g["gossip_signature_deferred"])  # #14
         out["peers_blocked_total"] = float(g["peers_blocked"])
         out["peers_blocked"] = float(guard.stats()["blocked"])
         return out
