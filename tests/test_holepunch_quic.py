@@ -39,7 +39,9 @@ async def test_punch_through_k_over_quic() -> None:
         h = a.health()["holepunch"]
         assert h["active"] == 0 and isinstance(h["trace"], list)
         # K forwarded (or the mesh linked a and b before): its numbers are in /metrics too
-        assert k.gauges()["holepunch_forwarded_total"] >= (3 if r.reason == "direct" else 0)
+        # (its forward of A's SYNC may come after A's dial already connected: on loopback it can)
+        await eventually(lambda: k.gauges()["holepunch_forwarded_total"] >= (3 if r.reason == "direct" else 0),
+                         timeout=5, what="K forwarded CONNECT, REPLY and SYNC")
         text = render(a).decode()
         assert 'name="holepunch_successes_total"' in text and 'name="holepunch_time_to_direct_seconds_sum"' in text
         # a punch to a node nobody knows: refused by K (not connected), ended at once, no hang

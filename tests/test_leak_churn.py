@@ -61,11 +61,17 @@ def test_signature_memo_forgets_churned_publishers_after_seen_ttl() -> None:
 async def test_hub_forgets_churned_identities_that_vanished_without_a_close() -> None:
     """A hub, 40 churn cycles of fresh identities (subscribe, publish, leave), every other one
     vanishing without a close (its transport crashes): once ``seen_ttl`` has passed, the hub's
-    signature memo holds nothing of theirs."""
+    signature memo holds nothing of theirs. An observer subscribed beside the hub makes the hub
+    forward every churner's batches, so it checks each at once (#14: a batch straight from its
+    publisher that a node forwards to nobody has its signature checked only when first served)."""
     net = MemoryNetwork()
     cfg = NodeConfig(realm="t", gossip=GossipConfig(seen_ttl=1.0))
     hub = await Node.start(cfg, network=net)
     sub = await hub.subscribe("churn.>")
+    observer = await Node.start(cfg.replace(bootstrap=(hub.address,)), network=net)
+    osub = await observer.subscribe("churn.>")
+    await eventually(lambda: hub.health()["gossip"]["swarms"].get("churn", {}).get("eager", 0) >= 1, timeout=10,
+                     what="the observer is the hub's neighbour in the churn swarm")
     pubs: set[bytes] = set()
     crashed = 0
     peak = 0
@@ -92,5 +98,7 @@ async def test_hub_forgets_churned_identities_that_vanished_without_a_close() ->
         print(f"hub after 40 churned identities ({crashed} vanished without a close): "
               f"{_churned(pubs)} signature checks of theirs remembered (peak {peak}), memo size {len(VERIFIED)}")
     finally:
+        await osub.close()
+        await observer.stop()
         await sub.close()
         await hub.stop()
