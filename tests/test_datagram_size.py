@@ -80,12 +80,13 @@ def test_config_refuses_sizes_quic_or_udp_cannot_carry(size: int) -> None:
         load_config(env={}, overrides={"transport.max_datagram_size": size})
 
 
-async def _pair(size: int | None) -> tuple[Node, Node]:
-    extra: dict[str, Any] = {"transport": {"max_datagram_size": size}} if size is not None else {}
-    a = await Node.start(load_config(env={}, overrides={"realm": "mtu", "discovery": {"local": False}, **extra}))
-    b = await Node.start(load_config(env={}, overrides={"realm": "mtu", "discovery": {"local": False},
-                                                        "bootstrap": [a.address], **extra}))
-    await eventually(lambda: bool(a.peers() and b.peers()), timeout=20, what="the two nodes connected")
+async def _pair(size: int | None, listen: str = "127.0.0.1:0") -> tuple[Node, Node]:
+    ov: dict[str, Any] = {"realm": "mtu", "discovery": {"local": False}, "listen": listen}
+    if size is not None:
+        ov["transport"] = {"max_datagram_size": size}
+    a = await Node.start(load_config(env={}, overrides=ov))
+    b = await Node.start(load_config(env={}, overrides={**ov, "bootstrap": [a.address]}))
+    await eventually(lambda: bool(a.peers() and b.peers()), timeout=20, what=f"the two nodes connected on {listen}")
     return a, b
 
 
@@ -133,11 +134,8 @@ async def test_1280_keeps_quics_usual_sizes_on_loopback() -> None:
 
 @pytest.mark.skipif(LOOPBACK_MTU is None, reason="the loopback MTU is read with Linux's IP_MTU")
 async def test_ipv6_loopback_nodes_send_large_datagrams_too() -> None:
-    ov: dict[str, Any] = {"realm": "mtu6", "discovery": {"local": False}, "listen": "[::1]:0"}
-    a = await Node.start(load_config(env={}, overrides=ov))
-    b = await Node.start(load_config(env={}, overrides={**ov, "bootstrap": [a.address]}))
+    a, b = await _pair(None, "[::1]:0")
     try:
-        await eventually(lambda: bool(a.peers() and b.peers()), timeout=20, what="the two nodes connected over ::1")
         await _exchange(a, b, count=100)
         assert LOOPBACK_MTU is not None
         want = min(NodeConfig().transport.max_datagram_size, LOOPBACK_MTU - 48)

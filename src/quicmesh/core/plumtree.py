@@ -291,8 +291,10 @@ class Plumtree:
         # #14: a batch straight from its publisher is authenticated by the connection; its origin
         # signature matters to the nodes it goes on to, so it is checked now only if it will go
         # on at once, and else before it is first served (_on_graft)
-        deferred = sender.raw == pub and mid not in self.missing and not self._pushes_payload(sender, pub)
-        if self.auth is not None and not self.auth.verify_gossip(sender, msg, digest, now, signature=not deferred):
+        auth = self.auth
+        deferred = (auth is not None and sender.raw == pub and mid not in self.missing
+                    and not self._pushes_payload(sender, pub))
+        if auth is not None and not auth.verify_gossip(sender, msg, digest, now, signature=not deferred):
             self.counters["rejected"] += 1  # nothing remembered: a valid copy may still come
             return out, None
         self.counters["received"] += 1
@@ -314,7 +316,7 @@ class Plumtree:
                 break
         fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, msg.hops + 1,
                       msg.sig, msg.cert)
-        self.caches.keep(mid, msg, now, checked=not deferred or self.auth is None)
+        self.caches.keep(mid, msg, now, checked=not deferred)
         self.received_from.set(mid, (sender, msg.hops, pub), now)
         out += self._push(mid, fwd, sender, now)
         return out, self._arrived(msg)
