@@ -16,6 +16,18 @@ every contact, so overlays started apart merge), by id, or for a contact whose i
 attempt comes ``join_timeout * 2**attempt`` seconds later, capped at ``join_backoff_max``,
 jittered by +-25 %, never sooner than ``join_timeout / 2``; it never gives up.
 
+**Thin view top-up.** A node linked to some peers but knowing no others (active view not full,
+passive view empty) has nothing to refill from: shuffles only bring what other passive views
+hold, which in a small realm is nothing, and a NATed node cannot be invited by a peer it never
+reached. So while the view is thin, a bootstrap contact the node is not linked to is asked
+for a link (NEIGHBOR, low priority: a full contact refuses and both keep each other passive,
+ending the thin state), one contact at a time, round robin, first ``join_timeout`` after the
+view became thin, then on the same backoff as joins, kept across thin spells until the active
+view was full once (``top_ups`` counts them). A contact with one of this node's own
+addresses is never asked. A contact
+known only by address is dialled, and its answer becomes that request (a JOIN while the active
+view is empty).
+
 **Swarm members.** To find members of a swarm, :meth:`discover` sends walks (``MFind``, ARWL hops)
 over the realm overlay to up to :data:`FIND_FANOUT` realm neighbours. A node on the walk that is a
 member answers the origin with itself and some of its swarm neighbours (``MFound``) and ends the
@@ -66,7 +78,7 @@ class Discovery:
     """Realm join with backoff, address dials, member hints and swarm discovery walks.
 
     ``send(peer, message, now)`` and ``route(swarm, overlay_outputs, now)`` are the mesh's ways
-    out; ``counters`` is its counter dict (``join_attempts``).
+    out; ``counters`` is its counter dict (``join_attempts``, ``top_ups``).
     """
 
     def __init__(
@@ -102,6 +114,10 @@ class Discovery:
         self.bootstrap: tuple[Contact, ...] = ()
         self.join_attempt = 0
         self.next_join: float | None = None
+        self.top_up_attempt = 0
+        self.top_up_after = 0.0
+        """No thin-view top-up before this time (the backoff, kept across thin states)."""
+        self.next_top_up: float | None = None
 
     # -- realm join ------------------------------------------------------------------------------
 
@@ -116,7 +132,8 @@ class Discovery:
                 self.book.add(pid, norm, now)
             entries.append((pid, norm))
         self.bootstrap = tuple(entries)
-        self.join_attempt = 0
+        self.join_attempt = self.top_up_attempt = 0
+        self.top_up_after = 0.0
         self.next_join = now
         # The first attempt goes to every contact, so overlays started apart merge; retries
         # (while the active view stays empty) go to one contact at a time, round robin.
@@ -126,25 +143,79 @@ class Discovery:
         return self.maybe_join(now) + out
 
     def maybe_join(self, now: float) -> list[Effect]:
-        """Contact the next bootstrap contact when the realm active view is empty and it is time."""
+        """Contact the next bootstrap contact when the realm active view is empty and it is time;
+        while the view is thin, ask one for a link when that is due (see the module docstring)."""
         if len(self.realm.active) > 0:
             self.join_attempt = 0
             self.next_join = None
-            return []
+            return self._top_up(now)
         if not self.bootstrap:
             return []
         if self.next_join is None:
             self.next_join = now
         if now < self.next_join:
             return []
-        cfg = self.config.membership
         pid, addrs = self.bootstrap[self.join_attempt % len(self.bootstrap)]
-        delay = min(cfg.join_backoff_max, cfg.join_timeout * 2.0 ** min(self.join_attempt, 30))
-        delay = max(delay * (0.75 + 0.5 * self.rng.random()), cfg.join_timeout / 2)
+        self.next_join = now + self._backoff(self.join_attempt)
         self.join_attempt += 1
         self.counters["join_attempts"] += 1
-        self.next_join = now + delay
         return self._contact(pid, addrs, now)
+
+    def _backoff(self, attempt: int) -> float:
+        """``join_timeout * 2**attempt`` capped at ``join_backoff_max``, jittered by +-25 %,
+        never below ``join_timeout / 2``."""
+        cfg = self.config.membership
+        delay = min(cfg.join_backoff_max, cfg.join_timeout * 2.0 ** min(attempt, 30))
+        return max(delay * (0.75 + 0.5 * self.rng.random()), cfg.join_timeout / 2)
+
+    def _thin(self) -> bool:
+        """Whether the realm view is linked but has nothing to refill from (bootstrap contacts
+        known, active view neither empty nor full, passive view empty)."""
+        return (bool(self.bootstrap) and len(self.realm.passive) == 0
+                and 0 < len(self.realm.active) < self.config.membership.active_view)
+
+    def _top_up(self, now: float) -> list[Effect]:
+        """Ask one unlinked bootstrap contact for a link when the view is thin and it is time.
+
+        The backoff outlives a thin state that ends (a refusal, an answer that came late and
+        timed out later), so a view flapping between thin and not is not topped up faster than
+        the backoff; it starts again from ``join_timeout`` once the active view was full."""
+        if len(self.realm.active) >= self.config.membership.active_view:
+            self.top_up_attempt = 0
+        if not self._thin():
+            self.next_top_up = None
+            return []
+        if self.next_top_up is None:
+            self.next_top_up = max(now + self.config.membership.join_timeout, self.top_up_after)
+            return []
+        if now < self.next_top_up:
+            return []
+        self.top_up_after = self.next_top_up = now + self._backoff(self.top_up_attempt)
+        self.top_up_attempt += 1
+        me = set(self.addresses)
+        unlinked = [c for c in self.bootstrap if not self._linked(c) and not me & set(c[1])]
+        if not unlinked:
+            return []
+        pid, addrs = unlinked[self.top_up_attempt % len(unlinked)]
+        self.counters["top_ups"] += 1
+        if pid is not None:
+            return self.route("", self.realm.request_link(pid, now), now)
+        return self._contact(None, addrs, now)
+
+    def _linked(self, contact: Contact) -> bool:
+        """Whether ``contact`` is in the realm active view or has a request pending (a contact
+        known only by address: whether an active peer has one of its addresses)."""
+        pid, addrs = contact
+        if pid is not None:
+            return self.realm.knows(pid)
+        return any(set(addrs) & set(self.book.addresses(p)) for p in self.realm.active_peers())
+
+    def contact_answered(self, peer: NodeId, now: float) -> list[Effect]:
+        """A bootstrap contact dialled by address answered as ``peer``: JOIN through it while the
+        realm active view is empty, else ask it for a link (a thin view's top-up)."""
+        if len(self.realm.active) == 0:
+            return self.route("", self.realm.join_via(peer, now), now)
+        return self.route("", self.realm.request_link(peer, now), now)
 
     def _contact(self, pid: NodeId | None, addrs: tuple[str, ...], now: float) -> list[Effect]:
         """Send a JOIN to a bootstrap contact, dialling it by address when its id is unknown."""
@@ -168,10 +239,13 @@ class Discovery:
         self.addr_dials.pop(normalize_addresses(addresses))
 
     def join_due(self) -> float | None:
-        """When the next join attempt is due, while the realm active view is empty."""
-        if self.bootstrap and self.next_join is not None and len(self.realm.active) == 0:
+        """When the next join attempt is due (while the realm active view is empty) or the next
+        top-up of a thin view (while it is thin)."""
+        if not self.bootstrap:
+            return None
+        if len(self.realm.active) == 0:
             return self.next_join
-        return None
+        return self.next_top_up
 
     # -- swarm members ---------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ driven by :class:`~quicmesh.core.mesh.Mesh`).
   view is full again. A request unanswered within ``neighbor_request_timeout`` (500 ms) removes that
   candidate from the passive view; a refusal keeps it. Refill is also retried every
   ``REPAIR_INTERVAL`` seconds while the active view is not full.
+* **Top-up.** ``request_link(peer)`` sends NEIGHBOR to a peer outside both views (the realm
+  asks its bootstrap contacts when its view is thin, see :mod:`~quicmesh.core.discovery`).
 * **Shuffle.** Every ``shuffle_interval`` (60 s, jittered) the node sends a SHUFFLE with itself, 3
   active and 4 passive peers on a 6-hop random walk; the end node answers with as many passive
   peers straight to the origin; both merge what they got into their passive views, evicting
@@ -232,6 +234,14 @@ class HyParView:
         self.counters["joins"] += 1
         self.pending.set(contact, True, now, self.config.join_timeout)
         return [HvSend(contact, MJoin(self.swarm, list(self.addresses), self.book.own_record))]
+
+    def request_link(self, peer: NodeId, now: float) -> list[HvOut]:
+        """Send NEIGHBOR to ``peer`` (``high`` only while the active view is empty), waiting
+        ``join_timeout`` for the answer as it may need a dial: a thin view's top-up."""
+        if peer == self.me or peer in self.active or peer in self.pending:
+            return []
+        self.pending.set(peer, False, now, self.config.join_timeout)
+        return [HvSend(peer, MNeighbor(self.swarm, len(self.active) == 0, list(self.addresses)))]
 
     def add_candidate(self, peer: NodeId) -> None:
         """Remember ``peer`` in the passive view (e.g. found by discovery)."""

@@ -126,7 +126,7 @@ class Mesh(Batching):
         self.max_message_size = config.pubsub.max_message_size
         self.counters = {  # bounded: fixed keys
             "dial_queue_dropped": 0, "dials_failed": 0, "too_large_received": 0, "unknown_swarm": 0,
-            "delivered": 0, "published": 0, "malformed": 0, "join_attempts": 0,
+            "delivered": 0, "published": 0, "malformed": 0, "join_attempts": 0, "top_ups": 0,
         }
         self.book = AddressBook(me, config.address_book, registry)
         self.observed = ObservedAddresses(config.addresses, registry)
@@ -195,9 +195,9 @@ class Mesh(Batching):
         out = self.links.connected(peer, norm, outbound, now)
         if out is None:
             return [Disconnect(peer, "max_connections")]
-        # a bootstrap contact dialled by address answered: join through it
+        # a bootstrap contact dialled by address answered: join through it (or top up)
         if outbound and self.discovery.address_answered(norm):
-            out += self._route("", self.realm.join_via(peer, now), now)
+            out += self.discovery.contact_answered(peer, now)
         self.links.check_linger(peer, now)
         return out
 
@@ -441,10 +441,9 @@ class Mesh(Batching):
         for d in self.batched.values():  # an open batch is due at once
             if d < best:
                 best = d
-        if len(self.realm.active) == 0:
-            join = self.discovery.join_due()
-            if join is not None and join < best:
-                best = join
+        join = self.discovery.join_due()
+        if join is not None and join < best:
+            best = join
         d = self.swarm_timers.earliest_due()
         if d < best:
             best = d

@@ -167,6 +167,8 @@ class NodeStatus(NodeDriver):
                 "passive": len(self.mesh.realm.passive),
                 "active_capacity": self.config.membership.active_view,
                 "passive_capacity": self.config.membership.passive_view,
+                "join_attempts_total": self.mesh.counters.get("join_attempts", 0),
+                "top_ups_total": self.mesh.counters.get("top_ups", 0),
             },
             "gossip": self._gossip_health(),
             "failure_detection": self.core.failure.stats(),
