@@ -1,4 +1,5 @@
-"""``quicmesh node --loop uvloop`` and the ``event_loop`` setting (#14)."""
+"""``quicmesh node --loop uvloop`` and the ``event_loop`` setting; the node process's garbage
+collector thresholds (``gc_young_threshold``) (#14)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quicmesh.cli.node import loop_factory
+from quicmesh.cli.node import loop_factory, tune_gc
 from quicmesh.config import NodeConfig
 from quicmesh.errors import ConfigError
 
@@ -56,3 +57,35 @@ def test_event_loop_setting_is_checked() -> None:
     assert loop_factory("asyncio") is None
     with pytest.raises(ConfigError, match="event_loop"):
         NodeConfig(event_loop="trio")
+
+
+def test_node_process_collects_young_garbage_less_often(tmp_path: Path) -> None:
+    """Default: (50000, 50, 100) in ``quicmesh node``; ``gc_young_threshold = 0`` keeps Python's."""
+    out = _node()
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["gc_threshold"] == [50_000, 50, 100]
+    cfg = tmp_path / "node.toml"
+    cfg.write_text("gc_young_threshold = 0\n")
+    out = _node("--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["gc_threshold"] == [700, 10, 10]
+    out = _node(env={"QUICMESH_GC_YOUNG_THRESHOLD": "20000"})
+    assert json.loads(out.stdout.splitlines()[0])["gc_threshold"] == [20_000, 50, 100]
+
+
+def test_gc_setting_is_checked_and_importing_quicmesh_changes_nothing() -> None:
+    assert NodeConfig().gc_young_threshold == 50_000
+    for bad in (-1, 10_000_001):
+        with pytest.raises(ConfigError, match="gc_young_threshold"):
+            NodeConfig(gc_young_threshold=bad)
+    # the library leaves the embedding application's collector alone; only tune_gc sets it
+    code = "import gc, quicmesh; from quicmesh import Node, NodeConfig; NodeConfig(); print(list(gc.get_threshold()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout) == [700, 10, 10]
+    import gc
+    before = gc.get_threshold()
+    try:
+        assert tune_gc(0) == before
+        assert tune_gc(30_000) == (30_000, 50, 100)
+    finally:
+        gc.set_threshold(*before)

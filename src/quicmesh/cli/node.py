@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -65,6 +66,15 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_gc(young: int) -> tuple[int, int, int]:
+    """Set Python's garbage-collector thresholds for a node process: ``(young, 50, 100)``, or
+    leave them when ``young`` is 0 (config ``gc_young_threshold``, #14). Returns the thresholds
+    in force. ``quicmesh node`` calls it; an application embedding a node may call it too."""
+    if young > 0:
+        gc.set_threshold(young, 50, 100)
+    return gc.get_threshold()
+
+
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop factory for ``name`` (``asyncio``: ``None``, the default loop). Raises
     :class:`~quicmesh.errors.ConfigError` for ``uvloop`` when it is not installed."""
@@ -85,6 +95,7 @@ def main_node(args: argparse.Namespace) -> int:
     :func:`run_node` on the chosen event loop (``--loop``, else config ``event_loop``)."""
     config = node_config(args)
     factory = loop_factory(getattr(args, "loop", None) or config.event_loop)
+    tune_gc(config.gc_young_threshold)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(run_node(args, config))
 
@@ -138,7 +149,7 @@ async def run_node(args: argparse.Namespace, config: NodeConfig | None = None) -
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
             control.emit("listening", address=node.address, node_id=str(node.id), realm=node.realm,
                          http=http, http_api=node.http_api_address,
-                         loop=type(loop).__module__.partition(".")[0])
+                         loop=type(loop).__module__.partition(".")[0], gc_threshold=list(gc.get_threshold()))
             runner = asyncio.ensure_future(control.run(reader))
             stopper = asyncio.ensure_future(control.stopping.wait())
             sig_wait = asyncio.ensure_future(stop.wait())
