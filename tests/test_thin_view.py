@@ -157,3 +157,18 @@ def test_no_top_up_without_bootstrap_or_with_a_full_view(registry: ContainerRegi
     assert m.realm.active_peers() == [K]
     assert _until(m, 0.0, 600.0, Dial) is None and _until(m, 0.0, 600.0, DialAddress) is None
     assert m.counters["top_ups"] == 0
+
+
+def test_contact_known_by_a_name_its_peer_does_not_announce_is_not_redialled(registry: ContainerRegistry) -> None:
+    """A bootstrap contact given by a name (``bootstrap:4433`` in ``deploy/compose.yaml``) that
+    the peer does not announce: the peer that answered it is remembered, so a thin view linked to
+    it does not dial the name again and again (each dial a second connection to the same peer)."""
+    m = _mesh(registry)
+    assert m.join([(None, ("boot:1",))], 0.0) == [DialAddress(("boot:1",))]
+    m.peer_connected(K, ("boot:1",), True, 0.1)
+    m.book.add(K, ("10.0.0.1:4433",), 0.1, own=True)
+    m.handle_message(K, MNeighborReply("", True), 0.2)
+    assert m.realm.active_peers() == [K] and len(m.realm.passive) == 0  # thin
+    assert _until(m, 0.2, 3600.0, DialAddress) is None
+    assert _until(m, 0.2, 3600.0, Dial) is None
+    assert m.counters["top_ups"] == 0

@@ -24,7 +24,8 @@ for a link (NEIGHBOR, low priority: a full contact refuses and both keep each ot
 ending the thin state), one contact at a time, round robin, first ``join_timeout`` after the
 view became thin, then on the same backoff as joins, kept across thin spells until the active
 view was full once (``top_ups`` counts them). A contact with one of this node's own
-addresses is never asked. A contact
+addresses is never asked, nor one whose address a linked peer answered (a name such as
+``bootstrap:4433`` that the peer does not announce). A contact
 known only by address is dialled, and its answer becomes that request (a JOIN while the active
 view is empty).
 
@@ -112,6 +113,10 @@ class Discovery:
             "mesh.swarm_hints", HINT_SWARMS, config.membership.hint_ttl, registry=registry
         )
         self.bootstrap: tuple[Contact, ...] = ()
+        self.contact_ids: dict[tuple[str, ...], NodeId | None] = {}  # bounded: one per bootstrap contact
+        """The peer that last answered each contact known only by address (a name may resolve
+        to another node later: joins still dial the address; the top-up reads it to skip a
+        contact it is linked to)."""
         self.join_attempt = 0
         self.next_join: float | None = None
         self.top_up_attempt = 0
@@ -132,6 +137,7 @@ class Discovery:
                 self.book.add(pid, norm, now)
             entries.append((pid, norm))
         self.bootstrap = tuple(entries)
+        self.contact_ids = {addrs: None for pid, addrs in entries if pid is None}  # bounded: one per contact
         self.join_attempt = self.top_up_attempt = 0
         self.top_up_after = 0.0
         self.next_join = now
@@ -198,7 +204,9 @@ class Discovery:
             return []
         pid, addrs = unlinked[self.top_up_attempt % len(unlinked)]
         self.counters["top_ups"] += 1
-        if pid is not None:
+        if pid is None:
+            pid = self.contact_ids.get(addrs)
+        if pid is not None and self.book.addresses(pid):
             return self.route("", self.realm.request_link(pid, now), now)
         return self._contact(None, addrs, now)
 
@@ -206,6 +214,8 @@ class Discovery:
         """Whether ``contact`` is in the realm active view or has a request pending (a contact
         known only by address: whether an active peer has one of its addresses)."""
         pid, addrs = contact
+        if pid is None:
+            pid = self.contact_ids.get(addrs)
         if pid is not None:
             return self.realm.knows(pid)
         return any(set(addrs) & set(self.book.addresses(p)) for p in self.realm.active_peers())
@@ -226,12 +236,15 @@ class Discovery:
         self.addr_dials.set(addrs, None, now)
         return [DialAddress(addrs)]
 
-    def address_answered(self, addresses: tuple[str, ...]) -> bool:
-        """An outbound connection to ``addresses`` (normalized) came up: whether it answers one
-        of our address dials (then the caller joins the realm through that peer)."""
+    def address_answered(self, addresses: tuple[str, ...], peer: NodeId | None = None) -> bool:
+        """An outbound connection to ``addresses`` (normalized) came up (to ``peer``): whether it
+        answers one of our address dials (then the caller joins the realm through that peer).
+        The contact is remembered as that peer's, so a thin view's top-up knows it is linked."""
         matched = [k for k in self.addr_dials.keys() if set(k) & set(addresses)]
         for k in matched:
             self.addr_dials.pop(k)
+            if peer is not None and k in self.contact_ids:
+                self.contact_ids[k] = peer
         return bool(matched)
 
     def address_failed(self, addresses: tuple[str, ...]) -> None:

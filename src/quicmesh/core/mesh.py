@@ -196,7 +196,7 @@ class Mesh(Batching):
         if out is None:
             return [Disconnect(peer, "max_connections")]
         # a bootstrap contact dialled by address answered: join through it (or top up)
-        if outbound and self.discovery.address_answered(norm):
+        if outbound and self.discovery.address_answered(norm, peer):
             out += self.discovery.contact_answered(peer, now)
         self.links.check_linger(peer, now)
         return out
