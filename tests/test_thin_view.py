@@ -172,3 +172,24 @@ def test_contact_known_by_a_name_its_peer_does_not_announce_is_not_redialled(reg
     assert _until(m, 0.2, 3600.0, DialAddress) is None
     assert _until(m, 0.2, 3600.0, Dial) is None
     assert m.counters["top_ups"] == 0
+
+
+async def test_join_and_top_up_counters_are_exported() -> None:
+    """``/metrics``: ``quicmesh_node_events_total{name="realm_join_attempts_total"}`` and
+    ``{name="realm_top_ups_total"}`` (a node that joined through one contact: 1 and 0)."""
+    from quicmesh import Node, NodeConfig
+    from quicmesh.config import DiscoveryConfig
+    from quicmesh.observability.metrics import render
+    from quicmesh.testing.wait import eventually
+
+    cfg = NodeConfig(listen="127.0.0.1:0", realm="thin", discovery=DiscoveryConfig(local=False))
+    a = await Node.start(cfg)
+    b = await Node.start(cfg.replace(bootstrap=(a.address,)))
+    try:
+        await eventually(lambda: len(b.mesh.realm.active) == 1, timeout=10)
+        text = render(b).decode()
+        assert 'quicmesh_node_events_total{name="realm_join_attempts_total"} 1.0' in text
+        assert 'quicmesh_node_events_total{name="realm_top_ups_total"} 0.0' in text
+    finally:
+        await b.stop()
+        await a.stop()

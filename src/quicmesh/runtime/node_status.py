@@ -93,6 +93,8 @@ class NodeStatus(NodeDriver):
             "observed_addresses_confirmed": float(len(self.mesh.observed.confirmed())),
             "self_records_accepted_total": float(self.mesh.book.records_accepted),
             "self_records_refused_total": float(self.mesh.book.records_refused),
+            "realm_join_attempts_total": float(self.mesh.counters["join_attempts"]),
+            "realm_top_ups_total": float(self.mesh.counters["top_ups"]),  # a thin view's requests
         }
         retry_stats = getattr(self.transport, "retry_stats", None)
         if retry_stats is not None:
