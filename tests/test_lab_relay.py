@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from statistics import median
 from typing import Any
 
 import psutil
@@ -24,10 +25,13 @@ from quicmesh.testing.wait import eventually
 MESSAGES = 50_000
 ROUNDS = 3
 MAX_ROUNDS = 6
-"""Interleaved relayed and direct runs: ROUNDS, and up to MAX_ROUNDS while the best relayed run is
+"""Interleaved relayed and direct runs: ROUNDS, and up to MAX_ROUNDS while the median relayed run is
 below the goal (the lab shares 2 cores with other work; one slow round is noise, not the path)."""
 GOAL = 0.5
-"""The issue's goal: relayed pub/sub throughput >= 50 % of a direct pair's (best runs compared)."""
+"""The issue's goal: relayed pub/sub throughput >= 50 % of a direct pair's (medians of the
+interleaved runs compared, as ``make bench-peers`` compares systems: a best-of comparison failed
+in CI on e7a861d when one direct run of six, 252,720 msg/s, was twice the others, 98,213-151,417,
+while the CPU the two paths need per message was as always, 1.58x)."""
 PAYLOAD = "x" * 64
 RELAY_ENV = {"QUICMESH_RELAY__PEER_BYTES_PER_SECOND": "64000000", "QUICMESH_RELAY__PEER_PACKETS_PER_SECOND": "64000"}
 """The relays' per-peer budget for this test: 64 MB/s and 64,000 packets/s. The throughput below
@@ -124,14 +128,14 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
         reply = await n1.process.request("call", "reply", name="echo", payload="hi", timeout=10, wait=15)
         print(f"call h1 -> h2 through the relay: {reply['ms']:.1f} ms")
         # relayed pub/sub throughput vs a direct pair on the public LAN
-        # (best of ROUNDS interleaved runs each, up to MAX_ROUNDS: the lab shares its cores with other work)
+        # (medians of ROUNDS interleaved runs each, up to MAX_ROUNDS: the lab shares its cores with other work)
         d1 = await lab.spawn(hosts["d1"], "d1", extra=["--relay-mode", "never"])
         d2 = await lab.spawn(hosts["d2"], "d2", bootstrap=[d1.address], extra=["--relay-mode", "never"])
         runs: dict[str, list[float]] = {"relayed": [], "direct": []}
         cpu: dict[str, list[float]] = {"relayed": [0.0, 0.0, 0.0], "direct": [0.0, 0.0, 0.0]}
         drops: list[dict[str, int]] = []
         rounds = 0
-        while rounds < ROUNDS or (rounds < MAX_ROUNDS and max(runs["relayed"]) < GOAL * max(runs["direct"])):
+        while rounds < ROUNDS or (rounds < MAX_ROUNDS and median(runs["relayed"]) < GOAL * median(runs["direct"])):
             i = rounds
             rounds += 1
             before = _cpu([n1, *relays, n2])
@@ -145,8 +149,8 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
             runs["direct"].append(await _throughput(d1, d2, f"direct{i}", 20 + i))
             after = _cpu([d1, d2])
             cpu["direct"] = [cpu["direct"][0] + after[0] - before[0], 0.0, cpu["direct"][2] + after[1] - before[1]]
-        relayed, direct = max(runs["relayed"]), max(runs["direct"])
-        print(f"pub/sub {MESSAGES:,} x 64 B, best of {rounds}: relayed {relayed:,.0f} msg/s, direct {direct:,.0f} "
+        relayed, direct = median(runs["relayed"]), median(runs["direct"])
+        print(f"pub/sub {MESSAGES:,} x 64 B, medians of {rounds}: relayed {relayed:,.0f} msg/s, direct {direct:,.0f} "
               f"msg/s ({100 * relayed / direct:.0f} % of direct; runs {[round(x) for x in runs['relayed']]} vs "
               f"{[round(x) for x in runs['direct']]})")
         print(f"relay drops per relayed run (budget {RELAY_BUDGET}): {drops}")
@@ -156,7 +160,7 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
               f"{per['direct'][0]:.1f} / - / {per['direct'][2]:.1f} µs: the relayed path needs "
               f"{sum(per['relayed']) / sum(per['direct']):.2f}x the CPU of the direct one, on "
               f"{os.cpu_count()} cores shared by three busy processes instead of two")
-        # The issue's goal, asserted: measured 54-84 % here (best of 3, 2026-12-03/04) on a 2-core
+        # The issue's goal, asserted: measured 54-84 % here (best of 3, 2026-12-03/04; medians since 12-04) on a 2-core
         # machine shared with other work, at ~1.4-1.7x the direct path's CPU per message
         print(f"issue goal relayed >= {GOAL:.0%} of direct: {'met' if relayed >= GOAL * direct else 'NOT met'}")
         assert relayed >= GOAL * direct, f"relayed {relayed:,.0f} msg/s < {GOAL:.0%} of direct {direct:,.0f}"
