@@ -202,10 +202,9 @@ class Discovery:
         unlinked = [c for c in self.bootstrap if not self._linked(c) and not me & set(c[1])]
         if not unlinked:
             return []
-        pid, addrs = unlinked[self.top_up_attempt % len(unlinked)]
+        contact = unlinked[self.top_up_attempt % len(unlinked)]
         self.counters["top_ups"] += 1
-        if pid is None:
-            pid = self.contact_ids.get(addrs)
+        pid, addrs = self._contact_id(contact), contact[1]
         if pid is not None and self.book.addresses(pid):
             return self.route("", self.realm.request_link(pid, now), now)
         return self._contact(None, addrs, now)
@@ -213,12 +212,15 @@ class Discovery:
     def _linked(self, contact: Contact) -> bool:
         """Whether ``contact`` is in the realm active view or has a request pending (a contact
         known only by address: whether an active peer has one of its addresses)."""
-        pid, addrs = contact
-        if pid is None:
-            pid = self.contact_ids.get(addrs)
+        pid = self._contact_id(contact)
         if pid is not None:
             return self.realm.knows(pid)
-        return any(set(addrs) & set(self.book.addresses(p)) for p in self.realm.active_peers())
+        return any(set(contact[1]) & set(self.book.addresses(p)) for p in self.realm.active_peers())
+
+    def _contact_id(self, contact: Contact) -> NodeId | None:
+        """A contact's node id: given, or the peer that last answered its addresses."""
+        pid, addrs = contact
+        return pid if pid is not None else self.contact_ids.get(addrs)
 
     def contact_answered(self, peer: NodeId, now: float) -> list[Effect]:
         """A bootstrap contact dialled by address answered as ``peer``: JOIN through it while the
