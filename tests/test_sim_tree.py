@@ -33,6 +33,7 @@ def assert_healed(r: Report, min_delivery: float) -> None:
           f"right after the failure {100 * f['early_delivery_mean']:.1f} %")
     assert f["overlay_whole_before"] is True
     assert 0 < f["heal_s"] <= 60
+    assert 0 < f["realm_heal_s"] <= 60 and f["realm_connected_after"] is True  # the realm overlay too
     assert f["survivors_with_empty_view"] == 0
     assert f["delivery_mean"] >= min_delivery
 

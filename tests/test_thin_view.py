@@ -176,7 +176,8 @@ def test_contact_known_by_a_name_its_peer_does_not_announce_is_not_redialled(reg
 
 async def test_join_and_top_up_counters_are_exported() -> None:
     """``/metrics``: ``quicmesh_node_events_total{name="realm_join_attempts_total"}`` and
-    ``{name="realm_top_ups_total"}`` (a node that joined through one contact: 1 and 0)."""
+    ``{name="realm_top_ups_total"}``, ``{name="realm_replenished_total"}`` (a node that joined
+    through one contact: 1, 0 and 0; a two-node realm has no one else to replenish from)."""
     from quicmesh import Node, NodeConfig
     from quicmesh.config import DiscoveryConfig
     from quicmesh.observability.metrics import render
@@ -190,6 +191,8 @@ async def test_join_and_top_up_counters_are_exported() -> None:
         text = render(b).decode()
         assert 'quicmesh_node_events_total{name="realm_join_attempts_total"} 1.0' in text
         assert 'quicmesh_node_events_total{name="realm_top_ups_total"} 0.0' in text
+        assert 'quicmesh_node_events_total{name="realm_replenished_total"} 0.0' in text
+        assert b.health()["membership"]["replenished_total"] == 0
     finally:
         await b.stop()
         await a.stop()

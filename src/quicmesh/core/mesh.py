@@ -127,6 +127,7 @@ class Mesh(Batching):
         self.counters = {  # bounded: fixed keys
             "dial_queue_dropped": 0, "dials_failed": 0, "too_large_received": 0, "unknown_swarm": 0,
             "delivered": 0, "published": 0, "malformed": 0, "join_attempts": 0, "top_ups": 0,
+            "replenished": 0,
         }
         self.book = AddressBook(me, config.address_book, registry)
         self.observed = ObservedAddresses(config.addresses, registry)
@@ -570,6 +571,8 @@ class Mesh(Batching):
             elif isinstance(o, NeighborDown):
                 if sw is not None:
                     sw.pt.neighbor_down(o.peer)
+                    if len(sw.hv.active) == 0 and sw.next_find > now + sw.find_interval:  # emptied: walk
+                        sw.next_find = now + sw.find_interval  # soon, not on a full view's 120 s
                 self.links.check_linger(o.peer, now)
         return out
 

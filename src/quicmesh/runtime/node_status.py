@@ -95,6 +95,7 @@ class NodeStatus(NodeDriver):
             "self_records_refused_total": float(self.mesh.book.records_refused),
             "realm_join_attempts_total": float(self.mesh.counters["join_attempts"]),
             "realm_top_ups_total": float(self.mesh.counters["top_ups"]),  # a thin view's requests
+            "realm_replenished_total": float(self.mesh.counters["replenished"]),  # from swarms/book
         }
         retry_stats = getattr(self.transport, "retry_stats", None)
         if retry_stats is not None:
@@ -171,6 +172,7 @@ class NodeStatus(NodeDriver):
                 "passive_capacity": self.config.membership.passive_view,
                 "join_attempts_total": self.mesh.counters.get("join_attempts", 0),
                 "top_ups_total": self.mesh.counters.get("top_ups", 0),
+                "replenished_total": self.mesh.counters.get("replenished", 0),
             },
             "gossip": self._gossip_health(),
             "failure_detection": self.core.failure.stats(),
