@@ -14,6 +14,10 @@ Definitions
   payload transmissions (MGossip sends, GRAFT answers included) and ``n`` the number of nodes
   that delivered the message; 0 is a perfect tree, a flood over degree d is about d - 1.
 * **Last-delivery hops**: for each message, the hop count of its last delivery (its tree depth).
+* **Latency** (``latency_p50_ms`` / ``latency_p99_ms``): publish to delivery, over every delivery
+  but the publisher's own; ``latency_joined_p99_ms`` only over messages published after the
+  receiver had joined the swarm (the rest, ``caught_up_deliveries``, are earlier messages a
+  node that joined under churn received through repair: seconds old by design).
 
 ``python -m quicmesh.testing.scenarios [--large] [--massive-nodes N]`` runs the default set (plus the 1,000-node
 scenario with ``--large``) and prints the reports.
@@ -86,6 +90,12 @@ class BroadcastScenario:
     join_spacing: float = 0.05
 
 
+def _pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (0.0 when empty), as the report's other percentiles."""
+    v = sorted(values)
+    return v[int(len(v) * q)] if v else 0.0
+
+
 def run_broadcast(sc: BroadcastScenario) -> Report:
     """Run a :class:`BroadcastScenario`."""
     sim = _sim(sc.seed, NodeConfig(), sc.latency_median, sc.loss, sc.duplicate, sc.loss_mode)
@@ -150,6 +160,8 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
     receivers: dict[int, int] = {}  # bounded: one per message
     last_hops: dict[int, int] = {}  # bounded: one per message
     latencies: list[float] = []
+    joined_lat: list[float] = []  # messages published after the receiver was in the swarm
+    caught_up = 0  # deliveries of messages published before the receiver was in the swarm
     duplicates = 0
     order_violations = 0
     report = Report(sc.name, sc.seed)
@@ -173,6 +185,10 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
             receivers[k] = receivers.get(k, 0) + 1
             if n.id != d.publisher:
                 latencies.append(d.time - t_pub)
+                if n.index in ready and t_pub >= ready[n.index]:
+                    joined_lat.append(d.time - t_pub)
+                else:
+                    caught_up += 1
                 last_hops[k] = max(last_hops.get(k, 0), d.hops)
         if n.index in ready:
             expected = {k for k, t in published.values() if t >= ready[n.index]}
@@ -193,6 +209,8 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
         "last_hops_max": max(hops, default=0),
         "latency_p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
         "latency_p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else 0.0,
+        "latency_joined_p99_ms": 1000 * _pct(joined_lat, 0.99),
+        "caught_up_deliveries": caught_up,
         "duplicate_deliveries": duplicates,
         "order_violations": order_violations,
         "replaced_nodes": len(fresh),
