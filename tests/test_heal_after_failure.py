@@ -16,8 +16,6 @@ from __future__ import annotations
 import itertools
 from random import Random
 
-import pytest
-
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig
 from quicmesh.core.effects import Dial, Effect, Send
@@ -103,11 +101,11 @@ def test_empty_realm_view_without_swarms_tries_the_address_book_with_backoff(reg
     assert all(b - a >= CFG.join_timeout / 2 for a, b in itertools.pairwise(joins)), joins
 
 
-@pytest.mark.parametrize("seed", [10, 15])
-def test_80pct_of_150_nodes_fail_realm_overlay_heals(seed: int) -> None:
+def test_80pct_of_150_nodes_fail_realm_overlay_heals() -> None:
     # before: the realm overlay of seeds 10, 15, 17 and 18 (of 7-18) was not one component 40 s
-    # after the crash (nor in the 500-node run of seed 1 after 120 s); now 5.0 s for each
-    r = run_massive_failure(MassiveFailureScenario(seed=seed, nodes=150, fail=0.8, settle=10.0, drain=5.0,
+    # after the crash (nor in the 500-node run of seed 1 after 120 s); now 5.0 s for each (one
+    # runs here: 5 s of CI time each)
+    r = run_massive_failure(MassiveFailureScenario(seed=15, nodes=150, fail=0.8, settle=10.0, drain=5.0,
                                                    rate=50.0, messages=20, heal_limit=40.0))
     f = r.figures
     assert 0 <= f["realm_heal_s"] <= 10.0, f
