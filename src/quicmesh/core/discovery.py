@@ -33,12 +33,14 @@ view is empty).
 realm view: its active peers died, and every passive peer it then asked was dead too and left
 the view, so HyParView has nothing to refill from, and the bootstrap contacts may be dead as
 well. What the node still has is its swarms' active views (linked peers, so alive; every swarm
-member is a realm member) and its address book. So while the realm view is not full and its
-passive view is empty, up to ``active_view`` peers from those swarm views become passive
-candidates at most every ``REPAIR_INTERVAL``; when they hold none, a random sample of the
-address book (connected peers first; bootstrap contacts have their own backoff), on the join
-backoff, as the book may hold the dead. The realm refills from them at once (``replenished``
-counts them); an unanswered candidate leaves the view as any passive peer does.
+member is a realm member) and the peers it is connected to. So at each of the realm's repairs
+(every ``REPAIR_INTERVAL``) while its view is not full and its passive view empty, up to
+``active_view`` peers from those swarm views become passive candidates, which the repair then
+asks (``replenished`` counts them); when the swarm views hold none, connected peers whose
+addresses the book holds, on the join backoff (one may not be a member that answers). An
+unanswered candidate leaves the view as any passive peer does. Nothing here dials: every candidate is
+linked or connected already, so addresses others told the node (walk origins, shuffles) never
+make it dial more.
 
 **Swarm members.** To find members of a swarm, :meth:`discover` sends walks (``MFind``, ARWL hops)
 over the realm overlay to up to :data:`FIND_FANOUT` realm neighbours. A node on the walk that is a
@@ -61,7 +63,7 @@ from ..identity import NodeId
 from .addressbook import AddressBook, normalize_addresses
 from .connections import DIAL_TIMEOUT
 from .effects import DialAddress, Effect
-from .membership import REPAIR_INTERVAL, HvOut, HyParView, peer_id
+from .membership import HvOut, HyParView, peer_id
 from .mesh_messages import MAX_WALK_TTL, MFind, MFound, PeerInfo
 from .swarm import Swarm
 from .wire import Message
@@ -133,7 +135,6 @@ class Discovery:
         self.top_up_attempt = 0
         self.top_up_after = 0.0
         """No thin-view top-up before this time (the backoff, kept across thin states)."""
-        self.next_replenish = 0.0
         self.next_book = 0.0
         self.replenish_attempt = 0
         """Replenishing from the address book backs off as joins do, reset once the view is full."""
@@ -165,11 +166,7 @@ class Discovery:
 
     def maybe_join(self, now: float) -> list[Effect]:
         """Contact the next bootstrap contact when the realm active view is empty and it is time;
-        while the view is thin, ask one for a link when that is due (see the module docstring).
-        An empty passive view is replenished first when that is due."""
-        return self._replenish(now) + self._join_or_top_up(now)
-
-    def _join_or_top_up(self, now: float) -> list[Effect]:
+        while the view is thin, ask one for a link when that is due (see the module docstring)."""
         if len(self.realm.active) > 0:
             self.join_attempt = 0
             self.next_join = None
@@ -186,39 +183,27 @@ class Discovery:
         self.counters["join_attempts"] += 1
         return self._contact(pid, addrs, now)
 
-    def _replenish(self, now: float) -> list[Effect]:
+    def replenish(self, now: float) -> None:
         """Give an unfull realm view with an empty passive view candidates from the swarms'
-        active views, else from the address book, and refill from them (module docstring)."""
+        active views, else from connected peers in the address book (module docstring). The
+        mesh calls this just before the realm's repair, which then asks them."""
         realm, want = self.realm, self.config.membership.active_view
         if len(realm.active) >= want:
             self.replenish_attempt = 0
-            return []
-        if len(realm.passive) > 0 or now < self.next_replenish:
-            return []
-        self.next_replenish = now + REPAIR_INTERVAL
+            return
+        if len(realm.passive) > 0:
+            return
         linked = {p: None for sw in self.swarms.values() for p in sw.hv.active_peers()}  # bounded: swarms x view
         cands = [p for p in linked if p != self.me and not realm.knows(p)]
-        if not cands and now >= self.next_book:  # the book may hold the dead: back off as joins do
-            contacts = {self._contact_id(c) for c in self.bootstrap}  # they have their own backoff
-            known = [p for p in self.book.peers() if p != self.me and not realm.knows(p) and p not in contacts]
-            live = [p for p in known if (e := self.book.get(p)) is not None and e.connected]
-            cands = live or known
+        if not cands and now >= self.next_book:  # a peer may not answer: back off as joins do
+            cands = [p for p in self.book.peers() if p != self.me and not realm.knows(p)
+                     and (e := self.book.get(p)) is not None and e.connected and e.addresses]
             if cands:
                 self.next_book = now + self._backoff(self.replenish_attempt)
                 self.replenish_attempt += 1
         for p in self.rng.sample(cands, min(want, len(cands))):
             realm.add_candidate(p)
-        if len(realm.passive) == 0:
-            return []
         self.counters["replenished"] += len(realm.passive)
-        return self.route("", realm.refill(now), now)
-
-    def _replenish_due(self) -> float | None:
-        """When :meth:`_replenish` may act next (``None`` while the view is full or has passive peers)."""
-        realm = self.realm
-        if len(realm.passive) > 0 or len(realm.active) >= self.config.membership.active_view:
-            return None
-        return self.next_replenish
 
     def _backoff(self, attempt: int) -> float:
         """``join_timeout * 2**attempt`` capped at ``join_backoff_max``, jittered by +-25 %,
@@ -307,13 +292,13 @@ class Discovery:
         self.addr_dials.pop(normalize_addresses(addresses))
 
     def join_due(self) -> float | None:
-        """When the next join attempt is due (while the realm active view is empty), the next
-        top-up of a thin view (while it is thin), or the next replenishing of an empty passive view."""
-        rep = self._replenish_due()
+        """When the next join attempt is due (while the realm active view is empty) or the next
+        top-up of a thin view (while it is thin)."""
         if not self.bootstrap:
-            return rep
-        due = self.next_join if len(self.realm.active) == 0 else self.next_top_up
-        return rep if due is None else due if rep is None else min(due, rep)
+            return None
+        if len(self.realm.active) == 0:
+            return self.next_join
+        return self.next_top_up
 
     # -- swarm members ---------------------------------------------------------------------------
 

@@ -247,10 +247,6 @@ class HyParView:
         """Remember ``peer`` in the passive view (e.g. found by discovery)."""
         self._add_passive(peer)
 
-    def refill(self, now: float) -> list[HvOut]:
-        """Ask passive peers for links until the active view would be full (as a repair does)."""
-        return self._fill(now)
-
     def leave(self) -> list[HvOut]:
         """Leave the overlay: LEAVE(alive=False) to every active peer, then drop all state."""
         out: list[HvOut] = []

@@ -369,6 +369,8 @@ class Mesh(Batching):
             out += self.dial_failed(peer, now)
         self.discovery.expire(now)
         out += self.links.expire_idle(now)
+        if now >= self.realm.next_repair:
+            self.discovery.replenish(now)  # an empty passive view: candidates for this repair
         out += self._route("", self.realm.handle_timer(now), now)
         for key in self._waking(now):
             sw = self.swarms.peek(key)
