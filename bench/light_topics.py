@@ -8,9 +8,9 @@ swarms and ``--peers`` other node processes join it (a gateway in a mesh, not al
 process runs ``--cycles`` light-client cycles against it, one after another:
 ``Client.connect``, subscribe, publish one message, receive it, unsubscribe, ``close`` (what
 ``bench/peers.py`` times as light-client cycles, without the bench's other scenarios around it).
-Prints the cycle time p50 / p90 / p99 per N and writes JSON. With ``--base`` the same runs
-against a second source tree too (its ``src`` directory), the two trees alternating case by
-case in one run, and the table shows both and their ratio. Loopback only; every process it
+Prints the cycle time p50 / p90 / p99 per N, the p50 of each step of a cycle, and writes JSON.
+With ``--base`` the same runs against a second source tree too (its ``src`` directory), the two
+trees alternating case by case in one run, and the table shows both and their ratio. Loopback only; every process it
 starts is stopped by pid.
 """
 
@@ -76,18 +76,26 @@ async def main() -> None:
     address, cycles = sys.argv[1], int(sys.argv[2])
     took = []
     for _ in range(cycles):
-        t0 = time.perf_counter()
+        t = [time.perf_counter()]
         client = await quicmesh.Client.connect(address, realm="bench", reconnect=False)
+        t.append(time.perf_counter())
         sub = await client.subscribe("lc.t")
+        t.append(time.perf_counter())
         await client.publish("lc.t", b"x")
         await asyncio.wait_for(sub.get(), 5)
+        t.append(time.perf_counter())
         await sub.close()
+        t.append(time.perf_counter())
         await client.close()
-        took.append(time.perf_counter() - t0)
+        t.append(time.perf_counter())
+        took.append([t[-1] - t[0]] + [b - a for a, b in zip(t, t[1:])])
     print(json.dumps(took))
 
 asyncio.run(main())
 """
+
+PHASES = ("connect", "subscribe", "publish_receive", "unsubscribe", "close")
+"""The steps of one cycle, each timed on its own (their p50s are in the JSON and the table)."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -116,7 +124,7 @@ def run_case(src: Path, topics: int, cycles: int, peers: int) -> dict[str, Any]:
                 raise RuntimeError("a peer node did not join the gateway")
         done = subprocess.run([sys.executable, "-c", _CLIENT, address, str(cycles + 5)], capture_output=True,
                               text=True, env=env, timeout=60 + cycles * 2, check=True)
-        took = json.loads(done.stdout.strip().splitlines()[-1])[5:]  # the first few warm up imports and caches
+        rows = json.loads(done.stdout.strip().splitlines()[-1])[5:]  # the first few warm up imports and caches
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -126,9 +134,10 @@ def run_case(src: Path, topics: int, cycles: int, peers: int) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    ms = [1e3 * t for t in took]
+    ms = [1e3 * r[0] for r in rows]
+    phases = {name: _pct([1e3 * r[i + 1] for r in rows], 0.5) for i, name in enumerate(PHASES)}
     return {"topics": topics, "peers": peers, "cycles": len(ms), "p50_ms": _pct(ms, 0.5), "p90_ms": _pct(ms, 0.9),
-            "p99_ms": _pct(ms, 0.99), "cycles_per_s": len(ms) / (sum(ms) / 1e3)}
+            "p99_ms": _pct(ms, 0.99), "cycles_per_s": len(ms) / (sum(ms) / 1e3), "phase_p50_ms": phases}
 
 
 def main() -> None:
@@ -156,6 +165,10 @@ def main() -> None:
         cells = [f"{r[i]['p50_ms']:.1f} / {r[i]['p90_ms']:.1f} / {r[i]['p99_ms']:.1f}" for r in results.values()]
         ratio = [f"{results['current'][i]['p50_ms'] / results['base'][i]['p50_ms']:.2f}"] if args.base else []
         print(f"| {n:,} | " + " | ".join(cells + ratio) + " |")
+    print("\nstep p50s, ms (" + ", ".join(PHASES) + "):")
+    for name, rs in results.items():
+        for r in rs:
+            print(f"  {name}, {r['topics']:,} topics: " + " / ".join(f"{r['phase_p50_ms'][p]:.2f}" for p in PHASES))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv,
                                      "trees": {k: str(v) for k, v in trees.items()}, "results": results,

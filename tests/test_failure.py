@@ -190,3 +190,33 @@ def test_a_peer_whose_answers_queue_behind_a_flood_is_alive_by_its_packets() -> 
                 net.det[a].heard(b, net.now)
         declared = [f for f in net.failed if f[2] == b]
         assert (declared == []) == packets_heard, (packets_heard, declared)
+
+
+def test_a_peer_suspected_before_its_indirect_probes_never_leaves_a_deadline_in_the_past() -> None:
+    # Found by tests/test_core_deadlines.py after an unrelated change moved its events: a probe went
+    # out at health 0; the node's own health then rose (it was suspected by others), so the probe
+    # timeout (0.5 s x (1 + health)) outgrew the round (1.25 s) and the round ended, suspecting the
+    # peer, before any indirect probe went. The deadline still counted "probe sent + timeout, no
+    # indirect probes yet", which handle_timer never acts on for a suspected peer: the timer stayed
+    # due and a driver re-ran it at once, forever (4.5 s of a spinning loop until the suspicion ended).
+    from quicmesh.core.failure import MProbe
+
+    ids = [KeyPair.from_seed(bytes([i + 1]) * 32).node_id for i in range(3)]
+    d = FailureDetector(ids[0], FailureConfig(), Random(1), capacity=4)
+    d.add(ids[1], 0.0)
+    now, ran = 0.0, 0
+    while not any(isinstance(o.message, MProbe) for o in d.handle_timer(now) if isinstance(o, ProbeSend)):
+        now = d.next_deadline() or now + 1
+    for _ in range(2):  # suspected twice by someone else: health 2, probe timeout 1.5 s > the 1.25 s round
+        d.handle(ids[2], MProbe(seq=1, suspect=True), now)
+    while ran < 50:
+        deadline = d.next_deadline()
+        assert deadline is not None
+        now = max(now, deadline)
+        outs = d.handle_timer(now)
+        ran += 1
+        after = d.next_deadline()
+        assert after is None or after > now, (now, after, d.suspected())
+        if any(isinstance(o, PeerFailed) for o in outs):
+            break
+    assert d.suspicions == 1 and d.failures == 1 and ran < 10, ran

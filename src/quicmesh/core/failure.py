@@ -263,8 +263,8 @@ class FailureDetector:
                     best = st.next_probe
                 if st.round_ends is not None and st.round_ends < best:
                     best = st.round_ends
-            if st.probe_sent is not None and not st.indirect_sent and st.probe_sent + timeout < best:
-                best = st.probe_sent + timeout
+                if st.probe_sent is not None and not st.indirect_sent and st.probe_sent + timeout < best:
+                    best = st.probe_sent + timeout  # not once suspected: handle_timer sends it none
             if st.suspicion_deadline is not None and st.suspicion_deadline < best:
                 best = st.suspicion_deadline
         for job in self._jobs.values():
