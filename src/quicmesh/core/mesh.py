@@ -213,6 +213,7 @@ class Mesh(Batching):
             sw = self.swarms.peek(key)
             if sw is not None and sw.hv.knows(peer):
                 out += self._route(key, sw.hv.peer_failed(peer, now, lost=not graceful), now)
+                self._walk_soon(sw, now)
         out += self.discovery.maybe_join(now)
         return out
 
@@ -224,8 +225,15 @@ class Mesh(Batching):
             sw = self.swarms.peek(key)
             if sw is not None:
                 out += self._route(key, sw.hv.peer_failed(peer, now), now)
+                self._walk_soon(sw, now)
         out += self.discovery.maybe_join(now)
         return out
+
+    @staticmethod
+    def _walk_soon(sw: Swarm, now: float) -> None:
+        """A swarm view emptied by failures walks for members soon, not on a full view's 90-150 s."""
+        if len(sw.hv.active) == 0 and sw.next_find > now + sw.find_interval:
+            sw.next_find = now + sw.find_interval
 
     def address_dial_failed(self, addresses: tuple[str, ...], now: float) -> list[Effect]:
         """A :class:`DialAddress` failed; the join timer tries the next contact."""
@@ -573,8 +581,6 @@ class Mesh(Batching):
             elif isinstance(o, NeighborDown):
                 if sw is not None:
                     sw.pt.neighbor_down(o.peer)
-                    if len(sw.hv.active) == 0 and sw.next_find > now + sw.find_interval:  # emptied: walk
-                        sw.next_find = now + sw.find_interval  # soon, not on a full view's 120 s
                 self.links.check_linger(o.peer, now)
         return out
 
