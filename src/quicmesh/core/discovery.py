@@ -38,9 +38,9 @@ member is a realm member) and the peers it is connected to. So at each of the re
 ``active_view`` peers from those swarm views become passive candidates, which the repair then
 asks (``replenished`` counts them); when the swarm views hold none, connected peers whose
 addresses the book holds, on the join backoff (one may not be a member that answers). An
-unanswered candidate leaves the view as any passive peer does. Nothing here dials: every candidate is
-linked or connected already, so addresses others told the node (walk origins, shuffles) never
-make it dial more.
+unanswered candidate leaves the view as any passive peer does. Nothing here dials: every
+candidate is linked or connected already, so addresses others told the node (walk origins,
+shuffles) never make it dial more.
 
 **Swarm members.** To find members of a swarm, :meth:`discover` sends walks (``MFind``, ARWL hops)
 over the realm overlay to up to :data:`FIND_FANOUT` realm neighbours. A node on the walk that is a
@@ -137,7 +137,8 @@ class Discovery:
         """No thin-view top-up before this time (the backoff, kept across thin states)."""
         self.next_book = 0.0
         self.replenish_attempt = 0
-        """Replenishing from the address book backs off as joins do, reset once the view is full."""
+        """Replenishing from connected peers in the book (after ``next_book``) backs off as joins
+        do; the attempts start again once the view was full."""
         self.next_top_up: float | None = None
 
     # -- realm join ------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class Discovery:
                 self.replenish_attempt += 1
         for p in self.rng.sample(cands, min(want, len(cands))):
             realm.add_candidate(p)
-        self.counters["replenished"] += len(realm.passive)
+        self.counters["replenished"] += len(realm.passive)  # it was empty: what was taken
 
     def _backoff(self, attempt: int) -> float:
         """``join_timeout * 2**attempt`` capped at ``join_backoff_max``, jittered by +-25 %,

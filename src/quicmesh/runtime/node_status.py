@@ -95,7 +95,7 @@ class NodeStatus(NodeDriver):
             "self_records_refused_total": float(self.mesh.book.records_refused),
             "realm_join_attempts_total": float(self.mesh.counters["join_attempts"]),
             "realm_top_ups_total": float(self.mesh.counters["top_ups"]),  # a thin view's requests
-            "realm_replenished_total": float(self.mesh.counters["replenished"]),  # from swarms/book
+            "realm_replenished_total": float(self.mesh.counters["replenished"]),  # from swarm views, connected peers
         }
         retry_stats = getattr(self.transport, "retry_stats", None)
         if retry_stats is not None:

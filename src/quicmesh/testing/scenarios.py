@@ -91,7 +91,7 @@ class BroadcastScenario:
 
 
 def _pct(values: list[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` (0.0 when empty), as the report's other percentiles."""
+    """The ``q`` quantile of ``values`` (0.0 when empty): the sorted value at ``int(len * q)``."""
     v = sorted(values)
     return v[int(len(v) * q)] if v else 0.0
 
@@ -195,7 +195,6 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
             if expected:
                 report.delivery[n.index] = len(expected & got) / len(expected)
     denom = sum(max(r - 1, 0) for r in receivers.values())
-    lat = sorted(latencies)
     hops = list(last_hops.values())
     report.figures = {
         "nodes": sc.nodes,
@@ -207,8 +206,8 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
         "rmr": payload_sent / denom - 1 if denom else 0.0,
         "last_hops_mean": statistics.fmean(hops) if hops else 0.0,
         "last_hops_max": max(hops, default=0),
-        "latency_p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
-        "latency_p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else 0.0,
+        "latency_p50_ms": 1000 * _pct(latencies, 0.5),
+        "latency_p99_ms": 1000 * _pct(latencies, 0.99),
         "latency_joined_p99_ms": 1000 * _pct(joined_lat, 0.99),
         "caught_up_deliveries": caught_up,
         "duplicate_deliveries": duplicates,
