@@ -30,6 +30,8 @@ FIGURES = (
     ("pub/sub 1 KiB msg/s", ("pubsub_1024B", "msgs_per_s"), True),
     ("round trip p50 µs", ("pubsub_round_trip", "p50_us"), False),
     ("round trip p99 µs", ("pubsub_round_trip", "p99_us"), False),
+    ("back-to-back round trip p50 µs", ("pubsub_round_trip_b2b", "p50_us"), False),
+    ("back-to-back round trip p99 µs", ("pubsub_round_trip_b2b", "p99_us"), False),
     ("RPC sequential calls/s", ("rpc_sequential", "calls_per_s"), True),
     ("RPC 64 in flight calls/s", ("rpc_64_in_flight", "calls_per_s"), True),
 )

@@ -470,9 +470,9 @@ SECTIONS = {f.name: f for f in dataclasses.fields(NodeConfig) if dataclasses.is_
 
 _ZERO_MEANS_UNLIMITED = frozenset({
     "store.max_log_length", "observability.malloc_trim_interval", "transport.retry_threshold",
-    "failure.probe_interval",
+    "failure.probe_interval", "transport.ack_delay",
 })
-"""Keys that may be 0: no cap, or (``malloc_trim_interval``) off."""
+"""Keys that may be 0: no cap, or (``malloc_trim_interval``, ``ack_delay``) off."""
 
 
 def validate(cfg: NodeConfig) -> None:
@@ -518,6 +518,8 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("pubsub.max_message_size", "must be at least 256 bytes below transport.max_frame_size")
     if cfg.transport.keepalive_interval >= cfg.transport.idle_timeout:
         raise ConfigError("transport.keepalive_interval", "must be shorter than transport.idle_timeout")
+    if not 0 <= cfg.transport.ack_delay <= 0.01:  # #14: under the peer's assumed 25 ms
+        raise ConfigError("transport.ack_delay", "must be 0 (at once) to 0.01 seconds")
     if not 1200 <= cfg.transport.max_datagram_size <= 65527:
         raise ConfigError("transport.max_datagram_size", "must be 1200 (QUIC's smallest) to 65527 bytes")
     if not 16 <= cfg.transport.max_frame_size <= 0xFFFFFFFF:

@@ -95,6 +95,14 @@ class TransportConfig:
     for one connection is handed to QUIC at once and answered by one transmit. ``false``: one
     datagram per system call (asyncio's own transport). Where the kernel or path refuses GSO it
     is turned off by itself."""
+    ack_delay: float = 0.0005
+    """Seconds an open connection waits, after a lone datagram arrived, before it sends what QUIC
+    owes the peer for it (the acknowledgement, a flow-control update) on its own (default 0.5 ms;
+    0: at once, every time). Whatever the node sends in the meantime (the reply to a request, the
+    next message) carries it, so a round trip costs each end one datagram and one wake-up instead
+    of 1.5 (QUIC acknowledges every second packet at once): back-to-back round trips ~5 % faster
+    on loopback (#14). Runs of datagrams (bulk transfer) and handshakes are acknowledged at once.
+    At most 10 ms, well under the 25 ms maximum acknowledgement delay the peer assumes."""
     max_datagram_size: int = 16384
     """Largest UDP payload (bytes) between nodes on this host (default 16 KiB; at most what the
     loopback interface's MTU allows, 65,487 at its usual 65,536). Both ends use it from the first

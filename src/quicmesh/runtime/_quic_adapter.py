@@ -36,6 +36,7 @@ abandoned (routing entries, timer and state dropped at once).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ipaddress
 import logging
@@ -283,11 +284,11 @@ that it is alive even while its messages wait behind bulk data on the stream (th
 detector's probes and answers travel on that stream too)."""
 
 HELD_DATAGRAMS = 1024
+"""#14 (fastpath): datagrams a held connection keeps for later (:meth:`Proto.hold`); beyond
+them they are shed, and QUIC retransmits what they carried."""
 RECEIVE_CHUNK = 16
 """#14: datagrams of one batched read handed to QUIC at once (one transmit after each chunk); a
 hold waits at most this many datagrams (~24 KB) to take effect."""
-"""#14 (fastpath): datagrams a held connection keeps for later (:meth:`Proto.hold`); beyond
-them they are shed, and QUIC retransmits what they carried."""
 
 
 def _ignore_cid(cid: bytes) -> None:
@@ -329,6 +330,10 @@ class Proto(QuicConnectionProtocol):
         """Times :meth:`hold` stopped the reading."""
         self._held: deque[tuple[bytes | str, Any]] = deque()  # bounded: HELD_DATAGRAMS, checked on append
         self._alive_at = -ALIVE_INTERVAL
+        self.ack_delay = 0.0
+        """#14: seconds a lone received datagram's answer (its ACK) waits for something else to
+        carry it (``transport.ack_delay``; set when the connection opens, 0 during handshakes)."""
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     @property
     def quic(self) -> QuicConnection:
@@ -388,7 +393,15 @@ class Proto(QuicConnectionProtocol):
         if self._gone:
             return
         try:
-            super().datagram_received(data, addr)
+            if self.ack_delay:
+                # #14: the ACK this datagram earns waits up to ack_delay for a packet to ride on
+                # (the reply to it, usually; :meth:`transmit` sends it with whatever goes first)
+                self._quic.receive_datagram(data, addr, now=self._loop_time())  # type: ignore[arg-type]
+                self._process_events()
+                if self._ack_timer is None and not self._gone:
+                    self._ack_timer = self._loop.call_later(self.ack_delay, self.transmit)
+            else:
+                super().datagram_received(data, addr)
             self._received()
         except Exception as exc:
             self._fail(exc)
@@ -445,6 +458,10 @@ class Proto(QuicConnectionProtocol):
             self._fail(exc)
 
     def transmit(self) -> None:
+        timer = self._ack_timer
+        if timer is not None:  # what it waited to send goes now
+            self._ack_timer = None
+            timer.cancel()
         if self._gone or self._transport is None or self._transport.is_closing():
             self._cancel_timers()
             return
@@ -513,6 +530,9 @@ class Proto(QuicConnectionProtocol):
             cb(self)
 
     def _cancel_timers(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

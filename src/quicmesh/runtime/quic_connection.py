@@ -310,6 +310,7 @@ class QuicConnection(SendPath, Connection):
         if not self.outbound and addr:
             self.remote_address = addr
         self._ka_timer = self._loop.call_later(self._cfg.keepalive_interval, self._keepalive)
+        self._proto.ack_delay = self._cfg.ack_delay  # #14: ACKs ride on replies from now on
 
     # -- qh3 events ----------------------------------------------------------------------
 
