@@ -123,6 +123,44 @@ def test_full_active_view_refuses_low_priority_but_accepts_high(registry: Contai
     assert evicted[0][0] in hv.passive
 
 
+def test_an_island_of_two_asks_with_high_priority_once_refused(registry: ContainerRegistry) -> None:
+    """Two survivors of a massive failure linked only to each other: every candidate they knew
+    was a full view that refused NEIGHBOR(low), so the pair stayed an island (20 s in the
+    simulator, 150 nodes, 80 % failed, seed 18). A node with one active peer whose request of low
+    priority was refused asks with high priority next, which a full view must accept; with two
+    or more active peers it asks low as in the paper."""
+    net = Net(9, registry)
+    a, b, full, *others = list(net.hv)
+    hv = net.hv[a]
+    hv.book.add(b, ("a:1",), 0.0)
+    net.feed(a, hv.join_via(b, 0.0))
+    net.run()
+    assert hv.active_peers() == [b]
+    for i, o in enumerate(others[:5]):  # the candidate's view is full
+        net.hv[full].handle(o, MNeighbor("", True, [f"a:{i + 3}"]), 0.0)
+    assert len(net.hv[full].active) == 5
+    hv.book.add(full, ("a:2",), 0.0)
+    hv.add_candidate(full)
+
+    def ask() -> list[tuple[NodeId, bool]]:
+        out = hv.handle_timer(hv.next_repair)
+        net.feed(a, out)
+        net.run(hv.next_repair)
+        return [(o.peer, o.message.high) for o in out
+                if isinstance(o, HvSend) and isinstance(o.message, MNeighbor)]
+
+    assert ask() == [(full, False)]  # first as the paper has it: refused by the full view
+    assert full not in hv.active and full in hv.passive
+    assert ask() == [(full, True)]  # refused with one active peer: high, accepted
+    assert full in hv.active and a in net.hv[full].active and len(net.hv[full].active) == 5
+    # two active peers: low priority again
+    c = others[5]
+    hv.book.add(c, ("a:8",), 0.0)
+    hv.add_candidate(c)
+    asks = ask()
+    assert asks and all(not high for _, high in asks), asks
+
+
 def test_shuffle_walk_and_reply(registry: ContainerRegistry) -> None:
     net = Net(1, registry)
     (a,) = list(net.hv)

@@ -23,7 +23,7 @@ from quicmesh.errors import (
     PeerIdMismatch,
     RealmMismatch,
 )
-from quicmesh.identity import KeyPair
+from quicmesh.identity import KeyPair, node_id_from_certificate
 from quicmesh.runtime import _quic_adapter as qa
 from quicmesh.runtime.quic import QuicConnection, QuicTransport
 from quicmesh.runtime.transport import Connection
@@ -699,3 +699,29 @@ async def test_batched_udp_sends_gso_runs_and_receives_runs(make: Make, monkeypa
 async def test_without_batching_every_datagram_is_its_own_call(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     sends, receives = await _batched_transfer(make, False, monkeypatch)
     assert sends == [] and receives == []
+
+
+async def test_a_light_clients_endpoint_refuses_with_a_throwaway_identity(
+    make: Make, registry: ContainerRegistry
+) -> None:
+    """A light client's endpoint admits no one (``client_only`` at the first packet). It keeps no
+    certificate of its own for that: one throwaway identity per process serves every client's
+    endpoint (its connect built and signed one per client, ~0.2 ms), and an unsolicited attempt
+    does not learn the client's node id."""
+    clients = [QuicTransport(KeyPair.generate(), "r1", CFG, CODEC, registry=registry, role="client") for _ in range(2)]
+    node = await make()
+    node.t.enable_clients(1)
+    try:
+        addrs = [await c.start(Recorder()) for c in clients]
+        cfgs = [c.endpoint._configuration for c in clients]  # type: ignore[union-attr]
+        assert cfgs[0] is cfgs[1]  # shared: nothing built per client
+        assert cfgs[0].certificate is not None
+        shown = node_id_from_certificate(cfgs[0].certificate.public_bytes())
+        assert shown not in {c.local.node_id for c in clients}
+        with pytest.raises(Exception, match="client_only"):
+            await node.t.dial(addrs[0])
+        conn = await clients[0].dial(node.addr)  # dialing out is unchanged
+        assert conn.peer_id == node.t.local.node_id
+    finally:
+        for c in clients:
+            await c.stop()

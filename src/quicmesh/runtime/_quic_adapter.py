@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import ipaddress
 import logging
 import socket
@@ -80,6 +81,7 @@ __all__ = [
     "is_local",
     "local_configuration",
     "new_client_connection",
+    "refusing_configuration",
     "relayed",
     "server_configuration",
 ]
@@ -128,6 +130,20 @@ def server_configuration(keypair: KeyPair, config: TransportConfig) -> QuicConfi
     qc.certificate = _X509Certificate(cert.public_bytes(serialization.Encoding.DER))
     qc.private_key = load_pem_private_key(keypair.private_pem())
     return qc
+
+
+def refusing_configuration(config: TransportConfig) -> QuicConfiguration:
+    """Listener side of an endpoint that admits no connection (a light client's: every attempt
+    is refused at its first packet, ``client_only``). qh3 still needs a certificate to take an
+    attempt's first flight, so one throwaway identity per process serves every such endpoint: a
+    light client's connect no longer builds and signs a certificate of its own (~0.2 ms, #14),
+    and an unsolicited attempt no longer learns the client's node id."""
+    return _refusing(config.alpn, config.idle_timeout)
+
+
+@functools.lru_cache(maxsize=8)  # one per (ALPN, idle timeout) the process's clients use
+def _refusing(alpn: str, idle_timeout: float) -> QuicConfiguration:
+    return server_configuration(KeyPair.generate(), TransportConfig(alpn=alpn, idle_timeout=idle_timeout))
 
 
 def client_configuration(config: TransportConfig) -> QuicConfiguration:

@@ -288,7 +288,8 @@ class QuicTransport(Transport):
             return self._address
         self._events = events
         host, port = _split(self._listen)
-        server_cfg = qa.server_configuration(self._keypair, self.config)
+        server_cfg = (qa.server_configuration(self._keypair, self.config) if self._role == "node"
+                      else qa.refusing_configuration(self.config))  # a light client admits no one
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             # A burst of Initials (~1.3 kB each, two per ClientHello) overflows the default ~208 KiB
