@@ -17,6 +17,8 @@ from __future__ import annotations
 import itertools
 from random import Random
 
+from meshkit import timer_steps
+
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig
 from quicmesh.core.effects import Dial, Disconnect, Effect, Send
@@ -59,19 +61,15 @@ def _run(m: Mesh, now: float, end: float, peer: NodeId, *, redial: bool = False)
     ``redial``: its connection, closed when idle, is opened again at once, as by a peer whose log
     sync or calls keep one)."""
     hits: list[float] = []
-    while True:
-        d = m.next_deadline()
-        now = max(now, d if d is not None else end)
-        if now >= end:
-            return hits
-        effs = m.handle_timer(now)
+    for t, effs in timer_steps(m, now, end):
         if _asks(effs, peer):
-            hits.append(now)
+            hits.append(t)
             if any(isinstance(e, Dial) and e.peer == peer for e in effs):
-                m.dial_failed(peer, now)
+                m.dial_failed(peer, t)
         if redial and any(isinstance(e, Disconnect) and e.peer == peer for e in effs):
-            m.peer_disconnected(peer, now)
-            m.peer_connected(peer, ("b:1",), True, now)
+            m.peer_disconnected(peer, t)
+            m.peer_connected(peer, ("b:1",), True, t)
+    return hits
 
 
 def test_empty_realm_view_asks_a_live_swarm_neighbour(registry: ContainerRegistry) -> None:

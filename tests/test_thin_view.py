@@ -12,6 +12,8 @@ import itertools
 from random import Random
 from typing import Any
 
+from meshkit import timer_steps
+
 from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import NodeConfig
 from quicmesh.core.effects import Dial, DialAddress, Effect, Send
@@ -48,15 +50,10 @@ def _linked_to_k(m: Mesh, bootstrap: list[tuple[NodeId | None, tuple[str, ...]]]
 def _until(m: Mesh, now: float, end: float, want: type[Any] | tuple[type[Any], ...], peer: NodeId | None = None
            ) -> tuple[float, list[Effect]] | None:
     """Run the mesh's timers until an effect of type ``want`` (to ``peer``) or ``end``."""
-    while True:
-        d = m.next_deadline()
-        now = max(now, d if d is not None else end)
-        if now >= end:
-            return None
-        effs = m.handle_timer(now)
-        hits = [e for e in effs if isinstance(e, want) and (peer is None or getattr(e, "peer", None) == peer)]
-        if hits:
-            return now, effs
+    for t, effs in timer_steps(m, now, end):
+        if any(isinstance(e, want) and (peer is None or getattr(e, "peer", None) == peer) for e in effs):
+            return t, effs
+    return None
 
 
 def test_thin_view_asks_an_unlinked_contact_and_stops_once_it_knows_one(registry: ContainerRegistry) -> None:

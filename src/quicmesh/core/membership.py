@@ -473,6 +473,8 @@ class HyParView:
             out.append(NeighborDown(victim))
             self._add_passive(victim)
         self.active.set(peer, None)
+        if len(self.active) > 1:
+            self._refused = False  # out of the one-peer state: a later one starts low again
         out.append(NeighborUp(peer))
         return out
 
@@ -506,8 +508,6 @@ class HyParView:
         nodes: an island of two for 20 s (simulator, 150 nodes, 80 % failed, seed 18). Asking
         high only after a refusal spares full views the evictions when others would accept."""
         n = len(self.active)
-        if n > 1:
-            self._refused = False
         return n == 0 or (n == 1 and self._refused)
 
     def _reconnect(self, now: float) -> list[HvOut]:
