@@ -108,11 +108,11 @@ def test_state_changed_is_reported_for_membership_changes() -> None:
     assert any(isinstance(e, StateChanged) for e in out)
 
 
-def test_a_connection_used_by_rpc_is_pinned_then_closed_once_unused() -> None:
-    """The mesh closes connections no overlay needs after LINGER s; the core keeps one that RPC
-    used within RPC_PIN s, then lets it close. Figures: open at +RPC_PIN-1 s, closed by
-    +RPC_PIN+LINGER+2 s unless an overlay took the peer as a neighbour meanwhile."""
-    sim = Simulator(7, NodeConfig(), NetworkParams(latency=Latency(median=0.01)), services=True)
+def _rpc_pin_run(seed: int) -> tuple[bool, bool]:
+    """One run of the pin scenario below: whether the caller-provider connection is open at the
+    end, and whether an overlay (the realm's or a swarm's, as the mesh counts one when deciding
+    whether a connection lingers) holds the pair then."""
+    sim = Simulator(seed, NodeConfig(), NetworkParams(latency=Latency(median=0.01)), services=True)
     nodes = build_overlay(sim, 30)
     sim.run_for(10.0)
     provider = nodes[20]
@@ -132,5 +132,21 @@ def test_a_connection_used_by_rpc_is_pinned_then_closed_once_unused() -> None:
     sim.run_until(t_call + RPC_PIN - 2)
     assert pair in sim.conns  # pinned: the overlays do not need it, RPC used it recently
     sim.run_until(t_call + RPC_PIN + LINGER + 2)
-    overlay_link = provider.mesh.realm.knows(caller.id) or caller.mesh.realm.knows(provider.id)
-    assert pair not in sim.conns or overlay_link
+    held = provider.mesh.links.needed_by_overlays(caller.id) or caller.mesh.links.needed_by_overlays(provider.id)
+    return pair in sim.conns, held
+
+
+def test_a_connection_used_by_rpc_is_pinned_then_closed_once_unused() -> None:
+    """The mesh closes connections no overlay needs after LINGER s; the core keeps one that RPC
+    used within RPC_PIN s, then lets it close. Figures: open at +RPC_PIN-1 s, closed by
+    +RPC_PIN+LINGER+2 s unless an overlay took the peer as a neighbour meanwhile. Which pairs an
+    overlay links later depends on the seed (with seed 7 the service swarm linked the two once
+    HyParView's priorities changed), so seeds are tried until one shows the close: every run must
+    hold the rule, and one of the five must close the connection."""
+    for seed in (7, 8, 9, 10, 11):
+        is_open, held = _rpc_pin_run(seed)
+        assert not is_open or held, f"seed {seed}: still open with no overlay holding the pair"
+        if not is_open:
+            print(f"seed {seed}: the pinned connection closed once unused")
+            return
+    raise AssertionError("no seed of five left the pair to the pin alone")
