@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from nodekit import node_pair, only_connection
 
 from quicmesh.config import load_config
 from quicmesh.errors import ConfigError
@@ -26,17 +27,11 @@ ROUND_TRIPS = 200
 
 
 async def _pair(ack_delay: float) -> tuple[Node, Node]:
-    ov: dict[str, Any] = {"realm": "acks", "discovery": {"local": False}, "transport": {"ack_delay": ack_delay}}
-    a = await Node.start(load_config(env={}, overrides=ov))
-    b = await Node.start(load_config(env={}, overrides={**ov, "bootstrap": [a.address]}))
-    await eventually(lambda: bool(a.peers() and b.peers()), timeout=20, what="the two nodes connected")
-    return a, b
+    return await node_pair("acks", {"ack_delay": ack_delay})
 
 
 def _proto(node: Node) -> Any:
-    conns = node.transport.connections()
-    assert len(conns) == 1, conns
-    return conns[0]._proto  # type: ignore[attr-defined]
+    return only_connection(node)._proto
 
 
 def _count_datagrams(node: Node) -> Callable[[], int]:

@@ -470,9 +470,9 @@ SECTIONS = {f.name: f for f in dataclasses.fields(NodeConfig) if dataclasses.is_
 
 _ZERO_MEANS_UNLIMITED = frozenset({
     "store.max_log_length", "observability.malloc_trim_interval", "transport.retry_threshold",
-    "failure.probe_interval", "transport.ack_delay",
+    "failure.probe_interval", "transport.ack_delay", "transport.flush_bytes",
 })
-"""Keys that may be 0: no cap, or (``malloc_trim_interval``, ``ack_delay``) off."""
+"""Keys that may be 0: no cap, or (``malloc_trim_interval``, ``ack_delay``, ``flush_bytes``) off."""
 
 
 def validate(cfg: NodeConfig) -> None:

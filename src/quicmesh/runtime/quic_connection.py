@@ -31,6 +31,7 @@ told (which removes it from every table and tells the node if it was published).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from typing import Protocol
@@ -522,6 +523,10 @@ class QuicConnection(SendPath, Connection):
     def abort(self, code: str, error: Exception | None, *, send: bool, reason: str = "") -> None:
         """Close once: release every per-connection structure, tell the host, tell the peer."""
         if self._closed:
+            return
+        if self._writing_early:  # a write failed inside send(): close at the next iteration
+            self._open = False  # nothing more is queued or written meanwhile
+            self._loop.call_soon(functools.partial(self.abort, code, error, send=send, reason=reason))
             return
         in_tls = self._hs.ended_in is hs.Phase.TLS if self._hs.closed else self._hs.phase is hs.Phase.TLS
         self._hs.abort()

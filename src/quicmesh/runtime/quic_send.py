@@ -1,7 +1,9 @@
 """The send path of a :class:`~.quic_connection.QuicConnection` (a mixin): frames are queued and
-written to the QUIC stream once per loop iteration (or at once, :meth:`SendPath.flush_now`);
-the queue plus what qh3 has not sent yet is capped at ``transport.send_buffer_bytes`` (a frame
-beyond it is dropped and counted); :meth:`SendPath.drain` waits for low water."""
+written to the QUIC stream once per loop iteration (or at once, :meth:`SendPath.flush_now`; and
+the iteration's first ``transport.flush_bytes`` as soon as they are queued, so the peer starts on
+them while the rest is made); the queue plus what qh3 has not sent yet is capped at
+``transport.send_buffer_bytes`` (a frame beyond it is dropped and counted); :meth:`SendPath.drain`
+waits for low water."""
 
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ class SendPath:
     _queued: int
     _backlog: int
     _flush_handle: asyncio.Handle | None
+    _wrote_early: bool = False
+    """Whether this iteration's first ``flush_bytes`` were written early (see :meth:`_write_early`)."""
+    _writing_early: bool = False
+    """Set while :meth:`_write_early` writes from inside ``send()``: the connection's ``abort``
+    then closes it at the next iteration instead of under the sender's feet."""
     role: str
     peer_id: NodeId
     _written_total: int = 0
@@ -88,7 +95,23 @@ class SendPath:
         self._queued += n
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
+        if self._queued >= self._cfg.flush_bytes > 0 and not self._wrote_early and self._open:
+            self._write_early()
         return True
+
+    def _write_early(self) -> None:
+        """#14: the iteration's first ``flush_bytes`` are queued: write them now, so the peer
+        works on them while this node produces the rest (64 calls made in one iteration reach
+        the provider in two writes, not one at the end). Once per iteration: the rest still
+        leaves together at its end, in as few datagrams as before. Runs inside ``send()``, so a
+        failing write must not close the connection (and tell the node) there: see
+        ``_writing_early``."""
+        self._wrote_early = True  # until the end-of-iteration flush, still scheduled
+        self._writing_early = True
+        try:
+            self._write_queue()
+        finally:
+            self._writing_early = False
 
     def flush_now(self) -> None:
         """#14: write what is queued now, not at the next loop iteration (nothing else is coming)."""
@@ -99,6 +122,10 @@ class SendPath:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        self._wrote_early = False
+        self._write_queue()
+
+    def _write_queue(self) -> None:
         if not self._open or not self._queue:
             return
         data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
