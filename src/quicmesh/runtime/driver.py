@@ -199,6 +199,7 @@ class NodeDriver(HandlerRunner):
             "node.handler_tasks", config.rpc.max_concurrent_handlers, registry=self.registry
         )
         """Handler tasks (the core admits at most ``rpc.max_concurrent_handlers``)."""
+        self._init_handler_runner()
         self._background: BoundedSet[asyncio.Task[Any]] = BoundedSet(
             "node.background_tasks", _BACKGROUND_CAPACITY, registry=self.registry
         )

@@ -5,12 +5,20 @@ An ``Invoke`` output of the core starts the handler as a task (tracked in ``_run
 ``rpc.max_concurrent_handlers``, cancelled with its peer's connection); its result or error goes
 back to the core (``handler_done``) and the reply is written at once when no other handler is
 running (nothing else will reply in this loop iteration), else with the others at the end of it.
+
+Each handler may run for the timeout its request carries. One timer watches them all (#14): the
+tasks' deadlines wait in a heap (entries of finished tasks are skipped, and pruned once they
+outnumber the running ones), and the timer, armed at the earliest, cancels the tasks past theirs
+and reports them as ``timeout``. A timer per call (``asyncio.timeout``) cost ~4.6 µs of the ~24
+µs a provider spends per call with 64 in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import math
 from collections.abc import Awaitable, Callable, Iterable
 
 from ..bounded import BoundedDict
@@ -34,6 +42,27 @@ class HandlerRunner:
     transport: Transport
     _handlers: dict[str, Handler]
     _running: BoundedDict[tuple[NodeId, int], asyncio.Task[None]]
+    _expiry: list[tuple[float, int, tuple[NodeId, int], asyncio.Task[None]]]
+    _expiry_timer: asyncio.TimerHandle | None
+    _expiry_at: float
+    _timed_out: set[asyncio.Task[None]]
+    _expiry_seq: int
+
+    def _init_handler_runner(self) -> None:
+        """Set up the deadline watch (called once by the driver's constructor)."""
+        self._expiry = []  # bounded: pruned to the running handlers past 2 x their count + 64
+        self._expiry_timer = None
+        self._expiry_at = math.inf
+        self._timed_out = set()  # bounded: running handler tasks only (left when they end)
+        self._expiry_seq = 0
+
+    def _stop_handler_runner(self) -> None:
+        """Drop the deadline watch (the node is stopping; its handler tasks are cancelled)."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        self._expiry_timer = None
+        self._expiry_at = math.inf
+        self._expiry.clear()
 
     def _run(self, effects: Iterable[object]) -> None:
         raise NotImplementedError
@@ -51,16 +80,49 @@ class HandlerRunner:
         task = asyncio.ensure_future(self._run_handler(handler, eff))
         self._running[key] = task
         task.add_done_callback(functools.partial(self._handler_finished, key))
+        self._watch(task.get_loop().time() + eff.timeout, key, task)
 
-    def _handler_finished(self, key: tuple[NodeId, int], _task: asyncio.Task[None]) -> None:
-        self._running.pop(key, None)
+    def _handler_finished(self, key: tuple[NodeId, int], task: asyncio.Task[None]) -> None:
+        if self._running.get(key) is task:
+            self._running.pop(key, None)
+        self._timed_out.discard(task)
+
+    def _watch(self, deadline: float, key: tuple[NodeId, int], task: asyncio.Task[None]) -> None:
+        self._expiry_seq += 1
+        heap = self._expiry
+        heapq.heappush(heap, (deadline, self._expiry_seq, key, task))
+        if len(heap) > 2 * len(self._running) + 64:  # mostly finished handlers: keep the running
+            running = self._running
+            heap[:] = [e for e in heap if running.get(e[2]) is e[3]]
+            heapq.heapify(heap)
+        if deadline < self._expiry_at:
+            self._arm_expiry(deadline, task.get_loop())
+
+    def _arm_expiry(self, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        self._expiry_at = deadline
+        self._expiry_timer = loop.call_at(deadline, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel the handlers past their deadline (reported as ``timeout``); re-arm."""
+        self._expiry_timer = None
+        self._expiry_at = math.inf
+        now = loop.time() + 0.001  # the loop may run a timer up to its clock's resolution early
+        heap, running = self._expiry, self._running
+        while heap and (heap[0][0] <= now or running.get(heap[0][2]) is not heap[0][3]):
+            _, _, key, task = heapq.heappop(heap)
+            if running.get(key) is task and not task.done():
+                self._timed_out.add(task)
+                task.cancel()
+        if heap:
+            self._arm_expiry(heap[0][0], loop)
 
     async def _run_handler(self, handler: Handler, eff: Invoke) -> None:
         result: bytes | None = None
         error: RemoteError | None = None
         try:
-            async with asyncio.timeout(eff.timeout):
-                out = await handler(eff.payload)
+            out = await handler(eff.payload)
             if not isinstance(out, bytes | bytearray | memoryview):
                 error = RemoteError("bad_result", f"handler returned {type(out).__name__}, not bytes")
             else:
@@ -70,9 +132,15 @@ class HandlerRunner:
         except TimeoutError:
             error = RemoteError("timeout", f"handler exceeded {eff.timeout:.3f}s")
         except asyncio.CancelledError:
-            self._running.pop((eff.peer, eff.call_id), None)
-            self.core.handler_done(eff.peer, eff.call_id, None, None, self._now())
-            raise
+            task = asyncio.current_task()
+            if task is None or task not in self._timed_out:  # its peer left, or the node stops
+                self._cancelled(eff)
+                raise
+            self._timed_out.discard(task)
+            if task.uncancel():  # cancelled for another reason too
+                self._cancelled(eff)
+                raise
+            error = RemoteError("timeout", f"handler exceeded {eff.timeout:.3f}s")
         except Exception as exc:
             error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
         # the task leaves the table before the core frees its slot (a new request may take it at once)
@@ -81,6 +149,10 @@ class HandlerRunner:
         self._run(effects)
         if not self._running:  # no other handler will reply in this iteration: write the reply now
             self._flush_now(effects)
+
+    def _cancelled(self, eff: Invoke) -> None:
+        self._running.pop((eff.peer, eff.call_id), None)
+        self.core.handler_done(eff.peer, eff.call_id, None, None, self._now())
 
     def _flush_now(self, effects: Iterable[object]) -> None:
         """Write what ``effects`` sent at once instead of at the next loop iteration."""

@@ -206,6 +206,7 @@ class Node(NodeStatus):
         if self.observability is not None:
             await self.observability.stop()
         await self.gateway.stop()
+        self._stop_handler_runner()
         for task in list(self._background) + list(self._running.values()):
             task.cancel()
         for task in list(self._background) + list(self._running.values()):
