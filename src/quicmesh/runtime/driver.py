@@ -386,7 +386,7 @@ class NodeDriver(HandlerRunner):
         # departure, not a failure: the mesh does not keep re-dialling it as a lost neighbour
         graceful = error is None or conn.close_code in _GRACEFUL_CODES
         for key in [k for k in self._running if k[0] == peer]:
-            self._running[key].cancel()
+            self._cancel_handler(key)
         self._run(self.core.peer_disconnected(peer, now, graceful=graceful))
         self._rearm()
 

@@ -16,7 +16,6 @@ and reports them as ``timeout``. A timer per call (``asyncio.timeout``) cost ~4.
 from __future__ import annotations
 
 import asyncio
-import functools
 import heapq
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -63,6 +62,7 @@ class HandlerRunner:
         self._expiry_timer = None
         self._expiry_at = math.inf
         self._expiry.clear()
+        self._timed_out.clear()
 
     def _run(self, effects: Iterable[object]) -> None:
         raise NotImplementedError
@@ -78,14 +78,17 @@ class HandlerRunner:
             self._run(self.core.handler_done(eff.peer, eff.call_id, None, refusal, self._now()))
             return
         task = asyncio.ensure_future(self._run_handler(handler, eff))
+        # no done callback: it cost every call a loop iteration of its own. The task leaves
+        # the table in _run_handler, or where it is cancelled (_cancel_handler).
         self._running[key] = task
-        task.add_done_callback(functools.partial(self._handler_finished, key))
         self._watch(task.get_loop().time() + eff.timeout, key, task)
 
-    def _handler_finished(self, key: tuple[NodeId, int], task: asyncio.Task[None]) -> None:
-        if self._running.get(key) is task:
-            self._running.pop(key, None)
-        self._timed_out.discard(task)
+    def _cancel_handler(self, key: tuple[NodeId, int]) -> None:
+        """Cancel a running handler (its caller's connection went): it replies nothing."""
+        task = self._running.pop(key, None)
+        if task is not None:
+            self._timed_out.discard(task)
+            task.cancel()
 
     def _watch(self, deadline: float, key: tuple[NodeId, int], task: asyncio.Task[None]) -> None:
         self._expiry_seq += 1
@@ -145,6 +148,8 @@ class HandlerRunner:
             error = RemoteError("handler_error", f"{type(exc).__name__}: {exc}"[:1000])
         # the task leaves the table before the core frees its slot (a new request may take it at once)
         self._running.pop((eff.peer, eff.call_id), None)
+        if self._timed_out:  # it may have caught the watch's cancellation and finished anyway
+            self._timed_out.discard(asyncio.current_task())
         effects = self.core.handler_done(eff.peer, eff.call_id, result, error, self._now())
         self._run(effects)
         if not self._running:  # no other handler will reply in this iteration: write the reply now
