@@ -111,6 +111,16 @@ class LruMap(_Bounded, Generic[K, V]):
         Raises :class:`~quicmesh.errors.ContainerFull` when refused by ``REJECT``.
         A value that alone exceeds ``capacity_bytes`` is always refused.
         """
+        data = self._data
+        if self._unsized and (key in data or len(data) < self._capacity):
+            # the common case (#14): no byte accounting, and room or a replacement
+            data[key] = value
+            data.move_to_end(key)
+            if len(data) > self._peak:
+                self._peak = len(data)
+            if self._watch is not None:
+                self._watch.dirty = True
+            return True
         size = self._sizeof(value)
         old = self._data.get(key, _MISSING)
         old_size = self._sizeof(old) if old is not _MISSING else 0
@@ -278,6 +288,12 @@ class TtlMap(_Bounded, Generic[K, V]):
         entry = self._data.get(key)
         return None if entry is None else entry[1]
 
+    def live(self, key: K, now: float) -> V | None:
+        """The value for ``key`` if its deadline is after ``now`` (an expired entry may still be
+        held until :meth:`expire`), else ``None``."""
+        entry = self._data.get(key)
+        return entry[0] if entry is not None and entry[1] > now else None
+
     def set(self, key: K, value: V, now: float, ttl: float | None = None) -> bool:
         """Insert or replace ``key``, expiring at ``now + ttl`` (default: the map's ttl).
 
@@ -287,6 +303,22 @@ class TtlMap(_Bounded, Generic[K, V]):
         life = self.ttl if ttl is None else float(ttl)
         if not life > 0:
             raise ValueError(f"{self._name}: ttl must be positive, got {ttl!r}")
+        data = self._data
+        if self._unsized and len(data) < self._capacity and key not in data:
+            # the common case (#14): a new key, room for it, no byte accounting
+            serial = next(self._serial)
+            deadline = now + life
+            data[key] = (value, deadline, serial, 0)
+            heapq.heappush(self._heap, (deadline, serial, key))
+            if len(data) > self._peak:
+                self._peak = len(data)
+            self._maybe_compact()
+            earliest = self._earliest
+            if earliest is None or deadline < earliest:
+                self._earliest = deadline
+                if self._watch is not None:
+                    self._watch.dirty = True
+            return True
         size = self._sizeof(value)
         old = self._data.get(key)
         old_size = old[3] if old is not None else 0

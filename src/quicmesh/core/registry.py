@@ -62,6 +62,7 @@ providers of entries held are marked; a mark ends with the provider's last entry
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from random import Random
@@ -99,6 +100,7 @@ __all__ = [
 ]
 
 _MIN_TTL = 0.001
+_raw = operator.attrgetter("raw")  # providers in node-id order: the choice among them is seeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +253,10 @@ class Registry:
 
     def providers(self, name: str, now: float) -> list[Entry]:
         """Live, unsuspected entries of ``name`` (this node's own included), by provider id."""
-        return [e for e in self._live(name, now) if not self.is_suspect(e.provider, now)]
+        live = self._live(name, now)
+        if not self._suspects:
+            return live
+        return [e for e in live if not self.is_suspect(e.provider, now)]
 
     def names(self) -> list[str]:
         """The names this node holds entries for (expired ones included until the next sweep)."""
@@ -278,12 +283,11 @@ class Registry:
         provs = self._by_name.peek(name)
         if not provs:
             return []
+        entries = self._entries
         out: list[Entry] = []
-        for p in sorted(provs, key=lambda n: n.raw):
-            key = (p, name)
-            d = self._entries.deadline(key)
-            e = self._entries.get(key)
-            if e is not None and d is not None and d > now:
+        for p in sorted(provs, key=_raw) if len(provs) > 1 else provs:
+            e = entries.live((p, name), now)
+            if e is not None:
                 out.append(e)
         return out
 
