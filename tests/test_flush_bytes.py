@@ -65,8 +65,9 @@ async def test_frames_reach_quic_within_the_iteration_once_flush_bytes_are_queue
 
 
 async def test_calls_framed_across_many_early_writes_all_come_back_right() -> None:
-    """A tiny ``flush_bytes`` (256: a write every ~2 requests) keeps the stream's framing and
-    every reply matched to its call: 300 calls, 64 at a time, each answered with its own payload."""
+    """A tiny ``flush_bytes`` (256: each iteration's first ~2 requests or replies are written
+    early, the rest at its end) keeps the stream's framing and every reply matched to its call:
+    300 calls, 64 at a time, each answered with its own payload."""
     a, b = await _pair(256)
     try:
         async def echo(payload: bytes) -> bytes:
