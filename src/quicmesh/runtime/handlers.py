@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import math
 from collections.abc import Awaitable, Callable, Iterable
 
 from ..bounded import BoundedDict
@@ -43,7 +42,6 @@ class HandlerRunner:
     _running: BoundedDict[tuple[NodeId, int], asyncio.Task[None]]
     _expiry: list[tuple[float, int, tuple[NodeId, int], asyncio.Task[None]]]
     _expiry_timer: asyncio.TimerHandle | None
-    _expiry_at: float
     _timed_out: set[asyncio.Task[None]]
     _expiry_seq: int
 
@@ -51,7 +49,6 @@ class HandlerRunner:
         """Set up the deadline watch (called once by the driver's constructor)."""
         self._expiry = []  # bounded: pruned to the running handlers past 2 x their count + 64
         self._expiry_timer = None
-        self._expiry_at = math.inf
         self._timed_out = set()  # bounded: running handler tasks only (left when they end)
         self._expiry_seq = 0
 
@@ -60,7 +57,6 @@ class HandlerRunner:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
         self._expiry_timer = None
-        self._expiry_at = math.inf
         self._expiry.clear()
         self._timed_out.clear()
 
@@ -98,19 +94,18 @@ class HandlerRunner:
             running = self._running
             heap[:] = [e for e in heap if running.get(e[2]) is e[3]]
             heapq.heapify(heap)
-        if deadline < self._expiry_at:
+        timer = self._expiry_timer
+        if timer is None or deadline < timer.when():
             self._arm_expiry(deadline, task.get_loop())
 
     def _arm_expiry(self, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
-        self._expiry_at = deadline
         self._expiry_timer = loop.call_at(deadline, self._expire, loop)
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """Cancel the handlers past their deadline (reported as ``timeout``); re-arm."""
         self._expiry_timer = None
-        self._expiry_at = math.inf
         now = loop.time() + 0.001  # the loop may run a timer up to its clock's resolution early
         heap, running = self._expiry, self._running
         while heap and (heap[0][0] <= now or running.get(heap[0][2]) is not heap[0][3]):
