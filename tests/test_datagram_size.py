@@ -6,6 +6,7 @@ both ways, from the first packet; other paths keep QUIC's usual sizes (see
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -72,6 +73,28 @@ def test_local_configuration_never_shrinks_and_respects_the_limit() -> None:
 ])
 def test_is_local(host: str, local: bool) -> None:
     assert qa.is_local(host) is local
+
+
+def test_the_loopback_mtu_is_read_again_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A light client's connect read the loopback MTU twice (a socket each, #14): a read is now
+    reused for ``_MTU_FRESH`` seconds, then the kernel is asked again (a changed MTU shows)."""
+    reads: list[int] = []
+    clock = [1000.0]
+
+    def read() -> int:
+        reads.append(1)
+        return 9000 + len(reads)
+
+    monkeypatch.setattr(qa, "_read_loopback_mtu", read)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(qa, "_mtu_read", None)
+    assert [qa._loopback_mtu() for _ in range(5)] == [9001] * 5 and len(reads) == 1
+    clock[0] += qa._MTU_FRESH - 0.01
+    assert qa._loopback_mtu() == 9001 and len(reads) == 1
+    clock[0] += 0.02
+    assert qa._loopback_mtu() == 9002 and len(reads) == 2
+    clock[0] -= 5.0  # a clock that went back does not pin an old read
+    assert qa._loopback_mtu() == 9003 and len(reads) == 3
 
 
 @pytest.mark.parametrize("size", [0, 1199, 65528, 100_000])

@@ -65,6 +65,16 @@ class NodeId:
         if not isinstance(self.raw, bytes) or len(self.raw) != _NODE_ID_LEN:
             raise InvalidNodeId(f"a node id is {_NODE_ID_LEN} bytes, got {self.raw!r:.80}")
 
+    # Written out (#14): node ids key most of a node's tables, hashed ~10 times per message or
+    # call; the generated methods built a one-element tuple per call (the bytes cache their hash).
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is NodeId:
+            return self.raw == other.raw
+        return NotImplemented
+
     @classmethod
     def parse(cls, text: str) -> NodeId:
         """Parse the base32 text form. Raises :class:`InvalidNodeId` on any malformed input.

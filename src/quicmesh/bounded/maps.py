@@ -309,10 +309,13 @@ class TtlMap(_Bounded, Generic[K, V]):
             serial = next(self._serial)
             deadline = now + life
             data[key] = (value, deadline, serial, 0)
-            heapq.heappush(self._heap, (deadline, serial, key))
-            if len(data) > self._peak:
-                self._peak = len(data)
-            self._maybe_compact()
+            heap = self._heap
+            heapq.heappush(heap, (deadline, serial, key))
+            n = len(data)
+            if n > self._peak:
+                self._peak = n
+            if len(heap) > 2 * n + 64:
+                self._maybe_compact()
             earliest = self._earliest
             if earliest is None or deadline < earliest:
                 self._earliest = deadline
@@ -372,7 +375,8 @@ class TtlMap(_Bounded, Generic[K, V]):
         if entry is None:
             return default
         self._bytes -= entry[3]
-        self._maybe_compact()
+        if len(self._heap) > 2 * len(self._data) + 64:
+            self._maybe_compact()
         earliest = self._earliest
         if earliest is not None and entry[1] <= earliest:
             self._reseek()

@@ -459,12 +459,13 @@ class Caller:
 
     def _cleanup(self, call: _Call) -> None:
         self._calls.pop(call.call_id)
-        self._dial_timers.pop(call.call_id)
         if call.rpc_id is not None:
             self.rpc.cancel(call.rpc_id)
             call.rpc_id = None
-        if call.peer is not None:
-            self._drop_dial_waiter(call.peer, call.call_id)
+        if call.state == "dial":  # only a call waiting on a dial holds a dial timer and a waiter entry
+            self._dial_timers.pop(call.call_id)
+            if call.peer is not None:
+                self._drop_dial_waiter(call.peer, call.call_id)
         if call.looked_up:
             self.registry.cancel_lookup(call.name, call.call_id)
         call.state = "done"

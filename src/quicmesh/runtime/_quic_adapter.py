@@ -44,6 +44,7 @@ import logging
 import socket
 import ssl
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -215,9 +216,24 @@ class _Dialer(QuicConnection):
         return bridge
 
 
+_MTU_FRESH = 1.0
+"""Seconds a read of the loopback MTU is reused (a light client's connect read it twice, four
+system calls each; an ``ip link set lo mtu`` shows within this)."""
+_mtu_read: tuple[float, int | None] | None = None
+
+
 def _loopback_mtu() -> int | None:
     """The kernel's path MTU towards 127.0.0.1 (``IP_MTU`` of a connected UDP socket: the
-    loopback interface's MTU, 65,536 unless set otherwise); ``None`` where unknown (not Linux)."""
+    loopback interface's MTU, 65,536 unless set otherwise); ``None`` where unknown (not Linux).
+    Read again once the last read is ``_MTU_FRESH`` seconds old."""
+    global _mtu_read
+    now = time.monotonic()
+    if _mtu_read is None or not 0 <= now - _mtu_read[0] < _MTU_FRESH:
+        _mtu_read = (now, _read_loopback_mtu())
+    return _mtu_read[1]
+
+
+def _read_loopback_mtu() -> int | None:
     if not sys.platform.startswith("linux"):
         return None
     option = getattr(socket, "IP_MTU", 14)  # <linux/in.h>; Python's socket module lacks the name
@@ -243,6 +259,7 @@ def local_configuration(configuration: QuicConfiguration, limit: int) -> QuicCon
     return qc
 
 
+@functools.lru_cache(maxsize=256)  # bounded: 256 host strings (parsing one costs ~5 µs)
 def is_local(host: str) -> bool:
     """Whether ``host`` (a numeric address) is a loopback address of this host (IPv4-mapped
     IPv6 included), whose path is the loopback interface."""

@@ -38,6 +38,7 @@ class HandlerRunner:
 
     core: NodeCore
     transport: Transport
+    _loop: asyncio.AbstractEventLoop | None
     _handlers: dict[str, Handler]
     _running: BoundedDict[tuple[NodeId, int], asyncio.Task[None]]
     _expiry: list[tuple[float, int, tuple[NodeId, int], asyncio.Task[None]]]
@@ -73,11 +74,15 @@ class HandlerRunner:
             refusal = RemoteError("no_handler", eff.name, retryable=True)
             self._run(self.core.handler_done(eff.peer, eff.call_id, None, refusal, self._now()))
             return
-        task = asyncio.ensure_future(self._run_handler(handler, eff))
+        loop = self._loop
+        assert loop is not None  # the driver started: messages arrive
+        # the loop's create_task, not ensure_future: on Python 3.11 that looks the loop up, a
+        # getpid() system call per call
+        task = loop.create_task(self._run_handler(handler, eff))
         # no done callback: it cost every call a loop iteration of its own. The task leaves
         # the table in _run_handler, or where it is cancelled (_cancel_handler).
         self._running[key] = task
-        self._watch(task.get_loop().time() + eff.timeout, key, task)
+        self._watch(loop.time() + eff.timeout, key, task)
 
     def _cancel_handler(self, key: tuple[NodeId, int]) -> None:
         """Cancel a running handler (its caller's connection went): it replies nothing."""
