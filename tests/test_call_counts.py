@@ -1,0 +1,47 @@
+"""#14: the request paths held to a budget of Python function calls (``bench/call_counts.py``).
+
+Timings on this shared machine cannot resolve a change of a few percent; the number of Python
+calls an operation makes does not depend on the load (two runs agree within 1 %), and a call is
+worth ~0.1-0.3 µs of CPU here. Each budget is ~15 % above the count measured when it was set
+(2026-12-05, commit ``b9f3db0``, 300 operations each: pub/sub round trip 1,800, RPC call 910, with 64 in flight 396,
+a 64-byte message 27, a light-client cycle 11,100, both ends together), so a change that adds a
+layer to a hot path fails here and one that trims a path can lower its budget.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+BUDGETS = {
+    "pubsub_round_trip": 2_070,
+    "rpc_call": 1_050,
+    "rpc_call_64_in_flight": 455,
+    "publish_64B_delivered": 31,
+    "light_client_cycle": 12_800,
+}
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("quicmesh_bench_call_counts", BENCH / "call_counts.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="budgets counted on CPython 3.11's asyncio")
+async def test_hot_paths_stay_within_their_call_budgets() -> None:
+    res = await _bench().measure(200)
+    assert set(res) == set(BUDGETS)
+    for name, budget in BUDGETS.items():
+        r = res[name]
+        calls = r["calls_per_op"]
+        print(f"{name}: {calls:,.1f} Python calls per operation (budget {budget:,}); top: {r['top_modules']}")
+        assert r["operations"] >= 5, (name, r)
+        assert 0.3 * budget < calls <= budget, f"{name}: {calls:,.1f} calls per operation, budget {budget:,}"
