@@ -320,7 +320,10 @@ class Trust:
     def __init__(self, realm: Realm, *, certificate: Certificate | None = None,
                  revocations: RevocationList | None = None, registry: ContainerRegistry | None = None,
                  capacity: int = 4096) -> None:
-        self.realm = realm
+        self._realm = realm
+        self.open: bool = realm.open
+        """Whether the realm is open (no authority, no certificates); fixed with the realm (a plain
+        attribute: it is read on every message and call, #14)."""
         self.certificate = certificate
         self.revocations = revocations
         self._certs: LruMap[bytes, Certificate] = LruMap("trust.certificates", capacity, registry=registry)
@@ -337,9 +340,9 @@ class Trust:
         return cls(Realm(name), registry=registry)
 
     @property
-    def open(self) -> bool:
-        """Whether the realm is open (no authority, no certificates)."""
-        return self.realm.open
+    def realm(self) -> Realm:
+        """The realm (fixed for this object's life)."""
+        return self._realm
 
     @property
     def wire_id(self) -> str:

@@ -131,8 +131,7 @@ class Node(NodeStatus):
         transport (tests); the default is QUIC.
         """
         config = config or NodeConfig()
-        if keypair is None:
-            keypair = _load_keypair(config)
+        keypair = _load_keypair(config) if keypair is None else keypair
         node = cls(config, keypair, network=network, rng=rng)
         await node._start()
         return node
@@ -507,13 +506,14 @@ class Node(NodeStatus):
         local = self._handlers.get(name)
         if local is not None:  # this node provides it: no network, same error contract
             return await self._call_local(name, local, bytes(payload), total)
-        deadline = self._now() + total
-        if self.config.bootstrap and not self.mesh.realm.active and not self.services.providers(name, self._now()):
+        deadline = (now := self._now()) + total  # the clock read once on the way in (#14)
+        if self.config.bootstrap and not self.mesh.realm.active and not self.services.providers(name, now):
             # not joined yet: there is nobody to ask for providers; wait (within the deadline)
             with contextlib.suppress(TimeoutError):
                 await self.wait_until(lambda: bool(self.mesh.realm.active), total)
+            now = self._now()
         try:
-            return await self._call_planned(name, bytes(payload), max(deadline - self._now(), 1e-3))
+            return await self._call_planned(name, bytes(payload), max(deadline - now, 1e-3), now)
         except NoProvider as first:
             # The neighbours asked may have known nothing yet (a node that just joined has
             # just-joined neighbours): give the realm a little time to tell us, then try once more.
@@ -526,10 +526,10 @@ class Node(NodeStatus):
                 raise first from first.__cause__  # keeps its cause (what the last attempt met)
             return await self._call_planned(name, bytes(payload), max(deadline - self._now(), 1e-3))
 
-    async def _call_planned(self, name: str, payload: bytes, timeout: float) -> bytes:
+    async def _call_planned(self, name: str, payload: bytes, timeout: float, now: float | None = None) -> bytes:
         assert self._loop is not None
         fut: asyncio.Future[bytes] = self._loop.create_future()
-        call_id, outs = self.core.call(name, payload, timeout, self._now(), fut)
+        call_id, outs = self.core.call(name, payload, timeout, self._now() if now is None else now, fut)
         self._run(outs)
         self._rearm()
         try:
