@@ -174,7 +174,13 @@ async def test_nated_nodes_reach_each_other_through_relays(lab: Lab) -> None:
         still = next(p["path"] for p in (await _relay(n1))["peers"] if p["address"] == doc2["announced"][0])
         print(f"random-fully NAT: punch failures {hp['failures']} ({hp['failures_by_reason']}), "
               f"successes {hp['successes']}; h1 -> h2 path still {still.split(':')[0]}")
-        assert still.startswith("relayed:") and hp["successes"] == 0
+        # h1's own punches towards h2, from its punch trace: none succeeded (the counters cover
+        # every peer h1 punched with; CI saw "successes 1" twice with h1 -> h2 still relayed)
+        h2_id = doc2["announced"][0].rpartition("/")[2]
+        to_h2 = [t for t in hp["trace"] if f"PunchDone(peer=NodeId({h2_id})" in t]
+        if hp["successes"]:
+            print("h1's punch trace:", *hp["trace"], sep="\n  ")
+        assert still.startswith("relayed:") and to_h2 and not any("ok=True" in t for t in to_h2), to_h2
         # h3 sits behind an endpoint-independent NAT and announces only relayed addresses: h1
         # meets it through a relay, and the punch through that relay moves them to a direct path
         n3 = await lab.spawn(h3, "h3", bootstrap=[boot.address], extra=[*via, "--relay-mode", "always"], env=FAST)
