@@ -524,12 +524,12 @@ class Node(NodeStatus):
                 await self.wait_for_provider(name, budget)
             except TimeoutError:
                 raise first from first.__cause__  # keeps its cause (what the last attempt met)
-            return await self._call_planned(name, bytes(payload), max(deadline - self._now(), 1e-3))
+            return await self._call_planned(name, bytes(payload), max(deadline - (now := self._now()), 1e-3), now)
 
-    async def _call_planned(self, name: str, payload: bytes, timeout: float, now: float | None = None) -> bytes:
+    async def _call_planned(self, name: str, payload: bytes, timeout: float, now: float) -> bytes:
         assert self._loop is not None
         fut: asyncio.Future[bytes] = self._loop.create_future()
-        call_id, outs = self.core.call(name, payload, timeout, self._now() if now is None else now, fut)
+        call_id, outs = self.core.call(name, payload, timeout, now, fut)
         self._run(outs)
         self._rearm()
         try:
