@@ -37,10 +37,11 @@ def _true_earliest(m: TtlMap[int, int]) -> float | None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(_OPS, st.integers(1, 6))
+@given(_OPS, st.integers(1, 6), st.sampled_from([0.0, 0.5]))
 def test_ttl_map_next_deadline_is_the_earliest_live_deadline_and_marks_its_watch(
-        ops: list[tuple[str, int, float, float]], capacity: int) -> None:
-    m: TtlMap[int, int] = TtlMap("t", capacity, 1.0, registry=ContainerRegistry("t"))
+        ops: list[tuple[str, int, float, float]], capacity: int, granularity: float) -> None:
+    m: TtlMap[int, int] = TtlMap("t", capacity, 1.0, registry=ContainerRegistry("t"),
+                                 touch_granularity=granularity)
     w = Watch()
     m.watch(w)
     now = 0.0

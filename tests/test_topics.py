@@ -84,8 +84,12 @@ def test_in_order_passes_through_and_reordered_is_restored(registry: ContainerRe
     assert seqs(o.offer(arr(P, 3), 0.2)) == []
     assert seqs(o.offer(arr(P, 1), 0.3)) == [1, 2, 3]
     assert o.gap_timers.next_deadline() is None  # no gap left to wait for
-    assert o.next_deadline() == pytest.approx(0.3 + 600.0)  # only the idle expiry of P's state
-    assert seqs(o.offer(arr(Q, 0), 0.4)) == [0]  # publishers are independent
+    # only the idle expiry of P's state, renewed at 0.0: the messages less than a second after
+    # did not move it (#14: renewed once a second, not per message)
+    assert o.next_deadline() == pytest.approx(0.0 + 600.0)
+    assert seqs(o.offer(arr(P, 4), 1.5)) == [4]
+    assert o.next_deadline() == pytest.approx(1.5 + 600.0)  # a second or more later: renewed
+    assert seqs(o.offer(arr(Q, 0), 1.6)) == [0]  # publishers are independent
 
 
 def test_gap_is_given_up_after_timeout_and_late_message_dropped(registry: ContainerRegistry) -> None:

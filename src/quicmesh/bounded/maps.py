@@ -212,9 +212,12 @@ class TtlMap(_Bounded, Generic[K, V]):
         sizeof: Callable[[V], int] | None = None,
         on_evict: Callable[[K, V], None] | None = None,
         registry: ContainerRegistry | None = None,
+        touch_granularity: float = 0.0,
     ) -> None:
         if not ttl > 0:
             raise ValueError(f"{name}: ttl must be positive, got {ttl!r}")
+        if not touch_granularity >= 0:
+            raise ValueError(f"{name}: touch_granularity must be >= 0, got {touch_granularity!r}")
         super().__init__(
             name, capacity, overflow, capacity_bytes=capacity_bytes, sizeof=sizeof, registry=registry
         )
@@ -229,6 +232,11 @@ class TtlMap(_Bounded, Generic[K, V]):
         """The earliest deadline of a live entry (``None``: empty), exact at all times: an insert
         lowers it, and removing the entry that held it re-seeks it (:meth:`_reseek`)."""
         self._watch: Watch | None = None
+        self.touch_granularity = float(touch_granularity)
+        """A :meth:`touch` that would move an entry's deadline later by less than this leaves it
+        as it is (#14): an idle timeout of minutes renewed by every message then moves the map's
+        earliest deadline, and its owner's timer, once per ``touch_granularity`` rather than per
+        message, and the entry expires at most this much before ``ttl`` after its last touch."""
 
     def watch(self, w: Watch) -> None:
         """Set ``w.dirty`` whenever :meth:`next_deadline` changes."""
@@ -304,11 +312,17 @@ class TtlMap(_Bounded, Generic[K, V]):
         if not life > 0:
             raise ValueError(f"{self._name}: ttl must be positive, got {ttl!r}")
         data = self._data
-        if self._unsized and len(data) < self._capacity and key not in data:
-            # the common case (#14): a new key, room for it, no byte accounting
+        size = 0
+        if len(data) < self._capacity and key not in data and (
+                self._unsized or self._capacity_bytes is None
+                or self._bytes + (size := self._sizeof(value)) <= self._capacity_bytes):
+            # the common case (#14): a new key with room for it (in entries and bytes)
+            if not self._unsized and self._capacity_bytes is None:
+                size = self._sizeof(value)
             serial = next(self._serial)
             deadline = now + life
-            data[key] = (value, deadline, serial, 0)
+            data[key] = (value, deadline, serial, size)
+            self._bytes += size
             heap = self._heap
             heapq.heappush(heap, (deadline, serial, key))
             n = len(data)
@@ -322,7 +336,7 @@ class TtlMap(_Bounded, Generic[K, V]):
                 if self._watch is not None:
                     self._watch.dirty = True
             return True
-        size = self._sizeof(value)
+        size = self._sizeof(value) if not self._unsized else 0
         old = self._data.get(key)
         old_size = old[3] if old is not None else 0
         count_after = len(self._data) + (0 if old is not None else 1)
@@ -363,10 +377,16 @@ class TtlMap(_Bounded, Generic[K, V]):
         return True
 
     def touch(self, key: K, now: float, ttl: float | None = None) -> bool:
-        """Refresh ``key``'s deadline; ``False`` when absent."""
+        """Refresh ``key``'s deadline to ``now + ttl``; ``False`` when absent. With a
+        :attr:`touch_granularity`, a deadline that would move later by less than it is kept."""
         entry = self._data.get(key)
         if entry is None:
             return False
+        step = self.touch_granularity
+        if step:
+            life = self.ttl if ttl is None else float(ttl)
+            if life > 0 and 0.0 <= now + life - entry[1] < step:
+                return True
         return self.set(key, entry[0], now, ttl)
 
     def pop(self, key: K, default: D | None = None) -> V | D | None:

@@ -153,16 +153,16 @@ class Plumtree:
         self.missing: TtlMap[bytes, tuple[tuple[NodeId, int], ...]] = TtlMap(
             "plumtree.missing", cap, config.payload_cache_ttl, registry=registry
         )
-        self.graft_timers: TtlMap[bytes, None] = TtlMap(
-            "plumtree.graft_timers", cap, config.graft_timeout_1, registry=registry
-        )
+        self.graft_timers: TtlMap[bytes, None] = TtlMap("plumtree.graft_timers", cap, config.graft_timeout_1,
+                                                        registry=registry)
         self.graft_tries: TtlMap[bytes, int] = TtlMap(
             "plumtree.graft_tries", cap, config.payload_cache_ttl, registry=registry
         )
         self.trees: LruMap[bytes, set[NodeId]] = LruMap("plumtree.trees", config.tree_publishers, registry=registry)
         """Per publisher: the neighbours lazy for its messages (see the module docstring)."""
         self.tree_used: TtlMap[bytes, None] = TtlMap(
-            "plumtree.tree_used", config.tree_publishers, config.publisher_idle_ttl, registry=registry)
+            "plumtree.tree_used", config.tree_publishers, config.publisher_idle_ttl, registry=registry,
+            touch_granularity=min(1.0, config.publisher_idle_ttl / 100))
         """Publishers whose messages passed lately: a tree unused for ``gossip.publisher_idle_ttl``
         (a departed publisher's) is dropped, as its ordering state is."""
         self.received_from: TtlMap[bytes, tuple[NodeId, int, bytes]] = TtlMap(
@@ -173,15 +173,13 @@ class Plumtree:
         self.answered: TtlMap[tuple[bytes, NodeId], None] = TtlMap(
             "plumtree.grafts_answered", cap, GRAFT_ANSWER_INTERVAL, registry=registry)
         """(id, peer) GRAFTs answered lately (see ``GRAFT_ANSWER_INTERVAL``)."""
-        self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque(
-            "plumtree.ihave_queue", 4 * cap, registry=registry
-        )
+        self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque("plumtree.ihave_queue", 4 * cap,
+                                                                                  registry=registry)
         self._watch = Watch()
         self._ihave_deadline: float | None = None
         self.next_reannounce = 0.0
-        self.reannounce: BoundedDeque[tuple[float, bytes, NodeId | None]] = BoundedDeque(
-            "plumtree.reannounce", cap, registry=registry
-        )
+        self.reannounce: BoundedDeque[tuple[float, bytes, NodeId | None]] = BoundedDeque("plumtree.reannounce", cap,
+                                                                                          registry=registry)
         self.counters = {  # bounded: fixed keys
             "received": 0, "duplicates": 0, "grafts_sent": 0, "prunes_sent": 0, "too_large": 0,
             "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0, "grafts_abandoned": 0, "rejected": 0,
@@ -314,11 +312,9 @@ class Plumtree:
                     self._make_lazy(sender, pub)
                     out.append(HvSend(sender, MPrune(self.swarm, pub)))
                 break
-        fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, msg.hops + 1,
-                      msg.sig, msg.cert)
         self.caches.keep(mid, msg, now, checked=not deferred)
         self.received_from.set(mid, (sender, msg.hops, pub), now)
-        out += self._push(mid, fwd, sender, now)
+        out += self._push(mid, msg, sender, now, forward=True)
         return out, self._arrived(msg)
 
     def _on_ihave(self, sender: NodeId, msg: MIHave, now: float) -> list[HvSend]:
@@ -554,20 +550,31 @@ class Plumtree:
     def _arrived(self, msg: MGossip) -> Arrived:
         return Arrived(self.swarm, msg.topic, NodeId(msg.publisher), msg.epoch, msg.seq, msg.payloads, msg.hops)
 
-    def _push(self, mid: bytes, msg: MGossip, sender: NodeId | None, now: float) -> list[HvSend]:
+    def _push(self, mid: bytes, msg: MGossip, sender: NodeId | None, now: float, *,
+              forward: bool = False) -> list[HvSend]:
+        """``msg`` to the eager neighbours, announced to the lazy; ``forward``: received, it goes one
+        hop further (#14: the copy saying so is made only when a neighbour takes it)."""
         out: list[HvSend] = []
+        hops = msg.hops + 1 if forward else msg.hops
+        fwd: MGossip | None = None if forward else msg
         lazy = self._lazy_for(msg.publisher)
-        self.tree_used.set(msg.publisher, None, now)
+        if not self.tree_used.touch(msg.publisher, now):  # #14: renewed once a second, not per batch
+            self.tree_used.set(msg.publisher, None, now)
         for p in (*self.eager.keys(), *self.lazy.keys()):
             if p == sender:
                 continue
             if p in lazy:
-                self._queue_ihave(p, mid, msg.hops, now)
+                self._queue_ihave(p, mid, hops, now)
             else:
-                out.append(HvSend(p, msg))
+                fwd = fwd or MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, hops,
+                                     msg.sig, msg.cert)
+                out.append(HvSend(p, fwd))
         self.counters["payloads_sent"] += len(out)
-        self.reannounce.append((now + REANNOUNCE_DELAY, mid, sender))
-        self._watch.dirty = True  # the re-announcement deadline (not a container the watch sees)
+        queue = self.reannounce
+        head = queue.peekleft() if queue else None
+        queue.append((now + REANNOUNCE_DELAY, mid, sender))
+        if head is None or queue.peekleft() is not head:  # the re-announcement deadline reads the head
+            self._watch.dirty = True
         return out
 
     def _queue_ihave(self, peer: NodeId, mid: bytes, hops: int, now: float) -> None:

@@ -7,7 +7,10 @@ from .membership import HyParView
 from .plumtree import Plumtree
 from .topics import Pattern
 
-__all__ = ["Swarm", "SwarmWatch"]
+__all__ = ["LAST_PUBLISH_STEP", "Swarm", "SwarmWatch"]
+
+LAST_PUBLISH_STEP = 1.0
+"""Seconds: the granularity of :attr:`Swarm.last_publish` (see there)."""
 
 
 class SwarmWatch(Watch):
@@ -82,10 +85,15 @@ class Swarm:
 
     @property
     def last_publish(self) -> float:
-        """When this node last published to the swarm (setting it marks :attr:`watch`)."""
+        """When this node last published to the swarm, to within :data:`LAST_PUBLISH_STEP`
+        (setting it marks :attr:`watch`). #14: a publish less than that after the value kept
+        leaves it, so a swarm published to per message is not recomputed per message; a
+        publish-only swarm's linger then ends at most that much early."""
         return self._last_publish
 
     @last_publish.setter
     def last_publish(self, t: float) -> None:
+        if 0.0 <= t - self._last_publish < LAST_PUBLISH_STEP:
+            return
         self._last_publish = t
         self.watch.dirty = True

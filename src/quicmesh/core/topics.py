@@ -121,10 +121,12 @@ class Ordering(Tracked):
         super().__init__("topics.reorder_buffer", self.max_buffered, registry=registry)
         self.buffered = 0
         self.states: TtlMap[tuple[str, NodeId], _PubState] = TtlMap(
-            "topics.publishers", max_publishers, idle_ttl, registry=registry, on_evict=self._evicted
+            "topics.publishers", max_publishers, idle_ttl, registry=registry, on_evict=self._evicted,
+            touch_granularity=min(1.0, idle_ttl / 100),
         )
-        """Per-(swarm, publisher) state, dropped ``idle_ttl`` after its last message (or, when
-        full, the one closest to that)."""
+        """Per-(swarm, publisher) state, dropped ``idle_ttl`` after its last message (to within
+        1 s or 1 %: renewed at that granularity, not per message; #14), or, when full, the one
+        closest to that."""
         self.gap_timers: TtlMap[tuple[str, NodeId], None] = TtlMap(
             "topics.gap_timers", max_publishers, gap_timeout, registry=registry
         )
