@@ -531,6 +531,8 @@ class Node(NodeStatus):
         fut: asyncio.Future[bytes] = self._loop.create_future()
         call_id, outs = self.core.call(name, payload, timeout, now, fut)
         self._run(outs)
+        if self.core.caller.pending == 1:  # #14: no other call in flight (as for a handler's reply)
+            self._flush_now(outs)  # nothing else is coming: the request leaves now, not after the iteration
         self._rearm()
         try:
             return await fut
@@ -558,11 +560,9 @@ class Node(NodeStatus):
 
         While the handle (or any watcher or map of the name) is open, the name is replicated with
         the connected peers interested in it. Raises :class:`~quicmesh.errors.LimitExceeded` past
-        ``store.max_interests`` names.
-        """
+        ``store.max_interests`` names."""
         self._check_open()
-        handle = self.logs.open_log(name)
-        handle.permit = self.core.guard.check_own
+        (handle := self.logs.open_log(name)).permit = self.core.guard.check_own
         return handle
 
     def watch_log(self, name: str, *, queue_size: int | None = None, replay: bool = False) -> LogWatch:
