@@ -13,6 +13,7 @@ from quicmesh.testing.scenarios import BroadcastScenario, MassiveFailureScenario
 
 LARGE = os.environ.get("QUICMESH_SIM_LARGE") == "1"
 large = pytest.mark.skipif(not LARGE, reason="1,000-node runs: QUICMESH_SIM_LARGE=1")
+long = pytest.mark.timeout(900)  # 1,000 nodes take ~4 minutes alone here, more on a busy machine
 
 
 def assert_tree(r: Report, max_hops: int) -> None:
@@ -63,6 +64,7 @@ def test_a_massive_failure_waits_for_a_whole_overlay_before_it_fails_nodes() -> 
 
 
 @large
+@long
 def test_1000_nodes_hops_and_latency_goals() -> None:
     r = run(BroadcastScenario(name="large_1000_nodes", nodes=1000, messages=200, rate=20.0, settle=60.0,
                               join_spacing=0.02))
@@ -70,6 +72,7 @@ def test_1000_nodes_hops_and_latency_goals() -> None:
 
 
 @large
+@long
 @pytest.mark.parametrize("fail", [0.5, 0.8])
 def test_massive_failure_1000_nodes(fail: float) -> None:
     r = run(MassiveFailureScenario(name=f"massive_{fail}", nodes=1000, fail=fail))
