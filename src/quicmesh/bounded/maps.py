@@ -312,13 +312,10 @@ class TtlMap(_Bounded, Generic[K, V]):
         if not life > 0:
             raise ValueError(f"{self._name}: ttl must be positive, got {ttl!r}")
         data = self._data
-        size = 0
-        if len(data) < self._capacity and key not in data and (
-                self._unsized or self._capacity_bytes is None
-                or self._bytes + (size := self._sizeof(value)) <= self._capacity_bytes):
+        size = 0 if self._unsized else self._sizeof(value)
+        cap_bytes = self._capacity_bytes
+        if len(data) < self._capacity and key not in data and (cap_bytes is None or self._bytes + size <= cap_bytes):
             # the common case (#14): a new key with room for it (in entries and bytes)
-            if not self._unsized and self._capacity_bytes is None:
-                size = self._sizeof(value)
             serial = next(self._serial)
             deadline = now + life
             data[key] = (value, deadline, serial, size)
@@ -336,7 +333,6 @@ class TtlMap(_Bounded, Generic[K, V]):
                 if self._watch is not None:
                     self._watch.dirty = True
             return True
-        size = self._sizeof(value) if not self._unsized else 0
         old = self._data.get(key)
         old_size = old[3] if old is not None else 0
         count_after = len(self._data) + (0 if old is not None else 1)

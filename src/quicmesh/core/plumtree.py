@@ -552,8 +552,7 @@ class Plumtree:
 
     def _push(self, mid: bytes, msg: MGossip, sender: NodeId | None, now: float, *,
               forward: bool = False) -> list[HvSend]:
-        """``msg`` to the eager neighbours, announced to the lazy; ``forward``: received, it goes one
-        hop further (#14: the copy saying so is made only when a neighbour takes it)."""
+        """``msg`` to the eager neighbours, announced to the lazy; ``forward``: received, one hop on."""
         out: list[HvSend] = []
         hops = msg.hops + 1 if forward else msg.hops
         fwd: MGossip | None = None if forward else msg
@@ -566,8 +565,9 @@ class Plumtree:
             if p in lazy:
                 self._queue_ihave(p, mid, hops, now)
             else:
-                fwd = fwd or MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, hops,
-                                     msg.sig, msg.cert)
+                if fwd is None:  # #14: the copy one hop on is made only when a neighbour takes it
+                    fwd = MGossip(self.swarm, msg.topic, msg.publisher, msg.epoch, msg.seq, msg.payloads, hops,
+                                  msg.sig, msg.cert)
                 out.append(HvSend(p, fwd))
         self.counters["payloads_sent"] += len(out)
         queue = self.reannounce

@@ -308,8 +308,7 @@ class Node(NodeStatus):
 
         With ``group``, join that work-queue group: each message on a matching topic goes to one
         live member of the group mesh-wide, not to all (see README, "Work-queue groups").
-        Raises :class:`~quicmesh.errors.LimitExceeded` past ``pubsub.max_subscriptions``.
-        """
+        Raises :class:`~quicmesh.errors.LimitExceeded` past ``pubsub.max_subscriptions``."""
         self._check_open()
         self._check_reserved(pattern)
         if overflow is not None and overflow not in ("drop_oldest", "drop_newest", "block"):
@@ -531,7 +530,7 @@ class Node(NodeStatus):
         fut: asyncio.Future[bytes] = self._loop.create_future()
         call_id, outs = self.core.call(name, payload, timeout, now, fut)
         self._run(outs)
-        if self.core.caller.pending == 1:  # #14: no other call in flight (as for a handler's reply)
+        if self.core.pending_calls == 1:  # #14: no other call in flight (as for a handler's reply)
             self._flush_now(outs)  # nothing else is coming: the request leaves now, not after the iteration
         self._rearm()
         try:
@@ -562,7 +561,8 @@ class Node(NodeStatus):
         the connected peers interested in it. Raises :class:`~quicmesh.errors.LimitExceeded` past
         ``store.max_interests`` names."""
         self._check_open()
-        (handle := self.logs.open_log(name)).permit = self.core.guard.check_own
+        handle = self.logs.open_log(name)
+        handle.permit = self.core.guard.check_own
         return handle
 
     def watch_log(self, name: str, *, queue_size: int | None = None, replay: bool = False) -> LogWatch:

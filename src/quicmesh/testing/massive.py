@@ -110,10 +110,9 @@ def run_massive_failure(sc: MassiveFailureScenario) -> Report:
         sim.subscribe(n, "news.>")
     t_sub = sim.now
     sim.run_for(sc.settle / 2)
-    healthy_before = _healed(sim, nodes) and overlay_connected(nodes)
-    while not healthy_before and sim.now < t_sub + sc.settle_limit:
+    while not (healthy_before := _healed(sim, nodes) and overlay_connected(nodes)) and \
+            sim.now < t_sub + sc.settle_limit:
         sim.run_for(1.0)
-        healthy_before = _healed(sim, nodes) and overlay_connected(nodes)
     settle_s = sim.now - t_sub if healthy_before else -1.0
     victims = rng.sample(nodes, round(sc.fail * sc.nodes))
     for v in victims:
