@@ -97,6 +97,7 @@ MAX_ANNOUNCERS = 8
 """Announcers remembered per missing id."""
 
 MAX_IHAVE_IDS = 512
+"""Ids per IHAVE message; a received IHAVE is truncated to this many."""
 MAX_GRAFT_INTERVAL = 1.0
 """Seconds between two GRAFTs for the same message, at most (the retry interval doubles)."""
 MAX_GRAFTS_PER_ID = 16
@@ -104,7 +105,6 @@ MAX_GRAFTS_PER_ID = 16
 about 11 s in all). Enough to repair heavy loss (20 % loss on both GRAFT and reply: 0.36^16 ≈ 10^-7 per
 message), yet bounded: a payload its announcers no longer cache costs 16 GRAFTs, not a storm
 until the entry's TTL."""
-"""Ids per IHAVE message; a received IHAVE is truncated to this many."""
 
 GRAFT_ANSWER_INTERVAL = 0.5
 """Seconds during which a GRAFT for an id from a peer that was already answered is not answered

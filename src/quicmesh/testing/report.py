@@ -3,6 +3,7 @@ overlay, checking it is connected, and the peaks of every bounded container."""
 
 from __future__ import annotations
 
+import heapq
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from ..identity import NodeId
 from .network import Latency, NetworkParams
 from .sim import SimNode, Simulator
 
-__all__ = ["Report", "build_overlay", "container_peaks", "overlay_connected"]
+__all__ = ["Report", "build_overlay", "container_peaks", "lowest_latencies", "overlay_connected", "swarm_links"]
 
 
 @dataclass
@@ -102,6 +103,42 @@ def overlay_connected(nodes: list[SimNode], swarm: str | None = None) -> bool:
                 seen.add(y)
                 todo.append(y)
     return len(seen) == len(ids)
+
+
+def swarm_links(sim: Simulator, swarm: str) -> frozenset[tuple[int, int]]:
+    """The links of the swarm overlay as it stands: ``(a, b)`` node index pairs, ``a < b``, for
+    every peer in a live node's active view of ``swarm`` (either end's view makes a link)."""
+    index = {n.id: n.index for n in sim.nodes if n.alive}
+    links: set[tuple[int, int]] = set()  # bounded: the live nodes' active views
+    for n in sim.nodes:
+        sw = n.mesh.swarms.peek(swarm) if n.alive else None
+        for p in sw.hv.active_peers() if sw is not None else ():
+            j = index.get(p)
+            if j is not None and j != n.index:
+                links.add((min(n.index, j), max(n.index, j)))
+    return frozenset(links)
+
+
+def lowest_latencies(sim: Simulator, source: int, links: Iterable[tuple[int, int]]) -> dict[int, float]:
+    """The lowest-latency path from node ``source`` (an index) to every node reachable over
+    ``links`` (index pairs, each its base latency, :meth:`Simulator.link_latency`): node index
+    -> seconds (Dijkstra)."""
+    adj: dict[int, list[int]] = {}  # bounded: one entry per node on a link
+    for a, b in links:
+        adj.setdefault(a, []).append(b)
+        adj.setdefault(b, []).append(a)
+    dist = {source: 0.0}
+    todo = [(0.0, source)]
+    while todo:
+        d, i = heapq.heappop(todo)
+        if d > dist[i]:
+            continue
+        for j in adj.get(i, ()):
+            dj = d + sim.link_latency(i, j)
+            if dj < dist.get(j, float("inf")):
+                dist[j] = dj
+                heapq.heappush(todo, (dj, j))
+    return dist
 
 
 def _sim(seed: int, config: NodeConfig, latency_median: float, loss: float = 0.0, duplicate: float = 0.0,

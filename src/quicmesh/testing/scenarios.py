@@ -18,6 +18,12 @@ Definitions
   but the publisher's own; ``latency_joined_p99_ms`` only over messages published after the
   receiver had joined the swarm (the rest, ``caught_up_deliveries``, are earlier messages a
   node that joined under churn received through repair: seconds old by design).
+* **Stretch** (``stretch_p50`` / ``stretch_p99``; runs without churn): a delivery's latency over
+  the lowest-latency path from its publisher to the receiver through the swarm overlay as it
+  stood when the message was published (sampled every 0.25 s; each link its base latency, and a
+  message adds up to ``Latency.jitter`` to each link), over the deliveries in
+  ``latency_joined_p99_ms``. 1.0 is a tree of the fastest paths (Plumtree's first arrivals); a
+  tree that kept slower links shows it here, not in hops.
 
 ``python -m quicmesh.testing.scenarios [--large] [--massive-nodes N]`` runs the default set (plus the 1,000-node
 scenario with ``--large``) and prints the reports.
@@ -26,6 +32,7 @@ scenario with ``--large``) and prints the reports.
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
 import statistics
 import sys
@@ -44,8 +51,8 @@ from .abuse import (
     run_unsubscribe,
 )
 from .massive import MassiveFailureScenario, run_massive_failure
-from .report import Report, _sim, build_overlay, container_peaks, overlay_connected
-from .sim import SimNode
+from .report import Report, _sim, build_overlay, container_peaks, lowest_latencies, overlay_connected, swarm_links
+from .sim import SimNode, Simulator
 
 __all__ = [
     "BroadcastScenario",
@@ -143,7 +150,14 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
     for _ in range(round(sc.churn * sc.nodes)):
         sim.at(t0 + rng.random() * window * 0.9, replace)
 
+    # the swarm overlay's links from each time they changed (polled), for the stretch
+    overlays: list[tuple[float, frozenset[tuple[int, int]]]] = []  # bounded: one per poll at most
+
     def poll() -> None:
+        if not sc.churn:
+            links = swarm_links(sim, SWARM)
+            if not overlays or overlays[-1][1] != links:
+                overlays.append((sim.now, links))
         for n in (*nodes, *fresh):
             if n.alive and n.index not in ready:
                 sw = n.mesh.swarms.peek(SWARM)
@@ -162,6 +176,8 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
     latencies: list[float] = []
     joined_lat: list[float] = []  # messages published after the receiver was in the swarm
     caught_up = 0  # deliveries of messages published before the receiver was in the swarm
+    # (publisher, receiver index, published at, latency) of the joined deliveries, for the stretch
+    joined: list[tuple[NodeId, int, float, float]] = []  # bounded: one per delivery
     duplicates = 0
     order_violations = 0
     report = Report(sc.name, sc.seed)
@@ -187,6 +203,8 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
                 latencies.append(d.time - t_pub)
                 if n.index in ready and t_pub >= ready[n.index]:
                     joined_lat.append(d.time - t_pub)
+                    if not sc.churn:
+                        joined.append((d.publisher, n.index, t_pub, d.time - t_pub))
                 else:
                     caught_up += 1
                 last_hops[k] = max(last_hops.get(k, 0), d.hops)
@@ -217,8 +235,32 @@ def run_broadcast(sc: BroadcastScenario) -> Report:
         "net_duplicated": sim.counters["duplicated"],
         "events": sim.counters["events"],
     }
+    if not sc.churn:
+        report.figures.update(_stretch(sim, joined, overlays))
+        report.figures["overlay_changes"] = max(len(overlays) - 1, 0)  # while publishing
     report.containers = container_peaks(sim.nodes)
     return report
+
+
+def _stretch(sim: Simulator, joined: list[tuple[NodeId, int, float, float]],
+             overlays: list[tuple[float, frozenset[tuple[int, int]]]]) -> dict[str, float]:
+    """``stretch_p50`` / ``stretch_p99`` of the (publisher, receiver, published at, latency)
+    deliveries, each against the overlay of the last poll at or before its publication."""
+    index = {n.id: n.index for n in sim.nodes}
+    times = [t for t, _ in overlays]
+    paths: dict[tuple[int, int], dict[int, float]] = {}  # bounded: one per (overlay, publisher)
+    ratios: list[float] = []
+    for pub, receiver, t_pub, latency in joined:
+        v = bisect.bisect_right(times, t_pub) - 1
+        if v < 0 or pub not in index:
+            continue
+        key = (v, index[pub])
+        if key not in paths:
+            paths[key] = lowest_latencies(sim, index[pub], overlays[v][1])
+        best = paths[key].get(receiver)
+        if best:
+            ratios.append(latency / best)
+    return {"stretch_p50": _pct(ratios, 0.5), "stretch_p99": _pct(ratios, 0.99)}
 
 
 # -- partition and heal ------------------------------------------------------------------------------

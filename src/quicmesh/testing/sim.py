@@ -481,6 +481,11 @@ class Simulator:
             src = node.index
             self.at(t, partial(self._receive, other, src, cid, msg))
 
+    def link_latency(self, a: int, b: int) -> float:
+        """The base one-way latency of the link between nodes ``a`` and ``b`` (by index; seconds,
+        stable for the run; each message adds its jitter to it)."""
+        return self._base_latency(a, b)
+
     def _base_latency(self, a: int, b: int) -> float:
         key = (a, b) if a <= b else (b, a)
         v = self.link_base.get(key)
