@@ -237,6 +237,11 @@ class GossipConfig:
     10k-message burst in one of three runs on a busy 2-core machine. The wait applies only
     behind a gap; in-order messages are delivered at once."""
     # #14 (tree)
+    tree_refresh: float = 30.0
+    """#14: seconds (x 0.5-1.5 at random each time) between two refreshes of a publisher's tree at
+    a node: the node grafts its neighbours lazy for that publisher, which push its next batch too,
+    and the first arrival picks the eager link by the latencies of now (a path that sped up, an
+    eager link that slowed down); ~4 extra payloads per publisher per node per refresh; 0: off."""
     tree_publishers: int = 256
     """Publishers per swarm with their own broadcast tree (count, default 256; LRU: a forgotten one floods once)."""
     reorder_start_wait: float = 1.0
@@ -470,9 +475,10 @@ SECTIONS = {f.name: f for f in dataclasses.fields(NodeConfig) if dataclasses.is_
 
 _ZERO_MEANS_UNLIMITED = frozenset({
     "store.max_log_length", "observability.malloc_trim_interval", "transport.retry_threshold",
-    "failure.probe_interval", "transport.ack_delay", "transport.flush_bytes",
+    "failure.probe_interval", "transport.ack_delay", "transport.flush_bytes", "gossip.tree_refresh",
 })
-"""Keys that may be 0: no cap, or (``malloc_trim_interval``, ``ack_delay``, ``flush_bytes``) off."""
+"""Keys that may be 0: no cap, or (``malloc_trim_interval``, ``ack_delay``, ``flush_bytes``,
+``tree_refresh``) off."""
 
 
 def validate(cfg: NodeConfig) -> None:

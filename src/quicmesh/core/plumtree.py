@@ -61,6 +61,11 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   from a lazy peer announcing, with at least ``optimization_threshold`` fewer hops, a payload
   received in the last ``OPTIMISE_WINDOW`` seconds grafts the announcer and prunes the eager peer
   the payload came from (#14: at 1,000 nodes this took the deepest delivery from 30 hops down).
+* **Tree refresh** (#14). Nothing above revisits a link pruned while its path was slower once the
+  path speeds up (or the eager one slows down) unless a payload goes missing for the GRAFT timer.
+  So every ``gossip.tree_refresh`` (30 s, x 0.5-1.5 at random) a node that receives a new batch of
+  a publisher grafts its neighbours lazy for that publisher: they push the next batch too, the
+  first arrival is the eager link from then on and the duplicates prune the rest.
 * **Batching.** IHAVEs are queued and flushed every ``ihave_batch_interval`` (5 ms), one message
   per peer.
 
@@ -72,54 +77,23 @@ swarm's entries when the node leaves it. Everything else lives in this object an
 
 from __future__ import annotations
 
+import zlib
 from random import Random
 
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, TtlMap, Watch
 from ..config import GossipConfig
 from ..identity import NodeId
+from . import plumtree_params as params
 from .gossip_caches import ID_LEN, Arrived, GossipAuth, GossipCaches, batch_digest, message_id
 from .membership import HvSend
 from .mesh_messages import MGone, MGossip, MGraft, MIHave, MPrune
+from .plumtree_params import GRAFT_ANSWER_INTERVAL, MAX_IHAVE_IDS, REANNOUNCE_DELAY
 from .wire import Message
 
 __all__ = [
     "GRAFT_ANSWER_INTERVAL", "ID_LEN", "REANNOUNCE_DELAY", "Arrived", "GossipAuth", "GossipCaches", "Plumtree",
     "batch_digest", "message_id",
 ]
-
-REANNOUNCE_DELAY = 1.0
-"""Seconds after receipt at which an id is announced once more to every neighbour."""
-
-CATCHUP_IDS = 256
-"""Most recent cached ids announced to a new swarm neighbour."""
-
-MAX_ANNOUNCERS = 8
-"""Announcers remembered per missing id."""
-
-MAX_IHAVE_IDS = 512
-"""Ids per IHAVE message; a received IHAVE is truncated to this many."""
-MAX_GRAFT_INTERVAL = 1.0
-"""Seconds between two GRAFTs for the same message, at most (the retry interval doubles)."""
-MAX_GRAFTS_PER_ID = 16
-"""GRAFTs sent for one missing message before giving up (retries back off from 40 ms to 1 s:
-about 11 s in all). Enough to repair heavy loss (20 % loss on both GRAFT and reply: 0.36^16 ≈ 10^-7 per
-message), yet bounded: a payload its announcers no longer cache costs 16 GRAFTs, not a storm
-until the entry's TTL."""
-
-GRAFT_ANSWER_INTERVAL = 0.5
-"""Seconds during which a GRAFT for an id from a peer that was already answered is not answered
-again (the payload is on its way; see the module docstring). The retries of the first second
-(40, 80, 160, 320 ms apart) get one answer instead of five; later ones (640 ms, then 1 s apart)
-are each answered, so an answer lost with a connection or dropped by a full send buffer is
-repaired within a second. (2 s cut the flood's duplicates further but delayed a fresh joiner's
-repairs past its ordering's start wait in the 20 % churn simulation.)"""
-
-OPTIMISE_WINDOW = 2.5
-"""Seconds after receiving a payload during which IHAVEs for it may still optimise the tree (the
-re-announcement comes ``REANNOUNCE_DELAY`` after the announcer received it)."""
-
-MAX_NEIGHBOURS = 64
-"""Cap of the eager and lazy sets (they only hold swarm active-view peers)."""
 
 class Plumtree:
     """Broadcast state of one swarm. See the module docstring."""
@@ -144,9 +118,9 @@ class Plumtree:
         self.caches = caches
         self.rng = rng
         self.max_message_size = max_message_size
-        self.eager: LruMap[NodeId, None] = LruMap("plumtree.eager", MAX_NEIGHBOURS, registry=registry)
-        self.lazy: LruMap[NodeId, None] = LruMap("plumtree.lazy", MAX_NEIGHBOURS, registry=registry)
-        self.since: LruMap[NodeId, float] = LruMap("plumtree.neighbour_since", MAX_NEIGHBOURS, registry=registry)
+        self.eager: LruMap[NodeId, None] = LruMap("plumtree.eager", params.MAX_NEIGHBOURS, registry=registry)
+        self.lazy: LruMap[NodeId, None] = LruMap("plumtree.lazy", params.MAX_NEIGHBOURS, registry=registry)
+        self.since: LruMap[NodeId, float] = LruMap("plumtree.neighbour_since", params.MAX_NEIGHBOURS, registry=registry)
         """When each neighbour joined: re-announcements go only to neighbours that were linked when
         the message arrived (a newcomer gets the bounded catch-up instead, not the whole backlog)."""
         cap = config.payload_cache_capacity
@@ -166,13 +140,16 @@ class Plumtree:
         """Publishers whose messages passed lately: a tree unused for ``gossip.publisher_idle_ttl``
         (a departed publisher's) is dropped, as its ordering state is."""
         self.received_from: TtlMap[bytes, tuple[NodeId, int, bytes]] = TtlMap(
-            "plumtree.received_from", cap, OPTIMISE_WINDOW, registry=registry
+            "plumtree.received_from", cap, params.OPTIMISE_WINDOW, registry=registry
         )
         """Recently received ids: the peer each came from, its hop count and its publisher (tree
         optimisation)."""
         self.answered: TtlMap[tuple[bytes, NodeId], None] = TtlMap(
             "plumtree.grafts_answered", cap, GRAFT_ANSWER_INTERVAL, registry=registry)
         """(id, peer) GRAFTs answered lately (see ``GRAFT_ANSWER_INTERVAL``)."""
+        self.refresh_at: LruMap[bytes, float] = LruMap("plumtree.tree_refresh", config.tree_publishers,
+                                                       registry=registry)
+        """Per publisher: when its tree is next refreshed here (``gossip.tree_refresh``)."""
         self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque("plumtree.ihave_queue", 4 * cap,
                                                                                   registry=registry)
         self._watch = Watch()
@@ -182,7 +159,8 @@ class Plumtree:
                                                                                           registry=registry)
         self.counters = {  # bounded: fixed keys
             "received": 0, "duplicates": 0, "grafts_sent": 0, "prunes_sent": 0, "too_large": 0,
-            "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0, "grafts_abandoned": 0, "rejected": 0,
+            "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0, "tree_refreshes": 0,
+            "grafts_abandoned": 0, "rejected": 0,
             "grafts_unanswered": 0,
         }
 
@@ -193,7 +171,7 @@ class Plumtree:
         (catch-up: see the module docstring)."""
         self._make_eager(peer, None)
         self.since.set(peer, now)
-        for mid, m in self.caches.recent(self.swarm, CATCHUP_IDS):
+        for mid, m in self.caches.recent(self.swarm, params.CATCHUP_IDS):
             self._queue_ihave(peer, mid, m.hops + 1, now)
 
     def neighbor_down(self, peer: NodeId) -> None:
@@ -212,7 +190,7 @@ class Plumtree:
     def _lazy_for(self, publisher: bytes) -> set[NodeId]:
         lazy = self.trees.get(publisher)
         if lazy is None:
-            lazy = set()  # bounded: swarm neighbours, at most MAX_NEIGHBOURS
+            lazy = set()  # bounded: swarm neighbours, at most params.MAX_NEIGHBOURS
             self.trees.set(publisher, lazy)
         return lazy
 
@@ -305,13 +283,10 @@ class Plumtree:
         # tree optimisation: an announcer was much closer to the source than the eager sender
         for peer, hops in announcers:
             if peer != sender and self._is_neighbour(peer) and hops + self.config.optimization_threshold < msg.hops:
-                self.counters["optimisations"] += 1
-                self._make_eager(peer, pub)
-                out.append(HvSend(peer, MGraft(self.swarm, None, pub)))
-                if self.is_eager(sender, pub):
-                    self._make_lazy(sender, pub)
-                    out.append(HvSend(sender, MPrune(self.swarm, pub)))
+                out += self._swap(peer, sender, pub)
                 break
+        if self.config.tree_refresh and not msg.r:
+            out += self._refresh(pub, now)
         self.caches.keep(mid, msg, now, checked=not deferred)
         self.received_from.set(mid, (sender, msg.hops, pub), now)
         out += self._push(mid, msg, sender, now, forward=True)
@@ -332,12 +307,32 @@ class Plumtree:
                 continue
             hops = msg.hops[i]
             entry = self.missing.get(mid) or ()
-            if all(p != sender for p, _ in entry) and len(entry) < MAX_ANNOUNCERS:
+            if all(p != sender for p, _ in entry) and len(entry) < params.MAX_ANNOUNCERS:
                 deadline = self.missing.deadline(mid)
                 ttl = self.config.payload_cache_ttl if deadline is None else max(deadline - now, 0.001)
                 self.missing.set(mid, (*entry, (sender, hops)), now, ttl)
             if mid not in self.graft_timers:
                 self.graft_timers.set(mid, None, now, self.config.graft_timeout_1)
+        return out
+
+    def _refresh(self, pub: bytes, now: float) -> list[HvSend]:
+        """#14: once per ``gossip.tree_refresh`` (x 0.5-1.5 per publisher), ask the neighbours
+        lazy for ``pub`` to push its next batch too (GRAFT without id): the first arrival picks
+        the eager link again by the latencies of now, and the duplicates prune the others."""
+        due = self.refresh_at.peek(pub)
+        if due is not None and now < due:
+            return []
+        # the factor is fixed per (node, publisher): nodes refresh a tree at different times, and
+        # no random draw moves the swarm's other choices
+        self.refresh_at.set(pub, now + self.config.tree_refresh * (0.5 + zlib.crc32(self.me.raw + pub) / 2**32))
+        lazy = self.trees.peek(pub)
+        if due is None or not lazy:
+            return []
+        self.counters["tree_refreshes"] += 1
+        out: list[HvSend] = []
+        for p in [p for p in lazy if self._is_neighbour(p)]:
+            self._make_eager(p, pub)
+            out.append(HvSend(p, MGraft(self.swarm, None, pub)))
         return out
 
     def _optimise(self, announcer: NodeId, mid: bytes, hops: int) -> list[HvSend]:
@@ -349,14 +344,18 @@ class Plumtree:
         via, got_hops, pub = got
         if hops + self.config.optimization_threshold > got_hops or via == announcer or self.is_eager(announcer, pub):
             return []
-        self.counters["optimisations"] += 1
         self.received_from.pop(mid)
-        self._make_eager(announcer, pub)
-        out = [HvSend(announcer, MGraft(self.swarm, None, pub))]
-        if self.is_eager(via, pub):
-            self._make_lazy(via, pub)
+        return self._swap(announcer, via, pub)
+
+    def _swap(self, nearer: NodeId, farther: NodeId, pub: bytes) -> list[HvSend]:
+        """Make ``nearer`` the eager link for ``pub`` (GRAFT) and ``farther``, when eager, lazy (PRUNE)."""
+        self.counters["optimisations"] += 1
+        self._make_eager(nearer, pub)
+        out = [HvSend(nearer, MGraft(self.swarm, None, pub))]
+        if self.is_eager(farther, pub):
+            self._make_lazy(farther, pub)
             self.counters["prunes_sent"] += 1
-            out.append(HvSend(via, MPrune(self.swarm, pub)))
+            out.append(HvSend(farther, MPrune(self.swarm, pub)))
         return out
 
     def _on_graft(self, sender: NodeId, msg: MGraft, now: float) -> list[HvSend]:
@@ -454,7 +453,7 @@ class Plumtree:
                 continue
             live = [e for e in entry if self._is_neighbour(e[0])]
             tries = (self.graft_tries.get(mid) or 0) + 1
-            if not live or tries > MAX_GRAFTS_PER_ID:
+            if not live or tries > params.MAX_GRAFTS_PER_ID:
                 # nobody left to ask, or asked often enough (an announcer may have evicted the
                 # payload): give up instead of re-grafting until the entry's TTL
                 self.missing.pop(mid)
@@ -472,7 +471,7 @@ class Plumtree:
             out.append(HvSend(peer, MGraft(self.swarm, mid)))
             # back off: 40 ms, 80 ms, ... up to 1 s, so that replies slowed by load are not
             # answered with ever more GRAFTs (congestion collapse)
-            backoff = min(self.config.graft_timeout_2 * 2.0 ** (tries - 1), MAX_GRAFT_INTERVAL)
+            backoff = min(self.config.graft_timeout_2 * 2.0 ** (tries - 1), params.MAX_GRAFT_INTERVAL)
             self.graft_timers.set(mid, None, now, backoff)
         if self.reannounce and now >= self.next_reannounce and self.reannounce.peekleft()[0] <= now:
             self.next_reannounce = now + REANNOUNCE_DELAY / 2
@@ -535,7 +534,8 @@ class Plumtree:
     def close(self) -> None:
         """Release every per-swarm container."""
         for c in (self.eager, self.lazy, self.since, self.missing, self.graft_timers, self.graft_tries,
-                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used, self.answered):
+                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used, self.answered,
+                  self.refresh_at):
             c.close()
         self.ihave_deadline = None
 

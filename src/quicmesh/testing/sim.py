@@ -486,6 +486,13 @@ class Simulator:
         stable for the run; each message adds its jitter to it)."""
         return self._base_latency(a, b)
 
+    def set_link_latency(self, a: int, b: int, seconds: float) -> None:
+        """Make the base latency of the link between nodes ``a`` and ``b`` ``seconds`` from now on
+        (a route change, a congested link); messages already on their way keep their times."""
+        if not seconds > 0:
+            raise ValueError(f"a link latency is positive, got {seconds!r}")
+        self.link_base[(a, b) if a <= b else (b, a)] = float(seconds)
+
     def _base_latency(self, a: int, b: int) -> float:
         key = (a, b) if a <= b else (b, a)
         v = self.link_base.get(key)
