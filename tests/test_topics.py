@@ -174,6 +174,30 @@ def test_full_window_with_a_second_gap_keeps_waiting_for_it(registry: ContainerR
     assert seqs(o.handle_timer(4.0)) == [5, 6, 7]
 
 
+def test_a_second_gap_times_out_from_when_it_was_first_seen_not_after_the_first(
+        registry: ContainerRegistry) -> None:
+    # #14: a fresh joiner's catch-up gave it seqs 2 and 4 of a publisher, then the live stream
+    # from 20 on: two gaps in a row (3, then 5..19). The second had been seen since 20 arrived;
+    # it used to wait a whole timeout more after the first was given up (20 s in the simulation)
+    o = Ordering(64, 10.0, 100, registry)
+    o.offer(arr(P, 0), 0.0)
+    assert o.offer(arr(P, 2), 0.1) == [] and o.offer(arr(P, 4), 0.1) == []
+    for s in range(20, 25):
+        assert o.offer(arr(P, s), 0.5 + 0.1 * (s - 20)) == []
+    assert o.next_deadline() == pytest.approx(10.1)
+    # gap 1 given up, and gap 3 with it: it was seen at 0.1 too (4 arrived then)
+    assert seqs(o.handle_timer(10.1)) == [2, 4]
+    # gap 5..19 was first seen when 20 arrived (0.5): due at 10.5, not at 20.1
+    assert o.next_deadline() == pytest.approx(10.5)
+    assert seqs(o.handle_timer(10.5)) == [20, 21, 22, 23, 24]
+    assert o.counters["gaps"] == 3 and o.counters["skipped"] == 1 + 1 + 15
+    # gaps that all timed out while an earlier one waited go at once, in one step
+    o.offer(arr(Q, 0), 0.0)
+    for s in (2, 4, 6):
+        o.offer(arr(Q, s), 1.0)
+    assert seqs(o.handle_timer(11.0)) == [2, 4, 6] and o.gap_timers.next_deadline() is None
+
+
 def test_ordering_budget_is_shared_across_publishers(registry: ContainerRegistry) -> None:
     """The total held for reordering is capped whatever the number of publishers: when the shared
     budget is full, the publisher that needs more gives up its gap (counted) instead of growing."""

@@ -69,7 +69,7 @@ def check_group(group: str) -> None:
 
 
 class _PubState:
-    __slots__ = ("buf", "epoch", "held", "next", "start_extended")
+    __slots__ = ("at", "buf", "epoch", "held", "next", "start_extended")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -77,6 +77,8 @@ class _PubState:
         self.start_extended = False
         """Whether the start wait was extended to the gap timeout (a repair was under way)."""
         self.buf: dict[int, Arrived] = {}  # bounded: at most Ordering.window messages (held)
+        self.at: dict[int, float] = {}  # bounded: one per entry of buf
+        """When each buffered batch arrived: a gap is first seen with the earliest of them."""
         self.held = 0
         """Messages in ``buf`` (batches count their messages)."""
 
@@ -166,6 +168,7 @@ class Ordering(Tracked):
             return []
         n = len(a.payloads)
         st.buf[a.seq] = a
+        st.at[a.seq] = now
         st.held += n
         self.buffered += n
         if self.buffered > self._peak:
@@ -178,10 +181,25 @@ class Ordering(Tracked):
             out = self._skip(st)
             self._evictions += held - self.buffered
             self.gap_timers.pop(key)
-            if st.buf:  # a further gap remains behind the released run: wait for it afresh
-                self.gap_timers.set(key, None, now)
-            return out
+            return out + self._next_gap(key, st, now)
         return []
+
+    def _next_gap(self, key: tuple[str, NodeId], st: _PubState, now: float) -> list[Arrived]:
+        """After a gap was given up: a further gap behind the released run was first seen when
+        the earliest batch still buffered arrived, and it times out ``gap_timeout`` after that,
+        not after the gap before it (#14: a fresh joiner's two gaps in a row held the live stream
+        for two timeouts, 20 s, and the simulated run ended first); one already timed out is
+        given up at once. Returns what becomes deliverable."""
+        out: list[Arrived] = []
+        while st.buf:
+            due = min(st.at[s] for s in st.buf) + self.gap_timeout
+            if due > now:
+                self.gap_timers.set(key, None, now, due - now)
+                break
+            held = self.buffered
+            out += self._skip(st)
+            self._expirations += held - self.buffered
+        return out
 
     def _release(self, st: _PubState) -> list[Arrived]:
         out: list[Arrived] = []
@@ -189,6 +207,7 @@ class Ordering(Tracked):
         released = 0
         while st.next in st.buf:
             a = st.buf.pop(st.next)
+            del st.at[st.next]
             out.append(a)
             st.next += len(a.payloads)
             released += len(a.payloads)
@@ -224,8 +243,7 @@ class Ordering(Tracked):
             held = self.buffered
             out += self._skip(state)
             self._expirations += held - self.buffered
-            if state.buf:  # a further gap remains: wait for it too
-                self.gap_timers.set(key, None, now)
+            out += self._next_gap(key, state, now)
         return out
 
     def _size(self) -> int:
