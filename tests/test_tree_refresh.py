@@ -34,7 +34,7 @@ def test_a_refresh_grafts_the_lazy_neighbours_once_per_period(registry: Containe
     pt = tree(registry, GossipConfig(tree_refresh=10.0))
     out, _ = pt.handle(A, gossip(0), 0.0)  # the first batch: the refresh clock starts, nothing to refresh
     assert control(out) == []
-    due = pt.refresh_at.peek(P.raw)
+    due = pt.tree_used.get(P.raw)
     assert due is not None and 5.0 <= due <= 15.0  # 10 s x 0.5-1.5
     # B and C pruned for P: A is the eager link
     assert control(pt.handle(B, gossip(0), 0.01)[0]) == [HvSend(B, MPrune("s", P.raw))]
@@ -47,7 +47,7 @@ def test_a_refresh_grafts_the_lazy_neighbours_once_per_period(registry: Containe
     assert sorted(control(out), key=lambda o: o.peer.raw) == sorted(
         [HvSend(B, MGraft("s", None, P.raw)), HvSend(C, MGraft("s", None, P.raw))], key=lambda o: o.peer.raw)
     assert pt.is_eager(B, P.raw) and pt.is_eager(C, P.raw) and pt.counters["tree_refreshes"] == 1
-    next_due = pt.refresh_at.peek(P.raw)
+    next_due = pt.tree_used.get(P.raw)
     assert next_due is not None and due + 5.0 <= next_due <= due + 15.0
     # the next batch comes from all three; the later copies prune their senders again
     pt.handle(B, gossip(3), due + 0.1)
@@ -67,7 +67,7 @@ def test_a_repairs_answer_does_not_refresh_and_zero_turns_it_off(registry: Conta
     off.handle(B, MPrune("s", P.raw), 0.0)
     for seq in range(1, 5):
         assert control(off.handle(A, gossip(seq), 100.0 * seq)[0]) == []
-    assert off.counters["tree_refreshes"] == 0 and off.refresh_at.peek(P.raw) is None
+    assert off.counters["tree_refreshes"] == 0
 
 
 def _slowed_link(tree_refresh: float) -> tuple[list[float], int]:
@@ -109,3 +109,19 @@ def test_a_receiver_leaves_an_eager_link_that_slowed_down() -> None:
     assert min(off[5:]) >= 0.060  # stuck on the slow link
     # within one period (2 s x 0.5-1.5: 30 messages) on the 10 ms path, and it stays there
     assert max(on[35:]) <= 0.015
+
+
+def test_refresh_state_goes_with_an_idle_publishers_tree(registry: ContainerRegistry) -> None:
+    # the refresh time lives in the publisher's tree_used entry (a map of its own kept churned
+    # publishers' times past their trees: the soak caught it)
+    pt = tree(registry, GossipConfig(tree_refresh=10.0, publisher_idle_ttl=5.0))
+    for i, pub in enumerate((P, nid(9), nid(10))):
+        pt.handle(A, MGossip("s", "s.t", pub.raw, 7, 0, [b"x"], 2), 0.1 * i)
+    pt.handle(B, MPrune("s", P.raw), 0.5)
+    assert len(pt.tree_used) == 3 and pt.trees.peek(P.raw) is not None
+    pt.handle_timer(6.0)  # every publisher idle for publisher_idle_ttl
+    assert len(pt.tree_used) == 0 and len(pt.trees) == 0
+    # a tree kept alive by its publisher's messages keeps its refresh time
+    pt.handle(A, gossip(1), 6.5)
+    pt.handle_timer(7.0)
+    assert pt.tree_used.get(P.raw) is not None

@@ -134,11 +134,12 @@ class Plumtree:
         )
         self.trees: LruMap[bytes, set[NodeId]] = LruMap("plumtree.trees", config.tree_publishers, registry=registry)
         """Per publisher: the neighbours lazy for its messages (see the module docstring)."""
-        self.tree_used: TtlMap[bytes, None] = TtlMap(
+        self.tree_used: TtlMap[bytes, float] = TtlMap(
             "plumtree.tree_used", config.tree_publishers, config.publisher_idle_ttl, registry=registry,
             touch_granularity=min(1.0, config.publisher_idle_ttl / 100))
-        """Publishers whose messages passed lately: a tree unused for ``gossip.publisher_idle_ttl``
-        (a departed publisher's) is dropped, as its ordering state is."""
+        """Publishers whose messages passed lately, each with when its tree is next refreshed here
+        (``gossip.tree_refresh``): a tree unused for ``gossip.publisher_idle_ttl`` (a departed
+        publisher's) is dropped, as its ordering state is."""
         self.received_from: TtlMap[bytes, tuple[NodeId, int, bytes]] = TtlMap(
             "plumtree.received_from", cap, params.OPTIMISE_WINDOW, registry=registry
         )
@@ -147,9 +148,6 @@ class Plumtree:
         self.answered: TtlMap[tuple[bytes, NodeId], None] = TtlMap(
             "plumtree.grafts_answered", cap, GRAFT_ANSWER_INTERVAL, registry=registry)
         """(id, peer) GRAFTs answered lately (see ``GRAFT_ANSWER_INTERVAL``)."""
-        self.refresh_at: LruMap[bytes, float] = LruMap("plumtree.tree_refresh", config.tree_publishers,
-                                                       registry=registry)
-        """Per publisher: when its tree is next refreshed here (``gossip.tree_refresh``)."""
         self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque("plumtree.ihave_queue", 4 * cap,
                                                                                   registry=registry)
         self._watch = Watch()
@@ -316,17 +314,14 @@ class Plumtree:
         return out
 
     def _refresh(self, pub: bytes, now: float) -> list[HvSend]:
-        """#14: once per ``gossip.tree_refresh`` (x 0.5-1.5 per publisher), ask the neighbours
-        lazy for ``pub`` to push its next batch too (GRAFT without id): the first arrival picks
-        the eager link again by the latencies of now, and the duplicates prune the others."""
-        due = self.refresh_at.peek(pub)
-        if due is not None and now < due:
+        """#14: once per ``gossip.tree_refresh`` (x 0.5-1.5 per publisher), ask the neighbours lazy for
+        ``pub`` to push its next batch too (GRAFT without id): its first arrival re-picks the eager link."""
+        due = self.tree_used.get(pub)
+        if due is None or now < due:  # a new tree (_push starts its clock) or not due yet
             return []
-        # the factor is fixed per (node, publisher): nodes refresh a tree at different times, and
-        # no random draw moves the swarm's other choices
-        self.refresh_at.set(pub, now + self.config.tree_refresh * (0.5 + zlib.crc32(self.me.raw + pub) / 2**32))
+        self.tree_used.set(pub, self._next_refresh(pub, now), now)
         lazy = self.trees.peek(pub)
-        if due is None or not lazy:
+        if not lazy:
             return []
         self.counters["tree_refreshes"] += 1
         out: list[HvSend] = []
@@ -334,6 +329,10 @@ class Plumtree:
             self._make_eager(p, pub)
             out.append(HvSend(p, MGraft(self.swarm, None, pub)))
         return out
+
+    def _next_refresh(self, pub: bytes, now: float) -> float:
+        # a factor fixed per (node, publisher): nodes refresh apart, and no random draw is taken
+        return now + self.config.tree_refresh * (0.5 + zlib.crc32(self.me.raw + pub) / 2**32)
 
     def _optimise(self, announcer: NodeId, mid: bytes, hops: int) -> list[HvSend]:
         """``announcer`` (lazy) has ``mid`` at ``hops``: when that is at least the threshold
@@ -534,8 +533,7 @@ class Plumtree:
     def close(self) -> None:
         """Release every per-swarm container."""
         for c in (self.eager, self.lazy, self.since, self.missing, self.graft_timers, self.graft_tries,
-                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used, self.answered,
-                  self.refresh_at):
+                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used, self.answered):
             c.close()
         self.ihave_deadline = None
 
@@ -558,7 +556,7 @@ class Plumtree:
         fwd: MGossip | None = None if forward else msg
         lazy = self._lazy_for(msg.publisher)
         if not self.tree_used.touch(msg.publisher, now):  # #14: renewed once a second, not per batch
-            self.tree_used.set(msg.publisher, None, now)
+            self.tree_used.set(msg.publisher, self._next_refresh(msg.publisher, now), now)
         for p in (*self.eager.keys(), *self.lazy.keys()):
             if p == sender:
                 continue
