@@ -163,6 +163,27 @@ def test_a_direct_connection_by_other_means_ends_the_punch() -> None:
     assert isinstance(done, PunchDone) and done.ok and not a.puncher.active(b.id)
 
 
+def test_a_relayed_connection_does_not_end_the_punch_a_direct_one_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NodeCore: a connection through a relay is what a punch is to replace. The lab saw h1's
+    mesh reconnect to h2 through a relay while h1 punched, and the punch ended as ``direct``
+    (``ok=True``) with the path still relayed. (That the puncher ends a punch in progress on
+    ``connected`` is ``test_a_direct_connection_by_other_means_ends_the_punch``.)"""
+    keys = [KeyPair.from_seed(bytes([i]) * 32) for i in (41, 42)]
+    a, b = (NodeCore(k, NodeConfig(realm=REALM), Random(i), ContainerRegistry(f"r{i}")) for i, k in enumerate(keys))
+    ended: list[float] = []
+
+    def connected(peer: object, now: float) -> list[object]:
+        ended.append(now)
+        return [PunchDone(b.id, True, "direct", now, True)]
+
+    monkeypatch.setattr(a.puncher, "active", lambda peer: peer == b.id)  # a punch to b in progress
+    monkeypatch.setattr(a.puncher, "connected", connected)
+    out = a.peer_connected(b.id, ("relay:x@10.1.0.1:7000/b",), True, 1.1, direct=False)
+    assert ended == [] and not [o for o in out if isinstance(o, PunchDone)]
+    out = a.peer_connected(b.id, ("10.3.0.1:7000",), True, 1.2)  # direct (the default)
+    assert ended == [1.2] and [o for o in out if isinstance(o, PunchDone)]
+
+
 def test_config_is_checked() -> None:
     for kw in ({"attempts": 0}, {"backoff": 0.0}, {"jitter": 1.5}, {"stagger": -1.0}, {"forward_rate": 0.0}):
         with pytest.raises(ConfigError):

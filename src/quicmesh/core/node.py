@@ -315,8 +315,10 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
             return []
         return out + self._kick(now) if self.guard.kicked else out  # invalid answers, log operations
 
-    def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float) -> list[object]:
-        """An authenticated connection to ``peer`` is up (idempotent). A blocked peer is refused."""
+    def peer_connected(self, peer: NodeId, addresses: tuple[str, ...], outbound: bool, now: float, *,
+                       direct: bool = True) -> list[object]:
+        """An authenticated connection to ``peer`` is up (idempotent). A blocked peer is refused.
+        ``direct=False``: its packets go through a relay (a punch to the peer goes on)."""
         freed = outbound and self.dials.finished(peer, addresses)
         if self.guard.blocked(peer, now):
             return [Disconnect(peer, "blocked"), *(self._release_dials(now) if freed else [])]
@@ -328,7 +330,7 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         out += self._route(self.caller.peer_connected(peer, now), now)
         out += self.logs.peer_connected(peer, now)
         out += self._route(self.groups.peer_connected(peer, now), now)
-        out += self.punch_connected(peer, now)
+        out += self.punch_connected(peer, now, direct=direct)
         if self._probing:
             self.failure.add(peer, now)
         out.append(STATE_CHANGED)

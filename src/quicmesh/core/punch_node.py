@@ -82,11 +82,14 @@ class PunchCommands:
             out += self._auto_punch(peer, now)
         return out
 
-    def punch_connected(self, peer: NodeId, now: float) -> list[object]:
+    def punch_connected(self, peer: NodeId, now: float, *, direct: bool = True) -> list[object]:
         """A connection to ``peer`` is up: a slow dial to it is no longer watched, and a punch to
-        it in progress ends as a success."""
+        it in progress ends as a success if the connection is direct (a relayed one is what the
+        punch is to replace: a lab run saw a relayed reconnection end h1's punch as ``direct``)."""
         self._punch_watch.pop(peer)
-        return self._route(self.puncher.connected(peer, now), now) if self.puncher.active(peer) else []
+        if not direct or not self.puncher.active(peer):
+            return []
+        return self._route(self.puncher.connected(peer, now), now)
 
     def _gate(self, eff: DialRequest, now: float) -> list[object]:
         out: list[object] = super()._gate(eff, now)  # type: ignore[misc]

@@ -270,7 +270,8 @@ class NodeDriver(HandlerRunner):
             return
         self.inbox_guard.peer_up()
         addresses = (conn.remote_address,) if conn.outbound else ()
-        self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now()))
+        self._run(self.core.peer_connected(conn.peer_id, addresses, conn.outbound, self._now(),
+                                           direct=conn.path == "direct"))
         if self.mesh.observed.report(conn.peer_id, getattr(conn, "observed", ""), self._now()):  # #13
             announce(self.core, self.keypair, self.trust.wire_id, self.mesh.observed.announced())
         self._rearm()
@@ -472,7 +473,8 @@ class NodeDriver(HandlerRunner):
         if self._stopped:
             return
         if conn is not None:
-            self._run(self.core.peer_connected(conn.peer_id, addresses, True, self._now()))
+            direct = conn.path == "direct"
+            self._run(self.core.peer_connected(conn.peer_id, addresses, True, self._now(), direct=direct))
         else:
             self._run(self.core.dial_failed(peer, addresses, self._now()))
         self._rearm()

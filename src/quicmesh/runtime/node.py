@@ -233,7 +233,7 @@ class Node(NodeStatus):
         joins this node's realm overlay if it has room (a mesh normally needs only bootstrap)."""
         self._check_open()
         conn = await self.transport.dial(address, expected)
-        self._run(self.core.peer_connected(conn.peer_id, (address,), True, self._now()))
+        self._run(self.core.peer_connected(conn.peer_id, (address,), True, self._now(), direct=conn.path == "direct"))
         self._rearm()
         return conn.peer_id
 
