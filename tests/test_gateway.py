@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from portkit import restart_port
 
 from quicmesh.config import GatewayConfig, NodeConfig, TransportConfig
 from quicmesh.errors import (
@@ -220,8 +221,8 @@ async def test_same_key_replaces_the_session(stack: dict[str, Any]) -> None:
 
 async def test_client_survives_gateway_restart() -> None:
     key = KeyPair.generate()
-    gw = await Node.start(gw_config(), keypair=key)
-    port = gw.address.rsplit(":", 1)[1]
+    port = restart_port()  # stays free while the gateway is down (not one other processes get for :0)
+    gw = await Node.start(gw_config().replace(listen=f"127.0.0.1:{port}"), keypair=key)
     c = await Client.connect(gw.address, realm="gw", transport=FAST, gateway_id=gw.id, reconnect_max_delay=0.5)
 
     async def h(p: bytes) -> bytes:
@@ -320,8 +321,8 @@ async def test_client_survives_a_killed_gateway_process(tmp_path: Any) -> None:
     from quicmesh.testing.process import NodeProcess
 
     key = str(tmp_path / "gw.key")
-    gw = await NodeProcess.spawn("gw", realm="gw", extra=["--key", key])
-    port = gw.address.rsplit(":", 1)[1]
+    port = restart_port()  # stays free while the gateway is down (CI once saw another process take it)
+    gw = await NodeProcess.spawn("gw", realm="gw", extra=["--key", key, "--listen", f"127.0.0.1:{port}"])
     c = await Client.connect(gw.address, realm="gw", transport=FAST, gateway_id=gw.node_id, reconnect_max_delay=0.5)
     try:
         sub = await c.subscribe("alerts.>")

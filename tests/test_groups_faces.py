@@ -8,6 +8,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+from portkit import restart_port
 from test_http_api import SseReader, curl
 
 from quicmesh.config import GatewayConfig, HttpApiConfig, NodeConfig, TransportConfig
@@ -113,8 +114,8 @@ async def test_an_sse_stream_with_group_is_a_group_member() -> None:
 async def test_a_light_client_member_stays_a_member_across_a_gateway_restart() -> None:
     key = KeyPair.generate()
     cfg = NodeConfig(realm="gr", transport=FAST, gateway=GatewayConfig(max_clients=4))
-    gw = await Node.start(cfg, keypair=key)
-    port = gw.address.rsplit(":", 1)[1]
+    port = restart_port()  # stays free while the gateway is down
+    gw = await Node.start(cfg.replace(listen=f"127.0.0.1:{port}"), keypair=key)
     c = await Client.connect(gw.address, realm="gr", transport=FAST, gateway_id=gw.id, reconnect_max_delay=0.5)
     try:
         sub = await c.subscribe("jobs.>", group="workers")
