@@ -238,10 +238,11 @@ class GossipConfig:
     behind a gap; in-order messages are delivered at once."""
     # #14 (tree)
     tree_refresh: float = 30.0
-    """#14: seconds (x 0.5-1.5 at random each time) between two refreshes of a publisher's tree at
-    a node: the node grafts its neighbours lazy for that publisher, which push its next batch too,
-    and the first arrival picks the eager link by the latencies of now (a path that sped up, an
-    eager link that slowed down); ~4 extra payloads per publisher per node per refresh; 0: off."""
+    """#14: seconds (x 0.5-1.5, a factor fixed per node and publisher) between two refreshes of
+    a publisher's tree at a node: the node grafts its neighbours lazy for that publisher, which
+    push its next batch too, and the first arrival picks the eager link by the latencies of now
+    (a path that sped up, an eager link that slowed down); ~4 extra payloads per publisher per
+    node per refresh; 0: off."""
     tree_publishers: int = 256
     """Publishers per swarm with their own broadcast tree (count, default 256; LRU: a forgotten one floods once)."""
     reorder_start_wait: float = 1.0

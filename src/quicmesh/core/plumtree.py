@@ -63,9 +63,10 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   the payload came from (#14: at 1,000 nodes this took the deepest delivery from 30 hops down).
 * **Tree refresh** (#14). Nothing above revisits a link pruned while its path was slower once the
   path speeds up (or the eager one slows down) unless a payload goes missing for the GRAFT timer.
-  So every ``gossip.tree_refresh`` (30 s, x 0.5-1.5 at random) a node that receives a new batch of
-  a publisher grafts its neighbours lazy for that publisher: they push the next batch too, the
-  first arrival is the eager link from then on and the duplicates prune the rest.
+  So every ``gossip.tree_refresh`` (30 s, x 0.5-1.5 fixed per node and publisher) a node that
+  receives a new batch of a publisher grafts its neighbours lazy for that publisher: they push
+  the next batch too, the first arrival is the eager link from then on and the duplicates prune
+  the rest.
 * **Batching.** IHAVEs are queued and flushed every ``ihave_batch_interval`` (5 ms), one message
   per peer.
 

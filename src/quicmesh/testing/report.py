@@ -11,7 +11,6 @@ from functools import partial
 from typing import Any
 
 from ..config import NodeConfig
-from ..identity import NodeId
 from .network import Latency, NetworkParams
 from .sim import SimNode, Simulator
 
@@ -76,13 +75,12 @@ def build_overlay(sim: Simulator, count: int, *, spacing: float = 0.05, bootstra
     return nodes
 
 
-def overlay_connected(nodes: list[SimNode], swarm: str | None = None) -> bool:
-    """Whether the active views of the live ``nodes`` (realm, or ``swarm``) form one component."""
+def _view_links(nodes: Iterable[SimNode], swarm: str | None) -> set[tuple[int, int]]:
+    """``(a, b)`` node index pairs, ``a < b``, for every peer in a live node's active view (of the
+    realm, or of ``swarm``) that is one of the live ``nodes`` (either end's view makes a link)."""
     live = [n for n in nodes if n.alive]
-    if not live:
-        return True
-    ids = {n.id for n in live}
-    adj: dict[NodeId, set[NodeId]] = {n.id: set() for n in live}
+    index = {n.id: n.index for n in live}
+    links: set[tuple[int, int]] = set()  # bounded: the live nodes' active views
     for n in live:
         if swarm is None:
             peers = n.mesh.realm.active_peers()
@@ -90,33 +88,35 @@ def overlay_connected(nodes: list[SimNode], swarm: str | None = None) -> bool:
             sw = n.mesh.swarms.peek(swarm)
             peers = sw.hv.active_peers() if sw is not None else []
         for p in peers:
-            if p in ids:
-                adj[n.id].add(p)
-                adj[p].add(n.id)
-    start = live[0].id
-    seen = {start}
-    todo = [start]
+            j = index.get(p)
+            if j is not None and j != n.index:
+                links.add((min(n.index, j), max(n.index, j)))
+    return links
+
+
+def overlay_connected(nodes: list[SimNode], swarm: str | None = None) -> bool:
+    """Whether the active views of the live ``nodes`` (realm, or ``swarm``) form one component."""
+    live = [n.index for n in nodes if n.alive]
+    if not live:
+        return True
+    adj: dict[int, list[int]] = {i: [] for i in live}
+    for a, b in _view_links(nodes, swarm):
+        adj[a].append(b)
+        adj[b].append(a)
+    seen = {live[0]}
+    todo = [live[0]]
     while todo:
-        x = todo.pop()
-        for y in adj[x]:
+        for y in adj[todo.pop()]:
             if y not in seen:
                 seen.add(y)
                 todo.append(y)
-    return len(seen) == len(ids)
+    return len(seen) == len(live)
 
 
 def swarm_links(sim: Simulator, swarm: str) -> frozenset[tuple[int, int]]:
     """The links of the swarm overlay as it stands: ``(a, b)`` node index pairs, ``a < b``, for
     every peer in a live node's active view of ``swarm`` (either end's view makes a link)."""
-    index = {n.id: n.index for n in sim.nodes if n.alive}
-    links: set[tuple[int, int]] = set()  # bounded: the live nodes' active views
-    for n in sim.nodes:
-        sw = n.mesh.swarms.peek(swarm) if n.alive else None
-        for p in sw.hv.active_peers() if sw is not None else ():
-            j = index.get(p)
-            if j is not None and j != n.index:
-                links.add((min(n.index, j), max(n.index, j)))
-    return frozenset(links)
+    return frozenset(_view_links(sim.nodes, swarm))
 
 
 def lowest_latencies(sim: Simulator, source: int, links: Iterable[tuple[int, int]]) -> dict[int, float]:
