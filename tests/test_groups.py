@@ -248,3 +248,19 @@ def test_waiting_messages_are_spread_round_robin_when_room_frees() -> None:
         more += w.g.handle_ack(peer, GAck([m.i for p, m in first if p == peer]), 0.5)
     assert Counter(p for p, _ in pushes(more)) == {A: 4, B: 4, C: 4}
     assert w.g.stats()["waiting"] == 0
+
+
+def test_keyless_is_set_only_by_an_index_with_no_key_and_cleared_by_a_change() -> None:
+    """``keyless`` lets the publish short path skip :meth:`Groups.keys_for`: it must be true only
+    while the index is built and empty, and false from the moment the adverts change."""
+    w = World([A])
+    assert not w.g.keyless  # not indexed yet
+    assert w.g.keys_for("jobs.a") == [("w", "jobs.>")] and not w.g.keyless
+    w.members.clear()
+    w.g.changed()
+    assert not w.g.keyless  # dirty: nothing known until the next index
+    assert w.g.keys_for("jobs.a") == [] and w.g.keyless
+    w.members[NAME] = [(B, ("127.0.0.1:1",))]
+    w.g.changed()
+    assert not w.g.keyless
+    assert w.g.keys_for("jobs.a") == [("w", "jobs.>")] and not w.g.keyless

@@ -187,6 +187,10 @@ class Groups:
         self._keys: dict[Key, Pattern] = {}  # bounded: keys advertised in the registry (capped there)
         self._cursor: dict[Key, int] = {}  # bounded: one per key of self._keys
         self._dirty = True
+        self.keyless = False
+        """Whether the key index is built and holds no key: then no topic has a group route and
+        the publish short path (:meth:`quicmesh.core.node.NodeCore.append_to_batch`) skips
+        :meth:`keys_for`."""
         self._next_id = 1
         self.counters = {  # bounded: fixed keys
             "published": 0, "delivered_local": 0, "pushed": 0, "acked": 0, "nacked": 0, "redelivered": 0,
@@ -198,6 +202,7 @@ class Groups:
     def changed(self) -> None:
         """The registry's adverts changed: rebuild the key index before the next route."""
         self._dirty = True
+        self.keyless = False
 
     def _index(self) -> None:
         self._dirty = False
@@ -211,6 +216,7 @@ class Groups:
             except ValueError:
                 continue
         self._keys = keys
+        self.keyless = not keys
         self._cursor = {k: v for k, v in self._cursor.items() if k in keys}  # bounded: one per key of self._keys
         self.routes.clear()
 

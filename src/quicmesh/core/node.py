@@ -8,8 +8,7 @@ A :class:`NodeCore` owns the node's sans-IO machines: the :class:`~quicmesh.core
 :class:`~quicmesh.core.registry.Registry` (signed leases), the :class:`~quicmesh.core.rpc.Rpc`
 (calls on one connection) and the :class:`~quicmesh.core.caller.Caller` (provider choice and
 failover) and the :class:`~quicmesh.core.replication.LogReplication` (log interest and sync,
-store access as outputs). Time (``now``) and a seeded RNG are
-arguments; nothing here does I/O.
+store access as outputs). Time (``now``) and a seeded RNG are arguments; nothing here does I/O.
 
 **In.** :meth:`handle` takes one typed event of :mod:`quicmesh.core.events` and returns the
 outputs, in order. The same entry points exist as methods (``message``, ``publish``, ...) for
@@ -176,6 +175,7 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         """Permission checks of actions, origin signatures of gossip, penalties of peers."""
         self.mesh = Mesh(self.id, addresses, config, rng, registry, serves_clients=serves_clients, auth=self.guard)
         """The overlay: address book, realm membership, topic swarms and their broadcast."""
+        self._append_to_batch = self.mesh.append_to_batch
         self.services = Registry(
             keypair, addresses, config.registry, realm=self.trust.wire_id, rng=rng,
             version_base=version_base, wall_offset=wall_offset, registry=registry, trust=self.trust,
@@ -416,7 +416,8 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
     def append_to_batch(self, topic: str, payload: bytes) -> bool:
         """The publish fast path: add ``payload`` to ``topic``'s open batch when one is open
         (checked when it opened); ``False``: call :meth:`publish` (always for a group's topic)."""
-        return not self.groups.keys_for(topic) and self.mesh.append_to_batch(topic, payload)
+        g = self.groups  # keyless: the common case, without a call to keys_for (#14)
+        return (g.keyless or not g.keys_for(topic)) and self._append_to_batch(topic, payload)
 
     @property
     def has_batches(self) -> bool:

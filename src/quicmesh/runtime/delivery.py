@@ -93,6 +93,10 @@ class Delivery:
         self.pending = 0
         """Messages waiting."""
         self.pending_bytes = 0
+        self.full = False
+        """Whether the FIFO holds ``HIGH`` messages or ``HIGH_BYTES`` bytes (or more). A plain
+        attribute, set where ``pending`` changes, not a property: every ``publish`` reads it, and
+        a property's call was a tenth of a 64 B publish's CPU (#14)."""
         self.dropped = 0
         """Deliveries refused by a full FIFO (only a caller publishing without awaiting gets here)."""
         self.stalls = 0
@@ -112,11 +116,6 @@ class Delivery:
     def _reset_inline(self) -> None:
         self._inline_reset = False
         self._inline = CHUNK
-
-    @property
-    def full(self) -> bool:
-        """Whether the FIFO holds ``HIGH`` messages or ``HIGH_BYTES`` bytes (or more)."""
-        return self.pending >= HIGH or self.pending_bytes >= HIGH_BYTES
 
     def __len__(self) -> int:
         return len(self.outbox)
@@ -142,8 +141,8 @@ class Delivery:
             return
         self.pending += n
         self.pending_bytes += _size(eff)
-        if self.full:
-            self._was_full = True
+        if self.pending >= HIGH or self.pending_bytes >= HIGH_BYTES:
+            self.full = self._was_full = True
         self._schedule()
 
     async def room(self) -> None:
@@ -226,6 +225,7 @@ class Delivery:
             n = _count(eff)
             self.pending -= n
             self.pending_bytes -= _size(eff)
+            self.full = self.pending >= HIGH or self.pending_bytes >= HIGH_BYTES
             budget -= n
             if isinstance(eff, DeliverBatch):
                 self._deliver_batch(eff)
