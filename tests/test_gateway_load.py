@@ -129,17 +129,37 @@ async def test_150_clients_against_100() -> None:
         await gw.stop()
 
 
-@pytest.fixture
-async def mesh() -> AsyncIterator[tuple[Node, Node]]:
-    """An in-process gateway node and a mesh peer connected to it."""
-    gw = await Node.start(NodeConfig(realm="load", transport=FAST, gateway=GatewayConfig(
+async def _mesh(transport: TransportConfig) -> AsyncIterator[tuple[Node, Node]]:
+    gw = await Node.start(NodeConfig(realm="load", transport=transport, gateway=GatewayConfig(
         max_pending_bytes=256 * 1024, write_stall_timeout=2.0)))
-    peer = await Node.start(NodeConfig(realm="load", transport=FAST, bootstrap=(gw.address,),
+    peer = await Node.start(NodeConfig(realm="load", transport=transport, bootstrap=(gw.address,),
                                        rpc=RpcConfig(max_concurrent_handlers=512)))
     await gw.wait_until(lambda: len(gw.peers()) == 1, 10)
     yield gw, peer
     await peer.stop()
     await gw.stop()
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[tuple[Node, Node]]:
+    """An in-process gateway node and a mesh peer connected to it (idle timeouts of 2 s)."""
+    async for pair in _mesh(FAST):
+        yield pair
+
+
+PATIENT = TransportConfig(handshake_timeout=10.0, idle_timeout=60.0, keepalive_interval=0.4)
+"""For the slow-consumer test: no connection there may end by an idle timeout. A client that
+stops reading its socket also stops hearing the gateway, so with FAST's 2 s its own connection
+idled out at ~2 s and the gateway's ~2 s after that: the gateway's pending-bytes close (~2.8 s
+after the client stopped reading, here) won only while the burst kept its pace (CI on e56141b:
+no slow-consumer close in 15 s). With 60 s only the gateway's slow-consumer rules can end it."""
+
+
+@pytest.fixture
+async def patient_mesh() -> AsyncIterator[tuple[Node, Node]]:
+    """As ``mesh``, with idle timeouts of 60 s."""
+    async for pair in _mesh(PATIENT):
+        yield pair
 
 
 async def test_10_subscribed_clients_disconnect(mesh: tuple[Node, Node]) -> None:
@@ -238,10 +258,10 @@ def _p99(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100)[98] if len(xs) >= 100 else max(xs)
 
 
-async def test_slow_consumer_is_closed_and_others_keep_latency(mesh: tuple[Node, Node]) -> None:
-    gw, peer = mesh
-    normal = [await Client.connect(gw.address, realm="load", transport=FAST) for _ in range(5)]
-    slow = await Client.connect(gw.address, realm="load", transport=FAST, reconnect=False)
+async def test_slow_consumer_is_closed_and_others_keep_latency(patient_mesh: tuple[Node, Node]) -> None:
+    gw, peer = patient_mesh
+    normal = [await Client.connect(gw.address, realm="load", transport=PATIENT) for _ in range(5)]
+    slow = await Client.connect(gw.address, realm="load", transport=PATIENT, reconnect=False)
     lat: list[list[float]] = [[] for _ in normal]
     subs = [await c.subscribe("feed") for c in normal]
     slow_sub = await slow.subscribe("feed")
