@@ -8,8 +8,10 @@ Columns: quicmesh under the asyncio loop and under uvloop (skipped with the reas
 uvloop cannot be imported), NATS (Debian's nats-server + nats-py), Zenoh (eclipse-zenoh, two
 peer sessions) and the raw qh3 ceiling (bench/quic_raw.py's own server and client: one stream,
 4-byte-length-prefixed frames). Each system runs as two processes on 127.0.0.1 (plus the broker
-for NATS), through the public API a user writes (bench/peerslib/adapters.py); the same
-scenarios (bench/peerslib/worker.py) drive every system:
+for NATS), through the public API a user writes (bench/peerslib/adapters.py); quicmesh's
+processes run as ``quicmesh node`` does (``PYTHONMALLOC=malloc`` and the node's garbage-collector
+thresholds, ``gc_young_threshold``). The same scenarios (bench/peerslib/worker.py) drive every
+system:
 
 * pub/sub 64 B and 1 KiB: the subscriber counts data messages; the publisher publishes for one
   window as fast as the system lets it (its own back-pressure: quicmesh's ``publish`` awaits a

@@ -88,10 +88,14 @@ class QuicmeshAdapter(Adapter):
 
     async def open(self, role: str, address: str | None) -> str:
         import quicmesh
+        from quicmesh.cli.node import tune_gc
         from quicmesh.config.discovery import DiscoveryConfig
 
         cfg = quicmesh.NodeConfig(listen="127.0.0.1:0", realm=REALM, bootstrap=(address,) if address else (),
                                   discovery=DiscoveryConfig(local=False))
+        # as `quicmesh node` runs: its garbage-collector thresholds (gc_young_threshold) here,
+        # its allocator (PYTHONMALLOC=malloc) in the process's environment (run.py)
+        tune_gc(cfg.gc_young_threshold)
         self.node = await quicmesh.Node.start(cfg)
         if address:
             await self.node.wait_until(lambda: len(self.node.peers()) > 0, timeout=20)
