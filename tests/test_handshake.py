@@ -64,11 +64,14 @@ def one(outputs: list[hs.Output], kind: type) -> object:
 
 
 def run(
-    d: hs.Handshake, lst: hs.Handshake, server: KeyPair, *, admit: bool = True
+    d: hs.Handshake, lst: hs.Handshake, server: KeyPair, *, admit: bool = True, d_binding: bytes = b"",
+    l_binding: bytes = b"", hello_decline: hs.Decline | None = None,
 ) -> tuple[list[hs.Output], list[hs.Output]]:
-    """Drive both machines to the end; every admission request is answered ``Admit`` (or stops)."""
-    d_out = d.handle(hs.TlsDone(server.node_id), 0.0)
-    lst_out = lst.handle(hs.TlsDone(), 0.0)
+    """Drive both machines to the end; every admission request is answered ``Admit`` (or stops;
+    the Hello's with ``hello_decline`` when given). The bindings go in the ``TlsDone`` events
+    (#14: empty, the ``Challenge`` round trip)."""
+    d_out = d.handle(hs.TlsDone(server.node_id, binding=d_binding), 0.0)
+    lst_out = lst.handle(hs.TlsDone(binding=l_binding), 0.0)
     all_d, all_l = list(d_out), list(lst_out)
     pending = [("l", m) for m in sent(d_out)]
     now = 0.0
@@ -77,9 +80,10 @@ def run(
         now += 0.001
         machine = lst if side == "l" else d
         out = machine.handle(hs.Received(m), now)
-        while admit and any(isinstance(o, hs.NeedAdmission) for o in out[-1:]):
+        while admit and out and isinstance(out[-1], hs.NeedAdmission):
             (all_l if side == "l" else all_d).extend(out)
-            out = machine.handle(hs.Admit(), now)
+            decline = hello_decline is not None and out[-1].stage == "hello"
+            out = machine.handle(hello_decline if hello_decline is not None and decline else hs.Admit(), now)
         (all_l if side == "l" else all_d).extend(out)
         pending += [("d" if side == "l" else "l", x) for x in sent(out)]
     return all_d, all_l

@@ -176,9 +176,13 @@ async def test_flood_1500_attempts_against_1000_cap(
 
 
 class StallingConnection(QuicConnection):
-    """A dialer that completes TLS and Hello, then never answers the challenge (slowloris)."""
+    """A dialer that completes TLS and Hello, then never answers the challenge (slowloris; it
+    names no binding, so its proof is not in its Hello and the listener challenges it)."""
 
     challenged: asyncio.Queue[None]
+
+    def _binding(self) -> bytes:
+        return b""
 
     def _on_handshake_message(self, m: Message) -> None:
         if isinstance(m, Challenge):  # never answered

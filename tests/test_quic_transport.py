@@ -283,9 +283,13 @@ async def test_silent_listener_handshake_timeout(make: Make) -> None:
 
 
 class StallingConnection(QuicConnection):
-    """A dialer that completes TLS and Hello, then never answers the challenge."""
+    """A dialer that completes TLS and Hello, then never answers the challenge (one that names no
+    binding, so its proof is not in its Hello: the older kind)."""
 
     challenged: asyncio.Event
+
+    def _binding(self) -> bytes:
+        return b""
 
     def _on_handshake_message(self, m: Message) -> None:
         if isinstance(m, Challenge):  # never answered

@@ -253,7 +253,11 @@ async def test_one_peers_flood_cannot_fill_the_inbox() -> None:
 
 
 class PreauthFlooder(QuicConnection):
-    """A dialer that, once challenged, sends the start of a 1 MiB frame instead of its proof."""
+    """A dialer that, once challenged, sends the start of a 1 MiB frame instead of its proof (it
+    names no binding, so the listener challenges it)."""
+
+    def _binding(self) -> bytes:
+        return b""
 
     def _on_handshake_message(self, m: Message) -> None:
         if isinstance(m, Challenge):

@@ -1,4 +1,4 @@
-"""The quicmesh connection handshake as a sans-IO state machine, plus the duplicate-connection rule.
+"""The quicmesh connection handshake as a sans-IO state machine.
 
 Theory of operation
 -------------------
@@ -43,6 +43,21 @@ public key, and their realm, on the connection's first stream:
    :class:`Admit` the listener sends ``Welcome`` and is :class:`Established`; the dialer is
    established when the ``Welcome`` naming its peer arrives.
 
+**The proof in the Hello (#14: one round trip fewer).** When the runtime can name the connection
+to both ends (``TlsDone.binding``: for QUIC the listener's and the dialer's initial connection ids
+and the original destination id, which TLS authenticates as transport parameters and of which the
+listener's are fresh random bytes of its own choosing), the dialer signs :func:`early_transcript`
+(its own label, the binding, dialer id, listener id, realm) at once and sends it as
+``Hello.proof``. A listener that knows the binding takes the place of the nonce by it: it runs the
+Hello's checks and admission as above, verifies the proof (``Refuse("auth")`` if it does not),
+asks for the admission at ``stage="proof"`` and sends ``Welcome`` with what its ``Challenge``
+would have carried (its certificate, a newer revocation list, the observed address); the dialer
+checks the listener's certificate from it before it counts as established. So a connection is
+admitted one round trip after TLS instead of two. A proof cannot be replayed on another
+connection (the listener picks new connection ids) nor to another listener (its id is signed).
+A listener without a binding (or of a release before this) ignores ``Hello.proof`` and sends its
+``Challenge``, which the dialer answers as in step 3.
+
 Observed addresses (#13): ``Hello.obs`` and ``Challenge.obs`` tell the peer the address this end
 sees it at (:attr:`Handshake.remote`, set by the runtime); the peer's report is :attr:`Handshake.observed`.
 
@@ -55,13 +70,8 @@ current time as an argument, outputs are the dataclasses below, which the runtim
 order (send a frame, close the connection, publish it, record an RTT sample). Signing is injected
 (``sign``), as is the nonce source (``nonce``).
 
-Duplicates: at most one connection per peer pair. :func:`duplicate_survivor` decides between an
-existing connection and a new one: a peer that shows another *instance* (random bytes per process
-start) restarted, so its new connection wins at once; otherwise the connection dialed by the
-smaller node id survives (two dialed by the same side: the newer one). A light client's new
-connection always supersedes its previous one. :func:`should_park` says when a listener holds a
-verified inbound attempt until its own dial to the same peer is done (simultaneous dial, the
-local node being the smaller id), so that the losing connection never reaches either node.
+The duplicate-connection rule (:func:`duplicate_survivor`, :func:`should_park`) lives in
+:mod:`quicmesh.core.duplicates` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -84,6 +94,21 @@ from ..errors import (
     TrustError,
 )
 from ..identity import NodeId
+from .duplicates import Link, duplicate_survivor, should_park
+from .handshake_events import (
+    Admit,
+    Close,
+    Decline,
+    Established,
+    Event,
+    NeedAdmission,
+    Output,
+    Received,
+    RttSample,
+    Send,
+    TimerFired,
+    TlsDone,
+)
 from .messages import Challenge, Hello, Ping, Pong, Proof, Refuse, Welcome
 from .permissions import EVERYTHING, Permissions
 from .trust import Certificate, RevocationList, Trust
@@ -94,6 +119,7 @@ __all__ = [
     "AUTH_LABEL",
     "CLOSE_CODES",
     "CONTROL_TYPES",
+    "EARLY_LABEL",
     "MAX_HANDSHAKE_LIST",
     "NONCE_LEN",
     "PROTOCOL_VERSION",
@@ -115,6 +141,7 @@ __all__ = [
     "TlsDone",
     "auth_transcript",
     "duplicate_survivor",
+    "early_transcript",
     "refusal_error",
     "should_park",
 ]
@@ -123,7 +150,10 @@ PROTOCOL_VERSION = 1
 """The quicmesh handshake version carried in ``Hello``."""
 
 AUTH_LABEL = b"quicmesh/auth/v1"
-"""Protocol label that starts every signed handshake transcript."""
+"""Protocol label that starts every signed handshake transcript (the challenge's)."""
+
+EARLY_LABEL = b"quicmesh/auth-early/v1"
+"""Protocol label of a proof sent in the ``Hello``, signed over the connection's binding."""
 
 NONCE_LEN = 32
 """Bytes in a ``Challenge`` nonce."""
@@ -169,6 +199,13 @@ def auth_transcript(nonce: bytes, dialer: NodeId, listener: NodeId, realm: str) 
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
+def early_transcript(binding: bytes, dialer: NodeId, listener: NodeId, realm: str) -> bytes:
+    """The bytes a dialer signs for ``Hello.proof``: :func:`auth_transcript` with
+    :data:`EARLY_LABEL` and the connection's binding in place of a nonce."""
+    parts = (EARLY_LABEL, binding, dialer.raw, listener.raw, realm.encode("utf-8"))
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
 def refusal_error(code: str, text: str) -> Exception:
     """The exception a dialer raises for a refusal or close ``code`` sent by the listener."""
     if code in ADMISSION_REASONS:
@@ -185,135 +222,6 @@ def refusal_error(code: str, text: str) -> Exception:
     if code == "version":
         return TransportError(f"listener speaks another handshake version: {text}")
     return ConnectionLost(f"connection closed during the handshake: {text}")
-
-
-# -- the duplicate-connection rule -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    """What the duplicate rule knows about one connection to a peer."""
-
-    dialer: NodeId
-    """The node id of the side that dialed this connection."""
-    instance: bytes
-    """The peer's instance (random per process start) as shown on this connection."""
-    relayed: bool = False
-    """Whether this connection's packets go through a relay (#13); both ends know it."""
-
-
-def duplicate_survivor(existing: Link, new: Link, *, role: str = "node") -> Literal["existing", "new"]:
-    """Which of two authenticated connections to the same peer survives (the other is closed
-    with code ``duplicate``). Both sides of the pair reach the same answer."""
-    if role == "client":
-        return "new"  # a light client that connects again supersedes its previous connection
-    if new.instance and existing.instance != new.instance:
-        return "new"  # the peer restarted: the old connection is stale even if not timed out yet
-    if existing.relayed != new.relayed:
-        return "new" if existing.relayed else "existing"  # a direct path beats a relayed one (#13)
-    if existing.dialer != new.dialer:
-        return "existing" if existing.dialer < new.dialer else "new"
-    return "new"
-
-
-def should_park(local: NodeId, peer: NodeId, *, own_dial_in_flight: bool) -> bool:
-    """A listener that verified ``peer``'s inbound attempt holds it (decides later) when its own
-    dial to ``peer`` is under way and would win the tie-break (``local < peer``): welcoming it now
-    would let the peer's ``dial()`` return a connection closed a moment later."""
-    return own_dial_in_flight and local < peer
-
-
-# -- events (inputs) ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TlsDone:
-    """TLS finished. For a dialer: ``peer`` is the id in the listener's certificate, or ``None``
-    with ``problem`` when the certificate is missing or not an Ed25519 key."""
-
-    peer: NodeId | None = None
-    problem: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A decoded frame arrived before the connection was established."""
-
-    message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class Admit:
-    """The owner's answer to :class:`NeedAdmission`: go on."""
-
-
-@dataclass(frozen=True, slots=True)
-class Decline:
-    """The owner's answer to :class:`NeedAdmission`: refuse with ``code`` (e.g. ``max_clients``,
-    ``duplicate``, ``shutdown``)."""
-
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class TimerFired:
-    """The owner's timer for :meth:`Handshake.next_deadline` fired."""
-
-
-Event = TlsDone | Received | Admit | Decline | TimerFired
-
-# -- outputs -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Write ``message`` on the handshake stream now."""
-
-    message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class NeedAdmission:
-    """Listener: decide whether ``peer`` may go on; answer with :class:`Admit` or :class:`Decline`
-    (at once, or later for a parked attempt). ``stage`` is ``"hello"`` (identity claimed, nothing
-    held yet) or ``"proof"`` (identity proved: capacity and the duplicate rule)."""
-
-    stage: Literal["hello", "proof"]
-    peer: NodeId
-    role: str
-    instance: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Established:
-    """Authenticated and admitted: the connection carries application frames from now on."""
-
-    peer: NodeId
-    role: str
-    instance: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """End the attempt. ``send``: tell the peer (QUIC close with ``code``); ``error``: what a
-    dialer raises; ``counted``: the ``refused_total`` reason a listener counts (``None``: none)."""
-
-    code: str
-    reason: str
-    error: Exception | None
-    send: bool = True
-    counted: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RttSample:
-    """A round-trip time measured by the handshake exchange (seconds)."""
-
-    seconds: float
-
-
-Output = Send | NeedAdmission | Established | Close | RttSample
 
 
 class Phase(enum.Enum):
@@ -385,6 +293,10 @@ class Handshake:
         self._sign = sign
         self._nonce_source = nonce
         self._nonce: bytes | None = None
+        self._binding = b""
+        self._early_proof = b""
+        self.early = False
+        """Whether the dialer's proof rode in its ``Hello`` (no ``Challenge`` round trip)."""
         self._sent_at = now
         self.peer_certificate: Certificate | None = None
         """The peer's verified certificate (authority mode; ``None`` in an open realm)."""
@@ -441,7 +353,10 @@ class Handshake:
         if isinstance(event, TlsDone):
             if ph is not Phase.TLS:
                 return []
-            return self._dialer_tls(event, now) if self.dialer else self._to(Phase.AWAIT_HELLO)
+            if self.dialer:
+                return self._dialer_tls(event, now)
+            self._binding = event.binding
+            return self._to(Phase.AWAIT_HELLO)
         if ph is Phase.CHECK_HELLO:
             return self._after_hello_check(event, now)
         if ph is Phase.ADMITTING:
@@ -482,9 +397,13 @@ class Handshake:
         trust = loc.authority
         cert = (trust.own_certificate or b"") if trust is not None else b""
         rl = trust.revocations if trust is not None else None
+        proof = b""
+        if ev.binding:
+            self.early = True
+            proof = self._sign(early_transcript(ev.binding, loc.node_id, peer, loc.realm))
         return [Send(Hello(version=PROTOCOL_VERSION, realm=loc.realm, node_id=loc.node_id.raw, expected=peer.raw,
                            instance=loc.instance, role=loc.role, cert=cert, revocations=rl.version if rl else 0,
-                           obs=self.remote))]
+                           obs=self.remote, proof=proof))]
 
     def _received(self, m: Message, now: float) -> list[Output]:
         ph = self.phase
@@ -494,6 +413,8 @@ class Handshake:
             return self._hello(m, now)
         if ph is Phase.AWAIT_CHALLENGE and isinstance(m, Challenge):
             return self._challenge(m, now)
+        if ph is Phase.AWAIT_CHALLENGE and isinstance(m, Welcome) and self.early:
+            return self._early_welcome(m, now)
         if ph is Phase.AWAIT_PROOF and isinstance(m, Proof):
             return self._proof(m, now)
         if ph is Phase.AWAIT_WELCOME and isinstance(m, Welcome):
@@ -529,6 +450,7 @@ class Handshake:
         self.peer = peer
         self.peer_role = m.role
         self.peer_instance, self.observed = m.instance, m.obs
+        self._early_proof = m.proof if self._binding else b""  # no binding: the Challenge's nonce
         self.phase = Phase.CHECK_HELLO
         return [NeedAdmission("hello", peer, m.role, m.instance)]
 
@@ -537,32 +459,54 @@ class Handshake:
             return self._refuse(event.code, event.reason)
         if not isinstance(event, Admit):
             return []
+        if self._early_proof:
+            assert self.peer is not None
+            loc = self.local
+            self.early = True
+            return self._verify(self._early_proof, early_transcript(self._binding, self.peer, loc.node_id, loc.realm),
+                                [])
         self._nonce = self._nonce_source(NONCE_LEN)
         self.phase = Phase.AWAIT_PROOF
         self._sent_at = now
+        cert, data = self._credentials()
+        return [Send(Challenge(nonce=self._nonce, cert=cert, revocation_list=data, obs=self.remote))]
+
+    def _credentials(self) -> tuple[bytes, bytes]:
+        """Listener: its certificate and its revocation list when newer than the dialer's (both
+        empty in an open realm), for the ``Challenge`` or an early ``Welcome``."""
         trust = self.local.authority
-        cert = (trust.own_certificate or b"") if trust is not None else b""
-        rl = trust.revocations if trust is not None else None
+        if trust is None:
+            return b"", b""
+        rl = trust.revocations
         data = rl.encode() if rl is not None and rl.version > self._peer_revocations else b""
-        return [Send(Challenge(nonce=self._nonce, cert=cert,
-                               revocation_list=data if len(data) <= MAX_HANDSHAKE_LIST else b"", obs=self.remote))]
+        return trust.own_certificate or b"", data if len(data) <= MAX_HANDSHAKE_LIST else b""
+
+    def _check_listener(self, cert: bytes, revocation_list: bytes, now: float) -> list[Output]:
+        """Dialer, authority mode: adopt the listener's newer revocation list, then check its
+        certificate; the refusal to send and the close (empty: admitted or an open realm)."""
+        trust, peer = self.local.authority, self.peer
+        if trust is None or peer is None:
+            return []
+        if revocation_list and len(revocation_list) <= MAX_HANDSHAKE_LIST:
+            try:  # the listener's newer list: adopted when the authority signed it
+                trust.apply_revocations(RevocationList.decode(revocation_list))
+            except TrustError:
+                pass
+        try:
+            self.peer_certificate = trust.learn(cert, now + self.local.wall_offset, subject=peer, kind="node")
+        except NotAdmitted as exc:
+            out: list[Output] = [Send(Refuse(code="not_admitted", reason=exc.reason))]
+            return out + self._close("not_admitted", exc.reason, NotAdmitted(f"listener: {exc.reason}"))
+        return []
 
     def _challenge(self, m: Challenge, now: float) -> list[Output]:
         peer = self.peer
         if len(m.nonce) != NONCE_LEN or peer is None:
             return self._refuse("protocol", "bad challenge")
-        trust = self.local.authority
-        if trust is not None:
-            if m.revocation_list and len(m.revocation_list) <= MAX_HANDSHAKE_LIST:
-                try:  # the listener's newer list: adopted when the authority signed it
-                    trust.apply_revocations(RevocationList.decode(m.revocation_list))
-                except TrustError:
-                    pass
-            try:
-                self.peer_certificate = trust.learn(m.cert, now + self.local.wall_offset, subject=peer, kind="node")
-            except NotAdmitted as exc:
-                out: list[Output] = [Send(Refuse(code="not_admitted", reason=exc.reason))]
-                return out + self._close("not_admitted", exc.reason, NotAdmitted(f"listener: {exc.reason}"))
+        refused = self._check_listener(m.cert, m.revocation_list, now)
+        if refused:
+            return refused
+        self.early = False  # an older listener: the nonce's round trip after all
         transcript = auth_transcript(m.nonce, self.local.node_id, peer, self.local.realm)
         self.phase, self.observed = Phase.AWAIT_WELCOME, m.obs
         return [RttSample(now - self._sent_at), Send(Proof(signature=self._sign(transcript)))]
@@ -571,12 +515,18 @@ class Handshake:
         peer, nonce = self.peer, self._nonce
         assert peer is not None and nonce is not None
         self._nonce = None  # single use
+        return self._verify(m.signature, auth_transcript(nonce, peer, self.local.node_id, self.local.realm),
+                            [RttSample(now - self._sent_at)])
+
+    def _verify(self, signature: bytes, transcript: bytes, before: list[Output]) -> list[Output]:
+        peer = self.peer
+        assert peer is not None
         try:
-            peer.verify(m.signature, auth_transcript(nonce, peer, self.local.node_id, self.local.realm))
+            peer.verify(signature, transcript)
         except IdentityError:
             return self._refuse("auth", "identity proof does not verify")
         self.phase = Phase.ADMITTING
-        return [RttSample(now - self._sent_at), NeedAdmission("proof", peer, self.peer_role, self.peer_instance)]
+        return [*before, NeedAdmission("proof", peer, self.peer_role, self.peer_instance)]
 
     def _after_admission(self, event: Event) -> list[Output]:
         if isinstance(event, Decline):
@@ -587,8 +537,23 @@ class Handshake:
         self.phase = Phase.OPEN
         self._deadline = None
         loc = self.local
-        return [Send(Welcome(node_id=loc.node_id.raw, instance=loc.instance)),
-                Established(self.peer, self.peer_role, self.peer_instance)]
+        welcome = Welcome(node_id=loc.node_id.raw, instance=loc.instance)
+        if self.early:  # what the Challenge would have carried
+            cert, data = self._credentials()
+            welcome = Welcome(node_id=loc.node_id.raw, instance=loc.instance, cert=cert, revocation_list=data,
+                              obs=self.remote)
+        return [Send(welcome), Established(self.peer, self.peer_role, self.peer_instance)]
+
+    def _early_welcome(self, m: Welcome, now: float) -> list[Output]:
+        """Dialer: the listener took the proof in the ``Hello``; check it as a ``Challenge``."""
+        peer = self.peer
+        if peer is None or m.node_id != peer.raw:
+            return self._welcome(m)  # closes: it names another node
+        refused = self._check_listener(m.cert, m.revocation_list, now)
+        if refused:
+            return refused
+        self.observed = m.obs
+        return [RttSample(now - self._sent_at), *self._welcome(m)]
 
     def _welcome(self, m: Welcome) -> list[Output]:
         peer = self.peer

@@ -65,6 +65,9 @@ class Hello(Message, tag="hello"):
     """Authority mode: the version of the dialer's revocation list (0: none)."""
     obs: Address = ""
     """#13: the address the dialer dialed the listener at (``""``: not told)."""
+    proof: _Signature = b""
+    """#14: the dialer's signature over the connection's binding (``core.handshake.early_transcript``);
+    empty: it waits for a ``Challenge``. A listener without the binding ignores it."""
 
 
 class Challenge(Message, tag="chal"):
@@ -91,6 +94,10 @@ class Welcome(Message, tag="welcome"):
 
     node_id: NodeIdBytes
     instance: _Token = b""
+    cert: _Cert = b""
+    """#14, after a proof in the ``Hello`` only: what the ``Challenge`` would have carried."""
+    revocation_list: _RevocationBytes = b""
+    obs: Address = ""
 
 
 class Refuse(Message, tag="refuse"):

@@ -27,7 +27,7 @@ from ._quic_adapter import Proto, is_local, local_configuration, relayed
 from ._quic_retry import RetryTokens
 from .relay_wire import VIRTUAL_HOST, VirtualRouter, _Wire
 
-__all__ = ["Endpoint", "break_cycles", "open_endpoint"]
+__all__ = ["Endpoint", "break_cycles", "connection_binding", "open_endpoint"]
 
 log = logging.getLogger("quicmesh.quic")
 
@@ -266,6 +266,24 @@ def break_cycles(quic: QuicConnection) -> None:
     if tls is not None:
         tls.alpn_cb = None  # checked for None by qh3
         tls.update_traffic_key_cb = _no_key_update
+
+
+def connection_binding(quic: QuicConnection) -> bytes:
+    """What names this connection alike at both ends, for a proof in the ``Hello``
+    (:data:`quicmesh.core.handshake.EARLY_LABEL`): the listener's and the dialer's initial source
+    connection ids and the original destination id, each length-prefixed. qh3 checks each end's
+    against the peer's transport parameters, which TLS authenticates, and the listener draws its
+    own from ``os.urandom`` per connection. Empty when qh3 does not hold them (the handshake then
+    takes the ``Challenge``'s round trip)."""
+    bridge: Any = getattr(quic, "_tls", None)
+    local = getattr(bridge, "local_initial_source_connection_id", None)
+    remote = getattr(bridge, "remote_initial_source_connection_id", None)
+    odcid = getattr(bridge, "original_destination_connection_id", None)
+    if not (isinstance(local, bytes) and isinstance(remote, bytes) and isinstance(odcid, bytes)
+            and local and remote and odcid):
+        return b""
+    listener, dialer = (remote, local) if quic.configuration.is_client else (local, remote)
+    return b"".join(len(p).to_bytes(1, "big") + p for p in (listener, dialer, odcid))
 
 
 async def open_endpoint(factory: Callable[[], Endpoint], sock: socket.socket, *, batched: bool) -> Endpoint:

@@ -43,6 +43,7 @@ from ..core.wire import Codec, FrameDecoder, Message
 from ..errors import AuthenticationFailed, ConnectionLost, DecodeError, IdentityError, TransportError
 from ..identity import NodeId, node_id_from_certificate
 from . import _quic_adapter as qa
+from ._quic_endpoint import connection_binding
 from .quic_send import SendPath
 from .transport import Connection, TransportStats
 
@@ -340,9 +341,10 @@ class QuicConnection(SendPath, Connection):
     # -- handshake -----------------------------------------------------------------------
 
     def _tls_done(self) -> None:
+        binding = self._binding()
         if not self.outbound:
             self._hs.remote = self._proto.peer_address() or ""  # #13: the dialer's mapping, in the Challenge
-            self._run(self._hs.handle(hs.TlsDone(), self._loop.time()))
+            self._run(self._hs.handle(hs.TlsDone(binding=binding), self._loop.time()))
             return
         cert = self._proto.quic.get_peercert()
         peer: NodeId | None = None
@@ -354,7 +356,12 @@ class QuicConnection(SendPath, Connection):
                 problem = str(exc)
         if peer is not None:
             self._sid = self._proto.quic.get_next_available_stream_id()
-        self._run(self._hs.handle(hs.TlsDone(peer, problem), self._loop.time()))
+        self._run(self._hs.handle(hs.TlsDone(peer, problem, binding), self._loop.time()))
+
+    def _binding(self) -> bytes:
+        """#14: what names this connection at both ends, for the dialer's proof in its ``Hello``
+        (empty: the listener's ``Challenge`` round trip; a test's dialer of the older kind)."""
+        return connection_binding(self._proto.quic)
 
     def _on_handshake_message(self, m: Message) -> None:
         """A frame before the connection is established: to the handshake machine."""

@@ -1,0 +1,52 @@
+"""The duplicate-connection rule: at most one connection per peer pair.
+
+:func:`duplicate_survivor` decides between an
+existing connection and a new one: a peer that shows another *instance* (random bytes per process
+start) restarted, so its new connection wins at once; otherwise the connection dialed by the
+smaller node id survives (two dialed by the same side: the newer one). A light client's new
+connection always supersedes its previous one. :func:`should_park` says when a listener holds a
+verified inbound attempt until its own dial to the same peer is done (simultaneous dial, the
+local node being the smaller id), so that the losing connection never reaches either node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..identity import NodeId
+
+__all__ = ["Link", "duplicate_survivor", "should_park"]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What the duplicate rule knows about one connection to a peer."""
+
+    dialer: NodeId
+    """The node id of the side that dialed this connection."""
+    instance: bytes
+    """The peer's instance (random per process start) as shown on this connection."""
+    relayed: bool = False
+    """Whether this connection's packets go through a relay (#13); both ends know it."""
+
+
+def duplicate_survivor(existing: Link, new: Link, *, role: str = "node") -> Literal["existing", "new"]:
+    """Which of two authenticated connections to the same peer survives (the other is closed
+    with code ``duplicate``). Both sides of the pair reach the same answer."""
+    if role == "client":
+        return "new"  # a light client that connects again supersedes its previous connection
+    if new.instance and existing.instance != new.instance:
+        return "new"  # the peer restarted: the old connection is stale even if not timed out yet
+    if existing.relayed != new.relayed:
+        return "new" if existing.relayed else "existing"  # a direct path beats a relayed one (#13)
+    if existing.dialer != new.dialer:
+        return "existing" if existing.dialer < new.dialer else "new"
+    return "new"
+
+
+def should_park(local: NodeId, peer: NodeId, *, own_dial_in_flight: bool) -> bool:
+    """A listener that verified ``peer``'s inbound attempt holds it (decides later) when its own
+    dial to ``peer`` is under way and would win the tie-break (``local < peer``): welcoming it now
+    would let the peer's ``dial()`` return a connection closed a moment later."""
+    return own_dial_in_flight and local < peer
