@@ -223,6 +223,8 @@ async def test_light_clients_and_nodes_connect_with_the_proof_in_the_hello(monke
     try:
         await _client_cycle(node.address)
         assert seen.sent == [("dialer", "Hello"), ("listener", "Welcome")], seen.sent
+        assert node.transport.stats().handshakes_early_total == 1  # counted where operators see it
+        assert node.health()["connections"]["handshakes_early_total"] == 1
         seen.sent.clear()
         other = await Node.start(NodeConfig(realm="early", bootstrap=(node.address,),
                                             discovery=DiscoveryConfig(local=False)))
@@ -285,5 +287,6 @@ async def test_a_listener_without_a_binding_still_admits_an_early_dialer(monkeyp
         await _client_cycle(node.address)
         assert seen.sent == [("dialer", "Hello"), ("listener", "Challenge"), ("dialer", "Proof"),
                              ("listener", "Welcome")], seen.sent
+        assert node.transport.stats().handshakes_early_total == 0
     finally:
         await node.stop()

@@ -158,6 +158,7 @@ def test_node_gauges_and_labels_never_carry_peer_ids() -> None:
             dialed_total=6,
             refused_total={"max_connections": 3, "realm": 1},
             dropped_frames_total=9,
+            handshakes_early_total=5,
         ),
     )
     text = NodeMetrics(node).render()
@@ -170,6 +171,7 @@ def test_node_gauges_and_labels_never_carry_peer_ids() -> None:
     assert value(text, "quicmesh_handshakes_refused_total", reason="max_connections") == 3
     assert value(text, "quicmesh_handshakes_refused_total", reason="realm") == 1
     assert value(text, "quicmesh_frames_dropped_total") == 9
+    assert value(text, "quicmesh_handshakes_early_total") == 5
     assert value(text, "quicmesh_node_ready") == 1
     assert value(text, "quicmesh_node_info", node_id="node-abc", realm="test") == 1
     assert value(text, "quicmesh_process_resident_memory_bytes") > 1_000_000

@@ -122,6 +122,8 @@ FRAMES_DROPPED = MetricSpec(
     "quicmesh_frames_dropped_total", "counter", "Frames dropped because a send buffer was full."
 )
 AUTH_FAILURES = MetricSpec("quicmesh_auth_failures_total", "counter", "Handshakes that failed authentication.")
+HANDSHAKES_EARLY = MetricSpec("quicmesh_handshakes_early_total", "counter",
+                              "Connections established with the identity proof in the Hello (one round trip fewer).")
 PEERS = MetricSpec("quicmesh_peers", "gauge", "Peers per membership view.", ("view",))
 TOPICS = MetricSpec("quicmesh_topics", "gauge", "Topics joined.")
 SUBSCRIPTIONS = MetricSpec("quicmesh_subscriptions", "gauge", "Local subscriptions open.")
@@ -178,6 +180,7 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
     HANDSHAKES_REFUSED,
     FRAMES_DROPPED,
     AUTH_FAILURES,
+    HANDSHAKES_EARLY,
     PEERS,
     TOPICS,
     SUBSCRIPTIONS,
@@ -299,6 +302,7 @@ class NodeCollector:
         yield refused
         yield _one(FRAMES_DROPPED, t.dropped_frames_total)
         yield _one(AUTH_FAILURES, t.auth_failures_total)
+        yield _one(HANDSHAKES_EARLY, t.handshakes_early_total)
         peers = _gauge(PEERS)
         for view, count in sorted(g.peers.items()):
             peers.add_metric([view], float(count))

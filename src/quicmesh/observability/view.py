@@ -52,6 +52,10 @@ class TransportCounters(Protocol):
     def auth_failures_total(self) -> int:
         """Handshakes that failed authentication."""
 
+    @property
+    def handshakes_early_total(self) -> int:
+        """Connections established with the identity proof in the ``Hello`` (#14)."""
+
 
 @dataclass(slots=True)
 class TransportCounts:
@@ -66,6 +70,7 @@ class TransportCounts:
     evicted_total: int = 0
     dropped_frames_total: int = 0
     auth_failures_total: int = 0
+    handshakes_early_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +102,8 @@ class NodeGauges:
         """Build from a flat mapping, the other shape :meth:`NodeView.gauges` may return.
 
         Keys: ``connections``, ``handshakes_in_progress``, ``accepted_total``, ``dialed_total``,
-        ``evicted_total``, ``dropped_frames_total``, ``auth_failures_total`` (transport);
+        ``evicted_total``, ``dropped_frames_total``, ``auth_failures_total``, ``handshakes_early_total``
+        (transport);
         ``topics``, ``subscriptions``, ``pending_calls``, ``clients``; ``peers:<view>`` and
         ``handshakes_refused_total:<reason>`` for the labelled ones; anything else goes to
         :attr:`extra`.
@@ -138,6 +144,7 @@ class NodeGauges:
             "evicted_total": t.evicted_total,
             "dropped_frames_total": t.dropped_frames_total,
             "auth_failures_total": t.auth_failures_total,
+            "handshakes_early_total": t.handshakes_early_total,
             **{k: self.extra[k] for k in sorted(self.extra)},
         }
 
@@ -151,6 +158,7 @@ _TRANSPORT_KEYS = frozenset(
         "evicted_total",
         "dropped_frames_total",
         "auth_failures_total",
+        "handshakes_early_total",
     )
 )
 _OWN_KEYS = frozenset(("topics", "subscriptions", "pending_calls", "clients"))

@@ -154,6 +154,7 @@ class NodeStatus(NodeDriver):
                 "refused_total": dict(ts.refused_total),
                 "evicted_total": ts.evicted_total,
                 "dropped_frames_total": ts.dropped_frames_total,
+                "handshakes_early_total": ts.handshakes_early_total,  # #14: the proof in the Hello
                 # QUIC connections held or still closing (qh3 keeps a closed one ~3 PTO)
                 "quic": getattr(self.transport, "quic_state", dict)(),
             },

@@ -392,6 +392,7 @@ class QuicConnection(SendPath, Connection):
             elif isinstance(out, hs.RttSample):
                 self._sample_rtt(out.seconds)
             elif isinstance(out, hs.Established):
+                self._stats.handshakes_early_total += self._hs.early
                 self.certificate = self._hs.peer_certificate
                 self.permissions = self._hs.peer_permissions or self.permissions
                 self._host.established(self)

@@ -8,9 +8,11 @@ and outbound; qh3's core is driven by datagrams and by its own timer (``call_at`
 frames (``Codec`` framing) on one bidirectional stream opened by the dialer.
 
 Authentication is the sans-IO handshake of :mod:`quicmesh.core.handshake` (TLS 1.3 with the
-listener's Ed25519 certificate, then ``Hello``/``Challenge``/``Proof``/``Welcome``; qh3 servers
-cannot request client certificates, hence the proof). Every admission rule is decided by the
-shared :class:`~quicmesh.runtime.admission.AdmissionTable`; this module executes the decisions.
+listener's Ed25519 certificate, then ``Hello`` carrying the dialer's proof bound to the
+connection and ``Welcome``, or ``Hello``/``Challenge``/``Proof``/``Welcome`` with a listener that
+takes no binding; qh3 servers cannot request client certificates, hence the proof). Every
+admission rule is decided by the shared :class:`~quicmesh.runtime.admission.AdmissionTable`;
+this module executes the decisions.
 
 Admission, where connections arrive: at the first packet of a new connection the listener
 refuses (QUIC close ``CONNECTION_REFUSED``, reason phrase ``max_connections`` or
@@ -393,7 +395,7 @@ class QuicTransport(Transport):
             refused_total=dict(s.refused_total),
             evicted_total=s.evicted_total,
             dropped_frames_total=s.dropped_frames_total,
-            auth_failures_total=s.auth_failures_total,
+            auth_failures_total=s.auth_failures_total, handshakes_early_total=s.handshakes_early_total,
         )
 
     def quic_state(self) -> dict[str, int]:

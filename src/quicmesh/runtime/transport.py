@@ -159,6 +159,9 @@ class TransportStats:
     evicted_total: int = 0
     dropped_frames_total: int = 0
     auth_failures_total: int = 0
+    handshakes_early_total: int = 0
+    """#14: connections established with the dialer's identity proof in its ``Hello`` (one round
+    trip fewer); the others took the listener's ``Challenge`` (a peer of an earlier release)."""
 
 
 class Transport(abc.ABC):
