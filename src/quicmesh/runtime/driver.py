@@ -496,9 +496,8 @@ class NodeDriver(HandlerRunner):
         if core.has_batches:
             # the end of a loop iteration: what was published in it leaves as one batch per topic
             effects = core.flush(self._now())
-            self._run(effects)
+            self._run_now(effects)  # the end of this iteration's work: write it now
             self._note_congestion(effects)
-            self._flush_now(effects)  # the end of this iteration's work: write it now
         deadline = core.next_deadline()
         if deadline is None or self._next_reconcile < deadline:
             deadline = self._next_reconcile

@@ -20,7 +20,6 @@ import heapq
 from collections.abc import Awaitable, Callable, Iterable
 
 from ..bounded import BoundedDict
-from ..core.effects import Send
 from ..core.node import NodeCore
 from ..core.rpc import Invoke
 from ..errors import RemoteError
@@ -151,18 +150,22 @@ class HandlerRunner:
         if self._timed_out:  # it may have caught the watch's cancellation and finished anyway
             self._timed_out.discard(asyncio.current_task())
         effects = self.core.handler_done(eff.peer, eff.call_id, result, error, self._now())
-        self._run(effects)
-        if not self._running:  # no other handler will reply in this iteration: write the reply now
-            self._flush_now(effects)
+        if self._running:
+            self._run(effects)
+        else:  # no other handler will reply in this iteration: write the reply now
+            self._run_now(effects)
 
     def _cancelled(self, eff: Invoke) -> None:
         self._running.pop((eff.peer, eff.call_id), None)
         self.core.handler_done(eff.peer, eff.call_id, None, None, self._now())
 
-    def _flush_now(self, effects: Iterable[object]) -> None:
-        """Write what ``effects`` sent at once instead of at the next loop iteration."""
-        for eff in effects:
-            if isinstance(eff, Send):
-                flush = getattr(self.transport.get(eff.peer), "flush_now", None)
-                if flush is not None:
-                    flush()
+    def _run_now(self, effects: Iterable[object]) -> None:
+        """Run ``effects`` and write what they sent when they are done, instead of at the next
+        loop iteration (#14: nothing else is coming; no end-of-iteration flush is scheduled for
+        them, which would cost the loop one more pass)."""
+        through = self.transport.through
+        through.begin()
+        try:
+            self._run(effects)
+        finally:
+            through.end()

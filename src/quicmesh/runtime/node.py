@@ -529,9 +529,8 @@ class Node(NodeStatus):
         assert self._loop is not None
         fut: asyncio.Future[bytes] = self._loop.create_future()
         call_id, outs = self.core.call(name, payload, timeout, now, fut)
-        self._run(outs)
-        if self.core.pending_calls == 1:  # #14: no other call in flight (as for a handler's reply)
-            self._flush_now(outs)  # nothing else is coming: the request leaves now, not after the iteration
+        # #14: with no other call in flight (as for a handler's reply) the request leaves now
+        (self._run_now if self.core.pending_calls == 1 else self._run)(outs)
         self._rearm()
         try:
             return await fut

@@ -44,7 +44,7 @@ from ..errors import AuthenticationFailed, ConnectionLost, DecodeError, Identity
 from ..identity import NodeId, node_id_from_certificate
 from . import _quic_adapter as qa
 from ._quic_endpoint import connection_binding
-from .quic_send import SendPath
+from .quic_send import SendPath, WriteThrough
 from .transport import Connection, TransportStats
 
 __all__ = ["ConnectionHost", "Duplicate", "QuicConnection"]
@@ -73,6 +73,8 @@ class ConnectionHost(Protocol):
     codec: Codec
     local: hs.Local
     counters: TransportStats
+    through: WriteThrough
+    """The transport's write-through scope (#14), shared by its connections."""
 
     def sign_proof(self, transcript: bytes) -> bytes:
         """The dialer's signature over the auth transcript."""
@@ -149,6 +151,7 @@ class QuicConnection(SendPath, Connection):
         self._queued = 0
         self._backlog = 0
         self._flush_handle: asyncio.Handle | None = None
+        self._through = host.through
         self._hs_timer: asyncio.TimerHandle | None = self._loop.call_later(self._cfg.handshake_timeout, self._on_timer)
         self._ka_timer: asyncio.TimerHandle | None = None
         self.ready: asyncio.Future[QuicConnection] | None = self._loop.create_future() if outbound else None

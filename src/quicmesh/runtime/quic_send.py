@@ -3,7 +3,8 @@ written to the QUIC stream once per loop iteration (or at once, :meth:`SendPath.
 the iteration's first ``transport.flush_bytes`` as soon as they are queued, so the peer starts on
 them while the rest is made); the queue plus what qh3 has not sent yet is capped at
 ``transport.send_buffer_bytes`` (a frame beyond it is dropped and counted); :meth:`SendPath.drain`
-waits for low water."""
+waits for low water. Frames queued inside the transport's :class:`WriteThrough` scope schedule
+no flush and are written when the scope ends."""
 
 from __future__ import annotations
 
@@ -16,7 +17,33 @@ from ..identity import NodeId
 from . import _quic_adapter as qa
 from .transport import TransportStats
 
-__all__ = ["SendPath"]
+__all__ = ["SendPath", "WriteThrough"]
+
+
+class WriteThrough:
+    """#14: a transport's write-through scope. Frames a connection queues between :meth:`begin`
+    and the outermost :meth:`end` are written to QUIC at that ``end`` and schedule no
+    end-of-iteration flush: for a caller that knows its sends are the iteration's last (a lone
+    call, a handler's reply, the batches flushed at the end of an iteration). A flush scheduled
+    and then cancelled (what ``flush_now`` did) still cost the event loop one more pass, an
+    ``epoll_wait`` and its bookkeeping, on every round trip."""
+
+    __slots__ = ("depth", "held")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.held: list[SendPath] = []  # bounded: connections written to inside one scope
+
+    def begin(self) -> None:
+        self.depth += 1
+
+    def end(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.held:
+            held, self.held = self.held, []
+            for conn in held:
+                conn._in_scope = False
+                conn.flush_now()
 
 
 class SendPath:
@@ -36,6 +63,9 @@ class SendPath:
     _queued: int
     _backlog: int
     _flush_handle: asyncio.Handle | None
+    _through: WriteThrough
+    _in_scope: bool = False
+    """Queued inside a write-through scope, to be written at its end (see :class:`WriteThrough`)."""
     _wrote_early: bool = False
     """Whether this iteration's first ``flush_bytes`` were written early (see :meth:`_write_early`)."""
     _writing_early: bool = False
@@ -93,8 +123,13 @@ class SendPath:
                 return False
         self._queue.append(frame)
         self._queued += n
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        if not self._in_scope:
+            through = self._through
+            if through.depth:
+                self._in_scope = True
+                through.held.append(self)
+            elif self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._flush)
         if self._queued >= self._cfg.flush_bytes > 0 and not self._wrote_early and self._open:
             self._write_early()
         return True
@@ -119,6 +154,9 @@ class SendPath:
         if handle is not None:
             handle.cancel()
             self._flush()
+        elif self._queue:  # queued in a write-through scope: nothing was scheduled
+            self._wrote_early = False
+            self._write_queue()
 
     def _flush(self) -> None:
         self._flush_handle = None

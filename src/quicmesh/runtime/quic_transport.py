@@ -90,6 +90,7 @@ from . import _quic_adapter as qa
 from . import _quic_endpoint as qe
 from .admission import AdmissionTable
 from .quic_connection import Duplicate, QuicConnection
+from .quic_send import WriteThrough
 from .relay_paths import RELAY_TYPES, RelayPaths
 from .transport import Connection, Transport, TransportEvents, TransportStats
 
@@ -146,6 +147,7 @@ class QuicTransport(Transport):
         """Mark a peer's connection used in the LRU pool (called once per flush: no wrapper)."""
         self.counters: TransportStats = self.table.stats
         """The live counters (connections update them; :meth:`stats` returns a snapshot)."""
+        self.through: WriteThrough = WriteThrough()  # #14: see quic_send.WriteThrough
         self._dials: LruMap[tuple[str, NodeId | None], asyncio.Future[QuicConnection]] = LruMap(
             "transport.dial_requests", self.table.max_dials, Overflow.REJECT, registry=registry
         )

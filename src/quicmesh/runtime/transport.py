@@ -164,8 +164,32 @@ class TransportStats:
     trip fewer); the others took the listener's ``Challenge`` (a peer of an earlier release)."""
 
 
+class WriteScope(Protocol):
+    """#14: a transport's write-through scope: what connections queue between :meth:`begin` and
+    the outermost :meth:`end` is written at that ``end`` (see ``quic_send.WriteThrough``)."""
+
+    def begin(self) -> None:
+        """Open (or nest) the scope."""
+
+    def end(self) -> None:
+        """Close it; the outermost ``end`` writes what was queued inside."""
+
+
+class _NoScope:
+    """The scope of a transport that writes every frame at once (the in-memory one)."""
+
+    def begin(self) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
 class Transport(abc.ABC):
     """Listens, dials, and reports connections and messages to :class:`TransportEvents`."""
+
+    through: WriteScope = _NoScope()
+    """#14: the write-through scope of this transport's connections."""
 
     @abc.abstractmethod
     async def start(self, events: TransportEvents) -> str:
