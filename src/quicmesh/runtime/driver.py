@@ -488,6 +488,16 @@ class NodeDriver(HandlerRunner):
         self._rearm_scheduled = True
         self._loop.call_soon(self._rearm_now)
 
+    def _rearm_for_call(self, outs: list[object], deadline: float) -> None:
+        """#14: after a call was sent: re-arm unless the timer is armed at or before ``deadline``.
+        A call straight to a connected provider adds deadlines no earlier than the timer then (its
+        own and its attempt's, at most ``deadline``; the timer fires first and re-arms from
+        there), and scheduling the re-arm cost the loop a pass per call. A dial, a lookup or
+        anything else it started re-arms as before."""
+        at = self._timer_at
+        if at is None or at > deadline or len(outs) != 1 or type(outs[0]) is not Send:
+            self._rearm()
+
     def _rearm_now(self) -> None:
         self._rearm_scheduled = False
         if self._stopped or self._loop is None:

@@ -531,7 +531,7 @@ class Node(NodeStatus):
         call_id, outs = self.core.call(name, payload, timeout, now, fut)
         # #14: with no other call in flight (as for a handler's reply) the request leaves now
         (self._run_now if self.core.pending_calls == 1 else self._run)(outs)
-        self._rearm()
+        self._rearm_for_call(outs, now + timeout)
         try:
             return await fut
         except asyncio.CancelledError:
