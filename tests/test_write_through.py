@@ -102,6 +102,20 @@ class _Passes:
         monkeypatch.setattr(cls, "select", select)
 
 
+async def _calls_one_at_a_time(node: Node, monkeypatch: pytest.MonkeyPatch, *, warm: int,
+                                calls: int) -> tuple[float, float]:
+    """``calls`` echo calls one after another (after ``warm`` unmeasured): the loop's passes per
+    call, all and idle."""
+    for _ in range(warm):
+        assert await node.call("through.echo", b"w", timeout=10) == b"w"
+    passes = _Passes(monkeypatch)
+    passes.on = True
+    for i in range(calls):
+        assert await node.call("through.echo", b"%d" % i, timeout=10) == b"%d" % i
+    passes.on = False
+    return passes.count / calls, passes.idle / calls
+
+
 async def test_a_call_one_at_a_time_costs_no_pass_for_a_cancelled_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two nodes in this process, 200 calls one after another. The passes that found no I/O and
     had a zero timeout (the loop came round for callbacks only) were 2.56-2.65 per call before,
@@ -115,14 +129,7 @@ async def test_a_call_one_at_a_time_costs_no_pass_for_a_cancelled_flush(monkeypa
 
         await b.advertise("through.echo", echo)
         await a.wait_for_provider("through.echo", timeout=10)
-        for _ in range(20):
-            assert await a.call("through.echo", b"w", timeout=5) == b"w"
-        passes = _Passes(monkeypatch)
-        passes.on = True
-        for i in range(200):
-            assert await a.call("through.echo", b"%d" % i, timeout=5) == b"%d" % i
-        passes.on = False
-        per_call, idle = passes.count / 200, passes.idle / 200
+        per_call, idle = await _calls_one_at_a_time(a, monkeypatch, warm=20, calls=200)
         print(f"event-loop passes per call (both nodes in one loop): {per_call:.2f}, "
               f"with no I/O and a zero timeout {idle:.2f}")
         assert idle < 2.3, (per_call, idle)
@@ -149,14 +156,7 @@ async def test_a_caller_waiting_on_a_provider_process_spends_one_idle_pass_per_c
                                          discovery=DiscoveryConfig(local=False)))
     try:
         await caller.wait_for_provider("through.echo", timeout=20)
-        for _ in range(50):
-            assert await caller.call("through.echo", b"w", timeout=10) == b"w"
-        passes = _Passes(monkeypatch)
-        passes.on = True
-        for i in range(300):
-            assert await caller.call("through.echo", b"%d" % i, timeout=10) == b"%d" % i
-        passes.on = False
-        per_call, idle = passes.count / 300, passes.idle / 300
+        per_call, idle = await _calls_one_at_a_time(caller, monkeypatch, warm=50, calls=300)
         print(f"caller's loop passes per call: {per_call:.2f}, with no I/O and a zero timeout {idle:.2f}")
         assert idle < 1.2, (per_call, idle)
         loop = asyncio.get_running_loop()
