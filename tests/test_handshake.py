@@ -82,8 +82,8 @@ def run(
         out = machine.handle(hs.Received(m), now)
         while admit and out and isinstance(out[-1], hs.NeedAdmission):
             (all_l if side == "l" else all_d).extend(out)
-            decline = hello_decline is not None and out[-1].stage == "hello"
-            out = machine.handle(hello_decline if hello_decline is not None and decline else hs.Admit(), now)
+            decline = hello_decline if out[-1].stage == "hello" else None
+            out = machine.handle(decline or hs.Admit(), now)
         (all_l if side == "l" else all_d).extend(out)
         pending += [("d" if side == "l" else "l", x) for x in sent(out)]
     return all_d, all_l

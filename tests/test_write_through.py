@@ -80,6 +80,28 @@ async def test_a_connection_already_scheduled_is_written_at_the_scopes_end_too()
         await a.stop()
 
 
+async def test_an_early_write_inside_the_scope_is_reset_at_its_end() -> None:
+    """A scope whose frames pass ``flush_bytes`` writes them early (as outside a scope); its end
+    then ends the iteration's early write too, so the next iteration writes early again."""
+    a, b = await node_pair("through", {"flush_bytes": 256})
+    try:
+        conn = _conn(a)
+        await eventually(lambda: conn.pending_bytes == 0 and conn._flush_handle is None, timeout=10,
+                         what="nothing queued")
+        through = a.transport.through
+        for _ in range(2):
+            through.begin()
+            seq = 0
+            while not conn._wrote_early:  # no await: one scope
+                seq += 1
+                assert conn.send(Ping(seq=seq)) and seq < 1000
+            through.end()
+            assert not conn._wrote_early and conn._queued == 0 and conn._flush_handle is None
+    finally:
+        await b.stop()
+        await a.stop()
+
+
 class _Passes:
     """Counts the event loop's passes (its selector calls) while ``on``: all of them, and those
     that found nothing to do (a zero timeout, no I/O: the loop came round for a callback)."""

@@ -192,18 +192,21 @@ CONTROL_TYPES: frozenset[type[Message]] = frozenset({Ping, Pong, Refuse, Hello, 
 Role = Literal["node", "client"]
 
 
+def _transcript(label: bytes, fresh: bytes, dialer: NodeId, listener: NodeId, realm: str) -> bytes:
+    parts = (label, fresh, dialer.raw, listener.raw, realm.encode("utf-8"))
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
 def auth_transcript(nonce: bytes, dialer: NodeId, listener: NodeId, realm: str) -> bytes:
     """The bytes the dialer signs: label, nonce, dialer id, listener id, realm, each prefixed by
     its length (4 bytes, big-endian)."""
-    parts = (AUTH_LABEL, nonce, dialer.raw, listener.raw, realm.encode("utf-8"))
-    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+    return _transcript(AUTH_LABEL, nonce, dialer, listener, realm)
 
 
 def early_transcript(binding: bytes, dialer: NodeId, listener: NodeId, realm: str) -> bytes:
     """The bytes a dialer signs for ``Hello.proof``: :func:`auth_transcript` with
     :data:`EARLY_LABEL` and the connection's binding in place of a nonce."""
-    parts = (EARLY_LABEL, binding, dialer.raw, listener.raw, realm.encode("utf-8"))
-    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+    return _transcript(EARLY_LABEL, binding, dialer, listener, realm)
 
 
 def refusal_error(code: str, text: str) -> Exception:
@@ -537,11 +540,9 @@ class Handshake:
         self.phase = Phase.OPEN
         self._deadline = None
         loc = self.local
-        welcome = Welcome(node_id=loc.node_id.raw, instance=loc.instance)
-        if self.early:  # what the Challenge would have carried
-            cert, data = self._credentials()
-            welcome = Welcome(node_id=loc.node_id.raw, instance=loc.instance, cert=cert, revocation_list=data,
-                              obs=self.remote)
+        cert, data = self._credentials() if self.early else (b"", b"")  # what the Challenge carried
+        welcome = Welcome(node_id=loc.node_id.raw, instance=loc.instance, cert=cert, revocation_list=data,
+                          obs=self.remote if self.early else "")
         return [Send(welcome), Established(self.peer, self.peer_role, self.peer_instance)]
 
     def _early_welcome(self, m: Welcome, now: float) -> list[Output]:

@@ -153,10 +153,7 @@ class SendPath:
         handle = self._flush_handle
         if handle is not None:
             handle.cancel()
-            self._flush()
-        elif self._queue:  # queued in a write-through scope: nothing was scheduled
-            self._wrote_early = False
-            self._write_queue()
+        self._flush()  # also what a write-through scope queued, for which nothing was scheduled
 
     def _flush(self) -> None:
         self._flush_handle = None
