@@ -30,18 +30,19 @@ from quicmesh.testing.process import NodeProcess
 from quicmesh.testing.wait import eventually
 
 
-def _conn(node: Any) -> QuicConnection:
+async def _idle_conn(node: Any) -> QuicConnection:
+    """The node's one connection, once nothing is queued or scheduled on it."""
     conn = only_connection(node)
     assert isinstance(conn, QuicConnection)
+    await eventually(lambda: conn.pending_bytes == 0 and conn._flush_handle is None, timeout=10,
+                     what="nothing queued")
     return conn
 
 
 async def test_frames_sent_inside_the_scope_are_written_at_its_end_with_nothing_scheduled() -> None:
     a, b = await node_pair("through", {"flush_bytes": 0})
     try:
-        conn = _conn(a)
-        await eventually(lambda: conn.pending_bytes == 0 and conn._flush_handle is None, timeout=10,
-                         what="nothing queued")
+        conn = await _idle_conn(a)
         through = a.transport.through
         assert isinstance(through, WriteThrough)
         before = conn._written_total
@@ -67,8 +68,7 @@ async def test_frames_sent_inside_the_scope_are_written_at_its_end_with_nothing_
 async def test_a_connection_already_scheduled_is_written_at_the_scopes_end_too() -> None:
     a, b = await node_pair("through", {"flush_bytes": 0})
     try:
-        conn = _conn(a)
-        await eventually(lambda: conn.pending_bytes == 0, timeout=10, what="nothing queued")
+        conn = await _idle_conn(a)
         assert conn.send(Ping(seq=1))  # schedules the end-of-iteration flush
         through = a.transport.through
         through.begin()
@@ -85,9 +85,7 @@ async def test_an_early_write_inside_the_scope_is_reset_at_its_end() -> None:
     then ends the iteration's early write too, so the next iteration writes early again."""
     a, b = await node_pair("through", {"flush_bytes": 256})
     try:
-        conn = _conn(a)
-        await eventually(lambda: conn.pending_bytes == 0 and conn._flush_handle is None, timeout=10,
-                         what="nothing queued")
+        conn = await _idle_conn(a)
         through = a.transport.through
         for _ in range(2):
             through.begin()
