@@ -63,3 +63,38 @@ async def test_full_by_bytes() -> None:
 async def _drained(d: Delivery) -> None:
     while d.pending:
         await asyncio.sleep(0)
+
+
+async def test_deliveries_one_at_a_time_schedule_no_callback_and_a_burst_still_yields() -> None:
+    """#14: the inline budget is renewed by a drain, not by a callback each loop iteration: a
+    message a turn, delivered at once, schedules nothing (it scheduled the budget's reset, one
+    loop callback per message received alone); a burst still hands at most ``CHUNK`` at once and
+    leaves the rest to the drains (readers get their turn), after which the budget is whole."""
+    got: list[Deliver] = []
+    d = _delivery(got, [])
+    loop = asyncio.get_running_loop()
+    d.loop = loop
+    scheduled = [0]
+    inner = loop.call_soon
+
+    def counting(cb: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        scheduled[0] += 1
+        return inner(cb, *args, context=context)
+
+    vars(loop)["call_soon"] = counting
+    try:
+        for i in range(100):  # one message an iteration
+            d.put(Deliver("t", b"x", P, i, 0))
+            await asyncio.sleep(0)
+        calls_alone = scheduled[0] - 100  # each sleep(0) schedules its own wake-up
+        assert len(got) == 100 and calls_alone == 0, calls_alone
+        for i in range(CHUNK + 10):  # a burst in one iteration, the budget already part spent
+            d.put(Deliver("t", b"x", P, 100 + i, 0))
+        assert len(got) == CHUNK and d.pending == 110
+        await asyncio.wait_for(_drained(d), 10)
+        assert len(got) == CHUNK + 110
+        for i in range(CHUNK):  # renewed by the drain: a whole CHUNK inline again
+            d.put(Deliver("t", b"x", P, CHUNK + 110 + i, 0))
+        assert d.pending == 0 and len(got) == 2 * CHUNK + 110
+    finally:
+        vars(loop).pop("call_soon")

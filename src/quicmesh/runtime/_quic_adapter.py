@@ -63,6 +63,7 @@ from qh3.tls import ExtensionType, SignatureAlgorithm, load_pem_private_key
 from ..config import TransportConfig
 from ..identity import KeyPair, make_certificate
 from ._quic_retry import RetryTokens
+from ._quic_timers import QuicTimers
 from .relay_wire import VIRTUAL_HOST, VirtualRouter, _Wire
 
 __all__ = [
@@ -336,7 +337,7 @@ def _no_packet_log(event: str, data: bytes) -> None:
     """Stands in for qh3's per-packet qlog pass on a connection with no qlog."""
 
 
-class Proto(QuicConnectionProtocol):
+class Proto(QuicTimers, QuicConnectionProtocol):
     """qh3 protocol for one connection, with every call into qh3 guarded."""
 
     def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
@@ -367,6 +368,8 @@ class Proto(QuicConnectionProtocol):
         """#14: seconds a lone received datagram's answer (its ACK) waits for something else to
         carry it (``transport.ack_delay``; set when the connection opens, 0 during handshakes)."""
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_owed: float | None = None
+        self._evented = False
 
     @property
     def quic(self) -> QuicConnection:
@@ -429,10 +432,12 @@ class Proto(QuicConnectionProtocol):
             if self.ack_delay:
                 # #14: the ACK this datagram earns waits up to ack_delay for a packet to ride on
                 # (the reply to it, usually; :meth:`transmit` sends it with whatever goes first)
-                self._quic.receive_datagram(data, addr, now=self._loop_time())  # type: ignore[arg-type]
+                now = self._loop_time()
+                self._evented = False
+                self._quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
                 self._process_events()
-                if self._ack_timer is None and not self._gone:
-                    self._ack_timer = self._loop.call_later(self.ack_delay, self.transmit)
+                if not self._gone:
+                    self._wait_for_ack(now, self._evented)
             else:
                 super().datagram_received(data, addr)
             self._received()
@@ -482,24 +487,14 @@ class Proto(QuicConnectionProtocol):
             if sink is not None:
                 sink.alive()
 
-    def _handle_timer(self) -> None:
-        if self._gone:
-            return
-        try:
-            super()._handle_timer()
-        except Exception as exc:
-            self._fail(exc)
-
     def transmit(self) -> None:
-        timer = self._ack_timer
-        if timer is not None:  # what it waited to send goes now
-            self._ack_timer = None
-            timer.cancel()
+        if self._ack_owed is not None:  # what it waited to send goes now
+            self._acked()
         if self._gone or self._transport is None or self._transport.is_closing():
             self._cancel_timers()
             return
         try:
-            super().transmit()
+            self._send_now()
         except Exception as exc:
             self._fail(exc)
             return
@@ -508,6 +503,7 @@ class Proto(QuicConnectionProtocol):
             sink.transmitted()
 
     def quic_event_received(self, event: qevents.QuicEvent) -> None:
+        self._evented = True
         sink = self.sink
         if sink is not None:
             sink.quic_event(event)
@@ -563,9 +559,7 @@ class Proto(QuicConnectionProtocol):
             cb(self)
 
     def _cancel_timers(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
+        self._acked()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

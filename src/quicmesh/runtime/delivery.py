@@ -110,27 +110,22 @@ class Delivery:
         self._stall_timer: asyncio.TimerHandle | None = None
         self._room: asyncio.Future[None] | None = None
         self._inline = CHUNK
-        """Messages this loop iteration may still deliver at once, without queueing."""
-        self._inline_reset = False
-
-    def _reset_inline(self) -> None:
-        self._inline_reset = False
-        self._inline = CHUNK
+        """Messages that may still be delivered at once, without queueing. Renewed by
+        :meth:`drain` (#14: not per loop iteration, which cost a callback per message delivered
+        alone): spent, the next delivery waits for the drain of the next iteration, so one
+        iteration still hands at most ``CHUNK`` at once and ``CHUNK`` from the FIFO."""
 
     def __len__(self) -> int:
         return len(self.outbox)
 
     def put(self, eff: Deliver | DeliverBatch) -> None:
-        """Deliver ``eff`` now when nothing waits and this loop iteration's ``CHUNK`` is not
-        used up (a single message is not deferred to the next iteration); else queue it
+        """Deliver ``eff`` now when nothing waits and the inline budget (``CHUNK`` between two
+        drains) is not used up (a single message is not deferred to the next iteration); else queue it
         (counted in :attr:`dropped` if the hard capacity is reached)."""
         n = _count(eff)
         if not self.outbox and self._inline >= n and self._stalled is None and not self.stopped and (
                 not self._blocks or self._holds(eff.topic) is None):
             self._inline -= n
-            if not self._inline_reset and self.loop is not None:
-                self._inline_reset = True
-                self.loop.call_soon(self._reset_inline)
             if isinstance(eff, DeliverBatch):
                 self._deliver_batch(eff)
             else:
@@ -208,6 +203,7 @@ class Delivery:
     def drain(self) -> None:
         """Hand up to ``CHUNK`` messages to the subscription queues (one loop iteration's turn)."""
         self._scheduled = False
+        self._inline = CHUNK
         outbox = self.outbox
         budget = CHUNK
         blocks = self._blocks

@@ -53,7 +53,7 @@ from ..core.effects import Deliver, DeliverBatch, Dial, DialAddress, Disconnect,
 from ..core.events import StateChanged
 from ..core.groups import GroupDeliver, GroupSink
 from ..core.log_effects import Appended, OperationStored, StoreRead, StoreWrite
-from ..core.messages import ALL_MESSAGES
+from ..core.messages import ALL_MESSAGES, Reply, Request
 from ..core.node import NodeCore
 from ..core.rpc import CallResolved, Invoke
 from ..core.topics import Pattern
@@ -89,6 +89,11 @@ _LOG_OUTPUTS = (StoreRead, StoreWrite, OperationStored, Appended)
 _GRACEFUL_CODES = frozenset({"shutdown", "normal", "idle", "duplicate"})
 _RECONCILE_INTERVAL = 5.0
 """Seconds between two reconciliations of per-peer RPC state with the live connections."""
+_NO_EARLIER_DEADLINE: dict[type, type] = {Reply: CallResolved, Request: Invoke}
+"""#14: a message whose one output is this one moved no deadline of the core earlier (a reply
+that ended a call only removed its entries; a request only took a handler slot, watched by the
+handlers' own timer), so the timer needs no re-arm: armed too early, it fires and re-arms. The
+re-arm cost each call a loop callback and a walk over every machine's deadline."""
 
 
 _BACKGROUND_CAPACITY = 4096
@@ -226,8 +231,10 @@ class NodeDriver(HandlerRunner):
         )
         self._inbox_scheduled = False
         self._inline = _INBOX_CHUNK
-        """Inbound messages this loop iteration may still process at once (nothing waiting)."""
-        self._inline_reset = False
+        """Inbound messages that may still be processed at once (nothing waiting). Renewed when
+        the inbox is drained (#14: not per loop iteration, which cost a callback per message
+        received alone): spent, the next message waits for the drain of the next iteration, so
+        one iteration still processes at most an inbox chunk at once and one from the inbox."""
         self._inbox_in = 0
         """Messages ever appended to the inbox (positions for :attr:`_lost_later`)."""
         self._inbox_out = 0
@@ -294,9 +301,6 @@ class NodeDriver(HandlerRunner):
         # is processed at once (the first _INBOX_CHUNK of an iteration): no hop for a request.
         if not self._inbox and self._inline > 0 and not self.delivery.full and not self._stopped and self._loop:
             self._inline -= 1
-            if not self._inline_reset:
-                self._inline_reset = True
-                self._loop.call_soon(self._reset_inline)
             self._inbox_in += 1
             self._inbox_out += 1
             try:
@@ -326,12 +330,9 @@ class NodeDriver(HandlerRunner):
             self._inbox_scheduled = True
             self._loop.call_soon(self._drain_inbox)
 
-    def _reset_inline(self) -> None:
-        self._inline_reset = False
-        self._inline = _INBOX_CHUNK
-
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
+        self._inline = _INBOX_CHUNK
         inbox = self._inbox
         delivery = self.delivery
         n = min(len(inbox), _INBOX_CHUNK)
@@ -361,7 +362,10 @@ class NodeDriver(HandlerRunner):
             self._loop.call_soon(self._drain_inbox)
 
     def _process(self, conn: Connection, message: WireMessage) -> None:
-        self._run(self.core.message(conn.peer_id, message, self._now()))
+        outs = self.core.message(conn.peer_id, message, self._now())
+        self._run(outs)
+        if len(outs) == 1 and _NO_EARLIER_DEADLINE.get(type(message)) is type(outs[0]):
+            return  # #14: nothing to re-arm (see _NO_EARLIER_DEADLINE)
         self._rearm()
 
     def on_connection_lost(self, conn: Connection, error: Exception | None) -> None:
@@ -419,11 +423,7 @@ class NodeDriver(HandlerRunner):
                     sent = False
                 if not sent:
                     self.dropped_sends += 1
-            elif isinstance(eff, Deliver | DeliverBatch):
-                self.delivery.put(eff)
-            elif isinstance(eff, StateChanged):
-                self._notify()
-            elif isinstance(eff, CallResolved):
+            elif isinstance(eff, CallResolved):  # before the rest (#14): one per call
                 fut = eff.token
                 if isinstance(fut, asyncio.Future) and not fut.done():
                     if eff.error is not None:
@@ -432,6 +432,10 @@ class NodeDriver(HandlerRunner):
                         fut.set_result(eff.result)
             elif isinstance(eff, Invoke):
                 self._invoke(eff)
+            elif isinstance(eff, Deliver | DeliverBatch):
+                self.delivery.put(eff)
+            elif isinstance(eff, StateChanged):
+                self._notify()
             elif isinstance(eff, Disconnect):
                 conn = self.transport.get(eff.peer)
                 if conn is not None:
