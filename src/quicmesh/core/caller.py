@@ -57,6 +57,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from random import Random
 
+import msgspec
+
 from ..bounded import ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import RegistryConfig, RpcConfig
 from ..errors import CallTimeout, ConnectionLost, NoProvider, Overloaded, RemoteError, RpcError
@@ -75,16 +77,14 @@ RTT_ALPHA = 0.2
 CallerOutcome = RpcOutcome | RegistryOutcome
 
 
-@dataclass(frozen=True, slots=True)
-class _Attempt:
+class _Attempt(msgspec.Struct, frozen=True, gc=False):
     """The token of one RPC attempt (the Rpc machine hands it back in ``CallResolved``)."""
 
     call_id: int
     attempt: int
 
 
-@dataclass(slots=True)
-class _Call:
+class _Call(msgspec.Struct):
     call_id: int
     name: str
     payload: bytes
@@ -268,7 +268,15 @@ class Caller:
     def handle_message(self, peer: NodeId, msg: Message, now: float) -> list[CallerOutcome]:
         """Hand an RPC message (``Request``, ``Reply``, ``ReplyError``, ``Services``) from ``peer``
         to the ``Rpc`` and plan on its outcomes."""
-        if isinstance(msg, Reply | ReplyError):
+        if type(msg) is Reply:  # #14: the short path of a call's success
+            pending = self.rpc.take_reply(peer, msg)
+            if pending is None:
+                return []
+            token = pending.token
+            if type(token) is _Attempt:
+                return self._attempt_succeeded(token, msg.payload, now)
+            return [CallResolved(token, msg.payload, None)]
+        if isinstance(msg, ReplyError):
             return self._absorb(list(self.rpc.handle_message(peer, msg)), now)
         return list(self.rpc.handle_message(peer, msg))
 
@@ -385,20 +393,28 @@ class Caller:
                 out.append(o)
         return out
 
-    def _attempt_resolved(
-        self, token: _Attempt, result: bytes | None, error: Exception | None, now: float
-    ) -> list[CallerOutcome]:
+    def _attempt_succeeded(self, token: _Attempt, result: bytes, now: float) -> list[CallerOutcome]:
         call = self._calls.get(token.call_id)
         if call is None or call.state != "inflight" or call.attempts != token.attempt:
             return []
         call.rpc_id = None  # the Rpc machine already dropped its entry
         peer = call.peer
+        if peer is not None:
+            sample = max(now - call.sent_at, 0.0)
+            old = self._rtt.peek(peer)
+            self._rtt.set(peer, sample if old is None else old + RTT_ALPHA * (sample - old))
+        return self._finish(call, result, None)
+
+    def _attempt_resolved(
+        self, token: _Attempt, result: bytes | None, error: Exception | None, now: float
+    ) -> list[CallerOutcome]:
         if error is None:
-            if peer is not None:
-                sample = max(now - call.sent_at, 0.0)
-                old = self._rtt.peek(peer)
-                self._rtt.set(peer, sample if old is None else old + RTT_ALPHA * (sample - old))
-            return self._finish(call, result if result is not None else b"", None)
+            return self._attempt_succeeded(token, result if result is not None else b"", now)
+        call = self._calls.get(token.call_id)
+        if call is None or call.state != "inflight" or call.attempts != token.attempt:
+            return []
+        call.rpc_id = None  # the Rpc machine already dropped its entry
+        peer = call.peer
         if isinstance(error, RemoteError) and not error.retryable:
             return self._finish(call, None, error)
         if isinstance(error, RemoteError) and error.code == "no_handler" and peer is not None:

@@ -19,9 +19,9 @@ from .wire import Message
 __all__ = ["Deliver", "DeliverBatch", "Dial", "DialAddress", "Disconnect", "Effect", "Send"]
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``message`` to ``peer`` over its connection; dial first when not connected."""
+class Send(msgspec.Struct, frozen=True, gc=False):
+    """Send ``message`` to ``peer`` over its connection; dial first when not connected. (A frozen
+    ``msgspec.Struct``, as :class:`Deliver`: one is made per message sent, #14.)"""
 
     peer: NodeId
     message: Message

@@ -120,6 +120,7 @@ from .groups_messages import GROUP_MESSAGES, GAck, GPush
 from .groups_node import GroupCommands
 from .guard import Guard
 from .log_messages import LOG_MESSAGES
+from .logs_node import LogCommands
 from .mesh import Mesh
 from .mesh_messages import MESH_MESSAGES, MGossip, MIHave
 from .messages import Reply, ReplyError, Request, Services
@@ -127,7 +128,7 @@ from .punch_node import PUNCH_TYPES, PunchCommands
 from .registry import REGISTRY_PATTERN, REGISTRY_TOPIC, Broadcast, LookupDone, Registry
 from .registry_messages import REGISTRY_MESSAGES
 from .replication import LogReplication
-from .rpc import DENIED_CODE
+from .rpc import DENIED_CODE, CallResolved, Invoke
 from .trust import Trust
 from .wire import Message
 
@@ -137,18 +138,24 @@ RPC_PIN = 30.0
 """Seconds a connection stays open after its last RPC message (a caller that calls every few
 seconds keeps its connection instead of paying a handshake per call, and a callee never closes
 a connection a request may be travelling on)."""
+PIN_GRANULARITY = 1.0
+"""A pin is renewed at most this often (#14: per message it cost every call a dictionary
+write through the bound's check): a connection stays at least ``RPC_PIN - PIN_GRANULARITY``
+seconds after its last RPC message."""
 
 _FAILURE_TYPES = FAILURE_MESSAGES
 _MESH_TYPES = tuple(MESH_MESSAGES)
 _QUIET_MESH_TYPES = (MGossip, MIHave)
 """Mesh messages that do not change membership (no :class:`StateChanged` for them)."""
 _CALLER_TYPES = (Request, Reply, ReplyError)
+_PLAIN_OUTPUTS = frozenset({CallResolved, Invoke, Send})
+"""Outputs :meth:`NodeCore._route` passes through as they are: a lone one needs no routing."""
 _REGISTRY_TYPES = tuple(REGISTRY_MESSAGES)
 _LOG_TYPES = tuple(LOG_MESSAGES)
 _GROUP_TYPES = tuple(GROUP_MESSAGES)
 
 
-class NodeCore(PunchCommands, DialCommands, GroupCommands):
+class NodeCore(PunchCommands, DialCommands, GroupCommands, LogCommands):
     """The composed sans-IO core of one node (see the module docstring)."""
 
     def __init__(
@@ -278,6 +285,14 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         if self.guard.blocked(peer, now):
             return []  # sent before its connection was closed
         self.failure.heard(peer, now)
+        if isinstance(msg, _CALLER_TYPES):  # first (#14): a caller's or a callee's every call
+            self._pin(peer, now)
+            if type(msg) is Request and not self.trust.open and isinstance(msg.name, str) and \
+                    not self.guard.peer_allowed(peer, "call", msg.name, now):
+                err = self.guard.deny("call", msg.name)
+                return [Send(peer, ReplyError(msg.id, DENIED_CODE, str(err)[:1000], False))]
+            outs: list[object] = list(self.caller.handle_message(peer, msg, now))
+            return outs if len(outs) == 1 and type(outs[0]) in _PLAIN_OUTPUTS else self._route(outs, now)
         if isinstance(msg, _MESH_TYPES):
             out = self._route(self.mesh.handle_message(peer, msg, now), now)
             if self.guard.kicked:
@@ -285,13 +300,6 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
             if not isinstance(msg, _QUIET_MESH_TYPES):
                 out.append(STATE_CHANGED)
             return out
-        if isinstance(msg, _CALLER_TYPES):
-            self._pin(peer, now)
-            if type(msg) is Request and not self.trust.open and isinstance(msg.name, str) and \
-                    not self.guard.peer_allowed(peer, "call", msg.name, now):
-                err = self.guard.deny("call", msg.name)
-                return [Send(peer, ReplyError(msg.id, DENIED_CODE, str(err)[:1000], False))]
-            return self._route(self.caller.handle_message(peer, msg, now), now)
         if isinstance(msg, Services):
             self._pin(peer, now)
             out = self._route(self.caller.handle_message(peer, msg, now), now)
@@ -452,6 +460,8 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         ``Overloaded`` past ``rpc.max_pending_calls`` and ``PermissionDenied``."""
         self.guard.check_own("call", name)
         call_id, outs = self.caller.call(name, payload, timeout, now, token)
+        if len(outs) == 1 and type(outs[0]) is Send:
+            return call_id, [outs[0]]  # #14: the request itself, nothing to route
         return call_id, self._route(outs, now)
 
     def cancel_call(self, call_id: int) -> list[object]:
@@ -464,25 +474,8 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
         if result is None and error is None:
             self.rpc.handler_cancelled(peer, call_id)
             return []
-        return self._route(list(self.rpc.handler_done(peer, call_id, result, error)), now)
-
-    def acquire_log(self, name: str, now: float) -> list[object]:
-        """Take a reference to log ``name`` (the first starts replicating it)."""
-        return self.logs.acquire(name, now)
-
-    def release_log(self, name: str, now: float) -> list[object]:
-        """Drop a reference to log ``name`` (the last stops replicating it)."""
-        return self.logs.release(name, now)
-
-    def append_log(self, name: str, payload: bytes, now: float, *, now_us: int,
-                   min_us: int = 0) -> tuple[int, list[object]]:
-        """Append to this node's log ``name``; the result is an ``Appended`` with the returned
-        request id, after the store answered (:meth:`store_done`)."""
-        return self.logs.append(name, payload, now=now, now_us=now_us, min_us=min_us)
-
-    def store_done(self, req_id: int, result: object, now: float) -> list[object]:
-        """The store answered request ``req_id`` (``result`` may be an exception)."""
-        return self.logs.store_done(req_id, result, now)
+        outs: list[object] = list(self.rpc.handler_done(peer, call_id, result, error))
+        return outs if len(outs) == 1 and type(outs[0]) is Send else self._route(outs, now)
 
     def lookup(self, name: str, now: float) -> list[object]:
         """Ask the realm neighbours for providers of ``name`` (answers arrive as messages)."""
@@ -538,6 +531,9 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands):
     # -- routing between machines ----------------------------------------------------------------
 
     def _pin(self, peer: NodeId, now: float) -> None:
+        seen = self._rpc_seen.get(peer)
+        if seen is not None and now - seen < PIN_GRANULARITY:
+            return  # #14: renewed at most once a second, not per message
         try:
             self._rpc_seen[peer] = now
         except ContainerFull:  # more peers than connections (a stale entry): counted, not pinned
