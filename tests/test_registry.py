@@ -355,3 +355,27 @@ def test_idle_registry_arms_no_timer() -> None:
         now = max(now, b.next_deadline() or now)
         b.handle_timer(now)
     assert len(b) == 0 and b.next_deadline() is None and now < 10_000
+
+
+def test_the_choices_are_kept_until_the_table_changes_or_one_of_them_expires() -> None:
+    """#14: ``choices`` (what the caller planner picks from on every call) is worked out once and
+    kept: the same tuple comes back while nothing changed, and a change (an advert, a suspicion,
+    its end, a withdrawal) or the lapse of a lease or a suspicion it relied on is seen at once."""
+    cfg = RegistryConfig(suspect_ttl=5.0, sweep_interval=100.0)
+    a, c, b = make(1), make(3), make(2, cfg)
+    spread(broadcasts(a.advertise("svc", 0.0, ttl=10.0)), [b], 0.0)
+    first = b.choices("svc", 1.0)
+    assert [e.provider for e in first] == [a.me] and b.choices("svc", 2.0) is first
+    spread(broadcasts(c.advertise("svc", 2.0, ttl=30.0)), [b], 2.0)  # a new provider: seen at once
+    both = b.choices("svc", 2.5)
+    assert {e.provider for e in both} == {a.me, c.me} and b.choices("svc", 3.0) is both
+    b.suspect(c.me, 3.0)  # a suspicion: left out at once ...
+    assert [e.provider for e in b.choices("svc", 3.0)] == [a.me]
+    assert {e.provider for e in b.choices("svc", 8.5)} == {a.me, c.me}  # ... back when it lapses (no sweep ran)
+    assert [e.provider for e in b.choices("svc", 10.5)] == [c.me]  # a's lease lapsed (no sweep ran)
+    b.suspect(c.me, 11.0)
+    b.unsuspect(c.me)  # a connection came up
+    assert [e.provider for e in b.choices("svc", 11.0)] == [c.me]
+    b.forget(c.me, "svc")  # the provider said it has no handler
+    assert b.choices("svc", 11.0) == () and b.providers("svc", 11.0) == []
+    assert isinstance(b.providers("svc", 11.0), list)  # a copy: the caller may change it

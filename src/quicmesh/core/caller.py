@@ -308,7 +308,7 @@ class Caller:
     # -- planning --------------------------------------------------------------------------------
 
     def _candidates(self, call: _Call, now: float) -> list[Entry]:
-        return [e for e in self.registry.providers(call.name, now) if e.provider != self.me
+        return [e for e in self.registry.choices(call.name, now) if e.provider != self.me
                 and e.provider not in call.tried]
 
     def _next_attempt(self, call: _Call, now: float) -> list[CallerOutcome]:
