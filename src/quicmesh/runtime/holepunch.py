@@ -44,12 +44,14 @@ class PunchResult:
     """The outcome of :meth:`quicmesh.Node.punch`: ``ok`` when a direct connection to the peer
     is up; ``reason`` (``direct``, ``already_direct`` or the last failure's code: ``timeout``,
     ``dial_failed``, ``dial_timeout``, ``no_common_node``, ``refused_<why>``, ``busy``,
-    ``disabled``); ``elapsed`` seconds since the punch started; ``attempts`` made."""
+    ``disabled``); ``elapsed`` seconds since the punch started; ``attempts`` made; ``remote``:
+    the direct connection's remote address when it was up (``None`` if not known)."""
 
     ok: bool
     reason: str
     elapsed: float
     attempts: int
+    remote: str | None = None
 
 
 class HolePunch:
@@ -78,8 +80,9 @@ class HolePunch:
         """Punch a direct path to ``peer`` through ``via`` (or connected nodes in turn); returns
         when a direct connection is up or every attempt failed (or after ``timeout`` seconds)."""
         node = self.node
-        if self.is_direct(node.transport.get(peer)):
-            return PunchResult(True, "already_direct", 0.0, 0)
+        conn = node.transport.get(peer)
+        if conn is not None and self.is_direct(conn):
+            return PunchResult(True, "already_direct", 0.0, 0, conn.remote_address)
         c = self.config
         if timeout is None:
             per = c.via_candidates * c.exchange_timeout + c.dial_timeout + c.exchange_timeout
@@ -132,7 +135,11 @@ class HolePunch:
                 if eff.ok or eff.final:
                     del self._waiters[eff.peer]
                     if not held[0].done():
-                        held[0].set_result(PunchResult(eff.ok, eff.reason, eff.elapsed, held[1][0]))
+                        # the address now: by the time the waiter runs, the mesh may have closed
+                        # this connection as a duplicate of one the peer's punch opened
+                        conn = self.node.transport.get(eff.peer) if eff.ok else None
+                        held[0].set_result(PunchResult(eff.ok, eff.reason, eff.elapsed, held[1][0],
+                                                       conn.remote_address if conn is not None else None))
             log.log(logging.INFO if eff.ok else logging.DEBUG, "punch to %s: %s after %.3f s%s",
                     eff.peer.short(), eff.reason, eff.elapsed, " (final)" if eff.final else "")
 
@@ -270,4 +277,4 @@ async def punch_command(hp: HolePunch, name: str, cmd: dict[str, Any]) -> dict[s
     conn = node.transport.get(peer)
     return {"peer": str(peer), "ok": r.ok, "reason": r.reason, "ms": round(r.elapsed * 1000, 3),
             "attempts": r.attempts, "path": str(getattr(conn, "path", "direct")) if conn is not None else None,
-            "remote": conn.remote_address if conn is not None else None}
+            "remote": r.remote or (conn.remote_address if conn is not None else None)}
