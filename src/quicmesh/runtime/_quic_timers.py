@@ -95,8 +95,11 @@ class QuicTimers:
         elif timer is None or self._timer_at is None or at < self._timer_at:
             if timer is not None:
                 timer.cancel()
-            self._timer = self._loop.call_at(at, self._handle_timer)
-            self._timer_at = at
+            self._arm(at)
+
+    def _arm(self, at: float) -> None:
+        self._timer = self._loop.call_at(at, self._handle_timer)
+        self._timer_at = at
 
     def _handle_timer(self) -> None:
         if self._gone:
@@ -109,8 +112,7 @@ class QuicTimers:
                 return
             now = self._loop.time()
             if now < at - _EARLY:  # armed before qh3's deadline moved later: wait for it
-                self._timer = self._loop.call_at(at, self._handle_timer)
-                self._timer_at = at
+                self._arm(at)
                 return
             self._quic.handle_timer(now=max(at, now))
             self._process_events()

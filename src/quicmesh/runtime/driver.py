@@ -298,7 +298,7 @@ class NodeDriver(HandlerRunner):
         # Inbound messages are processed in chunks of _INBOX_CHUNK per loop iteration, so that a
         # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
         # subscription queue before its reader task gets to run. While nothing waits, a message
-        # is processed at once (the first _INBOX_CHUNK of an iteration): no hop for a request.
+        # is processed at once (up to _INBOX_CHUNK between two drains): no hop for a request.
         if not self._inbox and self._inline > 0 and not self.delivery.full and not self._stopped and self._loop:
             self._inline -= 1
             self._inbox_in += 1
