@@ -19,12 +19,14 @@ CFG = TransportConfig(max_connections=2, max_incoming_handshakes=2)
 
 
 class Conn:
-    def __init__(self, peer: NodeId, *, outbound: bool, instance: bytes = b"i", path: str = "direct") -> None:
+    def __init__(self, peer: NodeId, *, outbound: bool, instance: bytes = b"i", path: str = "direct",
+                 stale: bool = False) -> None:
         self.peer = peer
         self.outbound = outbound
         self.peer_instance = instance
         self.closed = False
         self.path = path
+        self.stale = stale
 
     @property
     def target(self) -> NodeId | None:
@@ -111,6 +113,28 @@ def test_duplicate_rule_both_directions() -> None:
     # a restarted peer (new instance) wins at once
     fresh = Conn(small, outbound=True, instance=b"new")
     assert t3.decide_dialed(fresh, small).supersede is inbound
+
+
+def test_a_stale_connection_is_superseded_on_both_sides() -> None:
+    """The smaller node's connection went silent (its relay died): the larger node's new dial
+    through another relay wins at the listener (the smaller node) and at the dialer alike."""
+    small, large = ids()
+    t, _ = table(small)  # the listener of the new dial
+    old = Conn(large, outbound=True, path="relayed:r1", stale=True)
+    t.publish(old, large, "node")
+    d = t.decide(Conn(large, outbound=False, path="relayed:r2"), "proof", large, "node")
+    assert d.verdict == "admit" and d.supersede is old
+    t2, _ = table(large)  # the dialer, welcomed
+    old_inbound = Conn(small, outbound=False, path="relayed:r1", stale=True)
+    t2.publish(old_inbound, small, "node")
+    d = t2.decide_dialed(Conn(small, outbound=True, path="relayed:r2"), small)
+    assert d.verdict == "admit" and d.supersede is old_inbound
+    # while it is live, the same pair keeps it (the tie-break by dialer)
+    t3, _ = table(large)
+    live = Conn(small, outbound=False, path="relayed:r1")
+    t3.publish(live, small, "node")
+    d = t3.decide_dialed(Conn(small, outbound=True, path="relayed:r2"), small)
+    assert (d.verdict, d.survivor) == ("refuse", live)
 
 
 def test_simultaneous_dial_parks_then_resumes() -> None:

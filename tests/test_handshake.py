@@ -411,3 +411,18 @@ def test_duplicate_rule_a_direct_path_beats_a_relayed_one_on_both_sides() -> Non
     assert hs.duplicate_survivor(direct_by_large, relayed_by_small) == "existing"
     # two relayed (or two direct) connections: the usual tie-break
     assert hs.duplicate_survivor(hs.Link(small, b"i", True), hs.Link(large, b"i", True)) == "existing"
+
+
+def test_duplicate_rule_a_stale_connection_loses_to_a_live_one_on_both_sides() -> None:
+    small, large = _ids()
+    # the case CI met (tests/test_lab_relay.py): the smaller node dialed through a relay that then
+    # died; the larger node dials again through another relay before the old connection timed out
+    old = hs.Link(small, b"i", relayed=True, stale=True)
+    new = hs.Link(large, b"i", relayed=True)
+    assert hs.duplicate_survivor(hs.Link(small, b"i", True), new) == "existing"  # live: the tie-break
+    assert hs.duplicate_survivor(old, new) == "new"  # stale: the new one, whoever dialed it
+    assert hs.duplicate_survivor(new, old) == "existing"  # a stale newcomer never wins
+    # staleness outranks the path: a silent direct connection (its NAT mapping expired) loses too
+    assert hs.duplicate_survivor(hs.Link(small, b"i", stale=True), hs.Link(large, b"i", relayed=True)) == "new"
+    # a restart still wins at once, stale or not
+    assert hs.duplicate_survivor(hs.Link(small, b"old"), hs.Link(large, b"new", stale=True)) == "new"

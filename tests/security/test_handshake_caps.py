@@ -181,6 +181,7 @@ class _Member:
     peer_instance = b""
     target = None
     path = "direct"
+    stale = False
 
 
 def test_admission_counts_handshakes_per_source_and_releases_them() -> None:

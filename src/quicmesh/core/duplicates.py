@@ -2,8 +2,12 @@
 
 :func:`duplicate_survivor` decides between an
 existing connection and a new one: a peer that shows another *instance* (random bytes per process
-start) restarted, so its new connection wins at once; otherwise the connection dialed by the
-smaller node id survives (two dialed by the same side: the newer one). A light client's new
+start) restarted, so its new connection wins at once; so does a new connection over an existing
+one that has gone *stale* (nothing received for longer than a live connection can stay silent:
+its path died, e.g. through a relay that is gone, and it has not timed out yet); otherwise the
+connection dialed by the smaller node id survives (two dialed by the same side: the newer one).
+Staleness only grows while a dead path stays dead, and the listener decides before the dialer,
+so a dialer that sees the old connection stale agrees with a listener that did. A light client's new
 connection always supersedes its previous one. :func:`should_park` says when a listener holds a
 verified inbound attempt until its own dial to the same peer is done (simultaneous dial, the
 local node being the smaller id), so that the losing connection never reaches either node.
@@ -29,6 +33,9 @@ class Link:
     """The peer's instance (random per process start) as shown on this connection."""
     relayed: bool = False
     """Whether this connection's packets go through a relay (#13); both ends know it."""
+    stale: bool = False
+    """Whether nothing arrived on this connection for longer than a live one stays silent (twice
+    the keepalive interval): its path is probably dead. Both ends of a dead path see it."""
 
 
 def duplicate_survivor(existing: Link, new: Link, *, role: str = "node") -> Literal["existing", "new"]:
@@ -38,6 +45,8 @@ def duplicate_survivor(existing: Link, new: Link, *, role: str = "node") -> Lite
         return "new"  # a light client that connects again supersedes its previous connection
     if new.instance and existing.instance != new.instance:
         return "new"  # the peer restarted: the old connection is stale even if not timed out yet
+    if existing.stale != new.stale:
+        return "new" if existing.stale else "existing"  # a silent path lost to a live one
     if existing.relayed != new.relayed:
         return "new" if existing.relayed else "existing"  # a direct path beats a relayed one (#13)
     if existing.dialer != new.dialer:

@@ -487,6 +487,12 @@ class Proto(QuicTimers, QuicConnectionProtocol):
             if sink is not None:
                 sink.alive()
 
+    @property
+    def heard_at(self) -> float:
+        """Loop time of the last datagram received (to within ``ALIVE_INTERVAL``; negative:
+        none yet). Datagrams held by :meth:`hold` count once read."""
+        return self._alive_at
+
     def transmit(self) -> None:
         if self._ack_owed is not None:  # what it waited to send goes now
             self._acked()

@@ -65,6 +65,11 @@ class Member(Protocol):
         """``direct`` or ``relayed:<relay id>`` (#13)."""
         ...
 
+    @property
+    def stale(self) -> bool:
+        """Whether nothing arrived for longer than a live connection stays silent."""
+        ...
+
 
 C = TypeVar("C", bound=Member)
 
@@ -290,7 +295,7 @@ class AdmissionTable(Generic[C]):
         return None
 
     def _link(self, conn: C, peer: NodeId) -> Link:
-        return Link(self.local if conn.outbound else peer, conn.peer_instance, conn.path != "direct")
+        return Link(self.local if conn.outbound else peer, conn.peer_instance, conn.path != "direct", conn.stale)
 
     def _survivor(self, existing: C, new: C, peer: NodeId) -> str:
         return duplicate_survivor(self._link(existing, peer), self._link(new, peer))

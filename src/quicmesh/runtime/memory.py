@@ -135,6 +135,11 @@ class MemoryConnection(Connection):
     def rtt(self) -> float | None:
         return 0.0
 
+    @property
+    def stale(self) -> bool:
+        """Never: an in-memory pair is closed, not silenced (see ``QuicConnection.stale``)."""
+        return False
+
     def send(self, message: Message) -> bool:
         if self._closed:
             return False

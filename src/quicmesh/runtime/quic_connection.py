@@ -196,6 +196,17 @@ class QuicConnection(SendPath, Connection):
         return self._hs.peer_instance
 
     @property
+    def stale(self) -> bool:
+        """Whether no datagram arrived for longer than a live connection stays silent: twice
+        ``transport.keepalive_interval`` (each end pings an idle connection every interval), so
+        its path is probably dead (a relay gone, a NAT mapping expired) though not timed out
+        yet. A connection whose reading is held (its consumer behind) is not stale."""
+        proto = self._proto
+        if proto.holding:
+            return False
+        return self._loop.time() - proto.heard_at > 2 * self._cfg.keepalive_interval + qa.ALIVE_INTERVAL
+
+    @property
     def target(self) -> NodeId | None:
         """The peer id this attempt is to: known, else expected."""
         return self._hs.peer or self._expected
