@@ -13,6 +13,8 @@ the client and its gateway node together):
 * a 64-byte message published and delivered, 64 publishes per batch awaited;
 * a light-client cycle (connect, subscribe, publish, receive it, unsubscribe, close).
 
+Each is counted in three chunks and the quietest is reported (``CHUNKS``; the JSON lists all).
+
 The machine's load does not change a count, so a change to the hot paths can be judged on this
 shared machine where a timing cannot resolve it (a call is worth ~0.1-0.3 µs of CPU here). The
 top modules by calls show where they go. ``tests/test_call_counts.py`` holds the paths to a
@@ -32,12 +34,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from quicmesh.config import NodeConfig
 from quicmesh.runtime.client import Client
-from quicmesh.runtime.node import Node
-from quicmesh.testing.wait import eventually
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pairlib import PAYLOAD, echo_pair  # noqa: E402  (bench/, beside this script)
 
 Op = Callable[[], Awaitable[int]]
 """One measured unit of work; returns how many operations it did."""
@@ -54,16 +56,35 @@ def _module(path: str) -> str:
     return path
 
 
+CHUNKS = 3
+"""Each operation is counted in this many chunks and the quietest one is reported: a count is
+load-independent only while nothing is late, and under a loaded machine (a parallel test run)
+a slowed round trip lets QUIC's loss-detection timer fire and the loop run extra passes (seen:
++20 % on the pub/sub round trip); a chunk without that is the path's own count."""
+
+
 async def _count(op: Op, count: int) -> dict[str, Any]:
-    """Run ``op`` until ``count`` operations ran, under a profiler; calls per operation."""
-    prof = cProfile.Profile()
-    done = 0
-    prof.enable()
-    try:
-        while done < count:
-            done += await op()
-    finally:
-        prof.disable()
+    """Run ``op`` until ``count`` operations ran, in :data:`CHUNKS` chunks each under its own
+    profiler; calls per operation of the chunk with the fewest (the others in ``chunks``)."""
+    runs: list[dict[str, Any]] = []
+    per_chunk = max(1, -(-count // CHUNKS))
+    done_all = 0
+    while done_all < count:
+        prof = cProfile.Profile()
+        done = 0
+        prof.enable()
+        try:
+            while done < per_chunk and done_all + done < count:
+                done += await op()
+        finally:
+            prof.disable()
+        done_all += done
+        runs.append(_tally(prof, done))
+    best = min(runs, key=lambda r: float(r["calls_per_op"]))
+    return {**best, "operations": done_all, "chunks": [round(float(r["calls_per_op"]), 1) for r in runs]}
+
+
+def _tally(prof: cProfile.Profile, done: int) -> dict[str, Any]:
     stats = pstats.Stats(prof)
     by_module: collections.Counter[str] = collections.Counter()
     by_function: collections.Counter[str] = collections.Counter()
@@ -72,7 +93,6 @@ async def _count(op: Op, count: int) -> dict[str, Any]:
         by_function[f"{_module(path)}:{line} {fn}"] += calls
     total: int = stats.total_calls  # type: ignore[attr-defined]
     return {
-        "operations": done,
         "calls_per_op": total / done,
         "top_modules": {m: round(n / done, 1) for m, n in by_module.most_common(8)},
         "top_functions": {f: round(n / done, 2) for f, n in by_function.most_common(40)},
@@ -81,46 +101,18 @@ async def _count(op: Op, count: int) -> dict[str, Any]:
 
 async def measure(count: int) -> dict[str, dict[str, Any]]:
     """Every operation's counts (see the module docstring)."""
-    cfg: dict[str, Any] = {"realm": "calls", "discovery": {"local": False}}
-    a = await Node.start(NodeConfig(**cfg))
-    b = await Node.start(NodeConfig(bootstrap=(a.address,), **cfg))
     out: dict[str, dict[str, Any]] = {}
-    try:
-        await eventually(lambda: bool(a.peers() and b.peers()), timeout=20)
-        ping, pong, flood = await a.subscribe("ping"), await b.subscribe("pong"), await a.subscribe("flood")
-
-        async def echo() -> None:
-            async for m in ping:
-                await a.publish("pong", m.payload)
-
-        echo_task = asyncio.ensure_future(echo())
-
-        async def handler(p: bytes) -> bytes:
-            return p
-
-        await a.advertise("echo", handler)
-        await b.wait_for_subscriber("ping", 10)
-        await a.wait_for_subscriber("pong", 10)
-        await b.wait_for_subscriber("flood", 10)
-        await b.wait_for_provider("echo", 10)
-        payload = b"x" * 64
-
-        async def round_trip() -> int:
-            await b.publish("ping", payload)
-            await pong.get()
-            return 1
-
-        async def call() -> int:
-            await b.call("echo", payload)
-            return 1
+    async with echo_pair("calls", flood=True) as pair:
+        a, b, flood = pair.a, pair.b, pair.flood
+        assert flood is not None
 
         async def calls_64() -> int:
-            await asyncio.gather(*(b.call("echo", payload) for _ in range(64)))
+            await asyncio.gather(*(b.call("echo", PAYLOAD) for _ in range(64)))
             return 64
 
         async def publish_64() -> int:
             for _ in range(64):
-                await b.publish("flood", payload)
+                await b.publish("flood", PAYLOAD)
             for _ in range(64):
                 await flood.get()
             return 64
@@ -135,7 +127,7 @@ async def measure(count: int) -> dict[str, dict[str, Any]]:
             return 1
 
         ops: list[tuple[str, Op, int]] = [
-            ("pubsub_round_trip", round_trip, count), ("rpc_call", call, count),
+            ("pubsub_round_trip", pair.round_trip, count), ("rpc_call", pair.call, count),
             ("rpc_call_64_in_flight", calls_64, 64 * max(4, count // 16)),
             ("publish_64B_delivered", publish_64, 64 * max(4, count // 4)),
             ("light_client_cycle", light_cycle, max(5, count // 10)),
@@ -143,11 +135,9 @@ async def measure(count: int) -> dict[str, dict[str, Any]]:
         for name, op, n in ops:
             await op()  # warm: first-use paths (a route, a swarm's first batch) are not the steady state
             out[name] = await _count(op, n)
-        echo_task.cancel()
-    finally:
-        await b.stop()
-        await a.stop()
     return out
+
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,7 +227,7 @@ class Plumtree:
         ``mid``: its id when the caller computed it already (signing needs the digest)."""
         if mid is None:
             mid = message_id(msg.publisher, msg.epoch, msg.seq, msg.topic, msg.payloads)
-        self.caches.remember(mid, self.swarm, now)
+        self.caches.remember(mid, self.swarm, now, new=True)
         self.caches.keep(mid, msg, now)
         return self._push(mid, msg, None, now)
 
@@ -273,10 +273,11 @@ class Plumtree:
             self.counters["rejected"] += 1  # nothing remembered: a valid copy may still come
             return out, None
         self.counters["received"] += 1
-        self.caches.remember(mid, self.swarm, now)
+        self.caches.remember(mid, self.swarm, now, new=True)
         announcers = self.missing.pop(mid) or ()
-        self.graft_timers.pop(mid)
-        self.graft_tries.pop(mid)
+        if announcers:  # #14: a GRAFT timer and count exist only beside an announced id (stale ones expire)
+            self.graft_timers.pop(mid)
+            self.graft_tries.pop(mid)
         if self._is_neighbour(sender) and not self.is_eager(sender, pub):
             self._make_eager(sender, pub)
         # tree optimisation: an announcer was much closer to the source than the eager sender

@@ -511,33 +511,33 @@ class Node(NodeStatus):
             with contextlib.suppress(TimeoutError):
                 await self.wait_until(lambda: bool(self.mesh.realm.active), total)
             now = self._now()
-        try:
-            return await self._call_planned(name, bytes(payload), max(deadline - now, 1e-3), now)
-        except NoProvider as first:
-            # The neighbours asked may have known nothing yet (a node that just joined has
-            # just-joined neighbours): give the realm a little time to tell us, then try once more.
-            budget = min(deadline - self._now(), self.config.registry.lookup_timeout)
-            if budget <= 0:
-                raise
-            try:
-                await self.wait_for_provider(name, budget)
-            except TimeoutError:
-                raise first from first.__cause__  # keeps its cause (what the last attempt met)
-            return await self._call_planned(name, bytes(payload), max(deadline - (now := self._now()), 1e-3), now)
-
-    async def _call_planned(self, name: str, payload: bytes, timeout: float, now: float) -> bytes:
+        payload = bytes(payload)
         assert self._loop is not None
-        fut: asyncio.Future[bytes] = self._loop.create_future()
-        call_id, outs = self.core.call(name, payload, timeout, now, fut)
-        # #14: with no other call in flight (as for a handler's reply) the request leaves now
-        (self._run_now if self.core.pending_calls == 1 else self._run)(outs)
-        self._rearm_for_call(outs, now + timeout)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            self.core.cancel_call(call_id)
-            self._rearm()
-            raise
+        retried = False
+        while True:  # #14: the attempt inline (a coroutine level fewer per call); once more after NoProvider
+            try:
+                fut: asyncio.Future[bytes] = self._loop.create_future()
+                call_id, outs = self.core.call(name, payload, max(deadline - now, 1e-3), now, fut)
+                # with no other call in flight (as for a handler's reply) the request leaves now
+                (self._run_now if self.core.pending_calls == 1 else self._run)(outs)
+                self._rearm_for_call(outs, deadline)
+                try:
+                    return await fut
+                except asyncio.CancelledError:
+                    self.core.cancel_call(call_id)
+                    self._rearm()
+                    raise
+            except NoProvider as first:
+                # The neighbours asked may have known nothing yet (a node that just joined has
+                # just-joined neighbours): give the realm a little time to tell us, then try once more.
+                budget = min(deadline - self._now(), self.config.registry.lookup_timeout)
+                if retried or budget <= 0:
+                    raise
+                try:
+                    await self.wait_for_provider(name, budget)
+                except TimeoutError:
+                    raise first from first.__cause__  # keeps its cause (what the last attempt met)
+                retried, now = True, self._now()
 
     async def _call_local(self, name: str, handler: Handler, payload: bytes, timeout: float) -> bytes:
         try:

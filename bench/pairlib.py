@@ -1,0 +1,75 @@
+"""Two nodes over QUIC on loopback in this process, set up for the request paths (#14): ``a``
+subscribes to ``ping`` and republishes every message to ``pong`` (``b`` subscribes to that), and
+advertises ``echo``. Shared by ``bench/call_counts.py`` and ``bench/loop_budget.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from quicmesh.config import NodeConfig
+from quicmesh.runtime.node import Node
+from quicmesh.runtime.subscription import Subscription
+from quicmesh.testing.wait import eventually
+
+PAYLOAD = b"x" * 64
+
+
+@dataclass
+class Pair:
+    """The two nodes and ``b``'s subscriptions (``pong``; ``flood`` on ``a``'s side when asked)."""
+
+    a: Node
+    b: Node
+    pong: Subscription
+    flood: Subscription | None
+
+    async def round_trip(self) -> int:
+        """``b`` publishes to ``ping``; ``a`` republishes it to ``pong``; ``b`` reads it."""
+        await self.b.publish("ping", PAYLOAD)
+        await self.pong.get()
+        return 1
+
+    async def call(self) -> int:
+        """``b`` calls ``echo`` on ``a``."""
+        await self.b.call("echo", PAYLOAD)
+        return 1
+
+
+@contextlib.asynccontextmanager
+async def echo_pair(realm: str, *, flood: bool = False) -> AsyncIterator[Pair]:
+    """Start the pair (see the module docstring), ready to measure; stopped on exit. ``flood``:
+    ``a`` also subscribes to ``flood`` (``Pair.flood``), and ``b`` waits until it sees that."""
+    cfg: dict[str, Any] = {"realm": realm, "discovery": {"local": False}}
+    a = await Node.start(NodeConfig(**cfg))
+    b = await Node.start(NodeConfig(bootstrap=(a.address,), **cfg))
+    task: asyncio.Future[None] | None = None
+    try:
+        await eventually(lambda: bool(a.peers() and b.peers()), timeout=20)
+        ping, pong = await a.subscribe("ping"), await b.subscribe("pong")
+        flood_sub = await a.subscribe("flood") if flood else None
+
+        async def echo() -> None:
+            async for m in ping:
+                await a.publish("pong", m.payload)
+
+        task = asyncio.ensure_future(echo())
+
+        async def handler(p: bytes) -> bytes:
+            return p
+
+        await a.advertise("echo", handler)
+        await b.wait_for_subscriber("ping", 10)
+        await a.wait_for_subscriber("pong", 10)
+        if flood:
+            await b.wait_for_subscriber("flood", 10)
+        await b.wait_for_provider("echo", 10)
+        yield Pair(a, b, pong, flood_sub)
+    finally:
+        if task is not None:
+            task.cancel()
+        await b.stop()
+        await a.stop()
