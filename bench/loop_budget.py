@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import asyncio.events
 import collections
+import contextlib
 import json
 import selectors
 import sys
@@ -183,24 +184,17 @@ def main() -> None:
     p.add_argument("--json", default="", help="also write the results here")
     args = p.parse_args()
     factory = None
-    undo: Callable[[], None] = lambda: None  # noqa: E731
-    if args.loop == "uvloop":
-        import uvloop
+    with contextlib.ExitStack() as undo:  # the wrappers come off again, whatever happens
+        if args.loop == "uvloop":
+            import uvloop
 
-        factory = uvloop.new_event_loop
-    else:
-        undo = install()
-    if args.inner:
-        undo_loop, undo_inner = undo, install_inner()
-
-        def undo() -> None:
-            undo_inner()
-            undo_loop()
-    try:
+            factory = uvloop.new_event_loop
+        else:
+            undo.callback(install())
+        if args.inner:
+            undo.callback(install_inner())
         with asyncio.Runner(loop_factory=factory) as runner:
             results = runner.run(measure(max(1, args.count)))
-    finally:
-        undo()
     _print(results)
     if args.json:
         Path(args.json).write_text(json.dumps({"count": args.count, "loop": args.loop, "operations": results},
