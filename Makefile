@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit soak lab lab-soak sim-large bench bench-peers image clean
+.PHONY: demo test lint typecheck unit pythons soak lab lab-soak sim-large bench bench-peers image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ unit: $(STAMP)
 	$(BIN)/pytest $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile --no-loadscope-reorder)
 
 test: lint typecheck unit
+
+# The unit suite under other CPython versions, each in a virtualenv of its own (.venv-3.12, ...).
+# PYTHONS names the interpreters; by default each of VERSIONS is looked for as pythonX.Y on PATH,
+# then in pyenv's versions. A version with no working interpreter fails the target.
+VERSIONS ?= 3.12 3.13
+PYTHONS ?= $(foreach v,$(VERSIONS),$(or $(shell for c in python$(v) $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(v).*/bin/python 2>/dev/null | sort -V | tail -1); do $$c -c '' >/dev/null 2>&1 && { echo $$c; break; }; done),missing-python$(v)))
+pythons:
+	@for py in $(PYTHONS); do \
+	  $$py -c '' >/dev/null 2>&1 || { echo "make pythons: no working $${py#missing-} (set PYTHONS=...)"; exit 1; }; \
+	  v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  echo "== $$py (CPython $$v): .venv-$$v"; \
+	  $(MAKE) --no-print-directory unit PYTHON=$$py VENV=.venv-$$v || exit 1; \
+	done
 
 soak: $(STAMP)
 	QUICMESH_SOAK=1 $(BIN)/pytest -m soak -p no:cacheprovider

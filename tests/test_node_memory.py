@@ -218,6 +218,50 @@ async def test_slow_subscriber_never_stalls_others(net: MemoryNetwork) -> None:
     await a.stop()
 
 
+async def test_drain_waits_for_a_paused_receiver_and_for_the_close(net: MemoryNetwork) -> None:
+    """The in-memory connection's ``drain`` waits as QUIC's does: while its receiver is paused,
+    until the queue falls to low water (``publish`` back-pressure rests on it: without it a fast
+    publisher dropped frames at its send buffer once ``asyncio.wait_for`` stopped yielding,
+    Python 3.12); ``until=0`` waits for every byte; a close ends the wait."""
+    from quicmesh.config import TransportConfig
+    from quicmesh.core.messages import Ping
+
+    cfg = NodeConfig(realm="t", transport=TransportConfig(send_buffer_bytes=64 * 1024))
+    a = await Node.start(cfg, network=net)
+    b = await Node.start(cfg.replace(bootstrap=(a.address,)), network=net)
+    try:
+        await eventually(lambda: a.peers() and b.peers(), interval=0)
+        sender, receiver = b.transport.get(a.id), a.transport.get(b.id)
+        assert sender is not None and receiver is not None
+        receiver.pause_reading()
+        sent = 0
+        while sender.pending_bytes <= 48 * 1024:
+            assert sender.send(Ping(seq=sent))
+            sent += 1
+        held = asyncio.ensure_future(sender.drain())
+        everything = asyncio.ensure_future(sender.drain(until=0))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not held.done() and not everything.done()  # nothing moves while the receiver is paused
+        receiver.resume_reading()
+        await asyncio.wait_for(held, 5)
+        assert sender.pending_bytes <= 16 * 1024
+        await asyncio.wait_for(everything, 5)
+        assert sender.pending_bytes == 0
+        receiver.pause_reading()
+        while sender.pending_bytes <= 48 * 1024:
+            assert sender.send(Ping(seq=sent))
+            sent += 1
+        waiting = asyncio.ensure_future(sender.drain())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        await sender.close()
+        await asyncio.wait_for(waiting, 5)  # the close ends the wait
+    finally:
+        await b.stop()
+        await a.stop()
+
+
 async def test_subscribe_close_cycles_return_to_baseline(pair: tuple[Node, Node]) -> None:
     a, _ = pair
     baseline = static_sizes(a.registry)

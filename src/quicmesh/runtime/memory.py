@@ -115,6 +115,9 @@ class MemoryConnection(Connection):
         self._flush_scheduled = False
         self._closed = False
         self._done = asyncio.Event()
+        self._drained: asyncio.Future[None] | None = None
+        """What :meth:`drain` waiters wait on: resolved by a flush that brings the queue to low
+        water, or by the close."""
         self.paused = False
         """The owner paused reading: the peer's frames wait in the peer's send queue."""
 
@@ -154,6 +157,23 @@ class MemoryConnection(Connection):
             asyncio.get_running_loop().call_soon(self._flush)
         return True
 
+    async def drain(self, until: int | None = None) -> None:
+        """Wait until the queued bytes fall to ``until`` (default: a quarter of the send buffer)
+        or the connection closes, as the QUIC transport's ``drain``: a publisher that outruns a
+        paused or slower receiver waits here instead of having frames dropped."""
+        low = self.owner.config.send_buffer_bytes // 4 if until is None else until
+        while not self._closed and self._pending > low:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
+
+    def _wake_drained(self) -> None:
+        waiter = self._drained
+        if waiter is not None and (self._closed or self._pending <= self.owner.config.send_buffer_bytes // 4):
+            self._drained = None
+            if not waiter.done():
+                waiter.set_result(None)
+
     def pause_reading(self) -> None:
         """Stop receiving: the peer's frames stay in its send queue (see the module docstring)."""
         self.paused = True
@@ -173,6 +193,7 @@ class MemoryConnection(Connection):
         other = self.other
         if self._closed or other is None or other._closed:
             self._queue, self._pending = [], 0
+            self._wake_drained()
             return
         frames = self._queue
         decoder = other.owner.codec.decoder()
@@ -198,6 +219,8 @@ class MemoryConnection(Connection):
             del frames[:done]
             if self._closed:
                 self._queue, self._pending = [], 0
+            if self._drained is not None:
+                self._wake_drained()
 
     async def close(self, code: str = "normal", reason: str = "") -> None:
         if self._closed:
@@ -216,6 +239,7 @@ class MemoryConnection(Connection):
         self._closed = True
         self.close_code = code
         self._done.set()
+        self._wake_drained()
         return True
 
 
