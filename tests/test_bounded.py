@@ -663,3 +663,29 @@ def test_tracked_validates_and_needs_a_size(registry: ContainerRegistry) -> None
         t.stats()
     t.close()  # nothing to clear by default
     assert len(registry) == 0
+
+
+def test_a_ttl_map_and_the_node_core_deep_copy_without_itertools_state() -> None:
+    """The simulator's tests copy a whole mesh (``copy.deepcopy``); Python 3.12 deprecated copying
+    ``itertools`` objects and 3.14 removes it, so no ``TtlMap`` (in every swarm's tree) and no
+    ``NodeCore`` holds one: their serials are plain ints, and a copied map goes on from the same."""
+    import warnings
+    from random import Random
+
+    from quicmesh.config import NodeConfig
+    from quicmesh.core.node import NodeCore
+    from quicmesh.identity import KeyPair
+
+    reg = ContainerRegistry("copy")
+    m: TtlMap[str, int] = TtlMap("t.copy", 8, 10.0, registry=reg)
+    m.set("a", 1, 0.0)
+    core = NodeCore(KeyPair.generate(), NodeConfig(realm="copy"), Random(1), ContainerRegistry("core"))
+    for obj in (m, core):
+        assert not [k for k, v in vars(obj).items() if type(v).__module__ == "itertools"], obj
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 3.12, 3.13: a DeprecationWarning for an itertools object
+        twin = copy_module.deepcopy(m, {id(reg): reg})
+    twin.set("b", 2, 1.0)
+    m.set("c", 3, 1.0)
+    assert sorted(twin.keys()) == ["a", "b"] and sorted(m.keys()) == ["a", "c"]
+    assert twin.next_deadline() == m.next_deadline() == 10.0

@@ -15,7 +15,6 @@ after every event.
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, ItemsView, Iterator, KeysView, ValuesView
 from typing import Any, Generic, TypeVar, overload
@@ -226,7 +225,7 @@ class TtlMap(_Bounded, Generic[K, V]):
         # sizeof(value) taken once at insert (a removal does not measure the value again)
         self._data: dict[K, tuple[V, float, int, int]] = {}  # bounded: capacity enforced in set()
         self._heap: list[tuple[float, int, K]] = []  # bounded: compacted to <= 2 * size + 64
-        self._serial = itertools.count()
+        self._serial = 0  # an int, not itertools.count: the map stays deep-copyable on Python 3.14
         self._on_evict = on_evict
         self._earliest: float | None = None
         """The earliest deadline of a live entry (``None``: empty), exact at all times: an insert
@@ -316,7 +315,7 @@ class TtlMap(_Bounded, Generic[K, V]):
         cap_bytes = self._capacity_bytes
         if len(data) < self._capacity and key not in data and (cap_bytes is None or self._bytes + size <= cap_bytes):
             # the common case (#14): a new key with room for it (in entries and bytes)
-            serial = next(self._serial)
+            serial = self._serial = self._serial + 1
             deadline = now + life
             data[key] = (value, deadline, serial, size)
             self._bytes += size
@@ -356,7 +355,7 @@ class TtlMap(_Bounded, Generic[K, V]):
                     self._on_evict(victim[0], victim[1])
         if old is not None:
             self._bytes -= old_size
-        serial = next(self._serial)
+        serial = self._serial = self._serial + 1
         deadline = now + life
         self._data[key] = (value, deadline, serial, size)
         self._bytes += size

@@ -72,7 +72,6 @@ fails or stays pending starts a punch through connected nodes (``punch.auto``).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
 from random import Random
 from typing import Any
@@ -220,7 +219,7 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands, LogCommands):
         # hashes by address on Python 3.11, which made simulations differ from process to process
         self.puncher = self._make_puncher(keypair, Random(hash(rng.getstate()[1])), registry, wall_offset)  # #13
         """Hole punching through a common node (see :mod:`quicmesh.core.punch`)."""
-        self._lookup_ids = itertools.count(1)
+        self._lookup_ids = 0  # an int: the core stays deep-copyable (itertools objects are not, from 3.14)
         self._rpc_seen: BoundedDict[NodeId, float] = BoundedDict("node.rpc_pins", cap, registry=registry)
         """Peer -> when the last RPC message came from it (the :data:`RPC_PIN`); one entry per
         connected peer, dropped with its connection."""
@@ -479,7 +478,8 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands, LogCommands):
 
     def lookup(self, name: str, now: float) -> list[object]:
         """Ask the realm neighbours for providers of ``name`` (answers arrive as messages)."""
-        waiter = -next(self._lookup_ids)  # negative: not a call of the caller planner
+        self._lookup_ids += 1
+        waiter = -self._lookup_ids  # negative: not a call of the caller planner
         return self._route(self.services.lookup(name, waiter, now, self.mesh.realm.active_peers()), now)
 
     def add_peer(self, peer: NodeId, addresses: tuple[str, ...], now: float) -> list[object]:
