@@ -253,8 +253,10 @@ class Worker:
 
 def worker_main(system: str, role: str, loop_kind: str, conn: Any) -> None:
     """Process entry (multiprocessing, spawn)."""
-    if loop_kind == "uvloop":
+    factory = None
+    if loop_kind == "uvloop":  # a loop factory, not an event-loop policy (deprecated from Python 3.14)
         import uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(Worker(system, role, conn).run())
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(Worker(system, role, conn).run())
