@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from storekit import hold_loads
 
 from quicmesh.config import HttpApiConfig, NodeConfig, load_config
-from quicmesh.runtime.http_api import HttpFace
+from quicmesh.runtime.http_api import HttpFace, error_name, error_status
 from quicmesh.runtime.http_openapi import ERROR_STATUSES
 from quicmesh.runtime.node import Node
 from quicmesh.testing.wait import eventually
@@ -202,6 +202,25 @@ async def test_curl_publishes_subscribes_calls_and_writes_maps_through_a_node() 
         assert counters["quicmesh_http_api_responses_total{code=4xx}"] == 5
         assert counters["quicmesh_http_api_responses_total{code=5xx}"] == 1  # NoProvider
         await inbox.close()
+
+
+def test_an_error_is_named_by_its_nearest_public_class() -> None:
+    """A call whose callee answered that its handler ran out of time fails with the core's
+    ``HandlerTimedOut``, a ``CallTimeout``: whichever of the caller's deadline and the callee's
+    answer comes first, the face names it ``CallTimeout`` (CI once got ``HandlerTimedOut``, a name
+    the API does not list); a refused call is ``PermissionDenied``; errors from elsewhere keep
+    their own name."""
+    from quicmesh.core.rpc import CallDenied, HandlerTimedOut
+    from quicmesh.errors import CallTimeout
+
+    assert error_name(HandlerTimedOut("stall on x: handler exceeded 0.300s")) == "CallTimeout"
+    assert error_status(HandlerTimedOut("x")) == 504
+    assert error_name(CallTimeout("x")) == "CallTimeout"
+    assert error_name(CallDenied("secret.op")) == "PermissionDenied"
+    assert error_name(ValueError("x")) == "ValueError"
+    listed = set(ERROR_STATUSES)
+    for exc in (HandlerTimedOut("x"), CallDenied("y")):
+        assert error_name(exc) in listed, (exc, listed)
 
 
 async def test_a_call_that_outlives_its_timeout_is_504_and_the_timeout_is_clamped() -> None:

@@ -62,7 +62,7 @@ from .http_openapi import openapi_document
 from .http_streams import StreamHub
 from .log_handles import ReplicatedMap
 
-__all__ = ["HttpFace", "error_status"]
+__all__ = ["HttpFace", "error_name", "error_status"]
 
 log = logging.getLogger("quicmesh.http_api")
 
@@ -96,6 +96,17 @@ def error_status(exc: BaseException) -> int:
     return 400 if isinstance(exc, ValueError | TypeError) else 500
 
 
+def error_name(exc: BaseException) -> str:
+    """The ``error`` an answer names for ``exc``: its class, or the nearest public one
+    (:mod:`quicmesh.errors`) it derives from, so an internal subclass (a callee's handler that ran
+    out of time, ``HandlerTimedOut``, is a ``CallTimeout``) never reaches HTTP clients as a name
+    the API does not list."""
+    for cls in type(exc).__mro__:
+        if cls.__module__ == "quicmesh.errors":
+            return cls.__name__
+    return type(exc).__name__
+
+
 def _error(status: int, name: str, message: str, headers: dict[str, str] | None = None,
            **fields: Any) -> web.Response:
     doc = {"error": name, "message": message[:1000], **fields}
@@ -117,7 +128,7 @@ def _error_of(exc: Exception, realm: str) -> web.Response:
         headers["WWW-Authenticate"] = f'Bearer realm="{realm}"'
     elif status in (429, 503):
         headers["Retry-After"] = "1"
-    return _error(status, type(exc).__name__, str(exc), headers, **fields)
+    return _error(status, error_name(exc), str(exc), headers, **fields)
 
 
 def _version() -> str:
