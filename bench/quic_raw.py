@@ -13,6 +13,11 @@ bidirectional stream of 4-byte big-endian length-prefixed messages that the rece
   sender needs its own window). Result: messages/s received and parsed.
 * ``reqrep_1``: one 64 B request in flight, the server echoes it. Result: req/s and p50/p99.
 * ``reqrep_64``: 64 requests in flight on the same stream. Result: req/s.
+* ``connect_cycle``: what a light client does per task at the least: a new UDP endpoint and
+  connection, the handshake, one 64 B request/reply, the close sent (not waiting out the draining
+  period, as quicmesh's ``Client.close`` does not). Result: cycles/s, one after another. This is
+  the library's ceiling for ``make bench-peers``' light-client cycles (a quicmesh cycle does this
+  and more: its identity proof, a subscribe, a publish received, an unsubscribe).
 
 Each test runs ``--duration`` seconds, ``--repeat`` times, the libraries interleaved run by run
 (a shared machine's background load hits both alike); the table shows medians and a qh3/aioquic
@@ -44,6 +49,8 @@ WINDOW_BYTES = 8 * 1024 * 1024
 (``transport.send_buffer_bytes``), so both sides of the comparison may have as much in flight (with
 2 MiB, qh3 reached 266k msg/s at 64 B instead of 433k)."""
 TIME_LIMIT = 110.0  # the whole run stays under two minutes
+CONNECT_WARMUP = 5
+"""Connect cycles before the measured ones (the first handshakes import and warm the TLS code)."""
 
 
 def _write_cert(directory: str) -> tuple[str, str]:
@@ -277,7 +284,44 @@ async def _client(lib: str, port: int, duration: float) -> dict[str, float]:
                     launch()
                 p.transmit()
         results["reqrep_64_req_per_s"] = done / (time.perf_counter() - t0)
+
+    results.update(await _connect_cycles(lib, Client, cfg, port, duration))
     return results
+
+
+async def _connect_cycles(lib: str, protocol: Any, cfg: Any, port: int, duration: float) -> dict[str, float]:
+    """``connect_cycle``: new endpoint, handshake, one request/reply, close sent; one at a time."""
+    loop = asyncio.get_running_loop()
+    connection = importlib.import_module(f"{lib}.quic.connection").QuicConnection
+    req = (64).to_bytes(4, "big") + b"Q"
+    pad = bytes(64 - 9)
+
+    async def cycle(rid: int) -> None:
+        transport, p = await loop.create_datagram_endpoint(
+            lambda: protocol(connection(configuration=cfg)), local_addr=("127.0.0.1", 0))
+        try:
+            p.connect(("127.0.0.1", port))
+            await asyncio.wait_for(p.wait_connected(), 10)
+            fut = loop.create_future()
+            p.replies[rid] = fut
+            p.write(req + rid.to_bytes(8, "big") + pad)
+            await asyncio.wait_for(fut, 10)
+        finally:
+            p.close()  # the close is sent at once; the draining period is not waited out
+            transport.close()
+
+    for rid in range(CONNECT_WARMUP):
+        await cycle(rid)
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    deadline = t0 + duration
+    while time.perf_counter() < deadline:
+        ts = time.perf_counter()
+        await cycle(len(lat))
+        lat.append(time.perf_counter() - ts)
+    lat.sort()
+    return {"connect_cycle_per_s": len(lat) / (time.perf_counter() - t0),
+            "connect_cycle_p50_ms": lat[len(lat) // 2] * 1000}
 
 
 # -- orchestration ----------------------------------------------------------------------------
@@ -324,7 +368,8 @@ def measure_ceilings(repeat: int = 3, duration: float = 1.0, libs: tuple[str, ..
     """Raw ceilings per library: ``{"qh3": {"stream_64B_msgs_per_s": ..., ...}, "aioquic": ...}``.
 
     Keys: ``stream_64B_msgs_per_s``, ``stream_1024B_msgs_per_s``, ``reqrep_1_req_per_s``,
-    ``reqrep_1_p50_ms``, ``reqrep_1_p99_ms``, ``reqrep_64_req_per_s`` and ``runs``: rates are the
+    ``reqrep_1_p50_ms``, ``reqrep_1_p99_ms``, ``reqrep_64_req_per_s``, ``connect_cycle_per_s``,
+    ``connect_cycle_p50_ms`` and ``runs``: rates are the
     best of the ``repeat`` runs (a ceiling), latencies the median.
     A library that is not installed is reported as ``{"error": ...}``.
     """
@@ -350,6 +395,8 @@ ROWS = (
     ("req/reply 1 in flight, p50 ms", "reqrep_1_p50_ms", "{:.3f}"),
     ("req/reply 1 in flight, p99 ms", "reqrep_1_p99_ms", "{:.3f}"),
     ("req/reply 64 in flight, req/s", "reqrep_64_req_per_s", "{:,.0f}"),
+    ("connect, 1 req/reply, close: cycles/s", "connect_cycle_per_s", "{:,.1f}"),
+    ("connect cycle p50 ms", "connect_cycle_p50_ms", "{:.2f}"),
 )
 
 
@@ -378,7 +425,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per library (medians are shown)")
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "quic_raw.json"))
     args = p.parse_args()
-    budget = len(LIBS) * args.repeat * (4 * args.duration + 2)
+    budget = len(LIBS) * args.repeat * (5 * args.duration + 2)
     if budget > TIME_LIMIT:
         p.error(f"--duration x --repeat would take ~{budget:.0f} s; keep it under {TIME_LIMIT:.0f} s")
     started = time.time()
