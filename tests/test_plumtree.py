@@ -12,7 +12,7 @@ from quicmesh.bounded import ContainerRegistry
 from quicmesh.config import MAX_BATCH_MESSAGES, GossipConfig, NodeConfig, PubSubConfig
 from quicmesh.core.effects import Deliver, DeliverBatch, Effect, Send
 from quicmesh.core.membership import HvSend
-from quicmesh.core.mesh import Mesh
+from quicmesh.core.mesh import PUBLISH_LINGER, Mesh
 from quicmesh.core.mesh_messages import MGossip, MGraft, MIHave, MNeighbor, MPrune
 from quicmesh.core.plumtree import GRAFT_ANSWER_INTERVAL, message_id
 from quicmesh.errors import MessageTooLarge
@@ -249,9 +249,49 @@ def test_leaving_a_swarm_sends_its_open_batch_first(registry: ContainerRegistry)
     m.peer_connected(A, ("a:1",), False, 0.0)
     m.handle_message(A, MNeighbor("s", True, ["a:1"]), 0.0)
     m.publish("s.t", b"last words", 1.0)
-    effs = m.unsubscribe("s.t", 1.0)
+    # no flush in between (a simulator's choice); the publish is older than the publisher's linger
+    effs = m.unsubscribe("s.t", 1.0 + PUBLISH_LINGER + 1)
     kinds = [type(e.message).__name__ for e in effs if isinstance(e, Send)]
     assert kinds[0] == "MGossip" and "MLeave" in kinds and not m.has_batches
+
+
+def _run_until_left(m: Mesh, swarm: str, now: float) -> float:
+    """Run the mesh's timers, as a driver does, until it leaves ``swarm``; returns when it did."""
+    while m.swarms.peek(swarm) is not None:
+        d = m.next_deadline()
+        assert d is not None and d <= now + PUBLISH_LINGER + 2, d
+        now = max(d, now + 0.001)
+        m.handle_timer(now)
+    return now
+
+
+def test_a_publisher_that_unsubscribes_stays_a_publisher(registry: ContainerRegistry) -> None:
+    """#14: the last unsubscribe of a swarm this node published to within ``PUBLISH_LINGER``
+    keeps it a publish-only member (the rule for a node that only published), so a client that
+    subscribes, publishes and leaves, task after task, does not make the swarm's members re-knit
+    their overlay each time; it is left ``PUBLISH_LINGER`` after the last publish."""
+    m = mesh(registry)
+    m.subscribe("s.t", 0.0)
+    m.peer_connected(A, ("a:1",), False, 0.0)
+    m.handle_message(A, MNeighbor("s", True, ["a:1"]), 0.0)
+    m.publish("s.t", b"x", 1.0)
+    m.flush(1.0)
+    effs = m.unsubscribe("s.t", 2.0)
+    assert not [e for e in effs if isinstance(e, Send)]  # no LEAVE
+    sw = m.swarms.peek("s")
+    assert sw is not None and not sw.patterns and A in sw.hv.active
+    assert delivered(m.handle_message(A, gossip(0), 2.5)) == []  # nothing delivered: no pattern
+    # subscribing again: no join, no walk; the overlay is the one kept
+    assert not [e for e in m.subscribe("s.t", 3.0) if isinstance(e, Send)]
+    assert delivered(m.handle_message(A, gossip(1), 3.5)) != []
+    m.unsubscribe("s.t", 4.0)
+    left = _run_until_left(m, "s", 4.0)
+    assert 1.0 + PUBLISH_LINGER < left <= 1.0 + PUBLISH_LINGER + 1
+    assert m.topic_state("s") == 0
+    # a subscriber that never published leaves at once, as before
+    m.subscribe("u.t", left)
+    m.unsubscribe("u.t", left + 1)
+    assert m.swarms.peek("u") is None and m.topic_state("u") == 0
 
 
 def test_gossip_for_unjoined_swarm_is_refused(registry: ContainerRegistry) -> None:
@@ -272,14 +312,15 @@ def test_subscriptions_are_reference_counted(registry: ContainerRegistry) -> Non
     assert m.swarms.peek("s") is not None  # one reference to s.> left
     m.publish("s.x", b"1", 1.0)
     m.unsubscribe("s.>", 2.0)
+    sw = m.swarms.peek("s")
+    assert sw is not None and not sw.patterns  # a publisher for PUBLISH_LINGER after its publish
+    m.unsubscribe("s.>", 3.0)  # unknown: ignored
+    _run_until_left(m, "s", 3.0)
     assert m.swarms.peek("s") is None and m.topic_state("s") == 0
     assert not any(c.name.startswith(("swarm.", "plumtree.")) for c in registry)
-    m.unsubscribe("s.>", 3.0)  # unknown: ignored
 
 
 def test_publish_only_membership_is_left_after_linger(registry: ContainerRegistry) -> None:
-    from quicmesh.core.mesh import PUBLISH_LINGER
-
     m = mesh(registry)
     effs = m.publish("s.t", b"x", 0.0)
     assert delivered(effs) == []  # no local subscription

@@ -26,6 +26,10 @@ def test_everyone_unsubscribes_zero_topic_state() -> None:
     print(r.format())
     f = r.figures
     assert f["topic_state_before"] > 0
+    # a node that only subscribed holds nothing at once; the publishers stay publishers until
+    # PUBLISH_LINGER after their last publish, and then hold nothing either
+    assert f["topic_state_after_unsubscribe_not_publishers"] == 0
+    assert f["publishers_kept"] == f["publishers"] == 7
     assert f["topic_state_after"] == 0
     assert f["swarm_containers_after"] == 0
     assert f["swarms_after"] == 0

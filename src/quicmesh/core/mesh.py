@@ -35,7 +35,8 @@ publisher only; that membership is left after ``PUBLISH_LINGER`` seconds without
 
 **Subscriptions** are reference counted here: ``subscribe(p)`` twice needs ``unsubscribe(p)``
 twice. The last unsubscribe of a swarm's last pattern leaves the swarm (LEAVE to its neighbours)
-and releases its HyParView, Plumtree, ordering states, cache entries and queued messages.
+and releases its HyParView, Plumtree, ordering states, cache entries and queued messages, unless
+the node published to it within ``PUBLISH_LINGER``: it stays a publish-only member (as above).
 
 **Delivery.** New messages go through :class:`~quicmesh.core.topics.Ordering` and are emitted as
 one :class:`~quicmesh.core.effects.DeliverBatch` per batch (a :class:`~quicmesh.core.effects.Deliver`
@@ -86,7 +87,6 @@ __all__ = [
     "DIAL_TIMEOUT", "FIND_FANOUT", "FOUND_PEERS", "HINT_PEERS", "HINT_SWARMS", "HINT_TTL", "LINGER",
     "MAX_BOOTSTRAP", "MAX_DIAL_QUEUES", "MESH_MESSAGES", "PUBLISH_LINGER", "Mesh",
 ]
-
 
 
 def _no_client_swarms() -> int:
@@ -275,7 +275,8 @@ class Mesh(Batching):
 
     def unsubscribe(self, pattern: str, now: float) -> list[Effect]:
         """Drop one reference to ``pattern``; the last reference of a swarm's last pattern leaves
-        the swarm and releases all of its state. Unknown patterns are ignored."""
+        the swarm and releases all of its state, unless this node published to it within
+        ``PUBLISH_LINGER`` (it stays a publisher). Unknown patterns are ignored."""
         entry = self.patterns.get(pattern)
         if entry is None:
             return []
@@ -289,7 +290,7 @@ class Mesh(Batching):
             return []
         sw.patterns.pop(pattern, None)
         sw.watch.dirty = True
-        if sw.patterns:
+        if sw.patterns or now - sw.last_publish <= PUBLISH_LINGER:
             return []
         return self._leave_swarm(key, now)
 

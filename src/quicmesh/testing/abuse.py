@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import AddressBookConfig, GossipConfig, MembershipConfig, NodeConfig, TransportConfig
 from ..core.guard import gossip_signing_bytes
-from ..core.mesh import HINT_TTL
+from ..core.mesh import HINT_TTL, PUBLISH_LINGER
 from ..core.mesh_messages import MForwardJoin, MGossip, MIHave, MShuffle, PeerInfo
 from ..core.plumtree import batch_digest
 from ..errors import LimitExceeded
@@ -144,7 +144,9 @@ def _join(swarm: str, node: SimNode) -> Any:
 @dataclass(frozen=True)
 class UnsubscribeScenario:
     """Every node subscribes (some patterns twice), traffic flows, then every reference is
-    dropped: every node must hold zero per-topic state."""
+    dropped: every node must hold zero per-topic state, at once where it only subscribed, and
+    ``PUBLISH_LINGER`` after its last publish where it published too (it stays a publisher until
+    then)."""
 
     name: str = "unsubscribe"
     seed: int = 1
@@ -173,6 +175,10 @@ def run_unsubscribe(sc: UnsubscribeScenario) -> Report:
     for n, p in subs:
         sim.at(t + rng.random() * 2.0, partial(sim.unsubscribe, n, p))
     sim.run_for(10.0)
+    publishers = {nodes[k % 7].id for k in range(sc.messages)}
+    state_unsubscribed = sum(n.mesh.topic_state(SWARM) for n in nodes if n.id not in publishers)
+    kept = sum(1 for n in nodes if n.mesh.swarms.peek(SWARM) is not None)
+    sim.run_for(PUBLISH_LINGER)
     state_after = sum(n.mesh.topic_state(SWARM) for n in nodes)
     swarm_containers = sum(
         1 for n in nodes for c in n.registry if c.name.startswith(("swarm.", "plumtree."))
@@ -182,6 +188,9 @@ def run_unsubscribe(sc: UnsubscribeScenario) -> Report:
     report = Report(sc.name, sc.seed)
     report.figures = {
         "topic_state_before": state_before,
+        "topic_state_after_unsubscribe_not_publishers": state_unsubscribed,
+        "publishers_kept": kept,
+        "publishers": len(publishers),
         "topic_state_after": state_after,
         "swarm_containers_after": swarm_containers,
         "swarms_after": sum(len(n.mesh.swarms) for n in nodes),
