@@ -15,7 +15,7 @@ from quicmesh.core.membership import HvSend
 from quicmesh.core.mesh import PUBLISH_LINGER, Mesh
 from quicmesh.core.mesh_messages import MGossip, MGraft, MIHave, MNeighbor, MPrune
 from quicmesh.core.plumtree import GRAFT_ANSWER_INTERVAL, message_id
-from quicmesh.errors import MessageTooLarge
+from quicmesh.errors import LimitExceeded, MessageTooLarge
 
 PUB = nid(9)
 
@@ -319,6 +319,32 @@ def test_subscriptions_are_reference_counted(registry: ContainerRegistry) -> Non
     assert m.swarms.peek("s") is None and m.topic_state("s") == 0
     assert not any(c.name.startswith(("swarm.", "plumtree.")) for c in registry)
 
+
+
+def test_a_publish_only_membership_gives_way_at_the_topic_cap(registry: ContainerRegistry) -> None:
+    """At ``gossip.max_topics`` a new swarm takes the place of the publish-only membership
+    published to longest ago (sending its open batch and LEAVE first); only swarms with local
+    subscriptions make a subscribe fail. Cap 3: publish-only a (t=1) and b (t=2), subscribed s."""
+    m = Mesh(ME, ("me:1",), NodeConfig(gossip=GossipConfig(max_topics=3)), Random(3), registry)
+    m.subscribe("s.t", 0.0)
+    m.peer_connected(A, ("a:1",), False, 0.0)
+    m.publish("a.t", b"1", 1.0)
+    m.handle_message(A, MNeighbor("a", True, ["a:1"]), 1.0)
+    m.flush(1.0)
+    m.publish("b.t", b"2", 2.0)
+    m.flush(2.0)
+    m.publish("a.t", b"3", 2.5)  # a's last publish is later now: b is the one published to longest ago
+    effs = m.subscribe("c.t", 3.0)  # a's batch is still open: b goes, and no batch is lost
+    assert sorted(m.swarms.keys()) == ["a", "c", "s"] and m.has_batches
+    m.flush(3.0)
+    effs = m.subscribe("d.t", 4.0)  # now a goes: its open batch would have left first
+    sends = [type(e.message).__name__ for e in effs if isinstance(e, Send) and e.message.s == "a"]
+    assert sends == ["MLeave"] and sorted(m.swarms.keys()) == ["c", "d", "s"]
+    with pytest.raises(LimitExceeded) as li:  # every swarm has a subscription
+        m.subscribe("e.t", 5.0)
+    assert li.value.limit == "gossip.max_topics"
+    with pytest.raises(LimitExceeded):
+        m.publish("e.t", b"4", 5.0)
 
 def test_publish_only_membership_is_left_after_linger(registry: ContainerRegistry) -> None:
     m = mesh(registry)

@@ -35,8 +35,8 @@ publisher only; that membership is left after ``PUBLISH_LINGER`` seconds without
 
 **Subscriptions** are reference counted here: ``subscribe(p)`` twice needs ``unsubscribe(p)``
 twice. The last unsubscribe of a swarm's last pattern leaves the swarm (LEAVE to its neighbours)
-and releases its HyParView, Plumtree, ordering states, cache entries and queued messages, unless
-the node published to it within ``PUBLISH_LINGER``: it stays a publish-only member (as above).
+and drops its state, unless the node published to it within ``PUBLISH_LINGER``: it stays a
+publish-only member (as above). At ``gossip.max_topics`` such a membership gives way to a new swarm.
 
 **Delivery.** New messages go through :class:`~quicmesh.core.topics.Ordering` and are emitted as
 one :class:`~quicmesh.core.effects.DeliverBatch` per batch (a :class:`~quicmesh.core.effects.Deliver`
@@ -78,7 +78,7 @@ from .mesh_messages import (
 )
 from .observed import ObservedAddresses
 from .plumtree import Arrived, GossipAuth, GossipCaches, Plumtree
-from .swarm import Swarm
+from .swarm import Swarm, idle_publisher
 from .swarm_timers import PUBLISH_LINGER, SwarmTimers
 from .topics import MAX_TOPIC_LEN, Ordering, Pattern, check_topic, parse_pattern, swarm_of
 from .wire import Message
@@ -163,9 +163,7 @@ class Mesh(Batching):
             *self.links.timers(), *self.discovery.timers(), self.realm.next_deadline, self.ordering.next_deadline,
             self.caches.next_deadline, self.book.next_deadline,
         )
-        """The ``next_deadline`` of every node-wide timer (:meth:`next_deadline` runs after each event)."""
-        self._watch = Watch()
-        """Marked by every part :meth:`_watched_deadline` reads, where its state changes."""
+        self._watch = Watch()  # marked by every part _watched_deadline reads, where its state changes
         self._watched = _INF
         for part in (self.links, self.discovery, self.realm, self.ordering, self.caches, self.book, self.swarms):
             part.watch(self._watch)
@@ -408,12 +406,10 @@ class Mesh(Batching):
         return out
 
     def _idle_timer(self, now: float) -> list[Effect]:
-        """:meth:`handle_timer` before :meth:`next_deadline`: every step of it that waits for a
-        deadline would do nothing (no open batch, no due timer in any part), so only the steps that
-        do not wait for one run, in the same order: a publish-only swarm past its linger is left
-        (its deadline lies 1 ms later), the broadcast trees drop unused trees and old ids of the
-        optimisation window (:meth:`~quicmesh.core.plumtree.Plumtree.idle_timer`), the join retry
-        is checked."""
+        """:meth:`handle_timer` before :meth:`next_deadline` (no open batch, no due timer): only
+        the steps that wait for no deadline run, in the same order: a publish-only swarm past its
+        linger is left (its deadline lies 1 ms later), the trees drop unused trees and old ids of
+        the optimisation window (``Plumtree.idle_timer``), the join retry is checked."""
         out: list[Effect] = []
         for key in self._waking(now):
             sw = self.swarms.peek(key)
@@ -526,9 +522,13 @@ class Mesh(Batching):
         sw = self.swarms.peek(key)
         if sw is not None:
             return sw, []
+        out: list[Effect] = []
         own_cap = self.config.gossip.max_topics
         if len(self.swarms) >= own_cap + min(self.client_swarms(), self.client_topic_reserve):
-            raise LimitExceeded("gossip.max_topics", own_cap)
+            victim = idle_publisher(self.swarms)  # a publish-only membership gives way, never refuses
+            if victim is None:
+                raise LimitExceeded("gossip.max_topics", own_cap)
+            out = self._leave_swarm(victim, now)
         hv = HyParView(self.me, self.addresses, key, self.config.membership, self.book, self.rng, self.registry,
                        prefix="swarm", now=now)
         pt = Plumtree(self.me, key, self.config.gossip, self.caches, self.rng, self.registry,
@@ -537,7 +537,7 @@ class Mesh(Batching):
         self.swarms.set(key, sw)
         for p in self.discovery.take_hints(key, now):  # hints we hold for this swarm are a head start
             hv.add_candidate(p)
-        return sw, self.discovery.discover(sw, now)
+        return sw, out + self.discovery.discover(sw, now)
 
     def _leave_swarm(self, key: str, now: float) -> list[Effect]:
         sw = self.swarms.peek(key)

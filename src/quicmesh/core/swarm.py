@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..bounded import Watch
+from ..bounded import LruMap, Watch
 from .membership import HyParView
 from .plumtree import Plumtree
 from .topics import Pattern
 
-__all__ = ["LAST_PUBLISH_STEP", "Swarm", "SwarmWatch"]
+__all__ = ["LAST_PUBLISH_STEP", "Swarm", "SwarmWatch", "idle_publisher"]
 
 LAST_PUBLISH_STEP = 1.0
 """Seconds: the granularity of :attr:`Swarm.last_publish` (see there)."""
@@ -97,3 +97,15 @@ class Swarm:
             return
         self._last_publish = t
         self.watch.dirty = True
+
+
+def idle_publisher(swarms: LruMap[str, Swarm]) -> str | None:
+    """The key of the publish-only swarm (no local pattern) published to longest ago, ``None`` if
+    every swarm has a local subscription: the membership that gives way when the mesh is at
+    ``gossip.max_topics`` and needs room for another swarm (a scan, only at the cap)."""
+    key: str | None = None
+    oldest = float("inf")
+    for k, sw in swarms.items():
+        if not sw.patterns and sw.last_publish < oldest:
+            key, oldest = k, sw.last_publish
+    return key
