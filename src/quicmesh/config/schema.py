@@ -226,7 +226,9 @@ class GossipConfig:
     """Messages held for reordering over all publishers together (count): the memory bound of
     ordering, whatever the number of publishers."""
     max_topics: int = 10_000
-    """Topics joined at once (count); each holds its own views and caches."""
+    """Topic swarms joined at once (count); each holds its own views and caches. A swarm this
+    node only publishes to (or published to within 300 s of its last unsubscribe) gives way to a
+    new one at the cap, the one published to longest ago first."""
     max_publishers: int = 10_000
     """(swarm, publisher) ordering states kept (count); the least recently used is forgotten and
     that publisher's next message starts a fresh order."""
