@@ -79,6 +79,34 @@ async def test_client_pubsub_both_ways(stack: dict[str, Any]) -> None:
     assert gw.topic_state("sensors.t1") == 0  # the gateway left the swarm it joined for the client
 
 
+
+async def test_a_client_that_publishes_per_task_does_not_churn_the_swarm(stack: dict[str, Any]) -> None:
+    """#14: a light client that connects, subscribes, publishes, unsubscribes and leaves per task
+    keeps its gateway a (publish-only) member of the topic's swarm between tasks: one swarm joined
+    once for five tasks, the gateway in the member's view after every task, every message at the
+    member (before, each task's unsubscribe sent LEAVE and the next one joined afresh)."""
+    gw, peer = stack["gw"], stack["peer"]
+    psub = await peer.subscribe("tasks.>")
+    swarms = []
+    for i in range(5):
+        c: Client = await stack["client"]()
+        sub = await c.subscribe("tasks.done")
+        if i == 0:
+            await gw.wait_for_subscriber("tasks.done", 10)
+        await c.publish("tasks.done", b"%d" % i)
+        assert (await asyncio.wait_for(sub.get(), 5)).payload == b"%d" % i
+        assert (await asyncio.wait_for(psub.get(), 5)).payload == b"%d" % i
+        await sub.close()
+        await c.close()
+        await eventually(lambda: gw.gateway.clients == 0)
+        sw = gw.mesh.swarms.peek("tasks")
+        assert sw is not None and not sw.patterns  # a publisher still, subscribed by nobody here
+        member = peer.mesh.swarms.peek("tasks")
+        assert member is not None and member.hv.is_active(gw.id)
+        swarms.append(sw)
+    assert all(sw is swarms[0] for sw in swarms) and swarms[0].hv.counters["joins"] == 1
+    print(f"\n5 tasks: the gateway joined the swarm {swarms[0].hv.counters['joins']} time(s)")
+
 async def test_client_calls_and_errors(stack: dict[str, Any]) -> None:
     gw, peer = stack["gw"], stack["peer"]
     c: Client = await stack["client"]()
