@@ -79,7 +79,6 @@ async def test_client_pubsub_both_ways(stack: dict[str, Any]) -> None:
     assert gw.topic_state("sensors.t1") == 0  # the gateway left the swarm it joined for the client
 
 
-
 async def test_a_client_that_publishes_per_task_does_not_churn_the_swarm(stack: dict[str, Any]) -> None:
     """#14: a light client that connects, subscribes, publishes, unsubscribes and leaves per task
     keeps its gateway a (publish-only) member of the topic's swarm between tasks: one swarm joined
@@ -106,6 +105,7 @@ async def test_a_client_that_publishes_per_task_does_not_churn_the_swarm(stack: 
         swarms.append(sw)
     assert all(sw is swarms[0] for sw in swarms) and swarms[0].hv.counters["joins"] == 1
     print(f"\n5 tasks: the gateway joined the swarm {swarms[0].hv.counters['joins']} time(s)")
+
 
 async def test_client_calls_and_errors(stack: dict[str, Any]) -> None:
     gw, peer = stack["gw"], stack["peer"]

@@ -320,7 +320,6 @@ def test_subscriptions_are_reference_counted(registry: ContainerRegistry) -> Non
     assert not any(c.name.startswith(("swarm.", "plumtree.")) for c in registry)
 
 
-
 def test_a_publish_only_membership_gives_way_at_the_topic_cap(registry: ContainerRegistry) -> None:
     """At ``gossip.max_topics`` a new swarm takes the place of the publish-only membership
     published to longest ago (sending its open batch and LEAVE first); only swarms with local
@@ -334,7 +333,7 @@ def test_a_publish_only_membership_gives_way_at_the_topic_cap(registry: Containe
     m.publish("b.t", b"2", 2.0)
     m.flush(2.0)
     m.publish("a.t", b"3", 2.5)  # a's last publish is later now: b is the one published to longest ago
-    effs = m.subscribe("c.t", 3.0)  # a's batch is still open: b goes, and no batch is lost
+    m.subscribe("c.t", 3.0)  # a's batch is still open: b goes, and no batch is lost
     assert sorted(m.swarms.keys()) == ["a", "c", "s"] and m.has_batches
     m.flush(3.0)
     effs = m.subscribe("d.t", 4.0)  # now a goes: its open batch would have left first
@@ -345,6 +344,7 @@ def test_a_publish_only_membership_gives_way_at_the_topic_cap(registry: Containe
     assert li.value.limit == "gossip.max_topics"
     with pytest.raises(LimitExceeded):
         m.publish("e.t", b"4", 5.0)
+
 
 def test_publish_only_membership_is_left_after_linger(registry: ContainerRegistry) -> None:
     m = mesh(registry)

@@ -159,6 +159,7 @@ class Mesh(Batching):
         self.discovery = Discovery(me, config, self.book, self.realm, self.swarms, rng, registry, self.counters,
                                    self._send, self._route)
         self._init_batches(config.gossip)
+        # the next_deadline of every node-wide timer (next_deadline runs after each event)
         self._timers: tuple[Callable[[], float | None], ...] = (
             *self.links.timers(), *self.discovery.timers(), self.realm.next_deadline, self.ordering.next_deadline,
             self.caches.next_deadline, self.book.next_deadline,
