@@ -74,6 +74,22 @@ def test_missing_message_is_grafted_after_timeouts_rotating_announcers(registry:
     assert mid not in pt.missing and pt.handle_timer(0.2) == []
 
 
+def test_the_first_graft_goes_to_the_announcer_with_the_fewest_hops(registry: ContainerRegistry) -> None:
+    # #14: the first announcer is the quickest IHAVE, not the nearest path to the publisher; a
+    # repair through it hung the whole subtree below that deep (1,000 nodes: hops max 19, now 13)
+    pt = tree(registry)
+    mid = message_id(PUB.raw, 7, 5, "s.t", [b"x"])
+    pt.handle(A, MIHave("s", [mid], [9]), 0.0)
+    pt.handle(B, MIHave("s", [mid], [3]), 0.01)
+    pt.handle(C, MIHave("s", [mid], [3]), 0.02)
+    out = pt.handle_timer(0.080)
+    assert out == [HvSend(B, MGraft("s", mid))]  # of two as near, the one that announced first
+    assert pt.handle_timer(0.120) == [HvSend(C, MGraft("s", mid))]  # then the rotation goes on
+    assert pt.handle_timer(0.200) == [HvSend(A, MGraft("s", mid))]
+    _, arrived = pt.handle(A, gossip(5, hops=10), 0.21)
+    assert arrived is not None and arrived.hops == 10
+
+
 def test_graft_is_answered_from_the_payload_cache(registry: ContainerRegistry) -> None:
     pt = tree(registry)
     pt.handle(C, MPrune("s"), 0.0)

@@ -36,9 +36,9 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   answers GONE). A leaf of a two-node mesh thus saves a verification (~70 µs) per batch, and
   nothing ever leaves a node with an unchecked signature.
 * **Repair.** An IHAVE for an unseen id records the announcer and, the first time, arms a timer
-  (80 ms). When it fires and the payload is still missing, the node sends GRAFT(id) to one
-  announcer (making it eager) and re-arms (40 ms) for the next one, rotating through announcers
-  until the payload arrives or the entry expires with the payload cache TTL.
+  (80 ms). When it fires and the payload is still missing, the node sends GRAFT(id) to the
+  announcer with the fewest hops (#14; making it eager) and re-arms (40 ms) for the next one,
+  rotating through announcers until the payload arrives or the entry expires with the cache TTL.
   A GRAFT is answered once per ``GRAFT_ANSWER_INTERVAL`` per (id, peer): on a congested link
   the answer waits behind seconds of queued data while the retries keep coming, and answering
   each would multiply the load that delays them. An answer is marked as a repair (``r``), and a
@@ -159,8 +159,7 @@ class Plumtree:
         self.counters = {  # bounded: fixed keys
             "received": 0, "duplicates": 0, "grafts_sent": 0, "prunes_sent": 0, "too_large": 0,
             "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0, "tree_refreshes": 0,
-            "grafts_abandoned": 0, "rejected": 0,
-            "grafts_unanswered": 0,
+            "grafts_abandoned": 0, "rejected": 0, "grafts_unanswered": 0,
         }
 
     # -- neighbours ------------------------------------------------------------------------------
@@ -461,6 +460,8 @@ class Plumtree:
                 self.graft_tries.pop(mid)
                 self.counters["grafts_abandoned"] += 1
                 continue
+            if tries == 1:  # the first GRAFT: the nearest announcer, not the first (#14)
+                live.sort(key=lambda e: e[1])
             peer, hops = live[0]
             deadline = self.missing.deadline(mid)
             ttl = max((deadline or now) - now, 0.001)
@@ -586,11 +587,10 @@ class Plumtree:
         self.ihave_deadline = None
         batches: dict[NodeId, tuple[list[bytes], list[int]]] = {}
         for peer, mid, hops in self.ihave_queue.drain():
-            if not self._is_neighbour(peer):
-                continue
-            ids, hl = batches.setdefault(peer, ([], []))
-            ids.append(mid)
-            hl.append(hops)
+            if self._is_neighbour(peer):
+                ids, hl = batches.setdefault(peer, ([], []))
+                ids.append(mid)
+                hl.append(hops)
         out: list[HvSend] = []
         for peer, (ids, hl) in batches.items():
             for i in range(0, len(ids), MAX_IHAVE_IDS):
