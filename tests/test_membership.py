@@ -14,7 +14,7 @@ from quicmesh.core.connections import DIAL_TIMEOUT, LINGER, Connections
 from quicmesh.core.effects import Dial, DialAddress, Disconnect, Send
 from quicmesh.core.membership import HvOut, HvSend, HyParView, NeighborDown, NeighborUp
 from quicmesh.core.mesh import Mesh
-from quicmesh.core.mesh_messages import MFind, MFound, MLeave, MNeighbor, MShuffle, MShuffleReply, PeerInfo
+from quicmesh.core.mesh_messages import MFind, MFound, MJoin, MLeave, MNeighbor, MShuffle, MShuffleReply, PeerInfo
 from quicmesh.identity import KeyPair, NodeId
 
 
@@ -346,6 +346,26 @@ def test_discovery_answers_walks_with_hints_and_remembers_the_origin(registry: C
     m.subscribe("news.>", 2.0)
     hv = m.swarms.peek("news").hv  # type: ignore[union-attr]
     assert {member, origin} <= set(hv.passive) and "news" not in m.discovery.hints
+
+
+def test_found_members_are_joined_only_by_an_empty_view_and_else_asked_for_a_link(
+        registry: ContainerRegistry) -> None:
+    # #14: a JOIN forces its contact and the ends of its walks to take the joiner in, each evicting
+    # a neighbour; sent by a member that had only lost one, it set off a cascade of evictions
+    m = mesh(registry)
+    m.subscribe("news.>", 0.0)
+    hv = m.swarms.peek("news").hv  # type: ignore[union-attr]
+
+    def found(i: int, now: float) -> list[object]:
+        m.peer_connected(nid(i), (f"p:{i}",), True, now)
+        effs = m.handle_message(nid(9), MFound("news", [PeerInfo(nid(i).raw, [f"p:{i}"])]), now)
+        return [e.message for e in effs if isinstance(e, Send) and e.peer == nid(i)]
+
+    assert [type(x) for x in found(1, 1.0)] == [MJoin]  # an empty view joins
+    m.handle_message(nid(2), MNeighbor("news", True, ["p:2"]), 1.1)
+    assert list(hv.active) == [nid(2)]
+    assert found(3, 1.2) == [MNeighbor("news", False, ["m:0"])]  # one neighbour: asks for a link
+    assert hv.counters["joins"] == 1 and hv.pending.get(nid(3)) is False
 
 
 def test_discovery_address_dial_is_answered_once(registry: ContainerRegistry) -> None:

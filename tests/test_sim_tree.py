@@ -61,12 +61,13 @@ def test_80pct_of_150_nodes_fail_at_once_overlay_heals_and_delivers() -> None:
 
 
 def test_a_massive_failure_waits_for_a_whole_overlay_before_it_fails_nodes() -> None:
-    # 300 nodes joined 1 ms apart are not whole 0.1 s after they all subscribe: the scenario runs
-    # on until they are (as a 10,000-node mesh after its 15 s) instead of failing nodes of a mesh
-    # that never settled
-    r = run(MassiveFailureScenario(nodes=300, fail=0.8, settle=0.2, drain=5.0, rate=50.0, join_spacing=0.001))
-    print(f"settled {r.figures['settle_s']:.1f} s after the subscriptions")
-    assert r.figures["settle_s"] > 0.1
+    # 300 nodes joined 1 ms apart are not whole 10 ms after they all subscribe (one link's median
+    # latency): the scenario runs on in 1-s steps until they are (as a 10,000-node mesh after its
+    # 15 s) instead of failing nodes of a mesh that never settled. (0.1 s after was enough for
+    # them once members stopped re-joining: see the README, "Steadier swarm overlays".)
+    r = run(MassiveFailureScenario(nodes=300, fail=0.8, settle=0.02, drain=5.0, rate=50.0, join_spacing=0.001))
+    print(f"settled {r.figures['settle_s']:.2f} s after the subscriptions")
+    assert r.figures["settle_s"] > 1.0  # waited at least one step
     assert_healed(r, min_delivery=0.95)
 
 
@@ -75,7 +76,7 @@ def test_a_massive_failure_waits_for_a_whole_overlay_before_it_fails_nodes() -> 
 def test_1000_nodes_hops_and_latency_goals() -> None:
     r = run(BroadcastScenario(name="large_1000_nodes", nodes=1000, messages=200, rate=20.0, settle=60.0,
                               join_spacing=0.02))
-    assert_tree(r, max_hops=18, max_stretch_p99=2.0)  # measured 1.75 (the overlay changed 23 times)
+    assert_tree(r, max_hops=18, max_stretch_p99=2.0)  # measured hops 10, stretch 1.08 (19, 1.86 before)
 
 
 @large

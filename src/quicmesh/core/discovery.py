@@ -48,8 +48,14 @@ member answers the origin with itself and some of its swarm neighbours (``MFound
 walk; a non-member answers with members it remembers (*hints*) and remembers the origin as a
 member, then forwards the walk. Hints are realm-level routing state (``hints``: :data:`HINT_SWARMS`
 swarms x :data:`HINT_PEERS` peers, each expiring after ``membership.hint_ttl``). Found members are joined
-through the swarm's own HyParView. Walks are repeated while the swarm's active view is not full:
-after 1 s, doubling to 30 s while it is empty; every 30 s while partly full; every 120 s when full.
+through the swarm's own HyParView: with JOIN while its active view is empty, else asked for a link
+(NEIGHBOR, low priority; a full view refuses and keeps the asker passive). A JOIN forces the contact
+and the ends of its walks to take the joiner in, each evicting a neighbour that then refills its
+view: from a member that only lost a neighbour it started a cascade (#14: in the 1,000-node
+broadcast 140 swarm links were dropped from 5 s before publishing to its end, each re-grafting
+part of a tree; with links asked for, none after the joins settled). Walks are repeated while the swarm's
+active view is not full: after 1 s, doubling to 30 s while it is empty; every 30 s while partly
+full; every 120 s when full.
 """
 
 from __future__ import annotations
@@ -357,7 +363,8 @@ class Discovery:
         return out
 
     def on_found(self, msg: MFound, now: float) -> list[Effect]:
-        """Members of a swarm we belong to were found: join through them, or keep them as candidates."""
+        """Members of a swarm we belong to were found: join through them (a view not empty asks
+        them for links instead), or keep them as candidates."""
         sw = self.swarms.peek(msg.s)
         if sw is None:
             return []
@@ -369,7 +376,8 @@ class Discovery:
             if info.rec is None or not self.book.add_record(info.rec, now, subject=p):  # #13
                 self.book.add(p, info.addrs, now)
             if len(sw.hv.active) + len(sw.hv.pending) < self.config.membership.active_view:
-                out += self.route(msg.s, sw.hv.join_via(p, now), now)
+                hv = sw.hv
+                out += self.route(msg.s, hv.request_link(p, now) if hv.active else hv.join_via(p, now), now)
             else:
                 sw.hv.add_candidate(p)
         return out
