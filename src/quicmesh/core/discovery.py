@@ -53,9 +53,9 @@ through the swarm's own HyParView: with JOIN while its active view is empty, els
 and the ends of its walks to take the joiner in, each evicting a neighbour that then refills its
 view: from a member that only lost a neighbour it started a cascade (#14: in the 1,000-node
 broadcast 140 swarm links were dropped from 5 s before publishing to its end, each re-grafting
-part of a tree; with links asked for, none after the joins settled). Walks are repeated while the swarm's
-active view is not full: after 1 s, doubling to 30 s while it is empty; every 30 s while partly
-full; every 120 s when full.
+part of a tree; with links asked for, none after the joins settled). Walks are repeated while
+the swarm's active view is not full: after 1 s, doubling to 30 s while it is empty; every 30 s
+while partly full; every 120 s when full.
 """
 
 from __future__ import annotations
@@ -368,6 +368,7 @@ class Discovery:
         sw = self.swarms.peek(msg.s)
         if sw is None:
             return []
+        hv = sw.hv
         out: list[Effect] = []
         for info in msg.peers[:FOUND_PEERS * 2]:
             p = peer_id(info.id)
@@ -375,11 +376,10 @@ class Discovery:
                 continue
             if info.rec is None or not self.book.add_record(info.rec, now, subject=p):  # #13
                 self.book.add(p, info.addrs, now)
-            if len(sw.hv.active) + len(sw.hv.pending) < self.config.membership.active_view:
-                hv = sw.hv
+            if len(hv.active) + len(hv.pending) < self.config.membership.active_view:
                 out += self.route(msg.s, hv.request_link(p, now) if hv.active else hv.join_via(p, now), now)
             else:
-                sw.hv.add_candidate(p)
+                hv.add_candidate(p)
         return out
 
     # -- timers ----------------------------------------------------------------------------------
