@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
         cfg = NodeConfig(realm="lazy", listen="127.0.0.1:0", http=http, discovery=DiscoveryConfig(local=False))
         node = await quicmesh.Node.start(cfg)
         try:
-            loaded = sorted(m for m in ("aiohttp", "prometheus_client") if m in sys.modules)
+            loaded = [m for m in json.loads(sys.argv[2]) if m in sys.modules]
             served = node.http_address is not None
         finally:
             await node.stop()
@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(http: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, http], capture_output=True, text=True, timeout=120, check=True)
+    argv = [sys.executable, "-c", SCRIPT, http, json.dumps(HEAVY)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 

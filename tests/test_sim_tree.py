@@ -64,7 +64,7 @@ def test_a_massive_failure_waits_for_a_whole_overlay_before_it_fails_nodes() -> 
     # 300 nodes joined 1 ms apart are not whole 10 ms after they all subscribe (one link's median
     # latency): the scenario runs on in 1-s steps until they are (as a 10,000-node mesh after its
     # 15 s) instead of failing nodes of a mesh that never settled. (0.1 s after was enough for
-    # them once members stopped re-joining: see the README, "Steadier swarm overlays".)
+    # them once members stopped re-joining: see docs/simulation.md, "Steadier swarm overlays".)
     r = run(MassiveFailureScenario(nodes=300, fail=0.8, settle=0.02, drain=5.0, rate=50.0, join_spacing=0.001))
     print(f"settled {r.figures['settle_s']:.2f} s after the subscriptions")
     assert r.figures["settle_s"] > 1.0  # waited at least one step
