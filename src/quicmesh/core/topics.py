@@ -41,11 +41,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..bounded import ContainerRegistry, Tracked, TtlMap, Watch
 from ..identity import NodeId
 from .grammar import MAX_TOPIC_LEN, Pattern, check_topic, parse_pattern, swarm_of
-from .plumtree import Arrived
+
+if TYPE_CHECKING:  # only named in hints: the broadcast tree is not loaded with the topic grammar (#14)
+    from .plumtree import Arrived
 
 __all__ = [
     "GROUP_NAME",

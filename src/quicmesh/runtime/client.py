@@ -65,7 +65,7 @@ from .client_errors import gateway_error
 from .client_rpc import MAX_INVOCATIONS, ClientRpc, Handler
 from .client_subscription import ClientSubscription, _Sub
 from .credentials import Credential, client_trust
-from .node import Message
+from .message import Message
 from .transport import Connection
 
 __all__ = ["Client", "ClientSubscription", "Handler"]

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..bounded.aio import BoundedQueue
-from .driver import Message
 from .handles import QueueHandle
+from .message import Message
 
 __all__ = ["ClientSubscription", "SubOwner"]
 

@@ -73,6 +73,7 @@ from .handlers import Handler, HandlerRunner
 from .inbox import InboxGuard
 from .logs import LogService
 from .memory import MemoryNetwork, MemoryTransport
+from .message import Message
 from .transport import Connection, Transport
 
 if TYPE_CHECKING:
@@ -106,15 +107,6 @@ _ROUTE_CACHE = 1024
 """Topics whose matching subscription queues are remembered (the cache is cleared when full,
 when a subscription opens or closes, and every ``_RECONCILE_INTERVAL`` seconds)."""
 
-
-
-class Message(msgspec.Struct, frozen=True, gc=False):
-    """A topic message delivered to a subscription (immutable; compares by value)."""
-
-    topic: str
-    payload: bytes
-    sender: NodeId
-    seq: int
 
 
 @dataclass(slots=True)

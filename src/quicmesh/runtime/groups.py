@@ -19,7 +19,7 @@ from ..config import PubSubConfig
 from ..core.groups import GroupDeliver
 from ..core.node import NodeCore
 from ..errors import ContainerFull, LimitExceeded, NodeClosed
-from .driver import Message
+from .message import Message
 
 __all__ = ["LocalGroups"]
 

@@ -9,9 +9,9 @@ from typing import Protocol
 from ..bounded import ContainerRegistry
 from ..config import NodeConfig
 from ..core.guard import Guard
-from .driver import Message
 from .handles import QueueHandle
 from .log_handles import ReplicatedMap
+from .message import Message
 
 __all__ = ["HttpFaceHost"]
 

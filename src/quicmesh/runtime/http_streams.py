@@ -50,9 +50,9 @@ from ..config.schema import HttpApiConfig
 from ..core.permissions import Permissions
 from ..errors import LimitExceeded
 from ..observability.http import HttpFaceStats
-from .driver import Message
 from .handles import QueueHandle
 from .http_host import HttpFaceHost
+from .message import Message
 
 __all__ = ["StreamHub", "encode_message"]
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..bounded.aio import BoundedQueue, QueueClosed
-from .driver import Message
 from .groups import LocalGroups
 from .handles import QueueHandle
+from .message import Message
 
 __all__ = ["Subscription", "SubscriptionOwner"]
 
