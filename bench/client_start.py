@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What a script that connects per task pays: a fresh process that imports quicmesh, connects a
-light client to a gateway, publishes one message the gateway confirms, closes and exits (#14).
+light client to a gateway, publishes one message the gateway confirms, closes and exits (#14);
+and the same from a shell, ``quicmesh pub --connect``.
 
     python bench/client_start.py [--runs 15] [--base ../wt-base/src] [--json bench/results/client_start.json]
 
@@ -49,6 +50,7 @@ print(json.dumps({"import_ms": (t1 - t0) * 1e3, "task_ms": (t2 - t1) * 1e3,
 
 FIGURES = (
     ("process wall ms", "wall_ms"),
+    ("`quicmesh pub --connect` wall ms", "cli_wall_ms"),
     ("import quicmesh.Client ms", "import_ms"),
     ("connect (loads QUIC), publish confirmed, close ms", "task_ms"),
     ("peak RSS MiB", "maxrss_mib"),
@@ -68,6 +70,15 @@ async def one(tree: Path, address: str) -> dict[str, float]:
         raise RuntimeError(f"client in {tree} failed: {err.decode()[-2000:]}")
     res: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
     res["wall_ms"] = wall
+    # the same task from a shell: the command-line client
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "quicmesh", "pub", "--connect", address,
+                                                "--realm", "start", "start.t", "x", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    res["cli_wall_ms"] = (time.perf_counter() - start) * 1e3
+    if proc.returncode != 0:
+        raise RuntimeError(f"quicmesh pub in {tree} failed: {err.decode()[-2000:]}")
     return res
 
 

@@ -1,9 +1,9 @@
 """A node loads the HTTP stack (aiohttp) and prometheus-client only when it serves HTTP (#14):
 an idle ``quicmesh node`` without ``--http`` measured 65.9 MiB resident with them and 51.3 MiB
 without (README, "Soak"). A light client loads none of a node's machinery (its core, driver,
-broadcast tree, store): a script that connects, publishes and exits took 638 ms and 47.5 MiB with
-them, 353 ms and 44.4 MiB without (README, "Light clients"). Checked in a fresh interpreter,
-where nothing else imported them."""
+broadcast tree, store): a script that connects, publishes and exits took 561 ms and 47.8 MiB with
+them, 342 ms and 44.8 MiB without (README, "Using it"; ``bench/client_start.py``). Checked in a
+fresh interpreter, where nothing else imported them."""
 
 from __future__ import annotations
 
