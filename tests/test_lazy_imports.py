@@ -113,3 +113,9 @@ def test_the_message_type_is_one_for_nodes_and_clients() -> None:
     from quicmesh.runtime import driver, message
 
     assert quicmesh.Message is message.Message is driver.Message
+
+
+def test_naming_the_message_type_loads_no_node() -> None:
+    script = "import json, sys, quicmesh; quicmesh.Message; print(json.dumps('quicmesh.runtime.node' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout) is False

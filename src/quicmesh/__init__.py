@@ -42,13 +42,14 @@ from .identity import KeyPair, NodeId
 if TYPE_CHECKING:
     from .runtime.client import Client, ClientSubscription
     from .runtime.logs import KvChange, KvWatch, Log, LogEntry, LogWatch, ReplicatedMap
-    from .runtime.node import Handler, Message, Node, Subscription
+    from .runtime.message import Message
+    from .runtime.node import Handler, Node, Subscription
 
 _RUNTIME = {
     "Client": "client",
     "ClientSubscription": "client",
     "Handler": "node",
-    "Message": "node",
+    "Message": "message",  # its own module: a light client's scripts do not load the node (#14)
     "Node": "node",
     "Subscription": "node",
     "KvChange": "logs",
