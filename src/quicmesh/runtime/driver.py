@@ -108,7 +108,6 @@ _ROUTE_CACHE = 1024
 when a subscription opens or closes, and every ``_RECONCILE_INTERVAL`` seconds)."""
 
 
-
 @dataclass(slots=True)
 class _SubState:
     pattern: str
