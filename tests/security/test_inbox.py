@@ -325,7 +325,7 @@ async def test_quic_paused_connection_holds_then_delivers_in_order() -> None:
         await eventually(lambda: conn.pending_bytes == 0, timeout=10, what="everything sent")
         rconn = events.conns[0]
         assert isinstance(rconn, QuicConnection)
-        await eventually(lambda: len(rconn._held) + len(rconn._undelivered) > 0, timeout=10)
+        await eventually(lambda: len(rconn._held) + len(rconn._undelivered or ()) > 0, timeout=10)
         waiting = len(events.messages)
         held = len(rconn._held)
         rconn.resume_reading()

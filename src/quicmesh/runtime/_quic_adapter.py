@@ -362,7 +362,7 @@ class Proto(QuicTimers, QuicConnectionProtocol):
         """Datagrams dropped while held past ``HELD_DATAGRAMS`` (QUIC retransmits their data)."""
         self.holds = 0
         """Times :meth:`hold` stopped the reading."""
-        self._held: deque[tuple[bytes | str, Any]] = deque()  # bounded: HELD_DATAGRAMS, checked on append
+        self._held: deque[tuple[bytes | str, Any]] | None = None  # bounded: HELD_DATAGRAMS; made on a first hold
         self._alive_at = -ALIVE_INTERVAL
         self.ack_delay = 0.0
         """#14: seconds a lone received datagram's answer (its ACK) waits for something else to
@@ -409,17 +409,18 @@ class Proto(QuicTimers, QuicConnectionProtocol):
     def release(self) -> None:
         """Undo :meth:`hold`: the datagrams that waited are processed (until held again)."""
         self.holding = False
-        held = self._held
+        held = self._held  # None until a first hold
         while held and not self.holding and not self._gone:
             data, addr = held.popleft()
             self._receive(data, addr)
-        if not self.holding:
+        if held and not self.holding:
             held.clear()
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.holding and not self._gone:
-            if len(self._held) < HELD_DATAGRAMS:
-                self._held.append((data, addr))
+            held = self._held = self._held if self._held is not None else deque()
+            if len(held) < HELD_DATAGRAMS:
+                held.append((data, addr))
             else:
                 self.datagrams_shed += 1
             return

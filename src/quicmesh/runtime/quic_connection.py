@@ -141,12 +141,12 @@ class QuicConnection(SendPath, Connection):
         self._open = False
         self._closed = False
         self._drained: asyncio.Future[None] | None = None
-        self._closed_evt = asyncio.Event()
+        self._closed_evt: asyncio.Event | None = None  # #14: made when waited on, to spare memory
         self._sid: int | None = None
         self._decoder: FrameDecoder = self._codec.decoder()
         self._paused = False
         self._held = bytearray()  # bounded: max_paused_bytes, checked in _on_stream_data
-        self._undelivered: deque[Message] = deque()  # bounded: the messages of one received chunk
+        self._undelivered: deque[Message] | None = None  # bounded: the messages of one received chunk
         self._queue: list[bytes] = []  # bounded: send() caps queued + qh3-unsent bytes at send_buffer_bytes
         self._queued = 0
         self._backlog = 0
@@ -290,7 +290,12 @@ class QuicConnection(SendPath, Connection):
         An open connection is waited on for as long as it stays open. Once it is closing, QUIC's
         own close is awaited for at most ``handshake_timeout``, after which it is abandoned.
         """
-        await self._closed_evt.wait()
+        evt = self._closed_evt
+        if evt is None:
+            evt = self._closed_evt = asyncio.Event()
+            if self._closed:
+                evt.set()
+        await evt.wait()
         proto = self._proto
         if proto.terminated:
             return
@@ -455,15 +460,21 @@ class QuicConnection(SendPath, Connection):
                 return
             if self._open:
                 if self._paused:
-                    self._undelivered.extend(messages[i:])
+                    self._waiting().extend(messages[i:])
                     return
                 self._on_open_message(m)
             else:
                 self._on_handshake_message(m)
                 if self._open and i + 1 < len(messages):  # established: the rest are application messages
-                    self._undelivered.extend(messages[i + 1:])
+                    self._waiting().extend(messages[i + 1:])
                     self._deliver_open()
                     return
+
+    def _waiting(self) -> deque[Message]:
+        """The messages received but not yet handed on (made on first use: #14, as _closed_evt)."""
+        if self._undelivered is None:
+            self._undelivered = deque()
+        return self._undelivered
 
     def _deliver_open(self) -> None:
         """Deliver the messages that waited (paused, or behind the handshake), until paused again."""
@@ -554,7 +565,8 @@ class QuicConnection(SendPath, Connection):
         self._hs.abort()
         self._closed = True
         self._open = False
-        self._closed_evt.set()
+        if self._closed_evt is not None:
+            self._closed_evt.set()
         self.close_code = code
         for h in (self._hs_timer, self._ka_timer, self._flush_handle):
             if h is not None:
@@ -564,7 +576,7 @@ class QuicConnection(SendPath, Connection):
         self._queued = 0
         self._decoder = self._codec.decoder()  # drop any partial frame
         self._held.clear()
-        self._undelivered.clear()
+        self._undelivered = None
         w = self._ping_waiter
         self._ping_waiter = None
         if w is not None and not w.done():
