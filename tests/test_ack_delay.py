@@ -76,13 +76,13 @@ async def _round_trips(a: Node, b: Node, count: int) -> tuple[int, int]:
         await pong.close()
 
 
-@pytest.mark.parametrize(("ack_delay", "low", "high"), [(0.01, 0.95, 1.3), (0.0, 1.3, 1.7)])
+@pytest.mark.parametrize(("ack_delay", "low", "high"), [(0.01, 0.95, 1.25), (0.0, 1.3, 1.7)])
 async def test_acknowledgements_ride_on_replies(ack_delay: float, low: float, high: float) -> None:
     """Datagrams per round trip at each end: ~1.0 with the delay (the ACK rides on the reply; 10 ms,
     the most ``transport.ack_delay`` allows, so that a loaded machine's replies still come within
     it: with 5 ms, three test workers and a benchmark on the two cores sent 1.33 per round trip),
     ~1.5 at once (QUIC's ACK of every second packet on top of each message). Measured here:
-    1.00-1.01 and 1.43-1.52."""
+    1.00-1.09 and 1.41-1.53."""
     a, b = await _pair(ack_delay)
     try:
         assert _proto(a).ack_delay == ack_delay and _proto(b).ack_delay == ack_delay

@@ -418,7 +418,7 @@ class Proto(QuicTimers, QuicConnectionProtocol):
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.holding and not self._gone:
-            held = self._held = self._held if self._held is not None else deque()
+            held = self._held = self._held if self._held is not None else deque()  # bounded: HELD_DATAGRAMS
             if len(held) < HELD_DATAGRAMS:
                 held.append((data, addr))
             else:

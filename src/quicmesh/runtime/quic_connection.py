@@ -473,7 +473,7 @@ class QuicConnection(SendPath, Connection):
     def _waiting(self) -> deque[Message]:
         """The messages received but not yet handed on (made on first use: #14, as _closed_evt)."""
         if self._undelivered is None:
-            self._undelivered = deque()
+            self._undelivered = deque()  # bounded: the messages of one received chunk
         return self._undelivered
 
     def _deliver_open(self) -> None:
