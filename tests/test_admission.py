@@ -20,13 +20,14 @@ CFG = TransportConfig(max_connections=2, max_incoming_handshakes=2)
 
 class Conn:
     def __init__(self, peer: NodeId, *, outbound: bool, instance: bytes = b"i", path: str = "direct",
-                 stale: bool = False) -> None:
+                 stale: bool = False, in_tls: bool = False) -> None:
         self.peer = peer
         self.outbound = outbound
         self.peer_instance = instance
         self.closed = False
         self.path = path
         self.stale = stale
+        self.in_tls = in_tls
 
     @property
     def target(self) -> NodeId | None:
@@ -150,6 +151,40 @@ def test_simultaneous_dial_parks_then_resumes() -> None:
     assert t.release(own, large) == large
     assert t.unpark(large) is theirs
     assert t.decide(theirs, "proof", large, "node").verdict == "admit"
+
+
+def test_unanswered_own_dial_admits_the_attempt_and_ends_the_dial() -> None:
+    """Our dial to the peer has heard nothing (its address unreachable from here): parking the
+    peer's verified attempt would hold it silent for our whole handshake timeout, past the idle
+    timeout its dialer may run with. It is admitted; our dial is listed to be ended."""
+    small, large = ids()
+    t, _ = table(small)
+    own = Conn(large, outbound=True, in_tls=True)
+    t.begin_dial(own)
+    theirs = Conn(large, outbound=False)
+    t.begin_incoming(theirs)
+    d = t.decide(theirs, "proof", large, "node")
+    assert (d.verdict, d.redundant) == ("admit", (own,))
+    # answered, it parks the attempt as before (and lists nothing to end)
+    own.in_tls = False
+    assert t.decide(theirs, "proof", large, "node").verdict == "park"
+
+
+def test_own_relayed_dial_does_not_hold_a_direct_attempt() -> None:
+    """A direct attempt wins over our relayed dial whatever the ids: holding it would only
+    delay it (and a relayed dial of the larger node holds a relayed attempt of the smaller)."""
+    small, large = ids()
+    t, _ = table(small)
+    t.begin_dial(Conn(large, outbound=True, path="relayed:r1"))
+    theirs = Conn(large, outbound=False)
+    t.begin_incoming(theirs)
+    d = t.decide(theirs, "proof", large, "node")
+    assert (d.verdict, d.redundant) == ("admit", ())
+    t2, _ = table(large)
+    t2.begin_dial(Conn(small, outbound=True))
+    relayed = Conn(small, outbound=False, path="relayed:r1")
+    t2.begin_incoming(relayed)
+    assert t2.decide(relayed, "proof", small, "node").verdict == "park"
 
 
 def test_release_forgets_everything() -> None:

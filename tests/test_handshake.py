@@ -308,6 +308,13 @@ def test_should_park_only_the_smaller_side_with_its_dial_in_flight() -> None:
     assert hs.should_park(small, large, own_dial_in_flight=True)
     assert not hs.should_park(large, small, own_dial_in_flight=True)
     assert not hs.should_park(small, large, own_dial_in_flight=False)
+    # a dial the peer has not answered (TLS not done) holds nothing: it may run for the whole
+    # handshake timeout, longer than the peer's attempt may stay silent
+    assert not hs.should_park(small, large, own_dial_in_flight=True, own_dial_answered=False)
+    # a direct path beats a relayed one before the ids do
+    assert not hs.should_park(small, large, own_dial_in_flight=True, own_relayed=True)
+    assert hs.should_park(large, small, own_dial_in_flight=True, theirs_relayed=True)
+    assert hs.should_park(small, large, own_dial_in_flight=True, own_relayed=True, theirs_relayed=True)
 
 
 # -- authority mode (#11) ------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -168,6 +170,39 @@ async def test_simultaneous_dial_ends_with_one_connection(make: Make) -> None:
             assert st["parked"] == 0 and st["handshakes"] == 0 and st["waiters"] == 0
         await a.t.stop()
         await b.t.stop()
+
+
+async def test_unanswered_own_dial_does_not_hold_the_peer_s_attempt(make: Make) -> None:
+    """The smaller node dials the larger at an address that never answers (behind a NAT, a
+    stale address) while the larger dials it at a working one. The smaller node used to hold
+    the larger's verified attempt until its own dial timed out (``handshake_timeout``, 5 s
+    here), silent for longer than the dialer's QUIC idle timeout (1.5 s here): the dial failed
+    with "closed during the handshake: Idle timeout" (``test_lab_relay`` saw it once in CI, 4 s
+    idle timeout). Now the attempt is admitted at once and the unanswered dial returns it."""
+    short = dataclasses.replace(CFG, idle_timeout=1.5, keepalive_interval=0.5)
+    k1, k2 = KeyPair.generate(), KeyPair.generate()
+    small, large = (k1, k2) if k1.node_id < k2.node_id else (k2, k1)
+    a = await make(cfg=short, kp=small)
+    b = await make(cfg=short, kp=large)
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes datagrams, answers none
+    hole.bind(("127.0.0.1", 0))
+    try:
+        own = asyncio.ensure_future(a.t.dial(f"127.0.0.1:{hole.getsockname()[1]}", expected=b.t.node_id))
+        await eventually(lambda: a.t.quic_state()["dials"] == 1)
+        t0 = time.monotonic()
+        cb = await b.t.dial(a.addr, expected=a.t.node_id)
+        took = time.monotonic() - t0
+        ca = await asyncio.wait_for(own, 2.0)
+    finally:
+        hole.close()
+    print(f"the larger node's dial took {1000 * took:.1f} ms (idle timeout 1.5 s, handshake timeout 5 s)")
+    assert took < 1.0
+    # one connection, the larger node's: the smaller node's unanswered dial returned it
+    assert cb.outbound and not ca.outbound and not ca.closed and not cb.closed
+    assert a.t.get(b.t.node_id) is ca and b.t.get(a.t.node_id) is cb
+    assert a.t.quic_state()["dials"] == 0 and a.t.quic_state()["parked"] == 0
+    assert ca.send(Reply(id=1, payload=b"1"))
+    await b.ev.until(lambda: len(b.ev.messages) == 1)
 
 
 async def a_dial(b: Node, a: Node) -> Connection:

@@ -182,6 +182,7 @@ class _Member:
     target = None
     path = "direct"
     stale = False
+    in_tls = False
 
 
 def test_admission_counts_handshakes_per_source_and_releases_them() -> None:

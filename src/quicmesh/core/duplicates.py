@@ -9,8 +9,8 @@ connection dialed by the smaller node id survives (two dialed by the same side: 
 Staleness only grows while a dead path stays dead, and the listener decides before the dialer,
 so a dialer that sees the old connection stale agrees with a listener that did. A light client's new
 connection always supersedes its previous one. :func:`should_park` says when a listener holds a
-verified inbound attempt until its own dial to the same peer is done (simultaneous dial, the
-local node being the smaller id), so that the losing connection never reaches either node.
+verified inbound attempt until its own dial to the same peer is done (simultaneous dial, its own
+answered and winning), so that the losing connection never reaches either node.
 """
 
 from __future__ import annotations
@@ -54,8 +54,18 @@ def duplicate_survivor(existing: Link, new: Link, *, role: str = "node") -> Lite
     return "new"
 
 
-def should_park(local: NodeId, peer: NodeId, *, own_dial_in_flight: bool) -> bool:
+def should_park(local: NodeId, peer: NodeId, *, own_dial_in_flight: bool, own_dial_answered: bool = True,
+                own_relayed: bool = False, theirs_relayed: bool = False) -> bool:
     """A listener that verified ``peer``'s inbound attempt holds it (decides later) when its own
-    dial to ``peer`` is under way and would win the tie-break (``local < peer``): welcoming it now
-    would let the peer's ``dial()`` return a connection closed a moment later."""
-    return own_dial_in_flight and local < peer
+    dial to ``peer`` is under way, was *answered* (its TLS handshake with ``peer`` done, so it
+    ends within a round trip or two) and would win the tie-break (a direct path over a relayed
+    one, else the smaller dialer, ``local < peer``): welcoming the attempt now would let the
+    peer's ``dial()`` return a connection closed a moment later. An unanswered dial (the peer's
+    address unreachable from here, e.g. behind a NAT) may run for the whole handshake timeout,
+    longer than the peer's attempt may stay silent (its QUIC idle timeout): the attempt is
+    admitted instead (and the unanswered dial ends, returning it)."""
+    if not (own_dial_in_flight and own_dial_answered):
+        return False
+    if own_relayed != theirs_relayed:
+        return theirs_relayed
+    return local < peer

@@ -70,6 +70,11 @@ class Member(Protocol):
         """Whether nothing arrived for longer than a live connection stays silent."""
         ...
 
+    @property
+    def in_tls(self) -> bool:
+        """Whether the QUIC/TLS handshake is still running (a dial the peer has not answered)."""
+        ...
+
 
 C = TypeVar("C", bound=Member)
 
@@ -81,13 +86,16 @@ class Decision(Generic[C]):
     ``verdict``: ``"admit"`` (publish it; first close ``supersede`` with code ``duplicate``),
     ``"refuse"`` (``Refuse(code, reason)``; for a dialed connection that lost the tie-break,
     ``survivor`` is the connection its ``dial()`` returns) or ``"park"`` (decide later: the
-    transport's own dial to the peer is under way)."""
+    transport's own dial to the peer is under way). An admitted inbound attempt lists in
+    ``redundant`` this transport's own dials to the same peer that the peer has not answered:
+    the transport ends them with code ``duplicate`` and their ``dial()`` returns the admitted one."""
 
     verdict: Literal["admit", "refuse", "park"]
     code: str = ""
     reason: str = ""
     supersede: C | None = None
     survivor: C | None = None
+    redundant: tuple[C, ...] = ()
 
 
 class AdmissionTable(Generic[C]):
@@ -221,15 +229,16 @@ class AdmissionTable(Generic[C]):
         if existing is not None and existing is not conn:
             if self._survivor(existing, conn, peer) == "existing":
                 return Decision("refuse", "duplicate", "a connection to this peer already exists", survivor=existing)
-        else:
-            existing = None
-            own_dial = any(d.target == peer for d in self.dialing.keys())
-            if should_park(self.local, peer, own_dial_in_flight=own_dial):
-                return Decision("park")
+        existing = existing if existing is not conn else None
+        own = tuple(d for d in self.dialing.keys() if d.target == peer) if existing is None else ()
+        theirs_relayed = conn.path != "direct"
+        if any(should_park(self.local, peer, own_dial_in_flight=True, own_dial_answered=not d.in_tls,
+                           own_relayed=d.path != "direct", theirs_relayed=theirs_relayed) for d in own):
+            return Decision("park")
         held = len(self.peers) - (1 if existing is not None else 0)
         if held >= self.max_connections:
             return Decision("refuse", "max_connections", f"{self.max_connections} connections held")
-        return Decision("admit", supersede=existing)
+        return Decision("admit", supersede=existing, redundant=tuple(d for d in own if d.in_tls))
 
     def decide_dialed(self, conn: C, peer: NodeId) -> Decision[C]:
         """The dialer's decision once welcomed: the duplicate rule against an existing connection."""

@@ -143,6 +143,11 @@ class MemoryConnection(Connection):
         """Never: an in-memory pair is closed, not silenced (see ``QuicConnection.stale``)."""
         return False
 
+    @property
+    def in_tls(self) -> bool:
+        """Never: an in-memory pair has no TLS handshake."""
+        return False
+
     def send(self, message: Message) -> bool:
         if self._closed:
             return False

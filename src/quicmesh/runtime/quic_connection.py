@@ -591,7 +591,7 @@ class QuicConnection(SendPath, Connection):
         self._host.released(self, error)
         r = self.ready
         if r is not None and not r.done():
-            peer = self._hs.peer
+            peer = self.target  # a dial ended unanswered (``redundant``) knows only its expected peer
             if code == "duplicate" and peer is not None:
                 r.set_exception(Duplicate(peer))
             else:

@@ -37,9 +37,10 @@ only: it refuses every incoming attempt (``client_only``).
 
 Duplicates: at most one connection per peer pair, decided by
 :func:`~quicmesh.core.handshake.duplicate_survivor`. The loser is closed with code ``duplicate``
-and ``dial()`` on both sides returns the survivor. In a simultaneous dial the smaller node, as
-listener, holds the larger node's verified attempt until its own dial is done, then decides on it
-(``duplicate``), so the loser never reaches either node.
+and ``dial()`` on both sides returns the survivor. In a simultaneous dial a listener whose own
+dial the peer answered and would win holds the peer's verified attempt until that dial is done,
+then decides on it (``duplicate``), so the loser never reaches either node; otherwise it admits
+the attempt, and its own dials the peer never answered end, returning it (``should_park``).
 
 Per source and address validation: at most ``max_handshakes_per_source`` handshakes in progress
 per source IP address (refused at the first packet, reason ``max_handshakes_per_source``); from
@@ -237,6 +238,8 @@ class QuicTransport(Transport):
         if d.supersede is not None:
             d.supersede.abort("duplicate", None, reason="superseded", send=True)
         conn.admit()
+        for dial in d.redundant:  # our own dials the peer never answered: their dial() returns conn
+            dial.abort("duplicate", None, reason="superseded", send=True)
 
     def established(self, conn: QuicConnection) -> None:
         """``conn`` finished its handshake: (dialer) apply the duplicate rule, then publish."""
@@ -332,14 +335,10 @@ class QuicTransport(Transport):
                 raise TransportError(str(exc)) from None
             if relayed.target is None:  # a relay's own announcement: dial the relay itself
                 return await self.dial(relayed.host, relayed.relay)
-        if expected is not None:
-            existing = self.get(expected)
-            if existing is not None:
-                return existing
-        else:
-            for c in self.table.peers.values():
-                if c.outbound and c.remote_address == address and not c.closed:
-                    return c
+        existing = self.get(expected) if expected is not None else next(  # an address dialed before
+            (c for c in self.table.peers.values() if c.outbound and c.remote_address == address and not c.closed), None)
+        if existing is not None:
+            return existing
         key = (address, expected)
         pending = self._dials.peek(key)
         if pending is not None:
