@@ -205,6 +205,37 @@ async def test_unanswered_own_dial_does_not_hold_the_peer_s_attempt(make: Make) 
     await b.ev.until(lambda: len(b.ev.messages) == 1)
 
 
+async def test_pending_bound_never_below_pending_bytes(make: Make) -> None:
+    """#14: ``pending_bound`` (read first by the gateway's slow-consumer check and a publish's
+    congestion check, without asking qh3) is at least ``pending_bytes`` while a peer that stopped
+    reading lets bytes pile up, and exact again after the next write once it reads."""
+    a = await make()
+    b = await make()
+    conn = await a.t.dial(b.addr, expected=b.t.node_id)
+    assert isinstance(conn, QuicConnection)
+    ep = b.t.endpoint
+    assert ep is not None and ep.transport is not None
+    reader: Any = ep.transport
+    reader.pause_reading()
+    low = 0
+    for i in range(400):  # bounded: 400 KB, a tenth of the default send buffer
+        assert conn.send(Reply(id=i, payload=b"x" * 1000))
+        assert conn.pending_bound >= conn.pending_bytes
+        if i % 25 == 24:
+            await asyncio.sleep(0)  # one loop iteration: the flush writes to qh3, which sends what it may
+            assert conn.pending_bound >= conn.pending_bytes
+            low = max(low, conn.pending_bound - conn.pending_bytes)
+    piled = conn.pending_bytes
+    assert piled > 100_000, piled  # the peer's ACKs stopped: QUIC holds most of it
+    reader.resume_reading()
+    await eventually(lambda: conn.pending_bytes == 0, timeout=20)
+    assert conn.pending_bound >= conn.pending_bytes
+    assert conn.send(Reply(id=400, payload=b"y"))
+    await eventually(lambda: conn.pending_bound == conn.pending_bytes, timeout=10)
+    print(f"piled up {piled:,} B while the peer read nothing; the bound exceeded the exact figure by at most "
+          f"{low:,} B at the iterations checked")
+
+
 async def a_dial(b: Node, a: Node) -> Connection:
     return await b.t.dial(a.addr, expected=a.t.node_id)
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicmesh.bounded import ContainerRegistry
+from quicmesh.core import grammar
 from quicmesh.core.plumtree import Arrived
 from quicmesh.core.topics import Ordering, check_topic, parse_pattern, swarm_of
 from quicmesh.identity import KeyPair, NodeId
@@ -61,12 +62,31 @@ def _slow_check(topic: str) -> bool:
 @given(st.text(alphabet=st.sampled_from(list("ab.*> \t\u00a0\u2028\x1cé")), max_size=12)
        | st.text(max_size=300))
 def test_topic_fast_path_agrees_with_the_segment_rules(topic: str) -> None:
-    try:
-        check_topic(topic)
-        ok = True
-    except ValueError:
-        ok = False
-    assert ok is _slow_check(topic), topic
+    for _ in range(2):  # the second check of a valid topic is answered by the remembered ones
+        try:
+            check_topic(topic)
+            ok = True
+        except ValueError:
+            ok = False
+        assert ok is _slow_check(topic), topic
+
+
+def test_checked_topics_are_remembered_within_a_bound() -> None:
+    """#14: a valid topic is remembered (the next check is a lookup), an invalid one never is,
+    and the memory is emptied when full, after which topics are matched again."""
+    grammar._checked.clear()
+    assert check_topic("cache.a.b") == "cache.a.b" and "cache.a.b" in grammar._checked
+    assert check_topic("cache.a.b") == "cache.a.b"
+    for bad in ("cache.*", "cache..b", "cache. b", "x" * 300):
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                check_topic(bad)
+        assert bad not in grammar._checked
+    for i in range(3 * grammar._CHECKED_MAX):
+        check_topic(f"cache.t{i}")
+        assert len(grammar._checked) <= grammar._CHECKED_MAX
+    with pytest.raises(ValueError):
+        check_topic(["not", "a", "str"])  # type: ignore[arg-type]
 
 
 def arr(pub: NodeId, seq: int, epoch: int = 1, swarm: str = "s") -> Arrived:

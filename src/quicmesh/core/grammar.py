@@ -36,9 +36,22 @@ _VALID_TOPIC = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
 publish checks its topic, so the common case must be cheap. The slow path explains the error."""
 
 
+_CHECKED_MAX = 1024
+_checked: dict[str, None] = {}  # bounded: cleared at _CHECKED_MAX entries
+"""Topics found valid lately. A message is checked where it is built and again where it is
+decoded, hop after hop (#14: a dictionary lookup instead of the match, ~70 against 290-480 ns); a
+string is immutable, so a topic once valid stays valid. Emptied when full (a node seeing many
+distinct topics matches them again, as without it)."""
+
+
 def check_topic(topic: str) -> str:
     """Validate a concrete topic (no wildcards); returns it. Raises ``ValueError``."""
+    if type(topic) is str and topic in _checked:
+        return topic
     if isinstance(topic, str) and len(topic) <= MAX_TOPIC_LEN and _VALID_TOPIC.fullmatch(topic):
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.clear()
+        _checked[topic] = None
         return topic
     segs = _segments(topic, "topic")
     if any(s in ("*", ">") for s in segs):

@@ -411,7 +411,8 @@ class Client(ClientRpc):
         if len(payload) > self._max_message:
             raise MessageTooLarge(len(payload), self._max_message)
         conn = self._conn
-        if conn is not None and conn.pending_bytes > self._cfg.send_buffer_bytes // 2:
+        half = self._cfg.send_buffer_bytes // 2
+        if conn is not None and conn.pending_bound > half and conn.pending_bytes > half:
             with contextlib.suppress(TimeoutError):  # backpressure: let the connection drain
                 await asyncio.wait_for(conn.drain(), self.call_timeout)
         if confirm:

@@ -579,5 +579,5 @@ class NodeDriver(HandlerRunner):
         for eff in effects:
             if isinstance(eff, Send):
                 conn = self.transport.get(eff.peer)
-                if conn is not None and conn.pending_bytes > high:
+                if conn is not None and conn.pending_bound > high and conn.pending_bytes > high:
                     self._congested[eff.peer] = conn

@@ -115,8 +115,7 @@ class Gateway:
         # name -> clients offering it, in round-robin order (each list: the clients held, each once)
         self._providers: LruMap[str, list[NodeId]] = LruMap(
             "gateway.provided_names", max(1, config.max_clients * config.max_client_advertisements),
-            Overflow.REJECT, registry=node.registry,
-        )
+            Overflow.REJECT, registry=node.registry)
         self._rr = itertools.count()
         self._held = 0
         """Open sessions (the clients in the transport's client table that have one)."""
@@ -433,7 +432,8 @@ class Gateway:
         if not s.open:
             return False
         conn = s.conn
-        if conn.pending_bytes + size > self._cfg.max_pending_bytes:
+        limit = self._cfg.max_pending_bytes - size
+        if conn.pending_bound > limit and conn.pending_bytes > limit:
             self.stats.slow_consumer_pending_total += 1
             self._slow_consumer(s, f"more than {self._cfg.max_pending_bytes} bytes unsent")
             return False

@@ -86,6 +86,13 @@ class SendPath:
         """Bytes queued or not yet sent by QUIC (defined by the connection)."""
         raise NotImplementedError
 
+    @property
+    def pending_bound(self) -> int:
+        """#14: bytes queued plus QUIC's backlog as read after the last write to it: at least
+        :attr:`pending_bytes` (the backlog grows only by those writes and shrinks as QUIC sends),
+        without asking qh3 (its send buffer size cost ~12 % of a fanning-out gateway's CPU)."""
+        return 0 if self._closed else self._queued + self._backlog
+
     def abort(self, code: str, error: Exception | None, *, send: bool, reason: str = "") -> None:
         """Close at once (defined by the connection)."""
         raise NotImplementedError
@@ -176,6 +183,7 @@ class SendPath:
         try:
             self._proto.quic.send_stream_data(self._sid, data)
             self._written_total += len(data)
+            self._backlog += len(data)  # pending_bound stays an upper bound until the exact read
         except Exception as exc:
             self.abort("error", TransportError(f"stream write failed: {exc}"), send=False)
             return

@@ -82,6 +82,12 @@ class Connection(abc.ABC):
         """Bytes queued but not yet handed to the network."""
 
     @property
+    def pending_bound(self) -> int:
+        """#14: at least :attr:`pending_bytes`, cheaper to read (a check against a limit reads it
+        first and :attr:`pending_bytes` only past the limit). This default is exact."""
+        return self.pending_bytes
+
+    @property
     @abc.abstractmethod
     def closed(self) -> bool:
         """``True`` once the connection is closing or closed."""
