@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway_memory import stop_child  # type: ignore[import-not-found]
+
 HERE = Path(__file__).resolve().parent
 CURRENT = HERE.parent / "src"
 TOPIC = "fan.all"
@@ -118,13 +120,7 @@ async def one(tree: Path, clients: int, messages: int, rounds: int, size: int) -
             t.cancel()
         for c in held:
             await c.close()
-        proc.stdin.write(b"stop\n")
-        await proc.stdin.drain()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_child(proc)
     per = clients * messages
     return {"gateway_cpu_us_per_delivery": statistics.median(1e6 * c / per for c, _ in samples),
             "deliveries_per_second": statistics.median(per / w for _, w in samples),

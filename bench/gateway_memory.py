@@ -43,6 +43,19 @@ asyncio.run(main())
 """
 
 
+async def stop_child(proc: asyncio.subprocess.Process) -> None:
+    """Tell a gateway child process to stop (a line on its stdin) and wait for it; after 30 s it
+    is killed, by its pid (``bench/gateway_fanout.py`` uses it too)."""
+    assert proc.stdin is not None
+    proc.stdin.write(b"stop\n")
+    await proc.stdin.drain()
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(f.read().split("VmRSS:")[1].split()[0])
@@ -71,13 +84,7 @@ async def one(tree: Path, clients: int, mode: str) -> dict[str, float]:
         for c in held:
             if isinstance(c, quicmesh.Client):
                 await c.close()
-        proc.stdin.write(b"stop\n")
-        await proc.stdin.drain()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_child(proc)
     return {"rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
             "kib_per_client": (after - before) / clients}
 
