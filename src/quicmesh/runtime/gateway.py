@@ -18,8 +18,9 @@ session is released first when the old connection closes). A session holds, each
 answered with a typed error (``GError(code="limit")``, :class:`~quicmesh.errors.LimitExceeded`
 on the client) when full:
 
-* subscriptions (``max_client_subscriptions``): one node :class:`~quicmesh.runtime.node.Subscription`
-  per client subscription and one task forwarding its messages as ``GMessage``;
+* subscriptions (``max_client_subscriptions``): the client subscriptions to one pattern share one
+  node :class:`~quicmesh.runtime.node.Subscription` and one task forwarding its messages to each
+  as ``GMessage`` (a work-queue group member has its own; see :mod:`.gateway_subs`);
 * advertisements (``max_client_advertisements``): the gateway advertises a name on the node once
   for all the clients offering it and forwards each invocation to one of them (round robin) as
   ``GInvoke``; the node withdraws the name when its last client does;
@@ -38,14 +39,16 @@ Everything goes through the node's public API (``subscribe``, ``publish``, ``cal
 
 Release: when a client's connection ends for any reason (closed by the client, superseded,
 idle timeout after missed keepalive pings, slow consumer, node stopping) its session is removed
-at once and every structure released in the same callback: subscription tasks cancelled (each
-closes its node subscription, so the node stops subscribing to a pattern no one else wants),
+at once and every structure released in the same callback: its subscriptions end (the last
+one of a pattern closes the node subscription, so the node stops subscribing to a pattern no
+one else wants),
 advertisements withdrawn, call tasks cancelled (the node's pending call entries go with them),
 invocation futures failed with a retryable ``RemoteError("client_gone")`` so the mesh caller
 tries another provider.
 
 Slow consumers (NATS' rule): before every frame to a client the gateway reads the connection's
-unsent bytes (``Connection.pending_bytes``, ours plus QUIC's); past ``max_pending_bytes`` the
+unsent bytes (``Connection.pending_bound``, an upper bound kept without asking QUIC, then, past
+the limit only, the exact ``pending_bytes``, ours plus QUIC's); past ``max_pending_bytes`` the
 client is closed with code ``slow_consumer`` and counted. A sweep every
 ``min(1 s, write_stall_timeout / 4)`` (armed only while clients are connected) closes a client
 with unsent bytes to which QUIC put nothing new on the wire for ``write_stall_timeout`` (a
@@ -70,7 +73,6 @@ from ..core.gateway_messages import (
     GInvoke,
     GInvokeError,
     GInvokeResult,
-    GMessage,
     GOk,
     GPublish,
     GReply,
@@ -86,6 +88,8 @@ from .gateway_budget import ClientBudgets, GatewayStats, forget_task, session_of
 from .gateway_budget import Session as _Session
 from .gateway_budget import error_frame as _error
 from .gateway_host import GatewayHost
+from .gateway_subs import FRAME_OVERHEAD as _FRAME_OVERHEAD
+from .gateway_subs import Fan, Subscriptions
 from .transport import Connection
 
 __all__ = ["Gateway", "GatewayStats"]
@@ -93,11 +97,7 @@ __all__ = ["Gateway", "GatewayStats"]
 log = logging.getLogger("quicmesh.gateway")
 
 
-_FRAME_OVERHEAD = 64
-"""Bytes added to a payload when estimating a ``GMessage`` frame (header, tag, field names)."""
-
-
-class Gateway:
+class Gateway(Subscriptions):
     """Serves light clients on behalf of ``node`` (see the module docstring).
 
     The node creates it, passes it the events of client-role connections, calls :meth:`stop`
@@ -128,18 +128,13 @@ class Gateway:
         self._stopped = False
         self.budgets = ClientBudgets(config)
         """Bytes, topics, subscriptions and names held for clients (see :mod:`.gateway_budget`)."""
+        self._fans: dict[str, Fan] = {}  # bounded: one per pattern of a client subscription held (budgets)
 
     def client_swarms(self) -> int:
         """Swarms held for clients now (their subscriptions, and publish topics until their
         publish-only membership lapses): they do not count against the node's own
         ``gossip.max_topics``."""
         return self.budgets.swarms_held(asyncio.get_running_loop().time())
-
-    @property
-    def client_subscriptions(self) -> int:
-        """Node subscriptions held (or being opened) for clients: they do not count against the
-        node's own ``pubsub.max_subscriptions``."""
-        return self.budgets.subscriptions
 
     # -- connection events (called by the node) --------------------------------------------------
 
@@ -200,61 +195,6 @@ class Gateway:
         self.stats.limit_refusals_total += 1
         self._send(s, GError(req_id, "limit", f"{limit} reached ({capacity})", limit=limit, capacity=capacity))
 
-    def _subscribe(self, s: _Session, m: GSubscribe) -> None:
-        cap = self._cfg.max_client_subscriptions
-        if m.sid in s.subs:
-            self._send(s, GError(m.id, "invalid", f"subscription id {m.sid} in use"))
-            return
-        if len(s.subs) >= cap:
-            self._refuse_limit(s, m.id, "gateway.max_client_subscriptions", cap)
-            return
-        swarm = swarm_of(m.pattern) if isinstance(m.pattern, str) else ""
-        try:
-            self.budgets.take_subscription()
-            try:
-                self.budgets.hold_topic(s.held, swarm, self._now())
-            except LimitExceeded:
-                self.budgets.give_subscription()
-                raise
-        except LimitExceeded as exc:
-            self.stats.limit_refusals_total += 1
-            self._send(s, _error(m.id, exc))
-            return
-        task = asyncio.ensure_future(self._forward(s, m))
-        s.subs[m.sid] = task
-        s.sub_swarms[task] = swarm
-        task.add_done_callback(functools.partial(forget_task, s.subs, m.sid))
-        task.add_done_callback(functools.partial(self._subscription_ended, s))
-
-    def _subscription_ended(self, s: _Session, task: asyncio.Task[None]) -> None:
-        swarm = s.sub_swarms.pop(task, None)
-        if swarm is not None:  # not released with the session already
-            self.budgets.give_subscription()
-            self.budgets.drop_topic(s.held, swarm)
-
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    async def _forward(self, s: _Session, m: GSubscribe) -> None:
-        """Hold one node subscription for the client and forward its messages."""
-        try:
-            sub = await self._node.subscribe(m.pattern, group=m.group or None)
-        except QuicmeshError as exc:
-            self._send(s, _error(m.id, exc))
-            return
-        try:
-            self._send(s, GOk(m.id))
-            sid = m.sid
-            async for msg in sub:
-                if not s.open:
-                    return
-                frame = GMessage(sid, msg.topic, msg.payload, msg.sender.raw, msg.seq)
-                if not self._send(s, frame, len(msg.payload) + len(msg.topic) + _FRAME_OVERHEAD):
-                    return
-                self.stats.messages_forwarded_total += 1
-        finally:
-            await sub.close()
-
     def _enqueue_publish(self, s: _Session, m: GPublish) -> None:
         """Publishes run in order, one at a time per client (``node.publish`` may wait for a
         congested peer's drain); past ``max_client_pending_calls`` waiting, they are refused."""
@@ -295,12 +235,8 @@ class Gateway:
                 await self._node.publish(topic, payload)
 
     def _call(self, s: _Session, m: GCall) -> None:
-        cap = self._cfg.max_client_pending_calls
-        if m.id in s.calls:
-            self._send(s, GError(m.id, "invalid", f"call id {m.id} in use"))
-            return
-        if len(s.calls) >= cap:
-            self._refuse_limit(s, m.id, "gateway.max_client_pending_calls", cap)
+        if not self._room(s, s.calls, m.id, m.id, "call", "gateway.max_client_pending_calls",
+                          self._cfg.max_client_pending_calls):
             return
         size = len(m.payload)
         try:
@@ -585,6 +521,7 @@ class Gateway:
             "held_payload_bytes": self.budgets.pending_bytes,
             "client_topics": len(self.budgets.refs),
             "client_subscriptions": self.budgets.subscriptions,
+            "shared_subscriptions": len(self._fans),
             "tasks": len(self._tasks),
             "accepted_total": st.accepted_total,
             "refused_total": refused,

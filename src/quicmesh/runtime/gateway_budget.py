@@ -39,6 +39,7 @@ import asyncio
 import collections
 import itertools
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..config import GatewayConfig
 from ..core.gateway_messages import GError, GPublish
@@ -59,7 +60,8 @@ from ..errors import (
 from ..identity import NodeId
 from .transport import Connection
 
-__all__ = ["ClientBudgets", "ClientHoldings", "GatewayStats", "Session", "error_frame", "forget_task", "session_of"]
+__all__ = ["ClientBudgets", "ClientHoldings", "GatewayStats", "Session", "SubHandle", "error_frame", "forget_task",
+           "session_of"]
 
 
 @dataclass(slots=True)
@@ -96,6 +98,15 @@ class ClientHoldings:
         return len(self.sub_topics.keys() | self.pub_topics.keys())
 
 
+class SubHandle(Protocol):
+    """A client subscription as its session holds it: the task forwarding a node subscription
+    of its own, or its member of a shared one (:class:`~.gateway_subs.Member`)."""
+
+    def cancel(self) -> bool:
+        """End it (idempotent)."""
+        ...
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     """One client's session at the gateway, kept on its connection (``Connection.attachment``)."""
@@ -103,15 +114,16 @@ class Session:
     client: NodeId
     conn: Connection
     # The maps below are capped by GatewayConfig (checked before every insert).
-    subs: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # bounded: max_client_subscriptions
+    subs: dict[int, SubHandle] = field(default_factory=dict)  # bounded: max_client_subscriptions
     advs: set[str] = field(default_factory=set)  # bounded: max_client_advertisements
     calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # bounded: max_client_pending_calls
     invocations: dict[int, asyncio.Future[bytes]] = field(default_factory=dict)  # bounded: max_client_pending_calls
     publishes: collections.deque[GPublish] = field(default_factory=collections.deque)  # bounded: pending calls cap
     publisher: asyncio.Task[None] | None = None
     held: ClientHoldings = field(default_factory=ClientHoldings)
-    sub_swarms: dict[asyncio.Task[None], str] = field(default_factory=dict)  # bounded: max_client_subscriptions
-    """Subscription task -> its swarm, while its budget is held."""
+    sub_swarms: dict[SubHandle, str] = field(default_factory=dict)  # bounded: max_client_subscriptions
+    """Subscription (its task, or its member of a shared subscription) -> its swarm, while its
+    budget is held."""
     call_bytes: dict[asyncio.Task[None], int] = field(default_factory=dict)  # bounded: max_client_pending_calls
     """Call task -> payload bytes it holds."""
     inv_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -126,7 +138,8 @@ def session_of(conn: Connection) -> Session | None:
     return s if isinstance(s, Session) and s.open else None
 
 
-def forget_task(tasks: dict[int, asyncio.Task[None]], key: int, task: asyncio.Task[None]) -> None:
+def forget_task(tasks: dict[int, SubHandle] | dict[int, asyncio.Task[None]], key: int,
+                task: asyncio.Task[None]) -> None:
     """Done callback: drop ``task`` from its session map (unless a newer task took the key)."""
     if tasks.get(key) is task:
         del tasks[key]

@@ -29,10 +29,11 @@ from ..core.rpc import DENIED_CODE
 from ..core.wire import Message
 from ..errors import PermissionDenied
 from ..identity import NodeId
-from .gateway import _FRAME_OVERHEAD, Gateway
+from .gateway import Gateway
 from .gateway_budget import Session as _Session
 from .gateway_budget import session_of as _session
 from .gateway_host import GatewayHost
+from .gateway_subs import FRAME_OVERHEAD as _FRAME_OVERHEAD
 from .transport import Connection
 
 __all__ = ["ClientPermits", "GuardedGateway", "denied_error"]
