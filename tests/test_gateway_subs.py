@@ -214,7 +214,7 @@ async def test_leaving_while_the_open_is_in_progress_opens_nothing_for_it(unsubs
             handle.cancel()
     assert h._fans == {} and h.budgets.subscriptions == 0
     h.node.gate.set()
-    await eventually(lambda: fan.task.done())
+    await eventually(lambda: fan.task is None)
     assert h.frames(a) == [] and all(x.closed for x in h.node.subs)
 
 

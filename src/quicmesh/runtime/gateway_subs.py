@@ -87,7 +87,11 @@ class Fan:
         self.members: dict[Member, None] = {}  # bounded: client subscriptions (gateway.max_clients_subscriptions)
         self.sub: Any = None
         """The node subscription once open."""
-        self.task: asyncio.Task[None] = asyncio.ensure_future(self._run())
+        self.task: asyncio.Task[None] | None = asyncio.ensure_future(self._run())
+        """Until it ends: a finished task keeps its exception (a cancellation, with the traceback
+        of this fan's frames, whose locals reach the clients' sessions and connections), so the
+        fan lets go of it, leaving no reference cycle for the collector."""
+        self.task.add_done_callback(self._ended)
 
     def join(self, m: Member) -> None:
         """Add ``m``; answered at once when the node subscription is open."""
@@ -104,7 +108,11 @@ class Fan:
         if not self.members:
             if host._fans.get(self.pattern) is self:
                 del host._fans[self.pattern]
-            self.task.cancel()
+            if self.task is not None:
+                self.task.cancel()
+
+    def _ended(self, _task: asyncio.Task[None]) -> None:
+        self.task = None
 
     def _ok(self, m: Member) -> None:
         req, m.req = m.req, 0
