@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Mapping
-from typing import Any
 
 from ..config import GatewayConfig
 from ..core.gateway_messages import GError, GMessage, GOk, GSubscribe
@@ -47,6 +46,8 @@ from .gateway_budget import ClientBudgets, GatewayStats, SubHandle, forget_task
 from .gateway_budget import Session as _Session
 from .gateway_budget import error_frame as _error
 from .gateway_host import GatewayHost
+from .handles import QueueHandle
+from .message import Message
 
 __all__ = ["FRAME_OVERHEAD", "Fan", "Member", "Subscriptions"]
 
@@ -85,7 +86,7 @@ class Fan:
         self._host = host
         self.pattern = pattern
         self.members: dict[Member, None] = {}  # bounded: client subscriptions (gateway.max_clients_subscriptions)
-        self.sub: Any = None
+        self.sub: QueueHandle[Message] | None = None
         """The node subscription once open."""
         self.task: asyncio.Task[None] | None = asyncio.ensure_future(self._run())
         """Until it ends: a finished task keeps its exception (a cancellation, with the traceback
