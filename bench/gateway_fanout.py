@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,51 @@ def _rss_mib(pid: int) -> float:
         return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
+class Rounds:
+    """Deliveries counted per consumer and rounds timed against a child process that publishes
+    ``pub COUNT SIZE`` messages when told on its stdin (``bench/http_fanout.py`` uses it too)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, consumers: int, size: int) -> None:
+        self.proc, self.size = proc, size
+        self.got = [0] * consumers
+        self.done = asyncio.Event()
+        self.target = 0
+        self.samples: list[tuple[float, float]] = []
+
+    def count(self, i: int, n: int = 1) -> None:
+        """Consumer ``i`` received ``n`` more messages."""
+        self.got[i] += n
+        if self.got[i] >= self.target and all(g >= self.target for g in self.got):
+            self.done.set()
+
+    async def round(self, n: int) -> tuple[float, float]:
+        """The child publishes ``n`` messages; (its CPU seconds, wall seconds) until every
+        consumer received them."""
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        self.done.clear()
+        self.target += n
+        cpu0, t0 = _cpu_seconds(proc.pid), time.perf_counter()
+        proc.stdin.write(f"pub {n} {self.size}\n".encode())
+        await proc.stdin.drain()
+        await asyncio.wait_for(self.done.wait(), 120)
+        wall = time.perf_counter() - t0
+        await asyncio.wait_for(proc.stdout.readline(), 30)
+        return _cpu_seconds(proc.pid) - cpu0, wall
+
+    async def measure(self, messages: int, rounds: int) -> None:
+        """A warm-up round, then ``rounds`` timed ones (kept in ``samples``)."""
+        await self.round(min(messages, 50))
+        self.samples = [await self.round(messages) for _ in range(rounds)]
+
+    def medians(self, prefix: str, messages: int) -> dict[str, float]:
+        """``<prefix>_cpu_us_per_delivery``, ``deliveries_per_second`` and ``<prefix>_rss_mib``."""
+        per = len(self.got) * messages
+        return {f"{prefix}_cpu_us_per_delivery": statistics.median(1e6 * c / per for c, _ in self.samples),
+                "deliveries_per_second": statistics.median(per / w for _, w in self.samples),
+                f"{prefix}_rss_mib": _rss_mib(self.proc.pid)}
+
+
 async def one(tree: Path, clients: int, messages: int, rounds: int, size: int) -> dict[str, float]:
     """One gateway of ``tree``: warm-up round, then ``rounds`` timed rounds; medians."""
     import quicmesh
@@ -80,29 +126,12 @@ async def one(tree: Path, clients: int, messages: int, rounds: int, size: int) -
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     assert proc.stdout is not None and proc.stdin is not None
     held: list[Any] = []
-    got = [0] * clients
-    done = asyncio.Event()
-    target = 0
+    rounds_ = Rounds(proc, clients, size)
     readers: list[asyncio.Task[None]] = []
 
     async def read(i: int, sub: Any) -> None:
         async for _ in sub:
-            got[i] += 1
-            if got[i] == target and all(g >= target for g in got):
-                done.set()
-
-    async def round_(count: int) -> tuple[float, float]:
-        nonlocal target
-        assert proc.stdin is not None and proc.stdout is not None
-        done.clear()
-        target += count
-        cpu0, t0 = _cpu_seconds(proc.pid), time.perf_counter()
-        proc.stdin.write(f"pub {count} {size}\n".encode())
-        await proc.stdin.drain()
-        await asyncio.wait_for(done.wait(), 120)
-        wall = time.perf_counter() - t0
-        await asyncio.wait_for(proc.stdout.readline(), 30)
-        return _cpu_seconds(proc.pid) - cpu0, wall
+            rounds_.count(i)
 
     try:
         address = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
@@ -112,28 +141,38 @@ async def one(tree: Path, clients: int, messages: int, rounds: int, size: int) -
             sub = await client.subscribe(TOPIC, queue_size=4 * messages)
             readers.append(asyncio.ensure_future(read(i, sub)))
         await asyncio.sleep(0.5)
-        await round_(min(messages, 50))  # warm-up
-        samples = [await round_(messages) for _ in range(rounds)]
-        rss = _rss_mib(proc.pid)
+        await rounds_.measure(messages, rounds)
+        return rounds_.medians("gateway", messages)
     finally:
         for t in readers:
             t.cancel()
         for c in held:
             await c.close()
         await stop_child(proc)
-    per = clients * messages
-    return {"gateway_cpu_us_per_delivery": statistics.median(1e6 * c / per for c, _ in samples),
-            "deliveries_per_second": statistics.median(per / w for _, w in samples),
-            "gateway_rss_mib": rss}
 
 
-async def run(clients: int, messages: int, rounds: int, size: int, base: Path | None) -> dict[str, Any]:
+async def alternate(measure: Callable[[Path], Awaitable[dict[str, float]]], base: Path | None) -> dict[str, Any]:
+    """``measure`` this tree, and with ``base`` that one and this one again; medians per tree."""
     order = [("current", CURRENT)] + ([("base", base), ("current", CURRENT)] if base else [])
     samples: dict[str, list[dict[str, float]]] = {}
     for name, tree in order:
-        samples.setdefault(name, []).append(await one(tree, clients, messages, rounds, size))
+        samples.setdefault(name, []).append(await measure(tree))
     return {name: {k: statistics.median(s[k] for s in runs) for k in runs[0]} | {"runs": len(runs)}
             for name, runs in samples.items()}
+
+
+def report(res: dict[str, Any], prefix: str, who: str, caption: str) -> None:
+    """Print the table of :func:`alternate`'s result (``prefix``: the measured process's key)."""
+    print(f"| tree | {who} CPU µs per delivery | deliveries/s | {who} RSS MiB |  ({caption})")
+    print("|---|---|---|---|")
+    for name, r in res.items():
+        print(f"| {name} | {r[prefix + '_cpu_us_per_delivery']:.2f} | {r['deliveries_per_second']:,.0f} | "
+              f"{r[prefix + '_rss_mib']:.1f} |")
+    if "base" in res:
+        cur, base = res["current"], res["base"]
+        cpu = cur[prefix + "_cpu_us_per_delivery"] / base[prefix + "_cpu_us_per_delivery"]
+        print(f"current / base: CPU per delivery {cpu:.2f}x, "
+              f"deliveries/s {cur['deliveries_per_second'] / base['deliveries_per_second']:.2f}x")
 
 
 def main() -> int:
@@ -149,18 +188,10 @@ def main() -> int:
         p.error("--clients is 1-2000, --messages 1-10000, --rounds 1-50")
     if not 0 <= a.size <= 60_000:
         p.error("--size is 0-60000")
-    res = asyncio.run(run(a.clients, a.messages, a.rounds, a.size, Path(a.base).resolve() if a.base else None))
-    print(f"| tree | gateway CPU µs per delivery | deliveries/s | gateway RSS MiB |  ({a.clients} clients x "
-          f"{a.messages} messages of {a.size} B, medians of {a.rounds} rounds)")
-    print("|---|---|---|---|")
-    for name, r in res.items():
-        print(f"| {name} | {r['gateway_cpu_us_per_delivery']:.2f} | {r['deliveries_per_second']:,.0f} | "
-              f"{r['gateway_rss_mib']:.1f} |")
-    if "base" in res:
-        cur, base = res["current"], res["base"]
-        cpu = cur["gateway_cpu_us_per_delivery"] / base["gateway_cpu_us_per_delivery"]
-        print(f"current / base: CPU per delivery {cpu:.2f}x, "
-              f"deliveries/s {cur['deliveries_per_second'] / base['deliveries_per_second']:.2f}x")
+    base = Path(a.base).resolve() if a.base else None
+    res = asyncio.run(alternate(lambda tree: one(tree, a.clients, a.messages, a.rounds, a.size), base))
+    report(res, "gateway", "gateway", f"{a.clients} clients x {a.messages} messages of {a.size} B, "
+           f"medians of {a.rounds} rounds")
     out = {"command": " ".join(["python", "bench/gateway_fanout.py", *sys.argv[1:]]), "python": sys.version.split()[0],
            "clients": a.clients, "messages": a.messages, "rounds": a.rounds, "size": a.size, "results": res}
     Path(a.json).write_text(json.dumps(out, indent=1) + "\n")

@@ -29,6 +29,8 @@ class StubSub:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.closed = False
+        self.dropped = 0
+        """Messages the node's queue dropped, as a node subscription counts them."""
 
     def feed(self, topic: str, payload: bytes, seq: int) -> None:
         self.queue.put_nowait(Message(topic, payload, SENDER, seq))

@@ -410,6 +410,9 @@ HTTP_FACE_METRICS: tuple[MetricSpec, ...] = (
                "Connections to the HTTP face refused because max_connections were served."),
     MetricSpec("quicmesh_http_api_streams", "gauge", "Open SSE and WebSocket subscriptions of the HTTP face."),
     MetricSpec("quicmesh_http_api_streams_opened_total", "counter", "SSE and WebSocket subscriptions opened."),
+    MetricSpec("quicmesh_http_api_stream_subscriptions", "gauge",
+               "Node subscriptions the HTTP face's streams hold (one per pattern its streams share, "
+               "one per work-queue group stream)."),
     MetricSpec("quicmesh_http_slow_consumers_closed_total", "counter",
                "SSE and WebSocket consumers closed because they fell behind (queue overflow or stalled write)."),
     MetricSpec("quicmesh_http_api_messages_streamed_total", "counter",
@@ -431,6 +434,8 @@ class HttpFaceStats:
     """Open SSE and WebSocket subscriptions."""
     streams_opened_total: int = 0
     """Subscriptions opened so far."""
+    stream_subscriptions: int = 0
+    """Node subscriptions the streams hold: one per pattern they share, one per group member."""
     slow_consumers_closed_total: int = 0
     """Stream consumers closed because they fell behind."""
     messages_streamed_total: int = 0
@@ -453,7 +458,7 @@ class _FaceCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
-        values = (s.connections(), s.refused(), s.streams, s.streams_opened_total,
+        values = (s.connections(), s.refused(), s.streams, s.streams_opened_total, s.stream_subscriptions,
                   s.slow_consumers_closed_total, s.messages_streamed_total)
         for spec, value in zip(HTTP_FACE_METRICS, values, strict=False):
             fam: Metric
