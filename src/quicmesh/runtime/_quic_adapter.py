@@ -433,11 +433,10 @@ class Proto(QuicTimers, QuicConnectionProtocol):
             if self.ack_delay:
                 # #14: the ACK this datagram earns waits up to ack_delay for a packet to ride on
                 # (the reply to it, usually; :meth:`transmit` sends it with whatever goes first)
-                now = self._loop_time()
-                self._evented = False
+                now, sent, self._evented = self._loop_time(), self._sends, False
                 self._quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
                 self._process_events()
-                if not self._gone:
+                if not self._gone and self._sends == sent:  # else the answer sent meanwhile took the ACK
                     self._wait_for_ack(now, self._evented)
             else:
                 super().datagram_received(data, addr)

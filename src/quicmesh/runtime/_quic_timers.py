@@ -57,6 +57,9 @@ class QuicTimers:
     _ack_timer: asyncio.TimerHandle | None
     _ack_owed: float | None
     """When the first datagram whose ACK is still owed arrived (``None``: nothing owed)."""
+    _sends = 0
+    """Send steps so far: a datagram's receive that answered it at once (a handler started in
+    the same step) owes no ACK."""
 
     if TYPE_CHECKING:  # defined by Proto and qh3's protocol (not here: they come later in the MRO)
         def transmit(self) -> None: ...
@@ -66,6 +69,7 @@ class QuicTimers:
     def _send_now(self) -> None:
         """What qh3's ``transmit`` does, with the timer kept while it is early enough."""
         self._transmit_task = None
+        self._sends += 1
         quic = self._quic
         now = self._loop_time()
         send_many = self._sendto_many

@@ -5,6 +5,10 @@ An ``Invoke`` output of the core starts the handler as a task (tracked in ``_run
 ``rpc.max_concurrent_handlers``, cancelled with its peer's connection); its result or error goes
 back to the core (``handler_done``) and the reply is written at once when no other handler is
 running (nothing else will reply in this loop iteration), else with the others at the end of it.
+On Python 3.12+ the task starts eagerly, in the step that hands the request on (#14): a handler
+that does not wait replies there, without a task step or a loop pass of its own, and is never
+tracked; its reply waits in the connection's write-through scope of the received chunk
+(``quic_send.SendPath._reply_scope``), so a chunk's replies leave together when it is done.
 
 Each handler may run for the timeout its request carries. One timer watches them all (#14): the
 tasks' deadlines wait in a heap (entries of finished tasks are skipped, and pruned once they
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 
 from ..bounded import BoundedDict
@@ -44,6 +49,8 @@ class HandlerRunner:
     _expiry_timer: asyncio.TimerHandle | None
     _timed_out: set[asyncio.Task[None]]
     _expiry_seq: int
+    _eager = False
+    """A handler is running its first step inside :meth:`_invoke` (Python 3.12+)."""
 
     def _init_handler_runner(self) -> None:
         """Set up the deadline watch (called once by the driver's constructor)."""
@@ -75,9 +82,21 @@ class HandlerRunner:
             return
         loop = self._loop
         assert loop is not None  # the driver started: messages arrive
-        # the loop's create_task, not ensure_future: on Python 3.11 that looks the loop up, a
-        # getpid() system call per call
-        task = loop.create_task(self._run_handler(handler, eff))
+        if sys.version_info >= (3, 12):
+            # started at once, in this step, as a task (its own current task, so asyncio.timeout
+            # and cancellation work in it): a handler that does not wait replies without a loop
+            # iteration of its own; one that waits goes on as a task from there
+            self._eager = True
+            try:
+                task = asyncio.Task(self._run_handler(handler, eff), loop=loop, eager_start=True)
+            finally:
+                self._eager = False
+            if task.done():
+                return  # replied (or refused) already
+        else:
+            # the loop's create_task, not ensure_future: on Python 3.11 that looks the loop up, a
+            # getpid() system call per call
+            task = loop.create_task(self._run_handler(handler, eff))
         # no done callback: it cost every call a loop iteration of its own. The task leaves
         # the table in _run_handler, or where it is cancelled (_cancel_handler).
         self._running[key] = task
@@ -150,8 +169,8 @@ class HandlerRunner:
         if self._timed_out:  # it may have caught the watch's cancellation and finished anyway
             self._timed_out.discard(asyncio.current_task())
         effects = self.core.handler_done(eff.peer, eff.call_id, result, error, self._now())
-        if self._running:
-            self._run(effects)
+        if self._running or self._eager:  # others reply in this iteration (a received batch of
+            self._run(effects)  # requests answered as it is read, too): written with them at its end
         else:  # no other handler will reply in this iteration: write the reply now
             self._run_now(effects)
 

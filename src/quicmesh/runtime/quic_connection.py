@@ -455,20 +455,21 @@ class QuicConnection(SendPath, Connection):
                 f"{self._decoder.buffered} bytes of partial frame before authentication "
                 f"(at most {self._cfg.max_preauth_buffer})"))
             return
-        for i, m in enumerate(messages):
-            if self._closed:
-                return
-            if self._open:
-                if self._paused:
-                    self._waiting().extend(messages[i:])
+        with self._reply_scope(messages):
+            for i, m in enumerate(messages):
+                if self._closed:
                     return
-                self._on_open_message(m)
-            else:
-                self._on_handshake_message(m)
-                if self._open and i + 1 < len(messages):  # established: the rest are application messages
-                    self._waiting().extend(messages[i + 1:])
-                    self._deliver_open()
-                    return
+                if self._open:
+                    if self._paused:
+                        self._waiting().extend(messages[i:])
+                        return
+                    self._on_open_message(m)
+                else:
+                    self._on_handshake_message(m)
+                    if self._open and i + 1 < len(messages):  # established: the rest are application messages
+                        self._waiting().extend(messages[i + 1:])
+                        self._deliver_open()
+                        return
 
     def _waiting(self) -> deque[Message]:
         """The messages received but not yet handed on (made on first use: #14, as _closed_evt)."""
