@@ -49,8 +49,8 @@ class HandlerRunner:
     _expiry_timer: asyncio.TimerHandle | None
     _timed_out: set[asyncio.Task[None]]
     _expiry_seq: int
-    _eager = False
-    """A handler is running its first step inside :meth:`_invoke` (Python 3.12+)."""
+    _eager = 0
+    """Handlers running their first step inside :meth:`_invoke` (Python 3.12+)."""
 
     def _init_handler_runner(self) -> None:
         """Set up the deadline watch (called once by the driver's constructor)."""
@@ -86,11 +86,11 @@ class HandlerRunner:
             # started at once, in this step, as a task (its own current task, so asyncio.timeout
             # and cancellation work in it): a handler that does not wait replies without a loop
             # iteration of its own; one that waits goes on as a task from there
-            self._eager = True
+            self._eager += 1  # a count: a handler's first step may hand on a request of its own
             try:
                 task = asyncio.Task(self._run_handler(handler, eff), loop=loop, eager_start=True)
             finally:
-                self._eager = False
+                self._eager -= 1
             if task.done():
                 return  # replied (or refused) already
         else:
