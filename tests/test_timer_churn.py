@@ -16,6 +16,8 @@ provider 139 -> 122 and 18 -> 14.
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -134,21 +136,33 @@ def test_an_ack_owed_for_data_is_checked_in_the_next_iteration_not_timed() -> No
 
 
 class _CountCallAt:
-    """Wraps a loop: counts the connection's timers armed (qh3's loss-detection and idle timers,
-    more than 5 ms ahead; ACK waits); delegates the rest. qh3's pacing timers (a fraction of a
-    millisecond ahead, armed when its pacer holds a datagram back) are not counted: they are
-    armed because something waits to be sent, as before."""
+    """Wraps a loop: counts the connection's timers armed, by why (delegates the rest):
+
+    * ``acks``: ACK waits (a timer per received datagram, before);
+    * ``moved``: qh3's loss-detection and idle timer armed by a send (every datagram sent moved
+      it, before), more than 5 ms ahead;
+    * ``rearmed``: the same timer re-armed when it fired early (qh3's deadline had moved later):
+      about once per probe period, so their number follows the run's wall time, not its calls.
+
+    qh3's pacing timers (a fraction of a millisecond ahead, armed when its pacer holds a datagram
+    back) are not counted: they are armed because something waits to be sent, as before."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: object) -> None:
         self._inner = loop
         self._owner = owner
-        self.armed = 0
+        self.acks = self.moved = self.rearmed = 0
 
     def call_at(self, when: float, cb: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
         if getattr(cb, "__self__", None) is self._owner:
             name = getattr(cb, "__name__", "")
-            if name == "transmit" or (name == "_handle_timer" and when - self._inner.time() > 0.005):
-                self.armed += 1
+            if name == "transmit":
+                self.acks += 1
+            elif name == "_handle_timer" and when - self._inner.time() > 0.005:
+                # call_at <- QuicTimers._arm <- _send_now (a send) or _handle_timer (it fired early)
+                if sys._getframe(2).f_code.co_name == "_handle_timer":
+                    self.rearmed += 1
+                else:
+                    self.moved += 1
         return self._inner.call_at(when, cb, *args)
 
     def __getattr__(self, name: str) -> Any:
@@ -163,8 +177,10 @@ async def _calls(a: Node, n: int) -> None:
 async def test_calls_one_at_a_time_arm_few_timers_and_walk_no_deadlines() -> None:
     """200 calls one at a time between two nodes in this process: the timers the two
     connections armed (qh3's loss-detection and idle timers, the ACK waits) and the node timer's
-    re-arm walks. On the tree before: 100 timers and 200 walks at each end; now 15-20 timers
-    (about one per probe period) and no walk."""
+    re-arm walks. On the tree before: 100 timers and 200 walks at each end; now the timers a
+    send or a received datagram arms are few (0-10), the rest (15-40) is qh3's timer re-armed
+    about once per probe period (so more on a loaded machine, whose calls take longer: 44 at
+    one end in a CI run counted them together against a bound of 40), and no walk."""
     # usual datagram sizes: with loopback-sized ones qh3's pacer holds every few requests back
     # (its window is two such datagrams) and arms its pacing timer in the one slot (README)
     a, b = await node_pair("churn", {"max_datagram_size": 1280})
@@ -190,10 +206,18 @@ async def test_calls_one_at_a_time_arm_few_timers_and_walk_no_deadlines() -> Non
                 return inner()
 
             vars(node.core)["next_deadline"] = counted
+        t0 = time.monotonic()
         await _calls(a, CALLS)
-        armed = [c.armed for c in counters]
-        print(f"{CALLS} calls: connection timers armed {armed}, re-arm walks {walks}")
-        assert max(armed) <= CALLS // 5, armed
+        elapsed = time.monotonic() - t0
+        print(f"{CALLS} calls in {elapsed:.2f} s: ACK waits {[c.acks for c in counters]}, timers moved by a "
+              f"send {[c.moved for c in counters]}, re-armed when early {[c.rearmed for c in counters]}, "
+              f"re-arm walks {walks}")
+        for c in counters:  # before: 100 timers at each end, moved by the sends
+            assert c.acks <= CALLS // 20, c.acks
+            # the early fires follow the wall time (about once per probe period), not the calls,
+            # and a send moves the timer earlier about once after each (when it left qh3's idle
+            # deadline for its probe deadline): both grow on a loaded machine, neither per call
+            assert c.rearmed <= CALLS // 2 and c.moved <= c.rearmed + 20, (c.moved, c.rearmed)
         assert max(walks) <= CALLS // 20, walks
     finally:
         await b.stop()
