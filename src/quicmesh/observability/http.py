@@ -434,8 +434,8 @@ class HttpFaceStats:
     """Open SSE and WebSocket subscriptions."""
     streams_opened_total: int = 0
     """Subscriptions opened so far."""
-    stream_subscriptions: int = 0
-    """Node subscriptions the streams hold: one per pattern they share, one per group member."""
+    stream_subscriptions: Callable[[], int] = lambda: 0
+    """Node subscriptions the streams hold now: one per pattern they share, one per group member."""
     slow_consumers_closed_total: int = 0
     """Stream consumers closed because they fell behind."""
     messages_streamed_total: int = 0
@@ -458,7 +458,7 @@ class _FaceCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
-        values = (s.connections(), s.refused(), s.streams, s.streams_opened_total, s.stream_subscriptions,
+        values = (s.connections(), s.refused(), s.streams, s.streams_opened_total, s.stream_subscriptions(),
                   s.slow_consumers_closed_total, s.messages_streamed_total)
         for spec, value in zip(HTTP_FACE_METRICS, values, strict=False):
             fam: Metric

@@ -230,6 +230,7 @@ class StreamHub:
         self._streams: set[_Stream] = set()  # bounded: at most max_streams (more are refused)
         self._fans: dict[str, _Fan] = {}  # bounded: one per pattern of an open stream (max_streams)
         self._closing = False
+        stats.stream_subscriptions = lambda: self.node_subscriptions
 
     @property
     def open_streams(self) -> int:
@@ -244,7 +245,6 @@ class StreamHub:
     def _fan_gone(self, fan: _Fan) -> None:
         if self._fans.get(fan.pattern) is fan:
             del self._fans[fan.pattern]
-        self._stats.stream_subscriptions = self.node_subscriptions
 
     async def serve(self, request: web.Request, pattern: str, flt: Permissions | None, *,
                     group: str | None = None) -> web.StreamResponse:
@@ -274,7 +274,6 @@ class StreamHub:
             else:
                 stream.sub = await self._node.subscribe(pattern, queue_size=self._cfg.stream_queue_size, group=group)
             self._stats.streams = len(self._streams)
-            self._stats.stream_subscriptions = self.node_subscriptions
             self._stats.streams_opened_total += 1
             if websocket:
                 return await self._websocket(request, stream, pattern)
@@ -291,7 +290,6 @@ class StreamHub:
             queue.close()
             self._streams.discard(stream)
             self._stats.streams = len(self._streams)
-            self._stats.stream_subscriptions = self.node_subscriptions
 
     def _start_pump(self, stream: _Stream) -> None:
         """A group member's own pump (a fan's members are fed from the moment they joined)."""

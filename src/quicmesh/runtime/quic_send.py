@@ -51,7 +51,7 @@ class WriteThrough:
                 conn.flush_now()
 
     def __enter__(self) -> None:
-        self.depth += 1
+        self.begin()
 
     def __exit__(self, *_exc: object) -> None:
         self.end()
