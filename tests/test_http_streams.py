@@ -3,17 +3,23 @@ stub node (one encoding per message for every stream, per-stream permission filt
 member closed alone, messages the shared queue dropped close every member, a failed open refuses
 each waiting stream, the last stream closes the subscription) and through a real node and real
 clients (SSE and WebSocket streams to one pattern, one node subscription, all of them receiving,
-the slot cap not raced)."""
+the slot cap not raced), and WebSocket frames built once and written together (every length
+encoding read whole by aiohttp's client, compression when configured, a consumer that stops
+reading stalls its write and is closed)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
+import aiohttp.web
+import pytest
 from test_gateway_subs import StubNode
 from test_http_api import SseReader, curl, mesh, metrics_of
+from test_http_api import _Flood as Flood
 
 from quicmesh.bounded import Overflow
 from quicmesh.bounded.aio import BoundedQueue
@@ -21,7 +27,7 @@ from quicmesh.config import HttpApiConfig
 from quicmesh.core.permissions import Permissions
 from quicmesh.errors import LimitExceeded
 from quicmesh.observability.http import HttpFaceStats
-from quicmesh.runtime.http_streams import StreamHub, _Fan, _sse_message, _Stream
+from quicmesh.runtime.http_streams import StreamHub, _Fan, _sse_message, _Stream, ws_text_frame
 from quicmesh.runtime.message import Message
 from quicmesh.testing.wait import eventually
 
@@ -190,3 +196,101 @@ async def test_requests_racing_for_the_last_stream_slots_do_not_pass_the_cap() -
         assert codes == [200, 200, 429, 429, 429, 429], codes
         await eventually(lambda: m.face.streams.open_streams == 0, what="the streams are released")
         assert m.face.streams.node_subscriptions == 0
+
+
+# -- WebSocket frames built once and written together (#14) -------------------------------------
+
+
+async def test_ws_text_frame_is_read_whole_by_aiohttp_at_every_length_encoding() -> None:
+    """Frames written raw by a server (7-, 16- and 64-bit lengths, at their edges, several in one
+    write) are read by aiohttp's client as the texts they carry."""
+    texts = ["", "a" * 125, "b" * 126, "é" * 40_000, "c" * 65_535, "d" * 65_536, "e" * 200_000]
+
+    async def handler(request: aiohttp.web.Request) -> aiohttp.web.WebSocketResponse:
+        ws = aiohttp.web.WebSocketResponse(compress=False)
+        await ws.prepare(request)
+        assert request.transport is not None
+        request.transport.write(b"".join(ws_text_frame(t) for t in texts))
+        await ws.receive()  # until the client closes
+        return ws
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/", handler)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"ws://127.0.0.1:{port}/",
+                                                                          max_msg_size=1 << 20) as ws:
+            got = [await ws.receive(timeout=10) for _ in texts]
+            assert [m.type for m in got] == [aiohttp.WSMsgType.TEXT] * len(texts)
+            assert [m.data for m in got] == texts
+    finally:
+        await runner.cleanup()
+
+
+async def test_websocket_messages_of_every_size_arrive_whole_and_in_order_uncompressed() -> None:
+    sizes = [1, 30, 200, 20_000, 50_000] * 40  # frames from ~250 B to ~130 KiB, 200 messages at once
+    async with mesh() as m:
+        b = m.other
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(m.api.replace("http://", "ws://") + "/subscribe/big.%3E",
+                                          max_msg_size=1 << 20, compress=15)  # offers permessage-deflate
+            try:
+                assert await ws.receive_json(timeout=10) == {"event": "subscribed", "pattern": "big.>"}
+                assert ws.compress == 0  # not taken: http_api.websocket_compress is off by default
+                await b.wait_for_subscriber("big.data", timeout=10)
+                want = [(b"%d:" % i) + b"x" * n for i, n in enumerate(sizes)]
+                for p in want:
+                    await b.publish("big.data", p)
+                got = [json.loads((await ws.receive(timeout=10)).data)["payload"].encode() for _ in want]
+                assert got == want
+            finally:
+                await ws.close()
+        await eventually(lambda: m.face.streams.open_streams == 0, what="the stream is released")
+        assert m.face.stats.messages_streamed_total == len(sizes)
+        print(f"\n{len(sizes)} messages of 1 B to 50 KB over one WebSocket: all whole, in order")
+
+
+async def test_websocket_compression_is_offered_when_configured() -> None:
+    async with mesh(websocket_compress=True) as m:
+        b = m.other
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(m.api.replace("http://", "ws://") + "/subscribe/z.%3E", compress=15)
+            try:
+                assert await ws.receive_json(timeout=10) == {"event": "subscribed", "pattern": "z.>"}
+                assert ws.compress == 15  # permessage-deflate taken
+                await b.wait_for_subscriber("z.data", timeout=10)
+                want = [b"zip %d " % i + b"y" * (i * 100) for i in range(50)]
+                for p in want:
+                    await b.publish("z.data", p)
+                got = [json.loads((await ws.receive(timeout=10)).data)["payload"].encode() for _ in want]
+                assert got == want
+            finally:
+                await ws.close()
+
+
+async def test_a_websocket_consumer_that_stops_reading_stalls_its_write_and_is_closed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The frames go to the transport without aiohttp's writer, so its flow control is this
+    module's: with a queue longer than the flood, only a write that waits for the transport to
+    drain (and stalls past ``write_timeout``) closes the consumer; a write that did not wait would
+    buffer the whole flood (2,000 x ~150 KiB) in the node."""
+    caplog.set_level(logging.INFO, logger="quicmesh.http_api")
+    async with mesh(stream_queue_size=4096, write_timeout=1.0) as m:
+        a = m.face_node
+        async with aiohttp.ClientSession(read_bufsize=4096) as session:
+            ws = await session.ws_connect(m.api.replace("http://", "ws://") + "/subscribe/feed.%3E",
+                                          max_msg_size=1 << 20)
+            assert await ws.receive_json(timeout=10) == {"event": "subscribed", "pattern": "feed.>"}
+            flood = Flood(a, m.face, b"w" * 65_536)  # the client reads nothing from now on
+            assert await eventually(flood.step, timeout=60, what="the WebSocket consumer is closed") == 1
+            await eventually(lambda: m.face.streams.open_streams == 0, what="the stream is released")
+            await ws.close()
+        reasons = [r.getMessage() for r in caplog.records if "slow consumer" in r.getMessage()]
+        assert len(reasons) == 1 and "a write stalled for 1s" in reasons[0], reasons
+        assert flood.sent < 2_000
+        print(f"\nWebSocket consumer that stopped reading: its write stalled and it was closed after "
+              f"{flood.sent} messages of 64 KiB (queue 4096, write_timeout 1 s)")

@@ -46,3 +46,9 @@ class HttpApiConfig:
     write_timeout: float = 10.0
     """Seconds one write to an SSE or WebSocket consumer may stall before it is closed as a slow
     consumer (default 10)."""
+    websocket_compress: bool = False
+    """Offer WebSocket subscribers per-message compression (``permessage-deflate``, default off).
+    Off, the frames of one message are built once for every WebSocket stream that shares its node
+    subscription, and what waits for a stream leaves in one write; on, each stream compresses
+    each message alone with its own compressor, and writes its frames one by one: fewer bytes on a
+    slow link, several times the node's CPU per delivery."""

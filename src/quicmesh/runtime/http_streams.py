@@ -11,13 +11,16 @@ them bounded:
   before the node subscription is opened, so requests racing for the last slot cannot pass it);
 * the streams to one pattern share **one** node subscription (a :class:`_Fan`, its queue
   ``stream_queue_size`` long) and one task that reads it, encodes each message once per
-  encoding (SSE and WebSocket) and puts it into every member stream's own queue
+  encoding (an SSE event; a complete WebSocket frame, or with ``http_api.websocket_compress``
+  the frame's payload, which aiohttp compresses per stream) and puts it into every member stream's own queue
   (``http_api.stream_queue``, as long, refusing when full), filtered per stream by its caller's
   permissions. A stream that joins an open fan gets the messages read after it joined; the last
   stream to leave closes the node subscription. A work-queue group member keeps a node
   subscription and a task (its *pump*) of its own, since each member must get its own share of
   the group's messages. The request's handler writes from the stream's queue to the client,
-  whatever waits there (up to 64 messages) in one write;
+  whatever waits there (up to 64 messages) in one write (a WebSocket's frames go to its
+  connection's transport joined, then wait as aiohttp's writer waits while the transport's
+  buffer is past its high-water mark; compressed ones go one by one through aiohttp's writer);
 * a consumer that falls behind is closed as a slow consumer and counted
   (``quicmesh_http_slow_consumers_closed_total``): when the stream's queue is full (or the node
   queue dropped a message, which every stream sharing it missed) the stream's connection is
@@ -48,6 +51,7 @@ import contextlib
 import functools
 import json
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -90,12 +94,33 @@ def _ws(event: str, doc: dict[str, object]) -> str:
     return json.dumps({"event": event, **doc}, separators=(",", ":"))
 
 
+_WS_HEAD16 = struct.Struct("!BBH").pack
+_WS_HEAD64 = struct.Struct("!BBQ").pack
+
+
+def ws_text_frame(text: str) -> bytes:
+    """``text`` as one complete, unmasked WebSocket text frame (RFC 6455 section 5.2: FIN, opcode
+    1, the payload length in 7, 16 or 64 bits), as a server sends it; the frames of many messages
+    joined are one write."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65_536:
+        return _WS_HEAD16(0x81, 126, n) + data
+    return _WS_HEAD64(0x81, 127, n) + data
+
+
 def _sse_message(msg: Message) -> bytes:
     return _sse("message", encode_message(msg), msg.seq)
 
 
-def _ws_message(msg: Message) -> str:
-    return _ws("message", encode_message(msg))
+def _ws_message(msg: Message) -> bytes:
+    return ws_text_frame(_ws("message", encode_message(msg)))
+
+
+def _ws_payload(msg: Message) -> bytes:
+    return _ws("message", encode_message(msg)).encode()
 
 
 Encode = Callable[[Message], bytes | str]
@@ -105,10 +130,25 @@ _WRITE_BATCH = 64
 write, one timeout, one flush of the socket instead of one each)."""
 
 
-async def _send_frames(ws: web.WebSocketResponse, frames: list[bytes | str]) -> None:
-    for frame in frames:
-        assert isinstance(frame, str)
-        await ws.send_str(frame)  # aiohttp waits only when its buffer is past its limit
+async def _write_frames(request: web.Request, ws: web.WebSocketResponse, frames: list[bytes | str]) -> None:
+    """Complete frames (:func:`ws_text_frame`) in one write to the connection, then, while its
+    transport's buffer is past its high-water mark, aiohttp's own wait for it to drain (as its
+    writer does after a frame): so a consumer that stops reading stalls this write, which
+    ``write_timeout`` ends, and the buffer never grows past one batch beyond the mark."""
+    transport = request.transport
+    if ws.closed or transport is None or transport.is_closing():
+        raise ConnectionResetError("the WebSocket is closing")
+    transport.write(b"".join(cast("list[bytes]", frames)))
+    protocol = request.protocol
+    if protocol.writing_paused:
+        await protocol._drain_helper()
+
+
+async def _send_frames(ws: web.WebSocketResponse, payloads: list[bytes | str]) -> None:
+    """With ``websocket_compress``: each payload through aiohttp's writer, which compresses it
+    when the client took the extension (it waits only when its buffer is past its limit)."""
+    for payload in payloads:
+        await ws.send_frame(cast("bytes", payload), WSMsgType.TEXT)
 
 
 class _Stream:
@@ -263,7 +303,8 @@ class StreamHub:
             if transport is not None:
                 transport.abort()
 
-        stream = _Stream(pattern, queue, abort, flt, _ws_message if websocket else _sse_message)
+        encode = (_ws_payload if self._cfg.websocket_compress else _ws_message) if websocket else _sse_message
+        stream = _Stream(pattern, queue, abort, flt, encode)
         self._streams.add(stream)  # the slot is taken before the first wait
         try:
             if group is None:
@@ -370,7 +411,9 @@ class StreamHub:
         return resp
 
     async def _websocket(self, request: web.Request, stream: _Stream, pattern: str) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=self._cfg.heartbeat, max_msg_size=_WS_MAX_IN)
+        compress = self._cfg.websocket_compress
+        ws = web.WebSocketResponse(heartbeat=self._cfg.heartbeat, max_msg_size=_WS_MAX_IN, compress=compress)
+        write = functools.partial(_send_frames, ws) if compress else functools.partial(_write_frames, request, ws)
         await ws.prepare(request)
         self._stats.count_response(ws.status)
 
@@ -391,7 +434,7 @@ class StreamHub:
                     break
                 if items is None:
                     continue  # aiohttp's heartbeat pings
-                ok = await self._write(stream, functools.partial(_send_frames, ws, items))
+                ok = await self._write(stream, functools.partial(write, items))
                 if ok:
                     self._stats.messages_streamed_total += len(items)
             if ok and not ws.closed:
