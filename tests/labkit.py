@@ -1,19 +1,23 @@
 """What the network-lab tests share: the ``lab`` fixture (skip with one line where the lab cannot
-run, fail instead under CI), an eight-node mesh on two LANs, and a node's peers.
+run, fail instead under CI), an eight-node mesh on two LANs, a node's peers, and the pause fault
+on a fixed schedule.
 
 ``tests/conftest.py`` loads this module as a plugin, so every test module can ask for ``lab``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Iterator
+from typing import Protocol
 
 import pytest
 
 from quicmesh.testing.lab import Lab, LabNode, unavailable
 
-__all__ = ["lab", "mesh", "peers"]
+__all__ = ["Pausable", "lab", "mesh", "pause_every_second", "peers"]
 
 
 @pytest.fixture
@@ -50,3 +54,31 @@ async def peers(node: LabNode) -> set[str]:
     """The node ids ``node`` holds a connection to (its ``health`` control command)."""
     ev = await node.process.request("health", "health", wait=10)
     return set(ev["peers"])
+
+
+class Pausable(Protocol):
+    """A node process that can be stopped and continued (SIGSTOP / SIGCONT by its pid)."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+async def pause_every_second(node: Pausable, seconds: float, stopped: float = 0.3) -> tuple[int, float]:
+    """Stop ``node`` for ``stopped`` s at the start of each of ``seconds`` seconds; returns the
+    pauses made and the seconds they took. The pauses keep to a schedule fixed at the start, so a
+    late wake-up shortens the next wait rather than pushing every later pause back (sleeping 0.3 s
+    and 0.7 s in turn drifted: 598 pauses in 600 s under ``make lab``). The loop is bounded in
+    count; the node is continued whatever ends it."""
+    start = time.monotonic()
+    pauses = 0
+    try:
+        while pauses < int(seconds):
+            node.pause()
+            await asyncio.sleep(max(0.0, start + pauses + stopped - time.monotonic()))
+            node.resume()
+            pauses += 1
+            await asyncio.sleep(max(0.0, start + pauses - time.monotonic()))
+    finally:
+        node.resume()
+    return pauses, time.monotonic() - start
