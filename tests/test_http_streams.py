@@ -201,6 +201,16 @@ async def test_requests_racing_for_the_last_stream_slots_do_not_pass_the_cap() -
 # -- WebSocket frames built once and written together (#14) -------------------------------------
 
 
+async def ws_subscribe(session: aiohttp.ClientSession, api: str, pattern: str, *, max_msg_size: int = 1 << 20,
+                       compress: int = 0) -> aiohttp.ClientWebSocketResponse:
+    """A WebSocket subscription to ``pattern`` (``%``-quoted) of the face at ``api``, past its
+    ``subscribed`` event; ``compress=15`` offers ``permessage-deflate``."""
+    ws = await session.ws_connect(api.replace("http://", "ws://") + "/subscribe/" + pattern,
+                                  max_msg_size=max_msg_size, compress=compress)
+    assert await ws.receive_json(timeout=10) == {"event": "subscribed", "pattern": pattern.replace("%3E", ">")}
+    return ws
+
+
 async def test_ws_text_frame_is_read_whole_by_aiohttp_at_every_length_encoding() -> None:
     """Frames written raw by a server (7-, 16- and 64-bit lengths, at their edges, several in one
     write) are read by aiohttp's client as the texts they carry."""
@@ -210,7 +220,7 @@ async def test_ws_text_frame_is_read_whole_by_aiohttp_at_every_length_encoding()
         ws = aiohttp.web.WebSocketResponse(compress=False)
         await ws.prepare(request)
         assert request.transport is not None
-        request.transport.write(b"".join(ws_text_frame(t) for t in texts))
+        request.transport.write(b"".join(ws_text_frame(t.encode()) for t in texts))
         await ws.receive()  # until the client closes
         return ws
 
@@ -236,10 +246,8 @@ async def test_websocket_messages_of_every_size_arrive_whole_and_in_order_uncomp
     async with mesh() as m:
         b = m.other
         async with aiohttp.ClientSession() as session:
-            ws = await session.ws_connect(m.api.replace("http://", "ws://") + "/subscribe/big.%3E",
-                                          max_msg_size=1 << 20, compress=15)  # offers permessage-deflate
+            ws = await ws_subscribe(session, m.api, "big.%3E", compress=15)  # offers permessage-deflate
             try:
-                assert await ws.receive_json(timeout=10) == {"event": "subscribed", "pattern": "big.>"}
                 assert ws.compress == 0  # not taken: http_api.websocket_compress is off by default
                 await b.wait_for_subscriber("big.data", timeout=10)
                 want = [(b"%d:" % i) + b"x" * n for i, n in enumerate(sizes)]
@@ -258,9 +266,8 @@ async def test_websocket_compression_is_offered_when_configured() -> None:
     async with mesh(websocket_compress=True) as m:
         b = m.other
         async with aiohttp.ClientSession() as session:
-            ws = await session.ws_connect(m.api.replace("http://", "ws://") + "/subscribe/z.%3E", compress=15)
+            ws = await ws_subscribe(session, m.api, "z.%3E", compress=15)
             try:
-                assert await ws.receive_json(timeout=10) == {"event": "subscribed", "pattern": "z.>"}
                 assert ws.compress == 15  # permessage-deflate taken
                 await b.wait_for_subscriber("z.data", timeout=10)
                 want = [b"zip %d " % i + b"y" * (i * 100) for i in range(50)]
@@ -282,9 +289,7 @@ async def test_a_websocket_consumer_that_stops_reading_stalls_its_write_and_is_c
     async with mesh(stream_queue_size=4096, write_timeout=1.0) as m:
         a = m.face_node
         async with aiohttp.ClientSession(read_bufsize=4096) as session:
-            ws = await session.ws_connect(m.api.replace("http://", "ws://") + "/subscribe/feed.%3E",
-                                          max_msg_size=1 << 20)
-            assert await ws.receive_json(timeout=10) == {"event": "subscribed", "pattern": "feed.>"}
+            ws = await ws_subscribe(session, m.api, "feed.%3E")
             flood = Flood(a, m.face, b"w" * 65_536)  # the client reads nothing from now on
             assert await eventually(flood.step, timeout=60, what="the WebSocket consumer is closed") == 1
             await eventually(lambda: m.face.streams.open_streams == 0, what="the stream is released")

@@ -98,11 +98,10 @@ _WS_HEAD16 = struct.Struct("!BBH").pack
 _WS_HEAD64 = struct.Struct("!BBQ").pack
 
 
-def ws_text_frame(text: str) -> bytes:
-    """``text`` as one complete, unmasked WebSocket text frame (RFC 6455 section 5.2: FIN, opcode
-    1, the payload length in 7, 16 or 64 bits), as a server sends it; the frames of many messages
-    joined are one write."""
-    data = text.encode()
+def ws_text_frame(data: bytes) -> bytes:
+    """UTF-8 text ``data`` as one complete, unmasked WebSocket text frame (RFC 6455 section 5.2:
+    FIN, opcode 1, the payload length in 7, 16 or 64 bits), as a server sends it; the frames of
+    many messages joined are one write."""
     n = len(data)
     if n < 126:
         return bytes((0x81, n)) + data
@@ -115,12 +114,12 @@ def _sse_message(msg: Message) -> bytes:
     return _sse("message", encode_message(msg), msg.seq)
 
 
-def _ws_message(msg: Message) -> bytes:
-    return ws_text_frame(_ws("message", encode_message(msg)))
-
-
 def _ws_payload(msg: Message) -> bytes:
     return _ws("message", encode_message(msg)).encode()
+
+
+def _ws_message(msg: Message) -> bytes:
+    return ws_text_frame(_ws_payload(msg))
 
 
 Encode = Callable[[Message], bytes | str]
