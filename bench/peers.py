@@ -5,10 +5,12 @@
                           [--no-install] [--json bench/results/peers.json]
 
 Columns: quicmesh under the asyncio loop and under uvloop (skipped with the reason printed when
-uvloop cannot be imported), NATS (Debian's nats-server + nats-py), Zenoh (eclipse-zenoh, two
-peer sessions) and the raw qh3 ceiling (bench/quic_raw.py's own server and client: one stream,
-4-byte-length-prefixed frames). Each system runs as two processes on 127.0.0.1 (plus the broker
-for NATS), through the public API a user writes (bench/peerslib/adapters.py); quicmesh's
+uvloop cannot be imported), quicmesh under the asyncio loop with ``busy_poll_us`` = 1000 (its
+nodes poll for 1 ms after each transmit instead of sleeping: lower latency for CPU), NATS
+(Debian's nats-server + nats-py), Zenoh (eclipse-zenoh, two peer sessions) and the raw qh3
+ceiling (bench/quic_raw.py's own server and client: one stream, 4-byte-length-prefixed frames;
+asleep between datagrams like NATS's and Zenoh's Python sides). Each system runs as two processes
+on 127.0.0.1 (plus the broker for NATS), through the public API a user writes (bench/peerslib/adapters.py); quicmesh's
 processes run as ``quicmesh node`` does (``PYTHONMALLOC=malloc`` and the node's garbage-collector
 thresholds, ``gc_young_threshold``). The same scenarios (bench/peerslib/worker.py) drive every
 system:
@@ -84,6 +86,7 @@ def plan(systems: tuple[str, ...], missing: dict[str, str]) -> tuple[list[tuple[
             skipped["quicmesh-uvloop"] = f"uvloop not importable: {missing['uvloop']}"
         else:
             cols.append(("quicmesh-uvloop", "quicmesh", "uvloop"))
+        cols.append(("quicmesh-busy", "quicmesh", "asyncio"))  # busy_poll_us (report.BUSY_POLL_US)
     for key, needs in (("nats", ("nats", "nats-server")), ("zenoh", ("zenoh",))):
         if key in systems:
             why = [missing[n] for n in needs if n in missing]

@@ -19,7 +19,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 CASES = ("pubsub_64B", "pubsub_1024B", "rtt", "rpc_sequential", "rpc_64_in_flight", "light_client")
-COLUMNS = ("quicmesh-asyncio", "quicmesh-uvloop", "nats", "zenoh", "qh3-raw")
+COLUMNS = ("quicmesh-asyncio", "quicmesh-uvloop", "quicmesh-busy", "nats", "zenoh", "qh3-raw")
 # goal -> (quicmesh case, key, reference column, reference case, reference key, factor, "<=" or ">=")
 GOALS: dict[str, tuple[str, str, str, str, str, float, str]] = {
     "rtt_p50_le_nats": ("rtt", "p50_us", "nats", "rtt", "p50_us", 1.0, "<="),
@@ -74,6 +74,9 @@ def test_shape_and_figures(doc: dict[str, Any]) -> None:
     assert set(res) == set(COLUMNS), sorted(res)
     qm = res["quicmesh-asyncio"]
     assert "skipped" not in qm
+    # the busy column's nodes really poll (busy_poll_us), the others do not
+    assert res["quicmesh-busy"]["loop"]["running"] == "asyncio+busy_poll", res["quicmesh-busy"]["loop"]
+    assert res["quicmesh-asyncio"]["loop"]["running"] == "asyncio"
     for col, entry in res.items():
         if "skipped" in entry:  # a peer not installed: skipped with the reason, never a figure
             assert entry["skipped"] and col != "quicmesh-asyncio"
@@ -99,7 +102,7 @@ def test_shape_and_figures(doc: dict[str, Any]) -> None:
 
 def test_goals_come_from_the_measured_figures(doc: dict[str, Any]) -> None:
     res, goals = doc["results"], doc["goals"]
-    columns = [c for c in ("quicmesh-asyncio", "quicmesh-uvloop") if "skipped" not in res[c]]
+    columns = [c for c in ("quicmesh-asyncio", "quicmesh-uvloop", "quicmesh-busy") if "skipped" not in res[c]]
     assert {g["column"] for g in goals} == set(columns)
     assert len(goals) == len(columns) * (len(GOALS) + 1)
     checked = 0
@@ -173,11 +176,12 @@ def test_missing_peers_are_skipped_with_their_reason() -> None:
     spec.loader.exec_module(peers)
     cols, skipped = peers.plan(("quicmesh", "nats", "zenoh"), {"uvloop": "uvloop is not installed",
                                                                "nats-server": "nats-server is not installed"})
-    assert [c[0] for c in cols] == ["quicmesh-asyncio", "zenoh"]
+    assert [c[0] for c in cols] == ["quicmesh-asyncio", "quicmesh-busy", "zenoh"]
     assert "uvloop is not installed" in skipped["quicmesh-uvloop"]
     assert skipped["nats"] == "nats-server is not installed"
     cols, skipped = peers.plan(("quicmesh",), {})
-    assert [c for c in cols] == [("quicmesh-asyncio", "quicmesh", "asyncio"), ("quicmesh-uvloop", "quicmesh", "uvloop")]
+    assert [c for c in cols] == [("quicmesh-asyncio", "quicmesh", "asyncio"), ("quicmesh-uvloop", "quicmesh", "uvloop"),
+                                 ("quicmesh-busy", "quicmesh", "asyncio")]
     assert skipped == {}
 
 

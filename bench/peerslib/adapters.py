@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -92,7 +93,8 @@ class QuicmeshAdapter(Adapter):
         from quicmesh.config.discovery import DiscoveryConfig
 
         cfg = quicmesh.NodeConfig(listen="127.0.0.1:0", realm=REALM, bootstrap=(address,) if address else (),
-                                  discovery=DiscoveryConfig(local=False))
+                                  discovery=DiscoveryConfig(local=False),
+                                  busy_poll_us=int(os.environ.get("QUICMESH_BUSY_POLL_US", "0")))
         # as `quicmesh node` runs: its garbage-collector thresholds (gc_young_threshold) here,
         # its allocator (PYTHONMALLOC=malloc) in the process's environment (run.py)
         tune_gc(cfg.gc_young_threshold)

@@ -11,8 +11,12 @@ import math
 import statistics
 from typing import Any
 
-QM = ("quicmesh-asyncio", "quicmesh-uvloop")
+QM = ("quicmesh-asyncio", "quicmesh-uvloop", "quicmesh-busy")
+BUSY_POLL_US = 1000
+"""``busy_poll_us`` of the ``quicmesh-busy`` column (asyncio loop): its nodes poll instead of
+sleeping for 1 ms after each transmit (``quicmesh.runtime.busy_poll``; off by default)."""
 LABELS = {"quicmesh-asyncio": "quicmesh, asyncio loop", "quicmesh-uvloop": "quicmesh, uvloop",
+          "quicmesh-busy": f"quicmesh, asyncio loop, busy_poll_us={BUSY_POLL_US}",
           "nats": "NATS (nats-server + nats-py)", "zenoh": "Zenoh (peer, congestion control block)",
           "qh3-raw": "raw qh3, one stream (bench/quic_raw.py)"}
 

@@ -23,6 +23,7 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
+from .report import BUSY_POLL_US
 from .worker import worker_main
 
 MAX_MESSAGES = 20_000_000
@@ -107,6 +108,8 @@ class Session:
     def start(self) -> None:
         t0 = time.monotonic()
         env = {"PYTHONMALLOC": "malloc"} if self.system == "quicmesh" else {}  # as `quicmesh node` runs
+        if self.key == "quicmesh-busy":  # the node's own setting, as a user's environment sets it
+            env["QUICMESH_BUSY_POLL_US"] = str(BUSY_POLL_US)
         server_addr: str | None = None
         if self.system == "nats":
             exe = nats_server_path()
@@ -127,6 +130,8 @@ class Session:
         opened = self.server.call("open", 60, address=server_addr)
         self.address = opened["address"]
         self.loop_seen = str(opened["loop"])  # the event loop the server process really runs
+        if opened.get("busy_poll"):  # and whether it busy-polls (quicmesh-busy)
+            self.loop_seen += "+busy_poll"
         self.long_lived_pid = self.broker.pid if self.broker is not None else int(opened["pid"])
         self.client = _Proc(self.system, "client", self.loop_kind, env)
         self.client.call("open", 60, address=self.address)

@@ -76,7 +76,8 @@ class Worker:
 
     async def do_open(self, address: str | None = None) -> dict[str, Any]:
         return {"address": await self.adapter.open(self.role, address), "pid": os.getpid(),
-                "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}
+                "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+                "busy_poll": getattr(getattr(self.adapter, "node", None), "busy_poll", None) is not None}
 
     async def do_count_start(self, topic: str) -> dict[str, Any]:
         c = self.counts[topic] = _Count()

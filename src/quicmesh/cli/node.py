@@ -122,6 +122,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     }
     if getattr(args, "loop", None):  # #14 (fastpath)
         overrides["event_loop"] = args.loop
+    if getattr(args, "busy_poll_us", None) is not None:  # #14
+        overrides["busy_poll_us"] = args.busy_poll_us
     return load_config(args.config, overrides=overrides)
 
 
@@ -149,7 +151,8 @@ async def run_node(args: argparse.Namespace, config: NodeConfig | None = None) -
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
             control.emit("listening", address=node.address, node_id=str(node.id), realm=node.realm,
                          http=http, http_api=node.http_api_address,
-                         loop=type(loop).__module__.partition(".")[0], gc_threshold=list(gc.get_threshold()))
+                         loop=type(loop).__module__.partition(".")[0], gc_threshold=list(gc.get_threshold()),
+                         busy_poll_us=node.config.busy_poll_us if node.busy_poll is not None else 0)
             runner = asyncio.ensure_future(control.run(reader))
             stopper = asyncio.ensure_future(control.stopping.wait())
             sig_wait = asyncio.ensure_future(stop.wait())

@@ -24,7 +24,7 @@ for it to drain (at most ``transport.send_stall_timeout``).
 Nothing user code does can stall the node: subscription queues never block the producer (a slow
 reader loses its oldest messages, counted), a subscription whose handle is garbage-collected is
 released by a finalizer, a cancelled caller removes its pending entry at once, and handler
-concurrency is capped.
+concurrency is capped. ``busy_poll_us`` keeps the loop awake after transmits (``busy_poll``).
 """
 from __future__ import annotations
 
@@ -128,8 +128,7 @@ class Node(NodeStatus):
 
         ``keypair`` defaults to the key file of ``config.key_path`` or ``config.data_dir``
         (created when missing) or a fresh in-memory key. ``network`` selects the in-memory
-        transport (tests); the default is QUIC.
-        """
+        transport (tests); the default is QUIC."""
         config = config or NodeConfig()
         keypair = _load_keypair(config) if keypair is None else keypair
         node = cls(config, keypair, network=network, rng=rng)
@@ -141,6 +140,7 @@ class Node(NodeStatus):
 
         self._loop = asyncio.get_running_loop()
         self.delivery.loop = self._loop
+        self._start_busy_poll(self._loop)
         self._done = self._loop.create_future()
         self._done.set_result(None)
         await self.logs.start()  # the store is open before any peer can ask for a log
@@ -191,6 +191,7 @@ class Node(NodeStatus):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.gather(*(c.drain(until=0) for c in conns)), _STOP_DRAIN)
         self._stopped = True
+        self._stop_busy_poll()
         self.delivery.stop()
         await self.local_discovery.stop()
         await self.relay_agent.stop()
@@ -469,8 +470,7 @@ class Node(NodeStatus):
         refreshed every ``ttl / 3`` until :meth:`unadvertise` or :meth:`stop`. A handler raising
         :class:`~quicmesh.errors.RemoteError` passes its code and message to the caller; any
         other exception reaches the caller as ``RemoteError("handler_error", ...)`` without the
-        traceback.
-        """
+        traceback."""
         self._check_open()
         if not callable(handler):
             raise TypeError("handler must be an async callable")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from .busy_poll import BusyPoll
 from .driver import NodeDriver
+from .quic_send import WriteThrough
 from .ui_state import console_state
 
 __all__ = ["NodeStatus"]
@@ -12,6 +15,23 @@ __all__ = ["NodeStatus"]
 
 class NodeStatus(NodeDriver):
     """Numbers and state of a node for observability (a part of :class:`~quicmesh.runtime.node.Node`)."""
+
+    busy_poll: BusyPoll | None = None
+    """#14: the loop's busy poller while the node runs with ``busy_poll_us`` > 0 over QUIC."""
+
+    def _start_busy_poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        """#14: keep ``loop`` awake ``busy_poll_us`` after each transmit (see
+        :mod:`quicmesh.runtime.busy_poll`); nothing over the in-memory transport."""
+        through = self.transport.through
+        if self.config.busy_poll_us > 0 and isinstance(through, WriteThrough):
+            self.busy_poll = through.busy = BusyPoll(loop, self.config.busy_poll_us / 1e6)
+
+    def _stop_busy_poll(self) -> None:
+        if self.busy_poll is not None:
+            self.busy_poll.close()
+            through = self.transport.through
+            if isinstance(through, WriteThrough):
+                through.busy = None
 
     @property
     def node_id(self) -> str:
@@ -124,6 +144,9 @@ class NodeStatus(NodeDriver):
             out["peers_relayed"] = float(sum(1 for p in paths if p != "direct"))
             out["peers_direct"] = float(len(paths)) - out["peers_relayed"]
         out.update(self.guard_gauges())
+        bp = self.busy_poll  # #14: how often and how long the loop stayed awake
+        out["busy_poll_windows_total"] = float(bp.windows if bp is not None else 0)
+        out["busy_poll_seconds_total"] = float(bp.seconds if bp is not None else 0.0)
         return out
 
     def peer_paths(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from ..core.wire import Message
 from ..errors import TransportError
 from ..identity import NodeId
 from . import _quic_adapter as qa
+from .busy_poll import BusyPoll
 from .transport import TransportStats
 
 __all__ = ["SendPath", "WriteThrough"]
@@ -33,11 +34,14 @@ class WriteThrough:
     and then cancelled (what ``flush_now`` did) still cost the event loop one more pass, an
     ``epoll_wait`` and its bookkeeping, on every round trip."""
 
-    __slots__ = ("depth", "held")
+    __slots__ = ("busy", "depth", "held")
 
     def __init__(self) -> None:
         self.depth = 0
         self.held: list[SendPath] = []  # bounded: connections written to inside one scope
+        self.busy: BusyPoll | None = None
+        """#14: the transport's busy poller (``busy_poll_us``), kicked after every transmit of
+        its connections (:meth:`SendPath.transmitted`); ``None``: off."""
 
     def begin(self) -> None:
         self.depth += 1
@@ -121,7 +125,11 @@ class SendPath:
             await asyncio.shield(self._drained)
 
     def transmitted(self) -> None:
-        """Called by the adapter after each transmit: wake drain() waiters below low water."""
+        """Called by the adapter after each transmit: wake drain() waiters below low water, and
+        keep the loop awake for the answer when busy polling is on."""
+        busy = self._through.busy
+        if busy is not None:
+            busy.kick()
         waiter = self._drained
         if waiter is not None and (self._closed or self.pending_bytes <= self._cfg.send_buffer_bytes // 4):
             self._drained = None

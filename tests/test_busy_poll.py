@@ -1,0 +1,182 @@
+"""Busy polling (#14, ``busy_poll_us``, ``quicmesh node --busy-poll-us``): after each transmit the
+node's event loop polls instead of sleeping for a window, on asyncio's loop and on uvloop; the
+window closes by itself when nothing is transmitted for its length, so an idle node sleeps; off
+by default. What it buys between two processes is measured by ``make bench-peers`` (the
+``quicmesh-busy`` column), not here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from nodekit import node_pair
+
+from quicmesh.cli.node import loop_factory
+from quicmesh.config import NodeConfig
+from quicmesh.errors import ConfigError
+from quicmesh.runtime.busy_poll import MAX_BUSY_POLL_US, BusyPoll
+from quicmesh.testing.wait import eventually
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def _run(loop_name: str, main: Callable[[asyncio.AbstractEventLoop], Coroutine[Any, Any, None]]) -> None:
+    factory = loop_factory(loop_name)
+    loop = factory() if factory is not None else asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main(loop))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_kick_keeps_the_loop_polling_for_its_window_then_it_sleeps(loop_name: str) -> None:
+    async def main(loop: asyncio.AbstractEventLoop) -> None:
+        bp = BusyPoll(loop, 0.01)
+        fired: list[float] = []
+        t0 = loop.time()
+        bp.kick()
+        assert bp.spinning and bp.windows == 1
+        loop.call_later(0.003, lambda: fired.append(loop.time() - t0))  # timers run between passes
+        await asyncio.sleep(0.05)  # asleep, the loop would wait once for 50 ms
+        assert not bp.spinning, "the window closes by itself"
+        assert bp.passes >= 20, f"{bp.passes} zero-timeout passes in a 10 ms window"
+        assert 0.01 <= bp.seconds < 0.05, bp.seconds
+        assert len(fired) == 1 and fired[0] < 0.01, fired
+        passes = bp.passes
+        await asyncio.sleep(0.03)  # idle: nothing polls
+        assert bp.passes == passes and bp.windows == 1
+
+    _run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_kicks_during_a_window_extend_it_and_close_stops_it(loop_name: str) -> None:
+    async def main(loop: asyncio.AbstractEventLoop) -> None:
+        bp = BusyPoll(loop, 0.01)
+        again: list[float] = []
+
+        def kick_again() -> None:
+            again.append(time.monotonic())
+            bp.kick()
+
+        t0 = time.monotonic()
+        bp.kick()
+        loop.call_later(0.007, kick_again)  # inside the window: open until 10 ms after it
+        await asyncio.sleep(0.05)
+        assert bp.windows == 1 and not bp.spinning
+        assert bp.seconds >= again[0] - t0 + 0.01 - 1e-4, (bp.seconds, again[0] - t0)
+        bp.kick()
+        assert bp.spinning and bp.windows == 2
+        bp.close()
+        await asyncio.sleep(0.005)
+        assert not bp.spinning, "closed: the open window ends at its next pass"
+        bp.kick()
+        assert not bp.spinning and bp.windows == 2, "closed: kicks open nothing"
+
+    _run(loop_name, main)
+
+
+def test_window_bounds() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        for bad in (0.0, -0.001, MAX_BUSY_POLL_US / 1e6 + 1e-6):
+            with pytest.raises(ValueError, match="window"):
+                BusyPoll(loop, bad)
+        assert BusyPoll(loop, MAX_BUSY_POLL_US / 1e6).window == 0.01
+    finally:
+        loop.close()
+
+
+def test_the_setting_is_checked_and_off_by_default() -> None:
+    assert NodeConfig().busy_poll_us == 0
+    assert NodeConfig(busy_poll_us=MAX_BUSY_POLL_US).busy_poll_us == MAX_BUSY_POLL_US
+    for bad in (-1, MAX_BUSY_POLL_US + 1, True):
+        with pytest.raises(ConfigError, match="busy_poll_us"):
+            NodeConfig(busy_poll_us=bad)
+
+
+async def test_a_node_does_not_poll_by_default() -> None:
+    a, b = await node_pair("busy", {})
+    try:
+        assert a.busy_poll is None and b.busy_poll is None
+        assert b.gauges()["busy_poll_windows_total"] == 0.0
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_busy_polling_nodes_stay_awake_for_replies_and_stop_when_idle() -> None:
+    window_us = 5_000
+    from quicmesh.config import load_config
+    from quicmesh.runtime.node import Node
+
+    ov: dict[str, Any] = {"realm": "busy2", "discovery": {"local": False}, "busy_poll_us": window_us}
+    a = await Node.start(load_config(env={}, overrides=ov))
+    b = await Node.start(load_config(env={}, overrides={**ov, "bootstrap": [a.address]}))
+    try:
+        await eventually(lambda: bool(a.peers() and b.peers()), timeout=20, what="the two nodes connected")
+
+        async def echo(p: bytes) -> bytes:
+            return p
+
+        await a.advertise("echo", echo)
+        await b.wait_for_provider("echo", 10)
+        bp, bpa = b.busy_poll, a.busy_poll
+        assert bp is not None and bpa is not None
+        before = bp.passes
+        for _ in range(20):
+            assert await b.call("echo", b"x") == b"x"
+        assert bp.passes > before, "the caller polled while its calls were answered"
+        await eventually(lambda: not bp.spinning and not bpa.spinning, timeout=5, what="both windows closed once idle")
+        # idle: a window opens only after a transmit (keep-alives, probes), each at most 5 ms long
+        windows, seconds = bp.windows, bp.seconds
+        await asyncio.sleep(0.5)
+        opened = bp.windows - windows
+        assert bp.seconds - seconds <= (opened + 1) * (window_us / 1e6 + 0.05), (opened, bp.seconds - seconds)
+        assert opened <= 10, f"{opened} windows in 0.5 s idle"
+        g = b.gauges()
+        assert g["busy_poll_windows_total"] == float(bp.windows) and g["busy_poll_seconds_total"] > 0
+    finally:
+        await b.stop()
+        await a.stop()
+    assert not bp.spinning and b.transport.through.busy is None  # type: ignore[attr-defined]
+    bp.kick()
+    assert not bp.spinning, "a stopped node's poller opens no window"
+
+
+async def test_the_in_memory_transport_has_no_busy_polling() -> None:
+    from quicmesh.runtime.memory import MemoryNetwork
+    from quicmesh.runtime.node import Node
+
+    node = await Node.start(NodeConfig(realm="mem", busy_poll_us=1_000, discovery={"local": False}),  # type: ignore[arg-type]
+                            network=MemoryNetwork())
+    try:
+        assert node.busy_poll is None
+    finally:
+        await node.stop()
+
+
+def _node(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quicmesh", "node", "--control", "--no-local-discovery", *flags],
+        input='{"cmd": "stop"}\n', capture_output=True, text=True, timeout=60, env=dict(os.environ),
+    )
+
+
+def test_the_node_command_takes_the_flag() -> None:
+    out = _node("--busy-poll-us", "300")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["busy_poll_us"] == 300
+    out = _node()
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["busy_poll_us"] == 0
+    out = _node("--busy-poll-us", "20000")
+    assert out.returncode == 1 and "busy_poll_us" in out.stderr
