@@ -1,0 +1,162 @@
+"""Latency and CPU of two ``quicmesh node`` processes with and without busy polling (#14, config
+``busy_poll_us``).
+
+    python bench/busy_poll.py [--windows 0,250,1000] [--rounds 2] [--count 3000] [--dma-latency]
+                              [--json bench/results/busy_poll.json]
+
+Each round starts two node processes per window (``QUICMESH_BUSY_POLL_US``; 0 is off, the
+default), the windows taking turns, and measures between them, one operation in flight:
+
+* ``rpc``: ``--count`` echo calls back to back (the harness's ``calls``, concurrency 1);
+* ``rtt``: ``--count`` pub/sub round trips back to back (``pingpong``: publish on one topic,
+  the other node echoes on another);
+* ``rtt paced``: ``--count`` / 5 round trips at 200 a second (5 ms apart: longer than any window
+  here, so each one starts from a sleeping loop; what a sparse request sees).
+
+For each: latency p50 / p99, and the CPU both processes spent per operation (their
+``/proc/<pid>/stat`` times across the phase), so the latency a window buys is set beside what it
+costs. ``--dma-latency`` (root) adds a ``0+dma`` row: window 0 while this process holds
+``/dev/cpu_dma_latency`` at 0, the operating system's own alternative (the idle CPU polls instead
+of halting, for every process on the machine). Medians over the rounds; JSON with every run.
+Loopback only; every process it starts is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from quicmesh.testing.process import NodeProcess
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+@contextlib.contextmanager
+def _dma_latency_zero() -> Iterator[None]:
+    """Hold ``/dev/cpu_dma_latency`` at 0 µs (PM QoS: no CPU idle state with an exit latency)."""
+    fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    try:
+        os.write(fd, struct.pack("i", 0))
+        yield
+    finally:
+        os.close(fd)  # the request ends with the file
+
+
+async def _phases(window: int, count: int) -> dict[str, dict[str, float]]:
+    env = {"QUICMESH_BUSY_POLL_US": str(window)}
+    extra = ["--no-local-discovery"]
+    a = await NodeProcess.spawn("A", realm="busy", extra=extra, env=env)
+    try:
+        b = await NodeProcess.spawn("B", realm="busy", bootstrap=[a.address], extra=extra, env=env)
+        try:
+            await a.wait_peers(1)
+            await b.wait_peers(1)
+            await a.request("advertise", "advertised", name="echo", kind="echo")
+            await a.request("echo", "echoing", pattern="rt.ping", to="rt.pong")
+            await b.request("wait_subscriber", "ready", topic="rt.ping")
+            await b.request("wait_provider", "ready", name="echo")
+            pids = (a.proc.pid, b.proc.pid)
+            out: dict[str, dict[str, float]] = {}
+            phases: list[tuple[str, str, dict[str, Any], int]] = [
+                ("rpc", "calls", {"name": "echo", "count": count, "concurrency": 1, "timeout": 5}, count),
+                ("rtt", "pingpong", {"topic": "rt.ping", "reply": "rt.pong", "count": count, "rate": 1e9}, count),
+                ("rtt paced", "pingpong", {"topic": "rt.ping", "reply": "rt.pong", "count": count // 5,
+                                           "rate": 200}, count // 5),
+            ]
+            await b.request("calls", "calls_done", name="echo", count=200, concurrency=1, wait=60)  # warm
+            for name, cmd, fields, n in phases:
+                cpu0 = [_cpu(p) for p in pids]
+                t0 = time.perf_counter()
+                ev = await b.request(cmd, "calls_done" if cmd == "calls" else "pingpong_done", wait=300, **fields)
+                wall = time.perf_counter() - t0
+                cpu = sum(_cpu(p) - c for p, c in zip(pids, cpu0, strict=True))
+                if cmd == "calls":
+                    p50, p99 = float(ev["p50_ms"]) * 1000, float(ev["p99_ms"]) * 1000
+                else:
+                    p50, p99 = float(ev["p50_us"]), float(ev["p99_us"])
+                out[name] = {"p50_us": p50, "p99_us": p99, "ops_per_s": n / wall,
+                             "cpu_us_per_op": cpu / n * 1e6, "cpu_cores": cpu / wall}
+            return out
+        finally:
+            await b.stop()
+    finally:
+        await a.stop()
+
+
+async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {w: [] for w in windows}
+    for r in range(rounds):
+        for w in windows:
+            print(f"round {r + 1}/{rounds}: busy_poll_us={w}", flush=True)
+            if w.endswith("+dma"):
+                with _dma_latency_zero():
+                    runs[w].append(await _phases(int(w[:-4]), count))
+            else:
+                runs[w].append(await _phases(int(w), count))
+    med = {w: {ph: {k: statistics.median(x[ph][k] for x in rs) for k in rs[0][ph]} for ph in rs[0]}
+           for w, rs in runs.items()}
+    return {"runs": runs, "medians": med}
+
+
+def table(med: dict[str, dict[str, dict[str, float]]]) -> str:
+    head = (f"{'busy_poll_us':>12} | {'phase':9} | {'p50 µs':>7} | {'p99 µs':>7} | {'ops/s':>7} | "
+            f"{'CPU µs/op (both)':>16} | {'cores busy':>10}")
+    lines = [head, "-" * len(head)]
+    for w, phases in med.items():
+        for ph, v in phases.items():
+            lines.append(f"{w:>12} | {ph:9} | {v['p50_us']:7,.0f} | {v['p99_us']:7,.0f} | {v['ops_per_s']:7,.0f} | "
+                         f"{v['cpu_us_per_op']:16,.0f} | {v['cpu_cores']:10.2f}")
+    base = med.get("0")
+    if base:
+        lines.append("")
+        for w, phases in med.items():
+            if w == "0":
+                continue
+            parts = [f"{ph} p50 {v['p50_us'] / base[ph]['p50_us']:.2f}x, "
+                     f"CPU/op {v['cpu_us_per_op'] / base[ph]['cpu_us_per_op']:.2f}x" for ph, v in phases.items()]
+            lines.append(f"busy_poll_us={w} against 0: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--windows", default="0,250,1000", help="comma-separated busy_poll_us values (0: off)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--count", type=int, default=3000, help="operations per back-to-back phase (paced: a fifth)")
+    p.add_argument("--dma-latency", action="store_true", help="also window 0 with /dev/cpu_dma_latency at 0 (root)")
+    p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "busy_poll.json"))
+    args = p.parse_args()
+    windows = [w.strip() for w in args.windows.split(",") if w.strip()]
+    if args.dma_latency:
+        if not os.access("/dev/cpu_dma_latency", os.W_OK):
+            p.error("--dma-latency needs write access to /dev/cpu_dma_latency (root)")
+        windows.append("0+dma")
+    res = asyncio.run(run(windows, args.rounds, args.count))
+    print(table(res["medians"]))
+    doc = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "command": " ".join(sys.argv),
+           "args": vars(args), **res}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"JSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""``bench/busy_poll.py`` runs (#14): two node processes per ``busy_poll_us`` window, latency and
+the CPU both spent per operation, written as JSON. Its figures are in docs/performance.md; here
+only that it measures what it says (a window makes both processes spend CPU while a reply is
+awaited: more CPU-seconds per second than asleep)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "busy_poll.py"
+
+
+def test_the_bench_measures_latency_and_cpu_per_window(tmp_path: Path) -> None:
+    out = tmp_path / "busy.json"
+    done = subprocess.run([sys.executable, str(BENCH), "--windows", "0,2000", "--rounds", "1", "--count", "300",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout)
+    assert "| CPU µs/op (both) |" in done.stdout and "busy_poll_us=2000 against 0:" in done.stdout
+    med = json.loads(out.read_text())["medians"]
+    assert set(med) == {"0", "2000"}
+    for window in med.values():
+        assert set(window) == {"rpc", "rtt", "rtt paced"}
+        for v in window.values():
+            assert 0 < v["p50_us"] <= v["p99_us"] and v["ops_per_s"] > 0 and v["cpu_us_per_op"] > 0
+    # back to back, a window keeps both processes awake between operations: nearly two cores
+    # busy, against about one asleep (each sleeps while the other works)
+    assert med["2000"]["rpc"]["cpu_cores"] > med["0"]["rpc"]["cpu_cores"], med
