@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quicmesh.testing.process import NodeProcess
+from pairlib import process_pair
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -61,45 +62,31 @@ def _dma_latency_zero() -> Iterator[None]:
 
 
 async def _phases(window: int, count: int) -> dict[str, dict[str, float]]:
-    env = {"QUICMESH_BUSY_POLL_US": str(window)}
-    extra = ["--no-local-discovery"]
-    a = await NodeProcess.spawn("A", realm="busy", extra=extra, env=env)
-    try:
-        b = await NodeProcess.spawn("B", realm="busy", bootstrap=[a.address], extra=extra, env=env)
-        try:
-            await a.wait_peers(1)
-            await b.wait_peers(1)
-            await a.request("advertise", "advertised", name="echo", kind="echo")
-            await a.request("echo", "echoing", pattern="rt.ping", to="rt.pong")
-            await b.request("wait_subscriber", "ready", topic="rt.ping")
-            await b.request("wait_provider", "ready", name="echo")
-            pids = (a.proc.pid, b.proc.pid)
-            out: dict[str, dict[str, float]] = {}
-            phases: list[tuple[str, str, dict[str, Any], int]] = [
-                ("rpc", "calls", {"name": "echo", "count": count, "concurrency": 1, "timeout": 5}, count),
-                ("rtt", "pingpong", {"topic": "rt.ping", "reply": "rt.pong", "count": count, "rate": 1e9}, count),
-                ("rtt paced", "pingpong", {"topic": "rt.ping", "reply": "rt.pong", "count": count // 5,
-                                           "rate": 200}, count // 5),
-            ]
-            await b.request("calls", "calls_done", name="echo", count=200, concurrency=1, wait=60)  # warm
-            for name, cmd, fields, n in phases:
-                cpu0 = [_cpu(p) for p in pids]
-                t0 = time.perf_counter()
-                ev = await b.request(cmd, "calls_done" if cmd == "calls" else "pingpong_done", wait=300, **fields)
-                wall = time.perf_counter() - t0
-                cpu = sum(_cpu(p) - c for p, c in zip(pids, cpu0, strict=True))
-                if cmd == "calls":
-                    p50, p99 = float(ev["p50_ms"]) * 1000, float(ev["p99_ms"]) * 1000
-                else:
-                    p50, p99 = float(ev["p50_us"]), float(ev["p99_us"])
-                out[name] = {"p50_us": p50, "p99_us": p99, "ops_per_s": n / wall,
-                             "cpu_us_per_op": cpu / n * 1e6, "cpu_cores": cpu / wall}
-            return out
-        finally:
-            await b.stop()
-    finally:
-        await a.stop()
-
+    async with process_pair("busy", {"QUICMESH_BUSY_POLL_US": str(window)}) as (a, b):
+        await a.request("advertise", "advertised", name="echo", kind="echo")
+        await b.request("wait_provider", "ready", name="echo")
+        pids = (a.proc.pid, b.proc.pid)
+        out: dict[str, dict[str, float]] = {}
+        phases: list[tuple[str, str, dict[str, Any], int]] = [
+            ("rpc", "calls", {"name": "echo", "count": count, "concurrency": 1, "timeout": 5}, count),
+            ("rtt", "pingpong", {"topic": "rt.ping", "reply": "rt.pong", "count": count, "rate": 1e9}, count),
+            ("rtt paced", "pingpong", {"topic": "rt.ping", "reply": "rt.pong", "count": count // 5,
+                                       "rate": 200}, count // 5),
+        ]
+        await b.request("calls", "calls_done", name="echo", count=200, concurrency=1, wait=60)  # warm
+        for name, cmd, fields, n in phases:
+            cpu0 = [_cpu(p) for p in pids]
+            t0 = time.perf_counter()
+            ev = await b.request(cmd, "calls_done" if cmd == "calls" else "pingpong_done", wait=300, **fields)
+            wall = time.perf_counter() - t0
+            cpu = sum(_cpu(p) - c for p, c in zip(pids, cpu0, strict=True))
+            if cmd == "calls":
+                p50, p99 = float(ev["p50_ms"]) * 1000, float(ev["p99_ms"]) * 1000
+            else:
+                p50, p99 = float(ev["p50_us"]), float(ev["p99_us"])
+            out[name] = {"p50_us": p50, "p99_us": p99, "ops_per_s": n / wall,
+                         "cpu_us_per_op": cpu / n * 1e6, "cpu_cores": cpu / wall}
+        return out
 
 async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, dict[str, float]]]] = {w: [] for w in windows}

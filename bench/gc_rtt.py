@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quicmesh.testing.process import NodeProcess
+from pairlib import process_pair
 
 SETTINGS = {"python": "0", "quicmesh": ""}
 """Setting name -> ``QUICMESH_GC_YOUNG_THRESHOLD`` ("" = the default of ``quicmesh node``)."""
@@ -33,26 +34,13 @@ SETTINGS = {"python": "0", "quicmesh": ""}
 
 async def _windows(threshold: str, pings: int, rate: int) -> list[tuple[float, float]]:
     env = {"QUICMESH_GC_YOUNG_THRESHOLD": threshold} if threshold else {}
-    extra = ["--no-local-discovery"]
-    a = await NodeProcess.spawn("A", realm="bench", extra=extra, env=env)
-    try:
-        b = await NodeProcess.spawn("B", realm="bench", bootstrap=[a.address], extra=extra, env=env)
-        try:
-            await a.wait_peers(1)
-            await b.wait_peers(1)
-            await a.request("echo", "echoing", pattern="rt.ping", to="rt.pong")
-            await b.request("wait_subscriber", "ready", topic="rt.ping")
-            out = []
-            for _ in range(4):
-                pp = await b.request("pingpong", "pingpong_done", topic="rt.ping", reply="rt.pong",
-                                     count=pings, rate=rate, wait=120)
-                out.append((float(pp["p50_us"]), float(pp["p99_us"])))
-            return out[1:]
-        finally:
-            await b.stop()
-    finally:
-        await a.stop()
-
+    async with process_pair("bench", env) as (_a, b):
+        out = []
+        for _ in range(4):
+            pp = await b.request("pingpong", "pingpong_done", topic="rt.ping", reply="rt.pong",
+                                 count=pings, rate=rate, wait=120)
+            out.append((float(pp["p50_us"]), float(pp["p99_us"])))
+        return out[1:]
 
 async def run(rounds: int, pings: int, rate: int) -> dict[str, Any]:
     windows: dict[str, list[tuple[float, float]]] = {k: [] for k in SETTINGS}

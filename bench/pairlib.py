@@ -1,6 +1,8 @@
 """Two nodes over QUIC on loopback in this process, set up for the request paths (#14): ``a``
 subscribes to ``ping`` and republishes every message to ``pong`` (``b`` subscribes to that), and
-advertises ``echo``. Shared by ``bench/call_counts.py`` and ``bench/loop_budget.py``."""
+advertises ``echo``. Shared by ``bench/call_counts.py`` and ``bench/loop_budget.py``. And the same
+between two ``quicmesh node`` processes (:func:`process_pair`: ``bench/gc_rtt.py``,
+``bench/busy_poll.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 from quicmesh.config import NodeConfig
 from quicmesh.runtime.node import Node
 from quicmesh.runtime.subscription import Subscription
+from quicmesh.testing.process import NodeProcess
 from quicmesh.testing.wait import eventually
 
 PAYLOAD = b"x" * 64
@@ -72,4 +75,25 @@ async def echo_pair(realm: str, *, flood: bool = False) -> AsyncIterator[Pair]:
         if task is not None:
             task.cancel()
         await b.stop()
+        await a.stop()
+
+
+@contextlib.asynccontextmanager
+async def process_pair(realm: str, env: dict[str, str]) -> AsyncIterator[tuple[NodeProcess, NodeProcess]]:
+    """Two ``quicmesh node`` processes with ``env``: ``A``, then ``B`` joining through it; ``A``
+    republishes ``rt.ping`` to ``rt.pong`` and ``B`` sees it subscribed. Both stopped (by pid)
+    on exit."""
+    extra = ["--no-local-discovery"]
+    a = await NodeProcess.spawn("A", realm=realm, extra=extra, env=env)
+    try:
+        b = await NodeProcess.spawn("B", realm=realm, bootstrap=[a.address], extra=extra, env=env)
+        try:
+            await a.wait_peers(1)
+            await b.wait_peers(1)
+            await a.request("echo", "echoing", pattern="rt.ping", to="rt.pong")
+            await b.request("wait_subscriber", "ready", topic="rt.ping")
+            yield a, b
+        finally:
+            await b.stop()
+    finally:
         await a.stop()
