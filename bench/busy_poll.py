@@ -11,7 +11,9 @@ default), the windows taking turns, and measures between them, one operation in 
 * ``rtt``: ``--count`` pub/sub round trips back to back (``pingpong``: publish on one topic,
   the other node echoes on another);
 * ``rtt paced``: ``--count`` / 5 round trips at 200 a second (5 ms apart: longer than any window
-  here, so each one starts from a sleeping loop; what a sparse request sees).
+  here, so each one starts from a sleeping loop; what a sparse request sees);
+* ``client rpc``: ``--count`` echo calls from a light client (``quicmesh.Client``, in this
+  process, with the same ``busy_poll_us``) to a procedure of its gateway node.
 
 For each: latency p50 / p99, and the CPU both processes spent per operation (their
 ``/proc/<pid>/stat`` times across the phase), so the latency a window buys is set beside what it
@@ -40,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pairlib import process_pair
+
+from quicmesh.runtime.client import Client
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -86,7 +90,30 @@ async def _phases(window: int, count: int) -> dict[str, dict[str, float]]:
                 p50, p99 = float(ev["p50_us"]), float(ev["p99_us"])
             out[name] = {"p50_us": p50, "p99_us": p99, "ops_per_s": n / wall,
                          "cpu_us_per_op": cpu / n * 1e6, "cpu_cores": cpu / wall}
+        out["client rpc"] = await _client_calls(a.address, a.proc.pid, window, count)
         return out
+
+
+async def _client_calls(address: str, pid: int, window: int, count: int) -> dict[str, float]:
+    """``count`` sequential calls from a light client in this process (``busy_poll_us`` =
+    ``window`` too) to ``echo`` on its gateway node; CPU of this process and the node's."""
+    client = await Client.connect(address, realm="busy", reconnect=False, busy_poll_us=window)
+    try:
+        for _ in range(200):  # warm
+            await client.call("echo", b"x")
+        lat: list[float] = []
+        cpu0, own0, t0 = _cpu(pid), time.process_time(), time.perf_counter()
+        for _ in range(count):
+            t = time.perf_counter()
+            await client.call("echo", b"x")
+            lat.append(time.perf_counter() - t)
+        wall = time.perf_counter() - t0
+        cpu = _cpu(pid) - cpu0 + time.process_time() - own0
+    finally:
+        await client.close()
+    lat.sort()
+    return {"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6, "ops_per_s": count / wall,
+            "cpu_us_per_op": cpu / count * 1e6, "cpu_cores": cpu / wall}
 
 async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, dict[str, float]]]] = {w: [] for w in windows}
@@ -104,12 +131,12 @@ async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
 
 
 def table(med: dict[str, dict[str, dict[str, float]]]) -> str:
-    head = (f"{'busy_poll_us':>12} | {'phase':9} | {'p50 µs':>7} | {'p99 µs':>7} | {'ops/s':>7} | "
+    head = (f"{'busy_poll_us':>12} | {'phase':10} | {'p50 µs':>7} | {'p99 µs':>7} | {'ops/s':>7} | "
             f"{'CPU µs/op (both)':>16} | {'cores busy':>10}")
     lines = [head, "-" * len(head)]
     for w, phases in med.items():
         for ph, v in phases.items():
-            lines.append(f"{w:>12} | {ph:9} | {v['p50_us']:7,.0f} | {v['p99_us']:7,.0f} | {v['ops_per_s']:7,.0f} | "
+            lines.append(f"{w:>12} | {ph:10} | {v['p50_us']:7,.0f} | {v['p99_us']:7,.0f} | {v['ops_per_s']:7,.0f} | "
                          f"{v['cpu_us_per_op']:16,.0f} | {v['cpu_cores']:10.2f}")
     base = med.get("0")
     if base:

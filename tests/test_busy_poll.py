@@ -180,3 +180,36 @@ def test_the_node_command_takes_the_flag() -> None:
     assert json.loads(out.stdout.splitlines()[0])["busy_poll_us"] == 0
     out = _node("--busy-poll-us", "20000")
     assert out.returncode == 1 and "busy_poll_us" in out.stderr
+
+
+async def test_a_light_client_polls_after_its_transmits_when_asked() -> None:
+    from quicmesh.runtime.client import Client
+    from quicmesh.runtime.node import Node
+
+    node = await Node.start(NodeConfig(realm="busyc", discovery={"local": False}))  # type: ignore[arg-type]
+    try:
+        async def echo(p: bytes) -> bytes:
+            return p
+
+        await node.advertise("echo", echo)
+        for bad in (-1, MAX_BUSY_POLL_US + 1, True):
+            with pytest.raises(ConfigError, match="busy_poll_us"):
+                await Client.connect(node.address, realm="busyc", reconnect=False, busy_poll_us=bad)
+        plain = await Client.connect(node.address, realm="busyc", reconnect=False)
+        assert plain.busy_poll is None, "off by default"
+        await plain.close()
+        client = await Client.connect(node.address, realm="busyc", reconnect=False, busy_poll_us=5_000)
+        bp = client.busy_poll
+        assert bp is not None
+        try:
+            before = bp.passes
+            for _ in range(20):
+                assert await client.call("echo", b"x") == b"x"
+            assert bp.passes > before and bp.windows >= 1
+            await eventually(lambda: not bp.spinning, timeout=5, what="the client's window closed once idle")
+        finally:
+            await client.close()
+        bp.kick()
+        assert not bp.spinning, "a closed client's poller opens no window"
+    finally:
+        await node.stop()

@@ -23,7 +23,7 @@ def test_the_bench_measures_latency_and_cpu_per_window(tmp_path: Path) -> None:
     med = json.loads(out.read_text())["medians"]
     assert set(med) == {"0", "2000"}
     for window in med.values():
-        assert set(window) == {"rpc", "rtt", "rtt paced"}
+        assert set(window) == {"rpc", "rtt", "rtt paced", "client rpc"}
         for v in window.values():
             assert 0 < v["p50_us"] <= v["p99_us"] and v["ops_per_s"] > 0 and v["cpu_us_per_op"] > 0
     # back to back, a window keeps both processes awake between operations: nearly two cores
