@@ -456,7 +456,7 @@ class NodeConfig:
     """Microseconds the node's event loop keeps polling instead of sleeping after each transmit
     (#14; 0, the default, is off; at most 10,000; ``--busy-poll-us``): the reply it awaits is
     read when it lands, not after a wake-up (a call between two node processes on one host:
-    ~260 -> ~105 µs at the median on the project's VM). It costs up to that much CPU after each
+    ~290 -> ~120 µs at the median on the project's VM, ``bench/busy_poll.py``). It costs up to that much CPU after each
     transmit, a whole core while traffic is closer together; see
     :mod:`quicmesh.runtime.busy_poll`."""
 

@@ -7,8 +7,9 @@ libuv's poll under uvloop). Waking costs more than the wait's return: the schedu
 idle exit (on a virtual machine whose idle vCPU halts, an exit to the hypervisor and an
 interrupt to bring it back) and caches gone cold meanwhile. Two processes answering each other
 one message at a time pay it at every hop: on the 2-core VM this project is measured on (no
-guest halt polling), a call between two node processes took ~260 µs at the median asleep and
-~105 µs awake (``bench/peers.py``'s ``quicmesh-busy`` column; docs/performance.md).
+guest halt polling), a call between two node processes took ~290 µs at the median asleep and
+~120 µs awake (``bench/busy_poll.py``; ``bench/peers.py``'s ``quicmesh-busy`` column; the README's
+"Latency: busy polling").
 
 A :class:`BusyPoll` is kicked by every transmit of the node's connections (``quic_send``). A
 kick opens a window of ``window`` seconds, or extends the open one to that long from now; while

@@ -194,6 +194,8 @@ class Client(ClientRpc):
         try:
             await client._dial()
         except BaseException:
+            if client.busy_poll is not None:
+                client.busy_poll.close()
             await client._transport.stop()
             raise
         return client
