@@ -41,10 +41,12 @@ def test_a_kick_keeps_the_loop_polling_for_its_window_then_it_sleeps(loop_name: 
     async def main(loop: asyncio.AbstractEventLoop) -> None:
         bp = BusyPoll(loop, 0.01)
         fired: list[float] = []
-        t0 = loop.time()
+        t0, t_kick = loop.time(), time.monotonic()
         bp.kick()
         assert bp.spinning and bp.windows == 1
         loop.call_later(0.003, lambda: fired.append(loop.time() - t0))  # timers run between passes
+        await asyncio.sleep(0.002)
+        assert 0 < bp.seconds <= time.monotonic() - t_kick, "an open window's time counts as it goes"
         await asyncio.sleep(0.05)  # asleep, the loop would wait once for 50 ms
         assert not bp.spinning, "the window closes by itself"
         assert bp.passes >= 20, f"{bp.passes} zero-timeout passes in a 10 ms window"

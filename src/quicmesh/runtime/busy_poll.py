@@ -47,10 +47,10 @@ class BusyPoll:
         "_kicked",
         "_loop",
         "_since",
+        "_spent",
         "_spinning",
         "_until",
         "passes",
-        "seconds",
         "window",
         "windows",
     )
@@ -69,8 +69,12 @@ class BusyPoll:
         """Windows opened (a kick while none was open)."""
         self.passes = 0
         """Loop passes made awake for a window (each one zero-timeout poll)."""
-        self.seconds = 0.0
-        """Seconds spent in closed windows: at most the CPU they cost."""
+        self._spent = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent polling, the open window's so far included: at most the CPU it cost."""
+        return self._spent + (time.monotonic() - self._since if self._spinning else 0.0)
 
     @property
     def spinning(self) -> bool:
@@ -100,4 +104,4 @@ class BusyPoll:
             self._loop.call_soon(self._spin)
             return
         self._spinning = False
-        self.seconds += now - self._since
+        self._spent += now - self._since
