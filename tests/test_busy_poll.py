@@ -21,6 +21,7 @@ from nodekit import node_pair
 from quicmesh.cli.node import loop_factory
 from quicmesh.config import NodeConfig
 from quicmesh.errors import ConfigError
+from quicmesh.observability.metrics import render
 from quicmesh.runtime.busy_poll import MAX_BUSY_POLL_US, BusyPoll
 from quicmesh.testing.wait import eventually
 
@@ -146,6 +147,9 @@ async def test_busy_polling_nodes_stay_awake_for_replies_and_stop_when_idle() ->
         assert opened <= 10, f"{opened} windows in 0.5 s idle"
         g = b.gauges()
         assert g["busy_poll_windows_total"] == float(bp.windows) and g["busy_poll_seconds_total"] > 0
+        text = render(b).decode()  # what /metrics serves
+        assert f'quicmesh_node_events_total{{name="busy_poll_windows_total"}} {float(bp.windows)}' in text
+        assert 'quicmesh_node_events_total{name="busy_poll_seconds_total"}' in text
     finally:
         await b.stop()
         await a.stop()
