@@ -1,7 +1,11 @@
-"""Two QUIC nodes on loopback, connected, for tests of one connection's behaviour."""
+"""Two QUIC nodes on loopback, connected, for tests of one connection's behaviour; and one
+``quicmesh node --control`` process started and stopped at once (:func:`node_command`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 from quicmesh.config import load_config
@@ -24,3 +28,12 @@ def only_connection(node: Node) -> Any:
     conns = node.transport.connections()
     assert len(conns) == 1, conns
     return conns[0]
+
+
+def node_command(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``quicmesh node --control --no-local-discovery FLAGS`` and stop it at once (its first
+    stdout line is the ``listening`` event when it started)."""
+    return subprocess.run(
+        [sys.executable, "-m", "quicmesh", "node", "--control", "--no-local-discovery", *flags],
+        input='{"cmd": "stop"}\n', capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+    )

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from nodekit import node_pair
+from nodekit import node_command, node_pair
 
 from quicmesh.cli.node import loop_factory
 from quicmesh.config import NodeConfig
@@ -170,21 +167,14 @@ async def test_the_in_memory_transport_has_no_busy_polling() -> None:
         await node.stop()
 
 
-def _node(*flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quicmesh", "node", "--control", "--no-local-discovery", *flags],
-        input='{"cmd": "stop"}\n', capture_output=True, text=True, timeout=60, env=dict(os.environ),
-    )
-
-
 def test_the_node_command_takes_the_flag() -> None:
-    out = _node("--busy-poll-us", "300")
+    out = node_command("--busy-poll-us", "300")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["busy_poll_us"] == 300
-    out = _node()
+    out = node_command()
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["busy_poll_us"] == 0
-    out = _node("--busy-poll-us", "20000")
+    out = node_command("--busy-poll-us", "20000")
     assert out.returncode == 1 and "busy_poll_us" in out.stderr
 
 

@@ -4,28 +4,21 @@ collector thresholds (``gc_young_threshold``) (#14)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from nodekit import node_command
 
 from quicmesh.cli.node import loop_factory, tune_gc
 from quicmesh.config import NodeConfig
 from quicmesh.errors import ConfigError
 
 
-def _node(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quicmesh", "node", "--control", "--no-local-discovery", *flags],
-        input='{"cmd": "stop"}\n', capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
-    )
-
-
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_node_runs_on_the_chosen_loop(loop: str) -> None:
-    out = _node("--loop", loop)
+    out = node_command("--loop", loop)
     assert out.returncode == 0, out.stderr
     listening = json.loads(out.stdout.splitlines()[0])
     assert listening["event"] == "listening" and listening["loop"] == loop
@@ -34,7 +27,7 @@ def test_node_runs_on_the_chosen_loop(loop: str) -> None:
 def test_config_chooses_the_loop(tmp_path: Path) -> None:
     cfg = tmp_path / "node.toml"
     cfg.write_text('event_loop = "uvloop"\n')
-    out = _node("--config", str(cfg))
+    out = node_command("--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["loop"] == "uvloop"
 
@@ -47,7 +40,7 @@ def test_missing_uvloop_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     fake = tmp_path / "uvloop"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('not here')\n")
-    out = _node("--loop", "uvloop", env={"PYTHONPATH": str(tmp_path)})
+    out = node_command("--loop", "uvloop", env={"PYTHONPATH": str(tmp_path)})
     assert out.returncode == 1
     assert "uvloop is not installed" in out.stderr and "quicmesh[uvloop]" in out.stderr
 
@@ -69,15 +62,15 @@ def _python_gc_default() -> list[int]:
 
 def test_node_process_collects_young_garbage_less_often(tmp_path: Path) -> None:
     """Default: (50000, 50, 100) in ``quicmesh node``; ``gc_young_threshold = 0`` keeps Python's."""
-    out = _node()
+    out = node_command()
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["gc_threshold"] == [50_000, 50, 100]
     cfg = tmp_path / "node.toml"
     cfg.write_text("gc_young_threshold = 0\n")
-    out = _node("--config", str(cfg))
+    out = node_command("--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["gc_threshold"] == _python_gc_default()
-    out = _node(env={"QUICMESH_GC_YOUNG_THRESHOLD": "20000"})
+    out = node_command(env={"QUICMESH_GC_YOUNG_THRESHOLD": "20000"})
     assert json.loads(out.stdout.splitlines()[0])["gc_threshold"] == [20_000, 50, 100]
 
 

@@ -29,6 +29,7 @@ from quicmesh.errors import LimitExceeded
 from quicmesh.observability.http import HttpFaceStats
 from quicmesh.runtime.http_streams import StreamHub, _Fan, _sse_message, _Stream, ws_text_frame
 from quicmesh.runtime.message import Message
+from quicmesh.runtime.node import Node
 from quicmesh.testing.wait import eventually
 
 
@@ -211,6 +212,16 @@ async def ws_subscribe(session: aiohttp.ClientSession, api: str, pattern: str, *
     return ws
 
 
+async def ws_published(ws: aiohttp.ClientWebSocketResponse, node: Node, topic: str,
+                       payloads: list[bytes]) -> list[bytes]:
+    """``node`` publishes ``payloads`` to ``topic`` once it sees the stream's subscription; the
+    payloads of as many messages read from ``ws``, in order."""
+    await node.wait_for_subscriber(topic, timeout=10)
+    for p in payloads:
+        await node.publish(topic, p)
+    return [json.loads((await ws.receive(timeout=10)).data)["payload"].encode() for _ in payloads]
+
+
 async def test_ws_text_frame_is_read_whole_by_aiohttp_at_every_length_encoding() -> None:
     """Frames written raw by a server (7-, 16- and 64-bit lengths, at their edges, several in one
     write) are read by aiohttp's client as the texts they carry."""
@@ -249,12 +260,8 @@ async def test_websocket_messages_of_every_size_arrive_whole_and_in_order_uncomp
             ws = await ws_subscribe(session, m.api, "big.%3E", compress=15)  # offers permessage-deflate
             try:
                 assert ws.compress == 0  # not taken: http_api.websocket_compress is off by default
-                await b.wait_for_subscriber("big.data", timeout=10)
                 want = [(b"%d:" % i) + b"x" * n for i, n in enumerate(sizes)]
-                for p in want:
-                    await b.publish("big.data", p)
-                got = [json.loads((await ws.receive(timeout=10)).data)["payload"].encode() for _ in want]
-                assert got == want
+                assert await ws_published(ws, b, "big.data", want) == want
             finally:
                 await ws.close()
         await eventually(lambda: m.face.streams.open_streams == 0, what="the stream is released")
@@ -269,12 +276,8 @@ async def test_websocket_compression_is_offered_when_configured() -> None:
             ws = await ws_subscribe(session, m.api, "z.%3E", compress=15)
             try:
                 assert ws.compress == 15  # permessage-deflate taken
-                await b.wait_for_subscriber("z.data", timeout=10)
                 want = [b"zip %d " % i + b"y" * (i * 100) for i in range(50)]
-                for p in want:
-                    await b.publish("z.data", p)
-                got = [json.loads((await ws.receive(timeout=10)).data)["payload"].encode() for _ in want]
-                assert got == want
+                assert await ws_published(ws, b, "z.data", want) == want
             finally:
                 await ws.close()
 

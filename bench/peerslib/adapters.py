@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -90,11 +89,12 @@ class QuicmeshAdapter(Adapter):
     async def open(self, role: str, address: str | None) -> str:
         import quicmesh
         from quicmesh.cli.node import tune_gc
-        from quicmesh.config.discovery import DiscoveryConfig
+        from quicmesh.config import load_config
 
-        cfg = quicmesh.NodeConfig(listen="127.0.0.1:0", realm=REALM, bootstrap=(address,) if address else (),
-                                  discovery=DiscoveryConfig(local=False),
-                                  busy_poll_us=int(os.environ.get("QUICMESH_BUSY_POLL_US", "0")))
+        # the node's own loader: QUICMESH_* variables apply as for `quicmesh node` (the
+        # quicmesh-busy column sets QUICMESH_BUSY_POLL_US)
+        cfg = load_config(overrides={"listen": "127.0.0.1:0", "realm": REALM, "bootstrap": [address] if address else [],
+                                     "discovery.local": False})
         # as `quicmesh node` runs: its garbage-collector thresholds (gc_young_threshold) here,
         # its allocator (PYTHONMALLOC=malloc) in the process's environment (run.py)
         tune_gc(cfg.gc_young_threshold)

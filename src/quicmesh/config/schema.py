@@ -375,6 +375,17 @@ after freeing 50 MB here), once per interval.
 GC_YOUNG_THRESHOLD = 50_000
 """The default of ``gc_young_threshold`` (#14)."""
 
+MAX_BUSY_POLL_US = 10_000
+"""Largest ``busy_poll_us`` (10 ms: beyond that a reply is rarely what wakes a node)."""
+
+
+def check_busy_poll_us(value: int) -> int:
+    """A node's or light client's ``busy_poll_us``: returned when 0 (off) to
+    :data:`MAX_BUSY_POLL_US`; else :class:`~quicmesh.errors.ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BUSY_POLL_US:
+        raise ConfigError("busy_poll_us", f"must be 0 (off) to {MAX_BUSY_POLL_US:,} microseconds")
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
@@ -528,8 +539,7 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("event_loop", "must be 'asyncio' or 'uvloop'")
     if isinstance(cfg.gc_young_threshold, bool) or not 0 <= cfg.gc_young_threshold <= 10_000_000:
         raise ConfigError("gc_young_threshold", "must be 0 (Python's own) to 10,000,000")
-    if isinstance(cfg.busy_poll_us, bool) or not 0 <= cfg.busy_poll_us <= 10_000:  # #14
-        raise ConfigError("busy_poll_us", "must be 0 (off) to 10,000 microseconds")
+    check_busy_poll_us(cfg.busy_poll_us)  # #14
     if cfg.rpc.provider_policy not in ("random", "round_robin", "lowest_rtt"):
         raise ConfigError("rpc.provider_policy", "must be 'random', 'round_robin' or 'lowest_rtt'")
     if cfg.pubsub.max_message_size > cfg.transport.max_frame_size - 256:

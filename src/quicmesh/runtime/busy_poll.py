@@ -32,10 +32,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-__all__ = ["MAX_BUSY_POLL_US", "BusyPoll"]
+from ..config.schema import MAX_BUSY_POLL_US
 
-MAX_BUSY_POLL_US = 10_000
-"""Largest ``busy_poll_us`` accepted (10 ms: beyond that a reply is rarely what wakes a node)."""
+__all__ = ["MAX_BUSY_POLL_US", "BusyPoll"]
 
 
 class BusyPoll:

@@ -35,6 +35,7 @@ from typing import Any
 from ..bounded import ContainerRegistry, LruMap, Overflow
 from ..bounded.aio import BoundedQueue
 from ..config import TransportConfig
+from ..config.schema import check_busy_poll_us
 from ..core.gateway_messages import (
     GAdvertise,
     GError,
@@ -51,7 +52,6 @@ from ..core.topics import check_group, check_topic, parse_pattern
 from ..core.wire import Codec
 from ..core.wire import Message as WireMessage
 from ..errors import (
-    ConfigError,
     ConnectionLost,
     InvalidTopic,
     MessageTooLarge,
@@ -62,7 +62,7 @@ from ..errors import (
     TransportError,
 )
 from ..identity import KeyPair, NodeId
-from .busy_poll import MAX_BUSY_POLL_US, BusyPoll
+from .busy_poll import BusyPoll
 from .client_errors import gateway_error
 from .client_rpc import MAX_INVOCATIONS, ClientRpc, Handler
 from .client_subscription import ClientSubscription, _Sub
@@ -112,9 +112,7 @@ class Client(ClientRpc):
         token: str | Path | Credential | None = None, realm_file: str | Path | None = None,
         busy_poll_us: int = 0,
     ) -> None:
-        if isinstance(busy_poll_us, bool) or not 0 <= busy_poll_us <= MAX_BUSY_POLL_US:
-            raise ConfigError("busy_poll_us", f"must be 0 (off) to {MAX_BUSY_POLL_US:,} microseconds")
-        self._busy_poll_us = busy_poll_us
+        self._busy_poll_us = check_busy_poll_us(busy_poll_us)
         self.busy_poll: BusyPoll | None = None
         """#14: the loop's busy poller while connected with ``busy_poll_us`` > 0 (as a node's)."""
         trust, token_key = client_trust(token, realm_file)
