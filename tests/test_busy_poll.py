@@ -34,24 +34,58 @@ def _run(loop_name: str, main: Callable[[asyncio.AbstractEventLoop], Coroutine[A
         loop.close()
 
 
+class _Clock:
+    """The poller's clock, advanced by the test: windows open and close where the test says, however
+    late a loaded machine runs the loop's passes."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _passes(bp: BusyPoll, n: int) -> None:
+    """Yield to the loop until ``bp`` has made ``n`` more passes (bounded: 10,000 yields)."""
+    target = bp.passes + n
+    for _ in range(10_000):
+        if bp.passes >= target:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{bp.passes} passes, wanted {target}")
+
+
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_a_kick_keeps_the_loop_polling_for_its_window_then_it_sleeps(loop_name: str) -> None:
     async def main(loop: asyncio.AbstractEventLoop) -> None:
-        bp = BusyPoll(loop, 0.01)
-        fired: list[float] = []
-        t0, t_kick = loop.time(), time.monotonic()
+        clock = _Clock()
+        bp = BusyPoll(loop, 0.01, clock=clock)
         bp.kick()
         assert bp.spinning and bp.windows == 1
-        loop.call_later(0.003, lambda: fired.append(loop.time() - t0))  # timers run between passes
-        await asyncio.sleep(0.002)
-        assert 0 < bp.seconds <= time.monotonic() - t_kick, "an open window's time counts as it goes"
-        await asyncio.sleep(0.05)  # asleep, the loop would wait once for 50 ms
-        assert not bp.spinning, "the window closes by itself"
-        assert bp.passes >= 20, f"{bp.passes} zero-timeout passes in a 10 ms window"
-        assert 0.01 <= bp.seconds < 0.05, bp.seconds
-        assert len(fired) == 1 and fired[0] < 0.01, fired
+        fired = asyncio.Event()
+        seen: list[bool] = []
+
+        def timer() -> None:
+            seen.append(bp.spinning)
+            fired.set()
+
+        loop.call_later(0.003, timer)
+        await asyncio.wait_for(fired.wait(), 10)
+        assert seen == [True], "timers run between the passes of an open window"
+        await _passes(bp, 20)
+        t0 = clock.now
+        clock.now = t0 + 0.004
+        assert bp.seconds == pytest.approx(0.004), "an open window's time counts as it goes"
+        clock.now = t0 + 0.0099
+        await _passes(bp, 5)
+        assert bp.spinning, "9.9 ms after the kick: still open"
+        clock.now = t0 + 0.01
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not bp.spinning, "the window closes at the first pass 10 ms after the kick"
+        assert bp.seconds == pytest.approx(0.01) and bp.windows == 1
         passes = bp.passes
-        await asyncio.sleep(0.03)  # idle: nothing polls
+        await asyncio.sleep(0.02)  # idle: nothing polls
         assert bp.passes == passes and bp.windows == 1
 
     _run(loop_name, main)
@@ -60,26 +94,51 @@ def test_a_kick_keeps_the_loop_polling_for_its_window_then_it_sleeps(loop_name: 
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_kicks_during_a_window_extend_it_and_close_stops_it(loop_name: str) -> None:
     async def main(loop: asyncio.AbstractEventLoop) -> None:
-        bp = BusyPoll(loop, 0.01)
-        again: list[float] = []
-
-        def kick_again() -> None:
-            again.append(time.monotonic())
-            bp.kick()
-
-        t0 = time.monotonic()
+        clock = _Clock()
+        bp = BusyPoll(loop, 0.01, clock=clock)
+        t0 = clock.now
         bp.kick()
-        loop.call_later(0.007, kick_again)  # inside the window: open until 10 ms after it
-        await asyncio.sleep(0.05)
-        assert bp.windows == 1 and not bp.spinning
-        assert bp.seconds >= again[0] - t0 + 0.01 - 1e-4, (bp.seconds, again[0] - t0)
+        await _passes(bp, 3)
+        clock.now = t1 = t0 + 0.007
+        bp.kick()  # inside the window: open until 10 ms after it
+        await _passes(bp, 3)
+        clock.now = t1 + 0.0095  # 16.5 ms after the first kick, 9.5 ms after the second
+        await _passes(bp, 3)
+        assert bp.spinning and bp.windows == 1, "the second kick extended the open window"
+        clock.now = t1 + 0.01
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not bp.spinning and bp.windows == 1
+        assert bp.seconds == pytest.approx(0.017)
         bp.kick()
-        assert bp.spinning and bp.windows == 2
+        assert bp.spinning and bp.windows == 2, "a kick after the window closed opens another"
+        await _passes(bp, 2)
         bp.close()
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         assert not bp.spinning, "closed: the open window ends at its next pass"
         bp.kick()
         assert not bp.spinning and bp.windows == 2, "closed: kicks open nothing"
+
+    _run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_on_the_real_clock_a_window_lasts_at_least_its_length_and_ends_by_itself(loop_name: str) -> None:
+    async def main(loop: asyncio.AbstractEventLoop) -> None:
+        bp = BusyPoll(loop, 0.002)
+        t0 = time.monotonic()
+        bp.kick()
+        for _ in range(500):  # bounded: 500 x 10 ms
+            if not bp.spinning:
+                break
+            await asyncio.sleep(0.01)
+        assert not bp.spinning, "the window closed without another kick"
+        assert 0.002 <= bp.seconds <= time.monotonic() - t0, bp.seconds
+        assert bp.passes >= 1
+        passes = bp.passes
+        await asyncio.sleep(0.02)
+        assert bp.passes == passes and bp.windows == 1, "asleep until the next kick"
 
     _run(loop_name, main)
 
