@@ -11,6 +11,8 @@ acknowledged at once (the 64 B / 1 KiB throughput of ``bench/before_after.py`` d
 from __future__ import annotations
 
 import asyncio
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +24,6 @@ from quicmesh.errors import ConfigError
 from quicmesh.runtime.node import Node
 from quicmesh.runtime.quic_connection import QuicConnection
 from quicmesh.testing.wait import eventually
-
-ROUND_TRIPS = 200
 
 
 async def _pair(ack_delay: float) -> tuple[Node, Node]:
@@ -49,8 +49,29 @@ def _count_datagrams(node: Node) -> Callable[[], int]:
     return lambda: sent[0]
 
 
-async def _round_trips(a: Node, b: Node, count: int) -> tuple[int, int]:
-    """``count`` back-to-back round trips a -> b -> a over pub/sub; the datagrams each end sent."""
+FAST = 0.008
+"""A round trip is counted when it ended less than this after the one before the last ended: every
+ACK pending in it was for a packet received since then, less than the 10 ms delay before, so one
+that left alone did not wait for the delay to run out (nor did a loss probe, which waits longer).
+A loaded machine (the suite's three workers on two cores) pauses this process for longer now and
+then; the ACK whose delay ran out meanwhile leaves alone, as it should, and is not what this test
+is about (counted over every round trip, one run under load sent 1.43 per round trip)."""
+
+MIN_FAST = 400
+"""Fast round trips needed; more are run until there are this many (at most ``MAX_ROUND_TRIPS``)."""
+
+CHUNK = 50
+"""The fast round trips are judged in chunks of this many, by the median chunk: the node's own
+traffic (its swarms' and registry's exchanges, now and then a burst of a few datagrams) lands in
+a chunk or two and is not what this test is about either."""
+
+MAX_ROUND_TRIPS = 3_000
+
+
+async def _round_trips(a: Node, b: Node) -> tuple[float, float, int]:
+    """Back-to-back round trips a -> b -> a over pub/sub until ``MIN_FAST`` of them were fast
+    (``FAST``): the datagrams each end sent per fast round trip (the median of ``CHUNK``-sized
+    chunks), and how many ran in all."""
     ping, pong = await b.subscribe("acks.ping"), await a.subscribe("acks.pong")
 
     async def echo() -> None:
@@ -61,34 +82,50 @@ async def _round_trips(a: Node, b: Node, count: int) -> tuple[int, int]:
     try:
         await a.wait_for_subscriber("acks.ping", 10)
         await b.wait_for_subscriber("acks.pong", 10)
-        for i in range(20):  # warm-up: the swarms' trees are built, the connection is quiet
+        for i in range(50):  # warm-up: the swarms' trees are built, the connection is quiet
             await a.publish("acks.ping", b"w%d" % i)
             await asyncio.wait_for(pong.get(), 10)
         sent_a, sent_b = _count_datagrams(a), _count_datagrams(b)
-        for i in range(count):
+        fast_a: list[int] = []
+        fast_b: list[int] = []
+        i = 0
+        ended = [0.0, time.perf_counter()]  # when the last two round trips ended
+        while len(fast_a) < MIN_FAST and i < MAX_ROUND_TRIPS:
+            a0, b0 = sent_a(), sent_b()
             await a.publish("acks.ping", b"%d" % i)
             msg = await asyncio.wait_for(pong.get(), 10)
+            now = time.perf_counter()
             assert msg.payload == b"%d" % i
-        return sent_a(), sent_b()
+            i += 1
+            if now - ended[0] < FAST:
+                fast_a.append(sent_a() - a0)
+                fast_b.append(sent_b() - b0)
+            ended = [ended[1], now]
+        assert len(fast_a) >= MIN_FAST, f"only {len(fast_a)} of {i} round trips were fast"
+
+        def per_round_trip(sent: list[int]) -> float:
+            return statistics.median(sum(sent[j:j + CHUNK]) / CHUNK for j in range(0, MIN_FAST, CHUNK))
+
+        return per_round_trip(fast_a), per_round_trip(fast_b), i
     finally:
         task.cancel()
         await ping.close()
         await pong.close()
 
 
-@pytest.mark.parametrize(("ack_delay", "low", "high"), [(0.01, 0.95, 1.25), (0.0, 1.3, 1.7)])
+@pytest.mark.parametrize(("ack_delay", "low", "high"), [(0.01, 0.95, 1.3), (0.0, 1.4, 1.7)])
 async def test_acknowledgements_ride_on_replies(ack_delay: float, low: float, high: float) -> None:
-    """Datagrams per round trip at each end: ~1.0 with the delay (the ACK rides on the reply; 10 ms,
-    the most ``transport.ack_delay`` allows, so that a loaded machine's replies still come within
-    it: with 5 ms, three test workers and a benchmark on the two cores sent 1.33 per round trip),
-    ~1.5 at once (QUIC's ACK of every second packet on top of each message). Measured here:
-    1.00-1.09 and 1.41-1.53."""
+    """Datagrams per round trip at each end: ~1.0 with the delay (the ACK rides on the reply),
+    ~1.5 at once (QUIC's ACK of every second packet on top of each message). Counted over the
+    round trips no pause of the machine reached (``FAST``, ``CHUNK``). Measured here: 1.00-1.03
+    and 1.48-1.52, idle; 1.02-1.18 and 1.46-1.54 beside three busy loops on the two cores (a
+    pause's cascade, a loss probe or an ACK of two datagrams read together, reaches some)."""
     a, b = await _pair(ack_delay)
     try:
         assert _proto(a).ack_delay == ack_delay and _proto(b).ack_delay == ack_delay
-        sent_a, sent_b = await _round_trips(a, b, ROUND_TRIPS)
-        per_a, per_b = sent_a / ROUND_TRIPS, sent_b / ROUND_TRIPS
-        print(f"ack_delay {ack_delay}: datagrams per round trip {per_a:.2f} (a) and {per_b:.2f} (b)")
+        per_a, per_b, ran = await _round_trips(a, b)
+        print(f"ack_delay {ack_delay}: datagrams per fast round trip {per_a:.2f} (a) and {per_b:.2f} (b); "
+              f"{MIN_FAST} fast of {ran}")
         assert low <= per_a <= high and low <= per_b <= high, (per_a, per_b)
     finally:
         await b.stop()

@@ -17,6 +17,7 @@ against 1,261 alone).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import pytest
 from benchkit import load_bench
@@ -30,13 +31,29 @@ BUDGETS = {
 }
 
 
+ATTEMPTS = 4
+"""Measurements at most: each operation's quietest count over them is judged, and another is made
+only while one is over its budget. Three test workers on the two cores slowed every chunk of one
+measurement enough to put the pub/sub round trip at 1,518 (budget 1,470; 1,330 alone); a layer
+added to a path is over budget in every measurement."""
+
+
 @pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="budgets counted on CPython 3.11's asyncio")
 async def test_hot_paths_stay_within_their_call_budgets() -> None:
-    res = await load_bench("call_counts").measure(200)
-    assert set(res) == set(BUDGETS)
+    bench = load_bench("call_counts")
+    best: dict[str, dict[str, Any]] = {}
+    for attempt in range(ATTEMPTS):
+        res = await bench.measure(200)
+        assert set(res) == set(BUDGETS)
+        for name, r in res.items():
+            assert r["operations"] >= 5, (name, r)
+            if name not in best or r["calls_per_op"] < best[name]["calls_per_op"]:
+                best[name] = r
+        if all(best[n]["calls_per_op"] <= budget for n, budget in BUDGETS.items()):
+            break
+        print(f"measurement {attempt + 1}: over budget: {[(n, round(r['calls_per_op'])) for n, r in res.items()]}")
     for name, budget in BUDGETS.items():
-        r = res[name]
+        r = best[name]
         calls = r["calls_per_op"]
         print(f"{name}: {calls:,.1f} Python calls per operation (budget {budget:,}); top: {r['top_modules']}")
-        assert r["operations"] >= 5, (name, r)
         assert 0.3 * budget < calls <= budget, f"{name}: {calls:,.1f} calls per operation, budget {budget:,}"

@@ -90,6 +90,27 @@ def test_failure_promotes_from_passive_with_priority(registry: ContainerRegistry
     assert b not in hv.active and b not in hv.passive and b in hv.lost
 
 
+def test_a_lost_peer_is_forgotten_at_its_ttl_not_at_the_next_reconnect_round(registry: ContainerRegistry) -> None:
+    """The ``lost`` map's expiry is one of the machine's deadlines: its size (a metric) is back to 0
+    ``lost_ttl`` after the loss, as the soak's recovery check wants, even when no reconnect round
+    falls between (they are 3.75-6.25 s apart; the soak's TTL is 5 s and its limit 10 s)."""
+    net = Net(2, registry, MembershipConfig(lost_ttl=2.0))
+    a, b = list(net.hv)
+    hv = net.hv[a]
+    hv.book.add(b, ("a:1",), 0.0)
+    net.feed(a, hv.join_via(b, 0.0))
+    net.run()
+    hv.next_reconnect = 100.0  # no reconnect round before the TTL is up
+    hv.peer_failed(b, 10.0, lost=True)
+    assert b in hv.lost and len(hv.lost) == 1
+    deadline = hv.next_deadline()
+    assert deadline is not None and deadline <= 12.0, deadline
+    hv.handle_timer(11.9)
+    assert b in hv.lost, "kept for its TTL"
+    hv.handle_timer(12.0)
+    assert len(hv.lost) == 0 and hv.next_reconnect == 100.0, "forgotten at the TTL, not by a reconnect round"
+
+
 def test_neighbor_request_timeout_drops_candidate_and_tries_next(registry: ContainerRegistry) -> None:
     net = Net(1, registry)
     (a,) = list(net.hv)

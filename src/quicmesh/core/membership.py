@@ -422,6 +422,7 @@ class HyParView:
     def handle_timer(self, now: float) -> list[HvOut]:
         """Expire neighbour requests, shuffle and refill when due."""
         out: list[HvOut] = []
+        self.lost.expire(now)  # at its own deadline (below), not only at the next reconnect round
         expired = self.pending.expire(now)
         for peer, _ in expired:
             # unanswered: treat the candidate as unreachable
@@ -445,8 +446,10 @@ class HyParView:
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` has work."""
         d = min(self._next_shuffle, self._next_repair, self._next_reconnect, self._next_sync)
-        p = self.pending.next_deadline()
-        return d if p is None else min(d, p)
+        for t in (self.pending.next_deadline(), self.lost.next_deadline()):
+            if t is not None and t < d:
+                d = t
+        return d
 
     # -- internals -------------------------------------------------------------------------------
 
