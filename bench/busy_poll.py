@@ -5,7 +5,9 @@
                               [--json bench/results/busy_poll.json]
 
 Each round starts two node processes per window (``QUICMESH_BUSY_POLL_US``; 0 is off, the
-default), the windows taking turns, and measures between them, one operation in flight:
+default), the windows taking turns, and measures between them, one operation in flight. A window
+written ``W@uvloop`` runs its node processes on uvloop (``QUICMESH_EVENT_LOOP``; the others on
+asyncio's loop), so ``--windows 0,1000,0@uvloop,1000@uvloop`` sets the loops side by side:
 
 * ``rpc``: ``--count`` echo calls back to back (the harness's ``calls``, concurrency 1);
 * ``rtt``: ``--count`` pub/sub round trips back to back (``pingpong``: publish on one topic,
@@ -13,7 +15,8 @@ default), the windows taking turns, and measures between them, one operation in 
 * ``rtt paced``: ``--count`` / 5 round trips at 200 a second (5 ms apart: longer than any window
   here, so each one starts from a sleeping loop; what a sparse request sees);
 * ``client rpc``: ``--count`` echo calls from a light client (``quicmesh.Client``, in this
-  process, with the same ``busy_poll_us``) to a procedure of its gateway node.
+  process, with the same ``busy_poll_us``, on asyncio's loop whatever its gateway's) to a
+  procedure of its gateway node.
 
 For each: latency p50 / p99, and the CPU both processes spent per operation (their
 ``/proc/<pid>/stat`` times across the phase), so the latency a window buys is set beside what it
@@ -65,8 +68,16 @@ def _dma_latency_zero() -> Iterator[None]:
         os.close(fd)  # the request ends with the file
 
 
-async def _phases(window: int, count: int) -> dict[str, dict[str, float]]:
-    async with process_pair("busy", {"QUICMESH_BUSY_POLL_US": str(window)}) as (a, b):
+def _spec(label: str) -> tuple[int, str, bool]:
+    """``W``, ``W+dma`` or ``W@uvloop`` -> (busy_poll_us, event loop, hold cpu_dma_latency)."""
+    window, _, loop = label.partition("@")
+    dma = window.endswith("+dma")
+    return int(window.removesuffix("+dma")), loop or "asyncio", dma
+
+
+async def _phases(window: int, count: int, loop: str = "asyncio") -> dict[str, dict[str, float]]:
+    env = {"QUICMESH_BUSY_POLL_US": str(window), "QUICMESH_EVENT_LOOP": loop}
+    async with process_pair("busy", env) as (a, b):
         await a.request("advertise", "advertised", name="echo", kind="echo")
         await b.request("wait_provider", "ready", name="echo")
         pids = (a.proc.pid, b.proc.pid)
@@ -120,11 +131,9 @@ async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
     for r in range(rounds):
         for w in windows:
             print(f"round {r + 1}/{rounds}: busy_poll_us={w}", flush=True)
-            if w.endswith("+dma"):
-                with _dma_latency_zero():
-                    runs[w].append(await _phases(int(w[:-4]), count))
-            else:
-                runs[w].append(await _phases(int(w), count))
+            window, loop, dma = _spec(w)
+            with _dma_latency_zero() if dma else contextlib.nullcontext():
+                runs[w].append(await _phases(window, count, loop))
     med = {w: {ph: {k: statistics.median(x[ph][k] for x in rs) for k in rs[0][ph]} for ph in rs[0]}
            for w, rs in runs.items()}
     return {"runs": runs, "medians": med}
@@ -152,13 +161,21 @@ def table(med: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--windows", default="0,250,1000", help="comma-separated busy_poll_us values (0: off)")
+    p.add_argument("--windows", default="0,250,1000",
+                   help="comma-separated busy_poll_us values (0: off); W@uvloop: the nodes on uvloop")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--count", type=int, default=3000, help="operations per back-to-back phase (paced: a fifth)")
     p.add_argument("--dma-latency", action="store_true", help="also window 0 with /dev/cpu_dma_latency at 0 (root)")
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "busy_poll.json"))
     args = p.parse_args()
     windows = [w.strip() for w in args.windows.split(",") if w.strip()]
+    for w in windows:
+        try:
+            window, loop, _ = _spec(w)
+        except ValueError:
+            p.error(f"--windows: {w!r} is not W, W+dma or W@uvloop")
+        if loop not in ("asyncio", "uvloop") or window < 0:
+            p.error(f"--windows: {w!r} is not W, W+dma or W@uvloop")
     if args.dma_latency:
         if not os.access("/dev/cpu_dma_latency", os.W_OK):
             p.error("--dma-latency needs write access to /dev/cpu_dma_latency (root)")

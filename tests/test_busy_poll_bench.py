@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchkit import load_bench
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "busy_poll.py"
 
 
@@ -29,3 +31,16 @@ def test_the_bench_measures_latency_and_cpu_per_window(tmp_path: Path) -> None:
     # back to back, a window keeps both processes awake between operations: nearly two cores
     # busy, against about one asleep (each sleeps while the other works)
     assert med["2000"]["rpc"]["cpu_cores"] > med["0"]["rpc"]["cpu_cores"], med
+
+
+def test_a_window_names_its_event_loop_and_a_bad_one_is_refused() -> None:
+    """``--windows 0,1000,1000@uvloop`` sets the loops side by side (``QUICMESH_EVENT_LOOP`` for
+    the node processes); a window the bench cannot run is a usage error before anything starts."""
+    bench = load_bench("busy_poll")
+    assert bench._spec("1000") == (1000, "asyncio", False)
+    assert bench._spec("0+dma") == (0, "asyncio", True)
+    assert bench._spec("250@uvloop") == (250, "uvloop", False)
+    for bad in ("x", "1000@trio", "-5"):
+        done = subprocess.run([sys.executable, str(BENCH), "--windows", f"0,{bad}"], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 2 and "--windows" in done.stderr, (bad, done.stderr)
