@@ -72,6 +72,27 @@ def _run(m: Mesh, now: float, end: float, peer: NodeId, *, redial: bool = False)
     return hits
 
 
+def test_a_lost_realm_peer_is_forgotten_at_its_ttl_through_the_mesh(registry: ContainerRegistry) -> None:
+    """The ``lost`` map's expiry reaches the mesh's deadline (its watch): the timer fires at the TTL,
+    the entry goes, and the next deadline moves on (a deadline left in the past would have the
+    driver fire its timer again and again, as a first version of the expiry did)."""
+    m, now = _alone(registry)
+    m.realm.next_reconnect = 1e9  # no reconnect round: only the TTL can forget BOOT
+    assert BOOT in m.realm.lost
+    ttl_at = m.realm.lost.deadline(BOOT)
+    assert ttl_at is not None and ttl_at == 1.0 + CFG.lost_ttl
+    fired = 0
+    for t, _ in timer_steps(m, now, ttl_at + 1.0):
+        fired += 1
+        assert fired < 10_000, "the timer keeps firing"
+        if BOOT not in m.realm.lost:
+            assert t == ttl_at, (t, ttl_at)
+            break
+    assert len(m.realm.lost) == 0
+    d = m.next_deadline()
+    assert d is None or d > ttl_at
+
+
 def test_empty_realm_view_asks_a_live_swarm_neighbour(registry: ContainerRegistry) -> None:
     m, now = _alone(registry)
     m.subscribe("news.>", now)

@@ -171,6 +171,7 @@ class HyParView:
         :class:`~quicmesh.core.mesh.Mesh`)."""
         self._watch = w
         self.pending.watch(w)
+        self.lost.watch(w)  # its expiry is one of the deadlines (handle_timer)
 
     @property
     def next_shuffle(self) -> float:
