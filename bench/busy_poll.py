@@ -72,7 +72,10 @@ def _spec(label: str) -> tuple[int, str, bool]:
     """``W``, ``W+dma`` or ``W@uvloop`` -> (busy_poll_us, event loop, hold cpu_dma_latency)."""
     window, _, loop = label.partition("@")
     dma = window.endswith("+dma")
-    return int(window.removesuffix("+dma")), loop or "asyncio", dma
+    us, loop = int(window.removesuffix("+dma")), loop or "asyncio"
+    if us < 0 or loop not in ("asyncio", "uvloop"):
+        raise ValueError(label)
+    return us, loop, dma
 
 
 async def _phases(window: int, count: int, loop: str = "asyncio") -> dict[str, dict[str, float]]:
@@ -171,10 +174,8 @@ def main() -> None:
     windows = [w.strip() for w in args.windows.split(",") if w.strip()]
     for w in windows:
         try:
-            window, loop, _ = _spec(w)
+            _spec(w)
         except ValueError:
-            p.error(f"--windows: {w!r} is not W, W+dma or W@uvloop")
-        if loop not in ("asyncio", "uvloop") or window < 0:
             p.error(f"--windows: {w!r} is not W, W+dma or W@uvloop")
     if args.dma_latency:
         if not os.access("/dev/cpu_dma_latency", os.W_OK):

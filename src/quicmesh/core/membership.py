@@ -514,8 +514,7 @@ class HyParView:
         n = len(self.active)
         return n == 0 or (n == 1 and self._refused)
 
-    def _reconnect(self, now: float) -> list[HvOut]:
-        self.lost.expire(now)
+    def _reconnect(self, now: float) -> list[HvOut]:  # lost expired by handle_timer just before
         cands = [p for p in self.lost.keys() if p not in self.active and p not in self.pending]
         if not cands:
             return []
