@@ -255,6 +255,9 @@ def test_overloaded_when_max_pending_calls_are_open() -> None:
     with pytest.raises(Overloaded):
         w.caller.call("svc", b"x", 5.0, 0.0, "over")
     assert w.caller.stats.refused_overloaded == 1
+    # the table's own bound refused it (#14: no pre-check), before anything changed
+    assert w.caller.pending == 4 and w.rpc.pending == 4
+    assert w.caller.pending_entries()["calls"] == 4
     with pytest.raises(ValueError):
         w.caller.call("", b"x", 5.0, 0.0, "bad")
     with pytest.raises(ValueError):
@@ -286,6 +289,33 @@ def test_provider_policies(policy: str) -> None:
         assert counts[w.ids[0]] >= 190
         assert w.caller.rtt(w.ids[0]) == pytest.approx(0.01)
     assert_clean(w)
+
+
+def test_the_rpc_tables_own_bound_refuses_a_call_past_max_pending_calls() -> None:
+    """``Rpc.start_call`` past ``max_pending_calls``: ``Overloaded``, counted, nothing recorded
+    (#14: the pending table's ``REJECT`` bound is the check)."""
+    w = world(1, rpc=RpcConfig(max_pending_calls=3))
+    connect_all(w)
+    peer = w.ids[0]
+    for i in range(3):
+        w.rpc.start_call(peer, "svc", b"x", 5.0, 0.0, i)
+    with pytest.raises(Overloaded):
+        w.rpc.start_call(peer, "svc", b"x", 5.0, 0.0, "over")
+    assert w.rpc.stats.calls_refused_overloaded == 1 and w.rpc.pending == 3
+
+
+@pytest.mark.parametrize("policy", ["random", "round_robin", "lowest_rtt"])
+def test_one_provider_is_chosen_without_a_draw(policy: str) -> None:
+    """With a single candidate no policy draws from the seeded generator (#14: a call to the
+    only provider took three Python calls of ``random.choice``)."""
+    w = world(1, rpc=RpcConfig(provider_policy=policy))
+    connect_all(w)
+    state = w.caller._rng.getstate()
+    for i in range(5):
+        _, outs = w.caller.call("svc", b"x", 5.0, 0.0, i)
+        [(p, _r)] = requests(outs)
+        assert p == w.ids[0]
+    assert w.caller._rng.getstate() == state
 
 
 def test_requests_for_local_handlers_pass_through() -> None:

@@ -120,6 +120,7 @@ def test_a_member_without_call_permission_gets_permission_denied() -> None:
     sim.run_for(5.0)
     with pytest.raises(PermissionDenied):
         caller.core.call("echo", b"x", 5.0, sim.now, "own-check")
+    assert caller.core.guard.denied["call"] == 1
     # a caller that skips its own check is refused by the provider, with a typed error
     caller.core.guard.check_own = lambda action, subject: None  # type: ignore[method-assign]
     results: list[CallResolved] = []
@@ -132,6 +133,14 @@ def test_a_member_without_call_permission_gets_permission_denied() -> None:
     assert provider.core.guard.denied["call"] == 1
     print(f"\nPermissionDenied at once for the caller; the provider refused {provider.core.guard.denied['call']} "
           f"bypassing call, ran 0 handlers")
+    # ``checked=True``: the driver checked already (the runtime's Node.call does, before its local
+    # path), so the core does not check a second time (a caller that skips both is refused above)
+    del caller.core.guard.check_own
+    with pytest.raises(PermissionDenied):
+        caller.core.call("echo", b"x", 5.0, sim.now, "own-check again")
+    assert caller.core.guard.denied["call"] == 2
+    _cid, outs = caller.core.call("echo", b"x", 5.0, sim.now, "pre-checked", checked=True)
+    assert caller.core.guard.denied["call"] == 2 and outs
 
 
 # -- runtime: a node's own API, /metrics, and the gateway for a light client ---------------------------

@@ -61,7 +61,7 @@ import msgspec
 
 from ..bounded import ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import RegistryConfig, RpcConfig
-from ..errors import CallTimeout, ConnectionLost, NoProvider, Overloaded, RemoteError, RpcError
+from ..errors import CallTimeout, ConnectionLost, ContainerFull, NoProvider, Overloaded, RemoteError, RpcError
 from ..identity import NodeId
 from .effects import Dial
 from .messages import Reply, ReplyError
@@ -213,12 +213,13 @@ class Caller:
             raise ValueError(f"a procedure name is 1 to {MAX_NAME} characters, got {name!r:.80}")
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
-        if len(self._calls) >= self._calls.capacity:
-            self.stats.refused_overloaded += 1
-            raise Overloaded(f"rpc.max_pending_calls ({self._calls.capacity}) reached")
         self._next_id += 1
         call = _Call(self._next_id, name, bytes(payload), token, now + timeout)
-        self._calls.set(call.call_id, call, now, ttl=timeout)
+        try:  # #14: the table's own bound is the check (REJECT: refused before anything changed)
+            self._calls.set(call.call_id, call, now, ttl=timeout)
+        except ContainerFull:
+            self.stats.refused_overloaded += 1
+            raise Overloaded(f"rpc.max_pending_calls ({self._calls.capacity}) reached") from None
         self.stats.calls += 1
         return call.call_id, self._next_attempt(call, now)
 
@@ -372,6 +373,8 @@ class Caller:
         return list(effects)
 
     def _choose(self, cands: list[Entry]) -> Entry:
+        if len(cands) == 1:
+            return cands[0]  # #14: nothing to choose (no draw from the seeded generator)
         policy = self.config.provider_policy
         if policy == "round_robin":
             self._rr += 1

@@ -285,7 +285,8 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands, LogCommands):
             return []  # sent before its connection was closed
         self.failure.heard(peer, now)
         if isinstance(msg, _CALLER_TYPES):  # first (#14): a caller's or a callee's every call
-            self._pin(peer, now)
+            if now - self._rpc_seen.get(peer, -PIN_GRANULARITY) >= PIN_GRANULARITY:
+                self._pin(peer, now)  # renewed at most once a second, not per message
             if type(msg) is Request and not self.trust.open and isinstance(msg.name, str) and \
                     not self.guard.peer_allowed(peer, "call", msg.name, now):
                 err = self.guard.deny("call", msg.name)
@@ -454,10 +455,13 @@ class NodeCore(PunchCommands, DialCommands, GroupCommands, LogCommands):
         out += self.services.unadvertise(name, now)
         return self._route(out, now)
 
-    def call(self, name: str, payload: bytes, timeout: float, now: float, token: object) -> tuple[int, list[object]]:
+    def call(self, name: str, payload: bytes, timeout: float, now: float, token: object, *,
+             checked: bool = False) -> tuple[int, list[object]]:
         """Start a call; returns its id (for :meth:`cancel_call`) and the outputs. Raises
-        ``Overloaded`` past ``rpc.max_pending_calls`` and ``PermissionDenied``."""
-        self.guard.check_own("call", name)
+        ``Overloaded`` past ``rpc.max_pending_calls`` and ``PermissionDenied`` (unless ``checked``:
+        the driver has just checked this node's permission, as the runtime's ``Node.call`` does)."""
+        if not checked:
+            self.guard.check_own("call", name)
         call_id, outs = self.caller.call(name, payload, timeout, now, token)
         if len(outs) == 1 and type(outs[0]) is Send:
             return call_id, [outs[0]]  # #14: the request itself, nothing to route

@@ -32,9 +32,18 @@ from random import Random
 
 import msgspec
 
-from ..bounded import ContainerRegistry, LruMap, Overflow, TtlMap
+from ..bounded import BoundedDict, ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import RpcConfig
-from ..errors import CallTimeout, ConnectionLost, LimitExceeded, Overloaded, PermissionDenied, RemoteError, RpcError
+from ..errors import (
+    CallTimeout,
+    ConnectionLost,
+    ContainerFull,
+    LimitExceeded,
+    Overloaded,
+    PermissionDenied,
+    RemoteError,
+    RpcError,
+)
 from ..identity import NodeId
 from .effects import Effect, Send
 from .messages import Reply, ReplyError, Request, Services
@@ -136,16 +145,17 @@ class Rpc:
         self._pending: TtlMap[int, PendingCall] = TtlMap(
             "rpc.pending_calls", config.max_pending_calls, config.default_timeout, Overflow.REJECT, registry=registry
         )
-        self._services: LruMap[str, bool] = LruMap("rpc.local_services", config.max_services, Overflow.REJECT,
-                                                   registry=registry)
+        # #14: plain bounded dicts for the two tables every request reads (C lookups; full: refused)
+        self._services: BoundedDict[str, bool] = BoundedDict("rpc.local_services", config.max_services,
+                                                             registry=registry)
         self._peer_services: LruMap[NodeId, frozenset[str]] = LruMap(
             "rpc.peer_services", peer_capacity, Overflow.EVICT_OLDEST, registry=registry
         )
         self._connected: LruMap[NodeId, bool] = LruMap(
             "rpc.connected_peers", peer_capacity, Overflow.EVICT_OLDEST, registry=registry
         )
-        self._running: LruMap[tuple[NodeId, int], bool] = LruMap(
-            "rpc.running_handlers", config.max_concurrent_handlers, Overflow.REJECT, registry=registry
+        self._running: BoundedDict[tuple[NodeId, int], bool] = BoundedDict(
+            "rpc.running_handlers", config.max_concurrent_handlers, registry=registry
         )
         self._next_id = 0
         self.stats = RpcStats()
@@ -179,14 +189,14 @@ class Rpc:
         if name in self._services:
             return []
         try:
-            self._services.set(name, True)
+            self._services[name] = True
         except LimitExceeded:
             raise LimitExceeded("rpc.max_services", self.config.max_services) from None
         return self._announce()
 
     def unadvertise(self, name: str) -> list[Effect]:
         """Withdraw ``name``; tells every connected peer."""
-        if self._services.pop(name) is None:
+        if self._services.pop(name, None) is None:
             return []
         return self._announce()
 
@@ -222,7 +232,7 @@ class Rpc:
         self._connected.pop(peer)
         self._peer_services.pop(peer)
         for key in [k for k in self._running.keys() if k[0] == peer]:
-            self._running.pop(key)  # its handler is cancelled by the driver; no reply can go
+            self._running.pop(key, None)  # its handler is cancelled by the driver; no reply can go
         lost = [c for c in self._pending.values() if c.peer == peer]
         out: list[CallResolved] = []
         for call in lost:
@@ -240,12 +250,13 @@ class Rpc:
 
         Raises :class:`~quicmesh.errors.Overloaded` when ``max_pending_calls`` are pending.
         """
-        if len(self._pending) >= self.config.max_pending_calls:
-            self.stats.calls_refused_overloaded += 1
-            raise Overloaded(f"rpc.max_pending_calls ({self.config.max_pending_calls}) reached")
         self._next_id += 1
         call_id = self._next_id
-        self._pending.set(call_id, PendingCall(call_id, peer, name, token), now, ttl=max(timeout, 1e-6))
+        try:  # #14: the table's own bound is the check (REJECT: refused before anything changed)
+            self._pending.set(call_id, PendingCall(call_id, peer, name, token), now, ttl=max(timeout, 1e-6))
+        except ContainerFull:
+            self.stats.calls_refused_overloaded += 1
+            raise Overloaded(f"rpc.max_pending_calls ({self.config.max_pending_calls}) reached") from None
         self.stats.calls_started += 1
         timeout_ms = min(max(1, int(timeout * 1000)), (1 << 63) - 1)  # what receivers accept
         return call_id, [Send(peer, Request(call_id, name, payload, timeout_ms))]
@@ -269,7 +280,21 @@ class Rpc:
 
     def handle_message(self, peer: NodeId, msg: Message) -> list[RpcOutcome]:
         """Process a Services, Request, Reply or ReplyError from ``peer``."""
-        if isinstance(msg, Reply | ReplyError):
+        if isinstance(msg, Request):  # first (#14): a callee's every call
+            self.stats.requests_received += 1
+            if msg.name not in self._services:
+                self.stats.requests_no_handler += 1
+                return [Send(peer, ReplyError(msg.id, "no_handler", f"no procedure {msg.name!r:.80}", True))]
+            key = (peer, msg.id)
+            if key in self._running:
+                self.stats.duplicate_requests += 1
+                return []
+            if len(self._running) >= self.config.max_concurrent_handlers:
+                self.stats.requests_refused_overloaded += 1
+                return [Send(peer, ReplyError(msg.id, "overloaded", "max_concurrent_handlers reached", True))]
+            self._running[key] = True
+            return [Invoke(peer, msg.id, msg.name, msg.payload, max(msg.timeout_ms, 1) / 1000.0)]
+        if isinstance(msg, (Reply, ReplyError)):
             call = self.take_reply(peer, msg)
             if call is None:
                 return []
@@ -286,20 +311,6 @@ class Rpc:
             else:
                 err = RemoteError(msg.code, msg.message, retryable=msg.retryable)
             return [CallResolved(call.token, None, err)]
-        if isinstance(msg, Request):
-            self.stats.requests_received += 1
-            if msg.name not in self._services:
-                self.stats.requests_no_handler += 1
-                return [Send(peer, ReplyError(msg.id, "no_handler", f"no procedure {msg.name!r:.80}", True))]
-            key = (peer, msg.id)
-            if key in self._running:
-                self.stats.duplicate_requests += 1
-                return []
-            if len(self._running) >= self.config.max_concurrent_handlers:
-                self.stats.requests_refused_overloaded += 1
-                return [Send(peer, ReplyError(msg.id, "overloaded", "max_concurrent_handlers reached", True))]
-            self._running.set(key, True)
-            return [Invoke(peer, msg.id, msg.name, msg.payload, max(msg.timeout_ms, 1) / 1000.0)]
         if isinstance(msg, Services):
             if peer in self._connected:
                 names = [n for n in msg.names[: self.config.max_services] if isinstance(n, str) and n]
@@ -325,7 +336,7 @@ class Rpc:
     ) -> list[Effect]:
         """A handler started by :class:`Invoke` finished; free its slot and reply (once: a second
         report of the same call sends nothing)."""
-        if self._running.pop((peer, call_id)) is None or peer not in self._connected:
+        if self._running.pop((peer, call_id), None) is None or peer not in self._connected:
             return []
         if error is not None:
             # cut to what receivers accept (messages.ReplyError): a handler's long text costs no link
@@ -334,4 +345,4 @@ class Rpc:
 
     def handler_cancelled(self, peer: NodeId, call_id: int) -> None:
         """A handler started by :class:`Invoke` was cancelled: free its slot, send nothing."""
-        self._running.pop((peer, call_id))
+        self._running.pop((peer, call_id), None)

@@ -230,6 +230,9 @@ class NodeDriver(HandlerRunner):
         """Messages ever appended to the inbox (positions for :attr:`_lost_later`)."""
         self._inbox_out = 0
         """Messages ever taken from the inbox."""
+        self._calls_awaited = 0
+        """Calls waiting in ``Node.call`` for their outcome (#14: with none, a request is written
+        at once; with some, it leaves with theirs at the end of the loop iteration)."""
         self._lost_later: BoundedDict[Connection, tuple[int, Exception | None]] = BoundedDict(
             "node.losses_waiting", _INBOX_CAPACITY, registry=self.registry
         )
@@ -290,7 +293,9 @@ class NodeDriver(HandlerRunner):
         # burst (QUIC releases reassembled stream data at once after a loss) cannot fill a
         # subscription queue before its reader task gets to run. While nothing waits, a message
         # is processed at once (up to _INBOX_CHUNK between two drains): no hop for a request.
-        if not self._inbox and self._inline > 0 and not self.delivery.full and not self._stopped and self._loop:
+        # (the inbox is empty when as many messages left it as entered: no call per message, #14)
+        if self._inbox_in == self._inbox_out and self._inline > 0 and not self.delivery.full and \
+                not self._stopped and self._loop:
             self._inline -= 1
             self._inbox_in += 1
             self._inbox_out += 1

@@ -274,8 +274,7 @@ class Node(NodeStatus):
         self._check_open()
         assert self._loop is not None
         end = None if timeout is None else self._loop.time() + timeout
-        # An explicit deadline loop: on Python 3.11, asyncio.wait_for inside asyncio.timeout can
-        # swallow the outer cancellation when both expire together.
+        # a deadline loop: on 3.11 asyncio.wait_for inside asyncio.timeout can swallow the outer cancellation
         while not self.services.providers(name, self._now()):
             self._check_open()
             now = self._loop.time()
@@ -517,19 +516,21 @@ class Node(NodeStatus):
         while True:  # #14: the attempt inline (a coroutine level fewer per call); once more after NoProvider
             try:
                 fut: asyncio.Future[bytes] = self._loop.create_future()
-                call_id, outs = self.core.call(name, payload, max(deadline - now, 1e-3), now, fut)
+                call_id, outs = self.core.call(name, payload, max(deadline - now, 1e-3), now, fut, checked=True)
                 # with no other call in flight (as for a handler's reply) the request leaves now
-                (self._run_now if self.core.pending_calls == 1 else self._run)(outs)
+                (self._run if self._calls_awaited else self._run_now)(outs)
                 self._rearm_for_call(outs, deadline)
+                self._calls_awaited += 1
                 try:
                     return await fut
                 except asyncio.CancelledError:
                     self.core.cancel_call(call_id)
                     self._rearm()
                     raise
+                finally:
+                    self._calls_awaited -= 1
             except NoProvider as first:
-                # The neighbours asked may have known nothing yet (a node that just joined has
-                # just-joined neighbours): give the realm a little time to tell us, then try once more.
+                # the neighbours asked (just joined, maybe) may know nothing yet: wait a little, try once more
                 budget = min(deadline - self._now(), self.config.registry.lookup_timeout)
                 if retried or budget <= 0:
                     raise
