@@ -37,6 +37,21 @@ def _true_earliest(m: TtlMap[int, int]) -> float | None:
     return min(d for d in ds if d is not None) if ds else None
 
 
+def _apply(m: TtlMap[int, int], op: str, key: int, now: float, ttl: float) -> None:
+    if op == "set":
+        m.set(key, key, now)
+    elif op == "set_ttl":
+        m.set(key, key, now, ttl)
+    elif op == "touch":
+        m.touch(key, now, ttl)
+    elif op == "pop":
+        m.pop(key)
+    elif op == "expire":
+        m.expire(now)
+    else:
+        m.clear()
+
+
 @settings(max_examples=200, deadline=None)
 @given(_OPS, st.integers(1, 6), st.sampled_from([0.0, 0.5]))
 def test_ttl_map_next_deadline_is_the_earliest_live_deadline_and_marks_its_watch(
@@ -50,21 +65,60 @@ def test_ttl_map_next_deadline_is_the_earliest_live_deadline_and_marks_its_watch
         now += dt
         before = m.next_deadline()
         w.dirty = False
-        if op == "set":
-            m.set(key, key, now)
-        elif op == "set_ttl":
-            m.set(key, key, now, ttl)
-        elif op == "touch":
-            m.touch(key, now, ttl)
-        elif op == "pop":
-            m.pop(key)
-        elif op == "expire":
-            m.expire(now)
-        else:
-            m.clear()
+        _apply(m, op, key, now, ttl)
         assert m.next_deadline() == _true_earliest(m)
         if m.next_deadline() != before:
             assert w.dirty, (op, before, m.next_deadline())
+
+
+@settings(max_examples=200, deadline=None)
+@given(_OPS, st.integers(1, 6), st.integers(1, 8))
+def test_ttl_map_next_deadline_stays_exact_when_asked_only_now_and_then(
+        ops: list[tuple[str, int, float, float]], capacity: int, every: int) -> None:
+    """#14: a pop of the earliest entry leaves the map's earliest deadline stale until the next
+    ``next_deadline()``; runs of sets, touches, pops and expiries in between (asked every
+    ``every`` operations) still give the exact earliest, and the watch is marked whenever it moved
+    since it was last asked."""
+    m: TtlMap[int, int] = TtlMap("t", capacity, 1.0, registry=ContainerRegistry("t"))
+    w = Watch()
+    m.watch(w)
+    now = 0.0
+    before = m.next_deadline()
+    w.dirty = False
+    for i, (op, key, dt, ttl) in enumerate(ops):
+        now += dt
+        _apply(m, op, key, now, ttl)
+        if i % every == every - 1 or i == len(ops) - 1:
+            assert m.next_deadline() == _true_earliest(m)
+            if m.next_deadline() != before:
+                assert w.dirty, (op, before, m.next_deadline())
+            before = m.next_deadline()
+            w.dirty = False
+
+
+def test_popping_the_earliest_entries_defers_the_heap_work_to_the_next_ask() -> None:
+    """Calls popped in the order they were made (a call's tables at every reply): no re-seek per
+    pop; the next ``next_deadline()`` finds the live head, and the heap stays bounded."""
+    m: TtlMap[int, int] = TtlMap("t", 100, 10.0, registry=ContainerRegistry("t"))
+    for k in range(100):
+        m.set(k, k, float(k))
+    assert m.next_deadline() == 10.0
+    seeks = 0
+    real = m._reseek
+
+    def counted() -> None:
+        nonlocal seeks
+        seeks += 1
+        real()
+
+    m._reseek = counted  # type: ignore[method-assign]
+    for k in range(60):
+        assert m.pop(k) == k
+    assert seeks == 0 and len(m._heap) <= 2 * len(m) + 64
+    assert m.next_deadline() == 70.0 and seeks == 1
+    for k in range(60, 100):
+        m.pop(k)
+    assert m.next_deadline() is None and not m._heap
 
 
 def test_ttl_set_and_lru_map_mark_their_watch() -> None:

@@ -228,8 +228,14 @@ class TtlMap(_Bounded, Generic[K, V]):
         self._serial = 0  # an int, not itertools.count: the map stays deep-copyable on Python 3.14
         self._on_evict = on_evict
         self._earliest: float | None = None
-        """The earliest deadline of a live entry (``None``: empty), exact at all times: an insert
-        lowers it, and removing the entry that held it re-seeks it (:meth:`_reseek`)."""
+        """The earliest deadline of a live entry (``None``: empty), exact unless :attr:`_stale`:
+        an insert lowers it, and a removal of the entry that held it marks it stale (the next
+        :meth:`next_deadline` re-seeks it, :meth:`_reseek`)."""
+        self._stale = False
+        """#14: the entry holding :attr:`_earliest` was popped and nothing re-sought it yet (it is
+        then at most the true earliest). A call's tables pop their earliest entry at every reply:
+        re-seeking at once cost each pop a heap pop and a call; now the stale heads go in bulk,
+        at the next :meth:`next_deadline` or compaction."""
         self._watch: Watch | None = None
         self.touch_granularity = float(touch_granularity)
         """A :meth:`touch` that would move an entry's deadline later by less than this leaves it
@@ -249,6 +255,7 @@ class TtlMap(_Bounded, Generic[K, V]):
         self._data.clear()
         self._heap.clear()
         self._bytes = 0
+        self._stale = False
         if self._earliest is not None:
             self._earliest = None
             if self._watch is not None:
@@ -256,6 +263,7 @@ class TtlMap(_Bounded, Generic[K, V]):
 
     def _reseek(self) -> None:
         """Recompute :attr:`_earliest` from the heap, dropping stale heads on the way."""
+        self._stale = False
         heap, data = self._heap, self._data
         earliest: float | None = None
         if not data:
@@ -327,11 +335,14 @@ class TtlMap(_Bounded, Generic[K, V]):
             if len(heap) > 2 * n + 64:
                 self._maybe_compact()
             earliest = self._earliest
-            if earliest is None or deadline < earliest:
+            if earliest is None or deadline < earliest:  # (stale, it is at most the true earliest)
                 self._earliest = deadline
+                self._stale = False
                 if self._watch is not None:
                     self._watch.dirty = True
             return True
+        if self._stale:  # the bookkeeping below needs the exact earliest
+            self._reseek()
         old = self._data.get(key)
         old_size = old[3] if old is not None else 0
         count_after = len(self._data) + (0 if old is not None else 1)
@@ -393,8 +404,10 @@ class TtlMap(_Bounded, Generic[K, V]):
         if len(self._heap) > 2 * len(self._data) + 64:
             self._maybe_compact()
         earliest = self._earliest
-        if earliest is not None and entry[1] <= earliest:
-            self._reseek()
+        if earliest is not None and entry[1] <= earliest and not self._stale:
+            self._stale = True  # re-sought by the next next_deadline(), not per pop (#14)
+            if self._watch is not None:
+                self._watch.dirty = True
         return entry[0]
 
     def clear(self) -> None:
@@ -419,8 +432,10 @@ class TtlMap(_Bounded, Generic[K, V]):
         return out
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of a live entry, or ``None`` when empty (O(1): kept up to date by
-        every operation)."""
+        """The earliest deadline of a live entry, or ``None`` when empty (O(1) amortised: kept up
+        to date by every operation but a pop of the earliest entry, re-sought here after one)."""
+        if self._stale:
+            self._reseek()
         return self._earliest
 
     def keys(self) -> list[K]:
@@ -520,7 +535,7 @@ class TtlSet(Generic[K]):
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a member, or ``None`` when empty."""
-        return self._map._earliest
+        return self._map.next_deadline()
 
     def watch(self, w: Watch) -> None:
         """Set ``w.dirty`` whenever :meth:`next_deadline` changes."""
