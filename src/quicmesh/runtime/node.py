@@ -505,18 +505,18 @@ class Node(NodeStatus):
         if local is not None:  # this node provides it: no network, same error contract
             return await self._call_local(name, local, bytes(payload), total)
         deadline = (now := self._now()) + total  # the clock read once on the way in (#14)
+        retried, checked = False, True  # checked: the permission above, until something is awaited
         if self.config.bootstrap and not self.mesh.realm.active and not self.services.providers(name, now):
             # not joined yet: there is nobody to ask for providers; wait (within the deadline)
             with contextlib.suppress(TimeoutError):
                 await self.wait_until(lambda: bool(self.mesh.realm.active), total)
-            now = self._now()
+            now, checked = self._now(), False  # (the node's permissions may have changed meanwhile)
         payload = bytes(payload)
         assert self._loop is not None
-        retried = False
         while True:  # #14: the attempt inline (a coroutine level fewer per call); once more after NoProvider
             try:
                 fut: asyncio.Future[bytes] = self._loop.create_future()
-                call_id, outs = self.core.call(name, payload, max(deadline - now, 1e-3), now, fut, checked=True)
+                call_id, outs = self.core.call(name, payload, max(deadline - now, 1e-3), now, fut, checked=checked)
                 # with no other call in flight (as for a handler's reply) the request leaves now
                 (self._run if self._calls_awaited else self._run_now)(outs)
                 self._rearm_for_call(outs, deadline)
@@ -538,7 +538,7 @@ class Node(NodeStatus):
                     await self.wait_for_provider(name, budget)
                 except TimeoutError:
                     raise first from first.__cause__  # keeps its cause (what the last attempt met)
-                retried, now = True, self._now()
+                retried, now, checked = True, self._now(), False
 
     async def _call_local(self, name: str, handler: Handler, payload: bytes, timeout: float) -> bytes:
         try:
