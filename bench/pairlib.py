@@ -43,10 +43,15 @@ class Pair:
 
 
 @contextlib.asynccontextmanager
-async def echo_pair(realm: str, *, flood: bool = False) -> AsyncIterator[Pair]:
+async def echo_pair(
+    realm: str, *, flood: bool = False, transport: dict[str, Any] | None = None
+) -> AsyncIterator[Pair]:
     """Start the pair (see the module docstring), ready to measure; stopped on exit. ``flood``:
-    ``a`` also subscribes to ``flood`` (``Pair.flood``), and ``b`` waits until it sees that."""
+    ``a`` also subscribes to ``flood`` (``Pair.flood``), and ``b`` waits until it sees that.
+    ``transport``: settings of both nodes' ``transport`` section (default: the defaults)."""
     cfg: dict[str, Any] = {"realm": realm, "discovery": {"local": False}}
+    if transport is not None:
+        cfg["transport"] = dict(transport)
     a = await Node.start(NodeConfig(**cfg))
     b = await Node.start(NodeConfig(bootstrap=(a.address,), **cfg))
     task: asyncio.Future[None] | None = None
