@@ -80,6 +80,21 @@ def assert_clean(w: World) -> None:
     assert w.caller.pending_entries() == {k: 0 for k in w.caller.pending_entries()}
 
 
+def assert_deadlines_held(w: World) -> None:
+    """Every open call waits on something timed that ends by the call's deadline (#14: the call
+    table has no timer of its own): an attempt in flight, a dial, or a lookup."""
+    for call in w.caller._calls.values():
+        if call.state == "inflight":
+            assert call.rpc_id is not None
+            held = w.rpc._pending.deadline(call.rpc_id)
+        elif call.state == "dial":
+            held = w.caller._dial_timers.deadline(call.call_id)
+        else:
+            assert call.state == "lookup", call.state
+            held = w.caller._lookup_waits.deadline(call.call_id)
+        assert held is not None and held <= call.deadline + 1e-6, (call, held)
+
+
 def test_dial_then_request_then_reply_and_the_connection_is_reused() -> None:
     w = world(1)
     _cid, outs = w.caller.call("svc", b"hi", 5.0, 1.0, "tok")
@@ -226,6 +241,26 @@ def test_no_provider_after_a_negative_lookup_and_lookups_coalesce() -> None:
     _, o4 = w.caller.call("third", b"d", 5.0, 2.0, "d")
     [r4] = resolved(o4)
     assert isinstance(r4.error, NoProvider)
+
+
+def test_a_call_waiting_on_a_lookup_ends_at_its_own_deadline() -> None:
+    """The lookup waits longer than the call may (registry.lookup_timeout 2 s, the call 0.5 s):
+    the call ends with CallTimeout at 0.5 s, and the lookup's end later resumes nothing."""
+    w = world(1, advertise=False)
+    w.neighbours = [keypair(80).node_id]
+    _, outs = w.caller.call("svc", b"x", 0.5, 1.0, "tok")
+    assert resolved(outs) == [] and w.registry.pending_lookups == 1
+    assert w.caller.next_deadline() == pytest.approx(1.5)
+    assert resolved(w.caller.handle_timer(1.49)) == []
+    [r] = resolved(w.caller.handle_timer(1.5))
+    assert r.token == "tok" and isinstance(r.error, CallTimeout)
+    assert w.registry.pending_lookups == 0  # its lookup had no other waiter: cancelled
+    later: list[CallResolved] = []
+    for o in w.registry.handle_timer(3.5):
+        if isinstance(o, LookupDone):
+            later += resolved(w.caller.lookup_done(o, 3.5))
+    assert later == []
+    assert_clean(w)
 
 
 def test_cancel_frees_every_entry_in_every_state() -> None:
@@ -398,6 +433,7 @@ def test_fuzzed_event_orders_resolve_every_call_once_and_leave_nothing_pending()
             victim = rng.choice(sorted(ids, key=str))
             if victim not in ends and w.caller.cancel(ids[victim]):
                 cancelled.add(victim)
+        assert_deadlines_held(w)
     fire_until(now + 10.0)  # let everything run out
     assert w.caller.pending == 0
     assert_clean(w)

@@ -3,9 +3,8 @@
 Theory of operation
 -------------------
 ``call(name, payload, timeout, now, token)`` opens a *call* with one overall deadline
-``now + timeout`` (a :class:`~quicmesh.bounded.TtlMap` entry whose TTL is the timeout) and runs
-*attempts*, one provider each, until one succeeds, the call fails for good, or the deadline
-passes. The final outcome is one :class:`~quicmesh.core.rpc.CallResolved` carrying the caller's
+``now + timeout`` and runs *attempts*, one provider each, until one succeeds, the call fails for
+good, or the deadline passes. The final outcome is one :class:`~quicmesh.core.rpc.CallResolved` carrying the caller's
 ``token`` (the runtime's future), the same effect the direct RPC machine produces.
 
 **Providers.** Candidates are the registry's live, unsuspected entries of the name
@@ -38,6 +37,14 @@ passed; else the last ``Overloaded`` or ``RemoteError`` when attempts ran out; e
 ``NoProvider`` (no provider known, or every one tried was unreachable). ``call`` itself raises
 ``Overloaded`` when ``rpc.max_pending_calls`` calls are open.
 
+**Deadlines.** A call's entry in ``caller.calls`` (a bounded dict) carries no timer of its own
+(#14: a timed table costs each call a heap entry and a re-seek): in each state that waits, the
+call's deadline is held by what it waits on, never later than the call's. An attempt in flight
+is an ``Rpc`` entry whose TTL is at most the time left; a wait for a dial is a
+``caller.dial_timers`` entry of at most the time left; a wait for a registry lookup is a
+``caller.lookup_waits`` entry that ends at the call's deadline. When one of them expires the
+call fails over, or ends with ``CallTimeout`` once no time is left.
+
 **Cleanup.** Every call leaves every table in exactly one place, :meth:`_finish`: its RPC attempt
 (``Rpc.cancel``), its dial wait and dial timer, its lookup waiter. :meth:`cancel` (the awaiting
 task was cancelled) runs the same cleanup without an outcome. Nothing is left pending once every
@@ -59,7 +66,7 @@ from random import Random
 
 import msgspec
 
-from ..bounded import ContainerRegistry, LruMap, Overflow, TtlMap
+from ..bounded import BoundedDict, ContainerRegistry, LruMap, Overflow, TtlMap
 from ..config import RegistryConfig, RpcConfig
 from ..errors import CallTimeout, ConnectionLost, ContainerFull, NoProvider, Overloaded, RemoteError, RpcError
 from ..identity import NodeId
@@ -139,8 +146,9 @@ class Caller:
         self._neighbours = neighbours
         self._rng = rng
         cap = config.max_pending_calls
-        self._calls: TtlMap[int, _Call] = TtlMap(
-            "caller.calls", cap, config.default_timeout, Overflow.REJECT, registry=containers
+        self._calls: BoundedDict[int, _Call] = BoundedDict("caller.calls", cap, registry=containers)
+        self._lookup_waits: TtlMap[int, None] = TtlMap(
+            "caller.lookup_waits", cap, config.default_timeout, Overflow.REJECT, registry=containers
         )
         self._dial_timers: TtlMap[int, None] = TtlMap(
             "caller.dial_timers", cap, config.default_timeout, Overflow.REJECT, registry=containers
@@ -168,7 +176,7 @@ class Caller:
     def pending_entries(self) -> dict[str, int]:
         """Every table that holds per-call state (all 0 once every call has ended)."""
         return {
-            "calls": len(self._calls), "dial_timers": len(self._dial_timers),
+            "calls": len(self._calls), "lookup_waits": len(self._lookup_waits), "dial_timers": len(self._dial_timers),
             "dial_waiters": len(self._dial_waiters), "rpc_pending": self.rpc.pending,
             "lookups": self.registry.pending_lookups, "lookup_waiters": self.registry.lookup_waiters,
         }
@@ -194,7 +202,7 @@ class Caller:
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` must run, or ``None``."""
-        best = self._calls.next_deadline()
+        best = self._lookup_waits.next_deadline()
         for d in (self._dial_timers.next_deadline(), self.rpc.next_deadline()):
             if d is not None and (best is None or d < best):
                 best = d
@@ -215,8 +223,8 @@ class Caller:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self._next_id += 1
         call = _Call(self._next_id, name, bytes(payload), token, now + timeout)
-        try:  # #14: the table's own bound is the check (REJECT: refused before anything changed)
-            self._calls.set(call.call_id, call, now, ttl=timeout)
+        try:  # #14: the table's own bound is the check (refused: nothing changed)
+            self._calls[call.call_id] = call
         except ContainerFull:
             self.stats.refused_overloaded += 1
             raise Overloaded(f"rpc.max_pending_calls ({self._calls.capacity}) reached") from None
@@ -288,12 +296,13 @@ class Caller:
             call = self._calls.get(cid)
             if call is None or call.state != "lookup" or call.name != done.name:
                 continue
+            self._lookup_waits.pop(cid)
             call.state = "new"
             out += self._next_attempt(call, now)
         return out
 
     def handle_timer(self, now: float) -> list[CallerOutcome]:
-        """Attempt timeouts (RPC and dial), then calls whose overall deadline passed."""
+        """Attempt timeouts (RPC and dial), then lookups that waited until the call's deadline."""
         out = self._absorb(list(self.rpc.handle_timer(now)), now)
         for cid, _ in self._dial_timers.expire(now):
             call = self._calls.get(cid)
@@ -302,8 +311,10 @@ class Caller:
             self._drop_dial_waiter(call.peer, cid)
             out += self._attempt_failed(call, CallTimeout(f"dial to {call.peer.short()} timed out"), now,
                                         suspect=True)
-        for _cid, call in self._calls.expire(now):
-            out += self._finish(call, None, self._timeout(call))
+        for cid, _ in self._lookup_waits.expire(now):
+            call = self._calls.get(cid)
+            if call is not None and call.state == "lookup":
+                out += self._finish(call, None, self._timeout(call))
         return out
 
     # -- planning --------------------------------------------------------------------------------
@@ -323,6 +334,7 @@ class Caller:
             if not call.looked_up and call.attempts == 0 and not self.registry.has_entries(call.name, now):
                 call.looked_up = True
                 call.state = "lookup"
+                self._lookup_waits.set(call.call_id, None, now, ttl=remaining)  # as many as calls: fits
                 self.stats.lookups += 1
                 outs = self.registry.lookup(call.name, call.call_id, now, self._neighbours())
                 out: list[CallerOutcome] = []
@@ -477,7 +489,9 @@ class Caller:
         return [CallResolved(call.token, result, error)]
 
     def _cleanup(self, call: _Call) -> None:
-        self._calls.pop(call.call_id)
+        self._calls.pop(call.call_id, None)
+        if call.state == "lookup":
+            self._lookup_waits.pop(call.call_id)
         if call.rpc_id is not None:
             self.rpc.cancel(call.rpc_id)
             call.rpc_id = None
