@@ -55,12 +55,33 @@ class _Loop:
         self.soon.append(cb)
 
 
+class _Core:
+    """qh3's connection core, standing in: its earliest deadline and what it is for."""
+
+    def __init__(self, quic: _Quic) -> None:
+        self._quic = quic
+        self.loss_total = 0
+
+    def get_timer(self) -> tuple[str, float] | None:
+        d = self._quic.deadline
+        return None if d is None else (self._quic.kind, d)
+
+
 class _Quic:
-    """A stand-in qh3 connection: a settable deadline; its timer runs recorded."""
+    """A stand-in qh3 connection: a settable deadline (and its kind); its timer runs recorded."""
 
     def __init__(self) -> None:
         self.deadline: float | None = None
+        self.kind = "loss_detection"
         self.ran: list[float] = []
+        self._core = _Core(self)
+        self.after_run: tuple[str, float | None] | None = None
+        """The kind and deadline qh3 has once its timer ran (``None``: unchanged)."""
+        self.queued = 0
+        """Stream bytes waiting in qh3 for their first transmission."""
+
+    def get_send_buffer_size(self) -> int:
+        return self.queued
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         return []
@@ -70,6 +91,8 @@ class _Quic:
 
     def handle_timer(self, now: float) -> None:
         self.ran.append(now)
+        if self.after_run is not None:
+            self.kind, self.deadline = self.after_run
 
 
 class _Timers(QuicTimers):
@@ -117,22 +140,75 @@ def test_qh3s_timer_is_kept_while_armed_early_enough_and_never_runs_qh3_early() 
     assert t._timer is None and t._timer_at is None
 
 
-def test_an_ack_owed_for_data_is_checked_in_the_next_iteration_not_timed() -> None:
+def test_an_owed_ack_moves_the_one_timer_to_qh3s_ack_deadline_and_nothing_else_is_armed() -> None:
+    """A lone datagram: the connection's timer is moved to qh3's deadline when that is earlier,
+    no timer of its own and no check in the next iteration. qh3 writes an owed ACK into no packet
+    before its own delay (1 ms) is up; a wait that fired earlier sent nothing (#14: two empty sends
+    per round trip of a sparse request, each a wake-up of an idle loop)."""
     t = _Timers()
-    t._wait_for_ack(10.0, True)  # a datagram with data: one check next iteration, no timer
-    t._wait_for_ack(10.0001, True)  # a second one in the same iteration: nothing more
-    assert t.loop.at == [] and len(t.loop.soon) == 1
-    t.transmit()  # the reply left (carrying the ACK) before the check
+    t.quic.deadline = 10.027  # a send armed qh3's probe timer
+    t._send_now()
+    assert [w for w, _ in t.loop.at] == [10.027]
+    t.quic.kind, t.quic.deadline = "ack_application", 10.001  # a datagram arrived at 10.0 and owes an ACK
+    t._wait_for_ack(10.0, True)  # it brought data: looked at in the next iteration (no answer came)
+    t._wait_for_ack(10.0002, True)  # a second one in the same iteration: nothing more
+    assert len(t.loop.at) == 1 and len(t.loop.soon) == 1
     t.loop.soon.pop()()
-    assert t.loop.at == [] and t._ack_owed is None
-    t._wait_for_ack(11.0, True)  # no reply this time: the check arms the timer from arrival
-    t.loop.now = 11.0002
+    assert [w for w, _ in t.loop.at] == [10.027, 10.001] and t._timer_at == 10.001
+    t.loop.now = 10.001  # the timer: qh3 runs its ACK timer, the ACK leaves alone
+    t.quic.after_run = ("loss_detection", 10.030)
+    t._handle_timer()
+    assert t.quic.ran == [10.001] and t.transmits == 1 and t._ack_owed is None
+    assert t._timer_at == 10.030
+    armed = len(t.loop.at)
+    t._wait_for_ack(10.002, False)  # a datagram that owes nothing (an ACK): qh3's deadline did not move earlier
+    assert len(t.loop.at) == armed and t.loop.soon == []
+    t.quic.deadline = 10.020  # one whose ACK made qh3's loss timer earlier: moved there at once
+    t._wait_for_ack(10.003, False)
+    assert t.loop.at[-1][0] == 10.020 and t._timer_at == 10.020
+    t.quic.kind, t.quic.deadline = "ack_application", 10.005
+    armed = len(t.loop.at)
+    t._wait_for_ack(10.004, True)  # data, answered in the same iteration: the send timed its ACK
+    t.transmit()
     t.loop.soon.pop()()
-    assert [w for w, _ in t.loop.at] == [11.0005]
-    t.loop.at[-1][1]()  # the timer sends the ACK alone
-    assert t.transmits == 2 and t._ack_owed is None and t._ack_timer is None
-    t._wait_for_ack(12.0, False)  # a datagram that brought nothing (an ACK, a PING): timed at once
-    assert t.loop.soon == [] and [w for w, _ in t.loop.at][-1] == 12.0005
+    assert t.loop.at[armed:] == [] or [w for w, _ in t.loop.at[armed:]] == [10.005]
+    assert all(cb != t.transmit for _, cb in t.loop.at)  # never a send of its own
+
+
+def test_an_ack_delay_longer_than_qh3s_is_kept() -> None:
+    """``transport.ack_delay`` 5 ms: the ACK waits 5 ms from the first datagram that owes it."""
+    t = _Timers()
+    vars(t)["ack_delay"] = 0.005
+    t.quic.kind, t.quic.deadline = "ack_application", 20.001
+    t._wait_for_ack(20.0, False)
+    t._wait_for_ack(20.003, False)
+    assert [w for w, _ in t.loop.at] == [20.005]
+    t.loop.now = 20.005
+    t._handle_timer()
+    assert t.quic.ran == [20.005] and t.transmits == 1
+
+
+def test_more_than_an_ack_to_send_is_sent_after_ack_delay() -> None:
+    """Data queued in qh3 (an ACK received may let it go) or a loss the datagram revealed (a
+    retransmission waits): a send of its own, as before, in the next iteration's check when the
+    datagram brought the owner something, armed at once when it did not. Without it a bulk
+    sender that received its ACKs one datagram at a time stalled (its queue waits on a send)."""
+    t = _Timers()
+    t.quic.kind, t.quic.deadline = "loss_detection", 30.027
+    t.quic.queued = 4096
+    t._wait_for_ack(30.0, False)  # an ACK alone: the data it let go leaves ack_delay later
+    assert [w for w, cb in t.loop.at if cb == t.transmit] == [30.0005]
+    t.loop.at[-1][1]()
+    assert t.transmits == 1 and t._ack_timer is None
+    t.quic.queued = 0
+    t.quic._core.loss_total = 1  # it revealed a loss: the retransmission is sent the same way
+    t._wait_for_ack(31.0, True)
+    assert len(t.loop.soon) == 1
+    t.loop.now = 31.0001
+    t.loop.soon.pop()()
+    assert [w for w, cb in t.loop.at if cb == t.transmit][-1] == 31.0005
+    t._wait_for_ack(31.0002, False)  # seen: nothing more
+    assert len([cb for _, cb in t.loop.at if cb == t.transmit]) == 2 and t.loop.soon == []
 
 
 def _inside_handle_timer(frame: Any) -> bool:
@@ -148,7 +224,8 @@ def _inside_handle_timer(frame: Any) -> bool:
 class _CountCallAt:
     """Wraps a loop: counts the connection's timers armed, by why (delegates the rest):
 
-    * ``acks``: ACK waits (a timer per received datagram, before);
+    * ``acks``: ACK waits of their own (a timer per received datagram, before; none now: an
+      owed ACK moves the connection's one timer to qh3's ACK deadline, under 5 ms away);
     * ``moved``: qh3's loss-detection and idle timer armed by a send (every datagram sent moved
       it, before), more than 5 ms ahead;
     * ``rearmed``: the same timer re-armed when it fired early (qh3's deadline had moved later):

@@ -96,13 +96,14 @@ class TransportConfig:
     datagram per system call (asyncio's own transport). Where the kernel or path refuses GSO it
     is turned off by itself."""
     ack_delay: float = 0.0005
-    """Seconds an open connection waits, after a lone datagram arrived, before it sends what QUIC
-    owes the peer for it (the acknowledgement, a flow-control update) on its own (default 0.5 ms;
-    0: at once, every time). Whatever the node sends in the meantime (the reply to a request, the
-    next message) carries it, so a round trip costs each end one datagram and one wake-up instead
-    of 1.5 (QUIC acknowledges every second packet at once): back-to-back round trips ~5 % faster
-    on loopback (#14). Runs of datagrams (bulk transfer) and handshakes are acknowledged at once.
-    At most 10 ms, well under the 25 ms maximum acknowledgement delay the peer assumes."""
+    """Seconds an open connection waits at least, after a lone datagram arrived, before it sends
+    what QUIC owes the peer for it (the acknowledgement, a flow-control update) on its own
+    (default 0.5 ms; 0: at once, every time). QUIC (qh3) itself holds an acknowledgement back
+    1 ms and writes it into the first packet it sends after that, so back-to-back round trips cost
+    each end one datagram and one wake-up instead of 1.5 (QUIC acknowledges every second packet
+    at once): ~5 % faster on loopback (#14); the ACK goes alone when nothing else went by the
+    later of the two delays. Runs of datagrams (bulk transfer) and handshakes are acknowledged at
+    once. At most 10 ms, well under the 25 ms maximum acknowledgement delay the peer assumes."""
     flush_bytes: int = 4 * KiB
     """Bytes of frames queued for one connection (default 4 KiB) at which they are written to
     QUIC at once, in the middle of the loop iteration that produced them (once per iteration;

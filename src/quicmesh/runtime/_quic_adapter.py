@@ -431,12 +431,12 @@ class Proto(QuicTimers, QuicConnectionProtocol):
             return
         try:
             if self.ack_delay:
-                # #14: the ACK this datagram earns waits up to ack_delay for a packet to ride on
-                # (the reply to it, usually; :meth:`transmit` sends it with whatever goes first)
+                # #14: not answered at once: the ACK this datagram earns leaves with the next
+                # packet once due, or alone when the timer fires (_quic_timers: the ACK wait)
                 now, sent, self._evented = self._loop_time(), self._sends, False
                 self._quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
                 self._process_events()
-                if not self._gone and self._sends == sent:  # else the answer sent meanwhile took the ACK
+                if not self._gone and self._sends == sent:  # else the send meanwhile took the ACK or timed it
                     self._wait_for_ack(now, self._evented)
             else:
                 super().datagram_received(data, addr)
