@@ -18,12 +18,13 @@ asyncio's loop), so ``--windows 0,1000,0@uvloop,1000@uvloop`` sets the loops sid
   process, with the same ``busy_poll_us``, on asyncio's loop whatever its gateway's) to a
   procedure of its gateway node.
 
-For each: latency p50 / p99, and the CPU both processes spent per operation (their
+For each: latency p50 / p99, the CPU both processes spent per operation (their
 ``/proc/<pid>/stat`` times across the phase), so the latency a window buys is set beside what it
-costs. ``--dma-latency`` (root) adds a ``0+dma`` row: window 0 while this process holds
-``/dev/cpu_dma_latency`` at 0, the operating system's own alternative (the idle CPU polls instead
-of halting, for every process on the machine). Medians over the rounds; JSON with every run.
-Loopback only; every process it starts is stopped by pid.
+costs, and how often each went to sleep per operation (A, B: its voluntary context switches; for
+``client rpc`` the node and this process). ``--dma-latency`` (root) adds a ``0+dma`` row:
+window 0 while this process holds ``/dev/cpu_dma_latency`` at 0, the operating system's own
+alternative (the idle CPU polls instead of halting, for every process on the machine). Medians
+over the rounds; JSON with every run. Loopback only; every process it starts is stopped by pid.
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _sleeps(pid: int) -> int:
+    """Times process ``pid``'s main thread went to sleep (its voluntary context switches)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
 @contextlib.contextmanager
 def _dma_latency_zero() -> Iterator[None]:
     """Hold ``/dev/cpu_dma_latency`` at 0 µs (PM QoS: no CPU idle state with an exit latency)."""
@@ -78,8 +87,12 @@ def _spec(label: str) -> tuple[int, str, bool]:
     return us, loop, dma
 
 
-async def _phases(window: int, count: int, loop: str = "asyncio") -> dict[str, dict[str, float]]:
-    env = {"QUICMESH_BUSY_POLL_US": str(window), "QUICMESH_EVENT_LOOP": loop}
+async def _phases(window: int, count: int, loop: str = "asyncio", *, env: dict[str, str] | None = None,
+                  client: bool = True) -> dict[str, dict[str, float]]:
+    """The phases between two node processes (``env`` added to theirs); ``client``: the light
+    client's calls too. Each: latency, CPU of both per operation, sleeps of each (A, B) per
+    operation."""
+    env = {"QUICMESH_BUSY_POLL_US": str(window), "QUICMESH_EVENT_LOOP": loop, **(env or {})}
     async with process_pair("busy", env) as (a, b):
         await a.request("advertise", "advertised", name="echo", kind="echo")
         await b.request("wait_provider", "ready", name="echo")
@@ -93,18 +106,21 @@ async def _phases(window: int, count: int, loop: str = "asyncio") -> dict[str, d
         ]
         await b.request("calls", "calls_done", name="echo", count=200, concurrency=1, wait=60)  # warm
         for name, cmd, fields, n in phases:
-            cpu0 = [_cpu(p) for p in pids]
+            cpu0, sleeps0 = [_cpu(p) for p in pids], [_sleeps(p) for p in pids]
             t0 = time.perf_counter()
             ev = await b.request(cmd, "calls_done" if cmd == "calls" else "pingpong_done", wait=300, **fields)
             wall = time.perf_counter() - t0
             cpu = sum(_cpu(p) - c for p, c in zip(pids, cpu0, strict=True))
+            sleeps = [(_sleeps(p) - z) / n for p, z in zip(pids, sleeps0, strict=True)]
             if cmd == "calls":
                 p50, p99 = float(ev["p50_ms"]) * 1000, float(ev["p99_ms"]) * 1000
             else:
                 p50, p99 = float(ev["p50_us"]), float(ev["p99_us"])
             out[name] = {"p50_us": p50, "p99_us": p99, "ops_per_s": n / wall,
-                         "cpu_us_per_op": cpu / n * 1e6, "cpu_cores": cpu / wall}
-        out["client rpc"] = await _client_calls(a.address, a.proc.pid, window, count)
+                         "cpu_us_per_op": cpu / n * 1e6, "cpu_cores": cpu / wall,
+                         "sleeps_a": sleeps[0], "sleeps_b": sleeps[1]}
+        if client:
+            out["client rpc"] = await _client_calls(a.address, a.proc.pid, window, count)
         return out
 
 
@@ -116,18 +132,22 @@ async def _client_calls(address: str, pid: int, window: int, count: int) -> dict
         for _ in range(200):  # warm
             await client.call("echo", b"x")
         lat: list[float] = []
+        me = os.getpid()
         cpu0, own0, t0 = _cpu(pid), time.process_time(), time.perf_counter()
+        sleeps0 = (_sleeps(pid), _sleeps(me))
         for _ in range(count):
             t = time.perf_counter()
             await client.call("echo", b"x")
             lat.append(time.perf_counter() - t)
         wall = time.perf_counter() - t0
         cpu = _cpu(pid) - cpu0 + time.process_time() - own0
+        sleeps = ((_sleeps(pid) - sleeps0[0]) / count, (_sleeps(me) - sleeps0[1]) / count)
     finally:
         await client.close()
     lat.sort()
     return {"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6, "ops_per_s": count / wall,
-            "cpu_us_per_op": cpu / count * 1e6, "cpu_cores": cpu / wall}
+            "cpu_us_per_op": cpu / count * 1e6, "cpu_cores": cpu / wall,
+            "sleeps_a": sleeps[0], "sleeps_b": sleeps[1]}
 
 async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, dict[str, float]]]] = {w: [] for w in windows}
@@ -144,12 +164,13 @@ async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
 
 def table(med: dict[str, dict[str, dict[str, float]]]) -> str:
     head = (f"{'busy_poll_us':>12} | {'phase':10} | {'p50 µs':>7} | {'p99 µs':>7} | {'ops/s':>7} | "
-            f"{'CPU µs/op (both)':>16} | {'cores busy':>10}")
+            f"{'CPU µs/op (both)':>16} | {'cores busy':>10} | {'sleeps/op (A, B)':>16}")
     lines = [head, "-" * len(head)]
     for w, phases in med.items():
         for ph, v in phases.items():
             lines.append(f"{w:>12} | {ph:10} | {v['p50_us']:7,.0f} | {v['p99_us']:7,.0f} | {v['ops_per_s']:7,.0f} | "
-                         f"{v['cpu_us_per_op']:16,.0f} | {v['cpu_cores']:10.2f}")
+                         f"{v['cpu_us_per_op']:16,.0f} | {v['cpu_cores']:10.2f} | "
+                         f"{v['sleeps_a']:7.2f}, {v['sleeps_b']:6.2f}")
     base = med.get("0")
     if base:
         lines.append("")

@@ -28,9 +28,12 @@ def test_the_bench_measures_latency_and_cpu_per_window(tmp_path: Path) -> None:
         assert set(window) == {"rpc", "rtt", "rtt paced", "client rpc"}
         for v in window.values():
             assert 0 < v["p50_us"] <= v["p99_us"] and v["ops_per_s"] > 0 and v["cpu_us_per_op"] > 0
+            assert v["sleeps_a"] >= 0 and v["sleeps_b"] >= 0
     # back to back, a window keeps both processes awake between operations: nearly two cores
     # busy, against about one asleep (each sleeps while the other works)
     assert med["2000"]["rpc"]["cpu_cores"] > med["0"]["rpc"]["cpu_cores"], med
+    # and it does not sleep between them: asleep, each process sleeps about once per call
+    assert med["2000"]["rpc"]["sleeps_a"] < 0.5 < med["0"]["rpc"]["sleeps_a"], med
 
 
 def test_a_window_names_its_event_loop_and_a_bad_one_is_refused() -> None:
