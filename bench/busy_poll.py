@@ -204,6 +204,11 @@ def main() -> None:
         windows.append("0+dma")
     res = asyncio.run(run(windows, args.rounds, args.count))
     print(table(res["medians"]))
+    write_json(args, res)
+
+
+def write_json(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """Write ``res``, with when and how it was made, to ``args.json`` (``wakeups.py`` too)."""
     doc = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "command": " ".join(sys.argv),
            "args": vars(args), **res}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 
-from busy_poll import _phases  # noqa: E402  (bench/, beside this script)
+from busy_poll import _phases, write_json  # noqa: E402  (bench/, beside this script)
 
 FIGURES = ("p50_us", "cpu_us_per_op", "sleeps_a", "sleeps_b")
 
@@ -81,11 +79,7 @@ def main() -> None:
         p.error(f"--base: {args.base} holds no quicmesh package")
     res = asyncio.run(run(str(Path(args.base).resolve()), args.rounds, args.count))
     print(table(res["medians"]))
-    doc = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "command": " ".join(sys.argv),
-           "args": vars(args), **res}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"JSON: {args.json}")
+    write_json(args, res)
 
 
 if __name__ == "__main__":
