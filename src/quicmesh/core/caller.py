@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 ``call(name, payload, timeout, now, token)`` opens a *call* with one overall deadline
 ``now + timeout`` and runs *attempts*, one provider each, until one succeeds, the call fails for
-good, or the deadline passes. The final outcome is one :class:`~quicmesh.core.rpc.CallResolved` carrying the caller's
-``token`` (the runtime's future), the same effect the direct RPC machine produces.
+good, or the deadline passes. The final outcome is one :class:`~quicmesh.core.rpc.CallResolved`
+carrying the caller's ``token`` (the runtime's future), the same effect the direct RPC machine
+produces.
 
 **Providers.** Candidates are the registry's live, unsuspected entries of the name
 (:meth:`Registry.providers`), minus this node and the providers already tried by this call.
