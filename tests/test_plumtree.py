@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from random import Random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from plumkit import ME, A, B, C, nid, tree
 
 from quicmesh.bounded import ContainerRegistry
@@ -14,7 +17,7 @@ from quicmesh.core.effects import Deliver, DeliverBatch, Effect, Send
 from quicmesh.core.membership import HvSend
 from quicmesh.core.mesh import PUBLISH_LINGER, Mesh
 from quicmesh.core.mesh_messages import MGossip, MGraft, MIHave, MNeighbor, MPrune
-from quicmesh.core.plumtree import GRAFT_ANSWER_INTERVAL, message_id
+from quicmesh.core.plumtree import GRAFT_ANSWER_INTERVAL, batch_digest, message_id
 from quicmesh.errors import LimitExceeded, MessageTooLarge
 
 PUB = nid(9)
@@ -45,6 +48,33 @@ def test_id_is_computed_from_content_not_trusted() -> None:
     assert message_id(PUB.raw, 7, 0, "s.t", [b"ab", b"c"]) != message_id(PUB.raw, 7, 0, "s.t", [b"a", b"bc"])
     assert message_id(PUB.raw, 7, 0, "s.t", [b"x", b"y"]) != a
     assert len(a) == 16
+
+
+# digests of the released layout (publisher bytes 0..31): ids and signatures cross versions, so a
+# faster digest must give these same bytes (#14: a lone message takes a one-buffer path)
+_KNOWN_DIGESTS = [
+    ((7, 0, "s.t", [b"x"]), "4fc6feba656c147f60ce936abd236c227859eccb7b60104aa60f49d2fdecbac9"),
+    ((2**63 - 1, 5, "s.caf\u00e9", [b""]), "dd043ad3ecdc19a7196b84eb87530bd63d7b99bbbec55dc39d78ff68d143a4a2"),
+    ((1, 2, "s.t", [b"ab", b"c"]), "2174ebdd621b30540b69931af10dc6ceedb56e8604b1bbdca0be5eb71234f8b4"),
+    ((0, 0, "s", [bytes(1000)] * 3), "96a70f85df9429bc1ac5a89af01d9b6d0f5178dff792a4f4dde255a6883648a3"),
+]
+
+
+@pytest.mark.parametrize(("batch", "digest"), _KNOWN_DIGESTS)
+def test_batch_digest_keeps_its_layout(batch: tuple[int, int, str, list[bytes]], digest: str) -> None:
+    epoch, seq, topic, payloads = batch
+    assert batch_digest(bytes(range(32)), epoch, seq, topic, payloads).hex() == digest
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1),
+       st.text(min_size=1, max_size=40), st.lists(st.binary(max_size=300), min_size=1, max_size=8))
+def test_batch_digest_is_the_documented_layout(publisher: bytes, epoch: int, seq: int, topic: str,
+                                               payloads: list[bytes]) -> None:
+    t = topic.encode()
+    layout = b"".join((publisher, epoch.to_bytes(8, "big"), seq.to_bytes(8, "big"), len(t).to_bytes(4, "big"), t,
+                       len(payloads).to_bytes(4, "big"), *(len(p).to_bytes(4, "big") for p in payloads), *payloads))
+    assert batch_digest(publisher, epoch, seq, topic, payloads) == hashlib.sha256(layout).digest()
 
 
 def test_lazy_peers_get_batched_ihaves(registry: ContainerRegistry) -> None:

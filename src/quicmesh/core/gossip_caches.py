@@ -18,6 +18,10 @@ __all__ = ["ID_LEN", "Arrived", "GossipAuth", "GossipCaches", "batch_digest", "m
 
 ID_LEN = 16
 
+_HEAD = struct.Struct(">QQI")  # epoch, seq, topic length
+_ONE = struct.Struct(">II")  # a batch of one: n = 1 and the payload's length
+_sha256 = hashlib.sha256
+
 
 def message_id(publisher: bytes, epoch: int, seq: int, topic: str, payloads: list[bytes]) -> bytes:
     """The 16-byte id of a gossip batch: :func:`batch_digest` truncated."""
@@ -29,15 +33,21 @@ def batch_digest(publisher: bytes, epoch: int, seq: int, topic: str, payloads: l
     every payload's length and the payloads (so payload boundaries are part of it). Its first
     16 bytes are the batch's id; the publisher signs all 32 (with the realm). SHA-256 rather
     than BLAKE2b: with the SHA CPU extensions (most x86-64 and ARMv8 CPUs) it hashes a 4 KiB
-    batch 1.7x faster here."""
-    h = hashlib.sha256()
+    batch 1.7x faster here.
+
+    The bytes hashed: ``publisher | epoch (8, big-endian) | seq (8) | len(topic) (4) | topic
+    (UTF-8) | n (4) | n lengths (4 each) | the payloads``."""
     t = topic.encode()
     n = len(payloads)
-    h.update(b"".join((publisher, epoch.to_bytes(8, "big", signed=False), seq.to_bytes(8, "big", signed=False),
-                       len(t).to_bytes(4, "big"), t, n.to_bytes(4, "big"))))
+    head = _HEAD.pack(epoch, seq, len(t))
+    if n == 1:
+        # #14: a lone message (a round trip's every hop) in one hash call over one buffer: 1.2 µs
+        # against 2.6 for the general form below
+        p = payloads[0]
+        return _sha256(b"".join((publisher, head, t, _ONE.pack(1, len(p)), p))).digest()
     # every length first, then the payloads: the boundaries are fixed by the lengths, and both
     # parts are built in C (per-payload Python work was a tenth of the receive path)
-    h.update(struct.pack(f">{n}I", *map(len, payloads)))
+    h = _sha256(b"".join((publisher, head, t, struct.pack(f">I{n}I", n, *map(len, payloads)))))
     h.update(b"".join(payloads))
     return h.digest()
 

@@ -274,8 +274,7 @@ def is_local(host: str) -> bool:
 
 
 def datagram_size(quic: QuicConnection) -> int | None:
-    """The largest UDP payload ``quic`` sends now (bytes; after path MTU discovery), or ``None``
-    before its core exists."""
+    """The largest UDP payload ``quic`` sends now (bytes; after PMTU discovery); ``None`` before."""
     core = getattr(quic, "_core", None)
     if core is None:
         return None
@@ -349,8 +348,7 @@ class Proto(QuicTimers, QuicConnectionProtocol):
             vars(quic)["_log_packets"] = _no_packet_log
         self.sink: Sink | None = None
         self.refuse_reason: str | None = None
-        """When set before the first datagram: close with CONNECTION_REFUSED right after it and
-        drop the connection at once."""
+        """Set before the first datagram: close with CONNECTION_REFUSED right after it, drop at once."""
         self.on_terminated: Callable[[Proto], None] | None = None
         self._failing = False
         self._gone = False
@@ -434,7 +432,10 @@ class Proto(QuicTimers, QuicConnectionProtocol):
                 # #14: not answered at once: the ACK this datagram earns leaves with the next
                 # packet once due, or alone when the timer fires (_quic_timers: the ACK wait)
                 now, sent, self._evented = self._loop_time(), self._sends, False
-                self._quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
+                if data[0] & 0x80:  # type: ignore[operator]  # a long header (a handshake's)
+                    self._quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
+                else:  # a 1-RTT packet: qh3's batch entry, without its per-datagram handshake-time checks
+                    self._quic.receive_many_datagrams([data], addr, now=now)  # type: ignore[list-item]
                 self._process_events()
                 if not self._gone and self._sends == sent:  # else the send meanwhile took the ACK or timed it
                     self._wait_for_ack(now, self._evented)
