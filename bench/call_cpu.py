@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""CPU time per RPC call, both ends in one process, for this tree and optionally another (#14).
+"""CPU time per RPC call and per pub/sub round trip, both ends in one process, for this tree and
+optionally another (#14).
 
     python bench/call_cpu.py [--base ../wt-base/src] [--rounds 5] [--batches 150] [--json FILE]
 
 Two nodes over QUIC on loopback in one process (``bench/pairlib.py``'s echo pair): ``--batches``
-batches of 64 calls in flight (``asyncio.gather``), then sequential calls, each measured as the
-process's CPU time per call over five windows (the least is reported: a window the machine's
+batches of 64 calls in flight (``asyncio.gather``), then sequential calls, then pub/sub round
+trips one at a time (publish -> subscriber -> reply publish -> reader; ``--round-trips``), each
+measured as the process's CPU time per operation over five windows (the least is reported: a window the machine's
 load slowed costs more CPU, never less). With ``--base`` each round runs a child process per
 tree, alternating which goes first, so the load of the hour falls on both alike; the table shows
 each tree's median over the rounds and the ratio this tree / base.
@@ -33,11 +35,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CURRENT = HERE.parent / "src"
 WINDOWS = 5
-"""Windows per measurement; the least CPU per call of them is the tree's figure for the round."""
+"""Windows per measurement; the least CPU per operation of them is the tree's figure for the round."""
+FIGURES = (("in_flight_64_us", "RPC call, 64 in flight"), ("sequential_us", "RPC call, sequential"),
+           ("round_trip_us", "pub/sub round trip"))
+"""The JSON keys and table rows, in order."""
 
 
-async def measure(batches: int, sequential: int) -> dict[str, float]:
-    """µs of this process's CPU per call: 64 in flight and one at a time."""
+async def measure(batches: int, sequential: int, round_trips: int) -> dict[str, float]:
+    """µs of this process's CPU per operation: a call with 64 in flight and one at a time, a pub/sub
+    round trip."""
     sys.path.insert(0, str(HERE))
     from pairlib import PAYLOAD, echo_pair
 
@@ -61,14 +67,22 @@ async def measure(batches: int, sequential: int) -> dict[str, float]:
             for _ in range(sequential):
                 await b.call("echo", PAYLOAD)
             seq.append((time.process_time() - c0) / sequential * 1e6)
-    return {"in_flight_64_us": min(flight), "sequential_us": min(seq)}
+        for _ in range(max(1, round_trips // 3)):  # warm: the tree, the subscriptions' routes
+            await pair.round_trip()
+        rtt: list[float] = []
+        for _ in range(WINDOWS):
+            c0 = time.process_time()
+            for _ in range(round_trips):
+                await pair.round_trip()
+            rtt.append((time.process_time() - c0) / round_trips * 1e6)
+    return {"in_flight_64_us": min(flight), "sequential_us": min(seq), "round_trip_us": min(rtt)}
 
 
-def _child(src: str, batches: int, sequential: int) -> dict[str, float]:
+def _child(src: str, batches: int, sequential: int, round_trips: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": src}
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--batches", str(batches),
-                           "--sequential", str(sequential)], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+                           "--sequential", str(sequential), "--round-trips", str(round_trips)], env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"child for {src} failed: {done.stderr[-2000:]}")
     res: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -81,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batches", type=int, default=150, help="batches of 64 calls per window")
     p.add_argument("--sequential", type=int, default=1500, help="sequential calls per window")
+    p.add_argument("--round-trips", type=int, default=1000, help="pub/sub round trips per window")
     p.add_argument("--json", default=str(HERE / "results" / "call_cpu.json"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.batches < 1 or args.sequential < 1 or args.rounds < 1:
-        p.error("--batches, --sequential and --rounds must be at least 1")
+    if args.batches < 1 or args.sequential < 1 or args.round_trips < 1 or args.rounds < 1:
+        p.error("--batches, --sequential, --round-trips and --rounds must be at least 1")
     if args.child:
-        print(json.dumps(asyncio.run(measure(args.batches, args.sequential))))
+        print(json.dumps(asyncio.run(measure(args.batches, args.sequential, args.round_trips))))
         return 0
     trees = {"current": str(CURRENT)}
     if args.base:
@@ -99,20 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         order = list(trees) if r % 2 == 0 else list(reversed(trees))
         for t in order:
-            res = _child(trees[t], args.batches, args.sequential)
+            res = _child(trees[t], args.batches, args.sequential, args.round_trips)
             runs[t].append(res)
             print(f"round {r + 1}, {t}: 64 in flight {res['in_flight_64_us']:.2f} µs/call, "
-                  f"sequential {res['sequential_us']:.2f} µs/call", flush=True)
-    med = {t: {k: statistics.median(x[k] for x in v) for k in ("in_flight_64_us", "sequential_us")}
-           for t, v in runs.items()}
+                  f"sequential {res['sequential_us']:.2f} µs/call, "
+                  f"pub/sub round trip {res['round_trip_us']:.2f} µs", flush=True)
+    med = {t: {k: statistics.median(x[k] for x in v) for k, _ in FIGURES} for t, v in runs.items()}
     print()
-    head = "| CPU µs per call (both ends, one process) | " + " | ".join(trees)
+    head = "| CPU µs per operation (both ends, one process) | " + " | ".join(trees)
     print(head + (" | current / base |" if "base" in trees else " |"))
     print("|" + "---|" * (len(trees) + 1 + ("base" in trees)))
     out: dict[str, Any] = {"rounds": args.rounds, "batches": args.batches, "sequential": args.sequential,
-                           "trees": trees, "runs": runs, "medians": med}
+                           "round_trips": args.round_trips, "trees": trees, "runs": runs, "medians": med}
     ratios: dict[str, float] = {}
-    for key, label in (("in_flight_64_us", "64 in flight"), ("sequential_us", "sequential")):
+    for key, label in FIGURES:
         row = f"| {label} | " + " | ".join(f"{med[t][key]:.2f}" for t in trees)
         if "base" in trees:
             ratios[key] = med["current"][key] / med["base"][key]
