@@ -200,6 +200,42 @@ async def test_a_sparse_round_trip_wakes_no_end_for_an_empty_send() -> None:
         await a.stop()
 
 
+async def test_a_lone_datagram_of_an_open_connection_takes_the_batch_entry() -> None:
+    """#14: once a connection is open, a lone 1-RTT datagram goes through qh3's batch entry
+    (``receive_many_datagrams``), without ``receive_datagram``'s per-datagram checks for a version
+    negotiation, a Retry and a handshake's connection ids; and is processed all the same (every
+    call answered). qh3 falls back to ``receive_datagram`` itself before its handshake is done,
+    which would be counted here."""
+    a, b = await _pair(0.0005)
+    try:
+        counts: dict[tuple[str, str], int] = {}
+        for name, node in (("a", a), ("b", b)):
+            quic = _proto(node)._quic
+            for entry in ("receive_datagram", "receive_many_datagrams"):
+                counts[(name, entry)] = 0
+
+                def counting(*args: Any, _inner: Any = getattr(quic, entry), _key: tuple[str, str] = (name, entry),
+                             **kwargs: Any) -> Any:
+                    counts[_key] += 1
+                    return _inner(*args, **kwargs)
+
+                vars(quic)[entry] = counting
+
+        async def echo(payload: bytes) -> bytes:
+            return payload
+
+        await a.advertise("echo", echo)
+        await b.wait_for_provider("echo", 10)
+        for i in range(50):
+            assert await b.call("echo", b"%d" % i) == b"%d" % i
+        print(counts)
+        assert counts[("a", "receive_many_datagrams")] >= 50 and counts[("b", "receive_many_datagrams")] >= 50
+        assert counts[("a", "receive_datagram")] == 0 and counts[("b", "receive_datagram")] == 0
+    finally:
+        await b.stop()
+        await a.stop()
+
+
 async def test_handshakes_are_answered_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The delay applies only to open connections: until a connection opens (TLS and the
     quicmesh handshake done), every flight is answered when its packets arrive; a dialer must not
