@@ -97,6 +97,19 @@ def test_feed_accepts_memoryview_and_bytearray(codec: Codec) -> None:
     assert codec.decode(memoryview(frame)[4:]) == Ping(seq=3)
 
 
+def test_a_whole_frame_is_decoded_where_it_lies_and_let_go(codec: Codec) -> None:
+    """#14: a chunk that is exactly one frame is decoded without a copy into the buffer; nothing
+    of it is kept (the caller's bytearray can be changed and resized at once)."""
+    frame = bytearray(codec.frame(Ping(seq=3)))
+    dec = codec.decoder()
+    assert dec.feed(frame) == [Ping(seq=3)]
+    frame[-1:] = b"\x05"
+    frame.extend(b"more")  # would raise BufferError if a view of it were still held
+    assert dec.buffered == 0
+    assert dec.feed(codec.frame(Ping(seq=4))[:3]) == [] and dec.buffered == 3  # a part: buffered as before
+    assert dec.feed(codec.frame(Ping(seq=4))[3:]) == [Ping(seq=4)] and dec.buffered == 0
+
+
 # -- typed errors ------------------------------------------------------------------------------
 
 
