@@ -101,7 +101,7 @@ class Batching:
         sw.batch_bytes += len(payload)
         seq = sw.next_seq
         sw.next_seq += 1
-        if sw.patterns and (topic in sw.patterns or any(p.matches(topic) for p in sw.patterns.values())):
+        if sw.patterns and sw.wants(topic):
             out.append(Deliver(topic, payload, self.me, seq, 0))
             self.counters["delivered"] += 1
         return out

@@ -559,8 +559,8 @@ class Mesh(Batching):
 
     def _deliver(self, sw: Swarm, items: list[Arrived]) -> list[Effect]:
         out: list[Effect] = []
-        for a in items:  # #14: a subscription to the topic itself (its text a key) matches at once
-            if a.topic in sw.patterns or any(p.matches(a.topic) for p in sw.patterns.values()):
+        for a in items:
+            if sw.wants(a.topic):
                 self.counters["delivered"] += len(a.payloads)
                 payloads = a.payloads
                 if len(payloads) == 1:

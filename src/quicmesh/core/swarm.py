@@ -73,6 +73,13 @@ class Swarm:
         self.batch_seq = 0
         self.batch_bytes = 0
 
+    def wants(self, topic: str) -> bool:
+        """Whether a local pattern of this swarm matches the concrete ``topic``. #14: a
+        subscription to the topic itself (its text a key of :attr:`patterns`) matches without a
+        walk, which splits the topic once per pattern."""
+        patterns = self.patterns
+        return topic in patterns or any(p.matches(topic) for p in patterns.values())
+
     @property
     def next_find(self) -> float:
         """When the swarm's next discovery walk is due (setting it marks :attr:`watch`)."""
