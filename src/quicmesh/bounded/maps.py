@@ -95,10 +95,12 @@ class LruMap(_Bounded, Generic[K, V]):
     def get(self, key: K, default: D) -> V | D: ...
     def get(self, key: K, default: Any = None) -> Any:
         """The value for ``key`` (marking it used), or ``default``."""
-        try:
-            return self[key]
-        except KeyError:
+        data = self._data  # #14: inline, not through __getitem__ (a call fewer per lookup)
+        value = data.get(key, _MISSING)
+        if value is _MISSING:
             return default
+        data.move_to_end(key)
+        return value
 
     def peek(self, key: K, default: D | None = None) -> V | D | None:
         """The value for ``key`` without marking it used."""

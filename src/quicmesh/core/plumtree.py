@@ -572,10 +572,10 @@ class Plumtree:
                 out.append(HvSend(p, fwd))
         self.counters["payloads_sent"] += len(out)
         queue = self.reannounce
-        head = queue.peekleft() if queue else None
+        n = len(queue)
         queue.append((now + REANNOUNCE_DELAY, mid, sender))
-        if head is None or queue.peekleft() is not head:  # the re-announcement deadline reads the head
-            self._watch.dirty = True
+        if n == 0 or n >= queue.capacity:  # the head is new (or the full queue let its oldest go):
+            self._watch.dirty = True  # the re-announcement deadline reads it
         return out
 
     def _queue_ihave(self, peer: NodeId, mid: bytes, hops: int, now: float) -> None:
