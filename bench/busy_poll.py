@@ -21,7 +21,9 @@ asyncio's loop), so ``--windows 0,1000,0@uvloop,1000@uvloop`` sets the loops sid
 For each: latency p50 / p99, the CPU both processes spent per operation (their
 ``/proc/<pid>/stat`` times across the phase), so the latency a window buys is set beside what it
 costs, and how often each went to sleep per operation (A, B: its voluntary context switches; for
-``client rpc`` the node and this process). ``--dma-latency`` (root) adds a ``0+dma`` row:
+``client rpc`` the node and this process), and how many busy-poll windows A opened per
+operation (a window that closes with nothing come ends in a sleep: while the other end answers
+within the window, A opens few and sleeps as few). ``--dma-latency`` (root) adds a ``0+dma`` row:
 window 0 while this process holds ``/dev/cpu_dma_latency`` at 0, the operating system's own
 alternative (the idle CPU polls instead of halting, for every process on the machine). Medians
 over the rounds; JSON with every run. Loopback only; every process it starts is stopped by pid.
@@ -48,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pairlib import process_pair
 
 from quicmesh.runtime.client import Client
+from quicmesh.testing.process import NodeProcess
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -87,6 +90,12 @@ def _spec(label: str) -> tuple[int, str, bool]:
     return us, loop, dma
 
 
+async def _windows(node: NodeProcess) -> float:
+    """Busy-poll windows node ``node`` has opened (each one ends in a sleep when nothing comes)."""
+    ev = await node.request("gauges", "gauges", wait=30)
+    return float(ev["gauges"]["busy_poll_windows_total"])
+
+
 async def _phases(window: int, count: int, loop: str = "asyncio", *, env: dict[str, str] | None = None,
                   client: bool = True) -> dict[str, dict[str, float]]:
     """The phases between two node processes (``env`` added to theirs); ``client``: the light
@@ -106,33 +115,37 @@ async def _phases(window: int, count: int, loop: str = "asyncio", *, env: dict[s
         ]
         await b.request("calls", "calls_done", name="echo", count=200, concurrency=1, wait=60)  # warm
         for name, cmd, fields, n in phases:
+            windows0 = await _windows(a)
             cpu0, sleeps0 = [_cpu(p) for p in pids], [_sleeps(p) for p in pids]
             t0 = time.perf_counter()
             ev = await b.request(cmd, "calls_done" if cmd == "calls" else "pingpong_done", wait=300, **fields)
             wall = time.perf_counter() - t0
             cpu = sum(_cpu(p) - c for p, c in zip(pids, cpu0, strict=True))
             sleeps = [(_sleeps(p) - z) / n for p, z in zip(pids, sleeps0, strict=True)]
+            windows_a = (await _windows(a) - windows0) / n
             if cmd == "calls":
                 p50, p99 = float(ev["p50_ms"]) * 1000, float(ev["p99_ms"]) * 1000
             else:
                 p50, p99 = float(ev["p50_us"]), float(ev["p99_us"])
             out[name] = {"p50_us": p50, "p99_us": p99, "ops_per_s": n / wall,
                          "cpu_us_per_op": cpu / n * 1e6, "cpu_cores": cpu / wall,
-                         "sleeps_a": sleeps[0], "sleeps_b": sleeps[1]}
+                         "sleeps_a": sleeps[0], "sleeps_b": sleeps[1], "windows_a": windows_a}
         if client:
-            out["client rpc"] = await _client_calls(a.address, a.proc.pid, window, count)
+            out["client rpc"] = await _client_calls(a, window, count)
         return out
 
 
-async def _client_calls(address: str, pid: int, window: int, count: int) -> dict[str, float]:
+async def _client_calls(node: NodeProcess, window: int, count: int) -> dict[str, float]:
     """``count`` sequential calls from a light client in this process (``busy_poll_us`` =
     ``window`` too) to ``echo`` on its gateway node; CPU of this process and the node's."""
-    client = await Client.connect(address, realm="busy", reconnect=False, busy_poll_us=window)
+    pid = node.proc.pid
+    client = await Client.connect(node.address, realm="busy", reconnect=False, busy_poll_us=window)
     try:
         for _ in range(200):  # warm
             await client.call("echo", b"x")
         lat: list[float] = []
         me = os.getpid()
+        windows0 = await _windows(node)
         cpu0, own0, t0 = _cpu(pid), time.process_time(), time.perf_counter()
         sleeps0 = (_sleeps(pid), _sleeps(me))
         for _ in range(count):
@@ -142,12 +155,13 @@ async def _client_calls(address: str, pid: int, window: int, count: int) -> dict
         wall = time.perf_counter() - t0
         cpu = _cpu(pid) - cpu0 + time.process_time() - own0
         sleeps = ((_sleeps(pid) - sleeps0[0]) / count, (_sleeps(me) - sleeps0[1]) / count)
+        windows_a = (await _windows(node) - windows0) / count
     finally:
         await client.close()
     lat.sort()
     return {"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6, "ops_per_s": count / wall,
             "cpu_us_per_op": cpu / count * 1e6, "cpu_cores": cpu / wall,
-            "sleeps_a": sleeps[0], "sleeps_b": sleeps[1]}
+            "sleeps_a": sleeps[0], "sleeps_b": sleeps[1], "windows_a": windows_a}
 
 async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, dict[str, float]]]] = {w: [] for w in windows}
@@ -164,13 +178,13 @@ async def run(windows: list[str], rounds: int, count: int) -> dict[str, Any]:
 
 def table(med: dict[str, dict[str, dict[str, float]]]) -> str:
     head = (f"{'busy_poll_us':>12} | {'phase':10} | {'p50 µs':>7} | {'p99 µs':>7} | {'ops/s':>7} | "
-            f"{'CPU µs/op (both)':>16} | {'cores busy':>10} | {'sleeps/op (A, B)':>16}")
+            f"{'CPU µs/op (both)':>16} | {'cores busy':>10} | {'sleeps/op (A, B)':>16} | {'windows/op (A)':>14}")
     lines = [head, "-" * len(head)]
     for w, phases in med.items():
         for ph, v in phases.items():
             lines.append(f"{w:>12} | {ph:10} | {v['p50_us']:7,.0f} | {v['p99_us']:7,.0f} | {v['ops_per_s']:7,.0f} | "
                          f"{v['cpu_us_per_op']:16,.0f} | {v['cpu_cores']:10.2f} | "
-                         f"{v['sleeps_a']:7.2f}, {v['sleeps_b']:6.2f}")
+                         f"{v['sleeps_a']:7.2f}, {v['sleeps_b']:6.2f} | {v['windows_a']:14.2f}")
     base = med.get("0")
     if base:
         lines.append("")

@@ -13,9 +13,15 @@ failure detector's probes queued behind the same flood, and the publisher declar
 Now a GRAFT is answered once per ``GRAFT_ANSWER_INTERVAL``, a duplicate repair prunes nothing,
 and datagrams of a peer count as hearing from it (``Sink.alive``).
 
-Open (2026-12-04): CI on d409420 lost 1,280 messages (5 batches of 256) in round 2 under uvloop,
-publisher's dropped sends 0; 0 lost in 25 runs of this test alone since (quiet and under load)
-and in the three other full runs that day. A round that loses now prints both nodes' health.
+CI lost 1,280 messages (5 batches of 256, d409420) and later 256 (acaac7a) in round 2 under
+uvloop, publisher's dropped sends 0; 0 in 25 runs of this test alone. The health a losing round
+prints told why: the subscriber's ordering gave up 1 gap of 256 and had grafted 251 batches, all
+received. The test asks the publisher to wait for the subscriber right after the subscriber left
+the swarm and joined it again, and the publisher's view could still hold the old link: it
+published into it, then handled the leave, published a batch to nobody, then handled the join
+and went on. That batch reached the subscriber only as a catch-up IHAVE and its GRAFT, behind
+the eager stream, which filled the 16,384-message reorder window first. Now a neighbour that
+rejoins is pushed what was cached since it left (``tests/test_rejoin_catchup.py`` replays it).
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def test_neighbor_down_forgets_the_peer(registry: ContainerRegistry) -> None:
     pt = tree(registry)
     mid = message_id(PUB.raw, 7, 1, "s.t", [b"x"])
     pt.handle(A, MIHave("s", [mid], [1]), 0.0)
-    pt.neighbor_down(A)
+    pt.neighbor_down(A, 0.0)
     assert A not in pt.eager and A not in pt.lazy
     assert pt.handle_timer(0.1) == []  # no graft towards a departed peer
 
@@ -175,7 +175,7 @@ def test_a_graft_is_answered_once_per_interval_while_its_answer_travels(registry
     out, _ = pt.handle(C, MGraft("s", mid), 0.11 + GRAFT_ANSWER_INTERVAL)
     assert len(out) == 1
     # a peer that left and came back gets an answer at once (what was on its way went with it)
-    pt.neighbor_down(C)
+    pt.neighbor_down(C, 0.6)
     pt.neighbor_up(C, 0.62)
     assert len(pt.handle(C, MGraft("s", mid), 0.63)[0]) == 1
     pt.handle_timer(10.0)

@@ -77,7 +77,7 @@ def test_trees_are_bounded_and_forget_departed_neighbours(registry: ContainerReg
         pt.handle(A, gossip(pub, 0), float(i))
         pt.handle(B, gossip(pub, 0), float(i))  # duplicate: B lazy in this tree
     assert len(pt.trees) == 4 and pt.trees.stats().peak == 4
-    pt.neighbor_down(B)
+    pt.neighbor_down(B, 0.0)
     assert all(B not in lazy for lazy in pt.trees.values())
     pt.close()
     assert not any(c.name == "plumtree.trees" for c in registry)

@@ -578,11 +578,11 @@ class Mesh(Batching):
                 out += self._send(o.peer, o.message, now)
             elif isinstance(o, NeighborUp):
                 if sw is not None:
-                    sw.pt.neighbor_up(o.peer, now)
+                    out += self._route(swarm, sw.pt.neighbor_up(o.peer, now), now)
                 self.links.in_use(o.peer)
             elif isinstance(o, NeighborDown):
                 if sw is not None:
-                    sw.pt.neighbor_down(o.peer)
+                    sw.pt.neighbor_down(o.peer, now)
                 self.links.check_linger(o.peer, now)
         return out
 

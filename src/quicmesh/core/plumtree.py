@@ -53,7 +53,11 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   crashed (their loss is only noticed at the transport's idle timeout) keeps publishing into the
   void; once it has new neighbours they graft what they missed and the tree spreads it. The
   price: a node that just joined a swarm may receive up to the payload cache's recent messages
-  (at most ``payload_cache_ttl``, 30 s, old) published before it subscribed.
+  (at most ``payload_cache_ttl``, 30 s, old) published before it subscribed. A neighbour that
+  comes back within ``REJOIN_WINDOW`` (5 s) of going down (a subscriber that re-subscribed, a
+  link that flapped) is also pushed the batches cached since it went down (at most
+  ``REJOIN_PUSH``, oldest first, as repairs) before anything newer: what a publisher sent while
+  its view of a rejoining subscriber was stale arrives in order instead of behind the stream.
 * **Tree optimisation.** When a payload arrives with ``hops`` more than ``optimization_threshold``
   above the hop count an earlier IHAVE announced, the node grafts the announcer (without id) and
   prunes the sender. The same holds the other way round, which is the common case (an IHAVE
@@ -78,7 +82,6 @@ swarm's entries when the node leaves it. Everything else lives in this object an
 
 from __future__ import annotations
 
-import zlib
 from random import Random
 
 from ..bounded import BoundedDeque, ContainerRegistry, LruMap, TtlMap, Watch
@@ -88,6 +91,7 @@ from . import plumtree_params as params
 from .gossip_caches import ID_LEN, Arrived, GossipAuth, GossipCaches, batch_digest, message_id
 from .membership import HvSend
 from .mesh_messages import MGone, MGossip, MGraft, MIHave, MPrune
+from .plumtree_links import TreeLinks
 from .plumtree_params import GRAFT_ANSWER_INTERVAL, MAX_IHAVE_IDS, REANNOUNCE_DELAY
 from .wire import Message
 
@@ -96,7 +100,7 @@ __all__ = [
     "batch_digest", "message_id",
 ]
 
-class Plumtree:
+class Plumtree(TreeLinks):
     """Broadcast state of one swarm. See the module docstring."""
 
     def __init__(
@@ -124,6 +128,9 @@ class Plumtree:
         self.since: LruMap[NodeId, float] = LruMap("plumtree.neighbour_since", params.MAX_NEIGHBOURS, registry=registry)
         """When each neighbour joined: re-announcements go only to neighbours that were linked when
         the message arrived (a newcomer gets the bounded catch-up instead, not the whole backlog)."""
+        self.left: TtlMap[NodeId, bytes] = TtlMap("plumtree.left", params.MAX_NEIGHBOURS, params.REJOIN_WINDOW,
+                                                  registry=registry)
+        """Neighbours that went down in the last ``REJOIN_WINDOW``: the newest batch cached then."""
         cap = config.payload_cache_capacity
         self.missing: TtlMap[bytes, tuple[tuple[NodeId, int], ...]] = TtlMap(
             "plumtree.missing", cap, config.payload_cache_ttl, registry=registry
@@ -159,21 +166,39 @@ class Plumtree:
         self.counters = {  # bounded: fixed keys
             "received": 0, "duplicates": 0, "grafts_sent": 0, "prunes_sent": 0, "too_large": 0,
             "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0, "tree_refreshes": 0,
-            "grafts_abandoned": 0, "rejected": 0, "grafts_unanswered": 0,
+            "grafts_abandoned": 0, "rejected": 0, "grafts_unanswered": 0, "rejoin_pushes": 0,
         }
 
     # -- neighbours ------------------------------------------------------------------------------
 
-    def neighbor_up(self, peer: NodeId, now: float) -> None:
-        """A swarm neighbour appeared: start it eager, and announce our recent messages to it
-        (catch-up: see the module docstring)."""
+    def neighbor_up(self, peer: NodeId, now: float) -> list[HvSend]:
+        """A swarm neighbour appeared: start it eager, announce our recent messages to it, and
+        push a rejoining one what it missed (catch-up: see the module docstring)."""
         self._make_eager(peer, None)
         self.since.set(peer, now)
-        for mid, m in self.caches.recent(self.swarm, params.CATCHUP_IDS):
+        recent = self.caches.recent(self.swarm, params.CATCHUP_IDS)
+        for mid, m in recent:
             self._queue_ihave(peer, mid, m.hops + 1, now)
+        due = self.left.deadline(peer)
+        newest = self.left.pop(peer)
+        if newest is None or due is None or due < now:
+            return []
+        ids = [mid for mid, _ in recent]  # the newest cached when it left, or none: all came since
+        start = ids.index(newest) + 1 if newest in ids else 0
+        out: list[HvSend] = []
+        for mid, m in recent[start:start + params.REJOIN_PUSH]:
+            if mid not in self.caches.unchecked or self._check_deferred(mid, m, now):
+                self.answered.set((mid, peer), None, now)
+                out.append(HvSend(peer, self._repair(m)))
+        self.counters["payloads_sent"] += len(out)
+        self.counters["rejoin_pushes"] += len(out)
+        return out
 
-    def neighbor_down(self, peer: NodeId) -> None:
-        """A swarm neighbour left: forget it."""
+    def neighbor_down(self, peer: NodeId, now: float) -> None:
+        """A swarm neighbour left: forget it, but for when it left and the newest batch cached
+        then (a rejoin within ``REJOIN_WINDOW`` is pushed what came after)."""
+        newest = self.caches.recent(self.swarm, 1)
+        self.left.set(peer, newest[0][0] if newest else b"", now)
         self.eager.pop(peer)
         self.lazy.pop(peer)
         self.since.pop(peer)
@@ -181,43 +206,6 @@ class Plumtree:
             lazy.discard(peer)
         for key in [k for k in self.answered.keys() if k[1] == peer]:  # what it was sent may be lost
             self.answered.pop(key)
-
-    def _is_neighbour(self, peer: NodeId) -> bool:
-        return peer in self.eager or peer in self.lazy
-
-    def _lazy_for(self, publisher: bytes) -> set[NodeId]:
-        lazy = self.trees.get(publisher)
-        if lazy is None:
-            lazy = set()  # bounded: swarm neighbours, at most params.MAX_NEIGHBOURS
-            self.trees.set(publisher, lazy)
-        return lazy
-
-    def is_eager(self, peer: NodeId, publisher: bytes) -> bool:
-        """Whether ``peer`` is a neighbour eager for ``publisher``'s messages."""
-        lazy = self.trees.peek(publisher)
-        return self._is_neighbour(peer) and (lazy is None or peer not in lazy)
-
-    def _make_lazy(self, peer: NodeId, publisher: bytes | None) -> None:
-        """``peer`` turns lazy in ``publisher``'s tree (None: in every tree)."""
-        if publisher is None:
-            for lazy in self.trees.values():
-                lazy.add(peer)
-        else:
-            self._lazy_for(publisher).add(peer)
-        self.eager.pop(peer)
-        self.lazy.set(peer, None)
-
-    def _make_eager(self, peer: NodeId, publisher: bytes | None) -> None:
-        """``peer`` turns eager in ``publisher``'s tree (None: in every tree)."""
-        if publisher is None:
-            for lazy in self.trees.values():
-                lazy.discard(peer)
-        else:
-            one = self.trees.peek(publisher)
-            if one is not None:
-                one.discard(peer)
-        self.lazy.pop(peer)
-        self.eager.set(peer, None)
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -314,50 +302,6 @@ class Plumtree:
                 self.graft_timers.set(mid, None, now, self.config.graft_timeout_1)
         return out
 
-    def _refresh(self, pub: bytes, now: float) -> list[HvSend]:
-        """#14: once per ``gossip.tree_refresh`` (x 0.5-1.5 per publisher), ask the neighbours lazy for
-        ``pub`` to push its next batch too (GRAFT without id): its first arrival re-picks the eager link."""
-        due = self.tree_used.get(pub)
-        if due is None or now < due:  # a new tree (_push starts its clock) or not due yet
-            return []
-        self.tree_used.set(pub, self._next_refresh(pub, now), now)
-        lazy = self.trees.peek(pub)
-        if not lazy:
-            return []
-        self.counters["tree_refreshes"] += 1
-        out: list[HvSend] = []
-        for p in [p for p in lazy if self._is_neighbour(p)]:
-            self._make_eager(p, pub)
-            out.append(HvSend(p, MGraft(self.swarm, None, pub)))
-        return out
-
-    def _next_refresh(self, pub: bytes, now: float) -> float:
-        # a factor fixed per (node, publisher): nodes refresh apart, and no random draw is taken
-        return now + self.config.tree_refresh * (0.5 + zlib.crc32(self.me.raw + pub) / 2**32)
-
-    def _optimise(self, announcer: NodeId, mid: bytes, hops: int) -> list[HvSend]:
-        """``announcer`` (lazy) has ``mid`` at ``hops``: when that is at least the threshold
-        shorter than the path it reached us by, swap the eager link for the announcer's."""
-        got = self.received_from.get(mid)
-        if got is None:
-            return []
-        via, got_hops, pub = got
-        if hops + self.config.optimization_threshold > got_hops or via == announcer or self.is_eager(announcer, pub):
-            return []
-        self.received_from.pop(mid)
-        return self._swap(announcer, via, pub)
-
-    def _swap(self, nearer: NodeId, farther: NodeId, pub: bytes) -> list[HvSend]:
-        """Make ``nearer`` the eager link for ``pub`` (GRAFT) and ``farther``, when eager, lazy (PRUNE)."""
-        self.counters["optimisations"] += 1
-        self._make_eager(nearer, pub)
-        out = [HvSend(nearer, MGraft(self.swarm, None, pub))]
-        if self.is_eager(farther, pub):
-            self._make_lazy(farther, pub)
-            self.counters["prunes_sent"] += 1
-            out.append(HvSend(farther, MPrune(self.swarm, pub)))
-        return out
-
     def _on_graft(self, sender: NodeId, msg: MGraft, now: float) -> list[HvSend]:
         if not self._is_neighbour(sender):
             return []
@@ -379,9 +323,12 @@ class Plumtree:
             return []
         self.answered.set(key, None, now)
         self.counters["payloads_sent"] += 1
-        fwd = MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payloads,
-                      cached.hops + 1, cached.sig, cached.cert, r=True)
-        return [HvSend(sender, fwd)]
+        return [HvSend(sender, self._repair(cached))]
+
+    def _repair(self, cached: MGossip) -> MGossip:
+        """A cached batch one hop on, marked as a repair (a duplicate of it prunes nothing)."""
+        return MGossip(self.swarm, cached.topic, cached.publisher, cached.epoch, cached.seq, cached.payloads,
+                       cached.hops + 1, cached.sig, cached.cert, r=True)
 
     def _pushes_payload(self, sender: NodeId, publisher: bytes) -> bool:
         """Whether a new batch of ``publisher`` from ``sender`` goes on as a payload (to a
@@ -424,7 +371,7 @@ class Plumtree:
         change (an owner caching them)."""
         self._watch = w
         for c in (self.graft_timers, self.missing, self.graft_tries, self.tree_used, self.answered,
-                  self.received_from, self.trees):
+                  self.received_from, self.trees, self.left):
             c.watch(w)
 
     @property
@@ -493,6 +440,7 @@ class Plumtree:
         self.graft_tries.expire(now)
         self.answered.expire(now)
         self.received_from.expire(now)
+        self.left.expire(now)
         return out
 
     def idle_timer(self, now: float) -> None:
@@ -528,14 +476,14 @@ class Plumtree:
         if ihave is not None and (best is None or ihave < best):
             best = ihave
         for d in (self.missing.next_deadline(), self.graft_tries.next_deadline(), self.tree_used.next_deadline(),
-                  self.answered.next_deadline()):
+                  self.answered.next_deadline(), self.left.next_deadline()):
             if d is not None and (best is None or d < best):
                 best = d
         return best
 
     def close(self) -> None:
         """Release every per-swarm container."""
-        for c in (self.eager, self.lazy, self.since, self.missing, self.graft_timers, self.graft_tries,
+        for c in (self.eager, self.lazy, self.since, self.left, self.missing, self.graft_timers, self.graft_tries,
                   self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used, self.answered):
             c.close()
         self.ihave_deadline = None
@@ -544,7 +492,7 @@ class Plumtree:
         """Entries held (for tests and /health)."""
         return (len(self.eager) + len(self.lazy) + len(self.missing) + len(self.graft_timers)
                 + len(self.graft_tries) + len(self.ihave_queue) + len(self.reannounce) + len(self.received_from)
-                + len(self.trees) + len(self.tree_used) + len(self.answered))
+                + len(self.trees) + len(self.tree_used) + len(self.answered) + len(self.left))
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     "CATCHUP_IDS", "GRAFT_ANSWER_INTERVAL", "MAX_ANNOUNCERS", "MAX_GRAFTS_PER_ID", "MAX_GRAFT_INTERVAL",
-    "MAX_IHAVE_IDS", "MAX_NEIGHBOURS", "OPTIMISE_WINDOW", "REANNOUNCE_DELAY",
+    "MAX_IHAVE_IDS", "MAX_NEIGHBOURS", "OPTIMISE_WINDOW", "REANNOUNCE_DELAY", "REJOIN_PUSH", "REJOIN_WINDOW",
 ]
 
 REANNOUNCE_DELAY = 1.0
@@ -13,6 +13,16 @@ REANNOUNCE_DELAY = 1.0
 
 CATCHUP_IDS = 256
 """Most recent cached ids announced to a new swarm neighbour."""
+
+REJOIN_WINDOW = 5.0
+"""Seconds after a swarm neighbour went down within which its return is a rejoin: it is pushed
+the batches cached since it went down (at most ``REJOIN_PUSH``, oldest first), not only announced
+(#14: a subscriber that re-subscribed during a flood lost the batches its publisher published
+between handling its leave and its new join; repaired only after the GRAFT timer, they came
+behind the eager stream, which overflowed the reorder window first)."""
+
+REJOIN_PUSH = 64
+"""Batches pushed to a rejoining neighbour at most (the rest is announced, as to a new one)."""
 
 MAX_ANNOUNCERS = 8
 """Announcers remembered per missing id."""

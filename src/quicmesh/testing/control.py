@@ -24,6 +24,7 @@ Commands:
 ``wait_provider`` / ``wait_subscriber``  ``{"name": S}`` / ``{"topic": T}``: a ``ready``
                 event once a connected peer provides it / subscribes to it
 ``counts``      per-subscription message counts (``counts`` event)
+``gauges``      the node's metric values (``gauges`` event: name -> value, as ``/metrics`` has them)
 ``await_count`` ``{"id": N, "count": C, "timeout": F}``: a ``count_reached`` event once
                 subscription N received C messages, with the wall-clock times of its first
                 and last message (benchmarks)
@@ -281,6 +282,8 @@ class ControlChannel:
             self.emit("counts", counts={str(k): v.count for k, v in self._tallies.items()})
         elif name == "health":
             self.emit("health", health=node.health(), peers=[str(p) for p in node.peers()])
+        elif name == "gauges":
+            self.emit("gauges", gauges=node.gauges())
         elif name in PUNCH_COMMANDS:  # #13 (punch)
             self.emit(name, id=cmd.get("id"), **await punch_command(node.holepunch, name, cmd))
         elif name == "memory":
