@@ -54,7 +54,7 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   void; once it has new neighbours they graft what they missed and the tree spreads it. The
   price: a node that just joined a swarm may receive up to the payload cache's recent messages
   (at most ``payload_cache_ttl``, 30 s, old) published before it subscribed. A neighbour that
-  comes back within ``REJOIN_WINDOW`` (5 s) of going down (a subscriber that re-subscribed, a
+  comes back within ``REJOIN_WINDOW`` (2 s) of going down (a subscriber that re-subscribed, a
   link that flapped) is also pushed the batches cached since it went down (at most
   ``REJOIN_PUSH``, oldest first, as repairs) before anything newer: what a publisher sent while
   its view of a rejoining subscriber was stale arrives in order instead of behind the stream.
