@@ -179,12 +179,11 @@ class Plumtree(TreeLinks):
         recent = self.caches.recent(self.swarm, params.CATCHUP_IDS)
         for mid, m in recent:
             self._queue_ihave(peer, mid, m.hops + 1, now)
-        due = self.left.deadline(peer)
-        newest = self.left.pop(peer)
-        if newest is None or due is None or due < now:
+        newest = self.left.live(peer, now)  # the newest cached when it left (b"": none, all came since)
+        self.left.pop(peer)
+        if newest is None:
             return []
-        ids = [mid for mid, _ in recent]  # the newest cached when it left, or none: all came since
-        start = ids.index(newest) + 1 if newest in ids else 0
+        start = next((i + 1 for i, (mid, _) in enumerate(recent) if mid == newest), 0)
         out: list[HvSend] = []
         for mid, m in recent[start:start + params.REJOIN_PUSH]:
             if mid not in self.caches.unchecked or self._check_deferred(mid, m, now):
