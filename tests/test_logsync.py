@@ -418,6 +418,25 @@ def test_disconnect_cleans_up_and_interest_is_capped(registry: ContainerRegistry
     sync_b.interest("n", [a])
 
 
+def test_sessions_start_in_the_order_the_peers_were_given(registry: ContainerRegistry) -> None:
+    # a log's peers were walked as a frozenset of node ids, whose order differs by process (a
+    # msgspec struct's hash includes its type's address): the simulator's log runs were not
+    # reproducible from their seed. Now the order is the caller's, and a removal's is sorted.
+    net = Net(9, registry)
+    me, *peers = net.ids
+    sync = net.syncs[me]
+    for p in peers:
+        sync.peer_connected(p, 0.0)
+    for i, order in enumerate((peers, peers[::-1], sorted(peers))):
+        now = 10.0 * (i + 1)
+        sync.uninterest("l", now)
+        out = execute(sync, net.store_of[me], sync.interest("l", order, now), now)
+        asked = [o.peer for o in out if isinstance(o, Send) and isinstance(o.message, SyncRequest)]
+        assert asked == order
+    sync.interest("l", peers[::2], 50.0)
+    assert sorted(sync.interests()["l"]) == sorted(peers[::2])
+
+
 def test_server_refuses_logs_it_does_not_sync(registry: ContainerRegistry) -> None:
     net = Net(2, registry)
     a, b = net.ids

@@ -151,17 +151,31 @@ def test_start_wait_runs_on_to_the_gap_timeout_while_the_tree_repairs(registry: 
     o = Ordering(8, 10.0, 100, registry, start_wait=1.0, repairing=lambda swarm, now: repairing.get(swarm, False))
     assert o.offer(arr(P, 1), 0.0) == []
     assert o.next_deadline() == 1.0
-    assert o.handle_timer(1.0) == []  # the tree repairs: wait on
-    assert o.next_deadline() == pytest.approx(10.0)
-    assert seqs(o.offer(arr(P, 0), 2.5)) == [0, 1]  # repaired in time: nothing lost, order kept
+    assert o.handle_timer(1.0) == []  # the tree repairs: wait on, re-checked every quarter start wait
+    assert o.next_deadline() == pytest.approx(1.25)
+    assert o.handle_timer(1.25) == []
+    assert seqs(o.offer(arr(P, 0), 1.4)) == [0, 1]  # repaired in time: nothing lost, order kept
     assert o.counters["late"] == 0 and o.counters["skipped"] == 0
     # nothing to repair in the swarm: the start wait alone
     assert o.offer(arr(Q, 5, swarm="t"), 3.0) == []
     assert seqs(o.handle_timer(4.0)) == [5]
-    # an extended start is extended once: it ends at the gap timeout even if repair goes on
+    # a start wait run on ends at the gap timeout since the first message, even if repair goes on
     assert o.offer(arr(Q, 3), 5.0) == []
-    assert o.handle_timer(6.0) == []
+    t = 6.0
+    while (d := o.next_deadline()) is not None and d < 15.0:
+        assert d - t <= 0.25 + 1e-9
+        t = d
+        assert o.handle_timer(t) == []
+    assert o.next_deadline() == pytest.approx(15.0)
     assert seqs(o.handle_timer(15.0)) == [3]
+    # #14: the repairs end: the wait ends at the next check, not at the gap timeout (after a
+    # partition healed, a node held a publisher it had never heard from for the whole 10 s)
+    late_pub = KeyPair.from_seed(b"r" * 32).node_id
+    assert o.offer(arr(late_pub, 7), 20.0) == []
+    assert o.handle_timer(21.0) == [] and o.handle_timer(21.25) == []
+    repairing["s"] = False
+    assert seqs(o.handle_timer(21.5)) == [7]
+    assert o.counters["skipped"] == 0 and o.counters["late"] == 0
 
 
 def test_new_epoch_restarts_the_publisher(registry: ContainerRegistry) -> None:

@@ -249,8 +249,9 @@ class GossipConfig:
     """Publishers per swarm with their own broadcast tree (count, default 256; LRU: a forgotten one floods once)."""
     reorder_start_wait: float = 1.0
     """Seconds a publisher's first message seen mid-stream waits for earlier ones (default 1 s);
-    ``reorder_gap_timeout`` instead when this node has been in the swarm that long already and
-    its tree is repairing announced messages then (under loss the earlier ones may be among them)."""
+    longer, up to ``reorder_gap_timeout``, while this node has been in the swarm that long already
+    and its tree is repairing announced messages (under loss the earlier ones may be among them;
+    re-checked every quarter of this wait)."""
 
 
 @dataclass(frozen=True, slots=True)

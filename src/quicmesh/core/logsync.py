@@ -158,21 +158,20 @@ class LogSync:
     # -- application API -------------------------------------------------------------------------
 
     def interest(self, log: str, peers: Iterable[NodeId], now: float | None = None) -> list[LogOutput]:
-        """Replicate ``log`` with ``peers`` (replaces the previous peer set for ``log``).
-
-        Connected peers of the set become due at once. Raises
-        :class:`~quicmesh.errors.LimitExceeded` past ``max_interests`` log names.
-        """
+        """Replicate ``log`` with ``peers`` (replaces the previous peer set for ``log``); connected
+        peers become due at once, in the order given. Raises :class:`~quicmesh.errors.LimitExceeded`
+        past ``max_interests`` log names."""
         now = self._tick(now)
         if log not in self._interest and len(self._interest) >= self.config.max_interests:
             raise LimitExceeded("store.max_interests", self.config.max_interests)
         old = self._interest.get(log, frozenset())
-        new = frozenset(peers) - {self.me.node_id}
+        wanted = [p for p in dict.fromkeys(peers) if p != self.me.node_id]  # the caller's order, not a set's
+        new = frozenset(wanted)
         self._interest[log] = new
         out: list[LogOutput] = []
-        for peer in old - new:
+        for peer in sorted(old - new):  # sorted: a set's order varies by process (ids hash by address)
             out += self._end_pair(peer, log, now)
-        for peer in new:
+        for peer in wanted:
             if peer in self._connected:
                 self._ensure_pair(peer, log, now)
         out += self._start_due(now)
@@ -182,7 +181,7 @@ class LogSync:
         """Stop replicating ``log``; its sessions end and held operations are replayed."""
         now = self._tick(now)
         out: list[LogOutput] = []
-        for peer in self._interest.pop(log, frozenset()):
+        for peer in sorted(self._interest.pop(log, frozenset())):
             out += self._end_pair(peer, log, now)
         for key in [k for k in self._pairs.keys() if k[1] == log]:
             out += self._end_pair(key[0], log, now)

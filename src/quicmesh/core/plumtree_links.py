@@ -80,7 +80,7 @@ class TreeLinks:
             return []
         self.counters["tree_refreshes"] += 1
         out: list[HvSend] = []
-        for p in [p for p in lazy if self._is_neighbour(p)]:
+        for p in [p for p in sorted(lazy) if self._is_neighbour(p)]:  # sorted: a set's order varies by process
             self._make_eager(p, pub)
             out.append(HvSend(p, MGraft(self.swarm, None, pub)))
         return out

@@ -148,7 +148,7 @@ class LogReplication:
         self.peers.connect(peer, kept)
         if self.refs:
             out.append(Send(peer, LogInterest(added=sorted(self.refs), removed=[], reset=True)))
-        for name in kept & self.refs.keys():
+        for name in sorted(kept & self.refs.keys()):  # sorted: a set of str's order varies by process
             out += self.sync.interest(name, self.peers.sharing(name), now)
         out += self.sync.peer_connected(peer, now)
         return out
@@ -157,7 +157,7 @@ class LogReplication:
         """The connection to ``peer`` is gone."""
         had = self.peers.disconnect(peer)
         out: list[object] = list(self.sync.peer_disconnected(peer, now))
-        for name in had:
+        for name in sorted(had):
             if name in self.refs:
                 out += self.sync.interest(name, self.peers.sharing(name), now)
         return out
@@ -166,7 +166,7 @@ class LogReplication:
         """An ``l.*`` message from ``peer``."""
         if isinstance(msg, LogInterest):
             out: list[object] = []
-            for name in self.peers.update(peer, msg) & self.refs.keys():
+            for name in sorted(self.peers.update(peer, msg) & self.refs.keys()):
                 out += self.sync.interest(name, self.peers.sharing(name), now)
             return out
         if isinstance(msg, SyncRequest):

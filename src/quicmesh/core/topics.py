@@ -30,9 +30,10 @@ gap was first seen or when the buffer (or the shared budget) is full, and the bu
 then released in order. A message older than the next expected seq (it came after its gap was given
 up) is dropped and counted as ``late``: order is never violated. The first message seen from a
 publisher with ``seq > 0`` (we joined mid-stream) starts a gap, so a message overtaken on the way
-is not lost; that gap waits only ``start_wait`` (a late joiner is not held for seconds), or the
-whole ``gap_timeout`` when this node has long been in the swarm and its tree is repairing
-messages it was told of (under loss, the earlier messages are on their way). Publisher states
+is not lost; that gap waits only ``start_wait`` (a late joiner is not held for seconds), and
+runs on while this node has long been in the swarm and its tree is repairing messages it was
+told of (under loss, the earlier messages are on their way), re-checked every quarter of
+``start_wait``, at most to ``gap_timeout``. Publisher states
 live in a :class:`~quicmesh.bounded.TtlMap` (capacity ``max_publishers``); an evicted publisher
 starts over as new.
 """
@@ -72,13 +73,11 @@ def check_group(group: str) -> None:
 
 
 class _PubState:
-    __slots__ = ("at", "buf", "epoch", "held", "next", "start_extended")
+    __slots__ = ("at", "buf", "epoch", "held", "next")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self.next: int | None = None
-        self.start_extended = False
-        """Whether the start wait was extended to the gap timeout (a repair was under way)."""
         self.buf: dict[int, Arrived] = {}  # bounded: at most Ordering.window messages (held)
         self.at: dict[int, float] = {}  # bounded: one per entry of buf
         """When each buffered batch arrived, in order of arrival (a dict keeps it): the first is
@@ -118,10 +117,14 @@ class Ordering(Tracked):
         self.repairing = repairing
         """``repairing(swarm, now)``: whether this node, a member of ``swarm`` since before
         ``gap_timeout`` ago, has its broadcast tree repairing announced but missing messages. A
-        start wait that ends while it does runs on to ``gap_timeout``: the publisher's earlier
-        messages may be on their way (a lost first message was repaired 1.2 s late under 20 %
-        loss). A recent joiner is not held (it joined mid-stream: under churn that wait cost
-        fresh joiners messages and doubled p99)."""
+        start wait that ends while it does runs on, re-checked every ``start_wait / 4``, until
+        the repairs end or ``gap_timeout`` has passed since the first message: the publisher's
+        earlier messages may be on their way (a lost first message was repaired 1.2 s late under
+        20 % loss). Re-checked, not extended once to ``gap_timeout`` (#14: after a partition
+        healed, a node whose swarm was repairing one message when its start wait ended held a
+        publisher it had never heard from for the whole 10 s; the repair took 0.1 s). A recent
+        joiner is not held (it joined mid-stream: under churn that wait cost fresh joiners
+        messages and doubled p99)."""
         self.max_buffered = max_buffered if max_buffered is not None else window * 16
         """Messages held for reordering over all publishers together: the real memory bound."""
         super().__init__("topics.reorder_buffer", self.max_buffered, registry=registry)
@@ -239,11 +242,13 @@ class Ordering(Tracked):
             state = self.states.get(key)
             if state is None:
                 continue
-            if (state.next is None and not state.start_extended and self.repairing is not None
-                    and self.repairing(key[0], now)):
-                state.start_extended = True
-                self.gap_timers.set(key, None, now, max(self.gap_timeout - self.start_wait, 0.001))
-                continue
+            if state.next is None and state.at and self.repairing is not None:
+                # a start wait runs on while the tree repairs, re-checked every quarter of it,
+                # at most to the gap timeout since the first message was seen
+                left = next(iter(state.at.values())) + self.gap_timeout - now
+                if left > 0.001 and self.repairing(key[0], now):
+                    self.gap_timers.set(key, None, now, min(self.start_wait / 4, left))
+                    continue
             held = self.buffered
             out += self._skip(state)
             self._expirations += held - self.buffered
