@@ -153,8 +153,8 @@ class Mesh(Batching):
         self.ordering = Ordering(
             config.gossip.reorder_window, config.gossip.reorder_gap_timeout, config.gossip.max_publishers, registry,
             max_buffered=config.gossip.reorder_buffer_total, idle_ttl=config.gossip.publisher_idle_ttl,
-            start_wait=config.gossip.reorder_start_wait, repairing=self._repairing,
-        )
+            start_wait=config.gossip.reorder_start_wait, gap_hold=config.gossip.reorder_gap_hold,
+            repairing=self._repairing)
         self.links = Connections(config, self.book, registry, self.counters, self._known_by_overlays)
         self.discovery = Discovery(me, config, self.book, self.realm, self.swarms, rng, registry, self.counters,
                                    self._send, self._route)
@@ -362,9 +362,9 @@ class Mesh(Batching):
 
     # -- timers ----------------------------------------------------------------------------------
 
-    def _repairing(self, swarm: str, now: float) -> bool:
-        sw = self.swarms.peek(swarm)
-        return sw is not None and now - sw.joined_at >= self.ordering.gap_timeout and len(sw.pt.missing) > 0
+    def _repairing(self, swarm: str, now: float, start: bool) -> bool:
+        sw = self.swarms.peek(swarm)  # a start wait is held on only for a member of long standing
+        return sw is not None and bool(sw.pt.missing) and (not start or now - sw.joined_at >= self.ordering.gap_timeout)
 
     def handle_timer(self, now: float) -> list[Effect]:
         """Run every due timer: open batches, overlays, broadcast repair, ordering gaps, expiry,

@@ -25,17 +25,21 @@ next expected ``seq`` and a reorder buffer of at most ``window`` messages; all b
 hold at most ``max_buffered`` messages (the memory bound; a burst arriving over two paths while the
 tree repairs needs a deep window for one publisher, never for all of them at once). In-order
 messages are released at once. A message after a gap is buffered; the gap is given up (counted in
-``gaps``, and the missing seqs counted in ``skipped``) when ``gap_timeout`` has passed since the
-gap was first seen or when the buffer (or the shared budget) is full, and the buffered messages are
-then released in order. A message older than the next expected seq (it came after its gap was given
-up) is dropped and counted as ``late``: order is never violated. The first message seen from a
-publisher with ``seq > 0`` (we joined mid-stream) starts a gap, so a message overtaken on the way
-is not lost; that gap waits only ``start_wait`` (a late joiner is not held for seconds), and
-runs on while this node has long been in the swarm and its tree is repairing messages it was
-told of (under loss, the earlier messages are on their way), re-checked every quarter of
-``start_wait``, at most to ``gap_timeout``. Publisher states
-live in a :class:`~quicmesh.bounded.TtlMap` (capacity ``max_publishers``); an evicted publisher
-starts over as new.
+``gaps``, and the missing seqs counted in ``skipped``) when the buffer (or the shared budget) is
+full, or when it has been waited for long enough, and the buffered messages are then released in
+order. Long enough: ``gap_hold`` since the gap was first seen, and then on only while the
+swarm's tree is repairing messages it was told of (a missing message is announced by the
+neighbours that have it, and grafted from them: while that goes on it may be on its way),
+re-checked every quarter of ``start_wait``, and never past ``gap_timeout``. So a gap that nobody
+can fill (the messages a partition kept away, that no cache holds any more) costs ~``gap_hold``,
+not ``gap_timeout`` (#14). Without a tree to ask (no ``repairing``), a gap waits ``gap_timeout``.
+A message older than the next expected seq (it came after its gap was given up) is dropped and
+counted as ``late``: order is never violated. The first message seen from a publisher with
+``seq > 0`` (we joined mid-stream) starts a gap the same way, so a message overtaken on the way
+is not lost; it waits ``start_wait`` and is held on past that only when this node has long been
+in the swarm (a late joiner is not held for seconds). Publisher states live in a
+:class:`~quicmesh.bounded.TtlMap` (capacity ``max_publishers``); an evicted publisher starts over
+as new.
 """
 
 from __future__ import annotations
@@ -106,25 +110,28 @@ class Ordering(Tracked):
         max_buffered: int | None = None,
         idle_ttl: float = 600.0,
         start_wait: float | None = None,
-        repairing: Callable[[str, float], bool] | None = None,
+        gap_hold: float | None = None,
+        repairing: Callable[[str, float, bool], bool] | None = None,
     ) -> None:
         self.window = window
         self.gap_timeout = gap_timeout
         self.start_wait = gap_timeout if start_wait is None else min(start_wait, gap_timeout)
         """#14: seconds a publisher's first message seen mid-stream (we joined late, or forgot the
-        publisher) waits for earlier ones before delivery starts from it; a gap after the start
-        waits ``gap_timeout``."""
+        publisher) waits for earlier ones before delivery starts from it."""
+        self.gap_hold = gap_timeout if gap_hold is None else min(gap_hold, gap_timeout)
+        """#14: seconds a later gap is waited for in any case; past it, only while ``repairing``."""
         self.repairing = repairing
-        """``repairing(swarm, now)``: whether this node, a member of ``swarm`` since before
-        ``gap_timeout`` ago, has its broadcast tree repairing announced but missing messages. A
-        start wait that ends while it does runs on, re-checked every ``start_wait / 4``, until
-        the repairs end or ``gap_timeout`` has passed since the first message: the publisher's
-        earlier messages may be on their way (a lost first message was repaired 1.2 s late under
-        20 % loss). Re-checked, not extended once to ``gap_timeout`` (#14: after a partition
-        healed, a node whose swarm was repairing one message when its start wait ended held a
-        publisher it had never heard from for the whole 10 s; the repair took 0.1 s). A recent
-        joiner is not held (it joined mid-stream: under churn that wait cost fresh joiners
-        messages and doubled p99)."""
+        """``repairing(swarm, now, start)``: whether ``swarm``'s broadcast tree is repairing
+        announced but missing messages (for a start gap, ``start``, only when this node has been
+        a member since before ``gap_timeout`` ago). A gap past its first wait (``start_wait`` or
+        ``gap_hold``) is held on while it does, re-checked every ``start_wait / 4``, until the
+        repairs end or ``gap_timeout`` has passed since it was first seen: the missing messages
+        may be on their way (a lost first message was repaired 1.2 s late under 20 % loss).
+        Re-checked, not extended once to ``gap_timeout`` (#14: after a partition healed, a node
+        whose swarm was repairing one message when its start wait ended held a publisher it had
+        never heard from for the whole 10 s; the repair took 0.1 s). A recent joiner's start is
+        not held on (it joined mid-stream: under churn that wait cost fresh joiners messages and
+        doubled p99)."""
         self.max_buffered = max_buffered if max_buffered is not None else window * 16
         """Messages held for reordering over all publishers together: the real memory bound."""
         super().__init__("topics.reorder_buffer", self.max_buffered, registry=registry)
@@ -182,7 +189,7 @@ class Ordering(Tracked):
             self._peak = self.buffered
         self.counters["reordered"] += n
         if key not in self.gap_timers:
-            self.gap_timers.set(key, None, now, self.start_wait if st.next is None else None)
+            self.gap_timers.set(key, None, now, self._first_wait(st))
         if st.held >= self.window or self.buffered >= self.max_buffered:
             held = self.buffered
             out = self._skip(st)
@@ -199,14 +206,36 @@ class Ordering(Tracked):
         given up at once. Returns what becomes deliverable."""
         out: list[Arrived] = []
         while st.buf:
-            due = next(iter(st.at.values())) + self.gap_timeout  # the earliest arrival: O(1), not a scan
+            due = next(iter(st.at.values())) + self._first_wait(st)  # the earliest arrival: O(1), not a scan
             if due > now:
                 self.gap_timers.set(key, None, now, due - now)
+                break
+            if self._held_on(key, st, now):
                 break
             held = self.buffered
             out += self._skip(st)
             self._expirations += held - self.buffered
         return out
+
+    def _first_wait(self, st: _PubState) -> float:
+        """How long a gap is held whatever happens: ``start_wait`` at a publisher's start, else
+        ``gap_hold`` when the tree's repairs are known (held on only while they last), else
+        ``gap_timeout``."""
+        if st.next is None:
+            return self.start_wait
+        return self.gap_hold if self.repairing is not None else self.gap_timeout
+
+    def _held_on(self, key: tuple[str, NodeId], st: _PubState, now: float) -> bool:
+        """Past its first wait, whether the gap below ``st``'s buffered batches is held on (its
+        timer armed): while the swarm's tree repairs announced messages, re-checked every quarter
+        of ``start_wait``, and at most until ``gap_timeout`` after it was first seen."""
+        if self.repairing is None or not st.at:
+            return False
+        left = next(iter(st.at.values())) + self.gap_timeout - now
+        if left > 0.001 and self.repairing(key[0], now, st.next is None):
+            self.gap_timers.set(key, None, now, min(self.start_wait / 4, left))
+            return True
+        return False
 
     def _release(self, st: _PubState) -> list[Arrived]:
         out: list[Arrived] = []
@@ -240,15 +269,8 @@ class Ordering(Tracked):
             self.gap_timers.pop(key)
         for key, _ in self.gap_timers.expire(now):
             state = self.states.get(key)
-            if state is None:
+            if state is None or self._held_on(key, state, now):
                 continue
-            if state.next is None and state.at and self.repairing is not None:
-                # a start wait runs on while the tree repairs, re-checked every quarter of it,
-                # at most to the gap timeout since the first message was seen
-                left = next(iter(state.at.values())) + self.gap_timeout - now
-                if left > 0.001 and self.repairing(key[0], now):
-                    self.gap_timers.set(key, None, now, min(self.start_wait / 4, left))
-                    continue
             held = self.buffered
             out += self._skip(state)
             self._expirations += held - self.buffered
