@@ -16,7 +16,7 @@ from quicmesh.config import MAX_BATCH_MESSAGES, GossipConfig, NodeConfig, PubSub
 from quicmesh.core.effects import Deliver, DeliverBatch, Effect, Send
 from quicmesh.core.membership import HvSend
 from quicmesh.core.mesh import PUBLISH_LINGER, Mesh
-from quicmesh.core.mesh_messages import MGossip, MGraft, MIHave, MNeighbor, MPrune
+from quicmesh.core.mesh_messages import MGone, MGossip, MGraft, MIHave, MNeighbor, MPrune
 from quicmesh.core.plumtree import GRAFT_ANSWER_INTERVAL, batch_digest, message_id
 from quicmesh.errors import LimitExceeded, MessageTooLarge
 
@@ -102,6 +102,27 @@ def test_missing_message_is_grafted_after_timeouts_rotating_announcers(registry:
     _, arrived = pt.handle(B, gossip(5, hops=4), 0.13)
     assert arrived is not None
     assert mid not in pt.missing and pt.handle_timer(0.2) == []
+
+
+def test_repairing_counts_an_announced_id_once_grafted_or_where_a_gap_is_first_judged(
+        registry: ContainerRegistry) -> None:
+    """#14: what the ordering asks before holding a gap on. An id announced and not yet grafted is
+    most often a payload a few milliseconds behind its IHAVE: it counts only when ``fresh`` (a
+    gap's first check); once its GRAFT is out it counts at every check, until the payload comes
+    or its announcers say it is gone."""
+    pt = tree(registry)
+    assert not pt.repairing(True) and not pt.repairing(False)
+    mid = message_id(PUB.raw, 7, 5, "s.t", [b"x"])
+    pt.handle(A, MIHave("s", [mid], [2]), 0.0)
+    assert pt.repairing(True) and not pt.repairing(False)
+    _, arrived = pt.handle(B, gossip(5), 0.01)  # the payload, just behind its IHAVE
+    assert arrived is not None and not pt.repairing(True) and not pt.repairing(False)
+    mid = message_id(PUB.raw, 7, 6, "s.t", [b"x"])
+    pt.handle(A, MIHave("s", [mid], [2]), 0.1)
+    assert pt.handle_timer(0.18) == [HvSend(A, MGraft("s", mid))]  # missing for real: grafted
+    assert pt.repairing(False) and pt.repairing(True)
+    pt.handle(A, MGone("s", mid), 0.2)  # its only announcer no longer has it
+    assert not pt.repairing(False) and not pt.repairing(True)
 
 
 def test_the_first_graft_goes_to_the_announcer_with_the_fewest_hops(registry: ContainerRegistry) -> None:

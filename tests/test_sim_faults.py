@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from random import Random
 
+import pytest
 from simkit import assert_bounded
 
 from quicmesh.config import NodeConfig
+from quicmesh.core.plumtree import Arrived
 from quicmesh.testing.report import _sim, build_overlay
 from quicmesh.testing.scenarios import SWARM, TOPIC, FloodScenario, IdentityChurnScenario, PartitionScenario, run
+from quicmesh.testing.sim import SimNode
 
 
 def test_partition_120s_then_heal_reconverges_within_30s() -> None:
@@ -38,22 +42,49 @@ def test_a_publisher_first_heard_after_a_heal_is_not_held_for_the_gap_timeout() 
     assert_bounded(r)
 
 
-def test_a_stream_heard_before_a_partition_resumes_after_the_heal_within_the_gap_hold() -> None:
+@pytest.mark.parametrize(("busy", "seed", "cut"), [(0, 3, 60), (4, 1, 40)])
+def test_a_stream_heard_before_a_partition_resumes_after_the_heal_within_the_gap_hold(
+        busy: int, seed: int, cut: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """#14: a publisher heard on both sides publishes once a second before, during and after a
-    60 s partition. After the heal every node across has a gap behind its next message that no
-    cache can fill any more (the cut's messages); it was held the whole 10 s gap timeout (120 s
-    cut, 100 nodes: 10.24 s at every node). Now it is held ``reorder_gap_hold`` (3 s) and then
-    only while repairs go on: here 3.27 s (was 10.27), and from the fourth message on, on time."""
-    sim = _sim(3, NodeConfig(), 0.010)
+    partition longer than the payload caches keep a message. After the heal every node across has
+    a gap behind its next message that no cache can fill any more (the cut's messages); it was
+    held the whole 10 s gap timeout (120 s cut, 100 nodes: 10.24 s at every node). Now it is held
+    ``reorder_gap_hold`` (3 s) and then only while repairs go on: 3.27 s (was 10.27) at the last
+    node across without ``busy``, and from the fourth message on, on time.
+
+    ``busy``: as many other publishers (half on each side) publish ten messages a second all
+    along. While the trees re-form after the heal, a node often holds ids announced a few
+    milliseconds before their payloads; counted as repairs at every check, they held the gap on
+    check after check (here one node held it 4.25 s, and the first message after the heal reached
+    the last node across 4.70 s after it was published; 9.0 s in a run of 100 nodes). Now such an
+    id counts only at the gap's first check: every node across holds the gap at most
+    ``reorder_gap_hold`` and one re-check (3.25 s) from the message's arrival (3.70 s in all)."""
+    sim = _sim(seed, NodeConfig(), 0.010)
     nodes = build_overlay(sim, 30)
     sim.run_for(5.0)
     for n in nodes:
         sim.subscribe(n, "news.>")
     sim.run_for(5.0)
     order = list(nodes)
-    Random(3).shuffle(order)
+    Random(seed).shuffle(order)
     side_a, side_b = order[:15], order[15:]
     pub = side_a[0]
+    others = side_a[1:1 + busy // 2] + side_b[:busy - busy // 2]
+    arrived: dict[tuple[int, int], float] = {}  # (node index, seq) -> when its batch reached the ordering
+    for n in side_b:
+        def offer(a: Arrived, now: float, _n: SimNode = n, _offer: Callable[..., list[Arrived]] = n.mesh.ordering.offer,
+                  ) -> list[Arrived]:
+            if a.publisher == pub.id:
+                arrived.setdefault((_n.index, a.seq), now)
+            return _offer(a, now)
+        monkeypatch.setattr(n.mesh.ordering, "offer", offer)
+
+    def run_for(seconds: float) -> None:
+        end = sim.now + seconds
+        while sim.now < end - 1e-9:
+            for p in others:
+                sim.publish(p, "news.busy", b"b" * 50)
+            sim.run_for(min(0.1, end - sim.now))
 
     def publish_for(seconds: int) -> list[tuple[int, float]]:
         sent = []
@@ -62,25 +93,32 @@ def test_a_stream_heard_before_a_partition_resumes_after_the_heal_within_the_gap
             assert sw is not None
             sent.append((sw.next_seq, sim.now))
             sim.publish(pub, TOPIC, b"x")
-            sim.run_for(1.0)
+            run_for(1.0)
         return sent
 
     before = publish_for(5)
     sim.partition([side_a, side_b])
-    publish_for(60)  # longer than the payload caches keep a message (~30 s): some are gone
+    publish_for(cut)  # longer than the payload caches keep a message (~30 s): some are gone
     sim.heal()
     after = publish_for(8)
     sim.run_for(12.0)
 
+    def delivered(n: SimNode, seq: int) -> float:
+        got = [d.time for d in n.deliveries if d.publisher == pub.id and d.seq == seq]
+        assert got, f"seq {seq} missing at {n.index}"
+        return got[0]
+
     def worst(seq: int, at: float) -> float:
-        got = [[d.time for d in n.deliveries if d.publisher == pub.id and d.seq == seq] for n in side_b]
-        assert all(got), f"seq {seq} missing at {sum(not g for g in got)} nodes"
-        return max(g[0] for g in got) - at
+        return max(delivered(n, seq) for n in side_b) - at
 
     assert all(worst(seq, at) < 1.0 for seq, at in before)
     late = [round(worst(seq, at), 3) for seq, at in after]
-    print("after the heal, latency at the last node across (s):", late)
-    assert late[0] <= 3.5, late  # was 10.2: the gap timeout
+    first = after[0][0]
+    holds = sorted(round(delivered(n, first) - arrived[(n.index, first)], 3) for n in side_b)
+    print("after the heal, latency at the last node across (s):", late, "held (s):", holds)
+    assert holds[-1] <= 3.0 + 0.25 + 0.002, holds  # gap_hold and one re-check (busy: 4.25 before)
+    if not busy:
+        assert late[0] <= 3.5, late  # was 10.2: the gap timeout
     assert max(late[4:]) <= 0.5, late
     assert sum(n.mesh.ordering.counters["late"] for n in nodes) == 0
 

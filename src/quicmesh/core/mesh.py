@@ -362,13 +362,13 @@ class Mesh(Batching):
 
     # -- timers ----------------------------------------------------------------------------------
 
-    def _repairing(self, swarm: str, now: float, start: bool) -> bool:
+    def _repairing(self, swarm: str, now: float, start: bool, first: bool) -> bool:
         sw = self.swarms.peek(swarm)  # a start wait is held on only for a member of long standing
-        return sw is not None and bool(sw.pt.missing) and (not start or now - sw.joined_at >= self.ordering.gap_timeout)
+        return sw is not None and sw.pt.repairing(first) and (
+            not start or now - sw.joined_at >= self.ordering.gap_timeout)
 
     def handle_timer(self, now: float) -> list[Effect]:
-        """Run every due timer: open batches, overlays, broadcast repair, ordering gaps, expiry,
-        joins, walks."""
+        """Run every due timer: open batches, overlays, broadcast repair, ordering gaps, expiry, joins, walks."""
         d = self.next_deadline()
         if (d is None or d > now) and not self.batched:  # another machine's timer: only what runs due or not
             return self._idle_timer(now)

@@ -30,9 +30,12 @@ full, or when it has been waited for long enough, and the buffered messages are 
 order. Long enough: ``gap_hold`` since the gap was first seen, and then on only while the
 swarm's tree is repairing messages it was told of (a missing message is announced by the
 neighbours that have it, and grafted from them: while that goes on it may be on its way),
-re-checked every quarter of ``start_wait``, and never past ``gap_timeout``. So a gap that nobody
-can fill (the messages a partition kept away, that no cache holds any more) costs ~``gap_hold``,
-not ``gap_timeout`` (#14). Without a tree to ask (no ``repairing``), a gap waits ``gap_timeout``.
+re-checked every quarter of ``start_wait``, and never past ``gap_timeout``. At the first check an
+id announced but not yet grafted counts as a repair; at later ones only a GRAFT that is out does
+(an announced id is most often a payload a few milliseconds behind its IHAVE, and a busy swarm
+nearly always has one). So a gap that nobody can fill (the messages a partition kept away, that
+no cache holds any more) costs ~``gap_hold``, not ``gap_timeout`` (#14), however busy the swarm.
+Without a tree to ask (no ``repairing``), a gap waits ``gap_timeout``.
 A message older than the next expected seq (it came after its gap was given up) is dropped and
 counted as ``late``: order is never violated. The first message seen from a publisher with
 ``seq > 0`` (we joined mid-stream) starts a gap the same way, so a message overtaken on the way
@@ -77,7 +80,7 @@ def check_group(group: str) -> None:
 
 
 class _PubState:
-    __slots__ = ("at", "buf", "epoch", "held", "next")
+    __slots__ = ("at", "buf", "epoch", "held", "judged", "next")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -88,6 +91,9 @@ class _PubState:
         the earliest, when the gap below the buffered batches was first seen."""
         self.held = 0
         """Messages in ``buf`` (batches count their messages)."""
+        self.judged = -1.0
+        """When the gap last checked by :meth:`Ordering._held_on` was first seen (its first check
+        is the one that finds another value here)."""
 
 
 class Ordering(Tracked):
@@ -111,7 +117,7 @@ class Ordering(Tracked):
         idle_ttl: float = 600.0,
         start_wait: float | None = None,
         gap_hold: float | None = None,
-        repairing: Callable[[str, float, bool], bool] | None = None,
+        repairing: Callable[[str, float, bool, bool], bool] | None = None,
     ) -> None:
         self.window = window
         self.gap_timeout = gap_timeout
@@ -121,9 +127,10 @@ class Ordering(Tracked):
         self.gap_hold = gap_timeout if gap_hold is None else min(gap_hold, gap_timeout)
         """#14: seconds a later gap is waited for in any case; past it, only while ``repairing``."""
         self.repairing = repairing
-        """``repairing(swarm, now, start)``: whether ``swarm``'s broadcast tree is repairing
+        """``repairing(swarm, now, start, first)``: whether ``swarm``'s broadcast tree is repairing
         announced but missing messages (for a start gap, ``start``, only when this node has been
-        a member since before ``gap_timeout`` ago). A gap past its first wait (``start_wait`` or
+        a member since before ``gap_timeout`` ago; ``first``: the gap's first check, where an id
+        announced but not yet grafted counts too). A gap past its first wait (``start_wait`` or
         ``gap_hold``) is held on while it does, re-checked every ``start_wait / 4``, until the
         repairs end or ``gap_timeout`` has passed since it was first seen: the missing messages
         may be on their way (a lost first message was repaired 1.2 s late under 20 % loss).
@@ -231,8 +238,10 @@ class Ordering(Tracked):
         of ``start_wait``, and at most until ``gap_timeout`` after it was first seen."""
         if self.repairing is None or not st.at:
             return False
-        left = next(iter(st.at.values())) + self.gap_timeout - now
-        if left > 0.001 and self.repairing(key[0], now, st.next is None):
+        seen = next(iter(st.at.values()))
+        left = seen + self.gap_timeout - now
+        first, st.judged = st.judged != seen, seen
+        if left > 0.001 and self.repairing(key[0], now, st.next is None, first):
             self.gap_timers.set(key, None, now, min(self.start_wait / 4, left))
             return True
         return False
