@@ -72,6 +72,11 @@ def test_the_index_agrees_with_the_caches_through_evictions_expiry_and_purges(st
             assert c.count(s) == n, (s, op)
             assert [k for k, _ in c.recent(s, 100)] == payload_ids
             assert [k for k, _ in c.recent(s, 3)] == payload_ids[-3:]
+        # #14: the index by (publisher, epoch, swarm, first seq) that pulls are answered from
+        assert len(c._by_seq) == len(c.payloads)
+        for k, m in c.payloads.items():
+            assert c.by_seq(PUB, 1, m.s, m.seq) == (k, m)
+        assert c.by_seq(PUB, 2, swarm, i) is None and c.by_seq(bytes(31) + b"\1", 1, swarm, i) is None
 
 
 def test_evicted_and_expired_ids_leave_the_index() -> None:

@@ -125,6 +125,40 @@ def test_repairing_counts_an_announced_id_once_grafted_or_where_a_gap_is_first_j
     assert not pt.repairing(False) and not pt.repairing(True)
 
 
+def test_a_pull_is_sent_to_every_neighbour_and_answered_with_the_cached_batches_from_its_seq(
+        registry: ContainerRegistry) -> None:
+    """#14: a node whose ordering has a gap that no repair fills asks its neighbours for the
+    publisher's batches from the missing seq on (an ``MGraft`` with ``e`` and ``q``). They go out
+    with the next IHAVE flush, due at once. A neighbour answers with what it caches from there (as
+    repairs, at most ``PULL_BATCHES``), nothing when it has none, and changes no tree."""
+    pt = tree(registry)
+    assert pt.pull(PUB.raw, 7, 5, 1.0)
+    assert pt.ihave_deadline == 1.0
+    out = pt.handle_timer(1.0)
+    pull = MGraft("s", None, PUB.raw, 7, 5)
+    assert sorted((h.peer, h.message) for h in out) == [(p, pull) for p in sorted((A, B, C))]
+    assert pt.counters["pulls_sent"] == 3
+    # the other side: batches 5 (two messages), 7 and 9 cached, 8 not: answered 5 and 7, in order
+    other = tree(registry)
+    for seq, payloads in ((5, [b"a", b"b"]), (7, [b"c"]), (9, [b"d"])):
+        other.handle(A, MGossip("s", "s.t", PUB.raw, 7, seq, payloads, 1), 0.0)
+    other.handle(C, MPrune("s", PUB.raw), 0.0)
+    lazy_before = set(other.lazy.keys())
+    out, _ = other.handle(C, MGraft("s", None, PUB.raw, 7, 5), 1.0)
+    assert [(h.peer, h.message.seq, h.message.r) for h in out] == [(C, 5, True), (C, 7, True)]  # type: ignore[attr-defined]
+    assert set(other.lazy.keys()) == lazy_before and not other.is_eager(C, PUB.raw)  # no tree changed
+    assert other.handle(C, MGraft("s", None, PUB.raw, 7, 8), 1.0)[0] == []  # nothing cached from 8
+    assert other.handle(C, MGraft("s", None, PUB.raw, 6, 5), 1.0)[0] == []  # another epoch
+    assert other.handle(C, MGraft("s", None, PUB.raw, 7, 5), 1.1)[0] == []  # answered lately
+    assert other.handle(nid(50), MGraft("s", None, PUB.raw, 7, 5), 2.0)[0] == []  # not a neighbour
+    assert len(other.handle(B, MGraft("s", None, PUB.raw, 7, 9), 2.0)[0]) == 1
+    # a node with no neighbour has nobody to ask
+    alone = tree(registry)
+    for p in (A, B, C):
+        alone.neighbor_down(p, 0.0)
+    assert not alone.pull(PUB.raw, 7, 5, 1.0) and alone.handle_timer(1.0) == []
+
+
 def test_the_first_graft_goes_to_the_announcer_with_the_fewest_hops(registry: ContainerRegistry) -> None:
     # #14: the first announcer is the quickest IHAVE, not the nearest path to the publisher; a
     # repair through it hung the whole subtree below that deep (1,000 nodes: hops max 19, now 13)

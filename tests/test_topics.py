@@ -256,6 +256,54 @@ def test_an_announced_id_not_yet_grafted_holds_a_gap_only_at_its_first_check(reg
     assert seqs(o.handle_timer(11.5)) == [12]
 
 
+def test_a_gap_behind_one_repaired_while_held_is_judged_from_its_own_first_sight(registry: ContainerRegistry) -> None:
+    """#14: a gap held on for a repair left its re-check armed when the repair filled it; with
+    another gap behind it, that re-check judged the next gap, seconds before its own hold ended
+    (20 % gossip drop, seed 3: two gaps given up 2.1 and 2.2 s after they were seen, and their
+    messages arrived after that)."""
+    repairing = {"s": True}
+    o = Ordering(64, 10.0, 100, registry, start_wait=1.0, gap_hold=3.0,
+                 repairing=lambda sw, now, start, first: repairing[sw])
+    assert seqs(o.offer(arr(P, 0), 0.0)) == [0]
+    assert o.offer(arr(P, 2), 0.0) == []  # a gap at 1
+    assert o.handle_timer(3.0) == []  # held on for the repair
+    assert o.next_deadline() == pytest.approx(3.25)
+    assert o.offer(arr(P, 4), 3.1) == []  # a second gap, at 3, first seen now
+    assert seqs(o.offer(arr(P, 1), 3.2)) == [1, 2]  # the repair fills the first
+    repairing["s"] = False
+    assert o.handle_timer(3.25) == []  # the first gap's re-check: the second is not due yet
+    assert o.next_deadline() == pytest.approx(6.1)
+    assert seqs(o.offer(arr(P, 3), 5.0)) == [3, 4]  # in time: nothing skipped
+    assert o.counters["skipped"] == 0 and o.counters["late"] == 0
+
+
+def test_a_later_gap_is_pulled_once_per_missing_seq_at_its_first_check(registry: ContainerRegistry) -> None:
+    """#14: under outright drops (20 % gossip drop, seed 6) a node heard nothing of a message:
+    its eager payload, both IHAVEs and all three re-announcements were lost, and nothing announced
+    it again. A later gap is now pulled at its first check (its publisher's batches from the
+    missing seq asked of the neighbours), repairs or not, and held a re-check for the answer."""
+    pulls: list[tuple[str, NodeId, int, int, float]] = []
+
+    def pull(swarm: str, pub: NodeId, epoch: int, seq: int, now: float) -> bool:
+        pulls.append((swarm, pub, epoch, seq, now))
+        return True
+
+    o = Ordering(64, 10.0, 100, registry, start_wait=1.0, gap_hold=3.0,
+                 repairing=lambda sw, now, start, first: False, pull=pull)
+    assert seqs(o.offer(arr(P, 0), 0.0)) == [0]
+    assert o.offer(arr(P, 3), 1.0) == []
+    assert o.handle_timer(4.0) == [] and pulls == [("s", P, 1, 1, 4.0)]  # pulled, held a re-check
+    assert seqs(o.offer(arr(P, 1), 4.1)) == [1]  # the answer: the gap moves on to seq 2
+    assert o.handle_timer(4.25) == [] and pulls[-1] == ("s", P, 1, 2, 4.25)  # pulled once more
+    assert seqs(o.handle_timer(4.5)) == [3]  # no answer: given up at the next check
+    assert o.counters["skipped"] == 1 and len(pulls) == 2
+    # a start gap is not pulled (where the stream starts for us is not known)
+    assert o.offer(arr(Q, 5), 5.0) == [] and seqs(o.handle_timer(6.0)) == [5] and len(pulls) == 2
+    # nobody to ask: the gap is given up at its hold, as without pulls
+    o.pull = lambda swarm, pub, epoch, seq, now: False
+    assert o.offer(arr(P, 6), 7.0) == [] and seqs(o.handle_timer(10.0)) == [6]
+
+
 def test_new_epoch_restarts_the_publisher(registry: ContainerRegistry) -> None:
     o = Ordering(8, 2.0, 100, registry)
     for s in range(5):

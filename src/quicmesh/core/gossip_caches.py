@@ -109,6 +109,8 @@ class GossipCaches:
         # its place in both)
         self._seen_by: dict[str, dict[bytes, None]] = {}  # bounded: one id per live entry of `seen`
         self._payloads_by: dict[str, dict[bytes, None]] = {}  # bounded: one id per live entry of `payloads`
+        self._by_seq: dict[tuple[bytes, int, str, int], bytes] = {}  # bounded: one per live entry of `payloads`
+        """(publisher, epoch, swarm, first seq) -> id of each cached batch: a pull by seq (#14)."""
         self.unchecked: dict[bytes, None] = {}  # bounded: a subset of the live ids of `payloads`
         """#14: cached batches whose origin signature is not checked yet (they came straight from
         their publisher and were forwarded to nobody); checked before they are served."""
@@ -129,6 +131,9 @@ class GossipCaches:
     def _payload_gone(self, mid: bytes, msg: MGossip) -> None:
         self._unindex(self._payloads_by, msg.s, mid)
         self.unchecked.pop(mid, None)
+        key = (msg.publisher, msg.epoch, msg.s, msg.seq)
+        if self._by_seq.get(key) == mid:
+            del self._by_seq[key]
 
     def remember(self, mid: bytes, swarm: str, now: float, *, new: bool = False) -> None:
         """Mark batch ``mid`` of ``swarm`` as seen (its deadline renewed when it was); ``new``:
@@ -147,6 +152,7 @@ class GossipCaches:
             if old is not None and old.s != msg.s:
                 self._unindex(self._payloads_by, old.s, mid)
             self._payloads_by.setdefault(msg.s, {})[mid] = None
+            self._by_seq[(msg.publisher, msg.epoch, msg.s, msg.seq)] = mid
             if not checked:
                 self.unchecked[mid] = None
 
@@ -155,6 +161,13 @@ class GossipCaches:
         msg = self.payloads.pop(mid)
         if msg is not None:
             self._payload_gone(mid, msg)
+
+    def by_seq(self, publisher: bytes, epoch: int, swarm: str, seq: int) -> tuple[bytes, MGossip] | None:
+        """The cached batch of ``publisher``'s ``epoch`` in ``swarm`` that starts at ``seq``, with
+        its id (``None``: not cached)."""
+        mid = self._by_seq.get((publisher, epoch, swarm, seq))
+        msg = None if mid is None else self.payloads.get(mid)
+        return None if mid is None or msg is None else (mid, msg)
 
     def recent(self, swarm: str, n: int) -> list[tuple[bytes, MGossip]]:
         """The last ``n`` cached batches of ``swarm``, oldest first."""
@@ -179,7 +192,9 @@ class GossipCaches:
                 n += 1
         for mid in self._payloads_by.pop(swarm, {}):
             self.unchecked.pop(mid, None)
-            if self.payloads.pop(mid) is not None:
+            msg = self.payloads.pop(mid)
+            if msg is not None:
+                self._by_seq.pop((msg.publisher, msg.epoch, msg.s, msg.seq), None)
                 n += 1
         return n
 

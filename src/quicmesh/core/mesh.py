@@ -138,8 +138,7 @@ class Mesh(Batching):
         gw = config.gateway
         self.client_topic_reserve = gw.max_clients_topics if serves_clients else 0
         self.client_swarms: Callable[[], int] = _no_client_swarms
-        """Swarms held for light clients now (set by a driver that serves them): they do not
-        count against the node's own ``gossip.max_topics``."""
+        """Swarms held for light clients now (set by their driver): not the node's own ``max_topics``."""
         self.swarms: LruMap[str, Swarm] = LruMap(
             "mesh.swarms", config.gossip.max_topics + self.client_topic_reserve, Overflow.REJECT, registry=registry
         )
@@ -154,7 +153,7 @@ class Mesh(Batching):
             config.gossip.reorder_window, config.gossip.reorder_gap_timeout, config.gossip.max_publishers, registry,
             max_buffered=config.gossip.reorder_buffer_total, idle_ttl=config.gossip.publisher_idle_ttl,
             start_wait=config.gossip.reorder_start_wait, gap_hold=config.gossip.reorder_gap_hold,
-            repairing=self._repairing)
+            repairing=self._repairing, pull=self._pull)
         self.links = Connections(config, self.book, registry, self.counters, self._known_by_overlays)
         self.discovery = Discovery(me, config, self.book, self.realm, self.swarms, rng, registry, self.counters,
                                    self._send, self._route)
@@ -179,9 +178,8 @@ class Mesh(Batching):
     # -- lifecycle -------------------------------------------------------------------------------
 
     def join(self, bootstrap: Sequence[tuple[NodeId | None, tuple[str, ...]]], now: float) -> list[Effect]:
-        """Join the realm through ``bootstrap`` contacts (ids may be ``None``: dialled by address).
-
-        Retries with capped exponential backoff until the realm active view is not empty, and
+        """Join the realm through ``bootstrap`` contacts (ids may be ``None``: dialled by address);
+        retried with capped exponential backoff until the realm active view is not empty, and
         again whenever it becomes empty."""
         return self.discovery.join(bootstrap, now)
 
@@ -294,8 +292,7 @@ class Mesh(Batching):
         return self._leave_swarm(key, now)
 
     def set_self_record(self, record: SelfRecord, realm: str) -> None:
-        """#13: this node's signed record of the addresses it announces, and the realm wire id
-        records must name (see :mod:`quicmesh.core.selfrecord`)."""
+        """#13: this node's signed record of its addresses, and the realm id records name (:mod:`.selfrecord`)."""
         self.book.own_record = record
         self.book.realm = realm
 
@@ -361,6 +358,9 @@ class Mesh(Batching):
         return out
 
     # -- timers ----------------------------------------------------------------------------------
+
+    def _pull(self, swarm: str, publisher: NodeId, epoch: int, seq: int, now: float) -> bool:
+        return (sw := self.swarms.peek(swarm)) is not None and sw.pt.pull(publisher.raw, epoch, seq, now)
 
     def _repairing(self, swarm: str, now: float, start: bool, first: bool) -> bool:
         sw = self.swarms.peek(swarm)  # a start wait is held on only for a member of long standing

@@ -158,6 +158,8 @@ class Plumtree(TreeLinks):
         """(id, peer) GRAFTs answered lately (see ``GRAFT_ANSWER_INTERVAL``)."""
         self.ihave_queue: BoundedDeque[tuple[NodeId, bytes, int]] = BoundedDeque("plumtree.ihave_queue", 4 * cap,
                                                                                   registry=registry)
+        self.pulls: BoundedDeque[tuple[NodeId, MGraft]] = BoundedDeque("plumtree.pulls", cap, registry=registry)
+        """Pulls to send with the next IHAVE flush (see :meth:`pull`)."""
         self._watch = Watch()
         self._ihave_deadline: float | None = None
         self.next_reannounce = 0.0
@@ -166,7 +168,8 @@ class Plumtree(TreeLinks):
         self.counters = {  # bounded: fixed keys
             "received": 0, "duplicates": 0, "grafts_sent": 0, "prunes_sent": 0, "too_large": 0,
             "payloads_sent": 0, "ihaves_sent": 0, "optimisations": 0, "tree_refreshes": 0,
-            "grafts_abandoned": 0, "rejected": 0, "grafts_unanswered": 0, "rejoin_pushes": 0,
+            "grafts_abandoned": 0, "rejected": 0, "grafts_unanswered": 0, "rejoin_pushes": 0, "pulls_sent": 0,
+            "pulls_answered": 0,
         }
 
     # -- neighbours ------------------------------------------------------------------------------
@@ -301,9 +304,43 @@ class Plumtree(TreeLinks):
                 self.graft_timers.set(mid, None, now, self.config.graft_timeout_1)
         return out
 
+    def pull(self, publisher: bytes, epoch: int, seq: int, now: float) -> bool:
+        """Ask every neighbour for ``publisher``'s batches of ``epoch`` from ``seq`` on (a pull:
+        see :class:`MGraft`), for an ordering gap that no repair fills (#14). Sent with the next
+        IHAVE flush, due at once; ``False`` when there is no neighbour to ask."""
+        n = 0
+        for p in (*self.eager.keys(), *self.lazy.keys()):
+            self.pulls.append((p, MGraft(self.swarm, None, publisher, epoch, seq)))
+            n += 1
+        if n:
+            self.counters["pulls_sent"] += n
+            self.ihave_deadline = now
+        return n > 0
+
+    def _on_pull(self, sender: NodeId, publisher: bytes, epoch: int, seq: int, now: float) -> list[HvSend]:
+        out: list[HvSend] = []
+        for _ in range(params.PULL_BATCHES):
+            found = self.caches.by_seq(publisher, epoch, self.swarm, seq)
+            if found is None:
+                break
+            mid, cached = found
+            if mid in self.caches.unchecked and not self._check_deferred(mid, cached, now):
+                break
+            seq += len(cached.payloads)
+            key = (mid, sender)
+            answered = self.answered.deadline(key)
+            if answered is None or answered <= now:
+                self.answered.set(key, None, now)
+                out.append(HvSend(sender, self._repair(cached)))
+        self.counters["pulls_answered"] += len(out)
+        self.counters["payloads_sent"] += len(out)
+        return out
+
     def _on_graft(self, sender: NodeId, msg: MGraft, now: float) -> list[HvSend]:
         if not self._is_neighbour(sender):
             return []
+        if msg.id is None and msg.q is not None and msg.e is not None and msg.p is not None:
+            return self._on_pull(sender, msg.p, msg.e, msg.q, now)
         if msg.id is None:
             self._make_eager(sender, msg.p)
             return []
@@ -483,7 +520,8 @@ class Plumtree(TreeLinks):
     def close(self) -> None:
         """Release every per-swarm container."""
         for c in (self.eager, self.lazy, self.since, self.left, self.missing, self.graft_timers, self.graft_tries,
-                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used, self.answered):
+                  self.ihave_queue, self.reannounce, self.received_from, self.trees, self.tree_used, self.answered,
+                  self.pulls):
             c.close()
         self.ihave_deadline = None
 
@@ -504,6 +542,7 @@ class Plumtree(TreeLinks):
         """Entries held (for tests and /health)."""
         return (len(self.eager) + len(self.lazy) + len(self.missing) + len(self.graft_timers)
                 + len(self.graft_tries) + len(self.ihave_queue) + len(self.reannounce) + len(self.received_from)
+                + len(self.pulls)
                 + len(self.trees) + len(self.tree_used) + len(self.answered) + len(self.left))
 
     # -- internals -------------------------------------------------------------------------------
@@ -545,13 +584,13 @@ class Plumtree(TreeLinks):
 
     def _flush_ihaves(self) -> list[HvSend]:
         self.ihave_deadline = None
+        out = [HvSend(p, m) for p, m in self.pulls.drain() if self._is_neighbour(p)]
         batches: dict[NodeId, tuple[list[bytes], list[int]]] = {}
         for peer, mid, hops in self.ihave_queue.drain():
             if self._is_neighbour(peer):
                 ids, hl = batches.setdefault(peer, ([], []))
                 ids.append(mid)
                 hl.append(hops)
-        out: list[HvSend] = []
         for peer, (ids, hl) in batches.items():
             for i in range(0, len(ids), MAX_IHAVE_IDS):
                 self.counters["ihaves_sent"] += 1

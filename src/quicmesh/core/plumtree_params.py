@@ -5,7 +5,8 @@ from __future__ import annotations
 
 __all__ = [
     "CATCHUP_IDS", "GRAFT_ANSWER_INTERVAL", "MAX_ANNOUNCERS", "MAX_GRAFTS_PER_ID", "MAX_GRAFT_INTERVAL",
-    "MAX_IHAVE_IDS", "MAX_NEIGHBOURS", "OPTIMISE_WINDOW", "REANNOUNCE_DELAY", "REJOIN_PUSH", "REJOIN_WINDOW",
+    "MAX_IHAVE_IDS", "MAX_NEIGHBOURS", "OPTIMISE_WINDOW", "PULL_BATCHES", "REANNOUNCE_DELAY", "REJOIN_PUSH",
+    "REJOIN_WINDOW",
 ]
 
 REANNOUNCE_DELAY = 1.0
@@ -25,6 +26,10 @@ timeout (5 s made the 2-minute soak's recovery 10.1 s, limit 10 s, under Python 
 
 REJOIN_PUSH = 64
 """Batches pushed to a rejoining neighbour at most (the rest is announced, as to a new one)."""
+
+PULL_BATCHES = 16
+"""Cached batches one pull (an ``MGraft`` naming a seq) is answered with at most: the batch that
+starts at the seq and those that follow it, as long as they are cached."""
 
 MAX_ANNOUNCERS = 8
 """Announcers remembered per missing id."""

@@ -80,7 +80,7 @@ def check_group(group: str) -> None:
 
 
 class _PubState:
-    __slots__ = ("at", "buf", "epoch", "held", "judged", "next")
+    __slots__ = ("at", "buf", "epoch", "held", "judged", "next", "pulled")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -94,6 +94,8 @@ class _PubState:
         self.judged = -1.0
         """When the gap last checked by :meth:`Ordering._held_on` was first seen (its first check
         is the one that finds another value here)."""
+        self.pulled: tuple[float, int] = (-1.0, -1)
+        """(when the gap was first seen, the seq pulled) of the last pull asked for."""
 
 
 class Ordering(Tracked):
@@ -118,6 +120,7 @@ class Ordering(Tracked):
         start_wait: float | None = None,
         gap_hold: float | None = None,
         repairing: Callable[[str, float, bool, bool], bool] | None = None,
+        pull: Callable[[str, NodeId, int, int, float], bool] | None = None,
     ) -> None:
         self.window = window
         self.gap_timeout = gap_timeout
@@ -139,6 +142,13 @@ class Ordering(Tracked):
         never heard from for the whole 10 s; the repair took 0.1 s). A recent joiner's start is
         not held on (it joined mid-stream: under churn that wait cost fresh joiners messages and
         doubled p99)."""
+        self.pull = pull
+        """``pull(swarm, publisher, epoch, seq, now)`` (#14): ask the swarm's neighbours for
+        ``publisher``'s batches from ``seq`` on (:meth:`~quicmesh.core.plumtree.Plumtree.pull`);
+        whether it was asked. Past its first wait, a later gap is pulled once per missing seq
+        (repairs or not) and held at least one re-check (``start_wait / 4``) for the answer: its
+        message may be cached next door and never have been announced here (every announcement
+        of it lost), or its GRAFTs may have failed again and again."""
         self.max_buffered = max_buffered if max_buffered is not None else window * 16
         """Messages held for reordering over all publishers together: the real memory bound."""
         super().__init__("topics.reorder_buffer", self.max_buffered, registry=registry)
@@ -241,7 +251,11 @@ class Ordering(Tracked):
         seen = next(iter(st.at.values()))
         left = seen + self.gap_timeout - now
         first, st.judged = st.judged != seen, seen
-        if left > 0.001 and self.repairing(key[0], now, st.next is None, first):
+        pulled = False
+        if left > 0.001 and self.pull is not None and st.next is not None and st.pulled != (seen, st.next):
+            st.pulled = (seen, st.next)
+            pulled = self.pull(key[0], key[1], st.epoch, st.next, now)
+        if left > 0.001 and (pulled or self.repairing(key[0], now, st.next is None, first)):
             self.gap_timers.set(key, None, now, min(self.start_wait / 4, left))
             return True
         return False
@@ -278,12 +292,10 @@ class Ordering(Tracked):
             self.gap_timers.pop(key)
         for key, _ in self.gap_timers.expire(now):
             state = self.states.get(key)
-            if state is None or self._held_on(key, state, now):
-                continue
-            held = self.buffered
-            out += self._skip(state)
-            self._expirations += held - self.buffered
-            out += self._next_gap(key, state, now)
+            if state is not None:
+                # #14: judged from its own first sight: the timer may be one armed for a gap
+                # before it that filled meanwhile (held on for a repair, then repaired)
+                out += self._next_gap(key, state, now)
         return out
 
     def _size(self) -> int:
