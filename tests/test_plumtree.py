@@ -132,10 +132,10 @@ def test_a_pull_is_sent_to_every_neighbour_and_answered_with_the_cached_batches_
     with the next IHAVE flush, due at once. A neighbour answers with what it caches from there (as
     repairs, at most ``PULL_BATCHES``), nothing when it has none, and changes no tree."""
     pt = tree(registry)
-    assert pt.pull(PUB.raw, 7, 5, 1.0)
+    assert pt.pull(PUB.raw, 7, 5, 4, 1.0)
     assert pt.ihave_deadline == 1.0
     out = pt.handle_timer(1.0)
-    pull = MGraft("s", None, PUB.raw, 7, 5)
+    pull = MGraft("s", None, PUB.raw, 7, 5, 4)
     assert sorted((h.peer, h.message) for h in out) == [(p, pull) for p in sorted((A, B, C))]
     assert pt.counters["pulls_sent"] == 3
     # the other side: batches 5 (two messages), 7 and 9 cached, 8 not: answered 5 and 7, in order
@@ -144,19 +144,22 @@ def test_a_pull_is_sent_to_every_neighbour_and_answered_with_the_cached_batches_
         other.handle(A, MGossip("s", "s.t", PUB.raw, 7, seq, payloads, 1), 0.0)
     other.handle(C, MPrune("s", PUB.raw), 0.0)
     lazy_before = set(other.lazy.keys())
-    out, _ = other.handle(C, MGraft("s", None, PUB.raw, 7, 5), 1.0)
+    out, _ = other.handle(C, MGraft("s", None, PUB.raw, 7, 5, 20), 1.0)
     assert [(h.peer, h.message.seq, h.message.r) for h in out] == [(C, 5, True), (C, 7, True)]  # type: ignore[attr-defined]
     assert set(other.lazy.keys()) == lazy_before and not other.is_eager(C, PUB.raw)  # no tree changed
-    assert other.handle(C, MGraft("s", None, PUB.raw, 7, 8), 1.0)[0] == []  # nothing cached from 8
-    assert other.handle(C, MGraft("s", None, PUB.raw, 6, 5), 1.0)[0] == []  # another epoch
-    assert other.handle(C, MGraft("s", None, PUB.raw, 7, 5), 1.1)[0] == []  # answered lately
-    assert other.handle(nid(50), MGraft("s", None, PUB.raw, 7, 5), 2.0)[0] == []  # not a neighbour
-    assert len(other.handle(B, MGraft("s", None, PUB.raw, 7, 9), 2.0)[0]) == 1
+    assert other.handle(C, MGraft("s", None, PUB.raw, 7, 8, 20), 1.0)[0] == []  # nothing cached from 8
+    assert other.handle(C, MGraft("s", None, PUB.raw, 6, 5, 20), 1.0)[0] == []  # another epoch
+    assert other.handle(C, MGraft("s", None, PUB.raw, 7, 5, 20), 1.1)[0] == []  # answered lately
+    assert other.handle(nid(50), MGraft("s", None, PUB.raw, 7, 5, 20), 2.0)[0] == []  # not a neighbour
+    # only the batches that start within the n messages asked for (the gap, not what follows it)
+    out, _ = other.handle(B, MGraft("s", None, PUB.raw, 7, 5, 2), 2.0)
+    assert [h.message.seq for h in out] == [5]  # type: ignore[attr-defined]
+    assert [h.message.seq for h in other.handle(B, MGraft("s", None, PUB.raw, 7, 9), 2.0)[0]] == [9]  # type: ignore[attr-defined]
     # a node with no neighbour has nobody to ask
     alone = tree(registry)
     for p in (A, B, C):
         alone.neighbor_down(p, 0.0)
-    assert not alone.pull(PUB.raw, 7, 5, 1.0) and alone.handle_timer(1.0) == []
+    assert not alone.pull(PUB.raw, 7, 5, 1, 1.0) and alone.handle_timer(1.0) == []
 
 
 def test_the_first_graft_goes_to_the_announcer_with_the_fewest_hops(registry: ContainerRegistry) -> None:

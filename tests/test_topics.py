@@ -280,28 +280,48 @@ def test_a_gap_behind_one_repaired_while_held_is_judged_from_its_own_first_sight
 def test_a_later_gap_is_pulled_once_per_missing_seq_at_its_first_check(registry: ContainerRegistry) -> None:
     """#14: under outright drops (20 % gossip drop, seed 6) a node heard nothing of a message:
     its eager payload, both IHAVEs and all three re-announcements were lost, and nothing announced
-    it again. A later gap is now pulled at its first check (its publisher's batches from the
-    missing seq asked of the neighbours), repairs or not, and held a re-check for the answer."""
-    pulls: list[tuple[str, NodeId, int, int, float]] = []
+    it again. A later gap is now pulled (its publisher's batches in the missing seqs asked of the
+    neighbours), repairs or not, three times (an answer may be lost too), each held a re-check."""
+    pulls: list[tuple[str, NodeId, int, int, int, float]] = []
 
-    def pull(swarm: str, pub: NodeId, epoch: int, seq: int, now: float) -> bool:
-        pulls.append((swarm, pub, epoch, seq, now))
+    def pull(swarm: str, pub: NodeId, epoch: int, seq: int, n: int, now: float) -> bool:
+        pulls.append((swarm, pub, epoch, seq, n, now))
         return True
 
     o = Ordering(64, 10.0, 100, registry, start_wait=1.0, gap_hold=3.0,
                  repairing=lambda sw, now, start, first: False, pull=pull)
     assert seqs(o.offer(arr(P, 0), 0.0)) == [0]
     assert o.offer(arr(P, 3), 1.0) == []
-    assert o.handle_timer(4.0) == [] and pulls == [("s", P, 1, 1, 4.0)]  # pulled, held a re-check
-    assert seqs(o.offer(arr(P, 1), 4.1)) == [1]  # the answer: the gap moves on to seq 2
-    assert o.handle_timer(4.25) == [] and pulls[-1] == ("s", P, 1, 2, 4.25)  # pulled once more
-    assert seqs(o.handle_timer(4.5)) == [3]  # no answer: given up at the next check
-    assert o.counters["skipped"] == 1 and len(pulls) == 2
+    # the first check comes three re-checks before the hold ends: three pulls, judged at the hold
+    assert o.next_deadline() == pytest.approx(3.25)
+    assert o.handle_timer(3.25) == [] and pulls == [("s", P, 1, 1, 2, 3.25)]  # pulled, held a re-check
+    assert seqs(o.offer(arr(P, 1), 3.35)) == [1]  # an answer: the gap moves on to seq 2
+    assert o.handle_timer(3.5) == [] and pulls[-1] == ("s", P, 1, 2, 1, 3.5)  # pulled anew from there
+    for t in (3.75, 4.0):  # no answer: pulled again, three times in all
+        assert o.handle_timer(t) == [] and pulls[-1] == ("s", P, 1, 2, 1, t)
+    assert seqs(o.handle_timer(4.25)) == [3]  # given up at the next check
+    assert o.counters["skipped"] == 1 and len(pulls) == 4
     # a start gap is not pulled (where the stream starts for us is not known)
-    assert o.offer(arr(Q, 5), 5.0) == [] and seqs(o.handle_timer(6.0)) == [5] and len(pulls) == 2
-    # nobody to ask: the gap is given up at its hold, as without pulls
-    o.pull = lambda swarm, pub, epoch, seq, now: False
-    assert o.offer(arr(P, 6), 7.0) == [] and seqs(o.handle_timer(10.0)) == [6]
+    assert o.offer(arr(Q, 5), 5.0) == [] and seqs(o.handle_timer(6.0)) == [5] and len(pulls) == 4
+    # a gap nobody fills is given up at its hold, as without pulls, after three pulls
+    assert o.offer(arr(P, 6), 7.0) == []
+    for t in (9.25, 9.5, 9.75):
+        assert o.handle_timer(t) == []
+    assert seqs(o.handle_timer(10.0)) == [6] and len(pulls) == 7
+    # nobody to ask: given up at its hold all the same
+    o.pull = lambda swarm, pub, epoch, seq, n, now: False
+    assert o.offer(arr(P, 9), 11.0) == [] and o.handle_timer(13.25) == [] and seqs(o.handle_timer(14.0)) == [9]
+    # held on for repairs: pulled three times all the same, then held while they last
+    rep = {"on": True}
+    o2 = Ordering(64, 10.0, 100, registry, start_wait=1.0, gap_hold=3.0,
+                  repairing=lambda sw, now, start, first: rep["on"], pull=pull)
+    del pulls[:]
+    assert seqs(o2.offer(arr(P, 0), 0.0)) == [0] and o2.offer(arr(P, 2), 0.0) == []
+    for t in (2.25, 2.5, 2.75, 3.0, 3.25):
+        assert o2.handle_timer(t) == []
+    assert [p[5] for p in pulls] == [2.25, 2.5, 2.75]
+    rep["on"] = False
+    assert seqs(o2.handle_timer(3.5)) == [2]
 
 
 def test_new_epoch_restarts_the_publisher(registry: ContainerRegistry) -> None:

@@ -359,8 +359,8 @@ class Mesh(Batching):
 
     # -- timers ----------------------------------------------------------------------------------
 
-    def _pull(self, swarm: str, publisher: NodeId, epoch: int, seq: int, now: float) -> bool:
-        return (sw := self.swarms.peek(swarm)) is not None and sw.pt.pull(publisher.raw, epoch, seq, now)
+    def _pull(self, swarm: str, publisher: NodeId, epoch: int, seq: int, n: int, now: float) -> bool:
+        return (sw := self.swarms.peek(swarm)) is not None and sw.pt.pull(publisher.raw, epoch, seq, n, now)
 
     def _repairing(self, swarm: str, now: float, start: bool, first: bool) -> bool:
         sw = self.swarms.peek(swarm)  # a start wait is held on only for a member of long standing

@@ -227,16 +227,17 @@ class MGraft(_Overlay, tag="m.graft"):
     """Make the link eager again, and send message ``id`` when given. ``p``: the publisher whose
     tree the link joins (#14: one tree per publisher); without it (and without ``id``) every tree.
 
-    A *pull* (#14) names ``p``, its epoch ``e`` and a seq ``q`` and no ``id``: a receiver's
-    ordering has a gap at ``q`` that no repair fills; the sender answers with the cached batches
-    from ``q`` on (as repairs), and nothing when it has none; it changes no tree. A node of an
-    earlier release reads it as a graft of ``p``'s tree."""
+    A *pull* (#14) names ``p``, its epoch ``e``, a seq ``q`` and the ``n`` messages missing from
+    there, and no ``id``: the sender's ordering has that gap and no repair fills it; the receiver
+    answers with the cached batches that start in it (as repairs), and nothing when it has none;
+    it changes no tree. A node of an earlier release reads it as a graft of ``p``'s tree."""
 
     s: _Swarm
     id: _MsgId | None = None
     p: NodeIdBytes | None = None
     e: UInt | None = None
     q: UInt | None = None
+    n: UInt | None = None
 
 
 class MGone(_Overlay, tag="m.gone"):

@@ -304,23 +304,26 @@ class Plumtree(TreeLinks):
                 self.graft_timers.set(mid, None, now, self.config.graft_timeout_1)
         return out
 
-    def pull(self, publisher: bytes, epoch: int, seq: int, now: float) -> bool:
-        """Ask every neighbour for ``publisher``'s batches of ``epoch`` from ``seq`` on (a pull:
-        see :class:`MGraft`), for an ordering gap that no repair fills (#14). Sent with the next
-        IHAVE flush, due at once; ``False`` when there is no neighbour to ask."""
+    def pull(self, publisher: bytes, epoch: int, seq: int, count: int, now: float) -> bool:
+        """Ask every neighbour for ``publisher``'s batches of ``epoch`` that start in the ``count``
+        messages from ``seq`` (a pull: see :class:`MGraft`), for an ordering gap that no repair
+        fills (#14). Sent with the next IHAVE flush, due at once; ``False`` when there is no
+        neighbour to ask."""
         n = 0
         for p in (*self.eager.keys(), *self.lazy.keys()):
-            self.pulls.append((p, MGraft(self.swarm, None, publisher, epoch, seq)))
+            self.pulls.append((p, MGraft(self.swarm, None, publisher, epoch, seq, count)))
             n += 1
         if n:
             self.counters["pulls_sent"] += n
             self.ihave_deadline = now
         return n > 0
 
-    def _on_pull(self, sender: NodeId, publisher: bytes, epoch: int, seq: int, now: float) -> list[HvSend]:
+    def _on_pull(self, sender: NodeId, publisher: bytes, epoch: int, seq: int, count: int,
+                 now: float) -> list[HvSend]:
         out: list[HvSend] = []
+        end = seq + count
         for _ in range(params.PULL_BATCHES):
-            found = self.caches.by_seq(publisher, epoch, self.swarm, seq)
+            found = None if seq >= end else self.caches.by_seq(publisher, epoch, self.swarm, seq)
             if found is None:
                 break
             mid, cached = found
@@ -340,7 +343,7 @@ class Plumtree(TreeLinks):
         if not self._is_neighbour(sender):
             return []
         if msg.id is None and msg.q is not None and msg.e is not None and msg.p is not None:
-            return self._on_pull(sender, msg.p, msg.e, msg.q, now)
+            return self._on_pull(sender, msg.p, msg.e, msg.q, 1 if msg.n is None else msg.n, now)
         if msg.id is None:
             self._make_eager(sender, msg.p)
             return []

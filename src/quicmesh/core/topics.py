@@ -79,6 +79,10 @@ def check_group(group: str) -> None:
         raise ValueError(f"a group name is 1 to 64 letters, digits, '_', '.' or '-', got {group!r:.80}")
 
 
+PULLS_PER_GAP = 3
+"""Pulls of one gap position at most (see ``Ordering.pull``)."""
+
+
 class _PubState:
     __slots__ = ("at", "buf", "epoch", "held", "judged", "next", "pulled")
 
@@ -94,8 +98,8 @@ class _PubState:
         self.judged = -1.0
         """When the gap last checked by :meth:`Ordering._held_on` was first seen (its first check
         is the one that finds another value here)."""
-        self.pulled: tuple[float, int] = (-1.0, -1)
-        """(when the gap was first seen, the seq pulled) of the last pull asked for."""
+        self.pulled: tuple[float, int, int] = (-1.0, -1, 0)
+        """(when the gap was first seen, the seq pulled, how many times) of the last pull."""
 
 
 class Ordering(Tracked):
@@ -120,7 +124,7 @@ class Ordering(Tracked):
         start_wait: float | None = None,
         gap_hold: float | None = None,
         repairing: Callable[[str, float, bool, bool], bool] | None = None,
-        pull: Callable[[str, NodeId, int, int, float], bool] | None = None,
+        pull: Callable[[str, NodeId, int, int, int, float], bool] | None = None,
     ) -> None:
         self.window = window
         self.gap_timeout = gap_timeout
@@ -143,12 +147,15 @@ class Ordering(Tracked):
         not held on (it joined mid-stream: under churn that wait cost fresh joiners messages and
         doubled p99)."""
         self.pull = pull
-        """``pull(swarm, publisher, epoch, seq, now)`` (#14): ask the swarm's neighbours for
-        ``publisher``'s batches from ``seq`` on (:meth:`~quicmesh.core.plumtree.Plumtree.pull`);
-        whether it was asked. Past its first wait, a later gap is pulled once per missing seq
-        (repairs or not) and held at least one re-check (``start_wait / 4``) for the answer: its
-        message may be cached next door and never have been announced here (every announcement
-        of it lost), or its GRAFTs may have failed again and again."""
+        """``pull(swarm, publisher, epoch, seq, n, now)`` (#14): ask the swarm's neighbours for
+        ``publisher``'s batches in the ``n`` messages from ``seq``
+        (:meth:`~quicmesh.core.plumtree.Plumtree.pull`); whether it was asked. From its first
+        check on, repairs or not, a later gap is pulled at each check, ``PULLS_PER_GAP`` times
+        (again from its new start when an answer moved it on), and held a re-check
+        (``start_wait / 4``) for each answer; the first check comes that many re-checks early, so
+        a gap nobody can fill is still given up at ``gap_hold``. Its message may be cached next
+        door and never have been announced here (every announcement of it lost), or its GRAFTs
+        may have failed again and again (an answer may be lost too, hence more than one pull)."""
         self.max_buffered = max_buffered if max_buffered is not None else window * 16
         """Messages held for reordering over all publishers together: the real memory bound."""
         super().__init__("topics.reorder_buffer", self.max_buffered, registry=registry)
@@ -237,10 +244,13 @@ class Ordering(Tracked):
     def _first_wait(self, st: _PubState) -> float:
         """How long a gap is held whatever happens: ``start_wait`` at a publisher's start, else
         ``gap_hold`` when the tree's repairs are known (held on only while they last), else
-        ``gap_timeout``."""
+        ``gap_timeout``. With pulls, a later gap's first check comes ``PULLS_PER_GAP`` re-checks
+        before ``gap_hold``: each of those pulls, and the last answer is judged at ``gap_hold``."""
         if st.next is None:
             return self.start_wait
-        return self.gap_hold if self.repairing is not None else self.gap_timeout
+        if self.repairing is None:
+            return self.gap_timeout
+        return self.gap_hold - PULLS_PER_GAP * self.start_wait / 4 if self.pull is not None else self.gap_hold
 
     def _held_on(self, key: tuple[str, NodeId], st: _PubState, now: float) -> bool:
         """Past its first wait, whether the gap below ``st``'s buffered batches is held on (its
@@ -251,12 +261,18 @@ class Ordering(Tracked):
         seen = next(iter(st.at.values()))
         left = seen + self.gap_timeout - now
         first, st.judged = st.judged != seen, seen
-        pulled = False
-        if left > 0.001 and self.pull is not None and st.next is not None and st.pulled != (seen, st.next):
-            st.pulled = (seen, st.next)
-            pulled = self.pull(key[0], key[1], st.epoch, st.next, now)
-        if left > 0.001 and (pulled or self.repairing(key[0], now, st.next is None, first)):
+        pull, nxt, pulled = self.pull, st.next, False
+        if left > 0.001 and pull is not None and nxt is not None:
+            n = 1 if st.pulled[:2] != (seen, nxt) else st.pulled[2] + 1  # the gap moved: pulled anew
+            if n <= PULLS_PER_GAP:
+                st.pulled = (seen, nxt, n)  # pulled, and held a re-check for the answer
+                pulled = pull(key[0], key[1], st.epoch, nxt, min(st.buf) - nxt, now)
+        if left > 0.001 and (pulled or self.repairing(key[0], now, nxt is None, first)):
             self.gap_timers.set(key, None, now, min(self.start_wait / 4, left))
+            return True
+        hold = seen + self.gap_hold - now  # a first check come early for a pull that was not sent
+        if nxt is not None and hold > 0.001:
+            self.gap_timers.set(key, None, now, hold)
             return True
         return False
 
