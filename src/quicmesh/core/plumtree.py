@@ -48,6 +48,9 @@ topic (see ``GossipConfig.batch_max_messages``), handled as one unit by everythi
   neighbour (eager and lazy) except the one it came from; a neighbour that has it ignores the
   IHAVE. This costs ids, never payloads, so it does not change the payload redundancy. Due
   re-announcements are processed at most every ``REANNOUNCE_DELAY / 2`` so they batch well.
+* **Pulls** (#14, :mod:`quicmesh.core.plumtree_pull`). A node whose ordering has a gap that
+  nothing fills asks its neighbours for the publisher's batches in the missing seqs (an
+  ``MGraft`` with a seq and no id); they answer from their payload caches, as repairs.
 * **Catch-up on new links.** When a swarm neighbour appears, it is sent an IHAVE of the (at most
   ``CATCHUP_IDS``) most recent payloads we still cache for the swarm. A node whose neighbours all
   crashed (their loss is only noticed at the transport's idle timeout) keeps publishing into the
@@ -93,6 +96,7 @@ from .membership import HvSend
 from .mesh_messages import MGone, MGossip, MGraft, MIHave, MPrune
 from .plumtree_links import TreeLinks
 from .plumtree_params import GRAFT_ANSWER_INTERVAL, MAX_IHAVE_IDS, REANNOUNCE_DELAY
+from .plumtree_pull import Repairs
 from .wire import Message
 
 __all__ = [
@@ -100,7 +104,7 @@ __all__ = [
     "batch_digest", "message_id",
 ]
 
-class Plumtree(TreeLinks):
+class Plumtree(TreeLinks, Repairs):
     """Broadcast state of one swarm. See the module docstring."""
 
     def __init__(
@@ -304,41 +308,6 @@ class Plumtree(TreeLinks):
                 self.graft_timers.set(mid, None, now, self.config.graft_timeout_1)
         return out
 
-    def pull(self, publisher: bytes, epoch: int, seq: int, count: int, now: float) -> bool:
-        """Ask every neighbour for ``publisher``'s batches of ``epoch`` that start in the ``count``
-        messages from ``seq`` (a pull: see :class:`MGraft`), for an ordering gap that no repair
-        fills (#14). Sent with the next IHAVE flush, due at once; ``False`` when there is no
-        neighbour to ask."""
-        n = 0
-        for p in (*self.eager.keys(), *self.lazy.keys()):
-            self.pulls.append((p, MGraft(self.swarm, None, publisher, epoch, seq, count)))
-            n += 1
-        if n:
-            self.counters["pulls_sent"] += n
-            self.ihave_deadline = now
-        return n > 0
-
-    def _on_pull(self, sender: NodeId, publisher: bytes, epoch: int, seq: int, count: int,
-                 now: float) -> list[HvSend]:
-        out: list[HvSend] = []
-        end = seq + count
-        for _ in range(params.PULL_BATCHES):
-            found = None if seq >= end else self.caches.by_seq(publisher, epoch, self.swarm, seq)
-            if found is None:
-                break
-            mid, cached = found
-            if mid in self.caches.unchecked and not self._check_deferred(mid, cached, now):
-                break
-            seq += len(cached.payloads)
-            key = (mid, sender)
-            answered = self.answered.deadline(key)
-            if answered is None or answered <= now:
-                self.answered.set(key, None, now)
-                out.append(HvSend(sender, self._repair(cached)))
-        self.counters["pulls_answered"] += len(out)
-        self.counters["payloads_sent"] += len(out)
-        return out
-
     def _on_graft(self, sender: NodeId, msg: MGraft, now: float) -> list[HvSend]:
         if not self._is_neighbour(sender):
             return []
@@ -527,19 +496,6 @@ class Plumtree(TreeLinks):
                   self.pulls):
             c.close()
         self.ihave_deadline = None
-
-    def repairing(self, fresh: bool) -> bool:
-        """Whether a message announced to this swarm but still missing is being repaired: a GRAFT
-        for it is out, or (``fresh``) it was announced and is not grafted yet. An id announced and
-        not yet grafted is most often a payload a few milliseconds behind its IHAVE (#14: while
-        the trees re-formed after a heal, with four other publishers busy, 10-30 % of the nodes
-        had such an id at any moment, and a gap nobody could fill was held 9 s instead of 3), so
-        it counts only where a gap is first judged (the ordering's ``first``); by the next check
-        it has been grafted if it is really missing."""
-        missing = self.missing
-        if fresh or not missing:
-            return bool(missing)
-        return any(mid in missing for mid in self.graft_tries.keys())
 
     def state_size(self) -> int:
         """Entries held (for tests and /health)."""

@@ -33,6 +33,9 @@ class TreeLinks:
     def _is_neighbour(self, peer: NodeId) -> bool:
         return peer in self.eager or peer in self.lazy
 
+    def _neighbours(self) -> tuple[NodeId, ...]:
+        return (*self.eager.keys(), *self.lazy.keys())
+
     def _lazy_for(self, publisher: bytes) -> set[NodeId]:
         lazy = self.trees.get(publisher)
         if lazy is None:

@@ -35,6 +35,9 @@ id announced but not yet grafted counts as a repair; at later ones only a GRAFT 
 (an announced id is most often a payload a few milliseconds behind its IHAVE, and a busy swarm
 nearly always has one). So a gap that nobody can fill (the messages a partition kept away, that
 no cache holds any more) costs ~``gap_hold``, not ``gap_timeout`` (#14), however busy the swarm.
+With a ``pull`` (the mesh's), a later gap is also pulled from its first check on, three times:
+its publisher's batches in the missing seqs are asked of the swarm's neighbours, which answer
+from their caches (a message whose every announcement was lost, or whose GRAFTs all failed).
 Without a tree to ask (no ``repairing``), a gap waits ``gap_timeout``.
 A message older than the next expected seq (it came after its gap was given up) is dropped and
 counted as ``late``: order is never violated. The first message seen from a publisher with
