@@ -97,7 +97,12 @@ async def test_a_client_that_publishes_per_task_does_not_churn_the_swarm(stack: 
         assert (await asyncio.wait_for(psub.get(), 5)).payload == b"%d" % i
         await sub.close()
         await c.close()
-        await eventually(lambda: gw.gateway.clients == 0)
+
+        def released() -> bool:  # the session's subscription tasks end a loop pass or two after it
+            sw = gw.mesh.swarms.peek("tasks")
+            return gw.gateway.clients == 0 and (sw is None or not sw.patterns)
+
+        await eventually(released)  # (asserting at clients == 0 raced them: seen once on Python 3.12)
         sw = gw.mesh.swarms.peek("tasks")
         assert sw is not None and not sw.patterns  # a publisher still, subscribed by nobody here
         member = peer.mesh.swarms.peek("tasks")
